@@ -1,0 +1,730 @@
+//! Configuration: one TOML file describes clusters, topics, collectors and workers.
+//!
+//! `conf/conduit.toml` is the commented reference. Every table rejects unknown keys,
+//! and [`Config::validate`] names the key of any bad value
+//! (`topics.clicks.merge_into: unknown cluster "dc9"`). Every setting has a default,
+//! so an empty file is a valid single-cluster-less config and services can run from
+//! flags alone (`--root`, `--cluster`), with [`Config::single_cluster`].
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::format::Encoding;
+use crate::layout::{NodeName, Topic};
+
+/// A configuration error, naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown keys or wrongly typed values.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The parser's message, which names the key and line.
+        message: String,
+    },
+    /// A value is out of range or refers to something that does not exist.
+    #[error("invalid config: {key}: {message}")]
+    Invalid {
+        /// Dotted path of the key (`topics.clicks.encoding`).
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Clusters by name; each is one storage root.
+    #[serde(default)]
+    pub clusters: BTreeMap<String, ClusterConfig>,
+    /// Settings every topic gets unless it overrides them.
+    #[serde(default)]
+    pub topic_defaults: TopicDefaults,
+    /// Per-topic settings.
+    #[serde(default)]
+    pub topics: BTreeMap<String, TopicConfig>,
+    /// Collector daemon settings.
+    #[serde(default)]
+    pub collector: CollectorConfig,
+    /// Worker settings.
+    #[serde(default)]
+    pub worker: WorkerConfig,
+}
+
+/// One cluster.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Storage root: `/path`, `file:///path` or `hdfs://namenode:port/path`.
+    pub root: String,
+}
+
+/// How payloads of a topic are checked before they are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Validation {
+    /// Any payload the encoding can store.
+    #[default]
+    None,
+    /// The payload must be valid UTF-8.
+    Utf8,
+    /// The payload must be one valid JSON value.
+    Json,
+}
+
+impl Validation {
+    /// Checks a payload; the error says why it failed.
+    pub fn check(self, payload: &[u8]) -> Result<(), String> {
+        match self {
+            Validation::None => Ok(()),
+            Validation::Utf8 => std::str::from_utf8(payload)
+                .map(|_| ())
+                .map_err(|e| format!("not valid utf-8: {e}")),
+            Validation::Json => serde_json::from_slice::<serde::de::IgnoredAny>(payload)
+                .map(|_| ())
+                .map_err(|e| format!("not valid json: {e}")),
+        }
+    }
+}
+
+/// Retention of each view, in hours.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    /// Collector files and the local view.
+    #[serde(default = "default_local_retention")]
+    pub local: u32,
+    /// The merged view and its mirrors.
+    #[serde(default = "default_merged_retention")]
+    pub merged: u32,
+    /// Hourly compacted files.
+    #[serde(default = "default_hourly_retention")]
+    pub hourly: u32,
+}
+
+fn default_local_retention() -> u32 {
+    48
+}
+fn default_merged_retention() -> u32 {
+    168
+}
+fn default_hourly_retention() -> u32 {
+    720
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            local: default_local_retention(),
+            merged: default_merged_retention(),
+            hourly: default_hourly_retention(),
+        }
+    }
+}
+
+/// Defaults applied to every topic.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TopicDefaults {
+    /// Record encoding.
+    #[serde(default)]
+    pub encoding: Encoding,
+    /// Payload validation.
+    #[serde(default)]
+    pub validate: Validation,
+    /// Retention per view.
+    #[serde(default)]
+    pub retention_hours: Retention,
+    /// Whether the worker writes hourly compacted files.
+    #[serde(default)]
+    pub compact: bool,
+    /// Cluster holding the merged view (`None`: no merged view).
+    #[serde(default)]
+    pub merge_into: Option<String>,
+    /// Clusters whose local views feed the merged view (empty: every cluster).
+    #[serde(default)]
+    pub merge_sources: Vec<String>,
+    /// Clusters the merged view is mirrored to.
+    #[serde(default)]
+    pub mirrors: Vec<String>,
+}
+
+impl Default for TopicDefaults {
+    fn default() -> Self {
+        TopicDefaults {
+            encoding: Encoding::Lines,
+            validate: Validation::None,
+            retention_hours: Retention::default(),
+            compact: false,
+            merge_into: None,
+            merge_sources: Vec::new(),
+            mirrors: Vec::new(),
+        }
+    }
+}
+
+/// One topic's overrides; anything unset comes from `topic_defaults`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TopicConfig {
+    /// Record encoding.
+    pub encoding: Option<Encoding>,
+    /// Payload validation.
+    pub validate: Option<Validation>,
+    /// Retention per view.
+    pub retention_hours: Option<Retention>,
+    /// Whether the worker writes hourly compacted files.
+    pub compact: Option<bool>,
+    /// Cluster holding the merged view.
+    pub merge_into: Option<String>,
+    /// Clusters feeding the merged view.
+    pub merge_sources: Option<Vec<String>>,
+    /// Clusters the merged view is mirrored to.
+    pub mirrors: Option<Vec<String>>,
+}
+
+/// A topic's effective settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopicSettings {
+    /// The topic.
+    pub topic: Topic,
+    /// Record encoding.
+    pub encoding: Encoding,
+    /// Payload validation.
+    pub validate: Validation,
+    /// Retention per view.
+    pub retention_hours: Retention,
+    /// Whether hourly compaction runs.
+    pub compact: bool,
+    /// Cluster holding the merged view, if any.
+    pub merge_into: Option<String>,
+    /// Clusters feeding the merged view (resolved: never empty when `merge_into` is set).
+    pub merge_sources: Vec<String>,
+    /// Mirror clusters.
+    pub mirrors: Vec<String>,
+}
+
+/// Collector settings. Sizes are bytes, times are in the unit their name says.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CollectorConfig {
+    /// Scribe/Thrift listen address.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// HTTP listen address (`/metrics`, `/health`, open-file reads).
+    #[serde(default = "default_http")]
+    pub http: String,
+    /// Reject topics that are not listed under `[topics]` (to `_invalid`).
+    #[serde(default)]
+    pub strict_topics: bool,
+    /// Group-commit window: calls arriving within it share one frame and one sync.
+    #[serde(default = "default_group_commit_ms")]
+    pub group_commit_ms: u64,
+    /// zstd level of data frames.
+    #[serde(default = "default_zstd_level")]
+    pub zstd_level: i32,
+    /// A data file is closed when it reaches this size (or at the minute boundary).
+    #[serde(default = "default_max_file_bytes")]
+    pub max_file_bytes: u64,
+    /// Largest Thrift frame accepted; a larger one closes the connection.
+    #[serde(default = "default_max_frame_bytes")]
+    pub max_frame_bytes: u64,
+    /// Largest single message; a larger one goes to `_invalid`.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: u64,
+    /// Connections above this get `TRY_LATER` and are closed.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Bytes queued per topic before callers get `TRY_LATER`.
+    #[serde(default = "default_topic_queue_bytes")]
+    pub topic_queue_bytes: u64,
+    /// Local directory for the spool used while storage is unavailable.
+    #[serde(default)]
+    pub spool_dir: Option<String>,
+    /// Spool size bound; beyond it callers get `TRY_LATER`.
+    #[serde(default = "default_spool_max_bytes")]
+    pub spool_max_bytes: u64,
+    /// How often the heartbeat (liveness and watermarks) is published.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:1463".to_string()
+}
+fn default_http() -> String {
+    "127.0.0.1:14630".to_string()
+}
+fn default_group_commit_ms() -> u64 {
+    2
+}
+fn default_zstd_level() -> i32 {
+    1
+}
+fn default_max_file_bytes() -> u64 {
+    256 << 20
+}
+fn default_max_frame_bytes() -> u64 {
+    64 << 20
+}
+fn default_max_message_bytes() -> u64 {
+    1 << 20
+}
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_topic_queue_bytes() -> u64 {
+    64 << 20
+}
+fn default_spool_max_bytes() -> u64 {
+    1 << 30
+}
+fn default_heartbeat_ms() -> u64 {
+    1000
+}
+
+impl Default for CollectorConfig {
+    fn default() -> Self {
+        CollectorConfig {
+            listen: default_listen(),
+            http: default_http(),
+            strict_topics: false,
+            group_commit_ms: default_group_commit_ms(),
+            zstd_level: default_zstd_level(),
+            max_file_bytes: default_max_file_bytes(),
+            max_frame_bytes: default_max_frame_bytes(),
+            max_message_bytes: default_max_message_bytes(),
+            max_connections: default_max_connections(),
+            topic_queue_bytes: default_topic_queue_bytes(),
+            spool_dir: None,
+            spool_max_bytes: default_spool_max_bytes(),
+            heartbeat_ms: default_heartbeat_ms(),
+        }
+    }
+}
+
+/// Worker settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Pause between passes of each job.
+    #[serde(default = "default_interval_ms")]
+    pub interval_ms: u64,
+    /// A collector silent for longer than this no longer holds back sealing.
+    #[serde(default = "default_collector_timeout_secs")]
+    pub collector_timeout_secs: u64,
+    /// A merge source lagging more than this no longer holds back the merged view.
+    #[serde(default = "default_max_source_lag_secs")]
+    pub max_source_lag_secs: u64,
+    /// Lease duration of the active worker; a standby takes over after it expires.
+    #[serde(default = "default_lease_secs")]
+    pub lease_secs: u64,
+}
+
+fn default_interval_ms() -> u64 {
+    500
+}
+fn default_collector_timeout_secs() -> u64 {
+    120
+}
+fn default_max_source_lag_secs() -> u64 {
+    300
+}
+fn default_lease_secs() -> u64 {
+    30
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            interval_ms: default_interval_ms(),
+            collector_timeout_secs: default_collector_timeout_secs(),
+            max_source_lag_secs: default_max_source_lag_secs(),
+            lease_secs: default_lease_secs(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let path = path.as_ref();
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Config::parse(&shown, &text)
+    }
+
+    /// Parses and validates config text; `origin` names it in errors.
+    pub fn parse(origin: &str, text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// A config with one cluster and default everything else (services run from
+    /// flags alone: `--root DIR --cluster dc1`).
+    pub fn single_cluster(name: &str, root: &str) -> Result<Config, ConfigError> {
+        let mut config = Config::default();
+        config.clusters.insert(
+            name.to_string(),
+            ClusterConfig {
+                root: root.to_string(),
+            },
+        );
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value, naming the key of the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (name, cluster) in &self.clusters {
+            NodeName::new(name).map_err(|e| invalid(format!("clusters.{name}"), e.to_string()))?;
+            let root = cluster.root.trim();
+            let key = format!("clusters.{name}.root");
+            if root.is_empty() {
+                return Err(invalid(key, "must not be empty"));
+            }
+            if root.contains("://")
+                && !(root.starts_with("file:///")
+                    || root.starts_with("hdfs://")
+                    || root.starts_with("viewfs://"))
+            {
+                return Err(invalid(
+                    key,
+                    format!("{root:?}: expected /path, file:///path or hdfs://host:port/path"),
+                ));
+            }
+        }
+        self.check_topic_common(
+            "topic_defaults",
+            self.topic_defaults.merge_into.as_deref(),
+            &self.topic_defaults.merge_sources,
+            &self.topic_defaults.mirrors,
+            &self.topic_defaults.retention_hours,
+        )?;
+        for (name, topic) in &self.topics {
+            let key = format!("topics.{name}");
+            Topic::new(name).map_err(|e| invalid(&key, e.to_string()))?;
+            let settings = self.resolve(name);
+            self.check_topic_common(
+                &key,
+                settings.merge_into.as_deref(),
+                topic.merge_sources.as_deref().unwrap_or(&[]),
+                &settings.mirrors,
+                &settings.retention_hours,
+            )?;
+        }
+        let c = &self.collector;
+        if c.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "collector.listen",
+                format!("{:?} is not an address like 127.0.0.1:1463", c.listen),
+            ));
+        }
+        if c.http.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "collector.http",
+                format!("{:?} is not an address like 127.0.0.1:14630", c.http),
+            ));
+        }
+        if c.group_commit_ms > 1000 {
+            return Err(invalid(
+                "collector.group_commit_ms",
+                format!("{} is more than 1000 ms", c.group_commit_ms),
+            ));
+        }
+        if !(-7..=22).contains(&c.zstd_level) {
+            return Err(invalid(
+                "collector.zstd_level",
+                format!("{} is outside -7..=22", c.zstd_level),
+            ));
+        }
+        if c.max_file_bytes < 4096 {
+            return Err(invalid(
+                "collector.max_file_bytes",
+                format!("{} is less than 4096", c.max_file_bytes),
+            ));
+        }
+        if c.max_frame_bytes < 1024 || c.max_frame_bytes > (1 << 31) {
+            return Err(invalid(
+                "collector.max_frame_bytes",
+                format!("{} is outside 1024..=2147483648", c.max_frame_bytes),
+            ));
+        }
+        if c.max_message_bytes == 0 || c.max_message_bytes > c.max_frame_bytes {
+            return Err(invalid(
+                "collector.max_message_bytes",
+                format!(
+                    "{} must be between 1 and collector.max_frame_bytes ({})",
+                    c.max_message_bytes, c.max_frame_bytes
+                ),
+            ));
+        }
+        if c.max_connections == 0 {
+            return Err(invalid("collector.max_connections", "must be at least 1"));
+        }
+        if c.topic_queue_bytes < c.max_message_bytes {
+            return Err(invalid(
+                "collector.topic_queue_bytes",
+                format!(
+                    "{} is smaller than collector.max_message_bytes ({})",
+                    c.topic_queue_bytes, c.max_message_bytes
+                ),
+            ));
+        }
+        if c.heartbeat_ms == 0 || c.heartbeat_ms > 60_000 {
+            return Err(invalid(
+                "collector.heartbeat_ms",
+                format!("{} is outside 1..=60000", c.heartbeat_ms),
+            ));
+        }
+        let w = &self.worker;
+        if w.interval_ms == 0 {
+            return Err(invalid("worker.interval_ms", "must be at least 1"));
+        }
+        if w.lease_secs < 2 {
+            return Err(invalid(
+                "worker.lease_secs",
+                format!("{} is less than 2", w.lease_secs),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_topic_common(
+        &self,
+        key: &str,
+        merge_into: Option<&str>,
+        merge_sources: &[String],
+        mirrors: &[String],
+        retention: &Retention,
+    ) -> Result<(), ConfigError> {
+        let known = |cluster: &str, field: &str| -> Result<(), ConfigError> {
+            if self.clusters.contains_key(cluster) {
+                Ok(())
+            } else {
+                Err(invalid(
+                    format!("{key}.{field}"),
+                    format!(
+                        "unknown cluster {cluster:?} (known: {})",
+                        self.clusters.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                ))
+            }
+        };
+        if let Some(dest) = merge_into {
+            known(dest, "merge_into")?;
+        }
+        for s in merge_sources {
+            known(s, "merge_sources")?;
+        }
+        for m in mirrors {
+            known(m, "mirrors")?;
+            if merge_into.is_none() {
+                return Err(invalid(
+                    format!("{key}.mirrors"),
+                    "mirrors need a merged view: set merge_into",
+                ));
+            }
+            if Some(m.as_str()) == merge_into {
+                return Err(invalid(
+                    format!("{key}.mirrors"),
+                    format!("{m:?} is the merge_into cluster itself"),
+                ));
+            }
+        }
+        for (field, hours) in [
+            ("local", retention.local),
+            ("merged", retention.merged),
+            ("hourly", retention.hourly),
+        ] {
+            if hours == 0 {
+                return Err(invalid(
+                    format!("{key}.retention_hours.{field}"),
+                    "must be at least 1 hour",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Effective settings of a topic (defaults for unlisted topics). The name is not
+    /// validated here; callers hold a valid [`Topic`] or came through `validate`.
+    fn resolve(&self, name: &str) -> TopicSettings {
+        let d = &self.topic_defaults;
+        let t = self.topics.get(name).cloned().unwrap_or_default();
+        let merge_into = t.merge_into.or_else(|| d.merge_into.clone());
+        let mut merge_sources = t.merge_sources.unwrap_or_else(|| d.merge_sources.clone());
+        if merge_into.is_some() && merge_sources.is_empty() {
+            merge_sources = self.clusters.keys().cloned().collect();
+        }
+        TopicSettings {
+            topic: Topic::new(name).unwrap_or_else(|_| Topic::invalid()),
+            encoding: t.encoding.unwrap_or(d.encoding),
+            validate: t.validate.unwrap_or(d.validate),
+            retention_hours: t.retention_hours.unwrap_or(d.retention_hours),
+            compact: t.compact.unwrap_or(d.compact),
+            merge_into,
+            merge_sources,
+            mirrors: t.mirrors.unwrap_or_else(|| d.mirrors.clone()),
+        }
+    }
+
+    /// Effective settings of a topic: its own table over `topic_defaults`.
+    pub fn topic(&self, topic: &Topic) -> TopicSettings {
+        let mut settings = self.resolve(topic.as_str());
+        settings.topic = topic.clone();
+        settings
+    }
+
+    /// Whether the topic is listed under `[topics]`.
+    pub fn is_listed(&self, topic: &Topic) -> bool {
+        self.topics.contains_key(topic.as_str())
+    }
+
+    /// The root URI of a cluster.
+    pub fn cluster_root(&self, cluster: &str) -> Result<&str, ConfigError> {
+        self.clusters
+            .get(cluster)
+            .map(|c| c.root.as_str())
+            .ok_or_else(|| {
+                invalid(
+                    format!("clusters.{cluster}"),
+                    format!(
+                        "no such cluster (known: {})",
+                        self.clusters.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                )
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+        [clusters.dc1]
+        root = "/var/lib/conduit/dc1"
+        [clusters.dc2]
+        root = "hdfs://nn:9000/conduit"
+
+        [topic_defaults]
+        merge_into = "dc1"
+        mirrors = ["dc2"]
+
+        [topics.clicks]
+        validate = "json"
+        retention_hours = { local = 24, merged = 72, hourly = 720 }
+        compact = true
+
+        [topics.raw_bytes]
+        encoding = "base64"
+        mirrors = []
+    "#;
+
+    #[test]
+    fn parses_and_resolves_topics() {
+        let config = Config::parse("example", EXAMPLE).unwrap();
+        let clicks = config.topic(&Topic::new("clicks").unwrap());
+        assert_eq!(clicks.encoding, Encoding::Lines);
+        assert_eq!(clicks.validate, Validation::Json);
+        assert_eq!(clicks.retention_hours.local, 24);
+        assert!(clicks.compact);
+        assert_eq!(clicks.merge_into.as_deref(), Some("dc1"));
+        assert_eq!(clicks.merge_sources, vec!["dc1", "dc2"]);
+        assert_eq!(clicks.mirrors, vec!["dc2"]);
+        let raw = config.topic(&Topic::new("raw_bytes").unwrap());
+        assert_eq!(raw.encoding, Encoding::Base64);
+        assert!(raw.mirrors.is_empty());
+        let other = config.topic(&Topic::new("unlisted").unwrap());
+        assert_eq!(other.retention_hours, Retention::default());
+        assert!(!config.is_listed(&Topic::new("unlisted").unwrap()));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = Config::parse("f.toml", "[collector]\nlisten_addr = \"x\"\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("listen_addr"), "{msg}");
+        assert!(msg.contains("f.toml"), "{msg}");
+        let err = Config::parse("f.toml", "[topics.a]\nencodign = \"lines\"\n").unwrap_err();
+        assert!(err.to_string().contains("encodign"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            ("[topics.a]\nencoding = \"gzip\"\n", "encoding"),
+            ("[topics.\"a-b\"]\n", "topics.a-b"),
+            ("[topics.a]\nmerge_into = \"dc9\"\n", "topics.a.merge_into"),
+            ("[clusters.dc1]\nroot = \"s3://x\"\n", "clusters.dc1.root"),
+            ("[clusters.\"dc-1\"]\nroot = \"/x\"\n", "clusters.dc-1"),
+            ("[collector]\nzstd_level = 40\n", "collector.zstd_level"),
+            ("[collector]\nlisten = \"nowhere\"\n", "collector.listen"),
+            (
+                "[collector]\nmax_message_bytes = 0\n",
+                "collector.max_message_bytes",
+            ),
+            (
+                "[topic_defaults.retention_hours]\nlocal = 0\n",
+                "topic_defaults.retention_hours.local",
+            ),
+            (
+                "[clusters.dc1]\nroot=\"/x\"\n[topics.a]\nmirrors = [\"dc1\"]\n",
+                "topics.a.mirrors",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = Config::parse("t", text).expect_err(text);
+            assert!(err.to_string().contains(key), "{text:?} -> {err}");
+        }
+    }
+
+    #[test]
+    fn validation_modes() {
+        assert!(Validation::Json.check(br#"{"a":1}"#).is_ok());
+        assert!(Validation::Json.check(b"{nope").is_err());
+        assert!(Validation::Utf8.check(&[0xff]).is_err());
+        assert!(Validation::None.check(&[0xff]).is_ok());
+    }
+
+    #[test]
+    fn single_cluster_from_flags() {
+        let config = Config::single_cluster("dc1", "/tmp/x").unwrap();
+        assert_eq!(config.cluster_root("dc1").unwrap(), "/tmp/x");
+        assert!(config
+            .cluster_root("dc2")
+            .unwrap_err()
+            .to_string()
+            .contains("dc2"));
+        assert!(Config::single_cluster("dc-1", "/tmp/x").is_err());
+    }
+}

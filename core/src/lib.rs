@@ -1,0 +1,36 @@
+//! `conduit-core`: what every conduit service shares.
+//!
+//! Conduit moves events from serving apps to collectors, which write zstd files per
+//! topic; a worker seals them into minute directories (`streams_local`), merges
+//! datacenters (`streams`) and mirrors them; batch jobs and tail readers consume the
+//! sealed minutes. Everything those services agree on lives here, so no service grows
+//! its own copy.
+//!
+//! # Layout
+//! - [`storage`]: the async [`Storage`] trait, local-disk and HDFS backends, retry
+//!   and fault-injection wrappers, and the [`storage::conformance`] suite every
+//!   backend runs.
+//! - [`layout`]: the one module that builds and parses every path (topics, minutes,
+//!   views, collector files, markers, system state).
+//! - [`format`]: the data file format (independent zstd frames of whole records,
+//!   `lines` or `base64`, close trailer, torn-tail recovery).
+//! - [`config`]: the TOML configuration with key-naming validation.
+//! - [`clock`]: the [`Clock`] trait, so minute boundaries are testable without sleeps.
+
+pub mod clock;
+pub mod config;
+pub mod format;
+pub mod heartbeat;
+pub mod http;
+pub mod layout;
+pub mod scribe;
+pub mod storage;
+
+pub use clock::{Clock, SharedClock, SystemClock, TestClock};
+pub use config::{Config, ConfigError, TopicSettings, Validation};
+pub use format::{Encoding, FormatError, FrameEncoder, RecordError, Trailer};
+pub use layout::{LayoutError, Minute, NodeName, Topic, View};
+pub use storage::{
+    open_root, CreateMode, FileStatus, FileWriter, RenameMode, SharedStorage, Storage,
+    StorageError, StorageResult,
+};

@@ -1,0 +1,275 @@
+//! Fault injection around a real backend, for tests of outages and torn writes.
+//!
+//! A [`FaultPlan`] is shared between the test and the [`FaultStorage`] it controls:
+//! the test switches an outage on (every operation, or chosen ones, optionally only
+//! for paths containing a substring), arms a countdown that fails the N-th next
+//! call, or asks the next write to be torn (half the bytes reach the file, then the
+//! call fails), and switches it off again. Everything else goes to the real backend.
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::{
+    CreateMode, FileStatus, FileWriter, RenameMode, SharedStorage, Storage, StorageError,
+    StorageResult,
+};
+
+/// The operations a plan can fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// `Storage::create`.
+    Create,
+    /// `Storage::append`.
+    Append,
+    /// `FileWriter::write`.
+    Write,
+    /// `FileWriter::sync`.
+    Sync,
+    /// `FileWriter::close`.
+    Close,
+    /// `Storage::read_range`.
+    Read,
+    /// `Storage::stat`.
+    Stat,
+    /// `Storage::list`.
+    List,
+    /// `Storage::rename`.
+    Rename,
+    /// `Storage::mkdirs`.
+    Mkdirs,
+    /// `Storage::delete`.
+    Delete,
+    /// `Storage::recover_lease`.
+    RecoverLease,
+}
+
+#[derive(Debug, Default)]
+struct PlanState {
+    /// Ops failing while the outage lasts; empty with `outage` set means all.
+    ops: Vec<Op>,
+    /// Whether an outage is in force.
+    outage: bool,
+    /// Only paths containing this fail, if set.
+    path_filter: Option<String>,
+    /// Fail the call after this many more matching calls succeed.
+    countdown: Option<u64>,
+    /// The next write writes half its bytes, then fails.
+    tear_next_write: bool,
+}
+
+/// The switchboard a test uses to fail a [`FaultStorage`].
+#[derive(Debug, Clone, Default)]
+pub struct FaultPlan {
+    state: Arc<Mutex<PlanState>>,
+    injected: Arc<AtomicU64>,
+}
+
+impl FaultPlan {
+    /// A plan with no faults.
+    pub fn new() -> Self {
+        FaultPlan::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PlanState> {
+        // A test that panicked while holding the lock leaves a usable state.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every operation fails until [`FaultPlan::heal`].
+    pub fn fail_all(&self) {
+        let mut s = self.lock();
+        s.outage = true;
+        s.ops.clear();
+    }
+
+    /// Only these operations fail until [`FaultPlan::heal`].
+    pub fn fail_ops(&self, ops: &[Op]) {
+        let mut s = self.lock();
+        s.outage = true;
+        s.ops = ops.to_vec();
+    }
+
+    /// Restricts faults to paths containing `needle`.
+    pub fn only_paths_containing(&self, needle: &str) {
+        self.lock().path_filter = Some(needle.to_string());
+    }
+
+    /// Lets `n` more matching calls succeed, then fails the next one (once).
+    pub fn fail_after(&self, n: u64) {
+        self.lock().countdown = Some(n);
+    }
+
+    /// The next write puts half its bytes in the file and then fails.
+    pub fn tear_next_write(&self) {
+        self.lock().tear_next_write = true;
+    }
+
+    /// Ends every fault.
+    pub fn heal(&self) {
+        *self.lock() = PlanState::default();
+    }
+
+    /// How many faults were injected so far.
+    pub fn injected(&self) -> u64 {
+        self.injected.load(Ordering::Relaxed)
+    }
+
+    fn check(&self, op: Op, path: &str) -> StorageResult<()> {
+        let mut s = self.lock();
+        if let Some(filter) = &s.path_filter {
+            if !path.contains(filter.as_str()) {
+                return Ok(());
+            }
+        }
+        let op_matches = s.ops.is_empty() || s.ops.contains(&op);
+        let mut fail = s.outage && op_matches;
+        if let Some(left) = s.countdown {
+            if left == 0 {
+                s.countdown = None;
+                fail = true;
+            } else {
+                s.countdown = Some(left - 1);
+            }
+        }
+        if fail {
+            self.injected.fetch_add(1, Ordering::Relaxed);
+            Err(StorageError::Injected {
+                op,
+                path: path.to_string(),
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    fn take_tear(&self) -> bool {
+        std::mem::take(&mut self.lock().tear_next_write)
+    }
+}
+
+/// A storage that fails operations as its [`FaultPlan`] says.
+pub struct FaultStorage {
+    inner: SharedStorage,
+    plan: FaultPlan,
+}
+
+impl fmt::Debug for FaultStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FaultStorage")
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+impl FaultStorage {
+    /// Wraps `inner`; faults come from `plan`.
+    pub fn new(inner: SharedStorage, plan: FaultPlan) -> Self {
+        FaultStorage { inner, plan }
+    }
+
+    fn wrap(&self, inner: Box<dyn FileWriter>) -> Box<dyn FileWriter> {
+        Box::new(FaultWriter {
+            inner,
+            plan: self.plan.clone(),
+        })
+    }
+}
+
+#[async_trait]
+impl Storage for FaultStorage {
+    fn root(&self) -> &str {
+        self.inner.root()
+    }
+
+    async fn create(&self, path: &str, mode: CreateMode) -> StorageResult<Box<dyn FileWriter>> {
+        self.plan.check(Op::Create, path)?;
+        Ok(self.wrap(self.inner.create(path, mode).await?))
+    }
+
+    async fn append(&self, path: &str) -> StorageResult<Box<dyn FileWriter>> {
+        self.plan.check(Op::Append, path)?;
+        Ok(self.wrap(self.inner.append(path).await?))
+    }
+
+    async fn read_range(&self, path: &str, range: Range<u64>) -> StorageResult<Bytes> {
+        self.plan.check(Op::Read, path)?;
+        self.inner.read_range(path, range).await
+    }
+
+    async fn stat(&self, path: &str) -> StorageResult<FileStatus> {
+        self.plan.check(Op::Stat, path)?;
+        self.inner.stat(path).await
+    }
+
+    async fn list(&self, dir: &str) -> StorageResult<Vec<FileStatus>> {
+        self.plan.check(Op::List, dir)?;
+        self.inner.list(dir).await
+    }
+
+    async fn rename(&self, from: &str, to: &str, mode: RenameMode) -> StorageResult<()> {
+        self.plan.check(Op::Rename, from)?;
+        self.inner.rename(from, to, mode).await
+    }
+
+    async fn mkdirs(&self, dir: &str) -> StorageResult<()> {
+        self.plan.check(Op::Mkdirs, dir)?;
+        self.inner.mkdirs(dir).await
+    }
+
+    async fn delete(&self, path: &str, recursive: bool) -> StorageResult<bool> {
+        self.plan.check(Op::Delete, path)?;
+        self.inner.delete(path, recursive).await
+    }
+
+    async fn recover_lease(&self, path: &str) -> StorageResult<bool> {
+        self.plan.check(Op::RecoverLease, path)?;
+        self.inner.recover_lease(path).await
+    }
+}
+
+#[derive(Debug)]
+struct FaultWriter {
+    inner: Box<dyn FileWriter>,
+    plan: FaultPlan,
+}
+
+#[async_trait]
+impl FileWriter for FaultWriter {
+    async fn write(&mut self, buf: Bytes) -> StorageResult<()> {
+        if self.plan.take_tear() {
+            let half = buf.slice(..buf.len() / 2);
+            self.inner.write(half).await?;
+            self.inner.sync().await?;
+            self.plan.injected.fetch_add(1, Ordering::Relaxed);
+            return Err(StorageError::Injected {
+                op: Op::Write,
+                path: self.inner.path().to_string(),
+            });
+        }
+        self.plan.check(Op::Write, self.inner.path())?;
+        self.inner.write(buf).await
+    }
+
+    async fn sync(&mut self) -> StorageResult<()> {
+        self.plan.check(Op::Sync, self.inner.path())?;
+        self.inner.sync().await
+    }
+
+    async fn close(self: Box<Self>) -> StorageResult<()> {
+        self.plan.check(Op::Close, self.inner.path())?;
+        self.inner.close().await
+    }
+
+    fn position(&self) -> u64 {
+        self.inner.position()
+    }
+
+    fn path(&self) -> &str {
+        self.inner.path()
+    }
+}
