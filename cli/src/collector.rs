@@ -1,0 +1,138 @@
+//! `conduit collector`: run a collector daemon.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use conduit_collector::{Collector, CollectorSettings};
+use conduit_core::{Config, NodeName, SystemClock};
+
+/// Arguments of `conduit collector`. Flags override the config file.
+#[derive(Debug, Args)]
+pub struct CollectorArgs {
+    /// Configuration file (topics, limits, clusters). Without it, `--root` is
+    /// required and any valid topic is accepted with default settings.
+    #[arg(long, value_name = "FILE")]
+    config: Option<String>,
+
+    /// Storage root to write to, overriding the cluster's root from the config:
+    /// a directory, `file:///path` or `hdfs://namenode:port/path`.
+    #[arg(long, value_name = "DIR|URI", required_unless_present = "config")]
+    root: Option<String>,
+
+    /// Cluster (datacenter) this collector writes to.
+    #[arg(long, default_value = "dc1")]
+    cluster: String,
+
+    /// This collector's id, unique within the cluster; it names its files.
+    #[arg(long, default_value = "c1")]
+    id: String,
+
+    /// Scribe/Thrift listen address [config: collector.listen, default 127.0.0.1:1463].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+
+    /// HTTP listen address for /metrics and /health [config: collector.http,
+    /// default 127.0.0.1:14630].
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
+
+    /// Local directory to spool to while storage is unavailable
+    /// [config: collector.spool_dir; default: no spool, callers get TRY_LATER].
+    #[arg(long, value_name = "DIR")]
+    spool_dir: Option<String>,
+
+    /// Refuse topics not listed in the config (they go to `_invalid`)
+    /// [config: collector.strict_topics].
+    #[arg(long)]
+    strict_topics: bool,
+
+    /// Group-commit window in milliseconds [config: collector.group_commit_ms, default 2].
+    #[arg(long, value_name = "MS")]
+    group_commit_ms: Option<u64>,
+
+    /// zstd level of data frames [config: collector.zstd_level, default 1].
+    #[arg(long, value_name = "LEVEL")]
+    zstd_level: Option<i32>,
+
+    /// Close a data file when it reaches this many bytes
+    /// [config: collector.max_file_bytes, default 268435456].
+    #[arg(long, value_name = "BYTES")]
+    max_file_bytes: Option<u64>,
+
+    /// Largest single message; larger ones go to `_invalid`
+    /// [config: collector.max_message_bytes, default 1048576].
+    #[arg(long, value_name = "BYTES")]
+    max_message_bytes: Option<u64>,
+
+    /// Connections above this get TRY_LATER [config: collector.max_connections, default 1024].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+}
+
+/// Runs a collector until SIGINT or SIGTERM, then shuts down cleanly.
+pub async fn run(args: CollectorArgs) -> anyhow::Result<ExitCode> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(root) = &args.root {
+        config.clusters.insert(
+            args.cluster.clone(),
+            conduit_core::config::ClusterConfig { root: root.clone() },
+        );
+    }
+    let c = &mut config.collector;
+    if let Some(v) = &args.listen {
+        c.listen = v.clone();
+    }
+    if let Some(v) = &args.http {
+        c.http = v.clone();
+    }
+    if let Some(v) = &args.spool_dir {
+        c.spool_dir = Some(v.clone());
+    }
+    if args.strict_topics {
+        c.strict_topics = true;
+    }
+    if let Some(v) = args.group_commit_ms {
+        c.group_commit_ms = v;
+    }
+    if let Some(v) = args.zstd_level {
+        c.zstd_level = v;
+    }
+    if let Some(v) = args.max_file_bytes {
+        c.max_file_bytes = v;
+    }
+    if let Some(v) = args.max_message_bytes {
+        c.max_message_bytes = v;
+    }
+    if let Some(v) = args.max_connections {
+        c.max_connections = v;
+    }
+    config.validate()?;
+    let cluster = NodeName::new(&args.cluster).context("--cluster")?;
+    let id = NodeName::new(&args.id).context("--id")?;
+    let root = config.cluster_root(cluster.as_str())?.to_string();
+    let storage = conduit_core::open_root(&root)
+        .await
+        .with_context(|| format!("cannot open storage root {root}"))?;
+    let settings = CollectorSettings {
+        cluster,
+        id,
+        collector: config.collector.clone(),
+        config: Arc::new(config),
+    };
+    let collector = Collector::start(settings, storage, SystemClock::shared()).await?;
+    println!(
+        "collector ready: scribe {} http {} root {}",
+        collector.thrift_addr(),
+        collector.http_addr(),
+        root
+    );
+    crate::signals::wait_for_shutdown().await;
+    tracing::info!("shutdown requested");
+    collector.stop().await?;
+    Ok(ExitCode::SUCCESS)
+}

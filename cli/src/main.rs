@@ -1,0 +1,65 @@
+//! `conduit`: the one user-facing binary. Every command is a subcommand and works
+//! from flags alone (`--root DIR|hdfs://...`) as well as from a config file.
+//!
+//! This file only parses arguments, sets up logging and hands over to a module per
+//! subcommand.
+
+mod check;
+mod collector;
+mod logging;
+mod signals;
+
+use clap::{Parser, Subcommand};
+
+/// Conduit: a data bus from serving apps to Hadoop and real-time consumers.
+#[derive(Debug, Parser)]
+#[command(name = "conduit", version, about, long_about = None)]
+struct Cli {
+    /// Log format on stderr: `text` for people, `json` for log shippers.
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+
+    /// Log filter, in `RUST_LOG` syntax (e.g. `info`, `conduit_collector=debug`).
+    /// `RUST_LOG` wins when set.
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate a configuration (or flags) and print the storage layout it implies.
+    Check(check::CheckArgs),
+    /// Run a collector: Scribe-compatible ingest that acknowledges only durable events.
+    Collector(collector::CollectorArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    logging::init(&cli.log_format, &cli.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Check(args) => check::run(args).await,
+            Command::Collector(args) => collector::run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

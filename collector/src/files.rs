@@ -1,0 +1,117 @@
+//! Open data files: one per topic, in storage or in the local spool.
+//!
+//! An [`OpenFile`] appends frames to `data/<topic>/<collector>/<name>.zst` (or the
+//! same relative path under the spool directory), counts what it holds for the close
+//! trailer, and remembers `acked_len`, the length after its last successful sync:
+//! everything up to there was acknowledged, nothing after it was. If the writer
+//! fails, the file is abandoned and later cut back to `acked_len` and closed, so
+//! bytes of a failed commit never reappear next to their spooled copy.
+
+use bytes::Bytes;
+use conduit_core::format::{Encoding, Trailer};
+use conduit_core::{FileWriter, Minute, Topic};
+
+/// Where an open file lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The cluster's storage.
+    Storage,
+    /// The collector's local spool (storage unavailable).
+    Spool,
+}
+
+/// A data file being written.
+#[derive(Debug)]
+pub struct OpenFile {
+    /// Path relative to the storage or spool root.
+    pub path: String,
+    /// Storage or spool.
+    pub target: Target,
+    /// Topic of every record in the file.
+    pub topic: Topic,
+    /// Arrival minute of every record in the file.
+    pub minute: Minute,
+    /// Sequence number in the file name.
+    pub seq: u32,
+    /// Record encoding.
+    pub encoding: Encoding,
+    /// The writer.
+    pub writer: Box<dyn FileWriter>,
+    /// Records written so far.
+    pub records: u64,
+    /// Decompressed bytes of those records.
+    pub record_bytes: u64,
+    /// Length after the last successful sync (acknowledged bytes).
+    pub acked_len: u64,
+    /// Records and record bytes as of `acked_len`.
+    pub acked_counts: (u64, u64),
+    /// Whether anything was written since the last sync.
+    pub dirty: bool,
+}
+
+impl OpenFile {
+    /// Appends a frame (and the marks before it) holding `records` records of
+    /// `record_bytes` decompressed bytes. Not durable until [`OpenFile::sync`].
+    pub async fn append(
+        &mut self,
+        marks: Option<Bytes>,
+        frame: Bytes,
+        records: u64,
+        record_bytes: u64,
+    ) -> conduit_core::StorageResult<()> {
+        if let Some(marks) = marks {
+            self.writer.write(marks).await?;
+        }
+        self.writer.write(frame).await?;
+        self.records += records;
+        self.record_bytes += record_bytes;
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Makes everything appended durable and advances `acked_len`.
+    pub async fn sync(&mut self) -> conduit_core::StorageResult<()> {
+        if self.dirty {
+            self.writer.sync().await?;
+            self.dirty = false;
+        }
+        self.acked_len = self.writer.position();
+        self.acked_counts = (self.records, self.record_bytes);
+        Ok(())
+    }
+
+    /// The trailer for what has been acknowledged.
+    pub fn trailer(&self) -> Trailer {
+        Trailer {
+            encoding: self.encoding,
+            records: self.acked_counts.0,
+            record_bytes: self.acked_counts.1,
+        }
+    }
+
+    /// Writes the trailer and closes the file. Only call after a successful sync.
+    pub async fn close(mut self) -> conduit_core::StorageResult<()> {
+        let trailer = self.trailer().encode();
+        self.writer.write(trailer).await?;
+        self.writer.close().await
+    }
+
+    /// Current length including unsynced bytes.
+    pub fn written_len(&self) -> u64 {
+        self.writer.position()
+    }
+}
+
+/// A storage file whose writer failed: to be cut back to `acked_len` and closed
+/// once storage is reachable again.
+#[derive(Debug, Clone)]
+pub struct Abandoned {
+    /// Path relative to the storage root.
+    pub path: String,
+    /// Its minute (holds back the watermark until it is closed).
+    pub minute: Minute,
+    /// Record encoding.
+    pub encoding: Encoding,
+    /// Acknowledged length.
+    pub acked_len: u64,
+}

@@ -1,0 +1,340 @@
+//! The conduit collector: the daemon every publisher talks to.
+//!
+//! It speaks Scribe (Thrift `Log` over framed binary, port 1463 by default), so
+//! existing Scribe clients work unchanged, plus conduit's idempotent `LogBatch`
+//! extension and the fb303 monitoring calls. It acknowledges (`OK`) a call only once
+//! every entry of it is durable: fsynced on local disk or hsynced on HDFS (or, while
+//! storage is down, fsynced in the local spool). It writes
+//! `data/<topic>/<collector>/<topic>-yyyy-MM-dd-HH-mm_NNNNN.zst` in the format of
+//! `docs/format.md`, closes files at each UTC minute boundary, and publishes its
+//! watermark in `system/heartbeats/` for the worker.
+//!
+//! # Layout
+//! - [`server`]: connections, validation, `_invalid`, backpressure, fb303.
+//! - [`engine`]: the committer (group commit, files, minute roll, spool, recovery).
+//! - [`files`]: open and abandoned data files.
+//! - [`dedup`]: which idempotent batches are durable.
+//! - [`metrics`]: Prometheus metrics.
+//!
+//! # Tasks
+//! acceptor → one task per connection (reader + ordered reply writer) → bounded
+//! queue → one committer → storage; plus the heartbeat task and the HTTP listener
+//! (`/metrics`, `/health`). Shutdown: stop accepting, let connections finish their
+//! in-flight calls, drain the queue, close every file, publish the final
+//! heartbeat, return.
+
+pub mod dedup;
+pub mod engine;
+pub mod files;
+pub mod metrics;
+pub mod server;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use conduit_core::config::CollectorConfig;
+use conduit_core::heartbeat::{CollectorState, Heartbeat, HEARTBEAT_VERSION};
+use conduit_core::http::{HttpServer, SharedRegistry};
+use conduit_core::storage::LocalStorage;
+use conduit_core::{Config, NodeName, SharedClock, SharedStorage};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinSet;
+
+pub use engine::{EngineStatus, Outcome};
+pub use metrics::Metrics;
+
+/// Everything a collector needs to start.
+#[derive(Debug, Clone)]
+pub struct CollectorSettings {
+    /// Cluster this collector writes to.
+    pub cluster: NodeName,
+    /// This collector's id (unique within the cluster; names its files).
+    pub id: NodeName,
+    /// Topics and their settings.
+    pub config: Arc<Config>,
+    /// Effective collector settings (config with flag overrides applied).
+    pub collector: CollectorConfig,
+}
+
+/// A running collector.
+#[derive(Debug)]
+pub struct Collector {
+    thrift_addr: SocketAddr,
+    http_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    status: watch::Receiver<EngineStatus>,
+    main: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Collector {
+    /// Recovers what a previous run left, binds the listeners (port 0 picks a free
+    /// port) and starts serving.
+    pub async fn start(
+        settings: CollectorSettings,
+        storage: SharedStorage,
+        clock: SharedClock,
+    ) -> anyhow::Result<Collector> {
+        let limits = settings.collector.clone();
+        let listener = TcpListener::bind(&limits.listen)
+            .await
+            .with_context(|| format!("cannot listen on collector.listen {}", limits.listen))?;
+        let http_listener = TcpListener::bind(&limits.http)
+            .await
+            .with_context(|| format!("cannot listen on collector.http {}", limits.http))?;
+        let thrift_addr = listener.local_addr()?;
+        let http_addr = http_listener.local_addr()?;
+
+        let registry: SharedRegistry = Arc::new(Mutex::new(Default::default()));
+        let metrics = Metrics::new(&registry);
+        let spool: Option<SharedStorage> = match &limits.spool_dir {
+            Some(dir) => {
+                Some(Arc::new(LocalStorage::open(dir).with_context(|| {
+                    format!("cannot open collector.spool_dir {dir}")
+                })?))
+            }
+            None => None,
+        };
+        let engine_settings = engine::EngineSettings {
+            cluster: settings.cluster.clone(),
+            collector: settings.id.clone(),
+            group_commit: Duration::from_millis(limits.group_commit_ms),
+            zstd_level: limits.zstd_level,
+            max_file_bytes: limits.max_file_bytes,
+            spool_max_bytes: limits.spool_max_bytes,
+            config: settings.config.clone(),
+        };
+        let (engine, status) = engine::Engine::start(
+            engine_settings,
+            storage.clone(),
+            spool,
+            clock.clone(),
+            metrics.clone(),
+        )
+        .await
+        .context("collector recovery failed")?;
+
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        // Queue depth in calls; bytes are bounded per topic by topic_queue_bytes.
+        let (tx, rx) = mpsc::channel(4096);
+        let started_at = clock.now();
+        let shared = Arc::new(server::Shared {
+            config: settings.config.clone(),
+            limits: limits.clone(),
+            cluster: settings.cluster.clone(),
+            collector: settings.id.clone(),
+            tx,
+            metrics: metrics.clone(),
+            totals: Default::default(),
+            queues: Mutex::new(Default::default()),
+            clock: clock.clone(),
+            started_at: started_at.timestamp(),
+            shutting_down: shutdown_rx.clone(),
+            status: status.clone(),
+        });
+
+        let engine_task = tokio::spawn(engine.run(rx));
+        let heartbeat = Heartbeat {
+            version: HEARTBEAT_VERSION,
+            cluster: settings.cluster.clone(),
+            collector: settings.id.clone(),
+            state: CollectorState::Running,
+            thrift_addr: thrift_addr.to_string(),
+            http_addr: http_addr.to_string(),
+            started_at,
+            updated_at: started_at,
+            watermark: status.borrow().watermark,
+            spooled_bytes: 0,
+        };
+        // Publish the first heartbeat before accepting, so a worker sees this
+        // collector before any of its files.
+        if let Err(e) = heartbeat.publish(storage.as_ref()).await {
+            tracing::warn!(error = %e, "cannot publish the first heartbeat");
+        }
+        let heartbeat_task = tokio::spawn(heartbeat_loop(
+            heartbeat,
+            storage.clone(),
+            clock.clone(),
+            status.clone(),
+            Duration::from_millis(limits.heartbeat_ms),
+        ));
+
+        let health_status = status.clone();
+        let health_shutdown = shutdown_rx.clone();
+        let http = HttpServer::new(registry).with_health(Arc::new(move || {
+            let s = health_status.borrow().clone();
+            let stopping = *health_shutdown.borrow();
+            (
+                s.storage_healthy && !stopping,
+                serde_json::json!({
+                    "storage_healthy": s.storage_healthy,
+                    "shutting_down": stopping,
+                    "spooled_bytes": s.spooled_bytes,
+                    "watermark": s.watermark.map(|m| m.to_string()),
+                }),
+            )
+        }));
+        let mut http_shutdown = shutdown_rx.clone();
+        let http_task = tokio::spawn(async move {
+            let stop = async move {
+                let _ = http_shutdown.wait_for(|s| *s).await;
+            };
+            if let Err(e) = http.serve(http_listener, stop).await {
+                tracing::error!(error = %e, "http listener failed");
+            }
+        });
+
+        let cluster = settings.cluster.clone();
+        let id = settings.id.clone();
+        let main = tokio::spawn(async move {
+            accept_loop(listener, shared.clone(), shutdown_rx.clone()).await;
+            // Every connection is done: the queue's last sender goes with `shared`.
+            drop(shared);
+            engine_task.await.context("committer task failed")?;
+            heartbeat_task.await.context("heartbeat task failed")?;
+            let _ = http_task.await;
+            tracing::info!(cluster = %cluster, collector = %id, "collector stopped");
+            Ok(())
+        });
+        tracing::info!(
+            cluster = %settings.cluster,
+            collector = %settings.id,
+            thrift = %thrift_addr,
+            http = %http_addr,
+            root = storage.root(),
+            "collector listening"
+        );
+        Ok(Collector {
+            thrift_addr,
+            http_addr,
+            shutdown: shutdown_tx,
+            status,
+            main,
+        })
+    }
+
+    /// The Scribe/Thrift address.
+    pub fn thrift_addr(&self) -> SocketAddr {
+        self.thrift_addr
+    }
+
+    /// The HTTP address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The committer's current status.
+    pub fn status(&self) -> EngineStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver of status changes (tests wait on watermarks with it).
+    pub fn status_watch(&self) -> watch::Receiver<EngineStatus> {
+        self.status.clone()
+    }
+
+    /// Begins a graceful shutdown.
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Waits until the collector has stopped.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.main.await.context("collector task panicked")?
+    }
+
+    /// Shuts down and waits.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown();
+        self.wait().await
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<server::Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let limit = Arc::new(Semaphore::new(shared.limits.max_connections));
+    let mut connections = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.wait_for(|s| *s) => break,
+        };
+        // Reap finished connection tasks so the set stays small.
+        while connections.try_join_next().is_some() {}
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                // Out of file descriptors and the like: back off briefly.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let permit = limit.clone().try_acquire_owned();
+        let over_limit = permit.is_err();
+        if over_limit {
+            shared
+                .metrics
+                .connection_errors
+                .get_or_create(&Metrics::label("reason", "max_connections"))
+                .inc();
+            tracing::warn!(%peer, max_connections = shared.limits.max_connections, "connection over max_connections: answering TRY_LATER");
+        }
+        let shared = shared.clone();
+        connections.spawn(async move {
+            shared.metrics.open_connections.inc();
+            server::handle_connection(stream, shared.clone(), over_limit).await;
+            shared.metrics.open_connections.dec();
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tracing::info!(
+        connections = connections.len(),
+        "stopped accepting; finishing in-flight calls"
+    );
+    while connections.join_next().await.is_some() {}
+}
+
+async fn heartbeat_loop(
+    mut beat: Heartbeat,
+    storage: SharedStorage,
+    clock: SharedClock,
+    mut status: watch::Receiver<EngineStatus>,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stopped = {
+            let s = status.borrow_and_update();
+            beat.watermark = s.watermark;
+            beat.spooled_bytes = s.spooled_bytes;
+            s.stopped
+        };
+        beat.updated_at = clock.now();
+        if stopped {
+            beat.state = CollectorState::Stopped;
+        }
+        if let Err(e) = beat.publish(storage.as_ref()).await {
+            tracing::warn!(error = %e, "cannot publish heartbeat");
+        }
+        if stopped {
+            return;
+        }
+        tokio::select! {
+            _ = tick.tick() => {}
+            changed = status.changed() => {
+                if changed.is_err() {
+                    // The committer is gone without saying it stopped (panic).
+                    return;
+                }
+            }
+        }
+    }
+}

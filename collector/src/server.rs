@@ -1,0 +1,558 @@
+//! Connections: Scribe/Thrift framed binary protocol in, durable acknowledgements out.
+//!
+//! Each connection has a reader (frames → validated, encoded [`Submission`]s) and a
+//! writer (answers in request order, so pipelined calls are answered correctly).
+//! A bad frame closes only its own connection; a bad entry goes to `_invalid` and
+//! the rest of its call is stored.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use base64::Engine as _;
+use bytes::{Bytes, BytesMut};
+use conduit_core::config::CollectorConfig;
+use conduit_core::format::Encoding;
+use conduit_core::scribe::{
+    decode_request, read_frame, Call, Fb303Call, FbStatus, LogEntry, ProtocolError, Reply, Request,
+    ResultCode,
+};
+use conduit_core::{Config, NodeName, SharedClock, Topic, Validation};
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::engine::{EngineStatus, Outcome, Part, Submission};
+use crate::metrics::Metrics;
+
+/// Simple totals for fb303 `getCounters` (Prometheus has the full picture).
+#[derive(Debug, Default)]
+pub struct Totals {
+    /// Log/LogBatch calls.
+    pub calls: AtomicU64,
+    /// Entries received.
+    pub entries: AtomicU64,
+    /// Calls answered TRY_LATER.
+    pub try_later: AtomicU64,
+    /// Entries sent to `_invalid`.
+    pub invalid: AtomicU64,
+    /// Connections closed for protocol errors.
+    pub protocol_errors: AtomicU64,
+}
+
+/// State every connection shares.
+#[derive(Debug)]
+pub struct Shared {
+    /// Topics and their settings.
+    pub config: Arc<Config>,
+    /// Effective collector limits.
+    pub limits: CollectorConfig,
+    /// Cluster name (in `_invalid` records).
+    pub cluster: NodeName,
+    /// Collector id.
+    pub collector: NodeName,
+    /// Queue to the committer.
+    pub tx: mpsc::Sender<Submission>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Totals for fb303.
+    pub totals: Totals,
+    /// Bytes queued per topic (bounded by `topic_queue_bytes`).
+    pub queues: Mutex<HashMap<Topic, Arc<AtomicU64>>>,
+    /// Clock (arrival times of `_invalid` records).
+    pub clock: SharedClock,
+    /// When this collector started (fb303 `aliveSince`).
+    pub started_at: i64,
+    /// Set when shutdown begins.
+    pub shutting_down: watch::Receiver<bool>,
+    /// Committer status (fb303 `getStatus`).
+    pub status: watch::Receiver<EngineStatus>,
+}
+
+/// What the settings of a category resolve to.
+#[derive(Debug, Clone)]
+enum TopicInfo {
+    Valid {
+        topic: Topic,
+        encoding: Encoding,
+        validate: Validation,
+        queue: Arc<AtomicU64>,
+    },
+    Invalid(&'static str),
+}
+
+/// A reply the writer must send, in order.
+enum Pending {
+    Now(Request, ReplyOwned),
+    Wait(Request, oneshot::Receiver<Outcome>),
+}
+
+enum ReplyOwned {
+    Code(ResultCode),
+    String(String),
+    I64(i64),
+    Status(i32),
+    Counters(Vec<(String, i64)>),
+    UnknownMethod,
+}
+
+impl Shared {
+    fn queue_of(&self, topic: &Topic) -> Arc<AtomicU64> {
+        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        queues.entry(topic.clone()).or_default().clone()
+    }
+
+    fn resolve(&self, category: &Bytes) -> TopicInfo {
+        let Ok(name) = std::str::from_utf8(category) else {
+            return TopicInfo::Invalid("invalid_topic");
+        };
+        let Ok(topic) = Topic::new(name) else {
+            return TopicInfo::Invalid("invalid_topic");
+        };
+        if self.limits.strict_topics && !self.config.is_listed(&topic) && !topic.is_system() {
+            return TopicInfo::Invalid("unknown_topic");
+        }
+        let settings = self.config.topic(&topic);
+        TopicInfo::Valid {
+            queue: self.queue_of(&topic),
+            topic,
+            encoding: settings.encoding,
+            validate: settings.validate,
+        }
+    }
+
+    fn invalid_record(
+        &self,
+        category: &[u8],
+        reason: &str,
+        detail: &str,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let record = serde_json::json!({
+            "topic": String::from_utf8_lossy(category),
+            "reason": reason,
+            "detail": detail,
+            "arrived_at": self.clock.now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "cluster": self.collector_cluster(),
+            "collector": self.collector.as_str(),
+            "payload_base64": base64::engine::general_purpose::STANDARD.encode(payload),
+        });
+        let mut line = serde_json::to_vec(&record).unwrap_or_default();
+        line.push(b'\n');
+        line
+    }
+
+    fn collector_cluster(&self) -> &str {
+        self.cluster.as_str()
+    }
+
+    /// Validates and encodes a call's entries and queues them for the committer.
+    fn submit(
+        &self,
+        entries: Vec<LogEntry>,
+        batch: Option<(Bytes, i64)>,
+        cache: &mut HashMap<Bytes, TopicInfo>,
+    ) -> Result<oneshot::Receiver<Outcome>, &'static str> {
+        if *self.shutting_down.borrow() {
+            return Err("shutting_down");
+        }
+        self.totals.calls.fetch_add(1, Ordering::Relaxed);
+        self.totals
+            .entries
+            .fetch_add(entries.len() as u64, Ordering::Relaxed);
+        let max_message = self.limits.max_message_bytes as usize;
+        let mut parts: Vec<Part> = Vec::new();
+        let mut index_of: HashMap<Topic, usize> = HashMap::new();
+        let mut queues: Vec<Arc<AtomicU64>> = Vec::new();
+        let invalid_topic = Topic::invalid();
+        let mut push = |topic: &Topic,
+                        encoding: Encoding,
+                        queue: Arc<AtomicU64>,
+                        record: &dyn Fn(&mut Vec<u8>),
+                        payload_len: usize| {
+            let i = *index_of.entry(topic.clone()).or_insert_with(|| {
+                parts.push(Part {
+                    topic: topic.clone(),
+                    encoding,
+                    index: parts.len() as u16,
+                    records: Vec::new(),
+                    count: 0,
+                    payload_bytes: 0,
+                });
+                queues.push(queue);
+                parts.len() - 1
+            });
+            let part = &mut parts[i];
+            record(&mut part.records);
+            part.count += 1;
+            part.payload_bytes += payload_len as u64;
+        };
+        for entry in &entries {
+            let info = cache
+                .entry(entry.category.clone())
+                .or_insert_with(|| self.resolve(&entry.category))
+                .clone();
+            let rejection: Option<(&'static str, String)> = match &info {
+                TopicInfo::Invalid(reason) => {
+                    Some((reason, "topic names match [A-Za-z0-9_]{1,128}".to_string()))
+                }
+                TopicInfo::Valid {
+                    encoding, validate, ..
+                } => {
+                    if entry.message.len() > max_message {
+                        Some((
+                            "message_too_large",
+                            format!(
+                                "message of {} bytes exceeds max_message_bytes {}",
+                                entry.message.len(),
+                                max_message
+                            ),
+                        ))
+                    } else if let Err(e) = encoding.check(&entry.message) {
+                        Some(("newline_in_lines_payload", e.to_string()))
+                    } else if let Err(e) = validate.check(&entry.message) {
+                        Some(("validation_failed", e))
+                    } else {
+                        None
+                    }
+                }
+            };
+            match (rejection, info) {
+                (
+                    None,
+                    TopicInfo::Valid {
+                        topic,
+                        encoding,
+                        queue,
+                        ..
+                    },
+                ) => {
+                    let message = &entry.message;
+                    push(
+                        &topic,
+                        encoding,
+                        queue,
+                        &|out: &mut Vec<u8>| {
+                            // Checked above; encode_into cannot fail here.
+                            let _ = encoding.encode_into(message, out);
+                        },
+                        message.len(),
+                    );
+                }
+                (Some((reason, detail)), _) => {
+                    self.totals.invalid.fetch_add(1, Ordering::Relaxed);
+                    let category = String::from_utf8_lossy(&entry.category);
+                    let shown: String = category.chars().take(64).collect();
+                    self.metrics
+                        .invalid
+                        .get_or_create(&vec![
+                            (
+                                "topic",
+                                if matches!(reason, "invalid_topic" | "unknown_topic") {
+                                    "(invalid)".to_string()
+                                } else {
+                                    shown.clone()
+                                },
+                            ),
+                            ("reason", reason.to_string()),
+                        ])
+                        .inc();
+                    tracing::debug!(topic = %shown, reason, detail, "entry sent to _invalid");
+                    let record =
+                        self.invalid_record(&entry.category, reason, &detail, &entry.message);
+                    push(
+                        &invalid_topic,
+                        Encoding::Lines,
+                        self.queue_of(&invalid_topic),
+                        &|out: &mut Vec<u8>| out.extend_from_slice(&record),
+                        entry.message.len(),
+                    );
+                }
+                (None, TopicInfo::Invalid(_)) => {
+                    unreachable!("invalid topics always have a rejection")
+                }
+            }
+        }
+        // Bounded queues: refuse the whole call rather than store part of it.
+        let limit = self.limits.topic_queue_bytes;
+        let mut taken: Vec<(Arc<AtomicU64>, u64)> = Vec::with_capacity(parts.len());
+        for (part, queue) in parts.iter().zip(&queues) {
+            let bytes = part.records.len() as u64;
+            let before = queue.fetch_add(bytes, Ordering::Relaxed);
+            taken.push((queue.clone(), bytes));
+            if before + bytes > limit && before > 0 {
+                for (q, b) in &taken {
+                    q.fetch_sub(*b, Ordering::Relaxed);
+                }
+                tracing::debug!(topic = %part.topic, queued_bytes = before, topic_queue_bytes = limit, "topic queue full");
+                return Err("queue_full");
+            }
+        }
+        let (reply, rx) = oneshot::channel();
+        let submission = Submission {
+            parts_total: parts.len() as u16,
+            parts,
+            batch,
+            queued: taken,
+            arrived: Instant::now(),
+            reply,
+        };
+        match self.tx.try_send(submission) {
+            Ok(()) => Ok(rx),
+            Err(mpsc::error::TrySendError::Full(s)) => {
+                for (q, b) in &s.queued {
+                    q.fetch_sub(*b, Ordering::Relaxed);
+                }
+                Err("queue_full")
+            }
+            Err(mpsc::error::TrySendError::Closed(s)) => {
+                for (q, b) in &s.queued {
+                    q.fetch_sub(*b, Ordering::Relaxed);
+                }
+                Err("shutting_down")
+            }
+        }
+    }
+
+    fn fb303(&self, call: &Fb303Call) -> ReplyOwned {
+        match call {
+            Fb303Call::GetName => {
+                ReplyOwned::String(format!("conduit-collector {}", self.collector))
+            }
+            Fb303Call::GetVersion => ReplyOwned::String(env!("CARGO_PKG_VERSION").to_string()),
+            Fb303Call::GetStatus => ReplyOwned::Status(self.fb_status().as_i32()),
+            Fb303Call::GetStatusDetails => ReplyOwned::String(self.status_details()),
+            Fb303Call::GetCounters => ReplyOwned::Counters(self.counters()),
+            Fb303Call::GetCounter { key } => {
+                let key = String::from_utf8_lossy(key);
+                let value = self
+                    .counters()
+                    .into_iter()
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, v)| v)
+                    .unwrap_or(0);
+                ReplyOwned::I64(value)
+            }
+            Fb303Call::AliveSince => ReplyOwned::I64(self.started_at),
+        }
+    }
+
+    fn fb_status(&self) -> FbStatus {
+        if *self.shutting_down.borrow() {
+            FbStatus::Stopping
+        } else if !self.status.borrow().storage_healthy {
+            FbStatus::Warning
+        } else {
+            FbStatus::Alive
+        }
+    }
+
+    fn status_details(&self) -> String {
+        let status = self.status.borrow().clone();
+        if *self.shutting_down.borrow() {
+            "shutting down".to_string()
+        } else if !status.storage_healthy {
+            format!(
+                "storage unavailable; {} bytes spooled",
+                status.spooled_bytes
+            )
+        } else {
+            String::new()
+        }
+    }
+
+    fn counters(&self) -> Vec<(String, i64)> {
+        let t = &self.totals;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed) as i64;
+        vec![
+            ("calls".to_string(), get(&t.calls)),
+            ("entries".to_string(), get(&t.entries)),
+            ("try_later".to_string(), get(&t.try_later)),
+            ("invalid".to_string(), get(&t.invalid)),
+            ("protocol_errors".to_string(), get(&t.protocol_errors)),
+            (
+                "spooled_bytes".to_string(),
+                self.status.borrow().spooled_bytes as i64,
+            ),
+        ]
+    }
+}
+
+fn protocol_error_kind(e: &ProtocolError) -> &'static str {
+    match e {
+        ProtocolError::FrameTooLarge { .. } => "frame_too_large",
+        ProtocolError::TruncatedFrame { .. } => "truncated_frame",
+        ProtocolError::Io(_) => "io",
+        ProtocolError::WrongMessageType { .. } => "wrong_message_type",
+        _ => "malformed",
+    }
+}
+
+/// Serves one connection until the peer closes it, it misbehaves, or shutdown.
+pub async fn handle_connection(stream: TcpStream, shared: Arc<Shared>, over_limit: bool) {
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let _ = stream.set_nodelay(true);
+    let (mut reader, writer) = stream.into_split();
+    let (ptx, mut prx) = mpsc::channel::<Pending>(256);
+    let metrics = shared.metrics.clone();
+    let totals_shared = shared.clone();
+    let write_task = tokio::spawn(async move {
+        let mut writer = BufWriter::with_capacity(64 << 10, writer);
+        let mut out = Vec::with_capacity(256);
+        while let Some(pending) = prx.recv().await {
+            let (request, reply) = match pending {
+                Pending::Now(request, reply) => (request, reply),
+                Pending::Wait(request, rx) => {
+                    let code = match rx.await {
+                        Ok(Outcome::Durable) => ResultCode::Ok,
+                        Ok(Outcome::TryLater(_)) | Err(_) => {
+                            totals_shared
+                                .totals
+                                .try_later
+                                .fetch_add(1, Ordering::Relaxed);
+                            ResultCode::TryLater
+                        }
+                    };
+                    (request, ReplyOwned::Code(code))
+                }
+            };
+            if request.oneway {
+                continue;
+            }
+            out.clear();
+            let reply = match &reply {
+                ReplyOwned::Code(c) => Reply::ResultCode(*c),
+                ReplyOwned::String(s) => Reply::String(s),
+                ReplyOwned::I64(v) => Reply::I64(*v),
+                ReplyOwned::Status(v) => Reply::Status(*v),
+                ReplyOwned::Counters(c) => Reply::Counters(c),
+                ReplyOwned::UnknownMethod => Reply::UnknownMethod,
+            };
+            request.encode_reply(&reply, &mut out);
+            if writer.write_all(&out).await.is_err() {
+                return;
+            }
+            if prx.is_empty() && writer.flush().await.is_err() {
+                return;
+            }
+        }
+        let _ = writer.flush().await;
+    });
+
+    let mut shutdown = shared.shutting_down.clone();
+    let mut buf = BytesMut::with_capacity(64 << 10);
+    let mut cache: HashMap<Bytes, TopicInfo> = HashMap::new();
+    let max_frame = shared.limits.max_frame_bytes as usize;
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let frame = tokio::select! {
+            r = read_frame(&mut reader, max_frame, &mut buf) => r,
+            _ = shutdown.changed() => break,
+        };
+        let frame = match frame {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(e) => {
+                let kind = protocol_error_kind(&e);
+                shared
+                    .totals
+                    .protocol_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                metrics
+                    .connection_errors
+                    .get_or_create(&Metrics::label("reason", kind))
+                    .inc();
+                if kind == "frame_too_large" {
+                    tracing::warn!(peer, error = %e, max_frame_bytes = max_frame, "closing connection: frame too large");
+                } else {
+                    tracing::info!(peer, error = %e, "closing connection");
+                }
+                break;
+            }
+        };
+        let request = match decode_request(frame) {
+            Ok(r) => r,
+            Err(e) => {
+                let kind = protocol_error_kind(&e);
+                shared
+                    .totals
+                    .protocol_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                metrics
+                    .connection_errors
+                    .get_or_create(&Metrics::label("reason", kind))
+                    .inc();
+                tracing::warn!(peer, error = %e, "closing connection: undecodable request");
+                break;
+            }
+        };
+        let method = match &request.call {
+            Call::Log { .. } => "Log",
+            Call::LogBatch { .. } => "LogBatch",
+            Call::Fb303(c) => c.method_name(),
+            Call::Unknown { .. } => "unknown",
+        };
+        metrics
+            .calls
+            .get_or_create(&Metrics::label("method", method))
+            .inc();
+        let pending = match request.call.clone() {
+            Call::Log { entries } | Call::LogBatch { entries, .. } if over_limit => {
+                let _ = entries;
+                tracing::debug!(peer, "over max_connections: TRY_LATER");
+                metrics
+                    .try_later
+                    .get_or_create(&Metrics::label("reason", "max_connections"))
+                    .inc();
+                let _ = ptx
+                    .send(Pending::Now(
+                        request,
+                        ReplyOwned::Code(ResultCode::TryLater),
+                    ))
+                    .await;
+                break;
+            }
+            Call::Log { entries } => match shared.submit(entries, None, &mut cache) {
+                Ok(rx) => Pending::Wait(request, rx),
+                Err(reason) => try_later(&shared, request, reason),
+            },
+            Call::LogBatch {
+                publisher_id,
+                sequence,
+                entries,
+            } => match shared.submit(entries, Some((publisher_id, sequence)), &mut cache) {
+                Ok(rx) => Pending::Wait(request, rx),
+                Err(reason) => try_later(&shared, request, reason),
+            },
+            Call::Fb303(call) => {
+                let reply = shared.fb303(&call);
+                Pending::Now(request, reply)
+            }
+            Call::Unknown { name } => {
+                tracing::info!(peer, method = %name, "unknown method");
+                Pending::Now(request, ReplyOwned::UnknownMethod)
+            }
+        };
+        if ptx.send(pending).await.is_err() {
+            break;
+        }
+    }
+    drop(ptx);
+    let _ = write_task.await;
+}
+
+fn try_later(shared: &Shared, request: Request, reason: &'static str) -> Pending {
+    shared
+        .metrics
+        .try_later
+        .get_or_create(&Metrics::label("reason", reason))
+        .inc();
+    shared.totals.try_later.fetch_add(1, Ordering::Relaxed);
+    Pending::Now(request, ReplyOwned::Code(ResultCode::TryLater))
+}

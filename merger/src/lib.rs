@@ -1,0 +1,1 @@
+//! `conduit-merger`: not built yet (see its issue); the crate exists so the workspace layout is complete.
