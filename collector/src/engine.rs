@@ -191,6 +191,8 @@ pub struct Engine {
     /// Storage files whose writer failed.
     abandoned: Vec<Abandoned>,
     dedup: DedupTable,
+    /// A storage probe running in the background while storage is unhealthy.
+    probe: Option<tokio::task::JoinHandle<bool>>,
     /// Whether the dedup table changed since the last snapshot.
     dedup_dirty: bool,
     status: watch::Sender<EngineStatus>,
@@ -245,6 +247,7 @@ impl Engine {
             spool_bytes: 0,
             abandoned: Vec::new(),
             dedup: DedupTable::default(),
+            probe: None,
             dedup_dirty: false,
             status,
         };
@@ -912,10 +915,38 @@ impl Engine {
         if self.healthy && self.abandoned.is_empty() && self.spooled.is_empty() {
             return;
         }
-        if let Err(e) = self.storage.list_or_empty("data").await {
-            tracing::debug!(error = %e, "storage still unavailable");
-            return;
+        // Probe in the background so a hanging storage never stalls commits (they
+        // go to the spool meanwhile); act on the probe's answer at a later tick.
+        match self.probe.take() {
+            Some(probe) if probe.is_finished() => {
+                if !probe.await.unwrap_or(false) {
+                    return;
+                }
+            }
+            Some(probe) => {
+                self.probe = Some(probe);
+                return;
+            }
+            None => {
+                let storage = self.storage.clone();
+                self.probe = Some(tokio::spawn(async move {
+                    match storage.list_or_empty("data").await {
+                        Ok(_) => true,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "storage still unavailable");
+                            false
+                        }
+                    }
+                }));
+                return;
+            }
         }
+        self.recover_storage().await;
+    }
+
+    /// Storage answered a probe: close open spool files, close abandoned files,
+    /// replay the spool, and write to storage again.
+    async fn recover_storage(&mut self) {
         // Storage answers. New rounds go to storage again: close open spool files.
         let spool_files: Vec<Topic> = self
             .files
@@ -981,7 +1012,17 @@ impl Engine {
         for file in files {
             self.close_file(file).await;
         }
-        self.maintain().await;
+        // Last chance to hand the spool to storage; otherwise the next start does.
+        if !self.spooled.is_empty() || !self.abandoned.is_empty() {
+            if self.storage.list_or_empty("data").await.is_ok() {
+                self.recover_storage().await;
+            } else {
+                tracing::warn!(
+                    spooled_bytes = self.spool_bytes,
+                    "storage unavailable at shutdown; the spool is replayed at the next start"
+                );
+            }
+        }
         // Every file of this minute is closed too; the watermark stays at the last
         // full minute (a restart within this minute adds new files with new names).
         self.publish_status();

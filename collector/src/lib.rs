@@ -37,7 +37,7 @@ use anyhow::Context;
 use conduit_core::config::CollectorConfig;
 use conduit_core::heartbeat::{CollectorState, Heartbeat, HEARTBEAT_VERSION};
 use conduit_core::http::{HttpServer, SharedRegistry};
-use conduit_core::storage::LocalStorage;
+use conduit_core::storage::{LocalStorage, TimeoutStorage};
 use conduit_core::{Config, NodeName, SharedClock, SharedStorage};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -87,6 +87,12 @@ impl Collector {
         let thrift_addr = listener.local_addr()?;
         let http_addr = http_listener.local_addr()?;
 
+        // A call to storage that hangs (HDFS while a NameNode restarts) counts as a
+        // failure, so the collector spools instead of stalling every client.
+        let storage: SharedStorage = Arc::new(TimeoutStorage::new(
+            storage,
+            Duration::from_millis(limits.storage_timeout_ms),
+        ));
         let registry: SharedRegistry = Arc::new(Mutex::new(Default::default()));
         let metrics = Metrics::new(&registry);
         let spool: Option<SharedStorage> = match &limits.spool_dir {

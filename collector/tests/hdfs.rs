@@ -143,3 +143,72 @@ async fn a_datanode_outage_spools_and_replays() {
     assert!(counts.values().all(|&c| c == 1), "exactly once");
     assert!(read_topic(&storage, "clicks").await.iter().all(|f| f.2));
 }
+
+/// Restarts the NameNode when dropped.
+struct RestartNamenode;
+
+impl Drop for RestartNamenode {
+    fn drop(&mut self) {
+        hdfs_script("start-namenode");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namenode_restart_spools_and_replays() {
+    let _guard = HDFS.lock().await;
+    let Some((_root, storage)) = hdfs_root("nn_outage").await else {
+        return;
+    };
+    let spool = tempfile::tempdir().unwrap();
+    let collector = start(
+        storage.clone(),
+        SystemClock::shared(),
+        Some(spool.path()),
+        Config::default(),
+    )
+    .await;
+    let mut client = Client::connect(collector.thrift_addr()).await;
+    assert_eq!(
+        client.log(&events("views", "before", 300)).await,
+        ResultCode::Ok
+    );
+    let mut acked = 300;
+    hdfs_script("stop-namenode");
+    {
+        let restart = RestartNamenode;
+        for round in 0..3 {
+            let code = client
+                .log(&events("views", &format!("during{round}"), 100))
+                .await;
+            assert_eq!(
+                code,
+                ResultCode::Ok,
+                "round {round} while the NameNode is down"
+            );
+            acked += 100;
+        }
+        assert!(
+            collector.status().spooled_bytes > 0,
+            "spooled while the NameNode was down"
+        );
+        drop(restart);
+    }
+    tokio::time::timeout(Duration::from_secs(180), async {
+        let mut rx = collector.status_watch();
+        rx.wait_for(|s| s.storage_healthy && s.spooled_bytes == 0)
+            .await
+            .unwrap();
+    })
+    .await
+    .expect("spool replayed within 180 s of the NameNode's return");
+    assert_eq!(
+        client.log(&events("views", "after", 100)).await,
+        ResultCode::Ok
+    );
+    acked += 100;
+    collector.stop().await.unwrap();
+    let counts = counts(&storage, "views").await;
+    assert_eq!(counts.len(), acked, "every acknowledged event is in HDFS");
+    assert!(counts.values().all(|&c| c == 1), "exactly once");
+    assert!(read_topic(&storage, "views").await.iter().all(|f| f.2));
+}

@@ -268,6 +268,10 @@ pub struct CollectorConfig {
     /// How often the heartbeat (liveness and watermarks) is published.
     #[serde(default = "default_heartbeat_ms")]
     pub heartbeat_ms: u64,
+    /// A storage operation taking longer than this counts as failed (the collector
+    /// then spools or answers `TRY_LATER`).
+    #[serde(default = "default_storage_timeout_ms")]
+    pub storage_timeout_ms: u64,
 }
 
 fn default_listen() -> String {
@@ -303,6 +307,9 @@ fn default_spool_max_bytes() -> u64 {
 fn default_heartbeat_ms() -> u64 {
     1000
 }
+fn default_storage_timeout_ms() -> u64 {
+    10_000
+}
 
 impl Default for CollectorConfig {
     fn default() -> Self {
@@ -320,6 +327,7 @@ impl Default for CollectorConfig {
             spool_dir: None,
             spool_max_bytes: default_spool_max_bytes(),
             heartbeat_ms: default_heartbeat_ms(),
+            storage_timeout_ms: default_storage_timeout_ms(),
         }
     }
 }
@@ -503,6 +511,12 @@ impl Config {
             return Err(invalid(
                 "collector.heartbeat_ms",
                 format!("{} is outside 1..=60000", c.heartbeat_ms),
+            ));
+        }
+        if c.storage_timeout_ms < 100 {
+            return Err(invalid(
+                "collector.storage_timeout_ms",
+                format!("{} is less than 100", c.storage_timeout_ms),
             ));
         }
         let w = &self.worker;

@@ -16,6 +16,8 @@
 //!   (HDFS `NotReplicatedYetException`, a NameNode restarting, connection resets) with
 //!   capped exponential backoff. Writes through an open writer are never retried
 //!   here: a failed writer is the caller's to abandon (the collector spools).
+//! - [`TimeoutStorage`]: bounds every operation (an HDFS client retries for
+//!   minutes while a NameNode is down), so a service can fail over instead of hang.
 //! - [`FaultStorage`]: wraps a real backend and fails chosen operations on command,
 //!   for tests of outages.
 //!
@@ -32,6 +34,7 @@ mod fault;
 mod hdfs;
 mod local;
 mod retry;
+mod timeout;
 
 pub mod conformance;
 
@@ -46,6 +49,7 @@ pub use fault::{FaultPlan, FaultStorage, Op};
 pub use hdfs::HdfsStorage;
 pub use local::LocalStorage;
 pub use retry::{RetryPolicy, RetryStorage};
+pub use timeout::TimeoutStorage;
 
 /// Errors from storage backends, mapped from each backend's private error types.
 #[derive(Debug, thiserror::Error)]
