@@ -854,6 +854,9 @@ impl Engine {
     }
 
     async fn close_file(&mut self, file: OpenFile) {
+        // Invariant: the dedup snapshot covers every batch mark of a file before the
+        // file is closed (recovery reads marks only from unclosed files).
+        self.save_dedup().await;
         let (path, target, minute, encoding, acked_len) = (
             file.path.clone(),
             file.target,
@@ -980,10 +983,10 @@ impl Engine {
             }
         }
         if let Some(spool) = self.spool.clone() {
-            while let Some(((minute, path), (_encoding, len))) =
+            while let Some(((minute, path), (encoding, len))) =
                 self.spooled.first_key_value().map(|(k, v)| (k.clone(), *v))
             {
-                match replay_one(spool.as_ref(), self.storage.as_ref(), &path).await {
+                match replay_one(spool.as_ref(), self.storage.as_ref(), &path, encoding, len).await {
                     Ok(()) => {
                         tracing::info!(path, minute = %minute, bytes = len, "replayed a spooled file to storage");
                         self.spooled.remove(&(minute, path));
@@ -1037,7 +1040,15 @@ async fn replay_one(
     spool: &dyn Storage,
     storage: &dyn Storage,
     path: &str,
-) -> Result<(), conduit_core::StorageError> {
+    encoding: Encoding,
+    acked_len: u64,
+) -> anyhow::Result<()> {
+    // A spool file whose writer failed is cut back to what was acknowledged and
+    // closed before it is copied, so storage only ever receives closed files.
+    let len = spool.len(path).await?;
+    if !is_closed(spool, path, len).await {
+        close_recovered(spool, path, encoding, Some(acked_len)).await?;
+    }
     let bytes = spool.read(path).await?;
     let exists = storage.stat(path).await;
     let done = match exists {
@@ -1050,7 +1061,7 @@ async fn replay_one(
             }
         }
         Err(e) if e.is_not_found() => false,
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into()),
     };
     if !done {
         let mut writer = storage.create(path, CreateMode::Exclusive).await?;

@@ -258,7 +258,11 @@ impl Shared {
                             ("reason", reason.to_string()),
                         ])
                         .inc();
-                    tracing::debug!(topic = %shown, reason, detail, "entry sent to _invalid");
+                    if reason == "message_too_large" {
+                        tracing::warn!(topic = %shown, reason, detail, "entry sent to _invalid");
+                    } else {
+                        tracing::debug!(topic = %shown, reason, detail, "entry sent to _invalid");
+                    }
                     let record =
                         self.invalid_record(&entry.category, reason, &detail, &entry.message);
                     push(
@@ -285,7 +289,7 @@ impl Shared {
                 for (q, b) in &taken {
                     q.fetch_sub(*b, Ordering::Relaxed);
                 }
-                tracing::debug!(topic = %part.topic, queued_bytes = before, topic_queue_bytes = limit, "topic queue full");
+                tracing::info!(topic = %part.topic, queued_bytes = before, topic_queue_bytes = limit, "topic queue full: TRY_LATER");
                 return Err("queue_full");
             }
         }
