@@ -9,7 +9,7 @@
 //! Durability of the table itself comes from the data: every data frame that holds
 //! records of an idempotent batch is preceded in its file by a batch-mark frame
 //! (`format::encode_marks`). On start the collector rebuilds the table from its
-//! snapshot (`system/collectors/<cluster>/<id>/dedup.json`, written before any file
+//! snapshot (`system/checkpoints/collector/<cluster>.<id>.dedup.json`, written before any file
 //! is closed) plus the marks of every file it has not closed yet, including spool
 //! files.
 //!

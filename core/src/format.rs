@@ -13,7 +13,7 @@
 //! marks   := a zstd skippable frame (magic 0x184D2A5D) written just before a data
 //!            frame, naming the idempotent publisher batches whose records that frame
 //!            holds: "CONDUIT-BATCH" u8:version(=1) u32le:count
-//!            { u16le:id_len id u64le:sequence u16le:part u16le:parts }*
+//!            { u16le:id_len id i64le:sequence u16le:part u16le:parts }*
 //! ```
 //!
 //! `file := (marks? frame)* trailer?`. A collector rebuilds which publisher batches
