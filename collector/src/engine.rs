@@ -986,7 +986,8 @@ impl Engine {
             while let Some(((minute, path), (encoding, len))) =
                 self.spooled.first_key_value().map(|(k, v)| (k.clone(), *v))
             {
-                match replay_one(spool.as_ref(), self.storage.as_ref(), &path, encoding, len).await {
+                match replay_one(spool.as_ref(), self.storage.as_ref(), &path, encoding, len).await
+                {
                     Ok(()) => {
                         tracing::info!(path, minute = %minute, bytes = len, "replayed a spooled file to storage");
                         self.spooled.remove(&(minute, path));
