@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
@@ -393,6 +393,36 @@ fn protocol_error_kind(e: &ProtocolError) -> &'static str {
     }
 }
 
+/// How long a connection over `max_connections` may stay open to receive its
+/// `TRY_LATER` (or one fb303 answer) before it is closed.
+const OVER_LIMIT_GRACE: Duration = Duration::from_secs(5);
+
+/// Once shutdown has begun, how long one reply may wait for a client that does not
+/// read; then the connection is dropped so that shutdown can finish.
+const SHUTDOWN_WRITE_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs a socket write; once shutdown has begun, gives up after
+/// [`SHUTDOWN_WRITE_GRACE`] (a client that never reads would otherwise block the
+/// reply writer, and with it the connection and the whole shutdown, forever).
+async fn write_unless_stuck<T>(
+    io: impl std::future::Future<Output = std::io::Result<T>>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> std::io::Result<T> {
+    let stuck = async {
+        if shutdown.wait_for(|s| *s).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(SHUTDOWN_WRITE_GRACE).await;
+    };
+    tokio::select! {
+        r = io => r,
+        _ = stuck => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "client does not read its replies",
+        )),
+    }
+}
+
 /// Serves one connection until the peer closes it, it misbehaves, or shutdown.
 pub async fn handle_connection(stream: TcpStream, shared: Arc<Shared>, over_limit: bool) {
     let peer = stream
@@ -404,7 +434,15 @@ pub async fn handle_connection(stream: TcpStream, shared: Arc<Shared>, over_limi
     let (ptx, mut prx) = mpsc::channel::<Pending>(256);
     let metrics = shared.metrics.clone();
     let totals_shared = shared.clone();
+    let mut write_shutdown = shared.shutting_down.clone();
+    let write_peer = peer.clone();
     let write_task = tokio::spawn(async move {
+        let shutdown = &mut write_shutdown;
+        let gave_up = |e: &std::io::Error| {
+            if e.kind() == std::io::ErrorKind::TimedOut {
+                tracing::warn!(peer = write_peer, grace = ?SHUTDOWN_WRITE_GRACE, "client does not read its replies; closing the connection to finish shutdown");
+            }
+        };
         let mut writer = BufWriter::with_capacity(64 << 10, writer);
         let mut out = Vec::with_capacity(256);
         while let Some(pending) = prx.recv().await {
@@ -437,14 +475,20 @@ pub async fn handle_connection(stream: TcpStream, shared: Arc<Shared>, over_limi
                 ReplyOwned::UnknownMethod => Reply::UnknownMethod,
             };
             request.encode_reply(&reply, &mut out);
-            if writer.write_all(&out).await.is_err() {
+            if let Err(e) = write_unless_stuck(writer.write_all(&out), shutdown).await {
+                gave_up(&e);
                 return;
             }
-            if prx.is_empty() && writer.flush().await.is_err() {
-                return;
+            if prx.is_empty() {
+                if let Err(e) = write_unless_stuck(writer.flush(), shutdown).await {
+                    gave_up(&e);
+                    return;
+                }
             }
         }
-        let _ = writer.flush().await;
+        if let Err(e) = write_unless_stuck(writer.flush(), shutdown).await {
+            gave_up(&e);
+        }
     });
 
     let mut shutdown = shared.shutting_down.clone();
@@ -455,9 +499,19 @@ pub async fn handle_connection(stream: TcpStream, shared: Arc<Shared>, over_limi
         if *shutdown.borrow() {
             break;
         }
+        // A connection over max_connections gets one request answered (TRY_LATER
+        // for Log calls) within OVER_LIMIT_GRACE, then it is closed.
+        let over_limit_deadline = async {
+            if over_limit {
+                tokio::time::sleep(OVER_LIMIT_GRACE).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
         let frame = tokio::select! {
             r = read_frame(&mut reader, max_frame, &mut buf) => r,
             _ = shutdown.changed() => break,
+            _ = over_limit_deadline => break,
         };
         let frame = match frame {
             Ok(Some(frame)) => frame,
@@ -510,15 +564,9 @@ pub async fn handle_connection(stream: TcpStream, shared: Arc<Shared>, over_limi
             Call::Log { entries } | Call::LogBatch { entries, .. } if over_limit => {
                 let _ = entries;
                 tracing::debug!(peer, "over max_connections: TRY_LATER");
-                metrics
-                    .try_later
-                    .get_or_create(&Metrics::label("reason", "max_connections"))
-                    .inc();
+                // Counts it in Prometheus and in fb303's `try_later` alike.
                 let _ = ptx
-                    .send(Pending::Now(
-                        request,
-                        ReplyOwned::Code(ResultCode::TryLater),
-                    ))
+                    .send(try_later(&shared, request, "max_connections"))
                     .await;
                 break;
             }
@@ -543,7 +591,7 @@ pub async fn handle_connection(stream: TcpStream, shared: Arc<Shared>, over_limi
                 Pending::Now(request, ReplyOwned::UnknownMethod)
             }
         };
-        if ptx.send(pending).await.is_err() {
+        if ptx.send(pending).await.is_err() || over_limit {
             break;
         }
     }

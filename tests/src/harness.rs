@@ -9,25 +9,33 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 
-/// Path of the `conduit` binary built for this test run (`target/<profile>/conduit`),
-/// building it if it is missing.
+/// Path of the `conduit` binary built for this test run (`target/<profile>/conduit`).
+/// The first call in a test process runs `cargo build --bin conduit` (a no-op when
+/// `cargo test --workspace` already built it) so a test never runs a stale binary.
 pub fn conduit_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> -> target/<profile>/conduit
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile> directory");
-    let bin = profile_dir.join("conduit");
-    if !bin.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--bin", "conduit"])
-            .current_dir(workspace_root())
-            .status()
-            .expect("run cargo build --bin conduit");
-        assert!(status.success(), "cargo build --bin conduit failed");
-    }
-    bin
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().expect("test executable path");
+            // target/<profile>/deps/<test> -> target/<profile>/conduit
+            let profile_dir = exe
+                .parent()
+                .and_then(Path::parent)
+                .expect("target/<profile> directory");
+            let release = profile_dir.file_name().is_some_and(|n| n == "release");
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.args(["build", "--quiet", "--bin", "conduit"]);
+            if release {
+                cmd.arg("--release");
+            }
+            let status = cmd
+                .current_dir(workspace_root())
+                .status()
+                .expect("run cargo build --bin conduit");
+            assert!(status.success(), "cargo build --bin conduit failed");
+            profile_dir.join("conduit")
+        })
+        .clone()
 }
 
 /// The repository root.
