@@ -4,6 +4,7 @@
 //! This file only parses arguments, sets up logging and hands over to a module per
 //! subcommand.
 
+mod bench;
 mod check;
 mod collector;
 mod logging;
@@ -34,6 +35,8 @@ enum Command {
     Check(check::CheckArgs),
     /// Run a collector: Scribe-compatible ingest that acknowledges only durable events.
     Collector(collector::CollectorArgs),
+    /// Benchmarks: collector ingest (`bench ingest`) and event files for peers (`bench gen`).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -53,6 +56,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Check(args) => check::run(args).await,
             Command::Collector(args) => collector::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
         }
     });
     match result {

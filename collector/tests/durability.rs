@@ -288,16 +288,27 @@ async fn a_full_spool_answers_try_later_and_stores_nothing_of_the_call() {
     config.collector.spool_max_bytes = 256;
     let collector = start(e.faulty.clone(), e.clock.shared(), Some(&e.spool), config).await;
     let mut client = Client::connect(collector.thrift_addr()).await;
-    assert_eq!(client.log(&events("clicks", "ok1", 10)).await, ResultCode::Ok);
+    assert_eq!(
+        client.log(&events("clicks", "ok1", 10)).await,
+        ResultCode::Ok
+    );
     e.plan.fail_all();
     // 500 events compress to more than the 256-byte spool bound.
     assert_eq!(
-        client.log(&events("clicks", "too_big_for_spool", 500)).await,
+        client
+            .log(&events("clicks", "too_big_for_spool", 500))
+            .await,
         ResultCode::TryLater
     );
     e.plan.heal();
-    wait_status(&collector, "storage healthy", |s| s.storage_healthy && s.spooled_bytes == 0).await;
-    assert_eq!(client.log(&events("clicks", "ok2", 10)).await, ResultCode::Ok);
+    wait_status(&collector, "storage healthy", |s| {
+        s.storage_healthy && s.spooled_bytes == 0
+    })
+    .await;
+    assert_eq!(
+        client.log(&events("clicks", "ok2", 10)).await,
+        ResultCode::Ok
+    );
     collector.stop().await.unwrap();
     let counts = counts(&e.real, "clicks").await;
     assert_eq!(counts.len(), 20, "{counts:?}");
