@@ -66,8 +66,13 @@ pub struct Part {
     pub encoding: Encoding,
     /// Index of this part in its call (order of first appearance of the topic).
     pub index: u16,
-    /// Encoded records, each ending in `\n`.
+    /// Encoded records, each ending in `\n` (empty when `frame` is set).
     pub records: Vec<u8>,
+    /// The records already compressed into a frame by the connection task (large
+    /// parts are compressed there so compression runs on every core).
+    pub frame: Option<Bytes>,
+    /// Size of the encoded records (with or without `frame`).
+    pub record_bytes: u64,
     /// Number of records.
     pub count: u64,
     /// Payload bytes (before encoding), for metrics.
@@ -103,7 +108,7 @@ pub struct Submission {
 
 impl Submission {
     fn bytes(&self) -> usize {
-        self.parts.iter().map(|p| p.records.len()).sum()
+        self.parts.iter().map(|p| p.record_bytes as usize).sum()
     }
 
     fn answer(self, outcome: Outcome, metrics: &Metrics) {
@@ -160,12 +165,33 @@ pub struct EngineSettings {
 /// can go to the spool if storage fails.
 struct TopicRound {
     encoding: Encoding,
+    /// Frames to append, in order: parts compressed by their connection first,
+    /// then one frame for every small part.
+    chunks: Vec<Chunk>,
+    /// Small parts' records, compressed by the committer into the last chunk.
     records: Vec<u8>,
+    /// Marks of the small parts.
+    small_marks: Vec<BatchMark>,
+    /// Records in the small parts.
+    small_count: u64,
     count: u64,
     payload_bytes: u64,
-    marks: Vec<BatchMark>,
     /// (submission index, part index) of every part in this frame.
     members: Vec<(usize, u16)>,
+}
+
+/// One frame (and the batch marks written before it) to append to a topic's file.
+struct Chunk {
+    marks: Option<Bytes>,
+    frame: Bytes,
+    count: u64,
+    record_bytes: u64,
+}
+
+impl Chunk {
+    fn len(&self) -> u64 {
+        self.frame.len() as u64 + self.marks.as_ref().map_or(0, |m| m.len() as u64)
+    }
 }
 
 /// The committer.
@@ -525,7 +551,7 @@ impl Engine {
             accepted.push(sub);
         }
 
-        // One frame per topic.
+        // One frame per topic for the small parts; large parts bring their own.
         let mut topics: HashMap<Topic, TopicRound> = HashMap::new();
         for (i, sub) in accepted.iter_mut().enumerate() {
             for part in sub.parts.iter_mut() {
@@ -533,44 +559,65 @@ impl Engine {
                     .entry(part.topic.clone())
                     .or_insert_with(|| TopicRound {
                         encoding: part.encoding,
+                        chunks: Vec::new(),
                         records: Vec::new(),
+                        small_marks: Vec::new(),
+                        small_count: 0,
                         count: 0,
                         payload_bytes: 0,
-                        marks: Vec::new(),
                         members: Vec::new(),
                     });
-                if entry.records.is_empty() {
-                    entry.records = std::mem::take(&mut part.records);
-                } else {
-                    entry.records.extend_from_slice(&part.records);
+                let mark = sub.batch.as_ref().map(|(id, seq)| BatchMark {
+                    publisher: id.clone(),
+                    sequence: *seq,
+                    part: part.index,
+                    parts: sub.parts_total,
+                });
+                match part.frame.take() {
+                    Some(frame) => entry.chunks.push(Chunk {
+                        marks: mark.map(|m| encode_marks(&[m])),
+                        frame,
+                        count: part.count,
+                        record_bytes: part.record_bytes,
+                    }),
+                    None => {
+                        if entry.records.is_empty() {
+                            entry.records = std::mem::take(&mut part.records);
+                        } else {
+                            entry.records.extend_from_slice(&part.records);
+                        }
+                        entry.small_count += part.count;
+                        entry.small_marks.extend(mark);
+                    }
                 }
                 entry.count += part.count;
                 entry.payload_bytes += part.payload_bytes;
                 entry.members.push((i, part.index));
-                if let Some((id, seq)) = &sub.batch {
-                    entry.marks.push(BatchMark {
-                        publisher: id.clone(),
-                        sequence: *seq,
-                        part: part.index,
-                        parts: sub.parts_total,
-                    });
-                }
             }
         }
 
-        let mut frames: Vec<(Topic, Option<Bytes>, Bytes, TopicRound)> = Vec::new();
+        let mut frames: Vec<(Topic, TopicRound)> = Vec::new();
         let mut failed: Vec<Topic> = Vec::new();
-        for (topic, tr) in topics {
-            match self.encoder.frame(&tr.records) {
-                Ok(frame) => {
-                    let marks = (!tr.marks.is_empty()).then(|| encode_marks(&tr.marks));
-                    frames.push((topic, marks, frame, tr));
-                }
-                Err(e) => {
-                    tracing::error!(topic = %topic, error = %e, "compression failed");
-                    failed.push(topic);
+        for (topic, mut tr) in topics {
+            if !tr.records.is_empty() {
+                match self.encoder.frame(&tr.records) {
+                    Ok(frame) => {
+                        let marks =
+                            (!tr.small_marks.is_empty()).then(|| encode_marks(&tr.small_marks));
+                        tr.chunks.push(Chunk {
+                            marks,
+                            frame,
+                            count: tr.small_count,
+                            record_bytes: tr.records.len() as u64,
+                        });
+                    }
+                    Err(e) => {
+                        tracing::error!(topic = %topic, error = %e, "compression failed");
+                        failed.push(topic.clone());
+                    }
                 }
             }
+            frames.push((topic, tr));
         }
 
         // Write every frame to its file (storage, or spool while unhealthy).
@@ -581,11 +628,11 @@ impl Engine {
         };
         let mut written: Vec<Topic> = Vec::new();
         let mut to_spool: Vec<usize> = Vec::new();
-        for (i, (topic, marks, frame, tr)) in frames.iter().enumerate() {
-            match self
-                .append_to(target, topic, tr.encoding, marks.clone(), frame.clone(), tr)
-                .await
-            {
+        for (i, (topic, tr)) in frames.iter().enumerate() {
+            if failed.contains(topic) {
+                continue;
+            }
+            match self.append_to(target, topic, tr.encoding, &tr.chunks).await {
                 Ok(()) => written.push(topic.clone()),
                 Err(e) => {
                     self.on_failure(topic, target, "write", &e);
@@ -617,7 +664,7 @@ impl Engine {
         for (topic, result) in results {
             if let Err(e) = result {
                 self.on_failure(&topic, target, "sync", &e);
-                if let Some(i) = frames.iter().position(|(t, ..)| *t == topic) {
+                if let Some(i) = frames.iter().position(|(t, _)| *t == topic) {
                     to_spool.push(i);
                 }
             }
@@ -627,22 +674,15 @@ impl Engine {
         if target == Target::Storage && !to_spool.is_empty() && self.spool.is_some() {
             let mut still_failed = Vec::new();
             for i in to_spool {
-                let (topic, marks, frame, tr) = &frames[i];
-                let len = frame.len() as u64 + marks.as_ref().map_or(0, |m| m.len() as u64);
+                let (topic, tr) = &frames[i];
+                let len: u64 = tr.chunks.iter().map(Chunk::len).sum();
                 if self.spool_bytes + len > self.settings.spool_max_bytes {
                     tracing::warn!(topic = %topic, spool_bytes = self.spool_bytes, spool_max_bytes = self.settings.spool_max_bytes, "spool full");
                     still_failed.push(topic.clone());
                     continue;
                 }
                 let ok = match self
-                    .append_to(
-                        Target::Spool,
-                        topic,
-                        tr.encoding,
-                        marks.clone(),
-                        frame.clone(),
-                        tr,
-                    )
+                    .append_to(Target::Spool, topic, tr.encoding, &tr.chunks)
                     .await
                 {
                     Ok(()) => match self.files.get_mut(topic) {
@@ -668,10 +708,9 @@ impl Engine {
             }
         }
         if target == Target::Spool {
-            for (topic, marks, frame, _) in &frames {
+            for (topic, tr) in &frames {
                 if !failed.contains(topic) {
-                    self.spool_bytes +=
-                        frame.len() as u64 + marks.as_ref().map_or(0, |m| m.len() as u64);
+                    self.spool_bytes += tr.chunks.iter().map(Chunk::len).sum::<u64>();
                 }
             }
         }
@@ -679,7 +718,7 @@ impl Engine {
         // Answer: durable only if every part is.
         let mut ok_parts: HashMap<usize, Vec<u16>> = HashMap::new();
         let mut bad_subs: Vec<bool> = vec![false; accepted.len()];
-        for (topic, _, _, tr) in &frames {
+        for (topic, tr) in &frames {
             let topic_ok = !failed.contains(topic);
             for &(i, part) in &tr.members {
                 if topic_ok {
@@ -783,15 +822,13 @@ impl Engine {
         }
     }
 
-    /// Appends a frame to the topic's open file in `target`, opening one if needed.
+    /// Appends frames to the topic's open file in `target`, opening one if needed.
     async fn append_to(
         &mut self,
         target: Target,
         topic: &Topic,
         encoding: Encoding,
-        marks: Option<Bytes>,
-        frame: Bytes,
-        tr: &TopicRound,
+        chunks: &[Chunk],
     ) -> conduit_core::StorageResult<()> {
         let reopen = match self.files.get(topic) {
             Some(f) => f.target != target || f.minute != self.current_minute,
@@ -805,8 +842,16 @@ impl Engine {
             self.files.insert(topic.clone(), file);
         }
         let file = self.files.get_mut(topic).expect("inserted above");
-        file.append(marks, frame, tr.count, tr.records.len() as u64)
-            .await
+        for chunk in chunks {
+            file.append(
+                chunk.marks.clone(),
+                chunk.frame.clone(),
+                chunk.count,
+                chunk.record_bytes,
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     async fn open_file(

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use conduit_core::config::CollectorConfig;
-use conduit_core::format::Encoding;
+use conduit_core::format::{Encoding, FrameEncoder};
 use conduit_core::scribe::{
     decode_request, read_frame, Call, Fb303Call, FbStatus, LogEntry, ProtocolError, Reply, Request,
     ResultCode,
@@ -68,6 +68,45 @@ pub struct Shared {
     pub shutting_down: watch::Receiver<bool>,
     /// Committer status (fb303 `getStatus`).
     pub status: watch::Receiver<EngineStatus>,
+}
+
+/// Parts of at least this many encoded bytes are compressed by the connection
+/// task; smaller ones are merged by the committer into one frame per topic (tiny
+/// frames would compress poorly).
+const COMPRESS_IN_CONNECTION_BYTES: usize = 32 << 10;
+
+/// A category resolved for one call: (part index, encoding, validation), or the
+/// reason it goes to `_invalid`.
+type Slot = Result<(usize, Encoding, Validation), &'static str>;
+
+/// The parts of one call, one per topic in order of first appearance.
+#[derive(Default)]
+struct PartsBuilder {
+    parts: Vec<Part>,
+    queues: Vec<Arc<AtomicU64>>,
+    index_of: HashMap<Topic, usize>,
+}
+
+impl PartsBuilder {
+    fn index(&mut self, topic: &Topic, encoding: Encoding, queue: Arc<AtomicU64>) -> usize {
+        if let Some(&i) = self.index_of.get(topic) {
+            return i;
+        }
+        let i = self.parts.len();
+        self.parts.push(Part {
+            topic: topic.clone(),
+            encoding,
+            index: i as u16,
+            records: Vec::new(),
+            frame: None,
+            record_bytes: 0,
+            count: 0,
+            payload_bytes: 0,
+        });
+        self.queues.push(queue);
+        self.index_of.insert(topic.clone(), i);
+        i
+    }
 }
 
 /// What the settings of a category resolve to.
@@ -153,6 +192,7 @@ impl Shared {
         entries: Vec<LogEntry>,
         batch: Option<(Bytes, i64)>,
         cache: &mut HashMap<Bytes, TopicInfo>,
+        encoder: &mut FrameEncoder,
     ) -> Result<oneshot::Receiver<Outcome>, &'static str> {
         if *self.shutting_down.borrow() {
             return Err("shutting_down");
@@ -162,119 +202,102 @@ impl Shared {
             .entries
             .fetch_add(entries.len() as u64, Ordering::Relaxed);
         let max_message = self.limits.max_message_bytes as usize;
-        let mut parts: Vec<Part> = Vec::new();
-        let mut index_of: HashMap<Topic, usize> = HashMap::new();
-        let mut queues: Vec<Arc<AtomicU64>> = Vec::new();
-        let invalid_topic = Topic::invalid();
-        let mut push = |topic: &Topic,
-                        encoding: Encoding,
-                        queue: Arc<AtomicU64>,
-                        record: &dyn Fn(&mut Vec<u8>),
-                        payload_len: usize| {
-            let i = *index_of.entry(topic.clone()).or_insert_with(|| {
-                parts.push(Part {
-                    topic: topic.clone(),
-                    encoding,
-                    index: parts.len() as u16,
-                    records: Vec::new(),
-                    count: 0,
-                    payload_bytes: 0,
-                });
-                queues.push(queue);
-                parts.len() - 1
-            });
-            let part = &mut parts[i];
-            record(&mut part.records);
-            part.count += 1;
-            part.payload_bytes += payload_len as u64;
-        };
+        let mut parts = PartsBuilder::default();
+        // Consecutive entries usually share a category: resolve it once per run.
+        let mut current: Option<(Bytes, Slot)> = None;
         for entry in &entries {
-            let info = cache
-                .entry(entry.category.clone())
-                .or_insert_with(|| self.resolve(&entry.category))
-                .clone();
-            let rejection: Option<(&'static str, String)> = match &info {
-                TopicInfo::Invalid(reason) => {
-                    Some((reason, "topic names match [A-Za-z0-9_]{1,128}".to_string()))
+            let slot = match &current {
+                Some((category, slot)) if *category == entry.category => *slot,
+                _ => {
+                    let info = cache
+                        .entry(entry.category.clone())
+                        .or_insert_with(|| self.resolve(&entry.category))
+                        .clone();
+                    let slot = match info {
+                        TopicInfo::Valid {
+                            topic,
+                            encoding,
+                            validate,
+                            queue,
+                        } => Ok((parts.index(&topic, encoding, queue), encoding, validate)),
+                        TopicInfo::Invalid(reason) => Err(reason),
+                    };
+                    current = Some((entry.category.clone(), slot));
+                    slot
                 }
-                TopicInfo::Valid {
-                    encoding, validate, ..
-                } => {
-                    if entry.message.len() > max_message {
-                        Some((
+            };
+            let message = &entry.message;
+            let rejection: (&'static str, String) = match slot {
+                Err(reason) => (reason, "topic names match [A-Za-z0-9_]{1,128}".to_string()),
+                Ok((index, encoding, validate)) => {
+                    if message.len() > max_message {
+                        (
                             "message_too_large",
                             format!(
                                 "message of {} bytes exceeds max_message_bytes {}",
-                                entry.message.len(),
+                                message.len(),
                                 max_message
                             ),
-                        ))
-                    } else if let Err(e) = encoding.check(&entry.message) {
-                        Some(("newline_in_lines_payload", e.to_string()))
-                    } else if let Err(e) = validate.check(&entry.message) {
-                        Some(("validation_failed", e))
+                        )
+                    } else if let Err(e) = encoding.check(message) {
+                        ("newline_in_lines_payload", e.to_string())
+                    } else if let Err(e) = validate.check(message) {
+                        ("validation_failed", e)
                     } else {
-                        None
+                        let part = &mut parts.parts[index];
+                        encoding.append_checked(message, &mut part.records);
+                        part.count += 1;
+                        part.payload_bytes += message.len() as u64;
+                        continue;
                     }
                 }
             };
-            match (rejection, info) {
-                (
-                    None,
-                    TopicInfo::Valid {
-                        topic,
-                        encoding,
-                        queue,
-                        ..
-                    },
-                ) => {
-                    let message = &entry.message;
-                    push(
-                        &topic,
-                        encoding,
-                        queue,
-                        &|out: &mut Vec<u8>| {
-                            // Checked above; encode_into cannot fail here.
-                            let _ = encoding.encode_into(message, out);
+            let (reason, detail) = rejection;
+            self.totals.invalid.fetch_add(1, Ordering::Relaxed);
+            let category = String::from_utf8_lossy(&entry.category);
+            let shown: String = category.chars().take(64).collect();
+            self.metrics
+                .invalid
+                .get_or_create(&vec![
+                    (
+                        "topic",
+                        if matches!(reason, "invalid_topic" | "unknown_topic") {
+                            "(invalid)".to_string()
+                        } else {
+                            shown.clone()
                         },
-                        message.len(),
-                    );
-                }
-                (Some((reason, detail)), _) => {
-                    self.totals.invalid.fetch_add(1, Ordering::Relaxed);
-                    let category = String::from_utf8_lossy(&entry.category);
-                    let shown: String = category.chars().take(64).collect();
-                    self.metrics
-                        .invalid
-                        .get_or_create(&vec![
-                            (
-                                "topic",
-                                if matches!(reason, "invalid_topic" | "unknown_topic") {
-                                    "(invalid)".to_string()
-                                } else {
-                                    shown.clone()
-                                },
-                            ),
-                            ("reason", reason.to_string()),
-                        ])
-                        .inc();
-                    if reason == "message_too_large" {
-                        tracing::warn!(topic = %shown, reason, detail, "entry sent to _invalid");
-                    } else {
-                        tracing::debug!(topic = %shown, reason, detail, "entry sent to _invalid");
-                    }
-                    let record =
-                        self.invalid_record(&entry.category, reason, &detail, &entry.message);
-                    push(
-                        &invalid_topic,
-                        Encoding::Lines,
-                        self.queue_of(&invalid_topic),
-                        &|out: &mut Vec<u8>| out.extend_from_slice(&record),
-                        entry.message.len(),
-                    );
-                }
-                (None, TopicInfo::Invalid(_)) => {
-                    unreachable!("invalid topics always have a rejection")
+                    ),
+                    ("reason", reason.to_string()),
+                ])
+                .inc();
+            if reason == "message_too_large" {
+                tracing::warn!(topic = %shown, reason, detail, "entry sent to _invalid");
+            } else {
+                tracing::debug!(topic = %shown, reason, detail, "entry sent to _invalid");
+            }
+            let record = self.invalid_record(&entry.category, reason, &detail, message);
+            let invalid_topic = Topic::invalid();
+            let index = parts.index(
+                &invalid_topic,
+                Encoding::Lines,
+                self.queue_of(&invalid_topic),
+            );
+            let part = &mut parts.parts[index];
+            part.records.extend_from_slice(&record);
+            part.count += 1;
+            part.payload_bytes += message.len() as u64;
+        }
+        let PartsBuilder {
+            mut parts, queues, ..
+        } = parts;
+        // Large parts are compressed here, on the connection's core, so compression
+        // is spread over every core instead of the single committer.
+        for part in parts.iter_mut() {
+            part.record_bytes = part.records.len() as u64;
+            if part.records.len() >= COMPRESS_IN_CONNECTION_BYTES {
+                if let Ok(frame) = encoder.frame(&part.records) {
+                    part.frame = Some(frame);
+                    part.records = Vec::new();
                 }
             }
         }
@@ -282,7 +305,7 @@ impl Shared {
         let limit = self.limits.topic_queue_bytes;
         let mut taken: Vec<(Arc<AtomicU64>, u64)> = Vec::with_capacity(parts.len());
         for (part, queue) in parts.iter().zip(&queues) {
-            let bytes = part.records.len() as u64;
+            let bytes = part.record_bytes;
             let before = queue.fetch_add(bytes, Ordering::Relaxed);
             taken.push((queue.clone(), bytes));
             if before + bytes > limit && before > 0 {
@@ -494,6 +517,13 @@ pub async fn handle_connection(stream: TcpStream, shared: Arc<Shared>, over_limi
     let mut shutdown = shared.shutting_down.clone();
     let mut buf = BytesMut::with_capacity(64 << 10);
     let mut cache: HashMap<Bytes, TopicInfo> = HashMap::new();
+    let mut encoder = match FrameEncoder::new(shared.limits.zstd_level) {
+        Ok(encoder) => encoder,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot create a zstd encoder; closing the connection");
+            return;
+        }
+    };
     let max_frame = shared.limits.max_frame_bytes as usize;
     loop {
         if *shutdown.borrow() {
@@ -570,7 +600,7 @@ pub async fn handle_connection(stream: TcpStream, shared: Arc<Shared>, over_limi
                     .await;
                 break;
             }
-            Call::Log { entries } => match shared.submit(entries, None, &mut cache) {
+            Call::Log { entries } => match shared.submit(entries, None, &mut cache, &mut encoder) {
                 Ok(rx) => Pending::Wait(request, rx),
                 Err(reason) => try_later(&shared, request, reason),
             },
@@ -578,7 +608,12 @@ pub async fn handle_connection(stream: TcpStream, shared: Arc<Shared>, over_limi
                 publisher_id,
                 sequence,
                 entries,
-            } => match shared.submit(entries, Some((publisher_id, sequence)), &mut cache) {
+            } => match shared.submit(
+                entries,
+                Some((publisher_id, sequence)),
+                &mut cache,
+                &mut encoder,
+            ) {
                 Ok(rx) => Pending::Wait(request, rx),
                 Err(reason) => try_later(&shared, request, reason),
             },

@@ -114,6 +114,22 @@ impl Encoding {
         Ok(())
     }
 
+    /// Appends the record for a payload that already passed [`Encoding::check`]
+    /// (the collector checks once, then encodes without checking again).
+    pub fn append_checked(self, payload: &[u8], out: &mut Vec<u8>) {
+        match self {
+            Encoding::Lines => {
+                out.reserve(payload.len() + 1);
+                out.extend_from_slice(payload);
+                out.push(b'\n');
+            }
+            Encoding::Base64 => {
+                // Cannot fail: base64 accepts any bytes.
+                let _ = self.encode_into(payload, out);
+            }
+        }
+    }
+
     /// Size of the record for a payload of `len` bytes, newline included.
     pub fn record_len(self, len: usize) -> usize {
         match self {
@@ -159,7 +175,7 @@ impl FromStr for Encoding {
 }
 
 fn memchr_newline(bytes: &[u8]) -> Option<usize> {
-    bytes.iter().position(|&b| b == b'\n')
+    memchr::memchr(b'\n', bytes)
 }
 
 /// Why a payload or record was refused.
