@@ -1,1 +1,808 @@
-//! `conduit-publisher`: not built yet (see its issue); the crate exists so the workspace layout is complete.
+//! `conduit-publisher`: the client library serving applications embed to send events
+//! to conduit collectors.
+//!
+//! # Overview
+//! A [`Publisher`] validates each event at the call (topic name, size, encoding),
+//! puts it on a bounded in-memory queue and returns; one background task per
+//! publisher groups queued events into batches (by count, bytes and linger time) and
+//! sends them to a collector with conduit's idempotent
+//! `LogBatch(publisher_id, sequence, entries)` call over the Scribe protocol. The
+//! collector answers `OK` only once a batch is durable, and remembers which
+//! `(publisher_id, sequence)` pairs it made durable, so a batch re-sent after a lost
+//! acknowledgement is stored once.
+//!
+//! - **Queue full**: [`WhenFull::Block`] (wait for room), [`WhenFull::Error`]
+//!   ([`PublishError::QueueFull`] at once) or [`WhenFull::Timeout`]
+//!   ([`PublishError::Timeout`] after waiting that long).
+//! - **Acknowledgements**: [`Publisher::publish_acked`] resolves once the event is
+//!   durable; [`Publisher::flush`] once everything enqueued before it is durable;
+//!   [`Publisher::close`] flushes, then stops the background task. Dropping every
+//!   handle without `close` stops the task at once; events not yet acknowledged are
+//!   then abandoned (counted in [`Stats::failed`]).
+//! - **Pipelining**: up to [`PublisherBuilder::max_in_flight`] batches (at most 64)
+//!   are sent before their replies arrive; replies come back in order.
+//! - **`TRY_LATER`**: the batch is retried in place after an exponential backoff
+//!   with jitter; until it succeeds only that batch is sent (one in flight).
+//! - **Connection loss**: the publisher reconnects with backoff, trying the
+//!   collectors in the order given (the first is preferred, the rest are
+//!   failover), and re-sends every unacknowledged batch with its original sequence.
+//!   While connected to a failover collector it tries the preferred one every
+//!   [`PublisherBuilder::preferred_retry`] and moves back once it answers (after the
+//!   batches in flight on the old connection are acknowledged).
+//! - **Old collectors**: a server answering `LogBatch` with `UNKNOWN_METHOD` (a plain
+//!   Scribe server) is detected once (logged) and the publisher falls back to plain
+//!   `Log`, one batch in flight at a time.
+//!
+//! # Delivery guarantees
+//! - Against one collector: every acknowledged event is stored exactly once, even
+//!   when acknowledgements are lost and batches are re-sent (the collector
+//!   deduplicates by `(publisher_id, sequence)`). With the plain-`Log` fallback a
+//!   re-send after a lost acknowledgement can duplicate a batch.
+//! - Across collectors: **at least once**. A batch whose acknowledgement was lost
+//!   when the connection died, re-sent to a *different* collector after failover,
+//!   is stored by both (deduplication is per collector). A collector that stops
+//!   gracefully answers the calls it already received, so only an abrupt loss (crash,
+//!   network cut) can cause such duplicates.
+//! - Order: events of one publisher are stored in publish order, per topic, as long
+//!   as no batch is answered `TRY_LATER` while later batches are already in flight
+//!   (those later batches may then be stored before the retried one).
+//!
+//! # Example
+//! ```
+//! # use std::sync::Arc;
+//! # use conduit_collector::{Collector, CollectorSettings};
+//! # use conduit_core::{storage::LocalStorage, Config, NodeName, SystemClock};
+//! use conduit_publisher::{Publisher, WhenFull};
+//! use std::time::Duration;
+//!
+//! # #[tokio::main]
+//! # async fn main() -> anyhow::Result<()> {
+//! # let dir = tempfile::tempdir()?;
+//! # let config = Config::default();
+//! # let mut limits = config.collector.clone();
+//! # limits.listen = "127.0.0.1:0".into();
+//! # limits.http = "127.0.0.1:0".into();
+//! # let settings = CollectorSettings {
+//! #     cluster: NodeName::new("dc1")?,
+//! #     id: NodeName::new("c1")?,
+//! #     config: Arc::new(config),
+//! #     collector: limits,
+//! # };
+//! # let storage = Arc::new(LocalStorage::open(dir.path().to_str().unwrap())?);
+//! # let collector = Collector::start(settings, storage, SystemClock::shared()).await?;
+//! # let addr = collector.thrift_addr().to_string();
+//! let publisher = Publisher::builder()
+//!     .collectors([addr.as_str()]) // first = preferred, the rest = failover
+//!     .when_full(WhenFull::Timeout(Duration::from_millis(100)))
+//!     .linger(Duration::from_millis(5))
+//!     .build()
+//!     .await?;
+//! publisher.publish("clicks", &b"{\"user\":1}"[..]).await?; // queued
+//! publisher.publish_acked("clicks", &b"{\"user\":2}"[..]).await?; // durable
+//! publisher.flush().await?; // everything so far is durable
+//! println!("{}", publisher.stats().to_prometheus());
+//! publisher.close().await?;
+//! # collector.stop().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [`BlockingPublisher`] offers the same calls to code without an async runtime.
+
+mod runner;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use conduit_core::{Encoding, Topic};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Most batches a connection may have in flight (the collector remembers 8192
+/// sequences per publisher; this stays far below).
+pub const MAX_IN_FLIGHT_LIMIT: usize = 64;
+
+/// What [`Publisher::publish`] does when the queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WhenFull {
+    /// Wait until there is room.
+    #[default]
+    Block,
+    /// Fail at once with [`PublishError::QueueFull`].
+    Error,
+    /// Wait at most this long, then fail with [`PublishError::Timeout`].
+    Timeout(Duration),
+}
+
+/// Why an event was not accepted (or, for acknowledged calls, not made durable).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// The topic does not match `[A-Za-z0-9_]{1,128}`.
+    #[error("invalid topic name {topic:?}: must match [A-Za-z0-9_]{{1,128}}")]
+    InvalidTopic {
+        /// The rejected topic.
+        topic: String,
+    },
+    /// The payload is larger than `max_message_bytes`.
+    #[error("message of {len} bytes exceeds max_message_bytes {max}")]
+    MessageTooLarge {
+        /// The payload's length.
+        len: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// The topic is configured as `lines` and the payload contains a newline.
+    #[error("payload for lines topic {topic} contains a newline at byte {at}")]
+    NewlineInLinesPayload {
+        /// The topic.
+        topic: String,
+        /// Offset of the first newline.
+        at: usize,
+    },
+    /// The queue is full ([`WhenFull::Error`]).
+    #[error("publisher queue is full")]
+    QueueFull,
+    /// The queue stayed full for the configured time ([`WhenFull::Timeout`]).
+    #[error("publisher queue stayed full for {0:?}")]
+    Timeout(Duration),
+    /// The publisher is closed (or its background task stopped).
+    #[error("publisher is closed")]
+    Closed,
+}
+
+/// Why a publisher could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BuildError {
+    /// No collector address was given.
+    #[error("no collector address given")]
+    NoCollectors,
+    /// A setting is out of range.
+    #[error("invalid setting {name}: {reason}")]
+    InvalidSetting {
+        /// The setting.
+        name: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A topic given to `topic_encoding` is not a valid topic name.
+    #[error("invalid topic name {0:?}")]
+    InvalidTopic(String),
+    /// The blocking wrapper could not start its runtime.
+    #[error("cannot start the runtime: {0}")]
+    Runtime(String),
+}
+
+/// Publisher settings (see the [`PublisherBuilder`] methods for meanings and
+/// defaults).
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub collectors: Vec<String>,
+    pub queue_capacity: usize,
+    pub when_full: WhenFull,
+    pub max_batch_events: usize,
+    pub max_batch_bytes: usize,
+    pub linger: Duration,
+    pub max_in_flight: usize,
+    pub max_message_bytes: usize,
+    pub encodings: HashMap<String, Encoding>,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub preferred_retry: Duration,
+    pub publisher_id: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            collectors: Vec::new(),
+            queue_capacity: 100_000,
+            when_full: WhenFull::Block,
+            max_batch_events: 2000,
+            max_batch_bytes: 1 << 20,
+            linger: Duration::from_millis(5),
+            max_in_flight: 8,
+            max_message_bytes: 1 << 20,
+            encodings: HashMap::new(),
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(30),
+            backoff_base: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(5),
+            preferred_retry: Duration::from_secs(30),
+            publisher_id: None,
+        }
+    }
+}
+
+/// Builds a [`Publisher`]; start with [`Publisher::builder`].
+#[derive(Debug, Clone, Default)]
+pub struct PublisherBuilder {
+    settings: Settings,
+}
+
+impl PublisherBuilder {
+    /// Collector addresses (`host:port`): the first is preferred, the others are
+    /// tried in order when it is unreachable. Required.
+    pub fn collectors<I, S>(mut self, addrs: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.settings.collectors = addrs.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Events the queue holds before [`WhenFull`] applies (default 100 000).
+    pub fn queue_capacity(mut self, events: usize) -> Self {
+        self.settings.queue_capacity = events;
+        self
+    }
+
+    /// What `publish` does when the queue is full (default [`WhenFull::Block`]).
+    pub fn when_full(mut self, policy: WhenFull) -> Self {
+        self.settings.when_full = policy;
+        self
+    }
+
+    /// Most events per batch (default 2000).
+    pub fn max_batch_events(mut self, events: usize) -> Self {
+        self.settings.max_batch_events = events;
+        self
+    }
+
+    /// A batch is sent once its payloads reach this many bytes (default 1 MiB).
+    pub fn max_batch_bytes(mut self, bytes: usize) -> Self {
+        self.settings.max_batch_bytes = bytes;
+        self
+    }
+
+    /// How long a batch waits for more events after its first one (default 5 ms).
+    pub fn linger(mut self, linger: Duration) -> Self {
+        self.settings.linger = linger;
+        self
+    }
+
+    /// Batches sent ahead of their replies on one connection, 1 to
+    /// [`MAX_IN_FLIGHT_LIMIT`] (default 8).
+    pub fn max_in_flight(mut self, batches: usize) -> Self {
+        self.settings.max_in_flight = batches;
+        self
+    }
+
+    /// Largest payload accepted (default 1 MiB, the collector's default
+    /// `max_message_bytes`).
+    pub fn max_message_bytes(mut self, bytes: usize) -> Self {
+        self.settings.max_message_bytes = bytes;
+        self
+    }
+
+    /// Declares a topic's encoding so payloads are checked at the call (a `lines`
+    /// payload must not contain `\n`). Topics not declared are not checked.
+    pub fn topic_encoding(mut self, topic: impl Into<String>, encoding: Encoding) -> Self {
+        self.settings.encodings.insert(topic.into(), encoding);
+        self
+    }
+
+    /// Timeout of one connection attempt (default 2 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.connect_timeout = timeout;
+        self
+    }
+
+    /// A connection whose oldest outstanding call has had no reply for this long is
+    /// dropped and its batches re-sent (default 30 s).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.request_timeout = timeout;
+        self
+    }
+
+    /// First and largest delay of the exponential backoff (with jitter) used for
+    /// reconnects and `TRY_LATER` (defaults 50 ms and 5 s).
+    pub fn backoff(mut self, base: Duration, max: Duration) -> Self {
+        self.settings.backoff_base = base;
+        self.settings.backoff_max = max;
+        self
+    }
+
+    /// While on a failover collector, how often the preferred one is tried
+    /// (default 30 s).
+    pub fn preferred_retry(mut self, every: Duration) -> Self {
+        self.settings.preferred_retry = every;
+        self
+    }
+
+    /// The publisher id sent with every batch (default: 16 random hex digits, new
+    /// for every publisher). Two live publishers must never share an id.
+    pub fn publisher_id(mut self, id: impl Into<String>) -> Self {
+        self.settings.publisher_id = Some(id.into());
+        self
+    }
+
+    fn validate(&self) -> Result<(), BuildError> {
+        let s = &self.settings;
+        if s.collectors.is_empty() {
+            return Err(BuildError::NoCollectors);
+        }
+        let bad = |name, reason: &str| {
+            Err(BuildError::InvalidSetting {
+                name,
+                reason: reason.to_string(),
+            })
+        };
+        if s.queue_capacity == 0 {
+            return bad("queue_capacity", "must be at least 1");
+        }
+        if s.max_batch_events == 0 {
+            return bad("max_batch_events", "must be at least 1");
+        }
+        if s.max_batch_bytes == 0 {
+            return bad("max_batch_bytes", "must be at least 1");
+        }
+        if s.max_in_flight == 0 || s.max_in_flight > MAX_IN_FLIGHT_LIMIT {
+            return bad("max_in_flight", "must be between 1 and 64");
+        }
+        if s.backoff_base.is_zero() || s.backoff_max < s.backoff_base {
+            return bad("backoff", "base must be positive and at most max");
+        }
+        for topic in s.encodings.keys() {
+            if Topic::new(topic.as_str()).is_err() {
+                return Err(BuildError::InvalidTopic(topic.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the publisher's background task on the current tokio runtime. It does
+    /// not wait for a connection: events queue until a collector answers.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    pub async fn build(self) -> Result<Publisher, BuildError> {
+        self.validate()?;
+        let mut settings = self.settings;
+        let publisher_id = settings
+            .publisher_id
+            .take()
+            .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
+        let (tx, rx) = mpsc::channel(settings.queue_capacity);
+        let (alive_tx, alive_rx) = watch::channel(());
+        let counters = Arc::new(Counters::default());
+        let settings = Arc::new(settings);
+        let task = runner::Runner::new(
+            settings.clone(),
+            counters.clone(),
+            rx,
+            alive_rx,
+            publisher_id.clone(),
+        );
+        tokio::spawn(task.run());
+        Ok(Publisher {
+            inner: Arc::new(Inner {
+                tx,
+                settings,
+                counters,
+                publisher_id,
+                _alive: alive_tx,
+            }),
+        })
+    }
+
+    /// Builds a [`BlockingPublisher`] with its own runtime thread.
+    ///
+    /// # Panics
+    /// Inside an async context (use [`PublisherBuilder::build`] there).
+    pub fn build_blocking(self) -> Result<BlockingPublisher, BuildError> {
+        BlockingPublisher::new(self)
+    }
+}
+
+/// A message to the background task.
+#[derive(Debug)]
+pub(crate) enum Msg {
+    Event {
+        topic: Bytes,
+        payload: Bytes,
+        ack: Option<oneshot::Sender<Result<(), PublishError>>>,
+    },
+    Flush(oneshot::Sender<()>),
+    Close(oneshot::Sender<()>),
+}
+
+/// Live counters shared with the background task.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub enqueued: AtomicU64,
+    pub sent: AtomicU64,
+    pub acknowledged: AtomicU64,
+    pub retried: AtomicU64,
+    pub failed: AtomicU64,
+    pub queue_depth: AtomicU64,
+    pub batches: AtomicU64,
+    pub reconnects: AtomicU64,
+    pub try_later: AtomicU64,
+    pub connected: AtomicU64,
+    pub legacy: AtomicU64,
+}
+
+/// A snapshot of a publisher's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stats {
+    /// Events accepted into the queue.
+    pub enqueued: u64,
+    /// Events written to a connection (re-sends included).
+    pub sent: u64,
+    /// Events acknowledged as durable.
+    pub acknowledged: u64,
+    /// Batches re-sent (after `TRY_LATER`, a lost connection or a fallback).
+    pub retried: u64,
+    /// Events rejected at the call, or abandoned when the publisher was dropped.
+    pub failed: u64,
+    /// Events enqueued and not yet acknowledged (or abandoned).
+    pub queue_depth: u64,
+    /// Batches formed.
+    pub batches: u64,
+    /// Connections established after the first one.
+    pub reconnects: u64,
+    /// `TRY_LATER` answers received.
+    pub try_later: u64,
+    /// Index (in the collector list) of the current connection plus one; 0 when
+    /// not connected.
+    pub connected_to: u64,
+    /// Whether the publisher fell back to plain `Log`.
+    pub legacy_log: bool,
+}
+
+impl Stats {
+    /// The counters in the Prometheus text exposition format (metric names
+    /// `conduit_publisher_*`).
+    pub fn to_prometheus(&self) -> String {
+        let rows: [(&str, &str, &str, u64); 11] = [
+            (
+                "enqueued_total",
+                "counter",
+                "Events accepted into the queue.",
+                self.enqueued,
+            ),
+            (
+                "sent_total",
+                "counter",
+                "Events written to a connection, re-sends included.",
+                self.sent,
+            ),
+            (
+                "acknowledged_total",
+                "counter",
+                "Events acknowledged as durable.",
+                self.acknowledged,
+            ),
+            (
+                "retried_batches_total",
+                "counter",
+                "Batches re-sent.",
+                self.retried,
+            ),
+            (
+                "failed_total",
+                "counter",
+                "Events rejected at the call or abandoned.",
+                self.failed,
+            ),
+            (
+                "queue_depth",
+                "gauge",
+                "Events enqueued and not yet acknowledged.",
+                self.queue_depth,
+            ),
+            ("batches_total", "counter", "Batches formed.", self.batches),
+            (
+                "reconnects_total",
+                "counter",
+                "Connections established after the first.",
+                self.reconnects,
+            ),
+            (
+                "try_later_total",
+                "counter",
+                "TRY_LATER answers received.",
+                self.try_later,
+            ),
+            (
+                "connected_collector",
+                "gauge",
+                "Index+1 of the connected collector, 0 if none.",
+                self.connected_to,
+            ),
+            (
+                "legacy_log",
+                "gauge",
+                "1 if the publisher fell back to plain Log.",
+                u64::from(self.legacy_log),
+            ),
+        ];
+        let mut out = String::new();
+        for (name, kind, help, value) in rows {
+            out.push_str(&format!(
+                "# HELP conduit_publisher_{name} {help}\n# TYPE conduit_publisher_{name} {kind}\nconduit_publisher_{name} {value}\n"
+            ));
+        }
+        out
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    tx: mpsc::Sender<Msg>,
+    settings: Arc<Settings>,
+    counters: Arc<Counters>,
+    publisher_id: String,
+    /// Dropped with the last handle: tells the background task to stop.
+    _alive: watch::Sender<()>,
+}
+
+/// An async publisher handle; clones share one queue and background task.
+#[derive(Clone)]
+pub struct Publisher {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Publisher")
+            .field("publisher_id", &self.inner.publisher_id)
+            .field("collectors", &self.inner.settings.collectors)
+            .finish()
+    }
+}
+
+impl Publisher {
+    /// A builder with default settings.
+    pub fn builder() -> PublisherBuilder {
+        PublisherBuilder::default()
+    }
+
+    /// The id this publisher sends with every batch.
+    pub fn publisher_id(&self) -> &str {
+        &self.inner.publisher_id
+    }
+
+    /// Checks an event and turns it into a queue message.
+    fn event(
+        &self,
+        topic: &str,
+        payload: Bytes,
+        ack: Option<oneshot::Sender<Result<(), PublishError>>>,
+    ) -> Result<Msg, PublishError> {
+        let settings = &self.inner.settings;
+        let checked = (|| {
+            let valid = Topic::new(topic).map_err(|_| PublishError::InvalidTopic {
+                topic: topic.to_string(),
+            })?;
+            if payload.len() > settings.max_message_bytes {
+                return Err(PublishError::MessageTooLarge {
+                    len: payload.len(),
+                    max: settings.max_message_bytes,
+                });
+            }
+            if let Some(encoding) = settings.encodings.get(valid.as_str()) {
+                if let Err(conduit_core::RecordError::NewlineInLinesPayload { at }) =
+                    encoding.check(&payload)
+                {
+                    return Err(PublishError::NewlineInLinesPayload {
+                        topic: topic.to_string(),
+                        at,
+                    });
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = checked {
+            self.inner.counters.failed.fetch_add(1, Ordering::Relaxed);
+            return Err(e);
+        }
+        Ok(Msg::Event {
+            topic: Bytes::copy_from_slice(topic.as_bytes()),
+            payload,
+            ack,
+        })
+    }
+
+    async fn enqueue(&self, msg: Msg) -> Result<(), PublishError> {
+        use tokio::sync::mpsc::error::{SendTimeoutError, TrySendError};
+        let c = &self.inner.counters;
+        // Counted before sending so the background task never sees an ack for an
+        // event the depth gauge does not hold yet.
+        c.queue_depth.fetch_add(1, Ordering::Relaxed);
+        let result = match self.inner.settings.when_full {
+            WhenFull::Block => self
+                .inner
+                .tx
+                .send(msg)
+                .await
+                .map_err(|_| PublishError::Closed),
+            WhenFull::Error => self.inner.tx.try_send(msg).map_err(|e| match e {
+                TrySendError::Full(_) => PublishError::QueueFull,
+                TrySendError::Closed(_) => PublishError::Closed,
+            }),
+            WhenFull::Timeout(d) => self
+                .inner
+                .tx
+                .send_timeout(msg, d)
+                .await
+                .map_err(|e| match e {
+                    SendTimeoutError::Timeout(_) => PublishError::Timeout(d),
+                    SendTimeoutError::Closed(_) => PublishError::Closed,
+                }),
+        };
+        match &result {
+            Ok(()) => {
+                c.enqueued.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                c.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                c.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        result
+    }
+
+    /// Validates the event and queues it; returns once it is queued (at once when
+    /// there is room, otherwise per the [`WhenFull`] policy). It is durable later:
+    /// see [`Publisher::flush`].
+    pub async fn publish(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), PublishError> {
+        let msg = self.event(topic, payload.into(), None)?;
+        self.enqueue(msg).await
+    }
+
+    /// Like [`Publisher::publish`], then waits until a collector has made the event
+    /// durable.
+    pub async fn publish_acked(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), PublishError> {
+        let (tx, rx) = oneshot::channel();
+        let msg = self.event(topic, payload.into(), Some(tx))?;
+        self.enqueue(msg).await?;
+        rx.await.unwrap_or(Err(PublishError::Closed))
+    }
+
+    /// Waits until every event enqueued before the call is durable. Sends the
+    /// current partial batch at once instead of waiting for its linger time.
+    pub async fn flush(&self) -> Result<(), PublishError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(Msg::Flush(tx))
+            .await
+            .map_err(|_| PublishError::Closed)?;
+        rx.await.map_err(|_| PublishError::Closed)
+    }
+
+    /// Flushes, then stops the background task. Other clones of this handle get
+    /// [`PublishError::Closed`] afterwards. To bound the wait while collectors are
+    /// unreachable, wrap it in `tokio::time::timeout`: dropping the future drops the
+    /// handle, which stops the task.
+    pub async fn close(self) -> Result<(), PublishError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(Msg::Close(tx))
+            .await
+            .map_err(|_| PublishError::Closed)?;
+        rx.await.map_err(|_| PublishError::Closed)
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> Stats {
+        let c = &self.inner.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Stats {
+            enqueued: get(&c.enqueued),
+            sent: get(&c.sent),
+            acknowledged: get(&c.acknowledged),
+            retried: get(&c.retried),
+            failed: get(&c.failed),
+            queue_depth: get(&c.queue_depth),
+            batches: get(&c.batches),
+            reconnects: get(&c.reconnects),
+            try_later: get(&c.try_later),
+            connected_to: get(&c.connected),
+            legacy_log: get(&c.legacy) != 0,
+        }
+    }
+}
+
+/// A synchronous publisher for code without a tokio runtime: it owns a
+/// single-threaded runtime on its own thread and blocks the caller on each call.
+///
+/// Its methods must not be called from inside an async context (they panic there,
+/// like `Runtime::block_on`).
+pub struct BlockingPublisher {
+    // Field order matters: the publisher is dropped before the runtime.
+    publisher: Option<Publisher>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl fmt::Debug for BlockingPublisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BlockingPublisher")
+            .field("publisher", &self.publisher)
+            .finish()
+    }
+}
+
+impl BlockingPublisher {
+    fn new(builder: PublisherBuilder) -> Result<Self, BuildError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("conduit-publisher")
+            .enable_all()
+            .build()
+            .map_err(|e| BuildError::Runtime(e.to_string()))?;
+        let publisher = runtime.block_on(builder.build())?;
+        Ok(BlockingPublisher {
+            publisher: Some(publisher),
+            runtime: Some(runtime),
+        })
+    }
+
+    fn parts(&self) -> (&Publisher, &tokio::runtime::Runtime) {
+        match (&self.publisher, &self.runtime) {
+            (Some(p), Some(r)) => (p, r),
+            _ => unreachable!("only taken in close and drop"),
+        }
+    }
+
+    /// See [`Publisher::publish`].
+    pub fn publish(&self, topic: &str, payload: impl Into<Bytes>) -> Result<(), PublishError> {
+        let (p, rt) = self.parts();
+        rt.block_on(p.publish(topic, payload))
+    }
+
+    /// See [`Publisher::publish_acked`].
+    pub fn publish_acked(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), PublishError> {
+        let (p, rt) = self.parts();
+        rt.block_on(p.publish_acked(topic, payload))
+    }
+
+    /// See [`Publisher::flush`].
+    pub fn flush(&self) -> Result<(), PublishError> {
+        let (p, rt) = self.parts();
+        rt.block_on(p.flush())
+    }
+
+    /// See [`Publisher::stats`].
+    pub fn stats(&self) -> Stats {
+        self.parts().0.stats()
+    }
+
+    /// See [`Publisher::close`]; also stops the runtime thread.
+    pub fn close(mut self) -> Result<(), PublishError> {
+        let publisher = self.publisher.take().expect("present until close");
+        let runtime = self.runtime.take().expect("present until close");
+        let result = runtime.block_on(publisher.close());
+        runtime.shutdown_timeout(Duration::from_secs(1));
+        result
+    }
+}
+
+impl Drop for BlockingPublisher {
+    fn drop(&mut self) {
+        drop(self.publisher.take());
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}

@@ -1,0 +1,593 @@
+//! The background task: batching, sending, retries, reconnects and failover.
+//!
+//! State: `pending` holds sealed, unacknowledged batches in sequence order; its first
+//! `inflight` batches were sent on the current connection, in order, so each reply
+//! answers `pending[0]` (after `discard` replies to calls that are re-sent anyway).
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use conduit_core::scribe::{
+    decode_reply, encode_log_batch_call, encode_log_call, read_frame, ReplyValue, ResultCode,
+    EXCEPTION_UNKNOWN_METHOD,
+};
+use rand::Rng;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::{Counters, Msg, PublishError, Settings};
+
+/// Largest reply frame accepted (replies are tiny).
+const MAX_REPLY_FRAME: usize = 1 << 20;
+
+type Waiter = oneshot::Sender<Result<(), PublishError>>;
+
+#[derive(Debug)]
+struct Batch {
+    seq: i64,
+    entries: Vec<(Bytes, Bytes)>,
+    waiters: Vec<Waiter>,
+    sends: u32,
+}
+
+#[derive(Debug, Default)]
+struct Open {
+    entries: Vec<(Bytes, Bytes)>,
+    bytes: usize,
+    waiters: Vec<Waiter>,
+    deadline: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Conn {
+    index: usize,
+    writer: OwnedWriteHalf,
+    replies: mpsc::UnboundedReceiver<Result<ReplyValue, String>>,
+    reader: JoinHandle<()>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+enum Event {
+    Msg(Option<Msg>),
+    Linger,
+    Reply(Option<Result<ReplyValue, String>>),
+    Resume,
+    Reconnect,
+    PreferredCheck,
+    RequestTimeout,
+    Dropped,
+}
+
+#[derive(Debug)]
+pub(crate) struct Runner {
+    settings: Arc<Settings>,
+    counters: Arc<Counters>,
+    rx: mpsc::Receiver<Msg>,
+    alive: watch::Receiver<()>,
+    publisher_id: String,
+    open: Open,
+    pending: VecDeque<Batch>,
+    next_seq: i64,
+    /// Events taken from the queue so far.
+    received: u64,
+    /// Events acknowledged so far (always a prefix of `received`).
+    acked: u64,
+    flushes: Vec<(u64, oneshot::Sender<()>)>,
+    closing: Option<(u64, oneshot::Sender<()>)>,
+    conn: Option<Conn>,
+    /// A connection to the preferred collector waiting for `conn` to drain.
+    switch_to: Option<Conn>,
+    ever_connected: bool,
+    inflight: usize,
+    discard: usize,
+    /// Oldest call without a reply was sent at this time.
+    awaiting_since: Option<Instant>,
+    legacy: bool,
+    /// After `TRY_LATER`: one batch in flight until the retried one succeeds.
+    cautious: bool,
+    paused_until: Option<Instant>,
+    try_later_attempts: u32,
+    reconnect_at: Option<Instant>,
+    connect_attempts: u32,
+    preferred_check_at: Option<Instant>,
+    seqid: i32,
+    buf: Vec<u8>,
+}
+
+async fn sleep_opt(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_reply(conn: &mut Option<Conn>) -> Option<Result<ReplyValue, String>> {
+    match conn {
+        Some(c) => c.replies.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Runner {
+    pub(crate) fn new(
+        settings: Arc<Settings>,
+        counters: Arc<Counters>,
+        rx: mpsc::Receiver<Msg>,
+        alive: watch::Receiver<()>,
+        publisher_id: String,
+    ) -> Runner {
+        Runner {
+            settings,
+            counters,
+            rx,
+            alive,
+            publisher_id,
+            open: Open::default(),
+            pending: VecDeque::new(),
+            next_seq: 1,
+            received: 0,
+            acked: 0,
+            flushes: Vec::new(),
+            closing: None,
+            conn: None,
+            switch_to: None,
+            ever_connected: false,
+            inflight: 0,
+            discard: 0,
+            awaiting_since: None,
+            legacy: false,
+            cautious: false,
+            paused_until: None,
+            try_later_attempts: 0,
+            reconnect_at: Some(Instant::now()),
+            connect_attempts: 0,
+            preferred_check_at: None,
+            seqid: 0,
+            buf: Vec::new(),
+        }
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let base = self.settings.backoff_base.as_secs_f64();
+        let max = self.settings.backoff_max.as_secs_f64();
+        let raw = (base * 2f64.powi(attempt.min(30) as i32)).min(max);
+        Duration::from_secs_f64(raw * rand::rng().random_range(0.5..=1.0))
+    }
+
+    pub(crate) async fn run(mut self) {
+        self.serve().await;
+        self.conn = None;
+        self.switch_to = None;
+        self.counters.connected.store(0, Ordering::Relaxed);
+    }
+
+    async fn serve(&mut self) {
+        loop {
+            if self.finish_close() {
+                return;
+            }
+            self.pump().await;
+            let accepting =
+                self.pending.len() < self.settings.max_in_flight && self.closing.is_none();
+            let linger = if self.open.entries.is_empty() {
+                None
+            } else {
+                self.open.deadline
+            };
+            let resume = self.paused_until;
+            let reconnect = if self.conn.is_none() {
+                self.reconnect_at
+            } else {
+                None
+            };
+            let preferred = match &self.conn {
+                Some(c) if c.index != 0 && self.switch_to.is_none() => self.preferred_check_at,
+                _ => None,
+            };
+            let timeout = self
+                .awaiting_since
+                .map(|t| t + self.settings.request_timeout);
+            let event = tokio::select! {
+                m = self.rx.recv(), if accepting => Event::Msg(m),
+                _ = self.alive.changed() => Event::Dropped,
+                r = next_reply(&mut self.conn) => Event::Reply(r),
+                _ = sleep_opt(linger) => Event::Linger,
+                _ = sleep_opt(resume) => Event::Resume,
+                _ = sleep_opt(reconnect) => Event::Reconnect,
+                _ = sleep_opt(preferred) => Event::PreferredCheck,
+                _ = sleep_opt(timeout) => Event::RequestTimeout,
+            };
+            match event {
+                Event::Msg(Some(msg)) => self.on_msg(msg),
+                Event::Msg(None) | Event::Dropped => {
+                    self.abandon();
+                    return;
+                }
+                Event::Linger => self.seal(),
+                Event::Reply(Some(Ok(value))) => self.on_reply(value),
+                Event::Reply(Some(Err(e))) => self.lost(&e),
+                Event::Reply(None) => self.lost("reply reader stopped"),
+                Event::Resume => self.paused_until = None,
+                Event::Reconnect => self.connect().await,
+                Event::PreferredCheck => self.check_preferred().await,
+                Event::RequestTimeout => self.lost("request timed out"),
+            }
+        }
+    }
+
+    fn on_msg(&mut self, msg: Msg) {
+        match msg {
+            Msg::Event {
+                topic,
+                payload,
+                ack,
+            } => {
+                self.received += 1;
+                if self.open.entries.is_empty() {
+                    self.open.deadline = Some(Instant::now() + self.settings.linger);
+                }
+                self.open.bytes += payload.len() + topic.len();
+                self.open.entries.push((topic, payload));
+                if let Some(ack) = ack {
+                    self.open.waiters.push(ack);
+                }
+                if self.open.entries.len() >= self.settings.max_batch_events
+                    || self.open.bytes >= self.settings.max_batch_bytes
+                {
+                    self.seal();
+                }
+            }
+            Msg::Flush(tx) => {
+                self.seal();
+                if self.acked >= self.received {
+                    let _ = tx.send(());
+                } else {
+                    self.flushes.push((self.received, tx));
+                }
+            }
+            Msg::Close(tx) => {
+                self.seal();
+                self.closing = Some((self.received, tx));
+            }
+        }
+    }
+
+    /// Returns true when a requested close is complete.
+    fn finish_close(&mut self) -> bool {
+        match &self.closing {
+            Some((target, _)) if self.acked >= *target => {
+                let (_, tx) = self.closing.take().expect("checked");
+                self.conn = None;
+                self.switch_to = None;
+                self.counters.connected.store(0, Ordering::Relaxed);
+                let _ = tx.send(());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn seal(&mut self) {
+        if self.open.entries.is_empty() {
+            return;
+        }
+        let open = std::mem::take(&mut self.open);
+        self.pending.push_back(Batch {
+            seq: self.next_seq,
+            entries: open.entries,
+            waiters: open.waiters,
+            sends: 0,
+        });
+        self.next_seq += 1;
+        self.counters.batches.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn window(&self) -> usize {
+        if self.legacy || self.cautious {
+            1
+        } else {
+            self.settings.max_in_flight
+        }
+    }
+
+    /// Sends as many pending batches as the window allows.
+    async fn pump(&mut self) {
+        loop {
+            if self.conn.is_none()
+                || self.switch_to.is_some()
+                || self.paused_until.is_some()
+                || self.inflight >= self.window()
+                || self.inflight >= self.pending.len()
+            {
+                break;
+            }
+            let batch = &mut self.pending[self.inflight];
+            self.seqid = self.seqid.wrapping_add(1);
+            self.buf.clear();
+            let refs: Vec<(&[u8], &[u8])> = batch
+                .entries
+                .iter()
+                .map(|(t, p)| (t.as_ref(), p.as_ref()))
+                .collect();
+            if self.legacy {
+                encode_log_call(self.seqid, &refs, &mut self.buf);
+            } else {
+                encode_log_batch_call(
+                    self.seqid,
+                    self.publisher_id.as_bytes(),
+                    batch.seq,
+                    &refs,
+                    &mut self.buf,
+                );
+            }
+            if batch.sends > 0 {
+                self.counters.retried.fetch_add(1, Ordering::Relaxed);
+            }
+            batch.sends += 1;
+            let events = batch.entries.len() as u64;
+            let conn = self.conn.as_mut().expect("checked");
+            let written = tokio::time::timeout(
+                self.settings.request_timeout,
+                conn.writer.write_all(&self.buf),
+            )
+            .await;
+            match written {
+                Ok(Ok(())) => {
+                    self.counters.sent.fetch_add(events, Ordering::Relaxed);
+                    self.inflight += 1;
+                    if self.awaiting_since.is_none() {
+                        self.awaiting_since = Some(Instant::now());
+                    }
+                }
+                Ok(Err(e)) => {
+                    self.lost(&format!("write failed: {e}"));
+                    break;
+                }
+                Err(_) => {
+                    self.lost("write timed out");
+                    break;
+                }
+            }
+        }
+    }
+
+    fn on_reply(&mut self, value: ReplyValue) {
+        self.awaiting_since = if self.inflight + self.discard > 1 {
+            Some(Instant::now())
+        } else {
+            None
+        };
+        if self.discard > 0 {
+            self.discard -= 1;
+            self.maybe_switch();
+            return;
+        }
+        if self.inflight == 0 {
+            self.lost("unexpected reply");
+            return;
+        }
+        match value {
+            ReplyValue::ResultCode(ResultCode::Ok) => {
+                self.inflight -= 1;
+                let batch = self.pending.pop_front().expect("in flight");
+                let n = batch.entries.len() as u64;
+                self.acked += n;
+                self.counters.acknowledged.fetch_add(n, Ordering::Relaxed);
+                self.counters.queue_depth.fetch_sub(n, Ordering::Relaxed);
+                for w in batch.waiters {
+                    let _ = w.send(Ok(()));
+                }
+                self.try_later_attempts = 0;
+                self.connect_attempts = 0;
+                self.cautious = false;
+                self.answer_flushes();
+                self.maybe_switch();
+            }
+            ReplyValue::ResultCode(ResultCode::TryLater) => {
+                self.counters.try_later.fetch_add(1, Ordering::Relaxed);
+                self.discard = self.inflight - 1;
+                self.inflight = 0;
+                self.cautious = true;
+                let delay = self.backoff(self.try_later_attempts);
+                self.try_later_attempts += 1;
+                tracing::debug!(
+                    sequence = self.pending[0].seq,
+                    ?delay,
+                    "collector answered TRY_LATER; retrying"
+                );
+                self.paused_until = Some(Instant::now() + delay);
+            }
+            ReplyValue::Exception { kind, message }
+                if kind == EXCEPTION_UNKNOWN_METHOD && !self.legacy =>
+            {
+                tracing::warn!(
+                    %message,
+                    "collector does not know LogBatch; falling back to plain Log (a batch re-sent after a lost ack may be duplicated)"
+                );
+                self.legacy = true;
+                self.counters.legacy.store(1, Ordering::Relaxed);
+                self.drop_conn();
+                self.reconnect_at = Some(Instant::now());
+            }
+            other => self.lost(&format!("unexpected reply {other:?}")),
+        }
+    }
+
+    fn answer_flushes(&mut self) {
+        let acked = self.acked;
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.flushes)
+            .into_iter()
+            .partition(|(target, _)| *target <= acked);
+        self.flushes = waiting;
+        for (_, tx) in done {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Drops the connection; every unacknowledged batch is re-sent on the next.
+    fn drop_conn(&mut self) {
+        self.conn = None;
+        self.inflight = 0;
+        self.discard = 0;
+        self.cautious = false;
+        self.awaiting_since = None;
+        self.counters.connected.store(0, Ordering::Relaxed);
+    }
+
+    fn lost(&mut self, why: &str) {
+        let index = self.conn.as_ref().map(|c| c.index);
+        tracing::warn!(
+            collector = index.map(|i| self.settings.collectors[i].as_str()),
+            reason = why,
+            "connection to collector lost; reconnecting"
+        );
+        self.drop_conn();
+        if let Some(next) = self.switch_to.take() {
+            self.install(next);
+            return;
+        }
+        let delay = self.backoff(self.connect_attempts);
+        self.connect_attempts += 1;
+        self.reconnect_at = Some(Instant::now() + delay);
+    }
+
+    fn maybe_switch(&mut self) {
+        if self.switch_to.is_some() && self.inflight == 0 && self.discard == 0 {
+            let next = self.switch_to.take().expect("checked");
+            tracing::info!(
+                collector = %self.settings.collectors[next.index],
+                "back on the preferred collector"
+            );
+            self.drop_conn();
+            self.install(next);
+        }
+    }
+
+    async fn open_conn(&self, index: usize) -> Result<Conn, String> {
+        let addr = &self.settings.collectors[index];
+        let stream = tokio::time::timeout(self.settings.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| "connect timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        let _ = stream.set_nodelay(true);
+        let (mut reader, writer) = stream.into_split();
+        let (tx, replies) = mpsc::unbounded_channel();
+        let reader = tokio::spawn(async move {
+            let mut buf = BytesMut::new();
+            loop {
+                let item = match read_frame(&mut reader, MAX_REPLY_FRAME, &mut buf).await {
+                    Ok(Some(frame)) => match decode_reply(frame) {
+                        Ok(reply) => Ok(reply.value),
+                        Err(e) => Err(format!("bad reply: {e}")),
+                    },
+                    Ok(None) => Err("connection closed by collector".to_string()),
+                    Err(e) => Err(format!("read failed: {e}")),
+                };
+                let stop = item.is_err();
+                if tx.send(item).is_err() || stop {
+                    return;
+                }
+            }
+        });
+        Ok(Conn {
+            index,
+            writer,
+            replies,
+            reader,
+        })
+    }
+
+    fn install(&mut self, conn: Conn) {
+        if self.ever_connected {
+            self.counters.reconnects.fetch_add(1, Ordering::Relaxed);
+        }
+        self.ever_connected = true;
+        self.counters
+            .connected
+            .store(conn.index as u64 + 1, Ordering::Relaxed);
+        self.preferred_check_at = if conn.index != 0 {
+            Some(Instant::now() + self.settings.preferred_retry)
+        } else {
+            None
+        };
+        self.conn = Some(conn);
+        self.inflight = 0;
+        self.discard = 0;
+        self.reconnect_at = None;
+    }
+
+    /// Tries the collectors in order; the first that accepts becomes the connection.
+    async fn connect(&mut self) {
+        for index in 0..self.settings.collectors.len() {
+            match self.open_conn(index).await {
+                Ok(conn) => {
+                    tracing::debug!(collector = %self.settings.collectors[index], "connected");
+                    self.install(conn);
+                    return;
+                }
+                Err(e) => tracing::debug!(
+                    collector = %self.settings.collectors[index],
+                    error = %e,
+                    "cannot connect"
+                ),
+            }
+        }
+        let delay = self.backoff(self.connect_attempts);
+        self.connect_attempts += 1;
+        self.reconnect_at = Some(Instant::now() + delay);
+    }
+
+    async fn check_preferred(&mut self) {
+        match self.open_conn(0).await {
+            Ok(conn) => {
+                self.switch_to = Some(conn);
+                self.maybe_switch();
+            }
+            Err(_) => {
+                self.preferred_check_at = Some(Instant::now() + self.settings.preferred_retry);
+            }
+        }
+    }
+
+    /// The publisher was dropped without close: fail what is left.
+    fn abandon(&mut self) {
+        self.seal();
+        let mut n = 0u64;
+        for batch in self.pending.drain(..) {
+            n += batch.entries.len() as u64;
+            for w in batch.waiters {
+                let _ = w.send(Err(PublishError::Closed));
+            }
+        }
+        // Events still in the channel.
+        self.rx.close();
+        while let Ok(msg) = self.rx.try_recv() {
+            if let Msg::Event { ack, .. } = msg {
+                n += 1;
+                if let Some(w) = ack {
+                    let _ = w.send(Err(PublishError::Closed));
+                }
+            }
+        }
+        if n > 0 {
+            tracing::warn!(
+                events = n,
+                "publisher dropped without close; events abandoned"
+            );
+        }
+        self.counters.failed.fetch_add(n, Ordering::Relaxed);
+        self.counters.queue_depth.fetch_sub(n, Ordering::Relaxed);
+    }
+}
