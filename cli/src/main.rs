@@ -8,6 +8,7 @@ mod bench;
 mod check;
 mod collector;
 mod logging;
+mod publish;
 mod signals;
 
 use clap::{Parser, Subcommand};
@@ -35,6 +36,8 @@ enum Command {
     Check(check::CheckArgs),
     /// Run a collector: Scribe-compatible ingest that acknowledges only durable events.
     Collector(collector::CollectorArgs),
+    /// Publish stdin to a topic, one event per line, with acknowledgements.
+    Publish(publish::PublishArgs),
     /// Benchmarks: collector ingest (`bench ingest`) and event files for peers (`bench gen`).
     Bench(bench::BenchArgs),
 }
@@ -56,6 +59,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Check(args) => check::run(args).await,
             Command::Collector(args) => collector::run(args).await,
+            Command::Publish(args) => publish::run(args).await,
             Command::Bench(args) => bench::run(args).await,
         }
     });

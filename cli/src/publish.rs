@@ -1,0 +1,129 @@
+//! `conduit publish`: one event per input line, acknowledged by a collector.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::Args;
+use conduit_core::Encoding;
+use conduit_publisher::{Publisher, WhenFull};
+
+/// Arguments of `conduit publish`.
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// Topic to publish to (`[A-Za-z0-9_]{1,128}`).
+    #[arg(long)]
+    topic: String,
+
+    /// Collector address; repeat for failover (the first is preferred).
+    #[arg(
+        long = "collector",
+        value_name = "HOST:PORT",
+        default_value = "127.0.0.1:1463"
+    )]
+    collectors: Vec<String>,
+
+    /// Record encoding of the topic: with `lines`, input lines are checked here
+    /// (they cannot contain a newline anyway); `base64` topics accept any bytes.
+    #[arg(long, default_value = "lines", value_parser = ["lines", "base64"])]
+    encoding: String,
+
+    /// Give up on events not acknowledged this many seconds after the input ends;
+    /// they are reported as failures.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    timeout_secs: u64,
+
+    /// Show a progress line on stderr even when it is not a terminal.
+    #[arg(long)]
+    progress: bool,
+}
+
+/// Publishes stdin, one event per line; exits non-zero if any event was not
+/// acknowledged.
+pub async fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
+    let encoding: Encoding = args
+        .encoding
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!(e))?;
+    let publisher = Publisher::builder()
+        .collectors(args.collectors.clone())
+        .when_full(WhenFull::Block)
+        .topic_encoding(args.topic.clone(), encoding)
+        .build()
+        .await
+        .context("cannot start the publisher")?;
+    let show_progress = args.progress || std::io::stderr().is_terminal();
+    let started = Instant::now();
+    let mut last_report = Instant::now();
+    let mut rejected = 0u64;
+    let mut lines = 0u64;
+    // Reading stdin blocks; do it on a blocking thread and hand lines over.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(1024);
+    let reader = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        let stdin = std::io::stdin();
+        let mut input = stdin.lock();
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            if input.read_until(b'\n', &mut line)? == 0 {
+                return Ok(());
+            }
+            if line.last() == Some(&b'\n') {
+                line.pop();
+            }
+            if tx.blocking_send(line.clone()).is_err() {
+                return Ok(());
+            }
+        }
+    });
+    while let Some(line) = rx.recv().await {
+        lines += 1;
+        if let Err(e) = publisher.publish(&args.topic, Bytes::from(line)).await {
+            rejected += 1;
+            if rejected <= 10 {
+                eprintln!("line {lines}: {e}");
+            }
+        }
+        if show_progress && last_report.elapsed() >= Duration::from_millis(250) {
+            last_report = Instant::now();
+            let s = publisher.stats();
+            let rate = s.acknowledged as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            eprint!(
+                "\r{} read, {} acknowledged, {:.0} events/s   ",
+                lines, s.acknowledged, rate
+            );
+            let _ = std::io::stderr().flush();
+        }
+    }
+    reader.await.context("stdin reader failed")??;
+    let flushed =
+        tokio::time::timeout(Duration::from_secs(args.timeout_secs), publisher.flush()).await;
+    let stats = publisher.stats();
+    let unacked = stats.enqueued.saturating_sub(stats.acknowledged);
+    let _ = tokio::time::timeout(Duration::from_secs(5), publisher.close()).await;
+    if show_progress {
+        eprintln!();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let failed = rejected + unacked;
+    eprintln!(
+        "{} events acknowledged in {:.2} s ({:.0} events/s); {} failed",
+        stats.acknowledged,
+        secs,
+        stats.acknowledged as f64 / secs.max(1e-9),
+        failed
+    );
+    match flushed {
+        Ok(Ok(())) if failed == 0 => Ok(ExitCode::SUCCESS),
+        Ok(Ok(())) | Ok(Err(_)) => Ok(ExitCode::FAILURE),
+        Err(_) => {
+            eprintln!(
+                "error: {unacked} events not acknowledged within {} s",
+                args.timeout_secs
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! `conduit publish` end to end: stdin lines → publisher → a real collector process.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use conduit_core::format::decode_file;
+use conduit_core::Encoding;
+use conduit_tests::{conduit_bin, CollectorProcess};
+
+fn publish(args: &[&str], input: &[u8]) -> (std::process::ExitStatus, String) {
+    let mut child = Command::new(conduit_bin())
+        .arg("publish")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn publish_acknowledges_every_line_and_reports_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let mut collector =
+        CollectorProcess::start(root.to_str().unwrap(), "c1", &[], &dir.path().join("logs"))
+            .unwrap();
+    let input: String = (0..5000).map(|i| format!("{{\"n\":{i}}}\n")).collect();
+    let (status, stderr) = publish(
+        &["--topic", "clicks", "--collector", &collector.thrift_addr],
+        input.as_bytes(),
+    );
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("5000 events acknowledged"), "{stderr}");
+    assert!(stderr.contains("; 0 failed"), "{stderr}");
+
+    // Nothing reachable: non-zero exit with the count of failures.
+    let (status, stderr) = publish(
+        &[
+            "--topic",
+            "clicks",
+            "--collector",
+            "127.0.0.1:1",
+            "--timeout-secs",
+            "1",
+        ],
+        b"one\ntwo\n",
+    );
+    assert!(!status.success());
+    assert!(stderr.contains("2 failed"), "{stderr}");
+
+    // A bad topic is refused before anything is sent.
+    let (status, stderr) = publish(&["--topic", "bad-topic"], b"x\n");
+    assert!(!status.success());
+    assert!(stderr.contains("invalid topic name"), "{stderr}");
+
+    assert!(collector.terminate().unwrap().success());
+    let data = root.join("data/clicks/c1");
+    let mut payloads = Vec::new();
+    let mut paths: Vec<_> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    paths.sort(); // names sort by minute, then sequence
+    for path in paths {
+        let bytes = std::fs::read(&path).unwrap();
+        let decoded = decode_file(path.to_str().unwrap(), &bytes, Encoding::Lines).unwrap();
+        assert!(decoded.scan.is_closed());
+        payloads.extend(decoded.payloads);
+    }
+    let expected: Vec<String> = (0..5000).map(|i| format!("{{\"n\":{i}}}")).collect();
+    let got: Vec<String> = payloads
+        .iter()
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect();
+    assert_eq!(got, expected, "every line once, in order");
+}
