@@ -6,7 +6,9 @@
 //! pre-generated events over Scribe `Log` calls from one task per connection,
 //! records the ack latency of each call, then stops the collector with SIGTERM and
 //! counts the records in the files it wrote: a run whose count differs from the
-//! events sent fails the benchmark. `docs/benchmarks.md` has the results and the
+//! events sent fails the benchmark. `conduit bench publish` does the same with the
+//! `conduit-publisher` library as the client: the cost of `publish` on the caller's
+//! thread, and end-to-end throughput with acks. `docs/benchmarks.md` has the results and the
 //! commands that reproduce them.
 
 use std::collections::VecDeque;
@@ -30,6 +32,8 @@ use tokio::sync::Barrier;
 
 /// The topic every benchmark event is sent to.
 const TOPIC: &str = "bench";
+/// Queue capacity of the benchmarked publisher (its default).
+const QUEUE_CAPACITY: u64 = 100_000;
 /// Pause before a call answered `TRY_LATER` is sent again.
 const RETRY_BACKOFF: Duration = Duration::from_millis(10);
 /// Largest reply frame accepted (replies are a few dozen bytes).
@@ -47,6 +51,10 @@ enum BenchCommand {
     /// Measure collector ingest: events/s, MB/s, ack latency, collector RSS and CPU,
     /// bytes on disk; verifies every event sent is in the files.
     Ingest(IngestArgs),
+    /// Measure the publisher library: the cost of `publish` on the caller's thread
+    /// and end-to-end publisher → collector throughput with acks (verified in the
+    /// files).
+    Publish(PublishArgs),
     /// Write the benchmark's events to a file, one JSON event per line, so other
     /// tools (scripts/peers/*.sh) are fed exactly the same input.
     Gen(GenArgs),
@@ -119,6 +127,39 @@ pub struct IngestArgs {
     timeout: u64,
 }
 
+/// Arguments of `conduit bench publish`.
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// Events to publish per run (generated in memory before timing starts).
+    #[arg(long, default_value_t = 2_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    events: u64,
+
+    /// Number of runs; the table shows each run and the median (min–max).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    runs: u32,
+
+    /// Consecutive `publish` calls timed together (the per-call cost is their time
+    /// divided by this).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    timed_calls: u32,
+
+    /// Seed of the event generator.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+
+    /// Extra argument for the spawned `conduit collector` (repeatable).
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    collector_arg: Vec<String>,
+
+    /// Log filter of the spawned collector (its --log-level).
+    #[arg(long, default_value = "warn", value_name = "FILTER")]
+    collector_log_level: String,
+
+    /// Give up on a run after this many seconds (the run then fails).
+    #[arg(long, default_value_t = 600, value_name = "SECONDS")]
+    timeout: u64,
+}
+
 /// Arguments of `conduit bench gen`.
 #[derive(Debug, Args)]
 pub struct GenArgs {
@@ -139,6 +180,7 @@ pub struct GenArgs {
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         BenchCommand::Ingest(a) => ingest(a).await,
+        BenchCommand::Publish(a) => publish(a).await,
         BenchCommand::Gen(a) => gen(a),
     }
 }
@@ -356,7 +398,7 @@ async fn start_target(args: &IngestArgs, run: u32) -> anyhow::Result<Target> {
             (dir.display().to_string(), Cleanup::LocalDir(dir))
         }
     };
-    match spawn_collector(args, &root).await {
+    match spawn_collector(&args.collector_log_level, &args.collector_arg, &root).await {
         Ok((child, pid, addr)) => Ok(Target {
             addr,
             child: Some(child),
@@ -373,13 +415,14 @@ async fn start_target(args: &IngestArgs, run: u32) -> anyhow::Result<Target> {
 
 /// Starts `conduit collector` on free ports and waits for its ready line.
 async fn spawn_collector(
-    args: &IngestArgs,
+    log_level: &str,
+    collector_args: &[String],
     root: &str,
 ) -> anyhow::Result<(tokio::process::Child, Option<u32>, SocketAddr)> {
     let exe = std::env::current_exe().context("cannot find the conduit executable")?;
     let mut cmd = tokio::process::Command::new(exe);
     cmd.arg("--log-level")
-        .arg(&args.collector_log_level)
+        .arg(log_level)
         .arg("collector")
         .arg("--root")
         .arg(root)
@@ -389,7 +432,7 @@ async fn spawn_collector(
         .arg("127.0.0.1:0")
         .arg("--http")
         .arg("127.0.0.1:0")
-        .args(&args.collector_arg)
+        .args(collector_args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -817,6 +860,215 @@ fn append_json(path: &PathBuf, args: &IngestArgs, r: &RunResult) -> anyhow::Resu
         .with_context(|| format!("cannot open {}", path.display()))?;
     writeln!(f, "{line}")?;
     Ok(())
+}
+
+/// What one `bench publish` run measured.
+struct PublishRun {
+    run: u32,
+    /// Events published in both phases (and expected in the files).
+    events: u64,
+    /// Events of the end-to-end phase.
+    e2e_events: u64,
+    elapsed_s: f64,
+    events_per_s: f64,
+    mb_per_s: f64,
+    call_p50_ns: f64,
+    call_p99_ns: f64,
+    call_max_ns: f64,
+    /// Median per-call time in the end-to-end phase (waits for room included).
+    saturated_p50_ns: f64,
+    records: u64,
+    load_avg: String,
+}
+
+async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
+    let gen_started = Instant::now();
+    // One buffer, sliced: the payloads cost no allocation while timing.
+    let mut generator = EventGenerator::new(args.seed);
+    let mut buf = Vec::with_capacity(args.events as usize * 320);
+    let mut ends = Vec::with_capacity(args.events as usize);
+    for _ in 0..args.events {
+        generator.next_into(&mut buf);
+        ends.push(buf.len());
+    }
+    let buf = bytes::Bytes::from(buf);
+    let mut start = 0;
+    let payloads: Arc<Vec<bytes::Bytes>> = Arc::new(
+        ends.iter()
+            .map(|&end| {
+                let p = buf.slice(start..end);
+                start = end;
+                p
+            })
+            .collect(),
+    );
+    eprintln!(
+        "generated {} events ({} payload bytes, mean {:.1} bytes) in {:.1} s",
+        args.events,
+        buf.len(),
+        buf.len() as f64 / args.events as f64,
+        gen_started.elapsed().as_secs_f64()
+    );
+    let mut results = Vec::new();
+    for run in 1..=args.runs {
+        match publish_run(&args, run, payloads.clone(), buf.len() as u64).await {
+            Ok(r) => {
+                eprintln!(
+                    "run {}: end to end {} events in {:.2} s = {:.0} events/s ({:.1} MB/s), saturated publish() p50 {:.0} ns; with room in the queue publish() per call p50 {:.0} ns, p99 {:.0} ns, max {:.0} ns; {} records in the files (of {}); load {}",
+                    r.run, r.e2e_events, r.elapsed_s, r.events_per_s, r.mb_per_s, r.saturated_p50_ns,
+                    r.call_p50_ns, r.call_p99_ns, r.call_max_ns, r.records, r.events, r.load_avg
+                );
+                let mismatch = r.records != r.events;
+                results.push(r);
+                if mismatch {
+                    let r = results.last().expect("just pushed");
+                    eprintln!(
+                        "\n!!!!!!!!!! BENCHMARK FAILED: run {} published {} events (all acknowledged) but the files hold {} records\n",
+                        r.run, r.events, r.records
+                    );
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+            Err(e) => {
+                eprintln!("\n!!!!!!!!!! BENCHMARK RUN {run} FAILED: {e:#}\n");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    let med = |f: fn(&PublishRun) -> f64| {
+        let v: Vec<f64> = results.iter().map(f).collect();
+        stats_of(&v).expect("at least one run")
+    };
+    println!(
+        "conduit bench publish: {} events x {} runs (each phase), {} calls timed together; room = queue kept under a quarter full, e2e = publish all then flush",
+        args.events, args.runs, args.timed_calls
+    );
+    println!("{:<28} {:>14} {:>24}", "metric", "median", "min–max");
+    type Getter = fn(&PublishRun) -> f64;
+    let rows: [(&str, Getter, usize); 6] = [
+        ("e2e: events/s", |r| r.events_per_s, 0),
+        ("e2e: payload MB/s", |r| r.mb_per_s, 1),
+        ("room: publish() p50 ns", |r| r.call_p50_ns, 0),
+        ("room: publish() p99 ns", |r| r.call_p99_ns, 0),
+        ("room: publish() max ns", |r| r.call_max_ns, 0),
+        ("e2e: publish() p50 ns", |r| r.saturated_p50_ns, 0),
+    ];
+    for (name, f, d) in rows {
+        let (m, lo, hi) = med(f);
+        println!("{name:<28} {m:>14.d$} {:>24}", format!("{lo:.d$}–{hi:.d$}"),);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn publish_run(
+    args: &PublishArgs,
+    run: u32,
+    payloads: Arc<Vec<bytes::Bytes>>,
+    payload_bytes: u64,
+) -> anyhow::Result<PublishRun> {
+    let load_avg = std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default();
+    let dir = std::env::temp_dir().join(format!(
+        "conduit-bench-publish-{}-{run}",
+        std::process::id()
+    ));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    let root = dir.display().to_string();
+    let result = async {
+        let (mut child, pid, addr) =
+            spawn_collector(&args.collector_log_level, &args.collector_arg, &root).await?;
+        let publisher = conduit_publisher::Publisher::builder()
+            .collectors([addr.to_string()])
+            .queue_capacity(QUEUE_CAPACITY as usize)
+            .build()
+            .await?;
+        let timed = args.timed_calls as usize;
+        let deadline = Duration::from_secs(args.timeout);
+        let measured = tokio::time::timeout(deadline, async {
+            // (a) The caller's cost with room in the queue: after each timed group
+            // of calls, wait (untimed) while the queue is more than a quarter full,
+            // so `publish` never waits for room; the background task keeps
+            // draining to the collector meanwhile.
+            let mut per_call_ns = Vec::with_capacity(payloads.len() / timed + 1);
+            for chunk in payloads.chunks(timed) {
+                let t = Instant::now();
+                for p in chunk {
+                    publisher.publish(TOPIC, p.clone()).await?;
+                }
+                per_call_ns.push(t.elapsed().as_nanos() as f64 / chunk.len() as f64);
+                while publisher.stats().queue_depth > QUEUE_CAPACITY / 4 {
+                    tokio::time::sleep(Duration::from_micros(200)).await;
+                }
+            }
+            publisher.flush().await?;
+            // (b) End to end: every event as fast as the pipeline takes it
+            // (`publish` waits for room when the queue is full), then flush.
+            let mut saturated_ns = Vec::with_capacity(payloads.len() / timed + 1);
+            let started = Instant::now();
+            for chunk in payloads.chunks(timed) {
+                let t = Instant::now();
+                for p in chunk {
+                    publisher.publish(TOPIC, p.clone()).await?;
+                }
+                saturated_ns.push(t.elapsed().as_nanos() as f64 / chunk.len() as f64);
+            }
+            publisher.flush().await?;
+            let elapsed = started.elapsed();
+            Ok::<_, anyhow::Error>((per_call_ns, saturated_ns, elapsed))
+        })
+        .await
+        .context("the run timed out")??;
+        let (mut per_call_ns, mut saturated_ns, elapsed) = measured;
+        let stats = publisher.stats();
+        tokio::time::timeout(Duration::from_secs(60), publisher.close())
+            .await
+            .context("close timed out")??;
+        if let Some(pid) = pid.and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
+            rustix::process::kill_process(pid, rustix::process::Signal::TERM)
+                .context("cannot send SIGTERM to the collector")?;
+        }
+        let status = tokio::time::timeout(Duration::from_secs(300), child.wait())
+            .await
+            .context("the collector did not stop within 300 s of SIGTERM")??;
+        if !status.success() {
+            bail!("the collector exited with {status} after SIGTERM");
+        }
+        let events = 2 * payloads.len() as u64;
+        if stats.acknowledged != events {
+            bail!(
+                "{} events acknowledged of {events} published",
+                stats.acknowledged,
+            );
+        }
+        let records = count_records(&root).await?.records;
+        per_call_ns.sort_by(|a, b| a.total_cmp(b));
+        saturated_ns.sort_by(|a, b| a.total_cmp(b));
+        let at = |v: &[f64], q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+        let pct = |q: f64| at(&per_call_ns, q);
+        let secs = elapsed.as_secs_f64();
+        Ok(PublishRun {
+            run,
+            events,
+            elapsed_s: secs,
+            events_per_s: payloads.len() as f64 / secs,
+            e2e_events: payloads.len() as u64,
+            mb_per_s: payload_bytes as f64 / secs / 1e6,
+            call_p50_ns: pct(0.5),
+            call_p99_ns: pct(0.99),
+            call_max_ns: pct(1.0),
+            saturated_p50_ns: at(&saturated_ns, 0.5),
+            records,
+            load_avg,
+        })
+    }
+    .await;
+    let keep = !matches!(&result, Ok(r) if r.records == r.events);
+    remove_run_data(Cleanup::LocalDir(dir), keep).await;
+    result
 }
 
 /// Median, min and max of some values.

@@ -47,6 +47,39 @@
 //!   as no batch is answered `TRY_LATER` while later batches are already in flight
 //!   (those later batches may then be stored before the retried one).
 //!
+//! # Audit records
+//! Unless disabled with [`PublisherBuilder::audit_interval`]`(None)`, the publisher
+//! counts its acknowledged events per topic and per *enqueue minute* (the UTC
+//! minute, read from [`PublisherBuilder::clock`], in which `publish` accepted the
+//! event) and, every `audit_interval` (default 60 s) and at [`Publisher::close`],
+//! publishes the counts accumulated since its previous audit record for each key as
+//! events on the system topic `_audit`, through its own pipeline (so they are
+//! batched, acknowledged and deduplicated like any other event; the collector
+//! stores them in files named `sys_audit-...`). Audit events are not themselves
+//! audited, and they are left out of [`Stats`]' event counters (counted in
+//! [`Stats::audit_records`] and [`Stats::audit_acknowledged`] instead).
+//!
+//! Each audit event is one line of JSON, one per `(topic, minute)` with a non-zero
+//! count:
+//!
+//! ```text
+//! {"version":1,"publisher":"3f2a...","topic":"clicks","minute":"2026-11-22T10:05Z","acked":1234,"sent_at":"2026-11-22T10:07:00.123456789+00:00"}
+//! ```
+//!
+//! - `version`: format version, currently `1`.
+//! - `publisher`: the publisher id ([`Publisher::publisher_id`]).
+//! - `topic`: the audited topic.
+//! - `minute`: the enqueue minute, `YYYY-MM-DDTHH:MMZ` (UTC).
+//! - `acked`: events of that topic and minute acknowledged since this publisher's
+//!   previous audit record for the same `(topic, minute)` — a **delta**: a consumer
+//!   sums `acked` over all records of a `(publisher, topic, minute)` (and over
+//!   publishers for a topic total). Because a delivery across collectors is at least
+//!   once, a consumer should deduplicate audit records themselves only if it
+//!   deduplicates data the same way.
+//! - `sent_at`: when the record was produced (RFC 3339, publisher clock).
+//!
+//! Counts still unpublished when a publisher is dropped without `close` are lost.
+//!
 //! # Example
 //! ```
 //! # use std::sync::Arc;
@@ -98,7 +131,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use conduit_core::{Encoding, Topic};
+use conduit_core::{Encoding, SharedClock, SystemClock, Topic};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Most batches a connection may have in flight (the collector remembers 8192
@@ -194,6 +227,8 @@ pub(crate) struct Settings {
     pub backoff_max: Duration,
     pub preferred_retry: Duration,
     pub publisher_id: Option<String>,
+    pub clock: SharedClock,
+    pub audit_interval: Option<Duration>,
 }
 
 impl Default for Settings {
@@ -214,6 +249,8 @@ impl Default for Settings {
             backoff_max: Duration::from_secs(5),
             preferred_retry: Duration::from_secs(30),
             publisher_id: None,
+            clock: SystemClock::shared(),
+            audit_interval: Some(Duration::from_secs(60)),
         }
     }
 }
@@ -322,6 +359,22 @@ impl PublisherBuilder {
         self
     }
 
+    /// The wall clock used to stamp each event's enqueue minute and audit records'
+    /// `sent_at` (default [`SystemClock::shared`]; tests can pass a
+    /// [`conduit_core::TestClock`]). Batching and retry timers do not use it.
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        self.settings.clock = clock;
+        self
+    }
+
+    /// How often accumulated audit counts are published to `_audit` (default 60 s;
+    /// they are also published at [`Publisher::close`]). `None` disables auditing
+    /// altogether (see "Audit records" in the crate docs).
+    pub fn audit_interval(mut self, every: Option<Duration>) -> Self {
+        self.settings.audit_interval = every;
+        self
+    }
+
     fn validate(&self) -> Result<(), BuildError> {
         let s = &self.settings;
         if s.collectors.is_empty() {
@@ -344,6 +397,12 @@ impl PublisherBuilder {
         }
         if s.max_in_flight == 0 || s.max_in_flight > MAX_IN_FLIGHT_LIMIT {
             return bad("max_in_flight", "must be between 1 and 64");
+        }
+        if s.audit_interval.is_some_and(|d| d.is_zero()) {
+            return bad(
+                "audit_interval",
+                "must be positive (None disables auditing)",
+            );
         }
         if s.backoff_base.is_zero() || s.backoff_max < s.backoff_base {
             return bad("backoff", "base must be positive and at most max");
@@ -400,12 +459,21 @@ impl PublisherBuilder {
     }
 }
 
+/// `[A-Za-z0-9_]{1,128}`, like [`Topic::new`] (which allocates).
+fn is_topic(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= Topic::MAX_LEN
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
 /// A message to the background task.
 #[derive(Debug)]
 pub(crate) enum Msg {
     Event {
         topic: Bytes,
         payload: Bytes,
+        /// The enqueue minute (UTC), as minutes since the Unix epoch.
+        minute: i64,
         ack: Option<oneshot::Sender<Result<(), PublishError>>>,
     },
     Flush(oneshot::Sender<()>),
@@ -426,6 +494,8 @@ pub(crate) struct Counters {
     pub try_later: AtomicU64,
     pub connected: AtomicU64,
     pub legacy: AtomicU64,
+    pub audit_queued: AtomicU64,
+    pub audit_acked: AtomicU64,
 }
 
 /// A snapshot of a publisher's counters.
@@ -454,13 +524,18 @@ pub struct Stats {
     pub connected_to: u64,
     /// Whether the publisher fell back to plain `Log`.
     pub legacy_log: bool,
+    /// Audit records (events on `_audit` produced by the publisher itself) queued.
+    /// They are left out of every other counter.
+    pub audit_records: u64,
+    /// Audit records acknowledged.
+    pub audit_acknowledged: u64,
 }
 
 impl Stats {
     /// The counters in the Prometheus text exposition format (metric names
     /// `conduit_publisher_*`).
     pub fn to_prometheus(&self) -> String {
-        let rows: [(&str, &str, &str, u64); 11] = [
+        let rows: [(&str, &str, &str, u64); 13] = [
             (
                 "enqueued_total",
                 "counter",
@@ -522,6 +597,18 @@ impl Stats {
                 "1 if the publisher fell back to plain Log.",
                 u64::from(self.legacy_log),
             ),
+            (
+                "audit_records_total",
+                "counter",
+                "Audit records queued for the _audit topic.",
+                self.audit_records,
+            ),
+            (
+                "audit_acknowledged_total",
+                "counter",
+                "Audit records acknowledged.",
+                self.audit_acknowledged,
+            ),
         ];
         let mut out = String::new();
         for (name, kind, help, value) in rows {
@@ -578,16 +665,19 @@ impl Publisher {
     ) -> Result<Msg, PublishError> {
         let settings = &self.inner.settings;
         let checked = (|| {
-            let valid = Topic::new(topic).map_err(|_| PublishError::InvalidTopic {
-                topic: topic.to_string(),
-            })?;
+            // `Topic::new`'s rule, checked without allocating.
+            if !is_topic(topic) {
+                return Err(PublishError::InvalidTopic {
+                    topic: topic.to_string(),
+                });
+            }
             if payload.len() > settings.max_message_bytes {
                 return Err(PublishError::MessageTooLarge {
                     len: payload.len(),
                     max: settings.max_message_bytes,
                 });
             }
-            if let Some(encoding) = settings.encodings.get(valid.as_str()) {
+            if let Some(encoding) = settings.encodings.get(topic) {
                 if let Err(conduit_core::RecordError::NewlineInLinesPayload { at }) =
                     encoding.check(&payload)
                 {
@@ -603,9 +693,15 @@ impl Publisher {
             self.inner.counters.failed.fetch_add(1, Ordering::Relaxed);
             return Err(e);
         }
+        let minute = if settings.audit_interval.is_some() {
+            settings.clock.minute().epoch_minutes()
+        } else {
+            0
+        };
         Ok(Msg::Event {
             topic: Bytes::copy_from_slice(topic.as_bytes()),
             payload,
+            minute,
             ack,
         })
     }
@@ -716,6 +812,8 @@ impl Publisher {
             try_later: get(&c.try_later),
             connected_to: get(&c.connected),
             legacy_log: get(&c.legacy) != 0,
+            audit_records: get(&c.audit_queued),
+            audit_acknowledged: get(&c.audit_acked),
         }
     }
 }

@@ -4,7 +4,7 @@
 //! `inflight` batches were sent on the current connection, in order, so each reply
 //! answers `pending[0]` (after `discard` replies to calls that are re-sent anyway).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +14,7 @@ use conduit_core::scribe::{
     decode_reply, encode_log_batch_call, encode_log_call, read_frame, ReplyValue, ResultCode,
     EXCEPTION_UNKNOWN_METHOD,
 };
+use conduit_core::{Minute, Topic};
 use rand::Rng;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
@@ -33,6 +34,10 @@ type Waiter = oneshot::Sender<Result<(), PublishError>>;
 struct Batch {
     seq: i64,
     entries: Vec<(Bytes, Bytes)>,
+    /// Enqueue minute of each entry (epoch minutes), parallel to `entries`.
+    minutes: Vec<i64>,
+    /// How many of the entries are this publisher's own audit records.
+    audit: u64,
     waiters: Vec<Waiter>,
     sends: u32,
 }
@@ -40,6 +45,8 @@ struct Batch {
 #[derive(Debug, Default)]
 struct Open {
     entries: Vec<(Bytes, Bytes)>,
+    minutes: Vec<i64>,
+    audit: u64,
     bytes: usize,
     waiters: Vec<Waiter>,
     deadline: Option<Instant>,
@@ -67,6 +74,7 @@ enum Event {
     Reconnect,
     PreferredCheck,
     RequestTimeout,
+    Audit,
     Dropped,
 }
 
@@ -104,6 +112,60 @@ pub(crate) struct Runner {
     preferred_check_at: Option<Instant>,
     seqid: i32,
     buf: Vec<u8>,
+    /// Acknowledged events not yet reported, per topic and enqueue minute.
+    audit: HashMap<Bytes, HashMap<i64, u64>>,
+    /// When the next audit records are due (`None`: auditing disabled).
+    audit_at: Option<Instant>,
+}
+
+/// The `_audit` topic's name.
+fn audit_topic() -> Bytes {
+    Bytes::from_static(Topic::AUDIT.as_bytes())
+}
+
+/// Adds a batch's events to the audit counts (`_audit` events excluded).
+fn count_acked(audit: &mut HashMap<Bytes, HashMap<i64, u64>>, batch: &Batch) {
+    let mut run: Option<(&Bytes, i64, u64)> = None;
+    let mut add = |topic: &Bytes, minute: i64, n: u64| {
+        if topic.as_ref() == Topic::AUDIT.as_bytes() {
+            return;
+        }
+        let per_minute = match audit.get_mut(topic.as_ref()) {
+            Some(m) => m,
+            None => audit.entry(topic.clone()).or_default(),
+        };
+        *per_minute.entry(minute).or_insert(0) += n;
+    };
+    for ((topic, _), &minute) in batch.entries.iter().zip(&batch.minutes) {
+        match &mut run {
+            Some((t, m, n)) if *m == minute && *t == topic => *n += 1,
+            _ => {
+                if let Some((t, m, n)) = run {
+                    add(t, m, n);
+                }
+                run = Some((topic, minute, 1));
+            }
+        }
+    }
+    if let Some((t, m, n)) = run {
+        add(t, m, n);
+    }
+}
+
+/// Minimal JSON string escaping (topics never need it; publisher ids might).
+fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 async fn sleep_opt(at: Option<Instant>) {
@@ -128,6 +190,7 @@ impl Runner {
         alive: watch::Receiver<()>,
         publisher_id: String,
     ) -> Runner {
+        let settings_audit_at = settings.audit_interval.map(|d| Instant::now() + d);
         Runner {
             settings,
             counters,
@@ -156,6 +219,8 @@ impl Runner {
             preferred_check_at: None,
             seqid: 0,
             buf: Vec::new(),
+            audit: HashMap::new(),
+            audit_at: settings_audit_at,
         }
     }
 
@@ -199,6 +264,11 @@ impl Runner {
             let timeout = self
                 .awaiting_since
                 .map(|t| t + self.settings.request_timeout);
+            let audit = if self.closing.is_none() {
+                self.audit_at
+            } else {
+                None
+            };
             let event = tokio::select! {
                 m = self.rx.recv(), if accepting => Event::Msg(m),
                 _ = self.alive.changed() => Event::Dropped,
@@ -208,6 +278,7 @@ impl Runner {
                 _ = sleep_opt(reconnect) => Event::Reconnect,
                 _ = sleep_opt(preferred) => Event::PreferredCheck,
                 _ = sleep_opt(timeout) => Event::RequestTimeout,
+                _ = sleep_opt(audit) => Event::Audit,
             };
             match event {
                 Event::Msg(Some(msg)) => self.on_msg(msg),
@@ -223,6 +294,10 @@ impl Runner {
                 Event::Reconnect => self.connect().await,
                 Event::PreferredCheck => self.check_preferred().await,
                 Event::RequestTimeout => self.lost("request timed out"),
+                Event::Audit => {
+                    self.emit_audit();
+                    self.audit_at = self.settings.audit_interval.map(|d| Instant::now() + d);
+                }
             }
         }
     }
@@ -232,23 +307,9 @@ impl Runner {
             Msg::Event {
                 topic,
                 payload,
+                minute,
                 ack,
-            } => {
-                self.received += 1;
-                if self.open.entries.is_empty() {
-                    self.open.deadline = Some(Instant::now() + self.settings.linger);
-                }
-                self.open.bytes += payload.len() + topic.len();
-                self.open.entries.push((topic, payload));
-                if let Some(ack) = ack {
-                    self.open.waiters.push(ack);
-                }
-                if self.open.entries.len() >= self.settings.max_batch_events
-                    || self.open.bytes >= self.settings.max_batch_bytes
-                {
-                    self.seal();
-                }
-            }
+            } => self.add_event(topic, payload, minute, ack, false),
             Msg::Flush(tx) => {
                 self.seal();
                 if self.acked >= self.received {
@@ -264,8 +325,78 @@ impl Runner {
         }
     }
 
-    /// Returns true when a requested close is complete.
+    fn add_event(
+        &mut self,
+        topic: Bytes,
+        payload: Bytes,
+        minute: i64,
+        ack: Option<Waiter>,
+        audit: bool,
+    ) {
+        self.received += 1;
+        self.open.audit += u64::from(audit);
+        if self.open.entries.is_empty() {
+            self.open.deadline = Some(Instant::now() + self.settings.linger);
+        }
+        self.open.bytes += payload.len() + topic.len();
+        self.open.entries.push((topic, payload));
+        self.open.minutes.push(minute);
+        if let Some(ack) = ack {
+            self.open.waiters.push(ack);
+        }
+        if self.open.entries.len() >= self.settings.max_batch_events
+            || self.open.bytes >= self.settings.max_batch_bytes
+        {
+            self.seal();
+        }
+    }
+
+    /// Turns the audit counts accumulated so far into `_audit` events (queued like
+    /// published ones) and resets them.
+    fn emit_audit(&mut self) {
+        if self.audit.is_empty() {
+            return;
+        }
+        let sent_at = self.settings.clock.now().to_rfc3339();
+        let publisher = json_str(&self.publisher_id);
+        let mut rows: Vec<(Bytes, i64, u64)> = std::mem::take(&mut self.audit)
+            .into_iter()
+            .flat_map(|(topic, minutes)| {
+                minutes
+                    .into_iter()
+                    .map(move |(minute, n)| (topic.clone(), minute, n))
+            })
+            .filter(|(_, _, n)| *n > 0)
+            .collect();
+        rows.sort();
+        let n = rows.len() as u64;
+        for (topic, minute, acked) in rows {
+            let minute_text = match Minute::from_epoch_minutes(minute) {
+                Ok(m) => m.to_string(),
+                Err(_) => minute.to_string(),
+            };
+            let line = format!(
+                "{{\"version\":1,\"publisher\":{publisher},\"topic\":{},\"minute\":\"{minute_text}\",\"acked\":{acked},\"sent_at\":\"{sent_at}\"}}",
+                json_str(&String::from_utf8_lossy(&topic)),
+            );
+            self.add_event(audit_topic(), Bytes::from(line), 0, None, true);
+        }
+        self.counters.audit_queued.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Returns true when a requested close is complete. Once every event enqueued
+    /// before the close is acknowledged, the remaining audit counts are queued and
+    /// the close waits for them too.
     fn finish_close(&mut self) -> bool {
+        if matches!(&self.closing, Some((target, _)) if self.acked >= *target)
+            && !self.audit.is_empty()
+        {
+            self.emit_audit();
+            self.seal();
+            if let Some((target, _)) = &mut self.closing {
+                *target = self.received;
+            }
+        }
         match &self.closing {
             Some((target, _)) if self.acked >= *target => {
                 let (_, tx) = self.closing.take().expect("checked");
@@ -287,6 +418,8 @@ impl Runner {
         self.pending.push_back(Batch {
             seq: self.next_seq,
             entries: open.entries,
+            minutes: open.minutes,
+            audit: open.audit,
             waiters: open.waiters,
             sends: 0,
         });
@@ -336,7 +469,7 @@ impl Runner {
                 self.counters.retried.fetch_add(1, Ordering::Relaxed);
             }
             batch.sends += 1;
-            let events = batch.entries.len() as u64;
+            let events = batch.entries.len() as u64 - batch.audit;
             let conn = self.conn.as_mut().expect("checked");
             let written = tokio::time::timeout(
                 self.settings.request_timeout,
@@ -384,8 +517,18 @@ impl Runner {
                 let batch = self.pending.pop_front().expect("in flight");
                 let n = batch.entries.len() as u64;
                 self.acked += n;
-                self.counters.acknowledged.fetch_add(n, Ordering::Relaxed);
-                self.counters.queue_depth.fetch_sub(n, Ordering::Relaxed);
+                // The user-facing counters leave this publisher's audit records out.
+                let user = n - batch.audit;
+                self.counters
+                    .acknowledged
+                    .fetch_add(user, Ordering::Relaxed);
+                self.counters.queue_depth.fetch_sub(user, Ordering::Relaxed);
+                self.counters
+                    .audit_acked
+                    .fetch_add(batch.audit, Ordering::Relaxed);
+                if self.audit_at.is_some() {
+                    count_acked(&mut self.audit, &batch);
+                }
                 for w in batch.waiters {
                     let _ = w.send(Ok(()));
                 }
@@ -566,7 +709,7 @@ impl Runner {
         self.seal();
         let mut n = 0u64;
         for batch in self.pending.drain(..) {
-            n += batch.entries.len() as u64;
+            n += batch.entries.len() as u64 - batch.audit;
             for w in batch.waiters {
                 let _ = w.send(Err(PublishError::Closed));
             }

@@ -445,7 +445,13 @@ async fn falls_back_to_plain_log_on_unknown_method() {
         ..Default::default()
     }));
     let addr = fake_server(script.clone()).await;
-    let publisher = fast(&[addr]).max_batch_events(10).build().await.unwrap();
+    // Auditing off: the fake server records every entry it accepts.
+    let publisher = fast(&[addr])
+        .max_batch_events(10)
+        .audit_interval(None)
+        .build()
+        .await
+        .unwrap();
     for i in 0..100 {
         publisher.publish("t", payload("t", i)).await.unwrap();
     }
@@ -469,6 +475,7 @@ async fn try_later_retries_the_same_batch_in_place() {
     let publisher = fast(&[addr])
         .max_batch_events(10)
         .max_in_flight(1)
+        .audit_interval(None)
         .build()
         .await
         .unwrap();
