@@ -24,6 +24,7 @@ pub mod format;
 pub mod heartbeat;
 pub mod http;
 pub mod layout;
+pub mod manifest;
 pub mod scribe;
 pub mod storage;
 
@@ -31,6 +32,7 @@ pub use clock::{Clock, SharedClock, SystemClock, TestClock};
 pub use config::{Config, ConfigError, TopicSettings, Validation};
 pub use format::{Encoding, FormatError, FrameEncoder, RecordError, Trailer};
 pub use layout::{LayoutError, Minute, NodeName, Topic, View};
+pub use manifest::{Manifest, ManifestError, ManifestFile};
 pub use storage::{
     open_root, CreateMode, FileStatus, FileWriter, RenameMode, SharedStorage, Storage,
     StorageError, StorageResult,

@@ -1,0 +1,430 @@
+//! The `_SUCCESS` manifest that seals a minute (or hour) directory.
+//!
+//! A worker seals a directory of the local, merged or hourly view by writing
+//! `<dir>/_SUCCESS` **last**: every data file it lists is already complete and
+//! durable, and the directory never changes afterwards until retention deletes it.
+//! The marker is written to a hidden temporary name and renamed into place without
+//! overwrite, so a reader sees either no marker or the whole manifest, and a second
+//! writer cannot replace it. Hadoop input formats skip `_`-files, and Oozie or
+//! Airflow `_SUCCESS` sensors work unchanged.
+//!
+//! Format (JSON, `version` 1; unknown fields are ignored so newer workers can add
+//! some):
+//!
+//! ```json
+//! {"version":1,"view":"local","topic":"clicks","minute":"2026-11-22T10:05Z",
+//!  "clusters":["dc1"],"missing_clusters":[],
+//!  "sealed_at":"2026-11-22T10:06:01.500Z","sealed_by":"dc1/worker-host-4242",
+//!  "records":1200,"bytes":48213,
+//!  "files":[{"name":"dc1-c1-clicks-2026-11-22-10-05_00000.zst","bytes":48213,
+//!            "records":1200,"crc32c":"8a1f03bc","cluster":"dc1","collector":"c1",
+//!            "minute":"2026-11-22T10:05Z","late":false}]}
+//! ```
+//!
+//! * `minute` is the directory's minute; for the hourly view, the hour's first
+//!   minute.
+//! * `files` lists every data file of the directory, sorted by name; `bytes` and
+//!   `records` are their sums. `records` of a file comes from its close trailer;
+//!   `crc32c` (Castagnoli, lowercase hex) covers the whole file.
+//! * A file's `minute` is the minute its data belongs to (the collector file's
+//!   minute). `late` is true when that minute is earlier than the directory's: the
+//!   data arrived after its own minute was sealed and was put in the first unsealed
+//!   one instead.
+//! * `clusters` are the source clusters whose data the directory holds (one for the
+//!   local view); `missing_clusters` are sources that were configured but not
+//!   waited for (lagging more than `max_source_lag`); their data for this minute
+//!   will appear in a later merged minute, marked late.
+//! * Empty minutes are sealed too (`files` empty), so readers never wait on a hole.
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::format::{Trailer, TRAILER_LEN};
+use crate::layout::{Layout, Minute, NodeName, Topic, View};
+use crate::storage::{temp_sibling, CreateMode, RenameMode, Storage, StorageError};
+
+/// The manifest format version this build writes and reads.
+pub const MANIFEST_VERSION: u32 = 1;
+
+/// Bytes read per storage call when checksumming a file.
+const CHECKSUM_CHUNK: u64 = 8 << 20;
+
+const CRC32C: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
+
+/// Errors reading, describing or writing manifests.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The storage call failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The marker exists but is not a manifest this build understands.
+    #[error("malformed manifest {path}: {reason}")]
+    Malformed {
+        /// Path of the marker.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The marker was written by a newer (or unknown) format version.
+    #[error(
+        "manifest {path} has unsupported version {version} (this build reads {MANIFEST_VERSION})"
+    )]
+    UnsupportedVersion {
+        /// Path of the marker.
+        path: String,
+        /// The version found.
+        version: u32,
+    },
+    /// A data file has no close trailer, so it is not complete.
+    #[error(
+        "{path} is not a closed conduit data file (no trailer in its last {TRAILER_LEN} bytes)"
+    )]
+    NotClosed {
+        /// Path of the file.
+        path: String,
+    },
+    /// The directory is already sealed (another writer won).
+    #[error("{path} already exists: the directory is already sealed")]
+    AlreadySealed {
+        /// Path of the marker.
+        path: String,
+    },
+}
+
+/// One data file listed in a manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestFile {
+    /// File name inside the directory.
+    pub name: String,
+    /// File length in bytes.
+    pub bytes: u64,
+    /// Records in the file, from its close trailer.
+    pub records: u64,
+    /// CRC-32C of the whole file.
+    #[serde(serialize_with = "ser_crc", deserialize_with = "de_crc")]
+    pub crc32c: u32,
+    /// The cluster whose collector wrote the data.
+    pub cluster: NodeName,
+    /// The collector that wrote it (absent for hourly files, which mix collectors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collector: Option<NodeName>,
+    /// The minute the data belongs to (the hour's first minute for hourly files).
+    pub minute: Minute,
+    /// True when `minute` is earlier than the directory's minute.
+    #[serde(default)]
+    pub late: bool,
+}
+
+/// The content of a `_SUCCESS` marker; see the [module docs](self).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Format version ([`MANIFEST_VERSION`]).
+    pub version: u32,
+    /// The view the directory belongs to.
+    #[serde(serialize_with = "ser_view", deserialize_with = "de_view")]
+    pub view: View,
+    /// The topic.
+    pub topic: Topic,
+    /// The directory's minute (hour start for the hourly view).
+    pub minute: Minute,
+    /// Source clusters whose data the directory holds.
+    pub clusters: Vec<NodeName>,
+    /// Source clusters that were not waited for.
+    #[serde(default)]
+    pub missing_clusters: Vec<NodeName>,
+    /// When the directory was sealed (worker clock).
+    pub sealed_at: DateTime<Utc>,
+    /// Who sealed it (`<cluster>/<worker id>`).
+    pub sealed_by: String,
+    /// Sum of the files' records.
+    pub records: u64,
+    /// Sum of the files' bytes.
+    pub bytes: u64,
+    /// The data files, sorted by name.
+    pub files: Vec<ManifestFile>,
+}
+
+impl Manifest {
+    /// A manifest for `files` (sorted here; `records` and `bytes` summed here).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        view: View,
+        topic: Topic,
+        minute: Minute,
+        clusters: Vec<NodeName>,
+        missing_clusters: Vec<NodeName>,
+        sealed_at: DateTime<Utc>,
+        sealed_by: String,
+        mut files: Vec<ManifestFile>,
+    ) -> Manifest {
+        files.sort_by(|a, b| a.name.cmp(&b.name));
+        Manifest {
+            version: MANIFEST_VERSION,
+            view,
+            topic,
+            minute,
+            clusters,
+            missing_clusters,
+            sealed_at,
+            sealed_by,
+            records: files.iter().map(|f| f.records).sum(),
+            bytes: files.iter().map(|f| f.bytes).sum(),
+            files,
+        }
+    }
+
+    /// The directory a manifest of `view`, `topic` and `minute` seals.
+    pub fn dir(view: View, topic: &Topic, minute: Minute) -> String {
+        match view {
+            View::Hourly => Layout::hour_dir(topic, minute),
+            _ => Layout::minute_dir(view, topic, minute),
+        }
+    }
+
+    /// `<dir>/_SUCCESS` of this manifest's directory.
+    pub fn path(&self) -> String {
+        Layout::success_marker(&Self::dir(self.view, &self.topic, self.minute))
+    }
+
+    /// Parses a marker's bytes; `path` is only used in errors.
+    pub fn parse(path: &str, bytes: &[u8]) -> Result<Manifest, ManifestError> {
+        #[derive(Deserialize)]
+        struct Version {
+            version: u32,
+        }
+        let malformed = |e: serde_json::Error| ManifestError::Malformed {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        };
+        let version: Version = serde_json::from_slice(bytes).map_err(malformed)?;
+        if version.version != MANIFEST_VERSION {
+            return Err(ManifestError::UnsupportedVersion {
+                path: path.to_owned(),
+                version: version.version,
+            });
+        }
+        serde_json::from_slice(bytes).map_err(malformed)
+    }
+
+    /// Reads the manifest sealing `dir`, or `None` if the directory is not sealed.
+    pub async fn read(storage: &dyn Storage, dir: &str) -> Result<Option<Manifest>, ManifestError> {
+        let path = Layout::success_marker(dir);
+        match storage.read(&path).await {
+            Ok(bytes) => Self::parse(&path, &bytes).map(Some),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Whether `dir` is sealed (has a `_SUCCESS` marker).
+    pub async fn is_sealed(storage: &dyn Storage, dir: &str) -> Result<bool, StorageError> {
+        storage.exists(&Layout::success_marker(dir)).await
+    }
+
+    /// The marker's JSON bytes.
+    pub fn to_bytes(&self) -> Bytes {
+        // Serializing plain structs of strings and numbers cannot fail.
+        Bytes::from(serde_json::to_vec(self).expect("manifest serializes"))
+    }
+
+    /// Seals the directory: writes the marker to a hidden temporary name, syncs it,
+    /// and renames it into place without overwriting. Fails with
+    /// [`ManifestError::AlreadySealed`] if the directory is already sealed. The
+    /// caller must have made every listed file durable first.
+    pub async fn seal(&self, storage: &dyn Storage) -> Result<(), ManifestError> {
+        let path = self.path();
+        let tmp = temp_sibling(&path);
+        let mut writer = storage.create(&tmp, CreateMode::Overwrite).await?;
+        writer.write(self.to_bytes()).await?;
+        writer.close().await?;
+        match storage.rename(&tmp, &path, RenameMode::NoOverwrite).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let _ = storage.delete(&tmp, false).await;
+                if e.is_already_exists() {
+                    Err(ManifestError::AlreadySealed { path })
+                } else {
+                    Err(e.into())
+                }
+            }
+        }
+    }
+}
+
+/// CRC-32C (Castagnoli) of `bytes`, as stored in manifests.
+pub fn crc32c(bytes: &[u8]) -> u32 {
+    CRC32C.checksum(bytes)
+}
+
+/// The length, CRC-32C and trailer of the closed data file at `path`, reading it in
+/// chunks (memory stays bounded for large files).
+pub async fn describe_file(
+    storage: &dyn Storage,
+    path: &str,
+) -> Result<(u64, u32, Trailer), ManifestError> {
+    let len = storage.len(path).await?;
+    let mut digest = CRC32C.digest();
+    let mut at = 0;
+    let mut tail = Vec::with_capacity(TRAILER_LEN);
+    while at < len {
+        let end = (at + CHECKSUM_CHUNK).min(len);
+        let chunk = storage.read_range(path, at..end).await?;
+        digest.update(&chunk);
+        if end + TRAILER_LEN as u64 >= len {
+            let keep_from = (len.saturating_sub(TRAILER_LEN as u64)).max(at) - at;
+            tail.extend_from_slice(&chunk[keep_from as usize..]);
+        }
+        at = end;
+    }
+    let trailer = if tail.len() == TRAILER_LEN {
+        Trailer::decode(&tail)
+    } else {
+        None
+    };
+    let trailer = trailer.ok_or_else(|| ManifestError::NotClosed {
+        path: path.to_owned(),
+    })?;
+    Ok((len, digest.finalize(), trailer))
+}
+
+fn ser_crc<S: Serializer>(crc: &u32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{crc:08x}"))
+}
+
+fn de_crc<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let text = String::deserialize(d)?;
+    if text.len() != 8 {
+        return Err(serde::de::Error::custom(format!(
+            "crc32c {text:?} is not 8 hex digits"
+        )));
+    }
+    u32::from_str_radix(&text, 16).map_err(serde::de::Error::custom)
+}
+
+fn ser_view<S: Serializer>(view: &View, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(view.name())
+}
+
+fn de_view<'de, D: Deserializer<'de>>(d: D) -> Result<View, D::Error> {
+    String::deserialize(d)?
+        .parse()
+        .map_err(serde::de::Error::custom)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::LocalStorage;
+
+    fn file(name: &str, minute: Minute) -> ManifestFile {
+        ManifestFile {
+            name: name.to_owned(),
+            bytes: 10,
+            records: 2,
+            crc32c: 0x8a1f_03bc,
+            cluster: NodeName::new("dc1").unwrap(),
+            collector: Some(NodeName::new("c1").unwrap()),
+            minute,
+            late: false,
+        }
+    }
+
+    #[test]
+    fn round_trips_and_sums() {
+        let minute = Minute::parse_flexible("2026-11-22T10:05Z").unwrap();
+        let m = Manifest::new(
+            View::Local,
+            Topic::new("clicks").unwrap(),
+            minute,
+            vec![NodeName::new("dc1").unwrap()],
+            vec![],
+            Utc::now(),
+            "dc1/w".into(),
+            vec![file("b.zst", minute), file("a.zst", minute)],
+        );
+        assert_eq!(m.records, 4);
+        assert_eq!(m.bytes, 20);
+        assert_eq!(m.files[0].name, "a.zst");
+        let text = String::from_utf8(m.to_bytes().to_vec()).unwrap();
+        assert!(text.contains(r#""crc32c":"8a1f03bc""#), "{text}");
+        assert!(text.contains(r#""view":"local""#), "{text}");
+        assert_eq!(Manifest::parse("p", text.as_bytes()).unwrap(), m);
+        assert_eq!(
+            m.path(),
+            "streams_local/clicks/2026/11/22/10/05/_SUCCESS".to_owned()
+        );
+    }
+
+    #[test]
+    fn future_versions_and_garbage_are_typed_errors() {
+        assert!(matches!(
+            Manifest::parse("p", br#"{"version":2}"#),
+            Err(ManifestError::UnsupportedVersion { version: 2, .. })
+        ));
+        assert!(matches!(
+            Manifest::parse("p", b"not json"),
+            Err(ManifestError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn crc32c_matches_the_standard_check_value() {
+        assert_eq!(crc32c(b"123456789"), 0xe306_9283);
+    }
+
+    #[tokio::test]
+    async fn seal_is_exclusive_and_describe_reads_the_trailer() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = LocalStorage::open(dir.path()).unwrap();
+        let minute = Minute::parse_flexible("2026-11-22T10:05Z").unwrap();
+        let topic = Topic::new("clicks").unwrap();
+        let mdir = Manifest::dir(View::Local, &topic, minute);
+        storage.mkdirs(&mdir).await.unwrap();
+        assert!(Manifest::read(&storage, &mdir).await.unwrap().is_none());
+
+        let mut content = vec![7u8; 20_000_000];
+        let trailer = Trailer {
+            encoding: crate::format::Encoding::Lines,
+            records: 42,
+            record_bytes: 99,
+        };
+        content.extend_from_slice(&trailer.encode());
+        let data = format!("{mdir}/dc1-c1-clicks-2026-11-22-10-05_00000.zst");
+        let mut w = storage.create(&data, CreateMode::Exclusive).await.unwrap();
+        w.write(Bytes::from(content.clone())).await.unwrap();
+        w.close().await.unwrap();
+        let (len, crc, got) = describe_file(&storage, &data).await.unwrap();
+        assert_eq!(len, content.len() as u64);
+        assert_eq!(crc, crc32c(&content));
+        assert_eq!(got, trailer);
+
+        let m = Manifest::new(
+            View::Local,
+            topic,
+            minute,
+            vec![NodeName::new("dc1").unwrap()],
+            vec![],
+            Utc::now(),
+            "dc1/w".into(),
+            vec![],
+        );
+        m.seal(&storage).await.unwrap();
+        assert_eq!(
+            Manifest::read(&storage, &mdir).await.unwrap(),
+            Some(m.clone())
+        );
+        assert!(matches!(
+            m.seal(&storage).await,
+            Err(ManifestError::AlreadySealed { .. })
+        ));
+        let names: Vec<_> = storage
+            .list(&mdir)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|f| f.name)
+            .collect();
+        assert_eq!(names.len(), 2, "no temporary left behind: {names:?}");
+    }
+}
