@@ -1,1 +1,116 @@
-//! `conduit-merger`: not built yet (see its issue); the crate exists so the workspace layout is complete.
+//! `conduit-merger`: the worker that turns collector files into the views batch
+//! jobs and tail readers use.
+//!
+//! One worker is active per cluster (a lease on the cluster's own storage). Its
+//! jobs, each a module with a `pass` that does one round of work and returns a
+//! [`PassReport`]:
+//!
+//! - `local`: moves closed collector files of minute M into
+//!   `streams_local/<topic>/yyyy/MM/dd/HH/mm/` and seals M once every live
+//!   collector's watermark has passed it.
+//! - `merge`: builds `streams/...` minute M as the union of every source cluster's
+//!   sealed local minute M.
+//! - `mirror`: copies sealed merged minutes byte for byte to mirror clusters.
+//! - `purge`: deletes sealed minutes older than retention.
+//! - `compact`: concatenates the minute files of closed hours into
+//!   `streams_hourly/`.
+//!
+//! Invariants (see `docs/worker.md`): a sealed directory never changes; every closed
+//! collector file lands in exactly one local minute; `_SUCCESS` is written last;
+//! only the lease holder commits ([`Fence`]).
+
+use std::fmt;
+use std::sync::Arc;
+
+use conduit_core::{ManifestError, NodeName, SharedStorage, StorageError};
+
+/// One cluster as the worker sees it: its name and its storage root.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// The cluster's name (`dc1`).
+    pub name: NodeName,
+    /// Its storage root.
+    pub storage: SharedStorage,
+}
+
+/// Permission to commit. Every job calls [`Fence::check`] immediately before each
+/// step that changes what readers see (a rename into a view, a `_SUCCESS`, a
+/// delete); an error means the lease was lost and the job must stop.
+#[async_trait::async_trait]
+pub trait Fence: Send + Sync + fmt::Debug {
+    /// Ok while this worker still holds the lease.
+    async fn check(&self) -> Result<(), WorkerError>;
+}
+
+/// A fence that always allows (single worker, tests, `--once` without a lease).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoFence;
+
+#[async_trait::async_trait]
+impl Fence for NoFence {
+    async fn check(&self) -> Result<(), WorkerError> {
+        Ok(())
+    }
+}
+
+/// A shared fence.
+pub type SharedFence = Arc<dyn Fence>;
+
+/// Errors of worker jobs.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// A storage call failed (the pass is retried later).
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A manifest could not be read or written.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// This worker no longer holds the cluster's lease; it must not commit.
+    #[error("lost the worker lease {lease}: {reason}")]
+    LostLease {
+        /// Lease path.
+        lease: String,
+        /// Why the lease is considered lost.
+        reason: String,
+    },
+    /// A copied file does not match its source.
+    #[error("copy of {path} does not match its source: {reason}")]
+    CopyMismatch {
+        /// Destination path.
+        path: String,
+        /// Size or checksum difference.
+        reason: String,
+    },
+    /// Anything else, with context.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What one pass of a job did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PassReport {
+    /// Minute (or hour) directories sealed.
+    pub sealed: u64,
+    /// Data files moved or copied into a view.
+    pub files: u64,
+    /// Bytes copied (renames count 0).
+    pub bytes_copied: u64,
+    /// Files recorded as late.
+    pub late_files: u64,
+    /// Directories deleted by retention.
+    pub deleted: u64,
+    /// Minutes still waiting (backlog), when the job can tell.
+    pub pending: u64,
+}
+
+impl PassReport {
+    /// Adds another report's counts to this one.
+    pub fn add(&mut self, other: &PassReport) {
+        self.sealed += other.sealed;
+        self.files += other.files;
+        self.bytes_copied += other.bytes_copied;
+        self.late_files += other.late_files;
+        self.deleted += other.deleted;
+        self.pending += other.pending;
+    }
+}
