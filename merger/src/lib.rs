@@ -19,10 +19,11 @@
 //! collector file lands in exactly one local minute; `_SUCCESS` is written last;
 //! only the lease holder commits ([`Fence`]).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use conduit_core::{ManifestError, NodeName, SharedStorage, StorageError};
+use conduit_core::{Config, ManifestError, NodeName, SharedClock, SharedStorage, StorageError};
 
 /// One cluster as the worker sees it: its name and its storage root.
 #[derive(Debug, Clone)]
@@ -113,4 +114,39 @@ impl PassReport {
         self.deleted += other.deleted;
         self.pending += other.pending;
     }
+}
+
+/// What every job is built from.
+///
+/// A worker writes only to its own cluster (`this`); it reads other clusters
+/// (merge sources, the origin of a mirror) through `clusters`. Which topics a job
+/// serves comes from `config`: the merge job of cluster X serves topics whose
+/// `merge_into` is X; the mirror job of cluster Y serves topics listing Y in
+/// `mirrors` and pulls from their `merge_into` cluster; topics found in storage but
+/// absent from the config get `topic_defaults`.
+#[derive(Debug, Clone)]
+pub struct JobEnv {
+    /// The cluster this worker serves and writes to.
+    pub this: Cluster,
+    /// Every cluster of the config (including `this`), by name.
+    pub clusters: BTreeMap<NodeName, Cluster>,
+    /// Topics, retention, merge and mirror roles, worker settings.
+    pub config: Arc<Config>,
+    /// Minute boundaries and timestamps.
+    pub clock: SharedClock,
+    /// Checked before every commit step.
+    pub fence: SharedFence,
+    /// `<cluster>/<worker id>`, recorded as `sealed_by` in manifests.
+    pub worker_id: String,
+}
+
+/// One job of the worker (`local`, `merge`, `mirror`, `purge`, `compact`).
+#[async_trait::async_trait]
+pub trait Job: Send + fmt::Debug {
+    /// The job's name as used on the command line and in metrics.
+    fn name(&self) -> &'static str;
+
+    /// Does one round of work: everything that is ready now, oldest first, in
+    /// bounded memory. Safe to call again after an error or a crash at any point.
+    async fn pass(&mut self) -> Result<PassReport, WorkerError>;
 }
