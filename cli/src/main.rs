@@ -4,12 +4,14 @@
 //! This file only parses arguments, sets up logging and hands over to a module per
 //! subcommand.
 
+mod audit;
 mod bench;
 mod check;
 mod collector;
 mod logging;
 mod publish;
 mod signals;
+mod verify;
 
 use clap::{Parser, Subcommand};
 
@@ -40,6 +42,10 @@ enum Command {
     Publish(publish::PublishArgs),
     /// Benchmarks: collector ingest (`bench ingest`) and event files for peers (`bench gen`).
     Bench(bench::BenchArgs),
+    /// Check a cluster's sealed directories against their manifests (exit 1 on findings).
+    Verify(verify::VerifyArgs),
+    /// Count a topic's events per minute at every tier and flag loss or duplication.
+    Audit(audit::AuditArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -61,6 +67,8 @@ fn main() -> std::process::ExitCode {
             Command::Collector(args) => collector::run(args).await,
             Command::Publish(args) => publish::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Verify(args) => verify::run(args).await,
+            Command::Audit(args) => audit::run(args).await,
         }
     });
     match result {

@@ -1,0 +1,437 @@
+//! `conduit audit`: count one topic's events at every tier, per minute.
+//!
+//! Tiers, left to right in the table:
+//!
+//! - **acked**: events publishers had acknowledged, summed from the `_audit`
+//!   records they publish (`{"version":1,"publisher":..,"topic":..,"minute":..,
+//!   "acked":<delta>,..}`), read from the collector and local views of every
+//!   cluster. The minute is the publisher's enqueue minute.
+//! - **collected** (per cluster): records in the collector files of the topic,
+//!   whether still in `data/` or already moved to `streams_local/`, by the file's
+//!   minute (the collector's arrival minute).
+//! - **local** (per cluster): records listed in sealed local manifests, by the
+//!   data's own minute (late files count for their original minute).
+//! - **merged** / **mirror** (per cluster holding `streams/`): records listed in
+//!   sealed merged manifests, by the data's own minute. The cluster named by the
+//!   topic's `merge_into` is `merged`; others are `mirror`.
+//!
+//! Flags per minute: `LOSS` when a later storage tier has fewer records than the
+//! tier it is built from, `DUP` when it has more, `unsealed` when a view has not
+//! sealed the minute yet (it is not judged), `edge` when acked and collected
+//! differ only because the publisher's and the collector's clocks put events on
+//! different sides of a minute boundary (the totals over the range agree). Totals
+//! over the range are exact for closed, sealed ranges; the exit status is non-zero
+//! when any storage tier shows loss or duplication, or when acked exceeds
+//! collected over the range.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use conduit_core::format::{read_file, Trailer, TRAILER_LEN};
+use conduit_core::layout::Layout;
+use conduit_core::manifest::Manifest;
+use conduit_core::{Config, Encoding, Minute, SharedStorage, Storage, Topic, View};
+
+use crate::verify::{count_records, parse_time, walk_dirs};
+
+/// Arguments of `conduit audit`.
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Configuration file naming the clusters and the topic's merge/mirror roles.
+    #[arg(long, value_name = "FILE", required_unless_present = "root")]
+    config: Option<String>,
+
+    /// Storage root of a single cluster, instead of a config file.
+    #[arg(long, value_name = "DIR|URI", conflicts_with = "config")]
+    root: Option<String>,
+
+    /// Cluster name used with `--root`.
+    #[arg(long, default_value = "dc1")]
+    cluster: String,
+
+    /// The topic to audit.
+    #[arg(long)]
+    topic: String,
+
+    /// First minute (UTC `2026-11-22T10:00`, or relative like `2h`).
+    #[arg(long, value_name = "TIME")]
+    from: String,
+
+    /// Last minute, inclusive (same forms as `--from`).
+    #[arg(long, value_name = "TIME")]
+    to: String,
+
+    /// Print one JSON document instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Per-minute counts of one tier.
+type Counts = BTreeMap<Minute, u64>;
+
+#[derive(Debug, Default, serde::Serialize)]
+struct Tier {
+    name: String,
+    counts: Counts,
+    /// Minutes the view has not sealed (not judged).
+    #[serde(skip)]
+    unsealed: std::collections::BTreeSet<Minute>,
+}
+
+/// Records of the data file at `path`: from its trailer when closed, else by
+/// decoding its complete frames.
+async fn file_records(storage: &dyn Storage, path: &str, len: u64) -> anyhow::Result<u64> {
+    if len >= TRAILER_LEN as u64 {
+        let tail = storage
+            .read_range(path, len - TRAILER_LEN as u64..len)
+            .await?;
+        if let Some(trailer) = Trailer::decode(&tail) {
+            return Ok(trailer.records);
+        }
+    }
+    let buf = storage.read(path).await?;
+    count_records(&buf).map_err(|(offset, reason)| {
+        anyhow::anyhow!("{path}: frame at offset {offset} does not decode: {reason}")
+    })
+}
+
+/// Collector-written records of `topic` by the file's minute, from `data/` and
+/// `streams_local/` (files keep their collector name there).
+async fn collected(
+    storage: &dyn Storage,
+    topic: &Topic,
+    from: Minute,
+    to: Minute,
+) -> anyhow::Result<Counts> {
+    let mut counts = Counts::new();
+    let in_range = |m: Minute| m >= from && m <= to;
+    for collector in storage
+        .list_or_empty(&Layout::topic_dir(View::Collector, topic))
+        .await?
+    {
+        if !collector.is_dir {
+            continue;
+        }
+        for file in storage.list_or_empty(&collector.path).await? {
+            if let Ok(name) = Layout::parse_collector_file_name(&file.name) {
+                if in_range(name.minute) {
+                    *counts.entry(name.minute).or_default() +=
+                        file_records(storage, &file.path, file.len).await?;
+                }
+            }
+        }
+    }
+    // Late files land in later directories: look from `from` on, without an end.
+    for minute in walk_dirs(storage, View::Local, topic, Some(from), None).await? {
+        let dir = Layout::minute_dir(View::Local, topic, minute);
+        for file in storage.list_or_empty(&dir).await? {
+            if let Ok(name) = Layout::parse_local_file_name(&file.name) {
+                if in_range(name.minute) {
+                    *counts.entry(name.minute).or_default() +=
+                        file_records(storage, &file.path, file.len).await?;
+                }
+            }
+        }
+    }
+    Ok(counts)
+}
+
+/// Records listed in sealed manifests of `view`, by the data's own minute, plus
+/// the directories in range that are not sealed yet.
+async fn sealed(
+    storage: &dyn Storage,
+    view: View,
+    topic: &Topic,
+    from: Minute,
+    to: Minute,
+) -> anyhow::Result<Tier> {
+    let mut tier = Tier::default();
+    let dirs = walk_dirs(storage, view, topic, Some(from), None).await?;
+    let mut seen_sealed = std::collections::BTreeSet::new();
+    for minute in dirs {
+        let dir = Layout::minute_dir(view, topic, minute);
+        match Manifest::read(storage, &dir).await? {
+            Some(manifest) => {
+                seen_sealed.insert(minute);
+                for file in manifest.files {
+                    if file.minute >= from && file.minute <= to {
+                        *tier.counts.entry(file.minute).or_default() += file.records;
+                    }
+                }
+            }
+            None if minute <= to => {
+                tier.unsealed.insert(minute);
+            }
+            None => {}
+        }
+    }
+    let mut m = from;
+    while m <= to {
+        if !seen_sealed.contains(&m) {
+            tier.unsealed.insert(m);
+        }
+        m = m.next()?;
+    }
+    Ok(tier)
+}
+
+/// Acknowledged counts for `topic` from the `_audit` records in `storage`.
+async fn acked(
+    storage: &dyn Storage,
+    topic: &Topic,
+    from: Minute,
+    to: Minute,
+    into: &mut Counts,
+) -> anyhow::Result<()> {
+    #[derive(serde::Deserialize)]
+    struct Record {
+        version: u32,
+        topic: String,
+        minute: Minute,
+        acked: u64,
+    }
+    let audit = Topic::audit();
+    let mut paths = Vec::new();
+    for collector in storage
+        .list_or_empty(&Layout::topic_dir(View::Collector, &audit))
+        .await?
+    {
+        if collector.is_dir {
+            for file in storage.list_or_empty(&collector.path).await? {
+                if Layout::parse_collector_file_name(&file.name).is_ok() {
+                    paths.push(file.path);
+                }
+            }
+        }
+    }
+    // Audit records are written a little after their minute: look from one hour
+    // before `from` (clock skew) to the end.
+    let start = from.add_minutes(-60).unwrap_or(from);
+    for minute in walk_dirs(storage, View::Local, &audit, Some(start), None).await? {
+        let dir = Layout::minute_dir(View::Local, &audit, minute);
+        for file in storage.list_or_empty(&dir).await? {
+            if !Layout::is_hidden(&file.name) {
+                paths.push(file.path);
+            }
+        }
+    }
+    for path in paths {
+        let decoded = read_file(storage, &path, Encoding::Lines)
+            .await
+            .with_context(|| format!("reading audit file {path}"))?;
+        for payload in decoded.payloads {
+            let Ok(record) = serde_json::from_slice::<Record>(&payload) else {
+                continue;
+            };
+            if record.version == 1
+                && record.topic == topic.as_str()
+                && record.minute >= from
+                && record.minute <= to
+            {
+                *into.entry(record.minute).or_default() += record.acked;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn sum(counts: &Counts) -> u64 {
+    counts.values().sum()
+}
+
+/// Runs `conduit audit`.
+pub async fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
+    let config = match (&args.config, &args.root) {
+        (Some(path), _) => Config::load(path)?,
+        (None, Some(root)) => Config::single_cluster(&args.cluster, root)?,
+        (None, None) => unreachable!("clap requires --config or --root"),
+    };
+    let topic = Topic::new(&args.topic).with_context(|| format!("--topic {:?}", args.topic))?;
+    let settings = config.topic(&topic);
+    let now = chrono::Utc::now();
+    let from = parse_time(&args.from, now).context("--from")?;
+    let to = parse_time(&args.to, now).context("--to")?;
+    anyhow::ensure!(from <= to, "--from {from} is after --to {to}");
+
+    let mut clusters: Vec<(String, SharedStorage)> = Vec::new();
+    for (name, cluster) in &config.clusters {
+        let storage = conduit_core::open_root(&cluster.root)
+            .await
+            .with_context(|| format!("opening cluster {name} at {}", cluster.root))?;
+        clusters.push((name.clone(), storage));
+    }
+
+    let mut acked_counts = Counts::new();
+    let mut collected_tiers = Vec::new();
+    let mut local_tiers = Vec::new();
+    let mut merged_tiers = Vec::new();
+    for (name, storage) in &clusters {
+        acked(storage.as_ref(), &topic, from, to, &mut acked_counts).await?;
+        collected_tiers.push(Tier {
+            name: format!("collected:{name}"),
+            counts: collected(storage.as_ref(), &topic, from, to).await?,
+            unsealed: Default::default(),
+        });
+        let mut local = sealed(storage.as_ref(), View::Local, &topic, from, to).await?;
+        local.name = format!("local:{name}");
+        local_tiers.push(local);
+        if storage
+            .exists(&Layout::topic_dir(View::Merged, &topic))
+            .await?
+        {
+            let mut merged = sealed(storage.as_ref(), View::Merged, &topic, from, to).await?;
+            let role = if settings.merge_into.as_deref() == Some(name.as_str())
+                || settings.merge_into.is_none()
+            {
+                "merged"
+            } else {
+                "mirror"
+            };
+            merged.name = format!("{role}:{name}");
+            merged_tiers.push(merged);
+        }
+    }
+
+    // Judge every minute: local vs collected per cluster; merged/mirror vs the sum
+    // of the sources' local counts.
+    let mut problems = 0u64;
+    let mut rows = Vec::new();
+    let mut m = from;
+    while m <= to {
+        let mut flags = Vec::new();
+        let get = |c: &Counts| c.get(&m).copied().unwrap_or(0);
+        for (collected, local) in collected_tiers.iter().zip(&local_tiers) {
+            if local.unsealed.contains(&m) {
+                flags.push(format!("unsealed {}", local.name));
+                continue;
+            }
+            let (c, l) = (get(&collected.counts), get(&local.counts));
+            if l < c {
+                flags.push(format!("LOSS {} {}<{}", local.name, l, c));
+                problems += 1;
+            } else if l > c {
+                flags.push(format!("DUP {} {}>{}", local.name, l, c));
+                problems += 1;
+            }
+        }
+        let sources: u64 = local_tiers
+            .iter()
+            .zip(&clusters)
+            .filter(|(_, (name, _))| {
+                settings.merge_sources.is_empty() || settings.merge_sources.contains(name)
+            })
+            .map(|(t, _)| get(&t.counts))
+            .sum();
+        for merged in &merged_tiers {
+            if merged.unsealed.contains(&m) {
+                flags.push(format!("unsealed {}", merged.name));
+                continue;
+            }
+            let n = get(&merged.counts);
+            if n < sources {
+                flags.push(format!("LOSS {} {}<{}", merged.name, n, sources));
+                problems += 1;
+            } else if n > sources {
+                flags.push(format!("DUP {} {}>{}", merged.name, n, sources));
+                problems += 1;
+            }
+        }
+        let collected_total: u64 = collected_tiers.iter().map(|t| get(&t.counts)).sum();
+        if get(&acked_counts) != collected_total && sum(&acked_counts) > 0 {
+            flags.push("edge".to_owned());
+        }
+        rows.push((m, flags));
+        m = m.next()?;
+    }
+    let acked_total = sum(&acked_counts);
+    let collected_total: u64 = collected_tiers.iter().map(|t| sum(&t.counts)).sum();
+    let acked_short = acked_total > collected_total;
+    if acked_short {
+        problems += 1;
+    }
+
+    let tiers: Vec<&Tier> = collected_tiers
+        .iter()
+        .chain(&local_tiers)
+        .chain(&merged_tiers)
+        .collect();
+    if args.json {
+        let minutes: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(m, flags)| {
+                let mut row = serde_json::Map::new();
+                row.insert("minute".into(), serde_json::json!(m.to_string()));
+                row.insert(
+                    "acked".into(),
+                    serde_json::json!(acked_counts.get(m).copied().unwrap_or(0)),
+                );
+                for t in &tiers {
+                    row.insert(
+                        t.name.clone(),
+                        serde_json::json!(t.counts.get(m).copied().unwrap_or(0)),
+                    );
+                }
+                row.insert("flags".into(), serde_json::json!(flags));
+                serde_json::Value::Object(row)
+            })
+            .collect();
+        let mut totals = serde_json::Map::new();
+        totals.insert("acked".into(), serde_json::json!(acked_total));
+        for t in &tiers {
+            totals.insert(t.name.clone(), serde_json::json!(sum(&t.counts)));
+        }
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "topic": topic.as_str(),
+                "from": from.to_string(),
+                "to": to.to_string(),
+                "minutes": minutes,
+                "totals": totals,
+                "problems": problems,
+            }))?
+        );
+    } else {
+        let mut header = format!("{:<18} {:>10}", "minute", "acked");
+        for t in &tiers {
+            header.push_str(&format!(" {:>14}", t.name));
+        }
+        println!("{header}  flags");
+        for (m, flags) in &rows {
+            let mut line = format!(
+                "{:<18} {:>10}",
+                m.to_string(),
+                acked_counts.get(m).copied().unwrap_or(0)
+            );
+            for t in &tiers {
+                line.push_str(&format!(" {:>14}", t.counts.get(m).copied().unwrap_or(0)));
+            }
+            println!("{line}  {}", flags.join(", "));
+        }
+        let mut line = format!("{:<18} {:>10}", "total", acked_total);
+        for t in &tiers {
+            line.push_str(&format!(" {:>14}", sum(&t.counts)));
+        }
+        println!("{line}");
+        if acked_short {
+            println!(
+                "LOSS: publishers had {acked_total} events acknowledged, collectors hold {collected_total}"
+            );
+        }
+        println!(
+            "{}",
+            if problems == 0 {
+                "no loss or duplication found".to_owned()
+            } else {
+                format!("{problems} problem(s) found")
+            }
+        );
+    }
+    Ok(if problems == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

@@ -1,0 +1,537 @@
+//! `conduit verify`: check a cluster's storage against its `_SUCCESS` manifests.
+//!
+//! For every topic (or `--topic`) and every view (`local`, `merged`, `hourly`)
+//! it walks the minute (hour) directories in `[--from, --to]` and reports:
+//!
+//! | kind | meaning |
+//! |---|---|
+//! | `hole` | a minute directory is missing between the first and last one of a view |
+//! | `unsealed` | a directory without `_SUCCESS` whose minute ended more than `--grace` ago |
+//! | `bad-manifest` | `_SUCCESS` is unreadable, malformed or of an unknown version |
+//! | `unlisted-file` | a data file in a sealed directory that its manifest does not list |
+//! | `missing-file` | a file the manifest lists is not there |
+//! | `size-mismatch` / `checksum-mismatch` | the file differs from the manifest |
+//! | `records-mismatch` | the trailer's (or, with decoding, the frames') record count differs |
+//! | `torn-file` | a listed file has no close trailer or a corrupt frame |
+//! | `unmoved-file` | a closed collector file older than `--grace` still in `data/` |
+//!
+//! The exit status is non-zero when anything is found; `--json` prints one JSON
+//! document for automation. On a terminal a progress bar shows the directories
+//! checked.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use conduit_core::format::{decode_frame, scan, split_records};
+use conduit_core::layout::Layout;
+use conduit_core::manifest::{crc32c, Manifest};
+use conduit_core::{Config, Minute, NodeName, Storage, Topic, View};
+use serde::Serialize;
+
+/// Arguments of `conduit verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Configuration file naming the clusters.
+    #[arg(long, value_name = "FILE", required_unless_present = "root")]
+    config: Option<String>,
+
+    /// Storage root of the cluster, instead of a config file: a directory,
+    /// `file:///path` or `hdfs://namenode:port/path`.
+    #[arg(long, value_name = "DIR|URI", conflicts_with = "config")]
+    root: Option<String>,
+
+    /// The cluster to verify.
+    #[arg(long, default_value = "dc1")]
+    cluster: String,
+
+    /// Only this topic (default: every topic found in storage).
+    #[arg(long)]
+    topic: Option<String>,
+
+    /// Views to check, comma separated: local, merged, hourly, collector.
+    #[arg(
+        long,
+        default_value = "local,merged,hourly,collector",
+        value_delimiter = ','
+    )]
+    view: Vec<String>,
+
+    /// First minute to check (UTC, e.g. `2026-11-22T10:00`, or relative like `2h`).
+    #[arg(long, value_name = "TIME")]
+    from: Option<String>,
+
+    /// Last minute to check, inclusive (same forms as `--from`).
+    #[arg(long, value_name = "TIME")]
+    to: Option<String>,
+
+    /// How long after its end a minute may stay unsealed (or a closed collector
+    /// file unmoved) before it is reported, in seconds.
+    #[arg(long, default_value_t = 600, value_name = "SECS")]
+    grace: u64,
+
+    /// Skip decompressing files (only sizes, checksums and trailers are checked).
+    #[arg(long)]
+    no_decode: bool,
+
+    /// Print the report as one JSON document on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One problem found.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Finding {
+    /// Kind, from the table in the module docs.
+    pub kind: &'static str,
+    /// The path concerned.
+    pub path: String,
+    /// Details: expected and found values.
+    pub detail: String,
+}
+
+/// Totals of what was checked.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Checked {
+    directories: u64,
+    sealed: u64,
+    files: u64,
+    bytes: u64,
+    records: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    cluster: String,
+    root: String,
+    checked: Checked,
+    findings: Vec<Finding>,
+}
+
+/// Parses `--from`/`--to`: an absolute UTC minute or a duration before now
+/// (`15m`, `2h`, `1d`).
+pub fn parse_time(text: &str, now: chrono::DateTime<chrono::Utc>) -> anyhow::Result<Minute> {
+    let text = text.trim();
+    let relative = text
+        .strip_suffix('m')
+        .map(|n| (n, 60))
+        .or_else(|| text.strip_suffix('h').map(|n| (n, 3600)))
+        .or_else(|| text.strip_suffix('d').map(|n| (n, 86_400)))
+        .or_else(|| text.strip_suffix('s').map(|n| (n, 1)));
+    if let Some((number, unit)) = relative {
+        if let Ok(n) = number.parse::<i64>() {
+            let at = now - chrono::Duration::seconds(n.saturating_mul(unit));
+            return Ok(Minute::from_datetime(at)?);
+        }
+    }
+    Minute::parse_flexible(text).with_context(|| {
+        format!("{text:?} is neither a UTC minute (2026-11-22T10:05) nor a duration (15m, 2h, 1d)")
+    })
+}
+
+/// Topics with a directory in `view`.
+pub async fn topics_in(storage: &dyn Storage, view: View) -> anyhow::Result<Vec<Topic>> {
+    let mut topics = Vec::new();
+    for entry in storage.list_or_empty(view.dir_name()).await? {
+        if entry.is_dir && !entry.name.starts_with('.') {
+            if let Ok(topic) = Topic::new(&entry.name) {
+                topics.push(topic);
+            }
+        }
+    }
+    topics.sort();
+    Ok(topics)
+}
+
+/// The minute (hour, for [`View::Hourly`]) directories of `topic` in `view`,
+/// sorted, limited to `[from, to]` (pruning whole years, days and hours outside).
+pub async fn walk_dirs(
+    storage: &dyn Storage,
+    view: View,
+    topic: &Topic,
+    from: Option<Minute>,
+    to: Option<Minute>,
+) -> anyhow::Result<Vec<Minute>> {
+    let depth = if view == View::Hourly { 4 } else { 5 };
+    let mut found = Vec::new();
+    let mut stack = vec![(Layout::topic_dir(view, topic), String::new(), 0usize)];
+    while let Some((dir, rel, level)) = stack.pop() {
+        for entry in storage.list_or_empty(&dir).await? {
+            if !entry.is_dir || !entry.name.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            let rel = if rel.is_empty() {
+                entry.name.clone()
+            } else {
+                format!("{rel}/{}", entry.name)
+            };
+            // Smallest and largest minute the prefix can hold, to prune early.
+            let pad = ["/01/01/00/00", "/01/00/00", "/00/00", "/00", ""];
+            let pad_hi = ["/12/31/23/59", "/31/23/59", "/23/59", "/59", ""];
+            let lo = Minute::parse_dir_path(&format!("{rel}{}", pad[level])).ok();
+            let hi_text = format!("{rel}{}", pad_hi[level]);
+            // Day 31 does not exist in every month: fall back to "no pruning".
+            let hi = Minute::parse_dir_path(&hi_text).ok();
+            if let (Some(to), Some(lo)) = (to, lo) {
+                if lo > to {
+                    continue;
+                }
+            }
+            if let (Some(from), Some(hi)) = (from, hi) {
+                if hi < from {
+                    continue;
+                }
+            }
+            if level + 1 == depth {
+                let text = if view == View::Hourly {
+                    format!("{rel}/00")
+                } else {
+                    rel.clone()
+                };
+                if let Ok(minute) = Minute::parse_dir_path(&text) {
+                    if from.is_none_or(|f| minute >= f.hour_start_if(view))
+                        && to.is_none_or(|t| minute <= t)
+                    {
+                        found.push(minute);
+                    }
+                }
+            } else {
+                stack.push((entry.path.clone(), rel, level + 1));
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+trait HourStart {
+    fn hour_start_if(self, view: View) -> Minute;
+}
+
+impl HourStart for Minute {
+    fn hour_start_if(self, view: View) -> Minute {
+        if view == View::Hourly {
+            self.hour_start()
+        } else {
+            self
+        }
+    }
+}
+
+/// Records in complete data frames of `buf`, or the offset and reason of the first
+/// frame that does not decode.
+pub fn count_records(buf: &[u8]) -> Result<u64, (u64, String)> {
+    let structure = scan(buf, 0);
+    let mut records = 0u64;
+    for frame in structure.frames.iter().filter(|f| !f.skippable) {
+        let bytes = &buf[frame.offset as usize..(frame.offset + frame.len) as usize];
+        let content = decode_frame(bytes).map_err(|e| (frame.offset, e))?;
+        records += split_records(&content).count() as u64;
+    }
+    Ok(records)
+}
+
+struct Verifier<'a> {
+    storage: &'a dyn Storage,
+    decode: bool,
+    grace: chrono::Duration,
+    now: chrono::DateTime<chrono::Utc>,
+    checked: Checked,
+    findings: Vec<Finding>,
+    progress: Option<indicatif::ProgressBar>,
+}
+
+impl Verifier<'_> {
+    fn find(&mut self, kind: &'static str, path: impl Into<String>, detail: impl Into<String>) {
+        self.findings.push(Finding {
+            kind,
+            path: path.into(),
+            detail: detail.into(),
+        });
+    }
+
+    async fn view(
+        &mut self,
+        view: View,
+        topic: &Topic,
+        from: Option<Minute>,
+        to: Option<Minute>,
+    ) -> anyhow::Result<()> {
+        let dirs = walk_dirs(self.storage, view, topic, from, to).await?;
+        if let Some(bar) = &self.progress {
+            bar.inc_length(dirs.len() as u64);
+        }
+        let step = if view == View::Hourly { 60 } else { 1 };
+        // Holes: between the first and last directory (or the bounds given).
+        if let (Some(first), Some(last)) = (dirs.first().copied(), dirs.last().copied()) {
+            let present: BTreeSet<Minute> = dirs.iter().copied().collect();
+            let start = if view == View::Hourly {
+                first
+            } else {
+                from.map_or(first, |f| f.max(first))
+            };
+            let mut m = start;
+            while m < last {
+                if !present.contains(&m) {
+                    self.find(
+                        "hole",
+                        Manifest::dir(view, topic, m),
+                        format!("no directory for {m} between {first} and {last}"),
+                    );
+                }
+                m = m.add_minutes(step)?;
+            }
+        }
+        for minute in dirs {
+            self.directory(view, topic, minute).await?;
+            if let Some(bar) = &self.progress {
+                bar.inc(1);
+            }
+        }
+        Ok(())
+    }
+
+    async fn directory(&mut self, view: View, topic: &Topic, minute: Minute) -> anyhow::Result<()> {
+        let dir = Manifest::dir(view, topic, minute);
+        self.checked.directories += 1;
+        let entries = self.storage.list_or_empty(&dir).await?;
+        let data: BTreeMap<String, u64> = entries
+            .iter()
+            .filter(|e| !e.is_dir && !Layout::is_hidden(&e.name))
+            .map(|e| (e.name.clone(), e.len))
+            .collect();
+        let manifest = match Manifest::read(self.storage, &dir).await {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                let span = if view == View::Hourly { 60 } else { 1 };
+                let ends = minute.add_minutes(span)?.start();
+                if self.now - ends > self.grace {
+                    self.find(
+                        "unsealed",
+                        dir,
+                        format!(
+                            "no _SUCCESS {}s after the end of {minute} ({} data files)",
+                            (self.now - ends).num_seconds(),
+                            data.len()
+                        ),
+                    );
+                }
+                return Ok(());
+            }
+            Err(e) => {
+                self.find("bad-manifest", Layout::success_marker(&dir), e.to_string());
+                return Ok(());
+            }
+        };
+        self.checked.sealed += 1;
+        let listed: BTreeSet<&str> = manifest.files.iter().map(|f| f.name.as_str()).collect();
+        for name in data.keys() {
+            if !listed.contains(name.as_str()) {
+                self.find(
+                    "unlisted-file",
+                    format!("{dir}/{name}"),
+                    "in a sealed directory but not in its manifest",
+                );
+            }
+        }
+        for file in &manifest.files {
+            let path = format!("{dir}/{}", file.name);
+            let Some(&len) = data.get(&file.name) else {
+                self.find("missing-file", path, "listed in the manifest but absent");
+                continue;
+            };
+            self.checked.files += 1;
+            self.checked.bytes += len;
+            self.checked.records += file.records;
+            if len != file.bytes {
+                self.find(
+                    "size-mismatch",
+                    path,
+                    format!("manifest says {} bytes, storage has {len}", file.bytes),
+                );
+                continue;
+            }
+            let buf = self.storage.read(&path).await?;
+            let crc = crc32c(&buf);
+            if crc != file.crc32c {
+                self.find(
+                    "checksum-mismatch",
+                    path.clone(),
+                    format!("manifest crc32c {:08x}, file {crc:08x}", file.crc32c),
+                );
+            }
+            let structure = scan(&buf, 0);
+            match structure.trailer.filter(|_| structure.is_closed()) {
+                None => self.find(
+                    "torn-file",
+                    path.clone(),
+                    format!(
+                        "no close trailer ({} complete bytes, {} torn)",
+                        structure.valid_len, structure.torn_bytes
+                    ),
+                ),
+                Some(trailer) if trailer.records != file.records => self.find(
+                    "records-mismatch",
+                    path.clone(),
+                    format!(
+                        "manifest says {} records, trailer {}",
+                        file.records, trailer.records
+                    ),
+                ),
+                Some(_) => {}
+            }
+            if self.decode {
+                match count_records(&buf) {
+                    Ok(n) if n != file.records => self.find(
+                        "records-mismatch",
+                        path,
+                        format!("manifest says {} records, frames hold {n}", file.records),
+                    ),
+                    Ok(_) => {}
+                    Err((offset, reason)) => self.find(
+                        "torn-file",
+                        path,
+                        format!("frame at offset {offset} does not decode: {reason}"),
+                    ),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn collector_view(&mut self, topic: &Topic) -> anyhow::Result<()> {
+        let topic_dir = Layout::topic_dir(View::Collector, topic);
+        for collector in self.storage.list_or_empty(&topic_dir).await? {
+            if !collector.is_dir || NodeName::new(&collector.name).is_err() {
+                continue;
+            }
+            for file in self.storage.list_or_empty(&collector.path).await? {
+                let Ok(parsed) = Layout::parse_collector_file_name(&file.name) else {
+                    continue;
+                };
+                let ends = parsed.minute.end();
+                if self.now - ends <= self.grace {
+                    continue;
+                }
+                self.find(
+                    "unmoved-file",
+                    file.path.clone(),
+                    format!(
+                        "collector file of {} still in data/ {}s after its minute ended (is the worker running?)",
+                        parsed.minute,
+                        (self.now - ends).num_seconds()
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs `conduit verify`.
+pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let config = match (&args.config, &args.root) {
+        (Some(path), _) => Config::load(path)?,
+        (None, Some(root)) => Config::single_cluster(&args.cluster, root)?,
+        (None, None) => unreachable!("clap requires --config or --root"),
+    };
+    let cluster = config.clusters.get(&args.cluster).with_context(|| {
+        format!(
+            "--cluster {}: not in the configuration (clusters: {})",
+            args.cluster,
+            config
+                .clusters
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })?;
+    let storage = conduit_core::open_root(&cluster.root)
+        .await
+        .with_context(|| format!("opening cluster {} at {}", args.cluster, cluster.root))?;
+    let now = chrono::Utc::now();
+    let from = args
+        .from
+        .as_deref()
+        .map(|t| parse_time(t, now))
+        .transpose()?;
+    let to = args.to.as_deref().map(|t| parse_time(t, now)).transpose()?;
+    let mut views = Vec::new();
+    for name in &args.view {
+        let view: View = name.parse().with_context(|| {
+            format!("--view {name:?}: expected local, merged, hourly or collector")
+        })?;
+        views.push(view);
+    }
+    let progress = (!args.json && std::io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} verify [{bar:30}] {pos}/{len} directories {msg} ({elapsed})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar
+    });
+    let mut verifier = Verifier {
+        storage: storage.as_ref(),
+        decode: !args.no_decode,
+        grace: chrono::Duration::seconds(args.grace as i64),
+        now,
+        checked: Checked::default(),
+        findings: Vec::new(),
+        progress,
+    };
+    for view in views {
+        let topics = match &args.topic {
+            Some(t) => vec![Topic::new(t).with_context(|| format!("--topic {t:?}"))?],
+            None => topics_in(storage.as_ref(), view).await?,
+        };
+        for topic in topics {
+            if let Some(bar) = &verifier.progress {
+                bar.set_message(format!("{view} {topic}"));
+            }
+            if view == View::Collector {
+                verifier.collector_view(&topic).await?;
+            } else {
+                verifier.view(view, &topic, from, to).await?;
+            }
+        }
+    }
+    if let Some(bar) = verifier.progress.take() {
+        bar.finish_and_clear();
+    }
+    verifier.findings.sort();
+    let report = Report {
+        cluster: args.cluster.clone(),
+        root: storage.root().to_owned(),
+        checked: verifier.checked,
+        findings: verifier.findings,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        let c = &report.checked;
+        println!(
+            "cluster {} ({}): {} directories ({} sealed), {} files, {} bytes, {} records checked",
+            report.cluster, report.root, c.directories, c.sealed, c.files, c.bytes, c.records
+        );
+        for f in &report.findings {
+            println!("{:<18} {}  {}", f.kind, f.path, f.detail);
+        }
+        if report.findings.is_empty() {
+            println!("no problems found");
+        } else {
+            println!("{} problem(s) found", report.findings.len());
+        }
+    }
+    Ok(if report.findings.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
