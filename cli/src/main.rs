@@ -11,6 +11,7 @@ mod collector;
 mod logging;
 mod publish;
 mod signals;
+mod up;
 mod verify;
 
 use clap::{Parser, Subcommand};
@@ -46,6 +47,9 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Count a topic's events per minute at every tier and flag loss or duplication.
     Audit(audit::AuditArgs),
+    /// Run the whole bus on this machine: collectors and workers for two local
+    /// datacenters (or the clusters of --config), until Ctrl-C.
+    Up(up::UpArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -69,6 +73,7 @@ fn main() -> std::process::ExitCode {
             Command::Bench(args) => bench::run(args).await,
             Command::Verify(args) => verify::run(args).await,
             Command::Audit(args) => audit::run(args).await,
+            Command::Up(args) => up::run(args).await,
         }
     });
     match result {
