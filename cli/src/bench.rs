@@ -55,6 +55,9 @@ enum BenchCommand {
     /// and end-to-end publisher → collector throughput with acks (verified in the
     /// files).
     Publish(PublishArgs),
+    /// Measure this machine's limits: synced sequential writes, zstd level 1 on
+    /// one core, loopback TCP (the ceilings the other scenarios are compared to).
+    Limits(crate::bench_limits::LimitsArgs),
     /// Write the benchmark's events to a file, one JSON event per line, so other
     /// tools (scripts/peers/*.sh) are fed exactly the same input.
     Gen(GenArgs),
@@ -181,6 +184,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         BenchCommand::Ingest(a) => ingest(a).await,
         BenchCommand::Publish(a) => publish(a).await,
+        BenchCommand::Limits(a) => crate::bench_limits::run(a).await,
         BenchCommand::Gen(a) => gen(a),
     }
 }

@@ -6,6 +6,7 @@
 
 mod audit;
 mod bench;
+mod bench_limits;
 mod check;
 mod collector;
 mod logging;
