@@ -29,9 +29,41 @@
 //!   While connected to a failover collector it tries the preferred one every
 //!   [`PublisherBuilder::preferred_retry`] and moves back once it answers (after the
 //!   batches in flight on the old connection are acknowledged).
+//! - **Disk spool** (optional, [`PublisherBuilder::spool_dir`]): see below.
 //! - **Old collectors**: a server answering `LogBatch` with `UNKNOWN_METHOD` (a plain
 //!   Scribe server) is detected once (logged) and the publisher falls back to plain
 //!   `Log`, one batch in flight at a time.
+//!
+//! # Disk spool
+//! With [`PublisherBuilder::spool_dir`], once no collector has acknowledged
+//! anything for [`PublisherBuilder::spool_after`] (default 2 s) after a failure
+//! (every collector refusing connections, connections lost, `TRY_LATER`), the
+//! publisher *spools*: the batches it holds and every batch formed afterwards are
+//! appended to segment files in that directory and fsynced (format and recovery
+//! rules below). A spooled
+//! event no longer takes room in the queue, so `publish` keeps returning at once
+//! while the collectors are down, up to [`PublisherBuilder::spool_max_bytes`]
+//! (default 1 GiB); when the spool is full, events wait in memory and the
+//! [`WhenFull`] policy applies once the queue is full.
+//!
+//! At the first acknowledgement the publisher stops spooling, but batches keep
+//! going through the spool until it is empty, so events are sent in the order
+//! they were accepted. A spooled batch keeps the publisher id and sequence it was
+//! formed with, and a replay re-sends exactly that `LogBatch`: a batch that reached
+//! the collector before a crash or a lost acknowledgement is deduplicated there (as
+//! long as the collector still remembers that publisher: 6 hours). A new publisher
+//! opening the same directory (after a restart) replays what is left before its
+//! own events. One publisher at a time may use a directory (it is locked).
+//!
+//! With a spool, [`Publisher::flush`] and [`Publisher::close`] wait until every
+//! event enqueued before them is acknowledged and the spool is empty — or, while
+//! the publisher is spooling, until those events are acknowledged **or spooled**
+//! (so `close` returns within about `spool_after` when no collector answers); a [`Publisher::publish_acked`] call whose
+//! event is still in the spool when the publisher closes gets
+//! [`PublishError::Spooled`]. No event is lost silently: each one ends up
+//! acknowledged ([`Stats::acknowledged`], or [`Stats::replayed`] after going through
+//! the spool), spooled ([`Stats::spooled`], [`Stats::spool_events`]) or failed
+//! ([`Stats::failed`], with an error from the call when it was refused).
 //!
 //! # Delivery guarantees
 //! - Against one collector: every acknowledged event is stored exactly once, even
@@ -46,6 +78,24 @@
 //! - Order: events of one publisher are stored in publish order, per topic, as long
 //!   as no batch is answered `TRY_LATER` while later batches are already in flight
 //!   (those later batches may then be stored before the retried one).
+//!
+//! ## Spool format
+//! The directory holds `LOCK` and segment files `<20-digit index>.spool`, appended
+//! to in order and deleted once every batch in them is acknowledged (a new segment
+//! starts after a restart and every `spool_max_bytes / 8`, 16 KiB–64 MiB). All integers
+//! little-endian:
+//!
+//! ```text
+//! segment := magic "CNDSPL01", record*
+//! record  := body_len u32 | crc u32 = CRC-32C(body) | body
+//! body    := id_len u8 | publisher_id | sequence i64 | count u32 | entry{count}
+//! entry   := topic_len u8 | topic | enqueue_minute i64 | payload_len u32 | payload
+//! ```
+//!
+//! At open every record is checked; at the first one that is incomplete, fails its
+//! checksum or does not parse (a torn tail after a crash), its segment is truncated
+//! there and the intact records before it are replayed (logged as a warning with
+//! the bytes cut).
 //!
 //! # Audit records
 //! Unless disabled with [`PublisherBuilder::audit_interval`]`(None)`, the publisher
@@ -123,9 +173,11 @@
 //! [`BlockingPublisher`] offers the same calls to code without an async runtime.
 
 mod runner;
+mod spool;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -184,6 +236,11 @@ pub enum PublishError {
     /// The publisher is closed (or its background task stopped).
     #[error("publisher is closed")]
     Closed,
+    /// For [`Publisher::publish_acked`]: the publisher closed (or was dropped)
+    /// while the event was in the disk spool, not yet acknowledged; it is sent when
+    /// a publisher next opens the same `spool_dir` and reaches a collector.
+    #[error("event is in the disk spool, not yet acknowledged by a collector")]
+    Spooled,
 }
 
 /// Why a publisher could not be built.
@@ -206,6 +263,14 @@ pub enum BuildError {
     /// The blocking wrapper could not start its runtime.
     #[error("cannot start the runtime: {0}")]
     Runtime(String),
+    /// The spool directory could not be opened (or is used by another publisher).
+    #[error("cannot open the spool directory {dir}: {reason}")]
+    Spool {
+        /// The directory.
+        dir: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 /// Publisher settings (see the [`PublisherBuilder`] methods for meanings and
@@ -229,6 +294,9 @@ pub(crate) struct Settings {
     pub publisher_id: Option<String>,
     pub clock: SharedClock,
     pub audit_interval: Option<Duration>,
+    pub spool_dir: Option<PathBuf>,
+    pub spool_max_bytes: u64,
+    pub spool_after: Duration,
 }
 
 impl Default for Settings {
@@ -251,6 +319,9 @@ impl Default for Settings {
             publisher_id: None,
             clock: SystemClock::shared(),
             audit_interval: Some(Duration::from_secs(60)),
+            spool_dir: None,
+            spool_max_bytes: 1 << 30,
+            spool_after: Duration::from_secs(2),
         }
     }
 }
@@ -375,6 +446,32 @@ impl PublisherBuilder {
         self
     }
 
+    /// Enables the disk spool in this directory (created if missing; one publisher
+    /// at a time). When no collector has acknowledged anything for
+    /// [`PublisherBuilder::spool_after`] after a failure, accepted events are
+    /// written there (fsynced) instead of waiting in memory, and sent in order once
+    /// a collector answers again — also by a later publisher opening the same
+    /// directory, which replays what is left first. See "Disk spool" in the crate
+    /// docs. Default: no spool.
+    pub fn spool_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.settings.spool_dir = Some(dir.into());
+        self
+    }
+
+    /// Most bytes of spool files (default 1 GiB). When the spool is full, events
+    /// wait in memory and, once the queue is full, [`WhenFull`] applies.
+    pub fn spool_max_bytes(mut self, bytes: u64) -> Self {
+        self.settings.spool_max_bytes = bytes;
+        self
+    }
+
+    /// How long after a failure (connection lost or refused, `TRY_LATER`) without
+    /// any acknowledgement the publisher starts spooling (default 2 s).
+    pub fn spool_after(mut self, after: Duration) -> Self {
+        self.settings.spool_after = after;
+        self
+    }
+
     fn validate(&self) -> Result<(), BuildError> {
         let s = &self.settings;
         if s.collectors.is_empty() {
@@ -404,6 +501,9 @@ impl PublisherBuilder {
                 "must be positive (None disables auditing)",
             );
         }
+        if s.spool_max_bytes == 0 {
+            return bad("spool_max_bytes", "must be at least 1");
+        }
         if s.backoff_base.is_zero() || s.backoff_max < s.backoff_base {
             return bad("backoff", "base must be positive and at most max");
         }
@@ -427,6 +527,35 @@ impl PublisherBuilder {
             .publisher_id
             .take()
             .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
+        let mut first_seq = 1;
+        let spool = match &settings.spool_dir {
+            None => None,
+            Some(dir) => {
+                let (spool, recovered) = spool::Spool::open(dir, settings.spool_max_bytes)
+                    .map_err(|e| BuildError::Spool {
+                        dir: dir.clone(),
+                        reason: e.to_string(),
+                    })?;
+                if recovered.records > 0 || recovered.cut_bytes > 0 {
+                    tracing::info!(
+                        dir = %dir.display(),
+                        batches = recovered.records,
+                        events = recovered.events,
+                        cut_bytes = recovered.cut_bytes,
+                        "spool holds batches from a previous run; they are sent first"
+                    );
+                }
+                // A fixed publisher id continues its sequence past its spooled batches.
+                if let Some((_, max)) = recovered
+                    .max_seq
+                    .iter()
+                    .find(|(id, _)| id.as_ref() == publisher_id.as_bytes())
+                {
+                    first_seq = max + 1;
+                }
+                Some(spool)
+            }
+        };
         let (tx, rx) = mpsc::channel(settings.queue_capacity);
         let (alive_tx, alive_rx) = watch::channel(());
         let counters = Arc::new(Counters::default());
@@ -437,6 +566,8 @@ impl PublisherBuilder {
             rx,
             alive_rx,
             publisher_id.clone(),
+            spool,
+            first_seq,
         );
         tokio::spawn(task.run());
         Ok(Publisher {
@@ -496,6 +627,11 @@ pub(crate) struct Counters {
     pub legacy: AtomicU64,
     pub audit_queued: AtomicU64,
     pub audit_acked: AtomicU64,
+    pub spooled: AtomicU64,
+    pub replayed: AtomicU64,
+    pub spool_events: AtomicU64,
+    pub spool_bytes: AtomicU64,
+    pub spooling: AtomicU64,
 }
 
 /// A snapshot of a publisher's counters.
@@ -505,13 +641,14 @@ pub struct Stats {
     pub enqueued: u64,
     /// Events written to a connection (re-sends included).
     pub sent: u64,
-    /// Events acknowledged as durable.
+    /// Events acknowledged as durable, sent from memory (events that went through
+    /// the spool are counted in [`Stats::replayed`] instead).
     pub acknowledged: u64,
     /// Batches re-sent (after `TRY_LATER`, a lost connection or a fallback).
     pub retried: u64,
     /// Events rejected at the call, or abandoned when the publisher was dropped.
     pub failed: u64,
-    /// Events enqueued and not yet acknowledged (or abandoned).
+    /// Events enqueued and not yet acknowledged, spooled or abandoned.
     pub queue_depth: u64,
     /// Batches formed.
     pub batches: u64,
@@ -529,13 +666,24 @@ pub struct Stats {
     pub audit_records: u64,
     /// Audit records acknowledged.
     pub audit_acknowledged: u64,
+    /// Events written to the disk spool (fsynced).
+    pub spooled: u64,
+    /// Events read back from the spool and acknowledged (including those spooled
+    /// by an earlier publisher on the same directory).
+    pub replayed: u64,
+    /// Events in the spool not yet acknowledged (gauge).
+    pub spool_events: u64,
+    /// Bytes of spool files (gauge).
+    pub spool_bytes: u64,
+    /// Whether new events currently go to the spool.
+    pub spooling: bool,
 }
 
 impl Stats {
     /// The counters in the Prometheus text exposition format (metric names
     /// `conduit_publisher_*`).
     pub fn to_prometheus(&self) -> String {
-        let rows: [(&str, &str, &str, u64); 13] = [
+        let rows: [(&str, &str, &str, u64); 18] = [
             (
                 "enqueued_total",
                 "counter",
@@ -608,6 +756,36 @@ impl Stats {
                 "counter",
                 "Audit records acknowledged.",
                 self.audit_acknowledged,
+            ),
+            (
+                "spooled_total",
+                "counter",
+                "Events written to the disk spool.",
+                self.spooled,
+            ),
+            (
+                "replayed_total",
+                "counter",
+                "Spooled events acknowledged after replay.",
+                self.replayed,
+            ),
+            (
+                "spool_events",
+                "gauge",
+                "Events in the disk spool not yet acknowledged.",
+                self.spool_events,
+            ),
+            (
+                "spool_bytes",
+                "gauge",
+                "Bytes of disk spool files.",
+                self.spool_bytes,
+            ),
+            (
+                "spooling",
+                "gauge",
+                "1 while new events go to the disk spool.",
+                u64::from(self.spooling),
             ),
         ];
         let mut out = String::new();
@@ -814,6 +992,11 @@ impl Publisher {
             legacy_log: get(&c.legacy) != 0,
             audit_records: get(&c.audit_queued),
             audit_acknowledged: get(&c.audit_acked),
+            spooled: get(&c.spooled),
+            replayed: get(&c.replayed),
+            spool_events: get(&c.spool_events),
+            spool_bytes: get(&c.spool_bytes),
+            spooling: get(&c.spooling) != 0,
         }
     }
 }

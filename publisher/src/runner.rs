@@ -1,8 +1,31 @@
-//! The background task: batching, sending, retries, reconnects and failover.
+//! The background task: batching, sending, retries, reconnects, failover and the
+//! disk spool.
 //!
-//! State: `pending` holds sealed, unacknowledged batches in sequence order; its first
+//! State: `pending` holds sealed, unacknowledged batches in send order; its first
 //! `inflight` batches were sent on the current connection, in order, so each reply
 //! answers `pending[0]` (after `discard` replies to calls that are re-sent anyway).
+//!
+//! With a spool ([`crate::spool`]), a sealed batch takes one of two routes:
+//! - **memory**: straight into `pending` — while the spool is empty, nothing waits
+//!   in `held` and the publisher is not spooling;
+//! - **spool**: into `held`, then appended to the spool (fsynced) as soon as it
+//!   fits. The first spool records are loaded into `pending` (up to
+//!   `max_in_flight` batches) and sent from there; an acknowledged one is removed
+//!   from the spool.
+//!
+//! So `pending` is homogeneous: either every batch in it is in memory only, or
+//! every batch in it is the spool's next record, in spool order (acknowledgements
+//! then pop the spool's front). The publisher starts *spooling* once no collector
+//! has acknowledged anything for `spool_after` since a failure (connection lost or
+//! refused, `TRY_LATER`): the memory batches in `pending` move to the spool first,
+//! in order. It stops spooling at the next acknowledgement; batches keep going
+//! through the spool until it is empty, so events are sent in the order they were
+//! accepted.
+//!
+//! Flushes and close wait until the events received before them are acknowledged
+//! and the spool is empty or, while the publisher is spooling, until they are
+//! acknowledged or spooled. Both happen in the order events were received, so two
+//! counts (`acked`, `settled`) suffice.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -23,6 +46,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::spool::{encode_record, Spool};
 use crate::{Counters, Msg, PublishError, Settings};
 
 /// Largest reply frame accepted (replies are tiny).
@@ -32,6 +56,9 @@ type Waiter = oneshot::Sender<Result<(), PublishError>>;
 
 #[derive(Debug)]
 struct Batch {
+    /// The publisher id sent with it (this publisher's, or a previous run's when
+    /// replayed from the spool).
+    publisher: Bytes,
     seq: i64,
     entries: Vec<(Bytes, Bytes)>,
     /// Enqueue minute of each entry (epoch minutes), parallel to `entries`.
@@ -40,6 +67,11 @@ struct Batch {
     audit: u64,
     waiters: Vec<Waiter>,
     sends: u32,
+    /// This batch is the spool record of the same position.
+    spooled: bool,
+    /// A spool record that no longer read back intact: no entries, these events
+    /// are reported failed when it reaches the front.
+    lost: u64,
 }
 
 #[derive(Debug, Default)]
@@ -75,6 +107,8 @@ enum Event {
     PreferredCheck,
     RequestTimeout,
     Audit,
+    SpoolNow,
+    SpoolRetry,
     Dropped,
 }
 
@@ -85,13 +119,19 @@ pub(crate) struct Runner {
     rx: mpsc::Receiver<Msg>,
     alive: watch::Receiver<()>,
     publisher_id: String,
+    id_bytes: Bytes,
     open: Open,
     pending: VecDeque<Batch>,
     next_seq: i64,
     /// Events taken from the queue so far.
     received: u64,
-    /// Events acknowledged so far (always a prefix of `received`).
+    /// Events acknowledged or spooled so far (always a prefix of `received`).
+    settled: u64,
+    /// Events acknowledged so far (a prefix of `settled`).
     acked: u64,
+    /// This run's first sequence: spooled batches of this id from `first_seq` on
+    /// are this run's own events.
+    first_seq: i64,
     flushes: Vec<(u64, oneshot::Sender<()>)>,
     closing: Option<(u64, oneshot::Sender<()>)>,
     conn: Option<Conn>,
@@ -116,6 +156,18 @@ pub(crate) struct Runner {
     audit: HashMap<Bytes, HashMap<i64, u64>>,
     /// When the next audit records are due (`None`: auditing disabled).
     audit_at: Option<Instant>,
+    spool: Option<Spool>,
+    /// Sealed batches waiting to be appended to the spool, in order.
+    held: VecDeque<Batch>,
+    /// Waiters of spooled batches of this publisher that are not in memory, by
+    /// sequence.
+    spool_waiters: HashMap<i64, Vec<Waiter>>,
+    /// New batches go to the spool (no collector acknowledged since a failure).
+    spooling: bool,
+    /// Since when no collector has acknowledged anything after a failure.
+    unhealthy_since: Option<Instant>,
+    /// After a spool write error: when to try again.
+    spool_retry_at: Option<Instant>,
 }
 
 /// The `_audit` topic's name.
@@ -189,19 +241,24 @@ impl Runner {
         rx: mpsc::Receiver<Msg>,
         alive: watch::Receiver<()>,
         publisher_id: String,
+        spool: Option<Spool>,
+        first_seq: i64,
     ) -> Runner {
         let settings_audit_at = settings.audit_interval.map(|d| Instant::now() + d);
-        Runner {
+        let runner = Runner {
             settings,
             counters,
             rx,
             alive,
+            id_bytes: Bytes::from(publisher_id.clone().into_bytes()),
             publisher_id,
             open: Open::default(),
             pending: VecDeque::new(),
-            next_seq: 1,
+            next_seq: first_seq,
             received: 0,
+            settled: 0,
             acked: 0,
+            first_seq,
             flushes: Vec::new(),
             closing: None,
             conn: None,
@@ -221,7 +278,136 @@ impl Runner {
             buf: Vec::new(),
             audit: HashMap::new(),
             audit_at: settings_audit_at,
+            spool,
+            held: VecDeque::new(),
+            spool_waiters: HashMap::new(),
+            spooling: false,
+            unhealthy_since: None,
+            spool_retry_at: None,
+        };
+        runner.spool_gauges();
+        runner
+    }
+
+    fn spool_gauges(&self) {
+        if let Some(spool) = &self.spool {
+            self.counters
+                .spool_bytes
+                .store(spool.bytes(), Ordering::Relaxed);
+            self.counters
+                .spool_events
+                .store(spool.events(), Ordering::Relaxed);
         }
+        self.counters
+            .spooling
+            .store(u64::from(self.spooling), Ordering::Relaxed);
+    }
+
+    /// Batches held in memory only (not in the spool).
+    fn memory_batches(&self) -> usize {
+        let pending = match self.pending.front() {
+            Some(b) if !b.spooled => self.pending.len(),
+            _ => 0,
+        };
+        pending + self.held.len()
+    }
+
+    fn failing(&mut self) {
+        self.unhealthy_since.get_or_insert_with(Instant::now);
+    }
+
+    /// No collector acknowledged anything for `spool_after`: spool from now on,
+    /// starting with the memory batches not yet acknowledged.
+    fn start_spooling(&mut self) {
+        if self.spool.is_none() || self.spooling {
+            return;
+        }
+        tracing::warn!(
+            after = ?self.settings.spool_after,
+            "no collector is taking events; spooling to disk"
+        );
+        self.spooling = true;
+        if self.pending.front().is_some_and(|b| !b.spooled) {
+            // Replies to calls already sent are ignored: the batches are re-sent
+            // from the spool with the same id and sequence.
+            self.discard += self.inflight;
+            self.inflight = 0;
+            let mut moved: VecDeque<Batch> = std::mem::take(&mut self.pending);
+            moved.append(&mut self.held);
+            self.held = moved;
+        }
+        self.drain_held();
+        self.spool_gauges();
+        self.answer_flushes();
+    }
+
+    /// Appends as many held batches as fit to the spool (one fsync), or sends them
+    /// from memory when spooling is over and the spool is empty.
+    fn drain_held(&mut self) {
+        let Some(spool) = &mut self.spool else {
+            return;
+        };
+        if self.held.is_empty() {
+            return;
+        }
+        if spool.is_empty() && !self.spooling {
+            self.pending.extend(self.held.drain(..));
+            return;
+        }
+        if self.spool_retry_at.is_some() {
+            return;
+        }
+        let mut records = Vec::new();
+        let mut planned = 0u64;
+        for batch in &self.held {
+            let mut out = Vec::new();
+            encode_record(
+                &batch.publisher,
+                batch.seq,
+                &batch.entries,
+                &batch.minutes,
+                &mut out,
+            );
+            if !spool.fits_after(planned, out.len() as u64) {
+                break;
+            }
+            planned += out.len() as u64;
+            let n = batch.entries.len() as u64;
+            records.push((out, n, n - batch.audit));
+        }
+        if records.is_empty() {
+            return;
+        }
+        let all_loaded = !spool.has_unloaded();
+        if let Err(e) = spool.append(&records) {
+            tracing::error!(error = %e, "cannot write to the spool; retrying in 1 s");
+            self.spool_retry_at = Some(Instant::now() + Duration::from_secs(1));
+            return;
+        }
+        let mut keeping = all_loaded;
+        let mut kept = 0;
+        for _ in 0..records.len() {
+            let mut batch = self.held.pop_front().expect("encoded from held");
+            let n = batch.entries.len() as u64;
+            let user = n - batch.audit;
+            self.settled += n;
+            self.counters.spooled.fetch_add(user, Ordering::Relaxed);
+            self.counters.queue_depth.fetch_sub(user, Ordering::Relaxed);
+            batch.spooled = true;
+            // Kept in memory (as loaded) only while every earlier record is loaded.
+            if keeping && self.pending.len() < self.settings.max_in_flight {
+                kept += 1;
+                self.pending.push_back(batch);
+            } else {
+                keeping = false;
+                if !batch.waiters.is_empty() && batch.publisher == self.id_bytes {
+                    self.spool_waiters.insert(batch.seq, batch.waiters);
+                }
+            }
+        }
+        self.spool.as_mut().expect("checked").mark_loaded(kept);
+        self.spool_gauges();
+        self.answer_flushes();
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
@@ -245,7 +431,7 @@ impl Runner {
             }
             self.pump().await;
             let accepting =
-                self.pending.len() < self.settings.max_in_flight && self.closing.is_none();
+                self.memory_batches() < self.settings.max_in_flight && self.closing.is_none();
             let linger = if self.open.entries.is_empty() {
                 None
             } else {
@@ -269,6 +455,11 @@ impl Runner {
             } else {
                 None
             };
+            let spool_now = match (&self.spool, self.spooling) {
+                (Some(_), false) => self.unhealthy_since.map(|t| t + self.settings.spool_after),
+                _ => None,
+            };
+            let spool_retry = self.spool_retry_at;
             let event = tokio::select! {
                 m = self.rx.recv(), if accepting => Event::Msg(m),
                 _ = self.alive.changed() => Event::Dropped,
@@ -279,6 +470,8 @@ impl Runner {
                 _ = sleep_opt(preferred) => Event::PreferredCheck,
                 _ = sleep_opt(timeout) => Event::RequestTimeout,
                 _ = sleep_opt(audit) => Event::Audit,
+                _ = sleep_opt(spool_now) => Event::SpoolNow,
+                _ = sleep_opt(spool_retry) => Event::SpoolRetry,
             };
             match event {
                 Event::Msg(Some(msg)) => self.on_msg(msg),
@@ -298,6 +491,11 @@ impl Runner {
                     self.emit_audit();
                     self.audit_at = self.settings.audit_interval.map(|d| Instant::now() + d);
                 }
+                Event::SpoolNow => self.start_spooling(),
+                Event::SpoolRetry => {
+                    self.spool_retry_at = None;
+                    self.drain_held();
+                }
             }
         }
     }
@@ -312,7 +510,7 @@ impl Runner {
             } => self.add_event(topic, payload, minute, ack, false),
             Msg::Flush(tx) => {
                 self.seal();
-                if self.acked >= self.received {
+                if self.done(self.received) {
                     let _ = tx.send(());
                 } else {
                     self.flushes.push((self.received, tx));
@@ -388,7 +586,7 @@ impl Runner {
     /// before the close is acknowledged, the remaining audit counts are queued and
     /// the close waits for them too.
     fn finish_close(&mut self) -> bool {
-        if matches!(&self.closing, Some((target, _)) if self.acked >= *target)
+        if matches!(&self.closing, Some((target, _)) if self.done(*target))
             && !self.audit.is_empty()
         {
             self.emit_audit();
@@ -398,8 +596,9 @@ impl Runner {
             }
         }
         match &self.closing {
-            Some((target, _)) if self.acked >= *target => {
+            Some((target, _)) if self.done(*target) => {
                 let (_, tx) = self.closing.take().expect("checked");
+                self.answer_spooled_waiters();
                 self.conn = None;
                 self.switch_to = None;
                 self.counters.connected.store(0, Ordering::Relaxed);
@@ -415,16 +614,108 @@ impl Runner {
             return;
         }
         let open = std::mem::take(&mut self.open);
-        self.pending.push_back(Batch {
+        let batch = Batch {
+            publisher: self.id_bytes.clone(),
             seq: self.next_seq,
             entries: open.entries,
             minutes: open.minutes,
             audit: open.audit,
             waiters: open.waiters,
             sends: 0,
-        });
+            spooled: false,
+            lost: 0,
+        };
         self.next_seq += 1;
         self.counters.batches.fetch_add(1, Ordering::Relaxed);
+        let to_spool = match &self.spool {
+            Some(spool) => self.spooling || !spool.is_empty() || !self.held.is_empty(),
+            None => false,
+        };
+        if to_spool {
+            self.held.push_back(batch);
+            self.drain_held();
+        } else {
+            self.pending.push_back(batch);
+        }
+    }
+
+    /// Loads spool records into `pending` while there is room (only while
+    /// connected: loading is for sending).
+    fn load_from_spool(&mut self) {
+        let Some(spool) = &mut self.spool else {
+            return;
+        };
+        while spool.has_unloaded() && self.pending.len() < self.settings.max_in_flight {
+            match spool.load_next() {
+                Ok(Ok(record)) => {
+                    let audit = record
+                        .entries
+                        .iter()
+                        .filter(|(t, _)| t.as_ref() == Topic::AUDIT.as_bytes())
+                        .count() as u64;
+                    let waiters = if record.publisher == self.id_bytes {
+                        self.spool_waiters.remove(&record.seq).unwrap_or_default()
+                    } else {
+                        Vec::new()
+                    };
+                    self.pending.push_back(Batch {
+                        publisher: record.publisher,
+                        seq: record.seq,
+                        entries: record.entries,
+                        minutes: record.minutes,
+                        audit,
+                        waiters,
+                        sends: 0,
+                        spooled: true,
+                        lost: 0,
+                    });
+                }
+                Ok(Err(events)) => self.pending.push_back(Batch {
+                    publisher: Bytes::new(),
+                    seq: 0,
+                    entries: Vec::new(),
+                    minutes: Vec::new(),
+                    audit: 0,
+                    waiters: Vec::new(),
+                    sends: 0,
+                    spooled: true,
+                    lost: events,
+                }),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the spool; retrying in 1 s");
+                    self.spool_retry_at = Some(Instant::now() + Duration::from_secs(1));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Removes the acknowledged (or lost) front record from the spool.
+    fn spool_acked(&mut self) {
+        if let Some(spool) = &mut self.spool {
+            if let Err(e) = spool.ack_front() {
+                tracing::warn!(error = %e, "cannot delete an acknowledged spool segment");
+            }
+        }
+        self.spool_gauges();
+        // Room may have been made for held batches.
+        self.drain_held();
+    }
+
+    /// At close: waiters of events left in the spool learn they are spooled.
+    fn answer_spooled_waiters(&mut self) {
+        for batch in &mut self.pending {
+            if batch.spooled {
+                for w in batch.waiters.drain(..) {
+                    let _ = w.send(Err(PublishError::Spooled));
+                }
+            }
+        }
+        for (_, waiters) in self.spool_waiters.drain() {
+            for w in waiters {
+                let _ = w.send(Err(PublishError::Spooled));
+            }
+        }
     }
 
     fn window(&self) -> usize {
@@ -437,7 +728,20 @@ impl Runner {
 
     /// Sends as many pending batches as the window allows.
     async fn pump(&mut self) {
+        if self.conn.is_some() && self.spool_retry_at.is_none() {
+            self.load_from_spool();
+        }
         loop {
+            // A spool record that did not read back: its events are failed, in turn.
+            if self.inflight == 0 && self.pending.front().is_some_and(|b| b.lost > 0) {
+                let batch = self.pending.pop_front().expect("checked");
+                self.counters
+                    .failed
+                    .fetch_add(batch.lost, Ordering::Relaxed);
+                self.spool_acked();
+                self.load_from_spool();
+                continue;
+            }
             if self.conn.is_none()
                 || self.switch_to.is_some()
                 || self.paused_until.is_some()
@@ -447,6 +751,9 @@ impl Runner {
                 break;
             }
             let batch = &mut self.pending[self.inflight];
+            if batch.lost > 0 {
+                break;
+            }
             self.seqid = self.seqid.wrapping_add(1);
             self.buf.clear();
             let refs: Vec<(&[u8], &[u8])> = batch
@@ -459,7 +766,7 @@ impl Runner {
             } else {
                 encode_log_batch_call(
                     self.seqid,
-                    self.publisher_id.as_bytes(),
+                    &batch.publisher,
                     batch.seq,
                     &refs,
                     &mut self.buf,
@@ -516,13 +823,28 @@ impl Runner {
                 self.inflight -= 1;
                 let batch = self.pending.pop_front().expect("in flight");
                 let n = batch.entries.len() as u64;
-                self.acked += n;
                 // The user-facing counters leave this publisher's audit records out.
                 let user = n - batch.audit;
-                self.counters
-                    .acknowledged
-                    .fetch_add(user, Ordering::Relaxed);
-                self.counters.queue_depth.fetch_sub(user, Ordering::Relaxed);
+                if batch.spooled {
+                    if batch.publisher == self.id_bytes && batch.seq >= self.first_seq {
+                        self.acked += n;
+                    }
+                    self.counters.replayed.fetch_add(user, Ordering::Relaxed);
+                    self.spool_acked();
+                } else {
+                    self.acked += n;
+                    self.settled += n;
+                    self.counters
+                        .acknowledged
+                        .fetch_add(user, Ordering::Relaxed);
+                    self.counters.queue_depth.fetch_sub(user, Ordering::Relaxed);
+                }
+                self.unhealthy_since = None;
+                if self.spooling {
+                    tracing::info!("a collector is taking events again; replaying the spool");
+                    self.spooling = false;
+                    self.spool_gauges();
+                }
                 self.counters
                     .audit_acked
                     .fetch_add(batch.audit, Ordering::Relaxed);
@@ -540,6 +862,7 @@ impl Runner {
             }
             ReplyValue::ResultCode(ResultCode::TryLater) => {
                 self.counters.try_later.fetch_add(1, Ordering::Relaxed);
+                self.failing();
                 self.discard = self.inflight - 1;
                 self.inflight = 0;
                 self.cautious = true;
@@ -568,11 +891,20 @@ impl Runner {
         }
     }
 
+    /// Whether the first `target` events received are acknowledged and the spool
+    /// is empty — or, while spooling, whether they are acknowledged or spooled.
+    fn done(&self, target: u64) -> bool {
+        if self.spooling {
+            self.settled >= target
+        } else {
+            self.acked >= target && self.spool.as_ref().is_none_or(Spool::is_empty)
+        }
+    }
+
     fn answer_flushes(&mut self) {
-        let acked = self.acked;
         let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.flushes)
             .into_iter()
-            .partition(|(target, _)| *target <= acked);
+            .partition(|(target, _)| self.done(*target));
         self.flushes = waiting;
         for (_, tx) in done {
             let _ = tx.send(());
@@ -590,6 +922,7 @@ impl Runner {
     }
 
     fn lost(&mut self, why: &str) {
+        self.failing();
         let index = self.conn.as_ref().map(|c| c.index);
         tracing::warn!(
             collector = index.map(|i| self.settings.collectors[i].as_str()),
@@ -687,6 +1020,7 @@ impl Runner {
                 ),
             }
         }
+        self.failing();
         let delay = self.backoff(self.connect_attempts);
         self.connect_attempts += 1;
         self.reconnect_at = Some(Instant::now() + delay);
@@ -706,9 +1040,14 @@ impl Runner {
 
     /// The publisher was dropped without close: fail what is left.
     fn abandon(&mut self) {
+        // While spooling, this writes the last batch to the spool.
         self.seal();
+        self.answer_spooled_waiters();
         let mut n = 0u64;
-        for batch in self.pending.drain(..) {
+        for batch in self.pending.drain(..).chain(self.held.drain(..)) {
+            if batch.spooled {
+                continue;
+            }
             n += batch.entries.len() as u64 - batch.audit;
             for w in batch.waiters {
                 let _ = w.send(Err(PublishError::Closed));
