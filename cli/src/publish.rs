@@ -1,6 +1,12 @@
-//! `conduit publish`: one event per input line, acknowledged by a collector.
+//! `conduit publish`: one event per input line, acknowledged by a collector (or,
+//! with `--spool-dir`, kept in a local disk spool while no collector answers).
+//!
+//! Exit status: 0 when every line was acknowledged; 75 (`EX_TEMPFAIL`) when every
+//! line was acknowledged or spooled and some are still in the spool (the next run
+//! with the same `--spool-dir` sends them first); 1 when any line failed.
 
 use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -38,6 +44,12 @@ pub struct PublishArgs {
     /// Show a progress line on stderr even when it is not a terminal.
     #[arg(long)]
     progress: bool,
+
+    /// Keep events in this local directory when no collector answers for 2 s, and
+    /// send them (first) when one does — in this run or the next one with the same
+    /// directory. Exit status 75 when events remain spooled.
+    #[arg(long, value_name = "DIR")]
+    spool_dir: Option<PathBuf>,
 }
 
 /// Publishes stdin, one event per line; exits non-zero if any event was not
@@ -47,10 +59,14 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
         .encoding
         .parse()
         .map_err(|e: String| anyhow::anyhow!(e))?;
-    let publisher = Publisher::builder()
+    let mut builder = Publisher::builder()
         .collectors(args.collectors.clone())
         .when_full(WhenFull::Block)
-        .topic_encoding(args.topic.clone(), encoding)
+        .topic_encoding(args.topic.clone(), encoding);
+    if let Some(dir) = &args.spool_dir {
+        builder = builder.spool_dir(dir);
+    }
+    let publisher = builder
         .build()
         .await
         .context("cannot start the publisher")?;
@@ -89,10 +105,11 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
         if show_progress && last_report.elapsed() >= Duration::from_millis(250) {
             last_report = Instant::now();
             let s = publisher.stats();
-            let rate = s.acknowledged as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            let acked = s.acknowledged + s.replayed;
+            let rate = acked as f64 / started.elapsed().as_secs_f64().max(1e-9);
             eprint!(
-                "\r{} read, {} acknowledged, {:.0} events/s   ",
-                lines, s.acknowledged, rate
+                "\r{} read, {} acknowledged, {} spooled, {:.0} events/s   ",
+                lines, acked, s.spool_events, rate
             );
             let _ = std::io::stderr().flush();
         }
@@ -101,21 +118,36 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
     let flushed =
         tokio::time::timeout(Duration::from_secs(args.timeout_secs), publisher.flush()).await;
     let stats = publisher.stats();
-    let unacked = stats.enqueued.saturating_sub(stats.acknowledged);
+    // Neither acknowledged nor spooled.
+    let unacked = stats.queue_depth;
     let _ = tokio::time::timeout(Duration::from_secs(5), publisher.close()).await;
     if show_progress {
         eprintln!();
     }
     let secs = started.elapsed().as_secs_f64();
     let failed = rejected + unacked;
-    eprintln!(
-        "{} events acknowledged in {:.2} s ({:.0} events/s); {} failed",
-        stats.acknowledged,
-        secs,
-        stats.acknowledged as f64 / secs.max(1e-9),
-        failed
-    );
+    let acked = stats.acknowledged + stats.replayed;
+    let spooled = stats.spool_events;
+    if args.spool_dir.is_some() {
+        eprintln!(
+            "{} events acknowledged in {:.2} s ({:.0} events/s); {} in the spool; {} failed",
+            acked,
+            secs,
+            acked as f64 / secs.max(1e-9),
+            spooled,
+            failed
+        );
+    } else {
+        eprintln!(
+            "{} events acknowledged in {:.2} s ({:.0} events/s); {} failed",
+            acked,
+            secs,
+            acked as f64 / secs.max(1e-9),
+            failed
+        );
+    }
     match flushed {
+        Ok(Ok(())) if failed == 0 && spooled > 0 => Ok(ExitCode::from(75)),
         Ok(Ok(())) if failed == 0 => Ok(ExitCode::SUCCESS),
         Ok(Ok(())) | Ok(Err(_)) => Ok(ExitCode::FAILURE),
         Err(_) => {

@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 
 use conduit_core::format::decode_file;
 use conduit_core::Encoding;
-use conduit_tests::{conduit_bin, CollectorProcess};
+use conduit_tests::{conduit_bin, free_port, CollectorProcess};
 
 fn publish(args: &[&str], input: &[u8]) -> (std::process::ExitStatus, String) {
     let mut child = Command::new(conduit_bin())
@@ -22,6 +22,79 @@ fn publish(args: &[&str], input: &[u8]) -> (std::process::ExitStatus, String) {
         out.status,
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Every payload under `root/data/<topic>/c1`, in file order, checking each file
+/// is closed.
+fn stored(root: &std::path::Path, topic: &str) -> Vec<String> {
+    let data = root.join(format!("data/{topic}/c1"));
+    let mut paths: Vec<_> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    paths.sort(); // names sort by minute, then sequence
+    let mut out = Vec::new();
+    for path in paths {
+        let bytes = std::fs::read(&path).unwrap();
+        let decoded = decode_file(path.to_str().unwrap(), &bytes, Encoding::Lines).unwrap();
+        assert!(decoded.scan.is_closed());
+        out.extend(
+            decoded
+                .payloads
+                .iter()
+                .map(|p| String::from_utf8_lossy(p).into_owned()),
+        );
+    }
+    out
+}
+
+#[test]
+fn publish_spools_while_no_collector_answers_and_sends_on_the_next_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let spool = dir.path().join("spool");
+    let thrift = format!("127.0.0.1:{}", free_port());
+    let http = format!("127.0.0.1:{}", free_port());
+    let first: String = (0..1000).map(|i| format!("first-{i}\n")).collect();
+    let args = [
+        "--topic",
+        "spooled",
+        "--collector",
+        &thrift,
+        "--spool-dir",
+        spool.to_str().unwrap(),
+    ];
+    // Nothing listens yet: everything is spooled, exit status 75.
+    let (status, stderr) = publish(&args, first.as_bytes());
+    assert_eq!(status.code(), Some(75), "{stderr}");
+    assert!(stderr.contains("1000 in the spool; 0 failed"), "{stderr}");
+
+    // The collector is up: the next run sends the spool first, then its own lines.
+    let mut collector = CollectorProcess::start_on(
+        root.to_str().unwrap(),
+        "c1",
+        &thrift,
+        &http,
+        &[],
+        &dir.path().join("logs"),
+    )
+    .unwrap();
+    let second: String = (0..500).map(|i| format!("second-{i}\n")).collect();
+    let (status, stderr) = publish(&args, second.as_bytes());
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("1500 events acknowledged"), "{stderr}");
+    assert!(stderr.contains("0 in the spool; 0 failed"), "{stderr}");
+    assert!(collector.terminate().unwrap().success());
+    let expected: Vec<String> = first
+        .lines()
+        .chain(second.lines())
+        .map(String::from)
+        .collect();
+    assert_eq!(
+        stored(&root, "spooled"),
+        expected,
+        "every line once, in order"
+    );
 }
 
 #[test]
@@ -61,23 +134,10 @@ fn publish_acknowledges_every_line_and_reports_failures() {
     assert!(stderr.contains("invalid topic name"), "{stderr}");
 
     assert!(collector.terminate().unwrap().success());
-    let data = root.join("data/clicks/c1");
-    let mut payloads = Vec::new();
-    let mut paths: Vec<_> = std::fs::read_dir(&data)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    paths.sort(); // names sort by minute, then sequence
-    for path in paths {
-        let bytes = std::fs::read(&path).unwrap();
-        let decoded = decode_file(path.to_str().unwrap(), &bytes, Encoding::Lines).unwrap();
-        assert!(decoded.scan.is_closed());
-        payloads.extend(decoded.payloads);
-    }
     let expected: Vec<String> = (0..5000).map(|i| format!("{{\"n\":{i}}}")).collect();
-    let got: Vec<String> = payloads
-        .iter()
-        .map(|p| String::from_utf8_lossy(p).into_owned())
-        .collect();
-    assert_eq!(got, expected, "every line once, in order");
+    assert_eq!(
+        stored(&root, "clicks"),
+        expected,
+        "every line once, in order"
+    );
 }
