@@ -19,6 +19,14 @@
 //! collector file lands in exactly one local minute; `_SUCCESS` is written last;
 //! only the lease holder commits ([`Fence`]).
 
+pub mod checkpoint;
+pub mod local;
+pub mod metrics;
+
+pub use checkpoint::Checkpoints;
+pub use local::LocalJob;
+pub use metrics::{SealProgress, WorkerMetrics};
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;

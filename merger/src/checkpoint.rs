@@ -1,0 +1,156 @@
+//! Job checkpoints: small versioned JSON hints kept in the cluster's storage.
+//!
+//! Path: `system/checkpoints/<job>/<key>.json` ([`Layout::checkpoint_path`]),
+//! written with [`Storage::write_atomic`] (hidden temporary, sync, rename over), so
+//! a reader sees the old or the new checkpoint, never a mix. Format (`version` 1;
+//! unknown fields are ignored):
+//!
+//! ```json
+//! {"version":1,"job":"local","key":"clicks","saved_at":"2026-11-22T10:06:01.500Z",
+//!  "state":{"last_sealed":"2026-11-22T10:05Z"}}
+//! ```
+//!
+//! Invariant: a checkpoint is **only a hint**. Every job can rebuild its state from
+//! the views themselves (which minutes carry a `_SUCCESS`, which collector files are
+//! still in `data/`), so a lost, stale, corrupt or future-version checkpoint costs a
+//! rescan, never data. [`Checkpoints::load`] therefore never fails: anything it
+//! cannot use is logged and reported as absent.
+
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use conduit_core::layout::Layout;
+use conduit_core::{SharedClock, SharedStorage};
+
+use crate::WorkerError;
+
+/// The checkpoint format version this build writes and reads.
+pub const CHECKPOINT_VERSION: u32 = 1;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Envelope<T> {
+    version: u32,
+    job: String,
+    key: String,
+    saved_at: DateTime<Utc>,
+    state: T,
+}
+
+/// Reads and writes the checkpoints of one job on one cluster.
+#[derive(Debug, Clone)]
+pub struct Checkpoints {
+    storage: SharedStorage,
+    clock: SharedClock,
+    job: &'static str,
+}
+
+impl Checkpoints {
+    /// Checkpoints of `job` (`local`, `merge`, ...) in `storage`.
+    pub fn new(storage: SharedStorage, clock: SharedClock, job: &'static str) -> Self {
+        Checkpoints {
+            storage,
+            clock,
+            job,
+        }
+    }
+
+    /// The path of `key`'s checkpoint.
+    pub fn path(&self, key: &str) -> Result<String, WorkerError> {
+        Layout::checkpoint_path(self.job, key)
+            .map_err(|e| WorkerError::Other(format!("checkpoint key {key:?}: {e}")))
+    }
+
+    /// The saved state of `key`, or `None` if there is none or it cannot be used
+    /// (missing, unreadable, malformed, another version): the caller rescans.
+    pub async fn load<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
+        let path = self.path(key).ok()?;
+        let bytes = match self.storage.read(&path).await {
+            Ok(bytes) => bytes,
+            Err(e) if e.is_not_found() => return None,
+            Err(e) => {
+                tracing::warn!(%path, error = %e, "cannot read checkpoint; rescanning");
+                return None;
+            }
+        };
+        match serde_json::from_slice::<Envelope<T>>(&bytes) {
+            Ok(env) if env.version == CHECKPOINT_VERSION && env.key == key => Some(env.state),
+            Ok(env) => {
+                tracing::warn!(%path, version = env.version, key = %env.key,
+                    "checkpoint of another version or key; rescanning");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(%path, error = %e, "malformed checkpoint; rescanning");
+                None
+            }
+        }
+    }
+
+    /// Saves `state` as `key`'s checkpoint (atomically replacing the old one).
+    pub async fn save<T: Serialize>(&self, key: &str, state: &T) -> Result<(), WorkerError> {
+        let path = self.path(key)?;
+        let env = Envelope {
+            version: CHECKPOINT_VERSION,
+            job: self.job.to_owned(),
+            key: key.to_owned(),
+            saved_at: self.clock.now(),
+            state,
+        };
+        let body = serde_json::to_vec(&env)
+            .map_err(|e| WorkerError::Other(format!("checkpoint {path}: {e}")))?;
+        self.storage.write_atomic(&path, body.into()).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use conduit_core::storage::LocalStorage;
+    use conduit_core::{Minute, SystemClock};
+
+    use super::*;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct State {
+        last_sealed: Minute,
+    }
+
+    #[tokio::test]
+    async fn round_trips_and_bad_checkpoints_are_absent() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage: SharedStorage = Arc::new(LocalStorage::open(dir.path()).unwrap());
+        let cp = Checkpoints::new(storage.clone(), SystemClock::shared(), "local");
+        assert_eq!(cp.load::<State>("clicks").await, None);
+        let state = State {
+            last_sealed: Minute::parse_flexible("2026-11-22T10:05Z").unwrap(),
+        };
+        cp.save("clicks", &state).await.unwrap();
+        assert_eq!(cp.load::<State>("clicks").await, Some(state));
+        let path = "system/checkpoints/local/clicks.json";
+        let text = String::from_utf8(storage.read(path).await.unwrap().to_vec()).unwrap();
+        assert!(text.contains(r#""version":1"#), "{text}");
+        assert!(
+            text.contains(r#""last_sealed":"2026-11-22T10:05Z""#),
+            "{text}"
+        );
+
+        storage
+            .write_atomic(path, bytes::Bytes::from_static(b"{garbage"))
+            .await
+            .unwrap();
+        assert_eq!(cp.load::<State>("clicks").await, None);
+        storage
+            .write_atomic(
+                path,
+                bytes::Bytes::from_static(
+                    br#"{"version":9,"job":"local","key":"clicks","saved_at":"2026-11-22T10:05:00Z","state":{"last_sealed":"2026-11-22T10:05Z"}}"#,
+                ),
+            )
+            .await
+            .unwrap();
+        assert_eq!(cp.load::<State>("clicks").await, None);
+    }
+}

@@ -1,0 +1,195 @@
+//! The worker's Prometheus metrics (served on `/metrics` by `conduit worker`).
+//!
+//! Every metric is registered under `conduit_worker_` and labelled with the job
+//! (`local`, `merge`, ...), so one alert rule covers every job:
+//!
+//! | metric | type | labels | meaning |
+//! |---|---|---|---|
+//! | `conduit_worker_passes_total` | counter | job | passes that completed |
+//! | `conduit_worker_errors_total` | counter | job | passes that failed (retried next interval) |
+//! | `conduit_worker_minutes_sealed_total` | counter | job | minute (or hour) directories sealed |
+//! | `conduit_worker_files_moved_total` | counter | job | data files moved or copied into a view |
+//! | `conduit_worker_late_files_total` | counter | job | files recorded as late |
+//! | `conduit_worker_bytes_copied_total` | counter | job | bytes copied (renames count 0) |
+//! | `conduit_worker_deleted_total` | counter | job | directories deleted by retention |
+//! | `conduit_worker_pending_minutes` | gauge | job | backlog reported by the last pass |
+//! | `conduit_worker_lag_seconds` | gauge | view, topic | clock minus the end of the newest sealed minute |
+//! | `conduit_worker_lease_held` | gauge | | 1 while this worker holds the lease, 0 on standby |
+//! | `conduit_worker_lease_epoch` | gauge | | epoch of the lease last held |
+//!
+//! The lag is computed after every pass from [`SealProgress`], which jobs update as
+//! they seal; a healthy cluster shows between 0 and about 63 s (a minute is sealed
+//! shortly after it ends, and the lag grows until the next one is).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use conduit_core::http::prometheus_client::metrics::counter::Counter;
+use conduit_core::http::prometheus_client::metrics::family::Family;
+use conduit_core::http::prometheus_client::metrics::gauge::Gauge;
+use conduit_core::http::SharedRegistry;
+use conduit_core::{Minute, Topic, View};
+
+use crate::PassReport;
+
+/// Label set: a list of (name, value) pairs.
+pub type Labels = Vec<(&'static str, String)>;
+
+/// The newest sealed minute per (view, topic), shared between a job and the
+/// daemon's lag gauge. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct SealProgress {
+    inner: Arc<Mutex<BTreeMap<(View, Topic), Minute>>>,
+}
+
+impl SealProgress {
+    /// Records that `minute` is the newest sealed minute of `topic` in `view`.
+    pub fn record(&self, view: View, topic: &Topic, minute: Minute) {
+        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert((view, topic.clone()), minute);
+    }
+
+    /// Every (view, topic, newest sealed minute).
+    pub fn snapshot(&self) -> Vec<(View, Topic, Minute)> {
+        let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter().map(|((v, t), m)| (*v, t.clone(), *m)).collect()
+    }
+
+    /// The newest sealed minute of `topic` in `view`, if any.
+    pub fn get(&self, view: View, topic: &Topic) -> Option<Minute> {
+        let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&(view, topic.clone())).copied()
+    }
+}
+
+/// All worker metrics. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct WorkerMetrics {
+    /// Completed passes by job.
+    pub passes: Family<Labels, Counter>,
+    /// Failed passes by job.
+    pub errors: Family<Labels, Counter>,
+    /// Directories sealed by job.
+    pub sealed: Family<Labels, Counter>,
+    /// Files moved or copied by job.
+    pub files: Family<Labels, Counter>,
+    /// Late files by job.
+    pub late_files: Family<Labels, Counter>,
+    /// Bytes copied by job.
+    pub bytes_copied: Family<Labels, Counter>,
+    /// Directories deleted by job.
+    pub deleted: Family<Labels, Counter>,
+    /// Backlog of the last pass by job.
+    pub pending: Family<Labels, Gauge>,
+    /// Lag of the newest sealed minute behind the clock, by view and topic.
+    pub lag_seconds: Family<Labels, Gauge<f64, AtomicU64>>,
+    /// 1 while the lease is held.
+    pub lease_held: Gauge,
+    /// Epoch of the lease last held.
+    pub lease_epoch: Gauge,
+}
+
+impl WorkerMetrics {
+    /// Creates the metrics and registers them under `conduit_worker_*`.
+    pub fn new(registry: &SharedRegistry) -> Self {
+        let m = WorkerMetrics {
+            passes: Family::default(),
+            errors: Family::default(),
+            sealed: Family::default(),
+            files: Family::default(),
+            late_files: Family::default(),
+            bytes_copied: Family::default(),
+            deleted: Family::default(),
+            pending: Family::default(),
+            lag_seconds: Family::default(),
+            lease_held: Gauge::default(),
+            lease_epoch: Gauge::default(),
+        };
+        let mut r = registry.lock().unwrap_or_else(|p| p.into_inner());
+        let r = r.sub_registry_with_prefix("conduit_worker");
+        r.register("passes", "Job passes completed", m.passes.clone());
+        r.register("errors", "Job passes that failed", m.errors.clone());
+        r.register(
+            "minutes_sealed",
+            "Minute or hour directories sealed",
+            m.sealed.clone(),
+        );
+        r.register(
+            "files_moved",
+            "Data files moved or copied into a view",
+            m.files.clone(),
+        );
+        r.register("late_files", "Files recorded as late", m.late_files.clone());
+        r.register(
+            "bytes_copied",
+            "Bytes copied (renames count 0)",
+            m.bytes_copied.clone(),
+        );
+        r.register(
+            "deleted",
+            "Directories deleted by retention",
+            m.deleted.clone(),
+        );
+        r.register(
+            "pending_minutes",
+            "Minutes waiting, as reported by the last pass",
+            m.pending.clone(),
+        );
+        r.register(
+            "lag_seconds",
+            "Seconds between the clock and the end of the newest sealed minute",
+            m.lag_seconds.clone(),
+        );
+        r.register(
+            "lease_held",
+            "1 while this worker holds the cluster's lease, 0 on standby",
+            m.lease_held.clone(),
+        );
+        r.register(
+            "lease_epoch",
+            "Epoch of the lease this worker last held",
+            m.lease_epoch.clone(),
+        );
+        m
+    }
+
+    fn job(job: &str) -> Labels {
+        vec![("job", job.to_owned())]
+    }
+
+    /// Counts a completed pass of `job`.
+    pub fn record_pass(&self, job: &str, report: &PassReport) {
+        let l = Self::job(job);
+        self.passes.get_or_create(&l).inc();
+        self.sealed.get_or_create(&l).inc_by(report.sealed);
+        self.files.get_or_create(&l).inc_by(report.files);
+        self.late_files.get_or_create(&l).inc_by(report.late_files);
+        self.bytes_copied
+            .get_or_create(&l)
+            .inc_by(report.bytes_copied);
+        self.deleted.get_or_create(&l).inc_by(report.deleted);
+        self.pending
+            .get_or_create(&l)
+            .set(i64::try_from(report.pending).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a failed pass of `job`.
+    pub fn record_error(&self, job: &str) {
+        self.errors.get_or_create(&Self::job(job)).inc();
+    }
+
+    /// Sets the lag gauges from `progress` at `now`.
+    pub fn update_lag(&self, progress: &SealProgress, now: DateTime<Utc>) {
+        for (view, topic, minute) in progress.snapshot() {
+            let lag = (now - minute.end()).num_milliseconds() as f64 / 1000.0;
+            self.lag_seconds
+                .get_or_create(&vec![
+                    ("view", view.name().to_owned()),
+                    ("topic", topic.to_string()),
+                ])
+                .set(lag.max(0.0));
+        }
+    }
+}

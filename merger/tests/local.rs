@@ -1,0 +1,321 @@
+//! The `local` job against a real in-process collector on local disk, with a test
+//! clock: minute sealing (empty minutes included), lost checkpoints, a crash at
+//! every storage call of a pass, and a collector that comes back late.
+
+mod worker_support;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use chrono::TimeZone;
+use conduit_core::scribe::ResultCode;
+use conduit_core::storage::{FaultPlan, FaultStorage, LocalStorage};
+use conduit_core::{Config, SharedStorage, TestClock, Topic, View};
+use conduit_merger::{Job, LocalJob};
+use worker_support::*;
+
+fn clock_at(h: u32, m: u32, s: u32) -> TestClock {
+    TestClock::at(chrono::Utc.with_ymd_and_hms(2026, 11, 22, h, m, s).unwrap())
+}
+
+fn set(clock: &TestClock, h: u32, m: u32, s: u32) {
+    clock.set(chrono::Utc.with_ymd_and_hms(2026, 11, 22, h, m, s).unwrap());
+}
+
+fn config(extra: &str) -> Config {
+    Config::parse("test", extra).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minutes_seal_in_order_with_empty_ones_and_survive_a_lost_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage: SharedStorage = Arc::new(LocalStorage::open(dir.path()).unwrap());
+    let clock = clock_at(10, 5, 30);
+    let cfg = config("[topics.quiet]\n");
+    let collector = start_collector(storage.clone(), clock.shared(), "c1", &cfg, 1 << 20).await;
+    let mut client = Client::connect(collector.thrift_addr()).await;
+    let clicks = Topic::new("clicks").unwrap();
+
+    assert_eq!(
+        client.log("clicks", &payloads("a", 100, 10)).await,
+        ResultCode::Ok
+    );
+    set(&clock, 10, 6, 10);
+    wait_watermark(&storage, "c1", minute("2026-11-22T10:05")).await;
+    assert_eq!(
+        client.log("clicks", &payloads("b", 50, 10)).await,
+        ResultCode::Ok
+    );
+    set(&clock, 10, 8, 10); // 10:07 gets no data
+    wait_watermark(&storage, "c1", minute("2026-11-22T10:07")).await;
+    assert_eq!(
+        client.log("clicks", &payloads("c", 30, 10)).await,
+        ResultCode::Ok
+    );
+
+    let mut job = LocalJob::new(env(storage.clone(), clock.shared(), cfg.clone()));
+    let report = job.pass().await.unwrap();
+    assert_eq!(
+        report.sealed, 3,
+        "10:05, 10:06 and the empty 10:07: {report:?}"
+    );
+    assert_eq!(report.files, 2, "{report:?}");
+    let view = check_local_view(&*storage, &clicks).await;
+    let records: Vec<(String, u64, usize)> = view
+        .sealed
+        .values()
+        .map(|m| (m.minute.to_string(), m.records, m.files.len()))
+        .collect();
+    assert_eq!(
+        records,
+        vec![
+            ("2026-11-22T10:05Z".to_string(), 100, 1),
+            ("2026-11-22T10:06Z".to_string(), 50, 1),
+            ("2026-11-22T10:07Z".to_string(), 0, 0),
+        ]
+    );
+    assert_eq!(view.waiting.len(), 1, "the open 10:08 file stays: {view:?}");
+    let m = &view.sealed[&minute("2026-11-22T10:05")];
+    assert_eq!(m.files[0].name, "dc1-c1-clicks-2026-11-22-10-05_00000.zst");
+    assert_eq!(m.sealed_by, "dc1/test-worker");
+    assert_eq!(m.clusters, vec![node("dc1")]);
+    assert_eq!(
+        job.progress().get(View::Local, &clicks),
+        Some(minute("2026-11-22T10:07"))
+    );
+    let cp = storage
+        .read("system/checkpoints/local/clicks.json")
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&cp).contains(r#""last_sealed":"2026-11-22T10:07Z""#));
+
+    // Nothing more to do until 10:08 ends and the collector passes it.
+    assert_eq!(job.pass().await.unwrap().sealed, 0);
+    set(&clock, 10, 9, 5);
+    wait_watermark(&storage, "c1", minute("2026-11-22T10:08")).await;
+    let report = job.pass().await.unwrap();
+    // clicks 10:08, and quiet's first minute (its stream started at 10:08, the
+    // minute the worker first served it).
+    assert_eq!(report.sealed, 2, "{report:?}");
+    let view = check_local_view(&*storage, &clicks).await;
+    assert_eq!(view.records(), 180);
+    assert!(view.waiting.is_empty());
+    let quiet = check_local_view(&*storage, &Topic::new("quiet").unwrap()).await;
+    assert_eq!(
+        quiet.sealed.keys().copied().collect::<Vec<_>>(),
+        vec![minute("2026-11-22T10:08")]
+    );
+
+    // A corrupt checkpoint and a fresh job: a rescan, no re-sealing, no gap.
+    storage
+        .write_atomic(
+            "system/checkpoints/local/clicks.json",
+            bytes::Bytes::from_static(b"{"),
+        )
+        .await
+        .unwrap();
+    storage
+        .delete("system/checkpoints/local/quiet.json", false)
+        .await
+        .unwrap();
+    set(&clock, 10, 10, 5);
+    wait_watermark(&storage, "c1", minute("2026-11-22T10:09")).await;
+    let mut fresh = LocalJob::new(env(storage.clone(), clock.shared(), cfg.clone()));
+    let report = fresh.pass().await.unwrap();
+    assert_eq!(report.sealed, 2, "10:09 of both topics: {report:?}");
+    let view = check_local_view(&*storage, &clicks).await;
+    assert_eq!(view.sealed.len(), 5);
+    assert_eq!(view.records(), 180);
+    collector.stop().await.unwrap();
+}
+
+/// Builds the state the crash test starts from: a stopped collector's files of
+/// 10:05 (several, small max file size), 10:06 and 10:08; returns the root.
+async fn build_backlog(root: &std::path::Path) -> (TestClock, usize) {
+    let storage: SharedStorage = Arc::new(LocalStorage::open(root).unwrap());
+    let clock = clock_at(10, 5, 30);
+    let cfg = Config::default();
+    let collector = start_collector(storage.clone(), clock.shared(), "c1", &cfg, 4096).await;
+    let mut client = Client::connect(collector.thrift_addr()).await;
+    let mut acked = 0;
+    for i in 0..4 {
+        let batch = payloads(&format!("a{i}"), 20, 200);
+        assert_eq!(client.log("clicks", &batch).await, ResultCode::Ok);
+        acked += batch.len();
+    }
+    set(&clock, 10, 6, 10);
+    wait_watermark(&storage, "c1", minute("2026-11-22T10:05")).await;
+    let batch = payloads("b", 40, 20);
+    assert_eq!(client.log("clicks", &batch).await, ResultCode::Ok);
+    acked += batch.len();
+    set(&clock, 10, 8, 10);
+    wait_watermark(&storage, "c1", minute("2026-11-22T10:07")).await;
+    let batch = payloads("c", 25, 20);
+    assert_eq!(client.log("clicks", &batch).await, ResultCode::Ok);
+    acked += batch.len();
+    collector.stop().await.unwrap();
+    (clock, acked)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_at_any_storage_call_never_loses_or_duplicates_a_file() {
+    let work = tempfile::tempdir().unwrap();
+    let fresh = work.path().join("fresh");
+    let (clock, acked) = build_backlog(&fresh).await;
+    let clicks = Topic::new("clicks").unwrap();
+    let fresh_storage: SharedStorage = Arc::new(LocalStorage::open(&fresh).unwrap());
+    let originals = collector_files(&*fresh_storage, &clicks).await;
+    assert!(
+        originals.len() >= 4,
+        "several files of 10:05: {originals:?}"
+    );
+
+    // Second starting point: 10:05..10:07 sealed while one 10:05 file was away;
+    // it comes back late, and the clock moves past 10:08.
+    let later = work.path().join("later");
+    copy_tree(&fresh, &later);
+    let later_storage: SharedStorage = Arc::new(LocalStorage::open(&later).unwrap());
+    let away = "data/clicks/c1/clicks-2026-11-22-10-05_00001.zst";
+    let bytes = later_storage.read(away).await.unwrap();
+    later_storage.delete(away, false).await.unwrap();
+    let mut job = LocalJob::new(env(
+        later_storage.clone(),
+        clock.shared(),
+        Config::default(),
+    ));
+    assert_eq!(job.pass().await.unwrap().sealed, 3);
+    later_storage.write_atomic(away, bytes).await.unwrap();
+    let later_clock = clock_at(10, 9, 30);
+
+    for (name, root, clock, sealed_after) in [
+        ("fresh", &fresh, &later_clock, 4usize),
+        ("later", &later, &later_clock, 4usize),
+    ] {
+        let mut calls = 0;
+        for n in 1.. {
+            let copy = work.path().join(format!("{name}-{n}"));
+            copy_tree(root, &copy);
+            let real: SharedStorage = Arc::new(LocalStorage::open(&copy).unwrap());
+            let plan = FaultPlan::new();
+            plan.fail_after(n - 1);
+            let faulty: SharedStorage = Arc::new(FaultStorage::new(real.clone(), plan.clone()));
+            let mut crashed = LocalJob::new(env(faulty, clock.shared(), Config::default()));
+            let result = crashed.pass().await;
+            if plan.injected() == 0 {
+                result.unwrap();
+                calls = n - 1;
+                std::fs::remove_dir_all(&copy).unwrap();
+                break;
+            }
+            drop(crashed);
+            // Right after the crash: consistent, nothing lost or doubled.
+            let before = check_local_view(&*real, &clicks).await;
+            let placed: BTreeSet<&String> =
+                before.placed.keys().chain(before.waiting.iter()).collect();
+            assert_eq!(
+                placed,
+                originals.keys().collect::<BTreeSet<_>>(),
+                "{name} crash at call {n}: every file is somewhere"
+            );
+            // Restart: a fresh job until nothing is left to do.
+            let mut restarted = LocalJob::new(env(real.clone(), clock.shared(), Config::default()));
+            restarted.pass().await.unwrap();
+            assert_eq!(restarted.pass().await.unwrap().sealed, 0);
+            let after = check_local_view(&*real, &clicks).await;
+            assert!(after.waiting.is_empty(), "{name}/{n}: {after:?}");
+            assert_eq!(after.placed.len(), originals.len(), "{name}/{n}");
+            assert_eq!(after.sealed.len(), sealed_after, "{name}/{n}");
+            assert_eq!(
+                after.records(),
+                acked as u64,
+                "{name}/{n}: records == acknowledged"
+            );
+            for (m, manifest) in &before.sealed {
+                assert_eq!(
+                    &after.sealed[m], manifest,
+                    "{name}/{n}: sealed {m} never changes"
+                );
+            }
+            if name == "later" {
+                let late: Vec<_> = after
+                    .sealed
+                    .values()
+                    .flat_map(|m| {
+                        m.files
+                            .iter()
+                            .filter(|f| f.late)
+                            .map(|f| (m.minute, f.minute))
+                    })
+                    .collect();
+                assert_eq!(
+                    late,
+                    vec![(minute("2026-11-22T10:08"), minute("2026-11-22T10:05"))],
+                    "{name}/{n}"
+                );
+            }
+            std::fs::remove_dir_all(&copy).unwrap();
+        }
+        assert!(calls > 10, "{name}: a pass makes {calls} storage calls");
+        eprintln!("{name}: crashed at each of {calls} storage calls");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_comes_back_late_lands_in_a_later_minute() {
+    let dir = tempfile::tempdir().unwrap();
+    let real: SharedStorage = Arc::new(LocalStorage::open(dir.path()).unwrap());
+    let plan = FaultPlan::new();
+    let c2_storage: SharedStorage = Arc::new(FaultStorage::new(real.clone(), plan.clone()));
+    let clock = clock_at(10, 5, 30);
+    let cfg = config("[worker]\ncollector_timeout_secs = 5\n");
+    let c1 = start_collector(real.clone(), clock.shared(), "c1", &cfg, 1 << 20).await;
+    let c2 = start_collector(c2_storage, clock.shared(), "c2", &cfg, 1 << 20).await;
+    let mut p1 = Client::connect(c1.thrift_addr()).await;
+    let mut p2 = Client::connect(c2.thrift_addr()).await;
+    assert_eq!(
+        p1.log("clicks", &payloads("one", 10, 10)).await,
+        ResultCode::Ok
+    );
+    assert_eq!(
+        p2.log("clicks", &payloads("two", 7, 10)).await,
+        ResultCode::Ok
+    );
+
+    // c2 loses its storage: it cannot close its 10:05 file nor heartbeat.
+    plan.fail_all();
+    set(&clock, 10, 6, 10);
+    wait_watermark(&real, "c1", minute("2026-11-22T10:05")).await;
+    let mut job = LocalJob::new(env(real.clone(), clock.shared(), cfg.clone()));
+    let clicks = Topic::new("clicks").unwrap();
+    let report = job.pass().await.unwrap();
+    assert_eq!(
+        report.sealed, 1,
+        "c2 is silent for > 5 s and does not hold 10:05"
+    );
+    let view = check_local_view(&*real, &clicks).await;
+    assert_eq!(view.sealed[&minute("2026-11-22T10:05")].records, 10);
+    assert_eq!(view.waiting.len(), 1, "c2's unclosed file stays in data/");
+
+    // c2's storage returns: it closes its file; the file is late.
+    plan.heal();
+    wait_watermark(&real, "c2", minute("2026-11-22T10:05")).await;
+    let report = job.pass().await.unwrap();
+    assert_eq!(report.late_files, 1, "{report:?}");
+    set(&clock, 10, 7, 5);
+    wait_watermark(&real, "c1", minute("2026-11-22T10:06")).await;
+    wait_watermark(&real, "c2", minute("2026-11-22T10:06")).await;
+    assert_eq!(job.pass().await.unwrap().sealed, 1);
+    let view = check_local_view(&*real, &clicks).await;
+    let m = &view.sealed[&minute("2026-11-22T10:06")];
+    assert_eq!(m.files.len(), 1);
+    assert_eq!(m.files[0].name, "dc1-c2-clicks-2026-11-22-10-05_00000.zst");
+    assert!(m.files[0].late);
+    assert_eq!(m.files[0].minute, minute("2026-11-22T10:05"));
+    assert_eq!(
+        view.records(),
+        17,
+        "records in manifests == records acknowledged"
+    );
+    c1.stop().await.unwrap();
+    c2.stop().await.unwrap();
+}
