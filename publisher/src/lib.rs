@@ -100,8 +100,8 @@
 //! # Audit records
 //! Unless disabled with [`PublisherBuilder::audit_interval`]`(None)`, the publisher
 //! counts its acknowledged events per topic and per *enqueue minute* (the UTC
-//! minute, read from [`PublisherBuilder::clock`], in which `publish` accepted the
-//! event) and, every `audit_interval` (default 60 s) and at [`Publisher::close`],
+//! minute of [`PublisherBuilder::clock`] in which `publish` accepted the event)
+//! and, every `audit_interval` (default 60 s) and at [`Publisher::close`],
 //! publishes the counts accumulated since its previous audit record for each key as
 //! events on the system topic `_audit`, through its own pipeline (so they are
 //! batched, acknowledged and deduplicated like any other event; the collector
@@ -129,6 +129,17 @@
 //! - `sent_at`: when the record was produced (RFC 3339, publisher clock).
 //!
 //! Counts still unpublished when a publisher is dropped without `close` are lost.
+//!
+//! **The enqueue-minute rule.** So that `publish` does not read the clock, the
+//! publisher keeps the current minute in one shared atomic that a small task
+//! advances at each minute boundary of the clock (and re-reads at least every
+//! second, following clock adjustments); `publish` stamps whatever it holds
+//! ([`Publisher::enqueue_minute`]). An event accepted in the first moments of a
+//! minute — until that task has run, normally about a millisecond, longer on an
+//! overloaded machine — is counted in the previous minute. Every acknowledged
+//! event is counted exactly once; only its minute can be off by one at a
+//! boundary, which the audit's per-minute comparison must tolerate anyway (the
+//! collector files events by its own receive minute).
 //!
 //! # Example
 //! ```
@@ -175,15 +186,16 @@
 mod runner;
 mod spool;
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use conduit_core::{Encoding, SharedClock, SystemClock, Topic};
+use conduit_core::{Encoding, Minute, SharedClock, SystemClock, Topic};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Most batches a connection may have in flight (the collector remembers 8192
@@ -559,6 +571,15 @@ impl PublisherBuilder {
         let (tx, rx) = mpsc::channel(settings.queue_capacity);
         let (alive_tx, alive_rx) = watch::channel(());
         let counters = Arc::new(Counters::default());
+        let minute = Arc::new(AtomicI64::new(NO_MINUTE));
+        if settings.audit_interval.is_some() {
+            minute.store(settings.clock.minute().epoch_minutes(), Ordering::Relaxed);
+            tokio::spawn(minute_ticker(
+                settings.clock.clone(),
+                minute.clone(),
+                alive_rx.clone(),
+            ));
+        }
         let settings = Arc::new(settings);
         let task = runner::Runner::new(
             settings.clone(),
@@ -575,6 +596,8 @@ impl PublisherBuilder {
                 tx,
                 settings,
                 counters,
+                serial: PUBLISHER_SERIAL.fetch_add(1, Ordering::Relaxed),
+                minute,
                 publisher_id,
                 _alive: alive_tx,
             }),
@@ -798,11 +821,52 @@ impl Stats {
     }
 }
 
+/// Topics recently published on this thread, per publisher, with their checked
+/// name as shared `Bytes` and declared encoding, so `publish` neither allocates nor
+/// hashes for a topic it has seen. Bounded: [`TOPIC_CACHE_SLOTS`] per thread.
+struct CachedTopic {
+    publisher: u64,
+    topic: Bytes,
+    encoding: Option<Encoding>,
+}
+
+const TOPIC_CACHE_SLOTS: usize = 16;
+
+thread_local! {
+    static TOPICS: RefCell<Vec<CachedTopic>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Distinguishes publishers in the per-thread topic caches.
+static PUBLISHER_SERIAL: AtomicU64 = AtomicU64::new(1);
+
+/// No minute stamped (auditing disabled).
+const NO_MINUTE: i64 = 0;
+
+/// Keeps `minute` equal to the clock's current minute (epoch minutes): wakes at
+/// every minute boundary of the clock and at least every second (to follow clock
+/// adjustments), until the publisher is dropped.
+async fn minute_ticker(clock: SharedClock, minute: Arc<AtomicI64>, mut alive: watch::Receiver<()>) {
+    loop {
+        let now = clock.minute();
+        minute.store(now.epoch_minutes(), Ordering::Relaxed);
+        let next = now.next().unwrap_or(now).start();
+        tokio::select! {
+            _ = alive.changed() => return,
+            _ = clock.sleep_until(next) => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
     tx: mpsc::Sender<Msg>,
     settings: Arc<Settings>,
     counters: Arc<Counters>,
+    serial: u64,
+    /// The enqueue minute stamped on events (epoch minutes), kept current by
+    /// [`minute_ticker`].
+    minute: Arc<AtomicI64>,
     publisher_id: String,
     /// Dropped with the last handle: tells the background task to stop.
     _alive: watch::Sender<()>,
@@ -834,7 +898,49 @@ impl Publisher {
         &self.inner.publisher_id
     }
 
-    /// Checks an event and turns it into a queue message.
+    /// The enqueue minute `publish` stamps on events right now, for the audit
+    /// records (see "Audit records" in the crate docs).
+    pub fn enqueue_minute(&self) -> Option<Minute> {
+        self.inner.settings.audit_interval?;
+        Minute::from_epoch_minutes(self.inner.minute.load(Ordering::Relaxed)).ok()
+    }
+
+    /// The topic as shared `Bytes` and its declared encoding, from this thread's
+    /// cache (checking and caching it the first time).
+    fn topic(&self, topic: &str) -> Result<(Bytes, Option<Encoding>), PublishError> {
+        let serial = self.inner.serial;
+        let hit = TOPICS.with_borrow(|cache| {
+            cache
+                .iter()
+                .find(|c| c.publisher == serial && c.topic.as_ref() == topic.as_bytes())
+                .map(|c| (c.topic.clone(), c.encoding))
+        });
+        if let Some(hit) = hit {
+            return Ok(hit);
+        }
+        // `Topic::new`'s rule, checked without allocating.
+        if !is_topic(topic) {
+            return Err(PublishError::InvalidTopic {
+                topic: topic.to_string(),
+            });
+        }
+        let bytes = Bytes::copy_from_slice(topic.as_bytes());
+        let encoding = self.inner.settings.encodings.get(topic).copied();
+        TOPICS.with_borrow_mut(|cache| {
+            if cache.len() >= TOPIC_CACHE_SLOTS {
+                cache.remove(0);
+            }
+            cache.push(CachedTopic {
+                publisher: serial,
+                topic: bytes.clone(),
+                encoding,
+            });
+        });
+        Ok((bytes, encoding))
+    }
+
+    /// Checks an event and turns it into a queue message. Allocation-free for a
+    /// topic this thread has published to recently.
     fn event(
         &self,
         topic: &str,
@@ -843,19 +949,14 @@ impl Publisher {
     ) -> Result<Msg, PublishError> {
         let settings = &self.inner.settings;
         let checked = (|| {
-            // `Topic::new`'s rule, checked without allocating.
-            if !is_topic(topic) {
-                return Err(PublishError::InvalidTopic {
-                    topic: topic.to_string(),
-                });
-            }
+            let (topic_bytes, encoding) = self.topic(topic)?;
             if payload.len() > settings.max_message_bytes {
                 return Err(PublishError::MessageTooLarge {
                     len: payload.len(),
                     max: settings.max_message_bytes,
                 });
             }
-            if let Some(encoding) = settings.encodings.get(topic) {
+            if let Some(encoding) = encoding {
                 if let Err(conduit_core::RecordError::NewlineInLinesPayload { at }) =
                     encoding.check(&payload)
                 {
@@ -865,21 +966,19 @@ impl Publisher {
                     });
                 }
             }
-            Ok(())
+            Ok(topic_bytes)
         })();
-        if let Err(e) = checked {
-            self.inner.counters.failed.fetch_add(1, Ordering::Relaxed);
-            return Err(e);
-        }
-        let minute = if settings.audit_interval.is_some() {
-            settings.clock.minute().epoch_minutes()
-        } else {
-            0
+        let topic = match checked {
+            Ok(t) => t,
+            Err(e) => {
+                self.inner.counters.failed.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
         };
         Ok(Msg::Event {
-            topic: Bytes::copy_from_slice(topic.as_bytes()),
+            topic,
             payload,
-            minute,
+            minute: self.inner.minute.load(Ordering::Relaxed),
             ack,
         })
     }

@@ -116,6 +116,17 @@ async fn audit_counts_match_published_per_topic_and_minute() {
         // Some events of this minute are acknowledged only after the clock moved on:
         // the enqueue minute is what counts.
         clock.advance(Duration::from_secs(60));
+        // `publish` stamps the minute its background task keeps current: wait for
+        // it to follow the clock (the enqueue-minute rule in the crate docs).
+        let moved = minute.next().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while publisher.enqueue_minute() != Some(moved) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "minute never advanced"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
     let handle = publisher.clone();
     publisher.close().await.unwrap();

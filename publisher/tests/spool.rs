@@ -143,6 +143,12 @@ async fn spool_survives_a_restart_and_is_replayed_exactly_once_in_order() {
         let p = publisher.clone();
         tokio::spawn(async move { p.publish_acked("spooled_acked", "acked").await })
     };
+    wait_for(
+        "the acked event to be queued",
+        Duration::from_secs(10),
+        || publisher.stats().enqueued == 1,
+    )
+    .await;
     for i in 0..n {
         publisher
             .publish("spooled", payload("first", i))
