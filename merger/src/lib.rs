@@ -20,10 +20,23 @@
 //! only the lease holder commits ([`Fence`]).
 
 pub mod checkpoint;
+pub mod lease;
 pub mod local;
 pub mod metrics;
 
+mod copy;
+pub mod compact;
+pub mod merge;
+pub mod mirror;
+pub mod purge;
+
+pub use compact::CompactJob;
+pub use merge::MergeJob;
+pub use mirror::MirrorJob;
+pub use purge::PurgeJob;
+
 pub use checkpoint::Checkpoints;
+pub use lease::{Lease, LeaseRecord, LeaseSettings, LeaseStatus, Monotonic};
 pub use local::LocalJob;
 pub use metrics::{SealProgress, WorkerMetrics};
 

@@ -1,0 +1,203 @@
+//! The worker lease on local disk with a test clock: one holder, takeover by a
+//! standby once the holder stops renewing, fencing of the paused old holder (its
+//! local job commits nothing), racing standbys, and a clean release.
+
+mod worker_support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::TimeZone;
+use conduit_core::scribe::ResultCode;
+use conduit_core::storage::LocalStorage;
+use conduit_core::{Config, SharedStorage, TestClock, Topic};
+use conduit_merger::{
+    Fence, Job, Lease, LeaseSettings, LeaseStatus, LocalJob, Monotonic, WorkerError,
+};
+use worker_support::*;
+
+fn setup() -> (tempfile::TempDir, SharedStorage, TestClock) {
+    let dir = tempfile::tempdir().unwrap();
+    let storage: SharedStorage = Arc::new(LocalStorage::open(dir.path()).unwrap());
+    let clock = TestClock::at(
+        chrono::Utc
+            .with_ymd_and_hms(2026, 11, 22, 10, 5, 30)
+            .unwrap(),
+    );
+    (dir, storage, clock)
+}
+
+fn worker(storage: &SharedStorage, clock: &TestClock, id: &str) -> Arc<Lease> {
+    Lease::new(
+        storage.clone(),
+        clock.shared(),
+        Monotonic::from_clock(clock.shared()),
+        LeaseSettings::worker(format!("dc1/{id}"), 30),
+    )
+}
+
+fn held(status: LeaseStatus) -> u64 {
+    match status {
+        LeaseStatus::Held { epoch } => epoch,
+        other => panic!("expected to hold the lease: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_standby_takes_over_a_paused_holder_which_is_fenced() {
+    let (_dir, storage, clock) = setup();
+    let a = worker(&storage, &clock, "a");
+    let b = worker(&storage, &clock, "b");
+    assert_eq!(held(a.acquire().await.unwrap()), 1);
+    a.check().await.unwrap();
+    assert!(matches!(
+        b.acquire().await.unwrap(),
+        LeaseStatus::Standby { .. }
+    ));
+    let record = Lease::read_record(&storage, "worker")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.holder, "dc1/a");
+    assert_eq!(record.epoch, 1);
+
+    // A renews every 10 s; B stays standby.
+    for _ in 0..3 {
+        clock.advance(Duration::from_secs(10));
+        a.renew().await.unwrap();
+        assert!(matches!(
+            b.acquire().await.unwrap(),
+            LeaseStatus::Standby { .. }
+        ));
+    }
+    a.check().await.unwrap();
+    let last_renewal = clock.shared().now();
+
+    // A pauses (no renewals). By its own clock it stops committing after L - d.
+    clock.advance(Duration::from_secs(24));
+    a.check().await.unwrap();
+    clock.advance(Duration::from_secs(2));
+    assert!(matches!(
+        a.check().await,
+        Err(WorkerError::LostLease { .. })
+    ));
+    // B waits for expiry plus the drift allowance (30 + 5 s)...
+    assert!(matches!(
+        b.acquire().await.unwrap(),
+        LeaseStatus::Standby { .. }
+    ));
+    clock.set(last_renewal + chrono::Duration::seconds(36));
+    assert_eq!(held(b.acquire().await.unwrap()), 2);
+    let took = clock.shared().now() - last_renewal;
+    assert!(
+        took <= chrono::Duration::seconds(90),
+        "takeover after {took}"
+    );
+    b.check().await.unwrap();
+
+    // A wakes up: its renewal sees the higher claim; it stays fenced.
+    assert!(matches!(
+        a.renew().await,
+        Err(WorkerError::LostLease { .. })
+    ));
+    assert!(matches!(
+        a.check().await,
+        Err(WorkerError::LostLease { .. })
+    ));
+    // Its late write did land; B's next renewal restores the record and B keeps it.
+    clock.advance(Duration::from_secs(10));
+    b.renew().await.unwrap();
+    let record = Lease::read_record(&storage, "worker")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((record.holder.as_str(), record.epoch), ("dc1/b", 2));
+    b.check().await.unwrap();
+}
+
+#[tokio::test]
+async fn racing_standbys_get_one_holder_and_release_hands_over_at_once() {
+    let (_dir, storage, clock) = setup();
+    let workers: Vec<_> = (0..4)
+        .map(|i| worker(&storage, &clock, &format!("w{i}")))
+        .collect();
+    let results = futures_join_all(workers.iter().map(|w| w.clone()).collect::<Vec<_>>()).await;
+    let holders: Vec<usize> = results
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| matches!(s, LeaseStatus::Held { .. }))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(holders.len(), 1, "exactly one holder: {results:?}");
+    let holder = &workers[holders[0]];
+    let other = &workers[(holders[0] + 1) % workers.len()];
+    assert!(matches!(
+        other.check().await,
+        Err(WorkerError::LostLease { .. })
+    ));
+
+    holder.release().await.unwrap();
+    assert!(
+        holder.check().await.is_err(),
+        "a released lease fences at once"
+    );
+    let epoch = held(other.acquire().await.unwrap());
+    assert!(epoch >= 2);
+    other.check().await.unwrap();
+}
+
+async fn futures_join_all(workers: Vec<Arc<Lease>>) -> Vec<LeaseStatus> {
+    let mut tasks = Vec::new();
+    for w in workers {
+        tasks.push(tokio::spawn(async move { w.acquire().await.unwrap() }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_local_job_commits_nothing() {
+    let (_dir, storage, clock) = setup();
+    let cfg = Config::default();
+    let collector = start_collector(storage.clone(), clock.shared(), "c1", &cfg, 1 << 20).await;
+    let mut client = Client::connect(collector.thrift_addr()).await;
+    assert_eq!(
+        client.log("clicks", &payloads("x", 20, 10)).await,
+        ResultCode::Ok
+    );
+    collector.stop().await.unwrap();
+    clock.advance(Duration::from_secs(60));
+
+    let a = worker(&storage, &clock, "a");
+    let b = worker(&storage, &clock, "b");
+    held(a.acquire().await.unwrap());
+    let mut job_a = LocalJob::new(env_with_fence(
+        storage.clone(),
+        clock.shared(),
+        cfg.clone(),
+        a.clone(),
+    ));
+    // A is paused past its lease; B takes over.
+    clock.advance(Duration::from_secs(36));
+    held(b.acquire().await.unwrap());
+    let err = job_a.pass().await.unwrap_err();
+    assert!(matches!(err, WorkerError::LostLease { .. }), "{err}");
+    let topic = Topic::new("clicks").unwrap();
+    let view = check_local_view(&*storage, &topic).await;
+    assert!(view.placed.is_empty() && view.sealed.is_empty(), "{view:?}");
+    assert_eq!(view.waiting.len(), 1);
+
+    // B's job does the work.
+    let mut job_b = LocalJob::new(env_with_fence(
+        storage.clone(),
+        clock.shared(),
+        cfg,
+        b.clone(),
+    ));
+    let report = job_b.pass().await.unwrap();
+    assert_eq!(report.sealed, 2, "10:05 and 10:06: {report:?}");
+    assert_eq!(check_local_view(&*storage, &topic).await.records(), 20);
+}
