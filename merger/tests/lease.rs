@@ -121,7 +121,7 @@ async fn racing_standbys_get_one_holder_and_release_hands_over_at_once() {
     let workers: Vec<_> = (0..4)
         .map(|i| worker(&storage, &clock, &format!("w{i}")))
         .collect();
-    let results = futures_join_all(workers.iter().cloned().collect::<Vec<_>>()).await;
+    let results = futures_join_all(workers.to_vec()).await;
     let holders: Vec<usize> = results
         .iter()
         .enumerate()
