@@ -20,6 +20,7 @@
 //! only the lease holder commits ([`Fence`]).
 
 pub mod checkpoint;
+pub mod daemon;
 pub mod lease;
 pub mod local;
 pub mod metrics;
@@ -36,6 +37,7 @@ pub use mirror::MirrorJob;
 pub use purge::PurgeJob;
 
 pub use checkpoint::Checkpoints;
+pub use daemon::{Daemon, DaemonStatus};
 pub use lease::{Lease, LeaseRecord, LeaseSettings, LeaseStatus, Monotonic};
 pub use local::LocalJob;
 pub use metrics::{SealProgress, WorkerMetrics};
