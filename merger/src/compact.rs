@@ -1,0 +1,382 @@
+//! The compact job: one file per closed hour for topics with `compact = true`.
+//!
+//! # Format
+//!
+//! `streams_hourly/<topic>/yyyy/MM/dd/HH/<ftopic>-yyyy-MM-dd-HH.zst`
+//! ([`Layout::hourly_file_name`]) is the concatenation of the **data frames** of the
+//! hour's minute files, in order (minute, then file name as the manifests sort
+//! them), bytes unchanged (no recompression), followed by one close trailer whose
+//! `records` and `record_bytes` are the sums of the minute files' trailers. The
+//! per-file trailers and batch marks (skippable frames) are dropped. `zstd -dc`
+//! therefore prints the same records in the same order as the minute files one
+//! after the other. The hour directory is sealed by a `_SUCCESS` manifest (`view`
+//! hourly, `minute` the hour's first minute, `clusters`/`missing_clusters` the
+//! union of the minute manifests', one file whose `cluster` is the cluster that
+//! compacted it, no `collector`).
+//!
+//! # Rules
+//!
+//! - Source view: the merged view when this cluster is the topic's `merge_into` or
+//!   one of its `mirrors`, the local view otherwise.
+//! - Hours are compacted oldest first, starting after the newest sealed hour (or at
+//!   the source view's oldest hour). An hour is **closed** when every minute
+//!   directory of it that exists is sealed and its last minute is sealed (or absent
+//!   while the view has a sealed minute after the hour). Absent minutes (the view
+//!   started mid-hour, or retention removed them) are skipped; an hour with no
+//!   minute at all gets no hourly directory and is passed over.
+//! - Memory is bounded: files are read in chunks of a few MiB and frames are
+//!   written as soon as they are complete (one frame at most is held whole).
+//! - The file is written to a hidden temporary name, closed (synced), read back for
+//!   its length, CRC-32C and trailer (whose record count must equal the manifests'
+//!   sum), renamed without overwrite after a fence check, then the hour is sealed.
+//!
+//! # Failures
+//!
+//! Minute directories are immutable once sealed, so redoing an hour gives the same
+//! bytes. A crash before the rename leaves a `_tmp.` file that the next run
+//! overwrites and tidies; a crash after it leaves the final file, which the next
+//! run checks (trailer record count) and seals.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::{Bytes, BytesMut};
+
+use conduit_core::format::{scan, Trailer};
+use conduit_core::layout::Layout;
+use conduit_core::manifest::describe_file;
+use conduit_core::{
+    CreateMode, Encoding, FileWriter, Manifest, ManifestFile, Minute, NodeName, RenameMode,
+    Storage, Topic, View,
+};
+
+use crate::copy::{dir_state, find_dir, list_topics, tidy_unsealed, DirState, COPY_CHUNK};
+use crate::{Job, JobEnv, PassReport, WorkerError};
+
+/// Hours compacted per topic in one pass at most.
+const MAX_HOURS_PER_PASS: u64 = 24;
+
+/// The compact job of one cluster; see the [module docs](self).
+#[derive(Debug)]
+pub struct CompactJob {
+    env: JobEnv,
+    /// Per topic: the first minute of the oldest hour not yet compacted.
+    frontiers: BTreeMap<Topic, Minute>,
+}
+
+/// The data of one hour: its sealed minute manifests, oldest first.
+type Hour = Vec<Manifest>;
+
+impl CompactJob {
+    /// A compact job for `env.this`.
+    pub fn new(env: JobEnv) -> Self {
+        CompactJob {
+            env,
+            frontiers: BTreeMap::new(),
+        }
+    }
+
+    /// Topics with `compact = true` found on this cluster, each with its source view.
+    async fn served_topics(&self) -> Result<BTreeMap<Topic, View>, WorkerError> {
+        let this = self.env.this.name.as_str();
+        let config = &self.env.config;
+        let storage = self.env.this.storage.as_ref();
+        let mut names: BTreeSet<Topic> = config
+            .topics
+            .keys()
+            .filter_map(|t| Topic::new(t.as_str()).ok())
+            .collect();
+        if config.topic_defaults.compact {
+            names.extend(list_topics(storage, View::Local).await?);
+            names.extend(list_topics(storage, View::Merged).await?);
+        }
+        let mut served = BTreeMap::new();
+        for topic in names {
+            let settings = config.topic(&topic);
+            if !settings.compact {
+                continue;
+            }
+            let merged_here = settings.merge_into.as_deref() == Some(this)
+                || (settings.merge_into.is_some() && settings.mirrors.iter().any(|m| m == this));
+            served.insert(
+                topic,
+                if merged_here {
+                    View::Merged
+                } else {
+                    View::Local
+                },
+            );
+        }
+        Ok(served)
+    }
+
+    /// The hour starting at `hour` if it is closed: `Ok(Some(manifests))` (possibly
+    /// empty when no minute of it exists), `Ok(None)` if it must wait.
+    async fn closed_hour(
+        &self,
+        view: View,
+        topic: &Topic,
+        hour: Minute,
+        newest_sealed: Option<Minute>,
+    ) -> Result<Option<Hour>, WorkerError> {
+        let storage = self.env.this.storage.as_ref();
+        let last = hour
+            .add_minutes(59)
+            .map_err(|e| WorkerError::Other(e.to_string()))?;
+        if last.end() > self.env.clock.now() {
+            return Ok(None);
+        }
+        let mut manifests = Vec::new();
+        let mut minute = hour;
+        while minute <= last {
+            match dir_state(storage, view, topic, minute).await? {
+                DirState::Sealed(manifest) => manifests.push(manifest),
+                DirState::Unsealed => return Ok(None),
+                DirState::Absent if minute == last && newest_sealed.is_none_or(|n| n <= last) => {
+                    return Ok(None)
+                }
+                DirState::Absent => {}
+            }
+            minute = minute
+                .next()
+                .map_err(|e| WorkerError::Other(e.to_string()))?;
+        }
+        Ok(Some(manifests))
+    }
+
+    async fn compact_topic(
+        &mut self,
+        topic: &Topic,
+        view: View,
+    ) -> Result<PassReport, WorkerError> {
+        let storage = self.env.this.storage.clone();
+        let mut report = PassReport::default();
+        let mut frontier = match self.frontiers.get(topic) {
+            Some(f) => *f,
+            None => match find_dir(storage.as_ref(), View::Hourly, topic, true, true).await? {
+                Some(newest) => newest
+                    .add_minutes(60)
+                    .map_err(|e| WorkerError::Other(e.to_string()))?,
+                None => match find_dir(storage.as_ref(), view, topic, false, false).await? {
+                    Some(oldest) => oldest.hour_start(),
+                    None => return Ok(report),
+                },
+            },
+        };
+        let newest_sealed = find_dir(storage.as_ref(), view, topic, true, true).await?;
+        let result = async {
+            for _ in 0..MAX_HOURS_PER_PASS {
+                let Some(hour) = self
+                    .closed_hour(view, topic, frontier, newest_sealed)
+                    .await?
+                else {
+                    break;
+                };
+                if !hour.is_empty() {
+                    self.compact_hour(topic, view, frontier, &hour).await?;
+                    report.sealed += 1;
+                    report.files += 1;
+                }
+                frontier = frontier
+                    .add_minutes(60)
+                    .map_err(|e| WorkerError::Other(e.to_string()))?;
+            }
+            Ok::<(), WorkerError>(())
+        }
+        .await;
+        report.pending = ((self.env.clock.minute().epoch_minutes() - frontier.epoch_minutes()) / 60)
+            .max(0) as u64;
+        match result {
+            Ok(()) => {
+                self.frontiers.insert(topic.clone(), frontier);
+                Ok(report)
+            }
+            Err(e) => {
+                self.frontiers.remove(topic);
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes and seals the hourly file of `hour` from its minute manifests.
+    async fn compact_hour(
+        &self,
+        topic: &Topic,
+        view: View,
+        hour: Minute,
+        minutes: &Hour,
+    ) -> Result<(), WorkerError> {
+        let storage = self.env.this.storage.as_ref();
+        let fence = self.env.fence.as_ref();
+        let dir = Layout::hour_dir(topic, hour);
+        let name = Layout::hourly_file_name(topic, hour);
+        let path = format!("{dir}/{name}");
+        let records: u64 = minutes.iter().map(|m| m.records).sum();
+        if !storage.exists(&path).await? {
+            let tmp = Layout::tmp_path(&path);
+            let mut writer = storage.create(&tmp, CreateMode::Overwrite).await?;
+            let mut totals: Option<Trailer> = None;
+            for manifest in minutes {
+                let minute_dir = Layout::minute_dir(view, topic, manifest.minute);
+                for file in &manifest.files {
+                    let source = format!("{minute_dir}/{}", file.name);
+                    let trailer =
+                        copy_data_frames(storage, &source, file.bytes, writer.as_mut()).await?;
+                    totals = Some(match totals {
+                        None => trailer,
+                        Some(t) if t.encoding == trailer.encoding => Trailer {
+                            encoding: t.encoding,
+                            records: t.records + trailer.records,
+                            record_bytes: t.record_bytes + trailer.record_bytes,
+                        },
+                        Some(t) => {
+                            return Err(WorkerError::Other(format!(
+                                "{source} is encoded {:?} but earlier files of hour {hour} of {topic} are {:?}; \
+                                 an hour cannot mix encodings",
+                                trailer.encoding, t.encoding
+                            )))
+                        }
+                    });
+                }
+            }
+            let totals = totals.unwrap_or(Trailer {
+                encoding: Encoding::Lines,
+                records: 0,
+                record_bytes: 0,
+            });
+            writer.write(totals.encode()).await?;
+            writer.close().await?;
+            let (_, _, trailer) = describe_file(storage, &tmp).await?;
+            if trailer.records != records {
+                return Err(WorkerError::Other(format!(
+                    "{path}: the compacted file holds {} records, the minute manifests {records}",
+                    trailer.records
+                )));
+            }
+            fence.check().await?;
+            match storage.rename(&tmp, &path, RenameMode::NoOverwrite).await {
+                Ok(()) => {}
+                Err(e) if e.is_already_exists() => {
+                    storage.delete(&tmp, false).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let (bytes, crc32c, trailer) = describe_file(storage, &path).await?;
+        if trailer.records != records {
+            return Err(WorkerError::Other(format!(
+                "{path} holds {} records, the minute manifests of its hour {records}",
+                trailer.records
+            )));
+        }
+        tidy_unsealed(storage, &dir, fence, |n| n == name).await?;
+        let clusters: BTreeSet<NodeName> = minutes
+            .iter()
+            .flat_map(|m| m.clusters.iter().cloned())
+            .collect();
+        let missing: BTreeSet<NodeName> = minutes
+            .iter()
+            .flat_map(|m| m.missing_clusters.iter().cloned())
+            .filter(|c| !clusters.contains(c))
+            .collect();
+        let manifest = Manifest::new(
+            View::Hourly,
+            topic.clone(),
+            hour,
+            clusters.into_iter().collect(),
+            missing.into_iter().collect(),
+            self.env.clock.now(),
+            self.env.worker_id.clone(),
+            vec![ManifestFile {
+                name,
+                bytes,
+                records,
+                crc32c,
+                cluster: self.env.this.name.clone(),
+                collector: None,
+                minute: hour,
+                late: false,
+            }],
+        );
+        fence.check().await?;
+        manifest.seal(storage).await?;
+        tracing::info!(%topic, %hour, records, bytes, minutes = minutes.len(), "sealed hourly file");
+        Ok(())
+    }
+}
+
+/// Appends the data frames of the closed file `path` (`len` bytes) to `writer`,
+/// reading in chunks; returns the file's trailer.
+async fn copy_data_frames(
+    storage: &dyn Storage,
+    path: &str,
+    len: u64,
+    writer: &mut dyn FileWriter,
+) -> Result<Trailer, WorkerError> {
+    let mut pending = BytesMut::new(); // bytes read but not yet framed
+    let mut base = 0u64; // file offset of pending[0]
+    let mut at = 0u64;
+    let mut out = BytesMut::new();
+    let mut trailer = None;
+    while at < len {
+        let end = (at + COPY_CHUNK).min(len);
+        let chunk = storage.read_range(path, at..end).await?;
+        if chunk.is_empty() {
+            break;
+        }
+        at += chunk.len() as u64;
+        pending.extend_from_slice(&chunk);
+        let found = scan(&pending, base);
+        for frame in &found.frames {
+            let from = (frame.offset - base) as usize;
+            let bytes = &pending[from..from + frame.len as usize];
+            if frame.skippable {
+                trailer = Trailer::decode(bytes);
+            } else {
+                trailer = None; // a trailer counts only as the last frame
+                out.extend_from_slice(bytes);
+            }
+        }
+        let consumed = (found.valid_len - base) as usize;
+        let _ = pending.split_to(consumed);
+        base = found.valid_len;
+        if out.len() as u64 >= COPY_CHUNK {
+            writer.write(out.split().freeze()).await?;
+        }
+    }
+    if !out.is_empty() {
+        writer.write(Bytes::from(out)).await?;
+    }
+    if at != len || !pending.is_empty() {
+        return Err(WorkerError::Other(format!(
+            "{path}: {} bytes do not form complete frames (read {at} of {len} bytes)",
+            pending.len()
+        )));
+    }
+    trailer.ok_or_else(|| WorkerError::Other(format!("{path} does not end with a close trailer")))
+}
+
+#[async_trait::async_trait]
+impl Job for CompactJob {
+    fn name(&self) -> &'static str {
+        "compact"
+    }
+
+    async fn pass(&mut self) -> Result<PassReport, WorkerError> {
+        let mut report = PassReport::default();
+        let mut first_error = None;
+        for (topic, view) in self.served_topics().await? {
+            match self.compact_topic(&topic, view).await {
+                Ok(step) => report.add(&step),
+                Err(e @ WorkerError::LostLease { .. }) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(%topic, error = %e, "compact pass failed for a topic");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(report),
+        }
+    }
+}

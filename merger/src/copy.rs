@@ -1,0 +1,367 @@
+//! Helpers shared by the view jobs (merge, mirror, purge, compact): the verified
+//! copy of a sealed data file between clusters, walks over minute-directory trees,
+//! cleanup of hidden leftovers and sealing with given manifest bytes.
+//!
+//! # Verified copy ([`copy_verified`])
+//!
+//! A file is copied to `<dir>/_tmp.<name>` ([`Layout::tmp_path`]) in chunks of
+//! [`COPY_CHUNK`] bytes (memory stays bounded whatever the file size), closed (which
+//! syncs), read back and checked against the source manifest entry (length and
+//! CRC-32C of the whole file, and a close trailer), and only then renamed to its
+//! final name without overwrite, right after a fence check. So:
+//!
+//! - a data file under its final name is always complete and verified;
+//! - a crash leaves at most a `_tmp.` file, which the next run overwrites or the job
+//!   deletes before sealing the directory;
+//! - a final name that already holds the same bytes (same length and CRC) means a
+//!   previous run already copied it: the copy is skipped, never duplicated. A final
+//!   name holding different bytes is deleted and copied again (only the job that
+//!   owns the unsealed directory ever writes there).
+//!
+//! # Tree walks
+//!
+//! Minute views are `<view>/<topic>/yyyy/MM/dd/HH/mm/`, the hourly view stops at
+//! `HH/`. [`find_dir`] descends the tree newest-first or oldest-first and returns the
+//! first directory (optionally the first sealed one), listing only the branches it
+//! needs, so finding a view's newest sealed minute costs a handful of listings.
+
+use bytes::Bytes;
+use conduit_core::layout::Layout;
+use conduit_core::manifest::describe_file;
+use conduit_core::storage::temp_sibling;
+use conduit_core::{
+    CreateMode, Manifest, ManifestError, ManifestFile, Minute, RenameMode, Storage, Topic, View,
+};
+
+use crate::{Fence, WorkerError};
+
+/// Bytes read and written per storage call when copying or compacting.
+pub(crate) const COPY_CHUNK: u64 = 4 << 20;
+
+/// What [`copy_verified`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CopyOutcome {
+    /// The file was copied; this many bytes were written.
+    Copied(u64),
+    /// An identical file was already in place (a previous run copied it).
+    AlreadyThere,
+}
+
+/// Whether the file at `path` has the length and CRC-32C `expected` lists.
+async fn matches(
+    storage: &dyn Storage,
+    path: &str,
+    expected: &ManifestFile,
+) -> Result<Result<(), String>, WorkerError> {
+    match describe_file(storage, path).await {
+        Ok((len, crc, _)) if len == expected.bytes && crc == expected.crc32c => Ok(Ok(())),
+        Ok((len, crc, _)) => Ok(Err(format!(
+            "{len} bytes with crc32c {crc:08x}, expected {} bytes with crc32c {:08x}",
+            expected.bytes, expected.crc32c
+        ))),
+        Err(ManifestError::NotClosed { .. }) => Ok(Err("no close trailer".to_owned())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Copies the sealed data file `src_path` of `src` to `dst_path` of `dst`, verified
+/// against `expected` (its entry in the source manifest); see the [module
+/// docs](self).
+pub(crate) async fn copy_verified(
+    src: &dyn Storage,
+    src_path: &str,
+    dst: &dyn Storage,
+    dst_path: &str,
+    expected: &ManifestFile,
+    fence: &dyn Fence,
+) -> Result<CopyOutcome, WorkerError> {
+    if dst.exists(dst_path).await? {
+        match matches(dst, dst_path, expected).await? {
+            Ok(()) => return Ok(CopyOutcome::AlreadyThere),
+            Err(reason) => {
+                tracing::warn!(path = dst_path, %reason,
+                    "a different file holds the name of a file to copy; replacing it");
+                fence.check().await?;
+                dst.delete(dst_path, false).await?;
+            }
+        }
+    }
+    let tmp = Layout::tmp_path(dst_path);
+    let mut writer = dst.create(&tmp, CreateMode::Overwrite).await?;
+    let mut at = 0u64;
+    while at < expected.bytes {
+        let end = (at + COPY_CHUNK).min(expected.bytes);
+        let chunk = src.read_range(src_path, at..end).await?;
+        if chunk.is_empty() {
+            drop(writer);
+            let _ = dst.delete(&tmp, false).await;
+            return Err(WorkerError::CopyMismatch {
+                path: dst_path.to_owned(),
+                reason: format!(
+                    "source {src_path} on {} ends at byte {at}, its manifest says {} bytes",
+                    src.root(),
+                    expected.bytes
+                ),
+            });
+        }
+        at += chunk.len() as u64;
+        writer.write(chunk).await?;
+    }
+    writer.close().await?;
+    if let Err(reason) = matches(dst, &tmp, expected).await? {
+        let _ = dst.delete(&tmp, false).await;
+        return Err(WorkerError::CopyMismatch {
+            path: dst_path.to_owned(),
+            reason: format!("copy of {src_path} from {}: {reason}", src.root()),
+        });
+    }
+    fence.check().await?;
+    match dst.rename(&tmp, dst_path, RenameMode::NoOverwrite).await {
+        Ok(()) => Ok(CopyOutcome::Copied(expected.bytes)),
+        Err(e) if e.is_already_exists() => {
+            dst.delete(&tmp, false).await?;
+            match matches(dst, dst_path, expected).await? {
+                Ok(()) => Ok(CopyOutcome::AlreadyThere),
+                Err(reason) => Err(WorkerError::CopyMismatch {
+                    path: dst_path.to_owned(),
+                    reason,
+                }),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Deletes the hidden leftovers (`_tmp.*`) in `dir` and every data file whose name
+/// `keep` rejects, after a fence check; returns how many entries were deleted. Only
+/// for an unsealed directory the caller owns.
+pub(crate) async fn tidy_unsealed(
+    storage: &dyn Storage,
+    dir: &str,
+    fence: &dyn Fence,
+    keep: impl Fn(&str) -> bool,
+) -> Result<u64, WorkerError> {
+    let mut deleted = 0;
+    for entry in storage.list_or_empty(dir).await? {
+        if entry.name == Layout::SUCCESS_MARKER {
+            continue;
+        }
+        let stale =
+            Layout::is_tmp(&entry.name) || (!Layout::is_hidden(&entry.name) && !keep(&entry.name));
+        if stale {
+            fence.check().await?;
+            tracing::info!(path = %entry.path, "deleting a leftover in an unsealed directory");
+            if storage.delete(&entry.path, true).await? {
+                deleted += 1;
+            }
+        }
+    }
+    Ok(deleted)
+}
+
+/// Seals `dir` with exactly `bytes` as its `_SUCCESS` (a mirror keeps the origin's
+/// manifest bytes): temporary name, sync, rename without overwrite. An existing
+/// marker with the same bytes counts as success; a different one is an error.
+pub(crate) async fn seal_raw(
+    storage: &dyn Storage,
+    dir: &str,
+    bytes: Bytes,
+) -> Result<(), WorkerError> {
+    let path = Layout::success_marker(dir);
+    let tmp = temp_sibling(&path);
+    let mut writer = storage.create(&tmp, CreateMode::Overwrite).await?;
+    writer.write(bytes.clone()).await?;
+    writer.close().await?;
+    match storage.rename(&tmp, &path, RenameMode::NoOverwrite).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.is_already_exists() => {
+            let _ = storage.delete(&tmp, false).await;
+            if storage.read(&path).await? == bytes {
+                Ok(())
+            } else {
+                Err(ManifestError::AlreadySealed { path }.into())
+            }
+        }
+        Err(e) => {
+            let _ = storage.delete(&tmp, false).await;
+            Err(e.into())
+        }
+    }
+}
+
+/// The state of one minute (or hour) directory of a view.
+#[derive(Debug)]
+pub(crate) enum DirState {
+    /// Sealed, with its manifest.
+    Sealed(Manifest),
+    /// The directory exists but has no `_SUCCESS` yet.
+    Unsealed,
+    /// No such directory.
+    Absent,
+}
+
+/// Reads the state of `view`'s directory of `minute`.
+pub(crate) async fn dir_state(
+    storage: &dyn Storage,
+    view: View,
+    topic: &Topic,
+    minute: Minute,
+) -> Result<DirState, WorkerError> {
+    let dir = Manifest::dir(view, topic, minute);
+    match Manifest::read(storage, &dir).await? {
+        Some(manifest) => Ok(DirState::Sealed(manifest)),
+        None if storage.exists(&dir).await? => Ok(DirState::Unsealed),
+        None => Ok(DirState::Absent),
+    }
+}
+
+/// The topics that have a directory in `view` (invalid names are skipped).
+pub(crate) async fn list_topics(
+    storage: &dyn Storage,
+    view: View,
+) -> Result<Vec<Topic>, WorkerError> {
+    Ok(storage
+        .list_or_empty(view.dir_name())
+        .await?
+        .into_iter()
+        .filter(|e| e.is_dir)
+        .filter_map(|e| Topic::new(e.name).ok())
+        .collect())
+}
+
+/// Widths of the date components of a view's directories: `yyyy/MM/dd/HH[/mm]`.
+pub(crate) fn levels(view: View) -> &'static [usize] {
+    if view == View::Hourly {
+        &[4, 2, 2, 2]
+    } else {
+        &[4, 2, 2, 2, 2]
+    }
+}
+
+/// Whether `name` is a date component of `width` digits.
+pub(crate) fn is_component(name: &str, width: usize) -> bool {
+    name.len() == width && name.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The minute of a full path of date components (`2026/11/22/10/05`, or
+/// `2026/11/22/10` for the hourly view, giving the hour's first minute).
+pub(crate) fn minute_of(view: View, parts: &[String]) -> Option<Minute> {
+    let mut text = parts.join("/");
+    if view == View::Hourly {
+        text.push_str("/00");
+    }
+    Minute::parse_dir_path(&text).ok()
+}
+
+/// The newest (or oldest) directory of `topic` in `view`, only sealed ones if
+/// `sealed_only`: minute directories, or hour directories for the hourly view.
+pub(crate) async fn find_dir(
+    storage: &dyn Storage,
+    view: View,
+    topic: &Topic,
+    newest: bool,
+    sealed_only: bool,
+) -> Result<Option<Minute>, WorkerError> {
+    let levels = levels(view);
+    let top = Layout::topic_dir(view, topic);
+    // Depth-first; the top of the stack is the next branch to visit.
+    let mut stack: Vec<Vec<String>> = vec![Vec::new()];
+    while let Some(parts) = stack.pop() {
+        if parts.len() == levels.len() {
+            let Some(minute) = minute_of(view, &parts) else {
+                continue;
+            };
+            let dir = format!("{top}/{}", parts.join("/"));
+            if !sealed_only || Manifest::is_sealed(storage, &dir).await? {
+                return Ok(Some(minute));
+            }
+            continue;
+        }
+        let dir = if parts.is_empty() {
+            top.clone()
+        } else {
+            format!("{top}/{}", parts.join("/"))
+        };
+        let width = levels[parts.len()];
+        let mut names: Vec<String> = storage
+            .list_or_empty(&dir)
+            .await?
+            .into_iter()
+            .filter(|e| e.is_dir && is_component(&e.name, width))
+            .map(|e| e.name)
+            .collect();
+        names.sort();
+        if !newest {
+            names.reverse();
+        }
+        for name in names {
+            let mut child = parts.clone();
+            child.push(name);
+            stack.push(child);
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use conduit_core::storage::LocalStorage;
+
+    #[tokio::test]
+    async fn find_dir_walks_newest_and_oldest() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = LocalStorage::open(dir.path()).unwrap();
+        let topic = Topic::new("t").unwrap();
+        let m = |s: &str| Minute::parse_flexible(s).unwrap();
+        for minute in [
+            "2026-11-22T23:58Z",
+            "2026-11-22T23:59Z",
+            "2026-11-23T00:00Z",
+        ] {
+            storage
+                .mkdirs(&Layout::minute_dir(View::Local, &topic, m(minute)))
+                .await
+                .unwrap();
+        }
+        storage
+            .mkdirs("streams_local/t/2026/11/23/01")
+            .await
+            .unwrap(); // empty branch
+        let seal = Manifest::new(
+            View::Local,
+            topic.clone(),
+            m("2026-11-22T23:59Z"),
+            vec![],
+            vec![],
+            chrono::Utc::now(),
+            "w".into(),
+            vec![],
+        );
+        seal.seal(&storage).await.unwrap();
+        let find = |newest, sealed| find_dir(&storage, View::Local, &topic, newest, sealed);
+        assert_eq!(
+            find(true, false).await.unwrap(),
+            Some(m("2026-11-23T00:00Z"))
+        );
+        assert_eq!(
+            find(false, false).await.unwrap(),
+            Some(m("2026-11-22T23:58Z"))
+        );
+        assert_eq!(
+            find(true, true).await.unwrap(),
+            Some(m("2026-11-22T23:59Z"))
+        );
+        assert_eq!(
+            find(false, true).await.unwrap(),
+            Some(m("2026-11-22T23:59Z"))
+        );
+        let other = Topic::new("none").unwrap();
+        assert_eq!(
+            find_dir(&storage, View::Local, &other, true, false)
+                .await
+                .unwrap(),
+            None
+        );
+    }
+}

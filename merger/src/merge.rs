@@ -1,0 +1,569 @@
+//! The merge job: on cluster X, `streams/<topic>/yyyy/MM/dd/HH/mm/` is the union of
+//! the sealed local minutes of every source cluster of the topics merged into X.
+//!
+//! # Rules
+//!
+//! - Topics served: those whose resolved `merge_into` is this cluster (configured
+//!   topics, plus topics found in the sources' `streams_local/` when
+//!   `topic_defaults.merge_into` is this cluster). Sources: `merge_sources` (every
+//!   cluster when empty).
+//! - Merged minutes are sealed strictly in order, oldest first. The **frontier** F
+//!   is the oldest unsealed merged minute; every merged minute before it is sealed.
+//!   F is only considered once it has ended on the worker clock.
+//! - A source S is **included** in F when S has sealed its local minute F and every
+//!   local minute of S not yet placed (see below). Then F receives every file of
+//!   those local minutes. Absent local minutes (before S's view starts, or purged)
+//!   count as empty once S has sealed F.
+//! - A source that is not ready blocks F only while it is not **lagging**: S lags
+//!   when its newest sealed local minute (as last seen; a source that cannot be
+//!   read keeps the last value seen) ended more than `worker.max_source_lag_secs`
+//!   ago, or when S has no sealed local minute at all. Then F is sealed without S and
+//!   lists S in `missing_clusters`. The frontier never waits on a hole.
+//! - **Placement rule** (what makes it exactly once): the files of S's local minute
+//!   L go to the first merged minute `>= L` whose manifest lists S in `clusters`.
+//!   For minutes after the last merged minute including S, S appears in
+//!   `missing_clusters`; those local minutes are "pending" and all land in the next
+//!   merged minute that includes S, marked `late` with their original minute.
+//!   Everything the job needs to know is in the sealed manifests: walking back from
+//!   the frontier to the newest manifest listing S in `clusters` (or not listing S
+//!   at all: S was not a source then, or the directory is gone) gives S's placed
+//!   minutes. A checkpoint (`system/checkpoints/merge/<topic>.json`) caches that
+//!   walk; it is validated against the manifests and ignored when it disagrees.
+//! - Copies are byte-identical, to the same file name, through a hidden temporary
+//!   name, verified by length and CRC-32C against the source manifest, renamed
+//!   without overwrite after a fence check ([`crate::copy`]).
+//! - Before sealing F, the job deletes from F's directory every `_tmp.*` leftover and
+//!   every data file that is not part of F's plan (a copy from a source that was
+//!   included by a crashed run but is not now: its local minute still holds the
+//!   original, which stays pending). Then, after a fence check, it writes the
+//!   manifest (`view` merged, `clusters` included, `missing_clusters` not waited for,
+//!   every file with its original minute and `late` flag).
+//!
+//! # Crashes
+//!
+//! A crash at any point leaves the frontier unsealed, possibly with some verified
+//! copies and `_tmp.` files in it. The next run rebuilds the same state from the
+//! manifests, skips the identical copies, redoes the rest, tidies the directory and
+//! seals. A file is in exactly one merged minute: the one chosen by the placement
+//! rule, which only depends on sealed manifests.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use conduit_core::layout::Layout;
+use conduit_core::{Manifest, ManifestError, ManifestFile, Minute, NodeName, Topic, View};
+
+use crate::copy::{
+    copy_verified, dir_state, find_dir, list_topics, tidy_unsealed, CopyOutcome, DirState,
+};
+use crate::{Cluster, Job, JobEnv, PassReport, WorkerError};
+
+/// Merged minutes sealed per topic in one pass at most (catch-up continues in the
+/// next pass, so a pass stays short and progress is reported).
+const MAX_MINUTES_PER_PASS: u64 = 240;
+
+/// Checkpoint format version.
+const CHECKPOINT_VERSION: u32 = 1;
+
+/// What the job remembers about one topic between passes.
+#[derive(Debug, Clone)]
+struct TopicState {
+    /// The oldest unsealed merged minute.
+    frontier: Minute,
+    /// Per source: every local minute up to this one has been placed in a sealed
+    /// merged minute (always `< frontier`).
+    placed_through: BTreeMap<NodeName, Minute>,
+    /// Per source: the newest sealed local minute seen so far (for the lag rule).
+    newest_sealed: BTreeMap<NodeName, Minute>,
+    /// Per source never read successfully: when reading it first failed. Such a
+    /// source counts as lagging only once it has been unreadable for longer than
+    /// the lag, so a transient error after a restart does not skip a healthy source.
+    unreadable_since: BTreeMap<NodeName, DateTime<Utc>>,
+}
+
+/// The checkpoint of one topic: a cached [`TopicState`] (a hint).
+#[derive(Debug, Serialize, Deserialize)]
+struct Checkpoint {
+    version: u32,
+    saved_at: DateTime<Utc>,
+    frontier: Minute,
+    placed_through: BTreeMap<String, Minute>,
+}
+
+/// Whether a source can be included in the frontier.
+enum Readiness {
+    /// Included: the files to copy, each with the local directory it comes from.
+    Ready(Vec<(String, ManifestFile)>),
+    /// Not yet (its local minute is not sealed, or it cannot be read).
+    NotReady,
+}
+
+/// The merge job of one cluster; see the [module docs](self).
+#[derive(Debug)]
+pub struct MergeJob {
+    env: JobEnv,
+    topics: BTreeMap<Topic, TopicState>,
+}
+
+impl MergeJob {
+    /// A merge job writing to `env.this`.
+    pub fn new(env: JobEnv) -> Self {
+        MergeJob {
+            env,
+            topics: BTreeMap::new(),
+        }
+    }
+
+    /// The topics merged into this cluster, each with its source clusters.
+    async fn served_topics(&self) -> Result<BTreeMap<Topic, Vec<NodeName>>, WorkerError> {
+        let this = self.env.this.name.as_str();
+        let config = &self.env.config;
+        let mut names: BTreeSet<Topic> = config
+            .topics
+            .keys()
+            .filter_map(|t| Topic::new(t.as_str()).ok())
+            .collect();
+        if config.topic_defaults.merge_into.as_deref() == Some(this) {
+            for cluster in self.env.clusters.values() {
+                match list_topics(cluster.storage.as_ref(), View::Local).await {
+                    Ok(found) => names.extend(found),
+                    Err(e) => tracing::warn!(cluster = %cluster.name, error = %e,
+                        "cannot list the local view of a merge source"),
+                }
+            }
+        }
+        let mut served = BTreeMap::new();
+        for topic in names {
+            let settings = config.topic(&topic);
+            if settings.merge_into.as_deref() != Some(this) {
+                continue;
+            }
+            let sources: Vec<NodeName> = settings
+                .merge_sources
+                .iter()
+                .filter_map(|s| NodeName::new(s.as_str()).ok())
+                .collect();
+            served.insert(topic, sources);
+        }
+        Ok(served)
+    }
+
+    fn cluster(&self, name: &NodeName) -> Option<&Cluster> {
+        self.env.clusters.get(name)
+    }
+
+    /// Builds a topic's state from a valid checkpoint or from the manifests; `None`
+    /// when there is nothing to merge yet.
+    async fn load_state(
+        &self,
+        topic: &Topic,
+        sources: &[NodeName],
+    ) -> Result<Option<TopicState>, WorkerError> {
+        let dest = self.env.this.storage.as_ref();
+        let newest = find_dir(dest, View::Merged, topic, true, true).await?;
+        let Some(newest) = newest else {
+            // Nothing merged yet: start at the oldest local minute of any source.
+            let mut start: Option<Minute> = None;
+            for source in sources {
+                let Some(cluster) = self.cluster(source) else {
+                    continue;
+                };
+                match find_dir(cluster.storage.as_ref(), View::Local, topic, false, false).await {
+                    Ok(Some(m)) => start = Some(start.map_or(m, |s| s.min(m))),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(%topic, source = %source, error = %e,
+                        "cannot read a merge source's local view"),
+                }
+            }
+            let Some(start) = start else { return Ok(None) };
+            let before = start.prev().unwrap_or(start);
+            return Ok(Some(TopicState {
+                frontier: start,
+                placed_through: sources.iter().map(|s| (s.clone(), before)).collect(),
+                newest_sealed: BTreeMap::new(),
+                unreadable_since: BTreeMap::new(),
+            }));
+        };
+        let frontier = newest
+            .next()
+            .map_err(|e| WorkerError::Other(e.to_string()))?;
+        if let Some(state) = self.load_checkpoint(topic, sources, newest, frontier).await {
+            return Ok(Some(state));
+        }
+        // Walk back from the newest sealed minute until every source is resolved.
+        let mut placed_through = BTreeMap::new();
+        let mut unresolved: BTreeSet<NodeName> = sources.iter().cloned().collect();
+        let mut minute = newest;
+        while !unresolved.is_empty() {
+            let dir = Layout::minute_dir(View::Merged, topic, minute);
+            match Manifest::read(dest, &dir).await? {
+                Some(manifest) => {
+                    unresolved.retain(|s| {
+                        let placed =
+                            manifest.clusters.contains(s) || !manifest.missing_clusters.contains(s);
+                        if placed {
+                            placed_through.insert(s.clone(), minute);
+                        }
+                        !placed
+                    });
+                }
+                None => {
+                    for s in std::mem::take(&mut unresolved) {
+                        placed_through.insert(s, minute);
+                    }
+                }
+            }
+            match minute.prev() {
+                Ok(prev) => minute = prev,
+                Err(_) => break,
+            }
+        }
+        for s in unresolved {
+            placed_through.insert(s, minute);
+        }
+        Ok(Some(TopicState {
+            frontier,
+            placed_through,
+            newest_sealed: BTreeMap::new(),
+            unreadable_since: BTreeMap::new(),
+        }))
+    }
+
+    /// The checkpoint of `topic` if it agrees with the manifests.
+    async fn load_checkpoint(
+        &self,
+        topic: &Topic,
+        sources: &[NodeName],
+        newest: Minute,
+        frontier: Minute,
+    ) -> Option<TopicState> {
+        let dest = self.env.this.storage.as_ref();
+        let path = Layout::checkpoint_path("merge", topic.as_str()).ok()?;
+        let bytes = dest.read(&path).await.ok()?;
+        let checkpoint: Checkpoint = match serde_json::from_slice(&bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(%path, error = %e, "ignoring an unreadable merge checkpoint");
+                return None;
+            }
+        };
+        if checkpoint.version != CHECKPOINT_VERSION || checkpoint.frontier != frontier {
+            return None;
+        }
+        let manifest = Manifest::read(dest, &Layout::minute_dir(View::Merged, topic, newest))
+            .await
+            .ok()??;
+        let mut placed_through = BTreeMap::new();
+        for s in sources {
+            let placed = *checkpoint.placed_through.get(s.as_str())?;
+            let included = manifest.clusters.contains(s) || !manifest.missing_clusters.contains(s);
+            if placed >= frontier || included != (placed == newest) {
+                return None;
+            }
+            placed_through.insert(s.clone(), placed);
+        }
+        Some(TopicState {
+            frontier,
+            placed_through,
+            newest_sealed: BTreeMap::new(),
+            unreadable_since: BTreeMap::new(),
+        })
+    }
+
+    async fn save_checkpoint(&self, topic: &Topic, state: &TopicState) {
+        let Ok(path) = Layout::checkpoint_path("merge", topic.as_str()) else {
+            return;
+        };
+        let checkpoint = Checkpoint {
+            version: CHECKPOINT_VERSION,
+            saved_at: self.env.clock.now(),
+            frontier: state.frontier,
+            placed_through: state
+                .placed_through
+                .iter()
+                .map(|(s, m)| (s.to_string(), *m))
+                .collect(),
+        };
+        let bytes = serde_json::to_vec(&checkpoint).expect("checkpoint serializes");
+        if let Err(e) = self
+            .env
+            .this
+            .storage
+            .write_atomic(&path, bytes.into())
+            .await
+        {
+            tracing::warn!(%path, error = %e, "cannot save the merge checkpoint (only a hint)");
+        }
+    }
+
+    /// Whether `source` can be included in `frontier`: every local minute after
+    /// `placed` up to `frontier` is sealed (or absent while a later one is sealed).
+    async fn readiness(
+        &self,
+        topic: &Topic,
+        source: &NodeName,
+        state: &mut TopicState,
+    ) -> Result<Readiness, WorkerError> {
+        let Some(cluster) = self.cluster(source) else {
+            return Ok(Readiness::NotReady);
+        };
+        let storage = cluster.storage.as_ref();
+        let frontier = state.frontier;
+        let placed = state.placed_through.get(source).copied();
+        let mut files = Vec::new();
+        match dir_state(storage, View::Local, topic, frontier).await? {
+            DirState::Sealed(manifest) => {
+                note_sealed(state, source, frontier);
+                let dir = Layout::minute_dir(View::Local, topic, frontier);
+                files.extend(manifest.files.into_iter().map(|f| (dir.clone(), f)));
+            }
+            DirState::Unsealed => return Ok(Readiness::NotReady),
+            DirState::Absent => {
+                let newest = find_dir(storage, View::Local, topic, true, true).await?;
+                if let Some(newest) = newest {
+                    note_sealed(state, source, newest);
+                }
+                if newest.is_none_or(|n| n <= frontier) {
+                    return Ok(Readiness::NotReady);
+                }
+            }
+        }
+        // The pending local minutes, oldest first.
+        let mut minute = match placed {
+            Some(p) => p.next().map_err(|e| WorkerError::Other(e.to_string()))?,
+            None => frontier,
+        };
+        let mut pending = Vec::new();
+        while minute < frontier {
+            match dir_state(storage, View::Local, topic, minute).await? {
+                DirState::Sealed(manifest) => {
+                    let dir = Layout::minute_dir(View::Local, topic, minute);
+                    pending.extend(manifest.files.into_iter().map(|f| (dir.clone(), f)));
+                }
+                DirState::Unsealed => {
+                    tracing::warn!(%topic, source = %source, %minute,
+                        "an older local minute is unsealed while a newer one is sealed; waiting");
+                    return Ok(Readiness::NotReady);
+                }
+                DirState::Absent => {}
+            }
+            minute = minute
+                .next()
+                .map_err(|e| WorkerError::Other(e.to_string()))?;
+        }
+        pending.extend(files);
+        Ok(Readiness::Ready(pending))
+    }
+
+    /// Whether `source` lags more than `max_source_lag_secs` behind the clock.
+    async fn lagging(&self, topic: &Topic, source: &NodeName, state: &mut TopicState) -> bool {
+        let now = self.env.clock.now();
+        if let Some(cluster) = self.cluster(source) {
+            match find_dir(cluster.storage.as_ref(), View::Local, topic, true, true).await {
+                Ok(newest) => {
+                    state.unreadable_since.remove(source);
+                    if let Some(newest) = newest {
+                        note_sealed(state, source, newest);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(%topic, source = %source, error = %e,
+                        "cannot read a merge source; judging its lag by what was seen last");
+                    state.unreadable_since.entry(source.clone()).or_insert(now);
+                }
+            }
+        }
+        let max_lag = chrono::TimeDelta::seconds(self.env.config.worker.max_source_lag_secs as i64);
+        match (
+            state.newest_sealed.get(source),
+            state.unreadable_since.get(source),
+        ) {
+            (Some(newest), _) => now - newest.end() > max_lag,
+            (None, Some(since)) => now - *since > max_lag,
+            (None, None) => true,
+        }
+    }
+
+    /// Seals as many merged minutes of `topic` as are ready.
+    async fn merge_topic(
+        &mut self,
+        topic: &Topic,
+        sources: &[NodeName],
+    ) -> Result<PassReport, WorkerError> {
+        let mut report = PassReport::default();
+        let mut state = match self.topics.remove(topic) {
+            Some(state) => state,
+            None => match self.load_state(topic, sources).await? {
+                Some(state) => state,
+                None => return Ok(report),
+            },
+        };
+        for s in sources {
+            state
+                .placed_through
+                .entry(s.clone())
+                .or_insert(state.frontier.prev().unwrap_or(state.frontier));
+        }
+        let mut sealed_any = false;
+        let result = async {
+            for _ in 0..MAX_MINUTES_PER_PASS {
+                if state.frontier.end() > self.env.clock.now() {
+                    break;
+                }
+                let Some(step) = self.merge_minute(topic, sources, &mut state).await? else {
+                    break;
+                };
+                report.add(&step);
+                sealed_any = true;
+            }
+            Ok::<(), WorkerError>(())
+        }
+        .await;
+        let now_minute = self.env.clock.minute();
+        report.pending =
+            (now_minute.epoch_minutes() - state.frontier.epoch_minutes()).max(0) as u64;
+        if sealed_any {
+            self.save_checkpoint(topic, &state).await;
+        }
+        match result {
+            Ok(()) => {
+                self.topics.insert(topic.clone(), state);
+                Ok(report)
+            }
+            // Forget the cached state: the next pass rebuilds it from the manifests.
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Merges and seals the frontier if it can be sealed now; `None` if it must wait.
+    async fn merge_minute(
+        &self,
+        topic: &Topic,
+        sources: &[NodeName],
+        state: &mut TopicState,
+    ) -> Result<Option<PassReport>, WorkerError> {
+        let frontier = state.frontier;
+        let mut included = Vec::new();
+        let mut missing = Vec::new();
+        let mut plan: Vec<(NodeName, String, ManifestFile)> = Vec::new();
+        for source in sources {
+            let readiness = match self.readiness(topic, source, state).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(%topic, source = %source, %frontier, error = %e,
+                        "cannot read a merge source");
+                    Readiness::NotReady
+                }
+            };
+            match readiness {
+                Readiness::Ready(files) => {
+                    included.push(source.clone());
+                    plan.extend(files.into_iter().map(|(dir, f)| (source.clone(), dir, f)));
+                }
+                Readiness::NotReady if self.lagging(topic, source, state).await => {
+                    missing.push(source.clone());
+                }
+                Readiness::NotReady => return Ok(None),
+            }
+        }
+        let dest = self.env.this.storage.as_ref();
+        let fence = self.env.fence.as_ref();
+        let dir = Layout::minute_dir(View::Merged, topic, frontier);
+        let mut report = PassReport::default();
+        let mut files = Vec::with_capacity(plan.len());
+        for (source, src_dir, file) in plan {
+            let cluster = self.cluster(&source).expect("included sources exist");
+            let src_path = format!("{src_dir}/{}", file.name);
+            let dst_path = format!("{dir}/{}", file.name);
+            match copy_verified(
+                cluster.storage.as_ref(),
+                &src_path,
+                dest,
+                &dst_path,
+                &file,
+                fence,
+            )
+            .await?
+            {
+                CopyOutcome::Copied(bytes) => report.bytes_copied += bytes,
+                CopyOutcome::AlreadyThere => {}
+            }
+            let late = file.minute < frontier;
+            report.files += 1;
+            report.late_files += u64::from(late);
+            files.push(ManifestFile { late, ..file });
+        }
+        let names: BTreeSet<String> = files.iter().map(|f| f.name.clone()).collect();
+        dest.mkdirs(&dir).await?;
+        tidy_unsealed(dest, &dir, fence, |name| names.contains(name)).await?;
+        if !missing.is_empty() {
+            tracing::warn!(%topic, minute = %frontier, missing = ?missing,
+                "sealing a merged minute without lagging sources; their data will arrive late");
+        }
+        let manifest = Manifest::new(
+            View::Merged,
+            topic.clone(),
+            frontier,
+            included.clone(),
+            missing,
+            self.env.clock.now(),
+            self.env.worker_id.clone(),
+            files,
+        );
+        fence.check().await?;
+        match manifest.seal(dest).await {
+            Ok(()) => {}
+            Err(ManifestError::AlreadySealed { path }) => {
+                return Err(WorkerError::Other(format!(
+                    "{path} was sealed by someone else while this worker merged it"
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tracing::info!(%topic, minute = %frontier, files = report.files, late = report.late_files,
+            bytes = report.bytes_copied, "sealed merged minute");
+        report.sealed = 1;
+        for source in included {
+            state.placed_through.insert(source, frontier);
+        }
+        state.frontier = frontier
+            .next()
+            .map_err(|e| WorkerError::Other(e.to_string()))?;
+        Ok(Some(report))
+    }
+}
+
+fn note_sealed(state: &mut TopicState, source: &NodeName, minute: Minute) {
+    let entry = state.newest_sealed.entry(source.clone()).or_insert(minute);
+    if *entry < minute {
+        *entry = minute;
+    }
+}
+
+#[async_trait::async_trait]
+impl Job for MergeJob {
+    fn name(&self) -> &'static str {
+        "merge"
+    }
+
+    async fn pass(&mut self) -> Result<PassReport, WorkerError> {
+        let mut report = PassReport::default();
+        let mut first_error = None;
+        for (topic, sources) in self.served_topics().await? {
+            match self.merge_topic(&topic, &sources).await {
+                Ok(step) => report.add(&step),
+                Err(e @ WorkerError::LostLease { .. }) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(%topic, error = %e, "merge pass failed for a topic");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(report),
+        }
+    }
+}
