@@ -51,6 +51,8 @@ use crate::{Counters, Msg, PublishError, Settings};
 
 /// Largest reply frame accepted (replies are tiny).
 const MAX_REPLY_FRAME: usize = 1 << 20;
+/// Most queued messages handled in one go before timers and replies are looked at.
+const MAX_BURST: usize = 4096;
 
 type Waiter = oneshot::Sender<Result<(), PublishError>>;
 
@@ -474,7 +476,10 @@ impl Runner {
                 _ = sleep_opt(spool_retry) => Event::SpoolRetry,
             };
             match event {
-                Event::Msg(Some(msg)) => self.on_msg(msg),
+                Event::Msg(Some(msg)) => {
+                    self.on_msg(msg);
+                    self.drain_queue();
+                }
                 Event::Msg(None) | Event::Dropped => {
                     self.abandon();
                     return;
@@ -496,6 +501,20 @@ impl Runner {
                     self.spool_retry_at = None;
                     self.drain_held();
                 }
+            }
+        }
+    }
+
+    /// Takes further queued messages without going back to the `select!` (whose
+    /// timers cost more than handling an event), as long as they are accepted.
+    fn drain_queue(&mut self) {
+        for _ in 0..MAX_BURST {
+            if self.memory_batches() >= self.settings.max_in_flight || self.closing.is_some() {
+                return;
+            }
+            match self.rx.try_recv() {
+                Ok(msg) => self.on_msg(msg),
+                Err(_) => return,
             }
         }
     }
