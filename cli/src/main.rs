@@ -10,10 +10,12 @@ mod bench_limits;
 mod check;
 mod collector;
 mod logging;
+mod ls;
 mod publish;
 mod signals;
 mod up;
 mod verify;
+mod worker;
 
 use clap::{Parser, Subcommand};
 
@@ -48,6 +50,11 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Count a topic's events per minute at every tier and flag loss or duplication.
     Audit(audit::AuditArgs),
+    /// Run a cluster's worker: seal minutes, merge, mirror, compact, purge (one
+    /// active per cluster, by lease).
+    Worker(worker::WorkerArgs),
+    /// List a topic's minute directories in a view with sealed state and counts.
+    Ls(ls::LsArgs),
     /// Run the whole bus on this machine: collectors and workers for two local
     /// datacenters (or the clusters of --config), until Ctrl-C.
     Up(up::UpArgs),
@@ -75,6 +82,8 @@ fn main() -> std::process::ExitCode {
             Command::Verify(args) => verify::run(args).await,
             Command::Audit(args) => audit::run(args).await,
             Command::Up(args) => up::run(args).await,
+            Command::Worker(args) => worker::run(args).await,
+            Command::Ls(args) => ls::run(args).await,
         }
     });
     match result {

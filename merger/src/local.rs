@@ -568,12 +568,14 @@ impl crate::Job for LocalJob {
     }
 }
 
-/// Walks the `yyyy/MM/dd/HH/mm` minute directories of a topic's local view in
-/// order (newest or oldest first), listing each level only when reached.
+/// Walks the `yyyy/MM/dd/HH/mm` minute directories of a topic's local or merged
+/// view (the `yyyy/MM/dd/HH` hour directories of the hourly view) in order,
+/// newest or oldest first, listing each level only when reached.
 #[derive(Debug)]
-pub(crate) struct MinuteWalker<'a> {
+pub struct MinuteWalker<'a> {
     storage: &'a dyn Storage,
     base: String,
+    levels: usize,
     newest_first: bool,
     started: bool,
     /// Per level: its directory path and the children still to visit (popped from
@@ -582,11 +584,13 @@ pub(crate) struct MinuteWalker<'a> {
 }
 
 impl<'a> MinuteWalker<'a> {
-    pub(crate) fn new(storage: &'a dyn Storage, topic: &Topic, newest_first: bool) -> Self {
+    /// A walk over the local view of `topic`.
+    pub fn new(storage: &'a dyn Storage, topic: &Topic, newest_first: bool) -> Self {
         Self::in_view(storage, View::Local, topic, newest_first)
     }
 
-    pub(crate) fn in_view(
+    /// A walk over `view` (not the collector view) of `topic`.
+    pub fn in_view(
         storage: &'a dyn Storage,
         view: View,
         topic: &Topic,
@@ -595,6 +599,7 @@ impl<'a> MinuteWalker<'a> {
         MinuteWalker {
             storage,
             base: Layout::topic_dir(view, topic),
+            levels: if view == View::Hourly { 4 } else { 5 },
             newest_first,
             started: false,
             stack: Vec::new(),
@@ -619,8 +624,8 @@ impl<'a> MinuteWalker<'a> {
         Ok(names)
     }
 
-    /// The next minute directory, or `None` when done.
-    pub(crate) async fn next(&mut self) -> Result<Option<Minute>, StorageError> {
+    /// The next minute directory (hour start for the hourly view), or `None`.
+    pub async fn next(&mut self) -> Result<Option<Minute>, StorageError> {
         if !self.started {
             self.started = true;
             let top = self.children(&self.base, LEVEL_WIDTHS[0]).await?;
@@ -636,9 +641,12 @@ impl<'a> MinuteWalker<'a> {
                 continue;
             };
             let path = format!("{dir}/{child}");
-            if depth == LEVEL_WIDTHS.len() {
-                let suffix = &path[self.base.len() + 1..];
-                match Minute::parse_dir_path(suffix) {
+            if depth == self.levels {
+                let mut suffix = path[self.base.len() + 1..].to_owned();
+                if self.levels == 4 {
+                    suffix.push_str("/00");
+                }
+                match Minute::parse_dir_path(&suffix) {
                     Ok(minute) => return Ok(Some(minute)),
                     Err(_) => continue,
                 }
