@@ -30,10 +30,11 @@ use conduit_core::layout::Layout;
 use conduit_core::manifest::describe_file;
 use conduit_core::storage::temp_sibling;
 use conduit_core::{
-    CreateMode, Manifest, ManifestError, ManifestFile, Minute, RenameMode, Storage, Topic, View,
+    CreateMode, Manifest, ManifestError, ManifestFile, Minute, RenameMode, SharedStorage, Storage,
+    Topic, View,
 };
 
-use crate::{Fence, WorkerError};
+use crate::{Fence, SharedFence, WorkerError};
 
 /// Bytes read and written per storage call when copying or compacting.
 pub(crate) const COPY_CHUNK: u64 = 4 << 20;
@@ -129,6 +130,72 @@ pub(crate) async fn copy_verified(
             }
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Copies running at once in [`copy_all`]: hides per-file round-trip latency (an
+/// HDFS create and close take tens to hundreds of milliseconds each) while memory
+/// stays bounded at `COPY_CONCURRENCY * COPY_CHUNK`.
+pub(crate) const COPY_CONCURRENCY: usize = 8;
+
+/// One file for [`copy_all`].
+#[derive(Debug, Clone)]
+pub(crate) struct CopyTask {
+    /// The cluster holding the source.
+    pub src: SharedStorage,
+    /// Source path.
+    pub src_path: String,
+    /// Destination path (on the job's own cluster).
+    pub dst_path: String,
+    /// The source manifest's entry for the file.
+    pub file: ManifestFile,
+}
+
+/// Runs [`copy_verified`] for every task, [`COPY_CONCURRENCY`] at a time; returns
+/// the bytes copied. On an error no further copy starts, the running ones finish,
+/// and the first error is returned.
+pub(crate) async fn copy_all(
+    tasks: Vec<CopyTask>,
+    dst: SharedStorage,
+    fence: SharedFence,
+) -> Result<u64, WorkerError> {
+    let mut running = tokio::task::JoinSet::new();
+    let mut queue = tasks.into_iter();
+    let mut copied = 0;
+    let mut first_error = None;
+    loop {
+        while first_error.is_none() && running.len() < COPY_CONCURRENCY {
+            let Some(task) = queue.next() else { break };
+            let (dst, fence) = (dst.clone(), fence.clone());
+            running.spawn(async move {
+                copy_verified(
+                    task.src.as_ref(),
+                    &task.src_path,
+                    dst.as_ref(),
+                    &task.dst_path,
+                    &task.file,
+                    fence.as_ref(),
+                )
+                .await
+            });
+        }
+        let Some(done) = running.join_next().await else {
+            break;
+        };
+        match done {
+            Ok(Ok(CopyOutcome::Copied(bytes))) => copied += bytes,
+            Ok(Ok(CopyOutcome::AlreadyThere)) => {}
+            Ok(Err(e)) => {
+                first_error.get_or_insert(e);
+            }
+            Err(e) => {
+                first_error.get_or_insert(WorkerError::Other(format!("copy task failed: {e}")));
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(copied),
     }
 }
 

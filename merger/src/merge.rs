@@ -55,9 +55,7 @@ use serde::{Deserialize, Serialize};
 use conduit_core::layout::Layout;
 use conduit_core::{Manifest, ManifestError, ManifestFile, Minute, NodeName, Topic, View};
 
-use crate::copy::{
-    copy_verified, dir_state, find_dir, list_topics, tidy_unsealed, CopyOutcome, DirState,
-};
+use crate::copy::{copy_all, dir_state, find_dir, list_topics, tidy_unsealed, CopyTask, DirState};
 use crate::{Cluster, Job, JobEnv, PassReport, WorkerError};
 
 /// Merged minutes sealed per topic in one pass at most (catch-up continues in the
@@ -473,28 +471,22 @@ impl MergeJob {
         let dir = Layout::minute_dir(View::Merged, topic, frontier);
         let mut report = PassReport::default();
         let mut files = Vec::with_capacity(plan.len());
+        let mut tasks = Vec::with_capacity(plan.len());
         for (source, src_dir, file) in plan {
             let cluster = self.cluster(&source).expect("included sources exist");
-            let src_path = format!("{src_dir}/{}", file.name);
-            let dst_path = format!("{dir}/{}", file.name);
-            match copy_verified(
-                cluster.storage.as_ref(),
-                &src_path,
-                dest,
-                &dst_path,
-                &file,
-                fence,
-            )
-            .await?
-            {
-                CopyOutcome::Copied(bytes) => report.bytes_copied += bytes,
-                CopyOutcome::AlreadyThere => {}
-            }
+            tasks.push(CopyTask {
+                src: cluster.storage.clone(),
+                src_path: format!("{src_dir}/{}", file.name),
+                dst_path: format!("{dir}/{}", file.name),
+                file: file.clone(),
+            });
             let late = file.minute < frontier;
             report.files += 1;
             report.late_files += u64::from(late);
             files.push(ManifestFile { late, ..file });
         }
+        report.bytes_copied +=
+            copy_all(tasks, self.env.this.storage.clone(), self.env.fence.clone()).await?;
         let names: BTreeSet<String> = files.iter().map(|f| f.name.clone()).collect();
         dest.mkdirs(&dir).await?;
         tidy_unsealed(dest, &dir, fence, |name| names.contains(name)).await?;

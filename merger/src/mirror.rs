@@ -32,7 +32,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use conduit_core::layout::Layout;
 use conduit_core::{Manifest, Minute, NodeName, Topic, View};
 
-use crate::copy::{copy_verified, find_dir, list_topics, seal_raw, tidy_unsealed, CopyOutcome};
+use crate::copy::{copy_all, find_dir, list_topics, seal_raw, tidy_unsealed, CopyTask};
 use crate::{Job, JobEnv, PassReport, WorkerError};
 
 /// Minutes mirrored per topic in one pass at most.
@@ -153,15 +153,20 @@ impl MirrorJob {
                 };
                 let manifest = Manifest::parse(&marker, &raw)?;
                 let mut step = PassReport::default();
+                let mut tasks = Vec::with_capacity(manifest.files.len());
                 for file in &manifest.files {
                     let path = format!("{dir}/{}", file.name);
-                    match copy_verified(src, &path, dest, &path, file, fence).await? {
-                        CopyOutcome::Copied(bytes) => step.bytes_copied += bytes,
-                        CopyOutcome::AlreadyThere => {}
-                    }
+                    tasks.push(CopyTask {
+                        src: origin.storage.clone(),
+                        src_path: path.clone(),
+                        dst_path: path,
+                        file: file.clone(),
+                    });
                     step.files += 1;
                     step.late_files += u64::from(file.late);
                 }
+                step.bytes_copied +=
+                    copy_all(tasks, self.env.this.storage.clone(), self.env.fence.clone()).await?;
                 let names: BTreeSet<&str> = manifest.files.iter().map(|f| f.name.as_str()).collect();
                 dest.mkdirs(&dir).await?;
                 tidy_unsealed(dest, &dir, fence, |name| names.contains(name)).await?;
