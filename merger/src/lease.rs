@@ -335,7 +335,14 @@ impl Lease {
         };
         let epoch = match pending {
             Some((epoch, until)) => {
-                if self.clock.now() <= until + drift {
+                // A holder that released its lease stopped committing before it
+                // rewrote the record as expired: no need to wait any longer.
+                let released = matches!(
+                    Self::read_record(&self.storage, &self.settings.name).await,
+                    Ok(Some(r)) if r.epoch < epoch && r.expires_at < until
+                        && self.clock.now() > r.expires_at + drift
+                );
+                if !released && self.clock.now() <= until + drift {
                     return Ok(LeaseStatus::Standby {
                         holder: None,
                         reason: format!("claimed epoch {epoch}; waiting for the old holder's lease to lapse at {until}"),
