@@ -17,7 +17,8 @@ use conduit_core::http::{HttpServer, SharedRegistry};
 use conduit_core::{Config, NodeName, SharedClock, SystemClock};
 use conduit_merger::lease::{Lease, LeaseSettings, Monotonic};
 use conduit_merger::{
-    Cluster, Daemon, Job, JobEnv, LocalJob, NoFence, SealProgress, SharedFence, WorkerMetrics,
+    Cluster, CompactJob, Daemon, Job, JobEnv, LocalJob, MergeJob, MirrorJob, NoFence, PurgeJob,
+    SealProgress, SharedFence, WorkerMetrics,
 };
 
 /// Arguments of `conduit worker`. Flags override the config file and may be given
@@ -97,12 +98,12 @@ enum JobName {
     Compact,
 }
 
+/// The jobs a daemon runs, in order.
+type Jobs = Vec<Box<dyn Job>>;
+
 /// Builds the selected jobs, and the sealing progress of those that report it.
-fn build_jobs(
-    env: &JobEnv,
-    only: Option<JobName>,
-) -> anyhow::Result<(Vec<Box<dyn Job>>, Vec<SealProgress>)> {
-    let mut jobs: Vec<Box<dyn Job>> = Vec::new();
+fn build_jobs(env: &JobEnv, only: Option<JobName>) -> (Jobs, Vec<SealProgress>) {
+    let mut jobs: Jobs = Vec::new();
     let mut progress = Vec::new();
     let wanted = |j: JobName| only.is_none() || only == Some(j);
     if wanted(JobName::Local) {
@@ -110,20 +111,19 @@ fn build_jobs(
         progress.push(job.progress());
         jobs.push(Box::new(job));
     }
-    // WIRING POINT (merge, mirror, compact, purge): the other jobs live in
-    // merger/src/{merge,mirror,compact,purge}.rs; they are added here once the
-    // crate exports them.
-    for (job, name) in [
-        (JobName::Merge, "merge"),
-        (JobName::Mirror, "mirror"),
-        (JobName::Compact, "compact"),
-        (JobName::Purge, "purge"),
-    ] {
-        if only == Some(job) {
-            anyhow::bail!("the {name} job is not built into this binary yet");
-        }
+    if wanted(JobName::Merge) {
+        jobs.push(Box::new(MergeJob::new(env.clone())));
     }
-    Ok((jobs, progress))
+    if wanted(JobName::Mirror) {
+        jobs.push(Box::new(MirrorJob::new(env.clone())));
+    }
+    if wanted(JobName::Compact) {
+        jobs.push(Box::new(CompactJob::new(env.clone())));
+    }
+    if wanted(JobName::Purge) {
+        jobs.push(Box::new(PurgeJob::new(env.clone())));
+    }
+    (jobs, progress)
 }
 
 fn hostname() -> String {
@@ -221,7 +221,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         fence,
         worker_id,
     };
-    let (jobs, progress) = build_jobs(&env, args.job)?;
+    let (jobs, progress) = build_jobs(&env, args.job);
     let registry: SharedRegistry = Arc::new(Mutex::new(Default::default()));
     let metrics = WorkerMetrics::new(&registry);
     let mut daemon = Daemon::new(
