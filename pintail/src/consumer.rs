@@ -1,0 +1,999 @@
+//! The consumer: builder, `next()`, commits, auto-commit, seek, and group upkeep.
+//!
+//! A consumer owns one [`PartitionReader`](crate::reader) per partition it reads
+//! and serves them round-robin. Group upkeep (membership heartbeat, partition
+//! discovery, claims) runs inside `next()` at most every `heartbeat` interval, so a
+//! member that stops calling `next()` for longer than its lease is treated as dead.
+//!
+//! Delivery is at-least-once. A message counts as processed once the *following*
+//! `next()` call is made (or when its position is passed to `commit`); auto-commit
+//! writes the processed positions every N messages or N milliseconds, and on
+//! `close()`. After a crash a member (or the partition's next owner) resumes after
+//! the last committed message, so duplicates are bounded by what was delivered and
+//! not committed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use conduit_core::http::SharedRegistry;
+use conduit_core::layout::Layout;
+use conduit_core::storage::LocalStorage;
+use conduit_core::{
+    open_root, Encoding, Minute, NodeName, SharedClock, SharedStorage, SystemClock, Topic, View,
+};
+
+use crate::error::{PintailError, Result};
+use crate::group::{now_ms, rendezvous, static_owner, Group, Membership};
+use crate::metrics::{Metrics, Stats};
+use crate::position::{CheckpointStore, Position};
+use crate::reader::{Ctx, Kind, Origin, PartitionReader, Poll};
+use crate::roots::{is_retryable, Roots};
+
+/// Which tree a consumer reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadView {
+    /// What collectors write now (`data/`), then the sealed local minutes
+    /// (`streams_local/`); one partition per cluster and collector.
+    Local,
+    /// The sealed merged minutes (`streams/`) of the merged cluster; further
+    /// clusters given to the builder are its mirrors, used when it fails.
+    Merged,
+    /// The merged view on a mirror cluster (same paths and bytes as `Merged`).
+    Mirror,
+}
+
+impl std::str::FromStr for ReadView {
+    type Err = PintailError;
+    fn from_str(s: &str) -> Result<ReadView> {
+        match s {
+            "local" => Ok(ReadView::Local),
+            "merged" => Ok(ReadView::Merged),
+            "mirror" => Ok(ReadView::Mirror),
+            other => Err(PintailError::InvalidSetting {
+                setting: "view",
+                reason: format!("{other:?} is not one of local, merged, mirror"),
+            }),
+        }
+    }
+}
+
+/// A start time: an absolute UTC minute or a duration before now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartTime {
+    /// This minute (UTC).
+    At(Minute),
+    /// This long before the consumer's clock when it starts.
+    Ago(Duration),
+}
+
+impl StartTime {
+    /// Parses `15m`, `2h`, `30s`, `1d`, or a UTC time such as `2026-11-22T10:00`.
+    ///
+    /// ```
+    /// use conduit_pintail::StartTime;
+    /// use std::time::Duration;
+    /// assert_eq!(StartTime::parse("15m").unwrap(), StartTime::Ago(Duration::from_secs(900)));
+    /// assert!(matches!(StartTime::parse("2026-11-22T10:00").unwrap(), StartTime::At(_)));
+    /// assert!(StartTime::parse("soon").is_err());
+    /// ```
+    pub fn parse(text: &str) -> Result<StartTime> {
+        let t = text.trim();
+        let bad = || PintailError::InvalidSetting {
+            setting: "start time",
+            reason: format!(
+                "{text:?} is neither a duration like 15m nor a UTC time like 2026-11-22T10:00"
+            ),
+        };
+        if let Some(unit) = t.chars().last().filter(|c| c.is_ascii_alphabetic()) {
+            let number = &t[..t.len() - 1];
+            if !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit()) {
+                let n: u64 = number.parse().map_err(|_| bad())?;
+                let secs = match unit {
+                    's' => n,
+                    'm' => n * 60,
+                    'h' => n * 3600,
+                    'd' => n * 86_400,
+                    _ => return Err(bad()),
+                };
+                return Ok(StartTime::Ago(Duration::from_secs(secs)));
+            }
+        }
+        Minute::parse_flexible(t)
+            .map(StartTime::At)
+            .map_err(|_| bad())
+    }
+
+    /// The minute this start time names on `clock`.
+    pub fn minute(self, now: DateTime<Utc>) -> Minute {
+        match self {
+            StartTime::At(m) => m,
+            StartTime::Ago(d) => {
+                let t = now - chrono::TimeDelta::from_std(d).unwrap_or(chrono::TimeDelta::MAX);
+                Minute::from_datetime(t).unwrap_or(Minute::MIN)
+            }
+        }
+    }
+}
+
+/// Where to start without a checkpoint and without a start time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DefaultStart {
+    /// The oldest data still kept (beginning of retention).
+    #[default]
+    Beginning,
+    /// Only what arrives from now on.
+    LiveEnd,
+}
+
+/// One event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The payload as published.
+    pub payload: bytes::Bytes,
+    /// The topic.
+    pub topic: Topic,
+    /// The cluster whose collector received it.
+    pub cluster: NodeName,
+    /// The collector that received it.
+    pub collector: NodeName,
+    /// Its arrival minute on the collector's clock.
+    pub minute: Minute,
+    /// The position just after this message: commit it once the message is processed.
+    pub position: Position,
+}
+
+enum Source {
+    Storage(SharedStorage),
+    Uri(String),
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Storage(s) => write!(f, "Storage({})", s.root()),
+            Source::Uri(u) => write!(f, "Uri({u})"),
+        }
+    }
+}
+
+/// Builds a [`Consumer`].
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use conduit_pintail::{Consumer, ReadView, DefaultStart};
+/// let dir = tempfile::tempdir().unwrap();
+/// let mut consumer = Consumer::builder("clicks")
+///     .cluster_uri("dc1", dir.path().to_str().unwrap())
+///     .view(ReadView::Merged)
+///     .group("fraud")
+///     .default_start(DefaultStart::Beginning)
+///     .auto_commit(Some(std::time::Duration::from_secs(1)), Some(1000))
+///     .build()
+///     .await
+///     .unwrap();
+/// // Nothing was ever written: a short wait returns no message.
+/// let got = consumer.next_timeout(std::time::Duration::from_millis(50)).await.unwrap();
+/// assert!(got.is_none());
+/// consumer.close().await.unwrap();
+/// # });
+/// ```
+#[derive(Debug)]
+pub struct ConsumerBuilder {
+    topic: String,
+    clusters: Vec<(String, Source)>,
+    view: ReadView,
+    group: Option<String>,
+    start: Option<StartTime>,
+    default_start: DefaultStart,
+    stop: Option<Minute>,
+    auto_commit_every: Option<Duration>,
+    auto_commit_messages: Option<u64>,
+    checkpoints: Option<Source>,
+    membership: Membership,
+    partitions: u32,
+    encoding: Encoding,
+    skip_corrupt: bool,
+    poll_min: Duration,
+    poll_max: Duration,
+    sealed_poll: Duration,
+    heartbeat: Duration,
+    clock: SharedClock,
+    registry: Option<SharedRegistry>,
+}
+
+impl ConsumerBuilder {
+    /// Adds a cluster root. For the local view, every cluster given is read. For the
+    /// merged view, the first is the merged cluster and the others its mirrors.
+    pub fn cluster(mut self, name: &str, storage: SharedStorage) -> Self {
+        self.clusters
+            .push((name.to_owned(), Source::Storage(storage)));
+        self
+    }
+
+    /// Adds a cluster root by URI (`/dir`, `file:///dir`, `hdfs://nn:9000/path`).
+    pub fn cluster_uri(mut self, name: &str, uri: &str) -> Self {
+        self.clusters
+            .push((name.to_owned(), Source::Uri(uri.to_owned())));
+        self
+    }
+
+    /// The view (default `Local`).
+    pub fn view(mut self, view: ReadView) -> Self {
+        self.view = view;
+        self
+    }
+
+    /// The consumer group: checkpoints are per group and partition.
+    pub fn group(mut self, group: &str) -> Self {
+        self.group = Some(group.to_owned());
+        self
+    }
+
+    /// Where to start when the group has no checkpoint for a partition.
+    pub fn start(mut self, start: StartTime) -> Self {
+        self.start = Some(start);
+        self
+    }
+
+    /// Where to start with neither a checkpoint nor a start time (default: beginning).
+    pub fn default_start(mut self, start: DefaultStart) -> Self {
+        self.default_start = start;
+        self
+    }
+
+    /// The last minute to read (inclusive); `next()` returns `None` after it.
+    pub fn stop(mut self, minute: Minute) -> Self {
+        self.stop = Some(minute);
+        self
+    }
+
+    /// Auto-commit processed positions every `every` and/or every `messages`
+    /// messages (both `None`: only explicit commits and `close`).
+    pub fn auto_commit(mut self, every: Option<Duration>, messages: Option<u64>) -> Self {
+        self.auto_commit_every = every;
+        self.auto_commit_messages = messages;
+        self
+    }
+
+    /// Keeps checkpoints (and group leases) in this storage instead of the first
+    /// cluster's.
+    pub fn checkpoint_storage(mut self, storage: SharedStorage) -> Self {
+        self.checkpoints = Some(Source::Storage(storage));
+        self
+    }
+
+    /// Keeps checkpoints (and group leases) in a local directory.
+    pub fn checkpoint_dir(mut self, dir: &str) -> Self {
+        self.checkpoints = Some(Source::Uri(dir.to_owned()));
+        self
+    }
+
+    /// Static membership: member `k` of `n` (0-based).
+    pub fn static_member(mut self, k: u32, n: u32) -> Self {
+        self.membership = Membership::Static { k, n };
+        self
+    }
+
+    /// Dynamic membership with this member id and lease.
+    pub fn dynamic_member(mut self, member: &str, lease: Duration) -> Self {
+        self.membership = Membership::Dynamic {
+            member: member.to_owned(),
+            lease,
+        };
+        self
+    }
+
+    /// Number of partitions of a sealed view (default 16). Must be the same for every
+    /// member of a group and stay fixed (checkpoints are per partition).
+    pub fn sealed_partitions(mut self, n: u32) -> Self {
+        self.partitions = n;
+        self
+    }
+
+    /// The topic's record encoding (default `lines`).
+    pub fn encoding(mut self, encoding: Encoding) -> Self {
+        self.encoding = encoding;
+        self
+    }
+
+    /// Skip and count corrupt frames instead of failing with
+    /// [`PintailError::CorruptFrame`].
+    pub fn skip_corrupt_frames(mut self, skip: bool) -> Self {
+        self.skip_corrupt = skip;
+        self
+    }
+
+    /// Idle polling interval: starts at `min`, doubles up to `max` (default 5–20 ms).
+    pub fn poll_interval(mut self, min: Duration, max: Duration) -> Self {
+        self.poll_min = min;
+        self.poll_max = max.max(min);
+        self
+    }
+
+    /// How often a sealed view looks for the next `_SUCCESS` (default 1 s).
+    pub fn sealed_poll(mut self, every: Duration) -> Self {
+        self.sealed_poll = every;
+        self
+    }
+
+    /// Group upkeep interval (membership heartbeat, discovery; default 1 s).
+    pub fn heartbeat(mut self, every: Duration) -> Self {
+        self.heartbeat = every;
+        self
+    }
+
+    /// The clock for start times, the live end and stop checks (default: system).
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Registers `pintail_*` metrics here.
+    pub fn registry(mut self, registry: SharedRegistry) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// Opens the roots and checkpoint store and checks the settings.
+    pub async fn build(self) -> Result<Consumer> {
+        let topic = Topic::new(self.topic.clone())?;
+        if self.clusters.is_empty() {
+            return Err(PintailError::InvalidSetting {
+                setting: "cluster",
+                reason: "at least one cluster root is needed".into(),
+            });
+        }
+        let mut clusters = Vec::new();
+        for (name, source) in self.clusters {
+            let name = NodeName::new(name)?;
+            let storage = match source {
+                Source::Storage(s) => s,
+                Source::Uri(uri) => open_root(&uri).await?,
+            };
+            clusters.push((name, storage));
+        }
+        if let Some(group) = &self.group {
+            Layout::checkpoint_path("pintail", &format!("{group}.{topic}.x"))?;
+            if group.contains('.') {
+                return Err(PintailError::InvalidSetting {
+                    setting: "group",
+                    reason: format!("{group:?} contains '.'"),
+                });
+            }
+        }
+        let store = match self.checkpoints {
+            Some(Source::Storage(s)) => s,
+            Some(Source::Uri(dir)) if !dir.contains("://") => {
+                std::fs::create_dir_all(&dir).map_err(|e| PintailError::InvalidSetting {
+                    setting: "checkpoint_dir",
+                    reason: format!("{dir}: {e}"),
+                })?;
+                Arc::new(LocalStorage::open(&dir)?)
+            }
+            Some(Source::Uri(uri)) => open_root(&uri).await?,
+            None => clusters[0].1.clone(),
+        };
+        match &self.membership {
+            Membership::Static { k, n } if *n == 0 || k >= n => {
+                return Err(PintailError::InvalidSetting {
+                    setting: "static_member",
+                    reason: format!("member {k} of {n}: need 0 <= k < n"),
+                })
+            }
+            Membership::Dynamic { member, .. } if self.group.is_none() => {
+                return Err(PintailError::InvalidSetting {
+                    setting: "dynamic_member",
+                    reason: format!("member {member:?} needs a group"),
+                })
+            }
+            Membership::Dynamic { member, .. }
+                if member.is_empty()
+                    || !member
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') =>
+            {
+                return Err(PintailError::InvalidSetting {
+                    setting: "dynamic_member",
+                    reason: format!("member id {member:?} must be [A-Za-z0-9_-]+"),
+                })
+            }
+            _ => {}
+        }
+        if self.partitions == 0 {
+            return Err(PintailError::InvalidSetting {
+                setting: "sealed_partitions",
+                reason: "must be at least 1".into(),
+            });
+        }
+        let metrics = Metrics::new(self.registry.as_ref());
+        let ctx = Ctx {
+            topic: topic.clone(),
+            encoding: self.encoding,
+            skip_corrupt: self.skip_corrupt,
+            stop: self.stop,
+            clock: self.clock.clone(),
+            metrics: metrics.clone(),
+            sealed_poll: self.sealed_poll,
+            purged: Default::default(),
+        };
+        let origin = match (self.start, self.default_start) {
+            (Some(start), _) => Origin::Minute(start.minute(self.clock.now())),
+            (None, DefaultStart::Beginning) => Origin::Minute(Minute::MIN),
+            (None, DefaultStart::LiveEnd) => Origin::LiveEnd,
+        };
+        let group = match (&self.membership, &self.group) {
+            (Membership::Dynamic { member, lease }, Some(g)) => Some(Group {
+                store: store.clone(),
+                group: g.clone(),
+                topic: topic.to_string(),
+                member: member.clone(),
+                lease: *lease,
+            }),
+            _ => None,
+        };
+        Ok(Consumer {
+            ctx,
+            view: self.view,
+            clusters,
+            store: CheckpointStore::new(store),
+            group_name: self.group,
+            membership: self.membership,
+            group,
+            partitions_n: self.partitions,
+            origin,
+            readers: BTreeMap::new(),
+            epochs: BTreeMap::new(),
+            processed: BTreeMap::new(),
+            committed: BTreeMap::new(),
+            uncommitted: BTreeMap::new(),
+            last_returned: None,
+            rr: 0,
+            next_upkeep: Instant::now(),
+            heartbeat: self.heartbeat,
+            auto_every: self.auto_commit_every,
+            auto_messages: self.auto_commit_messages,
+            last_commit: Instant::now(),
+            since_commit: 0,
+            poll_min: self.poll_min,
+            poll_max: self.poll_max,
+            metrics,
+            finished: false,
+            fence_errors: Arc::new(Mutex::new(0)),
+        })
+    }
+}
+
+/// A PinTail consumer of one topic; see the [crate docs](crate).
+#[derive(Debug)]
+pub struct Consumer {
+    ctx: Ctx,
+    view: ReadView,
+    clusters: Vec<(NodeName, SharedStorage)>,
+    store: CheckpointStore,
+    group_name: Option<String>,
+    membership: Membership,
+    group: Option<Group>,
+    partitions_n: u32,
+    origin: Origin,
+    readers: BTreeMap<String, PartitionReader>,
+    /// Dynamic membership: the claim epoch of each partition read.
+    epochs: BTreeMap<String, u64>,
+    /// Positions of messages known processed, per partition, not yet committed.
+    processed: BTreeMap<String, Position>,
+    committed: BTreeMap<String, Position>,
+    /// Messages delivered per partition since its last commit.
+    uncommitted: BTreeMap<String, u64>,
+    last_returned: Option<Position>,
+    rr: usize,
+    next_upkeep: Instant,
+    heartbeat: Duration,
+    auto_every: Option<Duration>,
+    auto_messages: Option<u64>,
+    last_commit: Instant,
+    since_commit: u64,
+    poll_min: Duration,
+    poll_max: Duration,
+    metrics: Metrics,
+    finished: bool,
+    fence_errors: Arc<Mutex<u64>>,
+}
+
+impl Consumer {
+    /// A builder for a consumer of `topic`.
+    pub fn builder(topic: &str) -> ConsumerBuilder {
+        ConsumerBuilder {
+            topic: topic.to_owned(),
+            clusters: Vec::new(),
+            view: ReadView::Local,
+            group: None,
+            start: None,
+            default_start: DefaultStart::Beginning,
+            stop: None,
+            auto_commit_every: None,
+            auto_commit_messages: None,
+            checkpoints: None,
+            membership: Membership::Solo,
+            partitions: 16,
+            encoding: Encoding::Lines,
+            skip_corrupt: false,
+            poll_min: Duration::from_millis(5),
+            poll_max: Duration::from_millis(20),
+            sealed_poll: Duration::from_secs(1),
+            heartbeat: Duration::from_secs(1),
+            clock: SystemClock::shared(),
+            registry: None,
+        }
+    }
+
+    /// The next message, waiting for one. `None` once the stop minute is passed on
+    /// every partition this member reads.
+    pub async fn next(&mut self) -> Result<Option<Message>> {
+        self.next_until(None).await
+    }
+
+    /// Like [`Consumer::next`], but returns `None` after `timeout` without a message
+    /// (check [`Consumer::is_finished`] to tell the end of the stream).
+    pub async fn next_timeout(&mut self, timeout: Duration) -> Result<Option<Message>> {
+        self.next_until(Some(Instant::now() + timeout)).await
+    }
+
+    /// Whether the stream ended (stop minute passed everywhere).
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    async fn next_until(&mut self, deadline: Option<Instant>) -> Result<Option<Message>> {
+        if let Some(pos) = self.last_returned.take() {
+            self.processed.insert(pos.partition.clone(), pos);
+            self.since_commit += 1;
+        }
+        self.maybe_auto_commit().await?;
+        let mut sleep = self.poll_min;
+        loop {
+            if Instant::now() >= self.next_upkeep {
+                self.upkeep().await?;
+                self.next_upkeep = Instant::now() + self.heartbeat;
+            }
+            if let Some(msg) = self.poll_round().await? {
+                self.metrics.messages.inc();
+                self.metrics.payload_bytes.inc_by(msg.payload.len() as u64);
+                *self
+                    .uncommitted
+                    .entry(msg.position.partition.clone())
+                    .or_default() += 1;
+                self.last_returned = Some(msg.position.clone());
+                return Ok(Some(msg));
+            }
+            if self.ctx.stop.is_some()
+                && !self.readers.is_empty()
+                && self.readers.values().all(|r| r.is_done())
+            {
+                self.finished = true;
+                self.commit_processed().await?;
+                return Ok(None);
+            }
+            self.maybe_auto_commit().await?;
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return Ok(None);
+            }
+            let mut nap = sleep;
+            if let Some(d) = deadline {
+                nap = nap.min(d - now);
+            }
+            nap = nap.min(self.next_upkeep.saturating_duration_since(now));
+            tokio::time::sleep(nap).await;
+            sleep = (sleep * 2).min(self.poll_max);
+        }
+    }
+
+    /// One pass over the readers, starting after the last one that delivered.
+    async fn poll_round(&mut self) -> Result<Option<crate::Message>> {
+        let ids: Vec<String> = self.readers.keys().cloned().collect();
+        let n = ids.len();
+        for i in 0..n {
+            let at = (self.rr + i) % n;
+            let reader = self.readers.get_mut(&ids[at]).expect("listed");
+            if reader.backoff_until.is_some_and(|t| Instant::now() < t) {
+                continue;
+            }
+            match reader.poll(&self.ctx).await {
+                Ok(Poll::Msg(m)) => {
+                    reader.backoff = Duration::ZERO;
+                    self.rr = at;
+                    return Ok(Some(m));
+                }
+                Ok(Poll::Idle) | Ok(Poll::Done) => {
+                    reader.backoff = Duration::ZERO;
+                }
+                Err(PintailError::Storage(e)) if is_retryable(&e) => {
+                    self.metrics.storage_errors.inc();
+                    reader.backoff = (reader.backoff * 2)
+                        .max(Duration::from_millis(100))
+                        .min(Duration::from_secs(5));
+                    reader.backoff_until = Some(Instant::now() + reader.backoff);
+                    tracing::warn!(partition = %ids[at], error = %e, retry_in = ?reader.backoff,
+                        "storage unreachable; retrying with backoff");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.rr = (self.rr + 1) % n.max(1);
+        Ok(None)
+    }
+
+    // ---- commits ------------------------------------------------------------
+
+    /// Records `position` (from a [`Message`]) as the group's progress in its
+    /// partition: after a restart the partition resumes just after that message.
+    pub async fn commit(&mut self, position: &Position) -> Result<()> {
+        let Some(group) = self.group_name.clone() else {
+            return Err(PintailError::InvalidSetting {
+                setting: "group",
+                reason: "commit needs a consumer group".into(),
+            });
+        };
+        if let Some(g) = &self.group {
+            let owned = match self.epochs.get(&position.partition) {
+                Some(epoch) => g.still_owner(&position.partition, *epoch).await?,
+                None => false,
+            };
+            if !owned {
+                self.metrics.fenced_commits.inc();
+                *self.fence_errors.lock().expect("lock") += 1;
+                self.lose(&position.partition);
+                return Err(PintailError::NotOwner {
+                    group,
+                    partition: position.partition.clone(),
+                });
+            }
+        }
+        self.store
+            .save(
+                &group,
+                self.ctx.topic.as_str(),
+                position,
+                self.ctx.clock.now(),
+            )
+            .await?;
+        self.metrics.commits.inc();
+        self.committed
+            .insert(position.partition.clone(), position.clone());
+        if self
+            .processed
+            .get(&position.partition)
+            .is_some_and(|p| p == position)
+        {
+            self.processed.remove(&position.partition);
+        }
+        self.uncommitted.insert(position.partition.clone(), 0);
+        Ok(())
+    }
+
+    /// Commits every processed position (messages returned before the last
+    /// `next()`), and the message returned last too when `include_last`.
+    pub async fn commit_delivered(&mut self, include_last: bool) -> Result<()> {
+        if include_last {
+            if let Some(pos) = self.last_returned.take() {
+                self.processed.insert(pos.partition.clone(), pos);
+            }
+        }
+        self.commit_processed().await
+    }
+
+    async fn commit_processed(&mut self) -> Result<()> {
+        if self.group_name.is_none() {
+            self.processed.clear();
+            return Ok(());
+        }
+        let positions: Vec<Position> = self.processed.values().cloned().collect();
+        for pos in positions {
+            match self.commit(&pos).await {
+                Ok(()) => {}
+                Err(PintailError::NotOwner { partition, .. }) => {
+                    tracing::info!(
+                        partition,
+                        "partition moved to another member; commit skipped"
+                    );
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.since_commit = 0;
+        self.last_commit = Instant::now();
+        Ok(())
+    }
+
+    async fn maybe_auto_commit(&mut self) -> Result<()> {
+        let due = self.auto_messages.is_some_and(|n| self.since_commit >= n)
+            || self
+                .auto_every
+                .is_some_and(|d| self.last_commit.elapsed() >= d && !self.processed.is_empty());
+        if due {
+            self.commit_processed().await?;
+        }
+        Ok(())
+    }
+
+    /// Forgets a partition this member lost (fenced); counts what was delivered
+    /// and not committed.
+    fn lose(&mut self, partition: &str) {
+        if self.readers.remove(partition).is_some() {
+            let lost = self.uncommitted.remove(partition).unwrap_or(0);
+            self.metrics.lost_uncommitted.inc_by(lost);
+            self.metrics.rebalances.inc();
+            tracing::info!(partition, lost, "lost a partition to another member");
+        }
+        self.epochs.remove(partition);
+        self.processed.remove(partition);
+        if self
+            .last_returned
+            .as_ref()
+            .is_some_and(|p| p.partition == partition)
+        {
+            self.last_returned = None;
+        }
+        self.metrics.owned_partitions.set(self.readers.len() as i64);
+    }
+
+    /// Repositions every partition this member reads to `start` (ignoring
+    /// checkpoints; the next commit overwrites them).
+    pub async fn seek(&mut self, start: StartTime) -> Result<()> {
+        let minute = start.minute(self.ctx.clock.now());
+        self.origin = Origin::Minute(minute);
+        self.last_returned = None;
+        self.processed.clear();
+        let ids: Vec<String> = self.readers.keys().cloned().collect();
+        for id in ids {
+            let reader = self.new_reader(&id, None);
+            self.readers.insert(id, reader);
+        }
+        self.finished = false;
+        Ok(())
+    }
+
+    /// Commits processed positions (with auto-commit on, the last message too),
+    /// releases this member's partitions and leaves the group.
+    pub async fn close(mut self) -> Result<()> {
+        let auto = self.auto_every.is_some() || self.auto_messages.is_some();
+        self.commit_delivered(auto).await?;
+        if let Some(g) = self.group.clone() {
+            for (partition, epoch) in std::mem::take(&mut self.epochs) {
+                g.renew(&partition, epoch, true).await?;
+            }
+            g.leave().await?;
+        }
+        Ok(())
+    }
+
+    /// Counters of this consumer.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            messages: self.metrics.messages.get(),
+            corrupt_frames_skipped: self.metrics.corrupt_frames_skipped.get(),
+            purged_skips: self.metrics.purged_skips.get(),
+            storage_errors: self.metrics.storage_errors.get(),
+            commits: self.metrics.commits.get(),
+            fenced_commits: self.metrics.fenced_commits.get(),
+            lost_uncommitted: self.metrics.lost_uncommitted.get(),
+            owned_partitions: self.readers.len() as u64,
+            purged_ranges: self.ctx.purged.lock().expect("purged lock").clone(),
+        }
+    }
+
+    /// The partitions this member reads now.
+    pub fn partitions(&self) -> Vec<String> {
+        self.readers.keys().cloned().collect()
+    }
+
+    // ---- partitions and membership ---------------------------------------------
+
+    fn sealed_view(&self) -> View {
+        match self.view {
+            ReadView::Local => View::Local,
+            ReadView::Merged | ReadView::Mirror => View::Merged,
+        }
+    }
+
+    fn new_reader(&self, id: &str, checkpoint: Option<Position>) -> PartitionReader {
+        let (kind, roots) = match self.view {
+            ReadView::Local => {
+                let (cluster, collector) = id.split_once('-').expect("local partition id");
+                let storage = self
+                    .clusters
+                    .iter()
+                    .find(|(c, _)| c.as_str() == cluster)
+                    .map(|(_, s)| s.clone())
+                    .expect("known cluster");
+                (
+                    Kind::Local {
+                        cluster: NodeName::new(cluster).expect("valid"),
+                        collector: NodeName::new(collector).expect("valid"),
+                    },
+                    Roots::new(vec![(NodeName::new(cluster).expect("valid"), storage)]),
+                )
+            }
+            ReadView::Merged | ReadView::Mirror => {
+                let k = id
+                    .strip_prefix('p')
+                    .and_then(|r| r.split_once("of"))
+                    .and_then(|(k, _)| k.parse().ok())
+                    .expect("sealed partition id");
+                (
+                    Kind::Sealed {
+                        k,
+                        n: self.partitions_n,
+                    },
+                    Roots::new(self.clusters.clone()),
+                )
+            }
+        };
+        PartitionReader::new(
+            id.to_owned(),
+            kind,
+            self.sealed_view(),
+            roots,
+            checkpoint,
+            self.origin,
+        )
+    }
+
+    /// Every partition of the topic in this view.
+    async fn discover(&self) -> Result<BTreeSet<String>> {
+        let mut out = BTreeSet::new();
+        match self.view {
+            ReadView::Merged | ReadView::Mirror => {
+                for k in 0..self.partitions_n {
+                    out.insert(format!("p{k}of{}", self.partitions_n));
+                }
+            }
+            ReadView::Local => {
+                for (cluster, storage) in &self.clusters {
+                    let dir = Layout::topic_dir(View::Collector, &self.ctx.topic);
+                    for e in storage.list_or_empty(&dir).await? {
+                        if e.is_dir && NodeName::new(e.name.clone()).is_ok() {
+                            out.insert(format!("{cluster}-{}", e.name));
+                        }
+                    }
+                    let (beats, _) =
+                        conduit_core::heartbeat::Heartbeat::read_all(&**storage, cluster).await?;
+                    for b in beats {
+                        out.insert(format!("{cluster}-{}", b.collector));
+                    }
+                }
+                if let Some(group) = &self.group_name {
+                    for p in self
+                        .store
+                        .partitions(group, self.ctx.topic.as_str())
+                        .await?
+                    {
+                        if let Some((c, _)) = p.split_once('-') {
+                            if self.clusters.iter().any(|(n, _)| n.as_str() == c) {
+                                out.insert(p);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn checkpoint_of(&self, partition: &str) -> Result<Option<Position>> {
+        match &self.group_name {
+            Some(g) => self.store.load(g, self.ctx.topic.as_str(), partition).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn add_reader(&mut self, partition: &str) -> Result<()> {
+        let checkpoint = self.checkpoint_of(partition).await?;
+        if let Some(cp) = &checkpoint {
+            self.committed.insert(partition.to_owned(), cp.clone());
+        }
+        let reader = self.new_reader(partition, checkpoint);
+        self.readers.insert(partition.to_owned(), reader);
+        self.uncommitted.insert(partition.to_owned(), 0);
+        Ok(())
+    }
+
+    /// Discovery and membership: runs every heartbeat interval.
+    async fn upkeep(&mut self) -> Result<()> {
+        let partitions = match self.discover().await {
+            Ok(p) => p,
+            Err(PintailError::Storage(e)) if is_retryable(&e) => {
+                self.metrics.storage_errors.inc();
+                tracing::warn!(error = %e, "partition discovery failed; retrying");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        match self.membership.clone() {
+            Membership::Solo | Membership::Static { .. } => {
+                for p in partitions {
+                    let mine = match self.membership {
+                        Membership::Static { k, n } => static_owner(&p, k, n),
+                        _ => true,
+                    };
+                    if mine && !self.readers.contains_key(&p) {
+                        self.add_reader(&p).await?;
+                    }
+                }
+            }
+            Membership::Dynamic { .. } => {
+                if let Err(e) = self.rebalance(partitions).await {
+                    match e {
+                        PintailError::Storage(e) if is_retryable(&e) => {
+                            self.metrics.storage_errors.inc();
+                            tracing::warn!(error = %e, "group upkeep failed; retrying");
+                        }
+                        other => return Err(other),
+                    }
+                }
+            }
+        }
+        self.metrics.owned_partitions.set(self.readers.len() as i64);
+        Ok(())
+    }
+
+    async fn rebalance(&mut self, partitions: BTreeSet<String>) -> Result<()> {
+        let g = self.group.clone().expect("dynamic membership has a group");
+        g.heartbeat().await?;
+        let (members, claims) = g.read_state().await?;
+        let now = now_ms();
+        let desired: BTreeSet<String> = partitions
+            .iter()
+            .filter(|p| rendezvous(p, &members) == Some(&g.member))
+            .cloned()
+            .collect();
+        // Partitions read now: keep (renew), give up, or notice they were taken.
+        let owned: Vec<(String, u64)> = self.epochs.iter().map(|(p, e)| (p.clone(), *e)).collect();
+        for (p, epoch) in owned {
+            let current = claims.get(&p).map(|(e, _)| *e).unwrap_or(0);
+            if current > epoch {
+                self.lose(&p);
+                continue;
+            }
+            if desired.contains(&p) {
+                g.renew(&p, epoch, false).await?;
+            } else {
+                // Hand over: commit what is processed, stop reading, release.
+                if let Some(pos) = self.processed.get(&p).cloned() {
+                    self.commit(&pos).await.ok();
+                }
+                self.lose(&p);
+                g.renew(&p, epoch, true).await?;
+                tracing::info!(partition = %p, member = %g.member, "released a partition");
+            }
+        }
+        for p in desired {
+            if self.epochs.contains_key(&p) {
+                continue;
+            }
+            let next_epoch = match claims.get(&p) {
+                None => 1,
+                Some((epoch, claim)) if claim.member == g.member && !claim.released => {
+                    // Ours from before (an interrupted upkeep): take it again.
+                    *epoch + 1
+                }
+                Some((epoch, claim))
+                    if claim.released
+                        || claim.expires_ms <= now
+                        || !members.contains(&claim.member) =>
+                {
+                    *epoch + 1
+                }
+                Some(_) => continue, // a live owner has not released it yet
+            };
+            if g.acquire(&p, next_epoch).await? {
+                self.epochs.insert(p.clone(), next_epoch);
+                self.add_reader(&p).await?;
+                self.metrics.rebalances.inc();
+                tracing::info!(partition = %p, member = %g.member, epoch = next_epoch, "acquired a partition");
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,72 @@
+//! The crate's error type: one enum, each variant naming the offending file, offset,
+//! checkpoint or setting.
+
+use conduit_core::{LayoutError, ManifestError, StorageError};
+
+/// Errors of PinTail.
+#[derive(Debug, thiserror::Error)]
+pub enum PintailError {
+    /// A storage call failed and retrying did not help (or retrying is not allowed).
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A `_SUCCESS` manifest could not be read.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// A path or name could not be built.
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    /// A complete frame failed to decode (bad checksum, garbage, a bad record).
+    /// Set [`crate::ConsumerBuilder::skip_corrupt_frames`] to skip and count it instead.
+    #[error("corrupt frame in {path} at byte offset {offset}: {reason}")]
+    CorruptFrame {
+        /// The file, relative to its cluster root.
+        path: String,
+        /// Offset of the frame's first byte.
+        offset: u64,
+        /// What the decoder said.
+        reason: String,
+    },
+    /// A checkpoint file could not be parsed. PinTail never silently restarts from
+    /// the beginning: fix or delete the file.
+    #[error("malformed checkpoint {path}: {reason}")]
+    MalformedCheckpoint {
+        /// The checkpoint path in the checkpoint store.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A checkpoint written by a newer PinTail.
+    #[error("checkpoint {path} has version {version}, this build reads version {supported}")]
+    UnsupportedCheckpointVersion {
+        /// The checkpoint path.
+        path: String,
+        /// The version found.
+        version: u32,
+        /// The version this build understands.
+        supported: u32,
+    },
+    /// A position handed to `commit` belongs to a partition this member does not own.
+    #[error(
+        "partition {partition} is not owned by this member (group {group}); the commit was refused"
+    )]
+    NotOwner {
+        /// The consumer group.
+        group: String,
+        /// The partition.
+        partition: String,
+    },
+    /// The builder was given an invalid or incomplete setting.
+    #[error("invalid setting {setting}: {reason}")]
+    InvalidSetting {
+        /// The setting (builder method or CLI flag).
+        setting: &'static str,
+        /// Why it is invalid.
+        reason: String,
+    },
+    /// The blocking wrapper could not start its runtime.
+    #[error("cannot start the pintail runtime: {0}")]
+    Runtime(String),
+}
+
+/// Result of PinTail calls.
+pub type Result<T> = std::result::Result<T, PintailError>;

@@ -1,0 +1,102 @@
+//! Prometheus metrics of a consumer (`pintail_*`), registered in a
+//! [`conduit_core::http::SharedRegistry`] when the builder is given one, and
+//! readable in-process through [`crate::Consumer::stats`].
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+
+use conduit_core::http::SharedRegistry;
+
+/// The consumer's counters (cheap clones share the values).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Metrics {
+    pub messages: Counter,
+    pub payload_bytes: Counter,
+    pub corrupt_frames_skipped: Counter,
+    pub purged_skips: Counter,
+    pub storage_errors: Counter,
+    pub commits: Counter,
+    pub fenced_commits: Counter,
+    pub lost_uncommitted: Counter,
+    pub rebalances: Counter,
+    pub owned_partitions: Gauge,
+}
+
+impl Metrics {
+    pub fn new(registry: Option<&SharedRegistry>) -> Metrics {
+        let m = Metrics::default();
+        if let Some(registry) = registry {
+            let mut r = registry.lock().expect("metrics registry lock");
+            r.register(
+                "pintail_messages",
+                "Messages delivered by next()",
+                m.messages.clone(),
+            );
+            r.register(
+                "pintail_payload_bytes",
+                "Payload bytes delivered by next()",
+                m.payload_bytes.clone(),
+            );
+            r.register(
+                "pintail_corrupt_frames_skipped",
+                "Corrupt frames skipped (skip_corrupt_frames)",
+                m.corrupt_frames_skipped.clone(),
+            );
+            r.register(
+                "pintail_purged_skips",
+                "Times data was gone (purged) past a position and the reader skipped ahead",
+                m.purged_skips.clone(),
+            );
+            r.register(
+                "pintail_storage_errors",
+                "Storage calls that failed and were retried with backoff",
+                m.storage_errors.clone(),
+            );
+            r.register("pintail_commits", "Checkpoints written", m.commits.clone());
+            r.register(
+                "pintail_fenced_commits",
+                "Commits refused because the partition moved to another member",
+                m.fenced_commits.clone(),
+            );
+            r.register(
+                "pintail_lost_uncommitted",
+                "Messages delivered but not committed when a partition was lost (may be redelivered)",
+                m.lost_uncommitted.clone(),
+            );
+            r.register(
+                "pintail_rebalances",
+                "Partition assignment changes of this member",
+                m.rebalances.clone(),
+            );
+            r.register(
+                "pintail_owned_partitions",
+                "Partitions this member reads",
+                m.owned_partitions.clone(),
+            );
+        }
+        m
+    }
+}
+
+/// A snapshot of a consumer's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Messages delivered by `next()`.
+    pub messages: u64,
+    /// Corrupt frames skipped.
+    pub corrupt_frames_skipped: u64,
+    /// Data found purged past a position (each skip is also logged).
+    pub purged_skips: u64,
+    /// Storage calls that failed and were retried.
+    pub storage_errors: u64,
+    /// Checkpoints written.
+    pub commits: u64,
+    /// Commits refused by fencing.
+    pub fenced_commits: u64,
+    /// Messages delivered but uncommitted when a partition was lost.
+    pub lost_uncommitted: u64,
+    /// Partitions currently read by this member.
+    pub owned_partitions: u64,
+    /// Ranges skipped because the data was purged: `(partition, from, to)`.
+    pub purged_ranges: Vec<(String, String, String)>,
+}

@@ -1,0 +1,324 @@
+//! Positions and checkpoints.
+//!
+//! A [`Position`] names the next record to read in one partition as
+//! `(cluster, collector, collector file name, frame offset, record index)` plus the
+//! minute directory the file is in (or, while the collector still writes it, its own
+//! minute). The same file name and byte offsets hold in the collector's `data/`
+//! directory, after the worker moved it into `streams_local/` (same bytes), and in
+//! the merged view `streams/` and its mirrors (byte-identical copies under the same
+//! names), so a position survives the move and is portable between a merged view and
+//! its mirror.
+//!
+//! Checkpoints are stored one per group, topic and partition at
+//! `system/checkpoints/pintail/<group>.<topic>.<partition>.json` in the checkpoint
+//! store (a cluster's storage or a local directory), written atomically
+//! (`Storage::write_atomic`), format version 1:
+//!
+//! ```json
+//! {"version":1,"group":"fraud","topic":"clicks","partition":"dc1-c1",
+//!  "committed_at":"2026-11-22T10:05:01.250Z",
+//!  "position":{"partition":"dc1-c1","minute":"2026-11-22T10:05Z","cluster":"dc1",
+//!              "collector":"c1","file":"clicks-2026-11-22-10-05_00000.zst",
+//!              "offset":4096,"record":3}}
+//! ```
+//!
+//! `offset` is the byte offset of a frame's first byte and `record` the number of
+//! records of that frame already delivered, so a resumed reader delivers exactly the
+//! records after the committed one. Unknown fields are ignored; another `version`
+//! is refused ([`PintailError::UnsupportedCheckpointVersion`]) and an unparsable file
+//! is [`PintailError::MalformedCheckpoint`]: never a silent restart from the beginning.
+
+use std::cmp::Ordering;
+use std::fmt;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use conduit_core::layout::Layout;
+use conduit_core::{Minute, NodeName, SharedStorage};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{PintailError, Result};
+
+/// The checkpoint format version this build writes and reads.
+pub const CHECKPOINT_VERSION: u32 = 1;
+
+/// The checkpoint job name under `system/checkpoints/`.
+pub const CHECKPOINT_JOB: &str = "pintail";
+
+/// Where a partition's reader is: the next record to deliver. Opaque to most users;
+/// hand it back to [`crate::Consumer::commit`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Position {
+    /// The partition (`<cluster>-<collector>` in the local view, `p<k>of<n>` in sealed views).
+    pub partition: String,
+    /// The minute directory holding the file (its own minute while still in `data/`).
+    pub minute: Minute,
+    /// The cluster whose collector wrote the file.
+    pub cluster: NodeName,
+    /// The collector that wrote the file.
+    pub collector: NodeName,
+    /// The collector file name (`<ftopic>-yyyy-MM-dd-HH-mm_NNNNN.zst`).
+    pub file: String,
+    /// Byte offset of the frame holding the next record.
+    pub offset: u64,
+    /// Records of that frame already delivered.
+    pub record: u32,
+}
+
+impl Position {
+    /// The file's key within its collector's stream: (file minute, sequence).
+    pub fn file_key(&self) -> Option<(Minute, u32)> {
+        Layout::parse_collector_file_name(&self.file)
+            .ok()
+            .map(|f| (f.minute, f.seq))
+    }
+
+    /// The name of the file in local and merged minute directories.
+    pub fn local_name(&self) -> String {
+        format!("{}-{}-{}", self.cluster, self.collector, self.file)
+    }
+
+    /// Orders two positions of the same partition: (directory minute, file, offset, record).
+    pub fn cmp_in_partition(&self, other: &Position) -> Ordering {
+        (self.minute, self.file_key(), self.offset, self.record).cmp(&(
+            other.minute,
+            other.file_key(),
+            other.offset,
+            other.record,
+        ))
+    }
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}@{}/{}+{}#{}",
+            self.partition,
+            self.minute,
+            self.local_name(),
+            self.offset,
+            self.record
+        )
+    }
+}
+
+/// The JSON document of one checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Format version ([`CHECKPOINT_VERSION`]).
+    pub version: u32,
+    /// Consumer group.
+    pub group: String,
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: String,
+    /// When it was written (consumer clock).
+    pub committed_at: DateTime<Utc>,
+    /// The next record to deliver.
+    pub position: Position,
+}
+
+/// Reads and writes checkpoints in a storage (a cluster root or a local directory).
+#[derive(Debug, Clone)]
+pub struct CheckpointStore {
+    storage: SharedStorage,
+}
+
+impl CheckpointStore {
+    /// Checkpoints in `storage`, under `system/checkpoints/pintail/`.
+    pub fn new(storage: SharedStorage) -> Self {
+        CheckpointStore { storage }
+    }
+
+    /// The storage holding the checkpoints (also holds group leases).
+    pub fn storage(&self) -> &SharedStorage {
+        &self.storage
+    }
+
+    /// `system/checkpoints/pintail/<group>.<topic>.<partition>.json`.
+    pub fn path(group: &str, topic: &str, partition: &str) -> Result<String> {
+        Ok(Layout::checkpoint_path(
+            CHECKPOINT_JOB,
+            &format!("{group}.{topic}.{partition}"),
+        )?)
+    }
+
+    /// The committed position of a partition, `None` if the group never committed one.
+    pub async fn load(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: &str,
+    ) -> Result<Option<Position>> {
+        let path = Self::path(group, topic, partition)?;
+        let bytes = match self.storage.read(&path).await {
+            Ok(bytes) => bytes,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let checkpoint = parse_checkpoint(&path, &bytes)?;
+        if checkpoint.position.partition != partition {
+            return Err(PintailError::MalformedCheckpoint {
+                path,
+                reason: format!(
+                    "it holds partition {:?}, expected {partition:?}",
+                    checkpoint.position.partition
+                ),
+            });
+        }
+        Ok(Some(checkpoint.position))
+    }
+
+    /// Writes a partition's checkpoint atomically.
+    pub async fn save(
+        &self,
+        group: &str,
+        topic: &str,
+        position: &Position,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let path = Self::path(group, topic, &position.partition)?;
+        let checkpoint = Checkpoint {
+            version: CHECKPOINT_VERSION,
+            group: group.to_owned(),
+            topic: topic.to_owned(),
+            partition: position.partition.clone(),
+            committed_at: now,
+            position: position.clone(),
+        };
+        let body = serde_json::to_vec(&checkpoint).expect("checkpoint serializes");
+        self.storage.write_atomic(&path, Bytes::from(body)).await?;
+        Ok(())
+    }
+
+    /// Every partition with a checkpoint of `group` and `topic`.
+    pub async fn partitions(&self, group: &str, topic: &str) -> Result<Vec<String>> {
+        let dir = format!("{}/checkpoints/{CHECKPOINT_JOB}", Layout::SYSTEM_DIR);
+        let prefix = format!("{group}.{topic}.");
+        let mut out = Vec::new();
+        for entry in self.storage.list_or_empty(&dir).await? {
+            if Layout::is_hidden(&entry.name) {
+                continue;
+            }
+            if let Some(rest) = entry.name.strip_prefix(&prefix) {
+                if let Some(partition) = rest.strip_suffix(".json") {
+                    if !partition.contains('.') {
+                        out.push(partition.to_owned());
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Parses a checkpoint document, refusing other versions and malformed content.
+pub fn parse_checkpoint(path: &str, bytes: &[u8]) -> Result<Checkpoint> {
+    #[derive(Deserialize)]
+    struct Version {
+        version: u32,
+    }
+    let malformed = |e: serde_json::Error| PintailError::MalformedCheckpoint {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    };
+    let version: Version = serde_json::from_slice(bytes).map_err(malformed)?;
+    if version.version != CHECKPOINT_VERSION {
+        return Err(PintailError::UnsupportedCheckpointVersion {
+            path: path.to_owned(),
+            version: version.version,
+            supported: CHECKPOINT_VERSION,
+        });
+    }
+    let checkpoint: Checkpoint = serde_json::from_slice(bytes).map_err(malformed)?;
+    if Layout::parse_collector_file_name(&checkpoint.position.file).is_err() {
+        return Err(PintailError::MalformedCheckpoint {
+            path: path.to_owned(),
+            reason: format!(
+                "{:?} is not a collector file name",
+                checkpoint.position.file
+            ),
+        });
+    }
+    Ok(checkpoint)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use conduit_core::storage::LocalStorage;
+
+    use super::*;
+
+    fn position() -> Position {
+        Position {
+            partition: "dc1-c1".into(),
+            minute: Minute::parse_flexible("2026-11-22T10:05").unwrap(),
+            cluster: NodeName::new("dc1").unwrap(),
+            collector: NodeName::new("c1").unwrap(),
+            file: "clicks-2026-11-22-10-05_00000.zst".into(),
+            offset: 4096,
+            record: 3,
+        }
+    }
+
+    #[tokio::test]
+    async fn checkpoints_round_trip_and_bad_ones_are_typed_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage: SharedStorage = Arc::new(LocalStorage::open(dir.path()).unwrap());
+        let store = CheckpointStore::new(storage.clone());
+        assert_eq!(store.load("g", "clicks", "dc1-c1").await.unwrap(), None);
+        store
+            .save("g", "clicks", &position(), Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(
+            store.load("g", "clicks", "dc1-c1").await.unwrap(),
+            Some(position())
+        );
+        assert_eq!(
+            store.partitions("g", "clicks").await.unwrap(),
+            vec!["dc1-c1"]
+        );
+        let path = CheckpointStore::path("g", "clicks", "dc1-c1").unwrap();
+        assert_eq!(path, "system/checkpoints/pintail/g.clicks.dc1-c1.json");
+
+        let text = String::from_utf8(storage.read(&path).await.unwrap().to_vec()).unwrap();
+        let future = text.replace("\"version\":1", "\"version\":2");
+        storage.write_atomic(&path, future.into()).await.unwrap();
+        let err = store.load("g", "clicks", "dc1-c1").await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PintailError::UnsupportedCheckpointVersion { version: 2, .. }
+            ),
+            "{err}"
+        );
+        storage
+            .write_atomic(&path, Bytes::from_static(b"{\"version\":1,"))
+            .await
+            .unwrap();
+        let err = store.load("g", "clicks", "dc1-c1").await.unwrap_err();
+        assert!(
+            matches!(err, PintailError::MalformedCheckpoint { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("g.clicks.dc1-c1.json"), "{err}");
+    }
+
+    #[test]
+    fn positions_order_within_a_partition() {
+        let a = position();
+        let mut b = a.clone();
+        b.record = 4;
+        let mut c = a.clone();
+        c.file = "clicks-2026-11-22-10-05_00001.zst".into();
+        c.offset = 0;
+        assert_eq!(a.cmp_in_partition(&b), Ordering::Less);
+        assert_eq!(b.cmp_in_partition(&c), Ordering::Less);
+        assert_eq!(a.local_name(), "dc1-c1-clicks-2026-11-22-10-05_00000.zst");
+    }
+}

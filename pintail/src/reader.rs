@@ -1,0 +1,930 @@
+//! One partition's reader: a cursor over a sequence of files, frame by frame.
+//!
+//! # Local view (`<cluster>-<collector>` partitions)
+//! A collector's stream is its files in `(minute, seq)` order. The reader looks for
+//! the next file in two places: the collector's directory `data/<topic>/<collector>/`
+//! (files being written, and closed ones the worker has not moved yet) and the minute
+//! directories `streams_local/<topic>/<M>/` from the current file's minute on. It
+//! reads a file in `data/` while it grows, polling its length and decoding only
+//! complete frames (a torn or half-written last frame is waited on, never
+//! delivered). When the file disappears from `data/` it was renamed, unchanged, into
+//! `streams_local/<topic>/<M>/<cluster>-<collector>-<name>` (`M` its own minute, or a
+//! later one for a late file), and the reader continues there at the same offset. A
+//! file is done at its close trailer.
+//!
+//! # Sealed views (`p<k>of<n>` partitions)
+//! Minute by minute, oldest first: the reader waits for a minute directory's
+//! `_SUCCESS` manifest, then reads, in name order, the listed files whose name
+//! hashes (FNV-1a 64) to its partition `k` modulo `n`. A minute directory that is
+//! gone when the reader expected it (purged) is reported and skipped.
+//!
+//! # Memory
+//! One read chunk (1 MiB, doubled up to [`MAX_FRAME_BYTES`] for a larger frame) and
+//! one decoded frame per partition.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use conduit_core::format::{decode_frame, scan, split_records, FrameRef, Trailer};
+use conduit_core::layout::Layout;
+use conduit_core::{Encoding, Minute, NodeName, SharedClock, Topic, View};
+
+use crate::error::{PintailError, Result};
+use crate::metrics::Metrics;
+use crate::position::Position;
+use crate::roots::Roots;
+use crate::Message;
+
+/// Bytes read per storage call.
+const READ_CHUNK: u64 = 1 << 20;
+/// Largest frame accepted (the collector refuses larger calls long before this).
+pub const MAX_FRAME_BYTES: u64 = 1 << 30;
+/// Minute directories listed per search for a local file.
+const DIRS_PER_SEARCH: usize = 60;
+/// How often an idle local reader also lists minute directories (the collector's
+/// own directory is listed on every poll).
+const DIR_POLL: Duration = Duration::from_millis(500);
+
+/// Settings every partition reader shares.
+#[derive(Debug, Clone)]
+pub(crate) struct Ctx {
+    pub topic: Topic,
+    pub encoding: Encoding,
+    pub skip_corrupt: bool,
+    pub stop: Option<Minute>,
+    pub clock: SharedClock,
+    pub metrics: Metrics,
+    pub sealed_poll: Duration,
+    /// The latest purged ranges reported (`(partition, from, to)`), at most
+    /// [`MAX_PURGED_RANGES`].
+    pub purged: std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>>,
+}
+
+/// Purged ranges kept for [`crate::Consumer::stats`].
+const MAX_PURGED_RANGES: usize = 100;
+
+/// Where a reader starts when it has no checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// The first data at or after this minute.
+    Minute(Minute),
+    /// What arrives from now on.
+    LiveEnd,
+}
+
+/// What a poll produced.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one message per poll, never stored
+pub(crate) enum Poll {
+    Msg(Message),
+    Idle,
+    Done,
+}
+
+/// Which stream a partition reads.
+#[derive(Debug, Clone)]
+pub(crate) enum Kind {
+    Local {
+        cluster: NodeName,
+        collector: NodeName,
+    },
+    Sealed {
+        k: u32,
+        n: u32,
+    },
+}
+
+/// A (collector file minute, sequence) key.
+type Key = (Minute, u32);
+
+#[derive(Debug)]
+enum State {
+    /// Local: the next file after `after` (or the first at or after `from` minute).
+    Seek {
+        after: Option<Key>,
+        from: Minute,
+        next_dir_check: Instant,
+    },
+    /// Sealed: wait for the first existing minute directory `>= minute`.
+    Minute {
+        minute: Minute,
+        report_gap: bool,
+        resume: Option<Position>,
+        next_check: Instant,
+    },
+    /// Sealed: the remaining files of a sealed minute.
+    InMinute {
+        minute: Minute,
+        files: VecDeque<String>,
+    },
+    /// Not started yet (the first poll resolves the start).
+    Start {
+        checkpoint: Option<Position>,
+        origin: Origin,
+    },
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Loc {
+    /// `data/<topic>/<collector>/<name>`: may still grow.
+    Data,
+    /// `<view dir>/<topic>/<minute>/<local name>`: closed.
+    Dir,
+}
+
+#[derive(Debug)]
+struct OpenFile {
+    cluster: NodeName,
+    collector: NodeName,
+    name: String,
+    key: Key,
+    dir_minute: Minute,
+    loc: Loc,
+    offset: u64,
+    want: u64,
+    chunk: Bytes,
+    chunk_base: u64,
+    frames: VecDeque<FrameRef>,
+    skip: u32,
+    pending: VecDeque<Bytes>,
+    frame_offset: u64,
+    delivered_in_frame: u32,
+    /// When the file was first found missing from every place it could be.
+    missing_since: Option<Instant>,
+}
+
+enum Step {
+    Continue,
+    Idle,
+    FileDone,
+}
+
+/// One partition's cursor.
+#[derive(Debug)]
+pub(crate) struct PartitionReader {
+    pub id: String,
+    kind: Kind,
+    view: View,
+    roots: Roots,
+    state: State,
+    file: Option<OpenFile>,
+    /// Set after a storage error: no call before then.
+    pub backoff_until: Option<Instant>,
+    pub backoff: Duration,
+}
+
+impl PartitionReader {
+    pub fn new(
+        id: String,
+        kind: Kind,
+        view: View,
+        roots: Roots,
+        checkpoint: Option<Position>,
+        origin: Origin,
+    ) -> Self {
+        PartitionReader {
+            id,
+            kind,
+            view,
+            roots,
+            state: State::Start { checkpoint, origin },
+            file: None,
+            backoff_until: None,
+            backoff: Duration::ZERO,
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        matches!(self.state, State::Done) && self.file.is_none()
+    }
+
+    /// Delivers the next message if one is ready without waiting.
+    pub async fn poll(&mut self, ctx: &Ctx) -> Result<Poll> {
+        loop {
+            if let Some(f) = self.file.as_mut() {
+                if let Some(payload) = f.pending.pop_front() {
+                    f.delivered_in_frame += 1;
+                    return Ok(Poll::Msg(self.message(ctx, payload)));
+                }
+                match self.step_file(ctx).await? {
+                    Step::Continue => continue,
+                    Step::Idle => return Ok(Poll::Idle),
+                    Step::FileDone => {
+                        let f = self.file.take().expect("open file");
+                        if let Kind::Local { .. } = self.kind {
+                            self.state = State::Seek {
+                                after: Some(f.key),
+                                from: f.dir_minute,
+                                next_dir_check: Instant::now(),
+                            };
+                        }
+                        continue;
+                    }
+                }
+            }
+            match &mut self.state {
+                State::Done => return Ok(Poll::Done),
+                State::Start { .. } => self.start(ctx).await?,
+                State::Seek { .. } => {
+                    if !self.seek_local(ctx).await? {
+                        return Ok(Poll::Idle);
+                    }
+                }
+                State::Minute { .. } => {
+                    if !self.next_minute(ctx).await? {
+                        return Ok(Poll::Idle);
+                    }
+                }
+                State::InMinute { minute, files } => {
+                    let minute = *minute;
+                    match files.pop_front() {
+                        Some(name) => self.open_sealed(minute, &name, 0, 0)?,
+                        None => {
+                            self.state = State::Minute {
+                                minute: minute.next()?,
+                                report_gap: true,
+                                resume: None,
+                                next_check: Instant::now(),
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn message(&self, ctx: &Ctx, payload: Bytes) -> Message {
+        let f = self.file.as_ref().expect("open file");
+        Message {
+            payload,
+            topic: ctx.topic.clone(),
+            cluster: f.cluster.clone(),
+            collector: f.collector.clone(),
+            minute: f.key.0,
+            position: Position {
+                partition: self.id.clone(),
+                minute: f.dir_minute,
+                cluster: f.cluster.clone(),
+                collector: f.collector.clone(),
+                file: f.name.clone(),
+                offset: f.frame_offset,
+                record: f.delivered_in_frame,
+            },
+        }
+    }
+
+    fn path(&self, ctx: &Ctx, f: &OpenFile) -> String {
+        match f.loc {
+            Loc::Data => format!(
+                "{}/{}",
+                Layout::collector_dir(&ctx.topic, &f.collector),
+                f.name
+            ),
+            Loc::Dir => format!(
+                "{}/{}-{}-{}",
+                Layout::minute_dir(self.view, &ctx.topic, f.dir_minute),
+                f.cluster,
+                f.collector,
+                f.name
+            ),
+        }
+    }
+
+    // ---- start -------------------------------------------------------------
+
+    async fn start(&mut self, ctx: &Ctx) -> Result<()> {
+        let State::Start { checkpoint, origin } = &self.state else {
+            return Ok(());
+        };
+        let (checkpoint, origin) = (checkpoint.clone(), *origin);
+        match (&self.kind, checkpoint) {
+            (Kind::Sealed { .. }, Some(pos)) => {
+                self.state = State::Minute {
+                    minute: pos.minute,
+                    report_gap: true,
+                    resume: Some(pos),
+                    next_check: Instant::now(),
+                };
+            }
+            (Kind::Sealed { .. }, None) => {
+                let minute = match origin {
+                    Origin::Minute(m) => m,
+                    Origin::LiveEnd => ctx.clock.minute(),
+                };
+                self.state = State::Minute {
+                    minute,
+                    report_gap: false,
+                    resume: None,
+                    next_check: Instant::now(),
+                };
+            }
+            (Kind::Local { .. }, Some(pos)) => self.resume_local(ctx, pos).await?,
+            (Kind::Local { .. }, None) => match origin {
+                Origin::Minute(m) => {
+                    self.state = State::Seek {
+                        after: None,
+                        from: m,
+                        next_dir_check: Instant::now(),
+                    }
+                }
+                Origin::LiveEnd => self.live_end(ctx).await?,
+            },
+        }
+        Ok(())
+    }
+
+    /// Local: continue at a committed position, wherever its file is now.
+    async fn resume_local(&mut self, ctx: &Ctx, pos: Position) -> Result<()> {
+        let Kind::Local { cluster, collector } = self.kind.clone() else {
+            unreachable!("local only")
+        };
+        let Some(key) = pos.file_key() else {
+            return Err(PintailError::MalformedCheckpoint {
+                path: self.id.clone(),
+                reason: format!("{:?} is not a collector file name", pos.file),
+            });
+        };
+        let mut file = OpenFile::new(
+            cluster,
+            collector,
+            pos.file.clone(),
+            key,
+            pos.minute,
+            Loc::Data,
+        );
+        file.offset = pos.offset;
+        file.skip = pos.record;
+        match self.locate(ctx, &mut file).await? {
+            true => self.file = Some(file),
+            false => {
+                let next = self.find_local(ctx, Some(key), pos.minute).await?;
+                let to = next
+                    .as_ref()
+                    .map(|(name, _, m)| format!("{m}/{name}"))
+                    .unwrap_or_else(|| "the live end".to_owned());
+                self.report_purged(ctx, &pos.to_string(), &to);
+                self.state = State::Seek {
+                    after: Some(key),
+                    from: pos.minute,
+                    next_dir_check: Instant::now(),
+                };
+            }
+        }
+        Ok(())
+    }
+
+    /// Local: start after what the collector has written so far.
+    async fn live_end(&mut self, ctx: &Ctx) -> Result<()> {
+        let Kind::Local { cluster, collector } = self.kind.clone() else {
+            unreachable!("local only")
+        };
+        let dir = Layout::collector_dir(&ctx.topic, &collector);
+        let newest = self
+            .roots
+            .list_or_empty(&dir)
+            .await?
+            .into_iter()
+            .filter_map(|e| data_file_key(&ctx.topic, &e.name).map(|k| (k, e)))
+            .max_by_key(|(k, _)| *k);
+        match newest {
+            Some((key, entry)) => {
+                // Skip the complete frames present now; new frames follow them.
+                let bytes = self.roots.read_range(&entry.path, 0..entry.len).await?;
+                let s = scan(&bytes, 0);
+                if s.trailer.is_some() {
+                    self.state = State::Seek {
+                        after: Some(key),
+                        from: key.0,
+                        next_dir_check: Instant::now(),
+                    };
+                } else {
+                    let mut f =
+                        OpenFile::new(cluster, collector, entry.name, key, key.0, Loc::Data);
+                    f.offset = s.valid_len;
+                    self.file = Some(f);
+                }
+            }
+            None => {
+                self.state = State::Seek {
+                    after: None,
+                    from: ctx.clock.minute(),
+                    next_dir_check: Instant::now(),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn report_purged(&self, ctx: &Ctx, from: &str, to: &str) {
+        tracing::warn!(partition = %self.id, topic = %ctx.topic, from, to,
+            "data past the position was purged; continuing with the oldest available data");
+        ctx.metrics.purged_skips.inc();
+        let mut purged = ctx.purged.lock().expect("purged lock");
+        if purged.len() >= MAX_PURGED_RANGES {
+            purged.remove(0);
+        }
+        purged.push((self.id.clone(), from.to_owned(), to.to_owned()));
+    }
+
+    /// Finds where `f` is now: `data/`, its minute directory, or a later one (late
+    /// files). False if it is nowhere.
+    async fn locate(&self, ctx: &Ctx, f: &mut OpenFile) -> Result<bool> {
+        if self.view == View::Local {
+            f.loc = Loc::Data;
+            if self.roots.exists(&self.path(ctx, f)).await? {
+                return Ok(true);
+            }
+        }
+        f.loc = Loc::Dir;
+        let mut candidates = vec![f.dir_minute];
+        candidates.extend(
+            self.roots
+                .minute_dirs_from(self.view, &ctx.topic, f.dir_minute.next()?, 5)
+                .await?,
+        );
+        for m in candidates {
+            f.dir_minute = m;
+            if self.roots.exists(&self.path(ctx, f)).await? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    // ---- local: the next file ------------------------------------------------
+
+    /// Local: finds and opens the next file. False when there is none yet.
+    async fn seek_local(&mut self, ctx: &Ctx) -> Result<bool> {
+        let State::Seek {
+            after,
+            from,
+            next_dir_check,
+        } = &self.state
+        else {
+            return Ok(false);
+        };
+        let (after, from) = (*after, *from);
+        let with_dirs = Instant::now() >= *next_dir_check;
+        let found = if with_dirs {
+            if let State::Seek { next_dir_check, .. } = &mut self.state {
+                *next_dir_check = Instant::now() + DIR_POLL;
+            }
+            self.find_local(ctx, after, from).await?
+        } else {
+            self.find_in_data(ctx, after, from).await?
+        };
+        let Some((name, loc, dir_minute)) = found else {
+            if with_dirs && self.local_stopped(ctx, from).await? {
+                self.state = State::Done;
+            }
+            return Ok(false);
+        };
+        let key = data_file_key(&ctx.topic, &name).expect("filtered");
+        if ctx.stop.is_some_and(|stop| key.0 > stop) {
+            self.state = State::Done;
+            return Ok(false);
+        }
+        let Kind::Local { cluster, collector } = self.kind.clone() else {
+            unreachable!("local only")
+        };
+        self.file = Some(OpenFile::new(
+            cluster, collector, name, key, dir_minute, loc,
+        ));
+        Ok(true)
+    }
+
+    /// Whether a local partition with a stop minute has nothing more to read: its
+    /// collector's watermark passed the stop minute (every file up to it is closed
+    /// and none is left), or it has no heartbeat and the clock is past the stop.
+    async fn local_stopped(&self, ctx: &Ctx, _from: Minute) -> Result<bool> {
+        let Some(stop) = ctx.stop else {
+            return Ok(false);
+        };
+        let Kind::Local { cluster, collector } = &self.kind else {
+            return Ok(false);
+        };
+        let path = Layout::heartbeat_path(cluster, collector);
+        let beat = match self.roots.first().read(&path).await {
+            Ok(bytes) => serde_json::from_slice::<conduit_core::heartbeat::Heartbeat>(&bytes).ok(),
+            Err(e) if e.is_not_found() => None,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(match beat {
+            Some(b) => {
+                b.watermark.is_some_and(|w| w >= stop)
+                    || b.state == conduit_core::heartbeat::CollectorState::Stopped
+            }
+            None => ctx.clock.minute() > stop,
+        })
+    }
+
+    async fn find_in_data(
+        &self,
+        ctx: &Ctx,
+        after: Option<Key>,
+        from: Minute,
+    ) -> Result<Option<(String, Loc, Minute)>> {
+        let Kind::Local { collector, .. } = &self.kind else {
+            return Ok(None);
+        };
+        let dir = Layout::collector_dir(&ctx.topic, collector);
+        let best = self
+            .roots
+            .list_or_empty(&dir)
+            .await?
+            .into_iter()
+            .filter_map(|e| data_file_key(&ctx.topic, &e.name).map(|k| (k, e.name)))
+            .filter(|(k, _)| wanted(*k, after, from))
+            .min_by_key(|(k, _)| *k);
+        Ok(best.map(|(k, name)| (name, Loc::Data, k.0)))
+    }
+
+    /// The smallest wanted file in `data/` and in the first minute directories (from
+    /// `from`) holding one of this collector's files. Advances the seek's `from`
+    /// past sealed directories without such files.
+    async fn find_local(
+        &mut self,
+        ctx: &Ctx,
+        after: Option<Key>,
+        from: Minute,
+    ) -> Result<Option<(String, Loc, Minute)>> {
+        let Kind::Local { cluster, collector } = self.kind.clone() else {
+            return Ok(None);
+        };
+        let mut best = self
+            .find_in_data(ctx, after, from)
+            .await?
+            .map(|(name, loc, m)| (data_file_key(&ctx.topic, &name).expect("key"), name, loc, m));
+        let prefix = format!("{cluster}-{collector}-");
+        let mut all_sealed_so_far = true;
+        let mut new_from = from;
+        for m in self
+            .roots
+            .minute_dirs_from(View::Local, &ctx.topic, from, DIRS_PER_SEARCH)
+            .await?
+        {
+            let entries = self
+                .roots
+                .list_or_empty(&Layout::minute_dir(View::Local, &ctx.topic, m))
+                .await?;
+            let sealed = entries.iter().any(|e| e.name == Layout::SUCCESS_MARKER);
+            let found = entries
+                .into_iter()
+                .filter_map(|e| {
+                    let name = e.name.strip_prefix(&prefix)?.to_owned();
+                    data_file_key(&ctx.topic, &name).map(|k| (k, name))
+                })
+                .filter(|(k, _)| wanted(*k, after, from))
+                .min_by_key(|(k, _)| *k);
+            if let Some((k, name)) = found {
+                if best.as_ref().is_none_or(|b| k < b.0) {
+                    best = Some((k, name, Loc::Dir, m));
+                }
+                break;
+            }
+            all_sealed_so_far &= sealed;
+            if all_sealed_so_far {
+                new_from = m.next()?;
+            }
+        }
+        if new_from > from {
+            if let State::Seek { from, .. } = &mut self.state {
+                *from = new_from;
+            }
+        }
+        Ok(best.map(|(_, name, loc, m)| (name, loc, m)))
+    }
+
+    // ---- sealed views ----------------------------------------------------------
+
+    /// Sealed: loads the next sealed minute. False while it is not sealed yet.
+    async fn next_minute(&mut self, ctx: &Ctx) -> Result<bool> {
+        let State::Minute {
+            minute,
+            report_gap,
+            resume,
+            next_check,
+        } = &mut self.state
+        else {
+            return Ok(false);
+        };
+        if Instant::now() < *next_check {
+            return Ok(false);
+        }
+        *next_check = Instant::now() + ctx.sealed_poll;
+        let (want, report_gap, resume) = (*minute, *report_gap, resume.clone());
+        if ctx.stop.is_some_and(|stop| want > stop) {
+            self.state = State::Done;
+            return Ok(false);
+        }
+        let Some(found) = self
+            .roots
+            .minute_dirs_from(self.view, &ctx.topic, want, 1)
+            .await?
+            .into_iter()
+            .next()
+        else {
+            return Ok(false);
+        };
+        if ctx.stop.is_some_and(|stop| found > stop) {
+            self.state = State::Done;
+            return Ok(false);
+        }
+        let dir = Layout::minute_dir(self.view, &ctx.topic, found);
+        let Some(manifest) = self.roots.manifest(&dir).await? else {
+            return Ok(false);
+        };
+        if found > want && report_gap {
+            let from = resume
+                .as_ref()
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| want.to_string());
+            self.report_purged(ctx, &from, &found.to_string());
+        }
+        let Kind::Sealed { k, n } = self.kind else {
+            unreachable!("sealed only")
+        };
+        let mut files: VecDeque<String> = manifest
+            .files
+            .iter()
+            .map(|f| f.name.clone())
+            .filter(|name| partition_of(name, n) == k)
+            .collect();
+        let mut start = (0, 0);
+        if let Some(pos) = resume.filter(|_| found == want) {
+            let name = pos.local_name();
+            while files.front().is_some_and(|f| *f < name) {
+                files.pop_front();
+            }
+            if files.front() == Some(&name) {
+                start = (pos.offset, pos.record);
+            }
+        }
+        if start != (0, 0) {
+            let name = files.pop_front().expect("resumed file");
+            self.open_sealed(found, &name, start.0, start.1)?;
+        }
+        self.state = State::InMinute {
+            minute: found,
+            files,
+        };
+        Ok(true)
+    }
+
+    fn open_sealed(
+        &mut self,
+        minute: Minute,
+        local_name: &str,
+        offset: u64,
+        skip: u32,
+    ) -> Result<()> {
+        let parsed = Layout::parse_local_file_name(local_name)?;
+        let name = local_name
+            .splitn(3, '-')
+            .nth(2)
+            .expect("parsed local name has three parts")
+            .to_owned();
+        let mut f = OpenFile::new(
+            parsed.cluster,
+            parsed.collector,
+            name,
+            (parsed.minute, parsed.seq),
+            minute,
+            Loc::Dir,
+        );
+        f.offset = offset;
+        f.skip = skip;
+        self.file = Some(f);
+        Ok(())
+    }
+
+    // ---- frames --------------------------------------------------------------
+
+    async fn step_file(&mut self, ctx: &Ctx) -> Result<Step> {
+        let f = self.file.as_ref().expect("open file");
+        if f.frames.is_empty() {
+            if let Some(step) = self.refill(ctx).await? {
+                return Ok(step);
+            }
+        }
+        let path = self.path(ctx, self.file.as_ref().expect("open file"));
+        let f = self.file.as_mut().expect("open file");
+        let frame = f.frames.pop_front().expect("refilled");
+        let start = (frame.offset - f.chunk_base) as usize;
+        let bytes = f.chunk.slice(start..start + frame.len as usize);
+        if frame.skippable {
+            if Trailer::decode(&bytes).is_some() {
+                return Ok(Step::FileDone);
+            }
+            f.offset = frame.offset + frame.len;
+            return Ok(Step::Continue);
+        }
+        let live = f.loc == Loc::Data;
+        let decoded = decode_frame(&bytes).and_then(|content| {
+            let content = Bytes::from(content);
+            let mut payloads = VecDeque::new();
+            for record in split_records(&content) {
+                let payload = match ctx.encoding {
+                    Encoding::Lines => content.slice_ref(record),
+                    other => Bytes::from(
+                        other
+                            .decode(record)
+                            .map_err(|e| e.to_string())?
+                            .into_owned(),
+                    ),
+                };
+                payloads.push_back(payload);
+            }
+            Ok(payloads)
+        });
+        match decoded {
+            Ok(mut payloads) => {
+                let skip = (f.skip as usize).min(payloads.len());
+                payloads.drain(..skip);
+                f.delivered_in_frame = f.skip;
+                f.skip = 0;
+                f.frame_offset = frame.offset;
+                f.offset = frame.offset + frame.len;
+                f.pending = payloads;
+                Ok(Step::Continue)
+            }
+            Err(reason) if live && f.frames.is_empty() => {
+                // The last complete frame of a file still being written may be a
+                // half-written one with a plausible length: look again later.
+                tracing::debug!(
+                    path,
+                    offset = frame.offset,
+                    reason,
+                    "last frame does not decode yet"
+                );
+                f.chunk = Bytes::new();
+                Ok(Step::Idle)
+            }
+            Err(reason) if ctx.skip_corrupt => {
+                tracing::error!(
+                    path,
+                    offset = frame.offset,
+                    reason,
+                    "skipping a corrupt frame"
+                );
+                ctx.metrics.corrupt_frames_skipped.inc();
+                f.offset = frame.offset + frame.len;
+                Ok(Step::Continue)
+            }
+            Err(reason) => Err(PintailError::CorruptFrame {
+                path,
+                offset: frame.offset,
+                reason,
+            }),
+        }
+    }
+
+    /// Reads the next chunk of the open file. `Some(step)` when there is no
+    /// complete frame to decode now.
+    async fn refill(&mut self, ctx: &Ctx) -> Result<Option<Step>> {
+        let mut f = self.file.take().expect("open file");
+        let result = self.refill_file(ctx, &mut f).await;
+        self.file = Some(f);
+        result
+    }
+
+    async fn refill_file(&self, ctx: &Ctx, f: &mut OpenFile) -> Result<Option<Step>> {
+        if f.loc == Loc::Data {
+            let path = self.path(ctx, f);
+            match self.roots.stat(&path).await {
+                Ok(st) if st.len <= f.offset => return Ok(Some(Step::Idle)),
+                Ok(_) => {}
+                Err(e) if e.is_not_found() => {
+                    // Renamed into a minute directory (same bytes), or gone.
+                    if self.locate(ctx, f).await? {
+                        tracing::debug!(partition = %self.id, file = %f.name, minute = %f.dir_minute,
+                            "followed the file into its minute directory");
+                        f.missing_since = None;
+                        return Ok(Some(Step::Continue));
+                    }
+                    let since = *f.missing_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() < Duration::from_secs(2) {
+                        return Ok(Some(Step::Idle));
+                    }
+                    let from = format!("{}/{}+{}", f.dir_minute, f.name, f.offset);
+                    self.report_purged(ctx, &from, "the next file");
+                    return Ok(Some(Step::FileDone));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let path = self.path(ctx, f);
+        let bytes = match self
+            .roots
+            .read_range(&path, f.offset..f.offset + f.want)
+            .await
+        {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() && f.loc == Loc::Dir => {
+                // A sealed file purged while we read it.
+                let from = format!("{}/{}+{}", f.dir_minute, f.name, f.offset);
+                self.report_purged(ctx, &from, "the next file");
+                return Ok(Some(Step::FileDone));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let s = scan(&bytes, f.offset);
+        if s.frames.is_empty() {
+            if bytes.len() as u64 == f.want && f.want < MAX_FRAME_BYTES {
+                f.want = (f.want * 2).min(MAX_FRAME_BYTES);
+                return Ok(Some(Step::Continue));
+            }
+            if bytes.is_empty() && f.loc == Loc::Dir {
+                // A closed file read to its end without meeting a trailer.
+                return Ok(Some(Step::FileDone));
+            }
+            if f.loc == Loc::Data {
+                return Ok(Some(Step::Idle));
+            }
+            // Bytes after the last complete frame of a closed file.
+            let reason = format!("{} bytes that are not a complete frame", bytes.len());
+            if ctx.skip_corrupt {
+                tracing::error!(
+                    path,
+                    offset = f.offset,
+                    reason,
+                    "skipping a torn end of a closed file"
+                );
+                ctx.metrics.corrupt_frames_skipped.inc();
+                return Ok(Some(Step::FileDone));
+            }
+            return Err(PintailError::CorruptFrame {
+                path,
+                offset: f.offset,
+                reason,
+            });
+        }
+        f.chunk = bytes;
+        f.chunk_base = f.offset;
+        f.frames = s.frames.into();
+        Ok(None)
+    }
+}
+
+impl OpenFile {
+    fn new(
+        cluster: NodeName,
+        collector: NodeName,
+        name: String,
+        key: Key,
+        dir_minute: Minute,
+        loc: Loc,
+    ) -> OpenFile {
+        OpenFile {
+            cluster,
+            collector,
+            name,
+            key,
+            dir_minute,
+            loc,
+            offset: 0,
+            want: READ_CHUNK,
+            chunk: Bytes::new(),
+            chunk_base: 0,
+            frames: VecDeque::new(),
+            skip: 0,
+            pending: VecDeque::new(),
+            frame_offset: 0,
+            delivered_in_frame: 0,
+            missing_since: None,
+        }
+    }
+}
+
+fn wanted(key: Key, after: Option<Key>, from: Minute) -> bool {
+    match after {
+        Some(after) => key > after,
+        None => key.0 >= from,
+    }
+}
+
+/// The key of a collector file name of `topic` (`None` for other names).
+pub(crate) fn data_file_key(topic: &Topic, name: &str) -> Option<Key> {
+    if Layout::is_hidden(name) {
+        return None;
+    }
+    let parsed = Layout::parse_collector_file_name(name).ok()?;
+    if Layout::file_topic_token(topic) != Layout::file_topic_token(&parsed.topic)
+        && !Layout::file_topic_token_matches(parsed.topic.as_str(), topic)
+    {
+        return None;
+    }
+    Some((parsed.minute, parsed.seq))
+}
+
+/// The sealed-view partition of a file: FNV-1a 64 of its name, modulo `n`.
+pub fn partition_of(local_name: &str, n: u32) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in local_name.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % u64::from(n.max(1))) as u32
+}
