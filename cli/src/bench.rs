@@ -146,6 +146,11 @@ pub struct PublishArgs {
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     timed_calls: u32,
 
+    /// Connections the publisher opens to the collector (its `connections`
+    /// setting; above 1, batches may be stored out of order across batches).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    connections: u32,
+
     /// Seed of the event generator.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -944,8 +949,8 @@ async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
         stats_of(&v).expect("at least one run")
     };
     println!(
-        "conduit bench publish: {} events x {} runs (each phase), {} calls timed together; room = queue kept under a quarter full, e2e = publish all then flush",
-        args.events, args.runs, args.timed_calls
+        "conduit bench publish: {} events x {} runs (each phase), {} calls timed together, {} connection(s); room = queue kept under a quarter full, e2e = publish all then flush",
+        args.events, args.runs, args.timed_calls, args.connections
     );
     println!("{:<28} {:>14} {:>24}", "metric", "median", "min–max");
     type Getter = fn(&PublishRun) -> f64;
@@ -988,6 +993,7 @@ async fn publish_run(
         let publisher = conduit_publisher::Publisher::builder()
             .collectors([addr.to_string()])
             .queue_capacity(QUEUE_CAPACITY as usize)
+            .connections(args.connections as usize)
             .build()
             .await?;
         let timed = args.timed_calls as usize;

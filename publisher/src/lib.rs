@@ -21,6 +21,12 @@
 //!   then abandoned (counted in [`Stats::failed`]).
 //! - **Pipelining**: up to [`PublisherBuilder::max_in_flight`] batches (at most 64)
 //!   are sent before their replies arrive; replies come back in order.
+//! - **Several connections** ([`PublisherBuilder::connections`], default 1): the
+//!   in-flight batches are spread round-robin over that many connections to the
+//!   same collector, so it can work on several at once (throughput); batches are
+//!   still finished (counted, acknowledged to callers, removed from the spool) in
+//!   order. Any failure on one connection drops them all and re-sends what is
+//!   unacknowledged.
 //! - **`TRY_LATER`**: the batch is retried in place after an exponential backoff
 //!   with jitter; until it succeeds only that batch is sent (one in flight).
 //! - **Connection loss**: the publisher reconnects with backoff, trying the
@@ -77,7 +83,9 @@
 //!   network cut) can cause such duplicates.
 //! - Order: events of one publisher are stored in publish order, per topic, as long
 //!   as no batch is answered `TRY_LATER` while later batches are already in flight
-//!   (those later batches may then be stored before the retried one).
+//!   (those later batches may then be stored before the retried one), and only
+//!   with one connection: with `connections > 1` each batch stays in order but
+//!   batches may be stored in any order.
 //!
 //! ## Spool format
 //! The directory holds `LOCK` and segment files `<20-digit index>.spool`, appended
@@ -202,6 +210,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 /// sequences per publisher; this stays far below).
 pub const MAX_IN_FLIGHT_LIMIT: usize = 64;
 
+/// Most connections [`PublisherBuilder::connections`] accepts.
+pub const MAX_CONNECTIONS: usize = 16;
+
 /// What [`Publisher::publish`] does when the queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WhenFull {
@@ -296,6 +307,7 @@ pub(crate) struct Settings {
     pub max_batch_bytes: usize,
     pub linger: Duration,
     pub max_in_flight: usize,
+    pub connections: usize,
     pub max_message_bytes: usize,
     pub encodings: HashMap<String, Encoding>,
     pub connect_timeout: Duration,
@@ -321,6 +333,7 @@ impl Default for Settings {
             max_batch_bytes: 1 << 20,
             linger: Duration::from_millis(5),
             max_in_flight: 8,
+            connections: 1,
             max_message_bytes: 1 << 20,
             encodings: HashMap::new(),
             connect_timeout: Duration::from_secs(2),
@@ -390,6 +403,17 @@ impl PublisherBuilder {
     /// [`MAX_IN_FLIGHT_LIMIT`] (default 8).
     pub fn max_in_flight(mut self, batches: usize) -> Self {
         self.settings.max_in_flight = batches;
+        self
+    }
+
+    /// Connections opened to the collector in use, 1 to [`MAX_CONNECTIONS`]
+    /// (default 1). Batches are sent over them round-robin (the `max_in_flight`
+    /// window is shared), which lets the collector work on several batches at
+    /// once. **Order**: the collector may then store batches in a different order
+    /// than they were sent — events stay in order within a batch, not across
+    /// batches. Keep 1 where per-topic order matters.
+    pub fn connections(mut self, connections: usize) -> Self {
+        self.settings.connections = connections;
         self
     }
 
@@ -512,6 +536,9 @@ impl PublisherBuilder {
                 "audit_interval",
                 "must be positive (None disables auditing)",
             );
+        }
+        if s.connections == 0 || s.connections > MAX_CONNECTIONS {
+            return bad("connections", "must be between 1 and 16");
         }
         if s.spool_max_bytes == 0 {
             return bad("spool_max_bytes", "must be at least 1");

@@ -1,9 +1,15 @@
 //! The background task: batching, sending, retries, reconnects, failover and the
 //! disk spool.
 //!
-//! State: `pending` holds sealed, unacknowledged batches in send order; its first
-//! `inflight` batches were sent on the current connection, in order, so each reply
-//! answers `pending[0]` (after `discard` replies to calls that are re-sent anyway).
+//! State: `pending` holds sealed batches not yet finished, in send order. Each is
+//! idle (to be sent), in flight on one of the current connections, or acknowledged
+//! (waiting for the batches before it: batches are finished strictly in order, so
+//! counters, flushes and the spool see acknowledgements in order even when
+//! several connections answer out of order). Each connection keeps the ids of the
+//! batches it sent in order, so a reply answers its first one (after `discard`
+//! replies to calls that are re-sent anyway). Replies of all connections come
+//! through one channel tagged with the connection set's generation, so a reply of
+//! a dropped connection is ignored.
 //!
 //! With a spool ([`crate::spool`]), a sealed batch takes one of two routes:
 //! - **memory**: straight into `pending` — while the spool is empty, nothing waits
@@ -56,8 +62,18 @@ const MAX_BURST: usize = 4096;
 
 type Waiter = oneshot::Sender<Result<(), PublishError>>;
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Idle,
+    InFlight,
+    Acked,
+}
+
 #[derive(Debug)]
 struct Batch {
+    /// Position in send order (never reused).
+    id: u64,
+    state: State,
     /// The publisher id sent with it (this publisher's, or a previous run's when
     /// replayed from the spool).
     publisher: Bytes,
@@ -88,11 +104,16 @@ struct Open {
 
 #[derive(Debug)]
 struct Conn {
-    index: usize,
     writer: OwnedWriteHalf,
-    replies: mpsc::UnboundedReceiver<Result<ReplyValue, String>>,
     reader: JoinHandle<()>,
+    /// Ids of the batches sent on it and not answered yet, in order.
+    sent: VecDeque<u64>,
+    /// Replies still to come for calls whose batches are re-sent anyway.
+    discard: usize,
 }
+
+/// A reply (or a read failure) from connection `conn` of generation `generation`.
+type Reply = (u64, usize, Result<ReplyValue, String>);
 
 impl Drop for Conn {
     fn drop(&mut self) {
@@ -103,7 +124,7 @@ impl Drop for Conn {
 enum Event {
     Msg(Option<Msg>),
     Linger,
-    Reply(Option<Result<ReplyValue, String>>),
+    Reply(Option<Reply>),
     Resume,
     Reconnect,
     PreferredCheck,
@@ -136,12 +157,22 @@ pub(crate) struct Runner {
     first_seq: i64,
     flushes: Vec<(u64, oneshot::Sender<()>)>,
     closing: Option<(u64, oneshot::Sender<()>)>,
-    conn: Option<Conn>,
-    /// A connection to the preferred collector waiting for `conn` to drain.
-    switch_to: Option<Conn>,
+    /// The current connections, all to collector `conn_index`.
+    conns: Vec<Conn>,
+    conn_index: usize,
+    /// Generation of `conns` (0: none).
+    generation: u64,
+    last_generation: u64,
+    replies_tx: mpsc::UnboundedSender<Reply>,
+    replies: mpsc::UnboundedReceiver<Reply>,
+    /// Round-robin position over `conns`.
+    next_conn: usize,
+    next_batch_id: u64,
+    /// The preferred collector answered: move there once nothing is in flight.
+    switch_pending: bool,
     ever_connected: bool,
+    /// Batches in flight (on any connection).
     inflight: usize,
-    discard: usize,
     /// Oldest call without a reply was sent at this time.
     awaiting_since: Option<Instant>,
     legacy: bool,
@@ -229,13 +260,6 @@ async fn sleep_opt(at: Option<Instant>) {
     }
 }
 
-async fn next_reply(conn: &mut Option<Conn>) -> Option<Result<ReplyValue, String>> {
-    match conn {
-        Some(c) => c.replies.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
 impl Runner {
     pub(crate) fn new(
         settings: Arc<Settings>,
@@ -247,6 +271,7 @@ impl Runner {
         first_seq: i64,
     ) -> Runner {
         let settings_audit_at = settings.audit_interval.map(|d| Instant::now() + d);
+        let (replies_tx, replies) = mpsc::unbounded_channel();
         let runner = Runner {
             settings,
             counters,
@@ -263,11 +288,17 @@ impl Runner {
             first_seq,
             flushes: Vec::new(),
             closing: None,
-            conn: None,
-            switch_to: None,
+            conns: Vec::new(),
+            conn_index: 0,
+            generation: 0,
+            last_generation: 0,
+            replies_tx,
+            replies,
+            next_conn: 0,
+            next_batch_id: 0,
+            switch_pending: false,
             ever_connected: false,
             inflight: 0,
-            discard: 0,
             awaiting_since: None,
             legacy: false,
             cautious: false,
@@ -332,8 +363,7 @@ impl Runner {
         if self.pending.front().is_some_and(|b| !b.spooled) {
             // Replies to calls already sent are ignored: the batches are re-sent
             // from the spool with the same id and sequence.
-            self.discard += self.inflight;
-            self.inflight = 0;
+            self.discard_in_flight();
             let mut moved: VecDeque<Batch> = std::mem::take(&mut self.pending);
             moved.append(&mut self.held);
             self.held = moved;
@@ -396,6 +426,7 @@ impl Runner {
             self.counters.spooled.fetch_add(user, Ordering::Relaxed);
             self.counters.queue_depth.fetch_sub(user, Ordering::Relaxed);
             batch.spooled = true;
+            batch.state = State::Idle;
             // Kept in memory (as loaded) only while every earlier record is loaded.
             if keeping && self.pending.len() < self.settings.max_in_flight {
                 kept += 1;
@@ -421,9 +452,7 @@ impl Runner {
 
     pub(crate) async fn run(mut self) {
         self.serve().await;
-        self.conn = None;
-        self.switch_to = None;
-        self.counters.connected.store(0, Ordering::Relaxed);
+        self.drop_conns();
     }
 
     async fn serve(&mut self) {
@@ -440,15 +469,17 @@ impl Runner {
                 self.open.deadline
             };
             let resume = self.paused_until;
-            let reconnect = if self.conn.is_none() {
+            let reconnect = if self.conns.is_empty() {
                 self.reconnect_at
             } else {
                 None
             };
-            let preferred = match &self.conn {
-                Some(c) if c.index != 0 && self.switch_to.is_none() => self.preferred_check_at,
-                _ => None,
-            };
+            let preferred =
+                if !self.conns.is_empty() && self.conn_index != 0 && !self.switch_pending {
+                    self.preferred_check_at
+                } else {
+                    None
+                };
             let timeout = self
                 .awaiting_since
                 .map(|t| t + self.settings.request_timeout);
@@ -465,7 +496,7 @@ impl Runner {
             let event = tokio::select! {
                 m = self.rx.recv(), if accepting => Event::Msg(m),
                 _ = self.alive.changed() => Event::Dropped,
-                r = next_reply(&mut self.conn) => Event::Reply(r),
+                r = self.replies.recv() => Event::Reply(r),
                 _ = sleep_opt(linger) => Event::Linger,
                 _ = sleep_opt(resume) => Event::Resume,
                 _ = sleep_opt(reconnect) => Event::Reconnect,
@@ -485,9 +516,11 @@ impl Runner {
                     return;
                 }
                 Event::Linger => self.seal(),
-                Event::Reply(Some(Ok(value))) => self.on_reply(value),
-                Event::Reply(Some(Err(e))) => self.lost(&e),
-                Event::Reply(None) => self.lost("reply reader stopped"),
+                Event::Reply(Some((generation, _, _)))
+                    if generation != self.generation || self.conns.is_empty() => {}
+                Event::Reply(Some((_, conn, Ok(value)))) => self.on_reply(conn, value),
+                Event::Reply(Some((_, _, Err(e)))) => self.lost(&e),
+                Event::Reply(None) => self.lost("reply channel closed"),
                 Event::Resume => self.paused_until = None,
                 Event::Reconnect => self.connect().await,
                 Event::PreferredCheck => self.check_preferred().await,
@@ -618,9 +651,7 @@ impl Runner {
             Some((target, _)) if self.done(*target) => {
                 let (_, tx) = self.closing.take().expect("checked");
                 self.answer_spooled_waiters();
-                self.conn = None;
-                self.switch_to = None;
-                self.counters.connected.store(0, Ordering::Relaxed);
+                self.drop_conns();
                 let _ = tx.send(());
                 true
             }
@@ -634,6 +665,8 @@ impl Runner {
         }
         let open = std::mem::take(&mut self.open);
         let batch = Batch {
+            id: self.next_batch_id,
+            state: State::Idle,
             publisher: self.id_bytes.clone(),
             seq: self.next_seq,
             entries: open.entries,
@@ -645,6 +678,7 @@ impl Runner {
             lost: 0,
         };
         self.next_seq += 1;
+        self.next_batch_id += 1;
         self.counters.batches.fetch_add(1, Ordering::Relaxed);
         let to_spool = match &self.spool {
             Some(spool) => self.spooling || !spool.is_empty() || !self.held.is_empty(),
@@ -677,7 +711,10 @@ impl Runner {
                     } else {
                         Vec::new()
                     };
+                    self.next_batch_id += 1;
                     self.pending.push_back(Batch {
+                        id: self.next_batch_id,
+                        state: State::Idle,
                         publisher: record.publisher,
                         seq: record.seq,
                         entries: record.entries,
@@ -690,6 +727,9 @@ impl Runner {
                     });
                 }
                 Ok(Err(events)) => self.pending.push_back(Batch {
+                    // Nothing to send: finished when it reaches the front.
+                    id: u64::MAX,
+                    state: State::Acked,
                     publisher: Bytes::new(),
                     seq: 0,
                     entries: Vec::new(),
@@ -745,34 +785,31 @@ impl Runner {
         }
     }
 
-    /// Sends as many pending batches as the window allows.
+    /// Sends idle batches, in order, while the window allows: round-robin over the
+    /// connections (only the first after `TRY_LATER` and with plain `Log`).
     async fn pump(&mut self) {
-        if self.conn.is_some() && self.spool_retry_at.is_none() {
+        if !self.conns.is_empty() && self.spool_retry_at.is_none() {
             self.load_from_spool();
         }
+        self.finish_front();
         loop {
-            // A spool record that did not read back: its events are failed, in turn.
-            if self.inflight == 0 && self.pending.front().is_some_and(|b| b.lost > 0) {
-                let batch = self.pending.pop_front().expect("checked");
-                self.counters
-                    .failed
-                    .fetch_add(batch.lost, Ordering::Relaxed);
-                self.spool_acked();
-                self.load_from_spool();
-                continue;
-            }
-            if self.conn.is_none()
-                || self.switch_to.is_some()
+            if self.conns.is_empty()
+                || self.switch_pending
                 || self.paused_until.is_some()
                 || self.inflight >= self.window()
-                || self.inflight >= self.pending.len()
             {
                 break;
             }
-            let batch = &mut self.pending[self.inflight];
-            if batch.lost > 0 {
+            let Some(at) = self.pending.iter().position(|b| b.state == State::Idle) else {
                 break;
-            }
+            };
+            let k = if self.window() == 1 {
+                0
+            } else {
+                self.next_conn = (self.next_conn + 1) % self.conns.len();
+                self.next_conn
+            };
+            let batch = &mut self.pending[at];
             self.seqid = self.seqid.wrapping_add(1);
             self.buf.clear();
             let refs: Vec<(&[u8], &[u8])> = batch
@@ -795,8 +832,9 @@ impl Runner {
                 self.counters.retried.fetch_add(1, Ordering::Relaxed);
             }
             batch.sends += 1;
-            let events = batch.entries.len() as u64 - batch.audit;
-            let conn = self.conn.as_mut().expect("checked");
+            batch.state = State::InFlight;
+            let (id, events) = (batch.id, batch.entries.len() as u64 - batch.audit);
+            let conn = &mut self.conns[k];
             let written = tokio::time::timeout(
                 self.settings.request_timeout,
                 conn.writer.write_all(&self.buf),
@@ -804,6 +842,7 @@ impl Runner {
             .await;
             match written {
                 Ok(Ok(())) => {
+                    conn.sent.push_back(id);
                     self.counters.sent.fetch_add(events, Ordering::Relaxed);
                     self.inflight += 1;
                     if self.awaiting_since.is_none() {
@@ -822,73 +861,126 @@ impl Runner {
         }
     }
 
-    fn on_reply(&mut self, value: ReplyValue) {
-        self.awaiting_since = if self.inflight + self.discard > 1 {
+    /// Finishes acknowledged batches at the front of `pending`, in order.
+    fn finish_front(&mut self) {
+        let mut finished = false;
+        while self
+            .pending
+            .front()
+            .is_some_and(|b| b.state == State::Acked)
+        {
+            let batch = self.pending.pop_front().expect("checked");
+            finished = true;
+            if batch.lost > 0 {
+                // A spool record that did not read back: its events are failed.
+                self.counters
+                    .failed
+                    .fetch_add(batch.lost, Ordering::Relaxed);
+                self.spool_acked();
+                continue;
+            }
+            let n = batch.entries.len() as u64;
+            // The user-facing counters leave this publisher's audit records out.
+            let user = n - batch.audit;
+            if batch.spooled {
+                if batch.publisher == self.id_bytes && batch.seq >= self.first_seq {
+                    self.acked += n;
+                }
+                self.counters.replayed.fetch_add(user, Ordering::Relaxed);
+                self.spool_acked();
+            } else {
+                self.acked += n;
+                self.settled += n;
+                self.counters
+                    .acknowledged
+                    .fetch_add(user, Ordering::Relaxed);
+                self.counters.queue_depth.fetch_sub(user, Ordering::Relaxed);
+            }
+            self.counters
+                .audit_acked
+                .fetch_add(batch.audit, Ordering::Relaxed);
+            if self.audit_at.is_some() {
+                count_acked(&mut self.audit, &batch);
+            }
+            for w in batch.waiters {
+                let _ = w.send(Ok(()));
+            }
+        }
+        if finished {
+            self.answer_flushes();
+            if !self.pending.is_empty() && self.spool.is_some() {
+                self.load_from_spool();
+            }
+        }
+    }
+
+    /// Every call in flight will be answered but its batch is re-sent: count the
+    /// replies to ignore and make the batches idle.
+    fn discard_in_flight(&mut self) {
+        for conn in &mut self.conns {
+            conn.discard += conn.sent.len();
+            conn.sent.clear();
+        }
+        for batch in &mut self.pending {
+            if batch.state == State::InFlight {
+                batch.state = State::Idle;
+            }
+        }
+        self.inflight = 0;
+    }
+
+    fn on_reply(&mut self, k: usize, value: ReplyValue) {
+        let outstanding: usize = self.conns.iter().map(|c| c.sent.len() + c.discard).sum();
+        self.awaiting_since = if outstanding > 1 {
             Some(Instant::now())
         } else {
             None
         };
-        if self.discard > 0 {
-            self.discard -= 1;
+        let Some(conn) = self.conns.get_mut(k) else {
+            return;
+        };
+        if conn.discard > 0 {
+            conn.discard -= 1;
             self.maybe_switch();
             return;
         }
-        if self.inflight == 0 {
+        let Some(id) = conn.sent.pop_front() else {
             self.lost("unexpected reply");
             return;
-        }
+        };
+        let Some(at) = self
+            .pending
+            .iter()
+            .position(|b| b.id == id && b.state == State::InFlight)
+        else {
+            self.lost("reply for an unknown batch");
+            return;
+        };
         match value {
             ReplyValue::ResultCode(ResultCode::Ok) => {
                 self.inflight -= 1;
-                let batch = self.pending.pop_front().expect("in flight");
-                let n = batch.entries.len() as u64;
-                // The user-facing counters leave this publisher's audit records out.
-                let user = n - batch.audit;
-                if batch.spooled {
-                    if batch.publisher == self.id_bytes && batch.seq >= self.first_seq {
-                        self.acked += n;
-                    }
-                    self.counters.replayed.fetch_add(user, Ordering::Relaxed);
-                    self.spool_acked();
-                } else {
-                    self.acked += n;
-                    self.settled += n;
-                    self.counters
-                        .acknowledged
-                        .fetch_add(user, Ordering::Relaxed);
-                    self.counters.queue_depth.fetch_sub(user, Ordering::Relaxed);
-                }
+                self.pending[at].state = State::Acked;
                 self.unhealthy_since = None;
                 if self.spooling {
                     tracing::info!("a collector is taking events again; replaying the spool");
                     self.spooling = false;
                     self.spool_gauges();
                 }
-                self.counters
-                    .audit_acked
-                    .fetch_add(batch.audit, Ordering::Relaxed);
-                if self.audit_at.is_some() {
-                    count_acked(&mut self.audit, &batch);
-                }
-                for w in batch.waiters {
-                    let _ = w.send(Ok(()));
-                }
                 self.try_later_attempts = 0;
                 self.connect_attempts = 0;
                 self.cautious = false;
-                self.answer_flushes();
+                self.finish_front();
                 self.maybe_switch();
             }
             ReplyValue::ResultCode(ResultCode::TryLater) => {
                 self.counters.try_later.fetch_add(1, Ordering::Relaxed);
                 self.failing();
-                self.discard = self.inflight - 1;
-                self.inflight = 0;
+                self.discard_in_flight();
                 self.cautious = true;
                 let delay = self.backoff(self.try_later_attempts);
                 self.try_later_attempts += 1;
                 tracing::debug!(
-                    sequence = self.pending[0].seq,
+                    sequence = self.pending[at].seq,
                     ?delay,
                     "collector answered TRY_LATER; retrying"
                 );
@@ -903,7 +995,7 @@ impl Runner {
                 );
                 self.legacy = true;
                 self.counters.legacy.store(1, Ordering::Relaxed);
-                self.drop_conn();
+                self.drop_conns();
                 self.reconnect_at = Some(Instant::now());
             }
             other => self.lost(&format!("unexpected reply {other:?}")),
@@ -930,11 +1022,16 @@ impl Runner {
         }
     }
 
-    /// Drops the connection; every unacknowledged batch is re-sent on the next.
-    fn drop_conn(&mut self) {
-        self.conn = None;
+    /// Drops the connections; every unacknowledged batch is re-sent on the next.
+    fn drop_conns(&mut self) {
+        self.conns.clear();
+        self.generation = 0;
+        for batch in &mut self.pending {
+            if batch.state == State::InFlight {
+                batch.state = State::Idle;
+            }
+        }
         self.inflight = 0;
-        self.discard = 0;
         self.cautious = false;
         self.awaiting_since = None;
         self.counters.connected.store(0, Ordering::Relaxed);
@@ -942,15 +1039,17 @@ impl Runner {
 
     fn lost(&mut self, why: &str) {
         self.failing();
-        let index = self.conn.as_ref().map(|c| c.index);
         tracing::warn!(
-            collector = index.map(|i| self.settings.collectors[i].as_str()),
+            collector = (!self.conns.is_empty())
+                .then(|| self.settings.collectors[self.conn_index].as_str()),
             reason = why,
             "connection to collector lost; reconnecting"
         );
-        self.drop_conn();
-        if let Some(next) = self.switch_to.take() {
-            self.install(next);
+        self.drop_conns();
+        if self.switch_pending {
+            // The preferred collector answered a moment ago: go there now.
+            self.switch_pending = false;
+            self.reconnect_at = Some(Instant::now());
             return;
         }
         let delay = self.backoff(self.connect_attempts);
@@ -958,19 +1057,18 @@ impl Runner {
         self.reconnect_at = Some(Instant::now() + delay);
     }
 
+    /// Moves to the preferred collector once nothing is in flight any more.
     fn maybe_switch(&mut self) {
-        if self.switch_to.is_some() && self.inflight == 0 && self.discard == 0 {
-            let next = self.switch_to.take().expect("checked");
-            tracing::info!(
-                collector = %self.settings.collectors[next.index],
-                "back on the preferred collector"
-            );
-            self.drop_conn();
-            self.install(next);
+        let quiet = self.inflight == 0 && self.conns.iter().all(|c| c.discard == 0);
+        if self.switch_pending && quiet {
+            self.switch_pending = false;
+            self.drop_conns();
+            // `connect` tries the preferred collector first.
+            self.reconnect_at = Some(Instant::now());
         }
     }
 
-    async fn open_conn(&self, index: usize) -> Result<Conn, String> {
+    async fn open_conn(&self, index: usize, k: usize, generation: u64) -> Result<Conn, String> {
         let addr = &self.settings.collectors[index];
         let stream = tokio::time::timeout(self.settings.connect_timeout, TcpStream::connect(addr))
             .await
@@ -978,7 +1076,7 @@ impl Runner {
             .map_err(|e| e.to_string())?;
         let _ = stream.set_nodelay(true);
         let (mut reader, writer) = stream.into_split();
-        let (tx, replies) = mpsc::unbounded_channel();
+        let tx = self.replies_tx.clone();
         let reader = tokio::spawn(async move {
             let mut buf = BytesMut::new();
             loop {
@@ -991,45 +1089,70 @@ impl Runner {
                     Err(e) => Err(format!("read failed: {e}")),
                 };
                 let stop = item.is_err();
-                if tx.send(item).is_err() || stop {
+                if tx.send((generation, k, item)).is_err() || stop {
                     return;
                 }
             }
         });
         Ok(Conn {
-            index,
             writer,
-            replies,
             reader,
+            sent: VecDeque::new(),
+            discard: 0,
         })
     }
 
-    fn install(&mut self, conn: Conn) {
+    fn install(&mut self, conns: Vec<Conn>, index: usize, generation: u64) {
         if self.ever_connected {
             self.counters.reconnects.fetch_add(1, Ordering::Relaxed);
+        }
+        if index == 0 && self.conn_index != 0 && self.ever_connected {
+            tracing::info!(
+                collector = %self.settings.collectors[0],
+                "back on the preferred collector"
+            );
         }
         self.ever_connected = true;
         self.counters
             .connected
-            .store(conn.index as u64 + 1, Ordering::Relaxed);
-        self.preferred_check_at = if conn.index != 0 {
+            .store(index as u64 + 1, Ordering::Relaxed);
+        self.preferred_check_at = if index != 0 {
             Some(Instant::now() + self.settings.preferred_retry)
         } else {
             None
         };
-        self.conn = Some(conn);
+        self.conns = conns;
+        self.conn_index = index;
+        self.generation = generation;
+        self.next_conn = 0;
         self.inflight = 0;
-        self.discard = 0;
         self.reconnect_at = None;
     }
 
-    /// Tries the collectors in order; the first that accepts becomes the connection.
+    /// Tries the collectors in order; the first that accepts gets the connections
+    /// (`connections` of them; fewer if some of the extra ones fail).
     async fn connect(&mut self) {
+        self.last_generation += 1;
+        let generation = self.last_generation;
         for index in 0..self.settings.collectors.len() {
-            match self.open_conn(index).await {
-                Ok(conn) => {
-                    tracing::debug!(collector = %self.settings.collectors[index], "connected");
-                    self.install(conn);
+            match self.open_conn(index, 0, generation).await {
+                Ok(first) => {
+                    let mut conns = vec![first];
+                    for k in 1..self.settings.connections {
+                        match self.open_conn(index, k, generation).await {
+                            Ok(conn) => conns.push(conn),
+                            Err(e) => {
+                                tracing::debug!(error = %e, "cannot open an extra connection");
+                                break;
+                            }
+                        }
+                    }
+                    tracing::debug!(
+                        collector = %self.settings.collectors[index],
+                        connections = conns.len(),
+                        "connected"
+                    );
+                    self.install(conns, index, generation);
                     return;
                 }
                 Err(e) => tracing::debug!(
@@ -1045,10 +1168,13 @@ impl Runner {
         self.reconnect_at = Some(Instant::now() + delay);
     }
 
+    /// While on a failover collector: if the preferred one accepts a connection,
+    /// move there once the batches in flight are answered.
     async fn check_preferred(&mut self) {
-        match self.open_conn(0).await {
-            Ok(conn) => {
-                self.switch_to = Some(conn);
+        match self.open_conn(0, usize::MAX, 0).await {
+            Ok(probe) => {
+                drop(probe);
+                self.switch_pending = true;
                 self.maybe_switch();
             }
             Err(_) => {

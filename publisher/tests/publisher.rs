@@ -563,3 +563,50 @@ async fn returns_to_the_preferred_collector() {
     a.stop().await.unwrap();
     b.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn several_connections_store_every_event_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = start_collector(dir.path(), "c1").await;
+    // The first connection loses an acknowledgement: every connection is dropped
+    // and the unacknowledged batches re-sent with their sequences.
+    let proxy = lossy_proxy(collector.thrift_addr()).await;
+    let publisher = fast(&[proxy])
+        .connections(4)
+        .max_batch_events(100)
+        .build()
+        .await
+        .unwrap();
+    let n = 20_000;
+    for i in 0..n {
+        for topic in ["multi_a", "multi_b"] {
+            publisher.publish(topic, payload(topic, i)).await.unwrap();
+        }
+    }
+    let handle = publisher.clone();
+    tokio::time::timeout(Duration::from_secs(60), publisher.close())
+        .await
+        .expect("close within 60 s")
+        .unwrap();
+    let stats = handle.stats();
+    assert_eq!(stats.acknowledged, 2 * n as u64, "{stats:?}");
+    assert_eq!((stats.queue_depth, stats.failed), (0, 0));
+    assert!(stats.reconnects >= 1, "{stats:?}");
+    for topic in ["multi_a", "multi_b"] {
+        let mut got = read_topic(dir.path(), topic).await;
+        assert_eq!(got.len(), n, "{topic}: exactly once");
+        // Batches may be stored out of order across connections; each batch is
+        // in order, and every event is there once.
+        got.sort();
+        let want: Vec<Bytes> = (0..n).map(|i| payload(topic, i)).collect();
+        assert!(got == want, "{topic}: every event once");
+    }
+    assert_eq!(
+        fast(&[proxy]).connections(17).build().await.unwrap_err(),
+        BuildError::InvalidSetting {
+            name: "connections",
+            reason: "must be between 1 and 16".into()
+        }
+    );
+    collector.stop().await.unwrap();
+}

@@ -403,3 +403,33 @@ async fn one_publisher_per_spool_directory() {
     }
     drop(first);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replay_over_several_connections_stores_each_event_once() {
+    let root = tempfile::tempdir().unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let addr = stopped_collector(root.path()).await;
+    let n = 5000;
+    spool_while_down(addr, spool.path(), "multi", n).await;
+    let collector = start_collector_on(root.path(), &addr.to_string()).await;
+    let publisher = spooling(addr, spool.path())
+        .connections(4)
+        .build()
+        .await
+        .unwrap();
+    let handle = publisher.clone();
+    tokio::time::timeout(Duration::from_secs(60), publisher.close())
+        .await
+        .expect("close within 60 s")
+        .unwrap();
+    let stats = handle.stats();
+    assert_eq!(stats.replayed, n as u64, "{stats:?}");
+    assert_eq!((stats.spool_events, stats.spool_bytes), (0, 0));
+    assert!(segments(spool.path()).is_empty());
+    let mut got = read_topic(root.path(), "spooled").await;
+    assert_eq!(got.len(), n, "exactly once");
+    got.sort();
+    let want: Vec<Bytes> = (0..n).map(|i| payload("multi", i)).collect();
+    assert!(got == want);
+    collector.stop().await.unwrap();
+}
