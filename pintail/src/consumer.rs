@@ -959,8 +959,11 @@ impl Consumer {
             if desired.contains(&p) {
                 g.renew(&p, epoch, false).await?;
             } else {
-                // Hand over: commit what is processed, stop reading, release.
-                if let Some(pos) = self.processed.get(&p).cloned() {
+                // Hand over: with auto-commit, commit what is processed; stop
+                // reading; release. (With manual commits, what the application did
+                // not commit is redelivered to the next owner.)
+                let auto = self.auto_every.is_some() || self.auto_messages.is_some();
+                if let Some(pos) = self.processed.get(&p).cloned().filter(|_| auto) {
                     self.commit(&pos).await.ok();
                 }
                 self.lose(&p);
