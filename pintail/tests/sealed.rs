@@ -279,7 +279,15 @@ async fn a_corrupt_frame_is_a_typed_error_or_skipped_and_counted() {
 async fn a_bad_checkpoint_is_an_error_never_a_restart_from_the_beginning() {
     let dir = tempfile::tempdir().unwrap();
     let s = local_root(dir.path(), "dc1");
-    sealed_minute(std::slice::from_ref(&s), "clicks", minute("2026-11-22T10:00"), 3, 10, 1).await;
+    sealed_minute(
+        std::slice::from_ref(&s),
+        "clicks",
+        minute("2026-11-22T10:00"),
+        3,
+        10,
+        1,
+    )
+    .await;
     let mut c = merged(&s).group("g").build().await.unwrap();
     let m = c.next().await.unwrap().unwrap();
     c.commit(&m.position).await.unwrap();

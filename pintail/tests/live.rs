@@ -1,0 +1,210 @@
+//! The live tail of the `local` view against a real in-process collector (test
+//! clock) and the real worker's `LocalJob`: growing files, a minute boundary, the
+//! move of a closed file into its sealed minute directory (mid-file), a restart
+//! from a checkpoint taken before the move, and a stop minute. Plus a small
+//! publish-to-`next()` latency measurement with the system clock.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::TimeZone;
+use conduit_core::storage::LocalStorage;
+use conduit_core::{Config, SharedStorage, SystemClock, TestClock};
+use conduit_merger::{Cluster, Job, JobEnv, LocalJob, NoFence};
+use conduit_pintail::{Consumer, ConsumerBuilder, DefaultStart, Message, ReadView};
+use support::*;
+
+fn consumer(storage: &SharedStorage, clock: &TestClock) -> ConsumerBuilder {
+    Consumer::builder("clicks")
+        .cluster("dc1", storage.clone())
+        .view(ReadView::Local)
+        .clock(clock.shared())
+        .heartbeat(Duration::from_millis(50))
+}
+
+async fn take(c: &mut Consumer, n: usize) -> Vec<Message> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(
+            c.next_timeout(Duration::from_secs(10))
+                .await
+                .unwrap()
+                .expect("a message within 10 s"),
+        );
+    }
+    out
+}
+
+fn texts(ms: &[Message]) -> Vec<String> {
+    ms.iter()
+        .map(|m| String::from_utf8(m.payload.to_vec()).unwrap())
+        .collect()
+}
+
+fn worker(storage: &SharedStorage, clock: &TestClock) -> LocalJob {
+    let this = Cluster {
+        name: node("dc1"),
+        storage: storage.clone(),
+    };
+    let mut clusters = BTreeMap::new();
+    clusters.insert(this.name.clone(), this.clone());
+    LocalJob::new(JobEnv {
+        this,
+        clusters,
+        config: Arc::new(Config::default()),
+        clock: clock.shared(),
+        fence: Arc::new(NoFence),
+        worker_id: "dc1/test-worker".into(),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_tail_follows_growing_files_across_a_minute_boundary_and_the_move() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage: SharedStorage = Arc::new(LocalStorage::open(dir.path()).unwrap());
+    let clock = TestClock::at(
+        chrono::Utc
+            .with_ymd_and_hms(2026, 11, 22, 10, 5, 30)
+            .unwrap(),
+    );
+    let collector = start_collector(storage.clone(), clock.shared(), "dc1", "c1").await;
+    let mut client = Client::connect(collector.thrift_addr()).await;
+    let mut c = consumer(&storage, &clock).group("g").build().await.unwrap();
+
+    // The 10:05 file grows by one frame per call; each is read while it is open.
+    let data_path = "data/clicks/c1/clicks-2026-11-22-10-05_00000.zst";
+    client.log("clicks", &payloads("a", 0, 100)).await;
+    let first = take(&mut c, 100).await;
+    assert_eq!(texts(&first), payloads("a", 0, 100));
+    let bytes = storage.read(data_path).await.unwrap();
+    assert!(
+        conduit_core::format::scan(&bytes, 0).trailer.is_none(),
+        "read while the file is still open"
+    );
+    assert_eq!(first[0].position.file, "clicks-2026-11-22-10-05_00000.zst");
+    assert_eq!(first[0].minute, minute("2026-11-22T10:05"));
+    client.log("clicks", &payloads("a", 100, 100)).await;
+    client.log("clicks", &payloads("a", 200, 100)).await;
+    let mid = take(&mut c, 50).await;
+    assert_eq!(texts(&mid), payloads("a", 100, 50));
+    let committed = mid.last().unwrap().position.clone();
+    c.commit(&committed).await.unwrap();
+
+    // The minute ends: the collector closes the file and starts 10:06.
+    clock.set(
+        chrono::Utc
+            .with_ymd_and_hms(2026, 11, 22, 10, 6, 10)
+            .unwrap(),
+    );
+    wait_watermark(&storage, "dc1", "c1", minute("2026-11-22T10:05")).await;
+    client.log("clicks", &payloads("b", 0, 100)).await;
+
+    // The worker moves the closed 10:05 file (unchanged) and seals 10:05 while the
+    // consumer is in the middle of it.
+    let report = worker(&storage, &clock).pass().await.unwrap();
+    assert!(report.sealed >= 1 && report.files >= 1, "{report:?}");
+    let moved = "streams_local/clicks/2026/11/22/10/05/dc1-c1-clicks-2026-11-22-10-05_00000.zst";
+    assert!(!storage.exists(data_path).await.unwrap());
+    let moved_bytes = storage.read(moved).await.unwrap();
+    assert_eq!(
+        moved_bytes.slice(..bytes.len()),
+        bytes,
+        "the same bytes at the same offsets"
+    );
+    let rest = take(&mut c, 250).await;
+    let mut want = payloads("a", 150, 150);
+    want.extend(payloads("b", 0, 100));
+    assert_eq!(texts(&rest), want, "in order, nothing lost or repeated");
+    assert_eq!(rest[0].position.minute, minute("2026-11-22T10:05"));
+    assert_eq!(rest[149].position.file, "clicks-2026-11-22-10-05_00000.zst");
+    assert_eq!(rest[150].position.file, "clicks-2026-11-22-10-06_00000.zst");
+    drop(c);
+
+    // Restart from the checkpoint taken while the file was in data/: it is found in
+    // its minute directory at the same offset.
+    let mut again = consumer(&storage, &clock).group("g").build().await.unwrap();
+    let resumed = take(&mut again, 250).await;
+    assert_eq!(texts(&resumed), want);
+    assert!(again
+        .next_timeout(Duration::from_millis(200))
+        .await
+        .unwrap()
+        .is_none());
+
+    // A stop minute on the live view ends once the collector's watermark passes it.
+    let mut bounded = consumer(&storage, &clock)
+        .stop(minute("2026-11-22T10:05"))
+        .build()
+        .await
+        .unwrap();
+    let mut n = 0;
+    while let Some(m) = bounded.next_timeout(Duration::from_secs(10)).await.unwrap() {
+        assert_eq!(m.minute, minute("2026-11-22T10:05"));
+        n += 1;
+    }
+    assert!(bounded.is_finished());
+    assert_eq!(n, 300);
+    collector.stop().await.unwrap();
+}
+
+/// Publish-to-`next()` latency with the system clock: one event per call, 2 ms
+/// apart, read by a consumer started at the live end. Prints p50/p99/max.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_to_next_latency_is_well_under_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage: SharedStorage = Arc::new(LocalStorage::open(dir.path()).unwrap());
+    let collector = start_collector(storage.clone(), SystemClock::shared(), "dc1", "c1").await;
+    let mut client = Client::connect(collector.thrift_addr()).await;
+    client.log("lat", &["warmup".to_string()]).await;
+    let mut c = Consumer::builder("lat")
+        .cluster("dc1", storage.clone())
+        .view(ReadView::Local)
+        .default_start(DefaultStart::LiveEnd)
+        .build()
+        .await
+        .unwrap();
+    // Resolve the live end before publishing.
+    assert!(c
+        .next_timeout(Duration::from_millis(50))
+        .await
+        .unwrap()
+        .is_none());
+    let n = 500;
+    let base = Instant::now();
+    let reader = tokio::spawn(async move {
+        let mut lat = Vec::new();
+        while lat.len() < n {
+            let Some(m) = c.next_timeout(Duration::from_secs(10)).await.unwrap() else {
+                panic!(
+                    "no message after {} of {n}: partitions {:?} stats {:?}",
+                    lat.len(),
+                    c.partitions(),
+                    c.stats()
+                );
+            };
+            let text = String::from_utf8(m.payload.to_vec()).unwrap();
+            let sent: u64 = text.parse().unwrap();
+            lat.push(base.elapsed().as_micros() as u64 - sent);
+        }
+        lat
+    });
+    for _ in 0..n {
+        let sent = base.elapsed().as_micros().to_string();
+        client.log("lat", &[sent]).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let mut lat = reader.await.unwrap();
+    lat.sort_unstable();
+    let q = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    println!(
+        "publish-to-next latency over {n} events (acked publish to next(), poll 5-20 ms): p50 {} us, p99 {} us, max {} us",
+        q(0.50),
+        q(0.99),
+        lat[lat.len() - 1]
+    );
+    assert!(q(0.99) < 1_000_000, "p99 under 1 s");
+    collector.stop().await.unwrap();
+}
