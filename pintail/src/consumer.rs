@@ -664,7 +664,7 @@ impl Consumer {
         if self
             .processed
             .get(&position.partition)
-            .is_some_and(|p| p == position)
+            .is_some_and(|p| p.cmp_in_partition(position) != std::cmp::Ordering::Greater)
         {
             self.processed.remove(&position.partition);
         }
@@ -688,7 +688,18 @@ impl Consumer {
             self.processed.clear();
             return Ok(());
         }
-        let positions: Vec<Position> = self.processed.values().cloned().collect();
+        // Never move a checkpoint back behind an explicit commit.
+        let positions: Vec<Position> = self
+            .processed
+            .values()
+            .filter(|p| {
+                self.committed
+                    .get(&p.partition)
+                    .is_none_or(|c| c.cmp_in_partition(p) == std::cmp::Ordering::Less)
+            })
+            .cloned()
+            .collect();
+        self.processed.clear();
         for pos in positions {
             match self.commit(&pos).await {
                 Ok(()) => {}
@@ -745,6 +756,7 @@ impl Consumer {
         self.origin = Origin::Minute(minute);
         self.last_returned = None;
         self.processed.clear();
+        self.committed.clear();
         let ids: Vec<String> = self.readers.keys().cloned().collect();
         for id in ids {
             let reader = self.new_reader(&id, None);

@@ -78,11 +78,13 @@ impl Position {
         format!("{}-{}-{}", self.cluster, self.collector, self.file)
     }
 
-    /// Orders two positions of the same partition: (directory minute, file, offset, record).
+    /// Orders two positions of the same partition the way readers go: directory
+    /// minute, then file name in the directory (`<cluster>-<collector>-...`), then
+    /// offset and record.
     pub fn cmp_in_partition(&self, other: &Position) -> Ordering {
-        (self.minute, self.file_key(), self.offset, self.record).cmp(&(
+        (self.minute, self.local_name(), self.offset, self.record).cmp(&(
             other.minute,
-            other.file_key(),
+            other.local_name(),
             other.offset,
             other.record,
         ))
