@@ -17,7 +17,8 @@
 //! - A source that is not ready blocks F only while it is not **lagging**: S lags
 //!   when its newest sealed local minute (as last seen; a source that cannot be
 //!   read keeps the last value seen) ended more than `worker.max_source_lag_secs`
-//!   ago, or when S has no sealed local minute at all. Then F is sealed without S and
+//!   ago, or, when S has no sealed local minute at all (a new topic or a new
+//!   source), once F itself ended that long ago. Then F is sealed without S and
 //!   lists S in `missing_clusters`. The frontier never waits on a hole.
 //! - **Placement rule** (what makes it exactly once): the files of S's local minute
 //!   L go to the first merged minute `>= L` whose manifest lists S in `clusters`.
@@ -380,7 +381,10 @@ impl MergeJob {
         ) {
             (Some(newest), _) => now - newest.end() > max_lag,
             (None, Some(since)) => now - *since > max_lag,
-            (None, None) => true,
+            // Nothing sealed yet (a new topic or source): give it the same lag
+            // from the end of the frontier, so a topic's first minutes do not
+            // routinely miss whichever source seals second.
+            (None, None) => now - state.frontier.end() > max_lag,
         }
     }
 
