@@ -61,6 +61,18 @@ enum BenchCommand {
     /// Write the benchmark's events to a file, one JSON event per line, so other
     /// tools (scripts/peers/*.sh) are fed exactly the same input.
     Gen(GenArgs),
+    /// Measure the time from a minute's end to its `_SUCCESS` in the local, merged
+    /// and mirror views (two datacenters, real collector and worker processes).
+    SealLatency(crate::bench_seal::SealArgs),
+    /// Read one hour of sealed history with DuckDB and with one PinTail consumer;
+    /// events/s.
+    CatchUp(crate::bench_catchup::CatchUpArgs),
+    /// Run the bus at a fixed rate for a while: RSS and file descriptors of every
+    /// process over time (slope per hour), zero loss by `conduit audit`.
+    Soak(crate::bench_soak::SoakArgs),
+    /// conduit ingest and NATS JetStream (file store, acked publishes) side by
+    /// side, fed the same events, interleaved.
+    NatsIngest(crate::bench_nats::NatsArgs),
 }
 
 /// Arguments of `conduit bench ingest`.
@@ -191,6 +203,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         BenchCommand::Publish(a) => publish(a).await,
         BenchCommand::Limits(a) => crate::bench_limits::run(a).await,
         BenchCommand::Gen(a) => gen(a),
+        BenchCommand::SealLatency(a) => crate::bench_seal::run(a).await,
+        BenchCommand::CatchUp(a) => crate::bench_catchup::run(a).await,
+        BenchCommand::Soak(a) => crate::bench_soak::run(a).await,
+        BenchCommand::NatsIngest(a) => crate::bench_nats::run(a).await,
     }
 }
 

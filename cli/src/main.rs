@@ -6,7 +6,11 @@
 
 mod audit;
 mod bench;
+mod bench_catchup;
 mod bench_limits;
+mod bench_nats;
+mod bench_seal;
+mod bench_soak;
 mod check;
 mod collector;
 mod logging;

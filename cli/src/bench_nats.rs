@@ -1,0 +1,623 @@
+//! `conduit bench nats-ingest`: conduit ingest and NATS JetStream (file store,
+//! acked publishes) side by side, fed the same events, interleaved run by run.
+//!
+//! Each round runs, in this order:
+//!
+//! 1. **conduit**: `conduit bench ingest --runs 1` as a child process (a fresh
+//!    collector; events acknowledged only after fsync; the records in its files
+//!    are counted), with the same `--events`, `--connections` and seed; its JSON
+//!    line gives events/s and ack latency.
+//! 2. **NATS JetStream**: a private `nats-server` started by
+//!    `scripts/peers/nats.sh serve` (which installs the Debian package if missing)
+//!    with JetStream on a fresh file store, and a stream `BENCH` (subjects
+//!    `bench.>`, file storage, one replica). The client is written here against
+//!    the NATS text protocol (no client library): per connection one task that
+//!    writes `PUB bench.e <reply> <len>` for every event, each with its own reply
+//!    subject, keeping at most `--window` publishes without an ack in flight
+//!    (1000 by default, as many events as one conduit call of 1000), and reads the
+//!    JetStream acks (`{"stream":"BENCH","seq":N}`) from its inbox subscription.
+//!    Timed from the moment every connection is ready to the last ack. Afterwards
+//!    the stream's message count (`$JS.API.STREAM.INFO.BENCH`) must equal the
+//!    events sent.
+//!
+//! **Durability differs.** conduit acknowledges after `fdatasync`. JetStream acks
+//! once the message is written to its file store, and (per the NATS docs) syncs
+//! to disk periodically (every 2 minutes by default); the `sync_interval: always`
+//! setting exists only from nats-server 2.10, so with Debian's 2.9 the NATS
+//! numbers are *not* fsync-per-ack. `nats.sh serve --sync always` tries it and
+//! fails on 2.9.
+//!
+//! The table: median (min–max) events/s, ack p50/p99, server CPU per million
+//! events and peak RSS for both, and the ratio of medians. `--json FILE` appends
+//! one line per NATS run (default `bench/results/nats-ingest.jsonl`); conduit's
+//! runs are appended by `bench ingest` to the same file.
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::{Buf, Bytes, BytesMut};
+use chrono::Utc;
+use clap::Args;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::TcpStream;
+use tokio::sync::{Barrier, Semaphore};
+
+use crate::bench_seal::{append_json_line, load_avg, median_min_max, payload_pool};
+
+/// Arguments of `conduit bench nats-ingest`.
+#[derive(Debug, Args)]
+pub struct NatsArgs {
+    /// Events per run.
+    #[arg(long, default_value_t = 2_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    events: u64,
+
+    /// Client connections (for both).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    connections: u32,
+
+    /// NATS publishes in flight per connection (unacknowledged).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    window: u32,
+
+    /// Rounds (each runs conduit once and NATS once).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    runs: u32,
+
+    /// Skip the conduit runs (NATS only).
+    #[arg(long)]
+    no_conduit: bool,
+
+    /// The peer script that installs and runs nats-server.
+    #[arg(long, default_value = "scripts/peers/nats.sh", value_name = "PATH")]
+    peer_script: PathBuf,
+
+    /// Append one JSON line per run to FILE.
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "bench/results/nats-ingest.jsonl"
+    )]
+    json: PathBuf,
+
+    /// Seed of the event generator (the same events as `bench ingest --seed`).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+
+    /// Give up on a run after this many seconds.
+    #[arg(long, default_value_t = 600, value_name = "SECONDS")]
+    timeout: u64,
+}
+
+/// One run of either side.
+#[derive(Debug, Clone, Default)]
+struct Sample {
+    events_per_s: f64,
+    ack_p50_ms: f64,
+    ack_p99_ms: f64,
+    cpu_s_per_m: Option<f64>,
+    rss_mib: Option<f64>,
+    load: String,
+}
+
+/// Runs `conduit bench nats-ingest`.
+pub async fn run(args: NatsArgs) -> anyhow::Result<ExitCode> {
+    if !args.peer_script.exists() {
+        bail!(
+            "{} not found: run from the repository root or pass --peer-script",
+            args.peer_script.display()
+        );
+    }
+    let started = Instant::now();
+    let payloads = payload_pool(args.events as usize, args.seed);
+    eprintln!(
+        "generated {} events in {:.1} s",
+        payloads.len(),
+        started.elapsed().as_secs_f64()
+    );
+    let mut conduit = Vec::new();
+    let mut nats = Vec::new();
+    for round in 1..=args.runs {
+        if !args.no_conduit {
+            match conduit_run(&args).await {
+                Ok(s) => {
+                    eprintln!(
+                        "round {round}: conduit {:.0} events/s, ack p50 {:.1} ms p99 {:.1} ms [load {}]",
+                        s.events_per_s, s.ack_p50_ms, s.ack_p99_ms, s.load
+                    );
+                    conduit.push(s);
+                }
+                Err(e) => {
+                    eprintln!("\n!!!!!!!!!! conduit run {round} FAILED: {e:#}\n");
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+        }
+        match nats_run(&args, round, payloads.clone()).await {
+            Ok(s) => {
+                eprintln!(
+                    "round {round}: NATS JetStream {:.0} events/s, ack p50 {:.1} ms p99 {:.1} ms, server CPU {} s/M, RSS {} MiB [load {}]",
+                    s.events_per_s,
+                    s.ack_p50_ms,
+                    s.ack_p99_ms,
+                    s.cpu_s_per_m.map_or("n/a".into(), |v| format!("{v:.2}")),
+                    s.rss_mib.map_or("n/a".into(), |v| format!("{v:.1}")),
+                    s.load
+                );
+                nats.push(s);
+            }
+            Err(e) => {
+                eprintln!("\n!!!!!!!!!! NATS run {round} FAILED: {e:#}\n");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    println!(
+        "\nconduit bench nats-ingest: {} events, {} connections, NATS window {} per connection, {} round(s), interleaved",
+        args.events, args.connections, args.window, args.runs
+    );
+    println!(
+        "{:<30} {:>26} {:>30}",
+        "metric", "conduit (fsync per ack)", "NATS JetStream (no fsync)"
+    );
+    type Get = fn(&Sample) -> Option<f64>;
+    let rows: [(&str, Get, usize); 5] = [
+        ("events/s", |s| Some(s.events_per_s), 0),
+        ("ack p50 ms", |s| Some(s.ack_p50_ms), 1),
+        ("ack p99 ms", |s| Some(s.ack_p99_ms), 1),
+        ("server CPU s/M events", |s| s.cpu_s_per_m, 2),
+        ("server peak RSS MiB", |s| s.rss_mib, 1),
+    ];
+    let cell = |v: &[Sample], get: Get, d: usize| {
+        let vals: Vec<f64> = v.iter().filter_map(get).collect();
+        match median_min_max(&vals) {
+            Some((m, lo, hi)) => format!("{m:.d$} ({lo:.d$}–{hi:.d$})"),
+            None => "n/a".to_owned(),
+        }
+    };
+    for (name, get, d) in rows {
+        println!(
+            "{name:<30} {:>26} {:>30}",
+            cell(&conduit, get, d),
+            cell(&nats, get, d)
+        );
+    }
+    let med = |v: &[Sample]| {
+        median_min_max(&v.iter().map(|s| s.events_per_s).collect::<Vec<_>>()).map(|m| m.0)
+    };
+    if let (Some(c), Some(n)) = (med(&conduit), med(&nats)) {
+        println!("ratio of medians conduit / NATS JetStream: {:.2}x", c / n);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn conduit_run(args: &NatsArgs) -> anyhow::Result<Sample> {
+    let json = std::env::temp_dir().join(format!(
+        "conduit-bench-nats-conduit-{}.jsonl",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&json);
+    let load = load_avg();
+    let status = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["bench", "ingest", "--runs", "1"])
+        .arg("--events")
+        .arg(args.events.to_string())
+        .arg("--connections")
+        .arg(args.connections.to_string())
+        .arg("--seed")
+        .arg(args.seed.to_string())
+        .arg("--json")
+        .arg(&json)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await?;
+    if !status.success() {
+        bail!("conduit bench ingest failed ({status})");
+    }
+    let text = std::fs::read_to_string(&json)?;
+    let _ = std::fs::remove_file(&json);
+    let v: serde_json::Value = serde_json::from_str(text.lines().last().context("no result")?)?;
+    append_json_line(&args.json, &v)?;
+    if v["records_in_files"] != v["events_acked"] {
+        bail!(
+            "conduit stored {} of {} events",
+            v["records_in_files"],
+            v["events_acked"]
+        );
+    }
+    Ok(Sample {
+        events_per_s: v["events_per_s"].as_f64().context("events_per_s")?,
+        ack_p50_ms: v["ack_p50_ms"].as_f64().unwrap_or(0.0),
+        ack_p99_ms: v["ack_p99_ms"].as_f64().unwrap_or(0.0),
+        cpu_s_per_m: v["collector_cpu_s_per_m_events"].as_f64(),
+        rss_mib: v["collector_peak_rss_mib"].as_f64(),
+        load,
+    })
+}
+
+/// A running private nats-server.
+struct Server {
+    child: tokio::process::Child,
+    pid: u32,
+    port: u16,
+}
+
+async fn start_server(args: &NatsArgs, dir: &Path) -> anyhow::Result<Server> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let log = std::fs::File::create(dir.join("nats-server.log"))?;
+    let mut child = tokio::process::Command::new("bash")
+        .arg(&args.peer_script)
+        .arg("serve")
+        .arg("--dir")
+        .arg(dir)
+        .arg("--port")
+        .arg(port.to_string())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot run the peer script")?;
+    let pid = child.id().context("no pid")?;
+    let deadline = Instant::now() + Duration::from_secs(300); // may apt-get install first
+    loop {
+        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            break;
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "nats-server exited ({status}): {}",
+                std::fs::read_to_string(dir.join("nats-server.log")).unwrap_or_default()
+            );
+        }
+        if Instant::now() > deadline {
+            bail!("nats-server did not listen on {port} within 300 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(Server { child, pid, port })
+}
+
+/// A NATS text-protocol connection: the read side and a buffered write half.
+struct Conn {
+    rs: ReadSide,
+    wr: BufWriter<tokio::net::tcp::OwnedWriteHalf>,
+}
+
+/// One thing the server sent.
+enum Op {
+    Msg { subject: Bytes, payload: Bytes },
+    Ping,
+    Pong,
+    Other,
+}
+
+impl Conn {
+    async fn open(port: u16) -> anyhow::Result<Conn> {
+        let stream = TcpStream::connect(("127.0.0.1", port)).await?;
+        stream.set_nodelay(true)?;
+        let (rd, wr) = stream.into_split();
+        let mut c = Conn {
+            rs: ReadSide {
+                rd,
+                buf: BytesMut::with_capacity(256 << 10),
+            },
+            wr: BufWriter::with_capacity(256 << 10, wr),
+        };
+        // The server sends INFO first; CONNECT + PING, ready once PONG arrives.
+        c.wr.write_all(
+            b"CONNECT {\"verbose\":false,\"pedantic\":false,\"lang\":\"rust\",\"version\":\"0\",\"protocol\":1,\"headers\":false}\r\nPING\r\n",
+        )
+        .await?;
+        c.wr.flush().await?;
+        while !matches!(c.rs.op().await?, Op::Pong) {}
+        Ok(c)
+    }
+
+    /// A request on `subject` with reply to `inbox` (already subscribed); returns
+    /// the reply's payload.
+    async fn request(&mut self, subject: &str, inbox: &str, body: &[u8]) -> anyhow::Result<Bytes> {
+        self.wr
+            .write_all(format!("PUB {subject} {inbox} {}\r\n", body.len()).as_bytes())
+            .await?;
+        self.wr.write_all(body).await?;
+        self.wr.write_all(b"\r\n").await?;
+        self.wr.flush().await?;
+        loop {
+            match self.rs.op().await? {
+                Op::Msg { subject, payload } if subject == inbox.as_bytes() => return Ok(payload),
+                Op::Ping => {
+                    self.wr.write_all(b"PONG\r\n").await?;
+                    self.wr.flush().await?;
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+async fn nats_run(
+    args: &NatsArgs,
+    round: u32,
+    payloads: Arc<Vec<Bytes>>,
+) -> anyhow::Result<Sample> {
+    let dir =
+        std::env::temp_dir().join(format!("conduit-bench-nats-{}-{round}", std::process::id()));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    let mut server = start_server(args, &dir).await?;
+    let result = nats_measure(args, &server, payloads).await;
+    if let Some(pid) = rustix::process::Pid::from_raw(server.pid as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(30), server.child.wait()).await;
+    let _ = server.child.kill().await;
+    match &result {
+        Ok((s, bytes)) => {
+            append_json_line(
+                &args.json,
+                &serde_json::json!({
+                    "bench": "nats-jetstream",
+                    "run": round,
+                    "at": Utc::now().to_rfc3339(),
+                    "events": args.events,
+                    "connections": args.connections,
+                    "window": args.window,
+                    "events_per_s": s.events_per_s,
+                    "ack_p50_ms": s.ack_p50_ms,
+                    "ack_p99_ms": s.ack_p99_ms,
+                    "server_cpu_s_per_m_events": s.cpu_s_per_m,
+                    "server_peak_rss_mib": s.rss_mib,
+                    "store_bytes": bytes,
+                    "load_avg": s.load,
+                    "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+                }),
+            )?;
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        Err(_) => eprintln!("kept {}", dir.display()),
+    }
+    result.map(|(s, _)| s)
+}
+
+fn proc_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / rustix::param::clock_ticks_per_second() as f64)
+}
+
+fn proc_peak_rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<f64>().ok()? / 1024.0)
+}
+
+async fn nats_measure(
+    args: &NatsArgs,
+    server: &Server,
+    payloads: Arc<Vec<Bytes>>,
+) -> anyhow::Result<(Sample, u64)> {
+    let load = load_avg();
+    let mut ctl = Conn::open(server.port).await?;
+    ctl.wr.write_all(b"SUB _INBOX.ctl 1\r\n").await?;
+    let created = ctl
+        .request(
+            "$JS.API.STREAM.CREATE.BENCH",
+            "_INBOX.ctl",
+            br#"{"name":"BENCH","subjects":["bench.>"],"storage":"file","retention":"limits","discard":"old","num_replicas":1,"max_msgs":-1,"max_bytes":-1}"#,
+        )
+        .await?;
+    let v: serde_json::Value = serde_json::from_slice(&created)?;
+    if v.get("error").is_some() {
+        bail!("cannot create the stream: {v}");
+    }
+
+    let conns = args.connections as usize;
+    let barrier = Arc::new(Barrier::new(conns + 1));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout);
+    let mut tasks = Vec::new();
+    for c in 0..conns {
+        let (payloads, barrier) = (payloads.clone(), barrier.clone());
+        let (port, window) = (server.port, args.window as usize);
+        tasks.push(tokio::spawn(async move {
+            tokio::time::timeout_at(
+                deadline,
+                publish_conn(port, c, conns, window, payloads, barrier),
+            )
+            .await
+            .context("the run timed out")?
+        }));
+    }
+    // The script execs nats-server, so its pid is the server's.
+    let pid = server.pid;
+    let cpu_before = proc_cpu_seconds(pid);
+    barrier.wait().await;
+    let t0 = Instant::now();
+    let mut latencies = Vec::with_capacity(payloads.len());
+    let mut acked = 0u64;
+    let mut first_err = None;
+    for t in tasks {
+        match t.await {
+            Ok(Ok((n, lat))) => {
+                acked += n;
+                latencies.extend(lat);
+            }
+            Ok(Err(e)) => {
+                first_err.get_or_insert(e);
+            }
+            Err(e) => {
+                first_err.get_or_insert(e.into());
+            }
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu_after = proc_cpu_seconds(pid);
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    let info = ctl
+        .request("$JS.API.STREAM.INFO.BENCH", "_INBOX.ctl", b"")
+        .await?;
+    let v: serde_json::Value = serde_json::from_slice(&info)?;
+    let stored = v["state"]["messages"].as_u64().unwrap_or(0);
+    if stored != payloads.len() as u64 || acked != stored {
+        bail!(
+            "NATS acked {acked} and the stream holds {stored} messages of {} sent",
+            payloads.len()
+        );
+    }
+    let store_bytes = v["state"]["bytes"].as_u64().unwrap_or(0);
+    latencies.sort_unstable();
+    let pct = |p: f64| {
+        let i = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
+        latencies[i] as f64 / 1e6
+    };
+    Ok((
+        Sample {
+            events_per_s: acked as f64 / secs,
+            ack_p50_ms: pct(0.5),
+            ack_p99_ms: pct(0.99),
+            cpu_s_per_m: match (cpu_before, cpu_after) {
+                (Some(a), Some(b)) => Some((b - a) / (acked as f64 / 1e6)),
+                _ => None,
+            },
+            rss_mib: proc_peak_rss_mib(pid),
+            load,
+        },
+        store_bytes,
+    ))
+}
+
+/// One connection: publishes events `c, c + conns, ...` with at most `window`
+/// unacknowledged; returns (acks, ack latencies in ns).
+async fn publish_conn(
+    port: u16,
+    c: usize,
+    conns: usize,
+    window: usize,
+    payloads: Arc<Vec<Bytes>>,
+    barrier: Arc<Barrier>,
+) -> anyhow::Result<(u64, Vec<u64>)> {
+    let opened = Conn::open(port).await;
+    barrier.wait().await;
+    let Conn { mut rs, mut wr } = opened?;
+    let inbox = format!("_INBOX.p{c}");
+    wr.write_all(format!("SUB {inbox}.* 1\r\n").as_bytes())
+        .await?;
+    let mine: Vec<usize> = (c..payloads.len()).step_by(conns).collect();
+    let t0 = Instant::now();
+    let sent_at: Arc<Vec<AtomicU64>> =
+        Arc::new((0..mine.len()).map(|_| AtomicU64::new(0)).collect());
+    let permits = Arc::new(Semaphore::new(window));
+    let total = mine.len();
+
+    // Reader: acks in, permits back.
+    let (p2, s2, inbox2) = (permits.clone(), sent_at.clone(), inbox.clone());
+    let reader = tokio::spawn(async move {
+        let mut latencies = Vec::with_capacity(total);
+        let prefix = format!("{inbox2}.");
+        while latencies.len() < total {
+            match rs.op().await? {
+                Op::Msg { subject, payload } => {
+                    let Some(idx) = subject.strip_prefix(prefix.as_bytes()) else {
+                        continue;
+                    };
+                    let i: usize = std::str::from_utf8(idx)?.parse()?;
+                    if payload.windows(7).any(|w| w == b"\"error\"") {
+                        bail!("publish {i} failed: {}", String::from_utf8_lossy(&payload));
+                    }
+                    let now = t0.elapsed().as_nanos() as u64;
+                    latencies.push(now.saturating_sub(s2[i].load(Ordering::Relaxed)));
+                    p2.add_permits(1);
+                }
+                Op::Ping => bail!("the server sent PING during the run (raise ping_interval)"),
+                Op::Pong | Op::Other => {}
+            }
+        }
+        Ok::<_, anyhow::Error>(latencies)
+    });
+
+    let mut header = Vec::with_capacity(96);
+    for (i, &e) in mine.iter().enumerate() {
+        let permit = match permits.try_acquire() {
+            Ok(p) => p,
+            Err(_) => {
+                wr.flush().await?;
+                permits.acquire().await?
+            }
+        };
+        permit.forget();
+        let payload = &payloads[e];
+        header.clear();
+        header
+            .extend_from_slice(format!("PUB bench.e {inbox}.{i} {}\r\n", payload.len()).as_bytes());
+        sent_at[i].store(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        wr.write_all(&header).await?;
+        wr.write_all(payload).await?;
+        wr.write_all(b"\r\n").await?;
+    }
+    wr.flush().await?;
+    let latencies = reader.await.context("the reader panicked")??;
+    Ok((latencies.len() as u64, latencies))
+}
+
+/// The read half of a connection and its buffer.
+struct ReadSide {
+    rd: tokio::net::tcp::OwnedReadHalf,
+    buf: BytesMut,
+}
+
+impl ReadSide {
+    async fn fill(&mut self) -> anyhow::Result<()> {
+        self.buf.reserve(64 << 10);
+        if self.rd.read_buf(&mut self.buf).await? == 0 {
+            bail!("nats-server closed the connection");
+        }
+        Ok(())
+    }
+
+    /// The next protocol operation; `MSG` with its payload.
+    async fn op(&mut self) -> anyhow::Result<Op> {
+        let line = loop {
+            if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line = self.buf.split_to(i).freeze();
+                self.buf.advance(2);
+                break line;
+            }
+            self.fill().await?;
+        };
+        if let Some(rest) = line.strip_prefix(b"MSG ") {
+            // MSG <subject> <sid> [reply] <len>
+            let parts: Vec<&[u8]> = rest.split(|&b| b == b' ').collect();
+            let subject = Bytes::copy_from_slice(parts[0]);
+            let len: usize = std::str::from_utf8(parts[parts.len() - 1])?.parse()?;
+            while self.buf.len() < len + 2 {
+                self.fill().await?;
+            }
+            let payload = self.buf.split_to(len).freeze();
+            self.buf.advance(2);
+            return Ok(Op::Msg { subject, payload });
+        }
+        if line.starts_with(b"PING") {
+            return Ok(Op::Ping);
+        }
+        if line.starts_with(b"PONG") {
+            return Ok(Op::Pong);
+        }
+        if line.starts_with(b"-ERR") {
+            bail!("nats: {}", String::from_utf8_lossy(&line));
+        }
+        Ok(Op::Other)
+    }
+}
