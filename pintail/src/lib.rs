@@ -62,6 +62,7 @@
 //! - `reader`: one partition's cursor over files and frames.
 //! - [`position`]: positions and the checkpoint format.
 //! - [`group`]: static and dynamic membership.
+//! - [`lag`]: how far a checkpoint is behind (events, bytes, seconds).
 //! - [`blocking`]: the blocking wrapper.
 //! - `roots`, `tree`: failover across cluster roots; walking minute directories.
 
@@ -69,6 +70,7 @@ pub mod blocking;
 pub mod consumer;
 mod error;
 pub mod group;
+pub mod lag;
 mod metrics;
 pub mod position;
 mod reader;

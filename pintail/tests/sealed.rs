@@ -338,3 +338,34 @@ async fn seek_repositions_every_partition() {
         .iter()
         .all(|m| m.minute >= Minute::parse_flexible("2026-11-22T10:08").unwrap()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_counts_what_a_checkpoint_has_not_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = local_root(dir.path(), "dc1");
+    let all = ten_minutes(std::slice::from_ref(&s)).await;
+    let mut c = merged(&s)
+        .sealed_partitions(1)
+        .group("g")
+        .build()
+        .await
+        .unwrap();
+    let mut last = None;
+    for _ in 0..125 {
+        last = Some(c.next().await.unwrap().unwrap().position);
+    }
+    let pos = last.unwrap();
+    c.commit(&pos).await.unwrap();
+    let topic = conduit_core::Topic::new("clicks").unwrap();
+    let now = minute("2026-11-22T10:20").start();
+    let lag = conduit_pintail::lag::partition_lag(&s, ReadView::Merged, &topic, &pos, 1, now)
+        .await
+        .unwrap();
+    assert_eq!(lag.events, all.len() as u64 - 125);
+    assert_eq!(
+        lag.seconds,
+        20 * 60,
+        "the oldest undelivered minute is 10:00"
+    );
+    assert!(lag.bytes > 0);
+}
