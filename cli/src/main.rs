@@ -14,9 +14,11 @@ mod bench_soak;
 mod check;
 mod collector;
 mod logging;
+mod lag;
 mod ls;
 mod publish;
 mod signals;
+mod tail;
 mod up;
 mod verify;
 mod worker;
@@ -50,6 +52,10 @@ enum Command {
     Publish(publish::PublishArgs),
     /// Benchmarks: collector ingest (`bench ingest`) and event files for peers (`bench gen`).
     Bench(bench::BenchArgs),
+    /// Print a topic's events as they arrive (PinTail), optionally as a consumer group.
+    Tail(tail::TailArgs),
+    /// Show how far a consumer group is behind, per partition (events, bytes, seconds).
+    Lag(lag::LagArgs),
     /// Check a cluster's sealed directories against their manifests (exit 1 on findings).
     Verify(verify::VerifyArgs),
     /// Count a topic's events per minute at every tier and flag loss or duplication.
@@ -84,6 +90,8 @@ fn main() -> std::process::ExitCode {
             Command::Publish(args) => publish::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Verify(args) => verify::run(args).await,
+            Command::Tail(args) => tail::run(args).await,
+            Command::Lag(args) => lag::run(args).await,
             Command::Audit(args) => audit::run(args).await,
             Command::Up(args) => up::run(args).await,
             Command::Worker(args) => worker::run(args).await,

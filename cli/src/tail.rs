@@ -1,0 +1,238 @@
+//! `conduit tail`: print a topic's events as they arrive (PinTail).
+//!
+//! One event per line on stdout: `raw` writes the payload bytes and a newline;
+//! `json` writes `{"payload":...,"topic":...,"cluster":...,"collector":...,
+//! "minute":...,"position":{...}}` (a payload that is not UTF-8 is written with
+//! U+FFFD replacements, plus `payload_base64`). Output is flushed whenever no
+//! further event is ready, so a pipe sees events as they arrive. With `--group`,
+//! progress is committed every second and on exit (Ctrl-C, `--to` reached), and
+//! members of the same group share the topic's partitions. A closed pipe
+//! (`| head`) ends the command quietly.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use conduit_core::{Config, Minute, Topic};
+use conduit_pintail::{Consumer, ConsumerBuilder, DefaultStart, Message, ReadView, StartTime};
+
+/// Where to read: a config and cluster, or a root.
+#[derive(Debug, Args)]
+pub struct SourceArgs {
+    /// Configuration file naming the clusters.
+    #[arg(long, value_name = "FILE", required_unless_present = "root")]
+    pub config: Option<String>,
+
+    /// Storage root of the cluster instead of a config: a directory,
+    /// `file:///path` or `hdfs://namenode:port/path`.
+    #[arg(long, value_name = "DIR|URI", conflicts_with = "config")]
+    pub root: Option<String>,
+
+    /// The cluster to read (for `merged`, the merged cluster; its mirrors from the
+    /// config are used when it fails; for `mirror`, the mirror cluster).
+    #[arg(long, default_value = "dc1")]
+    pub cluster: String,
+
+    /// The topic.
+    #[arg(long)]
+    pub topic: String,
+
+    /// The view: `local` (live collector files, then sealed local minutes),
+    /// `merged`, or `mirror`.
+    #[arg(long, default_value = "local", value_parser = ["local", "merged", "mirror"])]
+    pub view: String,
+
+    /// Keep checkpoints and group leases in this local directory instead of the
+    /// cluster's storage.
+    #[arg(long, value_name = "DIR")]
+    pub checkpoint_dir: Option<String>,
+
+    /// Partitions of a sealed view (the same for every member of a group).
+    #[arg(long, default_value_t = 16)]
+    pub partitions: u32,
+}
+
+/// Arguments of `conduit tail`.
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+
+    /// Consumer group: resume from its checkpoints, commit progress, and share
+    /// partitions with the group's other members.
+    #[arg(long)]
+    group: Option<String>,
+
+    /// Start (without a checkpoint): a UTC time such as `2026-11-22T10:00`, or a
+    /// duration before now such as `10m`. Default: the live end.
+    #[arg(long, value_name = "TIME")]
+    from: Option<String>,
+
+    /// Last minute to print (inclusive); the command exits after it.
+    #[arg(long, value_name = "TIME")]
+    to: Option<String>,
+
+    /// Start at the beginning of retention instead of the live end.
+    #[arg(long, conflicts_with = "from")]
+    from_beginning: bool,
+
+    /// Output format.
+    #[arg(long, default_value = "raw", value_parser = ["raw", "json"])]
+    format: String,
+
+    /// Skip (and count) corrupt frames instead of stopping.
+    #[arg(long)]
+    skip_corrupt: bool,
+}
+
+/// The consumer builder for `source`: roots, view, encoding, checkpoints.
+pub async fn builder(source: &SourceArgs) -> anyhow::Result<ConsumerBuilder> {
+    let topic = Topic::new(source.topic.clone()).context("bad --topic")?;
+    let view: ReadView = source.view.parse()?;
+    let mut b = Consumer::builder(topic.as_str())
+        .view(view)
+        .sealed_partitions(source.partitions);
+    match (&source.config, &source.root) {
+        (Some(path), _) => {
+            let config = Config::load(path)?;
+            let root = config.cluster_root(&source.cluster)?.to_owned();
+            b = b.cluster_uri(&source.cluster, &root);
+            let settings = config.topic(&topic);
+            b = b.encoding(settings.encoding);
+            if view == ReadView::Merged {
+                for mirror in settings.mirrors.iter().filter(|m| **m != source.cluster) {
+                    if let Ok(root) = config.cluster_root(mirror) {
+                        b = b.cluster_uri(mirror, root);
+                    }
+                }
+            }
+        }
+        (None, Some(root)) => b = b.cluster_uri(&source.cluster, root),
+        (None, None) => anyhow::bail!("give --config FILE or --root DIR|URI"),
+    }
+    if let Some(dir) = &source.checkpoint_dir {
+        b = b.checkpoint_dir(dir);
+    }
+    Ok(b)
+}
+
+/// Parses `--to`: an absolute minute, or a duration before now.
+pub fn parse_minute(text: &str) -> anyhow::Result<Minute> {
+    Ok(StartTime::parse(text)?.minute(chrono::Utc::now()))
+}
+
+fn member_id() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".to_owned());
+    let host: String = host
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .take(40)
+        .collect();
+    format!("{host}-{}-{:04x}", std::process::id(), rand_u16())
+}
+
+fn rand_u16() -> u16 {
+    (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
+        & 0xffff) as u16
+}
+
+/// Runs `conduit tail`.
+pub async fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
+    let mut b = builder(&args.source).await?;
+    b = b.skip_corrupt_frames(args.skip_corrupt);
+    b = match (&args.from, args.from_beginning) {
+        (Some(from), _) => b.start(StartTime::parse(from)?),
+        (None, true) => b.default_start(DefaultStart::Beginning),
+        (None, false) => b.default_start(DefaultStart::LiveEnd),
+    };
+    if let Some(to) = &args.to {
+        b = b.stop(parse_minute(to)?);
+    }
+    if let Some(group) = &args.group {
+        b = b
+            .group(group)
+            .dynamic_member(&member_id(), Duration::from_secs(10))
+            .auto_commit(Some(Duration::from_secs(1)), None);
+    }
+    let mut consumer = b.build().await?;
+    let json = args.format == "json";
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(64 << 10, stdout.lock());
+    let shutdown = crate::signals::wait_for_shutdown();
+    tokio::pin!(shutdown);
+    let result: anyhow::Result<()> = async {
+        loop {
+            // Whatever is ready now goes into the buffer; flush before waiting.
+            let next = match consumer.next_timeout(Duration::ZERO).await? {
+                Some(m) => Some(m),
+                None if consumer.is_finished() => None,
+                None => {
+                    if let Err(e) = out.flush() {
+                        return Err(e.into());
+                    }
+                    tokio::select! {
+                        m = consumer.next() => m?,
+                        _ = &mut shutdown => None,
+                    }
+                }
+            };
+            let Some(m) = next else {
+                break;
+            };
+            write_event(&mut out, &m, json)?;
+        }
+        out.flush()?;
+        Ok(())
+    }
+    .await;
+    match result {
+        Err(e) if is_broken_pipe(&e) => {
+            // `| head` closed the pipe: not an error. Progress is not committed
+            // beyond what auto-commit already wrote.
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) => return Err(e),
+        Ok(()) => {}
+    }
+    consumer.close().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn write_event(out: &mut impl Write, m: &Message, json: bool) -> std::io::Result<()> {
+    if !json {
+        out.write_all(&m.payload)?;
+        return out.write_all(b"\n");
+    }
+    let mut doc = serde_json::json!({
+        "payload": String::from_utf8_lossy(&m.payload),
+        "topic": m.topic.as_str(),
+        "cluster": m.cluster.as_str(),
+        "collector": m.collector.as_str(),
+        "minute": m.minute.to_string(),
+        "position": m.position,
+    });
+    if std::str::from_utf8(&m.payload).is_err() {
+        let mut encoded = Vec::new();
+        if conduit_core::Encoding::Base64
+            .encode_into(&m.payload, &mut encoded)
+            .is_ok()
+        {
+            let text = String::from_utf8_lossy(&encoded);
+            doc["payload_base64"] = text.trim_end_matches('\n').into();
+        }
+    }
+    serde_json::to_writer(&mut *out, &doc)?;
+    out.write_all(b"\n")
+}
