@@ -12,6 +12,12 @@
 //! later one for a late file), and the reader continues there at the same offset. A
 //! file is done at its close trailer.
 //!
+//! A **late file** (older than the newest file read, e.g. a spool replayed after an
+//! outage) is noticed when it appears in `data/` after the reader's first listing
+//! of that directory, and read then; the reader then continues after the newest
+//! file it had read. One that arrived before the reader started, or that the worker
+//! moved before the reader listed `data/` again, is not seen by the local view.
+//!
 //! # Sealed views (`p<k>of<n>` partitions)
 //! Minute by minute, oldest first: the reader waits for a minute directory's
 //! `_SUCCESS` manifest, then reads, in name order, the listed files whose name
@@ -22,7 +28,7 @@
 //! One read chunk (1 MiB, doubled up to [`MAX_FRAME_BYTES`] for a larger frame) and
 //! one decoded frame per partition.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -40,6 +46,8 @@ use crate::Message;
 const READ_CHUNK: u64 = 1 << 20;
 /// Largest frame accepted (the collector refuses larger calls long before this).
 pub const MAX_FRAME_BYTES: u64 = 1 << 30;
+/// File keys a local reader remembers for late-file detection.
+const MAX_KNOWN: usize = 10_000;
 /// Minute directories listed per search for a local file.
 const DIRS_PER_SEARCH: usize = 60;
 /// How often an idle local reader also lists minute directories (the collector's
@@ -173,6 +181,11 @@ pub(crate) struct PartitionReader {
     /// Set after a storage error: no call before then.
     pub backoff_until: Option<Instant>,
     pub backoff: Duration,
+    /// Local: file keys seen in `data/` or opened; a file older than the newest one
+    /// read that is not in here is a late file.
+    known: Option<BTreeSet<Key>>,
+    /// Local: the newest file key finished in order.
+    high: Option<Key>,
 }
 
 impl PartitionReader {
@@ -193,6 +206,8 @@ impl PartitionReader {
             file: None,
             backoff_until: None,
             backoff: Duration::ZERO,
+            known: None,
+            high: None,
         }
     }
 
@@ -214,8 +229,11 @@ impl PartitionReader {
                     Step::FileDone => {
                         let f = self.file.take().expect("open file");
                         if let Kind::Local { .. } = self.kind {
+                            // After a late file, continue after the newest file read.
+                            let high = self.high.map_or(f.key, |h| h.max(f.key));
+                            self.high = Some(high);
                             self.state = State::Seek {
-                                after: Some(f.key),
+                                after: Some(high),
                                 from: f.dir_minute,
                                 next_dir_check: Instant::now(),
                             };
@@ -441,7 +459,7 @@ impl PartitionReader {
         let mut candidates = vec![f.dir_minute];
         candidates.extend(
             self.roots
-                .minute_dirs_from(self.view, &ctx.topic, f.dir_minute.next()?, 5)
+                .minute_dirs_from(self.view, &ctx.topic, f.dir_minute.next()?, 60)
                 .await?,
         );
         for m in candidates {
@@ -489,6 +507,13 @@ impl PartitionReader {
         let Kind::Local { cluster, collector } = self.kind.clone() else {
             unreachable!("local only")
         };
+        let known = self.known.get_or_insert_with(Default::default);
+        known.insert(key);
+        if known.len() > MAX_KNOWN {
+            // Forget the oldest keys; a late file older than those is not expected.
+            let keep: BTreeSet<Key> = known.iter().rev().take(MAX_KNOWN / 2).copied().collect();
+            *known = keep;
+        }
         self.file = Some(OpenFile::new(
             cluster, collector, name, key, dir_minute, loc,
         ));
@@ -521,7 +546,7 @@ impl PartitionReader {
     }
 
     async fn find_in_data(
-        &self,
+        &mut self,
         ctx: &Ctx,
         after: Option<Key>,
         from: Minute,
@@ -530,12 +555,30 @@ impl PartitionReader {
             return Ok(None);
         };
         let dir = Layout::collector_dir(&ctx.topic, collector);
-        let best = self
+        let entries: Vec<(Key, String)> = self
             .roots
             .list_or_empty(&dir)
             .await?
             .into_iter()
             .filter_map(|e| data_file_key(&ctx.topic, &e.name).map(|k| (k, e.name)))
+            .collect();
+        // Late files: older than what was read, yet not there when this reader first
+        // listed the directory (a replayed spool). Read them now.
+        let known = self
+            .known
+            .get_or_insert_with(|| entries.iter().map(|(k, _)| *k).collect());
+        if let Some(after) = after {
+            let late = entries
+                .iter()
+                .filter(|(k, _)| *k < after && !known.contains(k))
+                .min_by_key(|(k, _)| *k);
+            if let Some((k, name)) = late {
+                tracing::info!(partition = %self.id, file = %name, "a late file appeared; reading it");
+                return Ok(Some((name.clone(), Loc::Data, k.0)));
+            }
+        }
+        let best = entries
+            .into_iter()
             .filter(|(k, _)| wanted(*k, after, from))
             .min_by_key(|(k, _)| *k);
         Ok(best.map(|(k, name)| (name, Loc::Data, k.0)))

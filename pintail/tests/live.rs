@@ -208,3 +208,43 @@ async fn publish_to_next_latency_is_well_under_a_second() {
     assert!(q(0.99) < 1_000_000, "p99 under 1 s");
     collector.stop().await.unwrap();
 }
+
+/// A late file (an older collector file that reaches `data/` after newer ones were
+/// read, as when a spool is replayed) is read when it appears, once, and the
+/// reader then goes on after the newest file without repeating it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_file_appearing_in_the_collector_directory_is_read_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage: SharedStorage = Arc::new(LocalStorage::open(dir.path()).unwrap());
+    let clock = TestClock::at(
+        chrono::Utc
+            .with_ymd_and_hms(2026, 11, 22, 10, 7, 0)
+            .unwrap(),
+    );
+    let put = |name: &str, records: Vec<String>| {
+        let storage = storage.clone();
+        let path = format!("data/clicks/c1/{name}");
+        async move {
+            storage
+                .write_atomic(&path, data_file(&records, 2).into())
+                .await
+                .unwrap()
+        }
+    };
+    put("clicks-2026-11-22-10-05_00000.zst", payloads("a", 0, 20)).await;
+    put("clicks-2026-11-22-10-06_00000.zst", payloads("b", 0, 20)).await;
+    let mut c = consumer(&storage, &clock).build().await.unwrap();
+    assert_eq!(
+        texts(&take(&mut c, 40).await)[20..],
+        payloads("b", 0, 20)[..]
+    );
+    put("clicks-2026-11-22-10-05_00001.zst", payloads("late", 0, 30)).await;
+    assert_eq!(texts(&take(&mut c, 30).await), payloads("late", 0, 30));
+    put("clicks-2026-11-22-10-07_00000.zst", payloads("c", 0, 10)).await;
+    assert_eq!(texts(&take(&mut c, 10).await), payloads("c", 0, 10));
+    assert!(c
+        .next_timeout(Duration::from_millis(300))
+        .await
+        .unwrap()
+        .is_none());
+}
