@@ -427,13 +427,14 @@ async fn nats_measure(
     let barrier = Arc::new(Barrier::new(conns + 1));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout);
     let mut tasks = Vec::new();
+    let progress = Arc::new(AtomicU64::new(0));
     for c in 0..conns {
-        let (payloads, barrier) = (payloads.clone(), barrier.clone());
+        let (payloads, barrier, progress) = (payloads.clone(), barrier.clone(), progress.clone());
         let (port, window) = (server.port, args.window as usize);
         tasks.push(tokio::spawn(async move {
             tokio::time::timeout_at(
                 deadline,
-                publish_conn(port, c, conns, window, payloads, barrier),
+                publish_conn(port, c, conns, window, payloads, barrier, progress),
             )
             .await
             .context("the run timed out")?
@@ -464,7 +465,11 @@ async fn nats_measure(
     let secs = t0.elapsed().as_secs_f64();
     let cpu_after = proc_cpu_seconds(pid);
     if let Some(e) = first_err {
-        return Err(e);
+        return Err(e.context(format!(
+            "{} of {} publishes acknowledged",
+            progress.load(Ordering::Relaxed),
+            payloads.len()
+        )));
     }
     let info = ctl
         .request("$JS.API.STREAM.INFO.BENCH", "_INBOX.ctl", b"")
@@ -508,12 +513,17 @@ async fn publish_conn(
     window: usize,
     payloads: Arc<Vec<Bytes>>,
     barrier: Arc<Barrier>,
+    progress: Arc<AtomicU64>,
 ) -> anyhow::Result<(u64, Vec<u64>)> {
     let opened = Conn::open(port).await;
     barrier.wait().await;
-    let Conn { mut rs, mut wr } = opened?;
+    let Conn { mut rs, wr } = opened?;
+    // Shared with the reader, which answers the server's PINGs with PONG.
+    let wr = Arc::new(tokio::sync::Mutex::new(wr));
     let inbox = format!("_INBOX.p{c}");
-    wr.write_all(format!("SUB {inbox}.* 1\r\n").as_bytes())
+    wr.lock()
+        .await
+        .write_all(format!("SUB {inbox}.* 1\r\n").as_bytes())
         .await?;
     let mine: Vec<usize> = (c..payloads.len()).step_by(conns).collect();
     let t0 = Instant::now();
@@ -523,8 +533,11 @@ async fn publish_conn(
     let total = mine.len();
 
     // Reader: acks in, permits back.
-    let (p2, s2, inbox2) = (permits.clone(), sent_at.clone(), inbox.clone());
+    let (p2, s2, inbox2, w2) = (permits.clone(), sent_at.clone(), inbox.clone(), wr.clone());
     let reader = tokio::spawn(async move {
+        // When it ends (an error included), close the window so the writer never
+        // waits for permits that will not come.
+        let _closer = CloseOnDrop(p2.clone());
         let mut latencies = Vec::with_capacity(total);
         let prefix = format!("{inbox2}.");
         while latencies.len() < total {
@@ -540,36 +553,67 @@ async fn publish_conn(
                     let now = t0.elapsed().as_nanos() as u64;
                     latencies.push(now.saturating_sub(s2[i].load(Ordering::Relaxed)));
                     p2.add_permits(1);
+                    progress.fetch_add(1, Ordering::Relaxed);
                 }
-                Op::Ping => bail!("the server sent PING during the run (raise ping_interval)"),
+                Op::Ping => {
+                    let mut w = w2.lock().await;
+                    w.write_all(b"PONG\r\n").await?;
+                    w.flush().await?;
+                }
                 Op::Pong | Op::Other => {}
             }
         }
         Ok::<_, anyhow::Error>(latencies)
     });
 
+    // Writer: under the lock, as many publishes as the window allows, then flush,
+    // release the lock and wait for a permit.
     let mut header = Vec::with_capacity(96);
-    for (i, &e) in mine.iter().enumerate() {
-        let permit = match permits.try_acquire() {
-            Ok(p) => p,
-            Err(_) => {
-                wr.flush().await?;
-                permits.acquire().await?
+    let mut next = 0;
+    'outer: while next < mine.len() {
+        match permits.acquire().await {
+            Ok(p) => p.forget(),
+            // The reader ended early: its error is the one to report.
+            Err(_) => break,
+        }
+        let mut w = wr.lock().await;
+        let mut have_permit = true;
+        while have_permit {
+            let payload = &payloads[mine[next]];
+            header.clear();
+            header.extend_from_slice(
+                format!("PUB bench.e {inbox}.{next} {}\r\n", payload.len()).as_bytes(),
+            );
+            sent_at[next].store(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            w.write_all(&header).await?;
+            w.write_all(payload).await?;
+            w.write_all(b"\r\n").await?;
+            next += 1;
+            if next == mine.len() {
+                w.flush().await?;
+                break 'outer;
             }
-        };
-        permit.forget();
-        let payload = &payloads[e];
-        header.clear();
-        header
-            .extend_from_slice(format!("PUB bench.e {inbox}.{i} {}\r\n", payload.len()).as_bytes());
-        sent_at[i].store(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        wr.write_all(&header).await?;
-        wr.write_all(payload).await?;
-        wr.write_all(b"\r\n").await?;
+            have_permit = match permits.try_acquire() {
+                Ok(p) => {
+                    p.forget();
+                    true
+                }
+                Err(_) => false,
+            };
+        }
+        w.flush().await?;
     }
-    wr.flush().await?;
     let latencies = reader.await.context("the reader panicked")??;
     Ok((latencies.len() as u64, latencies))
+}
+
+/// Closes the window semaphore when dropped (the reader task ended early).
+struct CloseOnDrop(Arc<Semaphore>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 /// The read half of a connection and its buffer.
