@@ -25,8 +25,8 @@ pub mod lease;
 pub mod local;
 pub mod metrics;
 
-mod copy;
 pub mod compact;
+mod copy;
 pub mod merge;
 pub mod mirror;
 pub mod purge;

@@ -20,6 +20,12 @@
 //!   ago, or, when S has no sealed local minute at all (a new topic or a new
 //!   source), once F itself ended that long ago. Then F is sealed without S and
 //!   lists S in `missing_clusters`. The frontier never waits on a hole.
+//! - A source with no sealed local minute of a topic is asked, once per process, to
+//!   serve it: the job creates the empty, unsealed local minute directory F on S,
+//!   which S's local job adopts as the start of the topic's stream and seals
+//!   (empty) as soon as S's collectors have passed F. So a topic that only some
+//!   datacenters carry is merged seconds after each minute, with every source
+//!   listed in `clusters`, instead of after the lag.
 //! - **Placement rule** (what makes it exactly once): the files of S's local minute
 //!   L go to the first merged minute `>= L` whose manifest lists S in `clusters`.
 //!   For minutes after the last merged minute including S, S appears in
@@ -80,6 +86,8 @@ struct TopicState {
     /// source counts as lagging only once it has been unreadable for longer than
     /// the lag, so a transient error after a restart does not skip a healthy source.
     unreadable_since: BTreeMap<NodeName, DateTime<Utc>>,
+    /// Sources asked to start serving this topic (see [`MergeJob::lagging`]).
+    adopted: BTreeSet<NodeName>,
 }
 
 /// The checkpoint of one topic: a cached [`TopicState`] (a hint).
@@ -183,6 +191,7 @@ impl MergeJob {
                 placed_through: sources.iter().map(|s| (s.clone(), before)).collect(),
                 newest_sealed: BTreeMap::new(),
                 unreadable_since: BTreeMap::new(),
+                adopted: BTreeSet::new(),
             }));
         };
         let frontier = newest
@@ -227,6 +236,7 @@ impl MergeJob {
             placed_through,
             newest_sealed: BTreeMap::new(),
             unreadable_since: BTreeMap::new(),
+            adopted: BTreeSet::new(),
         }))
     }
 
@@ -268,6 +278,7 @@ impl MergeJob {
             placed_through,
             newest_sealed: BTreeMap::new(),
             unreadable_since: BTreeMap::new(),
+            adopted: BTreeSet::new(),
         })
     }
 
@@ -363,8 +374,31 @@ impl MergeJob {
             match find_dir(cluster.storage.as_ref(), View::Local, topic, true, true).await {
                 Ok(newest) => {
                     state.unreadable_since.remove(source);
-                    if let Some(newest) = newest {
-                        note_sealed(state, source, newest);
+                    match newest {
+                        Some(newest) => note_sealed(state, source, newest),
+                        None if !state.adopted.contains(source) => {
+                            // The source has sealed nothing of this topic, most
+                            // likely because no event of it ever reached that
+                            // datacenter, so its local job does not know the
+                            // topic. An (empty, unsealed) minute directory at
+                            // the frontier makes it serve the topic from there
+                            // and seal empty minutes (local.rs, "Where a topic's
+                            // stream starts"), instead of the merged view
+                            // waiting out the lag on a datacenter that simply
+                            // has no data. Harmless if the source already has
+                            // an older unsealed minute.
+                            let dir = Layout::minute_dir(View::Local, topic, state.frontier);
+                            match cluster.storage.mkdirs(&dir).await {
+                                Ok(()) => {
+                                    tracing::info!(%topic, source = %source, minute = %state.frontier,
+                                        "source has no sealed minute of this topic; asked it to serve the topic");
+                                    state.adopted.insert(source.clone());
+                                }
+                                Err(e) => tracing::warn!(%topic, source = %source, error = %e,
+                                    "cannot create the first local minute directory on a merge source"),
+                            }
+                        }
+                        None => {}
                     }
                 }
                 Err(e) => {

@@ -23,7 +23,7 @@ use conduit_core::{
     SharedStorage, Storage, TestClock, Topic, Trailer, View,
 };
 use conduit_merger::{
-    Cluster, CompactJob, Job, JobEnv, MergeJob, MirrorJob, NoFence, PassReport, PurgeJob,
+    Cluster, CompactJob, Job, JobEnv, LocalJob, MergeJob, MirrorJob, NoFence, PassReport, PurgeJob,
     WorkerError,
 };
 
@@ -51,6 +51,15 @@ impl World {
     /// `names` clusters; `topic_toml` is the body of `[topics.clicks]`, `worker_toml`
     /// of `[worker]`.
     fn new(names: &[&str], topic_toml: &str, worker_toml: &str, now: DateTime<Utc>) -> World {
+        World::from_toml(
+            names,
+            &format!("[worker]\n{worker_toml}\n[topics.clicks]\n{topic_toml}\n"),
+            now,
+        )
+    }
+
+    /// `names` clusters and `sections` appended to their `[clusters.*]` tables.
+    fn from_toml(names: &[&str], sections: &str, now: DateTime<Utc>) -> World {
         let mut dirs = Vec::new();
         let mut clusters = BTreeMap::new();
         let mut toml = String::new();
@@ -70,9 +79,7 @@ impl World {
             );
             dirs.push(dir);
         }
-        toml.push_str(&format!(
-            "[worker]\n{worker_toml}\n[topics.clicks]\n{topic_toml}\n"
-        ));
+        toml.push_str(sections);
         let config = Config::parse("test", &toml).unwrap();
         World {
             _dirs: dirs,
@@ -380,6 +387,47 @@ async fn merge_unions_two_sources_byte_for_byte_and_seals_within_seconds() {
     // Not a merge destination: nothing to do.
     let mut other = MergeJob::new(world.env("dc1", None));
     assert_eq!(other.pass().await.unwrap(), PassReport::default());
+}
+
+/// A topic that only one source datacenter ever saw (not configured, so the other
+/// source's local job does not know it): the merge job asks that source to serve the
+/// topic, its local job seals the empty minute, and the merged minute is sealed with
+/// both sources seconds after the minute, not after `max_source_lag_secs`.
+#[tokio::test]
+async fn a_topic_one_source_never_saw_is_merged_without_waiting_out_the_lag() {
+    let start = minute("2026-11-22T10:00Z");
+    let world = World::from_toml(
+        &["dc1", "dc2", "dc3"],
+        &format!("[topic_defaults]\n{TWO_SOURCES}"),
+        start.start(),
+    );
+    assert_eq!(world.config.worker.max_source_lag_secs, 300);
+    world.clock.set(start.end() + TimeDelta::seconds(2));
+    let expected: BTreeSet<String> = seal_simple(&world, "dc1", start)
+        .await
+        .into_iter()
+        .collect();
+    let mut merge = MergeJob::new(world.env("dc3", None));
+    world.clock.set(start.end() + TimeDelta::seconds(3));
+    assert_eq!(
+        merge.pass().await.unwrap().sealed,
+        0,
+        "dc2 has not sealed 10:00"
+    );
+
+    // dc2's local job (no collectors at all there) now serves the topic.
+    let mut local = LocalJob::new(world.env("dc2", None));
+    local.pass().await.unwrap();
+    let (empty, records) = check_sealed(world.storage("dc2").as_ref(), View::Local, start).await;
+    assert_eq!((empty.records, records.len()), (0, 0));
+
+    world.clock.set(start.end() + TimeDelta::seconds(5));
+    assert_eq!(merge.pass().await.unwrap().sealed, 1);
+    let (manifest, records) =
+        check_sealed(world.storage("dc3").as_ref(), View::Merged, start).await;
+    assert_eq!(manifest.clusters, vec![node("dc1"), node("dc2")]);
+    assert!(manifest.missing_clusters.is_empty(), "{manifest:?}");
+    assert_eq!(records.into_iter().collect::<BTreeSet<_>>(), expected);
 }
 
 /// Builds the "dc2 stops for a while" history used by two tests: merged minutes

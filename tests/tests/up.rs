@@ -1,0 +1,170 @@
+//! `conduit up` as a new user meets it: it starts the two-datacenter bus, prints
+//! what to type next, and the printed `publish` command works; a real Scribe
+//! client from PyPI (thriftpy2) publishes into it too; the events reach the
+//! local, merged and mirror views (checked with `conduit audit`); Ctrl-C
+//! (SIGTERM) stops everything cleanly.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use conduit_tests::harness::{conduit_bin, free_port, require_python, wait_for};
+
+const SCRIBE_CLIENT: &str = r#"
+import sys, thriftpy2
+from thriftpy2.protocol import TBinaryProtocolFactory
+from thriftpy2.rpc import make_client
+from thriftpy2.transport import TFramedTransportFactory
+idl = sys.argv[1]
+open(idl, "w").write('''
+enum ResultCode { OK = 0, TRY_LATER = 1 }
+struct LogEntry { 1: string category, 2: string message }
+service scribe { ResultCode Log(1: list<LogEntry> messages); }
+''')
+scribe = thriftpy2.load(idl, module_name="scribe_thrift")
+client = make_client(scribe.scribe, "127.0.0.1", int(sys.argv[2]),
+    proto_factory=TBinaryProtocolFactory(), trans_factory=TFramedTransportFactory(), timeout=30000)
+entries = [scribe.LogEntry(category="scribe_up", message=("event %d" % i).encode()) for i in range(500)]
+code = client.Log(entries)
+assert code == 0, code
+print("ok")
+"#;
+
+fn audit_totals(config: &str, topic: &str) -> Option<serde_json::Value> {
+    let out = Command::new(conduit_bin())
+        .args([
+            "audit", "--config", config, "--topic", topic, "--from", "10m", "--to", "0m", "--json",
+        ])
+        .output()
+        .ok()?;
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    Some(report["totals"].clone())
+}
+
+#[test]
+fn conduit_up_runs_the_bus_and_stops_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("conduit-data");
+    let base_port = free_port();
+    let base_http = free_port();
+    let mut up = Command::new(conduit_bin())
+        .args(["up", "--data-dir"])
+        .arg(&data)
+        .args(["--base-port", &base_port.to_string()])
+        .args(["--base-http-port", &base_http.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = up.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut printed = Vec::new();
+    let ready = wait_for(
+        "conduit up to print that it is up",
+        Duration::from_secs(120),
+        || {
+            while let Ok(line) = rx.try_recv() {
+                printed.push(line);
+            }
+            printed
+                .iter()
+                .any(|l| l.starts_with("conduit is up"))
+                .then_some(())
+        },
+    );
+    if ready.is_err() {
+        let _ = up.kill();
+        let mut logs = String::new();
+        for entry in std::fs::read_dir(data.join("logs")).into_iter().flatten() {
+            let p = entry.unwrap().path();
+            logs.push_str(&format!(
+                "--- {}\n{}\n",
+                p.display(),
+                std::fs::read_to_string(&p).unwrap_or_default()
+            ));
+        }
+        panic!(
+            "conduit up never became ready; stdout:\n{}\n{logs}",
+            printed.join("\n")
+        );
+    }
+    // Let the rest of the instructions arrive.
+    let _ = wait_for("the tail instructions", Duration::from_secs(5), || {
+        while let Ok(line) = rx.try_recv() {
+            printed.push(line);
+        }
+        printed.iter().any(|l| l.contains(" audit ")).then_some(())
+    });
+
+    // The printed publish command, exactly as printed, run by a shell.
+    let publish = printed
+        .iter()
+        .find(|l| l.contains(" publish --topic clicks"))
+        .unwrap_or_else(|| panic!("no publish instruction in:\n{}", printed.join("\n")))
+        .trim()
+        .to_owned();
+    let out = Command::new("sh").args(["-c", &publish]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "`{publish}` failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A real Scribe client publishes into the same collector.
+    let scribe_sent = if require_python("thriftpy2") {
+        let script = tmp.path().join("client.py");
+        std::fs::write(&script, SCRIBE_CLIENT).unwrap();
+        let out = Command::new("python3")
+            .arg(&script)
+            .arg(tmp.path().join("scribe.thrift"))
+            .arg(base_port.to_string())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "thriftpy2 client: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        true
+    } else {
+        false
+    };
+
+    // Every tier gets the events: dc1 local, the merged view on dc1, its mirror on dc2.
+    let config = data.join("conduit.toml");
+    let config = config.to_str().unwrap();
+    let mut expectations = vec![("clicks", 1000u64)];
+    if scribe_sent {
+        expectations.push(("scribe_up", 500));
+    }
+    for (topic, n) in expectations {
+        let reached = wait_for(
+            &format!("{topic}: {n} events in the local, merged and mirror views"),
+            Duration::from_secs(240),
+            || {
+                let t = audit_totals(config, topic)?;
+                (t["local:dc1"] == n && t["merged:dc1"] == n && t["mirror:dc2"] == n).then_some(t)
+            },
+        );
+        let totals = reached
+            .unwrap_or_else(|e| panic!("{e}; last totals {:?}", audit_totals(config, topic)));
+        assert_eq!(totals["collected:dc1"], n, "{totals}");
+    }
+
+    // Ctrl-C: everything stops cleanly.
+    Command::new("kill")
+        .args(["-INT", &up.id().to_string()])
+        .status()
+        .unwrap();
+    let status = wait_for("conduit up to exit", Duration::from_secs(60), || {
+        up.try_wait().ok().flatten()
+    })
+    .unwrap();
+    assert!(status.success(), "conduit up exited with {status}");
+}
