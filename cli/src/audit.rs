@@ -78,6 +78,19 @@ struct Tier {
     /// Minutes the view has not sealed (not judged).
     #[serde(skip)]
     unsealed: std::collections::BTreeSet<Minute>,
+    /// The oldest directory of the view in range: minutes before it are before
+    /// the topic's stream started there (or purged), not waiting to be sealed.
+    #[serde(skip)]
+    first_dir: Option<Minute>,
+}
+
+impl Tier {
+    /// Whether minute `m` is still to be sealed, given the count of the tier it
+    /// is built from: a minute with no directory before the view's first one, and
+    /// nothing upstream, is simply before the stream (not flagged, judged as 0).
+    fn waiting(&self, m: Minute, upstream: u64) -> bool {
+        self.unsealed.contains(&m) && !(upstream == 0 && self.first_dir.is_none_or(|f| m < f))
+    }
 }
 
 /// Records of the data file at `path`: from its trailer when closed, else by
@@ -149,6 +162,7 @@ async fn sealed(
 ) -> anyhow::Result<Tier> {
     let mut tier = Tier::default();
     let dirs = walk_dirs(storage, view, topic, Some(from), None).await?;
+    tier.first_dir = dirs.first().copied();
     let mut seen_sealed = std::collections::BTreeSet::new();
     for minute in dirs {
         let dir = Layout::minute_dir(view, topic, minute);
@@ -273,6 +287,7 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
             name: format!("collected:{name}"),
             counts: collected(storage.as_ref(), &topic, from, to).await?,
             unsealed: Default::default(),
+            first_dir: None,
         });
         let mut local = sealed(storage.as_ref(), View::Local, &topic, from, to).await?;
         local.name = format!("local:{name}");
@@ -303,11 +318,11 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
         let mut flags = Vec::new();
         let get = |c: &Counts| c.get(&m).copied().unwrap_or(0);
         for (collected, local) in collected_tiers.iter().zip(&local_tiers) {
-            if local.unsealed.contains(&m) {
+            let (c, l) = (get(&collected.counts), get(&local.counts));
+            if local.waiting(m, c) {
                 flags.push(format!("unsealed {}", local.name));
                 continue;
             }
-            let (c, l) = (get(&collected.counts), get(&local.counts));
             if l < c {
                 flags.push(format!("LOSS {} {}<{}", local.name, l, c));
                 problems += 1;
@@ -325,7 +340,7 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
             .map(|(t, _)| get(&t.counts))
             .sum();
         for merged in &merged_tiers {
-            if merged.unsealed.contains(&m) {
+            if merged.waiting(m, sources) {
                 flags.push(format!("unsealed {}", merged.name));
                 continue;
             }

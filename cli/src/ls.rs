@@ -39,7 +39,8 @@ pub struct LsArgs {
     view: String,
 
     /// First minute to list (e.g. `2026-11-22T10:05`, `2026-11-22 10:05`,
-    /// `2026/11/22/10/05`; UTC unless an offset is given).
+    /// `2026/11/22/10/05`; UTC unless an offset is given), or a duration before
+    /// now such as `10m`, `2h`, `1d`.
     #[arg(long, value_name = "TIME")]
     from: Option<String>,
 
@@ -59,7 +60,10 @@ pub async fn run(args: LsArgs) -> anyhow::Result<ExitCode> {
     let view: View = args.view.parse().context("--view")?;
     let parse = |flag: &str, v: &Option<String>| -> anyhow::Result<Option<Minute>> {
         v.as_deref()
-            .map(|t| Minute::parse_flexible(t).with_context(|| format!("{flag} {t:?}")))
+            .map(|t| {
+                crate::verify::parse_time(t, chrono::Utc::now())
+                    .with_context(|| format!("{flag} {t:?}"))
+            })
             .transpose()
     };
     let from = parse("--from", &args.from)?;
