@@ -20,30 +20,33 @@ fn commands_in(markdown: &str) -> Vec<String> {
         if !in_block || line.trim_start().starts_with('#') {
             continue;
         }
-        // Take what follows the binary's name, whichever way it is invoked.
-        for marker in [
-            "--bin conduit -- ",
-            "target/release/conduit ",
-            "$B ",
-            "conduit ",
-        ] {
-            if let Some(at) = line.find(marker) {
-                let before = &line[..at];
-                // `conduit ` must start a word (not `myconduit `), and not be a path.
-                if marker == "conduit "
-                    && !(before.is_empty() || before.ends_with(' ') || before.ends_with('|'))
-                {
-                    continue;
+        // Each command of a pipeline, then what follows the binary's name,
+        // whichever way it is invoked.
+        for line in line.split(" | ") {
+            for marker in [
+                "--bin conduit -- ",
+                "target/release/conduit ",
+                "$B ",
+                "conduit ",
+            ] {
+                if let Some(at) = line.find(marker) {
+                    let before = &line[..at];
+                    // `conduit ` must start a word (not `myconduit `), and not be a path.
+                    if marker == "conduit "
+                        && !(before.is_empty() || before.ends_with(' ') || before.ends_with('|'))
+                    {
+                        continue;
+                    }
+                    let rest = line[at + marker.len()..]
+                        .split('#')
+                        .next()
+                        .unwrap_or("")
+                        .trim();
+                    if !rest.is_empty() {
+                        found.push(rest.to_owned());
+                    }
+                    break;
                 }
-                let rest = line[at + marker.len()..]
-                    .split('#')
-                    .next()
-                    .unwrap_or("")
-                    .trim();
-                if !rest.is_empty() {
-                    found.push(rest.to_owned());
-                }
-                break;
             }
         }
     }
