@@ -49,6 +49,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::dedup::{BatchState, DedupTable};
 use crate::files::{Abandoned, OpenFile, Target};
 use crate::metrics::Metrics;
+use crate::open::OpenFiles;
 
 /// Largest round the committer gathers before committing (uncompressed bytes).
 const MAX_ROUND_BYTES: usize = 8 << 20;
@@ -159,6 +160,9 @@ pub struct EngineSettings {
     pub spool_max_bytes: u64,
     /// Topic settings (encodings of files found at recovery).
     pub config: Arc<conduit_core::Config>,
+    /// Where the synced bytes of open storage files are published for the HTTP
+    /// open-file endpoint.
+    pub open: Arc<OpenFiles>,
 }
 
 /// A topic's frame in the current round, kept until the round is answered so it
@@ -804,12 +808,17 @@ impl Engine {
 
     fn abandon(&mut self, file: OpenFile) {
         match file.target {
-            Target::Storage => self.abandoned.push(Abandoned {
-                path: file.path.clone(),
-                minute: file.minute,
-                encoding: file.encoding,
-                acked_len: file.acked_len,
-            }),
+            Target::Storage => {
+                self.settings
+                    .open
+                    .abandoned(file.topic.as_str(), file.name(), file.acked_len);
+                self.abandoned.push(Abandoned {
+                    path: file.path.clone(),
+                    minute: file.minute,
+                    encoding: file.encoding,
+                    acked_len: file.acked_len,
+                })
+            }
             Target::Spool => {
                 // Recovered at the next start; until then it stays in the inventory
                 // so the watermark is held.
@@ -876,6 +885,11 @@ impl Engine {
             match store.create(&path, CreateMode::Exclusive).await {
                 Ok(writer) => {
                     tracing::debug!(path, ?target, "opened data file");
+                    let served = (target == Target::Storage).then(|| {
+                        let name = path.rsplit('/').next().unwrap_or(&path);
+                        self.settings.open.opened(topic.as_str(), name);
+                        self.settings.open.clone()
+                    });
                     return Ok(OpenFile {
                         path,
                         target,
@@ -889,6 +903,8 @@ impl Engine {
                         acked_len: 0,
                         acked_counts: (0, 0),
                         dirty: false,
+                        served,
+                        unsynced: Vec::new(),
                     });
                 }
                 // A name used by a spool replay or an earlier run: take the next.
@@ -909,10 +925,14 @@ impl Engine {
             file.encoding,
             file.acked_len,
         );
+        let (topic, name) = (file.topic.clone(), file.name().to_owned());
         let len = file.written_len() + TRAILER_LEN as u64;
         match file.close().await {
             Ok(()) => {
                 self.metrics.files_closed.inc();
+                if target == Target::Storage {
+                    self.settings.open.closed(topic.as_str(), &name, len);
+                }
                 if target == Target::Spool {
                     self.spool_bytes += TRAILER_LEN as u64;
                     self.spooled.insert((minute, path), (encoding, len));
@@ -924,6 +944,9 @@ impl Engine {
                 match target {
                     Target::Storage => {
                         self.healthy = false;
+                        self.settings
+                            .open
+                            .abandoned(topic.as_str(), &name, acked_len);
                         self.abandoned.push(Abandoned {
                             path,
                             minute,

@@ -7,9 +7,13 @@
 //! fails, the file is abandoned and later cut back to `acked_len` and closed, so
 //! bytes of a failed commit never reappear next to their spooled copy.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use conduit_core::format::{Encoding, Trailer};
 use conduit_core::{FileWriter, Minute, Topic};
+
+use crate::open::OpenFiles;
 
 /// Where an open file lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +51,11 @@ pub struct OpenFile {
     pub acked_counts: (u64, u64),
     /// Whether anything was written since the last sync.
     pub dirty: bool,
+    /// Where synced frames are published for the open-file endpoint (files in
+    /// storage only), and the frames written since the last sync.
+    pub served: Option<Arc<OpenFiles>>,
+    /// Frames appended since the last sync (published once it succeeds).
+    pub unsynced: Vec<Bytes>,
 }
 
 impl OpenFile {
@@ -60,7 +69,13 @@ impl OpenFile {
         record_bytes: u64,
     ) -> conduit_core::StorageResult<()> {
         if let Some(marks) = marks {
+            if self.served.is_some() {
+                self.unsynced.push(marks.clone());
+            }
             self.writer.write(marks).await?;
+        }
+        if self.served.is_some() {
+            self.unsynced.push(frame.clone());
         }
         self.writer.write(frame).await?;
         self.records += records;
@@ -77,6 +92,10 @@ impl OpenFile {
         }
         self.acked_len = self.writer.position();
         self.acked_counts = (self.records, self.record_bytes);
+        if let Some(served) = &self.served {
+            let frames = std::mem::take(&mut self.unsynced);
+            served.synced(self.topic.as_str(), self.name(), frames, self.acked_len);
+        }
         Ok(())
     }
 
@@ -94,6 +113,11 @@ impl OpenFile {
         let trailer = self.trailer().encode();
         self.writer.write(trailer).await?;
         self.writer.close().await
+    }
+
+    /// The file name (last path component).
+    pub fn name(&self) -> &str {
+        self.path.rsplit('/').next().unwrap_or(&self.path)
     }
 
     /// Current length including unsynced bytes.

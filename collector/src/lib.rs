@@ -14,12 +14,13 @@
 //! - [`engine`]: the committer (group commit, files, minute roll, spool, recovery).
 //! - [`files`]: open and abandoned data files.
 //! - [`dedup`]: which idempotent batches are durable.
+//! - [`open`]: the synced bytes of open files, served over HTTP (`/v1/open/...`).
 //! - [`metrics`]: Prometheus metrics.
 //!
 //! # Tasks
 //! acceptor → one task per connection (reader + ordered reply writer) → bounded
 //! queue → one committer → storage; plus the heartbeat task and the HTTP listener
-//! (`/metrics`, `/health`). Shutdown: stop accepting, let connections finish their
+//! (`/metrics`, `/health`, and the synced bytes of open files, [`open`]). Shutdown: stop accepting, let connections finish their
 //! in-flight calls, drain the queue, close every file, publish the final
 //! heartbeat, return.
 
@@ -27,6 +28,7 @@ pub mod dedup;
 pub mod engine;
 pub mod files;
 pub mod metrics;
+pub mod open;
 pub mod server;
 
 use std::net::SocketAddr;
@@ -103,6 +105,11 @@ impl Collector {
             }
             None => None,
         };
+        let open_files = Arc::new(open::OpenFiles::new(
+            settings.cluster.clone(),
+            settings.id.clone(),
+            &metrics,
+        ));
         let engine_settings = engine::EngineSettings {
             cluster: settings.cluster.clone(),
             collector: settings.id.clone(),
@@ -111,6 +118,7 @@ impl Collector {
             max_file_bytes: limits.max_file_bytes,
             spool_max_bytes: limits.spool_max_bytes,
             config: settings.config.clone(),
+            open: open_files.clone(),
         };
         let (engine, status) = engine::Engine::start(
             engine_settings,
@@ -169,19 +177,21 @@ impl Collector {
 
         let health_status = status.clone();
         let health_shutdown = shutdown_rx.clone();
-        let http = HttpServer::new(registry).with_health(Arc::new(move || {
-            let s = health_status.borrow().clone();
-            let stopping = *health_shutdown.borrow();
-            (
-                s.storage_healthy && !stopping,
-                serde_json::json!({
-                    "storage_healthy": s.storage_healthy,
-                    "shutting_down": stopping,
-                    "spooled_bytes": s.spooled_bytes,
-                    "watermark": s.watermark.map(|m| m.to_string()),
-                }),
-            )
-        }));
+        let http = HttpServer::new(registry)
+            .with_routes(Arc::new(open::OpenRoutes(open_files)))
+            .with_health(Arc::new(move || {
+                let s = health_status.borrow().clone();
+                let stopping = *health_shutdown.borrow();
+                (
+                    s.storage_healthy && !stopping,
+                    serde_json::json!({
+                        "storage_healthy": s.storage_healthy,
+                        "shutting_down": stopping,
+                        "spooled_bytes": s.spooled_bytes,
+                        "watermark": s.watermark.map(|m| m.to_string()),
+                    }),
+                )
+            }));
         let mut http_shutdown = shutdown_rx.clone();
         let http_task = tokio::spawn(async move {
             let stop = async move {

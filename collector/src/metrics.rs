@@ -49,6 +49,9 @@ pub struct Metrics {
     pub duplicate_batches: Counter,
     /// Last minute all of whose files are closed (Unix seconds of its start).
     pub watermark_seconds: Gauge,
+    /// Answers of the open-file endpoint (`/v1/open/...`), by result: `ok`,
+    /// `gone`, `not_found`, `too_old`, `past_end`, `bad_request`.
+    pub open_reads: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -71,6 +74,7 @@ impl Metrics {
             files_closed: Counter::default(),
             duplicate_batches: Counter::default(),
             watermark_seconds: Gauge::default(),
+            open_reads: Family::default(),
         };
         let mut r = registry.lock().unwrap_or_else(|p| p.into_inner());
         let r = r.sub_registry_with_prefix("conduit_collector");
@@ -129,6 +133,11 @@ impl Metrics {
             "watermark_seconds",
             "Start of the last minute whose files are all closed (unix seconds)",
             m.watermark_seconds.clone(),
+        );
+        r.register(
+            "open_reads",
+            "Answers of the open-file endpoint /v1/open by result (ok, gone, not_found, too_old, past_end, bad_request)",
+            m.open_reads.clone(),
         );
         m
     }
