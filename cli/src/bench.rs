@@ -73,6 +73,10 @@ enum BenchCommand {
     /// conduit ingest and NATS JetStream (file store, acked publishes) side by
     /// side, fed the same events, interleaved.
     NatsIngest(crate::bench_nats::NatsArgs),
+    /// Publish-to-delivery latency of a PinTail consumer group following the local
+    /// view live at a fixed rate across minute boundaries (optionally against a NATS
+    /// JetStream durable pull consumer).
+    TailLatency(crate::bench_tail::TailLatencyArgs),
 }
 
 /// Arguments of `conduit bench ingest`.
@@ -207,6 +211,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         BenchCommand::CatchUp(a) => crate::bench_catchup::run(a).await,
         BenchCommand::Soak(a) => crate::bench_soak::run(a).await,
         BenchCommand::NatsIngest(a) => crate::bench_nats::run(a).await,
+        BenchCommand::TailLatency(a) => crate::bench_tail::run(a).await,
     }
 }
 

@@ -11,6 +11,7 @@ mod bench_limits;
 mod bench_nats;
 mod bench_seal;
 mod bench_soak;
+mod bench_tail;
 mod check;
 mod collector;
 mod lag;

@@ -1,0 +1,1419 @@
+//! `conduit bench tail-latency`: publish-to-delivery latency of a PinTail consumer
+//! group following the local view live, at a fixed publish rate, across minute
+//! boundaries (while the worker seals minutes and moves files from `data/` into
+//! `streams_local/` under the readers).
+//!
+//! Each run builds one cluster `dc1` on local disk in a temporary directory:
+//! `--collectors` `conduit collector` processes (`c1`, `c2`, ...; each is one
+//! partition of the local view) and one `conduit worker` process (a pass every
+//! `--worker-interval-ms`), started like `bench seal-latency` does. A PinTail
+//! consumer group of `--members` dynamic members (`m0`, `m1`, ...: with two
+//! collectors and two members, rendezvous hashing gives each member one
+//! partition) reads the local view from the run's first minute, auto-committing
+//! every second. Then the `conduit-publisher` library (one publisher per collector,
+//! default settings) publishes `--rate` events/s for `--duration-secs`.
+//!
+//! Every payload is a benchmark event (`EventGenerator`) with two fields put in
+//! front: `{"seq":N,"sent_us":T,...}` — a sequence number unique in the run and the
+//! wall-clock time in microseconds just before `publish` was called. A member
+//! computes `now - sent_us` when `next()` returns the event: publisher batching
+//! (linger), the collector's fsync and acknowledgement, the reader's polling of the
+//! growing file and the group's scheduling are all inside it. Only the first
+//! delivery of each `seq` counts for the latency; later ones are counted as
+//! duplicates.
+//!
+//! After publishing stops, every publisher is flushed (published must equal
+//! acknowledged), and the run waits (up to `--drain-timeout-secs`) until every
+//! published `seq` was delivered at least once; a run with any `seq` missing fails.
+//! Reported per run: p50/p99/p99.9/max, delivered = published, duplicates, the
+//! minutes sealed while the group read, and the partitions each member read. The
+//! table shows the median (min–max) over `--runs`. `--json FILE` appends one line per
+//! run (default `bench/results/tail-latency.jsonl`).
+//!
+//! `--compare nats` runs, after each conduit run, the same load against NATS
+//! JetStream: a private `nats-server` (`scripts/peers/nats.sh serve`), a stream
+//! `TAIL` on file storage, one publishing connection (every publish acknowledged
+//! by JetStream) at the same rate with the same stamped payloads, and a durable
+//! pull consumer `bench` (explicit acks) pulled by `--members` connections at
+//! once (NATS's equivalent of a consumer group). The client is written here against
+//! the NATS text protocol, as in `bench nats-ingest`.
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use bytes::{Buf, Bytes, BytesMut};
+use chrono::Utc;
+use clap::Args;
+use conduit_core::{Manifest, Minute, SharedStorage, Topic, View};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::TcpStream;
+
+use crate::bench_seal::{append_json_line, load_avg, median_min_max, payload_pool, Proc, TOPIC};
+
+/// The cluster name of the bus this scenario starts.
+const CLUSTER: &str = "dc1";
+/// The consumer group's name.
+const GROUP: &str = "bench-tail";
+/// The NATS stream and durable consumer.
+const NATS_STREAM: &str = "TAIL";
+const NATS_CONSUMER: &str = "bench";
+
+/// Arguments of `conduit bench tail-latency`.
+#[derive(Debug, Args)]
+pub struct TailLatencyArgs {
+    /// Events per second published (spread round-robin over the collectors).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    rate: u64,
+
+    /// How long to publish per run, in seconds (120 crosses at least one minute
+    /// boundary, usually two).
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    duration_secs: u64,
+
+    /// Number of runs (each a fresh bus); the table shows the median (min–max).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    runs: u32,
+
+    /// Members of the PinTail consumer group (dynamic members `m0`, `m1`, ...),
+    /// each its own consumer in this process; also the number of NATS pull
+    /// connections with `--compare nats`.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
+    members: u32,
+
+    /// Collector processes (`c1`, `c2`, ...); each is one partition of the local view.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
+    collectors: u32,
+
+    /// Storage of the cluster: only `local` (a temporary directory). HDFS is not
+    /// supported here: the local view on HDFS delivers a file only once it is
+    /// closed (docs/pintail.md), so latency there is about a minute by design.
+    #[arg(long, default_value = "local", value_parser = ["local"])]
+    backend: String,
+
+    /// The worker's pause between passes (worker.interval_ms).
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    worker_interval_ms: u64,
+
+    /// After publishing stops, how long to wait for every event to be delivered
+    /// before the run fails.
+    #[arg(long, default_value_t = 120, value_name = "SECONDS")]
+    drain_timeout_secs: u64,
+
+    /// Also run a peer after each conduit run: `nats` (NATS JetStream, durable pull
+    /// consumer, same rate and payloads; needs `scripts/peers/nats.sh`).
+    #[arg(long, value_parser = ["nats"], value_name = "PEER")]
+    compare: Option<String>,
+
+    /// Skip the conduit runs (only the peer of --compare).
+    #[arg(long)]
+    no_conduit: bool,
+
+    /// The peer script that installs and runs nats-server.
+    #[arg(long, default_value = "scripts/peers/nats.sh", value_name = "PATH")]
+    peer_script: PathBuf,
+
+    /// Messages per NATS pull request (`batch` of `CONSUMER.MSG.NEXT`).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    nats_batch: u64,
+
+    /// Append one JSON line per run to FILE.
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "bench/results/tail-latency.jsonl"
+    )]
+    json: PathBuf,
+
+    /// Keep each run's directory (logs, config, data) and print its path.
+    #[arg(long)]
+    keep: bool,
+
+    /// Log filter of the spawned collectors and worker.
+    #[arg(long, default_value = "warn", value_name = "FILTER")]
+    child_log_level: String,
+
+    /// Seed of the event generator.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+/// What can go wrong with the benchmark's own checks.
+#[derive(Debug)]
+enum TailBenchError {
+    /// A delivered payload does not start with `{"seq":N,"sent_us":T,`.
+    BadStamp { payload_prefix: String },
+    /// A delivered `seq` was never published in this run.
+    UnknownSeq { seq: u64, capacity: u64 },
+    /// Not every published event was delivered before the drain deadline.
+    Missing {
+        published: u64,
+        delivered_unique: u64,
+        first_missing: Option<u64>,
+        waited_s: u64,
+    },
+    /// The publisher side lost events before delivery was even measured.
+    NotAcknowledged { published: u64, acknowledged: u64 },
+}
+
+impl std::fmt::Display for TailBenchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TailBenchError::BadStamp { payload_prefix } => write!(
+                f,
+                "a delivered payload has no {{\"seq\":N,\"sent_us\":T,... stamp: {payload_prefix:?}"
+            ),
+            TailBenchError::UnknownSeq { seq, capacity } => write!(
+                f,
+                "delivered seq {seq} was never published (at most {capacity} can be)"
+            ),
+            TailBenchError::Missing {
+                published,
+                delivered_unique,
+                first_missing,
+                waited_s,
+            } => write!(
+                f,
+                "{delivered_unique} of {published} published events delivered {waited_s} s after publishing stopped (first missing seq: {first_missing:?})"
+            ),
+            TailBenchError::NotAcknowledged {
+                published,
+                acknowledged,
+            } => write!(
+                f,
+                "published {published} events but only {acknowledged} were acknowledged"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for TailBenchError {}
+
+/// Microseconds since the Unix epoch (wall clock; the same host stamps and reads).
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Writes `{"seq":seq,"sent_us":now,` + the event without its leading `{` into `out`.
+fn stamp(out: &mut Vec<u8>, seq: u64, event: &[u8]) {
+    use std::io::Write;
+    out.clear();
+    let _ = write!(out, "{{\"seq\":{seq},\"sent_us\":{},", now_us());
+    out.extend_from_slice(event.strip_prefix(b"{").unwrap_or(event));
+}
+
+/// Reads `(seq, sent_us)` back from a stamped payload.
+fn parse_stamp(payload: &[u8]) -> Result<(u64, u64), TailBenchError> {
+    fn number(rest: &[u8]) -> Option<(u64, &[u8])> {
+        let end = rest.iter().position(|b| !b.is_ascii_digit())?;
+        let n = std::str::from_utf8(&rest[..end]).ok()?.parse().ok()?;
+        Some((n, &rest[end..]))
+    }
+    let parsed = (|| {
+        let rest = payload.strip_prefix(b"{\"seq\":")?;
+        let (seq, rest) = number(rest)?;
+        let rest = rest.strip_prefix(b",\"sent_us\":")?;
+        let (sent, rest) = number(rest)?;
+        rest.starts_with(b",").then_some((seq, sent))
+    })();
+    parsed.ok_or_else(|| TailBenchError::BadStamp {
+        payload_prefix: String::from_utf8_lossy(&payload[..payload.len().min(60)]).into_owned(),
+    })
+}
+
+/// Deliveries of one run, shared by the members: how often each `seq` arrived.
+struct Tally {
+    counts: Vec<AtomicU8>,
+    unique: AtomicU64,
+    duplicates: AtomicU64,
+}
+
+impl Tally {
+    fn new(capacity: u64) -> Tally {
+        Tally {
+            counts: (0..capacity).map(|_| AtomicU8::new(0)).collect(),
+            unique: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one delivery; returns the latency in µs if it is the first of its seq.
+    fn deliver(&self, payload: &[u8]) -> Result<Option<u32>, TailBenchError> {
+        let now = now_us();
+        let (seq, sent) = parse_stamp(payload)?;
+        let slot = self
+            .counts
+            .get(seq as usize)
+            .ok_or(TailBenchError::UnknownSeq {
+                seq,
+                capacity: self.counts.len() as u64,
+            })?;
+        if slot.fetch_add(1, Ordering::Relaxed) == 0 {
+            self.unique.fetch_add(1, Ordering::Relaxed);
+            Ok(Some(
+                now.saturating_sub(sent).min(u64::from(u32::MAX)) as u32
+            ))
+        } else {
+            // Saturate instead of wrapping back to "first delivery".
+            slot.store(2, Ordering::Relaxed);
+            self.duplicates.fetch_add(1, Ordering::Relaxed);
+            Ok(None)
+        }
+    }
+
+    fn first_missing(&self, published: u64) -> Option<u64> {
+        (0..published).find(|&s| self.counts[s as usize].load(Ordering::Relaxed) == 0)
+    }
+}
+
+/// Latency percentiles of one run, in milliseconds.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+struct Latency {
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+    max_ms: f64,
+}
+
+fn percentiles(mut lat_us: Vec<u32>) -> Latency {
+    if lat_us.is_empty() {
+        return Latency::default();
+    }
+    lat_us.sort_unstable();
+    let pct = |p: f64| {
+        let i = ((lat_us.len() as f64 * p).ceil() as usize).clamp(1, lat_us.len()) - 1;
+        f64::from(lat_us[i]) / 1000.0
+    };
+    Latency {
+        p50_ms: pct(0.5),
+        p99_ms: pct(0.99),
+        p999_ms: pct(0.999),
+        max_ms: pct(1.0),
+    }
+}
+
+/// One run of either system.
+#[derive(Debug, Clone, serde::Serialize)]
+struct RunResult {
+    system: &'static str,
+    run: u32,
+    published: u64,
+    acknowledged: u64,
+    delivered_unique: u64,
+    duplicates: u64,
+    latency: Latency,
+    /// Seconds from publishing's end (the pacer told to stop) until the last event
+    /// was delivered (the flush of the publishers included).
+    drain_s: f64,
+    /// Minutes sealed in the local view while the group read (conduit only).
+    minutes_sealed: Option<u64>,
+    /// Partitions each member read at the end (conduit only).
+    member_partitions: Vec<Vec<String>>,
+    load_before: String,
+    load_after: String,
+}
+
+/// Runs `conduit bench tail-latency`.
+pub async fn run(args: TailLatencyArgs) -> anyhow::Result<ExitCode> {
+    if args.compare.is_some() && !args.peer_script.exists() {
+        bail!(
+            "{} not found: run from the repository root or pass --peer-script",
+            args.peer_script.display()
+        );
+    }
+    let events = payload_pool(100_000, args.seed);
+    let mut conduit = Vec::new();
+    let mut nats = Vec::new();
+    for run in 1..=args.runs {
+        if !args.no_conduit {
+            match conduit_run(&args, run, events.clone()).await {
+                Ok(r) => {
+                    report_run(&args, &r)?;
+                    conduit.push(r);
+                }
+                Err(e) => {
+                    tracing::error!(run, error = %format!("{e:#}"), "conduit tail-latency run failed");
+                    eprintln!("\n!!!!!!!!!! TAIL-LATENCY RUN {run} FAILED: {e:#}\n");
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+        }
+        if args.compare.as_deref() == Some("nats") {
+            match nats_run(&args, run, events.clone()).await {
+                Ok(r) => {
+                    report_run(&args, &r)?;
+                    nats.push(r);
+                }
+                Err(e) => {
+                    tracing::error!(run, error = %format!("{e:#}"), "NATS tail-latency run failed");
+                    eprintln!("\n!!!!!!!!!! NATS TAIL-LATENCY RUN {run} FAILED: {e:#}\n");
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+        }
+    }
+    print_table(&args, &conduit, &nats);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report_run(args: &TailLatencyArgs, r: &RunResult) -> anyhow::Result<()> {
+    tracing::info!(
+        system = r.system,
+        run = r.run,
+        published = r.published,
+        delivered = r.delivered_unique,
+        duplicates = r.duplicates,
+        p50_ms = r.latency.p50_ms,
+        p99_ms = r.latency.p99_ms,
+        p999_ms = r.latency.p999_ms,
+        max_ms = r.latency.max_ms,
+        drain_s = r.drain_s,
+        minutes_sealed = ?r.minutes_sealed,
+        partitions = ?r.member_partitions,
+        "run done"
+    );
+    let mut line = serde_json::to_value(r)?;
+    if let Some(o) = line.as_object_mut() {
+        o.insert("bench".into(), "tail-latency".into());
+        o.insert("at".into(), Utc::now().to_rfc3339().into());
+        o.insert("rate".into(), args.rate.into());
+        o.insert("duration_secs".into(), args.duration_secs.into());
+        o.insert("members".into(), args.members.into());
+        o.insert("collectors".into(), args.collectors.into());
+        o.insert("backend".into(), args.backend.clone().into());
+        o.insert(
+            "nproc".into(),
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(0)
+                .into(),
+        );
+    }
+    append_json_line(&args.json, &line)
+}
+
+/// How many seqs a run can publish at most: the pacer never goes beyond it.
+fn capacity(args: &TailLatencyArgs) -> u64 {
+    args.rate * (args.duration_secs + 5)
+}
+
+// ---- conduit ------------------------------------------------------------------
+
+/// One cluster on local disk: collectors and a worker, processes.
+struct TailBus {
+    storage: SharedStorage,
+    collectors: Vec<Proc>,
+    worker: Option<Proc>,
+}
+
+impl TailBus {
+    async fn start(args: &TailLatencyArgs, dir: &Path) -> anyhow::Result<TailBus> {
+        std::fs::create_dir_all(dir.join("logs"))?;
+        let root = dir.join(CLUSTER).display().to_string();
+        let config = dir.join("conduit.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "# Written by conduit bench tail-latency: one cluster, local view only.\n\
+                 [clusters.{CLUSTER}]\nroot = {root:?}\n\n\
+                 [topic_defaults]\nencoding = \"lines\"\ncompact = false\n\n\
+                 [worker]\ninterval_ms = {}\n",
+                args.worker_interval_ms
+            ),
+        )?;
+        let storage = conduit_core::open_root(&root)
+            .await
+            .with_context(|| format!("cannot open {root}"))?;
+        let cfg = config.display().to_string();
+        let mut bus = TailBus {
+            storage,
+            collectors: Vec::new(),
+            worker: None,
+        };
+        for k in 1..=args.collectors {
+            let id = format!("c{k}");
+            let a: Vec<String> = [
+                "collector",
+                "--config",
+                &cfg,
+                "--cluster",
+                CLUSTER,
+                "--id",
+                &id,
+                "--listen",
+                "127.0.0.1:0",
+                "--http",
+                "127.0.0.1:0",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            let log = dir.join(format!("logs/collector-{id}.log"));
+            let p = Proc::spawn(
+                &format!("collector {id}"),
+                &args.child_log_level,
+                &a,
+                &log,
+                "collector ready: scribe ",
+            )
+            .await;
+            match p {
+                Ok(p) => bus.collectors.push(p),
+                Err(e) => {
+                    bus.stop().await.ok();
+                    return Err(e);
+                }
+            }
+        }
+        let a: Vec<String> = [
+            "worker",
+            "--config",
+            &cfg,
+            "--cluster",
+            CLUSTER,
+            "--http",
+            "127.0.0.1:0",
+            "--id",
+            "bench",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let log = dir.join("logs/worker.log");
+        match Proc::spawn(
+            "worker",
+            &args.child_log_level,
+            &a,
+            &log,
+            "worker ready: http ",
+        )
+        .await
+        {
+            Ok(p) => bus.worker = Some(p),
+            Err(e) => {
+                bus.stop().await.ok();
+                return Err(e);
+            }
+        }
+        Ok(bus)
+    }
+
+    /// Stops the worker, then the collectors (SIGTERM).
+    async fn stop(&mut self) -> anyhow::Result<()> {
+        let mut first_err = None;
+        for p in self
+            .worker
+            .take()
+            .into_iter()
+            .chain(self.collectors.drain(..))
+        {
+            if let Err(e) = p.stop(Duration::from_secs(120)).await {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+/// Publishes stamped events at a steady rate, round-robin over publishers.
+struct StampPacer {
+    stop: Arc<AtomicBool>,
+    published: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<anyhow::Result<Vec<conduit_publisher::Publisher>>>,
+}
+
+impl StampPacer {
+    async fn start(
+        addrs: &[std::net::SocketAddr],
+        rate: u64,
+        capacity: u64,
+        events: Arc<Vec<Bytes>>,
+    ) -> anyhow::Result<StampPacer> {
+        let mut publishers = Vec::new();
+        for addr in addrs {
+            publishers.push(
+                conduit_publisher::Publisher::builder()
+                    .collectors([addr.to_string()])
+                    .build()
+                    .await
+                    .with_context(|| format!("cannot build a publisher for {addr}"))?,
+            );
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let published = Arc::new(AtomicU64::new(0));
+        let (s, p) = (stop.clone(), published.clone());
+        let task = tokio::spawn(async move {
+            let started = Instant::now();
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut seq = 0u64;
+            let mut buf = Vec::with_capacity(512);
+            while !s.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let due = ((started.elapsed().as_secs_f64() * rate as f64) as u64).min(capacity);
+                while seq < due {
+                    let publisher = &publishers[(seq % publishers.len() as u64) as usize];
+                    stamp(&mut buf, seq, &events[(seq % events.len() as u64) as usize]);
+                    publisher
+                        .publish(TOPIC, Bytes::copy_from_slice(&buf))
+                        .await?;
+                    seq += 1;
+                }
+                p.store(seq, Ordering::Relaxed);
+            }
+            Ok(publishers)
+        });
+        Ok(StampPacer {
+            stop,
+            published,
+            task,
+        })
+    }
+
+    /// Stops publishing, flushes and closes; returns (published, acknowledged).
+    async fn finish(self) -> anyhow::Result<(u64, u64)> {
+        self.stop.store(true, Ordering::Relaxed);
+        let publishers = self.task.await.context("the publishing task panicked")??;
+        let mut acked = 0;
+        for p in publishers {
+            tokio::time::timeout(Duration::from_secs(120), p.flush())
+                .await
+                .context("flush timed out after 120 s")??;
+            acked += p.stats().acknowledged;
+            tokio::time::timeout(Duration::from_secs(60), p.close())
+                .await
+                .context("close timed out after 60 s")??;
+        }
+        Ok((self.published.load(Ordering::Relaxed), acked))
+    }
+}
+
+/// What one group member hands back.
+struct MemberResult {
+    latencies_us: Vec<u32>,
+    partitions: Vec<String>,
+}
+
+async fn conduit_run(
+    args: &TailLatencyArgs,
+    run: u32,
+    events: Arc<Vec<Bytes>>,
+) -> anyhow::Result<RunResult> {
+    let dir = std::env::temp_dir().join(format!("conduit-bench-tail-{}-{run}", std::process::id()));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    let mut bus = TailBus::start(args, &dir).await?;
+    let result = conduit_measure(args, run, &dir, &bus, events).await;
+    let stopped = bus.stop().await;
+    let keep = args.keep || result.is_err() || stopped.is_err();
+    if keep {
+        eprintln!("kept {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let r = result?;
+    stopped?;
+    Ok(r)
+}
+
+async fn conduit_measure(
+    args: &TailLatencyArgs,
+    run: u32,
+    dir: &Path,
+    bus: &TailBus,
+    events: Arc<Vec<Bytes>>,
+) -> anyhow::Result<RunResult> {
+    let cap = capacity(args);
+    let tally = Arc::new(Tally::new(cap));
+    let stop = Arc::new(AtomicBool::new(false));
+    let first = Minute::from_datetime(Utc::now())?;
+    let ckpt = dir.join("checkpoints");
+    std::fs::create_dir_all(&ckpt)?;
+
+    // The group: dynamic members m0.., each its own consumer, from the first minute.
+    let mut members = Vec::new();
+    for k in 0..args.members {
+        let consumer = conduit_pintail::Consumer::builder(TOPIC)
+            .cluster(CLUSTER, bus.storage.clone())
+            .view(conduit_pintail::ReadView::Local)
+            .group(GROUP)
+            .dynamic_member(&format!("m{k}"), Duration::from_secs(10))
+            .checkpoint_dir(&ckpt.display().to_string())
+            .auto_commit(Some(Duration::from_secs(1)), None)
+            .start(conduit_pintail::StartTime::At(first))
+            .build()
+            .await
+            .with_context(|| format!("cannot build group member m{k}"))?;
+        let (tally, stop) = (tally.clone(), stop.clone());
+        members.push(tokio::spawn(async move {
+            let mut consumer = consumer;
+            let mut latencies_us = Vec::new();
+            let mut partitions = Vec::new();
+            let mut next_look = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(m) = consumer.next_timeout(Duration::from_millis(100)).await? {
+                    if let Some(l) = tally.deliver(&m.payload)? {
+                        latencies_us.push(l);
+                    }
+                }
+                if Instant::now() < next_look {
+                    continue;
+                }
+                next_look = Instant::now() + Duration::from_secs(1);
+                let now = consumer.partitions();
+                if now != partitions {
+                    tracing::info!(member = k, partitions = ?now, "group member's partitions");
+                    partitions = now;
+                }
+            }
+            consumer.close().await?;
+            Ok::<_, anyhow::Error>(MemberResult {
+                latencies_us,
+                partitions,
+            })
+        }));
+    }
+
+    let addrs: Vec<_> = bus.collectors.iter().map(|c| c.addr).collect();
+    let load_before = load_avg();
+    tracing::info!(
+        run,
+        rate = args.rate,
+        duration_secs = args.duration_secs,
+        members = args.members,
+        collectors = args.collectors,
+        dir = %dir.display(),
+        load = %load_before,
+        "conduit: publishing"
+    );
+    let pacer = StampPacer::start(&addrs, args.rate, cap, events).await?;
+    let started = Instant::now();
+    let end = started + Duration::from_secs(args.duration_secs);
+    let mut next_progress = started + Duration::from_secs(10);
+    // The run's length itself (not a synchronisation): report progress meanwhile.
+    while Instant::now() < end {
+        tokio::time::sleep_until(next_progress.min(end).into()).await;
+        if Instant::now() >= next_progress {
+            tracing::info!(
+                t_s = started.elapsed().as_secs(),
+                published = pacer.published.load(Ordering::Relaxed),
+                delivered = tally.unique.load(Ordering::Relaxed),
+                duplicates = tally.duplicates.load(Ordering::Relaxed),
+                "progress"
+            );
+            next_progress += Duration::from_secs(10);
+        }
+        if let Some(done) = members.iter().position(|m| m.is_finished()) {
+            stop.store(true, Ordering::Relaxed);
+            let _ = pacer.finish().await;
+            let member = members.swap_remove(done);
+            member.await.context("a group member panicked")??;
+            bail!("group member ended before the run did");
+        }
+    }
+    let published_at = Instant::now();
+    let (published, acknowledged) = pacer.finish().await?;
+    if acknowledged != published {
+        stop.store(true, Ordering::Relaxed);
+        return Err(TailBenchError::NotAcknowledged {
+            published,
+            acknowledged,
+        }
+        .into());
+    }
+    let last = Minute::from_datetime(Utc::now())?;
+
+    // Wait (with a deadline) until every published seq was delivered.
+    let deadline = published_at + Duration::from_secs(args.drain_timeout_secs);
+    while tally.unique.load(Ordering::Relaxed) < published && Instant::now() < deadline {
+        if members.iter().any(|m| m.is_finished()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let drain_s = published_at.elapsed().as_secs_f64();
+    let delivered_unique = tally.unique.load(Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies = Vec::with_capacity(published as usize);
+    let mut member_partitions = Vec::new();
+    for m in members {
+        let r = m.await.context("a group member panicked")??;
+        latencies.extend(r.latencies_us);
+        member_partitions.push(r.partitions);
+    }
+    if delivered_unique < published {
+        return Err(TailBenchError::Missing {
+            published,
+            delivered_unique,
+            first_missing: tally.first_missing(published),
+            waited_s: args.drain_timeout_secs,
+        }
+        .into());
+    }
+
+    // Minutes sealed (and so moved to streams_local/) while the group read.
+    let topic = Topic::new(TOPIC)?;
+    let mut minutes_sealed = 0;
+    let mut m = first;
+    while m < last {
+        if Manifest::is_sealed(&*bus.storage, &Manifest::dir(View::Local, &topic, m)).await? {
+            minutes_sealed += 1;
+        }
+        m = m.add_minutes(1)?;
+    }
+    Ok(RunResult {
+        system: "conduit",
+        run,
+        published,
+        acknowledged,
+        delivered_unique,
+        duplicates: tally.duplicates.load(Ordering::Relaxed),
+        latency: percentiles(latencies),
+        drain_s,
+        minutes_sealed: Some(minutes_sealed),
+        member_partitions,
+        load_before,
+        load_after: load_avg(),
+    })
+}
+
+// ---- NATS JetStream -------------------------------------------------------------
+
+/// One thing the server sent.
+enum Op {
+    /// `MSG`/`HMSG`: subject, reply subject, headers (empty for `MSG`), body.
+    Msg {
+        subject: Bytes,
+        reply: Option<Bytes>,
+        headers: Bytes,
+        body: Bytes,
+    },
+    Ping,
+    Pong,
+    Other,
+}
+
+/// The read half of a NATS connection and its buffer.
+struct ReadSide {
+    rd: tokio::net::tcp::OwnedReadHalf,
+    buf: BytesMut,
+}
+
+impl ReadSide {
+    async fn fill(&mut self) -> anyhow::Result<()> {
+        self.buf.reserve(64 << 10);
+        if self.rd.read_buf(&mut self.buf).await? == 0 {
+            bail!("nats-server closed the connection");
+        }
+        Ok(())
+    }
+
+    /// Whether a complete operation may already be buffered.
+    fn has_buffered(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    /// The next protocol operation. Cancel-safe: nothing is taken from the buffer
+    /// until a whole operation is there (reads are only `read_buf`).
+    async fn op(&mut self) -> anyhow::Result<Op> {
+        loop {
+            if let Some(op) = self.parse()? {
+                return Ok(op);
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// One complete operation from the buffer, if there is one.
+    fn parse(&mut self) -> anyhow::Result<Option<Op>> {
+        let Some(eol) = self.buf.windows(2).position(|w| w == b"\r\n") else {
+            return Ok(None);
+        };
+        let line = &self.buf[..eol];
+        let (parts, has_headers) = if let Some(rest) = line.strip_prefix(b"MSG ") {
+            (rest, false)
+        } else if let Some(rest) = line.strip_prefix(b"HMSG ") {
+            (rest, true)
+        } else {
+            let op = if line.starts_with(b"PING") {
+                Op::Ping
+            } else if line.starts_with(b"PONG") {
+                Op::Pong
+            } else if line.starts_with(b"-ERR") {
+                bail!("nats: {}", String::from_utf8_lossy(line));
+            } else {
+                Op::Other
+            };
+            self.buf.advance(eol + 2);
+            return Ok(Some(op));
+        };
+        // MSG <subject> <sid> [reply] <len>; HMSG <subject> <sid> [reply] <hlen> <len>
+        let f: Vec<&[u8]> = parts.split(|&b| b == b' ').collect();
+        let num = |b: &[u8]| -> anyhow::Result<usize> {
+            std::str::from_utf8(b)?.parse().with_context(|| {
+                format!("bad NATS message line {:?}", String::from_utf8_lossy(line))
+            })
+        };
+        let (reply, hlen, len) = match (has_headers, f.len()) {
+            (false, 3) => (None, 0, num(f[2])?),
+            (false, 4) => (Some(f[2]), 0, num(f[3])?),
+            (true, 4) => (None, num(f[2])?, num(f[3])?),
+            (true, 5) => (Some(f[2]), num(f[3])?, num(f[4])?),
+            _ => bail!(
+                "unexpected NATS message line {:?}",
+                String::from_utf8_lossy(line)
+            ),
+        };
+        if self.buf.len() < eol + 2 + len + 2 {
+            return Ok(None);
+        }
+        let subject = Bytes::copy_from_slice(f[0]);
+        let reply = reply.map(Bytes::copy_from_slice);
+        self.buf.advance(eol + 2);
+        let mut all = self.buf.split_to(len).freeze();
+        self.buf.advance(2);
+        let headers = all.split_to(hlen.min(len));
+        Ok(Some(Op::Msg {
+            subject,
+            reply,
+            headers,
+            body: all,
+        }))
+    }
+}
+
+type Writer = Arc<tokio::sync::Mutex<BufWriter<tokio::net::tcp::OwnedWriteHalf>>>;
+
+/// Opens a connection (headers on, so pull requests get status messages).
+async fn nats_open(port: u16) -> anyhow::Result<(ReadSide, Writer)> {
+    let stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .with_context(|| format!("cannot connect to nats-server on port {port}"))?;
+    stream.set_nodelay(true)?;
+    let (rd, wr) = stream.into_split();
+    let mut rs = ReadSide {
+        rd,
+        buf: BytesMut::with_capacity(256 << 10),
+    };
+    let mut wr = BufWriter::with_capacity(256 << 10, wr);
+    wr.write_all(
+        b"CONNECT {\"verbose\":false,\"pedantic\":false,\"lang\":\"rust\",\"version\":\"0\",\"protocol\":1,\"headers\":true,\"no_responders\":true}\r\nPING\r\n",
+    )
+    .await?;
+    wr.flush().await?;
+    while !matches!(rs.op().await?, Op::Pong) {}
+    Ok((rs, Arc::new(tokio::sync::Mutex::new(wr))))
+}
+
+/// A request on the control connection; returns the reply body as JSON.
+async fn nats_request(
+    rs: &mut ReadSide,
+    wr: &Writer,
+    subject: &str,
+    body: &[u8],
+) -> anyhow::Result<serde_json::Value> {
+    {
+        let mut w = wr.lock().await;
+        w.write_all(format!("PUB {subject} _INBOX.ctl {}\r\n", body.len()).as_bytes())
+            .await?;
+        w.write_all(body).await?;
+        w.write_all(b"\r\n").await?;
+        w.flush().await?;
+    }
+    let reply = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match rs.op().await? {
+                Op::Msg { subject, body, .. } if subject.as_ref() == b"_INBOX.ctl" => {
+                    return Ok::<_, anyhow::Error>(body)
+                }
+                Op::Ping => {
+                    let mut w = wr.lock().await;
+                    w.write_all(b"PONG\r\n").await?;
+                    w.flush().await?;
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .with_context(|| format!("no reply to {subject} within 30 s"))??;
+    serde_json::from_slice(&reply).with_context(|| {
+        format!(
+            "bad reply to {subject}: {:?}",
+            String::from_utf8_lossy(&reply)
+        )
+    })
+}
+
+/// A running private nats-server.
+struct NatsServer {
+    child: tokio::process::Child,
+    pid: u32,
+    port: u16,
+}
+
+async fn start_nats(script: &Path, dir: &Path) -> anyhow::Result<NatsServer> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let log_path = dir.join("nats-server.log");
+    let log = std::fs::File::create(&log_path)?;
+    let mut child = tokio::process::Command::new("bash")
+        .arg(script)
+        .arg("serve")
+        .arg("--dir")
+        .arg(dir)
+        .arg("--port")
+        .arg(port.to_string())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot run {}", script.display()))?;
+    let pid = child.id().context("no pid")?;
+    let deadline = Instant::now() + Duration::from_secs(300); // may apt-get install first
+    loop {
+        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            break;
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "nats-server exited ({status}): {}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+        }
+        if Instant::now() > deadline {
+            bail!("nats-server did not listen on port {port} within 300 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(NatsServer { child, pid, port })
+}
+
+async fn nats_run(
+    args: &TailLatencyArgs,
+    run: u32,
+    events: Arc<Vec<Bytes>>,
+) -> anyhow::Result<RunResult> {
+    let dir = std::env::temp_dir().join(format!(
+        "conduit-bench-tail-nats-{}-{run}",
+        std::process::id()
+    ));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    let mut server = start_nats(&args.peer_script, &dir).await?;
+    let result = nats_measure(args, run, &server, events).await;
+    if let Some(pid) = rustix::process::Pid::from_raw(server.pid as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+    if tokio::time::timeout(Duration::from_secs(30), server.child.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            pid = server.pid,
+            "nats-server ignored SIGTERM for 30 s; killing it"
+        );
+        let _ = server.child.kill().await;
+    }
+    if args.keep || result.is_err() {
+        eprintln!("kept {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result
+}
+
+async fn nats_measure(
+    args: &TailLatencyArgs,
+    run: u32,
+    server: &NatsServer,
+    events: Arc<Vec<Bytes>>,
+) -> anyhow::Result<RunResult> {
+    let (mut crs, cwr) = nats_open(server.port).await?;
+    cwr.lock().await.write_all(b"SUB _INBOX.ctl 1\r\n").await?;
+    let v = nats_request(
+        &mut crs,
+        &cwr,
+        &format!("$JS.API.STREAM.CREATE.{NATS_STREAM}"),
+        format!(
+            r#"{{"name":"{NATS_STREAM}","subjects":["tail.>"],"storage":"file","retention":"limits","discard":"old","num_replicas":1,"max_msgs":-1,"max_bytes":-1}}"#
+        )
+        .as_bytes(),
+    )
+    .await?;
+    if v.get("error").is_some() {
+        bail!("cannot create stream {NATS_STREAM}: {v}");
+    }
+    // Durable pull consumer, explicit acks, no cap on unacknowledged messages.
+    let config = format!(
+        r#"{{"stream_name":"{NATS_STREAM}","config":{{"durable_name":"{NATS_CONSUMER}","ack_policy":"explicit","deliver_policy":"all","ack_wait":30000000000,"max_ack_pending":-1,"max_waiting":512}}}}"#
+    );
+    let mut v = nats_request(
+        &mut crs,
+        &cwr,
+        &format!("$JS.API.CONSUMER.CREATE.{NATS_STREAM}"),
+        config.as_bytes(),
+    )
+    .await?;
+    if v.get("error").is_some() {
+        tracing::debug!(reply = %v, "CONSUMER.CREATE refused (nats-server 2.9 wants DURABLE.CREATE for durables)");
+        v = nats_request(
+            &mut crs,
+            &cwr,
+            &format!("$JS.API.CONSUMER.DURABLE.CREATE.{NATS_STREAM}.{NATS_CONSUMER}"),
+            config.as_bytes(),
+        )
+        .await?;
+    }
+    if v.get("error").is_some() {
+        bail!("cannot create durable consumer {NATS_CONSUMER}: {v}");
+    }
+
+    let cap = capacity(args);
+    let tally = Arc::new(Tally::new(cap));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut members = Vec::new();
+    for k in 0..args.members {
+        let (tally, stop) = (tally.clone(), stop.clone());
+        let (port, batch) = (server.port, args.nats_batch);
+        members.push(tokio::spawn(async move {
+            nats_pull_member(port, k, batch, tally, stop).await
+        }));
+    }
+
+    // Publisher: one connection, paced like conduit's, every publish acked.
+    let (mut prs, pwr) = nats_open(server.port).await?;
+    pwr.lock()
+        .await
+        .write_all(b"SUB _INBOX.pub.* 1\r\n")
+        .await?;
+    let acked = Arc::new(AtomicU64::new(0));
+    let (a2, w2) = (acked.clone(), pwr.clone());
+    let ack_reader = tokio::spawn(async move {
+        loop {
+            match prs.op().await? {
+                Op::Msg { body, .. } => {
+                    if body.windows(7).any(|w| w == b"\"error\"") {
+                        bail!("a publish failed: {}", String::from_utf8_lossy(&body));
+                    }
+                    a2.fetch_add(1, Ordering::Relaxed);
+                }
+                Op::Ping => {
+                    let mut w = w2.lock().await;
+                    w.write_all(b"PONG\r\n").await?;
+                    w.flush().await?;
+                }
+                Op::Pong | Op::Other => {}
+            }
+        }
+        #[allow(unreachable_code)]
+        Ok::<(), anyhow::Error>(())
+    });
+
+    let load_before = load_avg();
+    tracing::info!(run, rate = args.rate, duration_secs = args.duration_secs, members = args.members, load = %load_before, "NATS JetStream: publishing");
+    let started = Instant::now();
+    let end = started + Duration::from_secs(args.duration_secs);
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seq = 0u64;
+    let mut buf = Vec::with_capacity(512);
+    let mut next_progress = started + Duration::from_secs(10);
+    while Instant::now() < end {
+        tick.tick().await;
+        let due = ((started.elapsed().as_secs_f64() * args.rate as f64) as u64).min(cap);
+        let mut w = pwr.lock().await;
+        while seq < due {
+            stamp(&mut buf, seq, &events[(seq % events.len() as u64) as usize]);
+            w.write_all(format!("PUB tail.e _INBOX.pub.{seq} {}\r\n", buf.len()).as_bytes())
+                .await?;
+            w.write_all(&buf).await?;
+            w.write_all(b"\r\n").await?;
+            seq += 1;
+        }
+        w.flush().await?;
+        drop(w);
+        if Instant::now() >= next_progress {
+            tracing::info!(
+                t_s = started.elapsed().as_secs(),
+                published = seq,
+                acknowledged = acked.load(Ordering::Relaxed),
+                delivered = tally.unique.load(Ordering::Relaxed),
+                "progress"
+            );
+            next_progress += Duration::from_secs(10);
+        }
+        if ack_reader.is_finished() || members.iter().any(|m| m.is_finished()) {
+            break;
+        }
+    }
+    let published = seq;
+    let published_at = Instant::now();
+    let deadline = published_at + Duration::from_secs(args.drain_timeout_secs);
+    while (tally.unique.load(Ordering::Relaxed) < published
+        || acked.load(Ordering::Relaxed) < published)
+        && Instant::now() < deadline
+    {
+        if ack_reader.is_finished() || members.iter().any(|m| m.is_finished()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let drain_s = published_at.elapsed().as_secs_f64();
+    let acknowledged = acked.load(Ordering::Relaxed);
+    let delivered_unique = tally.unique.load(Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies = Vec::with_capacity(published as usize);
+    for m in members {
+        latencies.extend(m.await.context("a pull member panicked")??);
+    }
+    if ack_reader.is_finished() {
+        ack_reader.await.context("the ack reader panicked")??;
+    } else {
+        ack_reader.abort();
+    }
+    if acknowledged != published {
+        return Err(TailBenchError::NotAcknowledged {
+            published,
+            acknowledged,
+        }
+        .into());
+    }
+    if delivered_unique < published {
+        return Err(TailBenchError::Missing {
+            published,
+            delivered_unique,
+            first_missing: tally.first_missing(published),
+            waited_s: args.drain_timeout_secs,
+        }
+        .into());
+    }
+    Ok(RunResult {
+        system: "nats-jetstream",
+        run,
+        published,
+        acknowledged,
+        delivered_unique,
+        duplicates: tally.duplicates.load(Ordering::Relaxed),
+        latency: percentiles(latencies),
+        drain_s,
+        minutes_sealed: None,
+        member_partitions: vec![],
+        load_before,
+        load_after: load_avg(),
+    })
+}
+
+/// One pull member: keeps one pull request of `batch` messages (expiring after
+/// 1 s) outstanding, acks every message, records first-delivery latencies.
+async fn nats_pull_member(
+    port: u16,
+    k: u32,
+    batch: u64,
+    tally: Arc<Tally>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<Vec<u32>> {
+    let (mut rs, wr) = nats_open(port).await?;
+    let inbox = format!("_INBOX.pull{k}");
+    let next_subject = format!("$JS.API.CONSUMER.MSG.NEXT.{NATS_STREAM}.{NATS_CONSUMER}");
+    let request = format!(r#"{{"batch":{batch},"expires":1000000000}}"#);
+    let pull = format!(
+        "PUB {next_subject} {inbox} {}\r\n{request}\r\n",
+        request.len()
+    );
+    {
+        let mut w = wr.lock().await;
+        w.write_all(format!("SUB {inbox} 1\r\n").as_bytes()).await?;
+        w.write_all(pull.as_bytes()).await?;
+        w.flush().await?;
+    }
+    let mut left = batch;
+    let mut latencies = Vec::new();
+    let mut w = wr.lock().await;
+    while !stop.load(Ordering::Relaxed) {
+        if !rs.has_buffered() {
+            w.flush().await?;
+        }
+        let op = match tokio::time::timeout(Duration::from_millis(100), rs.op()).await {
+            Ok(op) => op?,
+            Err(_) => continue,
+        };
+        match op {
+            Op::Msg {
+                reply: Some(reply),
+                body,
+                ..
+            } if reply.starts_with(b"$JS.ACK.") => {
+                if let Some(l) = tally.deliver(&body)? {
+                    latencies.push(l);
+                }
+                w.write_all(b"PUB ").await?;
+                w.write_all(&reply).await?;
+                w.write_all(b" 0\r\n\r\n").await?;
+                left -= 1;
+                if left == 0 {
+                    w.write_all(pull.as_bytes()).await?;
+                    left = batch;
+                }
+            }
+            Op::Msg { headers, .. } => {
+                // A status for our pull request (404 no messages, 408 expired, 409):
+                // the request is over; ask again.
+                let status = String::from_utf8_lossy(
+                    headers.split(|&b| b == b'\r').next().unwrap_or_default(),
+                )
+                .into_owned();
+                if !status.contains(" 404") && !status.contains(" 408") {
+                    tracing::debug!(member = k, %status, "pull request status");
+                }
+                w.write_all(pull.as_bytes()).await?;
+                left = batch;
+            }
+            Op::Ping => w.write_all(b"PONG\r\n").await?,
+            Op::Pong | Op::Other => {}
+        }
+    }
+    w.flush().await?;
+    Ok(latencies)
+}
+
+// ---- the table ------------------------------------------------------------------
+
+fn print_table(args: &TailLatencyArgs, conduit: &[RunResult], nats: &[RunResult]) {
+    println!(
+        "\nconduit bench tail-latency: {} events/s for {} s, {} run(s), {} collectors, group of {} members, view local on {}; load {}",
+        args.rate,
+        args.duration_secs,
+        args.runs,
+        args.collectors,
+        args.members,
+        args.backend,
+        load_avg()
+    );
+    let mut header = format!(
+        "{:<28} {:>30}",
+        "metric (median (min–max))", "conduit PinTail group"
+    );
+    if !nats.is_empty() {
+        header.push_str(&format!(" {:>30}", "NATS JetStream pull"));
+    }
+    println!("{header}");
+    type Get = fn(&RunResult) -> f64;
+    let rows: [(&str, Get, usize); 8] = [
+        ("p50 ms", |r| r.latency.p50_ms, 1),
+        ("p99 ms", |r| r.latency.p99_ms, 1),
+        ("p99.9 ms", |r| r.latency.p999_ms, 1),
+        ("max ms", |r| r.latency.max_ms, 1),
+        ("published", |r| r.published as f64, 0),
+        ("delivered (unique)", |r| r.delivered_unique as f64, 0),
+        ("duplicates", |r| r.duplicates as f64, 0),
+        ("drain after publish end s", |r| r.drain_s, 2),
+    ];
+    let cell = |v: &[RunResult], get: Get, d: usize| {
+        let vals: Vec<f64> = v.iter().map(get).collect();
+        match median_min_max(&vals) {
+            Some((m, lo, hi)) => format!("{m:.d$} ({lo:.d$}–{hi:.d$})"),
+            None => "n/a".to_owned(),
+        }
+    };
+    for (name, get, d) in rows {
+        let mut line = format!("{name:<28} {:>30}", cell(conduit, get, d));
+        if !nats.is_empty() {
+            line.push_str(&format!(" {:>30}", cell(nats, get, d)));
+        }
+        println!("{line}");
+    }
+    for r in conduit {
+        println!(
+            "conduit run {}: {} published = {} delivered, {} duplicates, {} minute(s) sealed while tailing, partitions per member {:?}, load {} -> {}",
+            r.run,
+            r.published,
+            r.delivered_unique,
+            r.duplicates,
+            r.minutes_sealed.unwrap_or(0),
+            r.member_partitions,
+            r.load_before,
+            r.load_after
+        );
+    }
+    for r in nats {
+        println!(
+            "NATS run {}: {} published = {} acknowledged = {} delivered, {} duplicates, load {} -> {}",
+            r.run, r.published, r.acknowledged, r.delivered_unique, r.duplicates, r.load_before, r.load_after
+        );
+    }
+    let med = |v: &[RunResult], get: Get| {
+        median_min_max(&v.iter().map(get).collect::<Vec<_>>()).map(|m| m.0)
+    };
+    if let Some(p99) = med(conduit, |r| r.latency.p99_ms) {
+        println!(
+            "target p99 < 1 s: {} (median p99 {p99:.1} ms)",
+            if p99 < 1000.0 { "met" } else { "NOT met" }
+        );
+    }
+    if let (Some(c), Some(n)) = (
+        med(conduit, |r| r.latency.p99_ms),
+        med(nats, |r| r.latency.p99_ms),
+    ) {
+        println!("ratio of median p99, conduit / NATS: {:.2}x", c / n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamp_round_trips_and_keeps_the_event() {
+        let mut buf = Vec::new();
+        stamp(&mut buf, 42, br#"{"type":"click","x":1}"#);
+        let (seq, sent) = parse_stamp(&buf).unwrap();
+        assert_eq!(seq, 42);
+        assert!(sent > 1_600_000_000_000_000, "{sent}");
+        let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(v["type"], "click");
+        assert_eq!(v["seq"], 42);
+        assert!(matches!(
+            parse_stamp(br#"{"type":"click"}"#),
+            Err(TailBenchError::BadStamp { .. })
+        ));
+    }
+
+    #[test]
+    fn tally_counts_first_deliveries_and_duplicates() {
+        let t = Tally::new(3);
+        let mut buf = Vec::new();
+        stamp(&mut buf, 1, b"{}");
+        assert!(t.deliver(&buf).unwrap().is_some());
+        assert!(t.deliver(&buf).unwrap().is_none());
+        assert_eq!(t.unique.load(Ordering::Relaxed), 1);
+        assert_eq!(t.duplicates.load(Ordering::Relaxed), 1);
+        assert_eq!(t.first_missing(3), Some(0));
+        stamp(&mut buf, 7, b"{}");
+        assert!(matches!(
+            t.deliver(&buf),
+            Err(TailBenchError::UnknownSeq { seq: 7, .. })
+        ));
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let l = percentiles((1..=1000).collect());
+        assert_eq!(l.p50_ms, 0.5);
+        assert_eq!(l.p99_ms, 0.99);
+        assert_eq!(l.p999_ms, 0.999);
+        assert_eq!(l.max_ms, 1.0);
+    }
+}
