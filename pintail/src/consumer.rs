@@ -198,6 +198,7 @@ pub struct ConsumerBuilder {
     poll_min: Duration,
     poll_max: Duration,
     sealed_poll: Duration,
+    live_http: bool,
     heartbeat: Duration,
     clock: SharedClock,
     registry: Option<SharedRegistry>,
@@ -312,6 +313,14 @@ impl ConsumerBuilder {
         self
     }
 
+    /// Local view: read files a collector still has open from its HTTP listener
+    /// when storage has no new bytes of them (HDFS cannot read an open file's last
+    /// block); falls back to storage when the collector is unreachable (default on).
+    pub fn live_http(mut self, enabled: bool) -> Self {
+        self.live_http = enabled;
+        self
+    }
+
     /// How often a sealed view looks for the next `_SUCCESS` (default 1 s).
     pub fn sealed_poll(mut self, every: Duration) -> Self {
         self.sealed_poll = every;
@@ -416,6 +425,7 @@ impl ConsumerBuilder {
             clock: self.clock.clone(),
             metrics: metrics.clone(),
             sealed_poll: self.sealed_poll,
+            live_http: self.live_http,
             purged: Default::default(),
         };
         let origin = match (self.start, self.default_start) {
@@ -521,6 +531,7 @@ impl Consumer {
             poll_min: Duration::from_millis(5),
             poll_max: Duration::from_millis(20),
             sealed_poll: Duration::from_secs(1),
+            live_http: true,
             heartbeat: Duration::from_secs(1),
             clock: SystemClock::shared(),
             registry: None,
@@ -791,6 +802,8 @@ impl Consumer {
             fenced_commits: self.metrics.fenced_commits.get(),
             lost_uncommitted: self.metrics.lost_uncommitted.get(),
             owned_partitions: self.readers.len() as u64,
+            collector_http_reads: self.metrics.collector_http_reads.get(),
+            collector_http_fallbacks: self.metrics.collector_http_fallbacks.get(),
             purged_ranges: self.ctx.purged.lock().expect("purged lock").clone(),
         }
     }

@@ -67,6 +67,7 @@
 //! - `roots`, `tree`: failover across cluster roots; walking minute directories.
 
 pub mod blocking;
+mod collector_http;
 pub mod consumer;
 mod error;
 pub mod group;

@@ -20,6 +20,8 @@ pub(crate) struct Metrics {
     pub lost_uncommitted: Counter,
     pub rebalances: Counter,
     pub owned_partitions: Gauge,
+    pub collector_http_reads: Counter,
+    pub collector_http_fallbacks: Counter,
 }
 
 impl Metrics {
@@ -73,6 +75,16 @@ impl Metrics {
                 "Partitions this member reads",
                 m.owned_partitions.clone(),
             );
+            r.register(
+                "pintail_collector_http_reads",
+                "Reads of an open collector file answered with bytes by the collector's HTTP listener",
+                m.collector_http_reads.clone(),
+            );
+            r.register(
+                "pintail_collector_http_fallbacks",
+                "Times a collector could not be reached over HTTP and its open file was read from storage",
+                m.collector_http_fallbacks.clone(),
+            );
         }
         m
     }
@@ -97,6 +109,10 @@ pub struct Stats {
     pub lost_uncommitted: u64,
     /// Partitions currently read by this member.
     pub owned_partitions: u64,
+    /// Reads of open collector files answered by the collector over HTTP.
+    pub collector_http_reads: u64,
+    /// Times a collector was unreachable over HTTP (storage was read instead).
+    pub collector_http_fallbacks: u64,
     /// Ranges skipped because the data was purged: `(partition, from, to)`.
     pub purged_ranges: Vec<(String, String, String)>,
 }

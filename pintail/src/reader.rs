@@ -36,6 +36,7 @@ use conduit_core::format::{decode_frame, scan, split_records, FrameRef, Trailer}
 use conduit_core::layout::Layout;
 use conduit_core::{Encoding, Minute, NodeName, SharedClock, Topic, View};
 
+use crate::collector_http::{CollectorHttp, Fetch};
 use crate::error::{PintailError, Result};
 use crate::metrics::Metrics;
 use crate::position::Position;
@@ -53,6 +54,11 @@ const DIRS_PER_SEARCH: usize = 60;
 /// How often an idle local reader also lists minute directories (the collector's
 /// own directory is listed on every poll).
 const DIR_POLL: Duration = Duration::from_millis(500);
+/// Largest read asked of a collector's open-file endpoint (its own limit).
+const HTTP_MAX: u64 = 4 << 20;
+/// After a collector answered `416` for an offset, read storage this long before
+/// asking it again.
+const HTTP_NOT_NOW: Duration = Duration::from_secs(1);
 
 /// Settings every partition reader shares.
 #[derive(Debug, Clone)]
@@ -64,6 +70,9 @@ pub(crate) struct Ctx {
     pub clock: SharedClock,
     pub metrics: Metrics,
     pub sealed_poll: Duration,
+    /// Local view: read open collector files through the collector's HTTP listener
+    /// when storage has no new bytes.
+    pub live_http: bool,
     /// The latest purged ranges reported (`(partition, from, to)`), at most
     /// [`MAX_PURGED_RANGES`].
     pub purged: std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>>,
@@ -161,6 +170,22 @@ struct OpenFile {
     delivered_in_frame: u32,
     /// When the file was first found missing from every place it could be.
     missing_since: Option<Instant>,
+    /// The collector served this file's last read: ask it first.
+    via_http: bool,
+    /// The collector no longer serves this file (closed, or not its open file).
+    http_off: bool,
+    /// The collector refused the offset: not before then.
+    http_retry_at: Option<Instant>,
+}
+
+/// What asking the collector gave.
+enum FromCollector {
+    /// Frames are loaded into the file's chunk.
+    Loaded,
+    /// The collector has synced nothing new.
+    Idle,
+    /// Read storage instead.
+    Storage,
 }
 
 enum Step {
@@ -186,6 +211,11 @@ pub(crate) struct PartitionReader {
     known: Option<BTreeSet<Key>>,
     /// Local: the newest file key finished in order.
     high: Option<Key>,
+    /// Local: the collector's HTTP listener (open files).
+    http: Option<CollectorHttp>,
+    /// Local: storage cannot read the unfinished last block of an open file (HDFS),
+    /// so when it shows no new bytes the collector is asked.
+    open_unreadable: bool,
 }
 
 impl PartitionReader {
@@ -197,6 +227,13 @@ impl PartitionReader {
         checkpoint: Option<Position>,
         origin: Origin,
     ) -> Self {
+        let http = match &kind {
+            Kind::Local { cluster, collector } => {
+                Some(CollectorHttp::new(cluster.clone(), collector.clone()))
+            }
+            Kind::Sealed { .. } => None,
+        };
+        let open_unreadable = roots.first().root().starts_with("hdfs://");
         PartitionReader {
             id,
             kind,
@@ -208,6 +245,8 @@ impl PartitionReader {
             backoff: Duration::ZERO,
             known: None,
             high: None,
+            http,
+            open_unreadable,
         }
     }
 
@@ -421,6 +460,13 @@ impl PartitionReader {
                     let mut f =
                         OpenFile::new(cluster, collector, entry.name, key, key.0, Loc::Data);
                     f.offset = s.valid_len;
+                    if (bytes.len() as u64) < entry.len || self.open_unreadable {
+                        // Storage cannot show the whole open file (HDFS): the live
+                        // end is the collector's synced length.
+                        if let Some(end) = self.collector_synced_end(ctx, &f).await {
+                            f.offset = f.offset.max(end);
+                        }
+                    }
                     self.file = Some(f);
                 }
             }
@@ -826,6 +872,112 @@ impl PartitionReader {
 
     /// Reads the next chunk of the open file. `Some(step)` when there is no
     /// complete frame to decode now.
+    /// The synced length of an open file at its collector (a frame boundary).
+    async fn collector_synced_end(&mut self, ctx: &Ctx, f: &OpenFile) -> Option<u64> {
+        if !ctx.live_http {
+            return None;
+        }
+        let http = self.http.as_mut()?;
+        let mut at = f.offset;
+        // Walk forward with cheap requests until the collector has nothing more.
+        for _ in 0..64 {
+            match http
+                .fetch(&self.roots, &ctx.metrics, &ctx.topic, &f.name, at, 1)
+                .await
+            {
+                Fetch::Bytes(b) if b.is_empty() => return Some(at),
+                Fetch::Bytes(b) => {
+                    let s = scan(&b, at);
+                    if s.frames.is_empty() {
+                        return None;
+                    }
+                    at = s.valid_len;
+                }
+                Fetch::NotNow => {
+                    // Older than the collector keeps: ask for its synced length.
+                    return None;
+                }
+                Fetch::NotOpen | Fetch::Unreachable => return None,
+            }
+        }
+        Some(at)
+    }
+
+    /// Local, a file in `data/`: asks its collector for the synced bytes at the
+    /// file's offset (the same bytes storage will hold there).
+    async fn ask_collector(&mut self, ctx: &Ctx, f: &mut OpenFile) -> FromCollector {
+        if !ctx.live_http
+            || f.loc != Loc::Data
+            || f.http_off
+            || f.http_retry_at.is_some_and(|t| Instant::now() < t)
+        {
+            return FromCollector::Storage;
+        }
+        let Some(http) = self.http.as_mut() else {
+            return FromCollector::Storage;
+        };
+        if !http.available() {
+            f.via_http = false;
+            return FromCollector::Storage;
+        }
+        let max = f.want.min(HTTP_MAX);
+        match http
+            .fetch(
+                &self.roots,
+                &ctx.metrics,
+                &ctx.topic,
+                &f.name,
+                f.offset,
+                max,
+            )
+            .await
+        {
+            Fetch::Bytes(body) if body.is_empty() => {
+                f.via_http = true;
+                FromCollector::Idle
+            }
+            Fetch::Bytes(body) => {
+                let s = scan(&body, f.offset);
+                if s.frames.is_empty() {
+                    // Whole frames only are served; never expected.
+                    f.via_http = false;
+                    f.http_retry_at = Some(Instant::now() + HTTP_NOT_NOW);
+                    return FromCollector::Storage;
+                }
+                ctx.metrics.collector_http_reads.inc();
+                f.via_http = true;
+                f.chunk = body;
+                f.chunk_base = f.offset;
+                f.frames = s.frames.into();
+                FromCollector::Loaded
+            }
+            Fetch::NotOpen => {
+                tracing::debug!(partition = %self.id, file = %f.name, offset = f.offset,
+                    "the collector no longer serves the file; reading storage");
+                f.via_http = false;
+                f.http_off = true;
+                FromCollector::Storage
+            }
+            Fetch::NotNow => {
+                f.via_http = false;
+                f.http_retry_at = Some(Instant::now() + HTTP_NOT_NOW);
+                FromCollector::Storage
+            }
+            Fetch::Unreachable => {
+                f.via_http = false;
+                FromCollector::Storage
+            }
+        }
+    }
+
+    /// Storage has no new complete frame of a file in `data/`: the collector may.
+    async fn collector_or_idle(&mut self, ctx: &Ctx, f: &mut OpenFile) -> Option<Step> {
+        match self.ask_collector(ctx, f).await {
+            FromCollector::Loaded => None,
+            FromCollector::Idle | FromCollector::Storage => Some(Step::Idle),
+        }
+    }
+
     async fn refill(&mut self, ctx: &Ctx) -> Result<Option<Step>> {
         let mut f = self.file.take().expect("open file");
         let result = self.refill_file(ctx, &mut f).await;
@@ -833,11 +985,23 @@ impl PartitionReader {
         result
     }
 
-    async fn refill_file(&self, ctx: &Ctx, f: &mut OpenFile) -> Result<Option<Step>> {
+    async fn refill_file(&mut self, ctx: &Ctx, f: &mut OpenFile) -> Result<Option<Step>> {
+        if f.loc == Loc::Data && f.via_http {
+            match self.ask_collector(ctx, f).await {
+                FromCollector::Loaded => return Ok(None),
+                FromCollector::Idle => return Ok(Some(Step::Idle)),
+                FromCollector::Storage => {}
+            }
+        }
         if f.loc == Loc::Data {
             let path = self.path(ctx, f);
             match self.roots.stat(&path).await {
-                Ok(st) if st.len <= f.offset => return Ok(Some(Step::Idle)),
+                Ok(st) if st.len <= f.offset => {
+                    if self.open_unreadable {
+                        return Ok(self.collector_or_idle(ctx, f).await);
+                    }
+                    return Ok(Some(Step::Idle));
+                }
                 Ok(_) => {}
                 Err(e) if e.is_not_found() => {
                     // Renamed into a minute directory (same bytes), or gone.
@@ -884,7 +1048,9 @@ impl PartitionReader {
                 return Ok(Some(Step::FileDone));
             }
             if f.loc == Loc::Data {
-                return Ok(Some(Step::Idle));
+                // Storage shows more bytes than it can read (HDFS: the open last
+                // block), or a frame is being written: ask the collector.
+                return Ok(self.collector_or_idle(ctx, f).await);
             }
             // Bytes after the last complete frame of a closed file.
             let reason = format!("{} bytes that are not a complete frame", bytes.len());
@@ -937,6 +1103,9 @@ impl OpenFile {
             frame_offset: 0,
             delivered_in_frame: 0,
             missing_since: None,
+            via_http: false,
+            http_off: false,
+            http_retry_at: None,
         }
     }
 }

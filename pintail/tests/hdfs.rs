@@ -1,19 +1,63 @@
 //! PinTail on the real HDFS of `scripts/hdfs.sh` (`CONDUIT_TEST_HDFS`): sealed merged
 //! minutes read through an `hdfs://` root with a checkpoint and a restart, and the
-//! local view of a real collector writing to HDFS. The collector does not serve the
-//! bytes of its open files yet (hdfs-native cannot read an unfinished last block),
-//! so on HDFS the local view delivers a file's records once the file is closed.
+//! local view of a real collector writing to HDFS. hdfs-native cannot read the
+//! unfinished last block of an open file, so the local view reads open files from
+//! the collector's HTTP listener (`/v1/open/...`): events are delivered while the
+//! file is open (publish-to-next latency printed), the position carries over when
+//! the file is closed and moved, and storage is read when the collector is stopped.
 
 mod support;
 
-use std::collections::BTreeSet;
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use chrono::TimeZone;
 use conduit_core::storage::open_root;
-use conduit_core::{SharedStorage, TestClock};
-use conduit_pintail::{Consumer, ReadView};
+use conduit_core::{Config, SharedStorage, TestClock};
+use conduit_merger::{Cluster, Job, JobEnv, LocalJob, NoFence};
+use conduit_pintail::{Consumer, Message, ReadView};
 use support::*;
+
+fn worker(storage: &SharedStorage, clock: &TestClock) -> LocalJob {
+    let this = Cluster {
+        name: node("dc1"),
+        storage: storage.clone(),
+    };
+    let mut clusters = BTreeMap::new();
+    clusters.insert(this.name.clone(), this.clone());
+    LocalJob::new(JobEnv {
+        this,
+        clusters,
+        config: Arc::new(Config::default()),
+        clock: clock.shared(),
+        fence: Arc::new(NoFence),
+        worker_id: "dc1/test-worker".into(),
+    })
+}
+
+async fn take(c: &mut Consumer, n: usize) -> Vec<Message> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(
+            c.next_timeout(Duration::from_secs(20))
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("a message within 20 s; stats {:?}", c.stats())),
+        );
+    }
+    out
+}
+
+fn texts(ms: &[Message]) -> Vec<String> {
+    ms.iter()
+        .map(|m| String::from_utf8(m.payload.to_vec()).unwrap())
+        .collect()
+}
+
+fn at(h: u32, m: u32, s: u32) -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc.with_ymd_and_hms(2026, 11, 22, h, m, s).unwrap()
+}
 
 async fn hdfs_root(name: &str) -> Option<(String, SharedStorage)> {
     let url = match std::env::var("CONDUIT_TEST_HDFS") {
@@ -115,4 +159,172 @@ async fn the_local_view_of_a_collector_writing_to_hdfs() {
     }
     assert_eq!(got, payloads("a", 0, 200));
     collector.stop().await.unwrap();
+}
+
+/// The local view delivers events of a collector file on HDFS while the file is
+/// still open (the test clock stays inside the file's minute, so the collector
+/// cannot close it), through the collector's HTTP listener; publish-to-next latency
+/// at 10k events/s is measured and printed. Then the minute rolls, the worker moves
+/// the closed file, and the consumer continues at the same position with nothing
+/// lost or repeated, live and after a restart from a checkpoint taken in the open
+/// file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_view_reads_open_hdfs_files_from_the_collector_and_follows_the_move() {
+    let Some((_root, storage)) = hdfs_root("open").await else {
+        return;
+    };
+    let clock = TestClock::at(at(10, 5, 30));
+    let collector = start_collector(storage.clone(), clock.shared(), "dc1", "c1").await;
+    let mut client = Client::connect(collector.thrift_addr()).await;
+    let consumer = || {
+        Consumer::builder("clicks")
+            .cluster("dc1", storage.clone())
+            .view(ReadView::Local)
+            .clock(clock.shared())
+            .heartbeat(Duration::from_millis(50))
+            .group("g")
+    };
+    let mut c = consumer().build().await.unwrap();
+    let data_path = "data/clicks/c1/clicks-2026-11-22-10-05_00000.zst";
+    let still_open = |what: &str| {
+        assert_eq!(
+            collector.status().watermark,
+            Some(minute("2026-11-22T10:04")),
+            "{what}: the 10:05 file is still open"
+        );
+    };
+
+    client.log("clicks", &payloads("a", 0, 100)).await;
+    let first = take(&mut c, 100).await;
+    assert_eq!(texts(&first), payloads("a", 0, 100));
+    assert_eq!(first[0].position.file, "clicks-2026-11-22-10-05_00000.zst");
+    still_open("first delivery");
+    let readable = storage.read(data_path).await.unwrap();
+    assert!(
+        conduit_core::format::scan(&readable, 0).trailer.is_none(),
+        "no trailer: the file is open"
+    );
+    assert!(c.stats().collector_http_reads > 0, "{:?}", c.stats());
+
+    // Publish-to-next latency at 10k events/s (100 events per call every 10 ms),
+    // measured from before each call, so the hsync and the ack are included.
+    let (calls, per_call) = (300, 100);
+    let n = calls * per_call;
+    let base = Instant::now();
+    let reader = tokio::spawn(async move {
+        let mut lat = Vec::with_capacity(n);
+        while lat.len() < n {
+            let m = c
+                .next_timeout(Duration::from_secs(20))
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("no message after {}: {:?}", lat.len(), c.stats()));
+            let text = std::str::from_utf8(&m.payload).unwrap();
+            let sent: u64 = text.strip_prefix("t").unwrap().parse().unwrap();
+            lat.push(base.elapsed().as_micros() as u64 - sent);
+        }
+        (c, lat)
+    });
+    let mut next = tokio::time::Instant::now();
+    for _ in 0..calls {
+        let sent = format!("t{}", base.elapsed().as_micros());
+        client.log("clicks", &vec![sent; per_call]).await;
+        next += Duration::from_millis(10);
+        tokio::time::sleep_until(next).await;
+    }
+    let published = base.elapsed();
+    let (mut c, mut lat) = reader.await.unwrap();
+    still_open("after the latency run");
+    lat.sort_unstable();
+    let q = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    println!(
+        "HDFS live tail (open file via the collector), {n} events in {:.1} s ({:.0}/s): \
+         publish-to-next p50 {} us, p99 {} us, p99.9 {} us, max {} us; {:?}",
+        published.as_secs_f64(),
+        n as f64 / published.as_secs_f64(),
+        q(0.50),
+        q(0.99),
+        q(0.999),
+        lat[lat.len() - 1],
+        c.stats()
+    );
+
+    // A checkpoint inside the open file.
+    client.log("clicks", &payloads("b", 0, 100)).await;
+    let mid = take(&mut c, 50).await;
+    assert_eq!(texts(&mid), payloads("b", 0, 50));
+    still_open("checkpoint");
+    c.commit(&mid.last().unwrap().position).await.unwrap();
+
+    // The minute ends: the collector closes the file; the worker moves it (same
+    // bytes) into streams_local while the consumer is in the middle of it.
+    clock.set(at(10, 6, 10));
+    wait_watermark(&storage, "dc1", "c1", minute("2026-11-22T10:05")).await;
+    client.log("clicks", &payloads("c", 0, 100)).await;
+    let report = worker(&storage, &clock).pass().await.unwrap();
+    assert!(report.sealed >= 1 && report.files >= 1, "{report:?}");
+    assert!(!storage.exists(data_path).await.unwrap());
+    let rest = take(&mut c, 150).await;
+    let mut want = payloads("b", 50, 50);
+    want.extend(payloads("c", 0, 100));
+    assert_eq!(texts(&rest), want, "in order, nothing lost or repeated");
+    assert_eq!(rest[49].position.file, "clicks-2026-11-22-10-05_00000.zst");
+    assert_eq!(rest[50].position.file, "clicks-2026-11-22-10-06_00000.zst");
+    assert!(c
+        .next_timeout(Duration::from_millis(300))
+        .await
+        .unwrap()
+        .is_none());
+    drop(c);
+
+    // Restart from the checkpoint taken while the file was open: found in its
+    // minute directory at the same offset.
+    let mut again = consumer().build().await.unwrap();
+    assert_eq!(texts(&take(&mut again, 150).await), want);
+    assert!(again
+        .next_timeout(Duration::from_millis(300))
+        .await
+        .unwrap()
+        .is_none());
+    collector.stop().await.unwrap();
+}
+
+/// When the collector cannot be reached, the local view reads its files from
+/// storage (logged and counted): here the collector is stopped (its files are
+/// closed), and what it acknowledged but the consumer had not read yet comes from
+/// storage, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_view_falls_back_to_storage_when_the_collector_is_stopped() {
+    let Some((_root, storage)) = hdfs_root("fallback").await else {
+        return;
+    };
+    let clock = TestClock::at(at(10, 5, 30));
+    let collector = start_collector(storage.clone(), clock.shared(), "dc1", "c1").await;
+    let mut client = Client::connect(collector.thrift_addr()).await;
+    let mut c = Consumer::builder("clicks")
+        .cluster("dc1", storage.clone())
+        .view(ReadView::Local)
+        .clock(clock.shared())
+        .build()
+        .await
+        .unwrap();
+    client.log("clicks", &payloads("a", 0, 100)).await;
+    assert_eq!(texts(&take(&mut c, 100).await), payloads("a", 0, 100));
+    assert!(c.stats().collector_http_reads > 0);
+    assert_eq!(c.stats().collector_http_fallbacks, 0);
+    client.log("clicks", &payloads("b", 0, 100)).await;
+    drop(client);
+    collector.stop().await.unwrap();
+    let rest = take(&mut c, 100).await;
+    assert_eq!(texts(&rest), payloads("b", 0, 100));
+    assert!(
+        c.stats().collector_http_fallbacks >= 1,
+        "the fallback is counted: {:?}",
+        c.stats()
+    );
+    assert!(c
+        .next_timeout(Duration::from_millis(500))
+        .await
+        .unwrap()
+        .is_none());
 }
