@@ -15,7 +15,7 @@
 //!   [`HealthFn`] says healthy, `503 {"status":"unhealthy", ...details}`
 //!   otherwise. Without a health function it is always `200 {"status":"ok"}`.
 //! * anything else: the service's own [`Routes`] (for example the collector's
-//!   byte ranges of open data files, `/v1/files/<path>?offset=N&len=M`), and
+//!   synced bytes of open data files, `/v1/open/<topic>/<collector>/<name>?offset=N&max=M`), and
 //!   `404` when they return `None` or there are none.
 //!
 //! Only `GET` and `HEAD` are routed (`HEAD` gets the `GET` answer without the
