@@ -457,6 +457,7 @@ impl ConsumerBuilder {
             epochs: BTreeMap::new(),
             processed: BTreeMap::new(),
             committed: BTreeMap::new(),
+            rewound: false,
             uncommitted: BTreeMap::new(),
             last_returned: None,
             rr: 0,
@@ -493,6 +494,9 @@ pub struct Consumer {
     /// Positions of messages known processed, per partition, not yet committed.
     processed: BTreeMap<String, Position>,
     committed: BTreeMap<String, Position>,
+    /// Set by `seek`: commits may then rewind partitions whose checkpoint this
+    /// member has not read or written since.
+    rewound: bool,
     /// Messages delivered per partition since its last commit.
     uncommitted: BTreeMap<String, u64>,
     last_returned: Option<Position>,
@@ -639,6 +643,10 @@ impl Consumer {
 
     /// Records `position` (from a [`Message`]) as the group's progress in its
     /// partition: after a restart the partition resumes just after that message.
+    /// Refused with [`PintailError::NotOwner`] when this member no longer owns the
+    /// partition, and with [`PintailError::StaleCommit`] when the position is
+    /// behind the partition's checkpoint (it would move the group backwards; after
+    /// [`Consumer::seek`] rewinding is allowed).
     pub async fn commit(&mut self, position: &Position) -> Result<()> {
         let Some(group) = self.group_name.clone() else {
             return Err(PintailError::InvalidSetting {
@@ -658,6 +666,24 @@ impl Consumer {
                 return Err(PintailError::NotOwner {
                     group,
                     partition: position.partition.clone(),
+                });
+            }
+        }
+        let checkpoint = match self.committed.get(&position.partition) {
+            Some(c) => Some(c.clone()),
+            None if self.rewound => None,
+            None => self.checkpoint_of(&position.partition).await?,
+        };
+        if let Some(checkpoint) = checkpoint {
+            if position.cmp_in_partition(&checkpoint) == std::cmp::Ordering::Less {
+                self.metrics.fenced_commits.inc();
+                tracing::warn!(partition = %position.partition, %position, %checkpoint,
+                    "refused a commit behind the group's checkpoint");
+                return Err(PintailError::StaleCommit {
+                    group,
+                    partition: position.partition.clone(),
+                    position: position.to_string(),
+                    checkpoint: checkpoint.to_string(),
                 });
             }
         }
@@ -720,6 +746,12 @@ impl Consumer {
                         "partition moved to another member; commit skipped"
                     );
                 }
+                Err(PintailError::StaleCommit { partition, .. }) => {
+                    tracing::info!(
+                        partition,
+                        "the group's checkpoint is already further; commit skipped"
+                    );
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -768,6 +800,7 @@ impl Consumer {
         self.last_returned = None;
         self.processed.clear();
         self.committed.clear();
+        self.rewound = true;
         let ids: Vec<String> = self.readers.keys().cloned().collect();
         for id in ids {
             let reader = self.new_reader(&id, None);

@@ -55,6 +55,24 @@ pub enum PintailError {
         /// The partition.
         partition: String,
     },
+    /// A position handed to `commit` is behind the partition's checkpoint as this
+    /// member last read or wrote it: typically a position delivered before the
+    /// member lost the partition and took it back, after another member committed
+    /// further. Committing it would move the group backwards (redelivery), so it is
+    /// refused; `seek` first to rewind on purpose.
+    #[error(
+        "position {position} of partition {partition} is behind the group's checkpoint {checkpoint} (group {group}); the commit was refused"
+    )]
+    StaleCommit {
+        /// The consumer group.
+        group: String,
+        /// The partition.
+        partition: String,
+        /// The refused position.
+        position: String,
+        /// The checkpoint it is behind.
+        checkpoint: String,
+    },
     /// The builder was given an invalid or incomplete setting.
     #[error("invalid setting {setting}: {reason}")]
     InvalidSetting {

@@ -83,19 +83,32 @@ async fn a_killed_consumer_resumes_after_its_last_commit_without_loss() {
     let mut first = merged(&s).group("g").stop(stop).build().await.unwrap();
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     let mut last: BTreeMap<String, conduit_pintail::Position> = BTreeMap::new();
+    let mut early = None;
     for i in 0..700 {
         let m = first.next().await.unwrap().expect("a message");
         *seen.entry(payload(&m)).or_default() += 1;
         if i < 600 {
             last.insert(m.position.partition.clone(), m.position.clone());
         }
+        if i == 10 {
+            early = Some(m.position.clone());
+        }
     }
+    let early = early.unwrap();
     for p in last.values() {
         first.commit(p).await.unwrap();
     }
     drop(first); // killed: 100 delivered messages were never committed
 
     let mut second = merged(&s).group("g").stop(stop).build().await.unwrap();
+    // A position from before the checkpoint (a stale member's, say) cannot move
+    // the group backwards.
+    match second.commit(&early).await {
+        Err(PintailError::StaleCommit { partition, .. }) => {
+            assert_eq!(partition, early.partition)
+        }
+        other => panic!("a commit behind the checkpoint was not refused: {other:?}"),
+    }
     let rest = drain(&mut second).await;
     assert!(second.is_finished());
     let mut dups = 0;

@@ -355,7 +355,7 @@ async fn member(
                 let mut l = lock(&ledger);
                 let tally = match result {
                     Ok(()) => &mut l.committed,
-                    Err(PintailError::NotOwner { .. }) => {
+                    Err(PintailError::NotOwner { .. } | PintailError::StaleCommit { .. }) => {
                         moved += ids.len() as u64;
                         &mut l.uncommitted
                     }
