@@ -1,5 +1,5 @@
 //! Smoke runs of the benchmark scenarios `conduit bench seal-latency`, `catch-up`,
-//! `soak` and `nats-ingest`: tiny sizes, real processes, and assertions only on
+//! `soak`, `nats-ingest` and `tail-latency`: tiny sizes, real processes, and assertions only on
 //! what must hold whatever the machine's speed — the command succeeds and nothing
 //! is lost (event counts in its JSON result). Never a timing assertion.
 //!
@@ -205,4 +205,34 @@ fn nats_ingest_compares_on_the_same_events() {
     assert_eq!(nats["events"].as_u64(), Some(3000));
     assert!(nats["store_bytes"].as_u64().unwrap() > 3000 * 200);
     assert!(String::from_utf8_lossy(&out.stdout).contains("ratio of medians"));
+}
+
+#[test]
+fn tail_latency_group_delivers_every_published_event() {
+    let dir = tmp();
+    let (out, lines) = bench(
+        dir.path(),
+        &[
+            "tail-latency",
+            "--rate",
+            "2000",
+            "--duration-secs",
+            "6",
+            "--runs",
+            "1",
+        ],
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(lines.len(), 1, "one JSON line per run");
+    let r = &lines[0];
+    assert_eq!(r["bench"], "tail-latency");
+    assert_eq!(r["system"], "conduit");
+    let published = r["published"].as_u64().unwrap();
+    assert!(published >= 2000 * 5, "{r}");
+    assert_eq!(r["acknowledged"].as_u64(), Some(published));
+    assert_eq!(r["delivered_unique"].as_u64(), Some(published));
+    // Two members, two collectors: each member read a partition at the end.
+    let parts = r["member_partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 2, "{r}");
+    assert!(r["latency"]["max_ms"].as_f64().unwrap() > 0.0, "{r}");
 }
