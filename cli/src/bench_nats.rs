@@ -290,14 +290,6 @@ struct Conn {
     wr: BufWriter<tokio::net::tcp::OwnedWriteHalf>,
 }
 
-/// One thing the server sent.
-enum Op {
-    Msg { subject: Bytes, payload: Bytes },
-    Ping,
-    Pong,
-    Other,
-}
-
 impl Conn {
     async fn open(port: u16) -> anyhow::Result<Conn> {
         let stream = TcpStream::connect(("127.0.0.1", port)).await?;
@@ -331,7 +323,7 @@ impl Conn {
         self.wr.flush().await?;
         loop {
             match self.rs.op().await? {
-                Op::Msg { subject, payload } if subject == inbox.as_bytes() => return Ok(payload),
+                Op::Msg { subject, body, .. } if subject == inbox.as_bytes() => return Ok(body),
                 Op::Ping => {
                     self.wr.write_all(b"PONG\r\n").await?;
                     self.wr.flush().await?;
@@ -542,7 +534,11 @@ async fn publish_conn(
         let prefix = format!("{inbox2}.");
         while latencies.len() < total {
             match rs.op().await? {
-                Op::Msg { subject, payload } => {
+                Op::Msg {
+                    subject,
+                    body: payload,
+                    ..
+                } => {
                     let Some(idx) = subject.strip_prefix(prefix.as_bytes()) else {
                         continue;
                     };
@@ -616,14 +612,28 @@ impl Drop for CloseOnDrop {
     }
 }
 
-/// The read half of a connection and its buffer.
-struct ReadSide {
-    rd: tokio::net::tcp::OwnedReadHalf,
-    buf: BytesMut,
+/// One thing the server sent.
+pub(crate) enum Op {
+    /// `MSG`/`HMSG`: subject, reply subject, headers (empty for `MSG`), body.
+    Msg {
+        subject: Bytes,
+        reply: Option<Bytes>,
+        headers: Bytes,
+        body: Bytes,
+    },
+    Ping,
+    Pong,
+    Other,
+}
+
+/// The read half of a NATS connection and its buffer.
+pub(crate) struct ReadSide {
+    pub(crate) rd: tokio::net::tcp::OwnedReadHalf,
+    pub(crate) buf: BytesMut,
 }
 
 impl ReadSide {
-    async fn fill(&mut self) -> anyhow::Result<()> {
+    pub(crate) async fn fill(&mut self) -> anyhow::Result<()> {
         self.buf.reserve(64 << 10);
         if self.rd.read_buf(&mut self.buf).await? == 0 {
             bail!("nats-server closed the connection");
@@ -631,37 +641,76 @@ impl ReadSide {
         Ok(())
     }
 
-    /// The next protocol operation; `MSG` with its payload.
-    async fn op(&mut self) -> anyhow::Result<Op> {
-        let line = loop {
-            if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
-                let line = self.buf.split_to(i).freeze();
-                self.buf.advance(2);
-                break line;
+    /// Whether a complete operation may already be buffered.
+    pub(crate) fn has_buffered(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    /// The next protocol operation. Cancel-safe: nothing is taken from the buffer
+    /// until a whole operation is there (reads are only `read_buf`).
+    pub(crate) async fn op(&mut self) -> anyhow::Result<Op> {
+        loop {
+            if let Some(op) = self.parse()? {
+                return Ok(op);
             }
             self.fill().await?;
+        }
+    }
+
+    /// One complete operation from the buffer, if there is one.
+    pub(crate) fn parse(&mut self) -> anyhow::Result<Option<Op>> {
+        let Some(eol) = self.buf.windows(2).position(|w| w == b"\r\n") else {
+            return Ok(None);
         };
-        if let Some(rest) = line.strip_prefix(b"MSG ") {
-            // MSG <subject> <sid> [reply] <len>
-            let parts: Vec<&[u8]> = rest.split(|&b| b == b' ').collect();
-            let subject = Bytes::copy_from_slice(parts[0]);
-            let len: usize = std::str::from_utf8(parts[parts.len() - 1])?.parse()?;
-            while self.buf.len() < len + 2 {
-                self.fill().await?;
-            }
-            let payload = self.buf.split_to(len).freeze();
-            self.buf.advance(2);
-            return Ok(Op::Msg { subject, payload });
+        let line = &self.buf[..eol];
+        let (parts, has_headers) = if let Some(rest) = line.strip_prefix(b"MSG ") {
+            (rest, false)
+        } else if let Some(rest) = line.strip_prefix(b"HMSG ") {
+            (rest, true)
+        } else {
+            let op = if line.starts_with(b"PING") {
+                Op::Ping
+            } else if line.starts_with(b"PONG") {
+                Op::Pong
+            } else if line.starts_with(b"-ERR") {
+                bail!("nats: {}", String::from_utf8_lossy(line));
+            } else {
+                Op::Other
+            };
+            self.buf.advance(eol + 2);
+            return Ok(Some(op));
+        };
+        // MSG <subject> <sid> [reply] <len>; HMSG <subject> <sid> [reply] <hlen> <len>
+        let f: Vec<&[u8]> = parts.split(|&b| b == b' ').collect();
+        let num = |b: &[u8]| -> anyhow::Result<usize> {
+            std::str::from_utf8(b)?.parse().with_context(|| {
+                format!("bad NATS message line {:?}", String::from_utf8_lossy(line))
+            })
+        };
+        let (reply, hlen, len) = match (has_headers, f.len()) {
+            (false, 3) => (None, 0, num(f[2])?),
+            (false, 4) => (Some(f[2]), 0, num(f[3])?),
+            (true, 4) => (None, num(f[2])?, num(f[3])?),
+            (true, 5) => (Some(f[2]), num(f[3])?, num(f[4])?),
+            _ => bail!(
+                "unexpected NATS message line {:?}",
+                String::from_utf8_lossy(line)
+            ),
+        };
+        if self.buf.len() < eol + 2 + len + 2 {
+            return Ok(None);
         }
-        if line.starts_with(b"PING") {
-            return Ok(Op::Ping);
-        }
-        if line.starts_with(b"PONG") {
-            return Ok(Op::Pong);
-        }
-        if line.starts_with(b"-ERR") {
-            bail!("nats: {}", String::from_utf8_lossy(&line));
-        }
-        Ok(Op::Other)
+        let subject = Bytes::copy_from_slice(f[0]);
+        let reply = reply.map(Bytes::copy_from_slice);
+        self.buf.advance(eol + 2);
+        let mut all = self.buf.split_to(len).freeze();
+        self.buf.advance(2);
+        let headers = all.split_to(hlen.min(len));
+        Ok(Some(Op::Msg {
+            subject,
+            reply,
+            headers,
+            body: all,
+        }))
     }
 }

@@ -432,12 +432,26 @@ pub(crate) struct Pacer {
 
 impl Pacer {
     /// Builds a publisher per address and starts publishing `rate` events/s in
-    /// total, spread round-robin, in steps of 10 ms (the count due is computed from
-    /// the elapsed time, so a late step catches up).
+    /// total, spread round-robin, cycling through `payloads`.
     pub async fn start(
         addrs: &[SocketAddr],
         rate: u64,
         payloads: Arc<Vec<Bytes>>,
+    ) -> anyhow::Result<Pacer> {
+        Pacer::start_with(addrs, rate, None, move |i| {
+            payloads[(i % payloads.len() as u64) as usize].clone()
+        })
+        .await
+    }
+
+    /// Like [`Pacer::start`], with event `i`'s payload from `payload(i)` and at
+    /// most `limit` events: publishes in steps of 10 ms (the count due is computed
+    /// from the elapsed time, so a late step catches up).
+    pub async fn start_with(
+        addrs: &[SocketAddr],
+        rate: u64,
+        limit: Option<u64>,
+        mut payload: impl FnMut(u64) -> Bytes + Send + 'static,
     ) -> anyhow::Result<Pacer> {
         let mut publishers = Vec::new();
         for addr in addrs {
@@ -460,10 +474,10 @@ impl Pacer {
             while !s.load(Ordering::Relaxed) {
                 tick.tick().await;
                 let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
+                let due = limit.map_or(due, |l| due.min(l));
                 while sent < due {
                     let publisher = &publishers[(sent % publishers.len() as u64) as usize];
-                    let payload = payloads[(sent % payloads.len() as u64) as usize].clone();
-                    publisher.publish(TOPIC, payload).await?;
+                    publisher.publish(TOPIC, payload(sent)).await?;
                     sent += 1;
                 }
                 p.store(sent, Ordering::Relaxed);
@@ -486,11 +500,11 @@ impl Pacer {
         for p in publishers {
             tokio::time::timeout(Duration::from_secs(120), p.flush())
                 .await
-                .context("flush timed out")??;
+                .context("flush timed out after 120 s")??;
             acked += p.stats().acknowledged;
             tokio::time::timeout(Duration::from_secs(60), p.close())
                 .await
-                .context("close timed out")??;
+                .context("close timed out after 60 s")??;
         }
         Ok((self.published.load(Ordering::Relaxed), acked))
     }

@@ -45,14 +45,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use chrono::Utc;
 use clap::Args;
 use conduit_core::{Manifest, Minute, SharedStorage, Topic, View};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 
-use crate::bench_seal::{append_json_line, load_avg, median_min_max, payload_pool, Proc, TOPIC};
+use crate::bench_nats::{Op, ReadSide};
+use crate::bench_seal::{
+    append_json_line, load_avg, median_min_max, payload_pool, Pacer, Proc, TOPIC,
+};
 
 /// The cluster name of the bus this scenario starts.
 const CLUSTER: &str = "dc1";
@@ -547,79 +550,6 @@ impl TailBus {
     }
 }
 
-/// Publishes stamped events at a steady rate, round-robin over publishers.
-struct StampPacer {
-    stop: Arc<AtomicBool>,
-    published: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<anyhow::Result<Vec<conduit_publisher::Publisher>>>,
-}
-
-impl StampPacer {
-    async fn start(
-        addrs: &[std::net::SocketAddr],
-        rate: u64,
-        capacity: u64,
-        events: Arc<Vec<Bytes>>,
-    ) -> anyhow::Result<StampPacer> {
-        let mut publishers = Vec::new();
-        for addr in addrs {
-            publishers.push(
-                conduit_publisher::Publisher::builder()
-                    .collectors([addr.to_string()])
-                    .build()
-                    .await
-                    .with_context(|| format!("cannot build a publisher for {addr}"))?,
-            );
-        }
-        let stop = Arc::new(AtomicBool::new(false));
-        let published = Arc::new(AtomicU64::new(0));
-        let (s, p) = (stop.clone(), published.clone());
-        let task = tokio::spawn(async move {
-            let started = Instant::now();
-            let mut tick = tokio::time::interval(Duration::from_millis(10));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut seq = 0u64;
-            let mut buf = Vec::with_capacity(512);
-            while !s.load(Ordering::Relaxed) {
-                tick.tick().await;
-                let due = ((started.elapsed().as_secs_f64() * rate as f64) as u64).min(capacity);
-                while seq < due {
-                    let publisher = &publishers[(seq % publishers.len() as u64) as usize];
-                    stamp(&mut buf, seq, &events[(seq % events.len() as u64) as usize]);
-                    publisher
-                        .publish(TOPIC, Bytes::copy_from_slice(&buf))
-                        .await?;
-                    seq += 1;
-                }
-                p.store(seq, Ordering::Relaxed);
-            }
-            Ok(publishers)
-        });
-        Ok(StampPacer {
-            stop,
-            published,
-            task,
-        })
-    }
-
-    /// Stops publishing, flushes and closes; returns (published, acknowledged).
-    async fn finish(self) -> anyhow::Result<(u64, u64)> {
-        self.stop.store(true, Ordering::Relaxed);
-        let publishers = self.task.await.context("the publishing task panicked")??;
-        let mut acked = 0;
-        for p in publishers {
-            tokio::time::timeout(Duration::from_secs(120), p.flush())
-                .await
-                .context("flush timed out after 120 s")??;
-            acked += p.stats().acknowledged;
-            tokio::time::timeout(Duration::from_secs(60), p.close())
-                .await
-                .context("close timed out after 60 s")??;
-        }
-        Ok((self.published.load(Ordering::Relaxed), acked))
-    }
-}
-
 /// What one group member hands back.
 struct MemberResult {
     latencies_us: Vec<u32>,
@@ -724,7 +654,12 @@ async fn conduit_measure(
         load = %load_before,
         "conduit: publishing"
     );
-    let pacer = StampPacer::start(&addrs, args.rate, cap, events).await?;
+    let mut buf = Vec::with_capacity(512);
+    let pacer = Pacer::start_with(&addrs, args.rate, Some(cap), move |seq| {
+        stamp(&mut buf, seq, &events[(seq % events.len() as u64) as usize]);
+        Bytes::copy_from_slice(&buf)
+    })
+    .await?;
     let started = Instant::now();
     let end = started + Duration::from_secs(args.duration_secs);
     let mut next_progress = started + Duration::from_secs(10);
@@ -823,109 +758,6 @@ async fn conduit_measure(
 }
 
 // ---- NATS JetStream -------------------------------------------------------------
-
-/// One thing the server sent.
-enum Op {
-    /// `MSG`/`HMSG`: subject, reply subject, headers (empty for `MSG`), body.
-    Msg {
-        subject: Bytes,
-        reply: Option<Bytes>,
-        headers: Bytes,
-        body: Bytes,
-    },
-    Ping,
-    Pong,
-    Other,
-}
-
-/// The read half of a NATS connection and its buffer.
-struct ReadSide {
-    rd: tokio::net::tcp::OwnedReadHalf,
-    buf: BytesMut,
-}
-
-impl ReadSide {
-    async fn fill(&mut self) -> anyhow::Result<()> {
-        self.buf.reserve(64 << 10);
-        if self.rd.read_buf(&mut self.buf).await? == 0 {
-            bail!("nats-server closed the connection");
-        }
-        Ok(())
-    }
-
-    /// Whether a complete operation may already be buffered.
-    fn has_buffered(&self) -> bool {
-        !self.buf.is_empty()
-    }
-
-    /// The next protocol operation. Cancel-safe: nothing is taken from the buffer
-    /// until a whole operation is there (reads are only `read_buf`).
-    async fn op(&mut self) -> anyhow::Result<Op> {
-        loop {
-            if let Some(op) = self.parse()? {
-                return Ok(op);
-            }
-            self.fill().await?;
-        }
-    }
-
-    /// One complete operation from the buffer, if there is one.
-    fn parse(&mut self) -> anyhow::Result<Option<Op>> {
-        let Some(eol) = self.buf.windows(2).position(|w| w == b"\r\n") else {
-            return Ok(None);
-        };
-        let line = &self.buf[..eol];
-        let (parts, has_headers) = if let Some(rest) = line.strip_prefix(b"MSG ") {
-            (rest, false)
-        } else if let Some(rest) = line.strip_prefix(b"HMSG ") {
-            (rest, true)
-        } else {
-            let op = if line.starts_with(b"PING") {
-                Op::Ping
-            } else if line.starts_with(b"PONG") {
-                Op::Pong
-            } else if line.starts_with(b"-ERR") {
-                bail!("nats: {}", String::from_utf8_lossy(line));
-            } else {
-                Op::Other
-            };
-            self.buf.advance(eol + 2);
-            return Ok(Some(op));
-        };
-        // MSG <subject> <sid> [reply] <len>; HMSG <subject> <sid> [reply] <hlen> <len>
-        let f: Vec<&[u8]> = parts.split(|&b| b == b' ').collect();
-        let num = |b: &[u8]| -> anyhow::Result<usize> {
-            std::str::from_utf8(b)?.parse().with_context(|| {
-                format!("bad NATS message line {:?}", String::from_utf8_lossy(line))
-            })
-        };
-        let (reply, hlen, len) = match (has_headers, f.len()) {
-            (false, 3) => (None, 0, num(f[2])?),
-            (false, 4) => (Some(f[2]), 0, num(f[3])?),
-            (true, 4) => (None, num(f[2])?, num(f[3])?),
-            (true, 5) => (Some(f[2]), num(f[3])?, num(f[4])?),
-            _ => bail!(
-                "unexpected NATS message line {:?}",
-                String::from_utf8_lossy(line)
-            ),
-        };
-        if self.buf.len() < eol + 2 + len + 2 {
-            return Ok(None);
-        }
-        let subject = Bytes::copy_from_slice(f[0]);
-        let reply = reply.map(Bytes::copy_from_slice);
-        self.buf.advance(eol + 2);
-        let mut all = self.buf.split_to(len).freeze();
-        self.buf.advance(2);
-        let headers = all.split_to(hlen.min(len));
-        Ok(Some(Op::Msg {
-            subject,
-            reply,
-            headers,
-            body: all,
-        }))
-    }
-}
 
 type Writer = Arc<tokio::sync::Mutex<BufWriter<tokio::net::tcp::OwnedWriteHalf>>>;
 
