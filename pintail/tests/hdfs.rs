@@ -8,33 +8,15 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use chrono::TimeZone;
 use conduit_core::storage::open_root;
-use conduit_core::{Config, SharedStorage, TestClock};
-use conduit_merger::{Cluster, Job, JobEnv, LocalJob, NoFence};
+use conduit_core::{SharedStorage, TestClock};
+use conduit_merger::Job;
 use conduit_pintail::{Consumer, Message, ReadView};
 use support::*;
-
-fn worker(storage: &SharedStorage, clock: &TestClock) -> LocalJob {
-    let this = Cluster {
-        name: node("dc1"),
-        storage: storage.clone(),
-    };
-    let mut clusters = BTreeMap::new();
-    clusters.insert(this.name.clone(), this.clone());
-    LocalJob::new(JobEnv {
-        this,
-        clusters,
-        config: Arc::new(Config::default()),
-        clock: clock.shared(),
-        fence: Arc::new(NoFence),
-        worker_id: "dc1/test-worker".into(),
-    })
-}
 
 async fn take(c: &mut Consumer, n: usize) -> Vec<Message> {
     let mut out = Vec::new();

@@ -6,14 +6,13 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::TimeZone;
 use conduit_core::storage::LocalStorage;
-use conduit_core::{Config, SharedStorage, SystemClock, TestClock};
-use conduit_merger::{Cluster, Job, JobEnv, LocalJob, NoFence};
+use conduit_core::{SharedStorage, SystemClock, TestClock};
+use conduit_merger::Job;
 use conduit_pintail::{Consumer, ConsumerBuilder, DefaultStart, Message, ReadView};
 use support::*;
 
@@ -42,23 +41,6 @@ fn texts(ms: &[Message]) -> Vec<String> {
     ms.iter()
         .map(|m| String::from_utf8(m.payload.to_vec()).unwrap())
         .collect()
-}
-
-fn worker(storage: &SharedStorage, clock: &TestClock) -> LocalJob {
-    let this = Cluster {
-        name: node("dc1"),
-        storage: storage.clone(),
-    };
-    let mut clusters = BTreeMap::new();
-    clusters.insert(this.name.clone(), this.clone());
-    LocalJob::new(JobEnv {
-        this,
-        clusters,
-        config: Arc::new(Config::default()),
-        clock: clock.shared(),
-        fence: Arc::new(NoFence),
-        worker_id: "dc1/test-worker".into(),
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -210,3 +210,24 @@ pub async fn sealed_minute(
     }
     all
 }
+
+/// The `local` job of cluster `dc1` on `storage`, on the test clock (no lease).
+pub fn worker(
+    storage: &SharedStorage,
+    clock: &conduit_core::TestClock,
+) -> conduit_merger::LocalJob {
+    let this = conduit_merger::Cluster {
+        name: node("dc1"),
+        storage: storage.clone(),
+    };
+    let mut clusters = std::collections::BTreeMap::new();
+    clusters.insert(this.name.clone(), this.clone());
+    conduit_merger::LocalJob::new(conduit_merger::JobEnv {
+        this,
+        clusters,
+        config: Arc::new(Config::default()),
+        clock: clock.shared(),
+        fence: Arc::new(conduit_merger::NoFence),
+        worker_id: "dc1/test-worker".into(),
+    })
+}
