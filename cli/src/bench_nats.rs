@@ -240,19 +240,22 @@ async fn conduit_run(args: &NatsArgs) -> anyhow::Result<Sample> {
 }
 
 /// A running private nats-server.
-struct Server {
-    child: tokio::process::Child,
-    pid: u32,
-    port: u16,
+pub(crate) struct NatsServer {
+    pub(crate) child: tokio::process::Child,
+    pub(crate) pid: u32,
+    pub(crate) port: u16,
 }
 
-async fn start_server(args: &NatsArgs, dir: &Path) -> anyhow::Result<Server> {
+/// Starts a private nats-server through the peer script `script` (`serve`), with
+/// its store and log in `dir`, and waits until it listens.
+pub(crate) async fn start_nats(script: &Path, dir: &Path) -> anyhow::Result<NatsServer> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    let log = std::fs::File::create(dir.join("nats-server.log"))?;
+    let log_path = dir.join("nats-server.log");
+    let log = std::fs::File::create(&log_path)?;
     let mut child = tokio::process::Command::new("bash")
-        .arg(&args.peer_script)
+        .arg(script)
         .arg("serve")
         .arg("--dir")
         .arg(dir)
@@ -263,7 +266,7 @@ async fn start_server(args: &NatsArgs, dir: &Path) -> anyhow::Result<Server> {
         .stderr(log)
         .kill_on_drop(true)
         .spawn()
-        .context("cannot run the peer script")?;
+        .with_context(|| format!("cannot run {}", script.display()))?;
     let pid = child.id().context("no pid")?;
     let deadline = Instant::now() + Duration::from_secs(300); // may apt-get install first
     loop {
@@ -273,15 +276,15 @@ async fn start_server(args: &NatsArgs, dir: &Path) -> anyhow::Result<Server> {
         if let Some(status) = child.try_wait()? {
             bail!(
                 "nats-server exited ({status}): {}",
-                std::fs::read_to_string(dir.join("nats-server.log")).unwrap_or_default()
+                std::fs::read_to_string(&log_path).unwrap_or_default()
             );
         }
         if Instant::now() > deadline {
-            bail!("nats-server did not listen on {port} within 300 s");
+            bail!("nats-server did not listen on port {port} within 300 s");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Ok(Server { child, pid, port })
+    Ok(NatsServer { child, pid, port })
 }
 
 /// A NATS text-protocol connection: the read side and a buffered write half.
@@ -345,7 +348,7 @@ async fn nats_run(
         std::fs::remove_dir_all(&dir)?;
     }
     std::fs::create_dir_all(&dir)?;
-    let mut server = start_server(args, &dir).await?;
+    let mut server = start_nats(&args.peer_script, &dir).await?;
     let result = nats_measure(args, &server, payloads).await;
     if let Some(pid) = rustix::process::Pid::from_raw(server.pid as i32) {
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
@@ -397,7 +400,7 @@ fn proc_peak_rss_mib(pid: u32) -> Option<f64> {
 
 async fn nats_measure(
     args: &NatsArgs,
-    server: &Server,
+    server: &NatsServer,
     payloads: Arc<Vec<Bytes>>,
 ) -> anyhow::Result<(Sample, u64)> {
     let load = load_avg();

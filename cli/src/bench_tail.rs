@@ -39,7 +39,7 @@
 //! the NATS text protocol, as in `bench nats-ingest`.
 
 use std::path::{Path, PathBuf};
-use std::process::{ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -52,7 +52,7 @@ use conduit_core::{Manifest, Minute, SharedStorage, Topic, View};
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 
-use crate::bench_nats::{Op, ReadSide};
+use crate::bench_nats::{start_nats, NatsServer, Op, ReadSide};
 use crate::bench_seal::{
     append_json_line, load_avg, median_min_max, payload_pool, Pacer, Proc, TOPIC,
 };
@@ -820,52 +820,6 @@ async fn nats_request(
             String::from_utf8_lossy(&reply)
         )
     })
-}
-
-/// A running private nats-server.
-struct NatsServer {
-    child: tokio::process::Child,
-    pid: u32,
-    port: u16,
-}
-
-async fn start_nats(script: &Path, dir: &Path) -> anyhow::Result<NatsServer> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let log_path = dir.join("nats-server.log");
-    let log = std::fs::File::create(&log_path)?;
-    let mut child = tokio::process::Command::new("bash")
-        .arg(script)
-        .arg("serve")
-        .arg("--dir")
-        .arg(dir)
-        .arg("--port")
-        .arg(port.to_string())
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("cannot run {}", script.display()))?;
-    let pid = child.id().context("no pid")?;
-    let deadline = Instant::now() + Duration::from_secs(300); // may apt-get install first
-    loop {
-        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            break;
-        }
-        if let Some(status) = child.try_wait()? {
-            bail!(
-                "nats-server exited ({status}): {}",
-                std::fs::read_to_string(&log_path).unwrap_or_default()
-            );
-        }
-        if Instant::now() > deadline {
-            bail!("nats-server did not listen on port {port} within 300 s");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(NatsServer { child, pid, port })
 }
 
 async fn nats_run(
