@@ -17,6 +17,7 @@ mod collector;
 mod lag;
 mod logging;
 mod ls;
+mod malloc;
 mod publish;
 mod signals;
 mod tail;
@@ -73,6 +74,10 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Worker(_)) {
+        // Before any thread exists: may replace this process image.
+        malloc::bound_worker_allocator();
+    }
     logging::init(&cli.log_format, &cli.log_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -142,6 +142,10 @@ fn hostname() -> String {
 
 /// Runs the worker until SIGINT or SIGTERM (or one round with `--once`).
 pub async fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
+    tracing::debug!(
+        glibc_tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default(),
+        "allocator settings (see cli/src/malloc.rs)"
+    );
     let mut config = match &args.config {
         Some(path) => Config::load(path)?,
         None => {
