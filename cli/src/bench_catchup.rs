@@ -394,6 +394,7 @@ fn duckdb(dir: &Path, lines: bool) -> anyhow::Result<(u64, f64)> {
     let script = format!(
         "import duckdb, json, sys, time\n\
          con = duckdb.connect()\n\
+         con.execute('SET enable_progress_bar = false')\n\
          t = time.perf_counter()\n\
          n = con.execute(\"SELECT count(*) FROM {source}\", [sys.argv[1]]).fetchone()[0]\n\
          print(json.dumps({{'count': n, 'secs': time.perf_counter() - t}}))\n"

@@ -472,8 +472,19 @@ pub fn decode_frame(frame: &[u8]) -> Result<Vec<u8>, String> {
 /// Splits a frame's decompressed content into records (without newlines).
 pub fn split_records(content: &[u8]) -> impl Iterator<Item = &[u8]> {
     let body = content.strip_suffix(b"\n").unwrap_or(content);
-    let empty = content.is_empty();
-    body.split(|&b| b == b'\n').filter(move |_| !empty)
+    // memchr: the split is on every record PinTail delivers (a byte loop cost
+    // ~10% of a catch-up).
+    let mut ends = memchr::memchr_iter(b'\n', body).chain(std::iter::once(body.len()));
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        if content.is_empty() {
+            return None;
+        }
+        let end = ends.next()?;
+        let record = &body[start..end];
+        start = end + 1;
+        Some(record)
+    })
 }
 
 /// Everything decoded from a file's bytes.
@@ -823,6 +834,34 @@ mod tests {
         );
         // Stock decoders skip marks.
         assert_eq!(zstd::stream::decode_all(&file[..keep]).unwrap(), b"x\n");
+    }
+
+    #[test]
+    fn split_records_matches_a_plain_split() {
+        let mut rng = rand::rng();
+        for _ in 0..2000 {
+            let len = rand::Rng::random_range(&mut rng, 0..40);
+            let content: Vec<u8> = (0..len)
+                .map(|_| {
+                    if rand::Rng::random_bool(&mut rng, 0.3) {
+                        b'\n'
+                    } else {
+                        b'x'
+                    }
+                })
+                .collect();
+            let body = content.strip_suffix(b"\n").unwrap_or(&content);
+            let want: Vec<&[u8]> = if content.is_empty() {
+                vec![]
+            } else {
+                body.split(|&b| b == b'\n').collect()
+            };
+            assert_eq!(
+                split_records(&content).collect::<Vec<_>>(),
+                want,
+                "{content:?}"
+            );
+        }
     }
 
     #[test]

@@ -62,6 +62,7 @@
 use std::borrow::Borrow;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use chrono::{DateTime, Datelike, NaiveDate, Timelike, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -158,7 +159,9 @@ macro_rules! name_newtype {
         $(#[$meta])*
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
-        pub struct $ty(String);
+        // Shared, immutable text: names are cloned into every PinTail message, so
+        // a clone must be a reference count, not an allocation.
+        pub struct $ty(Arc<str>);
 
         impl $ty {
             /// Maximum length in characters.
@@ -168,7 +171,7 @@ macro_rules! name_newtype {
             pub fn new(name: impl Into<String>) -> Result<Self, LayoutError> {
                 let $s: String = name.into();
                 if $valid(&$s) {
-                    Ok(Self($s))
+                    Ok(Self($s.into()))
                 } else {
                     Err($err)
                 }
@@ -204,7 +207,7 @@ macro_rules! name_newtype {
 
         impl From<$ty> for String {
             fn from(name: $ty) -> String {
-                name.0
+                name.0.to_string()
             }
         }
 
@@ -258,13 +261,13 @@ impl Topic {
     /// The `_audit` system topic.
     pub fn audit() -> Topic {
         // `_audit` matches [A-Za-z0-9_]{1,128}; checked by a unit test.
-        Topic(Self::AUDIT.to_owned())
+        Topic(Self::AUDIT.into())
     }
 
     /// The `_invalid` system topic.
     pub fn invalid() -> Topic {
         // `_invalid` matches [A-Za-z0-9_]{1,128}; checked by a unit test.
-        Topic(Self::INVALID.to_owned())
+        Topic(Self::INVALID.into())
     }
 
     /// True for system topics, i.e. names starting with `_`.

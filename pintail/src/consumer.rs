@@ -461,6 +461,8 @@ impl ConsumerBuilder {
             uncommitted: BTreeMap::new(),
             last_returned: None,
             rr: 0,
+            spare: None,
+            current: None,
             next_upkeep: Instant::now(),
             heartbeat: self.heartbeat,
             auto_every: self.auto_commit_every,
@@ -500,7 +502,11 @@ pub struct Consumer {
     /// Messages delivered per partition since its last commit.
     uncommitted: BTreeMap<String, u64>,
     last_returned: Option<Position>,
+    /// A used `Position` to overwrite: saves its reference counts per message.
+    spare: Option<Position>,
     rr: usize,
+    /// The reader that delivered the last message (asked first next time).
+    current: Option<String>,
     next_upkeep: Instant,
     heartbeat: Duration,
     auto_every: Option<Duration>,
@@ -561,7 +567,16 @@ impl Consumer {
 
     async fn next_until(&mut self, deadline: Option<Instant>) -> Result<Option<Message>> {
         if let Some(pos) = self.last_returned.take() {
-            self.processed.insert(pos.partition.clone(), pos);
+            // Per message: update in place; allocate a key only for a new partition.
+            match self.processed.get_mut(&*pos.partition) {
+                Some(p) => {
+                    p.assign(&pos);
+                    self.spare = Some(pos);
+                }
+                None => {
+                    self.processed.insert(pos.partition.to_string(), pos);
+                }
+            }
             self.since_commit += 1;
         }
         self.maybe_auto_commit().await?;
@@ -574,11 +589,19 @@ impl Consumer {
             if let Some(msg) = self.poll_round().await? {
                 self.metrics.messages.inc();
                 self.metrics.payload_bytes.inc_by(msg.payload.len() as u64);
-                *self
-                    .uncommitted
-                    .entry(msg.position.partition.clone())
-                    .or_default() += 1;
-                self.last_returned = Some(msg.position.clone());
+                match self.uncommitted.get_mut(&*msg.position.partition) {
+                    Some(n) => *n += 1,
+                    None => {
+                        self.uncommitted
+                            .insert(msg.position.partition.to_string(), 1);
+                    }
+                }
+                let mut last = match self.spare.take() {
+                    Some(p) => p,
+                    None => msg.position.clone(),
+                };
+                last.assign(&msg.position);
+                self.last_returned = Some(last);
                 return Ok(Some(msg));
             }
             if self.ctx.stop.is_some()
@@ -604,39 +627,64 @@ impl Consumer {
         }
     }
 
-    /// One pass over the readers, starting after the last one that delivered.
+    /// One pass over the readers. The reader that delivered last is asked first
+    /// (it usually has the next message: no per-message bookkeeping); when it has
+    /// nothing, the others are asked round-robin from there.
     async fn poll_round(&mut self) -> Result<Option<crate::Message>> {
+        let tried = self.current.take();
+        if let Some(id) = &tried {
+            if let Some(m) = self.poll_one(id).await? {
+                self.current = tried;
+                return Ok(Some(m));
+            }
+        }
         let ids: Vec<String> = self.readers.keys().cloned().collect();
         let n = ids.len();
         for i in 0..n {
             let at = (self.rr + i) % n;
-            let reader = self.readers.get_mut(&ids[at]).expect("listed");
-            if reader.backoff_until.is_some_and(|t| Instant::now() < t) {
+            if tried.as_deref() == Some(ids[at].as_str()) {
                 continue;
             }
-            match reader.poll(&self.ctx).await {
-                Ok(Poll::Msg(m)) => {
-                    reader.backoff = Duration::ZERO;
-                    self.rr = at;
-                    return Ok(Some(m));
-                }
-                Ok(Poll::Idle) | Ok(Poll::Done) => {
-                    reader.backoff = Duration::ZERO;
-                }
-                Err(PintailError::Storage(e)) if is_retryable(&e) => {
-                    self.metrics.storage_errors.inc();
-                    reader.backoff = (reader.backoff * 2)
-                        .max(Duration::from_millis(100))
-                        .min(Duration::from_secs(5));
-                    reader.backoff_until = Some(Instant::now() + reader.backoff);
-                    tracing::warn!(partition = %ids[at], error = %e, retry_in = ?reader.backoff,
-                        "storage unreachable; retrying with backoff");
-                }
-                Err(e) => return Err(e),
+            if let Some(m) = self.poll_one(&ids[at]).await? {
+                self.rr = at;
+                self.current = Some(ids[at].clone());
+                return Ok(Some(m));
             }
         }
         self.rr = (self.rr + 1) % n.max(1);
         Ok(None)
+    }
+
+    /// Asks one partition's reader for a message (`None`: idle, done, backing
+    /// off after a storage error, or no longer ours).
+    async fn poll_one(&mut self, id: &str) -> Result<Option<crate::Message>> {
+        let Some(reader) = self.readers.get_mut(id) else {
+            return Ok(None);
+        };
+        if reader.backoff_until.is_some_and(|t| Instant::now() < t) {
+            return Ok(None);
+        }
+        match reader.poll(&self.ctx).await {
+            Ok(Poll::Msg(m)) => {
+                reader.backoff = Duration::ZERO;
+                Ok(Some(m))
+            }
+            Ok(Poll::Idle) | Ok(Poll::Done) => {
+                reader.backoff = Duration::ZERO;
+                Ok(None)
+            }
+            Err(PintailError::Storage(e)) if is_retryable(&e) => {
+                self.metrics.storage_errors.inc();
+                reader.backoff = (reader.backoff * 2)
+                    .max(Duration::from_millis(100))
+                    .min(Duration::from_secs(5));
+                reader.backoff_until = Some(Instant::now() + reader.backoff);
+                tracing::warn!(partition = %id, error = %e, retry_in = ?reader.backoff,
+                    "storage unreachable; retrying with backoff");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     // ---- commits ------------------------------------------------------------
@@ -655,7 +703,7 @@ impl Consumer {
             });
         };
         if let Some(g) = &self.group {
-            let owned = match self.epochs.get(&position.partition) {
+            let owned = match self.epochs.get(&*position.partition) {
                 Some(epoch) => g.still_owner(&position.partition, *epoch).await?,
                 None => false,
             };
@@ -665,11 +713,11 @@ impl Consumer {
                 self.lose(&position.partition);
                 return Err(PintailError::NotOwner {
                     group,
-                    partition: position.partition.clone(),
+                    partition: position.partition.to_string(),
                 });
             }
         }
-        let checkpoint = match self.committed.get(&position.partition) {
+        let checkpoint = match self.committed.get(&*position.partition) {
             Some(c) => Some(c.clone()),
             None if self.rewound => None,
             None => self.checkpoint_of(&position.partition).await?,
@@ -681,7 +729,7 @@ impl Consumer {
                     "refused a commit behind the group's checkpoint");
                 return Err(PintailError::StaleCommit {
                     group,
-                    partition: position.partition.clone(),
+                    partition: position.partition.to_string(),
                     position: position.to_string(),
                     checkpoint: checkpoint.to_string(),
                 });
@@ -697,15 +745,15 @@ impl Consumer {
             .await?;
         self.metrics.commits.inc();
         self.committed
-            .insert(position.partition.clone(), position.clone());
+            .insert(position.partition.to_string(), position.clone());
         if self
             .processed
-            .get(&position.partition)
+            .get(&*position.partition)
             .is_some_and(|p| p.cmp_in_partition(position) != std::cmp::Ordering::Greater)
         {
-            self.processed.remove(&position.partition);
+            self.processed.remove(&*position.partition);
         }
-        self.uncommitted.insert(position.partition.clone(), 0);
+        self.uncommitted.insert(position.partition.to_string(), 0);
         Ok(())
     }
 
@@ -714,7 +762,7 @@ impl Consumer {
     pub async fn commit_delivered(&mut self, include_last: bool) -> Result<()> {
         if include_last {
             if let Some(pos) = self.last_returned.take() {
-                self.processed.insert(pos.partition.clone(), pos);
+                self.processed.insert(pos.partition.to_string(), pos);
             }
         }
         self.commit_processed().await
@@ -731,7 +779,7 @@ impl Consumer {
             .values()
             .filter(|p| {
                 self.committed
-                    .get(&p.partition)
+                    .get(&*p.partition)
                     .is_none_or(|c| c.cmp_in_partition(p) == std::cmp::Ordering::Less)
             })
             .cloned()
@@ -785,7 +833,7 @@ impl Consumer {
         if self
             .last_returned
             .as_ref()
-            .is_some_and(|p| p.partition == partition)
+            .is_some_and(|p| &*p.partition == partition)
         {
             self.last_returned = None;
         }

@@ -30,6 +30,7 @@
 
 use std::cmp::Ordering;
 use std::fmt;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -50,7 +51,7 @@ pub const CHECKPOINT_JOB: &str = "pintail";
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Position {
     /// The partition (`<cluster>-<collector>` in the local view, `p<k>of<n>` in sealed views).
-    pub partition: String,
+    pub partition: Arc<str>,
     /// The minute directory holding the file (its own minute while still in `data/`).
     pub minute: Minute,
     /// The cluster whose collector wrote the file.
@@ -58,7 +59,7 @@ pub struct Position {
     /// The collector that wrote the file.
     pub collector: NodeName,
     /// The collector file name (`<ftopic>-yyyy-MM-dd-HH-mm_NNNNN.zst`).
-    pub file: String,
+    pub file: Arc<str>,
     /// Byte offset of the frame holding the next record.
     pub offset: u64,
     /// Records of that frame already delivered.
@@ -66,6 +67,20 @@ pub struct Position {
 }
 
 impl Position {
+    /// `*self = from.clone()`, touching the shared parts only when they differ
+    /// (per message the file and partition are usually the same ones).
+    pub(crate) fn assign(&mut self, from: &Position) {
+        if !Arc::ptr_eq(&self.file, &from.file) || !Arc::ptr_eq(&self.partition, &from.partition) {
+            *self = from.clone();
+            return;
+        }
+        // One file Arc belongs to one open file of one collector.
+        debug_assert!(self.cluster == from.cluster && self.collector == from.collector);
+        self.minute = from.minute;
+        self.offset = from.offset;
+        self.record = from.record;
+    }
+
     /// The file's key within its collector's stream: (file minute, sequence).
     pub fn file_key(&self) -> Option<(Minute, u32)> {
         Layout::parse_collector_file_name(&self.file)
@@ -161,7 +176,7 @@ impl CheckpointStore {
             Err(e) => return Err(e.into()),
         };
         let checkpoint = parse_checkpoint(&path, &bytes)?;
-        if checkpoint.position.partition != partition {
+        if &*checkpoint.position.partition != partition {
             return Err(PintailError::MalformedCheckpoint {
                 path,
                 reason: format!(
@@ -186,7 +201,7 @@ impl CheckpointStore {
             version: CHECKPOINT_VERSION,
             group: group.to_owned(),
             topic: topic.to_owned(),
-            partition: position.partition.clone(),
+            partition: position.partition.to_string(),
             committed_at: now,
             position: position.clone(),
         };

@@ -24,16 +24,26 @@
 //! hashes (FNV-1a 64) to its partition `k` modulo `n`. A minute directory that is
 //! gone when the reader expected it (purged) is reported and skipped.
 //!
+//! # Pipelining (sealed files)
+//! A closed file never changes, so while the consumer delivers one chunk of it the
+//! reader already reads the next chunk (or, in a sealed view, the first chunk of
+//! the minute's next file) and decodes its frames on the blocking pool, split over
+//! the machine's cores ([`Ahead`]). Positions, errors and their order are exactly
+//! those of decoding at delivery: a frame that does not decode carries its error
+//! until the reader reaches it. Files still being written are decoded at delivery.
+//!
 //! # Memory
-//! One read chunk (1 MiB, doubled up to [`MAX_FRAME_BYTES`] for a larger frame) and
-//! one decoded frame per partition.
+//! One read chunk (1 MiB, doubled up to [`MAX_FRAME_BYTES`] for a larger frame)
+//! with its decoded payloads, plus one such chunk read ahead, per partition.
 
 use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use conduit_core::format::{decode_frame, scan, split_records, FrameRef, Trailer};
+use conduit_core::format::{decode_frame, scan, split_records, FrameRef, Scan, Trailer};
 use conduit_core::layout::Layout;
+use conduit_core::storage::StorageResult;
 use conduit_core::{Encoding, Minute, NodeName, SharedClock, Topic, View};
 
 use crate::collector_http::{CollectorHttp, Fetch};
@@ -155,7 +165,7 @@ enum Loc {
 struct OpenFile {
     cluster: NodeName,
     collector: NodeName,
-    name: String,
+    name: Arc<str>,
     key: Key,
     dir_minute: Minute,
     loc: Loc,
@@ -164,6 +174,9 @@ struct OpenFile {
     chunk: Bytes,
     chunk_base: u64,
     frames: VecDeque<FrameRef>,
+    /// Payloads of `frames` decoded ahead (same order; `None` for a skippable
+    /// frame). Empty: decode at delivery.
+    decoded: VecDeque<Option<Decoded>>,
     skip: u32,
     pending: VecDeque<Bytes>,
     frame_offset: u64,
@@ -197,7 +210,7 @@ enum Step {
 /// One partition's cursor.
 #[derive(Debug)]
 pub(crate) struct PartitionReader {
-    pub id: String,
+    pub id: Arc<str>,
     kind: Kind,
     view: View,
     roots: Roots,
@@ -216,6 +229,107 @@ pub(crate) struct PartitionReader {
     /// Local: storage cannot read the unfinished last block of an open file (HDFS),
     /// so when it shows no new bytes the collector is asked.
     open_unreadable: bool,
+    /// The next sealed chunk, being read and decoded.
+    ahead: Option<Ahead>,
+}
+
+/// A frame's payloads, or why it does not decode.
+type Decoded = std::result::Result<VecDeque<Bytes>, String>;
+
+/// A chunk of a closed file being read and decoded by other tasks while the
+/// consumer delivers the chunk before it.
+#[derive(Debug)]
+struct Ahead {
+    path: String,
+    offset: u64,
+    want: u64,
+    task: tokio::task::JoinHandle<StorageResult<Loaded>>,
+}
+
+impl Drop for Ahead {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A chunk read from storage, its frames and their decoded payloads.
+#[derive(Debug)]
+struct Loaded {
+    bytes: Bytes,
+    scan: Scan,
+    /// Per frame of `scan`, as [`OpenFile::decoded`]; empty if decoding failed to
+    /// run (then frames are decoded at delivery).
+    decoded: Vec<Option<Decoded>>,
+}
+
+/// Decodes one data frame into its payloads.
+fn decode_payloads(frame: &[u8], encoding: Encoding) -> Decoded {
+    let content = Bytes::from(decode_frame(frame)?);
+    let mut payloads = VecDeque::new();
+    for record in split_records(&content) {
+        let payload = match encoding {
+            Encoding::Lines => content.slice_ref(record),
+            other => Bytes::from(
+                other
+                    .decode(record)
+                    .map_err(|e| e.to_string())?
+                    .into_owned(),
+            ),
+        };
+        payloads.push_back(payload);
+    }
+    Ok(payloads)
+}
+
+/// Threads a chunk's frames are decoded on.
+fn decode_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+}
+
+/// Reads `range` of a closed file and decodes its complete frames in parallel on
+/// the blocking pool.
+async fn load_sealed(
+    roots: Roots,
+    path: String,
+    range: std::ops::Range<u64>,
+    encoding: Encoding,
+) -> StorageResult<Loaded> {
+    let bytes = roots.read_range(&path, range.clone()).await?;
+    let scan = scan(&bytes, range.start);
+    let frames = &scan.frames;
+    let per = frames.len().div_ceil(decode_threads()).max(1);
+    let mut tasks = Vec::new();
+    for group in frames.chunks(per) {
+        let group = group.to_vec();
+        let bytes = bytes.clone();
+        let base = range.start;
+        tasks.push(tokio::task::spawn_blocking(move || {
+            group
+                .iter()
+                .map(|fr| {
+                    let start = (fr.offset - base) as usize;
+                    let frame = &bytes[start..start + fr.len as usize];
+                    (!fr.skippable).then(|| decode_payloads(frame, encoding))
+                })
+                .collect::<Vec<_>>()
+        }));
+    }
+    let mut decoded = Vec::with_capacity(frames.len());
+    for t in tasks {
+        match t.await {
+            Ok(part) => decoded.extend(part),
+            // Cancelled or panicked: leave decoding to delivery, which reports it.
+            Err(_) => {
+                decoded.clear();
+                break;
+            }
+        }
+    }
+    Ok(Loaded {
+        bytes,
+        scan,
+        decoded,
+    })
 }
 
 impl PartitionReader {
@@ -235,7 +349,7 @@ impl PartitionReader {
         };
         let open_unreadable = roots.first().root().starts_with("hdfs://");
         PartitionReader {
-            id,
+            id: id.into(),
             kind,
             view,
             roots,
@@ -247,6 +361,7 @@ impl PartitionReader {
             high: None,
             http,
             open_unreadable,
+            ahead: None,
         }
     }
 
@@ -399,7 +514,7 @@ impl PartitionReader {
         };
         let Some(key) = pos.file_key() else {
             return Err(PintailError::MalformedCheckpoint {
-                path: self.id.clone(),
+                path: self.id.to_string(),
                 reason: format!("{:?} is not a collector file name", pos.file),
             });
         };
@@ -489,7 +604,7 @@ impl PartitionReader {
         if purged.len() >= MAX_PURGED_RANGES {
             purged.remove(0);
         }
-        purged.push((self.id.clone(), from.to_owned(), to.to_owned()));
+        purged.push((self.id.to_string(), from.to_owned(), to.to_owned()));
     }
 
     /// Finds where `f` is now: `data/`, its minute directory, or a later one (late
@@ -801,6 +916,7 @@ impl PartitionReader {
         let path = self.path(ctx, self.file.as_ref().expect("open file"));
         let f = self.file.as_mut().expect("open file");
         let frame = f.frames.pop_front().expect("refilled");
+        let ahead = f.decoded.pop_front().flatten();
         let start = (frame.offset - f.chunk_base) as usize;
         let bytes = f.chunk.slice(start..start + frame.len as usize);
         if frame.skippable {
@@ -811,23 +927,10 @@ impl PartitionReader {
             return Ok(Step::Continue);
         }
         let live = f.loc == Loc::Data;
-        let decoded = decode_frame(&bytes).and_then(|content| {
-            let content = Bytes::from(content);
-            let mut payloads = VecDeque::new();
-            for record in split_records(&content) {
-                let payload = match ctx.encoding {
-                    Encoding::Lines => content.slice_ref(record),
-                    other => Bytes::from(
-                        other
-                            .decode(record)
-                            .map_err(|e| e.to_string())?
-                            .into_owned(),
-                    ),
-                };
-                payloads.push_back(payload);
-            }
-            Ok(payloads)
-        });
+        let decoded = match ahead {
+            Some(d) => d,
+            None => decode_payloads(&bytes, ctx.encoding),
+        };
         match decoded {
             Ok(mut payloads) => {
                 let skip = (f.skip as usize).min(payloads.len());
@@ -949,6 +1052,7 @@ impl PartitionReader {
                 f.chunk = body;
                 f.chunk_base = f.offset;
                 f.frames = s.frames.into();
+                f.decoded.clear();
                 FromCollector::Loaded
             }
             Fetch::NotOpen => {
@@ -1023,12 +1127,48 @@ impl PartitionReader {
             }
         }
         let path = self.path(ctx, f);
-        let bytes = match self
-            .roots
-            .read_range(&path, f.offset..f.offset + f.want)
-            .await
-        {
-            Ok(b) => b,
+        let loaded = if f.loc == Loc::Dir {
+            let ahead = match self.ahead.take() {
+                Some(a) if a.path == path && a.offset == f.offset && a.want == f.want => Some(a),
+                _ => None,
+            };
+            let early = match ahead {
+                Some(mut a) => match (&mut a.task).await {
+                    Ok(Ok(loaded)) => Some(loaded),
+                    // Read early, an error may be stale (the file was not there
+                    // yet, storage was down then): errors come from reading now.
+                    Ok(Err(_)) | Err(_) => None,
+                },
+                None => None,
+            };
+            match early {
+                Some(loaded) => Ok(loaded),
+                None => {
+                    load_sealed(
+                        self.roots.clone(),
+                        path.clone(),
+                        f.offset..f.offset + f.want,
+                        ctx.encoding,
+                    )
+                    .await
+                }
+            }
+        } else {
+            self.roots
+                .read_range(&path, f.offset..f.offset + f.want)
+                .await
+                .map(|bytes| Loaded {
+                    scan: scan(&bytes, f.offset),
+                    bytes,
+                    decoded: Vec::new(),
+                })
+        };
+        let Loaded {
+            bytes,
+            scan: s,
+            decoded,
+        } = match loaded {
+            Ok(l) => l,
             Err(e) if e.is_not_found() && f.loc == Loc::Dir => {
                 // A sealed file purged while we read it.
                 let from = format!("{}/{}+{}", f.dir_minute, f.name, f.offset);
@@ -1037,7 +1177,6 @@ impl PartitionReader {
             }
             Err(e) => return Err(e.into()),
         };
-        let s = scan(&bytes, f.offset);
         if s.frames.is_empty() {
             if bytes.len() as u64 == f.want && f.want < MAX_FRAME_BYTES {
                 f.want = (f.want * 2).min(MAX_FRAME_BYTES);
@@ -1070,10 +1209,47 @@ impl PartitionReader {
                 reason,
             });
         }
+        if f.loc == Loc::Dir {
+            self.read_ahead(ctx, f, &s, bytes.len() as u64);
+        }
         f.chunk = bytes;
         f.chunk_base = f.offset;
         f.frames = s.frames.into();
+        f.decoded = decoded.into();
         Ok(None)
+    }
+
+    /// Starts reading and decoding what follows a closed file's chunk: the rest of
+    /// the file, or after its trailer the next file of the minute (sealed views).
+    fn read_ahead(&mut self, ctx: &Ctx, f: &OpenFile, s: &Scan, read: u64) {
+        let next = if s.trailer.is_none() {
+            if read < f.want {
+                return; // The end of the file without a trailer: nothing follows.
+            }
+            (self.path(ctx, f), s.valid_len, f.want)
+        } else {
+            let State::InMinute { minute, files } = &self.state else {
+                return;
+            };
+            let Some(name) = files.front() else {
+                return;
+            };
+            let dir = Layout::minute_dir(self.view, &ctx.topic, *minute);
+            (format!("{dir}/{name}"), 0, READ_CHUNK)
+        };
+        let (path, offset, want) = next;
+        let task = tokio::spawn(load_sealed(
+            self.roots.clone(),
+            path.clone(),
+            offset..offset + want,
+            ctx.encoding,
+        ));
+        self.ahead = Some(Ahead {
+            path,
+            offset,
+            want,
+            task,
+        });
     }
 }
 
@@ -1081,7 +1257,7 @@ impl OpenFile {
     fn new(
         cluster: NodeName,
         collector: NodeName,
-        name: String,
+        name: impl Into<Arc<str>>,
         key: Key,
         dir_minute: Minute,
         loc: Loc,
@@ -1089,7 +1265,7 @@ impl OpenFile {
         OpenFile {
             cluster,
             collector,
-            name,
+            name: name.into(),
             key,
             dir_minute,
             loc,
@@ -1098,6 +1274,7 @@ impl OpenFile {
             chunk: Bytes::new(),
             chunk_base: 0,
             frames: VecDeque::new(),
+            decoded: VecDeque::new(),
             skip: 0,
             pending: VecDeque::new(),
             frame_offset: 0,

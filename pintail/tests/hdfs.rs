@@ -179,7 +179,10 @@ async fn the_local_view_reads_open_hdfs_files_from_the_collector_and_follows_the
     client.log("clicks", &payloads("a", 0, 100)).await;
     let first = take(&mut c, 100).await;
     assert_eq!(texts(&first), payloads("a", 0, 100));
-    assert_eq!(first[0].position.file, "clicks-2026-11-22-10-05_00000.zst");
+    assert_eq!(
+        &*first[0].position.file,
+        "clicks-2026-11-22-10-05_00000.zst"
+    );
     still_open("first delivery");
     let readable = storage.read(data_path).await.unwrap();
     assert!(
@@ -251,8 +254,14 @@ async fn the_local_view_reads_open_hdfs_files_from_the_collector_and_follows_the
     let mut want = payloads("b", 50, 50);
     want.extend(payloads("c", 0, 100));
     assert_eq!(texts(&rest), want, "in order, nothing lost or repeated");
-    assert_eq!(rest[49].position.file, "clicks-2026-11-22-10-05_00000.zst");
-    assert_eq!(rest[50].position.file, "clicks-2026-11-22-10-06_00000.zst");
+    assert_eq!(
+        &*rest[49].position.file,
+        "clicks-2026-11-22-10-05_00000.zst"
+    );
+    assert_eq!(
+        &*rest[50].position.file,
+        "clicks-2026-11-22-10-06_00000.zst"
+    );
     assert!(c
         .next_timeout(Duration::from_millis(300))
         .await

@@ -66,7 +66,10 @@ async fn the_live_tail_follows_growing_files_across_a_minute_boundary_and_the_mo
         conduit_core::format::scan(&bytes, 0).trailer.is_none(),
         "read while the file is still open"
     );
-    assert_eq!(first[0].position.file, "clicks-2026-11-22-10-05_00000.zst");
+    assert_eq!(
+        &*first[0].position.file,
+        "clicks-2026-11-22-10-05_00000.zst"
+    );
     assert_eq!(first[0].minute, minute("2026-11-22T10:05"));
     client.log("clicks", &payloads("a", 100, 100)).await;
     client.log("clicks", &payloads("a", 200, 100)).await;
@@ -101,8 +104,14 @@ async fn the_live_tail_follows_growing_files_across_a_minute_boundary_and_the_mo
     want.extend(payloads("b", 0, 100));
     assert_eq!(texts(&rest), want, "in order, nothing lost or repeated");
     assert_eq!(rest[0].position.minute, minute("2026-11-22T10:05"));
-    assert_eq!(rest[149].position.file, "clicks-2026-11-22-10-05_00000.zst");
-    assert_eq!(rest[150].position.file, "clicks-2026-11-22-10-06_00000.zst");
+    assert_eq!(
+        &*rest[149].position.file,
+        "clicks-2026-11-22-10-05_00000.zst"
+    );
+    assert_eq!(
+        &*rest[150].position.file,
+        "clicks-2026-11-22-10-06_00000.zst"
+    );
     drop(c);
 
     // Restart from the checkpoint taken while the file was in data/: it is found in
