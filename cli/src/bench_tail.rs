@@ -3,12 +3,14 @@
 //! boundaries (while the worker seals minutes and moves files from `data/` into
 //! `streams_local/` under the readers).
 //!
-//! Each run builds one cluster `dc1` on local disk in a temporary directory:
+//! Each run builds one cluster `dc1` in a fresh root (`--backend local`: a
+//! temporary directory; `--backend hdfs`: a directory under `--hdfs`, where the
+//! members read open files from the collectors' HTTP listeners):
 //! `--collectors` `conduit collector` processes (`c1`, `c2`, ...; each is one
 //! partition of the local view) and one `conduit worker` process (a pass every
 //! `--worker-interval-ms`), started like `bench seal-latency` does. A PinTail
 //! consumer group of `--members` dynamic members (`m0`, `m1`, ...: with two
-//! collectors and two members, rendezvous hashing gives each member one
+//! collectors and two members, the balanced assignment gives each member one
 //! partition) reads the local view from the run's first minute, auto-committing
 //! every second. Then the `conduit-publisher` library (one publisher per collector,
 //! default settings) publishes `--rate` events/s for `--duration-secs`.
@@ -91,11 +93,17 @@ pub struct TailLatencyArgs {
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
     collectors: u32,
 
-    /// Storage of the cluster: only `local` (a temporary directory). HDFS is not
-    /// supported here: the local view on HDFS delivers a file only once it is
-    /// closed (docs/pintail.md), so latency there is about a minute by design.
-    #[arg(long, default_value = "local", value_parser = ["local"])]
+    /// Storage of the cluster: `local` (a temporary directory) or `hdfs` (a fresh
+    /// directory under --hdfs, removed after the run). On HDFS the tail reads the
+    /// open files from the collectors' HTTP listeners (hdfs-native cannot read an
+    /// open file's last block).
+    #[arg(long, default_value = "local", value_parser = ["local", "hdfs"])]
     backend: String,
+
+    /// HDFS root for `--backend hdfs` [default: $CONDUIT_TEST_HDFS, else
+    /// hdfs://127.0.0.1:9000].
+    #[arg(long, value_name = "URI")]
+    hdfs: Option<String>,
 
     /// The worker's pause between passes (worker.interval_ms).
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=60_000))]
@@ -442,9 +450,8 @@ struct TailBus {
 }
 
 impl TailBus {
-    async fn start(args: &TailLatencyArgs, dir: &Path) -> anyhow::Result<TailBus> {
+    async fn start(args: &TailLatencyArgs, dir: &Path, root: &str) -> anyhow::Result<TailBus> {
         std::fs::create_dir_all(dir.join("logs"))?;
-        let root = dir.join(CLUSTER).display().to_string();
         let config = dir.join("conduit.toml");
         std::fs::write(
             &config,
@@ -456,7 +463,7 @@ impl TailBus {
                 args.worker_interval_ms
             ),
         )?;
-        let storage = conduit_core::open_root(&root)
+        let storage = conduit_core::open_root(root)
             .await
             .with_context(|| format!("cannot open {root}"))?;
         let cfg = config.display().to_string();
@@ -567,7 +574,21 @@ async fn conduit_run(
         std::fs::remove_dir_all(&dir)?;
     }
     std::fs::create_dir_all(&dir)?;
-    let mut bus = TailBus::start(args, &dir).await?;
+    let hdfs = (args.backend == "hdfs").then(|| {
+        let base = args
+            .hdfs
+            .clone()
+            .or_else(|| std::env::var("CONDUIT_TEST_HDFS").ok())
+            .unwrap_or_else(|| "hdfs://127.0.0.1:9000".to_owned());
+        let sub = format!("conduit_bench_tail_{}_{run}", std::process::id());
+        (base, sub)
+    });
+    let root = match &hdfs {
+        Some((base, sub)) => format!("{}/{sub}", base.trim_end_matches('/')),
+        None => dir.join(CLUSTER).display().to_string(),
+    };
+    eprintln!("run {run}: bus in {} (root {root})", dir.display());
+    let mut bus = TailBus::start(args, &dir, &root).await?;
     let result = conduit_measure(args, run, &dir, &bus, events).await;
     let stopped = bus.stop().await;
     let keep = args.keep || result.is_err() || stopped.is_err();
@@ -575,6 +596,16 @@ async fn conduit_run(
         eprintln!("kept {}", dir.display());
     } else {
         let _ = std::fs::remove_dir_all(&dir);
+        if let Some((base, sub)) = &hdfs {
+            match conduit_core::open_root(base).await {
+                Ok(s) => {
+                    if let Err(e) = s.delete(sub, true).await {
+                        eprintln!("warning: cannot delete {base}/{sub}: {e}");
+                    }
+                }
+                Err(e) => eprintln!("warning: cannot open {base}: {e}"),
+            }
+        }
     }
     let r = result?;
     stopped?;
