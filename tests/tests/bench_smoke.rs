@@ -213,19 +213,35 @@ fn nats_ingest_compares_on_the_same_events() {
 
 #[test]
 fn tail_latency_group_delivers_every_published_event() {
+    tail_latency_smoke(&[]);
+}
+
+#[test]
+fn tail_latency_on_hdfs_delivers_every_published_event() {
+    let Ok(url) = std::env::var("CONDUIT_TEST_HDFS") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run this with CONDUIT_TEST_HDFS (scripts/hdfs.sh)"
+        );
+        eprintln!("SKIPPED: tail-latency on HDFS (set CONDUIT_TEST_HDFS; .ci/run does)");
+        return;
+    };
+    tail_latency_smoke(&["--backend", "hdfs", "--hdfs", &url]);
+}
+
+fn tail_latency_smoke(extra: &[&str]) {
     let dir = tmp();
-    let (out, lines) = bench(
-        dir.path(),
-        &[
-            "tail-latency",
-            "--rate",
-            "2000",
-            "--duration-secs",
-            "6",
-            "--runs",
-            "1",
-        ],
-    );
+    let mut args = vec![
+        "tail-latency",
+        "--rate",
+        "2000",
+        "--duration-secs",
+        "6",
+        "--runs",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    let (out, lines) = bench(dir.path(), &args);
     assert!(out.status.success(), "{}", show(&out));
     assert_eq!(lines.len(), 1, "one JSON line per run");
     let r = &lines[0];
