@@ -332,7 +332,10 @@ mod tests {
                 .iter()
                 .map(|m| a.values().filter(|o| **o == m).count())
                 .collect();
-            assert!(loads.iter().max().unwrap() - loads.iter().min().unwrap() <= 1, "{loads:?}");
+            assert!(
+                loads.iter().max().unwrap() - loads.iter().min().unwrap() <= 1,
+                "{loads:?}"
+            );
             assert_eq!(loads.iter().sum::<usize>(), 64);
         }
         let moved_from_stayers = parts
@@ -340,7 +343,10 @@ mod tests {
             .filter(|p| before[p.as_str()] != "c" && before[p.as_str()] != after[p.as_str()])
             .count();
         // c's ~21 partitions must move; of a's and b's 43, few should.
-        assert!(moved_from_stayers <= 12, "{moved_from_stayers} moved needlessly");
+        assert!(
+            moved_from_stayers <= 12,
+            "{moved_from_stayers} moved needlessly"
+        );
     }
 
     #[test]

@@ -26,8 +26,10 @@
 //!
 //! # Pipelining (sealed files)
 //! A closed file never changes, so while the consumer delivers one chunk of it the
-//! reader already reads the next chunk (or, in a sealed view, the first chunk of
-//! the minute's next file) and decodes its frames on the blocking pool, split over
+//! reader already reads the next chunk (after the last one: in a sealed view the
+//! first chunk of the minute's next file; in the local view that of the
+//! collector's next-minute file, a guess that is used only if it is the file
+//! opened next) and decodes its frames on the blocking pool, split over
 //! the machine's cores ([`Ahead`]). Positions, errors and their order are exactly
 //! those of decoding at delivery: a frame that does not decode carries its error
 //! until the reader reaches it. Files still being written are decoded at delivery.
@@ -1220,22 +1222,32 @@ impl PartitionReader {
     }
 
     /// Starts reading and decoding what follows a closed file's chunk: the rest of
-    /// the file, or after its trailer the next file of the minute (sealed views).
+    /// the file, or after its trailer the next file of the minute (sealed views)
+    /// or the collector's file of the next minute (local view).
     fn read_ahead(&mut self, ctx: &Ctx, f: &OpenFile, s: &Scan, read: u64) {
         let next = if s.trailer.is_none() {
             if read < f.want {
                 return; // The end of the file without a trailer: nothing follows.
             }
             (self.path(ctx, f), s.valid_len, f.want)
-        } else {
-            let State::InMinute { minute, files } = &self.state else {
-                return;
-            };
+        } else if let State::InMinute { minute, files } = &self.state {
             let Some(name) = files.front() else {
                 return;
             };
             let dir = Layout::minute_dir(self.view, &ctx.topic, *minute);
             (format!("{dir}/{name}"), 0, READ_CHUNK)
+        } else if let Kind::Local { .. } = self.kind {
+            // A guess: a collector's next file is usually its first file of the
+            // next minute. A wrong guess is never used (the path differs) and
+            // costs one read.
+            let Ok(next) = f.key.0.next() else {
+                return;
+            };
+            let name = Layout::local_file_name(&f.cluster, &f.collector, next, 0, &ctx.topic);
+            let dir = Layout::minute_dir(self.view, &ctx.topic, next);
+            (format!("{dir}/{name}"), 0, READ_CHUNK)
+        } else {
+            return;
         };
         let (path, offset, want) = next;
         let task = tokio::spawn(load_sealed(
