@@ -10,7 +10,7 @@
 //! partition of the local view) and one `conduit worker` process (a pass every
 //! `--worker-interval-ms`), started like `bench seal-latency` does. A PinTail
 //! consumer group of `--members` dynamic members (`m0`, `m1`, ...: with two
-//! collectors and two members, the balanced assignment gives each member one
+//! collectors and two members, rendezvous hashing gives each member one
 //! partition) reads the local view from the run's first minute, auto-committing
 //! every second. Then the `conduit-publisher` library (one publisher per collector,
 //! default settings) publishes `--rate` events/s for `--duration-secs`.

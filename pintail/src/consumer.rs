@@ -25,7 +25,7 @@ use conduit_core::{
 };
 
 use crate::error::{PintailError, Result};
-use crate::group::{assign, now_ms, static_owner, Group, Membership};
+use crate::group::{now_ms, rendezvous, static_owner, Group, Membership};
 use crate::metrics::{Metrics, Stats};
 use crate::position::{CheckpointStore, Position};
 use crate::reader::{Ctx, Kind, Origin, PartitionReader, Poll};
@@ -1049,10 +1049,10 @@ impl Consumer {
         g.heartbeat().await?;
         let (members, claims) = g.read_state().await?;
         let now = now_ms();
-        let desired: BTreeSet<String> = assign(&partitions, &members)
-            .into_iter()
-            .filter(|(_, m)| **m == g.member)
-            .map(|(p, _)| p.to_owned())
+        let desired: BTreeSet<String> = partitions
+            .iter()
+            .filter(|p| rendezvous(p, &members) == Some(&g.member))
+            .cloned()
             .collect();
         // Partitions read now: keep (renew), give up, or notice they were taken.
         let owned: Vec<(String, u64)> = self.epochs.iter().map(|(p, e)| (p.clone(), *e)).collect();
