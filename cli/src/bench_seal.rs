@@ -578,10 +578,27 @@ pub async fn run(args: SealArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn hdfs_base(args: &SealArgs) -> String {
-    args.hdfs
-        .clone()
+    hdfs_base_or_default(args.hdfs.as_deref())
+}
+
+/// The HDFS root of a benchmark's `--hdfs` flag: the flag, else
+/// `$CONDUIT_TEST_HDFS`, else `hdfs://127.0.0.1:9000`.
+pub(crate) fn hdfs_base_or_default(flag: Option<&str>) -> String {
+    flag.map(str::to_owned)
         .or_else(|| std::env::var("CONDUIT_TEST_HDFS").ok())
         .unwrap_or_else(|| "hdfs://127.0.0.1:9000".to_owned())
+}
+
+/// Deletes a run's directory `sub` under the HDFS root `base` (warnings only).
+pub(crate) async fn remove_hdfs_dir(base: &str, sub: &str) {
+    match conduit_core::open_root(base).await {
+        Ok(s) => {
+            if let Err(e) = s.delete(sub, true).await {
+                eprintln!("warning: cannot delete {base}/{sub}: {e}");
+            }
+        }
+        Err(e) => eprintln!("warning: cannot open {base}: {e}"),
+    }
 }
 
 async fn one_run(args: &SealArgs, run: u32, payloads: Arc<Vec<Bytes>>) -> anyhow::Result<SealRun> {
@@ -606,14 +623,7 @@ async fn one_run(args: &SealArgs, run: u32, payloads: Arc<Vec<Bytes>>) -> anyhow
         eprintln!("kept {}", dir.display());
     } else {
         if let Some((base, sub)) = &hdfs {
-            match conduit_core::open_root(base).await {
-                Ok(s) => {
-                    if let Err(e) = s.delete(sub, true).await {
-                        eprintln!("warning: cannot delete {base}/{sub}: {e}");
-                    }
-                }
-                Err(e) => eprintln!("warning: cannot open {base}: {e}"),
-            }
+            remove_hdfs_dir(base, sub).await;
         }
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -575,11 +575,7 @@ async fn conduit_run(
     }
     std::fs::create_dir_all(&dir)?;
     let hdfs = (args.backend == "hdfs").then(|| {
-        let base = args
-            .hdfs
-            .clone()
-            .or_else(|| std::env::var("CONDUIT_TEST_HDFS").ok())
-            .unwrap_or_else(|| "hdfs://127.0.0.1:9000".to_owned());
+        let base = crate::bench_seal::hdfs_base_or_default(args.hdfs.as_deref());
         let sub = format!("conduit_bench_tail_{}_{run}", std::process::id());
         (base, sub)
     });
@@ -597,14 +593,7 @@ async fn conduit_run(
     } else {
         let _ = std::fs::remove_dir_all(&dir);
         if let Some((base, sub)) = &hdfs {
-            match conduit_core::open_root(base).await {
-                Ok(s) => {
-                    if let Err(e) = s.delete(sub, true).await {
-                        eprintln!("warning: cannot delete {base}/{sub}: {e}");
-                    }
-                }
-                Err(e) => eprintln!("warning: cannot open {base}: {e}"),
-            }
+            crate::bench_seal::remove_hdfs_dir(base, sub).await;
         }
     }
     let r = result?;
