@@ -218,8 +218,8 @@ fn write_event(out: &mut impl Write, m: &Message, json: bool) -> std::io::Result
     let mut doc = serde_json::json!({
         "payload": String::from_utf8_lossy(&m.payload),
         "topic": m.topic.as_str(),
-        "cluster": m.cluster.as_str(),
-        "collector": m.collector.as_str(),
+        "cluster": m.cluster().as_str(),
+        "collector": m.collector().as_str(),
         "minute": m.minute.to_string(),
         "position": m.position,
     });

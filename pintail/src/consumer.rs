@@ -134,14 +134,22 @@ pub struct Message {
     pub payload: bytes::Bytes,
     /// The topic.
     pub topic: Topic,
-    /// The cluster whose collector received it.
-    pub cluster: NodeName,
-    /// The collector that received it.
-    pub collector: NodeName,
     /// Its arrival minute on the collector's clock.
     pub minute: Minute,
     /// The position just after this message: commit it once the message is processed.
     pub position: Position,
+}
+
+impl Message {
+    /// The cluster whose collector received it.
+    pub fn cluster(&self) -> &NodeName {
+        self.position.cluster()
+    }
+
+    /// The collector that received it.
+    pub fn collector(&self) -> &NodeName {
+        self.position.collector()
+    }
 }
 
 enum Source {
@@ -568,13 +576,13 @@ impl Consumer {
     async fn next_until(&mut self, deadline: Option<Instant>) -> Result<Option<Message>> {
         if let Some(pos) = self.last_returned.take() {
             // Per message: update in place; allocate a key only for a new partition.
-            match self.processed.get_mut(&*pos.partition) {
+            match self.processed.get_mut(pos.partition()) {
                 Some(p) => {
                     p.assign(&pos);
                     self.spare = Some(pos);
                 }
                 None => {
-                    self.processed.insert(pos.partition.to_string(), pos);
+                    self.processed.insert(pos.partition().to_string(), pos);
                 }
             }
             self.since_commit += 1;
@@ -589,11 +597,11 @@ impl Consumer {
             if let Some(msg) = self.poll_round().await? {
                 self.metrics.messages.inc();
                 self.metrics.payload_bytes.inc_by(msg.payload.len() as u64);
-                match self.uncommitted.get_mut(&*msg.position.partition) {
+                match self.uncommitted.get_mut(msg.position.partition()) {
                     Some(n) => *n += 1,
                     None => {
                         self.uncommitted
-                            .insert(msg.position.partition.to_string(), 1);
+                            .insert(msg.position.partition().to_string(), 1);
                     }
                 }
                 let mut last = match self.spare.take() {
@@ -703,33 +711,33 @@ impl Consumer {
             });
         };
         if let Some(g) = &self.group {
-            let owned = match self.epochs.get(&*position.partition) {
-                Some(epoch) => g.still_owner(&position.partition, *epoch).await?,
+            let owned = match self.epochs.get(position.partition()) {
+                Some(epoch) => g.still_owner(position.partition(), *epoch).await?,
                 None => false,
             };
             if !owned {
                 self.metrics.fenced_commits.inc();
                 *self.fence_errors.lock().expect("lock") += 1;
-                self.lose(&position.partition);
+                self.lose(position.partition());
                 return Err(PintailError::NotOwner {
                     group,
-                    partition: position.partition.to_string(),
+                    partition: position.partition().to_string(),
                 });
             }
         }
-        let checkpoint = match self.committed.get(&*position.partition) {
+        let checkpoint = match self.committed.get(position.partition()) {
             Some(c) => Some(c.clone()),
             None if self.rewound => None,
-            None => self.checkpoint_of(&position.partition).await?,
+            None => self.checkpoint_of(position.partition()).await?,
         };
         if let Some(checkpoint) = checkpoint {
             if position.cmp_in_partition(&checkpoint) == std::cmp::Ordering::Less {
                 self.metrics.fenced_commits.inc();
-                tracing::warn!(partition = %position.partition, %position, %checkpoint,
+                tracing::warn!(partition = %position.partition(), %position, %checkpoint,
                     "refused a commit behind the group's checkpoint");
                 return Err(PintailError::StaleCommit {
                     group,
-                    partition: position.partition.to_string(),
+                    partition: position.partition().to_string(),
                     position: position.to_string(),
                     checkpoint: checkpoint.to_string(),
                 });
@@ -745,15 +753,15 @@ impl Consumer {
             .await?;
         self.metrics.commits.inc();
         self.committed
-            .insert(position.partition.to_string(), position.clone());
+            .insert(position.partition().to_string(), position.clone());
         if self
             .processed
-            .get(&*position.partition)
+            .get(position.partition())
             .is_some_and(|p| p.cmp_in_partition(position) != std::cmp::Ordering::Greater)
         {
-            self.processed.remove(&*position.partition);
+            self.processed.remove(position.partition());
         }
-        self.uncommitted.insert(position.partition.to_string(), 0);
+        self.uncommitted.insert(position.partition().to_string(), 0);
         Ok(())
     }
 
@@ -762,7 +770,7 @@ impl Consumer {
     pub async fn commit_delivered(&mut self, include_last: bool) -> Result<()> {
         if include_last {
             if let Some(pos) = self.last_returned.take() {
-                self.processed.insert(pos.partition.to_string(), pos);
+                self.processed.insert(pos.partition().to_string(), pos);
             }
         }
         self.commit_processed().await
@@ -779,7 +787,7 @@ impl Consumer {
             .values()
             .filter(|p| {
                 self.committed
-                    .get(&*p.partition)
+                    .get(p.partition())
                     .is_none_or(|c| c.cmp_in_partition(p) == std::cmp::Ordering::Less)
             })
             .cloned()
@@ -833,7 +841,7 @@ impl Consumer {
         if self
             .last_returned
             .as_ref()
-            .is_some_and(|p| &*p.partition == partition)
+            .is_some_and(|p| p.partition() == partition)
         {
             self.last_returned = None;
         }

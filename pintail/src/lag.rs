@@ -97,12 +97,12 @@ pub async fn partition_lag(
         ReadView::Local => {
             let data_path = format!(
                 "{}/{}",
-                Layout::collector_dir(topic, &pos.collector),
-                pos.file
+                Layout::collector_dir(topic, pos.collector()),
+                pos.file()
             );
             let dir_path = format!(
                 "{}/{}",
-                Layout::minute_dir(View::Local, topic, pos.minute),
+                Layout::minute_dir(View::Local, topic, pos.minute()),
                 pos.local_name()
             );
             let current = if storage.exists(&data_path).await? {
@@ -110,11 +110,11 @@ pub async fn partition_lag(
             } else {
                 dir_path
             };
-            let (e, b) = rest_of_file(storage, &current, pos.offset, pos.record).await?;
-            add(&mut lag, e, b, pos.minute);
+            let (e, b) = rest_of_file(storage, &current, pos.offset(), pos.record()).await?;
+            add(&mut lag, e, b, pos.minute());
             let mut later: Vec<(String, Minute)> = Vec::new();
             for entry in storage
-                .list_or_empty(&Layout::collector_dir(topic, &pos.collector))
+                .list_or_empty(&Layout::collector_dir(topic, pos.collector()))
                 .await?
             {
                 if let Some(k) = data_file_key(topic, &entry.name) {
@@ -123,8 +123,10 @@ pub async fn partition_lag(
                     }
                 }
             }
-            let prefix = format!("{}-{}-", pos.cluster, pos.collector);
-            for m in minute_dirs_from(&**storage, View::Local, topic, pos.minute, MAX_DIRS).await? {
+            let prefix = format!("{}-{}-", pos.cluster(), pos.collector());
+            for m in
+                minute_dirs_from(&**storage, View::Local, topic, pos.minute(), MAX_DIRS).await?
+            {
                 let dir = Layout::minute_dir(View::Local, topic, m);
                 for entry in storage.list_or_empty(&dir).await? {
                     let Some(name) = entry.name.strip_prefix(&prefix) else {
@@ -144,13 +146,14 @@ pub async fn partition_lag(
         }
         ReadView::Merged | ReadView::Mirror => {
             let k = pos
-                .partition
+                .partition()
                 .strip_prefix('p')
                 .and_then(|r| r.split_once("of"))
                 .and_then(|(k, _)| k.parse::<u32>().ok())
                 .unwrap_or(0);
             let name = pos.local_name();
-            for m in minute_dirs_from(&**storage, View::Merged, topic, pos.minute, MAX_DIRS).await?
+            for m in
+                minute_dirs_from(&**storage, View::Merged, topic, pos.minute(), MAX_DIRS).await?
             {
                 let dir = Layout::minute_dir(View::Merged, topic, m);
                 let Some(manifest) = Manifest::read(&**storage, &dir).await? else {
@@ -161,15 +164,15 @@ pub async fn partition_lag(
                     .iter()
                     .filter(|f| partition_of(&f.name, sealed_partitions) == k)
                 {
-                    if m == pos.minute && f.name < name {
+                    if m == pos.minute() && f.name < name {
                         continue;
                     }
-                    if m == pos.minute && f.name == name {
+                    if m == pos.minute() && f.name == name {
                         let (e, b) = rest_of_file(
                             storage,
                             &format!("{dir}/{}", f.name),
-                            pos.offset,
-                            pos.record,
+                            pos.offset(),
+                            pos.record(),
                         )
                         .await?;
                         add(&mut lag, e, b, m);

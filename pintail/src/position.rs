@@ -48,57 +48,175 @@ pub const CHECKPOINT_JOB: &str = "pintail";
 
 /// Where a partition's reader is: the next record to deliver. Opaque to most users;
 /// hand it back to [`crate::Consumer::commit`].
+///
+/// The file part (partition, minute directory, cluster, collector, file name) is
+/// shared by every position in one file, so cloning a position is one reference
+/// count and two integers (every message carries one).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "PositionRepr", into = "PositionRepr")]
 pub struct Position {
-    /// The partition (`<cluster>-<collector>` in the local view, `p<k>of<n>` in sealed views).
+    at: Arc<FileAt>,
+    offset: u64,
+    record: u32,
+}
+
+/// The file a [`Position`] is in.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(crate) struct FileAt {
     pub partition: Arc<str>,
-    /// The minute directory holding the file (its own minute while still in `data/`).
     pub minute: Minute,
-    /// The cluster whose collector wrote the file.
     pub cluster: NodeName,
-    /// The collector that wrote the file.
     pub collector: NodeName,
-    /// The collector file name (`<ftopic>-yyyy-MM-dd-HH-mm_NNNNN.zst`).
     pub file: Arc<str>,
-    /// Byte offset of the frame holding the next record.
-    pub offset: u64,
-    /// Records of that frame already delivered.
-    pub record: u32,
+}
+
+/// A position as checkpoints store it (flat).
+#[derive(Serialize, Deserialize)]
+struct PositionRepr {
+    partition: Arc<str>,
+    minute: Minute,
+    cluster: NodeName,
+    collector: NodeName,
+    file: Arc<str>,
+    offset: u64,
+    record: u32,
+}
+
+impl From<PositionRepr> for Position {
+    fn from(r: PositionRepr) -> Position {
+        Position::new(
+            r.partition,
+            r.minute,
+            r.cluster,
+            r.collector,
+            r.file,
+            r.offset,
+            r.record,
+        )
+    }
+}
+
+impl From<Position> for PositionRepr {
+    fn from(p: Position) -> PositionRepr {
+        PositionRepr {
+            partition: p.at.partition.clone(),
+            minute: p.at.minute,
+            cluster: p.at.cluster.clone(),
+            collector: p.at.collector.clone(),
+            file: p.at.file.clone(),
+            offset: p.offset,
+            record: p.record,
+        }
+    }
 }
 
 impl Position {
-    /// `*self = from.clone()`, touching the shared parts only when they differ
-    /// (per message the file and partition are usually the same ones).
+    /// A position: record `record` of the frame at byte `offset` of collector file
+    /// `file` (by `cluster`'s `collector`), in minute directory `minute`, partition
+    /// `partition`.
+    pub fn new(
+        partition: impl Into<Arc<str>>,
+        minute: Minute,
+        cluster: NodeName,
+        collector: NodeName,
+        file: impl Into<Arc<str>>,
+        offset: u64,
+        record: u32,
+    ) -> Position {
+        let at = FileAt {
+            partition: partition.into(),
+            minute,
+            cluster,
+            collector,
+            file: file.into(),
+        };
+        Position::in_file(Arc::new(at), offset, record)
+    }
+
+    pub(crate) fn in_file(at: Arc<FileAt>, offset: u64, record: u32) -> Position {
+        Position { at, offset, record }
+    }
+
+    /// The partition (`<cluster>-<collector>` in the local view, `p<k>of<n>` in sealed views).
+    pub fn partition(&self) -> &str {
+        &self.at.partition
+    }
+
+    /// The minute directory holding the file (its own minute while still in `data/`).
+    pub fn minute(&self) -> Minute {
+        self.at.minute
+    }
+
+    /// The cluster whose collector wrote the file.
+    pub fn cluster(&self) -> &NodeName {
+        &self.at.cluster
+    }
+
+    /// The collector that wrote the file.
+    pub fn collector(&self) -> &NodeName {
+        &self.at.collector
+    }
+
+    /// The collector file name (`<ftopic>-yyyy-MM-dd-HH-mm_NNNNN.zst`).
+    pub fn file(&self) -> &str {
+        &self.at.file
+    }
+
+    /// Byte offset of the frame holding the next record.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Records of that frame already delivered.
+    pub fn record(&self) -> u32 {
+        self.record
+    }
+
+    /// The same position in another file or frame.
+    pub fn with_file(&self, file: impl Into<Arc<str>>, offset: u64, record: u32) -> Position {
+        Position::new(
+            self.at.partition.clone(),
+            self.at.minute,
+            self.at.cluster.clone(),
+            self.at.collector.clone(),
+            file,
+            offset,
+            record,
+        )
+    }
+
+    /// Another record of the same file.
+    pub fn with_offset(&self, offset: u64, record: u32) -> Position {
+        Position::in_file(self.at.clone(), offset, record)
+    }
+
+    /// `*self = from.clone()`, touching the shared part only when it differs.
     pub(crate) fn assign(&mut self, from: &Position) {
-        if !Arc::ptr_eq(&self.file, &from.file) || !Arc::ptr_eq(&self.partition, &from.partition) {
-            *self = from.clone();
-            return;
+        if !Arc::ptr_eq(&self.at, &from.at) {
+            self.at = from.at.clone();
         }
-        // One file Arc belongs to one open file of one collector.
-        debug_assert!(self.cluster == from.cluster && self.collector == from.collector);
-        self.minute = from.minute;
         self.offset = from.offset;
         self.record = from.record;
     }
 
     /// The file's key within its collector's stream: (file minute, sequence).
     pub fn file_key(&self) -> Option<(Minute, u32)> {
-        Layout::parse_collector_file_name(&self.file)
+        Layout::parse_collector_file_name(&self.at.file)
             .ok()
             .map(|f| (f.minute, f.seq))
     }
 
     /// The name of the file in local and merged minute directories.
     pub fn local_name(&self) -> String {
-        format!("{}-{}-{}", self.cluster, self.collector, self.file)
+        format!("{}-{}-{}", self.at.cluster, self.at.collector, self.at.file)
     }
 
     /// Orders two positions of the same partition the way readers go: directory
     /// minute, then file name in the directory (`<cluster>-<collector>-...`), then
     /// offset and record.
     pub fn cmp_in_partition(&self, other: &Position) -> Ordering {
-        (self.minute, self.local_name(), self.offset, self.record).cmp(&(
-            other.minute,
+        (self.at.minute, self.local_name(), self.offset, self.record).cmp(&(
+            other.at.minute,
             other.local_name(),
             other.offset,
             other.record,
@@ -111,8 +229,8 @@ impl fmt::Display for Position {
         write!(
             f,
             "{}@{}/{}+{}#{}",
-            self.partition,
-            self.minute,
+            self.at.partition,
+            self.at.minute,
             self.local_name(),
             self.offset,
             self.record
@@ -176,12 +294,12 @@ impl CheckpointStore {
             Err(e) => return Err(e.into()),
         };
         let checkpoint = parse_checkpoint(&path, &bytes)?;
-        if &*checkpoint.position.partition != partition {
+        if checkpoint.position.partition() != partition {
             return Err(PintailError::MalformedCheckpoint {
                 path,
                 reason: format!(
                     "it holds partition {:?}, expected {partition:?}",
-                    checkpoint.position.partition
+                    checkpoint.position.partition()
                 ),
             });
         }
@@ -196,12 +314,12 @@ impl CheckpointStore {
         position: &Position,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        let path = Self::path(group, topic, &position.partition)?;
+        let path = Self::path(group, topic, position.partition())?;
         let checkpoint = Checkpoint {
             version: CHECKPOINT_VERSION,
             group: group.to_owned(),
             topic: topic.to_owned(),
-            partition: position.partition.to_string(),
+            partition: position.partition().to_string(),
             committed_at: now,
             position: position.clone(),
         };
@@ -250,12 +368,12 @@ pub fn parse_checkpoint(path: &str, bytes: &[u8]) -> Result<Checkpoint> {
         });
     }
     let checkpoint: Checkpoint = serde_json::from_slice(bytes).map_err(malformed)?;
-    if Layout::parse_collector_file_name(&checkpoint.position.file).is_err() {
+    if Layout::parse_collector_file_name(checkpoint.position.file()).is_err() {
         return Err(PintailError::MalformedCheckpoint {
             path: path.to_owned(),
             reason: format!(
                 "{:?} is not a collector file name",
-                checkpoint.position.file
+                checkpoint.position.file()
             ),
         });
     }
@@ -271,15 +389,15 @@ mod tests {
     use super::*;
 
     fn position() -> Position {
-        Position {
-            partition: "dc1-c1".into(),
-            minute: Minute::parse_flexible("2026-11-22T10:05").unwrap(),
-            cluster: NodeName::new("dc1").unwrap(),
-            collector: NodeName::new("c1").unwrap(),
-            file: "clicks-2026-11-22-10-05_00000.zst".into(),
-            offset: 4096,
-            record: 3,
-        }
+        Position::new(
+            "dc1-c1",
+            Minute::parse_flexible("2026-11-22T10:05").unwrap(),
+            NodeName::new("dc1").unwrap(),
+            NodeName::new("c1").unwrap(),
+            "clicks-2026-11-22-10-05_00000.zst",
+            4096,
+            3,
+        )
     }
 
     #[tokio::test]
@@ -329,11 +447,8 @@ mod tests {
     #[test]
     fn positions_order_within_a_partition() {
         let a = position();
-        let mut b = a.clone();
-        b.record = 4;
-        let mut c = a.clone();
-        c.file = "clicks-2026-11-22-10-05_00001.zst".into();
-        c.offset = 0;
+        let b = a.with_offset(4096, 4);
+        let c = a.with_file("clicks-2026-11-22-10-05_00001.zst", 0, 0);
         assert_eq!(a.cmp_in_partition(&b), Ordering::Less);
         assert_eq!(b.cmp_in_partition(&c), Ordering::Less);
         assert_eq!(a.local_name(), "dc1-c1-clicks-2026-11-22-10-05_00000.zst");

@@ -51,7 +51,7 @@ use conduit_core::{Encoding, Minute, NodeName, SharedClock, Topic, View};
 use crate::collector_http::{CollectorHttp, Fetch};
 use crate::error::{PintailError, Result};
 use crate::metrics::Metrics;
-use crate::position::Position;
+use crate::position::{FileAt, Position};
 use crate::roots::Roots;
 use crate::Message;
 
@@ -183,6 +183,9 @@ struct OpenFile {
     pending: VecDeque<Bytes>,
     frame_offset: u64,
     delivered_in_frame: u32,
+    /// The file part of its positions (made at the first message; the directory
+    /// minute is part of it).
+    at: Option<Arc<FileAt>>,
     /// When the file was first found missing from every place it could be.
     missing_since: Option<Instant>,
     /// The collector served this file's last read: ask it first.
@@ -429,23 +432,22 @@ impl PartitionReader {
         }
     }
 
-    fn message(&self, ctx: &Ctx, payload: Bytes) -> Message {
-        let f = self.file.as_ref().expect("open file");
-        Message {
-            payload,
-            topic: ctx.topic.clone(),
-            cluster: f.cluster.clone(),
-            collector: f.collector.clone(),
-            minute: f.key.0,
-            position: Position {
+    fn message(&mut self, ctx: &Ctx, payload: Bytes) -> Message {
+        let f = self.file.as_mut().expect("open file");
+        let at = f.at.get_or_insert_with(|| {
+            Arc::new(FileAt {
                 partition: self.id.clone(),
                 minute: f.dir_minute,
                 cluster: f.cluster.clone(),
                 collector: f.collector.clone(),
                 file: f.name.clone(),
-                offset: f.frame_offset,
-                record: f.delivered_in_frame,
-            },
+            })
+        });
+        Message {
+            payload,
+            topic: ctx.topic.clone(),
+            minute: f.key.0,
+            position: Position::in_file(at.clone(), f.frame_offset, f.delivered_in_frame),
         }
     }
 
@@ -476,7 +478,7 @@ impl PartitionReader {
         match (&self.kind, checkpoint) {
             (Kind::Sealed { .. }, Some(pos)) => {
                 self.state = State::Minute {
-                    minute: pos.minute,
+                    minute: pos.minute(),
                     report_gap: true,
                     resume: Some(pos),
                     next_check: Instant::now(),
@@ -517,23 +519,16 @@ impl PartitionReader {
         let Some(key) = pos.file_key() else {
             return Err(PintailError::MalformedCheckpoint {
                 path: self.id.to_string(),
-                reason: format!("{:?} is not a collector file name", pos.file),
+                reason: format!("{:?} is not a collector file name", pos.file()),
             });
         };
-        let mut file = OpenFile::new(
-            cluster,
-            collector,
-            pos.file.clone(),
-            key,
-            pos.minute,
-            Loc::Data,
-        );
-        file.offset = pos.offset;
-        file.skip = pos.record;
+        let mut file = OpenFile::new(cluster, collector, pos.file(), key, pos.minute(), Loc::Data);
+        file.offset = pos.offset();
+        file.skip = pos.record();
         match self.locate(ctx, &mut file).await? {
             true => self.file = Some(file),
             false => {
-                let next = self.find_local(ctx, Some(key), pos.minute).await?;
+                let next = self.find_local(ctx, Some(key), pos.minute()).await?;
                 let to = next
                     .as_ref()
                     .map(|(name, _, m)| format!("{m}/{name}"))
@@ -541,7 +536,7 @@ impl PartitionReader {
                 self.report_purged(ctx, &pos.to_string(), &to);
                 self.state = State::Seek {
                     after: Some(key),
-                    from: pos.minute,
+                    from: pos.minute(),
                     next_dir_check: Instant::now(),
                 };
             }
@@ -627,6 +622,7 @@ impl PartitionReader {
         );
         for m in candidates {
             f.dir_minute = m;
+            f.at = None;
             if self.roots.exists(&self.path(ctx, f)).await? {
                 return Ok(true);
             }
@@ -865,7 +861,7 @@ impl PartitionReader {
                 files.pop_front();
             }
             if files.front() == Some(&name) {
-                start = (pos.offset, pos.record);
+                start = (pos.offset(), pos.record());
             }
         }
         if start != (0, 0) {
@@ -1291,6 +1287,7 @@ impl OpenFile {
             pending: VecDeque::new(),
             frame_offset: 0,
             delivered_in_frame: 0,
+            at: None,
             missing_since: None,
             via_http: false,
             http_off: false,

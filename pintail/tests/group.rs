@@ -98,7 +98,7 @@ async fn member(
             *l.per_member.entry(name.to_owned()).or_default() += 1;
         }
         let slot = pending
-            .entry(m.position.partition.to_string())
+            .entry(m.position.partition().to_string())
             .or_insert_with(|| (m.position.clone(), Vec::new()));
         slot.0 = m.position.clone();
         slot.1.push(text);

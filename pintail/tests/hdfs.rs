@@ -180,7 +180,7 @@ async fn the_local_view_reads_open_hdfs_files_from_the_collector_and_follows_the
     let first = take(&mut c, 100).await;
     assert_eq!(texts(&first), payloads("a", 0, 100));
     assert_eq!(
-        &*first[0].position.file,
+        first[0].position.file(),
         "clicks-2026-11-22-10-05_00000.zst"
     );
     still_open("first delivery");
@@ -255,11 +255,11 @@ async fn the_local_view_reads_open_hdfs_files_from_the_collector_and_follows_the
     want.extend(payloads("c", 0, 100));
     assert_eq!(texts(&rest), want, "in order, nothing lost or repeated");
     assert_eq!(
-        &*rest[49].position.file,
+        rest[49].position.file(),
         "clicks-2026-11-22-10-05_00000.zst"
     );
     assert_eq!(
-        &*rest[50].position.file,
+        rest[50].position.file(),
         "clicks-2026-11-22-10-06_00000.zst"
     );
     assert!(c

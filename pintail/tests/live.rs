@@ -67,7 +67,7 @@ async fn the_live_tail_follows_growing_files_across_a_minute_boundary_and_the_mo
         "read while the file is still open"
     );
     assert_eq!(
-        &*first[0].position.file,
+        first[0].position.file(),
         "clicks-2026-11-22-10-05_00000.zst"
     );
     assert_eq!(first[0].minute, minute("2026-11-22T10:05"));
@@ -103,13 +103,13 @@ async fn the_live_tail_follows_growing_files_across_a_minute_boundary_and_the_mo
     let mut want = payloads("a", 150, 150);
     want.extend(payloads("b", 0, 100));
     assert_eq!(texts(&rest), want, "in order, nothing lost or repeated");
-    assert_eq!(rest[0].position.minute, minute("2026-11-22T10:05"));
+    assert_eq!(rest[0].position.minute(), minute("2026-11-22T10:05"));
     assert_eq!(
-        &*rest[149].position.file,
+        rest[149].position.file(),
         "clicks-2026-11-22-10-05_00000.zst"
     );
     assert_eq!(
-        &*rest[150].position.file,
+        rest[150].position.file(),
         "clicks-2026-11-22-10-06_00000.zst"
     );
     drop(c);

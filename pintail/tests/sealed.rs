@@ -88,7 +88,7 @@ async fn a_killed_consumer_resumes_after_its_last_commit_without_loss() {
         let m = first.next().await.unwrap().expect("a message");
         *seen.entry(payload(&m)).or_default() += 1;
         if i < 600 {
-            last.insert(m.position.partition.to_string(), m.position.clone());
+            last.insert(m.position.partition().to_string(), m.position.clone());
         }
         if i == 10 {
             early = Some(m.position.clone());
@@ -105,7 +105,7 @@ async fn a_killed_consumer_resumes_after_its_last_commit_without_loss() {
     // the group backwards.
     match second.commit(&early).await {
         Err(PintailError::StaleCommit { partition, .. }) => {
-            assert_eq!(partition.as_str(), &*early.partition)
+            assert_eq!(partition.as_str(), early.partition())
         }
         other => panic!("a commit behind the checkpoint was not refused: {other:?}"),
     }
@@ -136,7 +136,7 @@ async fn a_purged_checkpoint_restarts_at_the_oldest_minute_and_reports_the_gap()
     ten_minutes(std::slice::from_ref(&s)).await;
     let mut c = merged(&s).group("g").build().await.unwrap();
     let m = c.next().await.unwrap().unwrap();
-    assert_eq!(m.position.minute, minute("2026-11-22T10:00"));
+    assert_eq!(m.position.minute(), minute("2026-11-22T10:00"));
     c.commit(&m.position).await.unwrap();
     drop(c);
 
@@ -164,7 +164,7 @@ async fn a_purged_checkpoint_restarts_at_the_oldest_minute_and_reports_the_gap()
     assert_eq!(got.len(), 4 * 150, "10:06..10:09 in full");
     assert!(got
         .iter()
-        .all(|m| m.position.minute >= minute("2026-11-22T10:06")));
+        .all(|m| m.position.minute() >= minute("2026-11-22T10:06")));
     let stats = c.stats();
     // Only the partition with a checkpoint in a purged minute reports a gap; the
     // others start at the beginning, which is now 10:06.
@@ -203,7 +203,7 @@ async fn failover_from_the_merged_cluster_to_its_mirror_loses_nothing() {
     for _ in 0..400 {
         let m = c.next().await.unwrap().unwrap();
         *seen.entry(payload(&m)).or_default() += 1;
-        last.insert(m.position.partition.to_string(), m.position.clone());
+        last.insert(m.position.partition().to_string(), m.position.clone());
     }
     for p in last.values() {
         c.commit(p).await.unwrap();
@@ -306,7 +306,7 @@ async fn a_bad_checkpoint_is_an_error_never_a_restart_from_the_beginning() {
     c.commit(&m.position).await.unwrap();
     drop(c);
     let path =
-        conduit_pintail::CheckpointStore::path("g", "clicks", &m.position.partition).unwrap();
+        conduit_pintail::CheckpointStore::path("g", "clicks", m.position.partition()).unwrap();
     let text = String::from_utf8(s.read(&path).await.unwrap().to_vec()).unwrap();
     s.write_atomic(&path, text.replace("\"version\":1", "\"version\":7").into())
         .await

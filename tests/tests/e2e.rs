@@ -412,7 +412,7 @@ async fn member(
         *l.per_member.entry(name.clone()).or_default() += 1;
         drop(l);
         let slot = pending
-            .entry(m.position.partition.to_string())
+            .entry(m.position.partition().to_string())
             .or_insert_with(|| (m.position.clone(), Vec::new()));
         slot.0 = m.position;
         slot.1.push(id);
