@@ -473,9 +473,12 @@ pub fn decode_frame(frame: &[u8]) -> Result<Vec<u8>, String> {
                 let mut slot = cell.borrow_mut();
                 let dctx = match slot.as_mut() {
                     Some(d) => d,
-                    None => slot.insert(zstd::bulk::Decompressor::new().map_err(|e| e.to_string())?),
+                    None => {
+                        slot.insert(zstd::bulk::Decompressor::new().map_err(|e| e.to_string())?)
+                    }
                 };
-                dctx.decompress(frame, size as usize).map_err(|e| e.to_string())
+                dctx.decompress(frame, size as usize)
+                    .map_err(|e| e.to_string())
             })
         }
         None => zstd::stream::decode_all(frame).map_err(|e| e.to_string()),
