@@ -29,9 +29,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use conduit_core::format::{read_file, Trailer, TRAILER_LEN};
+use conduit_core::format::{read_file, FormatError, Trailer, TRAILER_LEN};
 use conduit_core::layout::Layout;
 use conduit_core::manifest::Manifest;
+use conduit_core::storage::StorageError;
 use conduit_core::{Config, Encoding, Minute, SharedStorage, Storage, Topic, View};
 
 use crate::verify::{count_records, parse_time, walk_dirs};
@@ -110,16 +111,26 @@ async fn file_records(storage: &dyn Storage, path: &str, len: u64) -> anyhow::Re
     })
 }
 
-/// Collector-written records of `topic` by the file's minute, from `data/` and
-/// `streams_local/` (files keep their collector name there).
-async fn collected(
+/// A collector file of a topic, wherever it is now.
+struct CollectorFile {
+    /// The file's own minute (from its name).
+    minute: Minute,
+    path: String,
+    len: u64,
+}
+
+/// Every collector file of `topic`: those in the collectors' `data/` directories
+/// and those the worker moved into local minute directories from `since` on, each
+/// once. The worker moves files while this runs: `data/` is listed first, so a
+/// file moved meanwhile is found in its minute directory (and kept once, by its
+/// collector and name); one moved after the listing, before it is read, makes the
+/// read fail with "not found" (see [`retry_moved`]).
+async fn collector_files(
     storage: &dyn Storage,
     topic: &Topic,
-    from: Minute,
-    to: Minute,
-) -> anyhow::Result<Counts> {
-    let mut counts = Counts::new();
-    let in_range = |m: Minute| m >= from && m <= to;
+    since: Minute,
+) -> anyhow::Result<Vec<CollectorFile>> {
+    let mut files: BTreeMap<(String, String), CollectorFile> = BTreeMap::new();
     for collector in storage
         .list_or_empty(&Layout::topic_dir(View::Collector, topic))
         .await?
@@ -129,26 +140,88 @@ async fn collected(
         }
         for file in storage.list_or_empty(&collector.path).await? {
             if let Ok(name) = Layout::parse_collector_file_name(&file.name) {
-                if in_range(name.minute) {
-                    *counts.entry(name.minute).or_default() +=
-                        file_records(storage, &file.path, file.len).await?;
-                }
+                let key = (collector.name.clone(), file.name.clone());
+                files.insert(
+                    key,
+                    CollectorFile {
+                        minute: name.minute,
+                        path: file.path,
+                        len: file.len,
+                    },
+                );
             }
         }
     }
-    // Late files land in later directories: look from `from` on, without an end.
-    for minute in walk_dirs(storage, View::Local, topic, Some(from), None).await? {
+    // Late files land in later directories: look from `since` on, without an end.
+    for minute in walk_dirs(storage, View::Local, topic, Some(since), None).await? {
         let dir = Layout::minute_dir(View::Local, topic, minute);
         for file in storage.list_or_empty(&dir).await? {
             if let Ok(name) = Layout::parse_local_file_name(&file.name) {
-                if in_range(name.minute) {
-                    *counts.entry(name.minute).or_default() +=
-                        file_records(storage, &file.path, file.len).await?;
-                }
+                let own = file.name.splitn(3, '-').nth(2).unwrap_or_default();
+                let key = (name.collector.to_string(), own.to_owned());
+                files.insert(
+                    key,
+                    CollectorFile {
+                        minute: name.minute,
+                        path: file.path,
+                        len: file.len,
+                    },
+                );
             }
         }
     }
-    Ok(counts)
+    Ok(files.into_values().collect())
+}
+
+/// Runs `scan` again (up to 10 times) while it fails because a file it listed was
+/// moved by the worker before it was read.
+async fn retry_moved<T, F, Fut>(mut scan: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let mut attempt = 1;
+    loop {
+        match scan().await {
+            Err(e) if attempt < 10 && is_not_found(&e) => {
+                tracing::debug!(attempt, error = %e, "a file moved while auditing; listing again");
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn is_not_found(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<StorageError>()
+            .is_some_and(StorageError::is_not_found)
+            || cause
+                .downcast_ref::<FormatError>()
+                .is_some_and(|f| matches!(f, FormatError::Storage(s) if s.is_not_found()))
+    })
+}
+
+/// Collector-written records of `topic` by the file's minute, from `data/` and
+/// `streams_local/` (files keep their collector name there).
+async fn collected(
+    storage: &dyn Storage,
+    topic: &Topic,
+    from: Minute,
+    to: Minute,
+) -> anyhow::Result<Counts> {
+    retry_moved(|| async {
+        let mut counts = Counts::new();
+        for file in collector_files(storage, topic, from).await? {
+            if file.minute >= from && file.minute <= to {
+                *counts.entry(file.minute).or_default() +=
+                    file_records(storage, &file.path, file.len).await?;
+            }
+        }
+        Ok(counts)
+    })
+    .await
 }
 
 /// Records listed in sealed manifests of `view`, by the data's own minute, plus
@@ -207,46 +280,33 @@ async fn acked(
         acked: u64,
     }
     let audit = Topic::audit();
-    let mut paths = Vec::new();
-    for collector in storage
-        .list_or_empty(&Layout::topic_dir(View::Collector, &audit))
-        .await?
-    {
-        if collector.is_dir {
-            for file in storage.list_or_empty(&collector.path).await? {
-                if Layout::parse_collector_file_name(&file.name).is_ok() {
-                    paths.push(file.path);
-                }
-            }
-        }
-    }
     // Audit records are written a little after their minute: look from one hour
     // before `from` (clock skew) to the end.
     let start = from.add_minutes(-60).unwrap_or(from);
-    for minute in walk_dirs(storage, View::Local, &audit, Some(start), None).await? {
-        let dir = Layout::minute_dir(View::Local, &audit, minute);
-        for file in storage.list_or_empty(&dir).await? {
-            if !Layout::is_hidden(&file.name) {
-                paths.push(file.path);
+    let found = retry_moved(|| async {
+        let mut found = Counts::new();
+        for file in collector_files(storage, &audit, start).await? {
+            let decoded = read_file(storage, &file.path, Encoding::Lines)
+                .await
+                .with_context(|| format!("reading audit file {}", file.path))?;
+            for payload in decoded.payloads {
+                let Ok(record) = serde_json::from_slice::<Record>(&payload) else {
+                    continue;
+                };
+                if record.version == 1
+                    && record.topic == topic.as_str()
+                    && record.minute >= from
+                    && record.minute <= to
+                {
+                    *found.entry(record.minute).or_default() += record.acked;
+                }
             }
         }
-    }
-    for path in paths {
-        let decoded = read_file(storage, &path, Encoding::Lines)
-            .await
-            .with_context(|| format!("reading audit file {path}"))?;
-        for payload in decoded.payloads {
-            let Ok(record) = serde_json::from_slice::<Record>(&payload) else {
-                continue;
-            };
-            if record.version == 1
-                && record.topic == topic.as_str()
-                && record.minute >= from
-                && record.minute <= to
-            {
-                *into.entry(record.minute).or_default() += record.acked;
-            }
-        }
+        Ok(found)
+    })
+    .await?;
+    for (minute, acked) in found {
+        *into.entry(minute).or_default() += acked;
     }
     Ok(())
 }
@@ -449,4 +509,80 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use conduit_core::storage::LocalStorage;
+    use conduit_core::NodeName;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_file_moved_during_the_listing_is_counted_once() {
+        let dir = std::env::temp_dir().join(format!("conduit-audit-test-{}", std::process::id()));
+        let storage: SharedStorage = Arc::new(LocalStorage::open(&dir).unwrap());
+        let topic = Topic::audit();
+        let minute = Minute::parse_flexible("2026-11-30T15:10").unwrap();
+        let (dc1, c1) = (NodeName::new("dc1").unwrap(), NodeName::new("c1").unwrap());
+        let name = Layout::collector_file_name(&topic, minute, 0);
+        let data = format!("{}/{name}", Layout::collector_dir(&topic, &c1));
+        let local = Layout::local_file_name(&dc1, &c1, minute, 0, &topic);
+        let moved = format!(
+            "{}/{local}",
+            Layout::minute_dir(View::Local, &topic, minute)
+        );
+        // Listed in data/ and, moved meanwhile, in its minute directory.
+        storage
+            .write_atomic(&data, Bytes::from_static(b"x"))
+            .await
+            .unwrap();
+        storage
+            .write_atomic(&moved, Bytes::from_static(b"x"))
+            .await
+            .unwrap();
+        let files = collector_files(storage.as_ref(), &topic, minute)
+            .await
+            .unwrap();
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].path, moved, "the minute directory's path is kept");
+        assert_eq!(files[0].minute, minute);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_scan_that_met_a_moved_file_is_run_again() {
+        let mut calls = 0;
+        let counted = retry_moved(|| {
+            calls += 1;
+            let first = calls == 1;
+            async move {
+                if first {
+                    let gone = StorageError::NotFound {
+                        path: "data/_audit/c1/sys_audit-2026-11-30-15-10_00000.zst".into(),
+                    };
+                    return Err(anyhow::Error::from(FormatError::Storage(gone))
+                        .context("reading audit file"));
+                }
+                Ok(7)
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!((counted, calls), (7, 2));
+
+        // Other errors are not retried.
+        let mut calls = 0;
+        let err = retry_moved(|| {
+            calls += 1;
+            async { Err::<u32, _>(anyhow::anyhow!("corrupt frame")) }
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(calls, 1);
+        assert!(err.to_string().contains("corrupt frame"));
+    }
 }
