@@ -32,7 +32,7 @@ use clap::Args;
 use conduit_core::format::{read_file, FormatError, Trailer, TRAILER_LEN};
 use conduit_core::layout::Layout;
 use conduit_core::manifest::Manifest;
-use conduit_core::storage::StorageError;
+use conduit_core::storage::{FileStatus, StorageError};
 use conduit_core::{Config, Encoding, Minute, SharedStorage, Storage, Topic, View};
 
 use crate::verify::{count_records, parse_time, walk_dirs};
@@ -123,14 +123,23 @@ struct CollectorFile {
 /// and those the worker moved into local minute directories from `since` on, each
 /// once. The worker moves files while this runs: `data/` is listed first, so a
 /// file moved meanwhile is found in its minute directory (and kept once, by its
-/// collector and name); one moved after the listing, before it is read, makes the
+/// collector, minute and sequence number); one moved after the listing, before it is read, makes the
 /// read fail with "not found" (see [`retry_moved`]).
 async fn collector_files(
     storage: &dyn Storage,
     topic: &Topic,
     since: Minute,
 ) -> anyhow::Result<Vec<CollectorFile>> {
-    let mut files: BTreeMap<(String, String), CollectorFile> = BTreeMap::new();
+    // Keyed by (collector, minute, seq): the same file in `data/` and in its
+    // minute directory is one entry, the later listing's.
+    let mut files: BTreeMap<(String, Minute, u32), CollectorFile> = BTreeMap::new();
+    let mut keep = |collector: &str, minute: Minute, seq: u32, file: FileStatus| {
+        let (path, len) = (file.path, file.len);
+        files.insert(
+            (collector.to_owned(), minute, seq),
+            CollectorFile { minute, path, len },
+        );
+    };
     for collector in storage
         .list_or_empty(&Layout::topic_dir(View::Collector, topic))
         .await?
@@ -140,15 +149,7 @@ async fn collector_files(
         }
         for file in storage.list_or_empty(&collector.path).await? {
             if let Ok(name) = Layout::parse_collector_file_name(&file.name) {
-                let key = (collector.name.clone(), file.name.clone());
-                files.insert(
-                    key,
-                    CollectorFile {
-                        minute: name.minute,
-                        path: file.path,
-                        len: file.len,
-                    },
-                );
+                keep(&collector.name, name.minute, name.seq, file);
             }
         }
     }
@@ -157,16 +158,7 @@ async fn collector_files(
         let dir = Layout::minute_dir(View::Local, topic, minute);
         for file in storage.list_or_empty(&dir).await? {
             if let Ok(name) = Layout::parse_local_file_name(&file.name) {
-                let own = file.name.splitn(3, '-').nth(2).unwrap_or_default();
-                let key = (name.collector.to_string(), own.to_owned());
-                files.insert(
-                    key,
-                    CollectorFile {
-                        minute: name.minute,
-                        path: file.path,
-                        len: file.len,
-                    },
-                );
+                keep(name.collector.as_str(), name.minute, name.seq, file);
             }
         }
     }

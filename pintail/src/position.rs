@@ -172,24 +172,6 @@ impl Position {
         self.record
     }
 
-    /// The same position in another file or frame.
-    pub fn with_file(&self, file: impl Into<Arc<str>>, offset: u64, record: u32) -> Position {
-        Position::new(
-            self.at.partition.clone(),
-            self.at.minute,
-            self.at.cluster.clone(),
-            self.at.collector.clone(),
-            file,
-            offset,
-            record,
-        )
-    }
-
-    /// Another record of the same file.
-    pub fn with_offset(&self, offset: u64, record: u32) -> Position {
-        Position::in_file(self.at.clone(), offset, record)
-    }
-
     /// `*self = from.clone()`, touching the shared part only when it differs.
     pub(crate) fn assign(&mut self, from: &Position) {
         if !Arc::ptr_eq(&self.at, &from.at) {
@@ -447,8 +429,20 @@ mod tests {
     #[test]
     fn positions_order_within_a_partition() {
         let a = position();
-        let b = a.with_offset(4096, 4);
-        let c = a.with_file("clicks-2026-11-22-10-05_00001.zst", 0, 0);
+        let at = |file: &str, offset, record| {
+            let (cluster, collector) = (a.cluster().clone(), a.collector().clone());
+            Position::new(
+                "dc1-c1",
+                a.minute(),
+                cluster,
+                collector,
+                file,
+                offset,
+                record,
+            )
+        };
+        let b = at(a.file(), 4096, 4);
+        let c = at("clicks-2026-11-22-10-05_00001.zst", 0, 3);
         assert_eq!(a.cmp_in_partition(&b), Ordering::Less);
         assert_eq!(b.cmp_in_partition(&c), Ordering::Less);
         assert_eq!(a.local_name(), "dc1-c1-clicks-2026-11-22-10-05_00000.zst");

@@ -30,9 +30,10 @@
 //! first chunk of the minute's next file; in the local view that of the
 //! collector's next-minute file, a guess that is used only if it is the file
 //! opened next) and decodes its frames on the blocking pool, a few frames per
-//! task so that they spread over the cores ([`Ahead`]). Positions, errors and their order are exactly
-//! those of decoding at delivery: a frame that does not decode carries its error
-//! until the reader reaches it. Files still being written are decoded at delivery.
+//! task so that they spread over the cores ([`Ahead`]). Positions, errors and
+//! their order are exactly those of decoding at delivery: a frame that does not
+//! decode carries its error until the reader reaches it. Files still being
+//! written are decoded at delivery.
 //!
 //! # Memory
 //! One read chunk (1 MiB, doubled up to [`MAX_FRAME_BYTES`] for a larger frame)
@@ -183,8 +184,8 @@ struct OpenFile {
     pending: VecDeque<Bytes>,
     frame_offset: u64,
     delivered_in_frame: u32,
-    /// The file part of its positions (made at the first message; the directory
-    /// minute is part of it).
+    /// The file part of its positions, made at the first message from the fields
+    /// above (change `dir_minute` with [`OpenFile::set_dir_minute`]).
     at: Option<Arc<FileAt>>,
     /// When the file was first found missing from every place it could be.
     missing_since: Option<Instant>,
@@ -621,8 +622,7 @@ impl PartitionReader {
                 .await?,
         );
         for m in candidates {
-            f.dir_minute = m;
-            f.at = None;
+            f.set_dir_minute(m);
             if self.roots.exists(&self.path(ctx, f)).await? {
                 return Ok(true);
             }
@@ -1262,6 +1262,13 @@ impl PartitionReader {
 }
 
 impl OpenFile {
+    /// Moves the file to another minute directory (positions made from now on
+    /// name it).
+    fn set_dir_minute(&mut self, minute: Minute) {
+        self.dir_minute = minute;
+        self.at = None;
+    }
+
     fn new(
         cluster: NodeName,
         collector: NodeName,
