@@ -165,9 +165,41 @@ pub struct EngineSettings {
     pub open: Arc<OpenFiles>,
 }
 
-/// A topic's frame in the current round, kept until the round is answered so it
+/// A call of the round being committed, and what became of its parts.
+struct RoundCall {
+    /// The call, answered once the round is durable or has failed.
+    sub: Submission,
+    /// Indexes of its parts made durable in this round (a batch that is answered
+    /// `TRY_LATER` remembers them, so that its retry writes only the others).
+    durable_parts: Vec<u16>,
+    /// Whether some part of it is not durable: it is answered `TRY_LATER`.
+    failed: bool,
+    /// Retries of the same idempotent batch queued in the same round: not written,
+    /// answered like this call.
+    twins: Vec<Submission>,
+}
+
+/// How far a topic's frames got in the round being committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Compressed, not written yet.
+    Framed,
+    /// Written to the round's target; durable once synced.
+    Written,
+    /// Storage refused the write or the sync: the spool may take them.
+    Refused,
+    /// Synced (in the round's target or in the spool).
+    Durable,
+    /// Not durable: every call with a part in them is answered `TRY_LATER`.
+    Failed,
+}
+
+/// A topic's frames in the current round, kept until the round is answered so they
 /// can go to the spool if storage fails.
 struct TopicRound {
+    /// The topic (its file is found by it).
+    topic: Topic,
+    /// Its record encoding (a new file needs it for its trailer).
     encoding: Encoding,
     /// Frames to append, in order: parts compressed by their connection first,
     /// then one frame for every small part.
@@ -178,10 +210,64 @@ struct TopicRound {
     small_marks: Vec<BatchMark>,
     /// Records in the small parts.
     small_count: u64,
+    /// Records in every part (the `events` metric once durable).
     count: u64,
+    /// Payload bytes in every part (the `bytes` metric once durable).
     payload_bytes: u64,
-    /// (submission index, part index) of every part in this frame.
+    /// (index in the round's calls, part index) of every part in these frames:
+    /// whose answer depends on them.
     members: Vec<(usize, u16)>,
+    /// How far they got.
+    stage: Stage,
+}
+
+impl TopicRound {
+    /// Bytes its chunks add to a file.
+    fn len(&self) -> u64 {
+        self.chunks.iter().map(Chunk::len).sum()
+    }
+}
+
+/// Every topic of the round being committed, in order of first appearance.
+#[derive(Default)]
+struct RoundTopics {
+    /// The topics, written in this order.
+    topics: Vec<TopicRound>,
+    /// Where each topic is in `topics` (open files are found by topic).
+    index_of: HashMap<Topic, usize>,
+}
+
+impl RoundTopics {
+    fn get_mut(&mut self, topic: &Topic) -> Option<&mut TopicRound> {
+        let i = *self.index_of.get(topic)?;
+        Some(&mut self.topics[i])
+    }
+
+    fn stage_of(&self, topic: &Topic) -> Option<Stage> {
+        self.index_of.get(topic).map(|&i| self.topics[i].stage)
+    }
+
+    /// The topic's entry, created empty at its first part.
+    fn entry(&mut self, topic: &Topic, encoding: Encoding) -> &mut TopicRound {
+        if let Some(&i) = self.index_of.get(topic) {
+            return &mut self.topics[i];
+        }
+        let i = self.topics.len();
+        self.index_of.insert(topic.clone(), i);
+        self.topics.push(TopicRound {
+            topic: topic.clone(),
+            encoding,
+            chunks: Vec::new(),
+            records: Vec::new(),
+            small_marks: Vec::new(),
+            small_count: 0,
+            count: 0,
+            payload_bytes: 0,
+            members: Vec::new(),
+            stage: Stage::Framed,
+        });
+        &mut self.topics[i]
+    }
 }
 
 /// One frame (and the batch marks written before it) to append to a topic's file.
@@ -522,15 +608,37 @@ impl Engine {
         round
     }
 
-    /// Commits one round: frames, syncs, spool fallback, answers.
+    /// Commits one round: collects it into frames per topic, writes them (with
+    /// their batch marks), syncs every touched file, falls back to the spool for
+    /// what storage refused, answers every call, and closes the files that reached
+    /// `max_file_bytes`.
     async fn commit(&mut self, round: Vec<Submission>) {
         if self.clock.minute() > self.current_minute {
             self.roll().await;
         }
         let now = now_secs(&self.clock);
-        // Deduplicate idempotent batches.
-        let mut accepted: Vec<Submission> = Vec::with_capacity(round.len());
-        let mut twins: Vec<(usize, Submission)> = Vec::new();
+        let mut calls = self.deduplicate(round);
+        let mut topics = collect_topics(&mut calls);
+        self.frame_small_parts(&mut topics);
+        // Storage, or the spool while storage is unhealthy.
+        let target = if self.healthy || self.spool.is_none() {
+            Target::Storage
+        } else {
+            Target::Spool
+        };
+        self.write_frames(target, &mut topics).await;
+        self.sync_written(target, &mut topics).await;
+        self.spool_refused(target, &mut topics).await;
+        self.answer(calls, &topics, now);
+        self.close_full_files().await;
+        self.publish_status();
+    }
+
+    /// Answers the idempotent batches already durable, keeps only the missing parts
+    /// of partially durable ones, and attaches retries of a batch already in the
+    /// round to it.
+    fn deduplicate(&mut self, round: Vec<Submission>) -> Vec<RoundCall> {
+        let mut calls: Vec<RoundCall> = Vec::with_capacity(round.len());
         let mut in_round: HashMap<(Bytes, i64), usize> = HashMap::new();
         for mut sub in round {
             if let Some((id, seq)) = sub.batch.clone() {
@@ -545,113 +653,79 @@ impl Engine {
                     }
                     BatchState::New => {}
                 }
-                if let Some(&owner) = in_round.get(&(id.clone(), seq)) {
-                    self.metrics.duplicate_batches.inc();
-                    twins.push((owner, sub));
-                    continue;
-                }
-                in_round.insert((id, seq), accepted.len());
-            }
-            accepted.push(sub);
-        }
-
-        // One frame per topic for the small parts; large parts bring their own.
-        let mut topics: HashMap<Topic, TopicRound> = HashMap::new();
-        for (i, sub) in accepted.iter_mut().enumerate() {
-            for part in sub.parts.iter_mut() {
-                let entry = topics
-                    .entry(part.topic.clone())
-                    .or_insert_with(|| TopicRound {
-                        encoding: part.encoding,
-                        chunks: Vec::new(),
-                        records: Vec::new(),
-                        small_marks: Vec::new(),
-                        small_count: 0,
-                        count: 0,
-                        payload_bytes: 0,
-                        members: Vec::new(),
-                    });
-                let mark = sub.batch.as_ref().map(|(id, seq)| BatchMark {
-                    publisher: id.clone(),
-                    sequence: *seq,
-                    part: part.index,
-                    parts: sub.parts_total,
-                });
-                match part.frame.take() {
-                    Some(frame) => entry.chunks.push(Chunk {
-                        marks: mark.map(|m| encode_marks(&[m])),
-                        frame,
-                        count: part.count,
-                        record_bytes: part.record_bytes,
-                    }),
-                    None => {
-                        if entry.records.is_empty() {
-                            entry.records = std::mem::take(&mut part.records);
-                        } else {
-                            entry.records.extend_from_slice(&part.records);
-                        }
-                        entry.small_count += part.count;
-                        entry.small_marks.extend(mark);
+                match in_round.entry((id, seq)) {
+                    std::collections::hash_map::Entry::Occupied(owner) => {
+                        self.metrics.duplicate_batches.inc();
+                        calls[*owner.get()].twins.push(sub);
+                        continue;
                     }
-                }
-                entry.count += part.count;
-                entry.payload_bytes += part.payload_bytes;
-                entry.members.push((i, part.index));
-            }
-        }
-
-        let mut frames: Vec<(Topic, TopicRound)> = Vec::new();
-        let mut failed: Vec<Topic> = Vec::new();
-        for (topic, mut tr) in topics {
-            if !tr.records.is_empty() {
-                match self.encoder.frame(&tr.records) {
-                    Ok(frame) => {
-                        let marks =
-                            (!tr.small_marks.is_empty()).then(|| encode_marks(&tr.small_marks));
-                        tr.chunks.push(Chunk {
-                            marks,
-                            frame,
-                            count: tr.small_count,
-                            record_bytes: tr.records.len() as u64,
-                        });
-                    }
-                    Err(e) => {
-                        tracing::error!(topic = %topic, error = %e, "compression failed");
-                        failed.push(topic.clone());
+                    std::collections::hash_map::Entry::Vacant(slot) => {
+                        slot.insert(calls.len());
                     }
                 }
             }
-            frames.push((topic, tr));
+            calls.push(RoundCall {
+                sub,
+                durable_parts: Vec::new(),
+                failed: false,
+                twins: Vec::new(),
+            });
         }
+        calls
+    }
 
-        // Write every frame to its file (storage, or spool while unhealthy).
-        let target = if self.healthy || self.spool.is_none() {
-            Target::Storage
-        } else {
-            Target::Spool
-        };
-        let mut written: Vec<Topic> = Vec::new();
-        let mut to_spool: Vec<usize> = Vec::new();
-        for (i, (topic, tr)) in frames.iter().enumerate() {
-            if failed.contains(topic) {
+    /// Compresses each topic's small parts into one more frame (with their marks).
+    fn frame_small_parts(&mut self, topics: &mut RoundTopics) {
+        for tr in topics.topics.iter_mut() {
+            if tr.records.is_empty() {
                 continue;
             }
-            match self.append_to(target, topic, tr.encoding, &tr.chunks).await {
-                Ok(()) => written.push(topic.clone()),
+            let records = std::mem::take(&mut tr.records);
+            match self.encoder.frame(&records) {
+                Ok(frame) => {
+                    let marks = (!tr.small_marks.is_empty()).then(|| encode_marks(&tr.small_marks));
+                    tr.chunks.push(Chunk {
+                        marks,
+                        frame,
+                        count: tr.small_count,
+                        record_bytes: records.len() as u64,
+                    });
+                }
                 Err(e) => {
-                    self.on_failure(topic, target, "write", &e);
-                    to_spool.push(i);
+                    tracing::error!(topic = %tr.topic, error = %e, "compression failed");
+                    tr.stage = Stage::Failed;
                 }
             }
         }
+    }
 
-        // Sync every touched file concurrently.
+    /// Appends every topic's frames to its file in `target`.
+    async fn write_frames(&mut self, target: Target, topics: &mut RoundTopics) {
+        for tr in topics.topics.iter_mut() {
+            if tr.stage != Stage::Framed {
+                continue;
+            }
+            match self
+                .append_to(target, &tr.topic, tr.encoding, &tr.chunks)
+                .await
+            {
+                Ok(()) => tr.stage = Stage::Written,
+                Err(e) => {
+                    self.on_failure(&tr.topic, target, "write", &e);
+                    tr.stage = Stage::Refused;
+                }
+            }
+        }
+    }
+
+    /// Syncs every file written in this round, concurrently.
+    async fn sync_written(&mut self, target: Target, topics: &mut RoundTopics) {
         let started = Instant::now();
         let results = {
             let touched: Vec<&mut OpenFile> = self
                 .files
                 .iter_mut()
-                .filter(|(t, _)| written.contains(t))
+                .filter(|(t, _)| topics.stage_of(t) == Some(Stage::Written))
                 .map(|(_, f)| f)
                 .collect();
             futures::future::join_all(touched.into_iter().map(|f| async move {
@@ -666,73 +740,84 @@ impl Engine {
         self.metrics.syncs.inc_by(results.len() as u64);
         self.metrics.commits.inc();
         for (topic, result) in results {
-            if let Err(e) = result {
-                self.on_failure(&topic, target, "sync", &e);
-                if let Some(i) = frames.iter().position(|(t, _)| *t == topic) {
-                    to_spool.push(i);
-                }
-            }
-        }
-
-        // Second chance in the spool for what storage refused.
-        if target == Target::Storage && !to_spool.is_empty() && self.spool.is_some() {
-            let mut still_failed = Vec::new();
-            for i in to_spool {
-                let (topic, tr) = &frames[i];
-                let len: u64 = tr.chunks.iter().map(Chunk::len).sum();
-                if self.spool_bytes + len > self.settings.spool_max_bytes {
-                    tracing::warn!(topic = %topic, spool_bytes = self.spool_bytes, spool_max_bytes = self.settings.spool_max_bytes, "spool full");
-                    still_failed.push(topic.clone());
-                    continue;
-                }
-                let ok = match self
-                    .append_to(Target::Spool, topic, tr.encoding, &tr.chunks)
-                    .await
-                {
-                    Ok(()) => match self.files.get_mut(topic) {
-                        Some(f) => f.sync().await.is_ok(),
-                        None => false,
-                    },
-                    Err(_) => false,
-                };
-                if ok {
-                    self.spool_bytes += len;
-                } else {
-                    tracing::error!(topic = %topic, "the spool refused a frame too; answering TRY_LATER");
-                    if let Some(f) = self.files.remove(topic) {
-                        self.abandon(f);
+            let Some(tr) = topics.get_mut(&topic) else {
+                continue;
+            };
+            match result {
+                Ok(()) => {
+                    tr.stage = Stage::Durable;
+                    if target == Target::Spool {
+                        self.spool_bytes += tr.len();
                     }
-                    still_failed.push(topic.clone());
                 }
-            }
-            failed.extend(still_failed);
-        } else {
-            for i in to_spool {
-                failed.push(frames[i].0.clone());
-            }
-        }
-        if target == Target::Spool {
-            for (topic, tr) in &frames {
-                if !failed.contains(topic) {
-                    self.spool_bytes += tr.chunks.iter().map(Chunk::len).sum::<u64>();
+                Err(e) => {
+                    self.on_failure(&topic, target, "sync", &e);
+                    tr.stage = Stage::Refused;
                 }
             }
         }
+    }
 
-        // Answer: durable only if every part is.
-        let mut ok_parts: HashMap<usize, Vec<u16>> = HashMap::new();
-        let mut bad_subs: Vec<bool> = vec![false; accepted.len()];
-        for (topic, tr) in &frames {
-            let topic_ok = !failed.contains(topic);
+    /// Gives what storage refused a second chance in the spool (when the round
+    /// went to storage and there is a spool); what is left fails.
+    async fn spool_refused(&mut self, target: Target, topics: &mut RoundTopics) {
+        let second_chance = target == Target::Storage && self.spool.is_some();
+        for tr in topics.topics.iter_mut() {
+            if tr.stage != Stage::Refused {
+                continue;
+            }
+            tr.stage = if second_chance && self.spool_one(tr).await {
+                Stage::Durable
+            } else {
+                Stage::Failed
+            };
+        }
+    }
+
+    /// Appends a topic's frames to its spool file and syncs it; whether they are
+    /// durable there.
+    async fn spool_one(&mut self, tr: &TopicRound) -> bool {
+        let topic = &tr.topic;
+        let len = tr.len();
+        if self.spool_bytes + len > self.settings.spool_max_bytes {
+            tracing::warn!(topic = %topic, spool_bytes = self.spool_bytes, spool_max_bytes = self.settings.spool_max_bytes, "spool full");
+            return false;
+        }
+        let ok = match self
+            .append_to(Target::Spool, topic, tr.encoding, &tr.chunks)
+            .await
+        {
+            Ok(()) => match self.files.get_mut(topic) {
+                Some(f) => f.sync().await.is_ok(),
+                None => false,
+            },
+            Err(_) => false,
+        };
+        if ok {
+            self.spool_bytes += len;
+        } else {
+            tracing::error!(topic = %topic, "the spool refused a frame too; answering TRY_LATER");
+            if let Some(f) = self.files.remove(topic) {
+                self.abandon(f);
+            }
+        }
+        ok
+    }
+
+    /// Answers every call of the round: durable only if every part of it is.
+    /// Batches remember which of their parts are durable.
+    fn answer(&mut self, mut calls: Vec<RoundCall>, topics: &RoundTopics, now: i64) {
+        for tr in &topics.topics {
+            let durable = tr.stage == Stage::Durable;
             for &(i, part) in &tr.members {
-                if topic_ok {
-                    ok_parts.entry(i).or_default().push(part);
+                if durable {
+                    calls[i].durable_parts.push(part);
                 } else {
-                    bad_subs[i] = true;
+                    calls[i].failed = true;
                 }
             }
-            if topic_ok {
-                let label = Metrics::label("topic", topic.as_str());
+            if durable {
+                let label = Metrics::label("topic", tr.topic.as_str());
                 self.metrics.events.get_or_create(&label).inc_by(tr.count);
                 self.metrics
                     .bytes
@@ -740,38 +825,37 @@ impl Engine {
                     .inc_by(tr.payload_bytes);
             }
         }
-        let mut outcomes = Vec::with_capacity(accepted.len());
-        for (i, sub) in accepted.iter().enumerate() {
-            let outcome = if bad_subs[i] {
-                Outcome::TryLater(if self.spool.is_some() {
-                    "spool_unavailable"
-                } else {
-                    "storage_unavailable"
-                })
+        let refused = if self.spool.is_some() {
+            "spool_unavailable"
+        } else {
+            "storage_unavailable"
+        };
+        for call in calls {
+            let outcome = if call.failed {
+                Outcome::TryLater(refused)
             } else {
                 Outcome::Durable
             };
-            if let Some((id, seq)) = &sub.batch {
+            if let Some((id, seq)) = &call.sub.batch {
                 match outcome {
                     Outcome::Durable => self.dedup.mark_durable(id, *seq, now),
                     Outcome::TryLater(_) => {
-                        if let Some(parts) = ok_parts.get(&i) {
-                            self.dedup.mark_parts(id, *seq, parts, now);
+                        if !call.durable_parts.is_empty() {
+                            self.dedup.mark_parts(id, *seq, &call.durable_parts, now);
                         }
                     }
                 }
                 self.dedup_dirty = true;
             }
-            outcomes.push(outcome);
+            call.sub.answer(outcome, &self.metrics);
+            for twin in call.twins {
+                twin.answer(outcome, &self.metrics);
+            }
         }
-        for (sub, outcome) in accepted.into_iter().zip(outcomes.iter()) {
-            sub.answer(*outcome, &self.metrics);
-        }
-        for (owner, twin) in twins {
-            twin.answer(outcomes[owner], &self.metrics);
-        }
+    }
 
-        // Size-based roll.
+    /// Closes every file that reached `max_file_bytes`.
+    async fn close_full_files(&mut self) {
         let full: Vec<Topic> = self
             .files
             .iter()
@@ -786,7 +870,6 @@ impl Engine {
                 }
             }
         }
-        self.publish_status();
     }
 
     fn on_failure(
@@ -1100,6 +1183,46 @@ impl Engine {
         self.publish_status();
         self.status.send_modify(|s| s.stopped = true);
     }
+}
+
+/// Groups the round's parts by topic: a part compressed by its connection keeps its
+/// frame (and its batch mark); the small parts of a topic are gathered to be
+/// compressed into one more frame.
+fn collect_topics(calls: &mut [RoundCall]) -> RoundTopics {
+    let mut topics = RoundTopics::default();
+    for (i, call) in calls.iter_mut().enumerate() {
+        let sub = &mut call.sub;
+        for part in sub.parts.iter_mut() {
+            let entry = topics.entry(&part.topic, part.encoding);
+            let mark = sub.batch.as_ref().map(|(id, seq)| BatchMark {
+                publisher: id.clone(),
+                sequence: *seq,
+                part: part.index,
+                parts: sub.parts_total,
+            });
+            match part.frame.take() {
+                Some(frame) => entry.chunks.push(Chunk {
+                    marks: mark.map(|m| encode_marks(&[m])),
+                    frame,
+                    count: part.count,
+                    record_bytes: part.record_bytes,
+                }),
+                None => {
+                    if entry.records.is_empty() {
+                        entry.records = std::mem::take(&mut part.records);
+                    } else {
+                        entry.records.extend_from_slice(&part.records);
+                    }
+                    entry.small_count += part.count;
+                    entry.small_marks.extend(mark);
+                }
+            }
+            entry.count += part.count;
+            entry.payload_bytes += part.payload_bytes;
+            entry.members.push((i, part.index));
+        }
+    }
+    topics
 }
 
 /// Copies a closed spool file to storage under the same name, then deletes it from
