@@ -34,7 +34,6 @@
 //! before each data frame so the table can be rebuilt after a crash.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,6 +49,8 @@ use crate::dedup::{BatchState, DedupTable};
 use crate::files::{Abandoned, OpenFile, Target};
 use crate::metrics::Metrics;
 use crate::open::OpenFiles;
+use crate::queues::Reservation;
+use crate::reasons::TryLaterReason;
 
 /// Largest round the committer gathers before committing (uncompressed bytes).
 const MAX_ROUND_BYTES: usize = 8 << 20;
@@ -85,9 +86,8 @@ pub struct Part {
 pub enum Outcome {
     /// Every entry is durable.
     Durable,
-    /// Not stored (or not all of it): the caller should retry later. The reason is a
-    /// metric label.
-    TryLater(&'static str),
+    /// Not stored (or not all of it): the caller should retry later.
+    TryLater(TryLaterReason),
 }
 
 /// One call queued for the committer.
@@ -99,8 +99,8 @@ pub struct Submission {
     pub parts_total: u16,
     /// Publisher id and sequence of an idempotent `LogBatch`.
     pub batch: Option<(Bytes, i64)>,
-    /// Per-topic queue counters to release when the call is answered.
-    pub queued: Vec<(Arc<AtomicU64>, u64)>,
+    /// The call's bytes in the topic queues, released when it is answered.
+    pub queued: Reservation,
     /// When the call arrived.
     pub arrived: Instant,
     /// Where the answer goes.
@@ -113,16 +113,14 @@ impl Submission {
     }
 
     fn answer(self, outcome: Outcome, metrics: &Metrics) {
-        for (counter, bytes) in &self.queued {
-            counter.fetch_sub(*bytes, Ordering::Relaxed);
-        }
+        self.queued.release();
         metrics
             .ack_seconds
             .observe(self.arrived.elapsed().as_secs_f64());
         if let Outcome::TryLater(reason) = outcome {
             metrics
                 .try_later
-                .get_or_create(&Metrics::label("reason", reason))
+                .get_or_create(&Metrics::label("reason", reason.as_str()))
                 .inc();
         }
         // The connection may be gone; the data is durable either way.
@@ -826,9 +824,9 @@ impl Engine {
             }
         }
         let refused = if self.spool.is_some() {
-            "spool_unavailable"
+            TryLaterReason::SpoolUnavailable
         } else {
-            "storage_unavailable"
+            TryLaterReason::StorageUnavailable
         };
         for call in calls {
             let outcome = if call.failed {

@@ -10,7 +10,11 @@
 //! watermark in `system/heartbeats/` for the worker.
 //!
 //! # Layout
-//! - [`server`]: connections, validation, `_invalid`, backpressure, fb303.
+//! - [`connection`]: the listener, and per connection a request handler and an
+//!   ordered reply writer.
+//! - [`server`]: what calls turn into: validation, `_invalid`, fb303.
+//! - [`queues`]: bytes queued per topic (backpressure).
+//! - [`reasons`]: why a call, an entry or a connection is refused.
 //! - [`engine`]: the committer (group commit, files, minute roll, spool, recovery).
 //! - [`files`]: open and abandoned data files.
 //! - [`dedup`]: which idempotent batches are durable.
@@ -24,11 +28,14 @@
 //! in-flight calls, drain the queue, close every file, publish the final
 //! heartbeat, return.
 
+pub mod connection;
 pub mod dedup;
 pub mod engine;
 pub mod files;
 pub mod metrics;
 pub mod open;
+pub mod queues;
+pub mod reasons;
 pub mod server;
 
 use std::net::SocketAddr;
@@ -42,8 +49,7 @@ use conduit_core::http::{HttpServer, SharedRegistry};
 use conduit_core::storage::{LocalStorage, TimeoutStorage};
 use conduit_core::{Config, NodeName, SharedClock, SharedStorage};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch, Semaphore};
-use tokio::task::JoinSet;
+use tokio::sync::{mpsc, watch};
 
 pub use engine::{EngineStatus, Outcome};
 pub use metrics::Metrics;
@@ -142,7 +148,7 @@ impl Collector {
             tx,
             metrics: metrics.clone(),
             totals: Default::default(),
-            queues: Mutex::new(Default::default()),
+            queues: queues::TopicQueues::new(limits.topic_queue_bytes),
             clock: clock.clone(),
             started_at: started_at.timestamp(),
             shutting_down: shutdown_rx.clone(),
@@ -205,9 +211,9 @@ impl Collector {
         let cluster = settings.cluster.clone();
         let id = settings.id.clone();
         let main = tokio::spawn(async move {
-            accept_loop(listener, shared.clone(), shutdown_rx.clone()).await;
-            // Every connection is done: the queue's last sender goes with `shared`.
-            drop(shared);
+            connection::Listener::new(listener, shared).run().await;
+            // Every connection is done, and the queue's last sender went with the
+            // listener's `shared`.
             engine_task.await.context("committer task failed")?;
             heartbeat_task.await.context("heartbeat task failed")?;
             let _ = http_task.await;
@@ -266,55 +272,6 @@ impl Collector {
         self.shutdown();
         self.wait().await
     }
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    shared: Arc<server::Shared>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let limit = Arc::new(Semaphore::new(shared.limits.max_connections));
-    let mut connections = JoinSet::new();
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = shutdown.wait_for(|s| *s) => break,
-        };
-        // Reap finished connection tasks so the set stays small.
-        while connections.try_join_next().is_some() {}
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                // Out of file descriptors and the like: back off briefly.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let permit = limit.clone().try_acquire_owned();
-        let over_limit = permit.is_err();
-        if over_limit {
-            shared
-                .metrics
-                .connection_errors
-                .get_or_create(&Metrics::label("reason", "max_connections"))
-                .inc();
-            tracing::warn!(%peer, max_connections = shared.limits.max_connections, "connection over max_connections: answering TRY_LATER");
-        }
-        let shared = shared.clone();
-        connections.spawn(async move {
-            shared.metrics.open_connections.inc();
-            server::handle_connection(stream, shared.clone(), over_limit).await;
-            shared.metrics.open_connections.dec();
-            drop(permit);
-        });
-    }
-    drop(listener);
-    tracing::info!(
-        connections = connections.len(),
-        "stopped accepting; finishing in-flight calls"
-    );
-    while connections.join_next().await.is_some() {}
 }
 
 async fn heartbeat_loop(

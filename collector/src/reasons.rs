@@ -1,0 +1,232 @@
+//! Why the collector refuses a call, an entry or a connection.
+//!
+//! Every refusal has a reason, and every reason has one string: the label of its
+//! metric (`conduit_collector_try_later_total{reason}`, `..._invalid_total{reason}`,
+//! `..._connection_errors_total{reason}`) and, for entries, the `reason` field of
+//! the `_invalid` record (`docs/format.md` §5.5). The strings are part of the
+//! on-disk format and of the metrics an operator alerts on: never change one.
+//! Code compares the enums, never the strings.
+
+use conduit_core::scribe::ProtocolError;
+
+/// Why a `Log`/`LogBatch` call is answered `TRY_LATER` (nothing of it, or not all
+/// of it, is durable; the client retries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TryLaterReason {
+    /// A topic's queued bytes would exceed `topic_queue_bytes`, or the queue to the
+    /// committer is full.
+    QueueFull,
+    /// Shutdown has begun: no new calls are queued.
+    ShuttingDown,
+    /// The connection is over `max_connections`: it gets one answer, then is closed.
+    MaxConnections,
+    /// Storage failed and the spool could not take the data either (full or failed).
+    SpoolUnavailable,
+    /// Storage failed and there is no spool.
+    StorageUnavailable,
+}
+
+impl TryLaterReason {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::QueueFull => "queue_full",
+            Self::ShuttingDown => "shutting_down",
+            Self::MaxConnections => "max_connections",
+            Self::SpoolUnavailable => "spool_unavailable",
+            Self::StorageUnavailable => "storage_unavailable",
+        }
+    }
+}
+
+/// Why an entry goes to `_invalid` instead of its topic (the rest of its call is
+/// stored normally).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum InvalidReason {
+    /// The category is not UTF-8 or not a valid topic name.
+    InvalidTopic,
+    /// `strict_topics` is set and the topic is not configured.
+    UnknownTopic,
+    /// The message exceeds `max_message_bytes`.
+    MessageTooLarge,
+    /// A `lines` topic's message contains `\n`.
+    NewlineInLinesPayload,
+    /// The topic's `validate` rejects the message.
+    ValidationFailed,
+}
+
+impl InvalidReason {
+    /// The metric label and the `_invalid` record's `reason` field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidTopic => "invalid_topic",
+            Self::UnknownTopic => "unknown_topic",
+            Self::MessageTooLarge => "message_too_large",
+            Self::NewlineInLinesPayload => "newline_in_lines_payload",
+            Self::ValidationFailed => "validation_failed",
+        }
+    }
+
+    /// Whether the entry's topic is what is wrong: its metric is then labelled
+    /// `(invalid)` instead of the topic, so that garbage categories cannot grow the
+    /// label set without bound.
+    pub fn is_about_topic(self) -> bool {
+        matches!(self, Self::InvalidTopic | Self::UnknownTopic)
+    }
+
+    /// Whether the operator should hear of each such entry (a warning) rather than
+    /// only at debug level: an oversized message usually means a misconfigured
+    /// producer.
+    pub fn warns(self) -> bool {
+        self == Self::MessageTooLarge
+    }
+}
+
+/// Why a connection is refused or closed before its peer closes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConnectionError {
+    /// Accepted over `max_connections`: answered once (`TRY_LATER` for a `Log`
+    /// call), then closed.
+    MaxConnections,
+    /// The peer broke the protocol.
+    Protocol(ProtocolErrorKind),
+}
+
+impl ConnectionError {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MaxConnections => "max_connections",
+            Self::Protocol(kind) => kind.as_str(),
+        }
+    }
+}
+
+/// The kind of a [`ProtocolError`] that closes a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProtocolErrorKind {
+    /// A frame's length prefix exceeds `max_frame_bytes`.
+    FrameTooLarge,
+    /// The stream ended inside a frame.
+    TruncatedFrame,
+    /// Reading the socket failed.
+    Io,
+    /// A message that is not a call (or oneway call).
+    WrongMessageType,
+    /// Anything else that does not decode.
+    Malformed,
+}
+
+impl ProtocolErrorKind {
+    /// The kind of `error`.
+    pub fn of(error: &ProtocolError) -> ProtocolErrorKind {
+        match error {
+            ProtocolError::FrameTooLarge { .. } => Self::FrameTooLarge,
+            ProtocolError::TruncatedFrame { .. } => Self::TruncatedFrame,
+            ProtocolError::Io(_) => Self::Io,
+            ProtocolError::WrongMessageType { .. } => Self::WrongMessageType,
+            _ => Self::Malformed,
+        }
+    }
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::FrameTooLarge => "frame_too_large",
+            Self::TruncatedFrame => "truncated_frame",
+            Self::Io => "io",
+            Self::WrongMessageType => "wrong_message_type",
+            Self::Malformed => "malformed",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The strings are a format (`docs/format.md` §5.5) and metric labels.
+    #[test]
+    fn reasons_keep_their_strings() {
+        let try_later = [
+            (TryLaterReason::QueueFull, "queue_full"),
+            (TryLaterReason::ShuttingDown, "shutting_down"),
+            (TryLaterReason::MaxConnections, "max_connections"),
+            (TryLaterReason::SpoolUnavailable, "spool_unavailable"),
+            (TryLaterReason::StorageUnavailable, "storage_unavailable"),
+        ];
+        for (reason, s) in try_later {
+            assert_eq!(reason.as_str(), s);
+        }
+        let invalid = [
+            (InvalidReason::InvalidTopic, "invalid_topic"),
+            (InvalidReason::UnknownTopic, "unknown_topic"),
+            (InvalidReason::MessageTooLarge, "message_too_large"),
+            (
+                InvalidReason::NewlineInLinesPayload,
+                "newline_in_lines_payload",
+            ),
+            (InvalidReason::ValidationFailed, "validation_failed"),
+        ];
+        for (reason, s) in invalid {
+            assert_eq!(reason.as_str(), s);
+        }
+        let connection = [
+            (ConnectionError::MaxConnections, "max_connections"),
+            (
+                ConnectionError::Protocol(ProtocolErrorKind::FrameTooLarge),
+                "frame_too_large",
+            ),
+            (
+                ConnectionError::Protocol(ProtocolErrorKind::TruncatedFrame),
+                "truncated_frame",
+            ),
+            (ConnectionError::Protocol(ProtocolErrorKind::Io), "io"),
+            (
+                ConnectionError::Protocol(ProtocolErrorKind::WrongMessageType),
+                "wrong_message_type",
+            ),
+            (
+                ConnectionError::Protocol(ProtocolErrorKind::Malformed),
+                "malformed",
+            ),
+        ];
+        for (reason, s) in connection {
+            assert_eq!(reason.as_str(), s);
+        }
+    }
+
+    #[test]
+    fn protocol_errors_map_to_their_kind() {
+        let cases = [
+            (
+                ProtocolError::FrameTooLarge { len: 10, max: 5 },
+                ProtocolErrorKind::FrameTooLarge,
+            ),
+            (
+                ProtocolError::TruncatedFrame {
+                    expected: 4,
+                    got: 1,
+                },
+                ProtocolErrorKind::TruncatedFrame,
+            ),
+            (
+                ProtocolError::WrongMessageType { kind: 2 },
+                ProtocolErrorKind::WrongMessageType,
+            ),
+            (
+                ProtocolError::BadVersion { word: 0 },
+                ProtocolErrorKind::Malformed,
+            ),
+            (
+                ProtocolError::UnexpectedEof { at: 3 },
+                ProtocolErrorKind::Malformed,
+            ),
+        ];
+        for (error, kind) in cases {
+            assert_eq!(ProtocolErrorKind::of(&error), kind, "{error}");
+        }
+        let io = ProtocolError::Io(std::io::Error::other("reset"));
+        assert_eq!(ProtocolErrorKind::of(&io), ProtocolErrorKind::Io);
+    }
+}
