@@ -9,14 +9,14 @@
 //!
 //! The [`Listener`] accepts connections and spawns one task per connection; a
 //! connection over `max_connections` is still served, once, so that it learns
-//! `TRY_LATER`. Each connection's [`Handler`] reads requests and its
-//! [`ReplyWriter`] answers them in request order, so pipelined calls are answered
+//! `TRY_LATER`. Each connection's `Handler` reads requests and its
+//! `ReplyWriter` answers them in request order, so pipelined calls are answered
 //! correctly while later calls are already being validated and queued. A bad frame
 //! closes only its own connection.
 //!
 //! Shutdown: the listener stops accepting; each handler stops reading; each writer
 //! answers the calls already read (giving up on a client that does not read its
-//! replies after [`SHUTDOWN_WRITE_GRACE`]); the listener returns once every
+//! replies after `SHUTDOWN_WRITE_GRACE`); the listener returns once every
 //! connection is done.
 
 use std::net::SocketAddr;
@@ -45,7 +45,7 @@ const OVER_LIMIT_GRACE: Duration = Duration::from_secs(5);
 
 /// Once shutdown has begun, how long one reply may wait for a client that does not
 /// read; then the connection is dropped so that shutdown can finish.
-pub const SHUTDOWN_WRITE_GRACE: Duration = Duration::from_secs(5);
+const SHUTDOWN_WRITE_GRACE: Duration = Duration::from_secs(5);
 
 /// How long the listener pauses after a failed `accept` (out of file descriptors
 /// and the like) before it tries again.
@@ -144,46 +144,52 @@ impl Listener {
     }
 }
 
-/// Serves one connection until the peer closes it, it misbehaves, or shutdown;
-/// `permit` is `None` for a connection over `max_connections`.
+/// Serves one connection, counted in `open_connections`, and returns its permit
+/// (`None` for a connection over `max_connections`) when it is closed.
 async fn serve_connection(
     stream: TcpStream,
     shared: Arc<Shared>,
     permit: Option<OwnedSemaphorePermit>,
 ) {
     shared.metrics.open_connections.inc();
+    run_connection(stream, &shared, permit.is_none()).await;
+    shared.metrics.open_connections.dec();
+    drop(permit);
+}
+
+/// Runs a connection's handler and reply writer until the peer closes it, it
+/// misbehaves, or shutdown; returns once every call read has been answered.
+async fn run_connection(stream: TcpStream, shared: &Arc<Shared>, over_limit: bool) {
     let peer = stream
         .peer_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    match CallCache::new(shared.limits.zstd_level) {
-        Ok(cache) => {
-            let _ = stream.set_nodelay(true);
-            let (reader, writer) = stream.into_split();
-            let (replies, pending) = mpsc::channel(REPLIES_IN_FLIGHT);
-            let writer = ReplyWriter::new(writer, pending, shared.clone(), peer.clone());
-            let writer = tokio::spawn(writer.run());
-            let handler = Handler {
-                over_limit: permit.is_none(),
-                shutdown: shared.shutting_down.clone(),
-                shared: shared.clone(),
-                peer,
-                reader,
-                buf: BytesMut::with_capacity(SOCKET_BUFFER_BYTES),
-                replies,
-                cache,
-            };
-            handler.run().await;
-            // The handler's sender is gone with it: the writer answers what is
-            // left, then stops.
-            let _ = writer.await;
-        }
+    let cache = match CallCache::new(shared.limits.zstd_level) {
+        Ok(cache) => cache,
         Err(e) => {
             tracing::error!(error = %e, "cannot create a zstd encoder; closing the connection");
+            return;
         }
-    }
-    shared.metrics.open_connections.dec();
-    drop(permit);
+    };
+    let _ = stream.set_nodelay(true);
+    let (reader, writer) = stream.into_split();
+    let (replies, pending) = mpsc::channel(REPLIES_IN_FLIGHT);
+    let writer = ReplyWriter::new(writer, pending, shared.clone(), peer.clone());
+    let writer = tokio::spawn(writer.run());
+    let handler = Handler {
+        shared: shared.clone(),
+        peer,
+        reader,
+        buf: BytesMut::with_capacity(SOCKET_BUFFER_BYTES),
+        replies,
+        cache,
+        over_limit,
+        shutdown: shared.shutting_down.clone(),
+    };
+    handler.run().await;
+    // The handler's sender is gone with it: the writer answers what is left, then
+    // stops.
+    let _ = writer.await;
 }
 
 /// A reply the writer must send, in request order.
