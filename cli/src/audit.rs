@@ -29,13 +29,14 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use conduit_core::format::{read_file, FormatError, Trailer, TRAILER_LEN};
+use conduit_core::format::{read_file, read_trailer, FormatError};
 use conduit_core::layout::Layout;
 use conduit_core::manifest::Manifest;
-use conduit_core::storage::{FileStatus, StorageError};
-use conduit_core::{Config, Encoding, Minute, SharedStorage, Storage, Topic, View};
+use conduit_core::storage::StorageError;
+use conduit_core::tree::{self, MinuteWalker};
+use conduit_core::{Config, Encoding, Minute, NodeName, SharedStorage, Storage, Topic, View};
 
-use crate::verify::{count_records, parse_time, walk_dirs};
+use crate::verify::{count_records, parse_time};
 
 /// Arguments of `conduit audit`.
 #[derive(Debug, Args)]
@@ -97,13 +98,8 @@ impl Tier {
 /// Records of the data file at `path`: from its trailer when closed, else by
 /// decoding its complete frames.
 async fn file_records(storage: &dyn Storage, path: &str, len: u64) -> anyhow::Result<u64> {
-    if len >= TRAILER_LEN as u64 {
-        let tail = storage
-            .read_range(path, len - TRAILER_LEN as u64..len)
-            .await?;
-        if let Some(trailer) = Trailer::decode(&tail) {
-            return Ok(trailer.records);
-        }
+    if let Some(trailer) = read_trailer(storage, path, len).await? {
+        return Ok(trailer.records);
     }
     let buf = storage.read(path).await?;
     count_records(&buf).map_err(|(offset, reason)| {
@@ -132,33 +128,24 @@ async fn collector_files(
 ) -> anyhow::Result<Vec<CollectorFile>> {
     // Keyed by (collector, minute, seq): the same file in `data/` and in its
     // minute directory is one entry, the later listing's.
-    let mut files: BTreeMap<(String, Minute, u32), CollectorFile> = BTreeMap::new();
-    let mut keep = |collector: &str, minute: Minute, seq: u32, file: FileStatus| {
-        let (path, len) = (file.path, file.len);
+    let mut files: BTreeMap<(NodeName, Minute, u32), CollectorFile> = BTreeMap::new();
+    let mut keep = |collector: NodeName, minute: Minute, seq: u32, path: String, len: u64| {
         files.insert(
-            (collector.to_owned(), minute, seq),
+            (collector, minute, seq),
             CollectorFile { minute, path, len },
         );
     };
-    for collector in storage
-        .list_or_empty(&Layout::topic_dir(View::Collector, topic))
-        .await?
-    {
-        if !collector.is_dir {
-            continue;
-        }
-        for file in storage.list_or_empty(&collector.path).await? {
-            if let Ok(name) = Layout::parse_collector_file_name(&file.name) {
-                keep(&collector.name, name.minute, name.seq, file);
-            }
-        }
+    for file in tree::collector_files(storage, topic).await? {
+        let (minute, seq) = (file.name.minute, file.name.seq);
+        keep(file.collector, minute, seq, file.path, file.len);
     }
     // Late files land in later directories: look from `since` on, without an end.
-    for minute in walk_dirs(storage, View::Local, topic, Some(since), None).await? {
+    let mut dirs = MinuteWalker::new(storage, View::Local, topic).from(since);
+    while let Some(minute) = dirs.next().await? {
         let dir = Layout::minute_dir(View::Local, topic, minute);
         for file in storage.list_or_empty(&dir).await? {
-            if let Ok(name) = Layout::parse_local_file_name(&file.name) {
-                keep(name.collector.as_str(), name.minute, name.seq, file);
+            if let Some(name) = Layout::local_file_in(topic, &file.name) {
+                keep(name.collector, name.minute, name.seq, file.path, file.len);
             }
         }
     }
@@ -226,7 +213,10 @@ async fn sealed(
     to: Minute,
 ) -> anyhow::Result<Tier> {
     let mut tier = Tier::default();
-    let dirs = walk_dirs(storage, view, topic, Some(from), None).await?;
+    let dirs = MinuteWalker::new(storage, view, topic)
+        .from(from)
+        .all()
+        .await?;
     tier.first_dir = dirs.first().copied();
     let mut seen_sealed = std::collections::BTreeSet::new();
     for minute in dirs {
@@ -509,7 +499,6 @@ mod tests {
 
     use bytes::Bytes;
     use conduit_core::storage::LocalStorage;
-    use conduit_core::NodeName;
 
     use super::*;
 
