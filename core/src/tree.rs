@@ -14,7 +14,8 @@
 //! is in the range when any of its minutes is. Names that are not a valid date
 //! component of the level's width (`_tmp.` leftovers, markers, `2026/13`) are
 //! ignored. [`Visit::Left`] also reports each year, month, day (and hour)
-//! directory once its children are done, for retention.
+//! directory once its children are done, for retention. [`oldest_dir`] and
+//! [`newest_sealed_dir`] are the two walks the worker's jobs start from.
 //!
 //! # Topics ([`topics`])
 //!
@@ -268,6 +269,28 @@ impl<'a> MinuteWalker<'a> {
         }
         Ok(children)
     }
+}
+
+/// The oldest directory of `topic` in `view`, sealed or not.
+pub async fn oldest_dir(
+    storage: &dyn Storage,
+    view: View,
+    topic: &Topic,
+) -> StorageResult<Option<Minute>> {
+    MinuteWalker::new(storage, view, topic).next().await
+}
+
+/// The newest sealed directory of `topic` in `view` (walking newest first, so a
+/// few listings when the newest directories are sealed).
+pub async fn newest_sealed_dir(
+    storage: &dyn Storage,
+    view: View,
+    topic: &Topic,
+) -> StorageResult<Option<Minute>> {
+    MinuteWalker::new(storage, view, topic)
+        .newest_first()
+        .next_sealed()
+        .await
 }
 
 /// The topics with a directory in `view`, sorted (other names are skipped).
@@ -581,12 +604,10 @@ mod tests {
         .seal(&storage)
         .await
         .unwrap();
-        let newest = MinuteWalker::new(&storage, View::Local, &clicks)
-            .newest_first()
-            .next_sealed()
-            .await
-            .unwrap();
-        assert_eq!(newest, Some(m("2026-11-22T23:59")));
+        let newest = newest_sealed_dir(&storage, View::Local, &clicks).await;
+        assert_eq!(newest.unwrap(), Some(m("2026-11-22T23:59")));
+        let oldest = oldest_dir(&storage, View::Local, &clicks).await;
+        assert_eq!(oldest.unwrap(), Some(m("2026-11-22T23:58")));
         let oldest = MinuteWalker::new(&storage, View::Local, &clicks)
             .next_sealed()
             .await
