@@ -44,12 +44,13 @@ use bytes::{Bytes, BytesMut};
 use conduit_core::format::{scan, Trailer};
 use conduit_core::layout::Layout;
 use conduit_core::manifest::describe_file;
+use conduit_core::tree::{self, newest_sealed_dir, oldest_dir};
 use conduit_core::{
     CreateMode, Encoding, FileWriter, Manifest, ManifestFile, Minute, NodeName, RenameMode,
     Storage, Topic, View,
 };
 
-use crate::copy::{dir_state, find_dir, list_topics, tidy_unsealed, DirState, COPY_CHUNK};
+use crate::copy::{dir_state, tidy_unsealed, DirState, COPY_CHUNK};
 use crate::{Job, JobEnv, PassReport, WorkerError};
 
 /// Hours compacted per topic in one pass at most.
@@ -86,8 +87,8 @@ impl CompactJob {
             .filter_map(|t| Topic::new(t.as_str()).ok())
             .collect();
         if config.topic_defaults.compact {
-            names.extend(list_topics(storage, View::Local).await?);
-            names.extend(list_topics(storage, View::Merged).await?);
+            names.extend(tree::topics(storage, View::Local).await?);
+            names.extend(tree::topics(storage, View::Merged).await?);
         }
         let mut served = BTreeMap::new();
         for topic in names {
@@ -152,17 +153,17 @@ impl CompactJob {
         let mut report = PassReport::default();
         let mut frontier = match self.frontiers.get(topic) {
             Some(f) => *f,
-            None => match find_dir(storage.as_ref(), View::Hourly, topic, true, true).await? {
+            None => match newest_sealed_dir(storage.as_ref(), View::Hourly, topic).await? {
                 Some(newest) => newest
                     .add_minutes(60)
                     .map_err(|e| WorkerError::Other(e.to_string()))?,
-                None => match find_dir(storage.as_ref(), view, topic, false, false).await? {
+                None => match oldest_dir(storage.as_ref(), view, topic).await? {
                     Some(oldest) => oldest.hour_start(),
                     None => return Ok(report),
                 },
             },
         };
-        let newest_sealed = find_dir(storage.as_ref(), view, topic, true, true).await?;
+        let newest_sealed = newest_sealed_dir(storage.as_ref(), view, topic).await?;
         let result = async {
             for _ in 0..MAX_HOURS_PER_PASS {
                 let Some(hour) = self

@@ -39,7 +39,7 @@ pub use purge::PurgeJob;
 pub use checkpoint::Checkpoints;
 pub use daemon::{Daemon, DaemonStatus};
 pub use lease::{Lease, LeaseRecord, LeaseSettings, LeaseStatus, Monotonic};
-pub use local::{LocalJob, MinuteWalker};
+pub use local::LocalJob;
 pub use metrics::{SealProgress, WorkerMetrics};
 
 use std::collections::BTreeMap;

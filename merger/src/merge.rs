@@ -60,9 +60,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use conduit_core::layout::Layout;
+use conduit_core::tree::{self, newest_sealed_dir, oldest_dir};
 use conduit_core::{Manifest, ManifestError, ManifestFile, Minute, NodeName, Topic, View};
 
-use crate::copy::{copy_all, dir_state, find_dir, list_topics, tidy_unsealed, CopyTask, DirState};
+use crate::copy::{copy_all, dir_state, tidy_unsealed, CopyTask, DirState};
 use crate::{Cluster, Job, JobEnv, PassReport, WorkerError};
 
 /// Merged minutes sealed per topic in one pass at most (catch-up continues in the
@@ -134,7 +135,7 @@ impl MergeJob {
             .collect();
         if config.topic_defaults.merge_into.as_deref() == Some(this) {
             for cluster in self.env.clusters.values() {
-                match list_topics(cluster.storage.as_ref(), View::Local).await {
+                match tree::topics(cluster.storage.as_ref(), View::Local).await {
                     Ok(found) => names.extend(found),
                     Err(e) => tracing::warn!(cluster = %cluster.name, error = %e,
                         "cannot list the local view of a merge source"),
@@ -169,7 +170,7 @@ impl MergeJob {
         sources: &[NodeName],
     ) -> Result<Option<TopicState>, WorkerError> {
         let dest = self.env.this.storage.as_ref();
-        let newest = find_dir(dest, View::Merged, topic, true, true).await?;
+        let newest = newest_sealed_dir(dest, View::Merged, topic).await?;
         let Some(newest) = newest else {
             // Nothing merged yet: start at the oldest local minute of any source.
             let mut start: Option<Minute> = None;
@@ -177,7 +178,7 @@ impl MergeJob {
                 let Some(cluster) = self.cluster(source) else {
                     continue;
                 };
-                match find_dir(cluster.storage.as_ref(), View::Local, topic, false, false).await {
+                match oldest_dir(cluster.storage.as_ref(), View::Local, topic).await {
                     Ok(Some(m)) => start = Some(start.map_or(m, |s| s.min(m))),
                     Ok(None) => {}
                     Err(e) => tracing::warn!(%topic, source = %source, error = %e,
@@ -331,7 +332,7 @@ impl MergeJob {
             }
             DirState::Unsealed => return Ok(Readiness::NotReady),
             DirState::Absent => {
-                let newest = find_dir(storage, View::Local, topic, true, true).await?;
+                let newest = newest_sealed_dir(storage, View::Local, topic).await?;
                 if let Some(newest) = newest {
                     note_sealed(state, source, newest);
                 }
@@ -371,7 +372,7 @@ impl MergeJob {
     async fn lagging(&self, topic: &Topic, source: &NodeName, state: &mut TopicState) -> bool {
         let now = self.env.clock.now();
         if let Some(cluster) = self.cluster(source) {
-            match find_dir(cluster.storage.as_ref(), View::Local, topic, true, true).await {
+            match newest_sealed_dir(cluster.storage.as_ref(), View::Local, topic).await {
                 Ok(newest) => {
                     state.unreadable_since.remove(source);
                     match newest {

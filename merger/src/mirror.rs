@@ -30,9 +30,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use conduit_core::layout::Layout;
+use conduit_core::tree::{self, newest_sealed_dir, oldest_dir};
 use conduit_core::{Manifest, Minute, NodeName, Topic, View};
 
-use crate::copy::{copy_all, find_dir, list_topics, seal_raw, tidy_unsealed, CopyTask};
+use crate::copy::{copy_all, seal_raw, tidy_unsealed, CopyTask};
 use crate::{Job, JobEnv, PassReport, WorkerError};
 
 /// Minutes mirrored per topic in one pass at most.
@@ -72,7 +73,7 @@ impl MirrorJob {
                 .and_then(|o| NodeName::new(o).ok())
                 .and_then(|o| self.env.clusters.get(&o))
             {
-                match list_topics(origin.storage.as_ref(), View::Merged).await {
+                match tree::topics(origin.storage.as_ref(), View::Merged).await {
                     Ok(found) => names.extend(found),
                     Err(e) => tracing::warn!(origin = %origin.name, error = %e,
                         "cannot list the merged view of the mirror origin"),
@@ -116,11 +117,11 @@ impl MirrorJob {
         let fence = self.env.fence.as_ref();
         let mut frontier = match self.frontiers.get(topic) {
             Some(f) => *f,
-            None => match find_dir(dest, View::Merged, topic, true, true).await? {
+            None => match newest_sealed_dir(dest, View::Merged, topic).await? {
                 Some(newest) => newest
                     .next()
                     .map_err(|e| WorkerError::Other(e.to_string()))?,
-                None => match find_dir(src, View::Merged, topic, false, false).await? {
+                None => match oldest_dir(src, View::Merged, topic).await? {
                     Some(oldest) => oldest,
                     None => return Ok(report),
                 },
@@ -139,7 +140,7 @@ impl MirrorJob {
                         if src.exists(&dir).await? {
                             break; // not sealed yet
                         }
-                        match find_dir(src, View::Merged, topic, false, false).await? {
+                        match oldest_dir(src, View::Merged, topic).await? {
                             Some(oldest) if oldest > frontier => {
                                 tracing::warn!(%topic, from = %frontier, to = %oldest,
                                     "the origin no longer has these minutes; the mirror skips them");
