@@ -51,7 +51,7 @@ use conduit_core::{
 };
 
 use crate::copy::{dir_state, tidy_unsealed, DirState, COPY_CHUNK};
-use crate::{Job, JobEnv, PassReport, WorkerError};
+use crate::{JobEnv, PassReport, TopicJob, WorkerError};
 
 /// Hours compacted per topic in one pass at most.
 const MAX_HOURS_PER_PASS: u64 = 24;
@@ -357,27 +357,21 @@ async fn copy_data_frames(
 }
 
 #[async_trait::async_trait]
-impl Job for CompactJob {
-    fn name(&self) -> &'static str {
-        "compact"
+impl TopicJob for CompactJob {
+    /// The view the topic's hours are compacted from.
+    type Plan = View;
+
+    const NAME: &'static str = "compact";
+
+    async fn topics(&mut self) -> Result<Vec<(Topic, Self::Plan)>, WorkerError> {
+        Ok(self.served_topics().await?.into_iter().collect())
     }
 
-    async fn pass(&mut self) -> Result<PassReport, WorkerError> {
-        let mut report = PassReport::default();
-        let mut first_error = None;
-        for (topic, view) in self.served_topics().await? {
-            match self.compact_topic(&topic, view).await {
-                Ok(step) => report.add(&step),
-                Err(e @ WorkerError::LostLease { .. }) => return Err(e),
-                Err(e) => {
-                    tracing::warn!(%topic, error = %e, "compact pass failed for a topic");
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(report),
-        }
+    async fn pass_topic(
+        &mut self,
+        topic: &Topic,
+        view: Self::Plan,
+    ) -> Result<PassReport, WorkerError> {
+        self.compact_topic(topic, view).await
     }
 }

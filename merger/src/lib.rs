@@ -15,6 +15,11 @@
 //! - `compact`: concatenates the minute files of closed hours into
 //!   `streams_hourly/`.
 //!
+//! `local`, `merge`, `mirror` and `compact` work topic by topic: they implement
+//! `TopicJob`, whose one pass loop ([`Job`] for every `TopicJob`) handles a
+//! failing topic the same way for all of them. The tree they read (minute
+//! directories, topics, collector files) is `conduit_core::tree`'s.
+//!
 //! Invariants (see `docs/worker.md`): a sealed directory never changes; every closed
 //! collector file lands in exactly one local minute; `_SUCCESS` is written last;
 //! only the lease holder commits ([`Fence`]).
@@ -46,7 +51,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use conduit_core::{Config, ManifestError, NodeName, SharedClock, SharedStorage, StorageError};
+use conduit_core::{
+    Config, ManifestError, NodeName, SharedClock, SharedStorage, StorageError, Topic,
+};
 
 /// One cluster as the worker sees it: its name and its storage root.
 #[derive(Debug, Clone)]
@@ -172,4 +179,57 @@ pub trait Job: Send + fmt::Debug {
     /// Does one round of work: everything that is ready now, oldest first, in
     /// bounded memory. Safe to call again after an error or a crash at any point.
     async fn pass(&mut self) -> Result<PassReport, WorkerError>;
+}
+
+/// A job that works topic by topic (`local`, `merge`, `mirror`, `compact`). Its
+/// [`Job::pass`] is the same for all: list the topics with [`TopicJob::topics`],
+/// run [`TopicJob::pass_topic`] for each in order and sum the reports. A topic
+/// that fails is logged (`<job> pass failed for a topic`, with `topic` and
+/// `error`) and the other topics still run; the pass then returns the first
+/// error, which the daemon counts. A lost lease stops the pass at once.
+#[async_trait::async_trait]
+pub(crate) trait TopicJob: Send + fmt::Debug {
+    /// What one topic's step needs besides the topic (its sources, its origin,
+    /// its source view, ...).
+    type Plan: Send;
+
+    /// The job's name as used on the command line and in metrics.
+    const NAME: &'static str;
+
+    /// The topics to serve in this pass, in order, each with its plan.
+    async fn topics(&mut self) -> Result<Vec<(Topic, Self::Plan)>, WorkerError>;
+
+    /// Does the pass's work for one topic. After an error, the job must not
+    /// trust what it cached about the topic (the next pass rebuilds it).
+    async fn pass_topic(
+        &mut self,
+        topic: &Topic,
+        plan: Self::Plan,
+    ) -> Result<PassReport, WorkerError>;
+}
+
+#[async_trait::async_trait]
+impl<J: TopicJob> Job for J {
+    fn name(&self) -> &'static str {
+        J::NAME
+    }
+
+    async fn pass(&mut self) -> Result<PassReport, WorkerError> {
+        let mut report = PassReport::default();
+        let mut first_error = None;
+        for (topic, plan) in self.topics().await? {
+            match self.pass_topic(&topic, plan).await {
+                Ok(step) => report.add(&step),
+                Err(e @ WorkerError::LostLease { .. }) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(%topic, error = %e, "{} pass failed for a topic", J::NAME);
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(report),
+        }
+    }
 }

@@ -66,6 +66,7 @@
 //! minute's `_SUCCESS` exists, and then advanced while the next minute is sealed.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -81,7 +82,7 @@ use conduit_core::{
 
 use crate::checkpoint::Checkpoints;
 use crate::metrics::SealProgress;
-use crate::{JobEnv, PassReport, WorkerError};
+use crate::{JobEnv, PassReport, TopicJob, WorkerError};
 
 /// The job's name (command line, metrics, checkpoints).
 pub const JOB_NAME: &str = "local";
@@ -104,7 +105,7 @@ struct LocalCheckpoint {
 
 /// What the heartbeats say about one collector.
 #[derive(Debug, Clone, Copy)]
-struct CollectorView {
+pub(crate) struct CollectorView {
     /// Files of minutes at or before it are closed.
     watermark: Option<Minute>,
     /// Running and heard from within `collector_timeout_secs`.
@@ -468,31 +469,33 @@ impl LocalJob {
 }
 
 #[async_trait::async_trait]
-impl crate::Job for LocalJob {
-    fn name(&self) -> &'static str {
-        JOB_NAME
+impl TopicJob for LocalJob {
+    /// The heartbeats, read once per pass before any data directory is listed.
+    type Plan = Arc<Collectors>;
+
+    const NAME: &'static str = JOB_NAME;
+
+    async fn topics(&mut self) -> Result<Vec<(Topic, Self::Plan)>, WorkerError> {
+        // Heartbeats first: a watermark read now promises files visible below.
+        let collectors = Arc::new(self.collectors().await?);
+        let topics = self.served_topics().await?;
+        Ok(topics
+            .into_iter()
+            .map(|t| (t, collectors.clone()))
+            .collect())
     }
 
-    async fn pass(&mut self) -> Result<PassReport, WorkerError> {
-        // Heartbeats first: a watermark read now promises files visible below.
-        let collectors = self.collectors().await?;
+    async fn pass_topic(
+        &mut self,
+        topic: &Topic,
+        collectors: Self::Plan,
+    ) -> Result<PassReport, WorkerError> {
         let mut report = PassReport::default();
-        let mut first_error = None;
-        for topic in self.served_topics().await? {
-            match self.seal_topic(&topic, &collectors, &mut report).await {
-                Ok(()) => {}
-                Err(e @ WorkerError::LostLease { .. }) => return Err(e),
-                Err(e) => {
-                    tracing::warn!(%topic, error = %e, "local pass failed for topic");
-                    // Forget what this process believed; re-verify next pass.
-                    self.sealed.remove(&topic);
-                    first_error.get_or_insert(e);
-                }
-            }
+        let result = self.seal_topic(topic, &collectors, &mut report).await;
+        if result.is_err() {
+            // Forget what this process believed; re-verify next pass.
+            self.sealed.remove(topic);
         }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(report),
-        }
+        result.map(|()| report)
     }
 }

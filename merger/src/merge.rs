@@ -64,7 +64,7 @@ use conduit_core::tree::{self, newest_sealed_dir, oldest_dir};
 use conduit_core::{Manifest, ManifestError, ManifestFile, Minute, NodeName, Topic, View};
 
 use crate::copy::{copy_all, dir_state, tidy_unsealed, CopyTask, DirState};
-use crate::{Cluster, Job, JobEnv, PassReport, WorkerError};
+use crate::{Cluster, JobEnv, PassReport, TopicJob, WorkerError};
 
 /// Merged minutes sealed per topic in one pass at most (catch-up continues in the
 /// next pass, so a pass stays short and progress is reported).
@@ -574,27 +574,21 @@ fn note_sealed(state: &mut TopicState, source: &NodeName, minute: Minute) {
 }
 
 #[async_trait::async_trait]
-impl Job for MergeJob {
-    fn name(&self) -> &'static str {
-        "merge"
+impl TopicJob for MergeJob {
+    /// The topic's source clusters.
+    type Plan = Vec<NodeName>;
+
+    const NAME: &'static str = "merge";
+
+    async fn topics(&mut self) -> Result<Vec<(Topic, Self::Plan)>, WorkerError> {
+        Ok(self.served_topics().await?.into_iter().collect())
     }
 
-    async fn pass(&mut self) -> Result<PassReport, WorkerError> {
-        let mut report = PassReport::default();
-        let mut first_error = None;
-        for (topic, sources) in self.served_topics().await? {
-            match self.merge_topic(&topic, &sources).await {
-                Ok(step) => report.add(&step),
-                Err(e @ WorkerError::LostLease { .. }) => return Err(e),
-                Err(e) => {
-                    tracing::warn!(%topic, error = %e, "merge pass failed for a topic");
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(report),
-        }
+    async fn pass_topic(
+        &mut self,
+        topic: &Topic,
+        sources: Self::Plan,
+    ) -> Result<PassReport, WorkerError> {
+        self.merge_topic(topic, &sources).await
     }
 }

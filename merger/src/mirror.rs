@@ -34,7 +34,7 @@ use conduit_core::tree::{self, newest_sealed_dir, oldest_dir};
 use conduit_core::{Manifest, Minute, NodeName, Topic, View};
 
 use crate::copy::{copy_all, seal_raw, tidy_unsealed, CopyTask};
-use crate::{Job, JobEnv, PassReport, WorkerError};
+use crate::{JobEnv, PassReport, TopicJob, WorkerError};
 
 /// Minutes mirrored per topic in one pass at most.
 const MAX_MINUTES_PER_PASS: u64 = 240;
@@ -198,27 +198,21 @@ impl MirrorJob {
 }
 
 #[async_trait::async_trait]
-impl Job for MirrorJob {
-    fn name(&self) -> &'static str {
-        "mirror"
+impl TopicJob for MirrorJob {
+    /// The topic's origin cluster.
+    type Plan = NodeName;
+
+    const NAME: &'static str = "mirror";
+
+    async fn topics(&mut self) -> Result<Vec<(Topic, Self::Plan)>, WorkerError> {
+        Ok(self.served_topics().await?.into_iter().collect())
     }
 
-    async fn pass(&mut self) -> Result<PassReport, WorkerError> {
-        let mut report = PassReport::default();
-        let mut first_error = None;
-        for (topic, origin) in self.served_topics().await? {
-            match self.mirror_topic(&topic, &origin).await {
-                Ok(step) => report.add(&step),
-                Err(e @ WorkerError::LostLease { .. }) => return Err(e),
-                Err(e) => {
-                    tracing::warn!(%topic, error = %e, "mirror pass failed for a topic");
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(report),
-        }
+    async fn pass_topic(
+        &mut self,
+        topic: &Topic,
+        origin: Self::Plan,
+    ) -> Result<PassReport, WorkerError> {
+        self.mirror_topic(topic, &origin).await
     }
 }
