@@ -233,3 +233,71 @@ impl<J: TopicJob> Job for J {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A job whose topics fail as told; records which topics ran.
+    #[derive(Debug, Default)]
+    struct Scripted {
+        failures: BTreeMap<&'static str, fn() -> WorkerError>,
+        ran: Vec<String>,
+    }
+
+    #[async_trait::async_trait]
+    impl TopicJob for Scripted {
+        type Plan = u64;
+        const NAME: &'static str = "scripted";
+
+        async fn topics(&mut self) -> Result<Vec<(Topic, u64)>, WorkerError> {
+            let topics = ["a", "b", "c"].map(|t| Topic::new(t).expect("valid topic"));
+            Ok(topics.into_iter().zip([1, 10, 100]).collect())
+        }
+
+        async fn pass_topic(
+            &mut self,
+            topic: &Topic,
+            files: u64,
+        ) -> Result<PassReport, WorkerError> {
+            self.ran.push(topic.to_string());
+            match self.failures.get(topic.as_str()) {
+                Some(error) => Err(error()),
+                None => Ok(PassReport {
+                    files,
+                    ..PassReport::default()
+                }),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_topic_does_not_stop_the_others() {
+        let mut job = Scripted::default();
+        assert_eq!(job.pass().await.unwrap().files, 111);
+        assert_eq!(job.name(), "scripted");
+
+        let mut job = Scripted::default();
+        job.failures
+            .insert("a", || WorkerError::Other("first".into()));
+        job.failures
+            .insert("b", || WorkerError::Other("second".into()));
+        let err = job.pass().await.unwrap_err();
+        assert_eq!(err.to_string(), "first", "the first error is returned");
+        assert_eq!(job.ran, ["a", "b", "c"]);
+    }
+
+    #[tokio::test]
+    async fn a_lost_lease_stops_the_pass_at_once() {
+        let mut job = Scripted::default();
+        job.failures
+            .insert("a", || WorkerError::Other("first".into()));
+        job.failures.insert("b", || WorkerError::LostLease {
+            lease: "system/leases/worker.json".into(),
+            reason: "taken over".into(),
+        });
+        let err = job.pass().await.unwrap_err();
+        assert!(matches!(err, WorkerError::LostLease { .. }), "{err}");
+        assert_eq!(job.ran, ["a", "b"]);
+    }
+}
