@@ -1,5 +1,6 @@
-//! `conduit-merger`: the worker that turns collector files into the views batch
-//! jobs and tail readers use.
+//! `conduit-merger` is the **worker** (the crate directory is still called
+//! `merger/`; `conduit worker` runs it): it turns collector files into the views
+//! batch jobs and tail readers use.
 //!
 //! One worker is active per cluster (a lease on the cluster's own storage). Its
 //! jobs, each a module with a `pass` that does one round of work and returns a
