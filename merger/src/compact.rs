@@ -76,40 +76,6 @@ impl CompactJob {
         }
     }
 
-    /// Topics with `compact = true` found on this cluster, each with its source view.
-    async fn served_topics(&self) -> Result<BTreeMap<Topic, View>, WorkerError> {
-        let this = self.env.this.name.as_str();
-        let config = &self.env.config;
-        let storage = self.env.this.storage.as_ref();
-        let mut names: BTreeSet<Topic> = config
-            .topics
-            .keys()
-            .filter_map(|t| Topic::new(t.as_str()).ok())
-            .collect();
-        if config.topic_defaults.compact {
-            names.extend(tree::topics(storage, View::Local).await?);
-            names.extend(tree::topics(storage, View::Merged).await?);
-        }
-        let mut served = BTreeMap::new();
-        for topic in names {
-            let settings = config.topic(&topic);
-            if !settings.compact {
-                continue;
-            }
-            let merged_here = settings.merge_into.as_deref() == Some(this)
-                || (settings.merge_into.is_some() && settings.mirrors.iter().any(|m| m == this));
-            served.insert(
-                topic,
-                if merged_here {
-                    View::Merged
-                } else {
-                    View::Local
-                },
-            );
-        }
-        Ok(served)
-    }
-
     /// The hour starting at `hour` if it is closed: `Ok(Some(manifests))` (possibly
     /// empty when no minute of it exists), `Ok(None)` if it must wait.
     async fn closed_hour(
@@ -142,60 +108,6 @@ impl CompactJob {
                 .map_err(|e| WorkerError::Other(e.to_string()))?;
         }
         Ok(Some(manifests))
-    }
-
-    async fn compact_topic(
-        &mut self,
-        topic: &Topic,
-        view: View,
-    ) -> Result<PassReport, WorkerError> {
-        let storage = self.env.this.storage.clone();
-        let mut report = PassReport::default();
-        let mut frontier = match self.frontiers.get(topic) {
-            Some(f) => *f,
-            None => match newest_sealed_dir(storage.as_ref(), View::Hourly, topic).await? {
-                Some(newest) => newest
-                    .add_minutes(60)
-                    .map_err(|e| WorkerError::Other(e.to_string()))?,
-                None => match oldest_dir(storage.as_ref(), view, topic).await? {
-                    Some(oldest) => oldest.hour_start(),
-                    None => return Ok(report),
-                },
-            },
-        };
-        let newest_sealed = newest_sealed_dir(storage.as_ref(), view, topic).await?;
-        let result = async {
-            for _ in 0..MAX_HOURS_PER_PASS {
-                let Some(hour) = self
-                    .closed_hour(view, topic, frontier, newest_sealed)
-                    .await?
-                else {
-                    break;
-                };
-                if !hour.is_empty() {
-                    self.compact_hour(topic, view, frontier, &hour).await?;
-                    report.sealed += 1;
-                    report.files += 1;
-                }
-                frontier = frontier
-                    .add_minutes(60)
-                    .map_err(|e| WorkerError::Other(e.to_string()))?;
-            }
-            Ok::<(), WorkerError>(())
-        }
-        .await;
-        report.pending = ((self.env.clock.minute().epoch_minutes() - frontier.epoch_minutes()) / 60)
-            .max(0) as u64;
-        match result {
-            Ok(()) => {
-                self.frontiers.insert(topic.clone(), frontier);
-                Ok(report)
-            }
-            Err(e) => {
-                self.frontiers.remove(topic);
-                Err(e)
-            }
-        }
     }
 
     /// Writes and seals the hourly file of `hour` from its minute manifests.
@@ -363,15 +275,88 @@ impl TopicJob for CompactJob {
 
     const NAME: &'static str = "compact";
 
+    /// Topics with `compact = true` found on this cluster, each with its source view.
     async fn topics(&mut self) -> Result<Vec<(Topic, Self::Plan)>, WorkerError> {
-        Ok(self.served_topics().await?.into_iter().collect())
+        let this = self.env.this.name.as_str();
+        let config = &self.env.config;
+        let storage = self.env.this.storage.as_ref();
+        let mut names = self.env.configured_topics();
+        if config.topic_defaults.compact {
+            names.extend(tree::topics(storage, View::Local).await?);
+            names.extend(tree::topics(storage, View::Merged).await?);
+        }
+        let mut served = BTreeMap::new();
+        for topic in names {
+            let settings = config.topic(&topic);
+            if !settings.compact {
+                continue;
+            }
+            let merged_here = settings.merge_into.as_deref() == Some(this)
+                || (settings.merge_into.is_some() && settings.mirrors.iter().any(|m| m == this));
+            served.insert(
+                topic,
+                if merged_here {
+                    View::Merged
+                } else {
+                    View::Local
+                },
+            );
+        }
+        Ok(served.into_iter().collect())
     }
 
+    /// Compacts as many closed hours of `topic` as are ready, oldest first.
     async fn pass_topic(
         &mut self,
         topic: &Topic,
         view: Self::Plan,
     ) -> Result<PassReport, WorkerError> {
-        self.compact_topic(topic, view).await
+        let storage = self.env.this.storage.clone();
+        let mut report = PassReport::default();
+        let mut frontier = match self.frontiers.get(topic) {
+            Some(f) => *f,
+            None => match newest_sealed_dir(storage.as_ref(), View::Hourly, topic).await? {
+                Some(newest) => newest
+                    .add_minutes(60)
+                    .map_err(|e| WorkerError::Other(e.to_string()))?,
+                None => match oldest_dir(storage.as_ref(), view, topic).await? {
+                    Some(oldest) => oldest.hour_start(),
+                    None => return Ok(report),
+                },
+            },
+        };
+        let newest_sealed = newest_sealed_dir(storage.as_ref(), view, topic).await?;
+        let result = async {
+            for _ in 0..MAX_HOURS_PER_PASS {
+                let Some(hour) = self
+                    .closed_hour(view, topic, frontier, newest_sealed)
+                    .await?
+                else {
+                    break;
+                };
+                if !hour.is_empty() {
+                    self.compact_hour(topic, view, frontier, &hour).await?;
+                    report.sealed += 1;
+                    report.files += 1;
+                }
+                frontier = frontier
+                    .add_minutes(60)
+                    .map_err(|e| WorkerError::Other(e.to_string()))?;
+            }
+            Ok::<(), WorkerError>(())
+        }
+        .await;
+        report.pending = ((self.env.clock.minute().epoch_minutes() - frontier.epoch_minutes()) / 60)
+            .max(0) as u64;
+        match result {
+            Ok(()) => {
+                self.frontiers.insert(topic.clone(), frontier);
+                Ok(report)
+            }
+            Err(e) => {
+                self.frontiers.remove(topic);
+                Err(e)
+            }
+        }
     }
 }

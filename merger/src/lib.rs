@@ -48,7 +48,7 @@ pub use lease::{Lease, LeaseRecord, LeaseSettings, LeaseStatus, Monotonic};
 pub use local::LocalJob;
 pub use metrics::{SealProgress, WorkerMetrics};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -169,6 +169,18 @@ pub struct JobEnv {
     pub fence: SharedFence,
     /// `<cluster>/<worker id>`, recorded as `sealed_by` in manifests.
     pub worker_id: String,
+}
+
+impl JobEnv {
+    /// The topics named in the config (names that are not valid topics are
+    /// skipped; `Config::validate` reports them).
+    pub fn configured_topics(&self) -> BTreeSet<Topic> {
+        self.config
+            .topics
+            .keys()
+            .filter_map(|t| Topic::new(t.as_str()).ok())
+            .collect()
+    }
 }
 
 /// One job of the worker (`local`, `merge`, `mirror`, `purge`, `compact`).

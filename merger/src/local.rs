@@ -175,13 +175,7 @@ impl LocalJob {
 
     /// Every topic this cluster has: configured, in `data/` or in `streams_local/`.
     async fn served_topics(&self) -> Result<BTreeSet<Topic>, WorkerError> {
-        let mut topics: BTreeSet<Topic> = self
-            .env
-            .config
-            .topics
-            .keys()
-            .filter_map(|t| Topic::new(t).ok())
-            .collect();
+        let mut topics = self.env.configured_topics();
         for view in [View::Collector, View::Local] {
             topics.extend(tree::topics(self.storage(), view).await?);
         }

@@ -124,40 +124,6 @@ impl MergeJob {
         }
     }
 
-    /// The topics merged into this cluster, each with its source clusters.
-    async fn served_topics(&self) -> Result<BTreeMap<Topic, Vec<NodeName>>, WorkerError> {
-        let this = self.env.this.name.as_str();
-        let config = &self.env.config;
-        let mut names: BTreeSet<Topic> = config
-            .topics
-            .keys()
-            .filter_map(|t| Topic::new(t.as_str()).ok())
-            .collect();
-        if config.topic_defaults.merge_into.as_deref() == Some(this) {
-            for cluster in self.env.clusters.values() {
-                match tree::topics(cluster.storage.as_ref(), View::Local).await {
-                    Ok(found) => names.extend(found),
-                    Err(e) => tracing::warn!(cluster = %cluster.name, error = %e,
-                        "cannot list the local view of a merge source"),
-                }
-            }
-        }
-        let mut served = BTreeMap::new();
-        for topic in names {
-            let settings = config.topic(&topic);
-            if settings.merge_into.as_deref() != Some(this) {
-                continue;
-            }
-            let sources: Vec<NodeName> = settings
-                .merge_sources
-                .iter()
-                .filter_map(|s| NodeName::new(s.as_str()).ok())
-                .collect();
-            served.insert(topic, sources);
-        }
-        Ok(served)
-    }
-
     fn cluster(&self, name: &NodeName) -> Option<&Cluster> {
         self.env.clusters.get(name)
     }
@@ -423,57 +389,6 @@ impl MergeJob {
         }
     }
 
-    /// Seals as many merged minutes of `topic` as are ready.
-    async fn merge_topic(
-        &mut self,
-        topic: &Topic,
-        sources: &[NodeName],
-    ) -> Result<PassReport, WorkerError> {
-        let mut report = PassReport::default();
-        let mut state = match self.topics.remove(topic) {
-            Some(state) => state,
-            None => match self.load_state(topic, sources).await? {
-                Some(state) => state,
-                None => return Ok(report),
-            },
-        };
-        for s in sources {
-            state
-                .placed_through
-                .entry(s.clone())
-                .or_insert(state.frontier.prev().unwrap_or(state.frontier));
-        }
-        let mut sealed_any = false;
-        let result = async {
-            for _ in 0..MAX_MINUTES_PER_PASS {
-                if state.frontier.end() > self.env.clock.now() {
-                    break;
-                }
-                let Some(step) = self.merge_minute(topic, sources, &mut state).await? else {
-                    break;
-                };
-                report.add(&step);
-                sealed_any = true;
-            }
-            Ok::<(), WorkerError>(())
-        }
-        .await;
-        let now_minute = self.env.clock.minute();
-        report.pending =
-            (now_minute.epoch_minutes() - state.frontier.epoch_minutes()).max(0) as u64;
-        if sealed_any {
-            self.save_checkpoint(topic, &state).await;
-        }
-        match result {
-            Ok(()) => {
-                self.topics.insert(topic.clone(), state);
-                Ok(report)
-            }
-            // Forget the cached state: the next pass rebuilds it from the manifests.
-            Err(e) => Err(e),
-        }
-    }
-
     /// Merges and seals the frontier if it can be sealed now; `None` if it must wait.
     async fn merge_minute(
         &self,
@@ -580,15 +495,84 @@ impl TopicJob for MergeJob {
 
     const NAME: &'static str = "merge";
 
+    /// The topics merged into this cluster, each with its source clusters.
     async fn topics(&mut self) -> Result<Vec<(Topic, Self::Plan)>, WorkerError> {
-        Ok(self.served_topics().await?.into_iter().collect())
+        let this = self.env.this.name.as_str();
+        let config = &self.env.config;
+        let mut names = self.env.configured_topics();
+        if config.topic_defaults.merge_into.as_deref() == Some(this) {
+            for cluster in self.env.clusters.values() {
+                match tree::topics(cluster.storage.as_ref(), View::Local).await {
+                    Ok(found) => names.extend(found),
+                    Err(e) => tracing::warn!(cluster = %cluster.name, error = %e,
+                        "cannot list the local view of a merge source"),
+                }
+            }
+        }
+        let mut served = BTreeMap::new();
+        for topic in names {
+            let settings = config.topic(&topic);
+            if settings.merge_into.as_deref() != Some(this) {
+                continue;
+            }
+            let sources: Vec<NodeName> = settings
+                .merge_sources
+                .iter()
+                .filter_map(|s| NodeName::new(s.as_str()).ok())
+                .collect();
+            served.insert(topic, sources);
+        }
+        Ok(served.into_iter().collect())
     }
 
+    /// Seals as many merged minutes of `topic` as are ready.
     async fn pass_topic(
         &mut self,
         topic: &Topic,
         sources: Self::Plan,
     ) -> Result<PassReport, WorkerError> {
-        self.merge_topic(topic, &sources).await
+        let mut report = PassReport::default();
+        let mut state = match self.topics.remove(topic) {
+            Some(state) => state,
+            None => match self.load_state(topic, &sources).await? {
+                Some(state) => state,
+                None => return Ok(report),
+            },
+        };
+        for s in &sources {
+            state
+                .placed_through
+                .entry(s.clone())
+                .or_insert(state.frontier.prev().unwrap_or(state.frontier));
+        }
+        let mut sealed_any = false;
+        let result = async {
+            for _ in 0..MAX_MINUTES_PER_PASS {
+                if state.frontier.end() > self.env.clock.now() {
+                    break;
+                }
+                let Some(step) = self.merge_minute(topic, &sources, &mut state).await? else {
+                    break;
+                };
+                report.add(&step);
+                sealed_any = true;
+            }
+            Ok::<(), WorkerError>(())
+        }
+        .await;
+        let now_minute = self.env.clock.minute();
+        report.pending =
+            (now_minute.epoch_minutes() - state.frontier.epoch_minutes()).max(0) as u64;
+        if sealed_any {
+            self.save_checkpoint(topic, &state).await;
+        }
+        match result {
+            Ok(()) => {
+                self.topics.insert(topic.clone(), state);
+                Ok(report)
+            }
+            // Forget the cached state: the next pass rebuilds it from the manifests.
+            Err(e) => Err(e),
+        }
     }
 }

@@ -55,16 +55,20 @@ impl MirrorJob {
             frontiers: BTreeMap::new(),
         }
     }
+}
+
+#[async_trait::async_trait]
+impl TopicJob for MirrorJob {
+    /// The topic's origin cluster.
+    type Plan = NodeName;
+
+    const NAME: &'static str = "mirror";
 
     /// The topics mirrored to this cluster, each with its origin cluster.
-    async fn served_topics(&self) -> Result<BTreeMap<Topic, NodeName>, WorkerError> {
+    async fn topics(&mut self) -> Result<Vec<(Topic, Self::Plan)>, WorkerError> {
         let this = self.env.this.name.as_str();
         let config = &self.env.config;
-        let mut names: BTreeSet<Topic> = config
-            .topics
-            .keys()
-            .filter_map(|t| Topic::new(t.as_str()).ok())
-            .collect();
+        let mut names = self.env.configured_topics();
         let defaults = &config.topic_defaults;
         if defaults.mirrors.iter().any(|m| m == this) {
             if let Some(origin) = defaults
@@ -97,17 +101,17 @@ impl MirrorJob {
                 served.insert(topic, origin);
             }
         }
-        Ok(served)
+        Ok(served.into_iter().collect())
     }
 
     /// Mirrors as many sealed minutes of `topic` as the origin has.
-    async fn mirror_topic(
+    async fn pass_topic(
         &mut self,
         topic: &Topic,
-        origin: &NodeName,
+        origin: Self::Plan,
     ) -> Result<PassReport, WorkerError> {
         let mut report = PassReport::default();
-        let Some(origin) = self.env.clusters.get(origin).cloned() else {
+        let Some(origin) = self.env.clusters.get(&origin).cloned() else {
             return Err(WorkerError::Other(format!(
                 "topic {topic}: mirror origin cluster {origin} is not configured"
             )));
@@ -194,25 +198,5 @@ impl MirrorJob {
                 Err(e)
             }
         }
-    }
-}
-
-#[async_trait::async_trait]
-impl TopicJob for MirrorJob {
-    /// The topic's origin cluster.
-    type Plan = NodeName;
-
-    const NAME: &'static str = "mirror";
-
-    async fn topics(&mut self) -> Result<Vec<(Topic, Self::Plan)>, WorkerError> {
-        Ok(self.served_topics().await?.into_iter().collect())
-    }
-
-    async fn pass_topic(
-        &mut self,
-        topic: &Topic,
-        origin: Self::Plan,
-    ) -> Result<PassReport, WorkerError> {
-        self.mirror_topic(topic, &origin).await
     }
 }
