@@ -116,11 +116,12 @@ struct CollectorFile {
 }
 
 /// Every collector file of `topic`: those in the collectors' `data/` directories
-/// and those the worker moved into local minute directories from `since` on, each
-/// once. The worker moves files while this runs: `data/` is listed first, so a
-/// file moved meanwhile is found in its minute directory (and kept once, by its
-/// collector, minute and sequence number); one moved after the listing, before it is read, makes the
-/// read fail with "not found" (see [`retry_moved`]).
+/// (`tree::collector_files`: the files the worker moves) and those the worker
+/// moved into local minute directories from `since` on, each once. The worker
+/// moves files while this runs: `data/` is listed first, so a file moved
+/// meanwhile is found in its minute directory (and kept once, by its collector,
+/// minute and sequence number); one moved after the listing, before it is read,
+/// makes the read fail with "not found" (see [`retry_moved`]).
 async fn collector_files(
     storage: &dyn Storage,
     topic: &Topic,
@@ -531,6 +532,55 @@ mod tests {
         assert_eq!(files.len(), 1);
         assert_eq!(files[0].path, moved, "the minute directory's path is kept");
         assert_eq!(files[0].minute, minute);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn only_the_topics_own_files_are_collected() {
+        let dir = std::env::temp_dir().join(format!("conduit-audit-own-{}", std::process::id()));
+        let storage = LocalStorage::open(&dir).unwrap();
+        let minute = Minute::parse_flexible("2026-11-30T15:10").unwrap();
+        let clicks = Topic::new("clicks").unwrap();
+        let (audit, user) = (Topic::audit(), Topic::new("sys_audit").unwrap());
+        let (dc1, c1) = (NodeName::new("dc1").unwrap(), NodeName::new("c1").unwrap());
+        let name = Layout::collector_file_name(&audit, minute, 0);
+        let local = Layout::local_file_name(&dc1, &c1, minute, 1, &audit);
+        let minute_dir = |t: &Topic| Layout::minute_dir(View::Local, t, minute);
+        let paths = [
+            format!("{}/{name}", Layout::collector_dir(&audit, &c1)),
+            format!("{}/{local}", minute_dir(&audit)),
+            // Another topic's files, a leftover copy, a directory that is no
+            // collector's: the worker never moves these; audit used to count them.
+            format!(
+                "data/_audit/c1/{}",
+                Layout::collector_file_name(&clicks, minute, 2)
+            ),
+            format!("data/_audit/c1/{}", Layout::tmp_name(&name)),
+            format!("data/_audit/_c2/{name}"),
+            format!(
+                "{}/{}",
+                minute_dir(&audit),
+                Layout::local_file_name(&dc1, &c1, minute, 3, &clicks)
+            ),
+        ];
+        for path in &paths {
+            storage
+                .write_atomic(path, Bytes::from_static(b"x"))
+                .await
+                .unwrap();
+        }
+        let files = collector_files(&storage, &audit, minute).await.unwrap();
+        let found: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(found, [paths[0].as_str(), paths[1].as_str()]);
+        // The same names in the user topic `sys_audit`'s directories are its own.
+        let user_data = format!("{}/{name}", Layout::collector_dir(&user, &c1));
+        storage
+            .write_atomic(&user_data, Bytes::from_static(b"x"))
+            .await
+            .unwrap();
+        let files = collector_files(&storage, &user, minute).await.unwrap();
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].path, user_data);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
