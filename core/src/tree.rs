@@ -376,6 +376,16 @@ mod tests {
         Topic::new(name).unwrap()
     }
 
+    /// Creates the directories `dirs` and empty files `files`.
+    async fn create(storage: &LocalStorage, dirs: &[&str], files: &[&str]) {
+        for dir in dirs {
+            storage.mkdirs(dir).await.unwrap();
+        }
+        for file in files {
+            storage.write_atomic(file, Bytes::new()).await.unwrap();
+        }
+    }
+
     async fn storage_with(dir: &std::path::Path, view: View, minutes: &[&str]) -> LocalStorage {
         let storage = LocalStorage::open(dir).unwrap();
         for minute in minutes {
@@ -434,17 +444,17 @@ mod tests {
             "2025-01-01T00:00",
         ];
         let storage = storage_with(dir.path(), View::Local, &minutes).await;
-        for junk in [
+        let junk_dirs = [
             "streams_local/clicks/2026/xx",
             "streams_local/clicks/2026/13/01/00/00",
             "streams_local/clicks/2026/11/22/23/_tmp.x",
-        ] {
-            storage.mkdirs(junk).await.unwrap();
-        }
-        storage
-            .write_atomic("streams_local/clicks/2026/11/22/23/60", Bytes::new())
-            .await
-            .unwrap();
+        ];
+        create(
+            &storage,
+            &junk_dirs,
+            &["streams_local/clicks/2026/11/22/23/60"],
+        )
+        .await;
         let mut sorted: Vec<Minute> = minutes.iter().map(|t| m(t)).collect();
         sorted.sort();
         let clicks = topic("clicks");
@@ -552,10 +562,7 @@ mod tests {
             &["2026-11-22T23:59", "2026-11-23T00:00"],
         )
         .await;
-        storage
-            .mkdirs("streams_local/clicks/2026/11/24")
-            .await
-            .unwrap();
+        create(&storage, &["streams_local/clicks/2026/11/24"], &[]).await;
         let clicks = topic("clicks");
         let mut walk = MinuteWalker::new(&storage, View::Local, &clicks);
         let mut seen = Vec::new();
@@ -625,19 +632,14 @@ mod tests {
     async fn topics_are_the_valid_directory_names() {
         let dir = tempfile::tempdir().unwrap();
         let storage = LocalStorage::open(dir.path()).unwrap();
-        for d in [
+        let dirs = [
             "data/views",
             "data/_audit",
             "data/clicks",
             "data/.hidden",
             "data/bad-name",
-        ] {
-            storage.mkdirs(d).await.unwrap();
-        }
-        storage
-            .write_atomic("data/afile", Bytes::new())
-            .await
-            .unwrap();
+        ];
+        create(&storage, &dirs, &["data/afile"]).await;
         let found = topics(&storage, View::Collector).await.unwrap();
         assert_eq!(
             found,
