@@ -29,13 +29,14 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use conduit_core::format::{read_file, FormatError, Trailer, TRAILER_LEN};
+use conduit_core::format::{read_file, read_trailer, FormatError};
 use conduit_core::layout::Layout;
 use conduit_core::manifest::Manifest;
-use conduit_core::storage::{FileStatus, StorageError};
-use conduit_core::{Config, Encoding, Minute, SharedStorage, Storage, Topic, View};
+use conduit_core::storage::StorageError;
+use conduit_core::tree::{self, MinuteWalker};
+use conduit_core::{Config, Encoding, Minute, NodeName, SharedStorage, Storage, Topic, View};
 
-use crate::verify::{count_records, parse_time, walk_dirs};
+use crate::verify::{count_records, parse_time};
 
 /// Arguments of `conduit audit`.
 #[derive(Debug, Args)]
@@ -97,13 +98,8 @@ impl Tier {
 /// Records of the data file at `path`: from its trailer when closed, else by
 /// decoding its complete frames.
 async fn file_records(storage: &dyn Storage, path: &str, len: u64) -> anyhow::Result<u64> {
-    if len >= TRAILER_LEN as u64 {
-        let tail = storage
-            .read_range(path, len - TRAILER_LEN as u64..len)
-            .await?;
-        if let Some(trailer) = Trailer::decode(&tail) {
-            return Ok(trailer.records);
-        }
+    if let Some(trailer) = read_trailer(storage, path, len).await? {
+        return Ok(trailer.records);
     }
     let buf = storage.read(path).await?;
     count_records(&buf).map_err(|(offset, reason)| {
@@ -120,11 +116,12 @@ struct CollectorFile {
 }
 
 /// Every collector file of `topic`: those in the collectors' `data/` directories
-/// and those the worker moved into local minute directories from `since` on, each
-/// once. The worker moves files while this runs: `data/` is listed first, so a
-/// file moved meanwhile is found in its minute directory (and kept once, by its
-/// collector, minute and sequence number); one moved after the listing, before it is read, makes the
-/// read fail with "not found" (see [`retry_moved`]).
+/// (`tree::collector_files`: the files the worker moves) and those the worker
+/// moved into local minute directories from `since` on, each once. The worker
+/// moves files while this runs: `data/` is listed first, so a file moved
+/// meanwhile is found in its minute directory (and kept once, by its collector,
+/// minute and sequence number); one moved after the listing, before it is read,
+/// makes the read fail with "not found" (see [`retry_moved`]).
 async fn collector_files(
     storage: &dyn Storage,
     topic: &Topic,
@@ -132,33 +129,24 @@ async fn collector_files(
 ) -> anyhow::Result<Vec<CollectorFile>> {
     // Keyed by (collector, minute, seq): the same file in `data/` and in its
     // minute directory is one entry, the later listing's.
-    let mut files: BTreeMap<(String, Minute, u32), CollectorFile> = BTreeMap::new();
-    let mut keep = |collector: &str, minute: Minute, seq: u32, file: FileStatus| {
-        let (path, len) = (file.path, file.len);
+    let mut files: BTreeMap<(NodeName, Minute, u32), CollectorFile> = BTreeMap::new();
+    let mut keep = |collector: NodeName, minute: Minute, seq: u32, path: String, len: u64| {
         files.insert(
-            (collector.to_owned(), minute, seq),
+            (collector, minute, seq),
             CollectorFile { minute, path, len },
         );
     };
-    for collector in storage
-        .list_or_empty(&Layout::topic_dir(View::Collector, topic))
-        .await?
-    {
-        if !collector.is_dir {
-            continue;
-        }
-        for file in storage.list_or_empty(&collector.path).await? {
-            if let Ok(name) = Layout::parse_collector_file_name(&file.name) {
-                keep(&collector.name, name.minute, name.seq, file);
-            }
-        }
+    for file in tree::collector_files(storage, topic).await? {
+        let (minute, seq) = (file.name.minute, file.name.seq);
+        keep(file.collector, minute, seq, file.path, file.len);
     }
     // Late files land in later directories: look from `since` on, without an end.
-    for minute in walk_dirs(storage, View::Local, topic, Some(since), None).await? {
+    let mut dirs = MinuteWalker::new(storage, View::Local, topic).from(since);
+    while let Some(minute) = dirs.next().await? {
         let dir = Layout::minute_dir(View::Local, topic, minute);
         for file in storage.list_or_empty(&dir).await? {
-            if let Ok(name) = Layout::parse_local_file_name(&file.name) {
-                keep(name.collector.as_str(), name.minute, name.seq, file);
+            if let Some(name) = Layout::local_file_in(topic, &file.name) {
+                keep(name.collector, name.minute, name.seq, file.path, file.len);
             }
         }
     }
@@ -226,7 +214,10 @@ async fn sealed(
     to: Minute,
 ) -> anyhow::Result<Tier> {
     let mut tier = Tier::default();
-    let dirs = walk_dirs(storage, view, topic, Some(from), None).await?;
+    let dirs = MinuteWalker::new(storage, view, topic)
+        .from(from)
+        .all()
+        .await?;
     tier.first_dir = dirs.first().copied();
     let mut seen_sealed = std::collections::BTreeSet::new();
     for minute in dirs {
@@ -509,7 +500,6 @@ mod tests {
 
     use bytes::Bytes;
     use conduit_core::storage::LocalStorage;
-    use conduit_core::NodeName;
 
     use super::*;
 
@@ -542,6 +532,55 @@ mod tests {
         assert_eq!(files.len(), 1);
         assert_eq!(files[0].path, moved, "the minute directory's path is kept");
         assert_eq!(files[0].minute, minute);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn only_the_topics_own_files_are_collected() {
+        let dir = std::env::temp_dir().join(format!("conduit-audit-own-{}", std::process::id()));
+        let storage = LocalStorage::open(&dir).unwrap();
+        let minute = Minute::parse_flexible("2026-11-30T15:10").unwrap();
+        let clicks = Topic::new("clicks").unwrap();
+        let (audit, user) = (Topic::audit(), Topic::new("sys_audit").unwrap());
+        let (dc1, c1) = (NodeName::new("dc1").unwrap(), NodeName::new("c1").unwrap());
+        let name = Layout::collector_file_name(&audit, minute, 0);
+        let local = Layout::local_file_name(&dc1, &c1, minute, 1, &audit);
+        let minute_dir = |t: &Topic| Layout::minute_dir(View::Local, t, minute);
+        let paths = [
+            format!("{}/{name}", Layout::collector_dir(&audit, &c1)),
+            format!("{}/{local}", minute_dir(&audit)),
+            // Another topic's files, a leftover copy, a directory that is no
+            // collector's: the worker never moves these; audit used to count them.
+            format!(
+                "data/_audit/c1/{}",
+                Layout::collector_file_name(&clicks, minute, 2)
+            ),
+            format!("data/_audit/c1/{}", Layout::tmp_name(&name)),
+            format!("data/_audit/_c2/{name}"),
+            format!(
+                "{}/{}",
+                minute_dir(&audit),
+                Layout::local_file_name(&dc1, &c1, minute, 3, &clicks)
+            ),
+        ];
+        for path in &paths {
+            storage
+                .write_atomic(path, Bytes::from_static(b"x"))
+                .await
+                .unwrap();
+        }
+        let files = collector_files(&storage, &audit, minute).await.unwrap();
+        let found: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(found, [paths[0].as_str(), paths[1].as_str()]);
+        // The same names in the user topic `sys_audit`'s directories are its own.
+        let user_data = format!("{}/{name}", Layout::collector_dir(&user, &c1));
+        storage
+            .write_atomic(&user_data, Bytes::from_static(b"x"))
+            .await
+            .unwrap();
+        let files = collector_files(&storage, &user, minute).await.unwrap();
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].path, user_data);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

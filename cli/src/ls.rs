@@ -11,8 +11,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 use conduit_core::layout::Layout;
-use conduit_core::{Config, Manifest, Minute, Topic, View};
-use conduit_merger::MinuteWalker;
+use conduit_core::{Config, Manifest, Minute, MinuteWalker, Topic, View};
 
 /// Arguments of `conduit ls`.
 #[derive(Debug, Args)]
@@ -71,20 +70,12 @@ pub async fn run(args: LsArgs) -> anyhow::Result<ExitCode> {
     let storage = conduit_core::open_root(&root)
         .await
         .with_context(|| format!("cannot open storage root {root}"))?;
-    let mut walk = MinuteWalker::in_view(&*storage, view, &topic, false);
+    // An hour directory is listed when any of its minutes is in range.
+    let mut walk = MinuteWalker::new(&*storage, view, &topic)
+        .from(from)
+        .until(to);
     let (mut dirs, mut sealed) = (0u64, 0u64);
     while let Some(minute) = walk.next().await? {
-        let cmp_minute = if view == View::Hourly {
-            minute.add_minutes(59).unwrap_or(minute)
-        } else {
-            minute
-        };
-        if from.is_some_and(|f| cmp_minute < f) {
-            continue;
-        }
-        if to.is_some_and(|t| minute > t) {
-            break;
-        }
         let dir = Manifest::dir(view, &topic, minute);
         let shown = if view == View::Hourly {
             minute.hour_stamp()

@@ -28,7 +28,8 @@ use clap::Args;
 use conduit_core::format::{decode_frame, scan, split_records};
 use conduit_core::layout::Layout;
 use conduit_core::manifest::{crc32c, Manifest};
-use conduit_core::{Config, Minute, NodeName, Storage, Topic, View};
+use conduit_core::tree::{self, MinuteWalker};
+use conduit_core::{Config, Minute, Storage, Topic, View};
 use serde::Serialize;
 
 /// Arguments of `conduit verify`.
@@ -131,95 +132,6 @@ pub fn parse_time(text: &str, now: chrono::DateTime<chrono::Utc>) -> anyhow::Res
     })
 }
 
-/// Topics with a directory in `view`.
-pub async fn topics_in(storage: &dyn Storage, view: View) -> anyhow::Result<Vec<Topic>> {
-    let mut topics = Vec::new();
-    for entry in storage.list_or_empty(view.dir_name()).await? {
-        if entry.is_dir && !entry.name.starts_with('.') {
-            if let Ok(topic) = Topic::new(&entry.name) {
-                topics.push(topic);
-            }
-        }
-    }
-    topics.sort();
-    Ok(topics)
-}
-
-/// The minute (hour, for [`View::Hourly`]) directories of `topic` in `view`,
-/// sorted, limited to `[from, to]` (pruning whole years, days and hours outside).
-pub async fn walk_dirs(
-    storage: &dyn Storage,
-    view: View,
-    topic: &Topic,
-    from: Option<Minute>,
-    to: Option<Minute>,
-) -> anyhow::Result<Vec<Minute>> {
-    let depth = if view == View::Hourly { 4 } else { 5 };
-    let mut found = Vec::new();
-    let mut stack = vec![(Layout::topic_dir(view, topic), String::new(), 0usize)];
-    while let Some((dir, rel, level)) = stack.pop() {
-        for entry in storage.list_or_empty(&dir).await? {
-            if !entry.is_dir || !entry.name.bytes().all(|b| b.is_ascii_digit()) {
-                continue;
-            }
-            let rel = if rel.is_empty() {
-                entry.name.clone()
-            } else {
-                format!("{rel}/{}", entry.name)
-            };
-            // Smallest and largest minute the prefix can hold, to prune early.
-            let pad = ["/01/01/00/00", "/01/00/00", "/00/00", "/00", ""];
-            let pad_hi = ["/12/31/23/59", "/31/23/59", "/23/59", "/59", ""];
-            let lo = Minute::parse_dir_path(&format!("{rel}{}", pad[level])).ok();
-            let hi_text = format!("{rel}{}", pad_hi[level]);
-            // Day 31 does not exist in every month: fall back to "no pruning".
-            let hi = Minute::parse_dir_path(&hi_text).ok();
-            if let (Some(to), Some(lo)) = (to, lo) {
-                if lo > to {
-                    continue;
-                }
-            }
-            if let (Some(from), Some(hi)) = (from, hi) {
-                if hi < from {
-                    continue;
-                }
-            }
-            if level + 1 == depth {
-                let text = if view == View::Hourly {
-                    format!("{rel}/00")
-                } else {
-                    rel.clone()
-                };
-                if let Ok(minute) = Minute::parse_dir_path(&text) {
-                    if from.is_none_or(|f| minute >= f.hour_start_if(view))
-                        && to.is_none_or(|t| minute <= t)
-                    {
-                        found.push(minute);
-                    }
-                }
-            } else {
-                stack.push((entry.path.clone(), rel, level + 1));
-            }
-        }
-    }
-    found.sort();
-    Ok(found)
-}
-
-trait HourStart {
-    fn hour_start_if(self, view: View) -> Minute;
-}
-
-impl HourStart for Minute {
-    fn hour_start_if(self, view: View) -> Minute {
-        if view == View::Hourly {
-            self.hour_start()
-        } else {
-            self
-        }
-    }
-}
-
 /// Records in complete data frames of `buf`, or the offset and reason of the first
 /// frame that does not decode.
 pub fn count_records(buf: &[u8]) -> Result<u64, (u64, String)> {
@@ -259,7 +171,11 @@ impl Verifier<'_> {
         from: Option<Minute>,
         to: Option<Minute>,
     ) -> anyhow::Result<()> {
-        let dirs = walk_dirs(self.storage, view, topic, from, to).await?;
+        let dirs = MinuteWalker::new(self.storage, view, topic)
+            .from(from)
+            .until(to)
+            .all()
+            .await?;
         if let Some(bar) = &self.progress {
             bar.inc_length(dirs.len() as u64);
         }
@@ -402,29 +318,20 @@ impl Verifier<'_> {
     }
 
     async fn collector_view(&mut self, topic: &Topic) -> anyhow::Result<()> {
-        let topic_dir = Layout::topic_dir(View::Collector, topic);
-        for collector in self.storage.list_or_empty(&topic_dir).await? {
-            if !collector.is_dir || NodeName::new(&collector.name).is_err() {
+        for file in tree::collector_files(self.storage, topic).await? {
+            let ends = file.name.minute.end();
+            if self.now - ends <= self.grace {
                 continue;
             }
-            for file in self.storage.list_or_empty(&collector.path).await? {
-                let Ok(parsed) = Layout::parse_collector_file_name(&file.name) else {
-                    continue;
-                };
-                let ends = parsed.minute.end();
-                if self.now - ends <= self.grace {
-                    continue;
-                }
-                self.find(
-                    "unmoved-file",
-                    file.path.clone(),
-                    format!(
-                        "collector file of {} still in data/ {}s after its minute ended (is the worker running?)",
-                        parsed.minute,
-                        (self.now - ends).num_seconds()
-                    ),
-                );
-            }
+            self.find(
+                "unmoved-file",
+                file.path,
+                format!(
+                    "collector file of {} still in data/ {}s after its minute ended (is the worker running?)",
+                    file.name.minute,
+                    (self.now - ends).num_seconds()
+                ),
+            );
         }
         Ok(())
     }
@@ -489,7 +396,7 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     for view in views {
         let topics = match &args.topic {
             Some(t) => vec![Topic::new(t).with_context(|| format!("--topic {t:?}"))?],
-            None => topics_in(storage.as_ref(), view).await?,
+            None => tree::topics(storage.as_ref(), view).await?,
         };
         for topic in topics {
             if let Some(bar) = &verifier.progress {

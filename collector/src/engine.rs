@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use conduit_core::format::{
-    close_recovered, encode_marks, BatchMark, Encoding, FrameEncoder, Trailer, TRAILER_LEN,
+    close_recovered, encode_marks, is_closed, BatchMark, Encoding, FrameEncoder, TRAILER_LEN,
 };
 use conduit_core::layout::Layout;
 use conduit_core::{CreateMode, Minute, NodeName, SharedClock, SharedStorage, Storage, Topic};
@@ -452,7 +452,9 @@ impl Engine {
                 let next = self.seqs.entry((topic.clone(), name.minute)).or_insert(0);
                 *next = (*next).max(name.seq + 1);
                 let encoding = self.settings.config.topic(&topic).encoding;
-                let closed = is_closed(store.as_ref(), &entry.path, entry.len).await;
+                let closed = is_closed(store.as_ref(), &entry.path, entry.len)
+                    .await
+                    .unwrap_or(false);
                 let mut len = entry.len;
                 if !closed {
                     let recovery =
@@ -1236,14 +1238,15 @@ async fn replay_one(
     // A spool file whose writer failed is cut back to what was acknowledged and
     // closed before it is copied, so storage only ever receives closed files.
     let len = spool.len(path).await?;
-    if !is_closed(spool, path, len).await {
+    if !is_closed(spool, path, len).await.unwrap_or(false) {
         close_recovered(spool, path, encoding, Some(acked_len)).await?;
     }
     let bytes = spool.read(path).await?;
     let exists = storage.stat(path).await;
     let done = match exists {
         Ok(st) => {
-            if is_closed(storage, path, st.len).await && st.len == bytes.len() as u64 {
+            let closed = is_closed(storage, path, st.len).await.unwrap_or(false);
+            if closed && st.len == bytes.len() as u64 {
                 true
             } else {
                 storage.delete(path, false).await?;
@@ -1260,15 +1263,4 @@ async fn replay_one(
     }
     spool.delete(path, false).await?;
     Ok(())
-}
-
-/// Whether a file ends with a close trailer.
-pub async fn is_closed(store: &dyn Storage, path: &str, len: u64) -> bool {
-    if len < TRAILER_LEN as u64 {
-        return false;
-    }
-    match store.read_range(path, len - TRAILER_LEN as u64..len).await {
-        Ok(tail) => Trailer::decode(&tail).is_some(),
-        Err(_) => false,
-    }
 }

@@ -602,6 +602,29 @@ pub async fn read_file(
     decode_file(path, &buf, encoding)
 }
 
+/// The close trailer of the `len`-byte data file at `path`, read from its last
+/// [`TRAILER_LEN`] bytes (a closed file never changes, so this is all it takes).
+/// `None` when the file is shorter or its last bytes are no trailer: it is still
+/// being written, or its writer crashed. `len` is the caller's (listed or
+/// stat'ed) length; a storage error, `NotFound` included, is returned as is.
+pub async fn read_trailer(
+    storage: &dyn Storage,
+    path: &str,
+    len: u64,
+) -> Result<Option<Trailer>, StorageError> {
+    let Some(start) = len.checked_sub(TRAILER_LEN as u64) else {
+        return Ok(None);
+    };
+    let tail = storage.read_range(path, start..len).await?;
+    Ok(Trailer::decode(&tail))
+}
+
+/// Whether the `len`-byte data file at `path` is closed: it ends with a close
+/// trailer ([`read_trailer`]).
+pub async fn is_closed(storage: &dyn Storage, path: &str, len: u64) -> Result<bool, StorageError> {
+    Ok(read_trailer(storage, path, len).await?.is_some())
+}
+
 /// What [`recover_file`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recovery {
@@ -886,5 +909,49 @@ mod tests {
         assert_eq!(got, vec![&b"a"[..], b"", b"b"]);
         assert_eq!(split_records(b"").count(), 0);
         assert_eq!(split_records(b"\n").collect::<Vec<_>>(), vec![&b""[..]]);
+    }
+
+    #[tokio::test]
+    async fn read_trailer_reads_the_last_bytes_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = crate::storage::LocalStorage::open(dir.path()).unwrap();
+        let mut enc = FrameEncoder::new(1).unwrap();
+        let data = frame_of(&mut enc, Encoding::Lines, &[b"a", b"b"]);
+        let trailer = Trailer {
+            encoding: Encoding::Lines,
+            records: 2,
+            record_bytes: 4,
+        };
+        let mut closed = data.to_vec();
+        closed.extend_from_slice(&trailer.encode());
+        storage
+            .write_atomic("open.zst", data.clone())
+            .await
+            .unwrap();
+        storage
+            .write_atomic("closed.zst", Bytes::from(closed.clone()))
+            .await
+            .unwrap();
+        storage
+            .write_atomic("short.zst", Bytes::from_static(b"tiny"))
+            .await
+            .unwrap();
+        let len = closed.len() as u64;
+        assert_eq!(
+            read_trailer(&storage, "closed.zst", len).await.unwrap(),
+            Some(trailer)
+        );
+        assert!(is_closed(&storage, "closed.zst", len).await.unwrap());
+        // A length that stops short of the trailer (an older listing) sees none.
+        assert!(!is_closed(&storage, "closed.zst", len - 1).await.unwrap());
+        assert_eq!(
+            read_trailer(&storage, "open.zst", data.len() as u64)
+                .await
+                .unwrap(),
+            None
+        );
+        assert!(!is_closed(&storage, "short.zst", 4).await.unwrap());
+        let gone = read_trailer(&storage, "gone.zst", len).await.unwrap_err();
+        assert!(gone.is_not_found(), "{gone}");
     }
 }

@@ -376,7 +376,8 @@ impl Minute {
         (t.year(), t.month(), t.day(), t.hour(), t.minute())
     }
 
-    /// The minute-directory suffix `yyyy/MM/dd/HH/mm`, e.g. `2026/11/22/10/05`.
+    /// The minute-directory suffix `yyyy/MM/dd/HH/mm`, e.g. `2026/11/22/10/05`
+    /// (levels of [`DATE_DIR_WIDTHS`] digits).
     pub fn dir_path(self) -> String {
         let (y, mo, d, h, mi) = self.fields();
         format!("{y:04}/{mo:02}/{d:02}/{h:02}/{mi:02}")
@@ -403,6 +404,21 @@ impl Minute {
     /// Parses exactly `yyyy/MM/dd/HH/mm` (the inverse of [`Minute::dir_path`]).
     pub fn parse_dir_path(text: &str) -> Result<Minute, LayoutError> {
         Self::parse_separated(text, '/', 5)
+    }
+
+    /// The first minute of the date directory named by the leading levels
+    /// `fields` of `yyyy/MM/dd/HH/mm` (a year, month, day, hour or minute), each
+    /// exactly its [`DATE_DIR_WIDTHS`] digits; `None` if they name no valid date.
+    pub(crate) fn parse_dir_prefix(fields: &[&str]) -> Option<Minute> {
+        // `from_fields` wants at least the hour: pad a shorter prefix with the
+        // first month, day and hour.
+        const FIRST: [&str; 3] = ["01", "01", "00"];
+        if fields.is_empty() || fields.len() > DATE_DIR_WIDTHS.len() {
+            return None;
+        }
+        let mut full = fields.to_vec();
+        full.extend_from_slice(&FIRST[(full.len() - 1).min(FIRST.len())..]);
+        Self::from_fields(&full)
     }
 
     /// Parses exactly `yyyy-MM-dd-HH-mm` (the inverse of [`Minute::file_stamp`]).
@@ -567,6 +583,11 @@ impl<'de> Deserialize<'de> for Minute {
     }
 }
 
+/// Widths in digits of the levels of a date directory `yyyy/MM/dd/HH/mm`: year,
+/// month, day, hour, minute. Minute views ([`View::Local`], [`View::Merged`])
+/// use all five levels, [`View::Hourly`] the first four ([`View::date_levels`]).
+pub const DATE_DIR_WIDTHS: [usize; 5] = [4, 2, 2, 2, 2];
+
 /// One of the four directory trees holding topic data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum View {
@@ -603,6 +624,18 @@ impl View {
             View::Local => "local",
             View::Merged => "merged",
             View::Hourly => "hourly",
+        }
+    }
+
+    /// How many levels of [`DATE_DIR_WIDTHS`] the view's date directories have
+    /// below `<view>/<topic>`: 5 (`yyyy/MM/dd/HH/mm`) for minute views, 4
+    /// (`yyyy/MM/dd/HH`) for the hourly view, 0 for the collector view (which
+    /// has none).
+    pub fn date_levels(self) -> usize {
+        match self {
+            View::Local | View::Merged => 5,
+            View::Hourly => 4,
+            View::Collector => 0,
         }
     }
 
@@ -969,6 +1002,43 @@ impl Layout {
         })
     }
 
+    /// `name` as a collector file of `topic`, i.e. a data file of
+    /// `data/<topic>/<collector>/` (`docs/format.md` §2): not hidden (`_tmp.`
+    /// copies, markers, dot files), a collector file name, and its topic token
+    /// is `topic`'s ([`Layout::file_topic_token_matches`]), so
+    /// `sys_audit-...` is a file of `_audit` in `data/_audit/` and of the user
+    /// topic `sys_audit` in `data/sys_audit/`, and of nothing elsewhere. The
+    /// result names `topic`. `None` for every other name: such files are not
+    /// the topic's and are left alone.
+    pub fn collector_file_in(topic: &Topic, name: &str) -> Option<CollectorFileName> {
+        if Self::is_hidden(name) {
+            return None;
+        }
+        let parsed = Self::parse_collector_file_name(name).ok()?;
+        Self::is_file_of(&parsed.topic, topic).then(|| CollectorFileName {
+            topic: topic.clone(),
+            ..parsed
+        })
+    }
+
+    /// `name` as a local (or merged) file of `topic`, i.e. a data file of a
+    /// minute directory of `streams_local/<topic>/` or `streams/<topic>/`:
+    /// a local file name whose topic token is `topic`'s, as in
+    /// [`Layout::collector_file_in`]. The result names `topic`.
+    pub fn local_file_in(topic: &Topic, name: &str) -> Option<LocalFileName> {
+        let parsed = Self::parse_local_file_name(name).ok()?;
+        Self::is_file_of(&parsed.topic, topic).then(|| LocalFileName {
+            topic: topic.clone(),
+            ..parsed
+        })
+    }
+
+    /// Whether a file whose name parsed to `parsed` (the token read literally)
+    /// belongs in a directory of `dir_topic`.
+    fn is_file_of(parsed: &Topic, dir_topic: &Topic) -> bool {
+        Self::file_topic_token_matches(&Self::file_topic_token(parsed), dir_topic)
+    }
+
     /// `<ftopic>-yyyy-MM-dd-HH.zst`, the compacted file of the hour containing
     /// `minute` (`<ftopic>` is [`Layout::file_topic_token`] of `topic`).
     pub fn hourly_file_name(topic: &Topic, minute: Minute) -> String {
@@ -1113,8 +1183,8 @@ impl Layout {
                 let collector = NodeName::new(*collector).map_err(|e| bad(e.to_string()))?;
                 let parsed =
                     Self::parse_collector_file_name(file).map_err(|e| bad(e.to_string()))?;
-                let token = Self::file_topic_token(&parsed.topic);
-                if !Self::file_topic_token_matches(&token, &topic) {
+                if !Self::is_file_of(&parsed.topic, &topic) {
+                    let token = Self::file_topic_token(&parsed.topic);
                     return Err(bad(format!(
                         "file topic {token:?} differs from directory topic {:?} (expected {:?})",
                         topic.as_str(),
@@ -1130,7 +1200,7 @@ impl Layout {
                 })
             }
             View::Local | View::Merged | View::Hourly => {
-                let depth = if view == View::Hourly { 4 } else { 5 };
+                let depth = view.date_levels();
                 if rest.len() != depth && rest.len() != depth + 1 {
                     let shape = if view == View::Hourly {
                         "yyyy/MM/dd/HH"
@@ -1741,6 +1811,93 @@ mod tests {
             "x".repeat(127)
         ))
         .is_err());
+    }
+
+    #[test]
+    fn files_of_a_topic_are_chosen_by_their_directory() {
+        let (audit, user, plain) = (Topic::audit(), topic("sys_audit"), topic("audit"));
+        let m = min("2026-11-22T10:05");
+        let name = "sys_audit-2026-11-22-10-05_00007.zst";
+        // One name, two topics: the directory decides, and the result names it.
+        for dir_topic in [&audit, &user] {
+            let parsed = Layout::collector_file_in(dir_topic, name).unwrap();
+            assert_eq!(parsed.topic, *dir_topic);
+            assert_eq!((parsed.minute, parsed.seq), (m, 7));
+            assert_eq!(parsed.to_string(), name);
+        }
+        for (dir_topic, not_its) in [
+            (&plain, name.to_owned()),
+            (&audit, "audit-2026-11-22-10-05_00007.zst".to_owned()),
+            (&audit, "_audit-2026-11-22-10-05_00007.zst".to_owned()),
+            (&audit, Layout::tmp_name(name)),
+            (
+                &audit,
+                format!("{}.0123456789abcdef", Layout::tmp_name(name)),
+            ),
+            (&audit, ".sys_audit-2026-11-22-10-05_00007.zst".to_owned()),
+            (
+                &audit,
+                "sys_audit-2026-11-22-10-05_00007.zst.crc".to_owned(),
+            ),
+            (&audit, Layout::SUCCESS_MARKER.to_owned()),
+        ] {
+            assert_eq!(
+                Layout::collector_file_in(dir_topic, &not_its),
+                None,
+                "{not_its}"
+            );
+        }
+        let local = format!("dc1-c1-{name}");
+        for dir_topic in [&audit, &user] {
+            let parsed = Layout::local_file_in(dir_topic, &local).unwrap();
+            assert_eq!(parsed.topic, *dir_topic);
+            assert_eq!(parsed.to_string(), local);
+        }
+        assert_eq!(Layout::local_file_in(&plain, &local), None);
+        assert_eq!(Layout::local_file_in(&audit, name), None);
+        assert_eq!(
+            Layout::local_file_in(&audit, &Layout::tmp_name(&local)),
+            None
+        );
+    }
+
+    #[test]
+    fn date_levels_and_prefixes() {
+        assert_eq!(View::Local.date_levels(), DATE_DIR_WIDTHS.len());
+        assert_eq!(View::Merged.date_levels(), 5);
+        assert_eq!(View::Hourly.date_levels(), 4);
+        assert_eq!(View::Collector.date_levels(), 0);
+        let m = min("2026-11-22T10:05");
+        let fields: Vec<String> = m.dir_path().split('/').map(str::to_owned).collect();
+        let widths: Vec<usize> = fields.iter().map(String::len).collect();
+        assert_eq!(widths, DATE_DIR_WIDTHS);
+        let firsts = [
+            "2026-01-01T00:00",
+            "2026-11-01T00:00",
+            "2026-11-22T00:00",
+            "2026-11-22T10:00",
+        ];
+        for (depth, first) in (1..=4).zip(firsts) {
+            let prefix: Vec<&str> = fields[..depth].iter().map(String::as_str).collect();
+            assert_eq!(
+                Minute::parse_dir_prefix(&prefix),
+                Some(min(first)),
+                "{prefix:?}"
+            );
+        }
+        let all: Vec<&str> = fields.iter().map(String::as_str).collect();
+        assert_eq!(Minute::parse_dir_prefix(&all), Some(m));
+        for bad in [
+            &[][..],
+            &["26"],
+            &["2026", "13"],
+            &["2026", "02", "30"],
+            &["2026", "1"],
+        ] {
+            assert_eq!(Minute::parse_dir_prefix(bad), None, "{bad:?}");
+        }
+        let too_long = ["2026", "11", "22", "10", "05", "00"];
+        assert_eq!(Minute::parse_dir_prefix(&too_long), None);
     }
 
     #[test]

@@ -12,8 +12,10 @@
 //!   backend runs.
 //! - [`layout`]: the one module that builds and parses every path (topics, minutes,
 //!   views, collector files, markers, system state).
+//! - [`tree`]: the one way to read a topic's tree in storage: walking its minute
+//!   and hour directories, listing a view's topics, selecting its collector files.
 //! - [`format`]: the data file format (independent zstd frames of whole records,
-//!   `lines` or `base64`, close trailer, torn-tail recovery).
+//!   `lines` or `base64`, close trailer and reading it back, torn-tail recovery).
 //! - [`config`]: the TOML configuration with key-naming validation.
 //! - [`clock`]: the [`Clock`] trait, so minute boundaries are testable without sleeps.
 
@@ -27,6 +29,7 @@ pub mod layout;
 pub mod manifest;
 pub mod scribe;
 pub mod storage;
+pub mod tree;
 
 pub use clock::{Clock, SharedClock, SystemClock, TestClock};
 pub use config::{Config, ConfigError, TopicSettings, Validation};
@@ -37,3 +40,4 @@ pub use storage::{
     open_root, CreateMode, FileStatus, FileWriter, RenameMode, SharedStorage, Storage,
     StorageError, StorageResult,
 };
+pub use tree::{CollectorFile, MinuteWalker};

@@ -44,13 +44,14 @@ use bytes::{Bytes, BytesMut};
 use conduit_core::format::{scan, Trailer};
 use conduit_core::layout::Layout;
 use conduit_core::manifest::describe_file;
+use conduit_core::tree::{self, newest_sealed_dir, oldest_dir};
 use conduit_core::{
     CreateMode, Encoding, FileWriter, Manifest, ManifestFile, Minute, NodeName, RenameMode,
     Storage, Topic, View,
 };
 
-use crate::copy::{dir_state, find_dir, list_topics, tidy_unsealed, DirState, COPY_CHUNK};
-use crate::{Job, JobEnv, PassReport, WorkerError};
+use crate::copy::{dir_state, tidy_unsealed, DirState, COPY_CHUNK};
+use crate::{JobEnv, PassReport, TopicJob, WorkerError};
 
 /// Hours compacted per topic in one pass at most.
 const MAX_HOURS_PER_PASS: u64 = 24;
@@ -73,40 +74,6 @@ impl CompactJob {
             env,
             frontiers: BTreeMap::new(),
         }
-    }
-
-    /// Topics with `compact = true` found on this cluster, each with its source view.
-    async fn served_topics(&self) -> Result<BTreeMap<Topic, View>, WorkerError> {
-        let this = self.env.this.name.as_str();
-        let config = &self.env.config;
-        let storage = self.env.this.storage.as_ref();
-        let mut names: BTreeSet<Topic> = config
-            .topics
-            .keys()
-            .filter_map(|t| Topic::new(t.as_str()).ok())
-            .collect();
-        if config.topic_defaults.compact {
-            names.extend(list_topics(storage, View::Local).await?);
-            names.extend(list_topics(storage, View::Merged).await?);
-        }
-        let mut served = BTreeMap::new();
-        for topic in names {
-            let settings = config.topic(&topic);
-            if !settings.compact {
-                continue;
-            }
-            let merged_here = settings.merge_into.as_deref() == Some(this)
-                || (settings.merge_into.is_some() && settings.mirrors.iter().any(|m| m == this));
-            served.insert(
-                topic,
-                if merged_here {
-                    View::Merged
-                } else {
-                    View::Local
-                },
-            );
-        }
-        Ok(served)
     }
 
     /// The hour starting at `hour` if it is closed: `Ok(Some(manifests))` (possibly
@@ -141,60 +108,6 @@ impl CompactJob {
                 .map_err(|e| WorkerError::Other(e.to_string()))?;
         }
         Ok(Some(manifests))
-    }
-
-    async fn compact_topic(
-        &mut self,
-        topic: &Topic,
-        view: View,
-    ) -> Result<PassReport, WorkerError> {
-        let storage = self.env.this.storage.clone();
-        let mut report = PassReport::default();
-        let mut frontier = match self.frontiers.get(topic) {
-            Some(f) => *f,
-            None => match find_dir(storage.as_ref(), View::Hourly, topic, true, true).await? {
-                Some(newest) => newest
-                    .add_minutes(60)
-                    .map_err(|e| WorkerError::Other(e.to_string()))?,
-                None => match find_dir(storage.as_ref(), view, topic, false, false).await? {
-                    Some(oldest) => oldest.hour_start(),
-                    None => return Ok(report),
-                },
-            },
-        };
-        let newest_sealed = find_dir(storage.as_ref(), view, topic, true, true).await?;
-        let result = async {
-            for _ in 0..MAX_HOURS_PER_PASS {
-                let Some(hour) = self
-                    .closed_hour(view, topic, frontier, newest_sealed)
-                    .await?
-                else {
-                    break;
-                };
-                if !hour.is_empty() {
-                    self.compact_hour(topic, view, frontier, &hour).await?;
-                    report.sealed += 1;
-                    report.files += 1;
-                }
-                frontier = frontier
-                    .add_minutes(60)
-                    .map_err(|e| WorkerError::Other(e.to_string()))?;
-            }
-            Ok::<(), WorkerError>(())
-        }
-        .await;
-        report.pending = ((self.env.clock.minute().epoch_minutes() - frontier.epoch_minutes()) / 60)
-            .max(0) as u64;
-        match result {
-            Ok(()) => {
-                self.frontiers.insert(topic.clone(), frontier);
-                Ok(report)
-            }
-            Err(e) => {
-                self.frontiers.remove(topic);
-                Err(e)
-            }
-        }
     }
 
     /// Writes and seals the hourly file of `hour` from its minute manifests.
@@ -356,27 +269,94 @@ async fn copy_data_frames(
 }
 
 #[async_trait::async_trait]
-impl Job for CompactJob {
-    fn name(&self) -> &'static str {
-        "compact"
+impl TopicJob for CompactJob {
+    /// The view the topic's hours are compacted from.
+    type Plan = View;
+
+    const NAME: &'static str = "compact";
+
+    /// Topics with `compact = true` found on this cluster, each with its source view.
+    async fn topics(&mut self) -> Result<Vec<(Topic, Self::Plan)>, WorkerError> {
+        let this = self.env.this.name.as_str();
+        let config = &self.env.config;
+        let storage = self.env.this.storage.as_ref();
+        let mut names = self.env.configured_topics();
+        if config.topic_defaults.compact {
+            names.extend(tree::topics(storage, View::Local).await?);
+            names.extend(tree::topics(storage, View::Merged).await?);
+        }
+        let mut served = BTreeMap::new();
+        for topic in names {
+            let settings = config.topic(&topic);
+            if !settings.compact {
+                continue;
+            }
+            let merged_here = settings.merge_into.as_deref() == Some(this)
+                || (settings.merge_into.is_some() && settings.mirrors.iter().any(|m| m == this));
+            served.insert(
+                topic,
+                if merged_here {
+                    View::Merged
+                } else {
+                    View::Local
+                },
+            );
+        }
+        Ok(served.into_iter().collect())
     }
 
-    async fn pass(&mut self) -> Result<PassReport, WorkerError> {
+    /// Compacts as many closed hours of `topic` as are ready, oldest first.
+    async fn pass_topic(
+        &mut self,
+        topic: &Topic,
+        view: Self::Plan,
+    ) -> Result<PassReport, WorkerError> {
+        let storage = self.env.this.storage.clone();
         let mut report = PassReport::default();
-        let mut first_error = None;
-        for (topic, view) in self.served_topics().await? {
-            match self.compact_topic(&topic, view).await {
-                Ok(step) => report.add(&step),
-                Err(e @ WorkerError::LostLease { .. }) => return Err(e),
-                Err(e) => {
-                    tracing::warn!(%topic, error = %e, "compact pass failed for a topic");
-                    first_error.get_or_insert(e);
+        let mut frontier = match self.frontiers.get(topic) {
+            Some(f) => *f,
+            None => match newest_sealed_dir(storage.as_ref(), View::Hourly, topic).await? {
+                Some(newest) => newest
+                    .add_minutes(60)
+                    .map_err(|e| WorkerError::Other(e.to_string()))?,
+                None => match oldest_dir(storage.as_ref(), view, topic).await? {
+                    Some(oldest) => oldest.hour_start(),
+                    None => return Ok(report),
+                },
+            },
+        };
+        let newest_sealed = newest_sealed_dir(storage.as_ref(), view, topic).await?;
+        let result = async {
+            for _ in 0..MAX_HOURS_PER_PASS {
+                let Some(hour) = self
+                    .closed_hour(view, topic, frontier, newest_sealed)
+                    .await?
+                else {
+                    break;
+                };
+                if !hour.is_empty() {
+                    self.compact_hour(topic, view, frontier, &hour).await?;
+                    report.sealed += 1;
+                    report.files += 1;
                 }
+                frontier = frontier
+                    .add_minutes(60)
+                    .map_err(|e| WorkerError::Other(e.to_string()))?;
             }
+            Ok::<(), WorkerError>(())
         }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(report),
+        .await;
+        report.pending = ((self.env.clock.minute().epoch_minutes() - frontier.epoch_minutes()) / 60)
+            .max(0) as u64;
+        match result {
+            Ok(()) => {
+                self.frontiers.insert(topic.clone(), frontier);
+                Ok(report)
+            }
+            Err(e) => {
+                self.frontiers.remove(topic);
+                Err(e)
+            }
         }
     }
 }

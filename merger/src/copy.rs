@@ -1,6 +1,7 @@
 //! Helpers shared by the view jobs (merge, mirror, purge, compact): the verified
-//! copy of a sealed data file between clusters, walks over minute-directory trees,
-//! cleanup of hidden leftovers and sealing with given manifest bytes.
+//! copy of a sealed data file between clusters, the state of a view's directory,
+//! cleanup of hidden leftovers and sealing with given manifest bytes. Walking a
+//! view's directories is `conduit_core::tree`'s.
 //!
 //! # Verified copy ([`copy_verified`])
 //!
@@ -17,13 +18,6 @@
 //!   previous run already copied it: the copy is skipped, never duplicated. A final
 //!   name holding different bytes is deleted and copied again (only the job that
 //!   owns the unsealed directory ever writes there).
-//!
-//! # Tree walks
-//!
-//! Minute views are `<view>/<topic>/yyyy/MM/dd/HH/mm/`, the hourly view stops at
-//! `HH/`. [`find_dir`] descends the tree newest-first or oldest-first and returns the
-//! first directory (optionally the first sealed one), listing only the branches it
-//! needs, so finding a view's newest sealed minute costs a handful of listings.
 
 use bytes::Bytes;
 use conduit_core::layout::Layout;
@@ -279,156 +273,5 @@ pub(crate) async fn dir_state(
         Some(manifest) => Ok(DirState::Sealed(manifest)),
         None if storage.exists(&dir).await? => Ok(DirState::Unsealed),
         None => Ok(DirState::Absent),
-    }
-}
-
-/// The topics that have a directory in `view` (invalid names are skipped).
-pub(crate) async fn list_topics(
-    storage: &dyn Storage,
-    view: View,
-) -> Result<Vec<Topic>, WorkerError> {
-    Ok(storage
-        .list_or_empty(view.dir_name())
-        .await?
-        .into_iter()
-        .filter(|e| e.is_dir)
-        .filter_map(|e| Topic::new(e.name).ok())
-        .collect())
-}
-
-/// Widths of the date components of a view's directories: `yyyy/MM/dd/HH[/mm]`.
-pub(crate) fn levels(view: View) -> &'static [usize] {
-    if view == View::Hourly {
-        &[4, 2, 2, 2]
-    } else {
-        &[4, 2, 2, 2, 2]
-    }
-}
-
-/// Whether `name` is a date component of `width` digits.
-pub(crate) fn is_component(name: &str, width: usize) -> bool {
-    name.len() == width && name.bytes().all(|b| b.is_ascii_digit())
-}
-
-/// The minute of a full path of date components (`2026/11/22/10/05`, or
-/// `2026/11/22/10` for the hourly view, giving the hour's first minute).
-pub(crate) fn minute_of(view: View, parts: &[String]) -> Option<Minute> {
-    let mut text = parts.join("/");
-    if view == View::Hourly {
-        text.push_str("/00");
-    }
-    Minute::parse_dir_path(&text).ok()
-}
-
-/// The newest (or oldest) directory of `topic` in `view`, only sealed ones if
-/// `sealed_only`: minute directories, or hour directories for the hourly view.
-pub(crate) async fn find_dir(
-    storage: &dyn Storage,
-    view: View,
-    topic: &Topic,
-    newest: bool,
-    sealed_only: bool,
-) -> Result<Option<Minute>, WorkerError> {
-    let levels = levels(view);
-    let top = Layout::topic_dir(view, topic);
-    // Depth-first; the top of the stack is the next branch to visit.
-    let mut stack: Vec<Vec<String>> = vec![Vec::new()];
-    while let Some(parts) = stack.pop() {
-        if parts.len() == levels.len() {
-            let Some(minute) = minute_of(view, &parts) else {
-                continue;
-            };
-            let dir = format!("{top}/{}", parts.join("/"));
-            if !sealed_only || Manifest::is_sealed(storage, &dir).await? {
-                return Ok(Some(minute));
-            }
-            continue;
-        }
-        let dir = if parts.is_empty() {
-            top.clone()
-        } else {
-            format!("{top}/{}", parts.join("/"))
-        };
-        let width = levels[parts.len()];
-        let mut names: Vec<String> = storage
-            .list_or_empty(&dir)
-            .await?
-            .into_iter()
-            .filter(|e| e.is_dir && is_component(&e.name, width))
-            .map(|e| e.name)
-            .collect();
-        names.sort();
-        if !newest {
-            names.reverse();
-        }
-        for name in names {
-            let mut child = parts.clone();
-            child.push(name);
-            stack.push(child);
-        }
-    }
-    Ok(None)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use conduit_core::storage::LocalStorage;
-
-    #[tokio::test]
-    async fn find_dir_walks_newest_and_oldest() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = LocalStorage::open(dir.path()).unwrap();
-        let topic = Topic::new("t").unwrap();
-        let m = |s: &str| Minute::parse_flexible(s).unwrap();
-        for minute in [
-            "2026-11-22T23:58Z",
-            "2026-11-22T23:59Z",
-            "2026-11-23T00:00Z",
-        ] {
-            storage
-                .mkdirs(&Layout::minute_dir(View::Local, &topic, m(minute)))
-                .await
-                .unwrap();
-        }
-        storage
-            .mkdirs("streams_local/t/2026/11/23/01")
-            .await
-            .unwrap(); // empty branch
-        let seal = Manifest::new(
-            View::Local,
-            topic.clone(),
-            m("2026-11-22T23:59Z"),
-            vec![],
-            vec![],
-            chrono::Utc::now(),
-            "w".into(),
-            vec![],
-        );
-        seal.seal(&storage).await.unwrap();
-        let find = |newest, sealed| find_dir(&storage, View::Local, &topic, newest, sealed);
-        assert_eq!(
-            find(true, false).await.unwrap(),
-            Some(m("2026-11-23T00:00Z"))
-        );
-        assert_eq!(
-            find(false, false).await.unwrap(),
-            Some(m("2026-11-22T23:58Z"))
-        );
-        assert_eq!(
-            find(true, true).await.unwrap(),
-            Some(m("2026-11-22T23:59Z"))
-        );
-        assert_eq!(
-            find(false, true).await.unwrap(),
-            Some(m("2026-11-22T23:59Z"))
-        );
-        let other = Topic::new("none").unwrap();
-        assert_eq!(
-            find_dir(&storage, View::Local, &other, true, false)
-                .await
-                .unwrap(),
-            None
-        );
     }
 }

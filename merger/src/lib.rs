@@ -1,5 +1,6 @@
-//! `conduit-merger`: the worker that turns collector files into the views batch
-//! jobs and tail readers use.
+//! `conduit-merger` is the **worker** (the crate directory is still called
+//! `merger/`; `conduit worker` runs it): it turns collector files into the views
+//! batch jobs and tail readers use.
 //!
 //! One worker is active per cluster (a lease on the cluster's own storage). Its
 //! jobs, each a module with a `pass` that does one round of work and returns a
@@ -14,6 +15,11 @@
 //! - `purge`: deletes sealed minutes older than retention.
 //! - `compact`: concatenates the minute files of closed hours into
 //!   `streams_hourly/`.
+//!
+//! `local`, `merge`, `mirror` and `compact` work topic by topic: they implement
+//! `TopicJob`, whose one pass loop ([`Job`] for every `TopicJob`) handles a
+//! failing topic the same way for all of them. The tree they read (minute
+//! directories, topics, collector files) is `conduit_core::tree`'s.
 //!
 //! Invariants (see `docs/worker.md`): a sealed directory never changes; every closed
 //! collector file lands in exactly one local minute; `_SUCCESS` is written last;
@@ -39,14 +45,16 @@ pub use purge::PurgeJob;
 pub use checkpoint::Checkpoints;
 pub use daemon::{Daemon, DaemonStatus};
 pub use lease::{Lease, LeaseRecord, LeaseSettings, LeaseStatus, Monotonic};
-pub use local::{LocalJob, MinuteWalker};
+pub use local::LocalJob;
 pub use metrics::{SealProgress, WorkerMetrics};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
-use conduit_core::{Config, ManifestError, NodeName, SharedClock, SharedStorage, StorageError};
+use conduit_core::{
+    Config, ManifestError, NodeName, SharedClock, SharedStorage, StorageError, Topic,
+};
 
 /// One cluster as the worker sees it: its name and its storage root.
 #[derive(Debug, Clone)]
@@ -163,6 +171,18 @@ pub struct JobEnv {
     pub worker_id: String,
 }
 
+impl JobEnv {
+    /// The topics named in the config (names that are not valid topics are
+    /// skipped; `Config::validate` reports them).
+    pub fn configured_topics(&self) -> BTreeSet<Topic> {
+        self.config
+            .topics
+            .keys()
+            .filter_map(|t| Topic::new(t.as_str()).ok())
+            .collect()
+    }
+}
+
 /// One job of the worker (`local`, `merge`, `mirror`, `purge`, `compact`).
 #[async_trait::async_trait]
 pub trait Job: Send + fmt::Debug {
@@ -172,4 +192,125 @@ pub trait Job: Send + fmt::Debug {
     /// Does one round of work: everything that is ready now, oldest first, in
     /// bounded memory. Safe to call again after an error or a crash at any point.
     async fn pass(&mut self) -> Result<PassReport, WorkerError>;
+}
+
+/// A job that works topic by topic (`local`, `merge`, `mirror`, `compact`). Its
+/// [`Job::pass`] is the same for all: list the topics with [`TopicJob::topics`],
+/// run [`TopicJob::pass_topic`] for each in order and sum the reports. A topic
+/// that fails is logged (`<job> pass failed for a topic`, with `topic` and
+/// `error`) and the other topics still run; the pass then returns the first
+/// error, which the daemon counts. A lost lease stops the pass at once.
+#[async_trait::async_trait]
+pub(crate) trait TopicJob: Send + fmt::Debug {
+    /// What one topic's step needs besides the topic (its sources, its origin,
+    /// its source view, ...).
+    type Plan: Send;
+
+    /// The job's name as used on the command line and in metrics.
+    const NAME: &'static str;
+
+    /// The topics to serve in this pass, in order, each with its plan.
+    async fn topics(&mut self) -> Result<Vec<(Topic, Self::Plan)>, WorkerError>;
+
+    /// Does the pass's work for one topic. After an error, the job must not
+    /// trust what it cached about the topic (the next pass rebuilds it).
+    async fn pass_topic(
+        &mut self,
+        topic: &Topic,
+        plan: Self::Plan,
+    ) -> Result<PassReport, WorkerError>;
+}
+
+#[async_trait::async_trait]
+impl<J: TopicJob> Job for J {
+    fn name(&self) -> &'static str {
+        J::NAME
+    }
+
+    async fn pass(&mut self) -> Result<PassReport, WorkerError> {
+        let mut report = PassReport::default();
+        let mut first_error = None;
+        for (topic, plan) in self.topics().await? {
+            match self.pass_topic(&topic, plan).await {
+                Ok(step) => report.add(&step),
+                Err(e @ WorkerError::LostLease { .. }) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(%topic, error = %e, "{} pass failed for a topic", J::NAME);
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(report),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A job whose topics fail as told; records which topics ran.
+    #[derive(Debug, Default)]
+    struct Scripted {
+        failures: BTreeMap<&'static str, fn() -> WorkerError>,
+        ran: Vec<String>,
+    }
+
+    #[async_trait::async_trait]
+    impl TopicJob for Scripted {
+        type Plan = u64;
+        const NAME: &'static str = "scripted";
+
+        async fn topics(&mut self) -> Result<Vec<(Topic, u64)>, WorkerError> {
+            let topics = ["a", "b", "c"].map(|t| Topic::new(t).expect("valid topic"));
+            Ok(topics.into_iter().zip([1, 10, 100]).collect())
+        }
+
+        async fn pass_topic(
+            &mut self,
+            topic: &Topic,
+            files: u64,
+        ) -> Result<PassReport, WorkerError> {
+            self.ran.push(topic.to_string());
+            match self.failures.get(topic.as_str()) {
+                Some(error) => Err(error()),
+                None => Ok(PassReport {
+                    files,
+                    ..PassReport::default()
+                }),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_topic_does_not_stop_the_others() {
+        let mut job = Scripted::default();
+        assert_eq!(job.pass().await.unwrap().files, 111);
+        assert_eq!(job.name(), "scripted");
+
+        let mut job = Scripted::default();
+        job.failures
+            .insert("a", || WorkerError::Other("first".into()));
+        job.failures
+            .insert("b", || WorkerError::Other("second".into()));
+        let err = job.pass().await.unwrap_err();
+        assert_eq!(err.to_string(), "first", "the first error is returned");
+        assert_eq!(job.ran, ["a", "b", "c"]);
+    }
+
+    #[tokio::test]
+    async fn a_lost_lease_stops_the_pass_at_once() {
+        let mut job = Scripted::default();
+        job.failures
+            .insert("a", || WorkerError::Other("first".into()));
+        job.failures.insert("b", || WorkerError::LostLease {
+            lease: "system/leases/worker.json".into(),
+            reason: "taken over".into(),
+        });
+        let err = job.pass().await.unwrap_err();
+        assert!(matches!(err, WorkerError::LostLease { .. }), "{err}");
+        assert_eq!(job.ran, ["a", "b"]);
+    }
 }

@@ -66,13 +66,15 @@
 //! minute's `_SUCCESS` exists, and then advanced while the next minute is sealed.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use conduit_core::format::{Trailer, TRAILER_LEN};
+use conduit_core::format::{read_trailer, TRAILER_LEN};
 use conduit_core::heartbeat::{CollectorState, Heartbeat};
 use conduit_core::layout::Layout;
 use conduit_core::manifest::describe_file;
+use conduit_core::tree::{self, CollectorFile};
 use conduit_core::{
     Manifest, ManifestError, ManifestFile, Minute, NodeName, RenameMode, Storage, StorageError,
     Topic, View,
@@ -80,7 +82,7 @@ use conduit_core::{
 
 use crate::checkpoint::Checkpoints;
 use crate::metrics::SealProgress;
-use crate::{JobEnv, PassReport, WorkerError};
+use crate::{JobEnv, PassReport, TopicJob, WorkerError};
 
 /// The job's name (command line, metrics, checkpoints).
 pub const JOB_NAME: &str = "local";
@@ -95,9 +97,6 @@ pub const MAX_LATE_FILES_PER_PASS: usize = 1000;
 /// before falling back to a scan of the directory tree.
 const MAX_FORWARD_PROBES: usize = 10_000;
 
-/// Widths of the `yyyy/MM/dd/HH/mm` directory levels.
-const LEVEL_WIDTHS: [usize; 5] = [4, 2, 2, 2, 2];
-
 /// What a checkpoint of this job holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct LocalCheckpoint {
@@ -106,22 +105,15 @@ struct LocalCheckpoint {
 
 /// What the heartbeats say about one collector.
 #[derive(Debug, Clone, Copy)]
-struct CollectorView {
+pub(crate) struct CollectorView {
     /// Files of minutes at or before it are closed.
     watermark: Option<Minute>,
     /// Running and heard from within `collector_timeout_secs`.
     live: bool,
 }
 
-/// A collector file waiting in `data/`.
-#[derive(Debug, Clone)]
-struct Candidate {
-    path: String,
-    collector: NodeName,
-    minute: Minute,
-    seq: u32,
-    len: u64,
-}
+/// What the heartbeats of this cluster say, by collector.
+type Collectors = BTreeMap<NodeName, CollectorView>;
 
 /// The `local` job of one cluster; see the [module docs](self).
 #[derive(Debug)]
@@ -157,7 +149,7 @@ impl LocalJob {
     }
 
     /// Liveness and watermark of every collector with a heartbeat.
-    async fn collectors(&self) -> Result<BTreeMap<NodeName, CollectorView>, WorkerError> {
+    async fn collectors(&self) -> Result<Collectors, WorkerError> {
         let (beats, bad) = Heartbeat::read_all(self.storage(), &self.env.this.name).await?;
         for (path, reason) in bad {
             tracing::warn!(%path, %reason, "ignoring unreadable heartbeat");
@@ -182,81 +174,28 @@ impl LocalJob {
     }
 
     /// Every topic this cluster has: configured, in `data/` or in `streams_local/`.
-    async fn topics(&self) -> Result<BTreeSet<Topic>, WorkerError> {
-        let mut topics: BTreeSet<Topic> = self
-            .env
-            .config
-            .topics
-            .keys()
-            .filter_map(|t| Topic::new(t).ok())
-            .collect();
+    async fn served_topics(&self) -> Result<BTreeSet<Topic>, WorkerError> {
+        let mut topics = self.env.configured_topics();
         for view in [View::Collector, View::Local] {
-            for entry in self.storage().list_or_empty(view.dir_name()).await? {
-                if entry.is_dir {
-                    if let Ok(topic) = Topic::new(&entry.name) {
-                        topics.insert(topic);
-                    }
-                }
-            }
+            topics.extend(tree::topics(self.storage(), view).await?);
         }
         Ok(topics)
-    }
-
-    /// Collector files of `topic` still in `data/`, sorted by minute, collector
-    /// and sequence number.
-    async fn collector_files(&self, topic: &Topic) -> Result<Vec<Candidate>, WorkerError> {
-        let mut out = Vec::new();
-        let token = Layout::file_topic_token(topic);
-        for dir in self
-            .storage()
-            .list_or_empty(&Layout::topic_dir(View::Collector, topic))
-            .await?
-        {
-            let Ok(collector) = NodeName::new(&dir.name) else {
-                continue;
-            };
-            if !dir.is_dir {
-                continue;
-            }
-            for file in self.storage().list_or_empty(&dir.path).await? {
-                if file.is_dir || Layout::is_hidden(&file.name) {
-                    continue;
-                }
-                let Ok(parsed) = Layout::parse_collector_file_name(&file.name) else {
-                    tracing::debug!(path = %file.path, "not a collector file; left alone");
-                    continue;
-                };
-                if Layout::file_topic_token(&parsed.topic) != token {
-                    continue;
-                }
-                out.push(Candidate {
-                    path: file.path,
-                    collector: collector.clone(),
-                    minute: parsed.minute,
-                    seq: parsed.seq,
-                    len: file.len,
-                });
-            }
-        }
-        out.sort_by(|a, b| (a.minute, &a.collector, a.seq).cmp(&(b.minute, &b.collector, b.seq)));
-        Ok(out)
     }
 
     /// Whether a collector file is closed (and so will never change).
     async fn is_closed(
         &self,
-        file: &Candidate,
-        collectors: &BTreeMap<NodeName, CollectorView>,
+        file: &CollectorFile,
+        collectors: &Collectors,
     ) -> Result<bool, WorkerError> {
         let promised = collectors
             .get(&file.collector)
             .and_then(|c| c.watermark)
-            .is_some_and(|w| file.minute <= w);
+            .is_some_and(|w| file.name.minute <= w);
         if promised {
             return Ok(true);
         }
-        let trailer_len = TRAILER_LEN as u64;
-        if file.len < trailer_len {
+        if file.len < TRAILER_LEN as u64 {
             return Ok(false);
         }
         // The listed length is at least what was synced; a closed file's trailer
@@ -266,15 +205,8 @@ impl LocalJob {
             Err(e) if e.is_not_found() => return Ok(false),
             Err(e) => return Err(e.into()),
         };
-        if len < trailer_len {
-            return Ok(false);
-        }
-        match self
-            .storage()
-            .read_range(&file.path, len - trailer_len..len)
-            .await
-        {
-            Ok(tail) => Ok(tail.len() == TRAILER_LEN && Trailer::decode(&tail).is_some()),
+        match read_trailer(self.storage(), &file.path, len).await {
+            Ok(trailer) => Ok(trailer.is_some()),
             Err(e) if e.is_not_found() => Ok(false),
             Err(e) => Err(e.into()),
         }
@@ -285,14 +217,14 @@ impl LocalJob {
     async fn move_file(
         &self,
         topic: &Topic,
-        file: &Candidate,
+        file: &CollectorFile,
         into: Minute,
     ) -> Result<bool, WorkerError> {
         let name = Layout::local_file_name(
             &self.env.this.name,
             &file.collector,
-            file.minute,
-            file.seq,
+            file.name.minute,
+            file.name.seq,
             topic,
         );
         let to = format!("{}/{name}", Layout::minute_dir(View::Local, topic, into));
@@ -412,29 +344,20 @@ impl LocalJob {
                 tracing::info!(%topic, hint = %last, "checkpoint hint is not sealed; scanning");
             }
         }
-        let mut walk = MinuteWalker::new(self.storage(), topic, true);
-        while let Some(minute) = walk.next().await? {
-            if self.is_sealed(topic, minute).await? {
-                return Ok(Some(minute));
-            }
-        }
-        Ok(None)
+        Ok(tree::newest_sealed_dir(self.storage(), View::Local, topic).await?)
     }
 
     /// Where the stream of a topic with nothing sealed starts (module docs).
     async fn stream_start(
         &self,
         topic: &Topic,
-        files: &[Candidate],
+        files: &[CollectorFile],
     ) -> Result<Minute, WorkerError> {
         let mut start = self.env.clock.minute();
         if let Some(first) = files.first() {
-            start = start.min(first.minute);
+            start = start.min(first.name.minute);
         }
-        match MinuteWalker::new(self.storage(), topic, false)
-            .next()
-            .await?
-        {
+        match tree::oldest_dir(self.storage(), View::Local, topic).await? {
             Some(oldest_dir) => start = start.min(oldest_dir),
             None => {
                 // Remember where the stream starts: the oldest minute directory
@@ -449,7 +372,7 @@ impl LocalJob {
     }
 
     /// Whether `minute` may be sealed now.
-    fn sealable(&self, minute: Minute, collectors: &BTreeMap<NodeName, CollectorView>) -> bool {
+    fn sealable(&self, minute: Minute, collectors: &Collectors) -> bool {
         self.env.clock.now() >= minute.end()
             && collectors
                 .values()
@@ -457,14 +380,15 @@ impl LocalJob {
                 .all(|c| c.watermark.is_some_and(|w| w >= minute))
     }
 
-    async fn pass_topic(
+    /// Moves and seals what is ready of `topic` (module docs), adding to `report`.
+    async fn seal_topic(
         &mut self,
         topic: &Topic,
-        collectors: &BTreeMap<NodeName, CollectorView>,
+        collectors: &Collectors,
         report: &mut PassReport,
     ) -> Result<(), WorkerError> {
         let last = self.newest_sealed(topic).await?;
-        let mut files = self.collector_files(topic).await?;
+        let mut files = tree::collector_files(self.storage(), topic).await?;
         let mut next = match last {
             Some(last) => last.next().map_err(|e| WorkerError::Other(e.to_string()))?,
             None => self.stream_start(topic, &files).await?,
@@ -472,21 +396,21 @@ impl LocalJob {
         let window_end = next
             .add_minutes(MAX_MINUTES_PER_PASS as i64)
             .unwrap_or(Minute::MAX);
-        files.retain(|f| f.minute < window_end);
+        files.retain(|f| f.name.minute < window_end);
         if let Some(last) = last {
             self.sealed.insert(topic.clone(), last);
             self.progress.record(View::Local, topic, last);
         }
 
         // Late files: their minute is sealed; they go to the oldest unsealed one.
-        let split = files.partition_point(|f| f.minute < next);
+        let split = files.partition_point(|f| f.name.minute < next);
         let mut late_moved = 0;
         for file in &files[..split] {
             if late_moved >= MAX_LATE_FILES_PER_PASS {
                 break;
             }
             if self.is_closed(file, collectors).await? && self.move_file(topic, file, next).await? {
-                tracing::info!(%topic, path = %file.path, minute = %file.minute, into = %next,
+                tracing::info!(%topic, path = %file.path, minute = %file.name.minute, into = %next,
                     "late file moved into the oldest unsealed minute");
                 late_moved += 1;
                 report.files += 1;
@@ -498,7 +422,7 @@ impl LocalJob {
         let mut rest = &files[split..];
         let mut sealed_now = 0;
         for _ in 0..MAX_MINUTES_PER_PASS {
-            let count = rest.partition_point(|f| f.minute == next);
+            let count = rest.partition_point(|f| f.name.minute == next);
             for file in &rest[..count] {
                 if self.is_closed(file, collectors).await?
                     && self.move_file(topic, file, next).await?
@@ -539,178 +463,33 @@ impl LocalJob {
 }
 
 #[async_trait::async_trait]
-impl crate::Job for LocalJob {
-    fn name(&self) -> &'static str {
-        JOB_NAME
-    }
+impl TopicJob for LocalJob {
+    /// The heartbeats, read once per pass before any data directory is listed.
+    type Plan = Arc<Collectors>;
 
-    async fn pass(&mut self) -> Result<PassReport, WorkerError> {
+    const NAME: &'static str = JOB_NAME;
+
+    async fn topics(&mut self) -> Result<Vec<(Topic, Self::Plan)>, WorkerError> {
         // Heartbeats first: a watermark read now promises files visible below.
-        let collectors = self.collectors().await?;
-        let mut report = PassReport::default();
-        let mut first_error = None;
-        for topic in self.topics().await? {
-            match self.pass_topic(&topic, &collectors, &mut report).await {
-                Ok(()) => {}
-                Err(e @ WorkerError::LostLease { .. }) => return Err(e),
-                Err(e) => {
-                    tracing::warn!(%topic, error = %e, "local pass failed for topic");
-                    // Forget what this process believed; re-verify next pass.
-                    self.sealed.remove(&topic);
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(report),
-        }
-    }
-}
-
-/// Walks the `yyyy/MM/dd/HH/mm` minute directories of a topic's local or merged
-/// view (the `yyyy/MM/dd/HH` hour directories of the hourly view) in order,
-/// newest or oldest first, listing each level only when reached.
-#[derive(Debug)]
-pub struct MinuteWalker<'a> {
-    storage: &'a dyn Storage,
-    base: String,
-    levels: usize,
-    newest_first: bool,
-    started: bool,
-    /// Per level: its directory path and the children still to visit (popped from
-    /// the end).
-    stack: Vec<(String, Vec<String>)>,
-}
-
-impl<'a> MinuteWalker<'a> {
-    /// A walk over the local view of `topic`.
-    pub fn new(storage: &'a dyn Storage, topic: &Topic, newest_first: bool) -> Self {
-        Self::in_view(storage, View::Local, topic, newest_first)
-    }
-
-    /// A walk over `view` (not the collector view) of `topic`.
-    pub fn in_view(
-        storage: &'a dyn Storage,
-        view: View,
-        topic: &Topic,
-        newest_first: bool,
-    ) -> Self {
-        MinuteWalker {
-            storage,
-            base: Layout::topic_dir(view, topic),
-            levels: if view == View::Hourly { 4 } else { 5 },
-            newest_first,
-            started: false,
-            stack: Vec::new(),
-        }
-    }
-
-    async fn children(&self, dir: &str, width: usize) -> Result<Vec<String>, StorageError> {
-        let mut names: Vec<String> = self
-            .storage
-            .list_or_empty(dir)
-            .await?
+        let collectors = Arc::new(self.collectors().await?);
+        let topics = self.served_topics().await?;
+        Ok(topics
             .into_iter()
-            .filter(|e| {
-                e.is_dir && e.name.len() == width && e.name.bytes().all(|b| b.is_ascii_digit())
-            })
-            .map(|e| e.name)
-            .collect();
-        names.sort();
-        if !self.newest_first {
-            names.reverse();
-        }
-        Ok(names)
+            .map(|t| (t, collectors.clone()))
+            .collect())
     }
 
-    /// The next minute directory (hour start for the hourly view), or `None`.
-    pub async fn next(&mut self) -> Result<Option<Minute>, StorageError> {
-        if !self.started {
-            self.started = true;
-            let top = self.children(&self.base, LEVEL_WIDTHS[0]).await?;
-            self.stack.push((self.base.clone(), top));
+    async fn pass_topic(
+        &mut self,
+        topic: &Topic,
+        collectors: Self::Plan,
+    ) -> Result<PassReport, WorkerError> {
+        let mut report = PassReport::default();
+        let result = self.seal_topic(topic, &collectors, &mut report).await;
+        if result.is_err() {
+            // Forget what this process believed; re-verify next pass.
+            self.sealed.remove(topic);
         }
-        loop {
-            let depth = self.stack.len();
-            let Some((dir, pending)) = self.stack.last_mut() else {
-                return Ok(None);
-            };
-            let Some(child) = pending.pop() else {
-                self.stack.pop();
-                continue;
-            };
-            let path = format!("{dir}/{child}");
-            if depth == self.levels {
-                let mut suffix = path[self.base.len() + 1..].to_owned();
-                if self.levels == 4 {
-                    suffix.push_str("/00");
-                }
-                match Minute::parse_dir_path(&suffix) {
-                    Ok(minute) => return Ok(Some(minute)),
-                    Err(_) => continue,
-                }
-            }
-            let below = self.children(&path, LEVEL_WIDTHS[depth]).await?;
-            self.stack.push((path, below));
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use conduit_core::storage::LocalStorage;
-
-    use super::*;
-
-    #[tokio::test]
-    async fn walker_visits_minute_dirs_in_order_both_ways() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = Arc::new(LocalStorage::open(dir.path()).unwrap());
-        let topic = Topic::new("clicks").unwrap();
-        let minutes: Vec<Minute> = [
-            "2026-11-22T23:59",
-            "2026-11-23T00:00",
-            "2026-12-01T10:05",
-            "2025-01-01T00:00",
-        ]
-        .iter()
-        .map(|m| Minute::parse_flexible(m).unwrap())
-        .collect();
-        for m in &minutes {
-            storage
-                .mkdirs(&Layout::minute_dir(View::Local, &topic, *m))
-                .await
-                .unwrap();
-        }
-        storage
-            .mkdirs("streams_local/clicks/2026/xx")
-            .await
-            .unwrap();
-        let mut sorted = minutes.clone();
-        sorted.sort();
-        let mut walk = MinuteWalker::new(&*storage, &topic, false);
-        let mut seen = Vec::new();
-        while let Some(m) = walk.next().await.unwrap() {
-            seen.push(m);
-        }
-        assert_eq!(seen, sorted);
-        let mut walk = MinuteWalker::new(&*storage, &topic, true);
-        let mut seen = Vec::new();
-        while let Some(m) = walk.next().await.unwrap() {
-            seen.push(m);
-        }
-        sorted.reverse();
-        assert_eq!(seen, sorted);
-        let other = Topic::new("none").unwrap();
-        assert_eq!(
-            MinuteWalker::new(&*storage, &other, true)
-                .next()
-                .await
-                .unwrap(),
-            None
-        );
+        result.map(|()| report)
     }
 }

@@ -60,10 +60,11 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use conduit_core::layout::Layout;
+use conduit_core::tree::{self, newest_sealed_dir, oldest_dir};
 use conduit_core::{Manifest, ManifestError, ManifestFile, Minute, NodeName, Topic, View};
 
-use crate::copy::{copy_all, dir_state, find_dir, list_topics, tidy_unsealed, CopyTask, DirState};
-use crate::{Cluster, Job, JobEnv, PassReport, WorkerError};
+use crate::copy::{copy_all, dir_state, tidy_unsealed, CopyTask, DirState};
+use crate::{Cluster, JobEnv, PassReport, TopicJob, WorkerError};
 
 /// Merged minutes sealed per topic in one pass at most (catch-up continues in the
 /// next pass, so a pass stays short and progress is reported).
@@ -123,40 +124,6 @@ impl MergeJob {
         }
     }
 
-    /// The topics merged into this cluster, each with its source clusters.
-    async fn served_topics(&self) -> Result<BTreeMap<Topic, Vec<NodeName>>, WorkerError> {
-        let this = self.env.this.name.as_str();
-        let config = &self.env.config;
-        let mut names: BTreeSet<Topic> = config
-            .topics
-            .keys()
-            .filter_map(|t| Topic::new(t.as_str()).ok())
-            .collect();
-        if config.topic_defaults.merge_into.as_deref() == Some(this) {
-            for cluster in self.env.clusters.values() {
-                match list_topics(cluster.storage.as_ref(), View::Local).await {
-                    Ok(found) => names.extend(found),
-                    Err(e) => tracing::warn!(cluster = %cluster.name, error = %e,
-                        "cannot list the local view of a merge source"),
-                }
-            }
-        }
-        let mut served = BTreeMap::new();
-        for topic in names {
-            let settings = config.topic(&topic);
-            if settings.merge_into.as_deref() != Some(this) {
-                continue;
-            }
-            let sources: Vec<NodeName> = settings
-                .merge_sources
-                .iter()
-                .filter_map(|s| NodeName::new(s.as_str()).ok())
-                .collect();
-            served.insert(topic, sources);
-        }
-        Ok(served)
-    }
-
     fn cluster(&self, name: &NodeName) -> Option<&Cluster> {
         self.env.clusters.get(name)
     }
@@ -169,7 +136,7 @@ impl MergeJob {
         sources: &[NodeName],
     ) -> Result<Option<TopicState>, WorkerError> {
         let dest = self.env.this.storage.as_ref();
-        let newest = find_dir(dest, View::Merged, topic, true, true).await?;
+        let newest = newest_sealed_dir(dest, View::Merged, topic).await?;
         let Some(newest) = newest else {
             // Nothing merged yet: start at the oldest local minute of any source.
             let mut start: Option<Minute> = None;
@@ -177,7 +144,7 @@ impl MergeJob {
                 let Some(cluster) = self.cluster(source) else {
                     continue;
                 };
-                match find_dir(cluster.storage.as_ref(), View::Local, topic, false, false).await {
+                match oldest_dir(cluster.storage.as_ref(), View::Local, topic).await {
                     Ok(Some(m)) => start = Some(start.map_or(m, |s| s.min(m))),
                     Ok(None) => {}
                     Err(e) => tracing::warn!(%topic, source = %source, error = %e,
@@ -331,7 +298,7 @@ impl MergeJob {
             }
             DirState::Unsealed => return Ok(Readiness::NotReady),
             DirState::Absent => {
-                let newest = find_dir(storage, View::Local, topic, true, true).await?;
+                let newest = newest_sealed_dir(storage, View::Local, topic).await?;
                 if let Some(newest) = newest {
                     note_sealed(state, source, newest);
                 }
@@ -371,7 +338,7 @@ impl MergeJob {
     async fn lagging(&self, topic: &Topic, source: &NodeName, state: &mut TopicState) -> bool {
         let now = self.env.clock.now();
         if let Some(cluster) = self.cluster(source) {
-            match find_dir(cluster.storage.as_ref(), View::Local, topic, true, true).await {
+            match newest_sealed_dir(cluster.storage.as_ref(), View::Local, topic).await {
                 Ok(newest) => {
                     state.unreadable_since.remove(source);
                     match newest {
@@ -419,57 +386,6 @@ impl MergeJob {
             // from the end of the frontier, so a topic's first minutes do not
             // routinely miss whichever source seals second.
             (None, None) => now - state.frontier.end() > max_lag,
-        }
-    }
-
-    /// Seals as many merged minutes of `topic` as are ready.
-    async fn merge_topic(
-        &mut self,
-        topic: &Topic,
-        sources: &[NodeName],
-    ) -> Result<PassReport, WorkerError> {
-        let mut report = PassReport::default();
-        let mut state = match self.topics.remove(topic) {
-            Some(state) => state,
-            None => match self.load_state(topic, sources).await? {
-                Some(state) => state,
-                None => return Ok(report),
-            },
-        };
-        for s in sources {
-            state
-                .placed_through
-                .entry(s.clone())
-                .or_insert(state.frontier.prev().unwrap_or(state.frontier));
-        }
-        let mut sealed_any = false;
-        let result = async {
-            for _ in 0..MAX_MINUTES_PER_PASS {
-                if state.frontier.end() > self.env.clock.now() {
-                    break;
-                }
-                let Some(step) = self.merge_minute(topic, sources, &mut state).await? else {
-                    break;
-                };
-                report.add(&step);
-                sealed_any = true;
-            }
-            Ok::<(), WorkerError>(())
-        }
-        .await;
-        let now_minute = self.env.clock.minute();
-        report.pending =
-            (now_minute.epoch_minutes() - state.frontier.epoch_minutes()).max(0) as u64;
-        if sealed_any {
-            self.save_checkpoint(topic, &state).await;
-        }
-        match result {
-            Ok(()) => {
-                self.topics.insert(topic.clone(), state);
-                Ok(report)
-            }
-            // Forget the cached state: the next pass rebuilds it from the manifests.
-            Err(e) => Err(e),
         }
     }
 
@@ -573,27 +489,90 @@ fn note_sealed(state: &mut TopicState, source: &NodeName, minute: Minute) {
 }
 
 #[async_trait::async_trait]
-impl Job for MergeJob {
-    fn name(&self) -> &'static str {
-        "merge"
-    }
+impl TopicJob for MergeJob {
+    /// The topic's source clusters.
+    type Plan = Vec<NodeName>;
 
-    async fn pass(&mut self) -> Result<PassReport, WorkerError> {
-        let mut report = PassReport::default();
-        let mut first_error = None;
-        for (topic, sources) in self.served_topics().await? {
-            match self.merge_topic(&topic, &sources).await {
-                Ok(step) => report.add(&step),
-                Err(e @ WorkerError::LostLease { .. }) => return Err(e),
-                Err(e) => {
-                    tracing::warn!(%topic, error = %e, "merge pass failed for a topic");
-                    first_error.get_or_insert(e);
+    const NAME: &'static str = "merge";
+
+    /// The topics merged into this cluster, each with its source clusters.
+    async fn topics(&mut self) -> Result<Vec<(Topic, Self::Plan)>, WorkerError> {
+        let this = self.env.this.name.as_str();
+        let config = &self.env.config;
+        let mut names = self.env.configured_topics();
+        if config.topic_defaults.merge_into.as_deref() == Some(this) {
+            for cluster in self.env.clusters.values() {
+                match tree::topics(cluster.storage.as_ref(), View::Local).await {
+                    Ok(found) => names.extend(found),
+                    Err(e) => tracing::warn!(cluster = %cluster.name, error = %e,
+                        "cannot list the local view of a merge source"),
                 }
             }
         }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(report),
+        let mut served = BTreeMap::new();
+        for topic in names {
+            let settings = config.topic(&topic);
+            if settings.merge_into.as_deref() != Some(this) {
+                continue;
+            }
+            let sources: Vec<NodeName> = settings
+                .merge_sources
+                .iter()
+                .filter_map(|s| NodeName::new(s.as_str()).ok())
+                .collect();
+            served.insert(topic, sources);
+        }
+        Ok(served.into_iter().collect())
+    }
+
+    /// Seals as many merged minutes of `topic` as are ready.
+    async fn pass_topic(
+        &mut self,
+        topic: &Topic,
+        sources: Self::Plan,
+    ) -> Result<PassReport, WorkerError> {
+        let mut report = PassReport::default();
+        let mut state = match self.topics.remove(topic) {
+            Some(state) => state,
+            None => match self.load_state(topic, &sources).await? {
+                Some(state) => state,
+                None => return Ok(report),
+            },
+        };
+        for s in &sources {
+            state
+                .placed_through
+                .entry(s.clone())
+                .or_insert(state.frontier.prev().unwrap_or(state.frontier));
+        }
+        let mut sealed_any = false;
+        let result = async {
+            for _ in 0..MAX_MINUTES_PER_PASS {
+                if state.frontier.end() > self.env.clock.now() {
+                    break;
+                }
+                let Some(step) = self.merge_minute(topic, &sources, &mut state).await? else {
+                    break;
+                };
+                report.add(&step);
+                sealed_any = true;
+            }
+            Ok::<(), WorkerError>(())
+        }
+        .await;
+        let now_minute = self.env.clock.minute();
+        report.pending =
+            (now_minute.epoch_minutes() - state.frontier.epoch_minutes()).max(0) as u64;
+        if sealed_any {
+            self.save_checkpoint(topic, &state).await;
+        }
+        match result {
+            Ok(()) => {
+                self.topics.insert(topic.clone(), state);
+                Ok(report)
+            }
+            // Forget the cached state: the next pass rebuilds it from the manifests.
+            Err(e) => Err(e),
         }
     }
 }

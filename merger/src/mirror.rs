@@ -30,10 +30,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use conduit_core::layout::Layout;
+use conduit_core::tree::{self, newest_sealed_dir, oldest_dir};
 use conduit_core::{Manifest, Minute, NodeName, Topic, View};
 
-use crate::copy::{copy_all, find_dir, list_topics, seal_raw, tidy_unsealed, CopyTask};
-use crate::{Job, JobEnv, PassReport, WorkerError};
+use crate::copy::{copy_all, seal_raw, tidy_unsealed, CopyTask};
+use crate::{JobEnv, PassReport, TopicJob, WorkerError};
 
 /// Minutes mirrored per topic in one pass at most.
 const MAX_MINUTES_PER_PASS: u64 = 240;
@@ -54,16 +55,20 @@ impl MirrorJob {
             frontiers: BTreeMap::new(),
         }
     }
+}
+
+#[async_trait::async_trait]
+impl TopicJob for MirrorJob {
+    /// The topic's origin cluster.
+    type Plan = NodeName;
+
+    const NAME: &'static str = "mirror";
 
     /// The topics mirrored to this cluster, each with its origin cluster.
-    async fn served_topics(&self) -> Result<BTreeMap<Topic, NodeName>, WorkerError> {
+    async fn topics(&mut self) -> Result<Vec<(Topic, Self::Plan)>, WorkerError> {
         let this = self.env.this.name.as_str();
         let config = &self.env.config;
-        let mut names: BTreeSet<Topic> = config
-            .topics
-            .keys()
-            .filter_map(|t| Topic::new(t.as_str()).ok())
-            .collect();
+        let mut names = self.env.configured_topics();
         let defaults = &config.topic_defaults;
         if defaults.mirrors.iter().any(|m| m == this) {
             if let Some(origin) = defaults
@@ -72,7 +77,7 @@ impl MirrorJob {
                 .and_then(|o| NodeName::new(o).ok())
                 .and_then(|o| self.env.clusters.get(&o))
             {
-                match list_topics(origin.storage.as_ref(), View::Merged).await {
+                match tree::topics(origin.storage.as_ref(), View::Merged).await {
                     Ok(found) => names.extend(found),
                     Err(e) => tracing::warn!(origin = %origin.name, error = %e,
                         "cannot list the merged view of the mirror origin"),
@@ -96,17 +101,17 @@ impl MirrorJob {
                 served.insert(topic, origin);
             }
         }
-        Ok(served)
+        Ok(served.into_iter().collect())
     }
 
     /// Mirrors as many sealed minutes of `topic` as the origin has.
-    async fn mirror_topic(
+    async fn pass_topic(
         &mut self,
         topic: &Topic,
-        origin: &NodeName,
+        origin: Self::Plan,
     ) -> Result<PassReport, WorkerError> {
         let mut report = PassReport::default();
-        let Some(origin) = self.env.clusters.get(origin).cloned() else {
+        let Some(origin) = self.env.clusters.get(&origin).cloned() else {
             return Err(WorkerError::Other(format!(
                 "topic {topic}: mirror origin cluster {origin} is not configured"
             )));
@@ -116,11 +121,11 @@ impl MirrorJob {
         let fence = self.env.fence.as_ref();
         let mut frontier = match self.frontiers.get(topic) {
             Some(f) => *f,
-            None => match find_dir(dest, View::Merged, topic, true, true).await? {
+            None => match newest_sealed_dir(dest, View::Merged, topic).await? {
                 Some(newest) => newest
                     .next()
                     .map_err(|e| WorkerError::Other(e.to_string()))?,
-                None => match find_dir(src, View::Merged, topic, false, false).await? {
+                None => match oldest_dir(src, View::Merged, topic).await? {
                     Some(oldest) => oldest,
                     None => return Ok(report),
                 },
@@ -139,7 +144,7 @@ impl MirrorJob {
                         if src.exists(&dir).await? {
                             break; // not sealed yet
                         }
-                        match find_dir(src, View::Merged, topic, false, false).await? {
+                        match oldest_dir(src, View::Merged, topic).await? {
                             Some(oldest) if oldest > frontier => {
                                 tracing::warn!(%topic, from = %frontier, to = %oldest,
                                     "the origin no longer has these minutes; the mirror skips them");
@@ -192,32 +197,6 @@ impl MirrorJob {
                 self.frontiers.remove(topic);
                 Err(e)
             }
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl Job for MirrorJob {
-    fn name(&self) -> &'static str {
-        "mirror"
-    }
-
-    async fn pass(&mut self) -> Result<PassReport, WorkerError> {
-        let mut report = PassReport::default();
-        let mut first_error = None;
-        for (topic, origin) in self.served_topics().await? {
-            match self.mirror_topic(&topic, &origin).await {
-                Ok(step) => report.add(&step),
-                Err(e @ WorkerError::LostLease { .. }) => return Err(e),
-                Err(e) => {
-                    tracing::warn!(%topic, error = %e, "mirror pass failed for a topic");
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(report),
         }
     }
 }

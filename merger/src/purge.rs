@@ -27,9 +27,9 @@
 use chrono::{DateTime, TimeDelta, Utc};
 
 use conduit_core::layout::Layout;
+use conduit_core::tree::{self, MinuteWalker, Visit};
 use conduit_core::{Manifest, Minute, Storage, Topic, View};
 
-use crate::copy::{is_component, levels, list_topics, minute_of};
 use crate::{Fence, Job, JobEnv, PassReport, WorkerError};
 
 /// `_tmp.*` files older than this in an expired unsealed directory are removed.
@@ -41,54 +41,6 @@ pub struct PurgeJob {
     env: JobEnv,
 }
 
-/// The end (exclusive) of the span a date-component prefix covers: a year, month,
-/// day, hour or minute.
-fn span_end(parts: &[String]) -> Option<DateTime<Utc>> {
-    let start = span_start(parts)?;
-    let next = match parts.len() {
-        1 => start.with_year_offset(1),
-        2 => start.with_month_offset(1),
-        3 => start.add_minutes(24 * 60).ok(),
-        4 => start.add_minutes(60).ok(),
-        _ => start.add_minutes(1).ok(),
-    };
-    Some(next.map_or(Minute::MAX.end(), Minute::start))
-}
-
-/// The first minute of a date-component prefix.
-fn span_start(parts: &[String]) -> Option<Minute> {
-    let defaults = ["01", "01", "00", "00"];
-    let mut full: Vec<String> = parts.to_vec();
-    for d in &defaults[parts.len().saturating_sub(1).min(4)..] {
-        if full.len() == 5 {
-            break;
-        }
-        full.push((*d).to_owned());
-    }
-    full.truncate(5);
-    Minute::parse_dir_path(&full.join("/")).ok()
-}
-
-trait Offsets: Sized {
-    fn with_year_offset(self, years: i32) -> Option<Self>;
-    fn with_month_offset(self, months: u32) -> Option<Self>;
-}
-
-impl Offsets for Minute {
-    fn with_year_offset(self, years: i32) -> Option<Minute> {
-        let t = self.start();
-        use chrono::Datelike;
-        let next = t.with_year(t.year() + years)?;
-        Minute::from_datetime(next).ok()
-    }
-
-    fn with_month_offset(self, months: u32) -> Option<Minute> {
-        let t = self.start();
-        let next = t.checked_add_months(chrono::Months::new(months))?;
-        Minute::from_datetime(next).ok()
-    }
-}
-
 impl PurgeJob {
     /// A purge job for `env.this`.
     pub fn new(env: JobEnv) -> Self {
@@ -97,7 +49,7 @@ impl PurgeJob {
 
     async fn purge_view(&self, view: View, report: &mut PassReport) -> Result<(), WorkerError> {
         let storage = self.env.this.storage.as_ref();
-        for topic in list_topics(storage, view).await? {
+        for topic in tree::topics(storage, view).await? {
             let retention = self.env.config.topic(&topic).retention_hours;
             let hours = match view {
                 View::Local => retention.local,
@@ -120,97 +72,31 @@ impl PurgeJob {
         cutoff: DateTime<Utc>,
         report: &mut PassReport,
     ) -> Result<(), WorkerError> {
-        let levels = levels(view);
-        let top = Layout::topic_dir(view, topic);
+        // Only directories whose first minute ended by the cutoff: a branch that
+        // starts inside the retention window is never entered (nor listed).
+        let Ok(until) = Minute::from_datetime(cutoff - TimeDelta::minutes(1)) else {
+            return Ok(());
+        };
         let fence = self.env.fence.as_ref();
-        let path_of = |parts: &[String]| format!("{top}/{}", parts.join("/"));
-        // Depth-first, oldest first. `Leave` entries remove a directory once its
-        // children have been visited, if it is empty and entirely expired.
-        enum Visit {
-            Enter(Vec<String>),
-            Leave(Vec<String>),
-        }
-        let mut stack = vec![];
-        for name in self
-            .children(storage, &top, levels[0])
-            .await?
-            .into_iter()
-            .rev()
-        {
-            stack.push(Visit::Enter(vec![name]));
-        }
-        while let Some(visit) = stack.pop() {
+        let mut walk = MinuteWalker::new(storage, view, topic).until(until);
+        while let Some(visit) = walk.next_visit().await? {
             match visit {
-                Visit::Leave(parts) => {
-                    let dir = path_of(&parts);
-                    if span_end(&parts).is_some_and(|end| end <= cutoff)
-                        && storage.list_or_empty(&dir).await?.is_empty()
-                    {
+                Visit::Dir(minute) => {
+                    let dir = Manifest::dir(view, topic, minute);
+                    self.purge_dir(storage, view, &dir, minute, cutoff, report, fence)
+                        .await?;
+                }
+                // After its children: remove it if it is empty and entirely expired.
+                Visit::Left(parent) => {
+                    let dir = walk.dir_path(parent);
+                    if parent.end() <= cutoff && storage.list_or_empty(&dir).await?.is_empty() {
                         fence.check().await?;
                         storage.delete(&dir, false).await?;
-                    }
-                }
-                Visit::Enter(parts) => {
-                    // Oldest first: once a branch starts inside the window, so do
-                    // all later ones at this level and below.
-                    let Some(start) = span_start(&parts) else {
-                        continue;
-                    };
-                    if start.end() > cutoff {
-                        // Later siblings are younger still.
-                        while matches!(stack.last(), Some(Visit::Enter(p)) if p.len() == parts.len())
-                        {
-                            stack.pop();
-                        }
-                        continue;
-                    }
-                    if parts.len() == levels.len() {
-                        self.purge_dir(
-                            storage,
-                            view,
-                            &path_of(&parts),
-                            &parts,
-                            cutoff,
-                            report,
-                            fence,
-                        )
-                        .await?;
-                        continue;
-                    }
-                    stack.push(Visit::Leave(parts.clone()));
-                    let width = levels[parts.len()];
-                    for name in self
-                        .children(storage, &path_of(&parts), width)
-                        .await?
-                        .into_iter()
-                        .rev()
-                    {
-                        let mut child = parts.clone();
-                        child.push(name);
-                        stack.push(Visit::Enter(child));
                     }
                 }
             }
         }
         Ok(())
-    }
-
-    /// Date-component subdirectories of `dir`, sorted ascending.
-    async fn children(
-        &self,
-        storage: &dyn Storage,
-        dir: &str,
-        width: usize,
-    ) -> Result<Vec<String>, WorkerError> {
-        let mut names: Vec<String> = storage
-            .list_or_empty(dir)
-            .await?
-            .into_iter()
-            .filter(|e| e.is_dir && is_component(&e.name, width))
-            .map(|e| e.name)
-            .collect();
-        names.sort();
-        Ok(names)
     }
 
     /// Deletes one expired minute (or hour) directory if it is sealed; otherwise
@@ -221,14 +107,11 @@ impl PurgeJob {
         storage: &dyn Storage,
         view: View,
         dir: &str,
-        parts: &[String],
+        minute: Minute,
         cutoff: DateTime<Utc>,
         report: &mut PassReport,
         fence: &dyn Fence,
     ) -> Result<(), WorkerError> {
-        let Some(minute) = minute_of(view, parts) else {
-            return Ok(());
-        };
         let last = if view == View::Hourly {
             minute.add_minutes(59).unwrap_or(minute)
         } else {
@@ -269,42 +152,5 @@ impl Job for PurgeJob {
             self.purge_view(view, &mut report).await?;
         }
         Ok(report)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parts(s: &str) -> Vec<String> {
-        s.split('/').map(str::to_owned).collect()
-    }
-
-    #[test]
-    fn spans_cover_years_to_minutes() {
-        let m = |s: &str| Minute::parse_flexible(s).unwrap().start();
-        assert_eq!(
-            span_start(&parts("2026")).unwrap().start(),
-            m("2026-01-01T00:00Z")
-        );
-        assert_eq!(span_end(&parts("2026")).unwrap(), m("2027-01-01T00:00Z"));
-        assert_eq!(span_end(&parts("2026/12")).unwrap(), m("2027-01-01T00:00Z"));
-        assert_eq!(
-            span_end(&parts("2026/02/28")).unwrap(),
-            m("2026-03-01T00:00Z")
-        );
-        assert_eq!(
-            span_end(&parts("2026/02/28/23")).unwrap(),
-            m("2026-03-01T00:00Z")
-        );
-        assert_eq!(
-            span_end(&parts("2026/02/28/23/59")).unwrap(),
-            m("2026-03-01T00:00Z")
-        );
-        assert_eq!(
-            span_start(&parts("2026/02/28/23/59")).unwrap().start(),
-            m("2026-02-28T23:59Z")
-        );
-        assert!(span_start(&parts("2026/13")).is_none());
     }
 }

@@ -11,13 +11,12 @@
 use chrono::{DateTime, Utc};
 use conduit_core::format::{decode_frame, scan, split_records};
 use conduit_core::layout::Layout;
-use conduit_core::{Manifest, Minute, SharedStorage, Topic, View};
+use conduit_core::{Manifest, Minute, MinuteWalker, SharedStorage, Topic, View};
 use serde::Serialize;
 
 use crate::error::Result;
 use crate::position::Position;
 use crate::reader::{data_file_key, partition_of};
-use crate::tree::minute_dirs_from;
 use crate::ReadView;
 
 /// Most minute directories examined per partition (one day).
@@ -124,9 +123,8 @@ pub async fn partition_lag(
                 }
             }
             let prefix = format!("{}-{}-", pos.cluster(), pos.collector());
-            for m in
-                minute_dirs_from(&**storage, View::Local, topic, pos.minute(), MAX_DIRS).await?
-            {
+            let dirs = MinuteWalker::new(&**storage, View::Local, topic).from(pos.minute());
+            for m in dirs.take(MAX_DIRS).await? {
                 let dir = Layout::minute_dir(View::Local, topic, m);
                 for entry in storage.list_or_empty(&dir).await? {
                     let Some(name) = entry.name.strip_prefix(&prefix) else {
@@ -152,9 +150,8 @@ pub async fn partition_lag(
                 .and_then(|(k, _)| k.parse::<u32>().ok())
                 .unwrap_or(0);
             let name = pos.local_name();
-            for m in
-                minute_dirs_from(&**storage, View::Merged, topic, pos.minute(), MAX_DIRS).await?
-            {
+            let dirs = MinuteWalker::new(&**storage, View::Merged, topic).from(pos.minute());
+            for m in dirs.take(MAX_DIRS).await? {
                 let dir = Layout::minute_dir(View::Merged, topic, m);
                 let Some(manifest) = Manifest::read(&**storage, &dir).await? else {
                     break;

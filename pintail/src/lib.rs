@@ -64,7 +64,8 @@
 //! - [`group`]: static and dynamic membership.
 //! - [`lag`]: how far a checkpoint is behind (events, bytes, seconds).
 //! - [`blocking`]: the blocking wrapper.
-//! - `roots`, `tree`: failover across cluster roots; walking minute directories.
+//! - `roots`: failover across cluster roots (minute directories are walked with
+//!   `conduit_core::tree`).
 
 pub mod blocking;
 mod collector_http;
@@ -76,7 +77,6 @@ mod metrics;
 pub mod position;
 mod reader;
 mod roots;
-mod tree;
 
 pub use blocking::BlockingConsumer;
 pub use consumer::{Consumer, ConsumerBuilder, DefaultStart, Message, ReadView, StartTime};
@@ -85,4 +85,3 @@ pub use group::Membership;
 pub use metrics::Stats;
 pub use position::{CheckpointStore, Position, CHECKPOINT_VERSION};
 pub use reader::partition_of;
-pub use tree::minute_dirs_from;

@@ -1310,18 +1310,10 @@ fn wanted(key: Key, after: Option<Key>, from: Minute) -> bool {
     }
 }
 
-/// The key of a collector file name of `topic` (`None` for other names).
+/// The key of a collector file name of `topic` (`None` for other names:
+/// [`Layout::collector_file_in`]).
 pub(crate) fn data_file_key(topic: &Topic, name: &str) -> Option<Key> {
-    if Layout::is_hidden(name) {
-        return None;
-    }
-    let parsed = Layout::parse_collector_file_name(name).ok()?;
-    if Layout::file_topic_token(topic) != Layout::file_topic_token(&parsed.topic)
-        && !Layout::file_topic_token_matches(parsed.topic.as_str(), topic)
-    {
-        return None;
-    }
-    Some((parsed.minute, parsed.seq))
+    Layout::collector_file_in(topic, name).map(|parsed| (parsed.minute, parsed.seq))
 }
 
 /// The sealed-view partition of a file: FNV-1a 64 of its name, modulo `n`.

@@ -11,7 +11,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use conduit_core::{FileStatus, Manifest, NodeName, SharedStorage, StorageError, StorageResult};
+use conduit_core::{
+    FileStatus, Manifest, Minute, MinuteWalker, NodeName, SharedStorage, StorageError,
+    StorageResult, Topic, View,
+};
 
 use crate::error::Result;
 
@@ -86,16 +89,21 @@ impl Roots {
             .await
     }
 
+    /// The existing minute directories of `topic` in `view` that are `>= from`,
+    /// oldest first, at most `limit` of them.
     pub async fn minute_dirs_from(
         &self,
-        view: conduit_core::View,
-        topic: &conduit_core::Topic,
-        from: conduit_core::Minute,
+        view: View,
+        topic: &Topic,
+        from: Minute,
         limit: usize,
-    ) -> StorageResult<Vec<conduit_core::Minute>> {
-        self.each(
-            |s| async move { crate::tree::minute_dirs_from(&*s, view, topic, from, limit).await },
-        )
+    ) -> StorageResult<Vec<Minute>> {
+        self.each(|s| async move {
+            MinuteWalker::new(&*s, view, topic)
+                .from(from)
+                .take(limit)
+                .await
+        })
         .await
     }
 
