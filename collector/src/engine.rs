@@ -42,7 +42,10 @@ use conduit_core::format::{
     close_recovered, encode_marks, is_closed, BatchMark, Encoding, FrameEncoder, TRAILER_LEN,
 };
 use conduit_core::layout::Layout;
-use conduit_core::{CreateMode, Minute, NodeName, SharedClock, SharedStorage, Storage, Topic};
+use conduit_core::tree;
+use conduit_core::{
+    CreateMode, Minute, NodeName, SharedClock, SharedStorage, Storage, Topic, View,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::dedup::{BatchState, DedupTable};
@@ -428,13 +431,7 @@ impl Engine {
         target: Target,
     ) -> anyhow::Result<Vec<BatchMark>> {
         let mut marks = Vec::new();
-        for topic_dir in store.list_or_empty("data").await? {
-            if !topic_dir.is_dir {
-                continue;
-            }
-            let Ok(topic) = Topic::new(topic_dir.name.as_str()) else {
-                continue;
-            };
+        for topic in tree::topics(store.as_ref(), View::Collector).await? {
             let dir = self.my_dir(&topic);
             for entry in store.list_or_empty(&dir).await? {
                 if entry.is_dir {
@@ -445,8 +442,10 @@ impl Engine {
                     store.delete(&entry.path, false).await?;
                     continue;
                 }
-                let Ok(name) = Layout::parse_collector_file_name(&entry.name) else {
-                    tracing::warn!(path = %entry.path, "ignoring a file that is not a collector file");
+                // Only this topic's own files (docs/format.md §2): a foreign file in
+                // the directory is neither recovered nor a source of sequence numbers.
+                let Some(name) = Layout::collector_file_in(&topic, &entry.name) else {
+                    tracing::warn!(path = %entry.path, "ignoring a file that is not a collector file of its directory's topic");
                     continue;
                 };
                 let next = self.seqs.entry((topic.clone(), name.minute)).or_insert(0);
