@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
 use conduit_core::config::CollectorConfig;
 use conduit_core::format::{Encoding, FrameEncoder};
+use conduit_core::records::{Base64Bytes, InvalidRecord};
 use conduit_core::scribe::{
     decode_request, read_frame, Call, Fb303Call, FbStatus, LogEntry, ProtocolError, Reply, Request,
     ResultCode,
@@ -161,6 +161,7 @@ impl Shared {
         }
     }
 
+    /// The `_invalid` line for a refused entry (`docs/format.md` §5.5).
     fn invalid_record(
         &self,
         category: &[u8],
@@ -168,22 +169,16 @@ impl Shared {
         detail: &str,
         payload: &[u8],
     ) -> Vec<u8> {
-        let record = serde_json::json!({
-            "topic": String::from_utf8_lossy(category),
-            "reason": reason,
-            "detail": detail,
-            "arrived_at": self.clock.now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            "cluster": self.collector_cluster(),
-            "collector": self.collector.as_str(),
-            "payload_base64": base64::engine::general_purpose::STANDARD.encode(payload),
-        });
-        let mut line = serde_json::to_vec(&record).unwrap_or_default();
-        line.push(b'\n');
-        line
-    }
-
-    fn collector_cluster(&self) -> &str {
-        self.cluster.as_str()
+        InvalidRecord {
+            arrived_at: self.clock.now(),
+            cluster: self.cluster.clone(),
+            collector: self.collector.clone(),
+            detail: detail.to_owned(),
+            payload_base64: Base64Bytes(Bytes::copy_from_slice(payload)),
+            reason: reason.to_owned(),
+            topic: String::from_utf8_lossy(category).into_owned(),
+        }
+        .to_line()
     }
 
     /// Validates and encodes a call's entries and queues them for the committer.

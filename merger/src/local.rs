@@ -61,18 +61,18 @@
 //!
 //! # Checkpoints
 //!
-//! `system/checkpoints/local/<topic>.json` holds `{"last_sealed": minute}`, saved
-//! after each pass that sealed something. It is a hint: it is used only if its
-//! minute's `_SUCCESS` exists, and then advanced while the next minute is sealed.
+//! `system/checkpoints/local/<topic>.json` holds the newest sealed minute
+//! ([`LocalCheckpoint`], `docs/format.md` §8.2), saved after each pass that sealed
+//! something. It is a hint: it is used only if its minute's `_SUCCESS` exists, and
+//! then advanced while the next minute is sealed.
 
 use std::collections::{BTreeMap, BTreeSet};
-
-use serde::{Deserialize, Serialize};
 
 use conduit_core::format::{Trailer, TRAILER_LEN};
 use conduit_core::heartbeat::{CollectorState, Heartbeat};
 use conduit_core::layout::Layout;
 use conduit_core::manifest::describe_file;
+use conduit_core::records::LocalCheckpoint;
 use conduit_core::{
     Manifest, ManifestError, ManifestFile, Minute, NodeName, RenameMode, Storage, StorageError,
     Topic, View,
@@ -97,12 +97,6 @@ const MAX_FORWARD_PROBES: usize = 10_000;
 
 /// Widths of the `yyyy/MM/dd/HH/mm` directory levels.
 const LEVEL_WIDTHS: [usize; 5] = [4, 2, 2, 2, 2];
-
-/// What a checkpoint of this job holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-struct LocalCheckpoint {
-    last_sealed: Minute,
-}
 
 /// What the heartbeats say about one collector.
 #[derive(Debug, Clone, Copy)]
