@@ -1,8 +1,12 @@
-//! Every JSON document type against samples written by the code before these
-//! types existed, byte for byte.
+//! Every JSON document type against (1) samples written by the code before these
+//! types existed, byte for byte, and (2) its section of `docs/format.md`.
+
+use std::collections::BTreeSet;
+use std::path::Path;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde_json::Value;
 
 use super::*;
 use crate::heartbeat::Heartbeat;
@@ -188,4 +192,138 @@ fn timestamps_keep_the_spelling_of_their_writer() {
     let back: InvalidRecord = serde_json::from_str(&text).unwrap();
     assert_eq!(back.arrived_at.timestamp_millis(), at.timestamp_millis());
     assert_eq!(back.payload_base64, invalid.payload_base64);
+}
+
+// ---------------------------------------------------------------------------
+// docs/format.md
+// ---------------------------------------------------------------------------
+
+fn format_md() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/format.md");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The text of the section whose heading starts with `heading` (up to the next
+/// heading of the same or a higher level).
+fn section<'a>(doc: &'a str, heading: &str) -> &'a str {
+    let start = doc
+        .match_indices('\n')
+        .map(|(i, _)| i + 1)
+        .find(|&i| doc[i..].starts_with(heading))
+        .unwrap_or_else(|| panic!("docs/format.md has no heading {heading:?}"));
+    let level = heading.chars().take_while(|&c| c == '#').count();
+    let body = &doc[start + heading.len()..];
+    let end = body
+        .match_indices('\n')
+        .map(|(i, _)| i + 1)
+        .find(|&i| {
+            let hashes = body[i..].chars().take_while(|&c| c == '#').count();
+            hashes > 0 && hashes <= level && body[i..][hashes..].starts_with(' ')
+        })
+        .unwrap_or(body.len());
+    &doc[start..start + heading.len() + end]
+}
+
+/// The ```json blocks of a section.
+fn json_blocks(section: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in section.lines() {
+        match (&mut current, line.trim_start()) {
+            (None, l) if l.starts_with("```json") => current = Some(String::new()),
+            (Some(_), l) if l.starts_with("```") => blocks.push(current.take().unwrap()),
+            (Some(text), _) => {
+                text.push_str(line);
+                text.push('\n');
+            }
+            (None, _) => {}
+        }
+    }
+    blocks
+}
+
+/// Every object key in a JSON value, nested ones included.
+fn keys(value: &Value, into: &mut BTreeSet<String>) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                into.insert(k.clone());
+                keys(v, into);
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| keys(v, into)),
+        _ => {}
+    }
+}
+
+/// Which section documents which document, and how many JSON examples it has.
+const DOCUMENTED: &[(&str, &str, usize)] = &[
+    ("### 5.2 ", "heartbeat", 1),
+    ("### 5.5 ", "invalid", 1),
+    ("### 5.6 ", "dedup snapshot", 1),
+    ("## 6. ", "audit", 1),
+    ("### 7.1 ", "manifest", 1),
+    ("### 8.1 ", "lease", 1),
+    ("### 8.2 ", "job checkpoint", 1),
+    ("### 8.3 ", "merge checkpoint", 1),
+    ("### 9.1 ", "consumer checkpoint", 1),
+    ("### 9.2 ", "group member", 1),
+    ("### 9.2 ", "group claim", 1),
+];
+
+/// Keys that are values of a map in the examples (cluster names of
+/// `placed_through`, sequence numbers of `recent`), not field names.
+const MAP_KEYS: &[&str] = &["dc1", "dc2", "7", "8", "9"];
+
+#[test]
+fn format_md_examples_are_exactly_what_the_types_write() {
+    let doc = format_md();
+    for &(heading, kind, count) in DOCUMENTED {
+        let text = section(&doc, heading);
+        // A section documenting two documents has an example of each: take the
+        // ones this type writes exactly, and report why the others do not count.
+        let mut examples = Vec::new();
+        let mut refused = Vec::new();
+        for block in json_blocks(text) {
+            let example: Value = serde_json::from_str(&block)
+                .unwrap_or_else(|e| panic!("{heading}: an example is not json: {e}\n{block}"));
+            match round_trip_kind(kind, block.trim()) {
+                Ok(written) if serde_json::from_str::<Value>(&written).unwrap() == example => {
+                    examples.push(example)
+                }
+                Ok(written) => refused.push(format!("the type writes {written}")),
+                Err(e) => refused.push(e),
+            }
+        }
+        assert_eq!(
+            examples.len(),
+            count,
+            "{heading}: expected {count} json example(s) that the {kind} type writes \
+             exactly; the others: {refused:?}"
+        );
+        for example in examples {
+            let mut fields = BTreeSet::new();
+            keys(&example, &mut fields);
+            for field in fields {
+                if MAP_KEYS.contains(&field.as_str()) {
+                    continue;
+                }
+                assert!(
+                    text.contains(&format!("`{field}`")),
+                    "{heading}: field `{field}` of the {kind} is not described"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn format_md_marks_nothing_as_reserved_for_a_future_worker() {
+    let doc = format_md();
+    for phrase in ["specified by the worker", "does not exist yet"] {
+        assert!(
+            !doc.contains(phrase),
+            "docs/format.md still says {phrase:?}"
+        );
+    }
 }
