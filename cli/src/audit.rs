@@ -3,9 +3,9 @@
 //! Tiers, left to right in the table:
 //!
 //! - **acked**: events publishers had acknowledged, summed from the `_audit`
-//!   records they publish (`{"version":1,"publisher":..,"topic":..,"minute":..,
-//!   "acked":<delta>,..}`), read from the collector and local views of every
-//!   cluster. The minute is the publisher's enqueue minute.
+//!   records they publish (`docs/format.md` §6, `AuditRecord`), read from the
+//!   collector and local views of every cluster. The minute is the publisher's
+//!   enqueue minute.
 //! - **collected** (per cluster): records in the collector files of the topic,
 //!   whether still in `data/` or already moved to `streams_local/`, by the file's
 //!   minute (the collector's arrival minute).
@@ -32,6 +32,7 @@ use clap::Args;
 use conduit_core::format::{read_file, read_trailer, FormatError};
 use conduit_core::layout::Layout;
 use conduit_core::manifest::Manifest;
+use conduit_core::records::AuditRecord;
 use conduit_core::storage::StorageError;
 use conduit_core::tree::{self, MinuteWalker};
 use conduit_core::{Config, Encoding, Minute, NodeName, SharedStorage, Storage, Topic, View};
@@ -255,13 +256,6 @@ async fn acked(
     to: Minute,
     into: &mut Counts,
 ) -> anyhow::Result<()> {
-    #[derive(serde::Deserialize)]
-    struct Record {
-        version: u32,
-        topic: String,
-        minute: Minute,
-        acked: u64,
-    }
     let audit = Topic::audit();
     // Audit records are written a little after their minute: look from one hour
     // before `from` (clock skew) to the end.
@@ -273,14 +267,11 @@ async fn acked(
                 .await
                 .with_context(|| format!("reading audit file {}", file.path))?;
             for payload in decoded.payloads {
-                let Ok(record) = serde_json::from_slice::<Record>(&payload) else {
+                // Records of another version or shape are not counted.
+                let Ok(record) = serde_json::from_slice::<AuditRecord>(&payload) else {
                     continue;
                 };
-                if record.version == 1
-                    && record.topic == topic.as_str()
-                    && record.minute >= from
-                    && record.minute <= to
-                {
+                if record.topic == *topic && record.minute >= from && record.minute <= to {
                     *found.entry(record.minute).or_default() += record.acked;
                 }
             }

@@ -136,3 +136,58 @@ pub async fn run(args: CollectorArgs) -> anyhow::Result<ExitCode> {
     collector.stop().await?;
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+    use conduit_core::config::key_default;
+
+    /// Every `[config: KEY, default VALUE]` in the help of any flag of any
+    /// subcommand names a real key and states its default as `core::config`
+    /// defines it.
+    #[test]
+    fn flag_help_states_config_keys_and_their_defaults() {
+        fn walk(command: &clap::Command, checked: &mut usize) {
+            for arg in command.get_arguments() {
+                let help = [arg.get_help(), arg.get_long_help()]
+                    .into_iter()
+                    .flatten()
+                    .map(|h| h.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                for (_, rest) in help
+                    .match_indices("[config: ")
+                    .map(|(i, _)| help.split_at(i))
+                {
+                    let inner = &rest["[config: ".len()..rest.find(']').expect("closing ]")];
+                    let key: String = inner
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '.')
+                        .collect();
+                    let flag = arg.get_long().unwrap_or(arg.get_id().as_str());
+                    let default = key_default(&key).unwrap_or_else(|| {
+                        panic!("{} --{flag}: no config key {key:?}", command.get_name())
+                    });
+                    if let Some(stated) = inner[key.len()..].strip_prefix(", default ") {
+                        assert_eq!(
+                            stated,
+                            default.to_string(),
+                            "{} --{flag}: help states the default of {key}",
+                            command.get_name()
+                        );
+                    }
+                    *checked += 1;
+                }
+            }
+            for sub in command.get_subcommands() {
+                walk(sub, checked);
+            }
+        }
+        let mut checked = 0;
+        walk(&crate::Cli::command(), &mut checked);
+        assert!(
+            checked >= 10,
+            "found only {checked} flags naming a config key"
+        );
+    }
+}

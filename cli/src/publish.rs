@@ -27,7 +27,7 @@ pub struct PublishArgs {
     #[arg(
         long = "collector",
         value_name = "HOST:PORT",
-        default_value = "127.0.0.1:1463"
+        default_values_t = [conduit_core::config::default_listen()]
     )]
     collectors: Vec<String>,
 

@@ -39,11 +39,11 @@ pub struct UpArgs {
     data_dir: PathBuf,
 
     /// Scribe port of the first cluster's collector (the next cluster gets +1).
-    #[arg(long, default_value_t = 1463)]
+    #[arg(long, default_value_t = conduit_core::scribe::DEFAULT_PORT)]
     base_port: u16,
 
     /// HTTP port of the first collector (`/metrics`, `/health`); workers use +10.
-    #[arg(long, default_value_t = 14630)]
+    #[arg(long, default_value_t = conduit_core::config::DEFAULT_HTTP_PORT)]
     base_http_port: u16,
 
     /// Seconds to wait for a child's clean shutdown before killing it.

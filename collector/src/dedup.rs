@@ -10,18 +10,20 @@
 //! records of an idempotent batch is preceded in its file by a batch-mark frame
 //! (`format::encode_marks`). On start the collector rebuilds the table from its
 //! snapshot (`system/checkpoints/collector/<cluster>.<id>.dedup.json`, written before any file
-//! is closed) plus the marks of every file it has not closed yet, including spool
-//! files.
+//! is closed; format: `docs/format.md` §5.6, type [`DedupSnapshot`]) plus the marks of
+//! every file it has not closed yet, including spool files.
 //!
 //! Bounds: per publisher the last [`WINDOW`] sequences are remembered exactly;
 //! anything older than the window is answered "durable" (a publisher never has that
 //! many batches in flight). Publishers idle for [`IDLE_EXPIRY_SECS`] are forgotten.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use bytes::Bytes;
 use conduit_core::format::BatchMark;
-use serde::{Deserialize, Serialize};
+use conduit_core::records::{
+    decode, Base64Bytes, DedupSnapshot, DedupWindow, RecordError, Version,
+};
 
 /// Sequences remembered per publisher.
 pub const WINDOW: i64 = 8192;
@@ -39,27 +41,10 @@ pub enum BatchState {
     Partial(Vec<u16>),
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct PublisherWindow {
-    /// Highest sequence seen durable.
-    high: i64,
-    /// Recent sequences: `None` = fully durable, `Some(parts)` = partially durable.
-    recent: BTreeMap<i64, Option<Vec<u16>>>,
-    /// Last time (unix seconds) this publisher was seen.
-    last_seen: i64,
-}
-
 /// The table, keyed by publisher id.
 #[derive(Debug, Default)]
 pub struct DedupTable {
-    publishers: HashMap<Bytes, PublisherWindow>,
-}
-
-/// Serializable snapshot of the table.
-#[derive(Debug, Serialize, Deserialize)]
-struct Snapshot {
-    version: u32,
-    publishers: Vec<(String, PublisherWindow)>,
+    publishers: HashMap<Bytes, DedupWindow>,
 }
 
 impl DedupTable {
@@ -176,7 +161,7 @@ impl DedupTable {
         self.publishers.is_empty()
     }
 
-    fn trim(window: &mut PublisherWindow) {
+    fn trim(window: &mut DedupWindow) {
         let floor = window.high - WINDOW;
         while let Some((&first, _)) = window.recent.first_key_value() {
             if first > floor {
@@ -188,18 +173,12 @@ impl DedupTable {
 
     /// JSON snapshot of the table.
     pub fn to_json(&self) -> Vec<u8> {
-        use base64::Engine;
-        let snapshot = Snapshot {
-            version: 1,
+        let snapshot = DedupSnapshot {
+            version: Version,
             publishers: self
                 .publishers
                 .iter()
-                .map(|(k, v)| {
-                    (
-                        base64::engine::general_purpose::STANDARD.encode(k),
-                        v.clone(),
-                    )
-                })
+                .map(|(id, window)| (Base64Bytes(id.clone()), window.clone()))
                 .collect(),
         };
         serde_json::to_vec(&snapshot).unwrap_or_default()
@@ -207,21 +186,15 @@ impl DedupTable {
 
     /// Loads a snapshot written by [`DedupTable::to_json`].
     pub fn from_json(bytes: &[u8]) -> Result<DedupTable, String> {
-        use base64::Engine;
-        let snapshot: Snapshot =
-            serde_json::from_slice(bytes).map_err(|e| format!("malformed dedup snapshot: {e}"))?;
-        if snapshot.version != 1 {
-            return Err(format!(
-                "unsupported dedup snapshot version {}",
-                snapshot.version
-            ));
-        }
+        let snapshot: DedupSnapshot = decode("", bytes).map_err(|e| match e {
+            RecordError::Malformed { reason, .. } => format!("malformed dedup snapshot: {reason}"),
+            RecordError::UnsupportedVersion { version, .. } => {
+                format!("unsupported dedup snapshot version {version}")
+            }
+        })?;
         let mut table = DedupTable::default();
-        for (id, window) in snapshot.publishers {
-            let id = base64::engine::general_purpose::STANDARD
-                .decode(id)
-                .map_err(|e| format!("malformed publisher id in dedup snapshot: {e}"))?;
-            table.publishers.insert(Bytes::from(id), window);
+        for (Base64Bytes(id), window) in snapshot.publishers {
+            table.publishers.insert(id, window);
         }
         Ok(table)
     }

@@ -44,7 +44,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use conduit_core::config::CollectorConfig;
-use conduit_core::heartbeat::{CollectorState, Heartbeat, HEARTBEAT_VERSION};
+use conduit_core::heartbeat::{CollectorState, Heartbeat};
 use conduit_core::http::{HttpServer, SharedRegistry};
 use conduit_core::storage::{LocalStorage, TimeoutStorage};
 use conduit_core::{Config, NodeName, SharedClock, SharedStorage};
@@ -157,7 +157,7 @@ impl Collector {
 
         let engine_task = tokio::spawn(engine.run(rx));
         let heartbeat = Heartbeat {
-            version: HEARTBEAT_VERSION,
+            version: conduit_core::records::Version,
             cluster: settings.cluster.clone(),
             collector: settings.id.clone(),
             state: CollectorState::Running,

@@ -14,10 +14,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use base64::Engine as _;
 use bytes::Bytes;
 use conduit_core::config::CollectorConfig;
 use conduit_core::format::{Encoding, FormatError, FrameEncoder};
+use conduit_core::records::{Base64Bytes, InvalidRecord};
 use conduit_core::scribe::{Fb303Call, FbStatus, LogEntry, Reply, ResultCode};
 use conduit_core::{Config, NodeName, SharedClock, Topic, Validation};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -418,18 +418,16 @@ impl Shared {
         detail: &str,
         payload: &[u8],
     ) -> Vec<u8> {
-        let record = serde_json::json!({
-            "topic": String::from_utf8_lossy(category),
-            "reason": reason.as_str(),
-            "detail": detail,
-            "arrived_at": self.clock.now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            "cluster": self.cluster.as_str(),
-            "collector": self.collector.as_str(),
-            "payload_base64": base64::engine::general_purpose::STANDARD.encode(payload),
-        });
-        let mut line = serde_json::to_vec(&record).unwrap_or_default();
-        line.push(b'\n');
-        line
+        InvalidRecord {
+            arrived_at: self.clock.now(),
+            cluster: self.cluster.clone(),
+            collector: self.collector.clone(),
+            detail: detail.to_owned(),
+            payload_base64: Base64Bytes(Bytes::copy_from_slice(payload)),
+            reason: reason.as_str().to_owned(),
+            topic: String::from_utf8_lossy(category).into_owned(),
+        }
+        .to_line()
     }
 
     /// Hands the call to the committer, or gives its queued bytes back.

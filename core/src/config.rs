@@ -5,6 +5,11 @@
 //! (`topics.clicks.merge_into: unknown cluster "dc9"`). Every setting has a default,
 //! so an empty file is a valid single-cluster-less config and services can run from
 //! flags alone (`--root`, `--cluster`), with [`Config::single_cluster`].
+//!
+//! Each default is defined once, here (the `default_*` functions and the `DEFAULT_*`
+//! constants). [`key_defaults`] lists every key with its default; the tests check
+//! `docs/configuration.md` and `conf/conduit.toml` against it, and the `conduit`
+//! binary checks the defaults its flag help mentions.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -13,6 +18,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::format::Encoding;
 use crate::layout::{NodeName, Topic};
+
+/// Default port of a collector's HTTP listener (`collector.http`): `/metrics`,
+/// `/health` and open-file reads. Its Scribe port is [`crate::scribe::DEFAULT_PORT`].
+pub const DEFAULT_HTTP_PORT: u16 = 14630;
 
 /// A configuration error, naming the key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -274,11 +283,13 @@ pub struct CollectorConfig {
     pub storage_timeout_ms: u64,
 }
 
-fn default_listen() -> String {
-    "127.0.0.1:1463".to_string()
+/// Default of `collector.listen`: Scribe's port on the loopback interface.
+pub fn default_listen() -> String {
+    format!("127.0.0.1:{}", crate::scribe::DEFAULT_PORT)
 }
-fn default_http() -> String {
-    "127.0.0.1:14630".to_string()
+/// Default of `collector.http`.
+pub fn default_http() -> String {
+    format!("127.0.0.1:{DEFAULT_HTTP_PORT}")
 }
 fn default_group_commit_ms() -> u64 {
     2
@@ -374,6 +385,70 @@ impl Default for WorkerConfig {
     }
 }
 
+/// What a configuration key is when the file does not give it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeyDefault {
+    /// The key must be given (`clusters.NAME.root`).
+    Required,
+    /// Unset unless given (`collector.spool_dir`, `topic_defaults.merge_into`).
+    Unset,
+    /// This value.
+    Value(toml::Value),
+}
+
+impl std::fmt::Display for KeyDefault {
+    /// As flag help and prose show it: `127.0.0.1:1463` (strings unquoted), `2`,
+    /// `[]`, `unset`, `required`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyDefault::Required => f.write_str("required"),
+            KeyDefault::Unset => f.write_str("unset"),
+            KeyDefault::Value(toml::Value::String(text)) => f.write_str(text),
+            KeyDefault::Value(value) => write!(f, "{value}"),
+        }
+    }
+}
+
+/// Every key of the configuration file with its default, in dotted form
+/// (`collector.listen`, `topic_defaults.retention_hours.local`), derived from
+/// [`Config::default`]. The keys of `topic_defaults` also apply per topic
+/// (`topics.NAME.*`); `clusters.NAME.root` stands for every cluster's root.
+pub fn key_defaults() -> Vec<(String, KeyDefault)> {
+    fn flatten(prefix: &str, value: serde_json::Value, out: &mut Vec<(String, KeyDefault)>) {
+        match value {
+            serde_json::Value::Object(map) if !map.is_empty() => {
+                for (key, value) in map {
+                    let key = if prefix.is_empty() {
+                        key
+                    } else {
+                        format!("{prefix}.{key}")
+                    };
+                    flatten(&key, value, out);
+                }
+            }
+            // Maps of named tables (`clusters`, `topics`): no defaults of their own.
+            serde_json::Value::Object(_) => {}
+            serde_json::Value::Null => out.push((prefix.to_owned(), KeyDefault::Unset)),
+            value => {
+                let value = toml::Value::try_from(value).expect("a json default is a toml value");
+                out.push((prefix.to_owned(), KeyDefault::Value(value)));
+            }
+        }
+    }
+    let mut keys = vec![("clusters.NAME.root".to_owned(), KeyDefault::Required)];
+    let defaults = serde_json::to_value(Config::default()).expect("the config serializes");
+    flatten("", defaults, &mut keys);
+    keys
+}
+
+/// The default of one key of [`key_defaults`], if it is a key.
+pub fn key_default(key: &str) -> Option<KeyDefault> {
+    key_defaults()
+        .into_iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, default)| default)
+}
+
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
@@ -453,13 +528,13 @@ impl Config {
         if c.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(invalid(
                 "collector.listen",
-                format!("{:?} is not an address like 127.0.0.1:1463", c.listen),
+                format!("{:?} is not an address like {}", c.listen, default_listen()),
             ));
         }
         if c.http.parse::<std::net::SocketAddr>().is_err() {
             return Err(invalid(
                 "collector.http",
-                format!("{:?} is not an address like 127.0.0.1:14630", c.http),
+                format!("{:?} is not an address like {}", c.http, default_http()),
             ));
         }
         if c.group_commit_ms > 1000 {
@@ -642,6 +717,8 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     const EXAMPLE: &str = r#"
@@ -728,6 +805,143 @@ mod tests {
         assert!(Validation::Json.check(b"{nope").is_err());
         assert!(Validation::Utf8.check(&[0xff]).is_err());
         assert!(Validation::None.check(&[0xff]).is_ok());
+    }
+
+    fn workspace_file(path: &str) -> String {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    /// A default as `docs/configuration.md` writes it: `` `48` ``, `unset`,
+    /// `(required)`.
+    fn parse_documented(cell: &str) -> Option<KeyDefault> {
+        match cell {
+            "(required)" => Some(KeyDefault::Required),
+            "unset" => Some(KeyDefault::Unset),
+            _ => {
+                let literal = cell.strip_prefix('`')?.strip_suffix('`')?;
+                let table: toml::Table = toml::from_str(&format!("v = {literal}")).ok()?;
+                Some(KeyDefault::Value(table["v"].clone()))
+            }
+        }
+    }
+
+    #[test]
+    fn configuration_md_documents_every_key_with_its_default() {
+        let doc = workspace_file("docs/configuration.md");
+        let mut documented = BTreeMap::new();
+        let mut table = None;
+        for line in doc.lines() {
+            if let Some(heading) = line.strip_prefix("## ") {
+                // "## `[collector]`", "## `[topic_defaults]` and `[topics.NAME]`".
+                table = heading
+                    .split('`')
+                    .nth(1)
+                    .and_then(|t| t.strip_prefix('['))
+                    .and_then(|t| t.strip_suffix(']'))
+                    .map(str::to_owned);
+                continue;
+            }
+            let (Some(table), Some(row)) = (&table, line.strip_prefix("| `")) else {
+                continue;
+            };
+            let cells: Vec<&str> = row.split(" | ").collect();
+            let key = cells[0].trim_end_matches('`');
+            let default = parse_documented(cells[1].trim())
+                .unwrap_or_else(|| panic!("{table}.{key}: cannot read the default {:?}", cells[1]));
+            documented.insert(format!("{table}.{key}"), default);
+        }
+        let defaults: BTreeMap<String, KeyDefault> = key_defaults().into_iter().collect();
+        for (key, default) in &defaults {
+            match documented.get(key) {
+                Some(doc) => assert_eq!(doc, default, "docs/configuration.md: {key}"),
+                None => panic!("docs/configuration.md does not document {key}"),
+            }
+        }
+        for key in documented.keys() {
+            assert!(
+                defaults.contains_key(key),
+                "docs/configuration.md: no key {key}"
+            );
+        }
+    }
+
+    #[test]
+    fn reference_config_states_every_key_with_its_default() {
+        let text = workspace_file("conf/conduit.toml");
+        Config::parse("conf/conduit.toml", &text).expect("the reference config is valid");
+        let parsed: toml::Table = toml::from_str(&text).unwrap();
+        // Keys given (`key = ...`) and keys shown commented out (`# key = ...`).
+        let mut given = BTreeSet::new();
+        let mut commented = BTreeSet::new();
+        let mut table = String::new();
+        for line in text.lines() {
+            if let Some(name) = line.strip_prefix('[') {
+                table = name.split(']').next().unwrap().to_owned();
+                continue;
+            }
+            let (set, rest) = match line.strip_prefix('#') {
+                Some(rest) => (&mut commented, rest.trim_start()),
+                None => (&mut given, line),
+            };
+            let key: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            if !key.is_empty() && rest[key.len()..].trim_start().starts_with('=') {
+                set.insert(format!("{table}.{key}"));
+            }
+        }
+        let value_of = |key: &str| {
+            key.split('.')
+                .try_fold(toml::Value::Table(parsed.clone()), |v, k| v.get(k).cloned())
+        };
+        for (key, default) in key_defaults() {
+            if key.starts_with("clusters.") {
+                continue;
+            }
+            match default {
+                KeyDefault::Required => unreachable!("only cluster roots are required"),
+                // No default value to state: the file may show an example.
+                KeyDefault::Unset => assert!(
+                    given.contains(&key) || commented.contains(&key),
+                    "conf/conduit.toml does not show {key}"
+                ),
+                KeyDefault::Value(default) => {
+                    assert!(given.contains(&key), "conf/conduit.toml does not set {key}");
+                    let value = value_of(&key).unwrap();
+                    let example = matches!(&default, toml::Value::Array(a) if a.is_empty());
+                    assert!(
+                        example || value == default,
+                        "conf/conduit.toml sets {key} = {value}, but its default is {default}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn key_defaults_are_the_defaults() {
+        assert_eq!(
+            key_default("collector.listen").unwrap().to_string(),
+            "127.0.0.1:1463"
+        );
+        assert_eq!(
+            key_default("collector.http").unwrap().to_string(),
+            format!("127.0.0.1:{DEFAULT_HTTP_PORT}")
+        );
+        assert_eq!(
+            key_default("collector.max_file_bytes").unwrap().to_string(),
+            "268435456"
+        );
+        assert_eq!(key_default("collector.spool_dir"), Some(KeyDefault::Unset));
+        assert_eq!(
+            key_default("topic_defaults.retention_hours.merged")
+                .unwrap()
+                .to_string(),
+            "168"
+        );
+        assert_eq!(key_default("worker.nope"), None);
     }
 
     #[test]

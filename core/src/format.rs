@@ -1,5 +1,7 @@
 //! The data file format: what a batch job reads with stock tools.
 //!
+//! Specified in `docs/format.md` §3 (format) and §4 (reading); in short:
+//!
 //! A data file is a **zstd stream of independent frames** (RFC 8878), named `*.zst`:
 //!
 //! ```text

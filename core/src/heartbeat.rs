@@ -2,25 +2,14 @@
 //!
 //! Each collector rewrites `system/heartbeats/<cluster>/<collector>.json` atomically
 //! every `collector.heartbeat_ms` (and at once after every minute roll and at
-//! shutdown). Format (JSON, `version` 1):
-//!
-//! ```json
-//! {"version":1,"cluster":"dc1","collector":"c1","state":"running",
-//!  "thrift_addr":"127.0.0.1:1463","http_addr":"127.0.0.1:14630",
-//!  "started_at":"2026-11-22T10:00:03Z","updated_at":"2026-11-22T10:05:01.250Z",
-//!  "watermark":"2026-11-22T10:04Z","spooled_bytes":0}
-//! ```
-//!
-//! Invariant: every data file this collector will ever write for a minute `<=
-//! watermark` is already closed (has its trailer) in storage. A worker may therefore
-//! seal minute M once every live collector's watermark is `>= M`. `state` is
-//! `running` or `stopped` (clean shutdown: all files closed). Unknown fields are
-//! ignored so newer collectors can add some.
+//! shutdown). The format, and the watermark invariant a worker seals minutes by,
+//! are specified in `docs/format.md` §5.2; [`Heartbeat`] is its one type.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::layout::{Layout, Minute, NodeName};
+use crate::records::{decode, RecordError, Version, Versioned};
 use crate::storage::{Storage, StorageError};
 
 /// The heartbeat format version this build writes and reads.
@@ -36,11 +25,11 @@ pub enum CollectorState {
     Stopped,
 }
 
-/// One collector's published liveness and progress.
+/// One collector's published liveness and progress (`docs/format.md` §5.2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Heartbeat {
     /// Format version ([`HEARTBEAT_VERSION`]).
-    pub version: u32,
+    pub version: Version<HEARTBEAT_VERSION>,
     /// Cluster the collector writes to.
     pub cluster: NodeName,
     /// Collector id.
@@ -59,6 +48,11 @@ pub struct Heartbeat {
     pub watermark: Option<Minute>,
     /// Bytes waiting in the local spool for storage to come back.
     pub spooled_bytes: u64,
+}
+
+impl Versioned for Heartbeat {
+    const KIND: &'static str = "heartbeat";
+    const VERSION: u32 = HEARTBEAT_VERSION;
 }
 
 impl Heartbeat {
@@ -90,13 +84,15 @@ impl Heartbeat {
                 continue;
             }
             match storage.read(&entry.path).await {
-                Ok(bytes) => match serde_json::from_slice::<Heartbeat>(&bytes) {
-                    Ok(beat) if beat.version == HEARTBEAT_VERSION => beats.push(beat),
-                    Ok(beat) => bad.push((
+                Ok(bytes) => match decode::<Heartbeat>(&entry.path, &bytes) {
+                    Ok(beat) => beats.push(beat),
+                    Err(RecordError::UnsupportedVersion { version, .. }) => bad.push((
                         entry.path,
-                        format!("unsupported heartbeat version {}", beat.version),
+                        format!("unsupported heartbeat version {version}"),
                     )),
-                    Err(e) => bad.push((entry.path, format!("malformed heartbeat: {e}"))),
+                    Err(RecordError::Malformed { reason, .. }) => {
+                        bad.push((entry.path, format!("malformed heartbeat: {reason}")))
+                    }
                 },
                 Err(e) if e.is_not_found() => continue,
                 Err(e) => return Err(e),

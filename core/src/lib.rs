@@ -16,7 +16,12 @@
 //!   and hour directories, listing a view's topics, selecting its collector files.
 //! - [`format`]: the data file format (independent zstd frames of whole records,
 //!   `lines` or `base64`, close trailer and reading it back, torn-tail recovery).
-//! - [`config`]: the TOML configuration with key-naming validation.
+//! - [`heartbeat`], [`manifest`] and [`records`]: one serde type per JSON document
+//!   conduit stores (heartbeats, `_SUCCESS` manifests, `_audit` and `_invalid`
+//!   records, checkpoints, leases, the dedup snapshot), each specified in
+//!   `docs/format.md`.
+//! - [`config`]: the TOML configuration with key-naming validation; every default
+//!   is defined there once.
 //! - [`clock`]: the [`Clock`] trait, so minute boundaries are testable without sleeps.
 
 pub mod clock;
@@ -27,6 +32,7 @@ pub mod heartbeat;
 pub mod http;
 pub mod layout;
 pub mod manifest;
+pub mod records;
 pub mod scribe;
 pub mod storage;
 pub mod tree;

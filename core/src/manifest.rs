@@ -8,33 +8,7 @@
 //! writer cannot replace it. Hadoop input formats skip `_`-files, and Oozie or
 //! Airflow `_SUCCESS` sensors work unchanged.
 //!
-//! Format (JSON, `version` 1; unknown fields are ignored so newer workers can add
-//! some):
-//!
-//! ```json
-//! {"version":1,"view":"local","topic":"clicks","minute":"2026-11-22T10:05Z",
-//!  "clusters":["dc1"],"missing_clusters":[],
-//!  "sealed_at":"2026-11-22T10:06:01.500Z","sealed_by":"dc1/worker-host-4242",
-//!  "records":1200,"bytes":48213,
-//!  "files":[{"name":"dc1-c1-clicks-2026-11-22-10-05_00000.zst","bytes":48213,
-//!            "records":1200,"crc32c":"8a1f03bc","cluster":"dc1","collector":"c1",
-//!            "minute":"2026-11-22T10:05Z","late":false}]}
-//! ```
-//!
-//! * `minute` is the directory's minute; for the hourly view, the hour's first
-//!   minute.
-//! * `files` lists every data file of the directory, sorted by name; `bytes` and
-//!   `records` are their sums. `records` of a file comes from its close trailer;
-//!   `crc32c` (Castagnoli, lowercase hex) covers the whole file.
-//! * A file's `minute` is the minute its data belongs to (the collector file's
-//!   minute). `late` is true when that minute is earlier than the directory's: the
-//!   data arrived after its own minute was sealed and was put in the first unsealed
-//!   one instead.
-//! * `clusters` are the source clusters whose data the directory holds (one for the
-//!   local view); `missing_clusters` are sources that were configured but not
-//!   waited for (lagging more than `max_source_lag`); their data for this minute
-//!   will appear in a later merged minute, marked late.
-//! * Empty minutes are sealed too (`files` empty), so readers never wait on a hole.
+//! The format is specified in `docs/format.md` §7.1; [`Manifest`] is its one type.
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -42,6 +16,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::format::{Trailer, TRAILER_LEN};
 use crate::layout::{Layout, Minute, NodeName, Topic, View};
+use crate::records::{decode, RecordError, Version, Versioned};
 use crate::storage::{temp_sibling, CreateMode, RenameMode, Storage, StorageError};
 
 /// The manifest format version this build writes and reads.
@@ -116,11 +91,11 @@ pub struct ManifestFile {
     pub late: bool,
 }
 
-/// The content of a `_SUCCESS` marker; see the [module docs](self).
+/// The content of a `_SUCCESS` marker (`docs/format.md` §7.1).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
     /// Format version ([`MANIFEST_VERSION`]).
-    pub version: u32,
+    pub version: Version<MANIFEST_VERSION>,
     /// The view the directory belongs to.
     #[serde(serialize_with = "ser_view", deserialize_with = "de_view")]
     pub view: View,
@@ -145,6 +120,11 @@ pub struct Manifest {
     pub files: Vec<ManifestFile>,
 }
 
+impl Versioned for Manifest {
+    const KIND: &'static str = "manifest";
+    const VERSION: u32 = MANIFEST_VERSION;
+}
+
 impl Manifest {
     /// A manifest for `files` (sorted here; `records` and `bytes` summed here).
     #[allow(clippy::too_many_arguments)]
@@ -160,7 +140,7 @@ impl Manifest {
     ) -> Manifest {
         files.sort_by(|a, b| a.name.cmp(&b.name));
         Manifest {
-            version: MANIFEST_VERSION,
+            version: Version,
             view,
             topic,
             minute,
@@ -189,22 +169,14 @@ impl Manifest {
 
     /// Parses a marker's bytes; `path` is only used in errors.
     pub fn parse(path: &str, bytes: &[u8]) -> Result<Manifest, ManifestError> {
-        #[derive(Deserialize)]
-        struct Version {
-            version: u32,
-        }
-        let malformed = |e: serde_json::Error| ManifestError::Malformed {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        };
-        let version: Version = serde_json::from_slice(bytes).map_err(malformed)?;
-        if version.version != MANIFEST_VERSION {
-            return Err(ManifestError::UnsupportedVersion {
-                path: path.to_owned(),
-                version: version.version,
-            });
-        }
-        serde_json::from_slice(bytes).map_err(malformed)
+        decode(path, bytes).map_err(|e| match e {
+            RecordError::Malformed { path, reason, .. } => {
+                ManifestError::Malformed { path, reason }
+            }
+            RecordError::UnsupportedVersion { path, version, .. } => {
+                ManifestError::UnsupportedVersion { path, version }
+            }
+        })
     }
 
     /// Reads the manifest sealing `dir`, or `None` if the directory is not sealed.

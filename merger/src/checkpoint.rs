@@ -1,14 +1,9 @@
 //! Job checkpoints: small versioned JSON hints kept in the cluster's storage.
 //!
 //! Path: `system/checkpoints/<job>/<key>.json` ([`Layout::checkpoint_path`]),
-//! written with [`Storage::write_atomic`] (hidden temporary, sync, rename over), so
-//! a reader sees the old or the new checkpoint, never a mix. Format (`version` 1;
-//! unknown fields are ignored):
-//!
-//! ```json
-//! {"version":1,"job":"local","key":"clicks","saved_at":"2026-11-22T10:06:01.500Z",
-//!  "state":{"last_sealed":"2026-11-22T10:05Z"}}
-//! ```
+//! written with [`Storage::write_atomic`](conduit_core::Storage::write_atomic)
+//! (hidden temporary, sync, rename over), so a reader sees the old or the new
+//! checkpoint, never a mix. Format: `docs/format.md` §8.2, type [`JobCheckpoint`].
 //!
 //! Invariant: a checkpoint is **only a hint**. Every job can rebuild its state from
 //! the views themselves (which minutes carry a `_SUCCESS`, which collector files are
@@ -16,26 +11,17 @@
 //! rescan, never data. [`Checkpoints::load`] therefore never fails: anything it
 //! cannot use is logged and reported as absent.
 
-use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use conduit_core::layout::Layout;
+use conduit_core::records::{decode, JobCheckpoint, RecordError, Version};
 use conduit_core::{SharedClock, SharedStorage};
 
 use crate::WorkerError;
 
 /// The checkpoint format version this build writes and reads.
-pub const CHECKPOINT_VERSION: u32 = 1;
-
-#[derive(Debug, Serialize, Deserialize)]
-struct Envelope<T> {
-    version: u32,
-    job: String,
-    key: String,
-    saved_at: DateTime<Utc>,
-    state: T,
-}
+pub const CHECKPOINT_VERSION: u32 = conduit_core::records::JOB_CHECKPOINT_VERSION;
 
 /// Reads and writes the checkpoints of one job on one cluster.
 #[derive(Debug, Clone)]
@@ -73,10 +59,15 @@ impl Checkpoints {
                 return None;
             }
         };
-        match serde_json::from_slice::<Envelope<T>>(&bytes) {
-            Ok(env) if env.version == CHECKPOINT_VERSION && env.key == key => Some(env.state),
-            Ok(env) => {
-                tracing::warn!(%path, version = env.version, key = %env.key,
+        match decode::<JobCheckpoint<T>>(&path, &bytes) {
+            Ok(checkpoint) if checkpoint.key == key => Some(checkpoint.state),
+            Ok(checkpoint) => {
+                tracing::warn!(%path, version = CHECKPOINT_VERSION, key = %checkpoint.key,
+                    "checkpoint of another version or key; rescanning");
+                None
+            }
+            Err(RecordError::UnsupportedVersion { version, .. }) => {
+                tracing::warn!(%path, version, key,
                     "checkpoint of another version or key; rescanning");
                 None
             }
@@ -90,14 +81,14 @@ impl Checkpoints {
     /// Saves `state` as `key`'s checkpoint (atomically replacing the old one).
     pub async fn save<T: Serialize>(&self, key: &str, state: &T) -> Result<(), WorkerError> {
         let path = self.path(key)?;
-        let env = Envelope {
-            version: CHECKPOINT_VERSION,
+        let checkpoint = JobCheckpoint {
+            version: Version,
             job: self.job.to_owned(),
             key: key.to_owned(),
             saved_at: self.clock.now(),
             state,
         };
-        let body = serde_json::to_vec(&env)
+        let body = serde_json::to_vec(&checkpoint)
             .map_err(|e| WorkerError::Other(format!("checkpoint {path}: {e}")))?;
         self.storage.write_atomic(&path, body.into()).await?;
         Ok(())
@@ -110,6 +101,7 @@ mod tests {
 
     use conduit_core::storage::LocalStorage;
     use conduit_core::{Minute, SystemClock};
+    use serde::Deserialize;
 
     use super::*;
 

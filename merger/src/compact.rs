@@ -3,16 +3,9 @@
 //! # Format
 //!
 //! `streams_hourly/<topic>/yyyy/MM/dd/HH/<ftopic>-yyyy-MM-dd-HH.zst`
-//! ([`Layout::hourly_file_name`]) is the concatenation of the **data frames** of the
-//! hour's minute files, in order (minute, then file name as the manifests sort
-//! them), bytes unchanged (no recompression), followed by one close trailer whose
-//! `records` and `record_bytes` are the sums of the minute files' trailers. The
-//! per-file trailers and batch marks (skippable frames) are dropped. `zstd -dc`
-//! therefore prints the same records in the same order as the minute files one
-//! after the other. The hour directory is sealed by a `_SUCCESS` manifest (`view`
-//! hourly, `minute` the hour's first minute, `clusters`/`missing_clusters` the
-//! union of the minute manifests', one file whose `cluster` is the cluster that
-//! compacted it, no `collector`).
+//! ([`Layout::hourly_file_name`]): the hour's data frames, bytes unchanged, and one
+//! close trailer, sealed by a `_SUCCESS` manifest; specified in `docs/format.md`
+//! §7.4.
 //!
 //! # Rules
 //!

@@ -3,15 +3,10 @@
 //!
 //! # Files
 //!
-//! * `system/leases/worker.json` ([`Layout::lease_path`]), the **record**, rewritten
-//!   with `write_atomic` (JSON, `version` 1; unknown fields are ignored):
+//! Specified in `docs/format.md` §8.1:
 //!
-//!   ```json
-//!   {"version":1,"name":"worker","holder":"dc1/host-4242-9f3a","epoch":7,
-//!    "acquired_at":"2026-11-22T10:00:01Z","renewed_at":"2026-11-22T10:05:11Z",
-//!    "expires_at":"2026-11-22T10:05:41Z"}
-//!   ```
-//!
+//! * `system/leases/worker.json` ([`Layout::lease_path`]), the **record**
+//!   ([`LeaseRecord`]), rewritten with `write_atomic`;
 //! * `system/leases/worker.claim-<epoch, 20 digits>.json`, the **claims**: created
 //!   exclusively (`create(Exclusive)`: exactly one of several racers wins), one per
 //!   epoch, by whoever takes the lease over. Storage has no compare-and-swap; the
@@ -58,34 +53,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 
 use conduit_core::layout::Layout;
+use conduit_core::records::{decode, RecordError, Version};
 use conduit_core::{CreateMode, SharedClock, SharedStorage};
 
 use crate::{Fence, WorkerError};
 
-/// The lease record format version this build writes and reads.
-pub const LEASE_VERSION: u32 = 1;
-
-/// The lease record stored in `system/leases/<name>.json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LeaseRecord {
-    /// Format version ([`LEASE_VERSION`]).
-    pub version: u32,
-    /// Lease name (`worker`).
-    pub name: String,
-    /// Who holds it (`<cluster>/<host>-<pid>-<random>`).
-    pub holder: String,
-    /// Increases with every takeover.
-    pub epoch: u64,
-    /// When this holder acquired it (holder's clock).
-    pub acquired_at: DateTime<Utc>,
-    /// Last renewal (holder's clock).
-    pub renewed_at: DateTime<Utc>,
-    /// Others may take over once their clock passes this plus the drift allowance.
-    pub expires_at: DateTime<Utc>,
-}
+pub use conduit_core::records::{LeaseRecord, LEASE_VERSION};
 
 /// A monotonic clock for deadlines.
 #[derive(Debug, Clone)]
@@ -250,13 +225,14 @@ impl Lease {
             Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        match serde_json::from_slice::<LeaseRecord>(&bytes) {
-            Ok(r) if r.version == LEASE_VERSION => Ok(Some(r)),
-            Ok(r) => Err(WorkerError::Other(format!(
-                "lease {path} has unsupported version {}",
-                r.version
+        match decode::<LeaseRecord>(&path, &bytes) {
+            Ok(r) => Ok(Some(r)),
+            Err(RecordError::UnsupportedVersion { version, .. }) => Err(WorkerError::Other(
+                format!("lease {path} has unsupported version {version}"),
+            )),
+            Err(RecordError::Malformed { reason, .. }) => Err(WorkerError::Other(format!(
+                "malformed lease {path}: {reason}"
             ))),
-            Err(e) => Err(WorkerError::Other(format!("malformed lease {path}: {e}"))),
         }
     }
 
@@ -288,7 +264,7 @@ impl Lease {
         let now = self.clock.now();
         let acquired_at = self.state().acquired_at.unwrap_or(now);
         let record = LeaseRecord {
-            version: LEASE_VERSION,
+            version: Version,
             name: self.settings.name.clone(),
             holder: self.settings.holder.clone(),
             epoch,

@@ -61,19 +61,19 @@
 //!
 //! # Checkpoints
 //!
-//! `system/checkpoints/local/<topic>.json` holds `{"last_sealed": minute}`, saved
-//! after each pass that sealed something. It is a hint: it is used only if its
-//! minute's `_SUCCESS` exists, and then advanced while the next minute is sealed.
+//! `system/checkpoints/local/<topic>.json` holds the newest sealed minute
+//! ([`LocalCheckpoint`], `docs/format.md` §8.2), saved after each pass that sealed
+//! something. It is a hint: it is used only if its minute's `_SUCCESS` exists, and
+//! then advanced while the next minute is sealed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-
-use serde::{Deserialize, Serialize};
 
 use conduit_core::format::{read_trailer, TRAILER_LEN};
 use conduit_core::heartbeat::{CollectorState, Heartbeat};
 use conduit_core::layout::Layout;
 use conduit_core::manifest::describe_file;
+use conduit_core::records::LocalCheckpoint;
 use conduit_core::tree::{self, CollectorFile};
 use conduit_core::{
     Manifest, ManifestError, ManifestFile, Minute, NodeName, RenameMode, Storage, StorageError,
@@ -96,12 +96,6 @@ pub const MAX_LATE_FILES_PER_PASS: usize = 1000;
 /// How many minutes forward a checkpoint hint is advanced by probing markers
 /// before falling back to a scan of the directory tree.
 const MAX_FORWARD_PROBES: usize = 10_000;
-
-/// What a checkpoint of this job holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-struct LocalCheckpoint {
-    last_sealed: Minute,
-}
 
 /// What the heartbeats say about one collector.
 #[derive(Debug, Clone, Copy)]

@@ -34,8 +34,9 @@
 //!   Everything the job needs to know is in the sealed manifests: walking back from
 //!   the frontier to the newest manifest listing S in `clusters` (or not listing S
 //!   at all: S was not a source then, or the directory is gone) gives S's placed
-//!   minutes. A checkpoint (`system/checkpoints/merge/<topic>.json`) caches that
-//!   walk; it is validated against the manifests and ignored when it disagrees.
+//!   minutes. A checkpoint (`system/checkpoints/merge/<topic>.json`,
+//!   `docs/format.md` §8.3) caches that walk; it is validated against the
+//!   manifests and ignored when it disagrees.
 //! - Copies are byte-identical, to the same file name, through a hidden temporary
 //!   name, verified by length and CRC-32C against the source manifest, renamed
 //!   without overwrite after a fence check ([`crate::copy`]).
@@ -57,9 +58,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 
 use conduit_core::layout::Layout;
+use conduit_core::records::{decode, MergeCheckpoint, RecordError, Version};
 use conduit_core::tree::{self, newest_sealed_dir, oldest_dir};
 use conduit_core::{Manifest, ManifestError, ManifestFile, Minute, NodeName, Topic, View};
 
@@ -69,9 +70,6 @@ use crate::{Cluster, JobEnv, PassReport, TopicJob, WorkerError};
 /// Merged minutes sealed per topic in one pass at most (catch-up continues in the
 /// next pass, so a pass stays short and progress is reported).
 const MAX_MINUTES_PER_PASS: u64 = 240;
-
-/// Checkpoint format version.
-const CHECKPOINT_VERSION: u32 = 1;
 
 /// What the job remembers about one topic between passes.
 #[derive(Debug, Clone)]
@@ -89,15 +87,6 @@ struct TopicState {
     unreadable_since: BTreeMap<NodeName, DateTime<Utc>>,
     /// Sources asked to start serving this topic (see [`MergeJob::lagging`]).
     adopted: BTreeSet<NodeName>,
-}
-
-/// The checkpoint of one topic: a cached [`TopicState`] (a hint).
-#[derive(Debug, Serialize, Deserialize)]
-struct Checkpoint {
-    version: u32,
-    saved_at: DateTime<Utc>,
-    frontier: Minute,
-    placed_through: BTreeMap<String, Minute>,
 }
 
 /// Whether a source can be included in the frontier.
@@ -218,14 +207,16 @@ impl MergeJob {
         let dest = self.env.this.storage.as_ref();
         let path = Layout::checkpoint_path("merge", topic.as_str()).ok()?;
         let bytes = dest.read(&path).await.ok()?;
-        let checkpoint: Checkpoint = match serde_json::from_slice(&bytes) {
+        // A cached [`TopicState`] (a hint).
+        let checkpoint: MergeCheckpoint = match decode(&path, &bytes) {
             Ok(c) => c,
+            Err(RecordError::UnsupportedVersion { .. }) => return None,
             Err(e) => {
                 tracing::warn!(%path, error = %e, "ignoring an unreadable merge checkpoint");
                 return None;
             }
         };
-        if checkpoint.version != CHECKPOINT_VERSION || checkpoint.frontier != frontier {
+        if checkpoint.frontier != frontier {
             return None;
         }
         let manifest = Manifest::read(dest, &Layout::minute_dir(View::Merged, topic, newest))
@@ -253,8 +244,8 @@ impl MergeJob {
         let Ok(path) = Layout::checkpoint_path("merge", topic.as_str()) else {
             return;
         };
-        let checkpoint = Checkpoint {
-            version: CHECKPOINT_VERSION,
+        let checkpoint = MergeCheckpoint {
+            version: Version,
             saved_at: self.env.clock.now(),
             frontier: state.frontier,
             placed_through: state

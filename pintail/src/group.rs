@@ -7,13 +7,13 @@
 //!   rendezvous hashing over the live members, so a join or a leave moves only the
 //!   partitions that must move.
 //!
-//! # Dynamic protocol (files in the checkpoint store, JSON, wall-clock milliseconds)
-//! * Member file `system/leases/pintail.<group>.<topic>.member.<id>.json`
-//!   `{"version":1,"member":"<id>","expires_ms":...}`, rewritten every heartbeat;
-//!   live while `expires_ms` is in the future. A member that leaves deletes it; one
-//!   that dies is gone once it expires (the lease).
-//! * Claim files `system/leases/pintail.<group>.<topic>.claim.<partition>.<epoch>.json`
-//!   (`epoch` 10 digits) `{"version":1,"member":...,"expires_ms":...,"released":false}`.
+//! # Dynamic protocol (files in the checkpoint store, wall-clock milliseconds)
+//! The files are specified in `docs/format.md` §9.2 ([`GroupMember`],
+//! [`GroupClaim`]).
+//! * Member file `system/leases/pintail.<group>.<topic>.member.<id>.json`, rewritten
+//!   every heartbeat; live while `expires_ms` is in the future. A member that leaves
+//!   deletes it; one that dies is gone once it expires (the lease).
+//! * Claim files `system/leases/pintail.<group>.<topic>.claim.<partition>.<epoch>.json`.
 //!   The highest epoch is the partition's claim. A new owner creates the next epoch
 //!   with an **exclusive create**, so of two racing members exactly one wins. It
 //!   may do so only when the current claim is released, expired, or held by a member
@@ -33,8 +33,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use conduit_core::layout::Layout;
+use conduit_core::records::{GroupClaim, GroupMember, Version};
 use conduit_core::{CreateMode, SharedStorage};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::error::Result;
 
@@ -57,23 +58,6 @@ pub enum Membership {
         /// How long a member or claim lives without renewal.
         lease: Duration,
     },
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct MemberFile {
-    version: u32,
-    member: String,
-    expires_ms: i64,
-}
-
-/// A partition's claim (the highest epoch's file).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub(crate) struct Claim {
-    version: u32,
-    pub member: String,
-    pub expires_ms: i64,
-    #[serde(default)]
-    pub released: bool,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -118,8 +102,8 @@ impl Group {
 
     /// Registers or renews this member.
     pub async fn heartbeat(&self) -> Result<()> {
-        let body = MemberFile {
-            version: 1,
+        let body = GroupMember {
+            version: Version,
             member: self.member.clone(),
             expires_ms: self.expiry(),
         };
@@ -140,7 +124,9 @@ impl Group {
 
     /// Live members (always including this one) and every partition's current claim
     /// `(epoch, claim)`, from one listing.
-    pub async fn read_state(&self) -> Result<(BTreeSet<String>, BTreeMap<String, (u64, Claim)>)> {
+    pub async fn read_state(
+        &self,
+    ) -> Result<(BTreeSet<String>, BTreeMap<String, (u64, GroupClaim)>)> {
         let dir = format!("{}/leases", Layout::SYSTEM_DIR);
         let prefix = self.prefix();
         let now = now_ms();
@@ -159,7 +145,7 @@ impl Group {
                 if member == self.member {
                     continue;
                 }
-                if let Some(file) = read_json::<MemberFile>(&self.store, &entry.path).await? {
+                if let Some(file) = read_json::<GroupMember>(&self.store, &entry.path).await? {
                     if file.expires_ms > now {
                         members.insert(member.to_owned());
                     }
@@ -181,7 +167,7 @@ impl Group {
         }
         let mut claims = BTreeMap::new();
         for (partition, (epoch, path)) in newest {
-            if let Some(claim) = read_json::<Claim>(&self.store, &path).await? {
+            if let Some(claim) = read_json::<GroupClaim>(&self.store, &path).await? {
                 claims.insert(partition, (epoch, claim));
             }
         }
@@ -192,8 +178,8 @@ impl Group {
     /// another member created that epoch first.
     pub async fn acquire(&self, partition: &str, epoch: u64) -> Result<bool> {
         let path = self.claim_path(partition, epoch)?;
-        let claim = Claim {
-            version: 1,
+        let claim = GroupClaim {
+            version: Version,
             member: self.member.clone(),
             expires_ms: self.expiry(),
             released: false,
@@ -221,8 +207,8 @@ impl Group {
 
     /// Renews (or, with `released`, gives up) this member's claim of `epoch`.
     pub async fn renew(&self, partition: &str, epoch: u64, released: bool) -> Result<()> {
-        let claim = Claim {
-            version: 1,
+        let claim = GroupClaim {
+            version: Version,
             member: self.member.clone(),
             expires_ms: if released { 0 } else { self.expiry() },
             released,

@@ -12,21 +12,14 @@
 //! Checkpoints are stored one per group, topic and partition at
 //! `system/checkpoints/pintail/<group>.<topic>.<partition>.json` in the checkpoint
 //! store (a cluster's storage or a local directory), written atomically
-//! (`Storage::write_atomic`), format version 1:
-//!
-//! ```json
-//! {"version":1,"group":"fraud","topic":"clicks","partition":"dc1-c1",
-//!  "committed_at":"2026-11-22T10:05:01.250Z",
-//!  "position":{"partition":"dc1-c1","minute":"2026-11-22T10:05Z","cluster":"dc1",
-//!              "collector":"c1","file":"clicks-2026-11-22-10-05_00000.zst",
-//!              "offset":4096,"record":3}}
-//! ```
+//! (`Storage::write_atomic`). Format: `docs/format.md` §9.1, type
+//! [`ConsumerCheckpoint`].
 //!
 //! `offset` is the byte offset of a frame's first byte and `record` the number of
 //! records of that frame already delivered, so a resumed reader delivers exactly the
-//! records after the committed one. Unknown fields are ignored; another `version`
-//! is refused ([`PintailError::UnsupportedCheckpointVersion`]) and an unparsable file
-//! is [`PintailError::MalformedCheckpoint`]: never a silent restart from the beginning.
+//! records after the committed one. Another `version` is refused
+//! ([`PintailError::UnsupportedCheckpointVersion`]) and an unparsable file is
+//! [`PintailError::MalformedCheckpoint`]: never a silent restart from the beginning.
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -35,13 +28,16 @@ use std::sync::Arc;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use conduit_core::layout::Layout;
+use conduit_core::records::{
+    decode, ConsumerCheckpoint, ConsumerPosition, RecordError, Version, CONSUMER_CHECKPOINT_VERSION,
+};
 use conduit_core::{Minute, NodeName, SharedStorage};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{PintailError, Result};
 
 /// The checkpoint format version this build writes and reads.
-pub const CHECKPOINT_VERSION: u32 = 1;
+pub const CHECKPOINT_VERSION: u32 = CONSUMER_CHECKPOINT_VERSION;
 
 /// The checkpoint job name under `system/checkpoints/`.
 pub const CHECKPOINT_JOB: &str = "pintail";
@@ -53,7 +49,7 @@ pub const CHECKPOINT_JOB: &str = "pintail";
 /// shared by every position in one file, so cloning a position is one reference
 /// count and two integers (every message carries one).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(from = "PositionRepr", into = "PositionRepr")]
+#[serde(from = "ConsumerPosition", into = "ConsumerPosition")]
 pub struct Position {
     at: Arc<FileAt>,
     offset: u64,
@@ -70,20 +66,8 @@ pub(crate) struct FileAt {
     pub file: Arc<str>,
 }
 
-/// A position as checkpoints store it (flat).
-#[derive(Serialize, Deserialize)]
-struct PositionRepr {
-    partition: Arc<str>,
-    minute: Minute,
-    cluster: NodeName,
-    collector: NodeName,
-    file: Arc<str>,
-    offset: u64,
-    record: u32,
-}
-
-impl From<PositionRepr> for Position {
-    fn from(r: PositionRepr) -> Position {
+impl From<ConsumerPosition> for Position {
+    fn from(r: ConsumerPosition) -> Position {
         Position::new(
             r.partition,
             r.minute,
@@ -96,9 +80,9 @@ impl From<PositionRepr> for Position {
     }
 }
 
-impl From<Position> for PositionRepr {
-    fn from(p: Position) -> PositionRepr {
-        PositionRepr {
+impl From<Position> for ConsumerPosition {
+    fn from(p: Position) -> ConsumerPosition {
+        ConsumerPosition {
             partition: p.at.partition.clone(),
             minute: p.at.minute,
             cluster: p.at.cluster.clone(),
@@ -220,23 +204,6 @@ impl fmt::Display for Position {
     }
 }
 
-/// The JSON document of one checkpoint.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Checkpoint {
-    /// Format version ([`CHECKPOINT_VERSION`]).
-    pub version: u32,
-    /// Consumer group.
-    pub group: String,
-    /// Topic.
-    pub topic: String,
-    /// Partition.
-    pub partition: String,
-    /// When it was written (consumer clock).
-    pub committed_at: DateTime<Utc>,
-    /// The next record to deliver.
-    pub position: Position,
-}
-
 /// Reads and writes checkpoints in a storage (a cluster root or a local directory).
 #[derive(Debug, Clone)]
 pub struct CheckpointStore {
@@ -275,17 +242,17 @@ impl CheckpointStore {
             Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let checkpoint = parse_checkpoint(&path, &bytes)?;
-        if checkpoint.position.partition() != partition {
+        let position = Position::from(parse_checkpoint(&path, &bytes)?.position);
+        if position.partition() != partition {
             return Err(PintailError::MalformedCheckpoint {
                 path,
                 reason: format!(
                     "it holds partition {:?}, expected {partition:?}",
-                    checkpoint.position.partition()
+                    position.partition()
                 ),
             });
         }
-        Ok(Some(checkpoint.position))
+        Ok(Some(position))
     }
 
     /// Writes a partition's checkpoint atomically.
@@ -297,13 +264,13 @@ impl CheckpointStore {
         now: DateTime<Utc>,
     ) -> Result<()> {
         let path = Self::path(group, topic, position.partition())?;
-        let checkpoint = Checkpoint {
-            version: CHECKPOINT_VERSION,
+        let checkpoint = ConsumerCheckpoint {
+            version: Version,
             group: group.to_owned(),
             topic: topic.to_owned(),
             partition: position.partition().to_string(),
             committed_at: now,
-            position: position.clone(),
+            position: position.clone().into(),
         };
         let body = serde_json::to_vec(&checkpoint).expect("checkpoint serializes");
         self.storage.write_atomic(&path, Bytes::from(body)).await?;
@@ -332,30 +299,28 @@ impl CheckpointStore {
 }
 
 /// Parses a checkpoint document, refusing other versions and malformed content.
-pub fn parse_checkpoint(path: &str, bytes: &[u8]) -> Result<Checkpoint> {
-    #[derive(Deserialize)]
-    struct Version {
-        version: u32,
-    }
-    let malformed = |e: serde_json::Error| PintailError::MalformedCheckpoint {
-        path: path.to_owned(),
-        reason: e.to_string(),
-    };
-    let version: Version = serde_json::from_slice(bytes).map_err(malformed)?;
-    if version.version != CHECKPOINT_VERSION {
-        return Err(PintailError::UnsupportedCheckpointVersion {
-            path: path.to_owned(),
-            version: version.version,
-            supported: CHECKPOINT_VERSION,
-        });
-    }
-    let checkpoint: Checkpoint = serde_json::from_slice(bytes).map_err(malformed)?;
-    if Layout::parse_collector_file_name(checkpoint.position.file()).is_err() {
+pub fn parse_checkpoint(path: &str, bytes: &[u8]) -> Result<ConsumerCheckpoint> {
+    let checkpoint: ConsumerCheckpoint = decode(path, bytes).map_err(|e| match e {
+        RecordError::Malformed { path, reason, .. } => {
+            PintailError::MalformedCheckpoint { path, reason }
+        }
+        RecordError::UnsupportedVersion {
+            path,
+            version,
+            supported,
+            ..
+        } => PintailError::UnsupportedCheckpointVersion {
+            path,
+            version,
+            supported,
+        },
+    })?;
+    if Layout::parse_collector_file_name(&checkpoint.position.file).is_err() {
         return Err(PintailError::MalformedCheckpoint {
             path: path.to_owned(),
             reason: format!(
                 "{:?} is not a collector file name",
-                checkpoint.position.file()
+                checkpoint.position.file
             ),
         });
     }

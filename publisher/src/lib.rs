@@ -88,22 +88,10 @@
 //!   batches may be stored in any order.
 //!
 //! ## Spool format
-//! The directory holds `LOCK` and segment files `<20-digit index>.spool`, appended
-//! to in order and deleted once every batch in them is acknowledged (a new segment
-//! starts after a restart and every `spool_max_bytes / 8`, 16 KiB–64 MiB). All integers
-//! little-endian:
-//!
-//! ```text
-//! segment := magic "CNDSPL01", record*
-//! record  := body_len u32 | crc u32 = CRC-32C(body) | body
-//! body    := id_len u8 | publisher_id | sequence i64 | count u32 | entry{count}
-//! entry   := topic_len u8 | topic | enqueue_minute i64 | payload_len u32 | payload
-//! ```
-//!
-//! At open every record is checked; at the first one that is incomplete, fails its
-//! checksum or does not parse (a torn tail after a crash), its segment is truncated
-//! there and the intact records before it are replayed (logged as a warning with
-//! the bytes cut).
+//! A `LOCK` file and append-only segment files of checksummed batch records,
+//! specified in `docs/format.md` §10. At open, a segment is cut at its first torn
+//! or corrupt record and the intact records before it are replayed (logged as a
+//! warning with the bytes cut).
 //!
 //! # Audit records
 //! Unless disabled with [`PublisherBuilder::audit_interval`]`(None)`, the publisher
@@ -117,25 +105,10 @@
 //! audited, and they are left out of [`Stats`]' event counters (counted in
 //! [`Stats::audit_records`] and [`Stats::audit_acknowledged`] instead).
 //!
-//! Each audit event is one line of JSON, one per `(topic, minute)` with a non-zero
-//! count:
-//!
-//! ```text
-//! {"version":1,"publisher":"3f2a...","topic":"clicks","minute":"2026-11-22T10:05Z","acked":1234,"sent_at":"2026-11-22T10:07:00.123456789+00:00"}
-//! ```
-//!
-//! - `version`: format version, currently `1`.
-//! - `publisher`: the publisher id ([`Publisher::publisher_id`]).
-//! - `topic`: the audited topic.
-//! - `minute`: the enqueue minute, `YYYY-MM-DDTHH:MMZ` (UTC).
-//! - `acked`: events of that topic and minute acknowledged since this publisher's
-//!   previous audit record for the same `(topic, minute)` — a **delta**: a consumer
-//!   sums `acked` over all records of a `(publisher, topic, minute)` (and over
-//!   publishers for a topic total). Because a delivery across collectors is at least
-//!   once, a consumer should deduplicate audit records themselves only if it
-//!   deduplicates data the same way.
-//! - `sent_at`: when the record was produced (RFC 3339, publisher clock).
-//!
+//! Each audit event is one JSON record per `(topic, minute)` with a non-zero count,
+//! whose `acked` is a **delta** (the events acknowledged since this publisher's
+//! previous record for the same key): the format, and how a consumer sums records,
+//! are specified in `docs/format.md` §6 (`conduit_core::records::AuditRecord`).
 //! Counts still unpublished when a publisher is dropped without `close` are lost.
 //!
 //! **The enqueue-minute rule.** So that `publish` does not read the clock, the

@@ -39,6 +39,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use conduit_core::records::{AuditRecord, Version};
 use conduit_core::scribe::{
     decode_reply, encode_log_batch_call, encode_log_call, read_frame, ReplyValue, ResultCode,
     EXCEPTION_UNKNOWN_METHOD,
@@ -235,22 +236,6 @@ fn count_acked(audit: &mut HashMap<Bytes, HashMap<i64, u64>>, batch: &Batch) {
     if let Some((t, m, n)) = run {
         add(t, m, n);
     }
-}
-
-/// Minimal JSON string escaping (topics never need it; publisher ids might).
-fn json_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 async fn sleep_opt(at: Option<Instant>) {
@@ -607,8 +592,7 @@ impl Runner {
         if self.audit.is_empty() {
             return;
         }
-        let sent_at = self.settings.clock.now().to_rfc3339();
-        let publisher = json_str(&self.publisher_id);
+        let sent_at = self.settings.clock.now();
         let mut rows: Vec<(Bytes, i64, u64)> = std::mem::take(&mut self.audit)
             .into_iter()
             .flat_map(|(topic, minutes)| {
@@ -619,19 +603,36 @@ impl Runner {
             .filter(|(_, _, n)| *n > 0)
             .collect();
         rows.sort();
-        let n = rows.len() as u64;
+        let mut queued = 0;
         for (topic, minute, acked) in rows {
-            let minute_text = match Minute::from_epoch_minutes(minute) {
-                Ok(m) => m.to_string(),
-                Err(_) => minute.to_string(),
+            // `publish` only accepts valid topics and stamps minutes read from the
+            // clock, so neither fails unless the clock is outside 1970..=9999.
+            let (Ok(topic), Ok(minute)) = (
+                Topic::new(String::from_utf8_lossy(&topic)),
+                Minute::from_epoch_minutes(minute),
+            ) else {
+                tracing::warn!(
+                    topic = %String::from_utf8_lossy(&topic),
+                    minute,
+                    acked,
+                    "cannot write an audit record for this topic and minute; dropping its count"
+                );
+                continue;
             };
-            let line = format!(
-                "{{\"version\":1,\"publisher\":{publisher},\"topic\":{},\"minute\":\"{minute_text}\",\"acked\":{acked},\"sent_at\":\"{sent_at}\"}}",
-                json_str(&String::from_utf8_lossy(&topic)),
-            );
-            self.add_event(audit_topic(), Bytes::from(line), 0, None, true);
+            let record = AuditRecord {
+                version: Version,
+                publisher: self.publisher_id.clone(),
+                topic,
+                minute,
+                acked,
+                sent_at,
+            };
+            self.add_event(audit_topic(), Bytes::from(record.to_json()), 0, None, true);
+            queued += 1;
         }
-        self.counters.audit_queued.fetch_add(n, Ordering::Relaxed);
+        self.counters
+            .audit_queued
+            .fetch_add(queued, Ordering::Relaxed);
     }
 
     /// Returns true when a requested close is complete. Once every event enqueued

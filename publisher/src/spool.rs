@@ -1,40 +1,21 @@
 //! The optional local disk spool: batches that no collector could take, kept on
 //! disk until one can, across publisher restarts.
 //!
-//! # Layout
+//! # Layout and format
 //! A spool directory holds a `LOCK` file (locked exclusively by the one publisher
-//! using the directory) and segment files named `<index>.spool`, `index` being 20
-//! decimal digits that grow by one per new segment. Segments are append-only; a new
-//! one is started when the current one reaches the segment size (an eighth of
-//! `spool_max_bytes`, between 16 KiB and 64 MiB) and after every restart (a segment
-//! written before a crash is never appended to again). A segment is deleted once
-//! every batch in it has been acknowledged by a collector.
-//!
-//! # Segment format (all integers little-endian)
-//! ```text
-//! segment := magic "CNDSPL01" (8 bytes), record*
-//! record  := body_len u32 | crc u32 = CRC-32C(body) | body
-//! body    := id_len u8 | publisher_id (id_len bytes) | sequence i64 | count u32
-//!            | entry{count}
-//! entry   := topic_len u8 | topic | minute i64 | payload_len u32 | payload
-//! ```
-//! One record is one batch exactly as it was (or will be) sent with `LogBatch`:
-//! the publisher id and sequence it was given when it was formed, and its entries in
-//! order; `minute` is each event's enqueue minute (minutes since the Unix epoch,
-//! for the audit counts). Replaying a record re-sends that `LogBatch`, so a batch
-//! that reached a collector before a crash is deduplicated there.
+//! using the directory) and append-only segment files `<20-digit index>.spool` of
+//! checksummed records, one per batch exactly as it was (or will be) sent with
+//! `LogBatch`. The layout, the segment format and when segments start and go are
+//! specified in `docs/format.md` §10.
 //!
 //! # Invariants
-//! - A record counts as spooled only after the segment holding it was fsynced (and
-//!   the directory, when the segment is new).
-//! - Records are replayed in the order they were appended, and acknowledged in that
-//!   order (the publisher keeps them first in its send queue).
-//! - On open, every segment is read and checked record by record; at the first
-//!   record that is incomplete, fails its checksum or does not parse (a torn tail
-//!   after a crash, or damage), the segment is cut there (truncated, so what
-//!   follows is dropped) and the cut is reported ([`Recovered::cut_bytes`]).
-//! - The spool holds at most `max_bytes` of segment files, except that a single
-//!   record larger than that is accepted into an empty spool.
+//! Those of `docs/format.md` §10: a record counts as spooled only once its segment
+//! is fsynced; records are replayed and acknowledged in the order they were
+//! appended (the publisher keeps them first in its send queue); on open a segment
+//! is cut at its first incomplete, corrupt or unparsable record, and the cut is
+//! reported ([`Recovered::cut_bytes`]); the spool holds at most `max_bytes` of
+//! segment files, except that a single larger record is accepted into an empty
+//! spool.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};

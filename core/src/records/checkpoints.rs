@@ -1,0 +1,155 @@
+//! Checkpoints: small JSON state files under `system/checkpoints/<job>/<key>.json`
+//! ([`crate::layout::Layout::checkpoint_path`]), each written atomically
+//! (`Storage::write_atomic`).
+//!
+//! * [`JobCheckpoint`] with [`LocalCheckpoint`]: the worker's `local` job
+//!   (`docs/format.md` §8.2).
+//! * [`MergeCheckpoint`]: the worker's `merge` job (`docs/format.md` §8.3).
+//! * [`ConsumerCheckpoint`]: a PinTail consumer group's position in one partition
+//!   (`docs/format.md` §9.1).
+//! * [`DedupSnapshot`]: the collector's table of durable idempotent batches
+//!   (`docs/format.md` §5.6).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::{Base64Bytes, Version, Versioned};
+use crate::layout::{Minute, NodeName};
+
+/// The worker job checkpoint format version this build writes and reads.
+pub const JOB_CHECKPOINT_VERSION: u32 = 1;
+
+/// A worker job's checkpoint: an envelope around the job's own `state`
+/// (`docs/format.md` §8.2). Only a hint: jobs rebuild their state from the views
+/// when it is missing or unusable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobCheckpoint<S> {
+    /// Format version ([`JOB_CHECKPOINT_VERSION`]).
+    pub version: Version<JOB_CHECKPOINT_VERSION>,
+    /// The job (`local`), also the directory under `system/checkpoints/`.
+    pub job: String,
+    /// The key within the job (the topic), also the file name.
+    pub key: String,
+    /// When it was written (worker clock).
+    pub saved_at: DateTime<Utc>,
+    /// The job's state.
+    pub state: S,
+}
+
+impl<S: DeserializeOwned> Versioned for JobCheckpoint<S> {
+    const KIND: &'static str = "checkpoint";
+    const VERSION: u32 = JOB_CHECKPOINT_VERSION;
+}
+
+/// The `state` of the `local` job's checkpoint of a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalCheckpoint {
+    /// The newest sealed local minute of the topic when it was written.
+    pub last_sealed: Minute,
+}
+
+/// The merge checkpoint format version this build writes and reads.
+pub const MERGE_CHECKPOINT_VERSION: u32 = 1;
+
+/// The `merge` job's checkpoint of a topic, `system/checkpoints/merge/<topic>.json`
+/// (`docs/format.md` §8.3): a cache of what the merged manifests say, used only
+/// when it agrees with the newest one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MergeCheckpoint {
+    /// Format version ([`MERGE_CHECKPOINT_VERSION`]).
+    pub version: Version<MERGE_CHECKPOINT_VERSION>,
+    /// When it was written (worker clock).
+    pub saved_at: DateTime<Utc>,
+    /// The oldest unsealed merged minute.
+    pub frontier: Minute,
+    /// Per source cluster: every local minute up to this one is placed in a sealed
+    /// merged minute.
+    pub placed_through: BTreeMap<String, Minute>,
+}
+
+impl Versioned for MergeCheckpoint {
+    const KIND: &'static str = "merge checkpoint";
+    const VERSION: u32 = MERGE_CHECKPOINT_VERSION;
+}
+
+/// The PinTail checkpoint format version this build writes and reads.
+pub const CONSUMER_CHECKPOINT_VERSION: u32 = 1;
+
+/// A consumer group's committed position in one partition,
+/// `system/checkpoints/pintail/<group>.<topic>.<partition>.json`
+/// (`docs/format.md` §9.1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsumerCheckpoint {
+    /// Format version ([`CONSUMER_CHECKPOINT_VERSION`]).
+    pub version: Version<CONSUMER_CHECKPOINT_VERSION>,
+    /// The consumer group.
+    pub group: String,
+    /// The topic.
+    pub topic: String,
+    /// The partition (`dc1-c1` in the local view, `p3of16` in sealed views).
+    pub partition: String,
+    /// When it was committed (consumer clock).
+    pub committed_at: DateTime<Utc>,
+    /// The next record to deliver.
+    pub position: ConsumerPosition,
+}
+
+impl Versioned for ConsumerCheckpoint {
+    const KIND: &'static str = "checkpoint";
+    const VERSION: u32 = CONSUMER_CHECKPOINT_VERSION;
+}
+
+/// A position as checkpoints store it: record `record` of the frame at byte
+/// `offset` of a collector file.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ConsumerPosition {
+    /// The partition.
+    pub partition: Arc<str>,
+    /// The minute directory the file is in (its own minute while in `data/`).
+    pub minute: Minute,
+    /// The cluster whose collector wrote the file.
+    pub cluster: NodeName,
+    /// The collector that wrote it.
+    pub collector: NodeName,
+    /// The collector file name (the same in every view).
+    pub file: Arc<str>,
+    /// Byte offset of a frame's first byte.
+    pub offset: u64,
+    /// Records of that frame already delivered.
+    pub record: u32,
+}
+
+/// The dedup snapshot format version this build writes and reads.
+pub const DEDUP_SNAPSHOT_VERSION: u32 = 1;
+
+/// The collector's table of durable idempotent batches,
+/// `system/checkpoints/collector/<cluster>.<collector>.dedup.json`
+/// (`docs/format.md` §5.6).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DedupSnapshot {
+    /// Format version ([`DEDUP_SNAPSHOT_VERSION`]).
+    pub version: Version<DEDUP_SNAPSHOT_VERSION>,
+    /// Per publisher id: what is known about its recent batches.
+    pub publishers: Vec<(Base64Bytes, DedupWindow)>,
+}
+
+impl Versioned for DedupSnapshot {
+    const KIND: &'static str = "dedup snapshot";
+    const VERSION: u32 = DEDUP_SNAPSHOT_VERSION;
+}
+
+/// What a collector knows about one publisher's batches.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DedupWindow {
+    /// Highest batch sequence number seen durable.
+    pub high: i64,
+    /// Recent sequence numbers: `None` when the whole batch is durable, the
+    /// durable part indexes when only some are.
+    pub recent: BTreeMap<i64, Option<Vec<u16>>>,
+    /// When the publisher was last seen (unix seconds, collector clock).
+    pub last_seen: i64,
+}
