@@ -31,7 +31,7 @@ use conduit_core::{Config, Encoding, SharedClock, SharedStorage, Storage, System
 use crate::{local_storage, node};
 
 /// A change to collector settings.
-type Override = Box<dyn FnOnce(&mut CollectorConfig)>;
+type Override = Box<dyn FnOnce(&mut CollectorConfig) + Send>;
 
 /// A collector about to start; see the module docs for the defaults.
 #[must_use = "call .start().await"]
@@ -100,7 +100,7 @@ impl Start {
     }
 
     /// Changes collector settings; applied after the kit's defaults, in order.
-    pub fn settings(mut self, change: impl FnOnce(&mut CollectorConfig) + 'static) -> Start {
+    pub fn settings(mut self, change: impl FnOnce(&mut CollectorConfig) + Send + 'static) -> Start {
         self.overrides.push(Box::new(change));
         self
     }
