@@ -56,11 +56,11 @@ impl Client {
     }
 
     /// `Log` with `(category, message)` entries; the result code. Panics when no
-    /// reply comes within [`REPLY_TIMEOUT`].
+    /// reply comes (the connection closed, or [`REPLY_TIMEOUT`] passed).
     pub async fn log<C: AsRef<[u8]>, M: AsRef<[u8]>>(&mut self, entries: &[(C, M)]) -> ResultCode {
         self.try_log(entries, REPLY_TIMEOUT)
             .await
-            .unwrap_or_else(|| panic!("no reply to Log within {REPLY_TIMEOUT:?}"))
+            .unwrap_or_else(|| panic!("no reply to Log (connection closed or reset, or none within {REPLY_TIMEOUT:?})"))
     }
 
     /// `Log` of `messages`, all to `topic`; the result code.
@@ -116,7 +116,7 @@ impl Client {
         );
         self.call("LogBatch", &out, REPLY_TIMEOUT)
             .await
-            .unwrap_or_else(|| panic!("no reply to LogBatch within {REPLY_TIMEOUT:?}"))
+            .unwrap_or_else(|| panic!("no reply to LogBatch (connection closed or reset, or none within {REPLY_TIMEOUT:?})"))
     }
 
     /// Sends one framed call and reads its reply; `None` when there is none.

@@ -9,8 +9,9 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-/// How often a condition is checked.
-pub const POLL: Duration = Duration::from_millis(10);
+/// How often a condition is checked (what the process harness used; a check may
+/// spawn a process or walk a directory tree).
+pub const POLL: Duration = Duration::from_millis(20);
 
 /// A condition did not hold before its deadline.
 #[derive(Debug, Clone, thiserror::Error)]
