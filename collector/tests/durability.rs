@@ -2,15 +2,16 @@
 //! a test clock: minute rolls, storage outages with and without a spool, and
 //! idempotent batches. Every test counts each payload in the files.
 
-mod common;
-
 use std::sync::Arc;
+use std::time::Duration;
 
-use chrono::TimeZone;
-use common::*;
 use conduit_core::scribe::ResultCode;
-use conduit_core::storage::{FaultPlan, FaultStorage, LocalStorage, Op};
-use conduit_core::{Config, Minute, SharedStorage, TestClock};
+use conduit_core::storage::{FaultPlan, FaultStorage, Op};
+use conduit_core::{Config, SharedStorage, TestClock};
+use conduit_testkit::clock::clock_at;
+use conduit_testkit::collector::{self, payload_counts, stored_files, wait_status, Start};
+use conduit_testkit::scribe::{events, Client};
+use conduit_testkit::{local_storage, minute};
 
 struct Env {
     _dir: tempfile::TempDir,
@@ -23,14 +24,10 @@ struct Env {
 
 fn env() -> Env {
     let dir = tempfile::tempdir().unwrap();
-    let real: SharedStorage = Arc::new(LocalStorage::open(dir.path().join("root")).unwrap());
+    let real = local_storage(dir.path().join("root"));
     let plan = FaultPlan::new();
     let faulty: SharedStorage = Arc::new(FaultStorage::new(real.clone(), plan.clone()));
-    let clock = TestClock::at(
-        chrono::Utc
-            .with_ymd_and_hms(2026, 11, 22, 10, 5, 30)
-            .unwrap(),
-    );
+    let clock = clock_at(10, 5, 30);
     Env {
         spool: dir.path().join("spool"),
         _dir: dir,
@@ -41,14 +38,18 @@ fn env() -> Env {
     }
 }
 
-fn minute(text: &str) -> Minute {
-    Minute::parse_flexible(text).unwrap()
+/// A collector on the faulty storage and the test clock of `e`.
+fn start(e: &Env) -> Start {
+    collector::on(e.faulty.clone()).clock(e.clock.shared())
 }
+
+/// How long a test waits for a status.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_close_at_the_minute_boundary_and_the_watermark_follows() {
     let e = env();
-    let collector = start(e.faulty.clone(), e.clock.shared(), None, Config::default()).await;
+    let collector = start(&e).start().await;
     assert_eq!(
         collector.status().watermark,
         Some(minute("2026-11-22T10:04"))
@@ -58,29 +59,29 @@ async fn files_close_at_the_minute_boundary_and_the_watermark_follows() {
         client.log(&events("clicks", "a", 100)).await,
         ResultCode::Ok
     );
-    let files = read_topic(&e.real, "clicks").await;
+    let files = stored_files(&*e.real, "clicks").await;
     assert_eq!(files.len(), 1);
-    assert!(files[0].0.ends_with("clicks-2026-11-22-10-05_00000.zst"));
+    assert!(files[0].path.ends_with("clicks-2026-11-22-10-05_00000.zst"));
     assert_eq!(
-        files[0].1.len(),
+        files[0].payloads().len(),
         100,
         "acknowledged events are readable at once"
     );
-    assert!(!files[0].2, "the minute's file is still open");
+    assert!(!files[0].is_closed(), "the minute's file is still open");
 
     e.clock.advance(chrono::Duration::seconds(30)); // 10:06:00
-    wait_status(&collector, "watermark 10:05", |s| {
+    wait_status(&collector, "watermark 10:05", STATUS_TIMEOUT, |s| {
         s.watermark == Some(minute("2026-11-22T10:05"))
     })
     .await;
-    let files = read_topic(&e.real, "clicks").await;
-    assert!(files[0].2, "closed at the boundary");
+    let files = stored_files(&*e.real, "clicks").await;
+    assert!(files[0].is_closed(), "closed at the boundary");
 
     assert_eq!(client.log(&events("clicks", "b", 50)).await, ResultCode::Ok);
-    let files = read_topic(&e.real, "clicks").await;
+    let files = stored_files(&*e.real, "clicks").await;
     assert_eq!(files.len(), 2);
-    assert!(files[1].0.ends_with("clicks-2026-11-22-10-06_00000.zst"));
-    assert_eq!(files[1].1.len(), 50);
+    assert!(files[1].path.ends_with("clicks-2026-11-22-10-06_00000.zst"));
+    assert_eq!(files[1].payloads().len(), 50);
 
     let hb = e.real.read("system/heartbeats/dc1/c1.json").await.unwrap();
     let hb: serde_json::Value = serde_json::from_slice(&hb).unwrap();
@@ -89,19 +90,16 @@ async fn files_close_at_the_minute_boundary_and_the_watermark_follows() {
     let hb = e.real.read("system/heartbeats/dc1/c1.json").await.unwrap();
     let hb: serde_json::Value = serde_json::from_slice(&hb).unwrap();
     assert_eq!(hb["state"], "stopped");
-    assert!(read_topic(&e.real, "clicks").await.iter().all(|f| f.2));
+    assert!(stored_files(&*e.real, "clicks")
+        .await
+        .iter()
+        .all(|f| f.is_closed()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_spools_then_replays_in_order_without_loss_or_duplicates() {
     let e = env();
-    let collector = start(
-        e.faulty.clone(),
-        e.clock.shared(),
-        Some(&e.spool),
-        Config::default(),
-    )
-    .await;
+    let collector = start(&e).spool(&e.spool).start().await;
     let mut client = Client::connect(collector.thrift_addr()).await;
     assert_eq!(
         client.log(&events("clicks", "before", 100)).await,
@@ -133,17 +131,18 @@ async fn an_outage_spools_then_replays_in_order_without_loss_or_duplicates() {
     wait_status(
         &collector,
         "watermark held before the spooled minute",
+        STATUS_TIMEOUT,
         |s| s.watermark == Some(minute("2026-11-22T10:04")),
     )
     .await;
 
     e.plan.heal();
-    wait_status(&collector, "spool replayed", |s| {
+    wait_status(&collector, "spool replayed", STATUS_TIMEOUT, |s| {
         s.storage_healthy && s.spooled_bytes == 0
     })
     .await;
     e.clock.advance(chrono::Duration::seconds(60)); // 10:07
-    wait_status(&collector, "watermark 10:06", |s| {
+    wait_status(&collector, "watermark 10:06", STATUS_TIMEOUT, |s| {
         s.watermark == Some(minute("2026-11-22T10:06"))
     })
     .await;
@@ -153,14 +152,18 @@ async fn an_outage_spools_then_replays_in_order_without_loss_or_duplicates() {
     );
     collector.stop().await.unwrap();
 
-    let files = read_topic(&e.real, "clicks").await;
-    assert!(files.iter().all(|f| f.2), "every file closed: {files:?}");
-    let counts = counts(&e.real, "clicks").await;
+    let files = stored_files(&*e.real, "clicks").await;
+    assert!(
+        files.iter().all(|f| f.is_closed()),
+        "every file closed: {files:?}"
+    );
+    let counts = payload_counts(&*e.real, "clicks").await;
     assert_eq!(counts.len(), 400);
     assert!(counts.values().all(|&c| c == 1), "exactly once");
     // Each event kept its arrival minute.
-    for (path, payloads, _) in &files {
-        for p in payloads {
+    for file in &files {
+        let path = &file.path;
+        for p in file.payloads() {
             let p = String::from_utf8_lossy(p);
             let expect = if p.contains("\"before\"") || p.contains("\"during\"") {
                 "10-05"
@@ -200,7 +203,7 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_spool_failed_syncs_answer_try_later_and_leave_no_trace() {
     let e = env();
-    let collector = start(e.faulty.clone(), e.clock.shared(), None, Config::default()).await;
+    let collector = start(&e).start().await;
     let mut client = Client::connect(collector.thrift_addr()).await;
     assert_eq!(
         client.log(&events("clicks", "ok1", 10)).await,
@@ -213,13 +216,16 @@ async fn without_a_spool_failed_syncs_answer_try_later_and_leave_no_trace() {
         ResultCode::TryLater
     );
     e.plan.heal();
-    wait_status(&collector, "storage healthy", |s| s.storage_healthy).await;
+    wait_status(&collector, "storage healthy", STATUS_TIMEOUT, |s| {
+        s.storage_healthy
+    })
+    .await;
     assert_eq!(
         client.log(&events("clicks", "ok2", 10)).await,
         ResultCode::Ok
     );
     collector.stop().await.unwrap();
-    let counts = counts(&e.real, "clicks").await;
+    let counts = payload_counts(&*e.real, "clicks").await;
     assert_eq!(
         counts.len(),
         20,
@@ -229,13 +235,16 @@ async fn without_a_spool_failed_syncs_answer_try_later_and_leave_no_trace() {
         .keys()
         .all(|p| !String::from_utf8_lossy(p).contains("refused")));
     assert!(counts.values().all(|&c| c == 1));
-    assert!(read_topic(&e.real, "clicks").await.iter().all(|f| f.2));
+    assert!(stored_files(&*e.real, "clicks")
+        .await
+        .iter()
+        .all(|f| f.is_closed()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_batch_is_written_once_even_after_a_partial_failure() {
     let e = env();
-    let collector = start(e.faulty.clone(), e.clock.shared(), None, Config::default()).await;
+    let collector = start(&e).start().await;
     let mut client = Client::connect(collector.thrift_addr()).await;
     let mut batch = events("alpha", "b1", 20);
     batch.extend(events("beta", "b1", 20));
@@ -253,12 +262,15 @@ async fn a_retried_batch_is_written_once_even_after_a_partial_failure() {
         ResultCode::TryLater
     );
     e.plan.heal();
-    wait_status(&collector, "storage healthy", |s| s.storage_healthy).await;
+    wait_status(&collector, "storage healthy", STATUS_TIMEOUT, |s| {
+        s.storage_healthy
+    })
+    .await;
     assert_eq!(client.log_batch("pubA", 2, &batch2).await, ResultCode::Ok);
     collector.stop().await.unwrap();
 
     for topic in ["alpha", "beta"] {
-        let counts = counts(&e.real, topic).await;
+        let counts = payload_counts(&*e.real, topic).await;
         assert_eq!(counts.len(), 40, "{topic}: {counts:?}");
         assert!(
             counts.values().all(|&c| c == 1),
@@ -267,13 +279,13 @@ async fn a_retried_batch_is_written_once_even_after_a_partial_failure() {
     }
 
     // After a restart the table is rebuilt: the old batches are still duplicates.
-    let collector = start(e.faulty.clone(), e.clock.shared(), None, Config::default()).await;
+    let collector = start(&e).start().await;
     let mut client = Client::connect(collector.thrift_addr()).await;
     assert_eq!(client.log_batch("pubA", 2, &batch2).await, ResultCode::Ok);
     assert_eq!(client.log_batch("pubA", 1, &batch).await, ResultCode::Ok);
     collector.stop().await.unwrap();
     for topic in ["alpha", "beta"] {
-        let counts = counts(&e.real, topic).await;
+        let counts = payload_counts(&*e.real, topic).await;
         assert!(
             counts.values().all(|&c| c == 1),
             "{topic} after restart: {counts:?}"
@@ -286,7 +298,7 @@ async fn a_full_spool_answers_try_later_and_stores_nothing_of_the_call() {
     let e = env();
     let mut config = Config::default();
     config.collector.spool_max_bytes = 256;
-    let collector = start(e.faulty.clone(), e.clock.shared(), Some(&e.spool), config).await;
+    let collector = start(&e).spool(&e.spool).config(config).start().await;
     let mut client = Client::connect(collector.thrift_addr()).await;
     assert_eq!(
         client.log(&events("clicks", "ok1", 10)).await,
@@ -301,7 +313,7 @@ async fn a_full_spool_answers_try_later_and_stores_nothing_of_the_call() {
         ResultCode::TryLater
     );
     e.plan.heal();
-    wait_status(&collector, "storage healthy", |s| {
+    wait_status(&collector, "storage healthy", STATUS_TIMEOUT, |s| {
         s.storage_healthy && s.spooled_bytes == 0
     })
     .await;
@@ -310,7 +322,7 @@ async fn a_full_spool_answers_try_later_and_stores_nothing_of_the_call() {
         ResultCode::Ok
     );
     collector.stop().await.unwrap();
-    let counts = counts(&e.real, "clicks").await;
+    let counts = payload_counts(&*e.real, "clicks").await;
     assert_eq!(counts.len(), 20, "{counts:?}");
     assert!(counts.values().all(|&c| c == 1));
 }

@@ -4,80 +4,37 @@
 //! replays. One test binary with tests that run one at a time (they share the
 //! cluster and one of them stops its DataNode).
 
-mod common;
-
-use std::process::Command;
 use std::time::Duration;
 
-use common::*;
 use conduit_core::scribe::ResultCode;
-use conduit_core::storage::open_root;
-use conduit_core::{Config, SharedStorage, SystemClock};
+use conduit_testkit::collector::{self, payload_counts, stored_files, wait_status};
+use conduit_testkit::hdfs::{self, Outage};
+use conduit_testkit::scribe::{events, Client};
 use tokio::sync::Mutex;
 
 /// Serializes the tests of this binary.
 static HDFS: Mutex<()> = Mutex::const_new(());
 
-async fn hdfs_root(name: &str) -> Option<(String, SharedStorage)> {
-    let url = match std::env::var("CONDUIT_TEST_HDFS") {
-        Ok(url) if !url.is_empty() => url,
-        _ => {
-            eprintln!("SKIPPED: collector on HDFS (set CONDUIT_TEST_HDFS; .ci/run does)");
-            return None;
-        }
-    };
-    let root = format!(
-        "{}/collector_{name}_{}_{}",
-        url.trim_end_matches('/'),
-        std::process::id(),
-        chrono::Utc::now().timestamp_millis()
-    );
-    let storage = open_root(&root).await.expect("HDFS reachable");
-    Some((root, storage))
-}
-
-fn hdfs_script(cmd: &str) {
-    let script = std::env::var("CONDUIT_HDFS_SCRIPT")
-        .expect("CONDUIT_HDFS_SCRIPT must point at scripts/hdfs.sh when CONDUIT_TEST_HDFS is set");
-    let status = Command::new(&script)
-        .arg(cmd)
-        .status()
-        .expect("run hdfs.sh");
-    assert!(status.success(), "{script} {cmd} failed");
-}
-
-/// Restarts the DataNode when dropped, so a failing assertion never leaves the
-/// shared cluster without one.
-struct RestartDatanode;
-
-impl Drop for RestartDatanode {
-    fn drop(&mut self) {
-        hdfs_script("start-datanode");
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_events_are_in_hdfs() {
     let _guard = HDFS.lock().await;
-    let Some((_root, storage)) = hdfs_root("ack").await else {
+    let Some(root) = hdfs::root("collector_acknowledged_events_are_in_hdfs").await else {
         return;
     };
-    let collector = start(
-        storage.clone(),
-        SystemClock::shared(),
-        None,
-        Config::default(),
-    )
-    .await;
+    let storage = root.storage;
+    let collector = collector::on(storage.clone()).start().await;
     let mut client = Client::connect(collector.thrift_addr()).await;
     for round in 0..10 {
         let batch = events("clicks", &format!("r{round}"), 200);
         assert_eq!(client.log(&batch).await, ResultCode::Ok);
     }
     collector.stop().await.unwrap();
-    let files = read_topic(&storage, "clicks").await;
-    assert!(files.iter().all(|f| f.2), "every HDFS file closed");
-    let counts = counts(&storage, "clicks").await;
+    let files = stored_files(&*storage, "clicks").await;
+    assert!(
+        files.iter().all(|f| f.is_closed()),
+        "every HDFS file closed"
+    );
+    let counts = payload_counts(&*storage, "clicks").await;
     assert_eq!(counts.len(), 2000);
     assert!(counts.values().all(|&c| c == 1));
 }
@@ -85,25 +42,22 @@ async fn acknowledged_events_are_in_hdfs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_datanode_outage_spools_and_replays() {
     let _guard = HDFS.lock().await;
-    let Some((_root, storage)) = hdfs_root("outage").await else {
+    let Some(root) = hdfs::root("collector_a_datanode_outage_spools_and_replays").await else {
         return;
     };
+    let storage = root.storage;
     let spool = tempfile::tempdir().unwrap();
-    let collector = start(
-        storage.clone(),
-        SystemClock::shared(),
-        Some(spool.path()),
-        Config::default(),
-    )
-    .await;
+    let collector = collector::on(storage.clone())
+        .spool(spool.path())
+        .start()
+        .await;
     let mut client = Client::connect(collector.thrift_addr()).await;
     assert_eq!(
         client.log(&events("clicks", "before", 300)).await,
         ResultCode::Ok
     );
 
-    hdfs_script("stop-datanode");
-    let restart = RestartDatanode;
+    let outage = Outage::datanode();
     let mut acked = 300;
     {
         // Every call is acknowledged: from HDFS while it still takes writes, from
@@ -121,16 +75,15 @@ async fn a_datanode_outage_spools_and_replays() {
         );
         assert!(collector.status().spooled_bytes > 0);
     }
-    drop(restart);
+    outage.end();
 
-    tokio::time::timeout(Duration::from_secs(120), async {
-        let mut rx = collector.status_watch();
-        rx.wait_for(|s| s.storage_healthy && s.spooled_bytes == 0)
-            .await
-            .unwrap();
-    })
-    .await
-    .expect("spool replayed within 120 s of the DataNode's return");
+    wait_status(
+        &collector,
+        "the spool replayed after the DataNode's return",
+        Duration::from_secs(120),
+        |s| s.storage_healthy && s.spooled_bytes == 0,
+    )
+    .await;
     assert_eq!(
         client.log(&events("clicks", "after", 100)).await,
         ResultCode::Ok
@@ -138,44 +91,35 @@ async fn a_datanode_outage_spools_and_replays() {
     acked += 100;
     collector.stop().await.unwrap();
 
-    let counts = counts(&storage, "clicks").await;
+    let counts = payload_counts(&*storage, "clicks").await;
     assert_eq!(counts.len(), acked, "every acknowledged event is in HDFS");
     assert!(counts.values().all(|&c| c == 1), "exactly once");
-    assert!(read_topic(&storage, "clicks").await.iter().all(|f| f.2));
-}
-
-/// Restarts the NameNode when dropped.
-struct RestartNamenode;
-
-impl Drop for RestartNamenode {
-    fn drop(&mut self) {
-        hdfs_script("start-namenode");
-    }
+    assert!(stored_files(&*storage, "clicks")
+        .await
+        .iter()
+        .all(|f| f.is_closed()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_namenode_restart_spools_and_replays() {
     let _guard = HDFS.lock().await;
-    let Some((_root, storage)) = hdfs_root("nn_outage").await else {
+    let Some(root) = hdfs::root("collector_a_namenode_restart_spools_and_replays").await else {
         return;
     };
+    let storage = root.storage;
     let spool = tempfile::tempdir().unwrap();
-    let collector = start(
-        storage.clone(),
-        SystemClock::shared(),
-        Some(spool.path()),
-        Config::default(),
-    )
-    .await;
+    let collector = collector::on(storage.clone())
+        .spool(spool.path())
+        .start()
+        .await;
     let mut client = Client::connect(collector.thrift_addr()).await;
     assert_eq!(
         client.log(&events("views", "before", 300)).await,
         ResultCode::Ok
     );
     let mut acked = 300;
-    hdfs_script("stop-namenode");
     {
-        let restart = RestartNamenode;
+        let outage = Outage::namenode();
         for round in 0..3 {
             let code = client
                 .log(&events("views", &format!("during{round}"), 100))
@@ -191,24 +135,26 @@ async fn a_namenode_restart_spools_and_replays() {
             collector.status().spooled_bytes > 0,
             "spooled while the NameNode was down"
         );
-        drop(restart);
+        outage.end();
     }
-    tokio::time::timeout(Duration::from_secs(180), async {
-        let mut rx = collector.status_watch();
-        rx.wait_for(|s| s.storage_healthy && s.spooled_bytes == 0)
-            .await
-            .unwrap();
-    })
-    .await
-    .expect("spool replayed within 180 s of the NameNode's return");
+    wait_status(
+        &collector,
+        "the spool replayed after the NameNode's return",
+        Duration::from_secs(180),
+        |s| s.storage_healthy && s.spooled_bytes == 0,
+    )
+    .await;
     assert_eq!(
         client.log(&events("views", "after", 100)).await,
         ResultCode::Ok
     );
     acked += 100;
     collector.stop().await.unwrap();
-    let counts = counts(&storage, "views").await;
+    let counts = payload_counts(&*storage, "views").await;
     assert_eq!(counts.len(), acked, "every acknowledged event is in HDFS");
     assert!(counts.values().all(|&c| c == 1), "exactly once");
-    assert!(read_topic(&storage, "views").await.iter().all(|f| f.2));
+    assert!(stored_files(&*storage, "views")
+        .await
+        .iter()
+        .all(|f| f.is_closed()));
 }

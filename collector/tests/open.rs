@@ -3,15 +3,16 @@
 //! storage, never unsynced ones; unknown files are 404, old offsets 416 (`too_old`),
 //! closed files 410 with their final length, bad requests 400.
 
-mod common;
-
 use std::sync::Arc;
+use std::time::Duration;
 
-use chrono::TimeZone;
-use common::*;
 use conduit_core::scribe::ResultCode;
-use conduit_core::storage::{FaultPlan, FaultStorage, LocalStorage, Op};
-use conduit_core::{Config, Minute, SharedStorage, TestClock};
+use conduit_core::storage::{FaultPlan, FaultStorage, Op};
+use conduit_core::{SharedStorage, TestClock};
+use conduit_testkit::clock::{self, clock_at};
+use conduit_testkit::collector::{self, wait_status};
+use conduit_testkit::scribe::{events, Client};
+use conduit_testkit::{local_storage, minute};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const FILE: &str = "data/clicks/c1/clicks-2026-11-22-10-05_00000.zst";
@@ -70,20 +71,19 @@ async fn get(addr: std::net::SocketAddr, target: &str) -> Answer {
     }
 }
 
-fn clock() -> TestClock {
-    TestClock::at(
-        chrono::Utc
-            .with_ymd_and_hms(2026, 11, 22, 10, 5, 30)
-            .unwrap(),
-    )
+fn test_clock() -> TestClock {
+    clock_at(10, 5, 30)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_the_synced_bytes_of_an_open_file_then_gone_once_closed() {
     let dir = tempfile::tempdir().unwrap();
-    let storage: SharedStorage = Arc::new(LocalStorage::open(dir.path()).unwrap());
-    let clock = clock();
-    let collector = start(storage.clone(), clock.shared(), None, Config::default()).await;
+    let storage = local_storage(dir.path());
+    let clock = test_clock();
+    let collector = collector::on(storage.clone())
+        .clock(clock.shared())
+        .start()
+        .await;
     let http = collector.http_addr();
     let mut client = Client::connect(collector.thrift_addr()).await;
 
@@ -156,14 +156,13 @@ async fn serves_the_synced_bytes_of_an_open_file_then_gone_once_closed() {
     assert_eq!(a.status, 400);
 
     // The minute rolls: the file is closed; 410 with its final length.
-    clock.set(
-        chrono::Utc
-            .with_ymd_and_hms(2026, 11, 22, 10, 6, 1)
-            .unwrap(),
-    );
-    wait_status(&collector, "watermark 10:05", |s| {
-        s.watermark == Some(Minute::parse_flexible("2026-11-22T10:05").unwrap())
-    })
+    clock::set(&clock, 10, 6, 1);
+    wait_status(
+        &collector,
+        "watermark 10:05",
+        Duration::from_secs(30),
+        |s| s.watermark == Some(minute("2026-11-22T10:05")),
+    )
     .await;
     let closed = storage.read(FILE).await.unwrap();
     let a = get(http, &format!("{URL}?offset=0")).await;
@@ -185,11 +184,11 @@ async fn serves_the_synced_bytes_of_an_open_file_then_gone_once_closed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_whose_sync_failed_are_never_served() {
     let dir = tempfile::tempdir().unwrap();
-    let real: SharedStorage = Arc::new(LocalStorage::open(dir.path()).unwrap());
+    let real = local_storage(dir.path());
     let plan = FaultPlan::new();
     let faulty: SharedStorage = Arc::new(FaultStorage::new(real.clone(), plan.clone()));
-    let clock = clock();
-    let collector = start(faulty, clock.shared(), None, Config::default()).await;
+    let clock = test_clock();
+    let collector = collector::on(faulty).clock(clock.shared()).start().await;
     let http = collector.http_addr();
     let mut client = Client::connect(collector.thrift_addr()).await;
     assert_eq!(
@@ -219,9 +218,12 @@ async fn bytes_whose_sync_failed_are_never_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offsets_older_than_the_bytes_kept_in_memory_get_416() {
     let dir = tempfile::tempdir().unwrap();
-    let storage: SharedStorage = Arc::new(LocalStorage::open(dir.path()).unwrap());
-    let clock = clock();
-    let collector = start(storage.clone(), clock.shared(), None, Config::default()).await;
+    let storage = local_storage(dir.path());
+    let clock = test_clock();
+    let collector = collector::on(storage.clone())
+        .clock(clock.shared())
+        .start()
+        .await;
     let http = collector.http_addr();
     let mut client = Client::connect(collector.thrift_addr()).await;
     // Barely compressible payloads: ~12 MiB on disk, more than one file keeps.

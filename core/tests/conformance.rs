@@ -2,14 +2,14 @@
 //! local disk through the retry and fault wrappers (with no fault armed), and a
 //! real HDFS when `CONDUIT_TEST_HDFS=hdfs://host:port` is set (`.ci/run` sets it).
 //! Without it the HDFS tests print a loud SKIPPED line and pass, so a developer
-//! without Java can still run `cargo test`; CI never skips them.
+//! without Java can still run `cargo test`; under `CI` they fail instead
+//! (`conduit_testkit::hdfs`).
 
 use std::sync::Arc;
 
-use conduit_core::storage::{
-    conformance, open_root_raw, FaultPlan, FaultStorage, LocalStorage, RetryPolicy, RetryStorage,
-};
+use conduit_core::storage::{conformance, FaultPlan, FaultStorage, RetryPolicy, RetryStorage};
 use conduit_core::SharedStorage;
+use conduit_testkit::local_storage;
 
 fn unique(prefix: &str) -> String {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -23,7 +23,7 @@ fn unique(prefix: &str) -> String {
 
 async fn local() -> (SharedStorage, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let storage: SharedStorage = Arc::new(LocalStorage::open(dir.path()).unwrap());
+    let storage = local_storage(dir.path());
     (storage, dir)
 }
 
@@ -36,25 +36,12 @@ async fn wrapped_local() -> (SharedStorage, tempfile::TempDir) {
     )
 }
 
-async fn hdfs() -> Option<SharedStorage> {
-    match std::env::var("CONDUIT_TEST_HDFS") {
-        Ok(url) if !url.is_empty() => {
-            let root = format!("{}/conformance", url.trim_end_matches('/'));
-            let raw = open_root_raw(&root)
-                .await
-                .unwrap_or_else(|e| panic!("CONDUIT_TEST_HDFS={url} is set but unusable: {e}"));
-            // The retry wrapper is what services use; NotReplicatedYet right after
-            // start-up is expected and must not fail the suite.
-            Some(Arc::new(RetryStorage::new(raw, RetryPolicy::default())))
-        }
-        _ => {
-            eprintln!(
-                "SKIPPED: HDFS conformance check (set CONDUIT_TEST_HDFS=hdfs://127.0.0.1:9000, \
-                 see scripts/hdfs.sh; .ci/run always sets it)"
-            );
-            None
-        }
-    }
+/// The `conformance` directory of the test HDFS, or `None` (skipped) for `check`.
+async fn hdfs(check: &str) -> Option<SharedStorage> {
+    let url = conduit_testkit::hdfs::url(&format!("hdfs::{check}"))?;
+    // Opened with the retry wrapper, as services do: NotReplicatedYet right after
+    // start-up is expected and must not fail the suite.
+    Some(conduit_testkit::hdfs::open(&format!("{url}/conformance")).await)
 }
 
 macro_rules! suite {
@@ -84,7 +71,7 @@ macro_rules! suite {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $check() {
-                    let Some(storage) = hdfs().await else { return };
+                    let Some(storage) = hdfs(stringify!($check)).await else { return };
                     let dir = unique(stringify!($check));
                     conformance::$check(storage.clone(), dir.clone()).await;
                     storage.delete(&dir, true).await.unwrap();

@@ -3,62 +3,44 @@
 //! seals minutes (an empty one included) and a crash at a storage call of a pass is
 //! recovered by a fresh job without loss or duplicates.
 
-mod worker_support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::TimeZone;
 use conduit_core::scribe::ResultCode;
-use conduit_core::storage::{open_root, FaultPlan, FaultStorage};
-use conduit_core::{Config, SharedStorage, TestClock, Topic};
+use conduit_core::storage::{FaultPlan, FaultStorage};
+use conduit_core::{Config, SharedStorage, Topic};
 use conduit_merger::{Job, Lease, LeaseSettings, LeaseStatus, LocalJob, Monotonic};
-use worker_support::*;
-
-async fn hdfs_root(name: &str) -> Option<SharedStorage> {
-    let url = match std::env::var("CONDUIT_TEST_HDFS") {
-        Ok(url) if !url.is_empty() => url,
-        _ => {
-            eprintln!("SKIPPED: worker on HDFS (set CONDUIT_TEST_HDFS; .ci/run does)");
-            return None;
-        }
-    };
-    let root = format!(
-        "{}/worker_{name}_{}_{}",
-        url.trim_end_matches('/'),
-        std::process::id(),
-        chrono::Utc::now().timestamp_millis()
-    );
-    Some(open_root(&root).await.expect("HDFS reachable"))
-}
-
-fn set(clock: &TestClock, h: u32, m: u32, s: u32) {
-    clock.set(chrono::Utc.with_ymd_and_hms(2026, 11, 22, h, m, s).unwrap());
-}
+use conduit_testkit::clock::{clock_at, set};
+use conduit_testkit::scribe::{padded, Client};
+use conduit_testkit::worker::{check_local_view, env_with_fence, wait_watermark};
+use conduit_testkit::{collector, hdfs, minute};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_local_job_seals_minutes_on_hdfs_and_survives_a_crash() {
-    let Some(storage) = hdfs_root("local").await else {
+    let Some(root) = hdfs::root("worker_the_local_job_seals_minutes_on_hdfs").await else {
         return;
     };
-    let clock = TestClock::at(
-        chrono::Utc
-            .with_ymd_and_hms(2026, 11, 22, 10, 5, 30)
-            .unwrap(),
-    );
+    let storage = root.storage;
+    let clock = clock_at(10, 5, 30);
     let cfg = Config::default();
-    let collector = start_collector(storage.clone(), clock.shared(), "c1", &cfg, 4096).await;
+    let collector = collector::on(storage.clone())
+        .clock(clock.shared())
+        .config(cfg.clone())
+        .max_file_bytes(4096)
+        .heartbeat_ms(200)
+        .start()
+        .await;
     let mut client = Client::connect(collector.thrift_addr()).await;
     let mut acked = 0u64;
     for i in 0..3 {
-        let batch = payloads(&format!("a{i}"), 20, 200);
-        assert_eq!(client.log("clicks", &batch).await, ResultCode::Ok);
+        let batch = padded(&format!("a{i}"), 20, 200);
+        assert_eq!(client.log_to("clicks", &batch).await, ResultCode::Ok);
         acked += batch.len() as u64;
     }
     set(&clock, 10, 7, 10); // 10:06 stays empty
-    wait_watermark(&storage, "c1", minute("2026-11-22T10:06")).await;
-    let batch = payloads("b", 30, 20);
-    assert_eq!(client.log("clicks", &batch).await, ResultCode::Ok);
+    wait_watermark(&storage, "dc1", "c1", minute("2026-11-22T10:06")).await;
+    let batch = padded("b", 30, 20);
+    assert_eq!(client.log_to("clicks", &batch).await, ResultCode::Ok);
     acked += batch.len() as u64;
     collector.stop().await.unwrap();
     set(&clock, 10, 8, 5);

@@ -2,29 +2,24 @@
 //! standby once the holder stops renewing, fencing of the paused old holder (its
 //! local job commits nothing), racing standbys, and a clean release.
 
-mod worker_support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::TimeZone;
 use conduit_core::scribe::ResultCode;
-use conduit_core::storage::LocalStorage;
 use conduit_core::{Config, SharedStorage, TestClock, Topic};
 use conduit_merger::{
     Fence, Job, Lease, LeaseSettings, LeaseStatus, LocalJob, Monotonic, WorkerError,
 };
-use worker_support::*;
+use conduit_testkit::clock::clock_at;
+use conduit_testkit::collector;
+use conduit_testkit::local_storage;
+use conduit_testkit::scribe::{padded, Client};
+use conduit_testkit::worker::{check_local_view, env_with_fence};
 
 fn setup() -> (tempfile::TempDir, SharedStorage, TestClock) {
     let dir = tempfile::tempdir().unwrap();
-    let storage: SharedStorage = Arc::new(LocalStorage::open(dir.path()).unwrap());
-    let clock = TestClock::at(
-        chrono::Utc
-            .with_ymd_and_hms(2026, 11, 22, 10, 5, 30)
-            .unwrap(),
-    );
-    (dir, storage, clock)
+    let storage = local_storage(dir.path());
+    (dir, storage, clock_at(10, 5, 30))
 }
 
 fn worker(storage: &SharedStorage, clock: &TestClock, id: &str) -> Arc<Lease> {
@@ -162,10 +157,16 @@ async fn futures_join_all(workers: Vec<Arc<Lease>>) -> Vec<LeaseStatus> {
 async fn a_fenced_local_job_commits_nothing() {
     let (_dir, storage, clock) = setup();
     let cfg = Config::default();
-    let collector = start_collector(storage.clone(), clock.shared(), "c1", &cfg, 1 << 20).await;
+    let collector = collector::on(storage.clone())
+        .clock(clock.shared())
+        .config(cfg.clone())
+        .max_file_bytes(1 << 20)
+        .heartbeat_ms(200)
+        .start()
+        .await;
     let mut client = Client::connect(collector.thrift_addr()).await;
     assert_eq!(
-        client.log("clicks", &payloads("x", 20, 10)).await,
+        client.log_to("clicks", &padded("x", 20, 10)).await,
         ResultCode::Ok
     );
     collector.stop().await.unwrap();

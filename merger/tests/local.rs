@@ -2,25 +2,21 @@
 //! clock: minute sealing (empty minutes included), lost checkpoints, a crash at
 //! every storage call of a pass, and a collector that comes back late.
 
-mod worker_support;
-
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use chrono::TimeZone;
 use conduit_core::scribe::ResultCode;
-use conduit_core::storage::{FaultPlan, FaultStorage, LocalStorage};
+use conduit_core::storage::{FaultPlan, FaultStorage};
 use conduit_core::{Config, SharedStorage, TestClock, Topic, View};
 use conduit_merger::{Job, LocalJob};
-use worker_support::*;
+use conduit_testkit::clock::{clock_at, set};
+use conduit_testkit::collector;
+use conduit_testkit::scribe::{padded, Client};
+use conduit_testkit::worker::{check_local_view, collector_files, env, wait_watermark};
+use conduit_testkit::{local_storage, minute, node};
 
-fn clock_at(h: u32, m: u32, s: u32) -> TestClock {
-    TestClock::at(chrono::Utc.with_ymd_and_hms(2026, 11, 22, h, m, s).unwrap())
-}
-
-fn set(clock: &TestClock, h: u32, m: u32, s: u32) {
-    clock.set(chrono::Utc.with_ymd_and_hms(2026, 11, 22, h, m, s).unwrap());
-}
+/// The collectors' heartbeat period: watermarks move soon after the clock.
+const HEARTBEAT_MS: u64 = 200;
 
 fn config(extra: &str) -> Config {
     Config::parse("test", extra).unwrap()
@@ -29,27 +25,34 @@ fn config(extra: &str) -> Config {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn minutes_seal_in_order_with_empty_ones_and_survive_a_lost_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
-    let storage: SharedStorage = Arc::new(LocalStorage::open(dir.path()).unwrap());
+    let storage = local_storage(dir.path());
     let clock = clock_at(10, 5, 30);
     let cfg = config("[topics.quiet]\n");
-    let collector = start_collector(storage.clone(), clock.shared(), "c1", &cfg, 1 << 20).await;
+    let collector = collector::on(storage.clone())
+        .clock(clock.shared())
+        .id("c1")
+        .config(cfg.clone())
+        .max_file_bytes(1 << 20)
+        .heartbeat_ms(HEARTBEAT_MS)
+        .start()
+        .await;
     let mut client = Client::connect(collector.thrift_addr()).await;
     let clicks = Topic::new("clicks").unwrap();
 
     assert_eq!(
-        client.log("clicks", &payloads("a", 100, 10)).await,
+        client.log_to("clicks", &padded("a", 100, 10)).await,
         ResultCode::Ok
     );
     set(&clock, 10, 6, 10);
-    wait_watermark(&storage, "c1", minute("2026-11-22T10:05")).await;
+    wait_watermark(&storage, "dc1", "c1", minute("2026-11-22T10:05")).await;
     assert_eq!(
-        client.log("clicks", &payloads("b", 50, 10)).await,
+        client.log_to("clicks", &padded("b", 50, 10)).await,
         ResultCode::Ok
     );
     set(&clock, 10, 8, 10); // 10:07 gets no data
-    wait_watermark(&storage, "c1", minute("2026-11-22T10:07")).await;
+    wait_watermark(&storage, "dc1", "c1", minute("2026-11-22T10:07")).await;
     assert_eq!(
-        client.log("clicks", &payloads("c", 30, 10)).await,
+        client.log_to("clicks", &padded("c", 30, 10)).await,
         ResultCode::Ok
     );
 
@@ -92,7 +95,7 @@ async fn minutes_seal_in_order_with_empty_ones_and_survive_a_lost_checkpoint() {
     // Nothing more to do until 10:08 ends and the collector passes it.
     assert_eq!(job.pass().await.unwrap().sealed, 0);
     set(&clock, 10, 9, 5);
-    wait_watermark(&storage, "c1", minute("2026-11-22T10:08")).await;
+    wait_watermark(&storage, "dc1", "c1", minute("2026-11-22T10:08")).await;
     let report = job.pass().await.unwrap();
     // clicks 10:08, and quiet's first minute (its stream started at 10:08, the
     // minute the worker first served it).
@@ -119,7 +122,7 @@ async fn minutes_seal_in_order_with_empty_ones_and_survive_a_lost_checkpoint() {
         .await
         .unwrap();
     set(&clock, 10, 10, 5);
-    wait_watermark(&storage, "c1", minute("2026-11-22T10:09")).await;
+    wait_watermark(&storage, "dc1", "c1", minute("2026-11-22T10:09")).await;
     let mut fresh = LocalJob::new(env(storage.clone(), clock.shared(), cfg.clone()));
     let report = fresh.pass().await.unwrap();
     assert_eq!(report.sealed, 2, "10:09 of both topics: {report:?}");
@@ -132,26 +135,32 @@ async fn minutes_seal_in_order_with_empty_ones_and_survive_a_lost_checkpoint() {
 /// Builds the state the crash test starts from: a stopped collector's files of
 /// 10:05 (several, small max file size), 10:06 and 10:08; returns the root.
 async fn build_backlog(root: &std::path::Path) -> (TestClock, usize) {
-    let storage: SharedStorage = Arc::new(LocalStorage::open(root).unwrap());
+    let storage = local_storage(root);
     let clock = clock_at(10, 5, 30);
-    let cfg = Config::default();
-    let collector = start_collector(storage.clone(), clock.shared(), "c1", &cfg, 4096).await;
+    let collector = collector::on(storage.clone())
+        .clock(clock.shared())
+        .id("c1")
+        .config(Config::default())
+        .max_file_bytes(4096)
+        .heartbeat_ms(HEARTBEAT_MS)
+        .start()
+        .await;
     let mut client = Client::connect(collector.thrift_addr()).await;
     let mut acked = 0;
     for i in 0..4 {
-        let batch = payloads(&format!("a{i}"), 20, 200);
-        assert_eq!(client.log("clicks", &batch).await, ResultCode::Ok);
+        let batch = padded(&format!("a{i}"), 20, 200);
+        assert_eq!(client.log_to("clicks", &batch).await, ResultCode::Ok);
         acked += batch.len();
     }
     set(&clock, 10, 6, 10);
-    wait_watermark(&storage, "c1", minute("2026-11-22T10:05")).await;
-    let batch = payloads("b", 40, 20);
-    assert_eq!(client.log("clicks", &batch).await, ResultCode::Ok);
+    wait_watermark(&storage, "dc1", "c1", minute("2026-11-22T10:05")).await;
+    let batch = padded("b", 40, 20);
+    assert_eq!(client.log_to("clicks", &batch).await, ResultCode::Ok);
     acked += batch.len();
     set(&clock, 10, 8, 10);
-    wait_watermark(&storage, "c1", minute("2026-11-22T10:07")).await;
-    let batch = payloads("c", 25, 20);
-    assert_eq!(client.log("clicks", &batch).await, ResultCode::Ok);
+    wait_watermark(&storage, "dc1", "c1", minute("2026-11-22T10:07")).await;
+    let batch = padded("c", 25, 20);
+    assert_eq!(client.log_to("clicks", &batch).await, ResultCode::Ok);
     acked += batch.len();
     collector.stop().await.unwrap();
     (clock, acked)
@@ -163,7 +172,7 @@ async fn a_crash_at_any_storage_call_never_loses_or_duplicates_a_file() {
     let fresh = work.path().join("fresh");
     let (clock, acked) = build_backlog(&fresh).await;
     let clicks = Topic::new("clicks").unwrap();
-    let fresh_storage: SharedStorage = Arc::new(LocalStorage::open(&fresh).unwrap());
+    let fresh_storage = local_storage(&fresh);
     let originals = collector_files(&*fresh_storage, &clicks).await;
     assert!(
         originals.len() >= 4,
@@ -174,7 +183,7 @@ async fn a_crash_at_any_storage_call_never_loses_or_duplicates_a_file() {
     // it comes back late, and the clock moves past 10:08.
     let later = work.path().join("later");
     copy_tree(&fresh, &later);
-    let later_storage: SharedStorage = Arc::new(LocalStorage::open(&later).unwrap());
+    let later_storage = local_storage(&later);
     let away = "data/clicks/c1/clicks-2026-11-22-10-05_00001.zst";
     let bytes = later_storage.read(away).await.unwrap();
     later_storage.delete(away, false).await.unwrap();
@@ -195,7 +204,7 @@ async fn a_crash_at_any_storage_call_never_loses_or_duplicates_a_file() {
         for n in 1.. {
             let copy = work.path().join(format!("{name}-{n}"));
             copy_tree(root, &copy);
-            let real: SharedStorage = Arc::new(LocalStorage::open(&copy).unwrap());
+            let real = local_storage(&copy);
             let plan = FaultPlan::new();
             plan.fail_after(n - 1);
             let faulty: SharedStorage = Arc::new(FaultStorage::new(real.clone(), plan.clone()));
@@ -263,28 +272,42 @@ async fn a_crash_at_any_storage_call_never_loses_or_duplicates_a_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collector_that_comes_back_late_lands_in_a_later_minute() {
     let dir = tempfile::tempdir().unwrap();
-    let real: SharedStorage = Arc::new(LocalStorage::open(dir.path()).unwrap());
+    let real = local_storage(dir.path());
     let plan = FaultPlan::new();
     let c2_storage: SharedStorage = Arc::new(FaultStorage::new(real.clone(), plan.clone()));
     let clock = clock_at(10, 5, 30);
     let cfg = config("[worker]\ncollector_timeout_secs = 5\n");
-    let c1 = start_collector(real.clone(), clock.shared(), "c1", &cfg, 1 << 20).await;
-    let c2 = start_collector(c2_storage, clock.shared(), "c2", &cfg, 1 << 20).await;
+    let c1 = collector::on(real.clone())
+        .clock(clock.shared())
+        .id("c1")
+        .config(cfg.clone())
+        .max_file_bytes(1 << 20)
+        .heartbeat_ms(HEARTBEAT_MS)
+        .start()
+        .await;
+    let c2 = collector::on(c2_storage)
+        .clock(clock.shared())
+        .id("c2")
+        .config(cfg.clone())
+        .max_file_bytes(1 << 20)
+        .heartbeat_ms(HEARTBEAT_MS)
+        .start()
+        .await;
     let mut p1 = Client::connect(c1.thrift_addr()).await;
     let mut p2 = Client::connect(c2.thrift_addr()).await;
     assert_eq!(
-        p1.log("clicks", &payloads("one", 10, 10)).await,
+        p1.log_to("clicks", &padded("one", 10, 10)).await,
         ResultCode::Ok
     );
     assert_eq!(
-        p2.log("clicks", &payloads("two", 7, 10)).await,
+        p2.log_to("clicks", &padded("two", 7, 10)).await,
         ResultCode::Ok
     );
 
     // c2 loses its storage: it cannot close its 10:05 file nor heartbeat.
     plan.fail_all();
     set(&clock, 10, 6, 10);
-    wait_watermark(&real, "c1", minute("2026-11-22T10:05")).await;
+    wait_watermark(&real, "dc1", "c1", minute("2026-11-22T10:05")).await;
     let mut job = LocalJob::new(env(real.clone(), clock.shared(), cfg.clone()));
     let clicks = Topic::new("clicks").unwrap();
     let report = job.pass().await.unwrap();
@@ -298,12 +321,12 @@ async fn a_collector_that_comes_back_late_lands_in_a_later_minute() {
 
     // c2's storage returns: it closes its file; the file is late.
     plan.heal();
-    wait_watermark(&real, "c2", minute("2026-11-22T10:05")).await;
+    wait_watermark(&real, "dc1", "c2", minute("2026-11-22T10:05")).await;
     let report = job.pass().await.unwrap();
     assert_eq!(report.late_files, 1, "{report:?}");
     set(&clock, 10, 7, 5);
-    wait_watermark(&real, "c1", minute("2026-11-22T10:06")).await;
-    wait_watermark(&real, "c2", minute("2026-11-22T10:06")).await;
+    wait_watermark(&real, "dc1", "c1", minute("2026-11-22T10:06")).await;
+    wait_watermark(&real, "dc1", "c2", minute("2026-11-22T10:06")).await;
     assert_eq!(job.pass().await.unwrap().sealed, 1);
     let view = check_local_view(&*real, &clicks).await;
     let m = &view.sealed[&minute("2026-11-22T10:06")];
@@ -318,4 +341,18 @@ async fn a_collector_that_comes_back_late_lands_in_a_later_minute() {
     );
     c1.stop().await.unwrap();
     c2.stop().await.unwrap();
+}
+
+/// Copies a directory tree.
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
 }

@@ -17,7 +17,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use conduit_core::format::{encode_marks, read_file, BatchMark};
 use conduit_core::layout::Layout;
 use conduit_core::manifest::describe_file;
-use conduit_core::storage::{FaultPlan, FaultStorage, LocalStorage};
+use conduit_core::storage::{FaultPlan, FaultStorage};
 use conduit_core::{
     Clock, Config, CreateMode, Encoding, FrameEncoder, Manifest, ManifestFile, Minute, NodeName,
     SharedStorage, Storage, TestClock, Topic, Trailer, View,
@@ -26,14 +26,7 @@ use conduit_merger::{
     Cluster, CompactJob, Job, JobEnv, LocalJob, MergeJob, MirrorJob, NoFence, PassReport, PurgeJob,
     WorkerError,
 };
-
-fn minute(text: &str) -> Minute {
-    Minute::parse_flexible(text).unwrap()
-}
-
-fn node(name: &str) -> NodeName {
-    NodeName::new(name).unwrap()
-}
+use conduit_testkit::{local_storage, minute, node};
 
 fn topic() -> Topic {
     Topic::new("clicks").unwrap()
@@ -65,7 +58,7 @@ impl World {
         let mut toml = String::new();
         for name in names {
             let dir = tempfile::tempdir().unwrap();
-            let storage: SharedStorage = Arc::new(LocalStorage::open(dir.path()).unwrap());
+            let storage = local_storage(dir.path());
             toml.push_str(&format!(
                 "[clusters.{name}]\nroot = {:?}\n",
                 dir.path().display().to_string()

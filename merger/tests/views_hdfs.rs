@@ -11,16 +11,13 @@ use chrono::TimeDelta;
 use conduit_core::format::read_file;
 use conduit_core::layout::Layout;
 use conduit_core::manifest::describe_file;
-use conduit_core::storage::{open_root, FaultPlan, FaultStorage, LocalStorage};
+use conduit_core::storage::{FaultPlan, FaultStorage};
 use conduit_core::{
-    Clock, Config, CreateMode, Encoding, FrameEncoder, Manifest, ManifestFile, Minute, NodeName,
+    Clock, Config, CreateMode, Encoding, FrameEncoder, Manifest, ManifestFile, Minute,
     SharedStorage, Storage, TestClock, Topic, Trailer, View,
 };
 use conduit_merger::{Cluster, Job, JobEnv, MergeJob, MirrorJob, NoFence};
-
-fn node(name: &str) -> NodeName {
-    NodeName::new(name).unwrap()
-}
+use conduit_testkit::{hdfs, local_storage, minute, node};
 
 fn topic() -> Topic {
     Topic::new("clicks").unwrap()
@@ -92,20 +89,10 @@ async fn seal_local(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn merge_into_hdfs_and_mirror_back_to_local_disk() {
-    let url = match std::env::var("CONDUIT_TEST_HDFS") {
-        Ok(url) if !url.is_empty() => url,
-        _ => {
-            eprintln!("SKIPPED: merge into HDFS (set CONDUIT_TEST_HDFS=hdfs://127.0.0.1:9000)");
-            return;
-        }
+    let Some(root) = hdfs::root("merger_merge_into_hdfs_and_mirror_back").await else {
+        return;
     };
-    let hdfs_root = format!(
-        "{}/merger_views_{}_{}",
-        url.trim_end_matches('/'),
-        std::process::id(),
-        chrono::Utc::now().timestamp_millis()
-    );
-    let hdfs = open_root(&hdfs_root).await.expect("HDFS reachable");
+    let (hdfs_root, hdfs) = (root.uri, root.storage);
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let roots = [
         ("dc1", dirs[0].path().display().to_string()),
@@ -120,7 +107,7 @@ async fn merge_into_hdfs_and_mirror_back_to_local_disk() {
         let storage: SharedStorage = if *name == "dc3" {
             hdfs.clone()
         } else {
-            Arc::new(LocalStorage::open(root).unwrap())
+            local_storage(root)
         };
         clusters.insert(
             node(name),
@@ -132,7 +119,7 @@ async fn merge_into_hdfs_and_mirror_back_to_local_disk() {
     }
     toml.push_str("[topics.clicks]\nmerge_into = \"dc3\"\nmerge_sources = [\"dc1\", \"dc2\"]\nmirrors = [\"dc4\"]\n");
     let config = Arc::new(Config::parse("test", &toml).unwrap());
-    let start = Minute::parse_flexible("2026-11-22T10:00Z").unwrap();
+    let start = minute("2026-11-22T10:00Z");
     let clock = TestClock::at(start.start());
     let env = |this: &str, plan: Option<&FaultPlan>| {
         let mut clusters = clusters.clone();

@@ -4,17 +4,18 @@
 //! member lost a partition before committing it); static `k/N` members split the
 //! partitions without overlap.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use conduit_core::storage::LocalStorage;
 use conduit_core::SharedStorage;
 use conduit_pintail::{Consumer, PintailError, Position, ReadView};
-use support::*;
+use conduit_testkit::minutes::sealed_minute;
+use conduit_testkit::{local_storage, minute, wait};
 use tokio::sync::watch;
+
+/// How long each phase of a run may take.
+const PHASE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Default)]
 struct Ledger {
@@ -109,7 +110,7 @@ async fn member(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_join_leave_and_die_and_every_message_is_committed_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
-    let storage: SharedStorage = Arc::new(LocalStorage::open(dir.path()).unwrap());
+    let storage = local_storage(dir.path());
     let mut all = Vec::new();
     for i in 0..20 {
         let m = minute("2026-11-22T10:00").add_minutes(i).unwrap();
@@ -124,9 +125,9 @@ async fn members_join_leave_and_die_and_every_message_is_committed_exactly_once(
     let delivered = || ledger.lock().unwrap().delivered.len();
 
     let (a, a_task) = start("a");
-    wait_for("a reads", || async { delivered() > 300 }).await;
+    wait::until("a reads", PHASE, || async { delivered() > 300 }).await;
     let (b, b_task) = start("b");
-    wait_for("b reads", || async {
+    wait::until("b reads", PHASE, || async {
         ledger
             .lock()
             .unwrap()
@@ -138,7 +139,7 @@ async fn members_join_leave_and_die_and_every_message_is_committed_exactly_once(
     })
     .await;
     let (c, c_task) = start("c");
-    wait_for("c reads", || async {
+    wait::until("c reads", PHASE, || async {
         ledger
             .lock()
             .unwrap()
@@ -152,7 +153,7 @@ async fn members_join_leave_and_die_and_every_message_is_committed_exactly_once(
     a.send(Cmd::Leave).unwrap();
     a_task.await.unwrap();
     let at_leave = delivered();
-    wait_for("progress after a left", || async {
+    wait::until("progress after a left", PHASE, || async {
         delivered() > at_leave + 300
     })
     .await;
@@ -215,7 +216,7 @@ async fn members_join_leave_and_die_and_every_message_is_committed_exactly_once(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_members_split_the_partitions_without_overlap() {
     let dir = tempfile::tempdir().unwrap();
-    let storage: SharedStorage = Arc::new(LocalStorage::open(dir.path()).unwrap());
+    let storage = local_storage(dir.path());
     let mut all = Vec::new();
     for i in 0..3 {
         let m = minute("2026-11-22T10:00").add_minutes(i).unwrap();

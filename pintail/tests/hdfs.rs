@@ -6,64 +6,27 @@
 //! file is open (publish-to-next latency printed), the position carries over when
 //! the file is closed and moved, and storage is read when the collector is stopped.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use chrono::TimeZone;
-use conduit_core::storage::open_root;
-use conduit_core::{SharedStorage, TestClock};
 use conduit_merger::Job;
-use conduit_pintail::{Consumer, Message, ReadView};
-use support::*;
+use conduit_pintail::{Consumer, ReadView};
+use conduit_testkit::clock::{at, clock_at};
+use conduit_testkit::minutes::sealed_minute;
+use conduit_testkit::scribe::{numbered, Client};
+use conduit_testkit::tail::{take, texts};
+use conduit_testkit::worker::{local_job, wait_watermark};
+use conduit_testkit::{collector, hdfs, minute};
 
-async fn take(c: &mut Consumer, n: usize) -> Vec<Message> {
-    let mut out = Vec::new();
-    for _ in 0..n {
-        out.push(
-            c.next_timeout(Duration::from_secs(20))
-                .await
-                .unwrap()
-                .unwrap_or_else(|| panic!("a message within 20 s; stats {:?}", c.stats())),
-        );
-    }
-    out
-}
-
-fn texts(ms: &[Message]) -> Vec<String> {
-    ms.iter()
-        .map(|m| String::from_utf8(m.payload.to_vec()).unwrap())
-        .collect()
-}
-
-fn at(h: u32, m: u32, s: u32) -> chrono::DateTime<chrono::Utc> {
-    chrono::Utc.with_ymd_and_hms(2026, 11, 22, h, m, s).unwrap()
-}
-
-async fn hdfs_root(name: &str) -> Option<(String, SharedStorage)> {
-    let url = match std::env::var("CONDUIT_TEST_HDFS") {
-        Ok(url) if !url.is_empty() => url,
-        _ => {
-            eprintln!("SKIPPED: pintail on HDFS (set CONDUIT_TEST_HDFS)");
-            return None;
-        }
-    };
-    let root = format!(
-        "{}/pintail_{name}_{}_{}",
-        url.trim_end_matches('/'),
-        std::process::id(),
-        chrono::Utc::now().timestamp_millis()
-    );
-    let storage = open_root(&root).await.expect("HDFS reachable");
-    Some((root, storage))
-}
+/// How long a test waits for each message.
+const WITHIN: Duration = Duration::from_secs(20);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sealed_minutes_on_hdfs_with_a_checkpoint_and_a_restart() {
-    let Some((root, storage)) = hdfs_root("sealed").await else {
+    let Some(root) = hdfs::root("pintail_sealed_minutes_on_hdfs").await else {
         return;
     };
+    let storage = root.storage.clone();
     let mut all = Vec::new();
     for i in 0..3 {
         let m = minute("2026-11-22T10:00").add_minutes(i).unwrap();
@@ -71,7 +34,7 @@ async fn sealed_minutes_on_hdfs_with_a_checkpoint_and_a_restart() {
     }
     let build = || {
         Consumer::builder("clicks")
-            .cluster_uri("dc1", &root)
+            .cluster_uri("dc1", &root.uri)
             .view(ReadView::Merged)
             .sealed_partitions(2)
             .sealed_poll(Duration::from_millis(50))
@@ -103,18 +66,20 @@ async fn sealed_minutes_on_hdfs_with_a_checkpoint_and_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_local_view_of_a_collector_writing_to_hdfs() {
-    let Some((_root, storage)) = hdfs_root("local").await else {
+    let Some(root) = hdfs::root("pintail_the_local_view_of_a_collector_writing_to_hdfs").await
+    else {
         return;
     };
-    let clock = TestClock::at(
-        chrono::Utc
-            .with_ymd_and_hms(2026, 11, 22, 10, 5, 30)
-            .unwrap(),
-    );
-    let collector = start_collector(storage.clone(), clock.shared(), "dc1", "c1").await;
+    let storage = root.storage;
+    let clock = clock_at(10, 5, 30);
+    let collector = collector::on(storage.clone())
+        .clock(clock.shared())
+        .heartbeat_ms(100)
+        .start()
+        .await;
     let mut client = Client::connect(collector.thrift_addr()).await;
-    client.log("clicks", &payloads("a", 0, 100)).await;
-    client.log("clicks", &payloads("a", 100, 100)).await;
+    client.log_acked("clicks", &numbered("a", 0, 100)).await;
+    client.log_acked("clicks", &numbered("a", 100, 100)).await;
     let mut c = Consumer::builder("clicks")
         .cluster("dc1", storage.clone())
         .view(ReadView::Local)
@@ -124,11 +89,7 @@ async fn the_local_view_of_a_collector_writing_to_hdfs() {
         .await
         .unwrap();
     // The minute rolls: the file is closed and its last block is readable.
-    clock.set(
-        chrono::Utc
-            .with_ymd_and_hms(2026, 11, 22, 10, 6, 5)
-            .unwrap(),
-    );
+    clock.set(at(10, 6, 5));
     wait_watermark(&storage, "dc1", "c1", minute("2026-11-22T10:05")).await;
     let mut got = Vec::new();
     while got.len() < 200 {
@@ -139,7 +100,7 @@ async fn the_local_view_of_a_collector_writing_to_hdfs() {
             .expect("the closed file's records");
         got.push(String::from_utf8(m.payload.to_vec()).unwrap());
     }
-    assert_eq!(got, payloads("a", 0, 200));
+    assert_eq!(got, numbered("a", 0, 200));
     collector.stop().await.unwrap();
 }
 
@@ -152,11 +113,16 @@ async fn the_local_view_of_a_collector_writing_to_hdfs() {
 /// file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_local_view_reads_open_hdfs_files_from_the_collector_and_follows_the_move() {
-    let Some((_root, storage)) = hdfs_root("open").await else {
+    let Some(root) = hdfs::root("pintail_the_local_view_reads_open_hdfs_files").await else {
         return;
     };
-    let clock = TestClock::at(at(10, 5, 30));
-    let collector = start_collector(storage.clone(), clock.shared(), "dc1", "c1").await;
+    let storage = root.storage;
+    let clock = clock_at(10, 5, 30);
+    let collector = collector::on(storage.clone())
+        .clock(clock.shared())
+        .heartbeat_ms(100)
+        .start()
+        .await;
     let mut client = Client::connect(collector.thrift_addr()).await;
     let consumer = || {
         Consumer::builder("clicks")
@@ -176,9 +142,9 @@ async fn the_local_view_reads_open_hdfs_files_from_the_collector_and_follows_the
         );
     };
 
-    client.log("clicks", &payloads("a", 0, 100)).await;
-    let first = take(&mut c, 100).await;
-    assert_eq!(texts(&first), payloads("a", 0, 100));
+    client.log_acked("clicks", &numbered("a", 0, 100)).await;
+    let first = take(&mut c, 100, WITHIN).await;
+    assert_eq!(texts(&first), numbered("a", 0, 100));
     assert_eq!(
         first[0].position.file(),
         "clicks-2026-11-22-10-05_00000.zst"
@@ -214,7 +180,7 @@ async fn the_local_view_reads_open_hdfs_files_from_the_collector_and_follows_the
     let mut next = tokio::time::Instant::now();
     for _ in 0..calls {
         let sent = format!("t{}", base.elapsed().as_micros());
-        client.log("clicks", &vec![sent; per_call]).await;
+        client.log_acked("clicks", &vec![sent; per_call]).await;
         next += Duration::from_millis(20);
         tokio::time::sleep_until(next).await;
     }
@@ -236,9 +202,9 @@ async fn the_local_view_reads_open_hdfs_files_from_the_collector_and_follows_the
     );
 
     // A checkpoint inside the open file.
-    client.log("clicks", &payloads("b", 0, 100)).await;
-    let mid = take(&mut c, 50).await;
-    assert_eq!(texts(&mid), payloads("b", 0, 50));
+    client.log_acked("clicks", &numbered("b", 0, 100)).await;
+    let mid = take(&mut c, 50, WITHIN).await;
+    assert_eq!(texts(&mid), numbered("b", 0, 50));
     still_open("checkpoint");
     c.commit(&mid.last().unwrap().position).await.unwrap();
 
@@ -246,13 +212,16 @@ async fn the_local_view_reads_open_hdfs_files_from_the_collector_and_follows_the
     // bytes) into streams_local while the consumer is in the middle of it.
     clock.set(at(10, 6, 10));
     wait_watermark(&storage, "dc1", "c1", minute("2026-11-22T10:05")).await;
-    client.log("clicks", &payloads("c", 0, 100)).await;
-    let report = worker(&storage, &clock).pass().await.unwrap();
+    client.log_acked("clicks", &numbered("c", 0, 100)).await;
+    let report = local_job(storage.clone(), clock.shared())
+        .pass()
+        .await
+        .unwrap();
     assert!(report.sealed >= 1 && report.files >= 1, "{report:?}");
     assert!(!storage.exists(data_path).await.unwrap());
-    let rest = take(&mut c, 150).await;
-    let mut want = payloads("b", 50, 50);
-    want.extend(payloads("c", 0, 100));
+    let rest = take(&mut c, 150, WITHIN).await;
+    let mut want = numbered("b", 50, 50);
+    want.extend(numbered("c", 0, 100));
     assert_eq!(texts(&rest), want, "in order, nothing lost or repeated");
     assert_eq!(
         rest[49].position.file(),
@@ -272,7 +241,7 @@ async fn the_local_view_reads_open_hdfs_files_from_the_collector_and_follows_the
     // Restart from the checkpoint taken while the file was open: found in its
     // minute directory at the same offset.
     let mut again = consumer().build().await.unwrap();
-    assert_eq!(texts(&take(&mut again, 150).await), want);
+    assert_eq!(texts(&take(&mut again, 150, WITHIN).await), want);
     assert!(again
         .next_timeout(Duration::from_millis(300))
         .await
@@ -287,11 +256,16 @@ async fn the_local_view_reads_open_hdfs_files_from_the_collector_and_follows_the
 /// storage, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_local_view_falls_back_to_storage_when_the_collector_is_stopped() {
-    let Some((_root, storage)) = hdfs_root("fallback").await else {
+    let Some(root) = hdfs::root("pintail_the_local_view_falls_back_to_storage").await else {
         return;
     };
-    let clock = TestClock::at(at(10, 5, 30));
-    let collector = start_collector(storage.clone(), clock.shared(), "dc1", "c1").await;
+    let storage = root.storage;
+    let clock = clock_at(10, 5, 30);
+    let collector = collector::on(storage.clone())
+        .clock(clock.shared())
+        .heartbeat_ms(100)
+        .start()
+        .await;
     let mut client = Client::connect(collector.thrift_addr()).await;
     let mut c = Consumer::builder("clicks")
         .cluster("dc1", storage.clone())
@@ -300,15 +274,18 @@ async fn the_local_view_falls_back_to_storage_when_the_collector_is_stopped() {
         .build()
         .await
         .unwrap();
-    client.log("clicks", &payloads("a", 0, 100)).await;
-    assert_eq!(texts(&take(&mut c, 100).await), payloads("a", 0, 100));
+    client.log_acked("clicks", &numbered("a", 0, 100)).await;
+    assert_eq!(
+        texts(&take(&mut c, 100, WITHIN).await),
+        numbered("a", 0, 100)
+    );
     assert!(c.stats().collector_http_reads > 0);
     assert_eq!(c.stats().collector_http_fallbacks, 0);
-    client.log("clicks", &payloads("b", 0, 100)).await;
+    client.log_acked("clicks", &numbered("b", 0, 100)).await;
     drop(client);
     collector.stop().await.unwrap();
-    let rest = take(&mut c, 100).await;
-    assert_eq!(texts(&rest), payloads("b", 0, 100));
+    let rest = take(&mut c, 100, WITHIN).await;
+    assert_eq!(texts(&rest), numbered("b", 0, 100));
     assert!(
         c.stats().collector_http_fallbacks >= 1,
         "the fallback is counted: {:?}",

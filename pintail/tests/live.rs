@@ -4,17 +4,20 @@
 //! from a checkpoint taken before the move, and a stop minute. Plus a small
 //! publish-to-`next()` latency measurement with the system clock.
 
-mod support;
-
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::TimeZone;
-use conduit_core::storage::LocalStorage;
-use conduit_core::{SharedStorage, SystemClock, TestClock};
+use conduit_core::{SharedStorage, TestClock};
 use conduit_merger::Job;
-use conduit_pintail::{Consumer, ConsumerBuilder, DefaultStart, Message, ReadView};
-use support::*;
+use conduit_pintail::{Consumer, ConsumerBuilder, DefaultStart, ReadView};
+use conduit_testkit::clock::{self, clock_at};
+use conduit_testkit::minutes::data_file;
+use conduit_testkit::scribe::{numbered, Client};
+use conduit_testkit::tail::{take, texts};
+use conduit_testkit::worker::{local_job, wait_watermark};
+use conduit_testkit::{collector, local_storage, minute};
+
+/// How long a test waits for each message.
+const WITHIN: Duration = Duration::from_secs(10);
 
 fn consumer(storage: &SharedStorage, clock: &TestClock) -> ConsumerBuilder {
     Consumer::builder("clicks")
@@ -24,43 +27,24 @@ fn consumer(storage: &SharedStorage, clock: &TestClock) -> ConsumerBuilder {
         .heartbeat(Duration::from_millis(50))
 }
 
-async fn take(c: &mut Consumer, n: usize) -> Vec<Message> {
-    let mut out = Vec::new();
-    for _ in 0..n {
-        out.push(
-            c.next_timeout(Duration::from_secs(10))
-                .await
-                .unwrap()
-                .expect("a message within 10 s"),
-        );
-    }
-    out
-}
-
-fn texts(ms: &[Message]) -> Vec<String> {
-    ms.iter()
-        .map(|m| String::from_utf8(m.payload.to_vec()).unwrap())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_live_tail_follows_growing_files_across_a_minute_boundary_and_the_move() {
     let dir = tempfile::tempdir().unwrap();
-    let storage: SharedStorage = Arc::new(LocalStorage::open(dir.path()).unwrap());
-    let clock = TestClock::at(
-        chrono::Utc
-            .with_ymd_and_hms(2026, 11, 22, 10, 5, 30)
-            .unwrap(),
-    );
-    let collector = start_collector(storage.clone(), clock.shared(), "dc1", "c1").await;
+    let storage = local_storage(dir.path());
+    let clock = clock_at(10, 5, 30);
+    let collector = collector::on(storage.clone())
+        .clock(clock.shared())
+        .heartbeat_ms(100)
+        .start()
+        .await;
     let mut client = Client::connect(collector.thrift_addr()).await;
     let mut c = consumer(&storage, &clock).group("g").build().await.unwrap();
 
     // The 10:05 file grows by one frame per call; each is read while it is open.
     let data_path = "data/clicks/c1/clicks-2026-11-22-10-05_00000.zst";
-    client.log("clicks", &payloads("a", 0, 100)).await;
-    let first = take(&mut c, 100).await;
-    assert_eq!(texts(&first), payloads("a", 0, 100));
+    client.log_acked("clicks", &numbered("a", 0, 100)).await;
+    let first = take(&mut c, 100, WITHIN).await;
+    assert_eq!(texts(&first), numbered("a", 0, 100));
     let bytes = storage.read(data_path).await.unwrap();
     assert!(
         conduit_core::format::scan(&bytes, 0).trailer.is_none(),
@@ -71,25 +55,24 @@ async fn the_live_tail_follows_growing_files_across_a_minute_boundary_and_the_mo
         "clicks-2026-11-22-10-05_00000.zst"
     );
     assert_eq!(first[0].minute, minute("2026-11-22T10:05"));
-    client.log("clicks", &payloads("a", 100, 100)).await;
-    client.log("clicks", &payloads("a", 200, 100)).await;
-    let mid = take(&mut c, 50).await;
-    assert_eq!(texts(&mid), payloads("a", 100, 50));
+    client.log_acked("clicks", &numbered("a", 100, 100)).await;
+    client.log_acked("clicks", &numbered("a", 200, 100)).await;
+    let mid = take(&mut c, 50, WITHIN).await;
+    assert_eq!(texts(&mid), numbered("a", 100, 50));
     let committed = mid.last().unwrap().position.clone();
     c.commit(&committed).await.unwrap();
 
     // The minute ends: the collector closes the file and starts 10:06.
-    clock.set(
-        chrono::Utc
-            .with_ymd_and_hms(2026, 11, 22, 10, 6, 10)
-            .unwrap(),
-    );
+    clock::set(&clock, 10, 6, 10);
     wait_watermark(&storage, "dc1", "c1", minute("2026-11-22T10:05")).await;
-    client.log("clicks", &payloads("b", 0, 100)).await;
+    client.log_acked("clicks", &numbered("b", 0, 100)).await;
 
     // The worker moves the closed 10:05 file (unchanged) and seals 10:05 while the
     // consumer is in the middle of it.
-    let report = worker(&storage, &clock).pass().await.unwrap();
+    let report = local_job(storage.clone(), clock.shared())
+        .pass()
+        .await
+        .unwrap();
     assert!(report.sealed >= 1 && report.files >= 1, "{report:?}");
     let moved = "streams_local/clicks/2026/11/22/10/05/dc1-c1-clicks-2026-11-22-10-05_00000.zst";
     assert!(!storage.exists(data_path).await.unwrap());
@@ -99,9 +82,9 @@ async fn the_live_tail_follows_growing_files_across_a_minute_boundary_and_the_mo
         bytes,
         "the same bytes at the same offsets"
     );
-    let rest = take(&mut c, 250).await;
-    let mut want = payloads("a", 150, 150);
-    want.extend(payloads("b", 0, 100));
+    let rest = take(&mut c, 250, WITHIN).await;
+    let mut want = numbered("a", 150, 150);
+    want.extend(numbered("b", 0, 100));
     assert_eq!(texts(&rest), want, "in order, nothing lost or repeated");
     assert_eq!(rest[0].position.minute(), minute("2026-11-22T10:05"));
     assert_eq!(
@@ -117,7 +100,7 @@ async fn the_live_tail_follows_growing_files_across_a_minute_boundary_and_the_mo
     // Restart from the checkpoint taken while the file was in data/: it is found in
     // its minute directory at the same offset.
     let mut again = consumer(&storage, &clock).group("g").build().await.unwrap();
-    let resumed = take(&mut again, 250).await;
+    let resumed = take(&mut again, 250, WITHIN).await;
     assert_eq!(texts(&resumed), want);
     assert!(again
         .next_timeout(Duration::from_millis(200))
@@ -148,10 +131,13 @@ async fn the_live_tail_follows_growing_files_across_a_minute_boundary_and_the_mo
 /// acknowledgement are included).
 async fn measure_latency(calls: usize, per_call: usize, interval: Duration) -> Vec<u64> {
     let dir = tempfile::tempdir().unwrap();
-    let storage: SharedStorage = Arc::new(LocalStorage::open(dir.path()).unwrap());
-    let collector = start_collector(storage.clone(), SystemClock::shared(), "dc1", "c1").await;
+    let storage = local_storage(dir.path());
+    let collector = collector::on(storage.clone())
+        .heartbeat_ms(100)
+        .start()
+        .await;
     let mut client = Client::connect(collector.thrift_addr()).await;
-    client.log("lat", &["warmup".to_string()]).await;
+    client.log_acked("lat", &["warmup".to_string()]).await;
     let mut c = Consumer::builder("lat")
         .cluster("dc1", storage.clone())
         .view(ReadView::Local)
@@ -181,7 +167,7 @@ async fn measure_latency(calls: usize, per_call: usize, interval: Duration) -> V
     let mut next = tokio::time::Instant::now();
     for _ in 0..calls {
         let sent = base.elapsed().as_micros().to_string();
-        client.log("lat", &vec![sent; per_call]).await;
+        client.log_acked("lat", &vec![sent; per_call]).await;
         next += interval;
         tokio::time::sleep_until(next).await;
     }
@@ -224,12 +210,8 @@ async fn publish_to_next_latency_at_10k_events_per_second() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_file_appearing_in_the_collector_directory_is_read_once() {
     let dir = tempfile::tempdir().unwrap();
-    let storage: SharedStorage = Arc::new(LocalStorage::open(dir.path()).unwrap());
-    let clock = TestClock::at(
-        chrono::Utc
-            .with_ymd_and_hms(2026, 11, 22, 10, 7, 0)
-            .unwrap(),
-    );
+    let storage = local_storage(dir.path());
+    let clock = clock_at(10, 7, 0);
     let put = |name: &str, records: Vec<String>| {
         let storage = storage.clone();
         let path = format!("data/clicks/c1/{name}");
@@ -240,17 +222,20 @@ async fn a_late_file_appearing_in_the_collector_directory_is_read_once() {
                 .unwrap()
         }
     };
-    put("clicks-2026-11-22-10-05_00000.zst", payloads("a", 0, 20)).await;
-    put("clicks-2026-11-22-10-06_00000.zst", payloads("b", 0, 20)).await;
+    put("clicks-2026-11-22-10-05_00000.zst", numbered("a", 0, 20)).await;
+    put("clicks-2026-11-22-10-06_00000.zst", numbered("b", 0, 20)).await;
     let mut c = consumer(&storage, &clock).build().await.unwrap();
     assert_eq!(
-        texts(&take(&mut c, 40).await)[20..],
-        payloads("b", 0, 20)[..]
+        texts(&take(&mut c, 40, WITHIN).await)[20..],
+        numbered("b", 0, 20)[..]
     );
-    put("clicks-2026-11-22-10-05_00001.zst", payloads("late", 0, 30)).await;
-    assert_eq!(texts(&take(&mut c, 30).await), payloads("late", 0, 30));
-    put("clicks-2026-11-22-10-07_00000.zst", payloads("c", 0, 10)).await;
-    assert_eq!(texts(&take(&mut c, 10).await), payloads("c", 0, 10));
+    put("clicks-2026-11-22-10-05_00001.zst", numbered("late", 0, 30)).await;
+    assert_eq!(
+        texts(&take(&mut c, 30, WITHIN).await),
+        numbered("late", 0, 30)
+    );
+    put("clicks-2026-11-22-10-07_00000.zst", numbered("c", 0, 10)).await;
+    assert_eq!(texts(&take(&mut c, 10, WITHIN).await), numbered("c", 0, 10));
     assert!(c
         .next_timeout(Duration::from_millis(300))
         .await

@@ -3,20 +3,19 @@
 //! corrupt frames and bad checkpoints. Minutes are written with the real frame
 //! encoder and sealed with the real manifest code.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use conduit_core::storage::{FaultPlan, FaultStorage, LocalStorage};
+use conduit_core::storage::{FaultPlan, FaultStorage};
 use conduit_core::{Minute, SharedStorage};
 use conduit_pintail::{Consumer, ConsumerBuilder, PintailError, ReadView, StartTime};
-use support::*;
+use conduit_testkit::minutes::sealed_minute;
+use conduit_testkit::tail;
+use conduit_testkit::{local_storage, minute};
 
-fn local_root(dir: &std::path::Path, name: &str) -> SharedStorage {
-    Arc::new(LocalStorage::open(dir.join(name)).unwrap())
-}
+/// How long a drained consumer waits for one more message.
+const IDLE: Duration = Duration::from_secs(5);
 
 /// Ten sealed minutes 10:00..10:09 of 3 files x 50 records (5 frames each).
 async fn ten_minutes(roots: &[SharedStorage]) -> Vec<String> {
@@ -36,22 +35,10 @@ fn merged(storage: &SharedStorage) -> ConsumerBuilder {
         .sealed_poll(Duration::from_millis(20))
 }
 
-async fn drain(c: &mut Consumer) -> Vec<conduit_pintail::Message> {
-    let mut out = Vec::new();
-    while let Some(m) = c.next_timeout(Duration::from_secs(5)).await.unwrap() {
-        out.push(m);
-    }
-    out
-}
-
-fn payload(m: &conduit_pintail::Message) -> String {
-    String::from_utf8(m.payload.to_vec()).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stop_minute_ends_the_stream_after_exactly_its_records() {
     let dir = tempfile::tempdir().unwrap();
-    let s = local_root(dir.path(), "dc1");
+    let s = local_storage(dir.path().join("dc1"));
     let all = ten_minutes(std::slice::from_ref(&s)).await;
     let mut c = merged(&s)
         .start(StartTime::parse("2026-11-22T10:02").unwrap())
@@ -59,9 +46,9 @@ async fn the_stop_minute_ends_the_stream_after_exactly_its_records() {
         .build()
         .await
         .unwrap();
-    let got = drain(&mut c).await;
+    let got = tail::drain(&mut c, IDLE).await;
     assert!(c.is_finished(), "ended by the stop minute, not a timeout");
-    let mut got: Vec<String> = got.iter().map(payload).collect();
+    let mut got: Vec<String> = got.iter().map(tail::text).collect();
     got.sort();
     let mut want: Vec<String> = all
         .into_iter()
@@ -75,7 +62,7 @@ async fn the_stop_minute_ends_the_stream_after_exactly_its_records() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_consumer_resumes_after_its_last_commit_without_loss() {
     let dir = tempfile::tempdir().unwrap();
-    let s = local_root(dir.path(), "dc1");
+    let s = local_storage(dir.path().join("dc1"));
     let all = ten_minutes(std::slice::from_ref(&s)).await;
     let stop = minute("2026-11-22T10:09");
 
@@ -86,7 +73,7 @@ async fn a_killed_consumer_resumes_after_its_last_commit_without_loss() {
     let mut early = None;
     for i in 0..700 {
         let m = first.next().await.unwrap().expect("a message");
-        *seen.entry(payload(&m)).or_default() += 1;
+        *seen.entry(tail::text(&m)).or_default() += 1;
         if i < 600 {
             last.insert(m.position.partition().to_string(), m.position.clone());
         }
@@ -109,11 +96,11 @@ async fn a_killed_consumer_resumes_after_its_last_commit_without_loss() {
         }
         other => panic!("a commit behind the checkpoint was not refused: {other:?}"),
     }
-    let rest = drain(&mut second).await;
+    let rest = tail::drain(&mut second, IDLE).await;
     assert!(second.is_finished());
     let mut dups = 0;
     for m in &rest {
-        let n = seen.entry(payload(m)).or_default();
+        let n = seen.entry(tail::text(m)).or_default();
         if *n > 0 {
             dups += 1;
         }
@@ -126,13 +113,13 @@ async fn a_killed_consumer_resumes_after_its_last_commit_without_loss() {
     // A third member of the group, after the second committed on close: nothing.
     second.close().await.unwrap();
     let mut third = merged(&s).group("g").stop(stop).build().await.unwrap();
-    assert!(drain(&mut third).await.is_empty());
+    assert!(tail::drain(&mut third, IDLE).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purged_checkpoint_restarts_at_the_oldest_minute_and_reports_the_gap() {
     let dir = tempfile::tempdir().unwrap();
-    let s = local_root(dir.path(), "dc1");
+    let s = local_storage(dir.path().join("dc1"));
     ten_minutes(std::slice::from_ref(&s)).await;
     let mut c = merged(&s).group("g").build().await.unwrap();
     let m = c.next().await.unwrap().unwrap();
@@ -160,7 +147,7 @@ async fn a_purged_checkpoint_restarts_at_the_oldest_minute_and_reports_the_gap()
         .build()
         .await
         .unwrap();
-    let got = drain(&mut c).await;
+    let got = tail::drain(&mut c, IDLE).await;
     assert_eq!(got.len(), 4 * 150, "10:06..10:09 in full");
     assert!(got
         .iter()
@@ -177,10 +164,10 @@ async fn a_purged_checkpoint_restarts_at_the_oldest_minute_and_reports_the_gap()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_from_the_merged_cluster_to_its_mirror_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let real1 = local_root(dir.path(), "dc1");
+    let real1 = local_storage(dir.path().join("dc1"));
     let plan = FaultPlan::new();
     let dc1: SharedStorage = Arc::new(FaultStorage::new(real1.clone(), plan.clone()));
-    let dc2 = local_root(dir.path(), "dc2");
+    let dc2 = local_storage(dir.path().join("dc2"));
     let all = ten_minutes(&[real1.clone(), dc2.clone()]).await;
     let checkpoints = dir.path().join("checkpoints");
     let stop = minute("2026-11-22T10:09");
@@ -202,7 +189,7 @@ async fn failover_from_the_merged_cluster_to_its_mirror_loses_nothing() {
     let mut last = BTreeMap::new();
     for _ in 0..400 {
         let m = c.next().await.unwrap().unwrap();
-        *seen.entry(payload(&m)).or_default() += 1;
+        *seen.entry(tail::text(&m)).or_default() += 1;
         last.insert(m.position.partition().to_string(), m.position.clone());
     }
     for p in last.values() {
@@ -211,7 +198,7 @@ async fn failover_from_the_merged_cluster_to_its_mirror_loses_nothing() {
     plan.fail_all(); // dc1 is gone
     for _ in 0..300 {
         let m = c.next().await.unwrap().unwrap();
-        *seen.entry(payload(&m)).or_default() += 1;
+        *seen.entry(tail::text(&m)).or_default() += 1;
     }
     assert!(plan.injected() > 0, "dc1 was really tried");
     drop(c);
@@ -228,11 +215,11 @@ async fn failover_from_the_merged_cluster_to_its_mirror_loses_nothing() {
         .build()
         .await
         .unwrap();
-    let rest = drain(&mut mirror).await;
+    let rest = tail::drain(&mut mirror, IDLE).await;
     assert!(mirror.is_finished());
     let mut dups = 0;
     for m in &rest {
-        let n = seen.entry(payload(m)).or_default();
+        let n = seen.entry(tail::text(m)).or_default();
         dups += usize::from(*n > 0);
         *n += 1;
     }
@@ -246,7 +233,7 @@ async fn failover_from_the_merged_cluster_to_its_mirror_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_frame_is_a_typed_error_or_skipped_and_counted() {
     let dir = tempfile::tempdir().unwrap();
-    let s = local_root(dir.path(), "dc1");
+    let s = local_storage(dir.path().join("dc1"));
     let m = minute("2026-11-22T10:00");
     sealed_minute(std::slice::from_ref(&s), "clicks", m, 1, 50, 5).await;
     let path = "streams/clicks/2026/11/22/10/00/dc1-c0-clicks-2026-11-22-10-00_00000.zst";
@@ -283,7 +270,7 @@ async fn a_corrupt_frame_is_a_typed_error_or_skipped_and_counted() {
         .build()
         .await
         .unwrap();
-    let got = drain(&mut c).await;
+    let got = tail::drain(&mut c, IDLE).await;
     assert_eq!(got.len(), 40, "one frame of 10 records skipped");
     assert_eq!(c.stats().corrupt_frames_skipped, 1);
 }
@@ -291,7 +278,7 @@ async fn a_corrupt_frame_is_a_typed_error_or_skipped_and_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_checkpoint_is_an_error_never_a_restart_from_the_beginning() {
     let dir = tempfile::tempdir().unwrap();
-    let s = local_root(dir.path(), "dc1");
+    let s = local_storage(dir.path().join("dc1"));
     sealed_minute(
         std::slice::from_ref(&s),
         "clicks",
@@ -333,7 +320,7 @@ async fn a_bad_checkpoint_is_an_error_never_a_restart_from_the_beginning() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seek_repositions_every_partition() {
     let dir = tempfile::tempdir().unwrap();
-    let s = local_root(dir.path(), "dc1");
+    let s = local_storage(dir.path().join("dc1"));
     ten_minutes(std::slice::from_ref(&s)).await;
     let mut c = merged(&s)
         .stop(minute("2026-11-22T10:09"))
@@ -345,7 +332,7 @@ async fn seek_repositions_every_partition() {
     c.seek(StartTime::At(minute("2026-11-22T10:08")))
         .await
         .unwrap();
-    let rest = drain(&mut c).await;
+    let rest = tail::drain(&mut c, IDLE).await;
     assert_eq!(rest.len(), 300);
     assert!(rest
         .iter()
@@ -355,7 +342,7 @@ async fn seek_repositions_every_partition() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lag_counts_what_a_checkpoint_has_not_delivered() {
     let dir = tempfile::tempdir().unwrap();
-    let s = local_root(dir.path(), "dc1");
+    let s = local_storage(dir.path().join("dc1"));
     let all = ten_minutes(std::slice::from_ref(&s)).await;
     let mut c = merged(&s)
         .sealed_partitions(1)

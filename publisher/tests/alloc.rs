@@ -5,34 +5,14 @@
 //! counting allocator replaces the global allocator of the whole binary.
 
 use std::future::Future;
-use std::path::Path;
 use std::pin::pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use conduit_collector::{Collector, CollectorSettings};
-use conduit_core::storage::LocalStorage;
-use conduit_core::{Config, NodeName, SharedStorage, SystemClock};
+use conduit_core::Config;
 use conduit_publisher::Publisher;
-
-async fn start_collector(root: &Path) -> Collector {
-    let config = Config::default();
-    let mut limits = config.collector.clone();
-    limits.listen = "127.0.0.1:0".to_string();
-    limits.http = "127.0.0.1:0".to_string();
-    let settings = CollectorSettings {
-        cluster: NodeName::new("dc1").unwrap(),
-        id: NodeName::new("c1").unwrap(),
-        config: Arc::new(config),
-        collector: limits,
-    };
-    let storage: SharedStorage = Arc::new(LocalStorage::open(root).unwrap());
-    Collector::start(settings, storage, SystemClock::shared())
-        .await
-        .unwrap()
-}
+use conduit_testkit::collector;
 
 /// Polls `publish` once, on this thread, outside any runtime: with room in the
 /// queue it must complete at once.
@@ -53,7 +33,13 @@ fn publish_allocates_nothing_beyond_the_payload() {
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let collector = rt.block_on(start_collector(dir.path()));
+    // The collector with the product's group commit, as publishers meet it.
+    let group_commit_ms = Config::default().collector.group_commit_ms;
+    let collector = rt.block_on(
+        collector::on_dir(dir.path())
+            .settings(move |c| c.group_commit_ms = group_commit_ms)
+            .start(),
+    );
     let publisher = rt
         .block_on(
             Publisher::builder()

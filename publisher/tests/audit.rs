@@ -3,59 +3,23 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use conduit_collector::{Collector, CollectorSettings};
-use conduit_core::format::decode_file;
-use conduit_core::storage::LocalStorage;
-use conduit_core::{
-    Config, Encoding, Minute, NodeName, SharedStorage, Storage, SystemClock, TestClock,
-};
+use conduit_core::{Minute, TestClock};
 use conduit_publisher::{BuildError, Publisher};
-
-async fn start_collector(root: &Path) -> Collector {
-    let config = Config::default();
-    let mut limits = config.collector.clone();
-    limits.listen = "127.0.0.1:0".to_string();
-    limits.http = "127.0.0.1:0".to_string();
-    limits.group_commit_ms = 0;
-    let settings = CollectorSettings {
-        cluster: NodeName::new("dc1").unwrap(),
-        id: NodeName::new("c1").unwrap(),
-        config: Arc::new(config),
-        collector: limits,
-    };
-    let storage: SharedStorage = Arc::new(LocalStorage::open(root).unwrap());
-    Collector::start(settings, storage, SystemClock::shared())
-        .await
-        .unwrap()
-}
+use conduit_testkit::collector::{self, stored_files};
+use conduit_testkit::{local_storage, wait};
 
 /// Every payload stored under `data/<topic>/c1/` in files whose name starts with
 /// `prefix`.
 async fn read_files(root: &Path, topic: &str, prefix: &str) -> Vec<String> {
-    let storage = LocalStorage::open(root).unwrap();
-    let mut files = storage
-        .list_or_empty(&format!("data/{topic}/c1"))
+    stored_files(&*local_storage(root), topic)
         .await
-        .unwrap();
-    files.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut out = Vec::new();
-    for file in files {
-        if !file.name.starts_with(prefix) || !file.name.ends_with(".zst") {
-            continue;
-        }
-        let bytes = storage.read(&file.path).await.unwrap();
-        let decoded = decode_file(&file.path, &bytes, Encoding::Lines).unwrap();
-        out.extend(
-            decoded
-                .payloads
-                .iter()
-                .map(|p| String::from_utf8(p.to_vec()).unwrap()),
-        );
-    }
-    out
+        .iter()
+        .filter(|f| f.collector == "c1" && f.name.starts_with(prefix) && f.name.ends_with(".zst"))
+        .flat_map(|f| f.payloads())
+        .map(|p| String::from_utf8(p.to_vec()).unwrap())
+        .collect()
 }
 
 /// The raw JSON text of a top-level field of a flat JSON object.
@@ -79,7 +43,7 @@ fn unquote(s: &str) -> &str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn audit_counts_match_published_per_topic_and_minute() {
     let dir = tempfile::tempdir().unwrap();
-    let collector = start_collector(dir.path()).await;
+    let collector = collector::on_dir(dir.path()).start().await;
     let m0 = Minute::from_epoch_minutes(29_876_345).unwrap();
     let clock = TestClock::at_minute(m0);
     clock.advance(Duration::from_secs(30));
@@ -119,14 +83,13 @@ async fn audit_counts_match_published_per_topic_and_minute() {
         // `publish` stamps the minute its background task keeps current: wait for
         // it to follow the clock (the enqueue-minute rule in the crate docs).
         let moved = minute.next().unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while publisher.enqueue_minute() != Some(moved) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "minute never advanced"
-            );
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        wait::until_every(
+            "the enqueue minute to advance",
+            Duration::from_secs(10),
+            Duration::from_millis(1),
+            || async { publisher.enqueue_minute() == Some(moved) },
+        )
+        .await;
     }
     let handle = publisher.clone();
     publisher.close().await.unwrap();
@@ -167,7 +130,7 @@ async fn audit_counts_match_published_per_topic_and_minute() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_can_be_disabled() {
     let dir = tempfile::tempdir().unwrap();
-    let collector = start_collector(dir.path()).await;
+    let collector = collector::on_dir(dir.path()).start().await;
     let publisher = Publisher::builder()
         .collectors([collector.thrift_addr().to_string()])
         .audit_interval(None)

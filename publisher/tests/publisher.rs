@@ -8,58 +8,23 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use conduit_collector::{Collector, CollectorSettings};
-use conduit_core::format::decode_file;
+use conduit_collector::Collector;
 use conduit_core::scribe::{decode_request, read_frame, Call, Reply, ResultCode};
-use conduit_core::storage::LocalStorage;
-use conduit_core::{Config, Encoding, NodeName, SharedStorage, Storage, SystemClock};
+use conduit_core::Encoding;
 use conduit_publisher::{BuildError, PublishError, Publisher, PublisherBuilder, WhenFull};
+use conduit_testkit::collector::{self, stored_payloads};
+use conduit_testkit::{local_storage, wait};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+/// Collector `id` writing under `root`.
 async fn start_collector(root: &Path, id: &str) -> Collector {
-    start_collector_on(root, id, "127.0.0.1:0").await
-}
-
-async fn start_collector_on(root: &Path, id: &str, listen: &str) -> Collector {
-    let config = Config::default();
-    let mut limits = config.collector.clone();
-    limits.listen = listen.to_string();
-    limits.http = "127.0.0.1:0".to_string();
-    limits.group_commit_ms = 0;
-    let settings = CollectorSettings {
-        cluster: NodeName::new("dc1").unwrap(),
-        id: NodeName::new(id).unwrap(),
-        config: Arc::new(config),
-        collector: limits,
-    };
-    let storage: SharedStorage = Arc::new(LocalStorage::open(root).unwrap());
-    Collector::start(settings, storage, SystemClock::shared())
-        .await
-        .unwrap()
+    collector::on_dir(root).id(id).start().await
 }
 
 /// Every payload of a topic under a root, in file order (files sorted by name).
 async fn read_topic(root: &Path, topic: &str) -> Vec<Bytes> {
-    let storage = LocalStorage::open(root).unwrap();
-    let mut out = Vec::new();
-    for collector in storage
-        .list_or_empty(&format!("data/{topic}"))
-        .await
-        .unwrap()
-    {
-        let mut files = storage.list(&collector.path).await.unwrap();
-        files.sort_by(|a, b| a.name.cmp(&b.name));
-        for file in files {
-            if file.name.starts_with('_') {
-                continue;
-            }
-            let bytes = storage.read(&file.path).await.unwrap();
-            let decoded = decode_file(&file.path, &bytes, Encoding::Lines).unwrap();
-            out.extend(decoded.payloads);
-        }
-    }
-    out
+    stored_payloads(&*local_storage(root), topic).await
 }
 
 fn payload(topic: &str, i: usize) -> Bytes {
@@ -540,12 +505,17 @@ async fn returns_to_the_preferred_collector() {
         2,
         "on the failover collector"
     );
-    let a = start_collector_on(dir_a.path(), "ca", &addr_a.to_string()).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while publisher.stats().connected_to != 1 {
-        assert!(Instant::now() < deadline, "back on the preferred collector");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let a = collector::on_dir(dir_a.path())
+        .id("ca")
+        .listen(&addr_a.to_string())
+        .start()
+        .await;
+    wait::until(
+        "the publisher back on the preferred collector",
+        Duration::from_secs(10),
+        || async { publisher.stats().connected_to == 1 },
+    )
+    .await;
     for i in 100..200 {
         publisher.publish("pref", payload("pref", i)).await.unwrap();
     }

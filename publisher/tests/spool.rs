@@ -6,32 +6,17 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use conduit_collector::{Collector, CollectorSettings};
-use conduit_core::format::decode_file;
-use conduit_core::storage::LocalStorage;
-use conduit_core::{Config, Encoding, NodeName, SharedStorage, Storage, SystemClock};
+use conduit_collector::Collector;
 use conduit_publisher::{BuildError, PublishError, Publisher, PublisherBuilder, WhenFull};
+use conduit_testkit::collector::{self, stored_payloads};
+use conduit_testkit::{local_storage, wait};
 
+/// The collector writing under `root`, listening on `listen`.
 async fn start_collector_on(root: &Path, listen: &str) -> Collector {
-    let config = Config::default();
-    let mut limits = config.collector.clone();
-    limits.listen = listen.to_string();
-    limits.http = "127.0.0.1:0".to_string();
-    limits.group_commit_ms = 0;
-    let settings = CollectorSettings {
-        cluster: NodeName::new("dc1").unwrap(),
-        id: NodeName::new("c1").unwrap(),
-        config: Arc::new(config),
-        collector: limits,
-    };
-    let storage: SharedStorage = Arc::new(LocalStorage::open(root).unwrap());
-    Collector::start(settings, storage, SystemClock::shared())
-        .await
-        .unwrap()
+    collector::on_dir(root).listen(listen).start().await
 }
 
 /// A collector's address, with the collector stopped (nothing listens there until
@@ -45,25 +30,7 @@ async fn stopped_collector(root: &Path) -> SocketAddr {
 
 /// Every payload of a topic under a root, in file order.
 async fn read_topic(root: &Path, topic: &str) -> Vec<Bytes> {
-    let storage = LocalStorage::open(root).unwrap();
-    let mut out = Vec::new();
-    for collector in storage
-        .list_or_empty(&format!("data/{topic}"))
-        .await
-        .unwrap()
-    {
-        let mut files = storage.list(&collector.path).await.unwrap();
-        files.sort_by(|a, b| a.name.cmp(&b.name));
-        for file in files {
-            if file.name.starts_with('_') {
-                continue;
-            }
-            let bytes = storage.read(&file.path).await.unwrap();
-            let decoded = decode_file(&file.path, &bytes, Encoding::Lines).unwrap();
-            out.extend(decoded.payloads);
-        }
-    }
-    out
+    stored_payloads(&*local_storage(root), topic).await
 }
 
 fn payload(tag: &str, i: usize) -> Bytes {
@@ -90,13 +57,9 @@ fn segments(spool: &Path) -> Vec<PathBuf> {
     out
 }
 
-async fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
+/// How often a wait checks the publisher's stats: some states (a replay under
+/// way) do not last long.
+const STATS_POLL: Duration = Duration::from_millis(2);
 
 /// Publishes `n` events while the collector is down and closes: everything ends up
 /// spooled.
@@ -143,10 +106,11 @@ async fn spool_survives_a_restart_and_is_replayed_exactly_once_in_order() {
         let p = publisher.clone();
         tokio::spawn(async move { p.publish_acked("spooled_acked", "acked").await })
     };
-    wait_for(
+    wait::until_every(
         "the acked event to be queued",
         Duration::from_secs(10),
-        || publisher.stats().enqueued == 1,
+        STATS_POLL,
+        || async { publisher.stats().enqueued == 1 },
     )
     .await;
     for i in 0..n {
@@ -231,9 +195,12 @@ async fn a_replay_interrupted_by_a_crash_never_duplicates() {
     // not deleted yet, so the next publisher re-sends batches that are already
     // stored; the collector recognises their publisher id and sequence.
     let publisher = spooling(addr, spool.path()).build().await.unwrap();
-    wait_for("a partial replay", Duration::from_secs(30), || {
-        publisher.stats().replayed > 0
-    })
+    wait::until_every(
+        "a partial replay",
+        Duration::from_secs(30),
+        STATS_POLL,
+        || async { publisher.stats().replayed > 0 },
+    )
     .await;
     let partial = publisher.stats().replayed;
     drop(publisher);
@@ -321,9 +288,12 @@ async fn a_full_spool_applies_the_when_full_policy() {
         .build()
         .await
         .unwrap();
-    wait_for("spooling to start", Duration::from_secs(10), || {
-        publisher.stats().spooling
-    })
+    wait::until_every(
+        "spooling to start",
+        Duration::from_secs(10),
+        STATS_POLL,
+        || async { publisher.stats().spooling },
+    )
     .await;
     let body = "x".repeat(1000);
     let mut accepted = 0usize;
@@ -365,9 +335,12 @@ async fn a_full_spool_applies_the_when_full_policy() {
         .await
         .expect("flush within 60 s")
         .unwrap();
-    wait_for("the spool to drain", Duration::from_secs(60), || {
-        publisher.stats().spool_events == 0
-    })
+    wait::until_every(
+        "the spool to drain",
+        Duration::from_secs(60),
+        STATS_POLL,
+        || async { publisher.stats().spool_events == 0 },
+    )
     .await;
     let stats = publisher.stats();
     assert_eq!(

@@ -1,11 +1,14 @@
-//! Helpers for conduit's end-to-end tests (`tests/tests/*.rs`).
-//!
-//! The tests start the real `conduit` binary (built by cargo as a dependency of
-//! this package's tests: `env!("CARGO_BIN_EXE_conduit")` is not available across
-//! packages, so [`conduit_bin`] builds the path from the target directory), real
+//! conduit's end-to-end tests (`tests/tests/*.rs`): the real `conduit` binary, real
 //! Scribe clients from PyPI, the real HDFS of `scripts/hdfs.sh`, and stock readers
-//! (`zstd`, Python `zstandard`, DuckDB).
+//! (`zstd`, Python `zstandard`, DuckDB). Their fixtures are in `conduit-testkit`.
+//!
+//! This library only keeps the old paths that `tests/bench_smoke.rs` imports,
+//! until that file moves to the bench crate (issue 18); remove it then.
 
-pub mod harness;
+pub use conduit_testkit::gate::python_has;
+pub use conduit_testkit::process::{conduit_bin, workspace_root};
 
-pub use harness::*;
+/// Whether the Python module can be used (see `conduit_testkit::gate`).
+pub fn require_python(module: &str) -> bool {
+    conduit_testkit::gate::python("bench_smoke", module)
+}

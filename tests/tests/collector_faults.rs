@@ -1,7 +1,8 @@
 //! Faults against the real `conduit collector` binary: kill -9 under load, garbage
 //! on the wire, SIGTERM with calls in flight.
 //!
-//! Clients are Rust tasks speaking Scribe with `conduit_core::scribe`. Every event
+//! Clients are Rust tasks speaking Scribe with `conduit_core::scribe` (the test
+//! kit's raw client, or raw bytes for garbage). Every event
 //! is unique (`{"w":W,"n":N}`), every call's fate is recorded (OK, or no answer /
 //! TRY_LATER), and at the end every file is decoded and every payload counted.
 
@@ -11,10 +12,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use conduit_core::format::{decode_file, Decoded, Encoding};
-use conduit_core::scribe::{decode_reply, encode_log_call, read_frame, ReplyValue, ResultCode};
-use conduit_tests::{http_get, metric, wait_for, CollectorProcess};
+use conduit_core::scribe::{encode_log_call, ResultCode};
+use conduit_testkit::process::{metric, CollectorProcess};
+use conduit_testkit::scribe::Client;
+use conduit_testkit::wait::until_blocking;
 use rand::RngCore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -91,12 +93,6 @@ impl Scene {
     }
 }
 
-fn metrics(c: &CollectorProcess) -> String {
-    let (status, body) = http_get(&c.http_addr, "/metrics").expect("GET /metrics");
-    assert_eq!(status, 200);
-    body
-}
-
 fn payload(w: u64, n: u64) -> String {
     format!(r#"{{"w":{w},"n":{n}}}"#)
 }
@@ -108,25 +104,6 @@ struct CallRecord {
     /// First event number; the call holds `first..first + BATCH`.
     first: u64,
     acked: bool,
-}
-
-/// Sends one framed call and reads its reply. `None`: no answer (connection closed,
-/// reset, or timed out).
-async fn call(
-    stream: &mut TcpStream,
-    buf: &mut BytesMut,
-    out: &[u8],
-    timeout: Duration,
-) -> Option<ResultCode> {
-    stream.write_all(out).await.ok()?;
-    let frame = tokio::time::timeout(timeout, read_frame(stream, 1 << 20, buf))
-        .await
-        .ok()?
-        .ok()??;
-    match decode_reply(frame).expect("a decodable reply").value {
-        ReplyValue::ResultCode(code) => Some(code),
-        other => panic!("unexpected reply {other:?}"),
-    }
 }
 
 /// A load worker: Log calls of `BATCH` unique events on its own connection until
@@ -142,24 +119,16 @@ async fn load_worker(
     stop: Arc<AtomicBool>,
 ) -> (Vec<CallRecord>, u64) {
     let mut records = Vec::new();
-    let Ok(mut stream) = TcpStream::connect(&addr).await else {
+    let Ok(mut client) = Client::try_connect(&addr).await else {
         return (records, next);
     };
-    let mut buf = BytesMut::new();
-    let mut out = Vec::new();
-    let mut seqid = 0;
     while !stop.load(Ordering::Relaxed) {
         let first = next;
         next += BATCH;
-        let payloads: Vec<String> = (first..first + BATCH).map(|n| payload(w, n)).collect();
-        let entries: Vec<(&[u8], &[u8])> = payloads
-            .iter()
-            .map(|p| (topic.as_bytes(), p.as_bytes()))
+        let entries: Vec<(&str, String)> = (first..first + BATCH)
+            .map(|n| (topic.as_str(), payload(w, n)))
             .collect();
-        seqid += 1;
-        out.clear();
-        encode_log_call(seqid, &entries, &mut out);
-        let code = call(&mut stream, &mut buf, &out, Duration::from_secs(30)).await;
+        let code = client.try_log(&entries, Duration::from_secs(30)).await;
         let ok = code == Some(ResultCode::Ok);
         records.push(CallRecord {
             w,
@@ -297,7 +266,7 @@ fn kill9_under_load_keeps_acknowledged_events_exactly_once() {
         // A different amount of load before each kill (growing, plus a random
         // part), so the kills hit different instants of the commit cycle.
         let target = ACKED_BEFORE_KILL * (round as u64 + 1) + rand::rng().next_u64() % (50 * BATCH);
-        wait_for("acknowledged load", Duration::from_secs(30), || {
+        until_blocking("acknowledged load", Duration::from_secs(30), || {
             (acked.load(Ordering::Relaxed) >= target).then_some(())
         })
         .unwrap();
@@ -338,7 +307,7 @@ fn kill9_under_load_keeps_acknowledged_events_exactly_once() {
     let acked = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let handles = start_load(&rt, &collector.thrift_addr, &next, &acked, &stop);
-    wait_for(
+    until_blocking(
         "load after the last restart",
         Duration::from_secs(30),
         || (acked.load(Ordering::Relaxed) >= 10 * BATCH).then_some(()),
@@ -397,19 +366,12 @@ fn garbage_connections_are_closed_and_healthy_one_keeps_working() {
     let healthy = {
         let (addr, acked, stop) = (addr.clone(), acked.clone(), stop.clone());
         rt.spawn(async move {
-            let mut stream = TcpStream::connect(&addr).await.unwrap();
-            let mut buf = BytesMut::new();
-            let mut out = Vec::new();
+            let mut client = Client::connect(&addr).await;
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let payloads: Vec<String> = (n..n + 10).map(|i| payload(99, i)).collect();
-                let entries: Vec<(&[u8], &[u8])> = payloads
-                    .iter()
-                    .map(|p| (&b"healthy"[..], p.as_bytes()))
-                    .collect();
-                out.clear();
-                encode_log_call(n as i32 + 1, &entries, &mut out);
-                let code = call(&mut stream, &mut buf, &out, Duration::from_secs(10)).await;
+                let entries: Vec<(&str, String)> =
+                    (n..n + 10).map(|i| ("healthy", payload(99, i))).collect();
+                let code = client.try_log(&entries, Duration::from_secs(10)).await;
                 assert_eq!(code, Some(ResultCode::Ok), "the healthy connection gets OK");
                 n += 10;
                 acked.store(n, Ordering::Relaxed);
@@ -419,7 +381,7 @@ fn garbage_connections_are_closed_and_healthy_one_keeps_working() {
     };
     let progressed = |what: &str| {
         let before = acked.load(Ordering::Relaxed);
-        wait_for(what, Duration::from_secs(10), || {
+        until_blocking(what, Duration::from_secs(10), || {
             (acked.load(Ordering::Relaxed) >= before + 20).then_some(())
         })
         .unwrap();
@@ -489,7 +451,7 @@ fn garbage_connections_are_closed_and_healthy_one_keeps_working() {
     stop.store(true, Ordering::Relaxed);
     let healthy_events = rt.block_on(healthy).expect("healthy connection task");
 
-    let body = metrics(&collector);
+    let body = collector.metrics();
     let errors = |reason: &str| {
         metric(
             &body,
@@ -533,8 +495,8 @@ fn garbage_connections_are_closed_and_healthy_one_keeps_working() {
         "the log names the size of the too-large frame:\n{log}"
     );
     // Every connection is gone (the healthy one closes as its task ends).
-    wait_for("no open connections", Duration::from_secs(10), || {
-        (metric(&metrics(&collector), "conduit_collector_open_connections") == Some(0.0))
+    until_blocking("no open connections", Duration::from_secs(10), || {
+        (metric(&collector.metrics(), "conduit_collector_open_connections") == Some(0.0))
             .then_some(())
     })
     .unwrap();
@@ -571,7 +533,7 @@ fn sigterm_with_calls_in_flight_is_clean() {
     let acked = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let handles = start_load(&rt, &collector.thrift_addr, &next, &acked, &stop);
-    wait_for("load", Duration::from_secs(30), || {
+    until_blocking("load", Duration::from_secs(30), || {
         (acked.load(Ordering::Relaxed) >= 10_000).then_some(())
     })
     .unwrap();
@@ -640,12 +602,12 @@ fn sigterm_is_not_blocked_by_a_client_that_never_reads() {
     // calls have moved for 1.5 s (once stuck, it stays stuck: the client never
     // reads).
     let mut last = ((0, None), Instant::now());
-    wait_for(
+    until_blocking(
         "the collector to stop reading the non-reading client",
         Duration::from_secs(60),
         || {
             let calls = metric(
-                &metrics(&collector),
+                &collector.metrics(),
                 r#"conduit_collector_calls_total{method="getStatus"}"#,
             );
             let now = (written.load(Ordering::Relaxed), calls.map(|c| c as u64));
@@ -664,7 +626,7 @@ fn sigterm_is_not_blocked_by_a_client_that_never_reads() {
     let acked = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let handles = start_load(&rt, &collector.thrift_addr, &next, &acked, &stop);
-    wait_for("load", Duration::from_secs(30), || {
+    until_blocking("load", Duration::from_secs(30), || {
         (acked.load(Ordering::Relaxed) >= 2_000).then_some(())
     })
     .unwrap();

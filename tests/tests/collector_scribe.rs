@@ -1,9 +1,9 @@
 //! A real Scribe client that nobody here wrote (PyPI `thriftpy2`, framed transport,
 //! binary protocol) against the real `conduit collector` binary.
 //!
-//! The test writes the Scribe IDL and a small Python driver into a temporary
-//! directory. The driver runs a plan of steps given as JSON (Log calls, fb303
-//! calls, an unknown method) on one connection and prints one JSON line per step.
+//! The test kit's driver (`conduit_testkit::scribe::Thriftpy2`) runs a plan of
+//! steps given as JSON (Log calls, fb303 calls, an unknown method) on one
+//! connection and prints one JSON line per step.
 //! The test then stops the collector and reads its files back with
 //! `conduit_core::format::decode_file` (and one with the `zstd` CLI).
 
@@ -13,106 +13,14 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use conduit_core::format::{decode_file, Decoded, Encoding};
-use conduit_core::scribe::{decode_reply, encode_log_call, read_frame, ReplyValue, ResultCode};
-use conduit_tests::{http_get, metric, require_python, wait_for, CollectorProcess};
+use conduit_core::scribe::ResultCode;
+use conduit_testkit::gate;
+use conduit_testkit::process::{metric, CollectorProcess};
+use conduit_testkit::scribe::{log_step, Client, Thriftpy2};
+use conduit_testkit::wait::until_blocking;
 use serde_json::{json, Value};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
-
-/// Scribe's IDL with the fb303 methods declared directly on the service (no
-/// `extends`, so no fb303.thrift include), plus `getOption`, which the collector
-/// does not implement.
-const SCRIBE_IDL: &str = r#"
-enum ResultCode {
-  OK = 0,
-  TRY_LATER = 1
-}
-
-enum fb_status {
-  DEAD = 0,
-  STARTING = 1,
-  ALIVE = 2,
-  STOPPING = 3,
-  STOPPED = 4,
-  WARNING = 5
-}
-
-struct LogEntry {
-  1: string category,
-  2: string message
-}
-
-service scribe {
-  ResultCode Log(1: list<LogEntry> messages);
-  string getName();
-  string getVersion();
-  fb_status getStatus();
-  string getStatusDetails();
-  map<string, i64> getCounters();
-  i64 getCounter(1: string key);
-  i64 aliveSince();
-  string getOption(1: string key);
-}
-"#;
-
-/// Runs the steps of a JSON plan on ONE connection and prints one JSON line per step.
-const DRIVER: &str = r#"
-import base64, json, sys
-import thriftpy2
-from thriftpy2.protocol import TBinaryProtocolFactory
-from thriftpy2.rpc import make_client
-from thriftpy2.thrift import TApplicationException
-from thriftpy2.transport import TFramedTransportFactory
-
-idl, plan_path = sys.argv[1], sys.argv[2]
-scribe = thriftpy2.load(idl, module_name="scribe_thrift")
-with open(plan_path) as f:
-    plan = json.load(f)
-# strict: versioned message headers (thriftpy2's default); otherwise the old,
-# unversioned form that old Scribe clients write.
-strict = plan.get("strict", True)
-client = make_client(
-    scribe.scribe, plan["host"], plan["port"],
-    proto_factory=TBinaryProtocolFactory(strict_read=strict, strict_write=strict),
-    trans_factory=TFramedTransportFactory(),
-    timeout=30000,
-)
-
-def emit(obj):
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
-
-for step in plan["steps"]:
-    op = step["op"]
-    if op == "log":
-        entries = [
-            scribe.LogEntry(category=category, message=base64.b64decode(message))
-            for category, message in step["entries"]
-        ]
-        emit({"op": "log", "entries": len(entries), "code": client.Log(entries)})
-    elif op == "fb303":
-        emit({
-            "op": "fb303",
-            "name": client.getName(),
-            "version": client.getVersion(),
-            "status": client.getStatus(),
-            "details": client.getStatusDetails(),
-            "counters": client.getCounters(),
-            "entries_counter": client.getCounter("entries"),
-            "alive_since": client.aliveSince(),
-        })
-    elif op == "unknown":
-        try:
-            value = client.getOption("anything")
-            emit({"op": "unknown", "returned": value})
-        except TApplicationException as e:
-            emit({"op": "unknown", "exception": type(e).__name__, "type": e.type, "message": e.message})
-    else:
-        raise SystemExit("unknown step " + op)
-client.close()
-"#;
 
 const ID: &str = "c1";
 
@@ -120,18 +28,20 @@ fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-/// A temporary directory with the IDL, the driver, a storage root and logs.
+/// A temporary directory with a storage root and logs, and the thriftpy2 driver.
 struct Scene {
     dir: tempfile::TempDir,
+    thriftpy2: Thriftpy2,
 }
 
 impl Scene {
     fn new() -> Scene {
         let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("scribe.thrift"), SCRIBE_IDL).unwrap();
-        std::fs::write(dir.path().join("driver.py"), DRIVER).unwrap();
         std::fs::create_dir_all(dir.path().join("root")).unwrap();
-        Scene { dir }
+        Scene {
+            dir,
+            thriftpy2: Thriftpy2::new(),
+        }
     }
 
     fn root(&self) -> String {
@@ -152,45 +62,6 @@ impl Scene {
 
     fn start(&self, extra: &[&str]) -> CollectorProcess {
         CollectorProcess::start(&self.root(), ID, extra, &self.logs()).expect("collector starts")
-    }
-
-    /// Runs the Python driver with `steps` against `addr`; returns its output lines.
-    fn run_driver(&self, addr: &str, steps: Vec<Value>) -> Vec<Value> {
-        self.run_driver_with(addr, true, steps)
-    }
-
-    /// [`Scene::run_driver`] with strict (versioned) or old message headers.
-    fn run_driver_with(&self, addr: &str, strict: bool, steps: Vec<Value>) -> Vec<Value> {
-        let (host, port) = addr.rsplit_once(':').unwrap();
-        let plan = json!({
-            "host": host,
-            "port": port.parse::<u16>().unwrap(),
-            "strict": strict,
-            "steps": steps,
-        });
-        let plan_path = self
-            .dir
-            .path()
-            .join(format!("plan-{}.json", conduit_tests::free_port()));
-        std::fs::write(&plan_path, serde_json::to_vec(&plan).unwrap()).unwrap();
-        let out = Command::new("python3")
-            .arg(self.dir.path().join("driver.py"))
-            .arg(self.dir.path().join("scribe.thrift"))
-            .arg(&plan_path)
-            .output()
-            .expect("run python3");
-        assert!(
-            out.status.success(),
-            "python driver failed ({}):\nstdout:\n{}\nstderr:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}")))
-            .collect()
     }
 
     /// The data files of `topic` written by this collector, sorted by name (which
@@ -245,65 +116,11 @@ impl Scene {
     }
 }
 
-fn log_step(entries: &[(&str, Vec<u8>)]) -> Value {
-    let entries: Vec<Value> = entries.iter().map(|(c, m)| json!([c, b64(m)])).collect();
-    json!({"op": "log", "entries": entries})
-}
-
-fn metrics(c: &CollectorProcess) -> String {
-    let (status, body) = http_get(&c.http_addr, "/metrics").expect("GET /metrics");
-    assert_eq!(status, 200, "GET /metrics: {body}");
-    body
-}
-
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap()
-}
-
-/// A Scribe connection from Rust (the collector's own codec, client side).
-struct RustClient {
-    stream: TcpStream,
-    buf: BytesMut,
-    seqid: i32,
-}
-
-impl RustClient {
-    async fn connect(addr: &str) -> RustClient {
-        RustClient {
-            stream: TcpStream::connect(addr).await.expect("connect"),
-            buf: BytesMut::new(),
-            seqid: 0,
-        }
-    }
-
-    async fn log(&mut self, entries: &[(&str, &str)]) -> ResultCode {
-        self.seqid += 1;
-        let refs: Vec<(&[u8], &[u8])> = entries
-            .iter()
-            .map(|(c, m)| (c.as_bytes(), m.as_bytes()))
-            .collect();
-        let mut out = Vec::new();
-        encode_log_call(self.seqid, &refs, &mut out);
-        self.stream.write_all(&out).await.expect("send Log");
-        let frame = tokio::time::timeout(
-            Duration::from_secs(20),
-            read_frame(&mut self.stream, 1 << 20, &mut self.buf),
-        )
-        .await
-        .expect("a reply within 20 s")
-        .expect("read reply")
-        .expect("a reply, not end of stream");
-        let reply = decode_reply(frame).expect("decodable reply");
-        assert_eq!(reply.name, "Log");
-        assert_eq!(reply.seqid, self.seqid);
-        match reply.value {
-            ReplyValue::ResultCode(code) => code,
-            other => panic!("unexpected reply to Log: {other:?}"),
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -340,7 +157,7 @@ fn raw_payload(i: usize) -> Vec<u8> {
 /// once, from closed files whose trailers count them; `zstd -dc` reads a file too.
 #[test]
 fn thriftpy2_log_calls_round_trip_byte_for_byte() {
-    if !require_python("thriftpy2") {
+    if !gate::python("thriftpy2_log_calls_round_trip_byte_for_byte", "thriftpy2") {
         return;
     }
     let t0 = Instant::now();
@@ -373,14 +190,14 @@ fn thriftpy2_log_calls_round_trip_byte_for_byte() {
         steps.push(log_step(&entries));
         sent += size;
     }
-    let results = scene.run_driver(&collector.thrift_addr, steps);
+    let results = scene.thriftpy2.run(&collector.thrift_addr, steps);
     assert_eq!(results.len(), calls.len(), "one result per Log call");
     for (result, size) in results.iter().zip(&calls) {
         assert_eq!(result["op"], "log");
         assert_eq!(result["entries"], *size);
         assert_eq!(result["code"], 0, "every Log call is answered OK: {result}");
     }
-    let body = metrics(&collector);
+    let body = collector.metrics();
     assert_eq!(
         metric(&body, r#"conduit_collector_events_total{topic="py_lines"}"#),
         Some(expected_lines.len() as f64)
@@ -451,7 +268,7 @@ fn thriftpy2_log_calls_round_trip_byte_for_byte() {
 /// TApplicationException and the connection keeps working for a Log call.
 #[test]
 fn thriftpy2_fb303_and_unknown_method() {
-    if !require_python("thriftpy2") {
+    if !gate::python("thriftpy2_fb303_and_unknown_method", "thriftpy2") {
         return;
     }
     let t0 = Instant::now();
@@ -461,7 +278,7 @@ fn thriftpy2_fb303_and_unknown_method() {
         .as_secs() as i64;
     let scene = Scene::new();
     let mut collector = scene.start(&[]);
-    let results = scene.run_driver(
+    let results = scene.thriftpy2.run(
         &collector.thrift_addr,
         vec![
             json!({"op": "fb303"}),
@@ -514,7 +331,7 @@ fn thriftpy2_fb303_and_unknown_method() {
     );
     assert_eq!(results[4]["code"], 0, "an empty Log call is OK");
 
-    let body = metrics(&collector);
+    let body = collector.metrics();
     assert_eq!(
         metric(&body, r#"conduit_collector_calls_total{method="unknown"}"#),
         Some(1.0)
@@ -544,7 +361,7 @@ fn thriftpy2_fb303_and_unknown_method() {
 /// stored; once the held connection closes, the next client is served.
 #[test]
 fn thriftpy2_gets_try_later_over_max_connections() {
-    if !require_python("thriftpy2") {
+    if !gate::python("thriftpy2_gets_try_later_over_max_connections", "thriftpy2") {
         return;
     }
     let t0 = Instant::now();
@@ -552,12 +369,12 @@ fn thriftpy2_gets_try_later_over_max_connections() {
     let mut collector = scene.start(&["--max-connections", "1"]);
     let rt = runtime();
     let mut held = rt.block_on(async {
-        let mut held = RustClient::connect(&collector.thrift_addr).await;
+        let mut held = Client::connect(&collector.thrift_addr).await;
         assert_eq!(held.log(&[("held", "first")]).await, ResultCode::Ok);
         held
     });
 
-    let results = scene.run_driver(
+    let results = scene.thriftpy2.run(
         &collector.thrift_addr,
         vec![log_step(&[("held", b"refused".to_vec())])],
     );
@@ -568,7 +385,7 @@ fn thriftpy2_gets_try_later_over_max_connections() {
         results[0]
     );
 
-    let body = metrics(&collector);
+    let body = collector.metrics();
     assert_eq!(
         metric(
             &body,
@@ -591,16 +408,16 @@ fn thriftpy2_gets_try_later_over_max_connections() {
     drop(held);
     drop(rt);
     // Its slot is free once the collector has seen it close.
-    wait_for(
+    until_blocking(
         "the held connection to be gone",
         Duration::from_secs(10),
         || {
-            (metric(&metrics(&collector), "conduit_collector_open_connections") == Some(0.0))
+            (metric(&collector.metrics(), "conduit_collector_open_connections") == Some(0.0))
                 .then_some(())
         },
     )
     .unwrap();
-    let results = scene.run_driver(
+    let results = scene.thriftpy2.run(
         &collector.thrift_addr,
         vec![
             log_step(&[("held", b"third".to_vec())]),
@@ -628,7 +445,7 @@ fn thriftpy2_gets_try_later_over_max_connections() {
 /// stored, and each bad one lands in `_invalid` with its reason and payload.
 #[test]
 fn thriftpy2_bad_entries_go_to_invalid() {
-    if !require_python("thriftpy2") {
+    if !gate::python("thriftpy2_bad_entries_go_to_invalid", "thriftpy2") {
         return;
     }
     let t0 = Instant::now();
@@ -656,7 +473,9 @@ fn thriftpy2_bad_entries_go_to_invalid() {
         ),
     ];
     assert_eq!(entries[6].1.len(), 1000);
-    let results = scene.run_driver(&collector.thrift_addr, vec![log_step(&entries)]);
+    let results = scene
+        .thriftpy2
+        .run(&collector.thrift_addr, vec![log_step(&entries)]);
     assert_eq!(results.len(), 1);
     assert_eq!(
         results[0]["code"], 0,
@@ -664,7 +483,7 @@ fn thriftpy2_bad_entries_go_to_invalid() {
         results[0]
     );
 
-    let body = metrics(&collector);
+    let body = collector.metrics();
     let invalid = |topic: &str, reason: &str| {
         metric(
             &body,
@@ -738,12 +557,12 @@ fn thriftpy2_bad_entries_go_to_invalid() {
 /// understood and answered: Log and fb303 calls work and the entries are stored.
 #[test]
 fn thriftpy2_old_style_headers() {
-    if !require_python("thriftpy2") {
+    if !gate::python("thriftpy2_old_style_headers", "thriftpy2") {
         return;
     }
     let scene = Scene::new();
     let mut collector = scene.start(&[]);
-    let results = scene.run_driver_with(
+    let results = scene.thriftpy2.run_with(
         &collector.thrift_addr,
         false,
         vec![

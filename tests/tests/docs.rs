@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::process::Command;
 
-use conduit_tests::harness::{conduit_bin, workspace_root};
+use conduit_testkit::process::{conduit_bin, workspace_root};
 
 /// `conduit` command lines found in fenced code blocks of a markdown file.
 fn commands_in(markdown: &str) -> Vec<String> {

@@ -22,7 +22,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -33,53 +33,17 @@ use conduit_core::manifest::Manifest;
 use conduit_core::{Encoding, Minute, Topic, View};
 use conduit_pintail::{Consumer, PintailError, Position, ReadView};
 use conduit_publisher::Publisher;
-use conduit_tests::harness::{conduit_bin, free_port, http_get, wait_for, CollectorProcess};
+use conduit_testkit::hdfs;
+use conduit_testkit::process::{conduit_bin, CollectorProcess, WorkerProcess};
+use conduit_testkit::wait::until_blocking;
 
 const TOPIC: &str = "e2e";
 
-/// A `conduit worker` child process.
-struct WorkerProcess {
-    child: Child,
-    log: PathBuf,
-}
-
-impl WorkerProcess {
-    fn start(config: &Path, cluster: &str, logs: &Path) -> WorkerProcess {
-        let http = format!("127.0.0.1:{}", free_port());
-        let log = logs.join(format!("worker-{cluster}-{}.log", free_port()));
-        let child = Command::new(conduit_bin())
-            .args(["--log-format", "json", "worker", "--config"])
-            .arg(config)
-            .args(["--cluster", cluster, "--http", &http])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-            .spawn()
-            .expect("spawn conduit worker");
-        let mut w = WorkerProcess { child, log };
-        let healthy = wait_for("worker /health", Duration::from_secs(60), || {
-            matches!(http_get(&http, "/health"), Ok((200, _))).then_some(())
-        });
-        if let Err(e) = healthy {
-            let _ = w.child.kill();
-            panic!(
-                "{e}; log:\n{}",
-                std::fs::read_to_string(&w.log).unwrap_or_default()
-            );
-        }
-        w
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for WorkerProcess {
-    fn drop(&mut self) {
-        self.kill9();
-    }
+/// `conduit worker` of `cluster` with `config`, once its `/health` answers.
+fn start_worker(config: &Path, cluster: &str, logs: &Path) -> WorkerProcess {
+    let config = config.to_str().unwrap();
+    WorkerProcess::start(&["--config", config, "--cluster", cluster], logs)
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn write_config(dir: &Path, dc1_root: &str, dc2_root: &str) -> PathBuf {
@@ -656,8 +620,8 @@ fn run_e2e(dc1_root: String, dc2_root: String) {
     };
     let mut c1 = start_collector(&dc1_root, "dc1");
     let c2 = start_collector(&dc2_root, "dc2");
-    let mut w1 = WorkerProcess::start(&config, "dc1", &logs);
-    let _w2 = WorkerProcess::start(&config, "dc2", &logs);
+    let mut w1 = start_worker(&config, "dc1", &logs);
+    let _w2 = start_worker(&config, "dc2", &logs);
 
     // Two PinTail groups follow the topic from before the first event: one on the
     // merged view of dc1 (a member is killed mid-run and replaced), one at the live
@@ -699,7 +663,7 @@ fn run_e2e(dc1_root: String, dc2_root: String) {
     let settling = Instant::now();
     for (run, partitions) in [(&merged_group, pace.partitions as usize), (&local_group, 2)] {
         let members = run.spec.members;
-        wait_for(
+        until_blocking(
             &format!("group {} to split {partitions} partitions", run.spec.group),
             Duration::from_secs(30),
             || lock(&run.ledger).split(&members, partitions).then_some(()),
@@ -741,7 +705,7 @@ fn run_e2e(dc1_root: String, dc2_root: String) {
         }
         if i == N / 2 {
             w1.kill9();
-            w1 = WorkerProcess::start(&config, "dc1", &logs);
+            w1 = start_worker(&config, "dc1", &logs);
         }
         if i % 1000 == 999 {
             // About 10 s of publishing in all, so minutes roll under load sometimes.
@@ -772,7 +736,7 @@ fn run_e2e(dc1_root: String, dc2_root: String) {
             .unwrap_or_else(|e| panic!("audit output is not JSON ({e}):\n{out}\n{err}"));
         (code, report)
     };
-    let complete = wait_for(
+    let complete = until_blocking(
         "every tier to hold every event",
         Duration::from_secs(300),
         || {
@@ -853,17 +817,10 @@ fn e2e_two_local_datacenters() {
 
 #[test]
 fn e2e_dc1_on_hdfs() {
-    let Ok(url) = std::env::var("CONDUIT_TEST_HDFS") else {
-        eprintln!("SKIPPED: e2e with dc1 on HDFS (set CONDUIT_TEST_HDFS; .ci/run does)");
+    let Some(dc1) = hdfs::fresh_root("e2e_dc1_on_hdfs") else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let dc1 = format!(
-        "{}/e2e-{}-{}",
-        url.trim_end_matches('/'),
-        std::process::id(),
-        free_port()
-    );
     let dc2 = tmp.path().join("dc2").to_str().unwrap().to_owned();
     run_e2e(dc1, dc2);
 }

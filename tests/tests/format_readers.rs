@@ -15,38 +15,19 @@
 //! loudly elsewhere.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use bytes::Bytes;
 use conduit_core::format::{decode_file, encode_marks, BatchMark, Encoding, FrameEncoder, Trailer};
 use conduit_core::layout::{Layout, View};
 use conduit_core::{Minute, NodeName, Topic};
-use conduit_tests::require_python;
+use conduit_testkit::gate;
 use serde_json::{json, Value};
 
 const RECORDS: usize = 10_000;
 /// Records per frame of file (a): three frames, each larger than one 128 KiB zstd
 /// block, so every frame has several blocks.
 const FRAME_SPLIT: [usize; 3] = [3_000, 3_000, 4_000];
-
-/// Whether the `zstd` CLI runs: panics in CI when it does not, skips loudly elsewhere.
-fn require_zstd_cli() -> bool {
-    let ok = Command::new("zstd")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if ok {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("the zstd CLI is required in CI (apt-get install zstd)");
-    }
-    eprintln!("SKIPPED: the zstd CLI is not installed (apt-get install zstd)");
-    false
-}
 
 fn zstd(args: &[&str], file: &Path) -> Output {
     Command::new("zstd")
@@ -385,7 +366,7 @@ fn fixture_matches_the_format_and_the_layout() {
 /// `zstd -t` accepts it (skippable frames included).
 #[test]
 fn zstd_cli_reads_a_lines_file() {
-    if !require_zstd_cli() {
+    if !gate::zstd_cli("zstd_cli_reads_a_lines_file") {
         return;
     }
     let f = fixture();
@@ -402,7 +383,7 @@ fn zstd_cli_reads_a_lines_file() {
 /// are empty lines), and every line decodes back to its payload.
 #[test]
 fn zstd_cli_reads_a_base64_file() {
-    if !require_zstd_cli() {
+    if !gate::zstd_cli("zstd_cli_reads_a_base64_file") {
         return;
     }
     let f = fixture();
@@ -453,7 +434,7 @@ fn torn_tail_fails_the_cli_but_not_our_reader() {
         assert_eq!(decoded.marks, vec![mark(43, 0, 1)], "{what}");
     }
 
-    if !require_zstd_cli() {
+    if !gate::zstd_cli("torn_tail_fails_the_cli_but_not_our_reader") {
         return;
     }
     let complete = joined_lines(&f.open_records);
@@ -492,7 +473,7 @@ fn concatenated_files_decode_to_both() {
     let decoded = decode_file("twice", &two, Encoding::Lines).unwrap();
     assert_eq!(decoded.payloads.len(), 2 * RECORDS);
     assert!(decoded.scan.is_closed());
-    if !require_zstd_cli() {
+    if !gate::zstd_cli("concatenated_files_decode_to_both") {
         return;
     }
     let once = joined_lines(&f.lines);
@@ -539,7 +520,7 @@ print(json.dumps({
 /// safe reader of open files: it may return bytes of the incomplete frame.
 #[test]
 fn python_zstandard_reads_across_frames() {
-    if !require_python("zstandard") {
+    if !gate::python("python_zstandard_reads_across_frames", "zstandard") {
         return;
     }
     let f = fixture();
@@ -617,7 +598,7 @@ print(json.dumps(out))
 /// two closed files.
 #[test]
 fn duckdb_reads_json_lines() {
-    if !require_python("duckdb") {
+    if !gate::python("duckdb_reads_json_lines", "duckdb") {
         return;
     }
     let f = fixture();

@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 
 use conduit_core::format::decode_file;
 use conduit_core::Encoding;
-use conduit_tests::{conduit_bin, free_port, CollectorProcess};
+use conduit_testkit::process::{conduit_bin, free_port, CollectorProcess};
 
 fn publish(args: &[&str], input: &[u8]) -> (std::process::ExitStatus, String) {
     let mut child = Command::new(conduit_bin())

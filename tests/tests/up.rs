@@ -9,27 +9,10 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use conduit_tests::harness::{conduit_bin, free_port, require_python, wait_for};
-
-const SCRIBE_CLIENT: &str = r#"
-import sys, thriftpy2
-from thriftpy2.protocol import TBinaryProtocolFactory
-from thriftpy2.rpc import make_client
-from thriftpy2.transport import TFramedTransportFactory
-idl = sys.argv[1]
-open(idl, "w").write('''
-enum ResultCode { OK = 0, TRY_LATER = 1 }
-struct LogEntry { 1: string category, 2: string message }
-service scribe { ResultCode Log(1: list<LogEntry> messages); }
-''')
-scribe = thriftpy2.load(idl, module_name="scribe_thrift")
-client = make_client(scribe.scribe, "127.0.0.1", int(sys.argv[2]),
-    proto_factory=TBinaryProtocolFactory(), trans_factory=TFramedTransportFactory(), timeout=30000)
-entries = [scribe.LogEntry(category="scribe_up", message=("event %d" % i).encode()) for i in range(500)]
-code = client.Log(entries)
-assert code == 0, code
-print("ok")
-"#;
+use conduit_testkit::gate;
+use conduit_testkit::process::{conduit_bin, free_port};
+use conduit_testkit::scribe::{log_step, Thriftpy2};
+use conduit_testkit::wait::until_blocking;
 
 fn audit_totals(config: &str, topic: &str) -> Option<serde_json::Value> {
     let out = Command::new(conduit_bin())
@@ -65,7 +48,7 @@ fn conduit_up_runs_the_bus_and_stops_cleanly() {
         }
     });
     let mut printed = Vec::new();
-    let ready = wait_for(
+    let ready = until_blocking(
         "conduit up to print that it is up",
         Duration::from_secs(120),
         || {
@@ -95,7 +78,7 @@ fn conduit_up_runs_the_bus_and_stops_cleanly() {
         );
     }
     // Let the rest of the instructions arrive.
-    let _ = wait_for("the tail instructions", Duration::from_secs(5), || {
+    let _ = until_blocking("the tail instructions", Duration::from_secs(5), || {
         while let Ok(line) = rx.try_recv() {
             printed.push(line);
         }
@@ -117,20 +100,14 @@ fn conduit_up_runs_the_bus_and_stops_cleanly() {
     );
 
     // A real Scribe client publishes into the same collector.
-    let scribe_sent = if require_python("thriftpy2") {
-        let script = tmp.path().join("client.py");
-        std::fs::write(&script, SCRIBE_CLIENT).unwrap();
-        let out = Command::new("python3")
-            .arg(&script)
-            .arg(tmp.path().join("scribe.thrift"))
-            .arg(base_port.to_string())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "thriftpy2 client: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    let scribe_sent = if gate::python("conduit_up_runs_the_bus_and_stops_cleanly", "thriftpy2") {
+        let entries: Vec<(&str, Vec<u8>)> = (0..500)
+            .map(|i| ("scribe_up", format!("event {i}").into_bytes()))
+            .collect();
+        let results =
+            Thriftpy2::new().run(&format!("127.0.0.1:{base_port}"), vec![log_step(&entries)]);
+        assert_eq!(results.len(), 1, "thriftpy2 client: {results:?}");
+        assert_eq!(results[0]["code"], 0, "thriftpy2 client: {results:?}");
         true
     } else {
         false
@@ -144,7 +121,7 @@ fn conduit_up_runs_the_bus_and_stops_cleanly() {
         expectations.push(("scribe_up", 500));
     }
     for (topic, n) in expectations {
-        let reached = wait_for(
+        let reached = until_blocking(
             &format!("{topic}: {n} events in the local, merged and mirror views"),
             Duration::from_secs(240),
             || {
@@ -162,7 +139,7 @@ fn conduit_up_runs_the_bus_and_stops_cleanly() {
         .args(["-INT", &up.id().to_string()])
         .status()
         .unwrap();
-    let status = wait_for("conduit up to exit", Duration::from_secs(60), || {
+    let status = until_blocking("conduit up to exit", Duration::from_secs(60), || {
         up.try_wait().ok().flatten()
     })
     .unwrap();

@@ -5,52 +5,23 @@
 //! directories sealed before the kill never changed.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use conduit_core::scribe::{decode_reply, encode_log_call, ReplyValue, ResultCode};
+use conduit_core::scribe::ResultCode;
 use conduit_core::Manifest;
-use conduit_tests::harness::{http_get, metric};
-use conduit_tests::{conduit_bin, free_port, wait_for, CollectorProcess};
+use conduit_testkit::process::{free_addr, http_get, metric, CollectorProcess, WorkerProcess};
+use conduit_testkit::scribe::Client;
+use conduit_testkit::wait::until_blocking;
 
-struct Worker {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Worker {
-    fn start(root: &Path, http: &str, logs: &Path, n: u32) -> Worker {
-        let log = logs.join(format!("worker-{n}.log"));
-        let child = Command::new(conduit_bin())
-            .args([
-                "worker",
-                "--root",
-                root.to_str().unwrap(),
-                "--cluster",
-                "dc1",
-            ])
-            .args(["--http", http, "--lease-secs", "3"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-            .spawn()
-            .unwrap();
-        Worker { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `conduit worker` of `dc1` on `root`, answering HTTP on `http` (not awaited: a
+/// restarted worker waits for the lease).
+fn start_worker(root: &Path, http: &str, logs: &Path) -> WorkerProcess {
+    let root = root.to_str().unwrap();
+    let args = ["--root", root, "--cluster", "dc1", "--lease-secs", "3"];
+    WorkerProcess::spawn(&args, http, logs).expect("conduit worker starts")
 }
 
 /// Every sealed minute directory of `topic` with its manifest and raw marker.
@@ -97,34 +68,18 @@ fn dir_files(dir: &Path) -> BTreeMap<String, u64> {
 }
 
 /// Sends `Log` calls of 20 events until `stop`, counting acknowledged events.
-fn publisher(addr: String, stop: Arc<AtomicBool>, acked: Arc<AtomicU64>) {
-    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
+async fn publisher(addr: String, stop: Arc<AtomicBool>, acked: Arc<AtomicU64>) {
+    let mut client = Client::connect(addr.as_str()).await;
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
         let payloads: Vec<String> = (0..20)
             .map(|i| format!("{{\"n\":{n},\"i\":{i}}}"))
             .collect();
-        let entries: Vec<(&[u8], &[u8])> = payloads
-            .iter()
-            .map(|p| (b"clicks".as_slice(), p.as_bytes()))
-            .collect();
-        let mut out = Vec::new();
-        encode_log_call(n as i32 + 1, &entries, &mut out);
-        stream.write_all(&out).unwrap();
-        let mut len = [0u8; 4];
-        stream.read_exact(&mut len).unwrap();
-        let mut frame = vec![0u8; u32::from_be_bytes(len) as usize];
-        stream.read_exact(&mut frame).unwrap();
-        if let ReplyValue::ResultCode(ResultCode::Ok) =
-            decode_reply(bytes::Bytes::from(frame)).unwrap().value
-        {
+        if client.log_to("clicks", &payloads).await == ResultCode::Ok {
             acked.fetch_add(20, Ordering::Relaxed);
         }
         n += 1;
-        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -135,18 +90,24 @@ fn a_killed_worker_restarts_without_loss_duplicates_or_changed_minutes() {
     let logs = dir.path().join("logs");
     std::fs::create_dir_all(&logs).unwrap();
     let mut collector = CollectorProcess::start(root.to_str().unwrap(), "c1", &[], &logs).unwrap();
-    let http = format!("127.0.0.1:{}", free_port());
-    let first = Worker::start(&root, &http, &logs, 1);
+    let http = free_addr();
+    let first = start_worker(&root, &http, &logs);
 
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(AtomicU64::new(0));
     let publishing = {
         let (addr, stop, acked) = (collector.thrift_addr.clone(), stop.clone(), acked.clone());
-        std::thread::spawn(move || publisher(addr, stop, acked))
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(publisher(addr, stop, acked));
+        })
     };
 
     // A minute with data sealed by the first worker, within 3 s of its end.
-    let before = wait_for(
+    let before = until_blocking(
         "a sealed minute with data",
         Duration::from_secs(150),
         || {
@@ -179,10 +140,9 @@ fn a_killed_worker_restarts_without_loss_duplicates_or_changed_minutes() {
 
     // Kill -9 mid-run; a new worker takes over once the lease expires.
     let mut first = first;
-    first.child.kill().unwrap();
-    first.child.wait().unwrap();
-    let second = Worker::start(&root, &http, &logs, 2);
-    wait_for(
+    first.kill9();
+    let second = start_worker(&root, &http, &logs);
+    until_blocking(
         "the restarted worker to hold the lease",
         Duration::from_secs(30),
         || {
@@ -200,7 +160,7 @@ fn a_killed_worker_restarts_without_loss_duplicates_or_changed_minutes() {
     let acked = acked.load(Ordering::Relaxed);
     assert!(collector.terminate().unwrap().success());
     let data = root.join("data/clicks/c1");
-    let after = wait_for("every file sealed", Duration::from_secs(90), || {
+    let after = until_blocking("every file sealed", Duration::from_secs(90), || {
         let waiting = std::fs::read_dir(&data)
             .map(|d| {
                 d.flatten()

@@ -1,140 +1,33 @@
-//! Helpers shared by the worker's in-process tests (local, lease, hdfs): a real
-//! collector, a Scribe client, a `JobEnv`, and the consistency check every test
-//! ends with.
-#![allow(dead_code)]
+//! The worker's jobs in-process: a [`JobEnv`] for one cluster, collector
+//! watermarks awaited through their heartbeats, and [`check_local_view`], the
+//! consistency check every test of the `local` job ends with.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-use conduit_collector::{Collector, CollectorSettings};
 use conduit_core::format::decode_file;
 use conduit_core::heartbeat::Heartbeat;
 use conduit_core::layout::Layout;
 use conduit_core::manifest::{crc32c, Manifest};
-use conduit_core::scribe::{decode_reply, encode_log_call, read_frame, ReplyValue, ResultCode};
-use conduit_core::{
-    Config, Encoding, Minute, NodeName, SharedClock, SharedStorage, Storage, Topic, View,
-};
-use conduit_merger::{Cluster, JobEnv, NoFence, SharedFence};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use conduit_core::{Config, Encoding, Minute, SharedClock, SharedStorage, Storage, Topic, View};
+use conduit_merger::{Cluster, JobEnv, LocalJob, NoFence, SharedFence};
 
-pub fn minute(text: &str) -> Minute {
-    Minute::parse_flexible(text).unwrap()
-}
+use crate::{node, wait};
 
-pub fn node(name: &str) -> NodeName {
-    NodeName::new(name).unwrap()
-}
+/// The cluster every single-cluster worker test runs in.
+pub const CLUSTER: &str = "dc1";
+/// The worker id recorded as `sealed_by` in manifests.
+pub const WORKER_ID: &str = "dc1/test-worker";
 
-/// Starts an in-process collector `id` of cluster `dc1` on 127.0.0.1:0.
-pub async fn start_collector(
-    storage: SharedStorage,
-    clock: SharedClock,
-    id: &str,
-    config: &Config,
-    max_file_bytes: u64,
-) -> Collector {
-    let mut limits = config.collector.clone();
-    limits.listen = "127.0.0.1:0".to_string();
-    limits.http = "127.0.0.1:0".to_string();
-    limits.group_commit_ms = 0;
-    limits.max_file_bytes = max_file_bytes;
-    limits.heartbeat_ms = 200;
-    let settings = CollectorSettings {
-        cluster: node("dc1"),
-        id: node(id),
-        config: Arc::new(config.clone()),
-        collector: limits,
-    };
-    Collector::start(settings, storage, clock).await.unwrap()
-}
-
-/// A Scribe client connection.
-pub struct Client {
-    stream: TcpStream,
-    buf: BytesMut,
-    seqid: i32,
-}
-
-impl Client {
-    pub async fn connect(addr: std::net::SocketAddr) -> Client {
-        Client {
-            stream: TcpStream::connect(addr).await.unwrap(),
-            buf: BytesMut::new(),
-            seqid: 0,
-        }
-    }
-
-    /// `Log` with `payloads` for `topic`; the result code.
-    pub async fn log(&mut self, topic: &str, payloads: &[String]) -> ResultCode {
-        self.seqid += 1;
-        let refs: Vec<(&[u8], &[u8])> = payloads
-            .iter()
-            .map(|p| (topic.as_bytes(), p.as_bytes()))
-            .collect();
-        let mut out = Vec::new();
-        encode_log_call(self.seqid, &refs, &mut out);
-        self.stream.write_all(&out).await.unwrap();
-        let frame = tokio::time::timeout(
-            Duration::from_secs(30),
-            read_frame(&mut self.stream, 1 << 20, &mut self.buf),
-        )
-        .await
-        .expect("reply within 30 s")
-        .unwrap()
-        .expect("a reply frame");
-        match decode_reply(frame).unwrap().value {
-            ReplyValue::ResultCode(code) => code,
-            other => panic!("unexpected reply {other:?}"),
-        }
-    }
-}
-
-/// `n` payloads tagged `tag`, each `pad` bytes of poorly compressible filler.
-pub fn payloads(tag: &str, n: usize, pad: usize) -> Vec<String> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ (tag.len() as u64);
-    (0..n)
-        .map(|i| {
-            let filler: String = (0..pad)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    char::from(b'a' + (x % 26) as u8)
-                })
-                .collect();
-            format!("{tag}-{i}-{filler}")
-        })
-        .collect()
-}
-
-/// Waits (deadline 30 s) until collector `id`'s heartbeat shows a watermark `>= m`.
-pub async fn wait_watermark(storage: &SharedStorage, id: &str, m: Minute) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (beats, _) = Heartbeat::read_all(&**storage, &node("dc1")).await.unwrap();
-        if beats
-            .iter()
-            .any(|b| b.collector.as_str() == id && b.watermark.is_some_and(|w| w >= m))
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for watermark {m} of {id}: {beats:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// A job environment for cluster `dc1` on `storage`.
+/// A job environment for cluster `dc1` on `storage`, without a lease.
 pub fn env(storage: SharedStorage, clock: SharedClock, config: Config) -> JobEnv {
     env_with_fence(storage, clock, config, Arc::new(NoFence))
 }
 
+/// [`env`] whose commits are checked against `fence` (a lease).
 pub fn env_with_fence(
     storage: SharedStorage,
     clock: SharedClock,
@@ -142,7 +35,7 @@ pub fn env_with_fence(
     fence: SharedFence,
 ) -> JobEnv {
     let this = Cluster {
-        name: node("dc1"),
+        name: node(CLUSTER),
         storage,
     };
     let mut clusters = BTreeMap::new();
@@ -153,11 +46,41 @@ pub fn env_with_fence(
         config: Arc::new(config),
         clock,
         fence,
-        worker_id: "dc1/test-worker".to_owned(),
+        worker_id: WORKER_ID.to_owned(),
     }
 }
 
-/// Every collector file of `topic` in `data/`, by its local-view name, with its CRC.
+/// The `local` job of cluster `dc1` on `storage` with the default config, without a
+/// lease.
+pub fn local_job(storage: SharedStorage, clock: SharedClock) -> LocalJob {
+    LocalJob::new(env(storage, clock, Config::default()))
+}
+
+/// Waits (deadline 30 s) until collector `id` of `cluster` publishes a watermark
+/// `>= m`; panics with the heartbeats last read.
+pub async fn wait_watermark(storage: &SharedStorage, cluster: &str, id: &str, m: Minute) {
+    let timeout = Duration::from_secs(30);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (beats, _) = Heartbeat::read_all(&**storage, &node(cluster))
+            .await
+            .unwrap_or_else(|e| panic!("read the heartbeats of {cluster}: {e}"));
+        if beats
+            .iter()
+            .any(|b| b.collector.as_str() == id && b.watermark.is_some_and(|w| w >= m))
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for watermark {m} of {cluster}/{id}: {beats:?}"
+        );
+        tokio::time::sleep(wait::POLL).await;
+    }
+}
+
+/// Every collector file of `topic` still in `data/`, by its local-view name (as
+/// the `local` job names it in `dc1`), with its CRC.
 pub async fn collector_files(storage: &dyn Storage, topic: &Topic) -> BTreeMap<String, u32> {
     let mut out = BTreeMap::new();
     for dir in storage
@@ -170,7 +93,7 @@ pub async fn collector_files(storage: &dyn Storage, topic: &Topic) -> BTreeMap<S
                 continue;
             }
             let bytes = storage.read(&f.path).await.unwrap();
-            out.insert(format!("dc1-{}-{}", dir.name, f.name), crc32c(&bytes));
+            out.insert(format!("{CLUSTER}-{}-{}", dir.name, f.name), crc32c(&bytes));
         }
     }
     out
@@ -188,6 +111,7 @@ pub struct LocalView {
 }
 
 impl LocalView {
+    /// Records in the sealed minutes.
     pub fn records(&self) -> u64 {
         self.sealed.values().map(|m| m.records).sum()
     }
@@ -238,7 +162,7 @@ pub async fn check_local_view(storage: &dyn Storage, topic: &Topic) -> LocalView
                 assert!(decoded.scan.is_closed(), "{path} is closed");
                 assert_eq!(f.records, decoded.payloads.len() as u64, "{path} records");
                 assert_eq!(f.late, f.minute < m, "{path} late flag");
-                assert_eq!(f.cluster.as_str(), "dc1");
+                assert_eq!(f.cluster.as_str(), CLUSTER);
             }
             assert_eq!(manifest.minute, m);
             view.sealed.insert(m, manifest);
@@ -274,12 +198,13 @@ pub async fn check_local_view(storage: &dyn Storage, topic: &Topic) -> LocalView
     view
 }
 
+/// Every minute directory (`yyyy/MM/dd/HH/mm`) below `dir`, with its minute.
 fn list_minute_dirs<'a>(
     storage: &'a dyn Storage,
     dir: &'a str,
     depth: usize,
     out: &'a mut Vec<(String, Minute)>,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'a>> {
+) -> Pin<Box<dyn Future<Output = ()> + 'a>> {
     Box::pin(async move {
         for e in storage.list_or_empty(dir).await.unwrap() {
             if !e.is_dir {
@@ -293,18 +218,4 @@ fn list_minute_dirs<'a>(
             }
         }
     })
-}
-
-/// Copies a directory tree.
-pub fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }

@@ -1,0 +1,70 @@
+//! Outside parts a test needs: Python modules, the `zstd` CLI (HDFS has its own
+//! gate in [`crate::hdfs`], built on [`missing`]).
+//!
+//! The rule, everywhere: when the part is there the test runs; when it is missing
+//! on a developer machine the test prints one `SKIPPED <test>: ...` line and
+//! returns; when it is missing under `CI` (`.ci/run` exports `CI=true` and installs
+//! every part) the test fails, so CI never passes by skipping.
+
+use std::process::{Command, Stdio};
+
+/// Whether the tests run under CI: `CI` is set to anything but empty, `0` or
+/// `false`.
+pub fn under_ci() -> bool {
+    match std::env::var("CI") {
+        Ok(v) => !(v.is_empty() || v == "0" || v.eq_ignore_ascii_case("false")),
+        Err(_) => false,
+    }
+}
+
+/// `test` cannot run because `what` is missing: panics under CI, otherwise prints
+/// `SKIPPED <test>: <what> (<how>)` on stderr. `how` says how to provide it.
+pub fn missing(test: &str, what: &str, how: &str) {
+    if under_ci() {
+        panic!("{test} cannot run under CI: {what} ({how})");
+    }
+    eprintln!("SKIPPED {test}: {what} ({how})");
+}
+
+/// Whether a Python module imports.
+pub fn python_has(module: &str) -> bool {
+    Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Whether `test` can use Python module `module` (see the module docs for the
+/// rule when it cannot).
+pub fn python(test: &str, module: &str) -> bool {
+    if python_has(module) {
+        return true;
+    }
+    missing(
+        test,
+        &format!("python module {module} is not installed"),
+        &format!("pip install {module}; .ci/run installs it"),
+    );
+    false
+}
+
+/// Whether `test` can run the `zstd` CLI (see the module docs for the rule when
+/// it cannot).
+pub fn zstd_cli(test: &str) -> bool {
+    let ok = Command::new("zstd")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        missing(
+            test,
+            "the zstd CLI is not installed",
+            "apt-get install zstd; .ci/run installs it",
+        );
+    }
+    ok
+}

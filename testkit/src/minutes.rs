@@ -1,0 +1,100 @@
+//! Closed data files and sealed minutes written with the real frame encoder,
+//! trailer and manifest code, for readers to read without running a collector and
+//! a worker first.
+
+use bytes::Bytes;
+use conduit_core::layout::Layout;
+use conduit_core::manifest::crc32c;
+use conduit_core::{
+    Encoding, FrameEncoder, Manifest, ManifestFile, Minute, SharedStorage, Topic, Trailer, View,
+};
+
+use crate::node;
+
+/// A closed data file (`lines` encoding): `records` in `frames` data frames of
+/// about equal size, then the trailer.
+pub fn data_file(records: &[String], frames: usize) -> Vec<u8> {
+    let mut enc = FrameEncoder::new(3).expect("a zstd encoder");
+    let mut out = Vec::new();
+    let per = records.len().div_ceil(frames.max(1)).max(1);
+    let mut record_bytes = 0;
+    for chunk in records.chunks(per) {
+        let mut content = Vec::new();
+        for r in chunk {
+            content.extend_from_slice(r.as_bytes());
+            content.push(b'\n');
+        }
+        record_bytes += content.len() as u64;
+        out.extend_from_slice(&enc.frame(&content).expect("encode a frame"));
+    }
+    out.extend_from_slice(
+        &Trailer {
+            encoding: Encoding::Lines,
+            records: records.len() as u64,
+            record_bytes,
+        }
+        .encode(),
+    );
+    out
+}
+
+/// Writes and seals a merged minute `m` of `topic` on every storage in `roots`
+/// (byte identical): `files` files of collectors `c0..` of `dc1`, each with
+/// `per_file` records in `frames` frames, payloads `<minute stamp>-c<i>-<n>`.
+/// Returns the payloads.
+pub async fn sealed_minute(
+    roots: &[SharedStorage],
+    topic: &str,
+    m: Minute,
+    files: usize,
+    per_file: usize,
+    frames: usize,
+) -> Vec<String> {
+    let topic = Topic::new(topic).unwrap_or_else(|e| panic!("bad topic {topic:?}: {e}"));
+    let dir = Manifest::dir(View::Merged, &topic, m);
+    let mut entries = Vec::new();
+    let mut all = Vec::new();
+    let mut contents = Vec::new();
+    for i in 0..files {
+        let collector = format!("c{i}");
+        let records: Vec<String> = (0..per_file)
+            .map(|n| format!("{}-{collector}-{n}", m.file_stamp()))
+            .collect();
+        all.extend(records.iter().cloned());
+        let bytes = data_file(&records, frames);
+        let name = Layout::local_file_name(&node("dc1"), &node(&collector), m, 0, &topic);
+        entries.push(ManifestFile {
+            name: name.clone(),
+            bytes: bytes.len() as u64,
+            records: per_file as u64,
+            crc32c: crc32c(&bytes),
+            cluster: node("dc1"),
+            collector: Some(node(&collector)),
+            minute: m,
+            late: false,
+        });
+        contents.push((format!("{dir}/{name}"), Bytes::from(bytes)));
+    }
+    let manifest = Manifest::new(
+        View::Merged,
+        topic,
+        m,
+        vec![node("dc1")],
+        vec![],
+        m.end(),
+        "dc1/test".into(),
+        entries,
+    );
+    for root in roots {
+        for (path, bytes) in &contents {
+            root.write_atomic(path, bytes.clone())
+                .await
+                .unwrap_or_else(|e| panic!("write {path}: {e}"));
+        }
+        manifest
+            .seal(&**root)
+            .await
+            .unwrap_or_else(|e| panic!("seal {dir}: {e}"));
+    }
+    all
+}

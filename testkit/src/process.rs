@@ -1,0 +1,361 @@
+//! The real `conduit` binary as a child process: [`CollectorProcess`] and
+//! [`WorkerProcess`] (spawn on free ports, wait until ready, SIGKILL, SIGTERM,
+//! logs), plus plain HTTP GETs and Prometheus samples for their listeners.
+//!
+//! [`conduit_bin`] builds the binary on first use (`env!("CARGO_BIN_EXE_conduit")`
+//! exists only in the package that owns the binary), so a test never runs a stale
+//! one. Each child writes its stderr (JSON logs) to a file under the test's log
+//! directory; a child still running when its handle is dropped is killed.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use crate::wait::{self, TimedOut};
+
+/// How long a child may take to say it is ready.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a child may take to exit after SIGTERM.
+pub const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What went wrong with a child process or its HTTP listener.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The child could not be spawned (or signalled).
+    #[error("cannot run {what}: {source}")]
+    Spawn {
+        what: String,
+        source: std::io::Error,
+    },
+    /// The child did not say it was ready in time.
+    #[error("{what} did not become ready within {after:?}; log:\n{log}")]
+    NotReady {
+        what: String,
+        after: Duration,
+        log: String,
+    },
+    /// A wait ran out.
+    #[error(transparent)]
+    TimedOut(#[from] TimedOut),
+    /// An HTTP request failed.
+    #[error("GET http://{addr}{path}: {source}")]
+    Http {
+        addr: String,
+        path: String,
+        source: std::io::Error,
+    },
+    /// An HTTP answer had no status line.
+    #[error("GET http://{addr}{path}: bad response {response:?}")]
+    BadResponse {
+        addr: String,
+        path: String,
+        response: String,
+    },
+}
+
+/// The repository root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace root above testkit/")
+        .to_path_buf()
+}
+
+/// Path of the `conduit` binary built for this test run (`target/<profile>/conduit`).
+/// The first call in a test process runs `cargo build --bin conduit` (a no-op when
+/// `cargo test --workspace` already built it).
+pub fn conduit_bin() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().expect("test executable path");
+            // target/<profile>/deps/<test> -> target/<profile>/conduit
+            let profile_dir = exe
+                .parent()
+                .and_then(Path::parent)
+                .expect("target/<profile> directory");
+            let release = profile_dir.file_name().is_some_and(|n| n == "release");
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.args(["build", "--quiet", "--bin", "conduit"]);
+            if release {
+                cmd.arg("--release");
+            }
+            let status = cmd
+                .current_dir(workspace_root())
+                .status()
+                .expect("run cargo build --bin conduit");
+            assert!(status.success(), "cargo build --bin conduit failed");
+            profile_dir.join("conduit")
+        })
+        .clone()
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released; fine for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// `127.0.0.1:<free port>`.
+pub fn free_addr() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
+/// A `conduit collector` child process.
+#[derive(Debug)]
+pub struct CollectorProcess {
+    /// The child.
+    pub child: Child,
+    /// Scribe address.
+    pub thrift_addr: String,
+    /// HTTP address.
+    pub http_addr: String,
+    /// Where its stderr (its log) goes.
+    pub log_path: PathBuf,
+}
+
+impl CollectorProcess {
+    /// Starts `conduit collector --root ROOT --id ID` plus `extra` flags on free
+    /// ports and waits until it prints that it is ready.
+    pub fn start(root: &str, id: &str, extra: &[&str], log_dir: &Path) -> Result<Self, Error> {
+        Self::start_on(root, id, &free_addr(), &free_addr(), extra, log_dir)
+    }
+
+    /// [`CollectorProcess::start`] on given addresses (to restart on the same
+    /// ports).
+    pub fn start_on(
+        root: &str,
+        id: &str,
+        thrift: &str,
+        http: &str,
+        extra: &[&str],
+        log_dir: &Path,
+    ) -> Result<Self, Error> {
+        let what = format!("conduit collector {id}");
+        let log_path = log_dir.join(format!("collector-{id}-{}.log", free_port()));
+        let mut child = spawn(
+            &what,
+            &[
+                &["collector", "--root", root, "--id", id][..],
+                &["--listen", thrift, "--http", http],
+                extra,
+            ]
+            .concat(),
+            &log_path,
+            Stdio::piped(),
+        )?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with("collector ready") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        match rx.recv_timeout(READY_TIMEOUT) {
+            Ok(_) => Ok(CollectorProcess {
+                child,
+                thrift_addr: thrift.to_owned(),
+                http_addr: http.to_owned(),
+                log_path,
+            }),
+            Err(_) => {
+                kill9(&mut child);
+                Err(Error::NotReady {
+                    what,
+                    after: READY_TIMEOUT,
+                    log: read_log(&log_path),
+                })
+            }
+        }
+    }
+
+    /// Sends SIGKILL and reaps the process.
+    pub fn kill9(&mut self) {
+        kill9(&mut self.child);
+    }
+
+    /// Sends SIGTERM and waits (deadline 30 s) for the exit status.
+    pub fn terminate(&mut self) -> Result<ExitStatus, Error> {
+        terminate(&mut self.child, "conduit collector")
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        read_log(&self.log_path)
+    }
+
+    /// Its `/metrics` text (asserts `200`).
+    pub fn metrics(&self) -> String {
+        let (status, body) = http_get(&self.http_addr, "/metrics")
+            .unwrap_or_else(|e| panic!("{e}; collector log:\n{}", self.log()));
+        assert_eq!(status, 200, "GET /metrics: {body}");
+        body
+    }
+}
+
+impl Drop for CollectorProcess {
+    fn drop(&mut self) {
+        kill9(&mut self.child);
+    }
+}
+
+/// A `conduit worker` child process.
+#[derive(Debug)]
+pub struct WorkerProcess {
+    /// The child.
+    pub child: Child,
+    /// HTTP address (`/health`, `/metrics`).
+    pub http_addr: String,
+    /// Where its stderr (its log) goes.
+    pub log_path: PathBuf,
+}
+
+impl WorkerProcess {
+    /// Starts `conduit worker` with `args` (`--config ...`, `--cluster ...`) on a
+    /// free HTTP port and waits until `/health` answers `200`.
+    pub fn start(args: &[&str], log_dir: &Path) -> Result<Self, Error> {
+        let worker = Self::spawn(args, &free_addr(), log_dir)?;
+        let healthy = wait::until_blocking("worker /health", READY_TIMEOUT, || {
+            matches!(http_get(&worker.http_addr, "/health"), Ok((200, _))).then_some(())
+        });
+        match healthy {
+            Ok(()) => Ok(worker),
+            Err(_) => Err(Error::NotReady {
+                what: "conduit worker".to_owned(),
+                after: READY_TIMEOUT,
+                log: worker.log(),
+            }),
+        }
+    }
+
+    /// Starts `conduit worker` with `args` and `--http <http>` without waiting (a
+    /// standby worker does not answer `/health` with `200`).
+    pub fn spawn(args: &[&str], http: &str, log_dir: &Path) -> Result<Self, Error> {
+        let log_path = log_dir.join(format!("worker-{}.log", free_port()));
+        let child = spawn(
+            "conduit worker",
+            &[&["worker"][..], args, &["--http", http]].concat(),
+            &log_path,
+            Stdio::null(),
+        )?;
+        Ok(WorkerProcess {
+            child,
+            http_addr: http.to_owned(),
+            log_path,
+        })
+    }
+
+    /// Sends SIGKILL and reaps the process.
+    pub fn kill9(&mut self) {
+        kill9(&mut self.child);
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        read_log(&self.log_path)
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        kill9(&mut self.child);
+    }
+}
+
+/// Spawns `conduit --log-format json <args>` with stderr to `log_path`.
+fn spawn(what: &str, args: &[&str], log_path: &Path, stdout: Stdio) -> Result<Child, Error> {
+    let err = |source| Error::Spawn {
+        what: what.to_owned(),
+        source,
+    };
+    if let Some(dir) = log_path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let log = std::fs::File::create(log_path).map_err(err)?;
+    Command::new(conduit_bin())
+        .args(["--log-format", "json"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(Stdio::from(log))
+        .spawn()
+        .map_err(err)
+}
+
+/// SIGKILL and reap, unless it already exited.
+fn kill9(child: &mut Child) {
+    if let Ok(None) = child.try_wait() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// SIGTERM, then wait for the exit status.
+fn terminate(child: &mut Child, what: &str) -> Result<ExitStatus, Error> {
+    let pid = child.id().to_string();
+    Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .map_err(|source| Error::Spawn {
+            what: format!("kill -TERM {pid} ({what})"),
+            source,
+        })?;
+    Ok(wait::until_blocking(
+        &format!("{what} to exit"),
+        EXIT_TIMEOUT,
+        || child.try_wait().ok().flatten(),
+    )?)
+}
+
+fn read_log(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// Plain-HTTP GET against 127.0.0.1 (no client dependency): (status, body).
+pub fn http_get(addr: &str, path: &str) -> Result<(u16, String), Error> {
+    let io = |source| Error::Http {
+        addr: addr.to_owned(),
+        path: path.to_owned(),
+        source,
+    };
+    let mut stream = std::net::TcpStream::connect(addr).map_err(io)?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(io)?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(io)?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).map_err(io)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| Error::BadResponse {
+            addr: addr.to_owned(),
+            path: path.to_owned(),
+            response: response.clone(),
+        })?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Value of an unlabelled or labelled sample in Prometheus/OpenMetrics text.
+pub fn metric(text: &str, name_with_labels: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name_with_labels) && l[name_with_labels.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
