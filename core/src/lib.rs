@@ -23,6 +23,8 @@
 //! - [`config`]: the TOML configuration with key-naming validation; every default
 //!   is defined there once.
 //! - [`clock`]: the [`Clock`] trait, so minute boundaries are testable without sleeps.
+//! - [`text`] and [`ratelimit`]: client-supplied text in logs escaped and capped, and
+//!   log lines about client mistakes rate-limited.
 
 pub mod clock;
 pub mod config;
@@ -32,9 +34,11 @@ pub mod heartbeat;
 pub mod http;
 pub mod layout;
 pub mod manifest;
+pub mod ratelimit;
 pub mod records;
 pub mod scribe;
 pub mod storage;
+pub mod text;
 pub mod tree;
 
 pub use clock::{Clock, SharedClock, SystemClock, TestClock};
