@@ -5,13 +5,6 @@
 //! subcommand.
 
 mod audit;
-mod bench;
-mod bench_catchup;
-mod bench_limits;
-mod bench_nats;
-mod bench_seal;
-mod bench_soak;
-mod bench_tail;
 mod check;
 mod collector;
 mod lag;
@@ -52,8 +45,6 @@ enum Command {
     Collector(collector::CollectorArgs),
     /// Publish stdin to a topic, one event per line, with acknowledgements.
     Publish(publish::PublishArgs),
-    /// Benchmarks: collector ingest (`bench ingest`) and event files for peers (`bench gen`).
-    Bench(bench::BenchArgs),
     /// Print a topic's events as they arrive (PinTail), optionally as a consumer group.
     Tail(tail::TailArgs),
     /// Show how far a consumer group is behind, per partition (events, bytes, seconds).
@@ -94,7 +85,6 @@ fn main() -> std::process::ExitCode {
             Command::Check(args) => check::run(args).await,
             Command::Collector(args) => collector::run(args).await,
             Command::Publish(args) => publish::run(args).await,
-            Command::Bench(args) => bench::run(args).await,
             Command::Verify(args) => verify::run(args).await,
             Command::Tail(args) => tail::run(args).await,
             Command::Lag(args) => lag::run(args).await,

@@ -28,7 +28,6 @@
 
 pub mod clock;
 pub mod config;
-pub mod events;
 pub mod format;
 pub mod heartbeat;
 pub mod http;

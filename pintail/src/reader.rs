@@ -290,7 +290,7 @@ fn decode_payloads(frame: &[u8], encoding: Encoding) -> Decoded {
 /// Frames per decoding task. A chunk (~14 frames of 1,000 events) is decoded by
 /// several small tasks rather than one per core: on 2 vCPUs shared with the
 /// consumer, 2 frames per task gave 2.05 M events/s against 1.90 M with one task
-/// per core (`conduit bench catch-up`, same machine, back to back).
+/// per core (`conduit-bench catch-up`, same machine, back to back).
 const FRAMES_PER_DECODE_TASK: usize = 2;
 
 /// Reads `range` of a closed file and decodes its complete frames in parallel on

@@ -2,13 +2,13 @@
 # NATS JetStream as a peer for conduit's benchmarks (docs/benchmarks.md).
 #
 # Runs a PRIVATE nats-server (its own config, port and JetStream file store in a
-# directory you give; no system service is used or touched). `conduit bench
+# directory you give; no system service is used or touched). `conduit-bench
 # nats-ingest` calls `serve` once per run and stops the server with SIGTERM.
 #
 #   scripts/peers/nats.sh install                  install nats-server (Debian) if missing
 #   scripts/peers/nats.sh serve --dir D --port P   write D/nats.conf, run nats-server in the
 #                                                  foreground (exec: the pid is the server's)
-#   scripts/peers/nats.sh bench [args]             conduit bench nats-ingest [args]
+#   scripts/peers/nats.sh bench [args]             conduit-bench nats-ingest [args]
 #
 # Durability: JetStream acknowledges a publish once it is written to its file
 # store and syncs to disk periodically (NATS docs: every 2 minutes by default).
@@ -25,7 +25,7 @@ usage() {
   cat <<USAGE
 Usage: $PROG install
        $PROG serve --dir DIR --port PORT [--sync default|always]
-       $PROG bench [conduit bench nats-ingest options]   (--help for them)
+       $PROG bench [conduit-bench nats-ingest options]   (--help for them)
        $PROG version
 USAGE
 }
@@ -83,11 +83,13 @@ CONF
     exec nats-server -c "$DIR/nats.conf"
     ;;
   bench)
-    BIN="$REPO/target/release/conduit"
-    [ -x "$BIN" ] || die "$BIN not found: cargo build --release --bin conduit"
+    BIN="$REPO/target/release/conduit-bench"
+    for b in "$BIN" "$REPO/target/release/conduit"; do
+      [ -x "$b" ] || die "$b not found: cargo build --release -p conduit-cli -p conduit-bench"
+    done
     install
     cd "$REPO"
-    exec "$BIN" bench nats-ingest "$@"
+    exec "$BIN" nats-ingest "$@"
     ;;
   -h|--help) usage ;;
   *) usage >&2; exit 2 ;;

@@ -5,8 +5,8 @@
 # dir; the system's rsyslog is never touched) that receives raw lines over TCP
 # (imtcp on 127.0.0.1) and writes them with omfile into minute directories
 # <out>/yyyy/MM/dd/HH/mm/out.log, the shape of conduit's collector output. It is
-# fed the same events as `conduit bench ingest` (written once by
-# `conduit bench gen`), over C TCP connections, and timed from the first byte sent
+# fed the same events as `conduit-bench ingest` (written once by
+# `conduit-bench gen`), over C TCP connections, and timed from the first byte sent
 # until every line is in the output files.
 #
 # rsyslog gives no acknowledgements: what is measured is "sent and written"
@@ -24,17 +24,18 @@ usage() {
 Usage: $PROG bench [options]
 
 Benchmark a private rsyslogd (imtcp -> omfile into minute directories) with the
-events of 'conduit bench gen'. Prints one line per run and the median (min-max).
+events of 'conduit-bench gen'. Prints one line per run and the median (min-max).
 
 Options:
   --events N         events per run (default 2000000)
   --sync on|off      omfile sync: on = fsync after each batch (default on)
   --connections C    TCP connections the events are split across (default 8)
   --runs R           runs (default 3); the median is reported
-  --seed S           event generator seed, as 'conduit bench ingest --seed' (default 1)
+  --seed S           event generator seed, as 'conduit-bench ingest --seed' (default 1)
   --events-file F    use F (one event per line) instead of generating the events
-  --conduit BIN      conduit binary used to generate the events
-                     (default: $REPO/target/release/conduit)
+  --conduit-bench BIN
+                     conduit-bench binary used to generate the events
+                     (default: $REPO/target/release/conduit-bench)
   --io-buffer SIZE   omfile ioBufferSize (default 256k)
   --dequeue-batch N  main queue queue.dequeueBatchSize: messages per omfile
                      batch, so per fsync with sync=on (default: rsyslog's own)
@@ -62,7 +63,7 @@ CONNS=8
 RUNS=3
 SEED=1
 EVENTS_FILE=""
-CONDUIT="$REPO/target/release/conduit"
+CONDUIT_BENCH="$REPO/target/release/conduit-bench"
 IOBUF=256k
 DEQUEUE_BATCH=""
 TIMEOUT=600
@@ -76,7 +77,7 @@ while [ $# -gt 0 ]; do
     --runs) RUNS="$2"; shift 2 ;;
     --seed) SEED="$2"; shift 2 ;;
     --events-file) EVENTS_FILE="$2"; shift 2 ;;
-    --conduit) CONDUIT="$2"; shift 2 ;;
+    --conduit-bench) CONDUIT_BENCH="$2"; shift 2 ;;
     --io-buffer) IOBUF="$2"; shift 2 ;;
     --dequeue-batch) DEQUEUE_BATCH="$2"; shift 2 ;;
     --timeout) TIMEOUT="$2"; shift 2 ;;
@@ -114,9 +115,9 @@ cleanup() {
 trap cleanup EXIT
 
 if [ -z "$EVENTS_FILE" ]; then
-  [ -x "$CONDUIT" ] || die "$CONDUIT not found: build it with 'cargo build --release --bin conduit' or pass --conduit"
+  [ -x "$CONDUIT_BENCH" ] || die "$CONDUIT_BENCH not found: build it with 'cargo build --release -p conduit-bench' or pass --conduit-bench"
   EVENTS_FILE="$TMP/events.jsonl"
-  "$CONDUIT" bench gen --events "$EVENTS" --seed "$SEED" --out "$EVENTS_FILE"
+  "$CONDUIT_BENCH" gen --events "$EVENTS" --seed "$SEED" --out "$EVENTS_FILE"
 fi
 LINES="$(wc -l < "$EVENTS_FILE")"
 [ "$LINES" -eq "$EVENTS" ] || log "note: $EVENTS_FILE holds $LINES lines; using all of them"
@@ -245,7 +246,7 @@ EOF
 import json, sys
 o = json.loads(sys.argv[1]); n = int(sys.argv[2])
 cpu = (float(sys.argv[4]) - float(sys.argv[3])) / float(sys.argv[5])
-# MB/s counts payload bytes (without the newlines), as conduit bench ingest does.
+# MB/s counts payload bytes (without the newlines), as conduit-bench ingest does.
 o.update(events=n, events_per_s=n / o["elapsed_s"], mb_per_s=(o["input_bytes"] - n) / 1e6 / o["elapsed_s"],
          cpu_s_per_m_events=cpu / (n / 1e6), peak_rss_mib=int(sys.argv[6]) / 1024)
 print(json.dumps(o))

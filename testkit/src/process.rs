@@ -70,27 +70,36 @@ pub fn workspace_root() -> PathBuf {
 pub fn conduit_bin() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
-        .get_or_init(|| {
-            let exe = std::env::current_exe().expect("test executable path");
-            // target/<profile>/deps/<test> -> target/<profile>/conduit
-            let profile_dir = exe
-                .parent()
-                .and_then(Path::parent)
-                .expect("target/<profile> directory");
-            let release = profile_dir.file_name().is_some_and(|n| n == "release");
-            let mut cmd = Command::new(env!("CARGO"));
-            cmd.args(["build", "--quiet", "--bin", "conduit"]);
-            if release {
-                cmd.arg("--release");
-            }
-            let status = cmd
-                .current_dir(workspace_root())
-                .status()
-                .expect("run cargo build --bin conduit");
-            assert!(status.success(), "cargo build --bin conduit failed");
-            profile_dir.join("conduit")
-        })
+        .get_or_init(|| workspace_bin("conduit-cli", "conduit"))
         .clone()
+}
+
+/// Path of binary `bin` of workspace package `package`, built with the test run's
+/// profile into `target/<profile>/` (`cargo build -p <package> --bin <bin>`, a no-op
+/// when it is up to date). Test binaries of another package than the binary's get no
+/// `CARGO_BIN_EXE_<bin>`; this is what they use.
+pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<bin>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile> directory");
+    let release = profile_dir.file_name().is_some_and(|n| n == "release");
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(["build", "--quiet", "-p", package, "--bin", bin]);
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd
+        .current_dir(workspace_root())
+        .status()
+        .unwrap_or_else(|e| panic!("run cargo build -p {package} --bin {bin}: {e}"));
+    assert!(
+        status.success(),
+        "cargo build -p {package} --bin {bin} failed"
+    );
+    profile_dir.join(bin)
 }
 
 /// A free TCP port on 127.0.0.1 (bound then released; fine for tests).

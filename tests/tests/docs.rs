@@ -1,15 +1,74 @@
-//! The docs cannot drift from the binary: every `conduit ...` command line in the
-//! README and `docs/*.md` (inside code blocks) names a real subcommand and only
-//! flags that subcommand accepts, and every example config in `conf/` passes
-//! `conduit check`.
+//! The docs cannot drift from the binaries: every `conduit ...` and
+//! `conduit-bench ...` command line in the README and `docs/*.md` (inside code
+//! blocks) names a real subcommand and only flags that subcommand accepts, and
+//! every example config in `conf/` passes `conduit check`.
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::process::Command;
+use std::sync::OnceLock;
 
-use conduit_testkit::process::{conduit_bin, workspace_root};
+use conduit_testkit::process::{conduit_bin, workspace_bin, workspace_root};
 
-/// `conduit` command lines found in fenced code blocks of a markdown file.
-fn commands_in(markdown: &str) -> Vec<String> {
+/// The binaries whose command lines the docs show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Binary {
+    /// `conduit`, the product.
+    Conduit,
+    /// `conduit-bench`, the benchmarks (crate `bench/`).
+    Bench,
+}
+
+impl Binary {
+    fn name(self) -> &'static str {
+        match self {
+            Binary::Conduit => "conduit",
+            Binary::Bench => "conduit-bench",
+        }
+    }
+
+    /// How a command line invokes it: `cargo run` forms, the release path, a
+    /// shell variable the docs set, or the bare name.
+    fn markers(self) -> &'static [&'static str] {
+        match self {
+            Binary::Conduit => &["--bin conduit -- ", "target/release/conduit ", "conduit "],
+            Binary::Bench => &[
+                "-p conduit-bench -- ",
+                "--bin conduit-bench -- ",
+                "target/release/conduit-bench ",
+                "$BENCH ",
+                "conduit-bench ",
+            ],
+        }
+    }
+
+    /// Global flags that take a value and may precede the subcommand.
+    fn global_flags(self) -> &'static [&'static str] {
+        match self {
+            Binary::Conduit => &["--log-level", "--log-format"],
+            Binary::Bench => &["--log-level", "--log-format", "--conduit"],
+        }
+    }
+
+    fn executable(self) -> PathBuf {
+        match self {
+            Binary::Conduit => conduit_bin(),
+            Binary::Bench => bench_bin(),
+        }
+    }
+}
+
+/// `conduit-bench`, built into the directory of `conduit` (same profile).
+fn bench_bin() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| workspace_bin("conduit-bench", "conduit-bench"))
+        .clone()
+}
+
+/// Command lines found in fenced code blocks of a markdown file: the binary and
+/// what follows its name.
+fn commands_in(markdown: &str) -> Vec<(Binary, String)> {
     let mut in_block = false;
     let mut found = Vec::new();
     for line in markdown.lines() {
@@ -21,18 +80,17 @@ fn commands_in(markdown: &str) -> Vec<String> {
             continue;
         }
         // Each command of a pipeline, then what follows the binary's name,
-        // whichever way it is invoked.
-        for line in line.split(" | ") {
-            for marker in [
-                "--bin conduit -- ",
-                "target/release/conduit ",
-                "$B ",
-                "conduit ",
-            ] {
-                if let Some(at) = line.find(marker) {
+        // whichever way it is invoked (`conduit-bench` first: `conduit ` is not a
+        // prefix of it, but its markers are more specific).
+        'command: for line in line.split(" | ") {
+            for binary in [Binary::Bench, Binary::Conduit] {
+                for &marker in binary.markers() {
+                    let Some(at) = line.find(marker) else {
+                        continue;
+                    };
                     let before = &line[..at];
-                    // `conduit ` must start a word (not `myconduit `), and not be a path.
-                    if marker == "conduit "
+                    // A bare name must start a word (not `myconduit `), and not be a path.
+                    if marker == format!("{} ", binary.name())
                         && !(before.is_empty() || before.ends_with(' ') || before.ends_with('|'))
                     {
                         continue;
@@ -43,9 +101,9 @@ fn commands_in(markdown: &str) -> Vec<String> {
                         .unwrap_or("")
                         .trim();
                     if !rest.is_empty() {
-                        found.push(rest.to_owned());
+                        found.push((binary, rest.to_owned()));
                     }
-                    break;
+                    continue 'command;
                 }
             }
         }
@@ -53,12 +111,12 @@ fn commands_in(markdown: &str) -> Vec<String> {
     found
 }
 
-fn help_of(path: &[&str]) -> Option<String> {
-    let out = Command::new(conduit_bin())
+fn help_of(binary: Binary, path: &[&str]) -> Option<String> {
+    let out = Command::new(binary.executable())
         .args(path)
         .arg("--help")
         .output()
-        .expect("run conduit --help");
+        .expect("run --help");
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
@@ -74,18 +132,19 @@ fn documented_commands_use_real_subcommands_and_flags() {
             files.push(path);
         }
     }
-    let mut checked = 0;
+    let mut checked_by = [0usize; 2];
     let mut problems = Vec::new();
     for file in &files {
         let text = std::fs::read_to_string(file).unwrap();
-        for command in commands_in(&text) {
+        for (binary, command) in commands_in(&text) {
+            let bin = binary.name();
             let mut words: Vec<&str> = command.split_whitespace().collect();
             // Global flags (and their values) may precede the subcommand.
-            while words.len() >= 2 && (words[0] == "--log-level" || words[0] == "--log-format") {
+            while words.len() >= 2 && binary.global_flags().contains(&words[0]) {
                 words.drain(..2);
             }
             // The subcommand path: leading words that are not flags or values,
-            // as deep as `--help` accepts them (e.g. `bench ingest`, `worker local`).
+            // as deep as `--help` accepts them (e.g. `worker local`).
             let mut path: Vec<&str> = Vec::new();
             for w in &words {
                 if w.starts_with('-') || !w.chars().all(|c| c.is_ascii_lowercase() || c == '-') {
@@ -93,15 +152,15 @@ fn documented_commands_use_real_subcommands_and_flags() {
                 }
                 let mut deeper = path.clone();
                 deeper.push(w);
-                if help_of(&deeper).is_some() {
+                if help_of(binary, &deeper).is_some() {
                     path = deeper;
                 } else {
                     break;
                 }
             }
-            let Some(help) = (!path.is_empty()).then(|| help_of(&path)).flatten() else {
+            let Some(help) = (!path.is_empty()).then(|| help_of(binary, &path)).flatten() else {
                 problems.push(format!(
-                    "{}: `conduit {command}`: no such subcommand",
+                    "{}: `{bin} {command}`: no such subcommand",
                     file.display()
                 ));
                 continue;
@@ -118,24 +177,51 @@ fn documented_commands_use_real_subcommands_and_flags() {
                     || help.contains(&format!("{flag} <"));
                 if !accepted {
                     problems.push(format!(
-                        "{}: `conduit {command}`: `conduit {}` has no flag {flag}",
+                        "{}: `{bin} {command}`: `{bin} {}` has no flag {flag}",
                         file.display(),
                         path.join(" ")
                     ));
                 }
             }
-            checked += 1;
+            checked_by[binary as usize] += 1;
         }
     }
-    assert!(
-        checked >= 5,
-        "found only {checked} documented commands: is the parser broken?"
-    );
+    for binary in [Binary::Conduit, Binary::Bench] {
+        let checked = checked_by[binary as usize];
+        assert!(
+            checked >= 5,
+            "found only {checked} documented {} commands: is the parser broken?",
+            binary.name()
+        );
+    }
     assert!(
         problems.is_empty(),
-        "docs drifted from the binary:\n{}",
+        "docs drifted from the binaries:\n{}",
         problems.join("\n")
     );
+}
+
+#[test]
+fn command_lines_are_attributed_to_their_binary() {
+    let markdown = "```sh\n\
+        target/release/conduit-bench gen --events 10 --out - | target/release/conduit publish --topic t\n\
+        cargo run --release -p conduit-bench -- ingest --runs 1\n\
+        $BENCH soak --minutes 1\n\
+        conduit tail --topic t  # a comment\n\
+        cargo build --release -p conduit-cli -p conduit-bench\n\
+        ```\n\
+        conduit-bench outside a code block\n";
+    let expected: Vec<(Binary, String)> = [
+        (Binary::Bench, "gen --events 10 --out -"),
+        (Binary::Conduit, "publish --topic t"),
+        (Binary::Bench, "ingest --runs 1"),
+        (Binary::Bench, "soak --minutes 1"),
+        (Binary::Conduit, "tail --topic t"),
+    ]
+    .into_iter()
+    .map(|(binary, command)| (binary, command.to_owned()))
+    .collect();
+    assert_eq!(commands_in(markdown), expected);
 }
 
 #[test]

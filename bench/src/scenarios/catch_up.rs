@@ -1,4 +1,4 @@
-//! `conduit bench catch-up`: how fast one hour of sealed history is read back.
+//! `conduit-bench catch-up`: how fast one hour of sealed history is read back.
 //!
 //! Builds one hour of sealed local minutes of topic `bench` in a fresh local root
 //! (`streams_local/bench/yyyy/MM/dd/HH/mm/`, 60 minutes starting at the hour two
@@ -36,7 +36,6 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use chrono::Utc;
 use clap::Args;
-use conduit_core::events::EventGenerator;
 use conduit_core::format::{decode_file, DATA_FILE_SUFFIX};
 use conduit_core::layout::Layout;
 use conduit_core::manifest::crc32c;
@@ -46,12 +45,16 @@ use conduit_core::{
     Trailer, View,
 };
 
-use crate::bench_seal::{append_json_line, load_avg, median_min_max, TOPIC};
+use crate::events::EventGenerator;
+use crate::measure::{append_json_line, median_min_max, nproc};
+use crate::procfs::load_avg;
+use crate::rundir::fresh_temp_dir;
+use crate::TOPIC;
 
 /// The target of issue 8, events/s.
 const TARGET: f64 = 2_000_000.0;
 
-/// Arguments of `conduit bench catch-up`.
+/// Arguments of `conduit-bench catch-up`.
 #[derive(Debug, Args)]
 pub struct CatchUpArgs {
     /// Events in the hour of history (spread evenly over its 60 minutes).
@@ -112,7 +115,7 @@ struct History {
     files: u64,
 }
 
-/// Runs `conduit bench catch-up`.
+/// Runs `conduit-bench catch-up`.
 pub async fn run(args: CatchUpArgs) -> anyhow::Result<ExitCode> {
     for r in &args.readers {
         if !READERS.contains(&r.as_str()) {
@@ -120,16 +123,15 @@ pub async fn run(args: CatchUpArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let (dir, temporary) = match &args.dir {
-        Some(d) => (d.clone(), false),
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            (d.clone(), false)
+        }
         None => (
-            std::env::temp_dir().join(format!("conduit-bench-catchup-{}", std::process::id())),
+            fresh_temp_dir(&format!("conduit-bench-catchup-{}", std::process::id()))?,
             true,
         ),
     };
-    if temporary && dir.exists() {
-        std::fs::remove_dir_all(&dir)?;
-    }
-    std::fs::create_dir_all(&dir)?;
     let result = measure(&args, &dir).await;
     if args.keep || result.is_err() || !temporary {
         eprintln!("kept {}", dir.display());
@@ -184,7 +186,7 @@ async fn measure(args: &CatchUpArgs, dir: &Path) -> anyhow::Result<ExitCode> {
     let load_after = load_avg();
 
     println!(
-        "\nconduit bench catch-up: one hour of sealed local minutes, {} events ({:.1} MB payload, {:.1} MB in {} files), {} run(s) per reader, load {load_before} -> {load_after}",
+        "\nconduit-bench catch-up: one hour of sealed local minutes, {} events ({:.1} MB payload, {:.1} MB in {} files), {} run(s) per reader, load {load_before} -> {load_after}",
         history.events,
         history.payload_bytes as f64 / 1e6,
         history.file_bytes as f64 / 1e6,
@@ -229,7 +231,7 @@ async fn measure(args: &CatchUpArgs, dir: &Path) -> anyhow::Result<ExitCode> {
             "readers": json_readers,
             "load_avg_before": load_before,
             "load_avg_after": load_after,
-            "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "nproc": nproc(),
         }),
     )?;
     Ok(ExitCode::SUCCESS)
@@ -426,7 +428,11 @@ fn duckdb(dir: &Path, lines: bool) -> anyhow::Result<(u64, f64)> {
 
 /// Reads the hour with one PinTail consumer; returns (count, seconds).
 async fn pintail(storage: &SharedStorage, history: &History) -> anyhow::Result<(u64, f64)> {
-    let ckpt = tempfile_dir("pintail-ckpt")?;
+    let ckpt = fresh_temp_dir(&format!(
+        "conduit-bench-pintail-ckpt-{}-{}",
+        std::process::id(),
+        Utc::now().timestamp_nanos_opt().unwrap_or(0)
+    ))?;
     let started = Instant::now();
     let mut consumer = conduit_pintail::Consumer::builder(TOPIC)
         .cluster("dc1", storage.clone())
@@ -446,16 +452,6 @@ async fn pintail(storage: &SharedStorage, history: &History) -> anyhow::Result<(
     drop(consumer);
     let _ = std::fs::remove_dir_all(&ckpt);
     Ok((count, secs))
-}
-
-fn tempfile_dir(what: &str) -> anyhow::Result<PathBuf> {
-    let d = std::env::temp_dir().join(format!(
-        "conduit-bench-{what}-{}-{}",
-        std::process::id(),
-        Utc::now().timestamp_nanos_opt().unwrap_or(0)
-    ));
-    std::fs::create_dir_all(&d)?;
-    Ok(d)
 }
 
 /// Decodes every file on this thread; returns (count, seconds).

@@ -16,8 +16,8 @@
 //! ```
 //!
 //! The same seed always yields the same events (the RNG is [`StdRng`], seeded with
-//! [`SeedableRng::seed_from_u64`]), so `conduit bench ingest` and the peers it is
-//! compared with (through `conduit bench gen`) get identical input.
+//! [`SeedableRng::seed_from_u64`]), so `conduit-bench ingest` and the peers it is
+//! compared with (through `conduit-bench gen`) get identical input.
 
 use std::io::Write;
 

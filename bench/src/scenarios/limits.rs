@@ -1,4 +1,4 @@
-//! `conduit bench limits`: this machine's physical limits, measured in the same
+//! `conduit-bench limits`: this machine's physical limits, measured in the same
 //! run as the scenarios so ratios against them mean something.
 //!
 //! - **disk**: sequential writes of `--chunk-mib` with an `fdatasync` after each,
@@ -20,9 +20,11 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
-use conduit_core::events::EventGenerator;
 
-/// Arguments of `conduit bench limits`.
+use crate::events::EventGenerator;
+use crate::measure::{append_json_line, median_min_max};
+
+/// Arguments of `conduit-bench limits`.
 #[derive(Debug, Args)]
 pub struct LimitsArgs {
     /// Directory for the disk test (use the filesystem the data root is on).
@@ -165,13 +167,7 @@ fn loopback_mb_s(total_mib: u64) -> anyhow::Result<f64> {
     Ok(sent as f64 / secs / 1e6)
 }
 
-fn summary(samples: &[f64]) -> (f64, f64, f64) {
-    let mut s = samples.to_vec();
-    s.sort_by(f64::total_cmp);
-    (s[s.len() / 2], s[0], s[s.len() - 1])
-}
-
-/// Runs `conduit bench limits`.
+/// Runs `conduit-bench limits`.
 pub async fn run(args: LimitsArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.runs >= 1, "--runs must be at least 1");
     anyhow::ensure!(
@@ -223,7 +219,7 @@ pub async fn run(args: LimitsArgs) -> anyhow::Result<ExitCode> {
             "limit", "median", "min", "max", "events/s eq."
         );
         for (name, samples) in &rows {
-            let (median, min, max) = summary(samples);
+            let (median, min, max) = median_min_max(samples).expect("at least one run");
             println!(
                 "{name:<40} {median:>10.0} {min:>10.0} {max:>10.0} {:>14.0}",
                 median * 1e6 / (event_bytes + 1.0)
@@ -237,15 +233,7 @@ pub async fn run(args: LimitsArgs) -> anyhow::Result<ExitCode> {
                 "zstd_ratio": zstd[0].ratio,
                 "samples": rows.iter().map(|(n, s)| (n.to_string(), s.clone())).collect::<std::collections::BTreeMap<_, _>>(),
             });
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent).ok();
-            }
-            let mut file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("opening {}", path.display()))?;
-            writeln!(file, "{line}")?;
+            append_json_line(path, &line)?;
         }
         Ok(ExitCode::SUCCESS)
     })

@@ -1,4 +1,4 @@
-//! `conduit bench tail-latency`: publish-to-delivery latency of a PinTail consumer
+//! `conduit-bench tail-latency`: publish-to-delivery latency of a PinTail consumer
 //! group following the local view live, at a fixed publish rate, across minute
 //! boundaries (while the worker seals minutes and moves files from `data/` into
 //! `streams_local/` under the readers).
@@ -8,7 +8,7 @@
 //! members read open files from the collectors' HTTP listeners):
 //! `--collectors` `conduit collector` processes (`c1`, `c2`, ...; each is one
 //! partition of the local view) and one `conduit worker` process (a pass every
-//! `--worker-interval-ms`), started like `bench seal-latency` does. A PinTail
+//! `--worker-interval-ms`), started like `seal-latency` does. A PinTail
 //! consumer group of `--members` dynamic members (`m0`, `m1`, ...: with two
 //! collectors and two members, rendezvous hashing gives each member one
 //! partition) reads the local view from the run's first minute, auto-committing
@@ -37,8 +37,8 @@
 //! `TAIL` on file storage, one publishing connection (every publish acknowledged
 //! by JetStream) at the same rate with the same stamped payloads, and a durable
 //! pull consumer `bench` (explicit acks) pulled by `--members` connections at
-//! once (NATS's equivalent of a consumer group). The client is written here against
-//! the NATS text protocol, as in `bench nats-ingest`.
+//! once (NATS's equivalent of a consumer group), with the NATS client of
+//! [`crate::peers::nats`], as in `nats-ingest`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -47,17 +47,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use chrono::Utc;
 use clap::Args;
 use conduit_core::{Manifest, Minute, SharedStorage, Topic, View};
-use tokio::io::{AsyncWriteExt, BufWriter};
-use tokio::net::TcpStream;
+use tokio::io::AsyncWriteExt;
 
-use crate::bench_nats::{start_nats, NatsServer, Op, ReadSide};
-use crate::bench_seal::{
-    append_json_line, load_avg, median_min_max, payload_pool, Pacer, Proc, TOPIC,
-};
+use crate::children::{Conduit, Proc};
+use crate::measure::{append_json_line, median_min_max, nearest_rank, nproc};
+use crate::pacer::{payload_pool, Pacer};
+use crate::peers::nats::{self, start_nats, Control, NatsServer, Op};
+use crate::procfs::load_avg;
+use crate::rundir::{fresh_temp_dir, hdfs_base_or_default, remove_storage_dir};
+use crate::TOPIC;
 
 /// The cluster name of the bus this scenario starts.
 const CLUSTER: &str = "dc1";
@@ -67,7 +69,7 @@ const GROUP: &str = "bench-tail";
 const NATS_STREAM: &str = "TAIL";
 const NATS_CONSUMER: &str = "bench";
 
-/// Arguments of `conduit bench tail-latency`.
+/// Arguments of `conduit-bench tail-latency`.
 #[derive(Debug, Args)]
 pub struct TailLatencyArgs {
     /// Events per second published (spread round-robin over the collectors).
@@ -297,10 +299,7 @@ fn percentiles(mut lat_us: Vec<u32>) -> Latency {
         return Latency::default();
     }
     lat_us.sort_unstable();
-    let pct = |p: f64| {
-        let i = ((lat_us.len() as f64 * p).ceil() as usize).clamp(1, lat_us.len()) - 1;
-        f64::from(lat_us[i]) / 1000.0
-    };
+    let pct = |p: f64| nearest_rank(&lat_us, p).map_or(0.0, |us| f64::from(us) / 1000.0);
     Latency {
         p50_ms: pct(0.5),
         p99_ms: pct(0.99),
@@ -335,8 +334,8 @@ struct RunResult {
     load_after: String,
 }
 
-/// Runs `conduit bench tail-latency`.
-pub async fn run(args: TailLatencyArgs) -> anyhow::Result<ExitCode> {
+/// Runs `conduit-bench tail-latency`.
+pub async fn run(args: TailLatencyArgs, conduit_exe: &Conduit) -> anyhow::Result<ExitCode> {
     if args.compare.is_some() && !args.peer_script.exists() {
         bail!(
             "{} not found: run from the repository root or pass --peer-script",
@@ -349,7 +348,7 @@ pub async fn run(args: TailLatencyArgs) -> anyhow::Result<ExitCode> {
     let mut nats_failed = Vec::new();
     for run in 1..=args.runs {
         if !args.no_conduit {
-            match conduit_run(&args, run, events.clone()).await {
+            match conduit_run(&args, conduit_exe, run, events.clone()).await {
                 Ok(r) => {
                     report_run(&args, &r)?;
                     conduit.push(r);
@@ -424,13 +423,7 @@ fn report_run(args: &TailLatencyArgs, r: &RunResult) -> anyhow::Result<()> {
         o.insert("members".into(), args.members.into());
         o.insert("collectors".into(), args.collectors.into());
         o.insert("backend".into(), args.backend.clone().into());
-        o.insert(
-            "nproc".into(),
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(0)
-                .into(),
-        );
+        o.insert("nproc".into(), nproc().into());
     }
     append_json_line(&args.json, &line)
 }
@@ -450,13 +443,18 @@ struct TailBus {
 }
 
 impl TailBus {
-    async fn start(args: &TailLatencyArgs, dir: &Path, root: &str) -> anyhow::Result<TailBus> {
+    async fn start(
+        args: &TailLatencyArgs,
+        conduit: &Conduit,
+        dir: &Path,
+        root: &str,
+    ) -> anyhow::Result<TailBus> {
         std::fs::create_dir_all(dir.join("logs"))?;
         let config = dir.join("conduit.toml");
         std::fs::write(
             &config,
             format!(
-                "# Written by conduit bench tail-latency: one cluster, local view only.\n\
+                "# Written by conduit-bench tail-latency: one cluster, local view only.\n\
                  [clusters.{CLUSTER}]\nroot = {root:?}\n\n\
                  [topic_defaults]\nencoding = \"lines\"\ncompact = false\n\n\
                  [worker]\ninterval_ms = {}\n",
@@ -492,10 +490,11 @@ impl TailBus {
             .collect();
             let log = dir.join(format!("logs/collector-{id}.log"));
             let p = Proc::spawn(
+                conduit,
                 &format!("collector {id}"),
                 &args.child_log_level,
                 &a,
-                &log,
+                Some(&log),
                 "collector ready: scribe ",
             )
             .await;
@@ -523,10 +522,11 @@ impl TailBus {
         .collect();
         let log = dir.join("logs/worker.log");
         match Proc::spawn(
+            conduit,
             "worker",
             &args.child_log_level,
             &a,
-            &log,
+            Some(&log),
             "worker ready: http ",
         )
         .await
@@ -566,16 +566,13 @@ struct MemberResult {
 
 async fn conduit_run(
     args: &TailLatencyArgs,
+    conduit: &Conduit,
     run: u32,
     events: Arc<Vec<Bytes>>,
 ) -> anyhow::Result<RunResult> {
-    let dir = std::env::temp_dir().join(format!("conduit-bench-tail-{}-{run}", std::process::id()));
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir)?;
-    }
-    std::fs::create_dir_all(&dir)?;
+    let dir = fresh_temp_dir(&format!("conduit-bench-tail-{}-{run}", std::process::id()))?;
     let hdfs = (args.backend == "hdfs").then(|| {
-        let base = crate::bench_seal::hdfs_base_or_default(args.hdfs.as_deref());
+        let base = hdfs_base_or_default(args.hdfs.as_deref());
         let sub = format!("conduit_bench_tail_{}_{run}", std::process::id());
         (base, sub)
     });
@@ -584,7 +581,7 @@ async fn conduit_run(
         None => dir.join(CLUSTER).display().to_string(),
     };
     eprintln!("run {run}: bus in {} (root {root})", dir.display());
-    let mut bus = TailBus::start(args, &dir, &root).await?;
+    let mut bus = TailBus::start(args, conduit, &dir, &root).await?;
     let result = conduit_measure(args, run, &dir, &bus, events).await;
     let stopped = bus.stop().await;
     let keep = args.keep || result.is_err() || stopped.is_err();
@@ -593,7 +590,7 @@ async fn conduit_run(
     } else {
         let _ = std::fs::remove_dir_all(&dir);
         if let Some((base, sub)) = &hdfs {
-            crate::bench_seal::remove_hdfs_dir(base, sub).await;
+            remove_storage_dir(base, sub).await;
         }
     }
     let r = result?;
@@ -779,97 +776,18 @@ async fn conduit_measure(
 
 // ---- NATS JetStream -------------------------------------------------------------
 
-type Writer = Arc<tokio::sync::Mutex<BufWriter<tokio::net::tcp::OwnedWriteHalf>>>;
-
-/// Opens a connection (headers on, so pull requests get status messages).
-async fn nats_open(port: u16) -> anyhow::Result<(ReadSide, Writer)> {
-    let stream = TcpStream::connect(("127.0.0.1", port))
-        .await
-        .with_context(|| format!("cannot connect to nats-server on port {port}"))?;
-    stream.set_nodelay(true)?;
-    let (rd, wr) = stream.into_split();
-    let mut rs = ReadSide {
-        rd,
-        buf: BytesMut::with_capacity(256 << 10),
-    };
-    let mut wr = BufWriter::with_capacity(256 << 10, wr);
-    wr.write_all(
-        b"CONNECT {\"verbose\":false,\"pedantic\":false,\"lang\":\"rust\",\"version\":\"0\",\"protocol\":1,\"headers\":true,\"no_responders\":true}\r\nPING\r\n",
-    )
-    .await?;
-    wr.flush().await?;
-    while !matches!(rs.op().await?, Op::Pong) {}
-    Ok((rs, Arc::new(tokio::sync::Mutex::new(wr))))
-}
-
-/// A request on the control connection; returns the reply body as JSON.
-async fn nats_request(
-    rs: &mut ReadSide,
-    wr: &Writer,
-    subject: &str,
-    body: &[u8],
-) -> anyhow::Result<serde_json::Value> {
-    {
-        let mut w = wr.lock().await;
-        w.write_all(format!("PUB {subject} _INBOX.ctl {}\r\n", body.len()).as_bytes())
-            .await?;
-        w.write_all(body).await?;
-        w.write_all(b"\r\n").await?;
-        w.flush().await?;
-    }
-    let reply = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            match rs.op().await? {
-                Op::Msg { subject, body, .. } if subject.as_ref() == b"_INBOX.ctl" => {
-                    return Ok::<_, anyhow::Error>(body)
-                }
-                Op::Ping => {
-                    let mut w = wr.lock().await;
-                    w.write_all(b"PONG\r\n").await?;
-                    w.flush().await?;
-                }
-                _ => {}
-            }
-        }
-    })
-    .await
-    .with_context(|| format!("no reply to {subject} within 30 s"))??;
-    serde_json::from_slice(&reply).with_context(|| {
-        format!(
-            "bad reply to {subject}: {:?}",
-            String::from_utf8_lossy(&reply)
-        )
-    })
-}
-
 async fn nats_run(
     args: &TailLatencyArgs,
     run: u32,
     events: Arc<Vec<Bytes>>,
 ) -> anyhow::Result<RunResult> {
-    let dir = std::env::temp_dir().join(format!(
+    let dir = fresh_temp_dir(&format!(
         "conduit-bench-tail-nats-{}-{run}",
         std::process::id()
-    ));
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir)?;
-    }
-    std::fs::create_dir_all(&dir)?;
-    let mut server = start_nats(&args.peer_script, &dir).await?;
+    ))?;
+    let server = start_nats(&args.peer_script, &dir).await?;
     let result = nats_measure(args, run, &server, events).await;
-    if let Some(pid) = rustix::process::Pid::from_raw(server.pid as i32) {
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-    }
-    if tokio::time::timeout(Duration::from_secs(30), server.child.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            pid = server.pid,
-            "nats-server ignored SIGTERM for 30 s; killing it"
-        );
-        let _ = server.child.kill().await;
-    }
+    server.stop().await;
     if args.keep || result.is_err() {
         eprintln!("kept {}", dir.display());
     } else {
@@ -884,18 +802,16 @@ async fn nats_measure(
     server: &NatsServer,
     events: Arc<Vec<Bytes>>,
 ) -> anyhow::Result<RunResult> {
-    let (mut crs, cwr) = nats_open(server.port).await?;
-    cwr.lock().await.write_all(b"SUB _INBOX.ctl 1\r\n").await?;
-    let v = nats_request(
-        &mut crs,
-        &cwr,
-        &format!("$JS.API.STREAM.CREATE.{NATS_STREAM}"),
-        format!(
-            r#"{{"name":"{NATS_STREAM}","subjects":["tail.>"],"storage":"file","retention":"limits","discard":"old","num_replicas":1,"max_msgs":-1,"max_bytes":-1}}"#
+    let mut ctl = Control::open(server.port).await?;
+    let v = ctl
+        .request(
+            &format!("$JS.API.STREAM.CREATE.{NATS_STREAM}"),
+            format!(
+                r#"{{"name":"{NATS_STREAM}","subjects":["tail.>"],"storage":"file","retention":"limits","discard":"old","num_replicas":1,"max_msgs":-1,"max_bytes":-1}}"#
+            )
+            .as_bytes(),
         )
-        .as_bytes(),
-    )
-    .await?;
+        .await?;
     if v.get("error").is_some() {
         bail!("cannot create stream {NATS_STREAM}: {v}");
     }
@@ -903,22 +819,20 @@ async fn nats_measure(
     let config = format!(
         r#"{{"stream_name":"{NATS_STREAM}","config":{{"durable_name":"{NATS_CONSUMER}","ack_policy":"explicit","deliver_policy":"all","ack_wait":30000000000,"max_ack_pending":-1,"max_waiting":512}}}}"#
     );
-    let mut v = nats_request(
-        &mut crs,
-        &cwr,
-        &format!("$JS.API.CONSUMER.CREATE.{NATS_STREAM}"),
-        config.as_bytes(),
-    )
-    .await?;
-    if v.get("error").is_some() {
-        tracing::debug!(reply = %v, "CONSUMER.CREATE refused (nats-server 2.9 wants DURABLE.CREATE for durables)");
-        v = nats_request(
-            &mut crs,
-            &cwr,
-            &format!("$JS.API.CONSUMER.DURABLE.CREATE.{NATS_STREAM}.{NATS_CONSUMER}"),
+    let mut v = ctl
+        .request(
+            &format!("$JS.API.CONSUMER.CREATE.{NATS_STREAM}"),
             config.as_bytes(),
         )
         .await?;
+    if v.get("error").is_some() {
+        tracing::debug!(reply = %v, "CONSUMER.CREATE refused (nats-server 2.9 wants DURABLE.CREATE for durables)");
+        v = ctl
+            .request(
+                &format!("$JS.API.CONSUMER.DURABLE.CREATE.{NATS_STREAM}.{NATS_CONSUMER}"),
+                config.as_bytes(),
+            )
+            .await?;
     }
     if v.get("error").is_some() {
         bail!("cannot create durable consumer {NATS_CONSUMER}: {v}");
@@ -937,7 +851,7 @@ async fn nats_measure(
     }
 
     // Publisher: one connection, paced like conduit's, every publish acked.
-    let (mut prs, pwr) = nats_open(server.port).await?;
+    let (mut prs, pwr) = nats::connect(server.port, true).await?;
     pwr.lock()
         .await
         .write_all(b"SUB _INBOX.pub.* 1\r\n")
@@ -1076,7 +990,7 @@ async fn nats_pull_member(
     tally: Arc<Tally>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<(Vec<u32>, [u32; 60])> {
-    let (mut rs, wr) = nats_open(port).await?;
+    let (mut rs, wr) = nats::connect(port, true).await?;
     let inbox = format!("_INBOX.pull{k}");
     let next_subject = format!("$JS.API.CONSUMER.MSG.NEXT.{NATS_STREAM}.{NATS_CONSUMER}");
     let request = format!(r#"{{"batch":{batch},"expires":1000000000}}"#);
@@ -1162,7 +1076,7 @@ fn worst_seconds(by_second: &[f64], n: usize) -> String {
 
 fn print_table(args: &TailLatencyArgs, conduit: &[RunResult], nats: &[RunResult]) {
     println!(
-        "\nconduit bench tail-latency: {} events/s for {} s, {} run(s), {} collectors, group of {} members, view local on {}; load {}",
+        "\nconduit-bench tail-latency: {} events/s for {} s, {} run(s), {} collectors, group of {} members, view local on {}; load {}",
         args.rate,
         args.duration_secs,
         args.runs,

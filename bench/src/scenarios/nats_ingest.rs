@@ -1,9 +1,9 @@
-//! `conduit bench nats-ingest`: conduit ingest and NATS JetStream (file store,
+//! `conduit-bench nats-ingest`: conduit ingest and NATS JetStream (file store,
 //! acked publishes) side by side, fed the same events, interleaved run by run.
 //!
 //! Each round runs, in this order:
 //!
-//! 1. **conduit**: `conduit bench ingest --runs 1` as a child process (a fresh
+//! 1. **conduit**: `conduit-bench ingest --runs 1` as a child process (a fresh
 //!    collector; events acknowledged only after fsync; the records in its files
 //!    are counted), with the same `--events`, `--connections` and seed; its JSON
 //!    line gives events/s and ack latency.
@@ -30,25 +30,29 @@
 //! The table: median (min–max) events/s, ack p50/p99, server CPU per million
 //! events and peak RSS for both, and the ratio of medians. `--json FILE` appends
 //! one line per NATS run (default `bench/results/nats-ingest.jsonl`); conduit's
-//! runs are appended by `bench ingest` to the same file.
+//! runs are appended by `ingest` to the same file.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::Bytes;
 use chrono::Utc;
 use clap::Args;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
-use tokio::net::TcpStream;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{Barrier, Semaphore};
 
-use crate::bench_seal::{append_json_line, load_avg, median_min_max, payload_pool};
+use crate::children::Conduit;
+use crate::measure::{append_json_line, median_min_max, nearest_rank, nproc};
+use crate::pacer::payload_pool;
+use crate::peers::nats::{self, start_nats, Control, NatsServer, Op};
+use crate::procfs::{self, load_avg, Process};
+use crate::rundir::fresh_temp_dir;
 
-/// Arguments of `conduit bench nats-ingest`.
+/// Arguments of `conduit-bench nats-ingest`.
 #[derive(Debug, Args)]
 pub struct NatsArgs {
     /// Events per run.
@@ -83,7 +87,7 @@ pub struct NatsArgs {
     )]
     json: PathBuf,
 
-    /// Seed of the event generator (the same events as `bench ingest --seed`).
+    /// Seed of the event generator (the same events as `ingest --seed`).
     #[arg(long, default_value_t = 1)]
     seed: u64,
 
@@ -103,8 +107,8 @@ struct Sample {
     load: String,
 }
 
-/// Runs `conduit bench nats-ingest`.
-pub async fn run(args: NatsArgs) -> anyhow::Result<ExitCode> {
+/// Runs `conduit-bench nats-ingest`.
+pub async fn run(args: NatsArgs, conduit_exe: &Conduit) -> anyhow::Result<ExitCode> {
     if !args.peer_script.exists() {
         bail!(
             "{} not found: run from the repository root or pass --peer-script",
@@ -122,7 +126,7 @@ pub async fn run(args: NatsArgs) -> anyhow::Result<ExitCode> {
     let mut nats = Vec::new();
     for round in 1..=args.runs {
         if !args.no_conduit {
-            match conduit_run(&args).await {
+            match conduit_run(&args, conduit_exe).await {
                 Ok(s) => {
                     eprintln!(
                         "round {round}: conduit {:.0} events/s, ack p50 {:.1} ms p99 {:.1} ms [load {}]",
@@ -156,7 +160,7 @@ pub async fn run(args: NatsArgs) -> anyhow::Result<ExitCode> {
         }
     }
     println!(
-        "\nconduit bench nats-ingest: {} events, {} connections, NATS window {} per connection, {} round(s), interleaved",
+        "\nconduit-bench nats-ingest: {} events, {} connections, NATS window {} per connection, {} round(s), interleaved",
         args.events, args.connections, args.window, args.runs
     );
     println!(
@@ -194,15 +198,19 @@ pub async fn run(args: NatsArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn conduit_run(args: &NatsArgs) -> anyhow::Result<Sample> {
+/// One `conduit-bench ingest --runs 1` (this executable) with the same events.
+async fn conduit_run(args: &NatsArgs, conduit: &Conduit) -> anyhow::Result<Sample> {
     let json = std::env::temp_dir().join(format!(
         "conduit-bench-nats-conduit-{}.jsonl",
         std::process::id()
     ));
     let _ = std::fs::remove_file(&json);
     let load = load_avg();
-    let status = tokio::process::Command::new(std::env::current_exe()?)
-        .args(["bench", "ingest", "--runs", "1"])
+    let me = std::env::current_exe().context("cannot find this executable's path")?;
+    let status = tokio::process::Command::new(me)
+        .arg("--conduit")
+        .arg(conduit.path())
+        .args(["ingest", "--runs", "1"])
         .arg("--events")
         .arg(args.events.to_string())
         .arg("--connections")
@@ -216,7 +224,7 @@ async fn conduit_run(args: &NatsArgs) -> anyhow::Result<Sample> {
         .status()
         .await?;
     if !status.success() {
-        bail!("conduit bench ingest failed ({status})");
+        bail!("conduit-bench ingest failed ({status})");
     }
     let text = std::fs::read_to_string(&json)?;
     let _ = std::fs::remove_file(&json);
@@ -239,122 +247,18 @@ async fn conduit_run(args: &NatsArgs) -> anyhow::Result<Sample> {
     })
 }
 
-/// A running private nats-server.
-pub(crate) struct NatsServer {
-    pub(crate) child: tokio::process::Child,
-    pub(crate) pid: u32,
-    pub(crate) port: u16,
-}
-
-/// Starts a private nats-server through the peer script `script` (`serve`), with
-/// its store and log in `dir`, and waits until it listens.
-pub(crate) async fn start_nats(script: &Path, dir: &Path) -> anyhow::Result<NatsServer> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let log_path = dir.join("nats-server.log");
-    let log = std::fs::File::create(&log_path)?;
-    let mut child = tokio::process::Command::new("bash")
-        .arg(script)
-        .arg("serve")
-        .arg("--dir")
-        .arg(dir)
-        .arg("--port")
-        .arg(port.to_string())
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("cannot run {}", script.display()))?;
-    let pid = child.id().context("no pid")?;
-    let deadline = Instant::now() + Duration::from_secs(300); // may apt-get install first
-    loop {
-        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            break;
-        }
-        if let Some(status) = child.try_wait()? {
-            bail!(
-                "nats-server exited ({status}): {}",
-                std::fs::read_to_string(&log_path).unwrap_or_default()
-            );
-        }
-        if Instant::now() > deadline {
-            bail!("nats-server did not listen on port {port} within 300 s");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(NatsServer { child, pid, port })
-}
-
-/// A NATS text-protocol connection: the read side and a buffered write half.
-struct Conn {
-    rs: ReadSide,
-    wr: BufWriter<tokio::net::tcp::OwnedWriteHalf>,
-}
-
-impl Conn {
-    async fn open(port: u16) -> anyhow::Result<Conn> {
-        let stream = TcpStream::connect(("127.0.0.1", port)).await?;
-        stream.set_nodelay(true)?;
-        let (rd, wr) = stream.into_split();
-        let mut c = Conn {
-            rs: ReadSide {
-                rd,
-                buf: BytesMut::with_capacity(256 << 10),
-            },
-            wr: BufWriter::with_capacity(256 << 10, wr),
-        };
-        // The server sends INFO first; CONNECT + PING, ready once PONG arrives.
-        c.wr.write_all(
-            b"CONNECT {\"verbose\":false,\"pedantic\":false,\"lang\":\"rust\",\"version\":\"0\",\"protocol\":1,\"headers\":false}\r\nPING\r\n",
-        )
-        .await?;
-        c.wr.flush().await?;
-        while !matches!(c.rs.op().await?, Op::Pong) {}
-        Ok(c)
-    }
-
-    /// A request on `subject` with reply to `inbox` (already subscribed); returns
-    /// the reply's payload.
-    async fn request(&mut self, subject: &str, inbox: &str, body: &[u8]) -> anyhow::Result<Bytes> {
-        self.wr
-            .write_all(format!("PUB {subject} {inbox} {}\r\n", body.len()).as_bytes())
-            .await?;
-        self.wr.write_all(body).await?;
-        self.wr.write_all(b"\r\n").await?;
-        self.wr.flush().await?;
-        loop {
-            match self.rs.op().await? {
-                Op::Msg { subject, body, .. } if subject == inbox.as_bytes() => return Ok(body),
-                Op::Ping => {
-                    self.wr.write_all(b"PONG\r\n").await?;
-                    self.wr.flush().await?;
-                }
-                _ => {}
-            }
-        }
-    }
-}
-
 async fn nats_run(
     args: &NatsArgs,
     round: u32,
     payloads: Arc<Vec<Bytes>>,
 ) -> anyhow::Result<Sample> {
-    let dir =
-        std::env::temp_dir().join(format!("conduit-bench-nats-{}-{round}", std::process::id()));
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir)?;
-    }
-    std::fs::create_dir_all(&dir)?;
-    let mut server = start_nats(&args.peer_script, &dir).await?;
+    let dir = fresh_temp_dir(&format!(
+        "conduit-bench-nats-{}-{round}",
+        std::process::id()
+    ))?;
+    let server = start_nats(&args.peer_script, &dir).await?;
     let result = nats_measure(args, &server, payloads).await;
-    if let Some(pid) = rustix::process::Pid::from_raw(server.pid as i32) {
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(30), server.child.wait()).await;
-    let _ = server.child.kill().await;
+    server.stop().await;
     match &result {
         Ok((s, bytes)) => {
             append_json_line(
@@ -373,7 +277,7 @@ async fn nats_run(
                     "server_peak_rss_mib": s.rss_mib,
                     "store_bytes": bytes,
                     "load_avg": s.load,
-                    "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+                    "nproc": nproc(),
                 }),
             )?;
             let _ = std::fs::remove_dir_all(&dir);
@@ -383,37 +287,19 @@ async fn nats_run(
     result.map(|(s, _)| s)
 }
 
-fn proc_cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) as f64 / rustix::param::clock_ticks_per_second() as f64)
-}
-
-fn proc_peak_rss_mib(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    Some(line.split_whitespace().nth(1)?.parse::<f64>().ok()? / 1024.0)
-}
-
 async fn nats_measure(
     args: &NatsArgs,
     server: &NatsServer,
     payloads: Arc<Vec<Bytes>>,
 ) -> anyhow::Result<(Sample, u64)> {
     let load = load_avg();
-    let mut ctl = Conn::open(server.port).await?;
-    ctl.wr.write_all(b"SUB _INBOX.ctl 1\r\n").await?;
-    let created = ctl
+    let mut ctl = Control::open(server.port).await?;
+    let v = ctl
         .request(
             "$JS.API.STREAM.CREATE.BENCH",
-            "_INBOX.ctl",
             br#"{"name":"BENCH","subjects":["bench.>"],"storage":"file","retention":"limits","discard":"old","num_replicas":1,"max_msgs":-1,"max_bytes":-1}"#,
         )
         .await?;
-    let v: serde_json::Value = serde_json::from_slice(&created)?;
     if v.get("error").is_some() {
         bail!("cannot create the stream: {v}");
     }
@@ -436,8 +322,8 @@ async fn nats_measure(
         }));
     }
     // The script execs nats-server, so its pid is the server's.
-    let pid = server.pid;
-    let cpu_before = proc_cpu_seconds(pid);
+    let server_process = Process::Pid(server.pid);
+    let cpu_before = procfs::cpu_seconds(server_process);
     barrier.wait().await;
     let t0 = Instant::now();
     let mut latencies = Vec::with_capacity(payloads.len());
@@ -458,7 +344,7 @@ async fn nats_measure(
         }
     }
     let secs = t0.elapsed().as_secs_f64();
-    let cpu_after = proc_cpu_seconds(pid);
+    let cpu_after = procfs::cpu_seconds(server_process);
     if let Some(e) = first_err {
         return Err(e.context(format!(
             "{} of {} publishes acknowledged",
@@ -466,10 +352,7 @@ async fn nats_measure(
             payloads.len()
         )));
     }
-    let info = ctl
-        .request("$JS.API.STREAM.INFO.BENCH", "_INBOX.ctl", b"")
-        .await?;
-    let v: serde_json::Value = serde_json::from_slice(&info)?;
+    let v = ctl.request("$JS.API.STREAM.INFO.BENCH", b"").await?;
     let stored = v["state"]["messages"].as_u64().unwrap_or(0);
     if stored != payloads.len() as u64 || acked != stored {
         bail!(
@@ -479,10 +362,7 @@ async fn nats_measure(
     }
     let store_bytes = v["state"]["bytes"].as_u64().unwrap_or(0);
     latencies.sort_unstable();
-    let pct = |p: f64| {
-        let i = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
-        latencies[i] as f64 / 1e6
-    };
+    let pct = |p: f64| nearest_rank(&latencies, p).map_or(0.0, |ns| ns as f64 / 1e6);
     Ok((
         Sample {
             events_per_s: acked as f64 / secs,
@@ -492,7 +372,7 @@ async fn nats_measure(
                 (Some(a), Some(b)) => Some((b - a) / (acked as f64 / 1e6)),
                 _ => None,
             },
-            rss_mib: proc_peak_rss_mib(pid),
+            rss_mib: procfs::peak_rss_mib(server_process),
             load,
         },
         store_bytes,
@@ -510,11 +390,10 @@ async fn publish_conn(
     barrier: Arc<Barrier>,
     progress: Arc<AtomicU64>,
 ) -> anyhow::Result<(u64, Vec<u64>)> {
-    let opened = Conn::open(port).await;
+    let opened = nats::connect(port, false).await;
     barrier.wait().await;
-    let Conn { mut rs, wr } = opened?;
-    // Shared with the reader, which answers the server's PINGs with PONG.
-    let wr = Arc::new(tokio::sync::Mutex::new(wr));
+    // The writer is shared with the reader, which answers the server's PINGs.
+    let (mut rs, wr) = opened?;
     let inbox = format!("_INBOX.p{c}");
     wr.lock()
         .await
@@ -612,108 +491,5 @@ struct CloseOnDrop(Arc<Semaphore>);
 impl Drop for CloseOnDrop {
     fn drop(&mut self) {
         self.0.close();
-    }
-}
-
-/// One thing the server sent.
-pub(crate) enum Op {
-    /// `MSG`/`HMSG`: subject, reply subject, headers (empty for `MSG`), body.
-    Msg {
-        subject: Bytes,
-        reply: Option<Bytes>,
-        headers: Bytes,
-        body: Bytes,
-    },
-    Ping,
-    Pong,
-    Other,
-}
-
-/// The read half of a NATS connection and its buffer.
-pub(crate) struct ReadSide {
-    pub(crate) rd: tokio::net::tcp::OwnedReadHalf,
-    pub(crate) buf: BytesMut,
-}
-
-impl ReadSide {
-    pub(crate) async fn fill(&mut self) -> anyhow::Result<()> {
-        self.buf.reserve(64 << 10);
-        if self.rd.read_buf(&mut self.buf).await? == 0 {
-            bail!("nats-server closed the connection");
-        }
-        Ok(())
-    }
-
-    /// Whether a complete operation may already be buffered.
-    pub(crate) fn has_buffered(&self) -> bool {
-        !self.buf.is_empty()
-    }
-
-    /// The next protocol operation. Cancel-safe: nothing is taken from the buffer
-    /// until a whole operation is there (reads are only `read_buf`).
-    pub(crate) async fn op(&mut self) -> anyhow::Result<Op> {
-        loop {
-            if let Some(op) = self.parse()? {
-                return Ok(op);
-            }
-            self.fill().await?;
-        }
-    }
-
-    /// One complete operation from the buffer, if there is one.
-    pub(crate) fn parse(&mut self) -> anyhow::Result<Option<Op>> {
-        let Some(eol) = self.buf.windows(2).position(|w| w == b"\r\n") else {
-            return Ok(None);
-        };
-        let line = &self.buf[..eol];
-        let (parts, has_headers) = if let Some(rest) = line.strip_prefix(b"MSG ") {
-            (rest, false)
-        } else if let Some(rest) = line.strip_prefix(b"HMSG ") {
-            (rest, true)
-        } else {
-            let op = if line.starts_with(b"PING") {
-                Op::Ping
-            } else if line.starts_with(b"PONG") {
-                Op::Pong
-            } else if line.starts_with(b"-ERR") {
-                bail!("nats: {}", String::from_utf8_lossy(line));
-            } else {
-                Op::Other
-            };
-            self.buf.advance(eol + 2);
-            return Ok(Some(op));
-        };
-        // MSG <subject> <sid> [reply] <len>; HMSG <subject> <sid> [reply] <hlen> <len>
-        let f: Vec<&[u8]> = parts.split(|&b| b == b' ').collect();
-        let num = |b: &[u8]| -> anyhow::Result<usize> {
-            std::str::from_utf8(b)?.parse().with_context(|| {
-                format!("bad NATS message line {:?}", String::from_utf8_lossy(line))
-            })
-        };
-        let (reply, hlen, len) = match (has_headers, f.len()) {
-            (false, 3) => (None, 0, num(f[2])?),
-            (false, 4) => (Some(f[2]), 0, num(f[3])?),
-            (true, 4) => (None, num(f[2])?, num(f[3])?),
-            (true, 5) => (Some(f[2]), num(f[3])?, num(f[4])?),
-            _ => bail!(
-                "unexpected NATS message line {:?}",
-                String::from_utf8_lossy(line)
-            ),
-        };
-        if self.buf.len() < eol + 2 + len + 2 {
-            return Ok(None);
-        }
-        let subject = Bytes::copy_from_slice(f[0]);
-        let reply = reply.map(Bytes::copy_from_slice);
-        self.buf.advance(eol + 2);
-        let mut all = self.buf.split_to(len).freeze();
-        self.buf.advance(2);
-        let headers = all.split_to(hlen.min(len));
-        Ok(Some(Op::Msg {
-            subject,
-            reply,
-            headers,
-            body: all,
-        }))
     }
 }

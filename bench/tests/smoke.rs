@@ -1,7 +1,11 @@
-//! Smoke runs of the benchmark scenarios `conduit bench seal-latency`, `catch-up`,
-//! `soak`, `nats-ingest` and `tail-latency`: tiny sizes, real processes, and assertions only on
-//! what must hold whatever the machine's speed — the command succeeds and nothing
-//! is lost (event counts in its JSON result). Never a timing assertion.
+//! Smoke runs of the `conduit-bench` scenarios `seal-latency`, `catch-up`,
+//! `soak`, `nats-ingest` and `tail-latency`: tiny sizes, real processes, and
+//! assertions only on what must hold whatever the machine's speed — the command
+//! succeeds and nothing is lost (event counts in its JSON result). Never a timing
+//! assertion.
+//!
+//! The scenarios start the `conduit` next to `conduit-bench` (both in
+//! `target/<profile>/`); `conduit_bin()` builds it first.
 //!
 //! `seal-latency` and `soak` wait for real minute boundaries (up to a minute and a
 //! half each); they run in parallel test threads.
@@ -9,21 +13,38 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use conduit_tests::{conduit_bin, python_has, require_python, workspace_root};
+use conduit_testkit::gate::python_has;
+use conduit_testkit::process::{conduit_bin, workspace_root};
 
-/// Runs `conduit bench <args>` with `--json <dir>/result.jsonl`; returns the
+/// Whether the Python module can be used (see `conduit_testkit::gate`).
+fn require_python(module: &str) -> bool {
+    conduit_testkit::gate::python("bench_smoke", module)
+}
+
+/// The benchmark binary under test.
+const CONDUIT_BENCH: &str = env!("CARGO_BIN_EXE_conduit-bench");
+
+/// Runs `conduit-bench <args>` with `--json <dir>/result.jsonl`; returns the
 /// output and the JSON lines.
 fn bench(dir: &Path, args: &[&str]) -> (Output, Vec<serde_json::Value>) {
+    // The scenarios find `conduit` beside `conduit-bench`: build it there.
+    let conduit = conduit_bin();
+    assert_eq!(
+        conduit.parent(),
+        Path::new(CONDUIT_BENCH).parent(),
+        "conduit and conduit-bench must be built into the same directory"
+    );
     let json = dir.join("result.jsonl");
-    let out = Command::new(conduit_bin())
+    let out = Command::new(CONDUIT_BENCH)
         .current_dir(workspace_root())
-        .args(["--log-level", "warn", "bench"])
+        .args(["--log-level", "warn"])
         .args(args)
         .arg("--json")
         .arg(&json)
         .env("TMPDIR", dir)
+        .env_remove("CONDUIT_BIN")
         .output()
-        .expect("run conduit bench");
+        .expect("run conduit-bench");
     let lines = std::fs::read_to_string(&json)
         .unwrap_or_default()
         .lines()

@@ -1,7 +1,7 @@
-//! `conduit bench soak`: the bus at a fixed rate for a while; memory and file
+//! `conduit-bench soak`: the bus at a fixed rate for a while; memory and file
 //! descriptors must stay flat and nothing may be lost.
 //!
-//! Starts the two-datacenter bus of `bench seal-latency` (a `conduit collector`
+//! Starts the two-datacenter bus of `seal-latency` (a `conduit collector`
 //! and a `conduit worker` process per cluster, merged into `dc1`, mirrored to
 //! `dc2`), publishes `--rate` events/s (half to each collector) for `--minutes`,
 //! and follows `dc1`'s local view with one PinTail consumer in this process (a
@@ -31,11 +31,15 @@ use chrono::Utc;
 use clap::Args;
 use conduit_core::{Manifest, Minute, Topic, View};
 
-use crate::bench_seal::{
-    append_json_line, load_avg, payload_pool, stored_records, Bus, BusRoots, Pacer, TOPIC,
-};
+use crate::children::{Bus, BusRoots, Conduit};
+use crate::measure::{append_json_line, nproc, slope};
+use crate::pacer::{payload_pool, Pacer};
+use crate::procfs::{self, load_avg, Process};
+use crate::records::stored_records;
+use crate::rundir::fresh_temp_dir;
+use crate::TOPIC;
 
-/// Arguments of `conduit bench soak`.
+/// Arguments of `conduit-bench soak`.
 #[derive(Debug, Args)]
 pub struct SoakArgs {
     /// How long to publish, in minutes (the issue asks for 30).
@@ -82,40 +86,10 @@ struct Series {
     samples: Vec<(f64, u64, u64)>,
 }
 
-/// The least-squares slope of `y` over `x`; `None` for fewer than 2 points.
-fn slope(points: &[(f64, f64)]) -> Option<f64> {
-    let n = points.len() as f64;
-    if points.len() < 2 {
-        return None;
-    }
-    let mx = points.iter().map(|p| p.0).sum::<f64>() / n;
-    let my = points.iter().map(|p| p.1).sum::<f64>() / n;
-    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
-    if sxx == 0.0 {
-        return None;
-    }
-    let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
-    Some(sxy / sxx)
-}
-
-fn own_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-fn own_fds() -> Option<u64> {
-    Some(std::fs::read_dir("/proc/self/fd").ok()?.count() as u64)
-}
-
-/// Runs `conduit bench soak`.
-pub async fn run(args: SoakArgs) -> anyhow::Result<ExitCode> {
-    let dir = std::env::temp_dir().join(format!("conduit-bench-soak-{}", std::process::id()));
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir)?;
-    }
-    std::fs::create_dir_all(&dir)?;
-    let result = soak(&args, &dir).await;
+/// Runs `conduit-bench soak`.
+pub async fn run(args: SoakArgs, conduit: &Conduit) -> anyhow::Result<ExitCode> {
+    let dir = fresh_temp_dir(&format!("conduit-bench-soak-{}", std::process::id()))?;
+    let result = soak(&args, conduit, &dir).await;
     if args.keep || !matches!(result, Ok(ExitCode::SUCCESS)) {
         eprintln!("kept {}", dir.display());
     } else {
@@ -124,12 +98,23 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<ExitCode> {
     result
 }
 
-async fn soak(args: &SoakArgs, dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+async fn soak(
+    args: &SoakArgs,
+    conduit: &Conduit,
+    dir: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
     let roots = BusRoots {
         dc1: dir.join("dc1").display().to_string(),
         dc2: dir.join("dc2").display().to_string(),
     };
-    let mut bus = Bus::start(dir, roots, args.worker_interval_ms, &args.child_log_level).await?;
+    let mut bus = Bus::start(
+        conduit,
+        dir,
+        roots,
+        args.worker_interval_ms,
+        &args.child_log_level,
+    )
+    .await?;
     let payloads = payload_pool(100_000, args.seed);
     let addrs: Vec<SocketAddr> = bus.collectors.iter().map(|c| c.addr).collect();
     let load_before = load_avg();
@@ -191,7 +176,8 @@ async fn soak(args: &SoakArgs, dir: &std::path::Path) -> anyhow::Result<ExitCode
             let t = now.duration_since(started).as_secs_f64();
             let procs = bus.collectors.iter().chain(bus.workers.iter());
             for (s, p) in series.iter_mut().zip(procs) {
-                let (rss, fds) = (p.rss_kib(), p.open_fds());
+                let process = Process::Pid(p.pid);
+                let (rss, fds) = (procfs::rss_kib(process), procfs::open_fds(process));
                 match (rss, fds) {
                     (Some(r), Some(f)) => s.samples.push((t, r, f)),
                     _ => bail!(
@@ -203,8 +189,11 @@ async fn soak(args: &SoakArgs, dir: &std::path::Path) -> anyhow::Result<ExitCode
                 }
             }
             let own = series.last_mut().expect("the bench series");
-            own.samples
-                .push((t, own_rss_kib().unwrap_or(0), own_fds().unwrap_or(0)));
+            own.samples.push((
+                t,
+                procfs::rss_kib(Process::Own).unwrap_or(0),
+                procfs::open_fds(Process::Own).unwrap_or(0),
+            ));
             eprintln!(
                 "t={t:>6.0}s published {} delivered {} | {}",
                 pacer.published.load(Ordering::Relaxed),
@@ -276,8 +265,8 @@ async fn soak(args: &SoakArgs, dir: &std::path::Path) -> anyhow::Result<ExitCode
     }
 
     // The loss check: conduit audit over the whole range.
-    let exe = std::env::current_exe()?;
-    let audit = tokio::process::Command::new(exe)
+    let audit = conduit
+        .command()
         .args(["--log-level", "warn", "audit", "--config"])
         .arg(&bus.config)
         .args([
@@ -309,7 +298,7 @@ async fn soak(args: &SoakArgs, dir: &std::path::Path) -> anyhow::Result<ExitCode
     let load_after = load_avg();
 
     println!(
-        "\nconduit bench soak: {} events/s for {:.1} min ({published} published, {acked} acknowledged, {stored} stored), samples every {} s, load {load_before} -> {load_after}",
+        "\nconduit-bench soak: {} events/s for {:.1} min ({published} published, {acked} acknowledged, {stored} stored), samples every {} s, load {load_before} -> {load_after}",
         args.rate, elapsed / 60.0, args.sample_secs
     );
     println!(
@@ -390,7 +379,7 @@ async fn soak(args: &SoakArgs, dir: &std::path::Path) -> anyhow::Result<ExitCode
             "audit_ok": audit_ok,
             "load_avg_before": load_before,
             "load_avg_after": load_after,
-            "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "nproc": nproc(),
             "processes": json_series,
         }),
     )?;
@@ -399,17 +388,4 @@ async fn soak(args: &SoakArgs, dir: &std::path::Path) -> anyhow::Result<ExitCode
     } else {
         ExitCode::FAILURE
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::slope;
-
-    #[test]
-    fn slope_of_a_line_and_of_flat_data() {
-        assert_eq!(slope(&[(0.0, 1.0), (1.0, 3.0), (2.0, 5.0)]), Some(2.0));
-        assert_eq!(slope(&[(0.0, 7.0), (1.0, 7.0)]), Some(0.0));
-        assert_eq!(slope(&[(0.0, 7.0)]), None);
-        assert_eq!(slope(&[(1.0, 7.0), (1.0, 8.0)]), None);
-    }
 }
