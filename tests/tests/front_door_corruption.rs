@@ -120,12 +120,20 @@ fn relative(scene: &Scene, path: &Path) -> String {
 fn a_truncated_closed_file_is_quarantined_at_restart_never_cut_and_reported() {
     let scene = Scene::new();
     let (damaged, from, to) = scene.write_closed_files();
-    let (left, _) = truncate_half(&damaged);
+    let whole = std::fs::metadata(&damaged).unwrap().len();
+    let (left, readable) = truncate_half(&damaged);
     let original = relative(&scene, &damaged);
     let quarantined = format!("quarantine/{original}");
 
     // Restart: recovery finds a file it closed, shorter than acknowledged.
+    let started = std::time::Instant::now();
     let mut collector = scene.start();
+    eprintln!(
+        "{} events acked in {CALLS} frames; {original} cut from {whole} to {} bytes (complete frames left: {readable} records); restart with quarantine took {:?}",
+        CALLS * PER_CALL,
+        left.len(),
+        started.elapsed()
+    );
     let moved = Path::new(&scene.root()).join(&quarantined);
     assert!(!damaged.exists(), "the damaged file left data/");
     assert_eq!(
