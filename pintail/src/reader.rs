@@ -1290,12 +1290,23 @@ impl PartitionReader {
                         f.missing_since = None;
                         return Ok(Some(Step::Continue));
                     }
-                    let quarantined = Layout::quarantine_path(&path);
-                    if self.roots.exists(&quarantined).await? {
-                        let reason = format!(
-                            "it was moved to {quarantined} (by its collector's recovery or the worker): it is shorter than acknowledged or does not decode"
-                        );
-                        return self.damaged(ctx, f, &path, reason).map(Some);
+                    // Set aside as damaged: by its collector's recovery (from
+                    // data/) or by the seal of its own minute (from there).
+                    let sealed_as = format!(
+                        "{}/{}-{}-{}",
+                        Layout::minute_dir(View::Local, &ctx.topic, f.key.0),
+                        f.cluster,
+                        f.collector,
+                        f.name
+                    );
+                    for original in [&path, &sealed_as] {
+                        let quarantined = Layout::quarantine_path(original);
+                        if self.roots.exists(&quarantined).await? {
+                            let reason = format!(
+                                "it was moved to {quarantined} (by its collector's recovery or the worker): it is shorter than acknowledged or does not decode"
+                            );
+                            return self.damaged(ctx, f, &path, reason).map(Some);
+                        }
                     }
                     let since = *f.missing_since.get_or_insert_with(Instant::now);
                     if since.elapsed() < Duration::from_secs(2) {
