@@ -205,7 +205,13 @@ fn tail_over_a_truncated_file_names_it_and_to_ends() {
     };
 
     // The collector stopped cleanly, so the file is final: it is truncated.
+    let started = std::time::Instant::now();
     let ran = tail(&[]);
+    eprintln!(
+        "tail --to over {original}: {} records printed (complete frames: {readable}), then the error after {:?}",
+        ran.stdout.lines().count(),
+        started.elapsed()
+    );
     assert_ne!(ran.code, 0, "{ran:?}");
     assert!(ran.stderr.contains("damaged data file"), "{ran:?}");
     assert!(ran.stderr.contains(&original), "{ran:?}");
