@@ -951,6 +951,38 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    #[test]
+    fn acked_sums_are_checked_and_malformed_records_attributed_by_topic() {
+        let minute = Minute::parse_flexible("2026-11-30T15:10").unwrap();
+        let mut acked = Acked::default();
+        acked.add(minute, u64::MAX - 1).unwrap();
+        let overflow = acked.add(minute, 2).unwrap_err();
+        assert!(overflow.contains("would overflow"), "{overflow}");
+        assert_eq!(
+            acked.counts[&minute],
+            u64::MAX - 1,
+            "the refused value is not added"
+        );
+        for _ in 0..5 {
+            acked.malformed("data/_audit/c1/f", &overflow);
+        }
+        assert_eq!(acked.malformed, 5);
+        assert_eq!(acked.malformed_examples.len(), MALFORMED_SHOWN);
+
+        let clicks = Topic::new("clicks").unwrap();
+        assert_eq!(
+            names_topic(br#"{"topic":"clicks","acked":-1}"#, &clicks),
+            Some(true)
+        );
+        assert!(may_concern(br#"{"topic":"clicks","acked":-1}"#, &clicks));
+        assert!(!may_concern(br#"{"topic":"views","acked":-1}"#, &clicks));
+        assert!(
+            may_concern(b"not json", &clicks),
+            "no topic: it may be anyone's"
+        );
+        assert!(may_concern(br#"{"topic":7}"#, &clicks));
+    }
+
     #[tokio::test]
     async fn a_scan_that_met_a_moved_file_is_run_again() {
         let mut calls = 0;
