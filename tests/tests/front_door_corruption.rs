@@ -9,10 +9,11 @@
 //! Events are sent by the test kit's raw Scribe client, one `Log` call (one frame)
 //! at a time, so a file holds many frames and a cut lands inside one of them.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use conduit_core::format::{decode_file, Encoding};
+use conduit_core::SharedStorage;
+use conduit_testkit::hdfs;
 use conduit_testkit::process::{metric, run_conduit, CollectorProcess, Ran};
 use conduit_testkit::scribe::Client;
 
@@ -23,23 +24,40 @@ const CALLS: usize = 10;
 /// How long a `conduit` command may take (`tail --to` included).
 const COMMAND_DEADLINE: Duration = Duration::from_secs(60);
 
+/// A cluster root (a local directory or HDFS) and the collector's logs.
 struct Scene {
     dir: tempfile::TempDir,
+    root: String,
+    storage: SharedStorage,
+    rt: tokio::runtime::Runtime,
 }
 
 impl Scene {
-    fn new() -> Scene {
+    /// A root on local disk.
+    fn local() -> Scene {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("root")).unwrap();
-        Scene { dir }
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        Scene::on(dir, root.display().to_string())
+    }
+
+    fn on(dir: tempfile::TempDir, root: String) -> Scene {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let storage = rt.block_on(conduit_core::open_root(&root)).unwrap();
+        Scene {
+            dir,
+            root,
+            storage,
+            rt,
+        }
     }
 
     fn root(&self) -> String {
-        self.dir.path().join("root").display().to_string()
+        self.root.clone()
     }
 
     fn start(&self) -> CollectorProcess {
-        CollectorProcess::start(&self.root(), "c1", &[], &self.dir.path().join("logs"))
+        CollectorProcess::start(&self.root, "c1", &[], &self.dir.path().join("logs"))
             .expect("collector starts")
     }
 
@@ -47,23 +65,34 @@ impl Scene {
         run_conduit(args, b"", COMMAND_DEADLINE).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// The topic's files in `data/`, sorted.
-    fn data_files(&self) -> Vec<PathBuf> {
-        let dir = Path::new(&self.root()).join(format!("data/{TOPIC}/c1"));
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map(|entries| entries.map(|e| e.unwrap().path()).collect())
-            .unwrap_or_default();
+    /// The topic's files in `data/` (paths relative to the root), sorted.
+    fn data_files(&self) -> Vec<String> {
+        let dir = format!("data/{TOPIC}/c1");
+        let mut files: Vec<String> = self
+            .rt
+            .block_on(self.storage.list_or_empty(&dir))
+            .unwrap()
+            .into_iter()
+            .map(|e| e.path)
+            .collect();
         files.sort();
         files
+    }
+
+    fn read(&self, path: &str) -> Vec<u8> {
+        self.rt.block_on(self.storage.read(path)).unwrap().to_vec()
+    }
+
+    fn exists(&self, path: &str) -> bool {
+        self.rt.block_on(self.storage.exists(path)).unwrap()
     }
 
     /// Sends `CALLS` acknowledged calls of `PER_CALL` events, then stops the
     /// collector cleanly (every file closed, its ledger saved). Returns the
     /// largest file (the one that gets damaged) and the minute range of all.
-    fn write_closed_files(&self) -> (PathBuf, String, String) {
+    fn write_closed_files(&self) -> (String, String, String) {
         let mut collector = self.start();
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async {
+        self.rt.block_on(async {
             let mut client = Client::connect(&collector.thrift_addr).await;
             for call in 0..CALLS {
                 let events: Vec<String> = (0..PER_CALL)
@@ -76,8 +105,8 @@ impl Scene {
         assert!(status.success(), "collector exit status {status}");
         let files = self.data_files();
         assert!(!files.is_empty(), "no data file written");
-        let minute_of = |p: &Path| {
-            let name = p.file_name().unwrap().to_str().unwrap();
+        let minute_of = |p: &str| {
+            let name = p.rsplit('/').next().unwrap();
             let stamp = &name[TOPIC.len() + 1..TOPIC.len() + 17];
             // clicks-2026-11-22-10-05_00000.zst -> 2026-11-22T10:05
             format!("{}T{}:{}", &stamp[..10], &stamp[11..13], &stamp[14..16])
@@ -85,59 +114,52 @@ impl Scene {
         let (first, last) = (minute_of(&files[0]), minute_of(files.last().unwrap()));
         let largest = files
             .iter()
-            .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+            .max_by_key(|p| self.read(p).len())
             .unwrap()
             .clone();
         (largest, first, last)
     }
+
+    /// Cuts the file to half its length, as a disk fault would; returns the
+    /// bytes left and how many records its complete frames still hold.
+    fn truncate_half(&self, path: &str) -> (Vec<u8>, usize) {
+        let bytes = self.read(path);
+        let closed = decode_file("before", &bytes, Encoding::Lines).unwrap();
+        assert!(closed.scan.is_closed());
+        let half = bytes[..bytes.len() / 2].to_vec();
+        self.rt
+            .block_on(self.storage.write_atomic(path, half.clone().into()))
+            .unwrap();
+        let left = decode_file("after", &half, Encoding::Lines).unwrap();
+        assert!(!left.scan.is_closed());
+        assert!(
+            left.payloads.len() < closed.payloads.len(),
+            "the cut lost records"
+        );
+        (half, left.payloads.len())
+    }
 }
 
-/// Cuts the file to half its length, as a disk fault would; returns the bytes
-/// left and how many records its complete frames still hold.
-fn truncate_half(path: &Path) -> (Vec<u8>, usize) {
-    let bytes = std::fs::read(path).unwrap();
-    let closed = decode_file("before", &bytes, Encoding::Lines).unwrap();
-    assert!(closed.scan.is_closed());
-    let half = bytes[..bytes.len() / 2].to_vec();
-    std::fs::write(path, &half).unwrap();
-    let left = decode_file("after", &half, Encoding::Lines).unwrap();
-    assert!(!left.scan.is_closed());
-    assert!(
-        left.payloads.len() < closed.payloads.len(),
-        "the cut lost records"
-    );
-    (half, left.payloads.len())
-}
-
-fn relative(scene: &Scene, path: &Path) -> String {
-    path.strip_prefix(scene.root())
-        .unwrap()
-        .display()
-        .to_string()
-}
-
-#[test]
-fn a_truncated_closed_file_is_quarantined_at_restart_never_cut_and_reported() {
-    let scene = Scene::new();
+/// A closed file cut on disk, then a restart: quarantined untouched, counted,
+/// logged at ERROR, reported by verify and audit.
+fn a_truncated_closed_file_is_quarantined(scene: Scene) {
     let (damaged, from, to) = scene.write_closed_files();
-    let whole = std::fs::metadata(&damaged).unwrap().len();
-    let (left, readable) = truncate_half(&damaged);
-    let original = relative(&scene, &damaged);
-    let quarantined = format!("quarantine/{original}");
+    let whole = scene.read(&damaged).len();
+    let (left, readable) = scene.truncate_half(&damaged);
+    let quarantined = format!("quarantine/{damaged}");
 
     // Restart: recovery finds a file it closed, shorter than acknowledged.
     let started = std::time::Instant::now();
     let mut collector = scene.start();
     eprintln!(
-        "{} events acked in {CALLS} frames; {original} cut from {whole} to {} bytes (complete frames left: {readable} records); restart with quarantine took {:?}",
+        "{} events acked in {CALLS} frames; {damaged} cut from {whole} to {} bytes (complete frames left: {readable} records); restart with quarantine took {:?}",
         CALLS * PER_CALL,
         left.len(),
         started.elapsed()
     );
-    let moved = Path::new(&scene.root()).join(&quarantined);
-    assert!(!damaged.exists(), "the damaged file left data/");
+    assert!(!scene.exists(&damaged), "the damaged file left data/");
     assert_eq!(
-        std::fs::read(&moved).unwrap(),
+        scene.read(&quarantined),
         left,
         "quarantined untouched: not one byte cut"
     );
@@ -153,10 +175,10 @@ fn a_truncated_closed_file_is_quarantined_at_restart_never_cut_and_reported() {
         .find(|l| l.contains("quarantined_to"))
         .unwrap_or_else(|| panic!("no quarantine line in the log:\n{log}"));
     assert!(line.contains("\"level\":\"ERROR\""), "{line}");
-    assert!(line.contains(&original), "{line}");
+    assert!(line.contains(&damaged), "{line}");
     // The other files of the run (a minute may have rolled) are untouched.
     for other in scene.data_files() {
-        let bytes = std::fs::read(&other).unwrap();
+        let bytes = scene.read(&other);
         assert!(decode_file("other", &bytes, Encoding::Lines)
             .unwrap()
             .scan
@@ -190,11 +212,24 @@ fn a_truncated_closed_file_is_quarantined_at_restart_never_cut_and_reported() {
 }
 
 #[test]
+fn a_truncated_closed_file_is_quarantined_at_restart_never_cut_and_reported() {
+    a_truncated_closed_file_is_quarantined(Scene::local());
+}
+
+#[test]
+fn on_hdfs_a_truncated_closed_file_is_quarantined_at_restart() {
+    let Some(root) = hdfs::fresh_root("on_hdfs_a_truncated_closed_file_is_quarantined_at_restart")
+    else {
+        return;
+    };
+    a_truncated_closed_file_is_quarantined(Scene::on(tempfile::tempdir().unwrap(), root));
+}
+
+#[test]
 fn tail_over_a_truncated_file_names_it_and_to_ends() {
-    let scene = Scene::new();
-    let (damaged, from, to) = scene.write_closed_files();
-    let (_, readable) = truncate_half(&damaged);
-    let original = relative(&scene, &damaged);
+    let scene = Scene::local();
+    let (original, from, to) = scene.write_closed_files();
+    let (_, readable) = scene.truncate_half(&original);
     let root = scene.root();
     let tail = |extra: &[&str]| {
         let mut args = vec![
