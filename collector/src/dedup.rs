@@ -17,7 +17,7 @@
 //! anything older than the window is answered "durable" (a publisher never has that
 //! many batches in flight). Publishers idle for [`IDLE_EXPIRY_SECS`] are forgotten.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
 use conduit_core::format::BatchMark;
@@ -171,8 +171,9 @@ impl DedupTable {
         }
     }
 
-    /// JSON snapshot of the table.
-    pub fn to_json(&self) -> Vec<u8> {
+    /// JSON snapshot of the table, with the ledger of closed files
+    /// (`crate::ledger`) saved along.
+    pub fn to_json(&self, closed: BTreeMap<String, u64>) -> Vec<u8> {
         let snapshot = DedupSnapshot {
             version: Version,
             publishers: self
@@ -180,12 +181,14 @@ impl DedupTable {
                 .iter()
                 .map(|(id, window)| (Base64Bytes(id.clone()), window.clone()))
                 .collect(),
+            closed,
         };
         serde_json::to_vec(&snapshot).unwrap_or_default()
     }
 
-    /// Loads a snapshot written by [`DedupTable::to_json`].
-    pub fn from_json(bytes: &[u8]) -> Result<DedupTable, String> {
+    /// Loads a snapshot written by [`DedupTable::to_json`]: the table and the
+    /// ledger of closed files.
+    pub fn from_json(bytes: &[u8]) -> Result<(DedupTable, BTreeMap<String, u64>), String> {
         let snapshot: DedupSnapshot = decode("", bytes).map_err(|e| match e {
             RecordError::Malformed { reason, .. } => format!("malformed dedup snapshot: {reason}"),
             RecordError::UnsupportedVersion { version, .. } => {
@@ -196,7 +199,7 @@ impl DedupTable {
         for (Base64Bytes(id), window) in snapshot.publishers {
             table.publishers.insert(id, window);
         }
-        Ok(table)
+        Ok((table, snapshot.closed))
     }
 }
 
@@ -237,7 +240,9 @@ mod tests {
         t.absorb_marks(&[mark(1, 0, 2), mark(1, 1, 2), mark(2, 0, 2)], 10);
         assert_eq!(t.state(b"p1", 1), BatchState::Durable);
         assert_eq!(t.state(b"p1", 2), BatchState::Partial(vec![0]));
-        let back = DedupTable::from_json(&t.to_json()).unwrap();
+        let closed = BTreeMap::from([("data/t/c1/t-2026-11-22-10-05_00000.zst".to_owned(), 42)]);
+        let (back, ledger) = DedupTable::from_json(&t.to_json(closed.clone())).unwrap();
+        assert_eq!(ledger, closed, "the ledger of closed files is saved along");
         assert_eq!(back.state(b"p1", 1), BatchState::Durable);
         assert_eq!(back.state(b"p1", 2), BatchState::Partial(vec![0]));
         assert!(DedupTable::from_json(b"{").is_err());

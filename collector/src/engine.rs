@@ -27,6 +27,15 @@
 //! has spooled or abandoned files. Without a spool directory, or with the spool full
 //! (`spool_max_bytes`), the affected calls get `TRY_LATER`: nothing is dropped.
 //!
+//! # Recovery
+//! At start (and for files abandoned during an outage, once storage is back) every
+//! unclosed file of this collector is closed, its torn tail cut. Nothing it
+//! acknowledged is ever cut: before closing a file the committer saves its
+//! acknowledged length in the ledger of closed files (`crate::ledger`, saved with
+//! the dedup snapshot); a file that would lose any of those bytes, or that does not
+//! decode, is moved to `quarantine/` untouched instead (ERROR log, counter
+//! `files_quarantined`).
+//!
 //! # Idempotent batches
 //! `LogBatch` calls carry (publisher id, sequence). The committer consults the
 //! [`DedupTable`] (a retried durable batch is acknowledged without writing; a
@@ -50,6 +59,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::dedup::{BatchState, DedupTable};
 use crate::files::{Abandoned, OpenFile, Target};
+use crate::ledger::{self, Ledger, Pruning, Verdict};
 use crate::metrics::Metrics;
 use crate::open::OpenFiles;
 use crate::queues::Reservation;
@@ -312,6 +322,11 @@ pub struct Engine {
     probe: Option<tokio::task::JoinHandle<bool>>,
     /// Whether the dedup table changed since the last snapshot.
     dedup_dirty: bool,
+    /// Acknowledged lengths of the closed files still in `data/`, saved with the
+    /// dedup snapshot: what recovery must never cut (`crate::ledger`).
+    ledger: Ledger,
+    /// The background listing that drops ledger entries of moved files.
+    pruning: Pruning,
     status: watch::Sender<EngineStatus>,
 }
 
@@ -366,6 +381,8 @@ impl Engine {
             dedup: DedupTable::default(),
             probe: None,
             dedup_dirty: false,
+            ledger: Ledger::default(),
+            pruning: Pruning::default(),
             status,
         };
         engine.recover().await?;
@@ -392,13 +409,17 @@ impl Engine {
     async fn recover(&mut self) -> anyhow::Result<()> {
         let now = now_secs(&self.clock);
         let dedup_path = self.dedup_path();
+        let mut ledgers = Vec::new();
         for store in [Some(self.storage.clone()), self.spool.clone()]
             .into_iter()
             .flatten()
         {
             match store.read(&dedup_path).await {
                 Ok(bytes) => match DedupTable::from_json(&bytes) {
-                    Ok(table) => self.dedup.merge(table),
+                    Ok((table, closed)) => {
+                        self.dedup.merge(table);
+                        ledgers.push(closed);
+                    }
                     Err(e) => {
                         tracing::warn!(path = %dedup_path, root = store.root(), error = %e, "ignoring unreadable dedup snapshot")
                     }
@@ -407,14 +428,22 @@ impl Engine {
                 Err(e) => return Err(e.into()),
             }
         }
+        self.ledger = Ledger::from_saved(ledgers);
         // Storage: close files left open, learn sequence numbers in use.
         let storage = self.storage.clone();
-        let marks = self.recover_tree(&storage, Target::Storage).await?;
+        let mut present = std::collections::HashSet::new();
+        let marks = self
+            .recover_tree(&storage, Target::Storage, &mut present)
+            .await?;
         self.dedup.absorb_marks(&marks, now);
         if let Some(spool) = self.spool.clone() {
-            let marks = self.recover_tree(&spool, Target::Spool).await?;
+            let marks = self
+                .recover_tree(&spool, Target::Spool, &mut present)
+                .await?;
             self.dedup.absorb_marks(&marks, now);
         }
+        // Files the worker moved meanwhile need no protection any more.
+        self.ledger.retain_present(&present);
         if !self.spooled.is_empty() {
             self.healthy = false;
         }
@@ -424,11 +453,13 @@ impl Engine {
         Ok(())
     }
 
-    /// Recovers every file of this collector under `data/` of one store.
+    /// Recovers every file of this collector under `data/` of one store, and adds
+    /// the paths of those still there to `present`.
     async fn recover_tree(
         &mut self,
         store: &SharedStorage,
         target: Target,
+        present: &mut std::collections::HashSet<String>,
     ) -> anyhow::Result<Vec<BatchMark>> {
         let mut marks = Vec::new();
         for topic in tree::topics(store.as_ref(), View::Collector).await? {
@@ -456,8 +487,12 @@ impl Engine {
                     .unwrap_or(false);
                 let mut len = entry.len;
                 if !closed {
-                    let recovery =
-                        close_recovered(store.as_ref(), &entry.path, encoding, None).await?;
+                    let Some(recovery) = self
+                        .close_unclosed(store.as_ref(), &entry.path, encoding, None)
+                        .await?
+                    else {
+                        continue;
+                    };
                     tracing::info!(
                         path = %entry.path,
                         root = store.root(),
@@ -468,6 +503,7 @@ impl Engine {
                     len = recovery.kept_bytes + TRAILER_LEN as u64;
                     marks.extend(recovery.marks);
                 }
+                present.insert(entry.path.clone());
                 if target == Target::Spool {
                     self.spool_bytes += len;
                     self.spooled
@@ -478,12 +514,84 @@ impl Engine {
         Ok(marks)
     }
 
+    /// Closes an unclosed file of this collector in `store` without cutting any
+    /// byte it acknowledged (`crate::ledger`): its acknowledged length is the
+    /// ledger's, or `limit` for a file whose writer failed (then bytes past `limit`
+    /// are cut). A file that would lose acknowledged bytes, or whose frames do not
+    /// decode, is quarantined instead: `None`.
+    async fn close_unclosed(
+        &mut self,
+        store: &dyn Storage,
+        path: &str,
+        encoding: Encoding,
+        limit: Option<u64>,
+    ) -> anyhow::Result<Option<conduit_core::format::Recovery>> {
+        let acked_len = limit.or_else(|| self.ledger.acked_len(path));
+        let verdict = match acked_len {
+            Some(acked_len) => ledger::check(store, path, encoding, acked_len).await?,
+            None => Verdict::Close,
+        };
+        let verdict = match verdict {
+            Verdict::Close => match close_recovered(store, path, encoding, limit).await {
+                Ok(recovery) => return Ok(Some(recovery)),
+                Err(e) => ledger::undecodable(e)?,
+            },
+            quarantine => quarantine,
+        };
+        let Verdict::Quarantine { reason } = verdict else {
+            unreachable!("closed above")
+        };
+        let to = ledger::quarantine(store, path).await?;
+        self.metrics.files_quarantined.inc();
+        self.ledger.forget(path);
+        self.dedup_dirty = true;
+        tracing::error!(
+            path,
+            quarantined_to = %to,
+            root = store.root(),
+            reason,
+            "a data file lost acknowledged bytes or does not decode; it was moved aside untouched, not cut (see docs/operations.md, \"Quarantined files\")"
+        );
+        Ok(None)
+    }
+
+    /// Records in the ledger that these files are about to be closed; the next
+    /// [`Engine::save_dedup`] saves them (before the files are closed).
+    fn note_closing<'a>(&mut self, files: impl IntoIterator<Item = &'a OpenFile>) {
+        for file in files {
+            if self.ledger.closing(&file.path, file.acked_len) {
+                self.dedup_dirty = true;
+            }
+        }
+    }
+
+    /// Starts or applies the background listing that drops the ledger entries of
+    /// files the worker has moved; files of the minute before `now_minute` were
+    /// just closed and are left alone.
+    async fn prune_ledger(&mut self, now_minute: Minute) {
+        let stores = [Some(self.storage.clone()), self.spool.clone()]
+            .into_iter()
+            .flatten()
+            .collect();
+        let recent_from = now_minute.prev().unwrap_or(now_minute);
+        let before = self.ledger.len();
+        self.pruning
+            .tick(&mut self.ledger, stores, |path| {
+                let name = path.rsplit('/').next().unwrap_or(path);
+                Layout::parse_collector_file_name(name).map_or(true, |n| n.minute >= recent_from)
+            })
+            .await;
+        if self.ledger.len() != before {
+            self.dedup_dirty = true;
+        }
+    }
+
     async fn save_dedup(&mut self) {
         if !self.dedup_dirty {
             return;
         }
         self.dedup.expire(now_secs(&self.clock));
-        let body = Bytes::from(self.dedup.to_json());
+        let body = Bytes::from(self.dedup.to_json(self.ledger.to_saved()));
         let path = self.dedup_path();
         let store = if self.healthy {
             Some(self.storage.clone())
@@ -862,11 +970,11 @@ impl Engine {
             .map(|(t, _)| t.clone())
             .collect();
         if !full.is_empty() {
+            let files: Vec<OpenFile> = full.iter().filter_map(|t| self.files.remove(t)).collect();
+            self.note_closing(&files);
             self.save_dedup().await;
-            for topic in full {
-                if let Some(file) = self.files.remove(&topic) {
-                    self.close_file(file).await;
-                }
+            for file in files {
+                self.close_file(file).await;
             }
         }
     }
@@ -998,7 +1106,9 @@ impl Engine {
 
     async fn close_file(&mut self, file: OpenFile) {
         // Invariant: the dedup snapshot covers every batch mark of a file before the
-        // file is closed (recovery reads marks only from unclosed files).
+        // file is closed (recovery reads marks only from unclosed files), and its
+        // ledger holds the file's acknowledged length (recovery never cuts below it).
+        self.note_closing([&file]);
         self.save_dedup().await;
         let (path, target, minute, encoding, acked_len) = (
             file.path.clone(),
@@ -1050,11 +1160,13 @@ impl Engine {
         if now_minute <= self.current_minute {
             return;
         }
-        self.save_dedup().await;
         let files: Vec<OpenFile> = self.files.drain().map(|(_, f)| f).collect();
+        self.note_closing(&files);
+        self.save_dedup().await;
         for file in files {
             self.close_file(file).await;
         }
+        self.prune_ledger(now_minute).await;
         self.seqs.retain(|(_, m), _| *m >= now_minute);
         self.current_minute = now_minute;
         tracing::debug!(minute = %now_minute, "minute rolled");
@@ -1113,16 +1225,16 @@ impl Engine {
             }
         }
         while let Some(a) = self.abandoned.first().cloned() {
-            match close_recovered(
-                self.storage.as_ref(),
-                &a.path,
-                a.encoding,
-                Some(a.acked_len),
-            )
-            .await
+            let storage = self.storage.clone();
+            match self
+                .close_unclosed(storage.as_ref(), &a.path, a.encoding, Some(a.acked_len))
+                .await
             {
-                Ok(r) => {
+                Ok(Some(r)) => {
                     tracing::info!(path = %a.path, kept_bytes = r.kept_bytes, dropped_bytes = r.dropped_bytes, "closed a file abandoned during an outage");
+                    self.abandoned.remove(0);
+                }
+                Ok(None) => {
                     self.abandoned.remove(0);
                 }
                 Err(e) => {
@@ -1161,8 +1273,9 @@ impl Engine {
     }
 
     async fn shutdown(mut self) {
-        self.save_dedup().await;
         let files: Vec<OpenFile> = self.files.drain().map(|(_, f)| f).collect();
+        self.note_closing(&files);
+        self.save_dedup().await;
         for file in files {
             self.close_file(file).await;
         }

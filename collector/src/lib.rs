@@ -18,6 +18,8 @@
 //! - [`engine`]: the committer (group commit, files, minute roll, spool, recovery).
 //! - [`files`]: open and abandoned data files.
 //! - [`dedup`]: which idempotent batches are durable.
+//! - [`ledger`]: the acknowledged length of closed files, which recovery never
+//!   cuts (a damaged file is quarantined instead).
 //! - [`open`]: the synced bytes of open files, served over HTTP (`/v1/open/...`).
 //! - [`metrics`]: Prometheus metrics.
 //!
@@ -32,6 +34,7 @@ pub mod connection;
 pub mod dedup;
 pub mod engine;
 pub mod files;
+pub mod ledger;
 pub mod metrics;
 pub mod open;
 pub mod queues;

@@ -45,6 +45,9 @@ pub struct Metrics {
     pub storage_errors: Family<Labels, Counter>,
     /// Data files closed.
     pub files_closed: Counter,
+    /// Data files moved to `quarantine/` at recovery (shorter than acknowledged,
+    /// or undecodable).
+    pub files_quarantined: Counter,
     /// Idempotent batches acknowledged again without writing.
     pub duplicate_batches: Counter,
     /// Last minute all of whose files are closed (Unix seconds of its start).
@@ -72,6 +75,7 @@ impl Metrics {
             connection_errors: Family::default(),
             storage_errors: Family::default(),
             files_closed: Counter::default(),
+            files_quarantined: Counter::default(),
             duplicate_batches: Counter::default(),
             watermark_seconds: Gauge::default(),
             open_reads: Family::default(),
@@ -124,6 +128,11 @@ impl Metrics {
             m.storage_errors.clone(),
         );
         r.register("files_closed", "Data files closed", m.files_closed.clone());
+        r.register(
+            "files_quarantined",
+            "Data files moved to quarantine/ at recovery: shorter than the acknowledged length, or undecodable",
+            m.files_quarantined.clone(),
+        );
         r.register(
             "duplicate_batches",
             "Idempotent batches acknowledged again without writing",

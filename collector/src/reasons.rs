@@ -47,6 +47,9 @@ pub enum InvalidReason {
     InvalidTopic,
     /// `strict_topics` is set and the topic is not configured.
     UnknownTopic,
+    /// A plain `Log` call to a topic only conduit publishers may write (`LogBatch`
+    /// calls): `_audit`, whose records `conduit audit` sums.
+    ReservedTopic,
     /// The message exceeds `max_message_bytes`.
     MessageTooLarge,
     /// A `lines` topic's message contains `\n`.
@@ -61,6 +64,7 @@ impl InvalidReason {
         match self {
             Self::InvalidTopic => "invalid_topic",
             Self::UnknownTopic => "unknown_topic",
+            Self::ReservedTopic => "reserved_topic",
             Self::MessageTooLarge => "message_too_large",
             Self::NewlineInLinesPayload => "newline_in_lines_payload",
             Self::ValidationFailed => "validation_failed",
@@ -74,11 +78,17 @@ impl InvalidReason {
         matches!(self, Self::InvalidTopic | Self::UnknownTopic)
     }
 
-    /// Whether the operator should hear of each such entry (a warning) rather than
-    /// only at debug level: an oversized message usually means a misconfigured
-    /// producer.
-    pub fn warns(self) -> bool {
-        self == Self::MessageTooLarge
+    /// The key of its WARN line in `conduit_core::ratelimit` (one line per reason
+    /// per interval, whatever the topic).
+    pub fn log_key(self) -> &'static str {
+        match self {
+            Self::InvalidTopic => "invalid:invalid_topic",
+            Self::UnknownTopic => "invalid:unknown_topic",
+            Self::ReservedTopic => "invalid:reserved_topic",
+            Self::MessageTooLarge => "invalid:message_too_large",
+            Self::NewlineInLinesPayload => "invalid:newline_in_lines_payload",
+            Self::ValidationFailed => "invalid:validation_failed",
+        }
     }
 }
 
@@ -161,6 +171,7 @@ mod tests {
         let invalid = [
             (InvalidReason::InvalidTopic, "invalid_topic"),
             (InvalidReason::UnknownTopic, "unknown_topic"),
+            (InvalidReason::ReservedTopic, "reserved_topic"),
             (InvalidReason::MessageTooLarge, "message_too_large"),
             (
                 InvalidReason::NewlineInLinesPayload,

@@ -116,6 +116,27 @@ pub struct Manifest {
     pub bytes: u64,
     /// The data files, sorted by name.
     pub files: Vec<ManifestFile>,
+    /// Records the seal dropped because they were a second copy of a batch
+    /// another collector had already stored (0 when absent).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub duplicates_dropped: u64,
+    /// Collector files the seal could not use and moved to `quarantine/`
+    /// (`docs/format.md` §1.3) instead of listing them; empty when absent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quarantined: Vec<QuarantinedFile>,
+}
+
+/// A file a seal set aside instead of listing it (`Manifest::quarantined`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuarantinedFile {
+    /// The file's name as it would have been listed in the directory.
+    pub name: String,
+    /// Why it could not be sealed.
+    pub reason: String,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Versioned for Manifest {
@@ -149,6 +170,8 @@ impl Manifest {
             records: files.iter().map(|f| f.records).sum(),
             bytes: files.iter().map(|f| f.bytes).sum(),
             files,
+            duplicates_dropped: 0,
+            quarantined: Vec::new(),
         }
     }
 

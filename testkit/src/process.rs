@@ -115,6 +115,65 @@ pub fn free_addr() -> String {
     format!("127.0.0.1:{}", free_port())
 }
 
+/// What a finished `conduit` command printed.
+#[derive(Debug, Clone)]
+pub struct Ran {
+    /// Its exit code (`-1` when killed by a signal).
+    pub code: i32,
+    /// Its standard output.
+    pub stdout: String,
+    /// Its standard error (the log).
+    pub stderr: String,
+}
+
+/// Runs `conduit <args>` with `input` on its stdin and waits for it to exit; a
+/// command still running after `deadline` is killed and reported as
+/// [`Error::TimedOut`] (a command that must end, such as `tail --to`, hung).
+pub fn run_conduit(args: &[&str], input: &[u8], deadline: Duration) -> Result<Ran, Error> {
+    let what = format!("conduit {}", args.join(" "));
+    let mut child = Command::new(conduit_bin())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| Error::Spawn {
+            what: what.clone(),
+            source,
+        })?;
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        // A command that does not read stdin closes it: not an error here.
+        let _ = stdin.write_all(&input);
+    });
+    let pipe = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            let _ = r.read_to_end(&mut text);
+            String::from_utf8_lossy(&text).into_owned()
+        })
+    };
+    let stdout = pipe(Box::new(child.stdout.take().expect("piped stdout")));
+    let stderr = pipe(Box::new(child.stderr.take().expect("piped stderr")));
+    let status = wait::until_blocking(&format!("{what} to exit"), deadline, || {
+        child.try_wait().ok().flatten()
+    });
+    let status = match status {
+        Ok(status) => status,
+        Err(e) => {
+            kill9(&mut child);
+            return Err(e.into());
+        }
+    };
+    let _ = writer.join();
+    Ok(Ran {
+        code: status.code().unwrap_or(-1),
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    })
+}
+
 /// A `conduit collector` child process.
 #[derive(Debug)]
 pub struct CollectorProcess {

@@ -135,6 +135,13 @@ pub struct DedupSnapshot {
     pub version: Version<DEDUP_SNAPSHOT_VERSION>,
     /// Per publisher id: what is known about its recent batches.
     pub publishers: Vec<(Base64Bytes, DedupWindow)>,
+    /// The ledger of closed files: the acknowledged length (bytes of the data
+    /// the collector had synced, before its close index and trailer) of every
+    /// file this collector closed that was still in `data/` (storage or spool)
+    /// when the snapshot was written, by path. Recovery never cuts a file below
+    /// it; a file shorter than it is quarantined. Absent when empty.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub closed: BTreeMap<String, u64>,
 }
 
 impl Versioned for DedupSnapshot {

@@ -45,7 +45,7 @@ pub use checkpoints::{
     JOB_CHECKPOINT_VERSION, MERGE_CHECKPOINT_VERSION,
 };
 pub use leases::{GroupClaim, GroupMember, LeaseRecord, GROUP_VERSION, LEASE_VERSION};
-pub use topics::{AuditRecord, InvalidRecord, AUDIT_VERSION};
+pub use topics::{AuditRecord, AuditRecordError, InvalidRecord, AUDIT_VERSION, MAX_AUDIT_ACKED};
 
 /// A document that could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
