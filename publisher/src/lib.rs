@@ -8,8 +8,8 @@
 //! sends them to a collector with conduit's idempotent
 //! `LogBatch(publisher_id, sequence, entries)` call over the Scribe protocol. The
 //! collector answers `OK` only once a batch is durable, and remembers which
-//! `(publisher_id, sequence)` pairs it made durable, so a batch re-sent after a lost
-//! acknowledgement is stored once.
+//! batches (`publisher_id`, `sequence` and a digest of their content) it made
+//! durable, so a batch re-sent after a lost acknowledgement is stored once.
 //!
 //! - **Queue full**: [`WhenFull::Block`] (wait for room), [`WhenFull::Error`]
 //!   ([`PublishError::QueueFull`] at once) or [`WhenFull::Timeout`]
