@@ -34,6 +34,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::dedup::BatchKey;
 use crate::engine::Outcome;
 use crate::metrics::Metrics;
 use crate::reasons::{ConnectionError, ProtocolErrorKind, TryLaterReason};
@@ -317,7 +318,13 @@ impl Handler {
                 publisher_id,
                 sequence,
                 entries,
-            } => self.submit(request, entries, Some((publisher_id, sequence))),
+            } => match self
+                .shared
+                .batch_key(publisher_id, sequence, &entries, peer)
+            {
+                Ok(key) => self.submit(request, entries, Some(key)),
+                Err(message) => PendingReply::Now(request, OwnedReply::ProtocolError(message)),
+            },
             Call::Fb303(call) => {
                 let reply = self.shared.fb303(&call);
                 PendingReply::Now(request, reply)
@@ -334,7 +341,7 @@ impl Handler {
         &mut self,
         request: Request,
         entries: Vec<LogEntry>,
-        batch: Option<(Bytes, i64)>,
+        batch: Option<BatchKey>,
     ) -> PendingReply {
         match self.shared.submit(entries, batch, &mut self.cache) {
             Ok(outcome) => PendingReply::AfterCommit(request, outcome),

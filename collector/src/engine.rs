@@ -37,18 +37,24 @@
 //! `files_quarantined`).
 //!
 //! # Idempotent batches
-//! `LogBatch` calls carry (publisher id, sequence). The committer consults the
-//! [`DedupTable`] (a retried durable batch is acknowledged without writing; a
-//! partially durable one writes only its missing parts) and writes batch marks
-//! before each data frame so the table can be rebuilt after a crash.
+//! `LogBatch` calls carry (publisher id, sequence) and the connection adds the
+//! digest of their content ([`BatchKey`]). The committer consults the
+//! [`DedupTable`] (a replay of a durable batch is acknowledged without writing; a
+//! partially durable one writes only its missing parts; a different batch under a
+//! known id and sequence is stored and counted as a conflict) and writes, after
+//! every data frame, the marks naming its batches with their digests and record
+//! ranges (`docs/format.md` §3.3), so the table can be rebuilt after a crash. At
+//! close, a file gets the index of its batches and a trailer with the CRC-32C of
+//! its bytes (§3.2, §3.5).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use conduit_core::format::{
-    close_recovered, encode_marks, is_closed, BatchMark, Encoding, FrameEncoder, TRAILER_LEN,
+    close_recovered, encode_marks, is_closed, BatchMark, Encoding, FileBatch, FrameEncoder,
+    PartMark,
 };
 use conduit_core::layout::Layout;
 use conduit_core::tree;
@@ -57,7 +63,7 @@ use conduit_core::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::dedup::{BatchState, DedupTable};
+use crate::dedup::{BatchKey, BatchState, DedupTable};
 use crate::files::{Abandoned, OpenFile, Target};
 use crate::ledger::{self, Ledger, Pruning, Verdict};
 use crate::metrics::Metrics;
@@ -110,8 +116,8 @@ pub struct Submission {
     pub parts: Vec<Part>,
     /// Number of parts of the whole call (marks name `part of parts`).
     pub parts_total: u16,
-    /// Publisher id and sequence of an idempotent `LogBatch`.
-    pub batch: Option<(Bytes, i64)>,
+    /// Publisher id, sequence and content digest of an idempotent `LogBatch`.
+    pub batch: Option<BatchKey>,
     /// The call's bytes in the topic queues, released when it is answered.
     pub queued: Reservation,
     /// When the call arrived.
@@ -217,8 +223,8 @@ struct TopicRound {
     chunks: Vec<Chunk>,
     /// Small parts' records, compressed by the committer into the last chunk.
     records: Vec<u8>,
-    /// Marks of the small parts.
-    small_marks: Vec<BatchMark>,
+    /// Marks of the small parts (record ranges within the committer's frame).
+    small_marks: Vec<PartMark>,
     /// Records in the small parts.
     small_count: u64,
     /// Records in every part (the `events` metric once durable).
@@ -281,17 +287,35 @@ impl RoundTopics {
     }
 }
 
-/// One frame (and the batch marks written before it) to append to a topic's file.
-struct Chunk {
-    marks: Option<Bytes>,
-    frame: Bytes,
-    count: u64,
-    record_bytes: u64,
+/// One data frame and the marks frame written after it, to append to a topic's
+/// file.
+#[derive(Debug)]
+pub struct Chunk {
+    /// The data frame.
+    pub frame: Bytes,
+    /// The batches whose records it holds.
+    pub marks: Vec<PartMark>,
+    /// `marks` encoded (`format::encode_marks`), possibly with no entries.
+    pub marks_frame: Bytes,
+    /// Records in the frame.
+    pub count: u64,
+    /// Their decompressed size.
+    pub record_bytes: u64,
 }
 
 impl Chunk {
+    fn new(frame: Bytes, marks: Vec<PartMark>, count: u64, record_bytes: u64) -> Chunk {
+        Chunk {
+            marks_frame: encode_marks(&marks),
+            frame,
+            marks,
+            count,
+            record_bytes,
+        }
+    }
+
     fn len(&self) -> u64 {
-        self.frame.len() as u64 + self.marks.as_ref().map_or(0, |m| m.len() as u64)
+        (self.frame.len() + self.marks_frame.len()) as u64
     }
 }
 
@@ -432,15 +456,15 @@ impl Engine {
         // Storage: close files left open, learn sequence numbers in use.
         let storage = self.storage.clone();
         let mut present = std::collections::HashSet::new();
-        let marks = self
+        let batches = self
             .recover_tree(&storage, Target::Storage, &mut present)
             .await?;
-        self.dedup.absorb_marks(&marks, now);
+        self.dedup.absorb_marks(&batches, now);
         if let Some(spool) = self.spool.clone() {
-            let marks = self
+            let batches = self
                 .recover_tree(&spool, Target::Spool, &mut present)
                 .await?;
-            self.dedup.absorb_marks(&marks, now);
+            self.dedup.absorb_marks(&batches, now);
         }
         // Files the worker moved meanwhile need no protection any more.
         self.ledger.retain_present(&present);
@@ -460,8 +484,8 @@ impl Engine {
         store: &SharedStorage,
         target: Target,
         present: &mut std::collections::HashSet<String>,
-    ) -> anyhow::Result<Vec<BatchMark>> {
-        let mut marks = Vec::new();
+    ) -> anyhow::Result<Vec<FileBatch>> {
+        let mut batches = Vec::new();
         for topic in tree::topics(store.as_ref(), View::Collector).await? {
             let dir = self.my_dir(&topic);
             for entry in store.list_or_empty(&dir).await? {
@@ -500,8 +524,8 @@ impl Engine {
                         dropped_bytes = recovery.dropped_bytes,
                         "closed a file left open by a previous run"
                     );
-                    len = recovery.kept_bytes + TRAILER_LEN as u64;
-                    marks.extend(recovery.marks);
+                    len = recovery.closed_len();
+                    batches.extend(recovery.batches);
                 }
                 present.insert(entry.path.clone());
                 if target == Target::Spool {
@@ -511,7 +535,7 @@ impl Engine {
                 }
             }
         }
-        Ok(marks)
+        Ok(batches)
     }
 
     /// Closes an unclosed file of this collector in `store` without cutting any
@@ -746,10 +770,11 @@ impl Engine {
     /// round to it.
     fn deduplicate(&mut self, round: Vec<Submission>) -> Vec<RoundCall> {
         let mut calls: Vec<RoundCall> = Vec::with_capacity(round.len());
-        let mut in_round: HashMap<(Bytes, i64), usize> = HashMap::new();
+        let mut in_round: HashMap<BatchKey, usize> = HashMap::new();
+        let mut sequences_in_round: HashSet<(Bytes, i64)> = HashSet::new();
         for mut sub in round {
-            if let Some((id, seq)) = sub.batch.clone() {
-                match self.dedup.state(&id, seq) {
+            if let Some(key) = sub.batch.clone() {
+                match self.dedup.state(&key) {
                     BatchState::Durable => {
                         self.metrics.duplicate_batches.inc();
                         sub.answer(Outcome::Durable, &self.metrics);
@@ -758,15 +783,20 @@ impl Engine {
                     BatchState::Partial(done) => {
                         sub.parts.retain(|p| !done.contains(&p.index));
                     }
+                    BatchState::Conflict => self.conflict(&key),
                     BatchState::New => {}
                 }
-                match in_round.entry((id, seq)) {
+                match in_round.entry(key) {
                     std::collections::hash_map::Entry::Occupied(owner) => {
                         self.metrics.duplicate_batches.inc();
                         calls[*owner.get()].twins.push(sub);
                         continue;
                     }
                     std::collections::hash_map::Entry::Vacant(slot) => {
+                        let key = slot.key();
+                        if !sequences_in_round.insert((key.publisher.clone(), key.sequence)) {
+                            self.conflict(key);
+                        }
                         slot.insert(calls.len());
                     }
                 }
@@ -781,6 +811,23 @@ impl Engine {
         calls
     }
 
+    /// Counts and reports a batch that is stored although a different batch with
+    /// its publisher id and sequence was stored too: a publisher reusing sequences
+    /// (restarted with a fixed id by an old library), or someone sending under its
+    /// id. Both are kept; only exact replays are dropped.
+    fn conflict(&self, key: &BatchKey) {
+        self.metrics.dedup_conflicts.inc();
+        if let Some(suppressed) = conduit_core::ratelimit::allow("dedup_conflict") {
+            tracing::warn!(
+                publisher = %conduit_core::text::shown(&key.publisher),
+                sequence = key.sequence,
+                digest = %format_args!("{:016x}", key.digest),
+                suppressed,
+                "a batch reuses the publisher id and sequence of a different batch: storing both"
+            );
+        }
+    }
+
     /// Compresses each topic's small parts into one more frame (with their marks).
     fn frame_small_parts(&mut self, topics: &mut RoundTopics) {
         for tr in topics.topics.iter_mut() {
@@ -790,13 +837,9 @@ impl Engine {
             let records = std::mem::take(&mut tr.records);
             match self.encoder.frame(&records) {
                 Ok(frame) => {
-                    let marks = (!tr.small_marks.is_empty()).then(|| encode_marks(&tr.small_marks));
-                    tr.chunks.push(Chunk {
-                        marks,
-                        frame,
-                        count: tr.small_count,
-                        record_bytes: records.len() as u64,
-                    });
+                    let marks = std::mem::take(&mut tr.small_marks);
+                    let chunk = Chunk::new(frame, marks, tr.small_count, records.len() as u64);
+                    tr.chunks.push(chunk);
                 }
                 Err(e) => {
                     tracing::error!(topic = %tr.topic, error = %e, "compression failed");
@@ -943,12 +986,12 @@ impl Engine {
             } else {
                 Outcome::Durable
             };
-            if let Some((id, seq)) = &call.sub.batch {
+            if let Some(key) = &call.sub.batch {
                 match outcome {
-                    Outcome::Durable => self.dedup.mark_durable(id, *seq, now),
+                    Outcome::Durable => self.dedup.mark_durable(key, now),
                     Outcome::TryLater(_) => {
                         if !call.durable_parts.is_empty() {
-                            self.dedup.mark_parts(id, *seq, &call.durable_parts, now);
+                            self.dedup.mark_parts(key, &call.durable_parts, now);
                         }
                     }
                 }
@@ -1042,13 +1085,7 @@ impl Engine {
         }
         let file = self.files.get_mut(topic).expect("inserted above");
         for chunk in chunks {
-            file.append(
-                chunk.marks.clone(),
-                chunk.frame.clone(),
-                chunk.count,
-                chunk.record_bytes,
-            )
-            .await?;
+            file.append(chunk).await?;
         }
         Ok(())
     }
@@ -1095,6 +1132,8 @@ impl Engine {
                         dirty: false,
                         served,
                         unsynced: Vec::new(),
+                        crc32c: 0,
+                        index: Vec::new(),
                     });
                 }
                 // A name used by a spool replay or an earlier run: take the next.
@@ -1118,15 +1157,15 @@ impl Engine {
             file.acked_len,
         );
         let (topic, name) = (file.topic.clone(), file.name().to_owned());
-        let len = file.written_len() + TRAILER_LEN as u64;
+        let written = file.written_len();
         match file.close().await {
-            Ok(()) => {
+            Ok(len) => {
                 self.metrics.files_closed.inc();
                 if target == Target::Storage {
                     self.settings.open.closed(topic.as_str(), &name, len);
                 }
                 if target == Target::Spool {
-                    self.spool_bytes += TRAILER_LEN as u64;
+                    self.spool_bytes += len - written;
                     self.spooled.insert((minute, path), (encoding, len));
                 }
             }
@@ -1298,35 +1337,43 @@ impl Engine {
 }
 
 /// Groups the round's parts by topic: a part compressed by its connection keeps its
-/// frame (and its batch mark); the small parts of a topic are gathered to be
-/// compressed into one more frame.
+/// frame (with its batch's mark); the small parts of a topic are gathered to be
+/// compressed into one more frame (with the marks of theirs).
 fn collect_topics(calls: &mut [RoundCall]) -> RoundTopics {
     let mut topics = RoundTopics::default();
     for (i, call) in calls.iter_mut().enumerate() {
         let sub = &mut call.sub;
         for part in sub.parts.iter_mut() {
             let entry = topics.entry(&part.topic, part.encoding);
-            let mark = sub.batch.as_ref().map(|(id, seq)| BatchMark {
-                publisher: id.clone(),
-                sequence: *seq,
-                part: part.index,
-                parts: sub.parts_total,
-            });
+            // The part's mark, its records starting at `first_record` of the frame
+            // that will hold them.
+            let mark = |first_record: u64| {
+                sub.batch.as_ref().map(|key| PartMark {
+                    batch: BatchMark {
+                        publisher: key.publisher.clone(),
+                        sequence: key.sequence,
+                        part: part.index,
+                        parts: sub.parts_total,
+                    },
+                    digest: key.digest,
+                    first_record: first_record as u32,
+                    records: part.count as u32,
+                })
+            };
             match part.frame.take() {
-                Some(frame) => entry.chunks.push(Chunk {
-                    marks: mark.map(|m| encode_marks(&[m])),
-                    frame,
-                    count: part.count,
-                    record_bytes: part.record_bytes,
-                }),
+                Some(frame) => {
+                    let marks = mark(0).into_iter().collect();
+                    let chunk = Chunk::new(frame, marks, part.count, part.record_bytes);
+                    entry.chunks.push(chunk);
+                }
                 None => {
+                    entry.small_marks.extend(mark(entry.small_count));
                     if entry.records.is_empty() {
                         entry.records = std::mem::take(&mut part.records);
                     } else {
                         entry.records.extend_from_slice(&part.records);
                     }
                     entry.small_count += part.count;
-                    entry.small_marks.extend(mark);
                 }
             }
             entry.count += part.count;

@@ -50,6 +50,11 @@ pub struct Metrics {
     pub files_quarantined: Counter,
     /// Idempotent batches acknowledged again without writing.
     pub duplicate_batches: Counter,
+    /// Idempotent batches stored although a different batch with the same
+    /// publisher id and sequence was already stored.
+    pub dedup_conflicts: Counter,
+    /// `LogBatch` calls refused with an exception, by reason.
+    pub refused_batches: Family<Labels, Counter>,
     /// Last minute all of whose files are closed (Unix seconds of its start).
     pub watermark_seconds: Gauge,
     /// Answers of the open-file endpoint (`/v1/open/...`), by result: `ok`,
@@ -77,6 +82,8 @@ impl Metrics {
             files_closed: Counter::default(),
             files_quarantined: Counter::default(),
             duplicate_batches: Counter::default(),
+            dedup_conflicts: Counter::default(),
+            refused_batches: Family::default(),
             watermark_seconds: Gauge::default(),
             open_reads: Family::default(),
         };
@@ -138,6 +145,21 @@ impl Metrics {
             "Idempotent batches acknowledged again without writing",
             m.duplicate_batches.clone(),
         );
+        r.register(
+            "dedup_conflicts",
+            "Idempotent batches stored although a different batch with the same publisher id and sequence was stored before",
+            m.dedup_conflicts.clone(),
+        );
+        r.register(
+            "refused_batches",
+            "LogBatch calls refused with a TApplicationException, by reason (negative_sequence, sequence_too_large)",
+            m.refused_batches.clone(),
+        );
+        for reason in crate::reasons::BatchRefusal::ALL {
+            m.refused_batches
+                .get_or_create(&Self::label("reason", reason.as_str()))
+                .inc_by(0);
+        }
         r.register(
             "watermark_seconds",
             "Start of the last minute whose files are all closed (unix seconds)",

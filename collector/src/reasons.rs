@@ -92,6 +92,53 @@ impl InvalidReason {
     }
 }
 
+/// Why a `LogBatch` call is refused with a `TApplicationException` (PROTOCOL_ERROR):
+/// nothing of it is stored, and retrying it cannot help. The connection stays
+/// open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BatchRefusal {
+    /// The sequence is below 0.
+    NegativeSequence,
+    /// The sequence is 2^62 or above.
+    SequenceTooLarge,
+}
+
+impl BatchRefusal {
+    /// Every refusal (each has its metric label from the start).
+    pub const ALL: [BatchRefusal; 2] = [Self::NegativeSequence, Self::SequenceTooLarge];
+
+    /// Why `sequence` is refused, if it is (the range is
+    /// `conduit_core::scribe::LOG_BATCH_SEQUENCES`).
+    pub fn of(sequence: i64) -> Option<BatchRefusal> {
+        let allowed = conduit_core::scribe::LOG_BATCH_SEQUENCES;
+        if sequence < allowed.start {
+            Some(Self::NegativeSequence)
+        } else if sequence >= allowed.end {
+            Some(Self::SequenceTooLarge)
+        } else {
+            None
+        }
+    }
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NegativeSequence => "negative_sequence",
+            Self::SequenceTooLarge => "sequence_too_large",
+        }
+    }
+
+    /// The exception's message, naming the value.
+    pub fn message(self, sequence: i64) -> String {
+        match self {
+            Self::NegativeSequence => format!("LogBatch sequence {sequence} is negative"),
+            Self::SequenceTooLarge => {
+                format!("LogBatch sequence {sequence} is too large (the limit is 2^62 - 1)")
+            }
+        }
+    }
+}
+
 /// Why a connection is refused or closed before its peer closes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ConnectionError {
@@ -182,6 +229,13 @@ mod tests {
         for (reason, s) in invalid {
             assert_eq!(reason.as_str(), s);
         }
+        let refused = [
+            (BatchRefusal::NegativeSequence, "negative_sequence"),
+            (BatchRefusal::SequenceTooLarge, "sequence_too_large"),
+        ];
+        for (reason, s) in refused {
+            assert_eq!(reason.as_str(), s);
+        }
         let connection = [
             (ConnectionError::MaxConnections, "max_connections"),
             (
@@ -205,6 +259,28 @@ mod tests {
         for (reason, s) in connection {
             assert_eq!(reason.as_str(), s);
         }
+    }
+
+    #[test]
+    fn batch_sequences_outside_the_range_are_refused_naming_the_value() {
+        assert_eq!(BatchRefusal::of(0), None);
+        assert_eq!(BatchRefusal::of((1 << 62) - 1), None);
+        assert_eq!(BatchRefusal::of(-5), Some(BatchRefusal::NegativeSequence));
+        assert_eq!(
+            BatchRefusal::of(1 << 62),
+            Some(BatchRefusal::SequenceTooLarge)
+        );
+        assert_eq!(
+            BatchRefusal::of(i64::MIN),
+            Some(BatchRefusal::NegativeSequence)
+        );
+        assert_eq!(
+            BatchRefusal::NegativeSequence.message(-5),
+            "LogBatch sequence -5 is negative"
+        );
+        assert!(BatchRefusal::SequenceTooLarge
+            .message(1 << 62)
+            .contains("4611686018427387904"));
     }
 
     #[test]

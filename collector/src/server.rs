@@ -21,16 +21,17 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use conduit_core::config::CollectorConfig;
-use conduit_core::format::{Encoding, FormatError, FrameEncoder};
+use conduit_core::format::{batch_digest, Encoding, FormatError, FrameEncoder};
 use conduit_core::records::{Base64Bytes, InvalidRecord};
 use conduit_core::scribe::{Fb303Call, FbStatus, LogEntry, Reply, ResultCode};
 use conduit_core::{Config, NodeName, SharedClock, Topic, Validation};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::dedup::BatchKey;
 use crate::engine::{EngineStatus, Outcome, Part, Submission};
 use crate::metrics::Metrics;
 use crate::queues::{Reservation, TopicQueue, TopicQueues};
-use crate::reasons::{ConnectionError, InvalidReason, TryLaterReason};
+use crate::reasons::{BatchRefusal, ConnectionError, InvalidReason, TryLaterReason};
 
 /// Simple totals for fb303 `getCounters` (Prometheus has the full picture).
 #[derive(Debug, Default)]
@@ -237,6 +238,9 @@ pub enum OwnedReply {
     Counters(Vec<(String, i64)>),
     /// Any method conduit does not answer.
     UnknownMethod,
+    /// A call conduit refuses as malformed (`TApplicationException`
+    /// PROTOCOL_ERROR with this message); the connection stays open.
+    ProtocolError(String),
 }
 
 impl OwnedReply {
@@ -249,18 +253,55 @@ impl OwnedReply {
             OwnedReply::Status(v) => Reply::Status(*v),
             OwnedReply::Counters(c) => Reply::Counters(c),
             OwnedReply::UnknownMethod => Reply::UnknownMethod,
+            OwnedReply::ProtocolError(m) => Reply::ProtocolError(m),
         }
     }
 }
 
 impl Shared {
+    /// The key of a `LogBatch` call (its content digest is computed here, once, on
+    /// the connection's core), or, for a sequence outside
+    /// `scribe::LOG_BATCH_SEQUENCES`, the message of the exception that refuses it
+    /// (counted and logged, rate-limited).
+    pub fn batch_key(
+        &self,
+        publisher: Bytes,
+        sequence: i64,
+        entries: &[LogEntry],
+        peer: &str,
+    ) -> Result<BatchKey, String> {
+        if let Some(refusal) = BatchRefusal::of(sequence) {
+            self.metrics
+                .refused_batches
+                .get_or_create(&Metrics::label("reason", refusal.as_str()))
+                .inc();
+            if let Some(suppressed) = conduit_core::ratelimit::allow("log_batch_sequence") {
+                tracing::warn!(
+                    peer,
+                    publisher = %conduit_core::text::shown(&publisher),
+                    sequence,
+                    reason = refusal.as_str(),
+                    suppressed,
+                    "LogBatch refused: sequence out of range (0 <= sequence < 2^62); nothing stored"
+                );
+            }
+            return Err(refusal.message(sequence));
+        }
+        let digest = batch_digest(entries.iter().map(|e| (&e.category[..], &e.message[..])));
+        Ok(BatchKey {
+            publisher,
+            sequence,
+            digest,
+        })
+    }
+
     /// Validates and encodes a call's entries and queues them for the committer;
     /// the receiver gets the committer's answer. A call that cannot be queued is
     /// refused whole.
     pub fn submit(
         &self,
         entries: Vec<LogEntry>,
-        batch: Option<(Bytes, i64)>,
+        batch: Option<BatchKey>,
         cache: &mut CallCache,
     ) -> Result<oneshot::Receiver<Outcome>, TryLaterReason> {
         if *self.shutting_down.borrow() {
@@ -470,7 +511,7 @@ impl Shared {
     fn enqueue(
         &self,
         parts: Vec<Part>,
-        batch: Option<(Bytes, i64)>,
+        batch: Option<BatchKey>,
         queued: Reservation,
     ) -> Result<oneshot::Receiver<Outcome>, TryLaterReason> {
         let (reply, rx) = oneshot::channel();

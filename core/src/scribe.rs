@@ -127,6 +127,11 @@ const LOG: &str = "Log";
 /// Name of the method a [`Call::LogBatch`] request uses.
 const LOG_BATCH: &str = "LogBatch";
 
+/// The sequence numbers a `LogBatch` may carry: `0 <= sequence < 2^62`. A
+/// collector answers a call outside this range with a `TApplicationException`
+/// (PROTOCOL_ERROR) and stores nothing of it.
+pub const LOG_BATCH_SEQUENCES: std::ops::Range<i64> = 0..1 << 62;
+
 /// Why a frame could not be read or decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum ProtocolError {

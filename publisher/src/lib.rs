@@ -8,8 +8,8 @@
 //! sends them to a collector with conduit's idempotent
 //! `LogBatch(publisher_id, sequence, entries)` call over the Scribe protocol. The
 //! collector answers `OK` only once a batch is durable, and remembers which
-//! `(publisher_id, sequence)` pairs it made durable, so a batch re-sent after a lost
-//! acknowledgement is stored once.
+//! batches (`publisher_id`, `sequence` and a digest of their content) it made
+//! durable, so a batch re-sent after a lost acknowledgement is stored once.
 //!
 //! - **Queue full**: [`WhenFull::Block`] (wait for room), [`WhenFull::Error`]
 //!   ([`PublishError::QueueFull`] at once) or [`WhenFull::Timeout`]
@@ -73,9 +73,14 @@
 //!
 //! # Delivery guarantees
 //! - Against one collector: every acknowledged event is stored exactly once, even
-//!   when acknowledgements are lost and batches are re-sent (the collector
-//!   deduplicates by `(publisher_id, sequence)`). With the plain-`Log` fallback a
-//!   re-send after a lost acknowledgement can duplicate a batch.
+//!   when acknowledgements are lost and batches are re-sent (the collector drops a
+//!   batch whose `(publisher_id, sequence)` and content it already stored). With
+//!   the plain-`Log` fallback a re-send after a lost acknowledgement can duplicate
+//!   a batch.
+//! - A batch a collector refuses with an exception (a sequence out of range, a
+//!   call it cannot decode) is not retried: its events are failed
+//!   ([`Stats::failed`], [`PublishError::Refused`] for `publish_acked`) and the
+//!   error is logged.
 //! - Across collectors: **at least once**. A batch whose acknowledgement was lost
 //!   when the connection died, re-sent to a *different* collector after failover,
 //!   is stored by both (deduplication is per collector). A collector that stops
@@ -241,6 +246,13 @@ pub enum PublishError {
     /// a publisher next opens the same `spool_dir` and reaches a collector.
     #[error("event is in the disk spool, not yet acknowledged by a collector")]
     Spooled,
+    /// For [`Publisher::publish_acked`]: a collector refused the event's batch with
+    /// an exception (for example a sequence out of range); it is not retried.
+    #[error("a collector refused the batch: {message}")]
+    Refused {
+        /// The collector's exception message.
+        message: String,
+    },
 }
 
 /// Why a publisher could not be built.
@@ -437,7 +449,11 @@ impl PublisherBuilder {
     }
 
     /// The publisher id sent with every batch (default: 16 random hex digits, new
-    /// for every publisher). Two live publishers must never share an id.
+    /// for every publisher). Two live publishers must never share an id. With a
+    /// fixed id, each session's sequences start at the wall clock in microseconds
+    /// since the Unix epoch (or after the spool's, if higher), so a restarted
+    /// publisher never reuses a sequence of an earlier session; with a random id
+    /// they start at 1.
     pub fn publisher_id(mut self, id: impl Into<String>) -> Self {
         self.settings.publisher_id = Some(id.into());
         self
@@ -539,11 +555,16 @@ impl PublisherBuilder {
     pub async fn build(self) -> Result<Publisher, BuildError> {
         self.validate()?;
         let mut settings = self.settings;
+        let fixed_id = settings.publisher_id.is_some();
         let publisher_id = settings
             .publisher_id
             .take()
             .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
-        let mut first_seq = 1;
+        // A random id is new in every session, so its sequences may start at 1. A
+        // fixed id must never reuse a sequence of an earlier session: collectors
+        // drop a replay of a stored (id, sequence, content) and count a reuse
+        // with other content as a conflict.
+        let mut first_seq = if fixed_id { session_epoch() } else { 1 };
         let spool = match &settings.spool_dir {
             None => None,
             Some(dir) => {
@@ -567,7 +588,7 @@ impl PublisherBuilder {
                     .iter()
                     .find(|(id, _)| id.as_ref() == publisher_id.as_bytes())
                 {
-                    first_seq = max + 1;
+                    first_seq = first_seq.max(max + 1);
                 }
                 Some(spool)
             }
@@ -618,6 +639,20 @@ impl PublisherBuilder {
 }
 
 /// `[A-Za-z0-9_]{1,128}`, like [`Topic::new`] (which allocates).
+/// The first sequence of a session of a publisher with a fixed id: the wall clock
+/// in microseconds since the Unix epoch, so that each session starts above every
+/// sequence an earlier one used (a session sends far fewer than a million batches
+/// a second). It stays below `scribe::LOG_BATCH_SEQUENCES.end` (2^62) until the
+/// year 146,000. A wall clock set back between two sessions by more than the
+/// earlier one ran could make the new one reuse sequences: collectors then store
+/// both batches and count a conflict, they never drop one.
+fn session_epoch() -> i64 {
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_micros() as i64);
+    micros.clamp(1, conduit_core::scribe::LOG_BATCH_SEQUENCES.end / 2)
+}
+
 fn is_topic(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= Topic::MAX_LEN

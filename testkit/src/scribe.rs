@@ -119,8 +119,45 @@ impl Client {
             .unwrap_or_else(|| panic!("no reply to LogBatch (connection closed or reset, or none within {REPLY_TIMEOUT:?})"))
     }
 
+    /// `LogBatch` whose reply may be anything (an exception, for a refused
+    /// sequence): the decoded reply value. Panics when no reply comes within
+    /// [`REPLY_TIMEOUT`].
+    pub async fn log_batch_reply<C: AsRef<[u8]>, M: AsRef<[u8]>>(
+        &mut self,
+        publisher: &str,
+        sequence: i64,
+        entries: &[(C, M)],
+    ) -> ReplyValue {
+        self.seqid += 1;
+        let mut out = Vec::new();
+        encode_log_batch_call(
+            self.seqid,
+            publisher.as_bytes(),
+            sequence,
+            &refs(entries),
+            &mut out,
+        );
+        self.call_value("LogBatch", &out, REPLY_TIMEOUT)
+            .await
+            .unwrap_or_else(|| panic!("no reply to LogBatch within {REPLY_TIMEOUT:?}"))
+    }
+
     /// Sends one framed call and reads its reply; `None` when there is none.
     async fn call(&mut self, method: &str, frame: &[u8], timeout: Duration) -> Option<ResultCode> {
+        match self.call_value(method, frame, timeout).await? {
+            ReplyValue::ResultCode(code) => Some(code),
+            other => panic!("unexpected reply to {method}: {other:?}"),
+        }
+    }
+
+    /// Sends one framed call and reads its reply's value; `None` when there is
+    /// none.
+    async fn call_value(
+        &mut self,
+        method: &str,
+        frame: &[u8],
+        timeout: Duration,
+    ) -> Option<ReplyValue> {
         self.stream.write_all(frame).await.ok()?;
         let reply = tokio::time::timeout(
             timeout,
@@ -135,10 +172,7 @@ impl Client {
             reply.seqid, self.seqid,
             "the reply carries the call's seqid"
         );
-        match reply.value {
-            ReplyValue::ResultCode(code) => Some(code),
-            other => panic!("unexpected reply to {method}: {other:?}"),
-        }
+        Some(reply.value)
     }
 }
 

@@ -40,9 +40,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use checkpoints::{
-    ConsumerCheckpoint, ConsumerPosition, DedupSnapshot, DedupWindow, JobCheckpoint,
-    LocalCheckpoint, MergeCheckpoint, CONSUMER_CHECKPOINT_VERSION, DEDUP_SNAPSHOT_VERSION,
-    JOB_CHECKPOINT_VERSION, MERGE_CHECKPOINT_VERSION,
+    ConsumerCheckpoint, ConsumerPosition, DedupBatch, DedupSnapshot, DedupWindow, Hex64,
+    JobCheckpoint, LocalCheckpoint, MergeCheckpoint, CONSUMER_CHECKPOINT_VERSION,
+    DEDUP_SNAPSHOT_VERSION, JOB_CHECKPOINT_VERSION, MERGE_CHECKPOINT_VERSION,
 };
 pub use leases::{GroupClaim, GroupMember, LeaseRecord, GROUP_VERSION, LEASE_VERSION};
 pub use topics::{AuditRecord, AuditRecordError, InvalidRecord, AUDIT_VERSION, MAX_AUDIT_ACKED};

@@ -70,6 +70,10 @@ const SAMPLES: &[(&str, &str)] = &[
         r#"{"version":1,"publishers":[["cDE=",{"high":9,"recent":{"8":null,"9":[0,2]},"last_seen":0}],["cDI=",{"high":0,"recent":{},"last_seen":5}]]}"#,
     ),
     (
+        "dedup snapshot",
+        r#"{"version":1,"publishers":[["cDE=",{"high":1796301730000001,"recent":{},"last_seen":1796301731,"batches":[{"seq":1796301730000000,"digest":"d85f2727cbb8a6c1"},{"seq":1796301730000001,"digest":"0000000000000007","parts":[1]}]}]]}"#,
+    ),
+    (
         "lease",
         r#"{"version":1,"name":"worker","holder":"dc1/vm-10074-0258800f","epoch":1,"acquired_at":"2026-12-03T12:43:04.656723793Z","renewed_at":"2026-12-03T12:43:04.988643376Z","expires_at":"2026-12-03T12:42:58.988643376Z"}"#,
     ),
