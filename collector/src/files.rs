@@ -56,6 +56,9 @@ pub struct OpenFile {
     pub served: Option<Arc<OpenFiles>>,
     /// Frames appended since the last sync (published once it succeeds).
     pub unsynced: Vec<Bytes>,
+    /// The commit round that last wrote to it: the least recently written idle
+    /// file is the first closed at `max_open_files`.
+    pub last_round: u64,
 }
 
 impl OpenFile {
