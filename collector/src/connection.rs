@@ -123,6 +123,19 @@ impl Listener {
             while self.connections.try_join_next().is_some() {}
             match accepted {
                 Ok(accepted) => return Some(accepted),
+                Err(e) if conduit_core::storage::is_out_of_descriptors(&e) => {
+                    self.shared
+                        .metrics
+                        .fd_exhausted
+                        .get_or_create(&Metrics::label("op", "accept"))
+                        .inc();
+                    if let Some(suppressed) =
+                        conduit_core::ratelimit::allow("collector_accept_out_of_descriptors")
+                    {
+                        tracing::warn!(error = %e, suppressed, pause = ?ACCEPT_ERROR_PAUSE, "accept failed: too many open files; new connections wait in the backlog");
+                    }
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;

@@ -36,6 +36,19 @@
 //! decode, is moved to `quarantine/` untouched instead (ERROR log, counter
 //! `files_quarantined`).
 //!
+//! # Open files and many topics
+//! At most `max_open_files` data files are open (storage and spool). Before a round
+//! opens more, the least recently written files not written in the round are closed
+//! (a topic written again later gets a new numbered file). A round opens at most
+//! `max_new_files_per_round` new files, handed out to the calls that need them in
+//! turn; a call with more new topics than that keeps the rest for the next rounds
+//! (it is answered once all of it is durable), while other calls are committed in
+//! every round. Only when every open file is in use by the round itself do the calls
+//! needing another get `TRY_LATER` (reason `open_files`). Running out of
+//! descriptors (`EMFILE`/`ENFILE`) is not a storage outage: the parts that needed a
+//! descriptor get `TRY_LATER` (`open_files`), idle files are closed and the limit is
+//! lowered until the next minute.
+//!
 //! # Idempotent batches
 //! `LogBatch` calls carry (publisher id, sequence) and the connection adds the
 //! digest of their content ([`BatchKey`]). The committer consults the
@@ -46,8 +59,10 @@
 //! ranges (`docs/format.md` §3.3), so the table can be rebuilt after a crash. At
 //! close, a file gets the index of its batches and a trailer with the CRC-32C of
 //! its bytes (§3.2, §3.5).
+//! A batch spread over rounds has its durable parts recorded in the table after
+//! each round, and a retry arriving meanwhile waits for the original's answer.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -59,8 +74,10 @@ use conduit_core::format::{
 use conduit_core::layout::Layout;
 use conduit_core::tree;
 use conduit_core::{
-    CreateMode, Minute, NodeName, SharedClock, SharedStorage, Storage, Topic, View,
+    ratelimit, CreateMode, FileWriter, Minute, NodeName, SharedClock, SharedStorage, Storage,
+    StorageError, Topic, View,
 };
+use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::dedup::{BatchKey, BatchState, DedupTable};
@@ -77,6 +94,9 @@ const MAX_ROUND_BYTES: usize = 8 << 20;
 const SMALL_ROUND_BYTES: usize = 256 << 10;
 /// How often an unhealthy storage is probed.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// Files closed (trailer and sync) at once at a minute roll, an eviction or
+/// shutdown.
+const CLOSE_CONCURRENCY: usize = 64;
 
 /// The entries of one call for one topic, already encoded as records.
 #[derive(Debug)]
@@ -180,6 +200,10 @@ pub struct EngineSettings {
     /// Where the synced bytes of open storage files are published for the HTTP
     /// open-file endpoint.
     pub open: Arc<OpenFiles>,
+    /// Most data files open at once.
+    pub max_open_files: usize,
+    /// Most new data files one round opens.
+    pub max_new_files_per_round: usize,
 }
 
 /// A call of the round being committed, and what became of its parts.
@@ -189,11 +213,31 @@ struct RoundCall {
     /// Indexes of its parts made durable in this round (a batch that is answered
     /// `TRY_LATER` remembers them, so that its retry writes only the others).
     durable_parts: Vec<u16>,
-    /// Whether some part of it is not durable: it is answered `TRY_LATER`.
-    failed: bool,
+    /// Why some part of it is not durable: it is answered `TRY_LATER`.
+    failed: Option<TryLaterReason>,
     /// Retries of the same idempotent batch queued in the same round: not written,
     /// answered like this call.
     twins: Vec<Submission>,
+    /// Parts put off to a later round (no new file for them in this one).
+    later: Vec<Part>,
+}
+
+impl RoundCall {
+    /// A call of the round, nothing known yet about its parts.
+    fn new(sub: Submission) -> RoundCall {
+        RoundCall {
+            sub,
+            durable_parts: Vec::new(),
+            failed: None,
+            twins: Vec::new(),
+            later: Vec::new(),
+        }
+    }
+
+    /// Fails the call with `reason` (the first reason sticks).
+    fn fail(&mut self, reason: TryLaterReason) {
+        self.failed.get_or_insert(reason);
+    }
 }
 
 /// How far a topic's frames got in the round being committed.
@@ -236,6 +280,8 @@ struct TopicRound {
     members: Vec<(usize, u16)>,
     /// How far they got.
     stage: Stage,
+    /// Why they failed, when it is not storage's fault (no file descriptor).
+    failure: Option<TryLaterReason>,
 }
 
 impl TopicRound {
@@ -282,6 +328,7 @@ impl RoundTopics {
             payload_bytes: 0,
             members: Vec::new(),
             stage: Stage::Framed,
+            failure: None,
         });
         &mut self.topics[i]
     }
@@ -352,6 +399,15 @@ pub struct Engine {
     /// The background listing that drops ledger entries of moved files.
     pruning: Pruning,
     status: watch::Sender<EngineStatus>,
+    /// Number of the round being committed (files remember their last).
+    round: u64,
+    /// Files open at most now: `max_open_files`, lowered after running out of
+    /// descriptors until the next minute.
+    open_limit: usize,
+    /// Whether an operation ran out of descriptors since the last round ended.
+    fd_pressure: bool,
+    /// Calls with parts put off to a later round, oldest first.
+    deferred: Vec<RoundCall>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -360,6 +416,8 @@ impl std::fmt::Debug for Engine {
             .field("collector", &self.settings.collector)
             .field("current_minute", &self.current_minute)
             .field("open_files", &self.files.len())
+            .field("open_limit", &self.open_limit)
+            .field("deferred_calls", &self.deferred.len())
             .field("healthy", &self.healthy)
             .finish()
     }
@@ -388,6 +446,7 @@ impl Engine {
             stopped: false,
         });
         let current_minute = clock.minute();
+        let open_limit = settings.max_open_files;
         let mut engine = Engine {
             settings,
             storage,
@@ -408,6 +467,10 @@ impl Engine {
             ledger: Ledger::default(),
             pruning: Pruning::default(),
             status,
+            round: 0,
+            open_limit,
+            fd_pressure: false,
+            deferred: Vec::new(),
         };
         engine.recover().await?;
         engine.publish_status();
@@ -625,10 +688,34 @@ impl Engine {
         let Some(store) = store else { return };
         match store.write_atomic(&path, body).await {
             Ok(()) => self.dedup_dirty = false,
+            Err(e) if e.is_too_many_open_files() => {
+                self.ran_out_of_descriptors("dedup_snapshot", &e)
+            }
             Err(e) => {
                 self.storage_error("dedup_snapshot");
                 tracing::warn!(error = %e, "cannot write the dedup snapshot; retrying at the next roll")
             }
+        }
+    }
+
+    /// Counts and logs (rate-limited) an operation that failed for want of file
+    /// descriptors; the round ends by closing idle files
+    /// ([`Engine::relieve_descriptors`]). Storage is not marked unhealthy.
+    fn ran_out_of_descriptors(&mut self, op: &'static str, error: &StorageError) {
+        self.fd_pressure = true;
+        self.metrics
+            .fd_exhausted
+            .get_or_create(&Metrics::label("op", op))
+            .inc();
+        if let Some(suppressed) = ratelimit::allow("collector_out_of_descriptors") {
+            tracing::warn!(
+                op,
+                error = %error,
+                open_files = self.files.len(),
+                max_open_files = self.settings.max_open_files,
+                suppressed,
+                "too many open files: answering TRY_LATER (open_files) and closing idle data files; lower collector.max_open_files or raise the process's open-file limit"
+            );
         }
     }
 
@@ -669,6 +756,7 @@ impl Engine {
             self.metrics.watermark_seconds.set(w.start().timestamp());
         }
         self.metrics.spool_bytes.set(self.spool_bytes as i64);
+        self.metrics.open_files.set(self.files.len() as i64);
         self.status.send_if_modified(|s| {
             let next = EngineStatus {
                 watermark,
@@ -692,9 +780,12 @@ impl Engine {
         loop {
             let clock = self.clock.clone();
             let boundary = clock.sleep_until(self.current_minute.end());
+            // Calls spread over rounds keep the committer busy: it commits the next
+            // round at once, with whatever else has arrived meanwhile.
+            let busy = !self.deferred.is_empty();
             tokio::select! {
                 biased;
-                first = rx.recv() => match first {
+                first = rx.recv(), if !busy => match first {
                     Some(first) => {
                         let round = self.gather(first, &mut rx).await;
                         self.commit(round).await;
@@ -703,6 +794,11 @@ impl Engine {
                 },
                 _ = boundary => self.roll().await,
                 _ = probe.tick() => self.maintain().await,
+                () = std::future::ready(()), if busy => {
+                    let mut round = Vec::new();
+                    take_queued(&mut rx, &mut round, 0);
+                    self.commit(round).await;
+                }
             }
         }
         self.shutdown().await;
@@ -713,17 +809,9 @@ impl Engine {
         first: Submission,
         rx: &mut mpsc::Receiver<Submission>,
     ) -> Vec<Submission> {
-        let mut bytes = first.bytes();
+        let bytes = first.bytes();
         let mut round = vec![first];
-        while bytes < MAX_ROUND_BYTES {
-            match rx.try_recv() {
-                Ok(s) => {
-                    bytes += s.bytes();
-                    round.push(s);
-                }
-                Err(_) => break,
-            }
-        }
+        let mut bytes = take_queued(rx, &mut round, bytes);
         if bytes < SMALL_ROUND_BYTES && !self.settings.group_commit.is_zero() {
             let deadline = tokio::time::Instant::now() + self.settings.group_commit;
             while bytes < SMALL_ROUND_BYTES {
@@ -747,21 +835,26 @@ impl Engine {
         if self.clock.minute() > self.current_minute {
             self.roll().await;
         }
+        self.round += 1;
         let now = now_secs(&self.clock);
-        let mut calls = self.deduplicate(round);
-        let mut topics = collect_topics(&mut calls);
-        self.frame_small_parts(&mut topics);
+        let fresh = self.deduplicate(round);
+        let mut calls = self.resume_deferred(fresh);
         // Storage, or the spool while storage is unhealthy.
         let target = if self.healthy || self.spool.is_none() {
             Target::Storage
         } else {
             Target::Spool
         };
+        self.plan_files(target, &mut calls);
+        let mut topics = collect_topics(&mut calls);
+        self.frame_small_parts(&mut topics);
+        self.open_files(target, &mut topics).await;
         self.write_frames(target, &mut topics).await;
         self.sync_written(target, &mut topics).await;
         self.spool_refused(target, &mut topics).await;
         self.answer(calls, &topics, now);
         self.close_full_files().await;
+        self.relieve_descriptors().await;
         self.publish_status();
     }
 
@@ -801,12 +894,7 @@ impl Engine {
                     }
                 }
             }
-            calls.push(RoundCall {
-                sub,
-                durable_parts: Vec::new(),
-                failed: false,
-                twins: Vec::new(),
-            });
+            calls.push(RoundCall::new(sub));
         }
         calls
     }
@@ -825,6 +913,133 @@ impl Engine {
                 suppressed,
                 "a batch reuses the publisher id and sequence of a different batch: storing both"
             );
+        }
+    }
+
+    /// The round's calls: those put off by earlier rounds first (oldest first, each
+    /// with its remaining parts), then the new ones. A new call retrying a batch that
+    /// is still being written is not written again: it gets the original's answer.
+    fn resume_deferred(&mut self, fresh: Vec<RoundCall>) -> Vec<RoundCall> {
+        let mut calls = std::mem::take(&mut self.deferred);
+        for call in calls.iter_mut() {
+            call.sub.parts = std::mem::take(&mut call.later);
+        }
+        let resumed = calls.len();
+        for call in fresh {
+            let original = call.sub.batch.as_ref().and_then(|batch| {
+                calls[..resumed]
+                    .iter()
+                    .position(|c| c.sub.batch.as_ref() == Some(batch))
+            });
+            match original {
+                Some(i) => {
+                    self.metrics.duplicate_batches.inc();
+                    let RoundCall { sub, twins, .. } = call;
+                    calls[i].twins.push(sub);
+                    calls[i].twins.extend(twins);
+                }
+                None => calls.push(call),
+            }
+        }
+        calls
+    }
+
+    /// Decides which parts are written in this round. A part whose topic has a file
+    /// open (in `target`, this minute) is written. A part that needs a new file gets
+    /// one while the round has opened fewer than `max_new_files_per_round` and uses
+    /// fewer than the open-file limit; new files are handed out one per call in
+    /// turn, so a call with thousands of new topics cannot hold up the others. Parts
+    /// that get no file wait in their call for a later round. If the files the round
+    /// writes to already fill the limit, the calls that need another get
+    /// `TRY_LATER` (`open_files`) and nothing of them is written.
+    fn plan_files(&mut self, target: Target, calls: &mut [RoundCall]) {
+        let minute = self.current_minute;
+        let files = &self.files;
+        let mut in_use: HashSet<Topic> = calls
+            .iter()
+            .flat_map(|c| c.sub.parts.iter())
+            .filter(|p| {
+                files
+                    .get(&p.topic)
+                    .is_some_and(|f| f.target == target && f.minute == minute)
+            })
+            .map(|p| p.topic.clone())
+            .collect();
+        // Per call, the parts that need a new file.
+        let mut waiting: Vec<(usize, VecDeque<Part>)> = Vec::new();
+        for (i, call) in calls.iter_mut().enumerate() {
+            if call.sub.parts.iter().all(|p| in_use.contains(&p.topic)) {
+                continue;
+            }
+            let (ready, new): (Vec<Part>, Vec<Part>) = std::mem::take(&mut call.sub.parts)
+                .into_iter()
+                .partition(|p| in_use.contains(&p.topic));
+            call.sub.parts = ready;
+            waiting.push((i, new.into()));
+        }
+        if waiting.is_empty() {
+            return;
+        }
+        if in_use.len() >= self.open_limit {
+            if let Some(suppressed) = ratelimit::allow("collector_open_files_in_use") {
+                tracing::warn!(
+                    in_use = in_use.len(),
+                    max_open_files = self.open_limit,
+                    suppressed,
+                    "every open data file is in use by this round: calls needing another get TRY_LATER (open_files)"
+                );
+            }
+            for (i, _) in waiting {
+                calls[i].fail(TryLaterReason::OpenFiles);
+                calls[i].sub.parts.clear();
+            }
+            return;
+        }
+        let budget = self.settings.max_new_files_per_round;
+        let mut opened = 0;
+        loop {
+            let mut granted = false;
+            for (i, queue) in waiting.iter_mut() {
+                while let Some(part) = queue.pop_front() {
+                    if in_use.contains(&part.topic) {
+                        // Another call of the round got its topic a file.
+                        calls[*i].sub.parts.push(part);
+                        continue;
+                    }
+                    if opened < budget && in_use.len() < self.open_limit {
+                        opened += 1;
+                        in_use.insert(part.topic.clone());
+                        calls[*i].sub.parts.push(part);
+                        granted = true;
+                    } else {
+                        queue.push_front(part);
+                    }
+                    break;
+                }
+            }
+            if !granted {
+                break;
+            }
+        }
+        let mut deferred = 0;
+        for (i, queue) in waiting {
+            let (ready, later): (Vec<Part>, Vec<Part>) =
+                queue.into_iter().partition(|p| in_use.contains(&p.topic));
+            calls[i].sub.parts.extend(ready);
+            deferred += later.len();
+            calls[i].later = later;
+        }
+        if deferred > 0 {
+            self.metrics.deferred_parts.inc_by(deferred as u64);
+            if let Some(suppressed) = ratelimit::allow("collector_parts_deferred") {
+                tracing::info!(
+                    deferred_parts = deferred,
+                    new_files = opened,
+                    max_new_files_per_round = self.settings.max_new_files_per_round,
+                    suppressed,
+                    "calls with many new topics are spread over rounds"
+                );
+            }
         }
     }
 
@@ -849,22 +1064,145 @@ impl Engine {
         }
     }
 
+    /// Gives every topic of the round a file in `target`: closes the files that
+    /// new ones replace (another minute or target), closes the least recently
+    /// written idle files to stay under the open-file limit, then creates the new
+    /// files, concurrently.
+    async fn open_files(&mut self, target: Target, topics: &mut RoundTopics) {
+        let (round, minute) = (self.round, self.current_minute);
+        let mut new = Vec::new();
+        let mut closing = Vec::new();
+        for (i, tr) in topics.topics.iter().enumerate() {
+            if tr.stage != Stage::Framed {
+                continue;
+            }
+            match self.files.get_mut(&tr.topic) {
+                Some(f) if f.target == target && f.minute == minute => f.last_round = round,
+                Some(_) => {
+                    closing.extend(self.files.remove(&tr.topic));
+                    new.push(i);
+                }
+                None => new.push(i),
+            }
+        }
+        let excess = (self.files.len() + new.len()).saturating_sub(self.open_limit);
+        if excess > 0 {
+            // Closing a file needs the dedup snapshot to cover its batch marks.
+            self.save_dedup().await;
+            let idle = if self.dedup_dirty {
+                Vec::new()
+            } else {
+                self.take_idle(excess)
+            };
+            // What cannot get a file now (the snapshot could not be written) is
+            // answered TRY_LATER.
+            let unplaced = (excess - idle.len()).min(new.len());
+            for &i in &new[new.len() - unplaced..] {
+                let tr = &mut topics.topics[i];
+                tr.stage = Stage::Failed;
+                tr.failure = Some(TryLaterReason::OpenFiles);
+            }
+            new.truncate(new.len() - unplaced);
+            if !idle.is_empty() {
+                self.metrics.files_evicted.inc_by(idle.len() as u64);
+                if let Some(suppressed) = ratelimit::allow("collector_files_evicted") {
+                    tracing::info!(
+                        closed = idle.len(),
+                        open_files = self.files.len() + closing.len() + idle.len(),
+                        max_open_files = self.open_limit,
+                        suppressed,
+                        "max_open_files reached: closing the least recently written idle data files"
+                    );
+                }
+            }
+            closing.extend(idle);
+        }
+        self.close_files(closing).await;
+        if new.is_empty() {
+            return;
+        }
+        let store = self.store(target);
+        // Each new file takes the next free sequence number of its topic and minute.
+        let planned: Vec<(usize, u32, String)> = new
+            .iter()
+            .map(|&i| {
+                let topic = &topics.topics[i].topic;
+                let next = self.seqs.entry((topic.clone(), minute)).or_insert(0);
+                let seq = *next;
+                *next += 1;
+                let path = Layout::collector_file(topic, &self.settings.collector, minute, seq);
+                (i, seq, path)
+            })
+            .collect();
+        let created: Vec<_> = futures::future::join_all(
+            planned
+                .iter()
+                .map(|(_, _, path)| store.create(path, CreateMode::Exclusive)),
+        )
+        .await;
+        for ((i, seq, path), result) in planned.into_iter().zip(created) {
+            let tr = &mut topics.topics[i];
+            let result = match result {
+                Ok(writer) => Ok(self.opened(target, &tr.topic, tr.encoding, path, seq, writer)),
+                // A name used by a spool replay or an earlier run: take the next.
+                Err(e) if e.is_already_exists() => {
+                    self.open_file(target, &tr.topic, tr.encoding).await
+                }
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(mut file) => {
+                    file.last_round = round;
+                    self.files.insert(tr.topic.clone(), file);
+                }
+                Err(e) => self.failed(tr, target, "create", &e),
+            }
+        }
+    }
+
+    /// Takes the `n` least recently written files not written in this round out of
+    /// the open files (fewer if there are not that many).
+    fn take_idle(&mut self, n: usize) -> Vec<OpenFile> {
+        let round = self.round;
+        let mut idle: Vec<(u64, Topic)> = self
+            .files
+            .iter()
+            .filter(|(_, f)| f.last_round < round)
+            .map(|(t, f)| (f.last_round, t.clone()))
+            .collect();
+        idle.sort_unstable_by_key(|(last, _)| *last);
+        idle.into_iter()
+            .take(n)
+            .filter_map(|(_, t)| self.files.remove(&t))
+            .collect()
+    }
+
     /// Appends every topic's frames to its file in `target`.
     async fn write_frames(&mut self, target: Target, topics: &mut RoundTopics) {
         for tr in topics.topics.iter_mut() {
             if tr.stage != Stage::Framed {
                 continue;
             }
-            match self
-                .append_to(target, &tr.topic, tr.encoding, &tr.chunks)
-                .await
-            {
+            let Some(file) = self.files.get_mut(&tr.topic) else {
+                continue;
+            };
+            match append_chunks(file, &tr.chunks).await {
                 Ok(()) => tr.stage = Stage::Written,
-                Err(e) => {
-                    self.on_failure(&tr.topic, target, "write", &e);
-                    tr.stage = Stage::Refused;
-                }
+                Err(e) => self.failed(tr, target, "write", &e),
             }
+        }
+    }
+
+    /// A topic's frames could not be written or synced: storage refused them (the
+    /// spool may take them), or the process is out of descriptors (`TRY_LATER`
+    /// with reason `open_files`; storage is fine).
+    fn failed(&mut self, tr: &mut TopicRound, target: Target, op: &'static str, e: &StorageError) {
+        self.on_failure(&tr.topic, target, op, e);
+        if e.is_too_many_open_files() {
+            tr.stage = Stage::Failed;
+            tr.failure = Some(TryLaterReason::OpenFiles);
+        } else {
+            tr.stage = Stage::Refused;
         }
     }
 
@@ -900,10 +1238,7 @@ impl Engine {
                         self.spool_bytes += tr.len();
                     }
                 }
-                Err(e) => {
-                    self.on_failure(&topic, target, "sync", &e);
-                    tr.stage = Stage::Refused;
-                }
+                Err(e) => self.failed(tr, target, "sync", &e),
             }
         }
     }
@@ -933,16 +1268,22 @@ impl Engine {
             tracing::warn!(topic = %topic, spool_bytes = self.spool_bytes, spool_max_bytes = self.settings.spool_max_bytes, "spool full");
             return false;
         }
-        let ok = match self
+        let result = match self
             .append_to(Target::Spool, topic, tr.encoding, &tr.chunks)
             .await
         {
             Ok(()) => match self.files.get_mut(topic) {
-                Some(f) => f.sync().await.is_ok(),
-                None => false,
+                Some(f) => f.sync().await,
+                None => Ok(()),
             },
-            Err(_) => false,
+            Err(e) => Err(e),
         };
+        if let Err(e) = &result {
+            if e.is_too_many_open_files() {
+                self.ran_out_of_descriptors("spool", e);
+            }
+        }
+        let ok = result.is_ok() && self.files.contains_key(topic);
         if ok {
             self.spool_bytes += len;
         } else {
@@ -957,13 +1298,18 @@ impl Engine {
     /// Answers every call of the round: durable only if every part of it is.
     /// Batches remember which of their parts are durable.
     fn answer(&mut self, mut calls: Vec<RoundCall>, topics: &RoundTopics, now: i64) {
+        let refused = if self.spool.is_some() {
+            TryLaterReason::SpoolUnavailable
+        } else {
+            TryLaterReason::StorageUnavailable
+        };
         for tr in &topics.topics {
             let durable = tr.stage == Stage::Durable;
             for &(i, part) in &tr.members {
                 if durable {
                     calls[i].durable_parts.push(part);
                 } else {
-                    calls[i].failed = true;
+                    calls[i].fail(tr.failure.unwrap_or(refused));
                 }
             }
             if durable {
@@ -975,16 +1321,23 @@ impl Engine {
                     .inc_by(tr.payload_bytes);
             }
         }
-        let refused = if self.spool.is_some() {
-            TryLaterReason::SpoolUnavailable
-        } else {
-            TryLaterReason::StorageUnavailable
-        };
-        for call in calls {
-            let outcome = if call.failed {
-                Outcome::TryLater(refused)
-            } else {
-                Outcome::Durable
+        for mut call in calls {
+            if call.failed.is_none() && !call.later.is_empty() {
+                // Spread over rounds: what is durable now is remembered (a retry, or
+                // a restart, writes only the rest); answered once all is durable.
+                if let Some(key) = &call.sub.batch {
+                    if !call.durable_parts.is_empty() {
+                        self.dedup.mark_parts(key, &call.durable_parts, now);
+                        self.dedup_dirty = true;
+                    }
+                }
+                call.durable_parts.clear();
+                self.deferred.push(call);
+                continue;
+            }
+            let outcome = match call.failed {
+                Some(reason) => Outcome::TryLater(reason),
+                None => Outcome::Durable,
             };
             if let Some(key) = &call.sub.batch {
                 match outcome {
@@ -1012,14 +1365,38 @@ impl Engine {
             .filter(|(_, f)| f.written_len() >= self.settings.max_file_bytes)
             .map(|(t, _)| t.clone())
             .collect();
-        if !full.is_empty() {
-            let files: Vec<OpenFile> = full.iter().filter_map(|t| self.files.remove(t)).collect();
-            self.note_closing(&files);
-            self.save_dedup().await;
-            for file in files {
-                self.close_file(file).await;
-            }
+        let full = full
+            .iter()
+            .filter_map(|topic| self.files.remove(topic))
+            .collect();
+        self.close_files(full).await;
+    }
+
+    /// After running out of descriptors: closes every file not written in this
+    /// round and lowers the open-file limit to three quarters of what was open,
+    /// until the next minute.
+    async fn relieve_descriptors(&mut self) {
+        if !std::mem::take(&mut self.fd_pressure) {
+            return;
         }
+        let open = self.files.len();
+        self.open_limit = self.open_limit.min((open * 3 / 4).max(1));
+        let idle = self.take_idle(open);
+        self.metrics.files_evicted.inc_by(idle.len() as u64);
+        if let Some(suppressed) = ratelimit::allow("collector_open_limit_lowered") {
+            tracing::warn!(
+                closed = idle.len(),
+                open_files = open,
+                open_limit = self.open_limit,
+                max_open_files = self.settings.max_open_files,
+                suppressed,
+                "out of file descriptors: closing idle data files and lowering the open-file limit until the next minute"
+            );
+        }
+        // Closing files frees descriptors for the dedup snapshot, which
+        // `close_files` writes first; so try it again once they are closed.
+        self.close_files(idle).await;
+        self.save_dedup().await;
     }
 
     fn on_failure(
@@ -1029,10 +1406,16 @@ impl Engine {
         op: &'static str,
         error: &conduit_core::StorageError,
     ) {
-        self.storage_error(op);
-        tracing::warn!(topic = %topic, ?target, op, error = %error, "write failed; abandoning the file");
-        if target == Target::Storage {
-            self.healthy = false;
+        if error.is_too_many_open_files() {
+            // Storage is fine; a writer that failed halfway is cut back and closed
+            // like any other (storage answers the probe, so that happens at once).
+            self.ran_out_of_descriptors(if target == Target::Spool { "spool" } else { op }, error);
+        } else {
+            self.storage_error(op);
+            tracing::warn!(topic = %topic, ?target, op, error = %error, "write failed; abandoning the file");
+            if target == Target::Storage {
+                self.healthy = false;
+            }
         }
         if let Some(file) = self.files.remove(topic) {
             self.abandon(file);
@@ -1084,10 +1467,15 @@ impl Engine {
             self.files.insert(topic.clone(), file);
         }
         let file = self.files.get_mut(topic).expect("inserted above");
-        for chunk in chunks {
-            file.append(chunk).await?;
+        file.last_round = self.round;
+        append_chunks(file, chunks).await
+    }
+
+    fn store(&self, target: Target) -> SharedStorage {
+        match target {
+            Target::Storage => self.storage.clone(),
+            Target::Spool => self.spool.clone().expect("spool target only with a spool"),
         }
-        Ok(())
     }
 
     async fn open_file(
@@ -1096,10 +1484,7 @@ impl Engine {
         topic: &Topic,
         encoding: Encoding,
     ) -> conduit_core::StorageResult<OpenFile> {
-        let store = match target {
-            Target::Storage => self.storage.clone(),
-            Target::Spool => self.spool.clone().expect("spool target only with a spool"),
-        };
+        let store = self.store(target);
         loop {
             let next = self
                 .seqs
@@ -1110,32 +1495,7 @@ impl Engine {
             let path =
                 Layout::collector_file(topic, &self.settings.collector, self.current_minute, seq);
             match store.create(&path, CreateMode::Exclusive).await {
-                Ok(writer) => {
-                    tracing::debug!(path, ?target, "opened data file");
-                    let served = (target == Target::Storage).then(|| {
-                        let name = path.rsplit('/').next().unwrap_or(&path);
-                        self.settings.open.opened(topic.as_str(), name);
-                        self.settings.open.clone()
-                    });
-                    return Ok(OpenFile {
-                        path,
-                        target,
-                        topic: topic.clone(),
-                        minute: self.current_minute,
-                        seq,
-                        encoding,
-                        writer,
-                        records: 0,
-                        record_bytes: 0,
-                        acked_len: 0,
-                        acked_counts: (0, 0),
-                        dirty: false,
-                        served,
-                        unsynced: Vec::new(),
-                        crc32c: 0,
-                        index: Vec::new(),
-                    });
-                }
+                Ok(writer) => return Ok(self.opened(target, topic, encoding, path, seq, writer)),
                 // A name used by a spool replay or an earlier run: take the next.
                 Err(e) if e.is_already_exists() => continue,
                 Err(e) => return Err(e),
@@ -1143,38 +1503,114 @@ impl Engine {
         }
     }
 
+    /// The open file for a writer just created at `path` (sequence number `seq`).
+    fn opened(
+        &self,
+        target: Target,
+        topic: &Topic,
+        encoding: Encoding,
+        path: String,
+        seq: u32,
+        writer: Box<dyn FileWriter>,
+    ) -> OpenFile {
+        tracing::debug!(path, ?target, "opened data file");
+        let served = (target == Target::Storage).then(|| {
+            let name = path.rsplit('/').next().unwrap_or(&path);
+            self.settings.open.opened(topic.as_str(), name);
+            self.settings.open.clone()
+        });
+        OpenFile {
+            path,
+            target,
+            topic: topic.clone(),
+            minute: self.current_minute,
+            seq,
+            encoding,
+            writer,
+            records: 0,
+            record_bytes: 0,
+            acked_len: 0,
+            acked_counts: (0, 0),
+            dirty: false,
+            served,
+            unsynced: Vec::new(),
+            crc32c: 0,
+            index: Vec::new(),
+            last_round: self.round,
+        }
+    }
+
     async fn close_file(&mut self, file: OpenFile) {
+        self.close_files(vec![file]).await;
+    }
+
+    /// Closes files (trailer, sync, close), [`CLOSE_CONCURRENCY`] at a time; a file
+    /// that fails to close is left to be recovered.
+    async fn close_files(&mut self, files: Vec<OpenFile>) {
+        if files.is_empty() {
+            return;
+        }
         // Invariant: the dedup snapshot covers every batch mark of a file before the
         // file is closed (recovery reads marks only from unclosed files), and its
         // ledger holds the file's acknowledged length (recovery never cuts below it).
-        self.note_closing([&file]);
+        self.note_closing(&files);
         self.save_dedup().await;
-        let (path, target, minute, encoding, acked_len) = (
-            file.path.clone(),
-            file.target,
-            file.minute,
-            file.encoding,
-            file.acked_len,
-        );
-        let (topic, name) = (file.topic.clone(), file.name().to_owned());
-        let written = file.written_len();
-        match file.close().await {
+        let closed: Vec<_> = futures::stream::iter(files.into_iter().map(|file| async move {
+            let closing = Closing {
+                path: file.path.clone(),
+                target: file.target,
+                minute: file.minute,
+                encoding: file.encoding,
+                acked_len: file.acked_len,
+                topic: file.topic.clone(),
+                name: file.name().to_owned(),
+                written: file.written_len(),
+            };
+            (closing, file.close().await)
+        }))
+        .buffer_unordered(CLOSE_CONCURRENCY)
+        .collect()
+        .await;
+        for (closing, result) in closed {
+            self.closed(closing, result);
+        }
+    }
+
+    /// Accounts for a file closed (or not) by [`Engine::close_files`].
+    fn closed(&mut self, closing: Closing, result: conduit_core::StorageResult<u64>) {
+        let Closing {
+            path,
+            target,
+            minute,
+            encoding,
+            acked_len,
+            topic,
+            name,
+            written,
+        } = closing;
+        match result {
             Ok(len) => {
                 self.metrics.files_closed.inc();
                 if target == Target::Storage {
                     self.settings.open.closed(topic.as_str(), &name, len);
                 }
                 if target == Target::Spool {
-                    self.spool_bytes += len - written;
+                    self.spool_bytes += len.saturating_sub(written);
                     self.spooled.insert((minute, path), (encoding, len));
                 }
             }
             Err(e) => {
-                self.storage_error("close");
-                tracing::warn!(path, error = %e, "closing a data file failed; it will be recovered");
+                if e.is_too_many_open_files() {
+                    self.ran_out_of_descriptors("write", &e);
+                } else {
+                    self.storage_error("close");
+                    tracing::warn!(path, error = %e, "closing a data file failed; it will be recovered");
+                }
                 match target {
                     Target::Storage => {
-                        self.healthy = false;
+                        if !e.is_too_many_open_files() {
+                            self.healthy = false;
+                        }
                         self.settings
                             .open
                             .abandoned(topic.as_str(), &name, acked_len);
@@ -1200,14 +1636,17 @@ impl Engine {
             return;
         }
         let files: Vec<OpenFile> = self.files.drain().map(|(_, f)| f).collect();
-        self.note_closing(&files);
-        self.save_dedup().await;
-        for file in files {
-            self.close_file(file).await;
-        }
+        self.close_files(files).await;
         self.prune_ledger(now_minute).await;
         self.seqs.retain(|(_, m), _| *m >= now_minute);
         self.current_minute = now_minute;
+        if self.open_limit < self.settings.max_open_files {
+            tracing::info!(
+                max_open_files = self.settings.max_open_files,
+                "open-file limit restored after running out of descriptors"
+            );
+            self.open_limit = self.settings.max_open_files;
+        }
         tracing::debug!(minute = %now_minute, "minute rolled");
         self.maintain().await;
         self.publish_status();
@@ -1252,17 +1691,16 @@ impl Engine {
     /// replay the spool, and write to storage again.
     async fn recover_storage(&mut self) {
         // Storage answers. New rounds go to storage again: close open spool files.
-        let spool_files: Vec<Topic> = self
+        let spool_files: Vec<OpenFile> = self
             .files
             .iter()
             .filter(|(_, f)| f.target == Target::Spool)
             .map(|(t, _)| t.clone())
+            .collect::<Vec<Topic>>()
+            .iter()
+            .filter_map(|topic| self.files.remove(topic))
             .collect();
-        for topic in spool_files {
-            if let Some(f) = self.files.remove(&topic) {
-                self.close_file(f).await;
-            }
-        }
+        self.close_files(spool_files).await;
         while let Some(a) = self.abandoned.first().cloned() {
             let storage = self.storage.clone();
             match self
@@ -1313,11 +1751,7 @@ impl Engine {
 
     async fn shutdown(mut self) {
         let files: Vec<OpenFile> = self.files.drain().map(|(_, f)| f).collect();
-        self.note_closing(&files);
-        self.save_dedup().await;
-        for file in files {
-            self.close_file(file).await;
-        }
+        self.close_files(files).await;
         // Last chance to hand the spool to storage; otherwise the next start does.
         if !self.spooled.is_empty() || !self.abandoned.is_empty() {
             if self.storage.list_or_empty("data").await.is_ok() {
@@ -1334,6 +1768,46 @@ impl Engine {
         self.publish_status();
         self.status.send_modify(|s| s.stopped = true);
     }
+}
+
+/// Moves already queued calls into `round` (without waiting) while the round holds
+/// fewer than [`MAX_ROUND_BYTES`] (`bytes` so far); the round's bytes.
+fn take_queued(
+    rx: &mut mpsc::Receiver<Submission>,
+    round: &mut Vec<Submission>,
+    mut bytes: usize,
+) -> usize {
+    while bytes < MAX_ROUND_BYTES {
+        match rx.try_recv() {
+            Ok(s) => {
+                bytes += s.bytes();
+                round.push(s);
+            }
+            Err(_) => break,
+        }
+    }
+    bytes
+}
+
+/// Appends a topic's frames of the round (each after its batch marks) to `file`.
+async fn append_chunks(file: &mut OpenFile, chunks: &[Chunk]) -> conduit_core::StorageResult<()> {
+    for chunk in chunks {
+        file.append(chunk).await?;
+    }
+    Ok(())
+}
+
+/// What is known of a file being closed, for the accounting once it is.
+struct Closing {
+    path: String,
+    target: Target,
+    minute: Minute,
+    encoding: Encoding,
+    acked_len: u64,
+    topic: Topic,
+    name: String,
+    /// Bytes written before the closing frames (already counted in the spool).
+    written: u64,
 }
 
 /// Groups the round's parts by topic: a part compressed by its connection keeps its

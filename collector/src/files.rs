@@ -63,6 +63,9 @@ pub struct OpenFile {
     pub crc32c: u32,
     /// Every batch part written, with its data frame's offset (the close index).
     pub index: Vec<IndexEntry>,
+    /// The commit round that last wrote to it: the least recently written idle
+    /// file is the first closed at `max_open_files`.
+    pub last_round: u64,
 }
 
 impl OpenFile {

@@ -60,7 +60,30 @@ pub struct Metrics {
     /// Answers of the open-file endpoint (`/v1/open/...`), by result: `ok`,
     /// `gone`, `not_found`, `too_old`, `past_end`, `bad_request`.
     pub open_reads: Family<Labels, Counter>,
+    /// Data files open now (storage and spool), at most `max_open_files`.
+    pub open_files: Gauge,
+    /// Idle data files closed early to stay under `max_open_files` (or because the
+    /// process ran out of descriptors).
+    pub files_evicted: Counter,
+    /// Operations that failed because the process was out of file descriptors
+    /// (`EMFILE`/`ENFILE`), by operation ([`FD_OPS`]).
+    pub fd_exhausted: Family<Labels, Counter>,
+    /// Parts of calls put off to a later round (`max_new_files_per_round`).
+    pub deferred_parts: Counter,
 }
+
+/// The operations `fd_exhausted` counts: accepting a connection, creating a data
+/// file in storage or in the spool, writing or syncing one, the heartbeat and the
+/// dedup snapshot.
+pub const FD_OPS: [&str; 7] = [
+    "accept",
+    "create",
+    "spool",
+    "write",
+    "sync",
+    "heartbeat",
+    "dedup_snapshot",
+];
 
 impl Metrics {
     /// Creates the metrics and registers them under `conduit_collector_*`.
@@ -86,7 +109,23 @@ impl Metrics {
             refused_batches: Family::default(),
             watermark_seconds: Gauge::default(),
             open_reads: Family::default(),
+            open_files: Gauge::default(),
+            files_evicted: Counter::default(),
+            fd_exhausted: Family::default(),
+            deferred_parts: Counter::default(),
         };
+        // Present from the start, so an alert can compare against zero.
+        for op in FD_OPS {
+            m.fd_exhausted
+                .get_or_create(&Metrics::label("op", op))
+                .inc_by(0);
+        }
+        m.try_later
+            .get_or_create(&Metrics::label(
+                "reason",
+                crate::reasons::TryLaterReason::OpenFiles.as_str(),
+            ))
+            .inc_by(0);
         let mut r = registry.lock().unwrap_or_else(|p| p.into_inner());
         let r = r.sub_registry_with_prefix("conduit_collector");
         r.register("events", "Events made durable", m.events.clone());
@@ -169,6 +208,26 @@ impl Metrics {
             "open_reads",
             "Answers of the open-file endpoint /v1/open by result (ok, gone, not_found, too_old, past_end, bad_request)",
             m.open_reads.clone(),
+        );
+        r.register(
+            "open_files",
+            "Data files open (storage and spool), at most max_open_files",
+            m.open_files.clone(),
+        );
+        r.register(
+            "files_evicted",
+            "Idle data files closed early to stay under max_open_files",
+            m.files_evicted.clone(),
+        );
+        r.register(
+            "fd_exhausted",
+            "Operations failed for want of file descriptors (EMFILE/ENFILE), by operation",
+            m.fd_exhausted.clone(),
+        );
+        r.register(
+            "deferred_parts",
+            "Parts of calls put off to a later round (max_new_files_per_round)",
+            m.deferred_parts.clone(),
         );
         m
     }

@@ -24,6 +24,10 @@ pub enum TryLaterReason {
     SpoolUnavailable,
     /// Storage failed and there is no spool.
     StorageUnavailable,
+    /// The call needs a new data file and none can be opened: every open file is
+    /// in use by the round at `max_open_files`, or the process is out of file
+    /// descriptors (`EMFILE`/`ENFILE`).
+    OpenFiles,
 }
 
 impl TryLaterReason {
@@ -35,6 +39,7 @@ impl TryLaterReason {
             Self::MaxConnections => "max_connections",
             Self::SpoolUnavailable => "spool_unavailable",
             Self::StorageUnavailable => "storage_unavailable",
+            Self::OpenFiles => "open_files",
         }
     }
 }
@@ -211,6 +216,7 @@ mod tests {
             (TryLaterReason::MaxConnections, "max_connections"),
             (TryLaterReason::SpoolUnavailable, "spool_unavailable"),
             (TryLaterReason::StorageUnavailable, "storage_unavailable"),
+            (TryLaterReason::OpenFiles, "open_files"),
         ];
         for (reason, s) in try_later {
             assert_eq!(reason.as_str(), s);

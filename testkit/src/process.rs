@@ -204,9 +204,35 @@ impl CollectorProcess {
         extra: &[&str],
         log_dir: &Path,
     ) -> Result<Self, Error> {
+        Self::start_limited(root, id, thrift, http, extra, log_dir, None)
+    }
+
+    /// [`CollectorProcess::start`] with the process's open-file limit
+    /// (`RLIMIT_NOFILE`, soft and hard) set to `nofile`, as `ulimit -n` sets it in
+    /// the shell that then runs the collector.
+    pub fn start_with_fd_limit(
+        root: &str,
+        id: &str,
+        extra: &[&str],
+        log_dir: &Path,
+        nofile: u64,
+    ) -> Result<Self, Error> {
+        let (thrift, http) = (free_addr(), free_addr());
+        Self::start_limited(root, id, &thrift, &http, extra, log_dir, Some(nofile))
+    }
+
+    fn start_limited(
+        root: &str,
+        id: &str,
+        thrift: &str,
+        http: &str,
+        extra: &[&str],
+        log_dir: &Path,
+        nofile: Option<u64>,
+    ) -> Result<Self, Error> {
         let what = format!("conduit collector {id}");
         let log_path = log_dir.join(format!("collector-{id}-{}.log", free_port()));
-        let mut child = spawn(
+        let mut child = spawn_limited(
             &what,
             &[
                 &["collector", "--root", root, "--id", id][..],
@@ -216,6 +242,7 @@ impl CollectorProcess {
             .concat(),
             &log_path,
             Stdio::piped(),
+            nofile,
         )?;
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();
@@ -339,6 +366,19 @@ impl Drop for WorkerProcess {
 
 /// Spawns `conduit --log-format json <args>` with stderr to `log_path`.
 fn spawn(what: &str, args: &[&str], log_path: &Path, stdout: Stdio) -> Result<Child, Error> {
+    spawn_limited(what, args, log_path, stdout, None)
+}
+
+/// [`spawn`], with the open-file limit set to `nofile` first (`sh -c 'ulimit -n N
+/// && exec conduit ...'`: the shell's `exec` keeps the process id, so signals
+/// reach the collector itself).
+fn spawn_limited(
+    what: &str,
+    args: &[&str],
+    log_path: &Path,
+    stdout: Stdio,
+    nofile: Option<u64>,
+) -> Result<Child, Error> {
     let err = |source| Error::Spawn {
         what: what.to_owned(),
         source,
@@ -347,7 +387,16 @@ fn spawn(what: &str, args: &[&str], log_path: &Path, stdout: Stdio) -> Result<Ch
         std::fs::create_dir_all(dir).map_err(err)?;
     }
     let log = std::fs::File::create(log_path).map_err(err)?;
-    Command::new(conduit_bin())
+    let mut command = match nofile {
+        Some(n) => {
+            let mut sh = Command::new("sh");
+            sh.args(["-c", "ulimit -n \"$0\" && exec \"$@\"", &n.to_string()])
+                .arg(conduit_bin());
+            sh
+        }
+        None => Command::new(conduit_bin()),
+    };
+    command
         .args(["--log-format", "json"])
         .args(args)
         .stdin(Stdio::null())

@@ -105,6 +105,20 @@ impl Client {
         sequence: i64,
         entries: &[(C, M)],
     ) -> ResultCode {
+        self.try_log_batch(publisher, sequence, entries, REPLY_TIMEOUT)
+            .await
+            .unwrap_or_else(|| panic!("no reply to LogBatch (connection closed or reset, or none within {REPLY_TIMEOUT:?})"))
+    }
+
+    /// `LogBatch`; `None` when no reply comes within `timeout` (the connection was
+    /// closed or reset, or the collector is gone or stuck).
+    pub async fn try_log_batch<C: AsRef<[u8]>, M: AsRef<[u8]>>(
+        &mut self,
+        publisher: &str,
+        sequence: i64,
+        entries: &[(C, M)],
+        timeout: Duration,
+    ) -> Option<ResultCode> {
         self.seqid += 1;
         let mut out = Vec::new();
         encode_log_batch_call(
@@ -114,9 +128,7 @@ impl Client {
             &refs(entries),
             &mut out,
         );
-        self.call("LogBatch", &out, REPLY_TIMEOUT)
-            .await
-            .unwrap_or_else(|| panic!("no reply to LogBatch (connection closed or reset, or none within {REPLY_TIMEOUT:?})"))
+        self.call("LogBatch", &out, timeout).await
     }
 
     /// `LogBatch` whose reply may be anything (an exception, for a refused
