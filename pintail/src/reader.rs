@@ -1380,12 +1380,7 @@ impl PartitionReader {
     /// Reads `f.want` bytes at the reader's offset: from a sealed file through the
     /// chunk read ahead if it matches (decoded already), else read and decoded
     /// now; from a file in `data/` as raw bytes (decoded frame by frame later).
-    async fn load_chunk(
-        &mut self,
-        ctx: &Ctx,
-        f: &OpenFile,
-        path: &str,
-    ) -> StorageResult<Loaded> {
+    async fn load_chunk(&mut self, ctx: &Ctx, f: &OpenFile, path: &str) -> StorageResult<Loaded> {
         if f.loc != Loc::Dir {
             let bytes = self
                 .roots
