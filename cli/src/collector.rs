@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
@@ -118,6 +119,7 @@ pub async fn run(args: CollectorArgs) -> anyhow::Result<ExitCode> {
     let storage = conduit_core::open_root(&root)
         .await
         .with_context(|| format!("cannot open storage root {root}"))?;
+    let shutdown_timeout = Duration::from_secs(config.collector.shutdown_timeout_secs);
     let settings = CollectorSettings {
         cluster,
         id,
@@ -131,9 +133,19 @@ pub async fn run(args: CollectorArgs) -> anyhow::Result<ExitCode> {
         collector.http_addr(),
         root
     );
-    crate::signals::wait_for_shutdown().await;
-    tracing::info!("shutdown requested");
+    let progress = collector.progress();
+    let (requested, deadline) =
+        crate::signals::bounded_shutdown(shutdown_timeout, move || progress.get());
+    // A closed channel (the watch thread could not start) waits for nothing more.
+    if requested.await.is_err() {
+        crate::signals::wait_for_shutdown().await;
+    }
+    tracing::info!(
+        shutdown_timeout_secs = shutdown_timeout.as_secs(),
+        "shutdown requested"
+    );
     collector.stop().await?;
+    deadline.finished();
     Ok(ExitCode::SUCCESS)
 }
 
