@@ -127,18 +127,21 @@ pub async fn run(args: CollectorArgs) -> anyhow::Result<ExitCode> {
         config: Arc::new(config),
     };
     let collector = Collector::start(settings, storage, SystemClock::shared()).await?;
+    // Listen for signals before saying ready: a SIGTERM right after must still
+    // shut down cleanly.
+    let shutdown = crate::signals::wait_for_shutdown();
+    let progress = collector.progress();
+    let (requested, deadline) =
+        crate::signals::bounded_shutdown(shutdown_timeout, move || progress.get());
     println!(
         "collector ready: scribe {} http {} root {}",
         collector.thrift_addr(),
         collector.http_addr(),
         root
     );
-    let progress = collector.progress();
-    let (requested, deadline) =
-        crate::signals::bounded_shutdown(shutdown_timeout, move || progress.get());
-    // A closed channel (the watch thread could not start) waits for nothing more.
+    // Without the watch thread (it could not start), the handlers installed above.
     if requested.await.is_err() {
-        crate::signals::wait_for_shutdown().await;
+        shutdown.await;
     }
     tracing::info!(
         shutdown_timeout_secs = shutdown_timeout.as_secs(),

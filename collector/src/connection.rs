@@ -59,6 +59,7 @@ use tokio::task::JoinSet;
 use tokio::time::{sleep_until, Instant};
 
 use crate::admission::{Activity, Admission, Admitted, Courtesy, Slot};
+use crate::dedup::BatchKey;
 use crate::engine::Outcome;
 use crate::metrics::Metrics;
 use crate::queues::Held;
@@ -162,6 +163,19 @@ impl Listener {
             while self.connections.try_join_next().is_some() {}
             match accepted {
                 Ok(accepted) => return Some(accepted),
+                Err(e) if conduit_core::storage::is_out_of_descriptors(&e) => {
+                    self.shared
+                        .metrics
+                        .fd_exhausted
+                        .get_or_create(&Metrics::label("op", "accept"))
+                        .inc();
+                    if let Some(suppressed) =
+                        conduit_core::ratelimit::allow("collector_accept_out_of_descriptors")
+                    {
+                        tracing::warn!(error = %e, suppressed, pause = ?ACCEPT_ERROR_PAUSE, "accept failed: too many open files; new connections wait in the backlog");
+                    }
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                }
                 Err(e) => {
                     if let Some(suppressed) = conduit_core::ratelimit::allow("accept_failed") {
                         tracing::warn!(error = %e, suppressed, "accept failed");
@@ -611,7 +625,10 @@ impl Handler {
                 // A copy: the id outlives the call (in the dedup table), the frame
                 // must not.
                 let id = Bytes::copy_from_slice(&publisher_id);
-                self.submit(to, entries, Some((id, sequence)), held)
+                match self.shared.batch_key(id, sequence, &entries, &self.peer) {
+                    Ok(key) => self.submit(to, entries, Some(key), held),
+                    Err(message) => PendingReply::Now(to, OwnedReply::ProtocolError(message)),
+                }
             }
             Call::Fb303(call) => {
                 let reply = self.shared.fb303(&call);
@@ -649,7 +666,7 @@ impl Handler {
         &mut self,
         to: ReplyTo,
         entries: Vec<LogEntry>,
-        batch: Option<(Bytes, i64)>,
+        batch: Option<BatchKey>,
         mut held: Held,
     ) -> PendingReply {
         // The decoded entries are held too while the call is routed.

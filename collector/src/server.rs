@@ -6,7 +6,12 @@
 //! [`InvalidReason`]), compress the large parts, reserve their bytes in the topic
 //! queues, enqueue. A bad entry goes to `_invalid` and the rest of its call is
 //! stored; a call that cannot be queued is refused whole with a
-//! [`TryLaterReason`]. The call holds the memory budget
+//! [`TryLaterReason`]. Every entry sent to `_invalid` is counted per topic and
+//! reason and logged at WARN (one line per reason per interval, the topic escaped),
+//! so a stream that vanishes into `_invalid` is noticed. `_audit` is written only
+//! by `LogBatch` (conduit publishers): a plain `Log` to it goes to `_invalid` with
+//! [`InvalidReason::ReservedTopic`], so plain Scribe clients cannot forge the counts
+//! `conduit audit` sums. The call holds the memory budget
 //! ([`crate::queues::MemoryBudget`]) throughout: its frame and decoded entries
 //! while it is routed (its encoded parts grow the hold as they are written, so a
 //! call of tiny entries that would each become a large `_invalid` record cannot
@@ -20,16 +25,17 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use conduit_core::config::CollectorConfig;
-use conduit_core::format::{Encoding, FormatError, FrameEncoder};
+use conduit_core::format::{batch_digest, Encoding, FormatError, FrameEncoder};
 use conduit_core::records::{Base64Bytes, InvalidRecord};
 use conduit_core::scribe::{Fb303Call, FbStatus, LogEntry, Reply, ResultCode};
 use conduit_core::{Config, NodeName, SharedClock, Topic, Validation};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::dedup::BatchKey;
 use crate::engine::{EngineStatus, Outcome, Part, Submission};
 use crate::metrics::Metrics;
 use crate::queues::{Held, MemoryBudget, Reservation, TopicQueue, TopicQueues};
-use crate::reasons::{CloseReason, ConnectionError, InvalidReason, TryLaterReason};
+use crate::reasons::{BatchRefusal, CloseReason, ConnectionError, InvalidReason, TryLaterReason};
 use crate::Progress;
 
 /// Simple totals for fb303 `getCounters` (Prometheus has the full picture).
@@ -94,6 +100,18 @@ const CACHED_CATEGORIES: usize = 1024;
 /// Step by which a call's hold on the memory budget grows while its entries are
 /// encoded into parts.
 const ROUTE_STEP_BYTES: u64 = 256 << 10;
+
+/// The `_invalid` record's `detail` for a plain `Log` to a reserved topic.
+const RESERVED_RULE: &str =
+    "_audit is written only with LogBatch (conduit publishers); a plain Log to it is refused";
+
+/// The `_invalid` record's `detail` for a topic `strict_topics` refuses.
+const UNKNOWN_RULE: &str = "strict_topics is set and the topic is not configured";
+
+/// Whether only `LogBatch` calls may write `topic` (`_audit`).
+fn is_reserved(topic: &Topic) -> bool {
+    topic.as_str() == Topic::AUDIT
+}
 
 /// What one connection reuses from call to call.
 pub struct CallCache {
@@ -251,8 +269,9 @@ pub enum OwnedReply {
     Counters(Vec<(String, i64)>),
     /// Any method conduit does not answer.
     UnknownMethod,
-    /// A request refused without being read (a `TApplicationException`
-    /// PROTOCOL_ERROR with this message).
+    /// A call conduit refuses as malformed, or a request refused without being
+    /// read (`TApplicationException` PROTOCOL_ERROR with this message); the
+    /// connection stays open.
     ProtocolError(String),
 }
 
@@ -272,6 +291,42 @@ impl OwnedReply {
 }
 
 impl Shared {
+    /// The key of a `LogBatch` call (its content digest is computed here, once, on
+    /// the connection's core), or, for a sequence outside
+    /// `scribe::LOG_BATCH_SEQUENCES`, the message of the exception that refuses it
+    /// (counted and logged, rate-limited).
+    pub fn batch_key(
+        &self,
+        publisher: Bytes,
+        sequence: i64,
+        entries: &[LogEntry],
+        peer: &str,
+    ) -> Result<BatchKey, String> {
+        if let Some(refusal) = BatchRefusal::of(sequence) {
+            self.metrics
+                .refused_batches
+                .get_or_create(&Metrics::label("reason", refusal.as_str()))
+                .inc();
+            if let Some(suppressed) = conduit_core::ratelimit::allow("log_batch_sequence") {
+                tracing::warn!(
+                    peer,
+                    publisher = %conduit_core::text::shown(&publisher),
+                    sequence,
+                    reason = refusal.as_str(),
+                    suppressed,
+                    "LogBatch refused: sequence out of range (0 <= sequence < 2^62); nothing stored"
+                );
+            }
+            return Err(refusal.message(sequence));
+        }
+        let digest = batch_digest(entries.iter().map(|e| (&e.category[..], &e.message[..])));
+        Ok(BatchKey {
+            publisher,
+            sequence,
+            digest,
+        })
+    }
+
     /// Validates and encodes a call's entries and queues them for the committer;
     /// the receiver gets the committer's answer. A call that cannot be queued is
     /// refused whole. `held` is what the call holds of the memory budget (its
@@ -280,7 +335,7 @@ impl Shared {
     pub fn submit(
         &self,
         entries: Vec<LogEntry>,
-        batch: Option<(Bytes, i64)>,
+        batch: Option<BatchKey>,
         cache: &mut CallCache,
         mut held: Held,
     ) -> Result<oneshot::Receiver<Outcome>, TryLaterReason> {
@@ -291,7 +346,7 @@ impl Shared {
         self.totals
             .entries
             .fetch_add(entries.len() as u64, Ordering::Relaxed);
-        let mut parts = self.route(&entries, &mut cache.topics, &mut held)?;
+        let mut parts = self.route(&entries, batch.is_some(), &mut cache.topics, &mut held)?;
         // The entries, and with them the frame they are views of, are freed.
         drop(entries);
         parts.seal(&mut cache.encoder);
@@ -311,10 +366,12 @@ impl Shared {
 
     /// Appends each entry to its topic's part, or, with the reason, to `_invalid`'s,
     /// growing `held` with the parts ([`TryLaterReason::Memory`] when the budget
-    /// cannot hold them).
+    /// cannot hold them). `idempotent`: the call is a `LogBatch`, which may write
+    /// reserved topics.
     fn route(
         &self,
         entries: &[LogEntry],
+        idempotent: bool,
         topics: &mut HashMap<Bytes, TopicInfo>,
         held: &mut Held,
     ) -> Result<CallParts, TryLaterReason> {
@@ -326,7 +383,7 @@ impl Shared {
             let route = match current {
                 Some((category, route)) if *category == entry.category => route,
                 _ => {
-                    let route = self.route_of(&entry.category, topics, &mut parts);
+                    let route = self.route_of(&entry.category, idempotent, topics, &mut parts);
                     current = Some((&entry.category, route));
                     route
                 }
@@ -355,10 +412,12 @@ impl Shared {
         Ok(parts)
     }
 
-    /// Where the entries of `category` go in this call.
+    /// Where the entries of `category` go in this call (`idempotent`: a
+    /// `LogBatch`).
     fn route_of(
         &self,
         category: &Bytes,
+        idempotent: bool,
         topics: &mut HashMap<Bytes, TopicInfo>,
         parts: &mut CallParts,
     ) -> Result<Route, InvalidReason> {
@@ -376,6 +435,9 @@ impl Shared {
             }
         };
         match info {
+            TopicInfo::Valid { topic, .. } if !idempotent && is_reserved(&topic) => {
+                Err(InvalidReason::ReservedTopic)
+            }
             TopicInfo::Valid {
                 topic,
                 encoding,
@@ -420,7 +482,12 @@ impl Shared {
     ) -> Result<Route, Rejection> {
         let route = route.map_err(|reason| Rejection {
             reason,
-            detail: TOPIC_RULE.to_string(),
+            detail: match reason {
+                InvalidReason::ReservedTopic => RESERVED_RULE,
+                InvalidReason::UnknownTopic => UNKNOWN_RULE,
+                _ => TOPIC_RULE,
+            }
+            .to_string(),
         })?;
         let max_message = self.limits.max_message_bytes as usize;
         if message.len() > max_message {
@@ -452,11 +519,11 @@ impl Shared {
     fn send_to_invalid(&self, entry: &LogEntry, rejection: Rejection, parts: &mut CallParts) {
         let Rejection { reason, detail } = rejection;
         self.totals.invalid.fetch_add(1, Ordering::Relaxed);
-        let shown = conduit_core::text::capped(&entry.category);
-        let topic_label = if reason.is_about_topic() {
-            "(invalid)".to_string()
-        } else {
-            shown.clone()
+        // Bounded label values: a category that is not a valid topic name (or one
+        // strict_topics refuses) is `(invalid)`, never the client's bytes.
+        let topic_label = match std::str::from_utf8(&entry.category) {
+            Ok(name) if !reason.is_about_topic() && Topic::new(name).is_ok() => name.to_owned(),
+            _ => "(invalid)".to_owned(),
         };
         self.metrics
             .invalid
@@ -465,10 +532,14 @@ impl Shared {
                 ("reason", reason.as_str().to_string()),
             ])
             .inc();
-        if reason.warns() {
-            tracing::warn!(topic = %shown, reason = reason.as_str(), detail = detail.as_str(), "entry sent to _invalid");
-        } else {
-            tracing::debug!(topic = %shown, reason = reason.as_str(), detail = detail.as_str(), "entry sent to _invalid");
+        if let Some(suppressed) = conduit_core::ratelimit::allow(reason.log_key()) {
+            tracing::warn!(
+                topic = %conduit_core::text::shown(&entry.category),
+                reason = reason.as_str(),
+                detail = %conduit_core::text::shown(&detail),
+                suppressed,
+                "entry sent to _invalid (conduit_collector_invalid_total counts every one by topic and reason)"
+            );
         }
         let record = self.invalid_record(&entry.category, reason, &detail, &entry.message);
         let invalid_topic = Topic::invalid();
@@ -506,7 +577,7 @@ impl Shared {
     fn enqueue(
         &self,
         parts: Vec<Part>,
-        batch: Option<(Bytes, i64)>,
+        batch: Option<BatchKey>,
         queued: Reservation,
     ) -> Result<oneshot::Receiver<Outcome>, TryLaterReason> {
         let (reply, rx) = oneshot::channel();

@@ -36,6 +36,7 @@
 //! system/checkpoints/<job>/<key>.json
 //! system/leases/<name>.json
 //! system/trash/...
+//! quarantine/<original path>                                      damaged files set aside
 //! ```
 //!
 //! `NNNNN` is the collector's per-minute sequence number (`u32`), zero padded
@@ -802,6 +803,9 @@ impl Layout {
     pub const TMP_PREFIX: &'static str = "_tmp.";
     /// Top-level directory of heartbeats, checkpoints, leases and trash.
     pub const SYSTEM_DIR: &'static str = "system";
+    /// Top-level directory of damaged data files set aside
+    /// ([`Layout::quarantine_path`]).
+    pub const QUARANTINE_DIR: &'static str = "quarantine";
     /// Prefix of a system topic's file token ([`Layout::file_topic_token`]).
     pub const SYSTEM_FILE_PREFIX: &'static str = "sys";
 
@@ -1126,6 +1130,23 @@ impl Layout {
     /// `system/trash`.
     pub fn trash_dir() -> String {
         format!("{}/trash", Self::SYSTEM_DIR)
+    }
+
+    /// `quarantine/<path>`: where a damaged data file at `path` (relative to
+    /// the root, e.g. `data/clicks/c1/clicks-2026-11-22-10-05_00000.zst`) is
+    /// moved, unchanged, by the collector's recovery or the worker, so that it
+    /// is kept for an operator but no reader, recovery or seal sees it again
+    /// (`docs/format.md` §1.3).
+    pub fn quarantine_path(path: &str) -> String {
+        format!("{}/{path}", Self::QUARANTINE_DIR)
+    }
+
+    /// The original path of a file under `quarantine/`
+    /// ([`Layout::quarantine_path`] inverted); `None` for any other path.
+    pub fn quarantined_original(path: &str) -> Option<&str> {
+        path.strip_prefix(Self::QUARANTINE_DIR)?
+            .strip_prefix('/')
+            .filter(|original| !original.is_empty())
     }
 
     /// Parses a stream path built by this module:
@@ -1580,6 +1601,16 @@ mod tests {
             "system/leases/merger-lock.json"
         );
         assert_eq!(Layout::trash_dir(), "system/trash");
+        let file = "data/clicks/c1/clicks-2026-11-22-10-05_00000.zst";
+        let quarantined = Layout::quarantine_path(file);
+        assert_eq!(
+            quarantined,
+            "quarantine/data/clicks/c1/clicks-2026-11-22-10-05_00000.zst"
+        );
+        assert_eq!(Layout::quarantined_original(&quarantined), Some(file));
+        assert_eq!(Layout::quarantined_original(file), None);
+        assert_eq!(Layout::quarantined_original("quarantine/"), None);
+        assert_eq!(Layout::quarantined_original("quarantined/x"), None);
     }
 
     #[test]

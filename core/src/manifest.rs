@@ -14,7 +14,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::format::{Trailer, TRAILER_LEN};
+use crate::format::{crc32c_append, trailer_in_tail, Trailer, TRAILER_V2_LEN};
 use crate::layout::{Layout, Minute, NodeName, Topic, View};
 use crate::records::{decode, RecordError, Version, Versioned};
 use crate::storage::{temp_sibling, CreateMode, RenameMode, Storage, StorageError};
@@ -24,8 +24,6 @@ pub const MANIFEST_VERSION: u32 = 1;
 
 /// Bytes read per storage call when checksumming a file.
 const CHECKSUM_CHUNK: u64 = 8 << 20;
-
-const CRC32C: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
 
 /// Errors reading, describing or writing manifests.
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +51,7 @@ pub enum ManifestError {
     },
     /// A data file has no close trailer, so it is not complete.
     #[error(
-        "{path} is not a closed conduit data file (no trailer in its last {TRAILER_LEN} bytes)"
+        "{path} is not a closed conduit data file (no trailer in its last {TRAILER_V2_LEN} bytes)"
     )]
     NotClosed {
         /// Path of the file.
@@ -118,6 +116,27 @@ pub struct Manifest {
     pub bytes: u64,
     /// The data files, sorted by name.
     pub files: Vec<ManifestFile>,
+    /// Records the seal dropped because they were a second copy of a batch
+    /// another collector had already stored (0 when absent).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub duplicates_dropped: u64,
+    /// Collector files the seal could not use and moved to `quarantine/`
+    /// (`docs/format.md` §1.3) instead of listing them; empty when absent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quarantined: Vec<QuarantinedFile>,
+}
+
+/// A file a seal set aside instead of listing it (`Manifest::quarantined`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuarantinedFile {
+    /// The file's name as it would have been listed in the directory.
+    pub name: String,
+    /// Why it could not be sealed.
+    pub reason: String,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Versioned for Manifest {
@@ -151,6 +170,8 @@ impl Manifest {
             records: files.iter().map(|f| f.records).sum(),
             bytes: files.iter().map(|f| f.bytes).sum(),
             files,
+            duplicates_dropped: 0,
+            quarantined: Vec::new(),
         }
     }
 
@@ -224,9 +245,11 @@ impl Manifest {
     }
 }
 
-/// CRC-32C (Castagnoli) of `bytes`, as stored in manifests.
+/// CRC-32C (Castagnoli) of `bytes`, as stored in manifests. The `crc32c` crate uses
+/// the CPU's CRC32 instruction (SSE 4.2, ARMv8) where there is one: ~25x the
+/// byte-at-a-time table of the `crc` crate used before, same values.
 pub fn crc32c(bytes: &[u8]) -> u32 {
-    CRC32C.checksum(bytes)
+    crc32c_append(0, bytes)
 }
 
 /// The length, CRC-32C and trailer of the closed data file at `path`, reading it in
@@ -236,28 +259,24 @@ pub async fn describe_file(
     path: &str,
 ) -> Result<(u64, u32, Trailer), ManifestError> {
     let len = storage.len(path).await?;
-    let mut digest = CRC32C.digest();
+    let mut crc = 0;
     let mut at = 0;
-    let mut tail = Vec::with_capacity(TRAILER_LEN);
+    let mut tail = Vec::with_capacity(TRAILER_V2_LEN);
     while at < len {
         let end = (at + CHECKSUM_CHUNK).min(len);
         let chunk = storage.read_range(path, at..end).await?;
-        digest.update(&chunk);
-        if end + TRAILER_LEN as u64 >= len {
-            let keep_from = (len.saturating_sub(TRAILER_LEN as u64)).max(at) - at;
+        crc = crc32c_append(crc, &chunk);
+        if end + TRAILER_V2_LEN as u64 >= len {
+            let keep_from = (len.saturating_sub(TRAILER_V2_LEN as u64)).max(at) - at;
             tail.extend_from_slice(&chunk[keep_from as usize..]);
         }
         at = end;
     }
-    let trailer = if tail.len() == TRAILER_LEN {
-        Trailer::decode(&tail)
-    } else {
-        None
-    };
+    let trailer = trailer_in_tail(&tail).map(|(trailer, _)| trailer);
     let trailer = trailer.ok_or_else(|| ManifestError::NotClosed {
         path: path.to_owned(),
     })?;
-    Ok((len, digest.finalize(), trailer))
+    Ok((len, crc, trailer))
 }
 
 fn ser_crc<S: Serializer>(crc: &u32, s: S) -> Result<S::Ok, S::Error> {
@@ -345,6 +364,24 @@ mod tests {
         assert_eq!(crc32c(b"123456789"), 0xe306_9283);
     }
 
+    /// The test vectors of RFC 3720 (iSCSI), appendix B.4, plus the empty input.
+    #[test]
+    fn crc32c_matches_rfc3720_vectors() {
+        let ascending: Vec<u8> = (0..32).collect();
+        let descending: Vec<u8> = (0..32).rev().collect();
+        let read_pdu: [u8; 48] = [
+            0x01, 0xc0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, //
+            0x14, 0, 0, 0, 0, 0, 0x04, 0, 0, 0, 0, 0x14, 0, 0, 0, 0x18, //
+            0x28, 0, 0, 0, 0, 0, 0, 0, 0x02, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        assert_eq!(crc32c(b""), 0);
+        assert_eq!(crc32c(&[0; 32]), 0x8a91_36aa);
+        assert_eq!(crc32c(&[0xff; 32]), 0x62a8_ab43);
+        assert_eq!(crc32c(&ascending), 0x46dd_794e);
+        assert_eq!(crc32c(&descending), 0x113f_db5c);
+        assert_eq!(crc32c(&read_pdu), 0xd996_3a56);
+    }
+
     #[tokio::test]
     async fn seal_is_exclusive_and_describe_reads_the_trailer() {
         let dir = tempfile::tempdir().unwrap();
@@ -369,6 +406,9 @@ mod tests {
         let (len, crc, got) = describe_file(&storage, &data).await.unwrap();
         assert_eq!(len, content.len() as u64);
         assert_eq!(crc, crc32c(&content));
+        // Computed by the `crc` crate (byte-at-a-time table) this code used before
+        // `crc32c`: 3 chunks of CHECKSUM_CHUNK, the same value.
+        assert_eq!(crc, 0x9aa2_cd91);
         assert_eq!(got, trailer);
 
         let m = Manifest::new(

@@ -61,15 +61,26 @@
 //! # Framing guarantees
 //! [`read_frame`] and [`read_frame_within`] never allocate from a length prefix:
 //! the buffer grows as the frame's bytes arrive, in steps of [`FRAME_STEP_BYTES`],
-//! and never reads past the frame's end by more than one read chunk. [`read_frame_within`] asks its caller before each step (a memory
-//! budget); a frame it refuses is read to its end and dropped as it arrives,
+//! and never reads past the frame's end by more than one read chunk.
+//! [`read_frame_within`] asks its caller before each step (a memory budget); a frame it refuses is read to its end and dropped as it arrives,
 //! keeping only its first [`FRAME_HEAD_BYTES`] (enough for the message header),
 //! so the caller can still answer it ([`Frame::Refused`]).
+//!
+//! # Checked against a reference
+//! `reference` (tests, or the `reference` cargo feature) speaks the same protocol
+//! through the `thrift` crate; the differential tests encode every message kind with
+//! one implementation and decode it with the other, both ways, on generated inputs.
 
 use std::fmt;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
+
+#[cfg(test)]
+mod differential_tests;
+#[cfg(any(test, feature = "reference"))]
+#[doc(hidden)]
+pub mod reference;
 
 /// The port Scribe servers listen on by default.
 pub const DEFAULT_PORT: u16 = 1463;
@@ -147,6 +158,11 @@ pub const FRAME_STEP_BYTES: usize = 1 << 20;
 const LOG: &str = "Log";
 /// Name of the method a [`Call::LogBatch`] request uses.
 const LOG_BATCH: &str = "LogBatch";
+
+/// The sequence numbers a `LogBatch` may carry: `0 <= sequence < 2^62`. A
+/// collector answers a call outside this range with a `TApplicationException`
+/// (PROTOCOL_ERROR) and stores nothing of it.
+pub const LOG_BATCH_SEQUENCES: std::ops::Range<i64> = 0..1 << 62;
 
 /// Why a frame could not be read or decoded.
 #[derive(Debug, thiserror::Error)]
