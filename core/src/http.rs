@@ -381,7 +381,7 @@ impl HttpServer {
     ) -> std::io::Result<()> {
         let local = listener.local_addr().ok();
         let max_connections = self.max_connections;
-        let closed = ClosedCounter::register(&self.registry);
+        let closed = ClosedCounter::register(&self.registry, self.header_timeout);
         let handler = Arc::new(Handler {
             registry: self.registry,
             health: self.health,
@@ -501,7 +501,12 @@ async fn serve_connection(
         if e.is_timeout() {
             closed.count(Closed::HeaderTimeout);
             if let Some(suppressed) = crate::ratelimit::allow("http_header_timeout") {
-                tracing::info!(%peer, suppressed, "http client sent no complete request headers in time: closed");
+                tracing::info!(
+                    %peer,
+                    header_timeout_ms = closed.header_timeout.as_millis() as u64,
+                    suppressed,
+                    "http client sent no complete request headers within the header timeout: closed"
+                );
             }
         } else {
             tracing::debug!(%peer, error = %e, "http connection ended with an error");
@@ -532,13 +537,17 @@ impl Closed {
     }
 }
 
-/// `conduit_http_connections_closed_total{reason}`.
+/// `conduit_http_connections_closed_total{reason}`, and the header timeout its
+/// log lines name.
 #[derive(Clone)]
-struct ClosedCounter(Family<Vec<(&'static str, &'static str)>, Counter>);
+struct ClosedCounter {
+    family: Family<Vec<(&'static str, &'static str)>, Counter>,
+    header_timeout: Duration,
+}
 
 impl ClosedCounter {
     /// Registers the counter, every reason at 0.
-    fn register(registry: &SharedRegistry) -> ClosedCounter {
+    fn register(registry: &SharedRegistry, header_timeout: Duration) -> ClosedCounter {
         let family = Family::<Vec<(&'static str, &'static str)>, Counter>::default();
         for reason in Closed::ALL {
             let _ = family.get_or_create(&vec![("reason", reason.as_str())]);
@@ -548,11 +557,14 @@ impl ClosedCounter {
             "HTTP connections closed for a limit (evicted_waiting, over_limit, header_timeout)",
             family.clone(),
         );
-        ClosedCounter(family)
+        ClosedCounter {
+            family,
+            header_timeout,
+        }
     }
 
     fn count(&self, reason: Closed) {
-        self.0
+        self.family
             .get_or_create(&vec![("reason", reason.as_str())])
             .inc();
     }

@@ -1362,7 +1362,7 @@ async fn drop_payload<R: AsyncRead + Unpin>(
     if len > LARGE_FRAME_BYTES {
         detach(buf);
     }
-    let mut sink = [0u8; 4096];
+    let mut sink = vec![0u8; left.min(DROP_CHUNK)];
     while left > 0 {
         let want = left.min(sink.len());
         let n = r.read(&mut sink[..want]).await?;
@@ -1373,6 +1373,9 @@ async fn drop_payload<R: AsyncRead + Unpin>(
     }
     Ok(Frame::Refused { head, len })
 }
+
+/// Most bytes of a refused frame read (and dropped) at once.
+const DROP_CHUNK: usize = 64 * 1024;
 
 /// Reads once into `buf`, at most `max` bytes (so that a read never takes much of
 /// the next frame, which would not have been admitted).
