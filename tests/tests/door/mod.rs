@@ -67,6 +67,14 @@ impl Scene {
 
     /// Every payload stored for `topic` (a `lines` topic), in file order.
     pub fn payloads(&self, topic: &str) -> Vec<String> {
+        self.raw_payloads(topic)
+            .into_iter()
+            .map(|p| String::from_utf8(p).unwrap())
+            .collect()
+    }
+
+    /// Every payload stored for `topic` (a `lines` topic), in file order, as bytes.
+    pub fn raw_payloads(&self, topic: &str) -> Vec<Vec<u8>> {
         let dir = Path::new(&self.root()).join("data").join(topic).join(ID);
         let mut files: Vec<PathBuf> = match std::fs::read_dir(&dir) {
             Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
@@ -82,7 +90,7 @@ impl Scene {
                     .unwrap_or_else(|e| panic!("decode {shown}: {e}"))
                     .payloads
             })
-            .map(|p| String::from_utf8(p.to_vec()).unwrap())
+            .map(|p| p.to_vec())
             .collect()
     }
 }
