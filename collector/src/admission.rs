@@ -76,13 +76,17 @@ pub enum Admitted {
     /// Served until the slot is dropped. `evicted` is the connection closed to make
     /// room for it, if any (and how long it had been idle).
     Served {
+        /// The connection's place in the table.
         slot: Slot,
+        /// The peer closed to make room, and how long it had been idle.
         evicted: Option<(SocketAddr, Duration)>,
     },
     /// Over a limit: answered once while the courtesy is held, then closed; with no
     /// courtesy ([`COURTESY_MAX`] reached), closed at once.
     Refused {
+        /// Which limit refused it.
         reason: ConnectionError,
+        /// The permit to answer it once before closing, if one was free.
         courtesy: Option<Courtesy>,
     },
 }
