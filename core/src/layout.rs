@@ -36,6 +36,7 @@
 //! system/checkpoints/<job>/<key>.json
 //! system/leases/<name>.json
 //! system/trash/...
+//! quarantine/<original path>                                      files set aside
 //! ```
 //!
 //! `NNNNN` is the collector's per-minute sequence number (`u32`), zero padded
@@ -804,6 +805,9 @@ impl Layout {
     pub const SYSTEM_DIR: &'static str = "system";
     /// Prefix of a system topic's file token ([`Layout::file_topic_token`]).
     pub const SYSTEM_FILE_PREFIX: &'static str = "sys";
+    /// Top-level directory of data files set aside because they cannot be read
+    /// or sealed ([`Layout::quarantine_path`]); no reader looks inside.
+    pub const QUARANTINE_DIR: &'static str = "quarantine";
 
     /// How `topic` starts data file names (collector, local and hourly):
     /// `sys` followed by the topic for system topics (`_audit` gives
@@ -1126,6 +1130,22 @@ impl Layout {
     /// `system/trash`.
     pub fn trash_dir() -> String {
         format!("{}/trash", Self::SYSTEM_DIR)
+    }
+
+    /// `quarantine/<path>`: where the file (or directory) at `path`, relative to
+    /// the root, is set aside when it cannot be read or sealed. The original path
+    /// is kept whole, so the quarantine tree mirrors the views and says where each
+    /// file came from.
+    pub fn quarantine_path(path: &str) -> String {
+        format!("{}/{path}", Self::QUARANTINE_DIR)
+    }
+
+    /// The original path of a path under `quarantine/` (the inverse of
+    /// [`Layout::quarantine_path`]); `None` for any other path.
+    pub fn quarantined_original(path: &str) -> Option<&str> {
+        path.strip_prefix(Self::QUARANTINE_DIR)?
+            .strip_prefix('/')
+            .filter(|rest| !rest.is_empty())
     }
 
     /// Parses a stream path built by this module:
@@ -1580,6 +1600,18 @@ mod tests {
             "system/leases/merger-lock.json"
         );
         assert_eq!(Layout::trash_dir(), "system/trash");
+        let local =
+            "streams_local/clicks/2026/11/22/10/05/dc1-c1-clicks-2026-11-22-10-05_00000.zst";
+        let quarantined = Layout::quarantine_path(local);
+        assert_eq!(quarantined, format!("quarantine/{local}"));
+        assert_eq!(Layout::quarantined_original(&quarantined), Some(local));
+        assert_eq!(Layout::quarantined_original("quarantine"), None);
+        assert_eq!(Layout::quarantined_original("quarantined/x"), None);
+        assert_eq!(Layout::quarantined_original(local), None);
+        assert!(
+            Layout::parse_path(&quarantined).is_err(),
+            "not a stream path"
+        );
     }
 
     #[test]

@@ -91,6 +91,19 @@ pub struct ManifestFile {
     pub late: bool,
 }
 
+/// A file the worker could not seal and set aside in `quarantine/` instead of
+/// listing it (`docs/format.md` §7.1, §7.2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuarantinedFile {
+    /// Its name in the directory; it is now at
+    /// [`Layout::quarantine_path`] of `<dir>/<name>`.
+    pub name: String,
+    /// Why, as a stable code (`no_trailer`, `not_a_data_file`, ...).
+    pub reason: String,
+    /// Why, for people: what was found.
+    pub detail: String,
+}
+
 /// The content of a `_SUCCESS` marker (`docs/format.md` §7.1).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -118,6 +131,18 @@ pub struct Manifest {
     pub bytes: u64,
     /// The data files, sorted by name.
     pub files: Vec<ManifestFile>,
+    /// Records the local seal dropped from `files` as second copies of publisher
+    /// batches already in the view (absent: none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub duplicates_dropped: u64,
+    /// Files of the directory set aside because they could not be sealed, sorted
+    /// by name (absent: none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quarantined: Vec<QuarantinedFile>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Versioned for Manifest {
@@ -151,7 +176,21 @@ impl Manifest {
             records: files.iter().map(|f| f.records).sum(),
             bytes: files.iter().map(|f| f.bytes).sum(),
             files,
+            duplicates_dropped: 0,
+            quarantined: Vec::new(),
         }
+    }
+
+    /// The same manifest, recording what the local seal dropped and set aside.
+    pub fn with_seal_notes(
+        mut self,
+        duplicates_dropped: u64,
+        mut quarantined: Vec<QuarantinedFile>,
+    ) -> Manifest {
+        quarantined.sort_by(|a, b| a.name.cmp(&b.name));
+        self.duplicates_dropped = duplicates_dropped;
+        self.quarantined = quarantined;
+        self
     }
 
     /// The directory a manifest of `view`, `topic` and `minute` seals.
@@ -326,6 +365,37 @@ mod tests {
             m.path(),
             "streams_local/clicks/2026/11/22/10/05/_SUCCESS".to_owned()
         );
+    }
+
+    #[test]
+    fn seal_notes_round_trip_and_are_absent_when_empty() {
+        let minute = Minute::parse_flexible("2026-11-22T10:05Z").unwrap();
+        let plain = Manifest::new(
+            View::Local,
+            Topic::new("clicks").unwrap(),
+            minute,
+            vec![NodeName::new("dc1").unwrap()],
+            vec![],
+            Utc::now(),
+            "dc1/w".into(),
+            vec![file("a.zst", minute)],
+        );
+        let text = String::from_utf8(plain.to_bytes().to_vec()).unwrap();
+        assert!(!text.contains("duplicates_dropped"), "{text}");
+        assert!(!text.contains("quarantined"), "{text}");
+        let set_aside = |name: &str| QuarantinedFile {
+            name: name.to_owned(),
+            reason: "no_trailer".to_owned(),
+            detail: "truncated".to_owned(),
+        };
+        let noted = plain
+            .clone()
+            .with_seal_notes(120, vec![set_aside("z.zst"), set_aside("b.zst")]);
+        assert_eq!(noted.quarantined[0].name, "b.zst", "sorted by name");
+        let text = String::from_utf8(noted.to_bytes().to_vec()).unwrap();
+        assert!(text.contains(r#""duplicates_dropped":120"#), "{text}");
+        assert_eq!(Manifest::parse("p", text.as_bytes()).unwrap(), noted);
+        assert_eq!(noted.records, plain.records, "files are summed alone");
     }
 
     #[test]

@@ -155,6 +155,8 @@ impl Daemon {
                             files = report.files,
                             late = report.late_files,
                             pending = report.pending,
+                            quarantined = report.quarantined,
+                            duplicates_dropped = report.duplicates_dropped,
                             "pass"
                         );
                     }

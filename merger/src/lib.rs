@@ -30,6 +30,7 @@ pub mod daemon;
 pub mod lease;
 pub mod local;
 pub mod metrics;
+mod quarantine;
 
 pub mod compact;
 mod copy;
@@ -133,6 +134,10 @@ pub struct PassReport {
     pub deleted: u64,
     /// Minutes still waiting (backlog), when the job can tell.
     pub pending: u64,
+    /// Files set aside in `quarantine/` because they could not be sealed.
+    pub quarantined: u64,
+    /// Records dropped at the seal as second copies of publisher batches.
+    pub duplicates_dropped: u64,
 }
 
 impl PassReport {
@@ -144,6 +149,8 @@ impl PassReport {
         self.late_files += other.late_files;
         self.deleted += other.deleted;
         self.pending += other.pending;
+        self.quarantined += other.quarantined;
+        self.duplicates_dropped += other.duplicates_dropped;
     }
 }
 

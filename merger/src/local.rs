@@ -26,6 +26,10 @@
 //! 3. A closed file whose minute is already sealed (a collector that came back
 //!    late, a spool replayed after an outage) is moved into the **oldest unsealed**
 //!    minute `N` instead and listed there with its own `minute` and `late: true`.
+//! 4. A file the seal cannot list (no close trailer, a name that is no local data
+//!    file name) is set aside in `quarantine/` and named in the manifest's
+//!    `quarantined` (`crate::quarantine`); the minute is sealed without it, so one
+//!    bad file never stops its topic.
 //!
 //! # Where a topic's stream starts
 //!
@@ -72,7 +76,6 @@ use std::sync::Arc;
 use conduit_core::format::{read_trailer, TRAILER_LEN};
 use conduit_core::heartbeat::{CollectorState, Heartbeat};
 use conduit_core::layout::Layout;
-use conduit_core::manifest::describe_file;
 use conduit_core::records::LocalCheckpoint;
 use conduit_core::tree::{self, CollectorFile};
 use conduit_core::{
@@ -82,6 +85,7 @@ use conduit_core::{
 
 use crate::checkpoint::Checkpoints;
 use crate::metrics::SealProgress;
+use crate::quarantine::{self, inspect, quarantined_earlier, Unsealable, Verdict};
 use crate::{JobEnv, PassReport, TopicJob, WorkerError};
 
 /// The job's name (command line, metrics, checkpoints).
@@ -108,6 +112,15 @@ pub(crate) struct CollectorView {
 
 /// What the heartbeats of this cluster say, by collector.
 type Collectors = BTreeMap<NodeName, CollectorView>;
+
+/// What a seal recorded in its manifest besides the files, for the pass report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct SealNotes {
+    /// Files set aside in `quarantine/`.
+    quarantined: u64,
+    /// Records dropped as second copies of publisher batches.
+    duplicates_dropped: u64,
+}
 
 /// The `local` job of one cluster; see the [module docs](self).
 #[derive(Debug)]
@@ -244,14 +257,17 @@ impl LocalJob {
         }
     }
 
-    /// Seals minute `minute` of `topic` from a listing of its directory.
-    async fn seal(&self, topic: &Topic, minute: Minute) -> Result<(), WorkerError> {
+    /// Seals minute `minute` of `topic` from a listing of its directory, setting
+    /// aside the files it cannot list (`crate::quarantine`). Returns what went
+    /// into the manifest besides the files.
+    async fn seal(&self, topic: &Topic, minute: Minute) -> Result<SealNotes, WorkerError> {
         let dir = Layout::minute_dir(View::Local, topic, minute);
         let mut files = Vec::new();
+        let mut quarantined = Vec::new();
         for entry in self.storage().list_or_empty(&dir).await? {
             if entry.name == Layout::SUCCESS_MARKER {
                 tracing::warn!(%dir, "minute was sealed by someone else");
-                return Ok(());
+                return Ok(SealNotes::default());
             }
             if Layout::is_tmp(&entry.name) {
                 // Left by an interrupted seal; never part of the view.
@@ -262,24 +278,39 @@ impl LocalJob {
                 tracing::warn!(path = %entry.path, "unexpected entry in a minute directory; not listed");
                 continue;
             }
-            let parsed = Layout::parse_local_file_name(&entry.name).map_err(|e| {
-                WorkerError::Other(format!(
-                    "cannot seal {dir}: {} is not a local data file: {e}",
-                    entry.path
-                ))
-            })?;
-            let (bytes, crc32c, trailer) = describe_file(self.storage(), &entry.path).await?;
-            files.push(ManifestFile {
-                name: entry.name,
-                bytes,
-                records: trailer.records,
-                crc32c,
-                cluster: parsed.cluster,
-                collector: Some(parsed.collector),
-                minute: parsed.minute,
-                late: parsed.minute < minute,
-            });
+            let verdict = match Layout::parse_local_file_name(&entry.name) {
+                Ok(parsed) => match inspect(self.storage(), &entry.path).await? {
+                    Verdict::Sealable(file) => Ok((parsed, file)),
+                    Verdict::Unsealable(why) => Err(why),
+                },
+                Err(e) => Err(Unsealable::NotADataFile {
+                    reason: e.to_string(),
+                }),
+            };
+            match verdict {
+                Ok((parsed, file)) => files.push(ManifestFile {
+                    name: entry.name,
+                    bytes: file.bytes,
+                    records: file.trailer.records,
+                    crc32c: file.crc32c,
+                    cluster: parsed.cluster,
+                    collector: Some(parsed.collector),
+                    minute: parsed.minute,
+                    late: parsed.minute < minute,
+                }),
+                Err(why) => {
+                    quarantine::set_aside(self.storage(), &*self.env.fence, &entry.path, &why)
+                        .await?;
+                    quarantined.push(why.entry(&entry.name));
+                }
+            }
         }
+        let earlier = quarantined_earlier(self.storage(), &dir, &quarantined).await?;
+        quarantined.extend(earlier);
+        let notes = SealNotes {
+            quarantined: quarantined.len() as u64,
+            duplicates_dropped: 0,
+        };
         let manifest = Manifest::new(
             View::Local,
             topic.clone(),
@@ -289,16 +320,17 @@ impl LocalJob {
             self.env.clock.now(),
             self.env.worker_id.clone(),
             files,
-        );
+        )
+        .with_seal_notes(notes.duplicates_dropped, quarantined);
         self.env.fence.check().await?;
         match manifest.seal(self.storage()).await {
             Ok(()) => {
                 tracing::debug!(%dir, files = manifest.files.len(), records = manifest.records, "sealed");
-                Ok(())
+                Ok(notes)
             }
             Err(ManifestError::AlreadySealed { path }) => {
                 tracing::warn!(%path, "minute was sealed by someone else");
-                Ok(())
+                Ok(SealNotes::default())
             }
             Err(e) => Err(e.into()),
         }
@@ -428,7 +460,9 @@ impl LocalJob {
             if !self.sealable(next, collectors) {
                 break;
             }
-            self.seal(topic, next).await?;
+            let notes = self.seal(topic, next).await?;
+            report.quarantined += notes.quarantined;
+            report.duplicates_dropped += notes.duplicates_dropped;
             self.sealed.insert(topic.clone(), next);
             self.progress.record(View::Local, topic, next);
             report.sealed += 1;

@@ -262,7 +262,7 @@ const DOCUMENTED: &[(&str, &str, usize)] = &[
     ("### 5.5 ", "invalid", 1),
     ("### 5.6 ", "dedup snapshot", 1),
     ("## 6. ", "audit", 1),
-    ("### 7.1 ", "manifest", 1),
+    ("### 7.1 ", "manifest", 2),
     ("### 8.1 ", "lease", 1),
     ("### 8.2 ", "job checkpoint", 1),
     ("### 8.3 ", "merge checkpoint", 1),
