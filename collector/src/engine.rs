@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use conduit_core::format::{
-    close_recovered, encode_marks, is_closed, BatchMark, Encoding, FrameEncoder, TRAILER_LEN,
+    close_recovered, encode_marks_v1, is_closed, BatchMark, Encoding, FrameEncoder, TRAILER_LEN,
 };
 use conduit_core::layout::Layout;
 use conduit_core::tree;
@@ -466,7 +466,7 @@ impl Engine {
                         "closed a file left open by a previous run"
                     );
                     len = recovery.kept_bytes + TRAILER_LEN as u64;
-                    marks.extend(recovery.marks);
+                    marks.extend(recovery.batches.into_iter().map(|b| b.mark.batch().clone()));
                 }
                 if target == Target::Spool {
                     self.spool_bytes += len;
@@ -682,7 +682,8 @@ impl Engine {
             let records = std::mem::take(&mut tr.records);
             match self.encoder.frame(&records) {
                 Ok(frame) => {
-                    let marks = (!tr.small_marks.is_empty()).then(|| encode_marks(&tr.small_marks));
+                    let marks =
+                        (!tr.small_marks.is_empty()).then(|| encode_marks_v1(&tr.small_marks));
                     tr.chunks.push(Chunk {
                         marks,
                         frame,
@@ -1201,7 +1202,7 @@ fn collect_topics(calls: &mut [RoundCall]) -> RoundTopics {
             });
             match part.frame.take() {
                 Some(frame) => entry.chunks.push(Chunk {
-                    marks: mark.map(|m| encode_marks(&[m])),
+                    marks: mark.map(|m| encode_marks_v1(&[m])),
                     frame,
                     count: part.count,
                     record_bytes: part.record_bytes,

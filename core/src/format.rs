@@ -5,32 +5,37 @@
 //! A data file is a **zstd stream of independent frames** (RFC 8878), named `*.zst`:
 //!
 //! ```text
-//! file    := frame* trailer?
-//! frame   := a zstd frame with Content_Checksum_flag = 1 and the content size set;
-//!            its decompressed content is one or more whole records
+//! file    := ( data marks )* [ index ] trailer?          (version 2, written today)
+//!          | ( marks? data )* trailer?                   (version 1, older collectors)
+//! data    := a zstd frame with Content_Checksum_flag = 1 and the content size set;
+//!            its decompressed content is zero or more whole records
 //! record  := lines:  payload "\n"             (payload must not contain "\n")
 //!          | base64: base64(payload) "\n"     (RFC 4648 standard alphabet, padded)
-//! trailer := a zstd skippable frame (magic 0x184D2A5C) marking the file closed:
-//!            "CONDUIT-CLOSED" u8:version(=1) u8:encoding u64le:records u64le:record_bytes
-//! marks   := a zstd skippable frame (magic 0x184D2A5D) written just before a data
-//!            frame, naming the idempotent publisher batches whose records that frame
-//!            holds: "CONDUIT-BATCH" u8:version(=1) u32le:count
-//!            { u16le:id_len id i64le:sequence u16le:part u16le:parts }*
+//! marks   := a skippable frame (magic 0x184D2A5D) naming the idempotent publisher
+//!            batches whose records a data frame holds ([`marks`]); version 2 follows
+//!            EVERY data frame, version 1 preceded the data frames holding batches
+//! index   := a skippable frame (magic 0x184D2A5E) written at close: every batch
+//!            of the file with its data frame's offset ([`marks`])
+//! trailer := a skippable frame (magic 0x184D2A5C) marking the file closed:
+//!            "CONDUIT-CLOSED" u8:version u8:encoding u64le:records u64le:record_bytes
+//!            [ u32le:index_len u32le:crc32c ]    (the bracket: version 2 only)
 //! ```
 //!
-//! `file := (marks? frame)* trailer?`. A collector rebuilds which publisher batches
-//! are durable from the marks that are followed by their complete data frame.
+//! A collector rebuilds which publisher batches are durable from the marks of its
+//! unclosed files; the worker learns a closed file's batches from its index.
 //!
 //! Concatenating files gives a valid file (frames concatenate), which is how hourly
 //! compaction works without recompressing. `zstd -dc`, Hadoop's `ZStandardCodec`,
 //! DuckDB and Python `zstandard` decode the stream; skippable frames decode to nothing.
+//! No file a collector writes starts with a skippable frame.
 //!
 //! Invariants:
 //! - A frame never splits a record, so every complete frame can be decoded alone.
-//! - A writer appends a frame and syncs before acknowledging its records, so after a
-//!   crash the file is a sequence of complete frames possibly followed by a torn tail
-//!   (a prefix of a frame). [`scan`] finds the last complete frame; [`recover_tail`]
-//!   cuts the torn bytes off.
+//! - A writer appends a data frame and its marks and syncs before acknowledging its
+//!   records, so after a crash the file is a sequence of complete frames possibly
+//!   followed by a torn tail (a prefix of a frame). In a version 2 file a data frame
+//!   counts only with its marks after it: the pair is the unit. [`decode_file`]
+//!   finds the last complete unit; [`recover_file`] cuts the rest off.
 //! - A file with a trailer is **closed**: its bytes never change again. A file
 //!   without one is still being written (or its writer crashed; recovery closes it).
 
@@ -44,18 +49,26 @@ use serde::{Deserialize, Serialize};
 
 use crate::storage::{RenameMode, Storage, StorageError};
 
+mod marks;
+
+pub use marks::{
+    batch_digest, decode_index, decode_marks, encode_index, encode_marks, encode_marks_v1,
+    index_of, BatchMark, FileBatch, FoundMark, IndexEntry, Marks, PartMark, INDEX_MAGIC, INDEX_TAG,
+    MARK_MAGIC, MARK_TAG, MAX_ID_LEN,
+};
+
 /// The skippable-frame magic number conduit uses for its close trailer.
 pub const TRAILER_MAGIC: u32 = 0x184D_2A5C;
 /// First bytes of the trailer's content.
 pub const TRAILER_TAG: &[u8; 14] = b"CONDUIT-CLOSED";
-/// Total trailer size in bytes: 8 (skippable header) + 14 + 1 + 1 + 8 + 8.
+/// Size of a version 1 trailer, the shortest: 8 (skippable header) + 14 + 1 + 1 +
+/// 8 + 8. A file shorter than this is not closed.
 pub const TRAILER_LEN: usize = 8 + 14 + 1 + 1 + 8 + 8;
+/// Size of a version 2 trailer: a version 1 trailer plus `index_len` and `crc32c`.
+/// The last this many bytes of a closed file hold its trailer, of either version.
+pub const TRAILER_V2_LEN: usize = TRAILER_LEN + 4 + 4;
 /// File name suffix of every data file.
 pub const DATA_FILE_SUFFIX: &str = ".zst";
-/// The skippable-frame magic number of batch marks (idempotent publisher batches).
-pub const MARK_MAGIC: u32 = 0x184D_2A5D;
-/// First bytes of a batch-mark frame's content.
-pub const MARK_TAG: &[u8; 13] = b"CONDUIT-BATCH";
 
 /// How a topic's payloads become records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
@@ -274,7 +287,7 @@ impl FrameEncoder {
     }
 }
 
-/// What a closed file's trailer says.
+/// What a closed file's trailer says about its records (both versions).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Trailer {
     /// Encoding of the file's records.
@@ -285,103 +298,146 @@ pub struct Trailer {
     pub record_bytes: u64,
 }
 
+/// What else a trailer says: its version and, in version 2, where the index is and
+/// the checksum of the file's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseInfo {
+    /// 1 or 2.
+    pub version: u8,
+    /// Size of the index frame just before the trailer; 0 when there is none
+    /// (always 0 in version 1).
+    pub index_len: u32,
+    /// CRC-32C of every byte before the trailer (index included); 0 when not
+    /// computed (always 0 in version 1).
+    pub crc32c: u32,
+}
+
+impl CloseInfo {
+    /// The trailer's size in bytes.
+    pub fn trailer_len(&self) -> u64 {
+        match self.version {
+            1 => TRAILER_LEN as u64,
+            _ => TRAILER_V2_LEN as u64,
+        }
+    }
+}
+
 impl Trailer {
-    /// The trailer's bytes: one skippable frame.
+    /// A version 1 trailer (40 bytes): no index, no checksum. Writers that copy
+    /// frames without checksumming them (hourly compaction) write this one.
     pub fn encode(&self) -> Bytes {
         let mut out = Vec::with_capacity(TRAILER_LEN);
-        out.extend_from_slice(&TRAILER_MAGIC.to_le_bytes());
-        out.extend_from_slice(&((TRAILER_LEN - 8) as u32).to_le_bytes());
-        out.extend_from_slice(TRAILER_TAG);
-        out.push(1);
-        out.push(self.encoding.code());
-        out.extend_from_slice(&self.records.to_le_bytes());
-        out.extend_from_slice(&self.record_bytes.to_le_bytes());
+        self.put(1, &mut out);
         Bytes::from(out)
     }
 
-    /// Parses a trailer from exactly one skippable frame, if it is conduit's.
+    /// A version 2 trailer (48 bytes): `index_len` is the size of the index frame
+    /// written just before it (0: none), `crc32c` the CRC-32C of every byte before
+    /// it (0: not computed).
+    pub fn encode_v2(&self, index_len: u32, crc32c: u32) -> Bytes {
+        let mut out = Vec::with_capacity(TRAILER_V2_LEN);
+        self.put(2, &mut out);
+        out.extend_from_slice(&index_len.to_le_bytes());
+        out.extend_from_slice(&crc32c.to_le_bytes());
+        Bytes::from(out)
+    }
+
+    fn put(&self, version: u8, out: &mut Vec<u8>) {
+        let len = if version == 1 {
+            TRAILER_LEN
+        } else {
+            TRAILER_V2_LEN
+        };
+        out.extend_from_slice(&TRAILER_MAGIC.to_le_bytes());
+        out.extend_from_slice(&((len - 8) as u32).to_le_bytes());
+        out.extend_from_slice(TRAILER_TAG);
+        out.push(version);
+        out.push(self.encoding.code());
+        out.extend_from_slice(&self.records.to_le_bytes());
+        out.extend_from_slice(&self.record_bytes.to_le_bytes());
+    }
+
+    /// Parses a trailer of either version from exactly one skippable frame, if it
+    /// is conduit's.
     pub fn decode(frame: &[u8]) -> Option<Trailer> {
-        if frame.len() != TRAILER_LEN
-            || frame[..4] != TRAILER_MAGIC.to_le_bytes()
-            || &frame[8..22] != TRAILER_TAG
-            || frame[22] != 1
-        {
-            return None;
-        }
-        let encoding = Encoding::from_code(frame[23])?;
-        let records = u64::from_le_bytes(frame[24..32].try_into().ok()?);
-        let record_bytes = u64::from_le_bytes(frame[32..40].try_into().ok()?);
-        Some(Trailer {
-            encoding,
-            records,
-            record_bytes,
-        })
+        decode_trailer(frame).map(|(trailer, _)| trailer)
     }
 }
 
-/// One publisher batch (or the part of it for one topic) held by the next data frame.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct BatchMark {
-    /// The publisher's id.
-    pub publisher: Bytes,
-    /// The batch's sequence number.
-    pub sequence: i64,
-    /// Which part of the batch this frame holds (one part per topic).
-    pub part: u16,
-    /// How many parts the batch has.
-    pub parts: u16,
+/// Parses a trailer of either version from exactly one skippable frame: a frame
+/// with the trailer magic is a trailer only if it has the tag, a known version,
+/// that version's exact size and a known encoding.
+pub fn decode_trailer(frame: &[u8]) -> Option<(Trailer, CloseInfo)> {
+    if frame.len() < TRAILER_LEN
+        || frame[..4] != TRAILER_MAGIC.to_le_bytes()
+        || &frame[8..22] != TRAILER_TAG
+    {
+        return None;
+    }
+    let version = frame[22];
+    let size = u32::from_le_bytes(frame[4..8].try_into().ok()?) as usize;
+    let expected = match version {
+        1 => TRAILER_LEN,
+        2 => TRAILER_V2_LEN,
+        _ => return None,
+    };
+    if frame.len() != expected || size != expected - 8 {
+        return None;
+    }
+    let encoding = Encoding::from_code(frame[23])?;
+    let u64_at = |at: usize| frame[at..at + 8].try_into().ok().map(u64::from_le_bytes);
+    let u32_at = |at: usize| frame[at..at + 4].try_into().ok().map(u32::from_le_bytes);
+    let trailer = Trailer {
+        encoding,
+        records: u64_at(24)?,
+        record_bytes: u64_at(32)?,
+    };
+    let info = match version {
+        1 => CloseInfo {
+            version,
+            index_len: 0,
+            crc32c: 0,
+        },
+        _ => CloseInfo {
+            version,
+            index_len: u32_at(40)?,
+            crc32c: u32_at(44)?,
+        },
+    };
+    Some((trailer, info))
 }
 
-/// Encodes batch marks as one skippable frame.
-pub fn encode_marks(marks: &[BatchMark]) -> Bytes {
-    let mut body = Vec::with_capacity(18 + marks.len() * 32);
-    body.extend_from_slice(MARK_TAG);
-    body.push(1);
-    body.extend_from_slice(&(marks.len() as u32).to_le_bytes());
-    for mark in marks {
-        let id = &mark.publisher[..mark.publisher.len().min(u16::MAX as usize)];
-        body.extend_from_slice(&(id.len() as u16).to_le_bytes());
-        body.extend_from_slice(id);
-        body.extend_from_slice(&mark.sequence.to_le_bytes());
-        body.extend_from_slice(&mark.part.to_le_bytes());
-        body.extend_from_slice(&mark.parts.to_le_bytes());
+/// The trailer at the end of `tail`, the last bytes of a file (at least
+/// [`TRAILER_V2_LEN`] of them, or the whole file if it is shorter): a version 2
+/// trailer in the last 48 bytes, or else a version 1 trailer in the last 40.
+pub fn trailer_in_tail(tail: &[u8]) -> Option<(Trailer, CloseInfo)> {
+    let last = |n: usize| tail.len().checked_sub(n).map(|from| &tail[from..]);
+    last(TRAILER_V2_LEN)
+        .and_then(decode_trailer)
+        .or_else(|| last(TRAILER_LEN).and_then(decode_trailer))
+}
+
+/// CRC-32C (Castagnoli) of `bytes` continuing from `crc` (0 to start): the
+/// checksum of version 2 trailers and of manifests.
+pub fn crc32c_append(crc: u32, bytes: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc, bytes)
+}
+
+/// The frames that close a file whose bytes so far have CRC-32C `crc_before`:
+/// the index of its batches (when `index` is given; version 1 files have none),
+/// then a version 2 trailer naming the index's size and the CRC-32C of every byte
+/// before the trailer.
+pub fn encode_closing(trailer: &Trailer, crc_before: u32, index: Option<&[IndexEntry]>) -> Bytes {
+    let mut out = Vec::with_capacity(TRAILER_V2_LEN + 64);
+    let mut index_len = 0;
+    if let Some(entries) = index {
+        let frame = encode_index(entries);
+        index_len = frame.len() as u32;
+        out.extend_from_slice(&frame);
     }
-    let mut out = Vec::with_capacity(8 + body.len());
-    out.extend_from_slice(&MARK_MAGIC.to_le_bytes());
-    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    out.extend_from_slice(&body);
+    let crc = crc32c_append(crc_before, &out);
+    out.extend_from_slice(&trailer.encode_v2(index_len, crc));
     Bytes::from(out)
-}
-
-/// Decodes a batch-mark frame; `None` if it is not one (or is malformed).
-pub fn decode_marks(frame: &[u8]) -> Option<Vec<BatchMark>> {
-    if frame.len() < 8 + 18 || frame[..4] != MARK_MAGIC.to_le_bytes() {
-        return None;
-    }
-    let body = &frame[8..];
-    if &body[..13] != MARK_TAG || body[13] != 1 {
-        return None;
-    }
-    let count = u32::from_le_bytes(body[14..18].try_into().ok()?) as usize;
-    let mut at = 18;
-    let mut marks = Vec::with_capacity(count.min(body.len() / 14));
-    for _ in 0..count {
-        let id_len = u16::from_le_bytes(body.get(at..at + 2)?.try_into().ok()?) as usize;
-        at += 2;
-        let id = body.get(at..at + id_len)?;
-        at += id_len;
-        let sequence = i64::from_le_bytes(body.get(at..at + 8)?.try_into().ok()?);
-        let part = u16::from_le_bytes(body.get(at + 8..at + 10)?.try_into().ok()?);
-        let parts = u16::from_le_bytes(body.get(at + 10..at + 12)?.try_into().ok()?);
-        at += 12;
-        marks.push(BatchMark {
-            publisher: Bytes::copy_from_slice(id),
-            sequence,
-            part,
-            parts,
-        });
-    }
-    Some(marks)
 }
 
 /// One frame found by [`scan`].
@@ -406,6 +462,8 @@ pub struct Scan {
     pub torn_bytes: u64,
     /// The close trailer, if the file ends with one.
     pub trailer: Option<Trailer>,
+    /// The trailer's version, index size and checksum (with `trailer`).
+    pub close: Option<CloseInfo>,
 }
 
 impl Scan {
@@ -437,7 +495,7 @@ pub fn scan(buf: &[u8], base: u64) -> Scan {
         };
         let skippable = is_skippable_magic(rest);
         trailer = if skippable {
-            Trailer::decode(&rest[..len])
+            decode_trailer(&rest[..len])
         } else {
             None
         };
@@ -452,7 +510,8 @@ pub fn scan(buf: &[u8], base: u64) -> Scan {
         frames,
         valid_len: base + at as u64,
         torn_bytes: (buf.len() - at) as u64,
-        trailer,
+        trailer: trailer.map(|(t, _)| t),
+        close: trailer.map(|(_, c)| c),
     }
 }
 
@@ -512,57 +571,153 @@ pub struct Decoded {
     pub payloads: Vec<Bytes>,
     /// Sum of the records' sizes (newlines included), as a trailer counts them.
     pub record_bytes: u64,
-    /// Batch marks whose data frame is complete, in file order.
-    pub marks: Vec<BatchMark>,
-    /// Frame structure, torn bytes and trailer.
+    /// The batch parts named by marks whose data frame counts, in file order.
+    pub batches: Vec<FileBatch>,
+    /// Frame structure, torn bytes and trailer (after the rules of
+    /// [`decode_file`]: `valid_len` ends after the last unit that counts).
     pub scan: Scan,
 }
 
-/// Decodes every record in the complete frames of a file's bytes. A torn tail is
-/// not an error (it is reported in `scan.torn_bytes`); a complete frame that fails
-/// to decode is, unless it is the last frame of an unclosed file, which a crash can
-/// leave half-written with a plausible length: then it counts as torn too.
+impl Decoded {
+    /// The batch parts of the file, without their offsets and details.
+    pub fn marks(&self) -> impl Iterator<Item = &BatchMark> {
+        self.batches.iter().map(|b| b.mark.batch())
+    }
+
+    /// The file's index entries ([`index_of`]).
+    pub fn index(&self) -> Option<Vec<IndexEntry>> {
+        index_of(&self.batches)
+    }
+}
+
+/// Which rule ties marks to data frames in a file (`docs/format.md` §3.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// Marks precede the data frame they describe; a data frame counts alone.
+    V1,
+    /// Marks follow every data frame; a data frame counts only with its marks.
+    V2,
+}
+
+impl Layout {
+    /// The rule of a file: the version of its first marks frame; in a file
+    /// without a complete one, the version of a marks frame its torn tail starts
+    /// with (when at least its header is there); otherwise version 1, which keeps
+    /// a lone data frame (a version 2 file torn right after its first data frame
+    /// cannot be told from a version 1 file without marks).
+    fn of(buf: &[u8], scan: &Scan) -> Layout {
+        let first = scan
+            .frames
+            .iter()
+            .filter(|f| f.skippable)
+            .find_map(|f| decode_marks(&buf[f.offset as usize..(f.offset + f.len) as usize]));
+        let version = match first {
+            Some(Marks::V1(_)) => Some(1),
+            Some(Marks::V2(_)) => Some(2),
+            None => marks::marks_version_of_prefix(&buf[scan.valid_len as usize..]),
+        };
+        match version {
+            Some(2) => Layout::V2,
+            _ => Layout::V1,
+        }
+    }
+}
+
+/// Decodes every record in the frames of a file's bytes that count, and the
+/// batch marks that go with them. What counts:
+///
+/// - Complete frames only: a torn tail is not an error (it is reported in
+///   `scan.torn_bytes`).
+/// - In an unclosed version 2 file, a data frame counts only once the marks frame
+///   after it is complete; everything after the last such pair (a lone data frame,
+///   an index written by a close that did not finish) is torn.
+/// - In an unclosed version 1 file, marks at the end with no data frame after
+///   them are torn.
+/// - A complete data frame that fails to decode is an error, unless it is the last
+///   data frame of an unclosed file, which a crash can leave half-written with a
+///   plausible length: then it (and its marks) counts as torn too.
 pub fn decode_file(path: &str, buf: &[u8], encoding: Encoding) -> Result<Decoded, FormatError> {
     let mut scan = scan(buf, 0);
+    let closed = scan.trailer.is_some();
+    let layout = Layout::of(buf, &scan);
+    let frames = std::mem::take(&mut scan.frames);
+    let bytes_of = |f: &FrameRef| &buf[f.offset as usize..(f.offset + f.len) as usize];
+    let is_marks = |f: &FrameRef| f.skippable && decode_marks(bytes_of(f)).is_some();
+    // How many frames count.
+    let mut keep = frames.len();
+    if !closed {
+        match layout {
+            Layout::V2 => {
+                keep = match frames.iter().rposition(|f| !f.skippable) {
+                    Some(d) if frames.get(d + 1).is_some_and(is_marks) => d + 2,
+                    Some(d) => d,
+                    None => 0,
+                };
+            }
+            Layout::V1 => {
+                if frames.last().is_some_and(is_marks) {
+                    keep -= 1;
+                }
+            }
+        }
+    }
+    let last_data = frames[..keep].iter().rposition(|f| !f.skippable);
     let mut payloads = Vec::new();
     let mut record_bytes = 0u64;
-    let mut marks = Vec::new();
-    let mut pending_marks = Vec::new();
-    let data_frames: Vec<FrameRef> = scan.frames.clone();
-    for (i, frame) in data_frames.iter().enumerate() {
-        let bytes = &buf[frame.offset as usize..(frame.offset + frame.len) as usize];
+    let mut batches = Vec::new();
+    // Version 1 marks wait for the data frame after them.
+    let mut pending: Vec<BatchMark> = Vec::new();
+    // The data frame a version 2 marks frame describes (the frame just before).
+    let mut previous_data: Option<u64> = None;
+    let mut i = 0;
+    while i < keep {
+        let frame = frames[i];
+        let bytes = bytes_of(&frame);
         if frame.skippable {
-            if let Some(found) = decode_marks(bytes) {
-                pending_marks = found;
+            match decode_marks(bytes) {
+                Some(Marks::V1(found)) => pending = found,
+                Some(Marks::V2(found)) => {
+                    if let Some(frame_offset) = previous_data {
+                        batches.extend(found.into_iter().map(|mark| FileBatch {
+                            frame_offset,
+                            mark: FoundMark::V2(mark),
+                        }));
+                    }
+                }
+                None => {}
             }
+            previous_data = None;
+            i += 1;
             continue;
         }
         let content = match decode_frame(bytes) {
             Ok(content) => content,
-            Err(reason) => {
-                let last = i + 1 == data_frames.len();
-                if last && scan.trailer.is_none() {
-                    // Marks written just before the lost frame go with it.
-                    let cut = if i > 0 && data_frames[i - 1].skippable {
-                        i - 1
-                    } else {
-                        i
-                    };
-                    let cut_at = data_frames[cut].offset;
-                    scan.frames.truncate(cut);
-                    scan.torn_bytes += scan.valid_len - cut_at;
-                    scan.valid_len = cut_at;
-                    pending_marks.clear();
-                    break;
+            Err(reason) if !closed && Some(i) == last_data => {
+                // Torn: cut it, and version 1 marks written just before it.
+                keep = if layout == Layout::V1 && i > 0 && is_marks(&frames[i - 1]) {
+                    i - 1
+                } else {
+                    i
+                };
+                if keep < i {
+                    pending.clear();
                 }
+                tracing::debug!(path, offset = frame.offset, %reason, "last data frame does not decode: torn");
+                break;
+            }
+            Err(reason) => {
                 return Err(FormatError::CorruptFrame {
                     path: path.to_string(),
                     offset: frame.offset,
                     reason,
-                });
+                })
             }
         };
-        marks.append(&mut pending_marks);
+        batches.extend(pending.drain(..).map(|batch| FileBatch {
+            frame_offset: frame.offset,
+            mark: FoundMark::V1(batch),
+        }));
+        previous_data = Some(frame.offset);
         record_bytes += content.len() as u64;
         for record in split_records(&content) {
             let payload = encoding
@@ -574,22 +729,21 @@ pub fn decode_file(path: &str, buf: &[u8], encoding: Encoding) -> Result<Decoded
                 })?;
             payloads.push(Bytes::copy_from_slice(&payload));
         }
+        i += 1;
     }
-    // Marks of a frame that never made it (torn after the marks) are dropped, and
-    // so are their bytes: the file is valid up to the last complete data frame.
-    if !pending_marks.is_empty() {
-        if let Some(last) = scan.frames.last().copied() {
-            if last.skippable && scan.trailer.is_none() {
-                scan.frames.pop();
-                scan.torn_bytes += scan.valid_len - last.offset;
-                scan.valid_len = last.offset;
-            }
-        }
+    // Batches of frames that were cut (a torn data frame's records were never
+    // added) cannot be among them: marks attach only to decoded frames.
+    if keep < frames.len() {
+        let cut_at = frames[keep].offset;
+        scan.torn_bytes += scan.valid_len - cut_at;
+        scan.valid_len = cut_at;
     }
+    scan.frames = frames;
+    scan.frames.truncate(keep);
     Ok(Decoded {
         payloads,
         record_bytes,
-        marks,
+        batches,
         scan,
     })
 }
@@ -604,27 +758,105 @@ pub async fn read_file(
     decode_file(path, &buf, encoding)
 }
 
-/// The close trailer of the `len`-byte data file at `path`, read from its last
-/// [`TRAILER_LEN`] bytes (a closed file never changes, so this is all it takes).
-/// `None` when the file is shorter or its last bytes are no trailer: it is still
-/// being written, or its writer crashed. `len` is the caller's (listed or
-/// stat'ed) length; a storage error, `NotFound` included, is returned as is.
+/// The close trailer of the `len`-byte data file at `path`, of either version, read
+/// from its last [`TRAILER_V2_LEN`] bytes (a closed file never changes, so this is
+/// all it takes). `None` when the file is shorter or its last bytes are no trailer:
+/// it is still being written, or its writer crashed. `len` is the caller's (listed
+/// or stat'ed) length; a storage error, `NotFound` included, is returned as is.
 pub async fn read_trailer(
     storage: &dyn Storage,
     path: &str,
     len: u64,
 ) -> Result<Option<Trailer>, StorageError> {
-    let Some(start) = len.checked_sub(TRAILER_LEN as u64) else {
+    Ok(read_close(storage, path, len).await?.map(|(t, _)| t))
+}
+
+/// [`read_trailer`] with the trailer's version, index size and checksum.
+pub async fn read_close(
+    storage: &dyn Storage,
+    path: &str,
+    len: u64,
+) -> Result<Option<(Trailer, CloseInfo)>, StorageError> {
+    if len < TRAILER_LEN as u64 {
         return Ok(None);
-    };
+    }
+    let start = len.saturating_sub(TRAILER_V2_LEN as u64);
     let tail = storage.read_range(path, start..len).await?;
-    Ok(Trailer::decode(&tail))
+    Ok(trailer_in_tail(&tail))
 }
 
 /// Whether the `len`-byte data file at `path` is closed: it ends with a close
 /// trailer ([`read_trailer`]).
 pub async fn is_closed(storage: &dyn Storage, path: &str, len: u64) -> Result<bool, StorageError> {
     Ok(read_trailer(storage, path, len).await?.is_some())
+}
+
+/// Bytes [`read_index`] reads at first: enough for the trailer and the index of a
+/// file of a few hundred batches, so that one ranged read usually does.
+pub const TAIL_READ_BYTES: u64 = 64 << 10;
+
+/// What the end of a closed file says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClosedTail {
+    /// The trailer's counts.
+    pub trailer: Trailer,
+    /// Its version, index size and checksum.
+    pub close: CloseInfo,
+    /// The file's batches with their data frames' offsets; `None` when the file
+    /// has no index (version 1 trailers, files with version 1 marks).
+    pub index: Option<Vec<IndexEntry>>,
+}
+
+/// The trailer and index of the closed `len`-byte data file at `path`, from one
+/// ranged read of its last [`TAIL_READ_BYTES`] (a second one only for a larger
+/// index). `None` if the file is not closed. An `index_len` that does not point at
+/// an index frame is a [`FormatError::CorruptFrame`].
+pub async fn read_index(
+    storage: &dyn Storage,
+    path: &str,
+    len: u64,
+) -> Result<Option<ClosedTail>, FormatError> {
+    if len < TRAILER_LEN as u64 {
+        return Ok(None);
+    }
+    let start = len.saturating_sub(TAIL_READ_BYTES);
+    let mut tail = storage.read_range(path, start..len).await?;
+    let Some((trailer, close)) = trailer_in_tail(&tail) else {
+        return Ok(None);
+    };
+    if close.index_len == 0 {
+        return Ok(Some(ClosedTail {
+            trailer,
+            close,
+            index: None,
+        }));
+    }
+    let corrupt = |reason: String| FormatError::CorruptFrame {
+        path: path.to_string(),
+        offset: len.saturating_sub(close.trailer_len() + close.index_len as u64),
+        reason,
+    };
+    let needed = close.trailer_len() + close.index_len as u64;
+    if needed > len {
+        return Err(corrupt(format!(
+            "the trailer names an index of {} bytes, more than the file holds",
+            close.index_len
+        )));
+    }
+    let index_start = len - needed;
+    if index_start < start {
+        tail = storage.read_range(path, index_start..len).await?;
+    }
+    let from = (index_start - len.saturating_sub(tail.len() as u64)) as usize;
+    let frame = &tail[from..from + close.index_len as usize];
+    let index = decode_index(frame).ok_or_else(|| {
+        corrupt("the trailer's index_len does not point at an index frame".into())
+    })?;
+    Ok(Some(ClosedTail {
+        trailer,
+        close,
+        index: Some(index),
+    }))
 }
 
 /// What [`recover_file`] did.
@@ -640,8 +872,13 @@ pub struct Recovery {
     pub records: u64,
     /// Sum of the kept records' sizes, newlines included.
     pub record_bytes: u64,
-    /// Batch marks in the kept bytes.
-    pub marks: Vec<BatchMark>,
+    /// Batch parts in the kept bytes.
+    pub batches: Vec<FileBatch>,
+    /// CRC-32C of the kept bytes (0 for a file that was closed already).
+    pub crc32c: u32,
+    /// Bytes [`close_recovered`] appended (index and trailer); 0 from
+    /// [`recover_file`] and for a file that was closed already.
+    pub closing_bytes: u64,
 }
 
 impl Recovery {
@@ -653,14 +890,26 @@ impl Recovery {
             record_bytes: self.record_bytes,
         }
     }
+
+    /// The frames that close the recovered file: its index (when every mark in it
+    /// is a version 2 mark) and a version 2 trailer with the file's CRC-32C.
+    pub fn closing(&self, encoding: Encoding) -> Bytes {
+        let index = index_of(&self.batches);
+        encode_closing(&self.trailer(encoding), self.crc32c, index.as_deref())
+    }
+
+    /// The file's length once closed.
+    pub fn closed_len(&self) -> u64 {
+        self.kept_bytes + self.closing_bytes
+    }
 }
 
 /// Makes a file left by a crashed or failed writer whole again: recovers its HDFS
-/// lease, keeps only complete frames (and, with `limit`, only the first `limit`
-/// bytes: what was acknowledged), and reports its records and batch marks. Does
-/// not add a trailer (see [`close_recovered`]). The cut is a copy of the kept
-/// prefix to a hidden temporary file renamed over the original, so a crash during
-/// recovery leaves either the old or the new file, never a mix.
+/// lease, keeps only the frames that count ([`decode_file`]; with `limit`, only
+/// within the first `limit` bytes: what was acknowledged), and reports its records
+/// and batch marks. Does not add a trailer (see [`close_recovered`]). The cut is a
+/// copy of the kept prefix to a hidden temporary file renamed over the original,
+/// so a crash during recovery leaves either the old or the new file, never a mix.
 pub async fn recover_file(
     storage: &dyn Storage,
     path: &str,
@@ -705,28 +954,38 @@ pub async fn recover_file(
             "cut unacknowledged or torn bytes off a data file"
         );
     }
+    let was_closed = scan.is_closed();
     Ok(Recovery {
         kept_bytes: kept,
         dropped_bytes: dropped,
-        was_closed: scan.is_closed(),
+        was_closed,
         records: decoded.payloads.len() as u64,
         record_bytes: decoded.record_bytes,
-        marks: decoded.marks,
+        crc32c: if was_closed {
+            0
+        } else {
+            crc32c_append(0, &all[..kept as usize])
+        },
+        batches: decoded.batches,
+        closing_bytes: 0,
     })
 }
 
-/// [`recover_file`], then appends the trailer if the file had none: the file is
-/// closed afterwards and its bytes never change again.
+/// [`recover_file`], then appends the index and trailer ([`Recovery::closing`]) if
+/// the file had none: the file is closed afterwards and its bytes never change
+/// again.
 pub async fn close_recovered(
     storage: &dyn Storage,
     path: &str,
     encoding: Encoding,
     limit: Option<u64>,
 ) -> Result<Recovery, FormatError> {
-    let recovery = recover_file(storage, path, encoding, limit).await?;
+    let mut recovery = recover_file(storage, path, encoding, limit).await?;
     if !recovery.was_closed {
+        let closing = recovery.closing(encoding);
+        recovery.closing_bytes = closing.len() as u64;
         let mut writer = storage.append(path).await?;
-        writer.write(recovery.trailer(encoding).encode()).await?;
+        writer.write(closing).await?;
         writer.close().await?;
     }
     Ok(recovery)
@@ -850,7 +1109,7 @@ mod tests {
     }
 
     #[test]
-    fn marks_count_only_with_their_complete_frame() {
+    fn v1_marks_count_only_with_their_complete_frame() {
         let mut enc = FrameEncoder::new(1).unwrap();
         let mark = |seq| BatchMark {
             publisher: Bytes::from_static(b"pub-1"),
@@ -858,23 +1117,327 @@ mod tests {
             part: 0,
             parts: 2,
         };
-        assert_eq!(decode_marks(&encode_marks(&[mark(7)])), Some(vec![mark(7)]));
+        assert_eq!(
+            decode_marks(&encode_marks_v1(&[mark(7)])),
+            Some(Marks::V1(vec![mark(7)]))
+        );
         let mut file = Vec::new();
-        file.extend_from_slice(&encode_marks(&[mark(1)]));
+        file.extend_from_slice(&encode_marks_v1(&[mark(1)]));
+        let first_at = file.len() as u64;
         file.extend_from_slice(&frame_of(&mut enc, Encoding::Lines, &[b"x"]));
         let keep = file.len();
-        file.extend_from_slice(&encode_marks(&[mark(2)]));
+        file.extend_from_slice(&encode_marks_v1(&[mark(2)]));
         let lost = frame_of(&mut enc, Encoding::Lines, &[b"y"]);
         file.extend_from_slice(&lost[..lost.len() - 3]);
         let decoded = decode_file("f", &file, Encoding::Lines).unwrap();
-        assert_eq!(decoded.marks, vec![mark(1)]);
+        assert_eq!(decoded.marks().cloned().collect::<Vec<_>>(), vec![mark(1)]);
+        assert_eq!(decoded.batches[0].frame_offset, first_at);
         assert_eq!(decoded.payloads, vec!["x"]);
         assert_eq!(
             decoded.scan.valid_len, keep as u64,
             "marks of a torn frame are cut too"
         );
+        assert_eq!(decoded.index(), None, "version 1 marks cannot be indexed");
+        // Marks alone at the end are cut as well.
+        let mut file = file[..keep].to_vec();
+        file.extend_from_slice(&encode_marks_v1(&[mark(3)]));
+        let decoded = decode_file("f", &file, Encoding::Lines).unwrap();
+        assert_eq!(decoded.scan.valid_len, keep as u64);
+        assert_eq!(decoded.marks().count(), 1);
         // Stock decoders skip marks.
         assert_eq!(zstd::stream::decode_all(&file[..keep]).unwrap(), b"x\n");
+    }
+
+    fn part(seq: i64, first_record: u32, records: u32) -> PartMark {
+        PartMark {
+            batch: BatchMark {
+                publisher: Bytes::from_static(b"pub-2"),
+                sequence: seq,
+                part: 0,
+                parts: 1,
+            },
+            digest: seq as u64 * 1000,
+            first_record,
+            records,
+        }
+    }
+
+    /// A version 2 file of `pairs` (data frame, marks) units: unit `k` holds records
+    /// `k-0`, `k-1` and batch `k` (its second and third records); returns the file
+    /// and the offset of each data frame.
+    fn v2_file(enc: &mut FrameEncoder, pairs: usize) -> (Vec<u8>, Vec<u64>) {
+        let mut file = Vec::new();
+        let mut offsets = Vec::new();
+        for k in 0..pairs {
+            offsets.push(file.len() as u64);
+            let records = [format!("{k}-0"), format!("{k}-1"), format!("{k}-2")];
+            let refs: Vec<&[u8]> = records.iter().map(|r| r.as_bytes()).collect();
+            file.extend_from_slice(&frame_of(enc, Encoding::Lines, &refs));
+            let marks = if k % 2 == 0 {
+                vec![part(k as i64, 1, 2)]
+            } else {
+                vec![] // a round without batches still gets its (empty) marks
+            };
+            file.extend_from_slice(&encode_marks(&marks));
+        }
+        (file, offsets)
+    }
+
+    #[test]
+    fn v2_marks_describe_the_frame_before_them() {
+        let mut enc = FrameEncoder::new(1).unwrap();
+        let (file, offsets) = v2_file(&mut enc, 3);
+        let decoded = decode_file("f", &file, Encoding::Lines).unwrap();
+        assert_eq!(decoded.payloads.len(), 9);
+        assert_eq!(decoded.scan.valid_len, file.len() as u64);
+        assert_eq!(
+            decoded.batches,
+            vec![
+                FileBatch {
+                    frame_offset: offsets[0],
+                    mark: FoundMark::V2(part(0, 1, 2))
+                },
+                FileBatch {
+                    frame_offset: offsets[2],
+                    mark: FoundMark::V2(part(2, 1, 2))
+                },
+            ]
+        );
+        assert!(
+            !is_skippable_magic(&file),
+            "a version 2 file starts with a data frame"
+        );
+        assert_eq!(
+            zstd::stream::decode_all(&file[..]).unwrap(),
+            b"0-0\n0-1\n0-2\n1-0\n1-1\n1-2\n2-0\n2-1\n2-2\n"
+        );
+    }
+
+    /// Torn at every byte of the last (data, marks) unit, an unclosed version 2
+    /// file keeps exactly the units before it: a data frame without its complete
+    /// marks was never acknowledged.
+    #[test]
+    fn v2_recovery_keeps_whole_units_only() {
+        let mut enc = FrameEncoder::new(1).unwrap();
+        let (file, offsets) = v2_file(&mut enc, 3);
+        let last = offsets[2] as usize;
+        for cut in last..file.len() {
+            let decoded = decode_file("f", &file[..cut], Encoding::Lines).unwrap();
+            assert_eq!(decoded.scan.valid_len, last as u64, "cut at {cut}");
+            assert_eq!(decoded.scan.torn_bytes, (cut - last) as u64, "cut at {cut}");
+            assert_eq!(decoded.payloads.len(), 6, "cut at {cut}");
+            assert_eq!(decoded.record_bytes, 24, "cut at {cut}");
+            assert_eq!(
+                decoded.batches.len(),
+                1,
+                "only batch 0 is durable (cut at {cut})"
+            );
+            assert_eq!(decoded.scan.frames.len(), 4, "cut at {cut}");
+        }
+        let whole = decode_file("f", &file, Encoding::Lines).unwrap();
+        assert_eq!(whole.scan.valid_len, file.len() as u64);
+        assert_eq!(whole.batches.len(), 2);
+        // A garbled last data frame with its marks after it is torn as well.
+        let mut garbled = file.clone();
+        garbled[offsets[2] as usize + 8] ^= 0xff;
+        let decoded = decode_file("f", &garbled, Encoding::Lines).unwrap();
+        assert_eq!(decoded.scan.valid_len, last as u64);
+        assert_eq!(decoded.batches.len(), 1);
+    }
+
+    /// The one case the layout cannot be told: a file whose only complete frame is
+    /// a data frame. It is kept (a version 1 file without marks is exactly this,
+    /// and its frame was acknowledged), unless the torn tail shows a version 2
+    /// marks header.
+    #[test]
+    fn a_lone_first_data_frame_is_kept_unless_v2_marks_follow() {
+        let mut enc = FrameEncoder::new(1).unwrap();
+        let (file, _) = v2_file(&mut enc, 1);
+        let data_len = file.len() - encode_marks(&[part(0, 1, 2)]).len();
+        for cut in data_len..file.len() {
+            let decoded = decode_file("f", &file[..cut], Encoding::Lines).unwrap();
+            let header_seen = cut - data_len >= 22;
+            let want = if header_seen { 0 } else { data_len as u64 };
+            assert_eq!(decoded.scan.valid_len, want, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn trailers_of_both_versions() {
+        let trailer = Trailer {
+            encoding: Encoding::Base64,
+            records: 5,
+            record_bytes: 77,
+        };
+        let v1 = trailer.encode();
+        let v2 = trailer.encode_v2(123, 0xdead_beef);
+        assert_eq!(v1.len(), TRAILER_LEN);
+        assert_eq!(v2.len(), TRAILER_V2_LEN);
+        let info1 = CloseInfo {
+            version: 1,
+            index_len: 0,
+            crc32c: 0,
+        };
+        let info2 = CloseInfo {
+            version: 2,
+            index_len: 123,
+            crc32c: 0xdead_beef,
+        };
+        assert_eq!(decode_trailer(&v1), Some((trailer, info1)));
+        assert_eq!(decode_trailer(&v2), Some((trailer, info2)));
+        assert_eq!(Trailer::decode(&v2), Some(trailer));
+        assert_eq!(info1.trailer_len(), 40);
+        assert_eq!(info2.trailer_len(), 48);
+        // A version 2 body with a version 1 size (or the reverse) is no trailer.
+        let mut wrong = v2.to_vec();
+        wrong[22] = 1;
+        assert_eq!(decode_trailer(&wrong), None);
+        assert_eq!(decode_trailer(&wrong[..40]), None);
+        // Found at the end of a file's last bytes, whatever precedes them.
+        let mut tail = vec![7u8; 30];
+        tail.extend_from_slice(&v1);
+        assert_eq!(trailer_in_tail(&tail), Some((trailer, info1)));
+        assert_eq!(trailer_in_tail(&v1), Some((trailer, info1)));
+        tail.extend_from_slice(&v2);
+        assert_eq!(trailer_in_tail(&tail), Some((trailer, info2)));
+        assert_eq!(trailer_in_tail(&tail[..tail.len() - 1]), None);
+        // Both are closing frames for the scanner.
+        for t in [&v1, &v2] {
+            let s = scan(t, 0);
+            assert!(s.is_closed());
+            assert_eq!(s.trailer, Some(trailer));
+        }
+    }
+
+    #[tokio::test]
+    async fn recovery_closes_with_an_index_and_a_checksum() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = crate::storage::LocalStorage::open(dir.path()).unwrap();
+        let mut enc = FrameEncoder::new(1).unwrap();
+        let (file, offsets) = v2_file(&mut enc, 3);
+        let keep = offsets[2];
+        // A close that wrote its index but not its trailer: the index is cut.
+        let mut unfinished = file.clone();
+        unfinished.extend_from_slice(&encode_index(&[]));
+        storage
+            .write_atomic("u.zst", Bytes::from(unfinished))
+            .await
+            .unwrap();
+        let r = recover_file(&storage, "u.zst", Encoding::Lines, None)
+            .await
+            .unwrap();
+        assert_eq!((r.kept_bytes, r.records), (file.len() as u64, 9));
+        // Torn inside the last marks frame.
+        let torn = file[..file.len() - 3].to_vec();
+        storage
+            .write_atomic("t.zst", Bytes::from(torn))
+            .await
+            .unwrap();
+        let r = close_recovered(&storage, "t.zst", Encoding::Lines, None)
+            .await
+            .unwrap();
+        assert_eq!(r.kept_bytes, keep);
+        assert_eq!(r.records, 6);
+        let closed = storage.read("t.zst").await.unwrap();
+        assert_eq!(closed.len() as u64, r.closed_len());
+        let tail = read_index(&storage, "t.zst", closed.len() as u64)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(tail.trailer.records, 6);
+        assert_eq!(tail.trailer.record_bytes, 24);
+        assert_eq!(tail.close.version, 2);
+        assert_eq!(
+            tail.index,
+            Some(vec![IndexEntry {
+                frame_offset: offsets[0],
+                mark: part(0, 1, 2)
+            }])
+        );
+        let before_trailer = closed.len() - TRAILER_V2_LEN;
+        assert_eq!(
+            tail.close.crc32c,
+            crc32c_append(0, &closed[..before_trailer])
+        );
+        assert_eq!(
+            tail.close.index_len as usize,
+            before_trailer - keep as usize
+        );
+        // The closed file decodes to the same, and closing again changes nothing.
+        let decoded = decode_file("t.zst", &closed, Encoding::Lines).unwrap();
+        assert!(decoded.scan.is_closed());
+        assert_eq!(decoded.payloads.len(), 6);
+        assert_eq!(decoded.index(), tail.index);
+        let again = close_recovered(&storage, "t.zst", Encoding::Lines, None)
+            .await
+            .unwrap();
+        assert!(again.was_closed);
+        assert_eq!(storage.read("t.zst").await.unwrap(), closed);
+        // A version 1 file (marks before frames) is closed without an index.
+        let mut v1 = encode_marks_v1(&[part(9, 0, 1).batch]).to_vec();
+        v1.extend_from_slice(&frame_of(&mut enc, Encoding::Lines, &[b"old"]));
+        storage
+            .write_atomic("v1.zst", Bytes::from(v1.clone()))
+            .await
+            .unwrap();
+        let r = close_recovered(&storage, "v1.zst", Encoding::Lines, None)
+            .await
+            .unwrap();
+        assert_eq!((r.records, r.dropped_bytes), (1, 0));
+        let tail = read_index(&storage, "v1.zst", r.closed_len())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(tail.index, None);
+        assert_eq!(tail.close.crc32c, crc32c_append(0, &v1));
+        // A file closed with a version 1 trailer: no index, no checksum.
+        let mut old = v1.clone();
+        old.extend_from_slice(&r.trailer(Encoding::Lines).encode());
+        storage
+            .write_atomic("old.zst", Bytes::from(old.clone()))
+            .await
+            .unwrap();
+        let tail = read_index(&storage, "old.zst", old.len() as u64)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((tail.close.version, tail.index), (1, None));
+        assert!(read_index(&storage, "v1.zst", 10).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_large_index_takes_a_second_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = crate::storage::LocalStorage::open(dir.path()).unwrap();
+        let entries: Vec<IndexEntry> = (0..3000)
+            .map(|k| IndexEntry {
+                frame_offset: k,
+                mark: part(k as i64, 0, 1),
+            })
+            .collect();
+        let trailer = Trailer {
+            encoding: Encoding::Lines,
+            records: 0,
+            record_bytes: 0,
+        };
+        let closing = encode_closing(&trailer, 0, Some(&entries));
+        assert!(closing.len() as u64 > TAIL_READ_BYTES);
+        storage
+            .write_atomic("big.zst", closing.clone())
+            .await
+            .unwrap();
+        let tail = read_index(&storage, "big.zst", closing.len() as u64)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(tail.index, Some(entries));
+        // An index_len pointing elsewhere is corruption, named with its offset.
+        let bad = trailer.encode_v2(10, 0);
+        storage.write_atomic("bad.zst", bad.clone()).await.unwrap();
+        let err = read_index(&storage, "bad.zst", bad.len() as u64)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, FormatError::CorruptFrame { .. }), "{err}");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::format::{Trailer, TRAILER_LEN};
+use crate::format::{crc32c_append, trailer_in_tail, Trailer, TRAILER_V2_LEN};
 use crate::layout::{Layout, Minute, NodeName, Topic, View};
 use crate::records::{decode, RecordError, Version, Versioned};
 use crate::storage::{temp_sibling, CreateMode, RenameMode, Storage, StorageError};
@@ -24,8 +24,6 @@ pub const MANIFEST_VERSION: u32 = 1;
 
 /// Bytes read per storage call when checksumming a file.
 const CHECKSUM_CHUNK: u64 = 8 << 20;
-
-const CRC32C: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
 
 /// Errors reading, describing or writing manifests.
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +51,7 @@ pub enum ManifestError {
     },
     /// A data file has no close trailer, so it is not complete.
     #[error(
-        "{path} is not a closed conduit data file (no trailer in its last {TRAILER_LEN} bytes)"
+        "{path} is not a closed conduit data file (no trailer in its last {TRAILER_V2_LEN} bytes)"
     )]
     NotClosed {
         /// Path of the file.
@@ -265,7 +263,7 @@ impl Manifest {
 
 /// CRC-32C (Castagnoli) of `bytes`, as stored in manifests.
 pub fn crc32c(bytes: &[u8]) -> u32 {
-    CRC32C.checksum(bytes)
+    crc32c_append(0, bytes)
 }
 
 /// The length, CRC-32C and trailer of the closed data file at `path`, reading it in
@@ -275,28 +273,24 @@ pub async fn describe_file(
     path: &str,
 ) -> Result<(u64, u32, Trailer), ManifestError> {
     let len = storage.len(path).await?;
-    let mut digest = CRC32C.digest();
+    let mut crc = 0;
     let mut at = 0;
-    let mut tail = Vec::with_capacity(TRAILER_LEN);
+    let mut tail = Vec::with_capacity(TRAILER_V2_LEN);
     while at < len {
         let end = (at + CHECKSUM_CHUNK).min(len);
         let chunk = storage.read_range(path, at..end).await?;
-        digest.update(&chunk);
-        if end + TRAILER_LEN as u64 >= len {
-            let keep_from = (len.saturating_sub(TRAILER_LEN as u64)).max(at) - at;
+        crc = crc32c_append(crc, &chunk);
+        if end + TRAILER_V2_LEN as u64 >= len {
+            let keep_from = (len.saturating_sub(TRAILER_V2_LEN as u64)).max(at) - at;
             tail.extend_from_slice(&chunk[keep_from as usize..]);
         }
         at = end;
     }
-    let trailer = if tail.len() == TRAILER_LEN {
-        Trailer::decode(&tail)
-    } else {
-        None
-    };
+    let trailer = trailer_in_tail(&tail).map(|(trailer, _)| trailer);
     let trailer = trailer.ok_or_else(|| ManifestError::NotClosed {
         path: path.to_owned(),
     })?;
-    Ok((len, digest.finalize(), trailer))
+    Ok((len, crc, trailer))
 }
 
 fn ser_crc<S: Serializer>(crc: &u32, s: S) -> Result<S::Ok, S::Error> {

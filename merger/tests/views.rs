@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::{DateTime, TimeDelta, Utc};
-use conduit_core::format::{encode_marks, read_file, BatchMark};
+use conduit_core::format::{encode_marks_v1, read_file, BatchMark};
 use conduit_core::layout::Layout;
 use conduit_core::manifest::describe_file;
 use conduit_core::storage::{FaultPlan, FaultStorage};
@@ -144,13 +144,13 @@ fn records_of(cluster: &str, spec: &FileSpec) -> Vec<String> {
 }
 
 /// The bytes of a closed data file: batch marks, then data frames of up to 7
-/// records, then the trailer (what the collector writes).
+/// records, then the trailer (layout 1, what collectors wrote before marks v2).
 fn file_bytes(records: &[String]) -> Bytes {
     let mut encoder = FrameEncoder::new(1).unwrap();
     let mut out = Vec::new();
     let mut record_bytes = 0u64;
     for (n, chunk) in records.chunks(7).enumerate() {
-        out.extend_from_slice(&encode_marks(&[BatchMark {
+        out.extend_from_slice(&encode_marks_v1(&[BatchMark {
             publisher: Bytes::from_static(b"pub-1"),
             sequence: n as i64,
             part: 0,
