@@ -14,7 +14,9 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::format::{crc32c_append, trailer_in_tail, Trailer, TRAILER_V2_LEN};
+use crate::format::{
+    crc32c_append, trailer_in_tail, CloseInfo, Trailer, TRAILER_LEN, TRAILER_V2_LEN,
+};
 use crate::layout::{Layout, Minute, NodeName, Topic, View};
 use crate::records::{decode, RecordError, Version, Versioned};
 use crate::storage::{temp_sibling, CreateMode, RenameMode, Storage, StorageError};
@@ -272,13 +274,56 @@ pub async fn describe_file(
     storage: &dyn Storage,
     path: &str,
 ) -> Result<(u64, u32, Trailer), ManifestError> {
+    let described = describe(storage, path).await?;
+    Ok((described.bytes, described.crc32c, described.trailer))
+}
+
+/// What [`describe`] read of a closed data file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Described {
+    /// Its length.
+    pub bytes: u64,
+    /// CRC-32C of the whole file, as manifests list it.
+    pub crc32c: u32,
+    /// Its close trailer.
+    pub trailer: Trailer,
+    /// The trailer's version, index size and checksum.
+    pub close: CloseInfo,
+    /// CRC-32C of the bytes before the trailer, which a version 2 trailer's
+    /// `crc32c` must equal.
+    pub crc32c_before_trailer: u32,
+}
+
+impl Described {
+    /// Whether the bytes before the trailer are those its writer checksummed
+    /// (always true for a trailer without a checksum).
+    pub fn checksum_matches(&self) -> bool {
+        self.close.crc32c == 0 || self.close.crc32c == self.crc32c_before_trailer
+    }
+}
+
+/// Reads the closed data file at `path` once, in chunks (memory stays bounded for
+/// large files): its length, CRC-32C, trailer, and the checksum of the bytes
+/// before the trailer. [`ManifestError::NotClosed`] if it has no trailer.
+pub async fn describe(storage: &dyn Storage, path: &str) -> Result<Described, ManifestError> {
     let len = storage.len(path).await?;
+    // The trailer is the last 48 or 40 bytes: checksum up to both places.
+    let cuts = [
+        len.saturating_sub(TRAILER_V2_LEN as u64),
+        len.saturating_sub(TRAILER_LEN as u64),
+    ];
+    let mut crc_at = [0u32; 2];
     let mut crc = 0;
     let mut at = 0;
     let mut tail = Vec::with_capacity(TRAILER_V2_LEN);
     while at < len {
         let end = (at + CHECKSUM_CHUNK).min(len);
         let chunk = storage.read_range(path, at..end).await?;
+        for (cut, crc_cut) in cuts.iter().zip(crc_at.iter_mut()) {
+            if (at..end).contains(cut) {
+                *crc_cut = crc32c_append(crc, &chunk[..(cut - at) as usize]);
+            }
+        }
         crc = crc32c_append(crc, &chunk);
         if end + TRAILER_V2_LEN as u64 >= len {
             let keep_from = (len.saturating_sub(TRAILER_V2_LEN as u64)).max(at) - at;
@@ -286,11 +331,21 @@ pub async fn describe_file(
         }
         at = end;
     }
-    let trailer = trailer_in_tail(&tail).map(|(trailer, _)| trailer);
-    let trailer = trailer.ok_or_else(|| ManifestError::NotClosed {
+    let (trailer, close) = trailer_in_tail(&tail).ok_or_else(|| ManifestError::NotClosed {
         path: path.to_owned(),
     })?;
-    Ok((len, crc, trailer))
+    let crc32c_before_trailer = if close.trailer_len() == TRAILER_V2_LEN as u64 {
+        crc_at[0]
+    } else {
+        crc_at[1]
+    };
+    Ok(Described {
+        bytes: len,
+        crc32c: crc,
+        trailer,
+        close,
+        crc32c_before_trailer,
+    })
 }
 
 fn ser_crc<S: Serializer>(crc: &u32, s: S) -> Result<S::Ok, S::Error> {
@@ -402,6 +457,54 @@ mod tests {
             Manifest::parse("p", b"not json"),
             Err(ManifestError::Malformed { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn describe_checks_the_bytes_before_a_version_2_trailer() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = LocalStorage::open(dir.path()).unwrap();
+        let trailer = Trailer {
+            encoding: crate::format::Encoding::Lines,
+            records: 1,
+            record_bytes: 2,
+        };
+        let mut content = crate::format::FrameEncoder::new(1)
+            .unwrap()
+            .frame(b"a\n")
+            .unwrap()
+            .to_vec();
+        let crc = crc32c(&content);
+        content.extend_from_slice(&crate::format::encode_closing(&trailer, crc, None));
+        storage
+            .write_atomic("good.zst", Bytes::from(content.clone()))
+            .await
+            .unwrap();
+        let good = describe(&storage, "good.zst").await.unwrap();
+        assert_eq!(
+            (good.bytes, good.crc32c),
+            (content.len() as u64, crc32c(&content))
+        );
+        assert_eq!(good.crc32c_before_trailer, crc);
+        assert!(good.checksum_matches());
+
+        content[3] ^= 0x40;
+        storage
+            .write_atomic("bad.zst", Bytes::from(content))
+            .await
+            .unwrap();
+        let bad = describe(&storage, "bad.zst").await.unwrap();
+        assert!(!bad.checksum_matches(), "{bad:?}");
+        // A version 1 trailer has no checksum to compare with.
+        let mut old = b"x".to_vec();
+        old.extend_from_slice(&trailer.encode());
+        storage
+            .write_atomic("v1.zst", Bytes::from(old))
+            .await
+            .unwrap();
+        assert!(describe(&storage, "v1.zst")
+            .await
+            .unwrap()
+            .checksum_matches());
     }
 
     #[test]
