@@ -27,10 +27,13 @@
 
 pub mod checkpoint;
 pub mod daemon;
+mod dedup;
 pub mod lease;
 pub mod local;
 pub mod metrics;
 mod quarantine;
+mod rewrite;
+mod seal;
 
 pub mod compact;
 mod copy;

@@ -2,10 +2,11 @@
 //!
 //! Sealing a minute lists every data file of its directory in the manifest with
 //! its length, CRC-32C and close trailer ([`inspect`]). A file that cannot be
-//! listed so ([`Unsealable`]: its name is not a local data file name, or it has no
+//! listed so ([`Unsealable`]: its name is not a local data file name; it has no
 //! close trailer because it was truncated by a disk fault or its collector broke
-//! its watermark promise) would fail every pass and stop the topic from ever
-//! sealing again. Instead the seal moves it with one rename to
+//! its watermark promise; its bytes do not match its trailer's checksum; its index
+//! is unreadable; or a frame the seal must rewrite does not decode) would fail
+//! every pass and stop the topic from ever sealing again. Instead the seal moves it with one rename to
 //! `quarantine/<its path>` ([`Layout::quarantine_path`], a top-level directory no
 //! reader looks into), logs an ERROR naming it and the reason, counts it
 //! (`conduit_worker_files_quarantined_total`) and lists it in the manifest's
@@ -22,9 +23,9 @@
 //! the reason read again from its bytes, so the manifest lists every file set
 //! aside from its directory whatever instant the worker was killed at.
 
-use conduit_core::format::{Trailer, TRAILER_LEN};
+use conduit_core::format::{read_index, FormatError, IndexEntry, TRAILER_V2_LEN};
 use conduit_core::layout::Layout;
-use conduit_core::manifest::describe_file;
+use conduit_core::manifest::{describe, Described};
 use conduit_core::{ManifestError, QuarantinedFile, RenameMode, Storage};
 
 use crate::{Fence, WorkerError};
@@ -40,10 +41,33 @@ pub(crate) enum Unsealable {
     },
     /// The file does not end with a close trailer.
     #[error(
-        "no close trailer in its last {TRAILER_LEN} bytes: the file was truncated, \
+        "no close trailer in its last {TRAILER_V2_LEN} bytes: the file was truncated, \
          or its collector never closed it"
     )]
     NoTrailer,
+    /// The bytes before the trailer are not those its writer checksummed.
+    #[error("its bytes do not match the checksum in its trailer: crc32c {computed:08x}, the trailer says {stored:08x}")]
+    ChecksumMismatch {
+        /// What the trailer says.
+        stored: u32,
+        /// What the bytes give.
+        computed: u32,
+    },
+    /// The trailer names an index that is not there.
+    #[error("its index cannot be read: {reason}")]
+    BadIndex {
+        /// What is wrong.
+        reason: String,
+    },
+    /// A data frame the seal had to rewrite does not decode, or disagrees with
+    /// the file's marks or index.
+    #[error("the frame at byte offset {offset} cannot be rewritten: {reason}")]
+    BadFrame {
+        /// Offset of the frame.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
     /// An earlier, interrupted seal set the file aside, but it now reads as a
     /// sealable file (someone replaced it in `quarantine/`).
     #[error("set aside by an interrupted seal; it now reads as a closed data file")]
@@ -56,6 +80,9 @@ impl Unsealable {
         match self {
             Unsealable::NotADataFile { .. } => "not_a_data_file",
             Unsealable::NoTrailer => "no_trailer",
+            Unsealable::ChecksumMismatch { .. } => "checksum_mismatch",
+            Unsealable::BadIndex { .. } => "bad_index",
+            Unsealable::BadFrame { .. } => "bad_frame",
             Unsealable::Earlier => "earlier",
         }
     }
@@ -70,15 +97,14 @@ impl Unsealable {
     }
 }
 
-/// What the manifest lists about a file the seal can list.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the seal knows of a file it can list.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Sealable {
-    /// Its length.
-    pub(crate) bytes: u64,
-    /// CRC-32C of the whole file.
-    pub(crate) crc32c: u32,
-    /// Its close trailer.
-    pub(crate) trailer: Trailer,
+    /// Length, CRC-32C and trailer.
+    pub(crate) file: Described,
+    /// Its batch parts with their frames' offsets, from its index; `None` when
+    /// it has none (version 1 marks: no digests).
+    pub(crate) index: Option<Vec<IndexEntry>>,
 }
 
 /// What [`inspect`] found.
@@ -91,17 +117,34 @@ pub(crate) enum Verdict {
 }
 
 /// Reads the data file at `path` (in chunks, memory stays bounded) and says
-/// whether it can be sealed. Storage errors are errors, never a verdict.
+/// whether it can be sealed: it must end with a close trailer, match the trailer's
+/// checksum (when it has one) and have a readable index (when it has one).
+/// Storage errors are errors, never a verdict.
 pub(crate) async fn inspect(storage: &dyn Storage, path: &str) -> Result<Verdict, WorkerError> {
-    match describe_file(storage, path).await {
-        Ok((bytes, crc32c, trailer)) => Ok(Verdict::Sealable(Sealable {
-            bytes,
-            crc32c,
-            trailer,
-        })),
-        Err(ManifestError::NotClosed { .. }) => Ok(Verdict::Unsealable(Unsealable::NoTrailer)),
-        Err(e) => Err(e.into()),
+    let file = match describe(storage, path).await {
+        Ok(file) => file,
+        Err(ManifestError::NotClosed { .. }) => {
+            return Ok(Verdict::Unsealable(Unsealable::NoTrailer))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if !file.checksum_matches() {
+        return Ok(Verdict::Unsealable(Unsealable::ChecksumMismatch {
+            stored: file.close.crc32c,
+            computed: file.crc32c_before_trailer,
+        }));
     }
+    let index = match read_index(storage, path, file.bytes).await {
+        Ok(Some(tail)) => tail.index,
+        // It had a trailer a moment ago, and a closed file never changes.
+        Ok(None) => return Ok(Verdict::Unsealable(Unsealable::NoTrailer)),
+        Err(FormatError::CorruptFrame { reason, .. }) => {
+            return Ok(Verdict::Unsealable(Unsealable::BadIndex { reason }))
+        }
+        Err(FormatError::Storage(e)) => return Err(e.into()),
+        Err(e) => return Err(WorkerError::Other(format!("{path}: {e}"))),
+    };
+    Ok(Verdict::Sealable(Sealable { file, index }))
 }
 
 /// Moves the file at `path` to `quarantine/<path>`; see the [module docs](self).

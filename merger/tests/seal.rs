@@ -1,20 +1,25 @@
-//! What the local seal guarantees beyond moving files, against a real in-process
-//! collector on local disk with a test clock: a file it cannot seal is set aside
-//! in `quarantine/` and listed in the manifest while the topic keeps sealing, also
-//! when the worker crashes at any storage call of the pass.
+//! What the local seal guarantees beyond moving files, on local disk with a test
+//! clock: a file it cannot seal is set aside in `quarantine/` and listed in the
+//! manifest while the topic keeps sealing (against a real in-process collector);
+//! a publisher batch stored by two collectors (layout-2 files written with the
+//! real encoders, as after a failover) is sealed once, in the same minute, a
+//! later one or late, also after a lost checkpoint; both also when the worker
+//! crashes at any storage call of the pass.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use conduit_core::format::{crc32c_append, decode_file, encode_closing, scan};
 use conduit_core::layout::Layout;
 use conduit_core::scribe::ResultCode;
 use conduit_core::storage::{FaultPlan, FaultStorage};
-use conduit_core::{Config, SharedStorage, TestClock, Topic};
+use conduit_core::{Config, Encoding, SharedStorage, TestClock, Topic, View};
 use conduit_merger::{Job, LocalJob};
 use conduit_testkit::clock::{clock_at, set};
 use conduit_testkit::collector::{self, stored_files};
+use conduit_testkit::minutes::{batch_file, Batch};
 use conduit_testkit::scribe::{padded, Client};
 use conduit_testkit::worker::{
     check_local_view, check_local_view_allowing, copy_tree, env, wait_watermark, LocalView,
@@ -36,25 +41,37 @@ async fn truncate(storage: &SharedStorage, path: &str, cut: usize) -> Bytes {
     kept
 }
 
-/// What a sealed local view says, without the instants of sealing: per minute,
-/// the files with their records, and the files set aside with their reasons.
-type Outcome = BTreeMap<String, (Vec<(String, u64)>, Vec<(String, String)>)>;
+/// What a sealed local minute says, without the instant of sealing: the files
+/// with their records and CRCs, the files set aside with their reasons, and the
+/// duplicates dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Sealed {
+    files: Vec<(String, u64, u32)>,
+    set_aside: Vec<(String, String)>,
+    duplicates_dropped: u64,
+}
+
+/// [`Sealed`] per minute.
+type Outcome = BTreeMap<String, Sealed>;
 
 fn outcome(view: &LocalView) -> Outcome {
     view.sealed
         .iter()
         .map(|(m, manifest)| {
-            let files = manifest
-                .files
-                .iter()
-                .map(|f| (f.name.clone(), f.records))
-                .collect();
-            let set_aside = manifest
-                .quarantined
-                .iter()
-                .map(|q| (q.name.clone(), q.reason.clone()))
-                .collect();
-            (m.to_string(), (files, set_aside))
+            let sealed = Sealed {
+                files: manifest
+                    .files
+                    .iter()
+                    .map(|f| (f.name.clone(), f.records, f.crc32c))
+                    .collect(),
+                set_aside: manifest
+                    .quarantined
+                    .iter()
+                    .map(|q| (q.name.clone(), q.reason.clone()))
+                    .collect(),
+                duplicates_dropped: manifest.duplicates_dropped,
+            };
+            (m.to_string(), sealed)
         })
         .collect()
 }
@@ -246,11 +263,268 @@ async fn a_crash_at_any_storage_call_of_a_quarantining_seal_lists_the_file_once(
     let expected = crash_at_every_call(work.path(), &root, &clock, &[&truncated]).await;
     let set_aside: Vec<_> = expected
         .values()
-        .flat_map(|(_, quarantined)| quarantined.clone())
+        .flat_map(|m| m.set_aside.clone())
         .collect();
     assert_eq!(
         set_aside,
         vec![(truncated, "no_trailer".to_owned())],
         "{expected:?}"
     );
+}
+
+/// `n` records of batch `sequence` of publisher `publisher` (`tag` tells copies
+/// of one batch from a different batch under the same id and sequence).
+fn batch(publisher: &str, sequence: i64, n: usize, tag: &str) -> Batch {
+    let records = (0..n)
+        .map(|i| format!("{publisher}-{sequence}{tag}-{i}"))
+        .collect();
+    Batch::new(publisher, sequence, records)
+}
+
+/// Writes a closed layout-2 file of `clicks` for collector `collector`, minute
+/// `stamp` (`2026-11-22-10-05`) and sequence number `seq` into `data/`, as a
+/// collector closes it; returns its bytes.
+async fn put(
+    storage: &SharedStorage,
+    collector: &str,
+    stamp: &str,
+    seq: u32,
+    frames: &[Vec<Batch>],
+) -> Bytes {
+    let path = format!("data/clicks/{collector}/clicks-{stamp}_{seq:05}.zst");
+    let bytes = Bytes::from(batch_file("clicks", frames));
+    storage.write_atomic(&path, bytes.clone()).await.unwrap();
+    bytes
+}
+
+/// Every record of the sealed minutes, with how often it is there.
+async fn sealed_records(storage: &SharedStorage, view: &LocalView) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for (m, manifest) in &view.sealed {
+        let dir = Layout::minute_dir(View::Local, &clicks(), *m);
+        for f in &manifest.files {
+            let path = format!("{dir}/{}", f.name);
+            let bytes = storage.read(&path).await.unwrap();
+            let decoded = decode_file(&path, &bytes, Encoding::Lines).unwrap();
+            for p in decoded.payloads {
+                *counts
+                    .entry(String::from_utf8(p.to_vec()).unwrap())
+                    .or_default() += 1;
+            }
+        }
+    }
+    counts
+}
+
+/// Offsets of the data frames of a file's bytes.
+fn data_frames(bytes: &[u8]) -> Vec<u64> {
+    scan(bytes, 0)
+        .frames
+        .iter()
+        .filter(|f| !f.skippable)
+        .map(|f| f.offset)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_two_collectors_stored_is_sealed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = local_storage(dir.path());
+    let (a, b, c, x) = (
+        batch("p", 1, 5, ""),
+        batch("p", 2, 3, ""),
+        batch("p", 3, 4, ""),
+        batch("q", 1, 2, ""),
+    );
+    let (d, b_other) = (batch("p", 4, 2, ""), batch("p", 2, 3, "x"));
+    // 10:05: c2 stored c and b again after its publisher failed over from c1;
+    // the second frame of c2's file holds nothing else.
+    put(
+        &storage,
+        "c1",
+        "2026-11-22-10-05",
+        0,
+        &[vec![a.clone(), b.clone()], vec![c.clone()]],
+    )
+    .await;
+    let c2_before = put(
+        &storage,
+        "c2",
+        "2026-11-22-10-05",
+        0,
+        &[vec![c.clone(), x.clone()], vec![b.clone()]],
+    )
+    .await;
+    // 10:06: a again (sealed a minute before), d twice, and a different batch
+    // under b's id and sequence (another digest: kept).
+    put(&storage, "c1", "2026-11-22-10-06", 0, &[vec![d.clone()]]).await;
+    put(
+        &storage,
+        "c2",
+        "2026-11-22-10-06",
+        0,
+        &[vec![a.clone(), d.clone()], vec![b_other.clone()]],
+    )
+    .await;
+    let clock = clock_at(10, 7, 30);
+    let mut job = LocalJob::new(env(storage.clone(), clock.shared(), Config::default()));
+    let report = job.pass().await.unwrap();
+    assert_eq!(report.sealed, 2, "{report:?}");
+    assert_eq!(report.duplicates_dropped, 4 + 3 + 5 + 2, "{report:?}");
+
+    let view = check_local_view(&*storage, &clicks()).await;
+    let counts = sealed_records(&storage, &view).await;
+    let expected: BTreeMap<String, usize> = [&a, &b, &c, &x, &d, &b_other]
+        .iter()
+        .flat_map(|batch| batch.records.iter().map(|r| (r.clone(), 1)))
+        .collect();
+    assert_eq!(counts, expected, "every record of every batch once");
+    let m05 = &view.sealed[&minute("2026-11-22T10:05")];
+    let m06 = &view.sealed[&minute("2026-11-22T10:06")];
+    assert_eq!((m05.duplicates_dropped, m06.duplicates_dropped), (7, 7));
+    assert_eq!(m05.records, 5 + 3 + 4 + 2);
+
+    // The rewritten file keeps every data frame at its offset (local-view
+    // readers and consumer checkpoints name frames by offset); its emptied
+    // frame is still a data frame, so the file starts with one.
+    let c2_path = "streams_local/clicks/2026/11/22/10/05/dc1-c2-clicks-2026-11-22-10-05_00000.zst";
+    let c2_after = storage.read(c2_path).await.unwrap();
+    assert_eq!(data_frames(&c2_after), data_frames(&c2_before));
+    assert!(!scan(&c2_after, 0).frames[0].skippable);
+    let decoded = decode_file(c2_path, &c2_after, Encoding::Lines).unwrap();
+    assert_eq!(decoded.payloads.len(), 2);
+    assert_eq!(
+        decoded.index().unwrap().len(),
+        1,
+        "the index names what is left: {:?}",
+        decoded.index()
+    );
+
+    // A copy arriving late into a later minute, and a copy after the worker lost
+    // its checkpoint: both dropped against the sealed minutes.
+    storage
+        .delete("system/checkpoints/local/clicks.json", false)
+        .await
+        .unwrap();
+    put(
+        &storage,
+        "c1",
+        "2026-11-22-10-05",
+        1,
+        &[vec![c.clone(), batch("p", 5, 1, "")]],
+    )
+    .await;
+    put(&storage, "c3", "2026-11-22-10-07", 0, &[vec![x.clone()]]).await;
+    set(&clock, 10, 8, 30);
+    let mut fresh = LocalJob::new(env(storage.clone(), clock.shared(), Config::default()));
+    let report = fresh.pass().await.unwrap();
+    assert_eq!((report.sealed, report.late_files), (1, 1), "{report:?}");
+    assert_eq!(report.duplicates_dropped, 4 + 2, "{report:?}");
+    let view = check_local_view(&*storage, &clicks()).await;
+    let counts = sealed_records(&storage, &view).await;
+    assert!(counts.values().all(|n| *n == 1), "{counts:?}");
+    assert_eq!(counts.len(), expected.len() + 1);
+
+    // Beyond the window: a copy 3 sealed minutes after the first with a window
+    // of 2 is kept.
+    let narrow = Config::parse("t", "[worker]\ndedup_window_minutes = 2\n").unwrap();
+    set(&clock, 10, 11, 30);
+    put(&storage, "c1", "2026-11-22-10-10", 0, &[vec![d.clone()]]).await;
+    let mut job = LocalJob::new(env(storage.clone(), clock.shared(), narrow));
+    let report = job.pass().await.unwrap();
+    assert_eq!(
+        (report.sealed, report.duplicates_dropped),
+        (3, 0),
+        "{report:?}"
+    );
+    let view = check_local_view(&*storage, &clicks()).await;
+    assert_eq!(sealed_records(&storage, &view).await[&d.records[0]], 2);
+}
+
+/// Collector files of 10:05 and 10:06 holding copies of each other's batches
+/// (a file of 10:05 late), no collector running; returns the clock to seal with.
+async fn backlog_with_copies(root: &Path) -> TestClock {
+    let storage = local_storage(root);
+    let (a, b, c) = (
+        batch("p", 1, 3, ""),
+        batch("p", 2, 2, ""),
+        batch("q", 1, 4, ""),
+    );
+    put(
+        &storage,
+        "c1",
+        "2026-11-22-10-05",
+        0,
+        &[vec![a.clone()], vec![b.clone()]],
+    )
+    .await;
+    put(
+        &storage,
+        "c2",
+        "2026-11-22-10-05",
+        0,
+        &[vec![b.clone(), c.clone()]],
+    )
+    .await;
+    put(
+        &storage,
+        "c2",
+        "2026-11-22-10-06",
+        0,
+        &[vec![a.clone()], vec![batch("p", 3, 1, "")]],
+    )
+    .await;
+    put(&storage, "c3", "2026-11-22-10-06", 0, &[vec![c, b]]).await;
+    clock_at(10, 7, 30)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_at_any_storage_call_of_a_deduplicating_seal_drops_each_copy_once() {
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    let clock = backlog_with_copies(&root).await;
+    let expected = crash_at_every_call(work.path(), &root, &clock, &[]).await;
+    let dropped: Vec<u64> = expected.values().map(|m| m.duplicates_dropped).collect();
+    assert_eq!(dropped, vec![2, 3 + 4 + 2], "{expected:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_whose_index_disagrees_with_its_frames_is_set_aside_and_the_minute_planned_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = local_storage(dir.path());
+    let (a, b) = (batch("p", 1, 2, ""), batch("p", 2, 3, ""));
+    put(&storage, "c1", "2026-11-22-10-05", 0, &[vec![a.clone()]]).await;
+    // c2 holds a copy of `a` and `b`, but its index says the copy of `a` has 5
+    // records where its frame has 2 (checksummed as written: a writer's bug, not
+    // a disk fault).
+    let good = batch_file("clicks", &[vec![a.clone(), b.clone()]]);
+    let decoded = decode_file("c2", &good, Encoding::Lines).unwrap();
+    let mut index = decoded.index().unwrap();
+    index[0].mark.records = 5;
+    let trailer = decoded.scan.trailer.unwrap();
+    let data_end = scan(&good, 0).frames[1];
+    let mut bad = good[..(data_end.offset + data_end.len) as usize].to_vec();
+    let crc = crc32c_append(0, &bad);
+    bad.extend_from_slice(&encode_closing(&trailer, crc, Some(&index)));
+    storage
+        .write_atomic(
+            "data/clicks/c2/clicks-2026-11-22-10-05_00000.zst",
+            Bytes::from(bad),
+        )
+        .await
+        .unwrap();
+
+    let clock = clock_at(10, 6, 30);
+    let mut job = LocalJob::new(env(storage.clone(), clock.shared(), Config::default()));
+    let report = job.pass().await.unwrap();
+    assert_eq!((report.sealed, report.quarantined), (1, 1), "{report:?}");
+    let view = check_local_view(&*storage, &clicks()).await;
+    let sealed = &view.sealed[&minute("2026-11-22T10:05")];
+    assert_eq!(sealed.quarantined[0].reason, "bad_frame", "{sealed:?}");
+    assert_eq!(
+        sealed_records(&storage, &view).await.len(),
+        a.records.len(),
+        "c1's copy of `a` is kept"
+    );
+    assert_eq!(sealed.duplicates_dropped, 0);
 }
