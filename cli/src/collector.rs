@@ -125,13 +125,16 @@ pub async fn run(args: CollectorArgs) -> anyhow::Result<ExitCode> {
         config: Arc::new(config),
     };
     let collector = Collector::start(settings, storage, SystemClock::shared()).await?;
+    // Listen for signals before saying ready: a SIGTERM right after must still
+    // shut down cleanly.
+    let shutdown = crate::signals::wait_for_shutdown();
     println!(
         "collector ready: scribe {} http {} root {}",
         collector.thrift_addr(),
         collector.http_addr(),
         root
     );
-    crate::signals::wait_for_shutdown().await;
+    shutdown.await;
     tracing::info!("shutdown requested");
     collector.stop().await?;
     Ok(ExitCode::SUCCESS)

@@ -118,14 +118,14 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
     let flushed =
         tokio::time::timeout(Duration::from_secs(args.timeout_secs), publisher.flush()).await;
     let stats = publisher.stats();
-    // Neither acknowledged nor spooled.
+    // Neither acknowledged nor spooled; `failed`: refused by a collector (logged).
     let unacked = stats.queue_depth;
     let _ = tokio::time::timeout(Duration::from_secs(5), publisher.close()).await;
     if show_progress {
         eprintln!();
     }
     let secs = started.elapsed().as_secs_f64();
-    let failed = rejected + unacked;
+    let failed = rejected + unacked + stats.failed;
     let acked = stats.acknowledged + stats.replayed;
     let spooled = stats.spool_events;
     if args.spool_dir.is_some() {

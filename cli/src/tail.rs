@@ -8,6 +8,11 @@
 //! progress is committed every second and on exit (Ctrl-C, `--to` reached), and
 //! members of the same group share the topic's partitions. A closed pipe
 //! (`| head`) ends the command quietly.
+//!
+//! A corrupt frame or a damaged file (truncated, or set aside in `quarantine/`)
+//! ends the command with an error naming the file and what to do, after the
+//! events before it are printed; it never waits silently. `--skip-corrupt`
+//! skips (and counts) them instead.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -82,7 +87,8 @@ pub struct TailArgs {
     #[arg(long, default_value = "raw", value_parser = ["raw", "json"])]
     format: String,
 
-    /// Skip (and count) corrupt frames instead of stopping.
+    /// Skip (and count) corrupt frames and the rest of damaged (truncated or
+    /// quarantined) files instead of stopping with an error naming them.
     #[arg(long)]
     skip_corrupt: bool,
 }
@@ -196,7 +202,11 @@ pub async fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
             // beyond what auto-commit already wrote.
             return Ok(ExitCode::SUCCESS);
         }
-        Err(e) => return Err(e),
+        Err(e) => {
+            // What was read before the error is printed; then the error.
+            let _ = out.flush();
+            return Err(e);
+        }
         Ok(()) => {}
     }
     consumer.close().await?;

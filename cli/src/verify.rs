@@ -14,6 +14,7 @@
 //! | `records-mismatch` | the trailer's (or, with decoding, the frames') record count differs |
 //! | `torn-file` | a listed file has no close trailer or a corrupt frame |
 //! | `unmoved-file` | a closed collector file older than `--grace` still in `data/` |
+//! | `quarantined` | a damaged data file set aside under `quarantine/` (by collector recovery or the worker; `docs/format.md` §1.3), or listed in a manifest's `quarantined`: records of it are missing from the views |
 //!
 //! The exit status is non-zero when anything is found; `--json` prints one JSON
 //! document for automation. On a terminal a progress bar shows the directories
@@ -26,7 +27,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 use conduit_core::format::{decode_frame, scan, split_records};
-use conduit_core::layout::Layout;
+use conduit_core::layout::{Layout, Located};
 use conduit_core::manifest::{crc32c, Manifest};
 use conduit_core::tree::{self, MinuteWalker};
 use conduit_core::{Config, Minute, Storage, Topic, View};
@@ -145,6 +146,47 @@ pub fn count_records(buf: &[u8]) -> Result<u64, (u64, String)> {
     Ok(records)
 }
 
+/// A data file set aside under `quarantine/` (`docs/format.md` §1.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    /// Where it is now: `quarantine/<original>`.
+    pub path: String,
+    /// Where it was.
+    pub original: String,
+    /// Its length.
+    pub len: u64,
+    /// Its original path parsed (view, topic, minute), if it is a conduit path.
+    pub located: Option<Located>,
+}
+
+/// Every file under `quarantine/`, sorted by path.
+pub async fn quarantined_files(storage: &dyn Storage) -> anyhow::Result<Vec<Quarantined>> {
+    let mut found = Vec::new();
+    let mut dirs = vec![Layout::QUARANTINE_DIR.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        for entry in storage.list_or_empty(&dir).await? {
+            if entry.is_dir {
+                dirs.push(entry.path);
+                continue;
+            }
+            let Some(original) = Layout::quarantined_original(&entry.path) else {
+                continue;
+            };
+            found.push(Quarantined {
+                original: original.to_owned(),
+                located: Layout::parse_path(original).ok(),
+                path: entry.path.clone(),
+                len: entry.len,
+            });
+        }
+    }
+    found.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(found)
+}
+
+/// What an operator does about a quarantined file.
+pub const QUARANTINE_HELP: &str = "see docs/operations.md, \"Quarantined files\"";
+
 struct Verifier<'a> {
     storage: &'a dyn Storage,
     decode: bool,
@@ -242,6 +284,16 @@ impl Verifier<'_> {
             }
         };
         self.checked.sealed += 1;
+        for q in &manifest.quarantined {
+            self.find(
+                "quarantined",
+                format!("{dir}/{}", q.name),
+                format!(
+                    "the seal set it aside in quarantine/ instead of listing it: {}; {QUARANTINE_HELP}",
+                    q.reason
+                ),
+            );
+        }
         let listed: BTreeSet<&str> = manifest.files.iter().map(|f| f.name.as_str()).collect();
         for name in data.keys() {
             if !listed.contains(name.as_str()) {
@@ -313,6 +365,34 @@ impl Verifier<'_> {
                     ),
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Every file under `quarantine/` of `topic` (all topics: `None`) whose
+    /// minute is in `[from, to]`.
+    async fn quarantine(
+        &mut self,
+        topic: Option<&Topic>,
+        from: Option<Minute>,
+        to: Option<Minute>,
+    ) -> anyhow::Result<()> {
+        for q in quarantined_files(self.storage).await? {
+            if let Some(located) = &q.located {
+                let in_range = from.is_none_or(|f| located.minute >= f)
+                    && to.is_none_or(|t| located.minute <= t);
+                if topic.is_some_and(|t| *t != located.topic) || !in_range {
+                    continue;
+                }
+            }
+            self.find(
+                "quarantined",
+                q.path,
+                format!(
+                    "{} bytes set aside from {}: it was shorter than acknowledged or did not decode, so its records are missing from the views; {QUARANTINE_HELP}",
+                    q.len, q.original
+                ),
+            );
         }
         Ok(())
     }
@@ -409,6 +489,12 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    let topic = args
+        .topic
+        .as_deref()
+        .map(|t| Topic::new(t).with_context(|| format!("--topic {t:?}")))
+        .transpose()?;
+    verifier.quarantine(topic.as_ref(), from, to).await?;
     if let Some(bar) = verifier.progress.take() {
         bar.finish_and_clear();
     }

@@ -34,6 +34,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::dedup::BatchKey;
 use crate::engine::Outcome;
 use crate::metrics::Metrics;
 use crate::reasons::{ConnectionError, ProtocolErrorKind, TryLaterReason};
@@ -122,6 +123,19 @@ impl Listener {
             while self.connections.try_join_next().is_some() {}
             match accepted {
                 Ok(accepted) => return Some(accepted),
+                Err(e) if conduit_core::storage::is_out_of_descriptors(&e) => {
+                    self.shared
+                        .metrics
+                        .fd_exhausted
+                        .get_or_create(&Metrics::label("op", "accept"))
+                        .inc();
+                    if let Some(suppressed) =
+                        conduit_core::ratelimit::allow("collector_accept_out_of_descriptors")
+                    {
+                        tracing::warn!(error = %e, suppressed, pause = ?ACCEPT_ERROR_PAUSE, "accept failed: too many open files; new connections wait in the backlog");
+                    }
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
@@ -317,7 +331,13 @@ impl Handler {
                 publisher_id,
                 sequence,
                 entries,
-            } => self.submit(request, entries, Some((publisher_id, sequence))),
+            } => match self
+                .shared
+                .batch_key(publisher_id, sequence, &entries, peer)
+            {
+                Ok(key) => self.submit(request, entries, Some(key)),
+                Err(message) => PendingReply::Now(request, OwnedReply::ProtocolError(message)),
+            },
             Call::Fb303(call) => {
                 let reply = self.shared.fb303(&call);
                 PendingReply::Now(request, reply)
@@ -334,7 +354,7 @@ impl Handler {
         &mut self,
         request: Request,
         entries: Vec<LogEntry>,
-        batch: Option<(Bytes, i64)>,
+        batch: Option<BatchKey>,
     ) -> PendingReply {
         match self.shared.submit(entries, batch, &mut self.cache) {
             Ok(outcome) => PendingReply::AfterCommit(request, outcome),

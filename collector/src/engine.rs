@@ -27,29 +27,62 @@
 //! has spooled or abandoned files. Without a spool directory, or with the spool full
 //! (`spool_max_bytes`), the affected calls get `TRY_LATER`: nothing is dropped.
 //!
+//! # Recovery
+//! At start (and for files abandoned during an outage, once storage is back) every
+//! unclosed file of this collector is closed, its torn tail cut. Nothing it
+//! acknowledged is ever cut: before closing a file the committer saves its
+//! acknowledged length in the ledger of closed files (`crate::ledger`, saved with
+//! the dedup snapshot); a file that would lose any of those bytes, or that does not
+//! decode, is moved to `quarantine/` untouched instead (ERROR log, counter
+//! `files_quarantined`).
+//!
+//! # Open files and many topics
+//! At most `max_open_files` data files are open (storage and spool). Before a round
+//! opens more, the least recently written files not written in the round are closed
+//! (a topic written again later gets a new numbered file). A round opens at most
+//! `max_new_files_per_round` new files, handed out to the calls that need them in
+//! turn; a call with more new topics than that keeps the rest for the next rounds
+//! (it is answered once all of it is durable), while other calls are committed in
+//! every round. Only when every open file is in use by the round itself do the calls
+//! needing another get `TRY_LATER` (reason `open_files`). Running out of
+//! descriptors (`EMFILE`/`ENFILE`) is not a storage outage: the parts that needed a
+//! descriptor get `TRY_LATER` (`open_files`), idle files are closed and the limit is
+//! lowered until the next minute.
+//!
 //! # Idempotent batches
-//! `LogBatch` calls carry (publisher id, sequence). The committer consults the
-//! [`DedupTable`] (a retried durable batch is acknowledged without writing; a
-//! partially durable one writes only its missing parts) and writes batch marks
-//! before each data frame so the table can be rebuilt after a crash.
+//! `LogBatch` calls carry (publisher id, sequence) and the connection adds the
+//! digest of their content ([`BatchKey`]). The committer consults the
+//! [`DedupTable`] (a replay of a durable batch is acknowledged without writing; a
+//! partially durable one writes only its missing parts; a different batch under a
+//! known id and sequence is stored and counted as a conflict) and writes, after
+//! every data frame, the marks naming its batches with their digests and record
+//! ranges (`docs/format.md` §3.3), so the table can be rebuilt after a crash. At
+//! close, a file gets the index of its batches and a trailer with the CRC-32C of
+//! its bytes (§3.2, §3.5).
+//! A batch spread over rounds has its durable parts recorded in the table after
+//! each round, and a retry arriving meanwhile waits for the original's answer.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use conduit_core::format::{
-    close_recovered, encode_marks_v1, is_closed, BatchMark, Encoding, FrameEncoder, TRAILER_LEN,
+    close_recovered, encode_marks, is_closed, BatchMark, Encoding, FileBatch, FrameEncoder,
+    PartMark,
 };
 use conduit_core::layout::Layout;
 use conduit_core::tree;
 use conduit_core::{
-    CreateMode, Minute, NodeName, SharedClock, SharedStorage, Storage, Topic, View,
+    ratelimit, CreateMode, FileWriter, Minute, NodeName, SharedClock, SharedStorage, Storage,
+    StorageError, Topic, View,
 };
+use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::dedup::{BatchState, DedupTable};
+use crate::dedup::{BatchKey, BatchState, DedupTable};
 use crate::files::{Abandoned, OpenFile, Target};
+use crate::ledger::{self, Ledger, Pruning, Verdict};
 use crate::metrics::Metrics;
 use crate::open::OpenFiles;
 use crate::queues::Reservation;
@@ -61,6 +94,9 @@ const MAX_ROUND_BYTES: usize = 8 << 20;
 const SMALL_ROUND_BYTES: usize = 256 << 10;
 /// How often an unhealthy storage is probed.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// Files closed (trailer and sync) at once at a minute roll, an eviction or
+/// shutdown.
+const CLOSE_CONCURRENCY: usize = 64;
 
 /// The entries of one call for one topic, already encoded as records.
 #[derive(Debug)]
@@ -100,8 +136,8 @@ pub struct Submission {
     pub parts: Vec<Part>,
     /// Number of parts of the whole call (marks name `part of parts`).
     pub parts_total: u16,
-    /// Publisher id and sequence of an idempotent `LogBatch`.
-    pub batch: Option<(Bytes, i64)>,
+    /// Publisher id, sequence and content digest of an idempotent `LogBatch`.
+    pub batch: Option<BatchKey>,
     /// The call's bytes in the topic queues, released when it is answered.
     pub queued: Reservation,
     /// When the call arrived.
@@ -164,6 +200,10 @@ pub struct EngineSettings {
     /// Where the synced bytes of open storage files are published for the HTTP
     /// open-file endpoint.
     pub open: Arc<OpenFiles>,
+    /// Most data files open at once.
+    pub max_open_files: usize,
+    /// Most new data files one round opens.
+    pub max_new_files_per_round: usize,
 }
 
 /// A call of the round being committed, and what became of its parts.
@@ -173,11 +213,31 @@ struct RoundCall {
     /// Indexes of its parts made durable in this round (a batch that is answered
     /// `TRY_LATER` remembers them, so that its retry writes only the others).
     durable_parts: Vec<u16>,
-    /// Whether some part of it is not durable: it is answered `TRY_LATER`.
-    failed: bool,
+    /// Why some part of it is not durable: it is answered `TRY_LATER`.
+    failed: Option<TryLaterReason>,
     /// Retries of the same idempotent batch queued in the same round: not written,
     /// answered like this call.
     twins: Vec<Submission>,
+    /// Parts put off to a later round (no new file for them in this one).
+    later: Vec<Part>,
+}
+
+impl RoundCall {
+    /// A call of the round, nothing known yet about its parts.
+    fn new(sub: Submission) -> RoundCall {
+        RoundCall {
+            sub,
+            durable_parts: Vec::new(),
+            failed: None,
+            twins: Vec::new(),
+            later: Vec::new(),
+        }
+    }
+
+    /// Fails the call with `reason` (the first reason sticks).
+    fn fail(&mut self, reason: TryLaterReason) {
+        self.failed.get_or_insert(reason);
+    }
 }
 
 /// How far a topic's frames got in the round being committed.
@@ -207,8 +267,8 @@ struct TopicRound {
     chunks: Vec<Chunk>,
     /// Small parts' records, compressed by the committer into the last chunk.
     records: Vec<u8>,
-    /// Marks of the small parts.
-    small_marks: Vec<BatchMark>,
+    /// Marks of the small parts (record ranges within the committer's frame).
+    small_marks: Vec<PartMark>,
     /// Records in the small parts.
     small_count: u64,
     /// Records in every part (the `events` metric once durable).
@@ -220,6 +280,8 @@ struct TopicRound {
     members: Vec<(usize, u16)>,
     /// How far they got.
     stage: Stage,
+    /// Why they failed, when it is not storage's fault (no file descriptor).
+    failure: Option<TryLaterReason>,
 }
 
 impl TopicRound {
@@ -266,22 +328,41 @@ impl RoundTopics {
             payload_bytes: 0,
             members: Vec::new(),
             stage: Stage::Framed,
+            failure: None,
         });
         &mut self.topics[i]
     }
 }
 
-/// One frame (and the batch marks written before it) to append to a topic's file.
-struct Chunk {
-    marks: Option<Bytes>,
-    frame: Bytes,
-    count: u64,
-    record_bytes: u64,
+/// One data frame and the marks frame written after it, to append to a topic's
+/// file.
+#[derive(Debug)]
+pub struct Chunk {
+    /// The data frame.
+    pub frame: Bytes,
+    /// The batches whose records it holds.
+    pub marks: Vec<PartMark>,
+    /// `marks` encoded (`format::encode_marks`), possibly with no entries.
+    pub marks_frame: Bytes,
+    /// Records in the frame.
+    pub count: u64,
+    /// Their decompressed size.
+    pub record_bytes: u64,
 }
 
 impl Chunk {
+    fn new(frame: Bytes, marks: Vec<PartMark>, count: u64, record_bytes: u64) -> Chunk {
+        Chunk {
+            marks_frame: encode_marks(&marks),
+            frame,
+            marks,
+            count,
+            record_bytes,
+        }
+    }
+
     fn len(&self) -> u64 {
-        self.frame.len() as u64 + self.marks.as_ref().map_or(0, |m| m.len() as u64)
+        (self.frame.len() + self.marks_frame.len()) as u64
     }
 }
 
@@ -312,7 +393,21 @@ pub struct Engine {
     probe: Option<tokio::task::JoinHandle<bool>>,
     /// Whether the dedup table changed since the last snapshot.
     dedup_dirty: bool,
+    /// Acknowledged lengths of the closed files still in `data/`, saved with the
+    /// dedup snapshot: what recovery must never cut (`crate::ledger`).
+    ledger: Ledger,
+    /// The background listing that drops ledger entries of moved files.
+    pruning: Pruning,
     status: watch::Sender<EngineStatus>,
+    /// Number of the round being committed (files remember their last).
+    round: u64,
+    /// Files open at most now: `max_open_files`, lowered after running out of
+    /// descriptors until the next minute.
+    open_limit: usize,
+    /// Whether an operation ran out of descriptors since the last round ended.
+    fd_pressure: bool,
+    /// Calls with parts put off to a later round, oldest first.
+    deferred: Vec<RoundCall>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -321,6 +416,8 @@ impl std::fmt::Debug for Engine {
             .field("collector", &self.settings.collector)
             .field("current_minute", &self.current_minute)
             .field("open_files", &self.files.len())
+            .field("open_limit", &self.open_limit)
+            .field("deferred_calls", &self.deferred.len())
             .field("healthy", &self.healthy)
             .finish()
     }
@@ -349,6 +446,7 @@ impl Engine {
             stopped: false,
         });
         let current_minute = clock.minute();
+        let open_limit = settings.max_open_files;
         let mut engine = Engine {
             settings,
             storage,
@@ -366,7 +464,13 @@ impl Engine {
             dedup: DedupTable::default(),
             probe: None,
             dedup_dirty: false,
+            ledger: Ledger::default(),
+            pruning: Pruning::default(),
             status,
+            round: 0,
+            open_limit,
+            fd_pressure: false,
+            deferred: Vec::new(),
         };
         engine.recover().await?;
         engine.publish_status();
@@ -392,13 +496,17 @@ impl Engine {
     async fn recover(&mut self) -> anyhow::Result<()> {
         let now = now_secs(&self.clock);
         let dedup_path = self.dedup_path();
+        let mut ledgers = Vec::new();
         for store in [Some(self.storage.clone()), self.spool.clone()]
             .into_iter()
             .flatten()
         {
             match store.read(&dedup_path).await {
                 Ok(bytes) => match DedupTable::from_json(&bytes) {
-                    Ok(table) => self.dedup.merge(table),
+                    Ok((table, closed)) => {
+                        self.dedup.merge(table);
+                        ledgers.push(closed);
+                    }
                     Err(e) => {
                         tracing::warn!(path = %dedup_path, root = store.root(), error = %e, "ignoring unreadable dedup snapshot")
                     }
@@ -407,14 +515,22 @@ impl Engine {
                 Err(e) => return Err(e.into()),
             }
         }
+        self.ledger = Ledger::from_saved(ledgers);
         // Storage: close files left open, learn sequence numbers in use.
         let storage = self.storage.clone();
-        let marks = self.recover_tree(&storage, Target::Storage).await?;
-        self.dedup.absorb_marks(&marks, now);
+        let mut present = std::collections::HashSet::new();
+        let batches = self
+            .recover_tree(&storage, Target::Storage, &mut present)
+            .await?;
+        self.dedup.absorb_marks(&batches, now);
         if let Some(spool) = self.spool.clone() {
-            let marks = self.recover_tree(&spool, Target::Spool).await?;
-            self.dedup.absorb_marks(&marks, now);
+            let batches = self
+                .recover_tree(&spool, Target::Spool, &mut present)
+                .await?;
+            self.dedup.absorb_marks(&batches, now);
         }
+        // Files the worker moved meanwhile need no protection any more.
+        self.ledger.retain_present(&present);
         if !self.spooled.is_empty() {
             self.healthy = false;
         }
@@ -424,13 +540,15 @@ impl Engine {
         Ok(())
     }
 
-    /// Recovers every file of this collector under `data/` of one store.
+    /// Recovers every file of this collector under `data/` of one store, and adds
+    /// the paths of those still there to `present`.
     async fn recover_tree(
         &mut self,
         store: &SharedStorage,
         target: Target,
-    ) -> anyhow::Result<Vec<BatchMark>> {
-        let mut marks = Vec::new();
+        present: &mut std::collections::HashSet<String>,
+    ) -> anyhow::Result<Vec<FileBatch>> {
+        let mut batches = Vec::new();
         for topic in tree::topics(store.as_ref(), View::Collector).await? {
             let dir = self.my_dir(&topic);
             for entry in store.list_or_empty(&dir).await? {
@@ -456,8 +574,12 @@ impl Engine {
                     .unwrap_or(false);
                 let mut len = entry.len;
                 if !closed {
-                    let recovery =
-                        close_recovered(store.as_ref(), &entry.path, encoding, None).await?;
+                    let Some(recovery) = self
+                        .close_unclosed(store.as_ref(), &entry.path, encoding, None)
+                        .await?
+                    else {
+                        continue;
+                    };
                     tracing::info!(
                         path = %entry.path,
                         root = store.root(),
@@ -465,9 +587,10 @@ impl Engine {
                         dropped_bytes = recovery.dropped_bytes,
                         "closed a file left open by a previous run"
                     );
-                    len = recovery.kept_bytes + TRAILER_LEN as u64;
-                    marks.extend(recovery.batches.into_iter().map(|b| b.mark.batch().clone()));
+                    len = recovery.closed_len();
+                    batches.extend(recovery.batches);
                 }
+                present.insert(entry.path.clone());
                 if target == Target::Spool {
                     self.spool_bytes += len;
                     self.spooled
@@ -475,7 +598,79 @@ impl Engine {
                 }
             }
         }
-        Ok(marks)
+        Ok(batches)
+    }
+
+    /// Closes an unclosed file of this collector in `store` without cutting any
+    /// byte it acknowledged (`crate::ledger`): its acknowledged length is the
+    /// ledger's, or `limit` for a file whose writer failed (then bytes past `limit`
+    /// are cut). A file that would lose acknowledged bytes, or whose frames do not
+    /// decode, is quarantined instead: `None`.
+    async fn close_unclosed(
+        &mut self,
+        store: &dyn Storage,
+        path: &str,
+        encoding: Encoding,
+        limit: Option<u64>,
+    ) -> anyhow::Result<Option<conduit_core::format::Recovery>> {
+        let acked_len = limit.or_else(|| self.ledger.acked_len(path));
+        let verdict = match acked_len {
+            Some(acked_len) => ledger::check(store, path, encoding, acked_len).await?,
+            None => Verdict::Close,
+        };
+        let verdict = match verdict {
+            Verdict::Close => match close_recovered(store, path, encoding, limit).await {
+                Ok(recovery) => return Ok(Some(recovery)),
+                Err(e) => ledger::undecodable(e)?,
+            },
+            quarantine => quarantine,
+        };
+        let Verdict::Quarantine { reason } = verdict else {
+            unreachable!("closed above")
+        };
+        let to = ledger::quarantine(store, path).await?;
+        self.metrics.files_quarantined.inc();
+        self.ledger.forget(path);
+        self.dedup_dirty = true;
+        tracing::error!(
+            path,
+            quarantined_to = %to,
+            root = store.root(),
+            reason,
+            "a data file lost acknowledged bytes or does not decode; it was moved aside untouched, not cut (see docs/operations.md, \"Quarantined files\")"
+        );
+        Ok(None)
+    }
+
+    /// Records in the ledger that these files are about to be closed; the next
+    /// [`Engine::save_dedup`] saves them (before the files are closed).
+    fn note_closing<'a>(&mut self, files: impl IntoIterator<Item = &'a OpenFile>) {
+        for file in files {
+            if self.ledger.closing(&file.path, file.acked_len) {
+                self.dedup_dirty = true;
+            }
+        }
+    }
+
+    /// Starts or applies the background listing that drops the ledger entries of
+    /// files the worker has moved; files of the minute before `now_minute` were
+    /// just closed and are left alone.
+    async fn prune_ledger(&mut self, now_minute: Minute) {
+        let stores = [Some(self.storage.clone()), self.spool.clone()]
+            .into_iter()
+            .flatten()
+            .collect();
+        let recent_from = now_minute.prev().unwrap_or(now_minute);
+        let before = self.ledger.len();
+        self.pruning
+            .tick(&mut self.ledger, stores, |path| {
+                let name = path.rsplit('/').next().unwrap_or(path);
+                Layout::parse_collector_file_name(name).map_or(true, |n| n.minute >= recent_from)
+            })
+            .await;
+        if self.ledger.len() != before {
+            self.dedup_dirty = true;
+        }
     }
 
     async fn save_dedup(&mut self) {
@@ -483,7 +678,7 @@ impl Engine {
             return;
         }
         self.dedup.expire(now_secs(&self.clock));
-        let body = Bytes::from(self.dedup.to_json());
+        let body = Bytes::from(self.dedup.to_json(self.ledger.to_saved()));
         let path = self.dedup_path();
         let store = if self.healthy {
             Some(self.storage.clone())
@@ -493,10 +688,34 @@ impl Engine {
         let Some(store) = store else { return };
         match store.write_atomic(&path, body).await {
             Ok(()) => self.dedup_dirty = false,
+            Err(e) if e.is_too_many_open_files() => {
+                self.ran_out_of_descriptors("dedup_snapshot", &e)
+            }
             Err(e) => {
                 self.storage_error("dedup_snapshot");
                 tracing::warn!(error = %e, "cannot write the dedup snapshot; retrying at the next roll")
             }
+        }
+    }
+
+    /// Counts and logs (rate-limited) an operation that failed for want of file
+    /// descriptors; the round ends by closing idle files
+    /// ([`Engine::relieve_descriptors`]). Storage is not marked unhealthy.
+    fn ran_out_of_descriptors(&mut self, op: &'static str, error: &StorageError) {
+        self.fd_pressure = true;
+        self.metrics
+            .fd_exhausted
+            .get_or_create(&Metrics::label("op", op))
+            .inc();
+        if let Some(suppressed) = ratelimit::allow("collector_out_of_descriptors") {
+            tracing::warn!(
+                op,
+                error = %error,
+                open_files = self.files.len(),
+                max_open_files = self.settings.max_open_files,
+                suppressed,
+                "too many open files: answering TRY_LATER (open_files) and closing idle data files; lower collector.max_open_files or raise the process's open-file limit"
+            );
         }
     }
 
@@ -537,6 +756,7 @@ impl Engine {
             self.metrics.watermark_seconds.set(w.start().timestamp());
         }
         self.metrics.spool_bytes.set(self.spool_bytes as i64);
+        self.metrics.open_files.set(self.files.len() as i64);
         self.status.send_if_modified(|s| {
             let next = EngineStatus {
                 watermark,
@@ -560,9 +780,12 @@ impl Engine {
         loop {
             let clock = self.clock.clone();
             let boundary = clock.sleep_until(self.current_minute.end());
+            // Calls spread over rounds keep the committer busy: it commits the next
+            // round at once, with whatever else has arrived meanwhile.
+            let busy = !self.deferred.is_empty();
             tokio::select! {
                 biased;
-                first = rx.recv() => match first {
+                first = rx.recv(), if !busy => match first {
                     Some(first) => {
                         let round = self.gather(first, &mut rx).await;
                         self.commit(round).await;
@@ -571,6 +794,11 @@ impl Engine {
                 },
                 _ = boundary => self.roll().await,
                 _ = probe.tick() => self.maintain().await,
+                () = std::future::ready(()), if busy => {
+                    let mut round = Vec::new();
+                    take_queued(&mut rx, &mut round, 0);
+                    self.commit(round).await;
+                }
             }
         }
         self.shutdown().await;
@@ -581,17 +809,9 @@ impl Engine {
         first: Submission,
         rx: &mut mpsc::Receiver<Submission>,
     ) -> Vec<Submission> {
-        let mut bytes = first.bytes();
+        let bytes = first.bytes();
         let mut round = vec![first];
-        while bytes < MAX_ROUND_BYTES {
-            match rx.try_recv() {
-                Ok(s) => {
-                    bytes += s.bytes();
-                    round.push(s);
-                }
-                Err(_) => break,
-            }
-        }
+        let mut bytes = take_queued(rx, &mut round, bytes);
         if bytes < SMALL_ROUND_BYTES && !self.settings.group_commit.is_zero() {
             let deadline = tokio::time::Instant::now() + self.settings.group_commit;
             while bytes < SMALL_ROUND_BYTES {
@@ -615,21 +835,26 @@ impl Engine {
         if self.clock.minute() > self.current_minute {
             self.roll().await;
         }
+        self.round += 1;
         let now = now_secs(&self.clock);
-        let mut calls = self.deduplicate(round);
-        let mut topics = collect_topics(&mut calls);
-        self.frame_small_parts(&mut topics);
+        let fresh = self.deduplicate(round);
+        let mut calls = self.resume_deferred(fresh);
         // Storage, or the spool while storage is unhealthy.
         let target = if self.healthy || self.spool.is_none() {
             Target::Storage
         } else {
             Target::Spool
         };
+        self.plan_files(target, &mut calls);
+        let mut topics = collect_topics(&mut calls);
+        self.frame_small_parts(&mut topics);
+        self.open_files(target, &mut topics).await;
         self.write_frames(target, &mut topics).await;
         self.sync_written(target, &mut topics).await;
         self.spool_refused(target, &mut topics).await;
         self.answer(calls, &topics, now);
         self.close_full_files().await;
+        self.relieve_descriptors().await;
         self.publish_status();
     }
 
@@ -638,10 +863,11 @@ impl Engine {
     /// round to it.
     fn deduplicate(&mut self, round: Vec<Submission>) -> Vec<RoundCall> {
         let mut calls: Vec<RoundCall> = Vec::with_capacity(round.len());
-        let mut in_round: HashMap<(Bytes, i64), usize> = HashMap::new();
+        let mut in_round: HashMap<BatchKey, usize> = HashMap::new();
+        let mut sequences_in_round: HashSet<(Bytes, i64)> = HashSet::new();
         for mut sub in round {
-            if let Some((id, seq)) = sub.batch.clone() {
-                match self.dedup.state(&id, seq) {
+            if let Some(key) = sub.batch.clone() {
+                match self.dedup.state(&key) {
                     BatchState::Durable => {
                         self.metrics.duplicate_batches.inc();
                         sub.answer(Outcome::Durable, &self.metrics);
@@ -650,27 +876,171 @@ impl Engine {
                     BatchState::Partial(done) => {
                         sub.parts.retain(|p| !done.contains(&p.index));
                     }
+                    BatchState::Conflict => self.conflict(&key),
                     BatchState::New => {}
                 }
-                match in_round.entry((id, seq)) {
+                match in_round.entry(key) {
                     std::collections::hash_map::Entry::Occupied(owner) => {
                         self.metrics.duplicate_batches.inc();
                         calls[*owner.get()].twins.push(sub);
                         continue;
                     }
                     std::collections::hash_map::Entry::Vacant(slot) => {
+                        let key = slot.key();
+                        if !sequences_in_round.insert((key.publisher.clone(), key.sequence)) {
+                            self.conflict(key);
+                        }
                         slot.insert(calls.len());
                     }
                 }
             }
-            calls.push(RoundCall {
-                sub,
-                durable_parts: Vec::new(),
-                failed: false,
-                twins: Vec::new(),
-            });
+            calls.push(RoundCall::new(sub));
         }
         calls
+    }
+
+    /// Counts and reports a batch that is stored although a different batch with
+    /// its publisher id and sequence was stored too: a publisher reusing sequences
+    /// (restarted with a fixed id by an old library), or someone sending under its
+    /// id. Both are kept; only exact replays are dropped.
+    fn conflict(&self, key: &BatchKey) {
+        self.metrics.dedup_conflicts.inc();
+        if let Some(suppressed) = conduit_core::ratelimit::allow("dedup_conflict") {
+            tracing::warn!(
+                publisher = %conduit_core::text::shown(&key.publisher),
+                sequence = key.sequence,
+                digest = %format_args!("{:016x}", key.digest),
+                suppressed,
+                "a batch reuses the publisher id and sequence of a different batch: storing both"
+            );
+        }
+    }
+
+    /// The round's calls: those put off by earlier rounds first (oldest first, each
+    /// with its remaining parts), then the new ones. A new call retrying a batch that
+    /// is still being written is not written again: it gets the original's answer.
+    fn resume_deferred(&mut self, fresh: Vec<RoundCall>) -> Vec<RoundCall> {
+        let mut calls = std::mem::take(&mut self.deferred);
+        for call in calls.iter_mut() {
+            call.sub.parts = std::mem::take(&mut call.later);
+        }
+        let resumed = calls.len();
+        for call in fresh {
+            let original = call.sub.batch.as_ref().and_then(|batch| {
+                calls[..resumed]
+                    .iter()
+                    .position(|c| c.sub.batch.as_ref() == Some(batch))
+            });
+            match original {
+                Some(i) => {
+                    self.metrics.duplicate_batches.inc();
+                    let RoundCall { sub, twins, .. } = call;
+                    calls[i].twins.push(sub);
+                    calls[i].twins.extend(twins);
+                }
+                None => calls.push(call),
+            }
+        }
+        calls
+    }
+
+    /// Decides which parts are written in this round. A part whose topic has a file
+    /// open (in `target`, this minute) is written. A part that needs a new file gets
+    /// one while the round has opened fewer than `max_new_files_per_round` and uses
+    /// fewer than the open-file limit; new files are handed out one per call in
+    /// turn, so a call with thousands of new topics cannot hold up the others. Parts
+    /// that get no file wait in their call for a later round. If the files the round
+    /// writes to already fill the limit, the calls that need another get
+    /// `TRY_LATER` (`open_files`) and nothing of them is written.
+    fn plan_files(&mut self, target: Target, calls: &mut [RoundCall]) {
+        let minute = self.current_minute;
+        let files = &self.files;
+        let mut in_use: HashSet<Topic> = calls
+            .iter()
+            .flat_map(|c| c.sub.parts.iter())
+            .filter(|p| {
+                files
+                    .get(&p.topic)
+                    .is_some_and(|f| f.target == target && f.minute == minute)
+            })
+            .map(|p| p.topic.clone())
+            .collect();
+        // Per call, the parts that need a new file.
+        let mut waiting: Vec<(usize, VecDeque<Part>)> = Vec::new();
+        for (i, call) in calls.iter_mut().enumerate() {
+            if call.sub.parts.iter().all(|p| in_use.contains(&p.topic)) {
+                continue;
+            }
+            let (ready, new): (Vec<Part>, Vec<Part>) = std::mem::take(&mut call.sub.parts)
+                .into_iter()
+                .partition(|p| in_use.contains(&p.topic));
+            call.sub.parts = ready;
+            waiting.push((i, new.into()));
+        }
+        if waiting.is_empty() {
+            return;
+        }
+        if in_use.len() >= self.open_limit {
+            if let Some(suppressed) = ratelimit::allow("collector_open_files_in_use") {
+                tracing::warn!(
+                    in_use = in_use.len(),
+                    max_open_files = self.open_limit,
+                    suppressed,
+                    "every open data file is in use by this round: calls needing another get TRY_LATER (open_files)"
+                );
+            }
+            for (i, _) in waiting {
+                calls[i].fail(TryLaterReason::OpenFiles);
+                calls[i].sub.parts.clear();
+            }
+            return;
+        }
+        let budget = self.settings.max_new_files_per_round;
+        let mut opened = 0;
+        loop {
+            let mut granted = false;
+            for (i, queue) in waiting.iter_mut() {
+                while let Some(part) = queue.pop_front() {
+                    if in_use.contains(&part.topic) {
+                        // Another call of the round got its topic a file.
+                        calls[*i].sub.parts.push(part);
+                        continue;
+                    }
+                    if opened < budget && in_use.len() < self.open_limit {
+                        opened += 1;
+                        in_use.insert(part.topic.clone());
+                        calls[*i].sub.parts.push(part);
+                        granted = true;
+                    } else {
+                        queue.push_front(part);
+                    }
+                    break;
+                }
+            }
+            if !granted {
+                break;
+            }
+        }
+        let mut deferred = 0;
+        for (i, queue) in waiting {
+            let (ready, later): (Vec<Part>, Vec<Part>) =
+                queue.into_iter().partition(|p| in_use.contains(&p.topic));
+            calls[i].sub.parts.extend(ready);
+            deferred += later.len();
+            calls[i].later = later;
+        }
+        if deferred > 0 {
+            self.metrics.deferred_parts.inc_by(deferred as u64);
+            if let Some(suppressed) = ratelimit::allow("collector_parts_deferred") {
+                tracing::info!(
+                    deferred_parts = deferred,
+                    new_files = opened,
+                    max_new_files_per_round = self.settings.max_new_files_per_round,
+                    suppressed,
+                    "calls with many new topics are spread over rounds"
+                );
+            }
+        }
     }
 
     /// Compresses each topic's small parts into one more frame (with their marks).
@@ -682,14 +1052,9 @@ impl Engine {
             let records = std::mem::take(&mut tr.records);
             match self.encoder.frame(&records) {
                 Ok(frame) => {
-                    let marks =
-                        (!tr.small_marks.is_empty()).then(|| encode_marks_v1(&tr.small_marks));
-                    tr.chunks.push(Chunk {
-                        marks,
-                        frame,
-                        count: tr.small_count,
-                        record_bytes: records.len() as u64,
-                    });
+                    let marks = std::mem::take(&mut tr.small_marks);
+                    let chunk = Chunk::new(frame, marks, tr.small_count, records.len() as u64);
+                    tr.chunks.push(chunk);
                 }
                 Err(e) => {
                     tracing::error!(topic = %tr.topic, error = %e, "compression failed");
@@ -699,22 +1064,145 @@ impl Engine {
         }
     }
 
+    /// Gives every topic of the round a file in `target`: closes the files that
+    /// new ones replace (another minute or target), closes the least recently
+    /// written idle files to stay under the open-file limit, then creates the new
+    /// files, concurrently.
+    async fn open_files(&mut self, target: Target, topics: &mut RoundTopics) {
+        let (round, minute) = (self.round, self.current_minute);
+        let mut new = Vec::new();
+        let mut closing = Vec::new();
+        for (i, tr) in topics.topics.iter().enumerate() {
+            if tr.stage != Stage::Framed {
+                continue;
+            }
+            match self.files.get_mut(&tr.topic) {
+                Some(f) if f.target == target && f.minute == minute => f.last_round = round,
+                Some(_) => {
+                    closing.extend(self.files.remove(&tr.topic));
+                    new.push(i);
+                }
+                None => new.push(i),
+            }
+        }
+        let excess = (self.files.len() + new.len()).saturating_sub(self.open_limit);
+        if excess > 0 {
+            // Closing a file needs the dedup snapshot to cover its batch marks.
+            self.save_dedup().await;
+            let idle = if self.dedup_dirty {
+                Vec::new()
+            } else {
+                self.take_idle(excess)
+            };
+            // What cannot get a file now (the snapshot could not be written) is
+            // answered TRY_LATER.
+            let unplaced = (excess - idle.len()).min(new.len());
+            for &i in &new[new.len() - unplaced..] {
+                let tr = &mut topics.topics[i];
+                tr.stage = Stage::Failed;
+                tr.failure = Some(TryLaterReason::OpenFiles);
+            }
+            new.truncate(new.len() - unplaced);
+            if !idle.is_empty() {
+                self.metrics.files_evicted.inc_by(idle.len() as u64);
+                if let Some(suppressed) = ratelimit::allow("collector_files_evicted") {
+                    tracing::info!(
+                        closed = idle.len(),
+                        open_files = self.files.len() + closing.len() + idle.len(),
+                        max_open_files = self.open_limit,
+                        suppressed,
+                        "max_open_files reached: closing the least recently written idle data files"
+                    );
+                }
+            }
+            closing.extend(idle);
+        }
+        self.close_files(closing).await;
+        if new.is_empty() {
+            return;
+        }
+        let store = self.store(target);
+        // Each new file takes the next free sequence number of its topic and minute.
+        let planned: Vec<(usize, u32, String)> = new
+            .iter()
+            .map(|&i| {
+                let topic = &topics.topics[i].topic;
+                let next = self.seqs.entry((topic.clone(), minute)).or_insert(0);
+                let seq = *next;
+                *next += 1;
+                let path = Layout::collector_file(topic, &self.settings.collector, minute, seq);
+                (i, seq, path)
+            })
+            .collect();
+        let created: Vec<_> = futures::future::join_all(
+            planned
+                .iter()
+                .map(|(_, _, path)| store.create(path, CreateMode::Exclusive)),
+        )
+        .await;
+        for ((i, seq, path), result) in planned.into_iter().zip(created) {
+            let tr = &mut topics.topics[i];
+            let result = match result {
+                Ok(writer) => Ok(self.opened(target, &tr.topic, tr.encoding, path, seq, writer)),
+                // A name used by a spool replay or an earlier run: take the next.
+                Err(e) if e.is_already_exists() => {
+                    self.open_file(target, &tr.topic, tr.encoding).await
+                }
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(mut file) => {
+                    file.last_round = round;
+                    self.files.insert(tr.topic.clone(), file);
+                }
+                Err(e) => self.failed(tr, target, "create", &e),
+            }
+        }
+    }
+
+    /// Takes the `n` least recently written files not written in this round out of
+    /// the open files (fewer if there are not that many).
+    fn take_idle(&mut self, n: usize) -> Vec<OpenFile> {
+        let round = self.round;
+        let mut idle: Vec<(u64, Topic)> = self
+            .files
+            .iter()
+            .filter(|(_, f)| f.last_round < round)
+            .map(|(t, f)| (f.last_round, t.clone()))
+            .collect();
+        idle.sort_unstable_by_key(|(last, _)| *last);
+        idle.into_iter()
+            .take(n)
+            .filter_map(|(_, t)| self.files.remove(&t))
+            .collect()
+    }
+
     /// Appends every topic's frames to its file in `target`.
     async fn write_frames(&mut self, target: Target, topics: &mut RoundTopics) {
         for tr in topics.topics.iter_mut() {
             if tr.stage != Stage::Framed {
                 continue;
             }
-            match self
-                .append_to(target, &tr.topic, tr.encoding, &tr.chunks)
-                .await
-            {
+            let Some(file) = self.files.get_mut(&tr.topic) else {
+                continue;
+            };
+            match append_chunks(file, &tr.chunks).await {
                 Ok(()) => tr.stage = Stage::Written,
-                Err(e) => {
-                    self.on_failure(&tr.topic, target, "write", &e);
-                    tr.stage = Stage::Refused;
-                }
+                Err(e) => self.failed(tr, target, "write", &e),
             }
+        }
+    }
+
+    /// A topic's frames could not be written or synced: storage refused them (the
+    /// spool may take them), or the process is out of descriptors (`TRY_LATER`
+    /// with reason `open_files`; storage is fine).
+    fn failed(&mut self, tr: &mut TopicRound, target: Target, op: &'static str, e: &StorageError) {
+        self.on_failure(&tr.topic, target, op, e);
+        if e.is_too_many_open_files() {
+            tr.stage = Stage::Failed;
+            tr.failure = Some(TryLaterReason::OpenFiles);
+        } else {
+            tr.stage = Stage::Refused;
         }
     }
 
@@ -750,10 +1238,7 @@ impl Engine {
                         self.spool_bytes += tr.len();
                     }
                 }
-                Err(e) => {
-                    self.on_failure(&topic, target, "sync", &e);
-                    tr.stage = Stage::Refused;
-                }
+                Err(e) => self.failed(tr, target, "sync", &e),
             }
         }
     }
@@ -783,16 +1268,22 @@ impl Engine {
             tracing::warn!(topic = %topic, spool_bytes = self.spool_bytes, spool_max_bytes = self.settings.spool_max_bytes, "spool full");
             return false;
         }
-        let ok = match self
+        let result = match self
             .append_to(Target::Spool, topic, tr.encoding, &tr.chunks)
             .await
         {
             Ok(()) => match self.files.get_mut(topic) {
-                Some(f) => f.sync().await.is_ok(),
-                None => false,
+                Some(f) => f.sync().await,
+                None => Ok(()),
             },
-            Err(_) => false,
+            Err(e) => Err(e),
         };
+        if let Err(e) = &result {
+            if e.is_too_many_open_files() {
+                self.ran_out_of_descriptors("spool", e);
+            }
+        }
+        let ok = result.is_ok() && self.files.contains_key(topic);
         if ok {
             self.spool_bytes += len;
         } else {
@@ -807,13 +1298,18 @@ impl Engine {
     /// Answers every call of the round: durable only if every part of it is.
     /// Batches remember which of their parts are durable.
     fn answer(&mut self, mut calls: Vec<RoundCall>, topics: &RoundTopics, now: i64) {
+        let refused = if self.spool.is_some() {
+            TryLaterReason::SpoolUnavailable
+        } else {
+            TryLaterReason::StorageUnavailable
+        };
         for tr in &topics.topics {
             let durable = tr.stage == Stage::Durable;
             for &(i, part) in &tr.members {
                 if durable {
                     calls[i].durable_parts.push(part);
                 } else {
-                    calls[i].failed = true;
+                    calls[i].fail(tr.failure.unwrap_or(refused));
                 }
             }
             if durable {
@@ -825,23 +1321,30 @@ impl Engine {
                     .inc_by(tr.payload_bytes);
             }
         }
-        let refused = if self.spool.is_some() {
-            TryLaterReason::SpoolUnavailable
-        } else {
-            TryLaterReason::StorageUnavailable
-        };
-        for call in calls {
-            let outcome = if call.failed {
-                Outcome::TryLater(refused)
-            } else {
-                Outcome::Durable
+        for mut call in calls {
+            if call.failed.is_none() && !call.later.is_empty() {
+                // Spread over rounds: what is durable now is remembered (a retry, or
+                // a restart, writes only the rest); answered once all is durable.
+                if let Some(key) = &call.sub.batch {
+                    if !call.durable_parts.is_empty() {
+                        self.dedup.mark_parts(key, &call.durable_parts, now);
+                        self.dedup_dirty = true;
+                    }
+                }
+                call.durable_parts.clear();
+                self.deferred.push(call);
+                continue;
+            }
+            let outcome = match call.failed {
+                Some(reason) => Outcome::TryLater(reason),
+                None => Outcome::Durable,
             };
-            if let Some((id, seq)) = &call.sub.batch {
+            if let Some(key) = &call.sub.batch {
                 match outcome {
-                    Outcome::Durable => self.dedup.mark_durable(id, *seq, now),
+                    Outcome::Durable => self.dedup.mark_durable(key, now),
                     Outcome::TryLater(_) => {
                         if !call.durable_parts.is_empty() {
-                            self.dedup.mark_parts(id, *seq, &call.durable_parts, now);
+                            self.dedup.mark_parts(key, &call.durable_parts, now);
                         }
                     }
                 }
@@ -862,14 +1365,38 @@ impl Engine {
             .filter(|(_, f)| f.written_len() >= self.settings.max_file_bytes)
             .map(|(t, _)| t.clone())
             .collect();
-        if !full.is_empty() {
-            self.save_dedup().await;
-            for topic in full {
-                if let Some(file) = self.files.remove(&topic) {
-                    self.close_file(file).await;
-                }
-            }
+        let full = full
+            .iter()
+            .filter_map(|topic| self.files.remove(topic))
+            .collect();
+        self.close_files(full).await;
+    }
+
+    /// After running out of descriptors: closes every file not written in this
+    /// round and lowers the open-file limit to three quarters of what was open,
+    /// until the next minute.
+    async fn relieve_descriptors(&mut self) {
+        if !std::mem::take(&mut self.fd_pressure) {
+            return;
         }
+        let open = self.files.len();
+        self.open_limit = self.open_limit.min((open * 3 / 4).max(1));
+        let idle = self.take_idle(open);
+        self.metrics.files_evicted.inc_by(idle.len() as u64);
+        if let Some(suppressed) = ratelimit::allow("collector_open_limit_lowered") {
+            tracing::warn!(
+                closed = idle.len(),
+                open_files = open,
+                open_limit = self.open_limit,
+                max_open_files = self.settings.max_open_files,
+                suppressed,
+                "out of file descriptors: closing idle data files and lowering the open-file limit until the next minute"
+            );
+        }
+        // Closing files frees descriptors for the dedup snapshot, which
+        // `close_files` writes first; so try it again once they are closed.
+        self.close_files(idle).await;
+        self.save_dedup().await;
     }
 
     fn on_failure(
@@ -879,10 +1406,16 @@ impl Engine {
         op: &'static str,
         error: &conduit_core::StorageError,
     ) {
-        self.storage_error(op);
-        tracing::warn!(topic = %topic, ?target, op, error = %error, "write failed; abandoning the file");
-        if target == Target::Storage {
-            self.healthy = false;
+        if error.is_too_many_open_files() {
+            // Storage is fine; a writer that failed halfway is cut back and closed
+            // like any other (storage answers the probe, so that happens at once).
+            self.ran_out_of_descriptors(if target == Target::Spool { "spool" } else { op }, error);
+        } else {
+            self.storage_error(op);
+            tracing::warn!(topic = %topic, ?target, op, error = %error, "write failed; abandoning the file");
+            if target == Target::Storage {
+                self.healthy = false;
+            }
         }
         if let Some(file) = self.files.remove(topic) {
             self.abandon(file);
@@ -934,16 +1467,15 @@ impl Engine {
             self.files.insert(topic.clone(), file);
         }
         let file = self.files.get_mut(topic).expect("inserted above");
-        for chunk in chunks {
-            file.append(
-                chunk.marks.clone(),
-                chunk.frame.clone(),
-                chunk.count,
-                chunk.record_bytes,
-            )
-            .await?;
+        file.last_round = self.round;
+        append_chunks(file, chunks).await
+    }
+
+    fn store(&self, target: Target) -> SharedStorage {
+        match target {
+            Target::Storage => self.storage.clone(),
+            Target::Spool => self.spool.clone().expect("spool target only with a spool"),
         }
-        Ok(())
     }
 
     async fn open_file(
@@ -952,10 +1484,7 @@ impl Engine {
         topic: &Topic,
         encoding: Encoding,
     ) -> conduit_core::StorageResult<OpenFile> {
-        let store = match target {
-            Target::Storage => self.storage.clone(),
-            Target::Spool => self.spool.clone().expect("spool target only with a spool"),
-        };
+        let store = self.store(target);
         loop {
             let next = self
                 .seqs
@@ -966,30 +1495,7 @@ impl Engine {
             let path =
                 Layout::collector_file(topic, &self.settings.collector, self.current_minute, seq);
             match store.create(&path, CreateMode::Exclusive).await {
-                Ok(writer) => {
-                    tracing::debug!(path, ?target, "opened data file");
-                    let served = (target == Target::Storage).then(|| {
-                        let name = path.rsplit('/').next().unwrap_or(&path);
-                        self.settings.open.opened(topic.as_str(), name);
-                        self.settings.open.clone()
-                    });
-                    return Ok(OpenFile {
-                        path,
-                        target,
-                        topic: topic.clone(),
-                        minute: self.current_minute,
-                        seq,
-                        encoding,
-                        writer,
-                        records: 0,
-                        record_bytes: 0,
-                        acked_len: 0,
-                        acked_counts: (0, 0),
-                        dirty: false,
-                        served,
-                        unsynced: Vec::new(),
-                    });
-                }
+                Ok(writer) => return Ok(self.opened(target, topic, encoding, path, seq, writer)),
                 // A name used by a spool replay or an earlier run: take the next.
                 Err(e) if e.is_already_exists() => continue,
                 Err(e) => return Err(e),
@@ -997,36 +1503,114 @@ impl Engine {
         }
     }
 
+    /// The open file for a writer just created at `path` (sequence number `seq`).
+    fn opened(
+        &self,
+        target: Target,
+        topic: &Topic,
+        encoding: Encoding,
+        path: String,
+        seq: u32,
+        writer: Box<dyn FileWriter>,
+    ) -> OpenFile {
+        tracing::debug!(path, ?target, "opened data file");
+        let served = (target == Target::Storage).then(|| {
+            let name = path.rsplit('/').next().unwrap_or(&path);
+            self.settings.open.opened(topic.as_str(), name);
+            self.settings.open.clone()
+        });
+        OpenFile {
+            path,
+            target,
+            topic: topic.clone(),
+            minute: self.current_minute,
+            seq,
+            encoding,
+            writer,
+            records: 0,
+            record_bytes: 0,
+            acked_len: 0,
+            acked_counts: (0, 0),
+            dirty: false,
+            served,
+            unsynced: Vec::new(),
+            crc32c: 0,
+            index: Vec::new(),
+            last_round: self.round,
+        }
+    }
+
     async fn close_file(&mut self, file: OpenFile) {
+        self.close_files(vec![file]).await;
+    }
+
+    /// Closes files (trailer, sync, close), [`CLOSE_CONCURRENCY`] at a time; a file
+    /// that fails to close is left to be recovered.
+    async fn close_files(&mut self, files: Vec<OpenFile>) {
+        if files.is_empty() {
+            return;
+        }
         // Invariant: the dedup snapshot covers every batch mark of a file before the
-        // file is closed (recovery reads marks only from unclosed files).
+        // file is closed (recovery reads marks only from unclosed files), and its
+        // ledger holds the file's acknowledged length (recovery never cuts below it).
+        self.note_closing(&files);
         self.save_dedup().await;
-        let (path, target, minute, encoding, acked_len) = (
-            file.path.clone(),
-            file.target,
-            file.minute,
-            file.encoding,
-            file.acked_len,
-        );
-        let (topic, name) = (file.topic.clone(), file.name().to_owned());
-        let len = file.written_len() + TRAILER_LEN as u64;
-        match file.close().await {
-            Ok(()) => {
+        let closed: Vec<_> = futures::stream::iter(files.into_iter().map(|file| async move {
+            let closing = Closing {
+                path: file.path.clone(),
+                target: file.target,
+                minute: file.minute,
+                encoding: file.encoding,
+                acked_len: file.acked_len,
+                topic: file.topic.clone(),
+                name: file.name().to_owned(),
+                written: file.written_len(),
+            };
+            (closing, file.close().await)
+        }))
+        .buffer_unordered(CLOSE_CONCURRENCY)
+        .collect()
+        .await;
+        for (closing, result) in closed {
+            self.closed(closing, result);
+        }
+    }
+
+    /// Accounts for a file closed (or not) by [`Engine::close_files`].
+    fn closed(&mut self, closing: Closing, result: conduit_core::StorageResult<u64>) {
+        let Closing {
+            path,
+            target,
+            minute,
+            encoding,
+            acked_len,
+            topic,
+            name,
+            written,
+        } = closing;
+        match result {
+            Ok(len) => {
                 self.metrics.files_closed.inc();
                 if target == Target::Storage {
                     self.settings.open.closed(topic.as_str(), &name, len);
                 }
                 if target == Target::Spool {
-                    self.spool_bytes += TRAILER_LEN as u64;
+                    self.spool_bytes += len.saturating_sub(written);
                     self.spooled.insert((minute, path), (encoding, len));
                 }
             }
             Err(e) => {
-                self.storage_error("close");
-                tracing::warn!(path, error = %e, "closing a data file failed; it will be recovered");
+                if e.is_too_many_open_files() {
+                    self.ran_out_of_descriptors("write", &e);
+                } else {
+                    self.storage_error("close");
+                    tracing::warn!(path, error = %e, "closing a data file failed; it will be recovered");
+                }
                 match target {
                     Target::Storage => {
-                        self.healthy = false;
+                        if !e.is_too_many_open_files() {
+                            self.healthy = false;
+                        }
                         self.settings
                             .open
                             .abandoned(topic.as_str(), &name, acked_len);
@@ -1051,13 +1635,18 @@ impl Engine {
         if now_minute <= self.current_minute {
             return;
         }
-        self.save_dedup().await;
         let files: Vec<OpenFile> = self.files.drain().map(|(_, f)| f).collect();
-        for file in files {
-            self.close_file(file).await;
-        }
+        self.close_files(files).await;
+        self.prune_ledger(now_minute).await;
         self.seqs.retain(|(_, m), _| *m >= now_minute);
         self.current_minute = now_minute;
+        if self.open_limit < self.settings.max_open_files {
+            tracing::info!(
+                max_open_files = self.settings.max_open_files,
+                "open-file limit restored after running out of descriptors"
+            );
+            self.open_limit = self.settings.max_open_files;
+        }
         tracing::debug!(minute = %now_minute, "minute rolled");
         self.maintain().await;
         self.publish_status();
@@ -1102,28 +1691,27 @@ impl Engine {
     /// replay the spool, and write to storage again.
     async fn recover_storage(&mut self) {
         // Storage answers. New rounds go to storage again: close open spool files.
-        let spool_files: Vec<Topic> = self
+        let spool_files: Vec<OpenFile> = self
             .files
             .iter()
             .filter(|(_, f)| f.target == Target::Spool)
             .map(|(t, _)| t.clone())
+            .collect::<Vec<Topic>>()
+            .iter()
+            .filter_map(|topic| self.files.remove(topic))
             .collect();
-        for topic in spool_files {
-            if let Some(f) = self.files.remove(&topic) {
-                self.close_file(f).await;
-            }
-        }
+        self.close_files(spool_files).await;
         while let Some(a) = self.abandoned.first().cloned() {
-            match close_recovered(
-                self.storage.as_ref(),
-                &a.path,
-                a.encoding,
-                Some(a.acked_len),
-            )
-            .await
+            let storage = self.storage.clone();
+            match self
+                .close_unclosed(storage.as_ref(), &a.path, a.encoding, Some(a.acked_len))
+                .await
             {
-                Ok(r) => {
+                Ok(Some(r)) => {
                     tracing::info!(path = %a.path, kept_bytes = r.kept_bytes, dropped_bytes = r.dropped_bytes, "closed a file abandoned during an outage");
+                    self.abandoned.remove(0);
+                }
+                Ok(None) => {
                     self.abandoned.remove(0);
                 }
                 Err(e) => {
@@ -1162,11 +1750,8 @@ impl Engine {
     }
 
     async fn shutdown(mut self) {
-        self.save_dedup().await;
         let files: Vec<OpenFile> = self.files.drain().map(|(_, f)| f).collect();
-        for file in files {
-            self.close_file(file).await;
-        }
+        self.close_files(files).await;
         // Last chance to hand the spool to storage; otherwise the next start does.
         if !self.spooled.is_empty() || !self.abandoned.is_empty() {
             if self.storage.list_or_empty("data").await.is_ok() {
@@ -1185,36 +1770,84 @@ impl Engine {
     }
 }
 
+/// Moves already queued calls into `round` (without waiting) while the round holds
+/// fewer than [`MAX_ROUND_BYTES`] (`bytes` so far); the round's bytes.
+fn take_queued(
+    rx: &mut mpsc::Receiver<Submission>,
+    round: &mut Vec<Submission>,
+    mut bytes: usize,
+) -> usize {
+    while bytes < MAX_ROUND_BYTES {
+        match rx.try_recv() {
+            Ok(s) => {
+                bytes += s.bytes();
+                round.push(s);
+            }
+            Err(_) => break,
+        }
+    }
+    bytes
+}
+
+/// Appends a topic's frames of the round (each after its batch marks) to `file`.
+async fn append_chunks(file: &mut OpenFile, chunks: &[Chunk]) -> conduit_core::StorageResult<()> {
+    for chunk in chunks {
+        file.append(chunk).await?;
+    }
+    Ok(())
+}
+
+/// What is known of a file being closed, for the accounting once it is.
+struct Closing {
+    path: String,
+    target: Target,
+    minute: Minute,
+    encoding: Encoding,
+    acked_len: u64,
+    topic: Topic,
+    name: String,
+    /// Bytes written before the closing frames (already counted in the spool).
+    written: u64,
+}
+
 /// Groups the round's parts by topic: a part compressed by its connection keeps its
-/// frame (and its batch mark); the small parts of a topic are gathered to be
-/// compressed into one more frame.
+/// frame (with its batch's mark); the small parts of a topic are gathered to be
+/// compressed into one more frame (with the marks of theirs).
 fn collect_topics(calls: &mut [RoundCall]) -> RoundTopics {
     let mut topics = RoundTopics::default();
     for (i, call) in calls.iter_mut().enumerate() {
         let sub = &mut call.sub;
         for part in sub.parts.iter_mut() {
             let entry = topics.entry(&part.topic, part.encoding);
-            let mark = sub.batch.as_ref().map(|(id, seq)| BatchMark {
-                publisher: id.clone(),
-                sequence: *seq,
-                part: part.index,
-                parts: sub.parts_total,
-            });
+            // The part's mark, its records starting at `first_record` of the frame
+            // that will hold them.
+            let mark = |first_record: u64| {
+                sub.batch.as_ref().map(|key| PartMark {
+                    batch: BatchMark {
+                        publisher: key.publisher.clone(),
+                        sequence: key.sequence,
+                        part: part.index,
+                        parts: sub.parts_total,
+                    },
+                    digest: key.digest,
+                    first_record: first_record as u32,
+                    records: part.count as u32,
+                })
+            };
             match part.frame.take() {
-                Some(frame) => entry.chunks.push(Chunk {
-                    marks: mark.map(|m| encode_marks_v1(&[m])),
-                    frame,
-                    count: part.count,
-                    record_bytes: part.record_bytes,
-                }),
+                Some(frame) => {
+                    let marks = mark(0).into_iter().collect();
+                    let chunk = Chunk::new(frame, marks, part.count, part.record_bytes);
+                    entry.chunks.push(chunk);
+                }
                 None => {
+                    entry.small_marks.extend(mark(entry.small_count));
                     if entry.records.is_empty() {
                         entry.records = std::mem::take(&mut part.records);
                     } else {
                         entry.records.extend_from_slice(&part.records);
                     }
                     entry.small_count += part.count;
-                    entry.small_marks.extend(mark);
                 }
             }
             entry.count += part.count;

@@ -1,8 +1,10 @@
 //! Open data files: one per topic, in storage or in the local spool.
 //!
-//! An [`OpenFile`] appends frames to `data/<topic>/<collector>/<name>.zst` (or the
-//! same relative path under the spool directory), counts what it holds for the close
-//! trailer, and remembers `acked_len`, the length after its last successful sync:
+//! An [`OpenFile`] appends units of a data frame and its marks to
+//! `data/<topic>/<collector>/<name>.zst` (or the same relative path under the spool
+//! directory), keeps what its close needs (record counts, the CRC-32C of its bytes,
+//! the index of its batches: `docs/format.md` §3.2, §3.5), and remembers
+//! `acked_len`, the length after its last successful sync:
 //! everything up to there was acknowledged, nothing after it was. If the writer
 //! fails, the file is abandoned and later cut back to `acked_len` and closed, so
 //! bytes of a failed commit never reappear next to their spooled copy.
@@ -10,9 +12,10 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use conduit_core::format::{Encoding, Trailer};
+use conduit_core::format::{crc32c_append, encode_closing, Encoding, IndexEntry, Trailer};
 use conduit_core::{FileWriter, Minute, Topic};
 
+use crate::engine::Chunk;
 use crate::open::OpenFiles;
 
 /// Where an open file lives.
@@ -56,30 +59,33 @@ pub struct OpenFile {
     pub served: Option<Arc<OpenFiles>>,
     /// Frames appended since the last sync (published once it succeeds).
     pub unsynced: Vec<Bytes>,
+    /// CRC-32C of every byte written (the close trailer's checksum).
+    pub crc32c: u32,
+    /// Every batch part written, with its data frame's offset (the close index).
+    pub index: Vec<IndexEntry>,
+    /// The commit round that last wrote to it: the least recently written idle
+    /// file is the first closed at `max_open_files`.
+    pub last_round: u64,
 }
 
 impl OpenFile {
-    /// Appends a frame (and the marks before it) holding `records` records of
-    /// `record_bytes` decompressed bytes. Not durable until [`OpenFile::sync`].
-    pub async fn append(
-        &mut self,
-        marks: Option<Bytes>,
-        frame: Bytes,
-        records: u64,
-        record_bytes: u64,
-    ) -> conduit_core::StorageResult<()> {
-        if let Some(marks) = marks {
+    /// Appends a data frame and its marks frame. Not durable until
+    /// [`OpenFile::sync`].
+    pub async fn append(&mut self, chunk: &Chunk) -> conduit_core::StorageResult<()> {
+        let frame_offset = self.writer.position();
+        for bytes in [&chunk.frame, &chunk.marks_frame] {
             if self.served.is_some() {
-                self.unsynced.push(marks.clone());
+                self.unsynced.push(bytes.clone());
             }
-            self.writer.write(marks).await?;
+            self.crc32c = crc32c_append(self.crc32c, bytes);
+            self.writer.write(bytes.clone()).await?;
         }
-        if self.served.is_some() {
-            self.unsynced.push(frame.clone());
-        }
-        self.writer.write(frame).await?;
-        self.records += records;
-        self.record_bytes += record_bytes;
+        self.index.extend(chunk.marks.iter().map(|mark| IndexEntry {
+            frame_offset,
+            mark: mark.clone(),
+        }));
+        self.records += chunk.count;
+        self.record_bytes += chunk.record_bytes;
         self.dirty = true;
         Ok(())
     }
@@ -108,11 +114,14 @@ impl OpenFile {
         }
     }
 
-    /// Writes the trailer and closes the file. Only call after a successful sync.
-    pub async fn close(mut self) -> conduit_core::StorageResult<()> {
-        let trailer = self.trailer().encode();
-        self.writer.write(trailer).await?;
-        self.writer.close().await
+    /// Writes the index and the trailer and closes the file; its final length.
+    /// Only call after a successful sync (so everything written is acknowledged).
+    pub async fn close(mut self) -> conduit_core::StorageResult<u64> {
+        let closing = encode_closing(&self.trailer(), self.crc32c, Some(&self.index));
+        self.writer.write(closing).await?;
+        let len = self.writer.position();
+        self.writer.close().await?;
+        Ok(len)
     }
 
     /// The file name (last path component).

@@ -18,6 +18,8 @@
 //! - [`engine`]: the committer (group commit, files, minute roll, spool, recovery).
 //! - [`files`]: open and abandoned data files.
 //! - [`dedup`]: which idempotent batches are durable.
+//! - [`ledger`]: the acknowledged length of closed files, which recovery never
+//!   cuts (a damaged file is quarantined instead).
 //! - [`open`]: the synced bytes of open files, served over HTTP (`/v1/open/...`).
 //! - [`metrics`]: Prometheus metrics.
 //!
@@ -32,6 +34,7 @@ pub mod connection;
 pub mod dedup;
 pub mod engine;
 pub mod files;
+pub mod ledger;
 pub mod metrics;
 pub mod open;
 pub mod queues;
@@ -125,7 +128,10 @@ impl Collector {
             spool_max_bytes: limits.spool_max_bytes,
             config: settings.config.clone(),
             open: open_files.clone(),
+            max_open_files: limits.open_files_limit(),
+            max_new_files_per_round: limits.max_new_files_per_round,
         };
+        log_open_file_limits(&limits, engine_settings.max_open_files);
         let (engine, status) = engine::Engine::start(
             engine_settings,
             storage.clone(),
@@ -179,6 +185,7 @@ impl Collector {
             clock.clone(),
             status.clone(),
             Duration::from_millis(limits.heartbeat_ms),
+            metrics.clone(),
         ));
 
         let health_status = status.clone();
@@ -274,12 +281,39 @@ impl Collector {
     }
 }
 
+/// Logs the open-file limits in force (`max_open_files` derived from the process's
+/// open-file limit unless configured), warning when the configured value leaves
+/// less than half the descriptors for everything else.
+fn log_open_file_limits(limits: &CollectorConfig, max_open_files: usize) {
+    let nofile = conduit_core::storage::open_file_limit();
+    let source = if limits.max_open_files.is_some() {
+        "collector.max_open_files"
+    } else {
+        "RLIMIT_NOFILE"
+    };
+    tracing::info!(
+        max_open_files,
+        source,
+        rlimit_nofile = nofile,
+        max_new_files_per_round = limits.max_new_files_per_round,
+        "open data file limits"
+    );
+    if nofile.is_some_and(|n| max_open_files as u64 > n / 2) {
+        tracing::warn!(
+            max_open_files,
+            rlimit_nofile = nofile,
+            "collector.max_open_files is above half the open-file limit: connections, HTTP and heartbeats may run out of descriptors (answered TRY_LATER, never a hang)"
+        );
+    }
+}
+
 async fn heartbeat_loop(
     mut beat: Heartbeat,
     storage: SharedStorage,
     clock: SharedClock,
     mut status: watch::Receiver<EngineStatus>,
     every: Duration,
+    metrics: Metrics,
 ) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -294,8 +328,20 @@ async fn heartbeat_loop(
         if stopped {
             beat.state = CollectorState::Stopped;
         }
-        if let Err(e) = beat.publish(storage.as_ref()).await {
-            tracing::warn!(error = %e, "cannot publish heartbeat");
+        match beat.publish(storage.as_ref()).await {
+            Ok(()) => {}
+            Err(e) if e.is_too_many_open_files() => {
+                metrics
+                    .fd_exhausted
+                    .get_or_create(&Metrics::label("op", "heartbeat"))
+                    .inc();
+                if let Some(suppressed) =
+                    conduit_core::ratelimit::allow("collector_heartbeat_out_of_descriptors")
+                {
+                    tracing::warn!(error = %e, suppressed, "cannot publish heartbeat: too many open files; retrying at the next tick");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot publish heartbeat"),
         }
         if stopped {
             return;

@@ -45,14 +45,45 @@ pub struct Metrics {
     pub storage_errors: Family<Labels, Counter>,
     /// Data files closed.
     pub files_closed: Counter,
+    /// Data files moved to `quarantine/` at recovery (shorter than acknowledged,
+    /// or undecodable).
+    pub files_quarantined: Counter,
     /// Idempotent batches acknowledged again without writing.
     pub duplicate_batches: Counter,
+    /// Idempotent batches stored although a different batch with the same
+    /// publisher id and sequence was already stored.
+    pub dedup_conflicts: Counter,
+    /// `LogBatch` calls refused with an exception, by reason.
+    pub refused_batches: Family<Labels, Counter>,
     /// Last minute all of whose files are closed (Unix seconds of its start).
     pub watermark_seconds: Gauge,
     /// Answers of the open-file endpoint (`/v1/open/...`), by result: `ok`,
     /// `gone`, `not_found`, `too_old`, `past_end`, `bad_request`.
     pub open_reads: Family<Labels, Counter>,
+    /// Data files open now (storage and spool), at most `max_open_files`.
+    pub open_files: Gauge,
+    /// Idle data files closed early to stay under `max_open_files` (or because the
+    /// process ran out of descriptors).
+    pub files_evicted: Counter,
+    /// Operations that failed because the process was out of file descriptors
+    /// (`EMFILE`/`ENFILE`), by operation ([`FD_OPS`]).
+    pub fd_exhausted: Family<Labels, Counter>,
+    /// Parts of calls put off to a later round (`max_new_files_per_round`).
+    pub deferred_parts: Counter,
 }
+
+/// The operations `fd_exhausted` counts: accepting a connection, creating a data
+/// file in storage or in the spool, writing or syncing one, the heartbeat and the
+/// dedup snapshot.
+pub const FD_OPS: [&str; 7] = [
+    "accept",
+    "create",
+    "spool",
+    "write",
+    "sync",
+    "heartbeat",
+    "dedup_snapshot",
+];
 
 impl Metrics {
     /// Creates the metrics and registers them under `conduit_collector_*`.
@@ -72,10 +103,29 @@ impl Metrics {
             connection_errors: Family::default(),
             storage_errors: Family::default(),
             files_closed: Counter::default(),
+            files_quarantined: Counter::default(),
             duplicate_batches: Counter::default(),
+            dedup_conflicts: Counter::default(),
+            refused_batches: Family::default(),
             watermark_seconds: Gauge::default(),
             open_reads: Family::default(),
+            open_files: Gauge::default(),
+            files_evicted: Counter::default(),
+            fd_exhausted: Family::default(),
+            deferred_parts: Counter::default(),
         };
+        // Present from the start, so an alert can compare against zero.
+        for op in FD_OPS {
+            m.fd_exhausted
+                .get_or_create(&Metrics::label("op", op))
+                .inc_by(0);
+        }
+        m.try_later
+            .get_or_create(&Metrics::label(
+                "reason",
+                crate::reasons::TryLaterReason::OpenFiles.as_str(),
+            ))
+            .inc_by(0);
         let mut r = registry.lock().unwrap_or_else(|p| p.into_inner());
         let r = r.sub_registry_with_prefix("conduit_collector");
         r.register("events", "Events made durable", m.events.clone());
@@ -125,10 +175,30 @@ impl Metrics {
         );
         r.register("files_closed", "Data files closed", m.files_closed.clone());
         r.register(
+            "files_quarantined",
+            "Data files moved to quarantine/ at recovery: shorter than the acknowledged length, or undecodable",
+            m.files_quarantined.clone(),
+        );
+        r.register(
             "duplicate_batches",
             "Idempotent batches acknowledged again without writing",
             m.duplicate_batches.clone(),
         );
+        r.register(
+            "dedup_conflicts",
+            "Idempotent batches stored although a different batch with the same publisher id and sequence was stored before",
+            m.dedup_conflicts.clone(),
+        );
+        r.register(
+            "refused_batches",
+            "LogBatch calls refused with a TApplicationException, by reason (negative_sequence, sequence_too_large)",
+            m.refused_batches.clone(),
+        );
+        for reason in crate::reasons::BatchRefusal::ALL {
+            m.refused_batches
+                .get_or_create(&Self::label("reason", reason.as_str()))
+                .inc_by(0);
+        }
         r.register(
             "watermark_seconds",
             "Start of the last minute whose files are all closed (unix seconds)",
@@ -138,6 +208,26 @@ impl Metrics {
             "open_reads",
             "Answers of the open-file endpoint /v1/open by result (ok, gone, not_found, too_old, past_end, bad_request)",
             m.open_reads.clone(),
+        );
+        r.register(
+            "open_files",
+            "Data files open (storage and spool), at most max_open_files",
+            m.open_files.clone(),
+        );
+        r.register(
+            "files_evicted",
+            "Idle data files closed early to stay under max_open_files",
+            m.files_evicted.clone(),
+        );
+        r.register(
+            "fd_exhausted",
+            "Operations failed for want of file descriptors (EMFILE/ENFILE), by operation",
+            m.fd_exhausted.clone(),
+        );
+        r.register(
+            "deferred_parts",
+            "Parts of calls put off to a later round (max_new_files_per_round)",
+            m.deferred_parts.clone(),
         );
         m
     }

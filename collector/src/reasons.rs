@@ -24,6 +24,10 @@ pub enum TryLaterReason {
     SpoolUnavailable,
     /// Storage failed and there is no spool.
     StorageUnavailable,
+    /// The call needs a new data file and none can be opened: every open file is
+    /// in use by the round at `max_open_files`, or the process is out of file
+    /// descriptors (`EMFILE`/`ENFILE`).
+    OpenFiles,
 }
 
 impl TryLaterReason {
@@ -35,6 +39,7 @@ impl TryLaterReason {
             Self::MaxConnections => "max_connections",
             Self::SpoolUnavailable => "spool_unavailable",
             Self::StorageUnavailable => "storage_unavailable",
+            Self::OpenFiles => "open_files",
         }
     }
 }
@@ -47,6 +52,9 @@ pub enum InvalidReason {
     InvalidTopic,
     /// `strict_topics` is set and the topic is not configured.
     UnknownTopic,
+    /// A plain `Log` call to a topic only conduit publishers may write (`LogBatch`
+    /// calls): `_audit`, whose records `conduit audit` sums.
+    ReservedTopic,
     /// The message exceeds `max_message_bytes`.
     MessageTooLarge,
     /// A `lines` topic's message contains `\n`.
@@ -61,6 +69,7 @@ impl InvalidReason {
         match self {
             Self::InvalidTopic => "invalid_topic",
             Self::UnknownTopic => "unknown_topic",
+            Self::ReservedTopic => "reserved_topic",
             Self::MessageTooLarge => "message_too_large",
             Self::NewlineInLinesPayload => "newline_in_lines_payload",
             Self::ValidationFailed => "validation_failed",
@@ -74,11 +83,64 @@ impl InvalidReason {
         matches!(self, Self::InvalidTopic | Self::UnknownTopic)
     }
 
-    /// Whether the operator should hear of each such entry (a warning) rather than
-    /// only at debug level: an oversized message usually means a misconfigured
-    /// producer.
-    pub fn warns(self) -> bool {
-        self == Self::MessageTooLarge
+    /// The key of its WARN line in `conduit_core::ratelimit` (one line per reason
+    /// per interval, whatever the topic).
+    pub fn log_key(self) -> &'static str {
+        match self {
+            Self::InvalidTopic => "invalid:invalid_topic",
+            Self::UnknownTopic => "invalid:unknown_topic",
+            Self::ReservedTopic => "invalid:reserved_topic",
+            Self::MessageTooLarge => "invalid:message_too_large",
+            Self::NewlineInLinesPayload => "invalid:newline_in_lines_payload",
+            Self::ValidationFailed => "invalid:validation_failed",
+        }
+    }
+}
+
+/// Why a `LogBatch` call is refused with a `TApplicationException` (PROTOCOL_ERROR):
+/// nothing of it is stored, and retrying it cannot help. The connection stays
+/// open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BatchRefusal {
+    /// The sequence is below 0.
+    NegativeSequence,
+    /// The sequence is 2^62 or above.
+    SequenceTooLarge,
+}
+
+impl BatchRefusal {
+    /// Every refusal (each has its metric label from the start).
+    pub const ALL: [BatchRefusal; 2] = [Self::NegativeSequence, Self::SequenceTooLarge];
+
+    /// Why `sequence` is refused, if it is (the range is
+    /// `conduit_core::scribe::LOG_BATCH_SEQUENCES`).
+    pub fn of(sequence: i64) -> Option<BatchRefusal> {
+        let allowed = conduit_core::scribe::LOG_BATCH_SEQUENCES;
+        if sequence < allowed.start {
+            Some(Self::NegativeSequence)
+        } else if sequence >= allowed.end {
+            Some(Self::SequenceTooLarge)
+        } else {
+            None
+        }
+    }
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NegativeSequence => "negative_sequence",
+            Self::SequenceTooLarge => "sequence_too_large",
+        }
+    }
+
+    /// The exception's message, naming the value.
+    pub fn message(self, sequence: i64) -> String {
+        match self {
+            Self::NegativeSequence => format!("LogBatch sequence {sequence} is negative"),
+            Self::SequenceTooLarge => {
+                format!("LogBatch sequence {sequence} is too large (the limit is 2^62 - 1)")
+            }
+        }
     }
 }
 
@@ -154,6 +216,7 @@ mod tests {
             (TryLaterReason::MaxConnections, "max_connections"),
             (TryLaterReason::SpoolUnavailable, "spool_unavailable"),
             (TryLaterReason::StorageUnavailable, "storage_unavailable"),
+            (TryLaterReason::OpenFiles, "open_files"),
         ];
         for (reason, s) in try_later {
             assert_eq!(reason.as_str(), s);
@@ -161,6 +224,7 @@ mod tests {
         let invalid = [
             (InvalidReason::InvalidTopic, "invalid_topic"),
             (InvalidReason::UnknownTopic, "unknown_topic"),
+            (InvalidReason::ReservedTopic, "reserved_topic"),
             (InvalidReason::MessageTooLarge, "message_too_large"),
             (
                 InvalidReason::NewlineInLinesPayload,
@@ -169,6 +233,13 @@ mod tests {
             (InvalidReason::ValidationFailed, "validation_failed"),
         ];
         for (reason, s) in invalid {
+            assert_eq!(reason.as_str(), s);
+        }
+        let refused = [
+            (BatchRefusal::NegativeSequence, "negative_sequence"),
+            (BatchRefusal::SequenceTooLarge, "sequence_too_large"),
+        ];
+        for (reason, s) in refused {
             assert_eq!(reason.as_str(), s);
         }
         let connection = [
@@ -194,6 +265,28 @@ mod tests {
         for (reason, s) in connection {
             assert_eq!(reason.as_str(), s);
         }
+    }
+
+    #[test]
+    fn batch_sequences_outside_the_range_are_refused_naming_the_value() {
+        assert_eq!(BatchRefusal::of(0), None);
+        assert_eq!(BatchRefusal::of((1 << 62) - 1), None);
+        assert_eq!(BatchRefusal::of(-5), Some(BatchRefusal::NegativeSequence));
+        assert_eq!(
+            BatchRefusal::of(1 << 62),
+            Some(BatchRefusal::SequenceTooLarge)
+        );
+        assert_eq!(
+            BatchRefusal::of(i64::MIN),
+            Some(BatchRefusal::NegativeSequence)
+        );
+        assert_eq!(
+            BatchRefusal::NegativeSequence.message(-5),
+            "LogBatch sequence -5 is negative"
+        );
+        assert!(BatchRefusal::SequenceTooLarge
+            .message(1 << 62)
+            .contains("4611686018427387904"));
     }
 
     #[test]

@@ -6,7 +6,12 @@
 //! [`InvalidReason`]), compress the large parts, reserve their bytes in the topic
 //! queues, enqueue. A bad entry goes to `_invalid` and the rest of its call is
 //! stored; a call that cannot be queued is refused whole with a
-//! [`TryLaterReason`]. [`Shared::fb303`] answers the monitoring calls. The sockets
+//! [`TryLaterReason`]. Every entry sent to `_invalid` is counted per topic and
+//! reason and logged at WARN (one line per reason per interval, the topic escaped),
+//! so a stream that vanishes into `_invalid` is noticed. `_audit` is written only
+//! by `LogBatch` (conduit publishers): a plain `Log` to it goes to `_invalid` with
+//! [`InvalidReason::ReservedTopic`], so plain Scribe clients cannot forge the counts
+//! `conduit audit` sums. [`Shared::fb303`] answers the monitoring calls. The sockets
 //! are [`crate::connection`]'s.
 
 use std::collections::HashMap;
@@ -16,16 +21,17 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use conduit_core::config::CollectorConfig;
-use conduit_core::format::{Encoding, FormatError, FrameEncoder};
+use conduit_core::format::{batch_digest, Encoding, FormatError, FrameEncoder};
 use conduit_core::records::{Base64Bytes, InvalidRecord};
 use conduit_core::scribe::{Fb303Call, FbStatus, LogEntry, Reply, ResultCode};
 use conduit_core::{Config, NodeName, SharedClock, Topic, Validation};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::dedup::BatchKey;
 use crate::engine::{EngineStatus, Outcome, Part, Submission};
 use crate::metrics::Metrics;
 use crate::queues::{Reservation, TopicQueue, TopicQueues};
-use crate::reasons::{ConnectionError, InvalidReason, TryLaterReason};
+use crate::reasons::{BatchRefusal, ConnectionError, InvalidReason, TryLaterReason};
 
 /// Simple totals for fb303 `getCounters` (Prometheus has the full picture).
 #[derive(Debug, Default)]
@@ -78,6 +84,18 @@ const COMPRESS_IN_CONNECTION_BYTES: usize = 32 << 10;
 
 /// The `_invalid` record's `detail` for an entry whose topic is rejected.
 const TOPIC_RULE: &str = "topic names match [A-Za-z0-9_]{1,128}";
+
+/// The `_invalid` record's `detail` for a plain `Log` to a reserved topic.
+const RESERVED_RULE: &str =
+    "_audit is written only with LogBatch (conduit publishers); a plain Log to it is refused";
+
+/// The `_invalid` record's `detail` for a topic `strict_topics` refuses.
+const UNKNOWN_RULE: &str = "strict_topics is set and the topic is not configured";
+
+/// Whether only `LogBatch` calls may write `topic` (`_audit`).
+fn is_reserved(topic: &Topic) -> bool {
+    topic.as_str() == Topic::AUDIT
+}
 
 /// What one connection reuses from call to call.
 pub struct CallCache {
@@ -220,6 +238,9 @@ pub enum OwnedReply {
     Counters(Vec<(String, i64)>),
     /// Any method conduit does not answer.
     UnknownMethod,
+    /// A call conduit refuses as malformed (`TApplicationException`
+    /// PROTOCOL_ERROR with this message); the connection stays open.
+    ProtocolError(String),
 }
 
 impl OwnedReply {
@@ -232,18 +253,55 @@ impl OwnedReply {
             OwnedReply::Status(v) => Reply::Status(*v),
             OwnedReply::Counters(c) => Reply::Counters(c),
             OwnedReply::UnknownMethod => Reply::UnknownMethod,
+            OwnedReply::ProtocolError(m) => Reply::ProtocolError(m),
         }
     }
 }
 
 impl Shared {
+    /// The key of a `LogBatch` call (its content digest is computed here, once, on
+    /// the connection's core), or, for a sequence outside
+    /// `scribe::LOG_BATCH_SEQUENCES`, the message of the exception that refuses it
+    /// (counted and logged, rate-limited).
+    pub fn batch_key(
+        &self,
+        publisher: Bytes,
+        sequence: i64,
+        entries: &[LogEntry],
+        peer: &str,
+    ) -> Result<BatchKey, String> {
+        if let Some(refusal) = BatchRefusal::of(sequence) {
+            self.metrics
+                .refused_batches
+                .get_or_create(&Metrics::label("reason", refusal.as_str()))
+                .inc();
+            if let Some(suppressed) = conduit_core::ratelimit::allow("log_batch_sequence") {
+                tracing::warn!(
+                    peer,
+                    publisher = %conduit_core::text::shown(&publisher),
+                    sequence,
+                    reason = refusal.as_str(),
+                    suppressed,
+                    "LogBatch refused: sequence out of range (0 <= sequence < 2^62); nothing stored"
+                );
+            }
+            return Err(refusal.message(sequence));
+        }
+        let digest = batch_digest(entries.iter().map(|e| (&e.category[..], &e.message[..])));
+        Ok(BatchKey {
+            publisher,
+            sequence,
+            digest,
+        })
+    }
+
     /// Validates and encodes a call's entries and queues them for the committer;
     /// the receiver gets the committer's answer. A call that cannot be queued is
     /// refused whole.
     pub fn submit(
         &self,
         entries: Vec<LogEntry>,
-        batch: Option<(Bytes, i64)>,
+        batch: Option<BatchKey>,
         cache: &mut CallCache,
     ) -> Result<oneshot::Receiver<Outcome>, TryLaterReason> {
         if *self.shutting_down.borrow() {
@@ -253,7 +311,7 @@ impl Shared {
         self.totals
             .entries
             .fetch_add(entries.len() as u64, Ordering::Relaxed);
-        let mut parts = self.route(&entries, &mut cache.topics);
+        let mut parts = self.route(&entries, batch.is_some(), &mut cache.topics);
         parts.seal(&mut cache.encoder);
         // Bounded queues: refuse the whole call rather than store part of it.
         let queued = self.queues.reserve(
@@ -267,7 +325,13 @@ impl Shared {
     }
 
     /// Appends each entry to its topic's part, or, with the reason, to `_invalid`'s.
-    fn route(&self, entries: &[LogEntry], topics: &mut HashMap<Bytes, TopicInfo>) -> CallParts {
+    /// `idempotent`: the call is a `LogBatch`, which may write reserved topics.
+    fn route(
+        &self,
+        entries: &[LogEntry],
+        idempotent: bool,
+        topics: &mut HashMap<Bytes, TopicInfo>,
+    ) -> CallParts {
         let mut parts = CallParts::default();
         // Consecutive entries usually share a category: resolve it once per run.
         let mut current: Option<(&Bytes, Result<Route, InvalidReason>)> = None;
@@ -275,7 +339,7 @@ impl Shared {
             let route = match current {
                 Some((category, route)) if *category == entry.category => route,
                 _ => {
-                    let route = self.route_of(&entry.category, topics, &mut parts);
+                    let route = self.route_of(&entry.category, idempotent, topics, &mut parts);
                     current = Some((&entry.category, route));
                     route
                 }
@@ -295,10 +359,12 @@ impl Shared {
         parts
     }
 
-    /// Where the entries of `category` go in this call.
+    /// Where the entries of `category` go in this call (`idempotent`: a
+    /// `LogBatch`).
     fn route_of(
         &self,
         category: &Bytes,
+        idempotent: bool,
         topics: &mut HashMap<Bytes, TopicInfo>,
         parts: &mut CallParts,
     ) -> Result<Route, InvalidReason> {
@@ -307,6 +373,9 @@ impl Shared {
             .or_insert_with(|| self.resolve(category))
             .clone();
         match info {
+            TopicInfo::Valid { topic, .. } if !idempotent && is_reserved(&topic) => {
+                Err(InvalidReason::ReservedTopic)
+            }
             TopicInfo::Valid {
                 topic,
                 encoding,
@@ -348,7 +417,12 @@ impl Shared {
     ) -> Result<Route, Rejection> {
         let route = route.map_err(|reason| Rejection {
             reason,
-            detail: TOPIC_RULE.to_string(),
+            detail: match reason {
+                InvalidReason::ReservedTopic => RESERVED_RULE,
+                InvalidReason::UnknownTopic => UNKNOWN_RULE,
+                _ => TOPIC_RULE,
+            }
+            .to_string(),
         })?;
         let max_message = self.limits.max_message_bytes as usize;
         if message.len() > max_message {
@@ -380,12 +454,11 @@ impl Shared {
     fn send_to_invalid(&self, entry: &LogEntry, rejection: Rejection, parts: &mut CallParts) {
         let Rejection { reason, detail } = rejection;
         self.totals.invalid.fetch_add(1, Ordering::Relaxed);
-        let category = String::from_utf8_lossy(&entry.category);
-        let shown: String = category.chars().take(64).collect();
-        let topic_label = if reason.is_about_topic() {
-            "(invalid)".to_string()
-        } else {
-            shown.clone()
+        // Bounded label values: a category that is not a valid topic name (or one
+        // strict_topics refuses) is `(invalid)`, never the client's bytes.
+        let topic_label = match std::str::from_utf8(&entry.category) {
+            Ok(name) if !reason.is_about_topic() && Topic::new(name).is_ok() => name.to_owned(),
+            _ => "(invalid)".to_owned(),
         };
         self.metrics
             .invalid
@@ -394,10 +467,14 @@ impl Shared {
                 ("reason", reason.as_str().to_string()),
             ])
             .inc();
-        if reason.warns() {
-            tracing::warn!(topic = %shown, reason = reason.as_str(), detail = detail.as_str(), "entry sent to _invalid");
-        } else {
-            tracing::debug!(topic = %shown, reason = reason.as_str(), detail = detail.as_str(), "entry sent to _invalid");
+        if let Some(suppressed) = conduit_core::ratelimit::allow(reason.log_key()) {
+            tracing::warn!(
+                topic = %conduit_core::text::shown(&entry.category),
+                reason = reason.as_str(),
+                detail = %conduit_core::text::shown(&detail),
+                suppressed,
+                "entry sent to _invalid (conduit_collector_invalid_total counts every one by topic and reason)"
+            );
         }
         let record = self.invalid_record(&entry.category, reason, &detail, &entry.message);
         let invalid_topic = Topic::invalid();
@@ -434,7 +511,7 @@ impl Shared {
     fn enqueue(
         &self,
         parts: Vec<Part>,
-        batch: Option<(Bytes, i64)>,
+        batch: Option<BatchKey>,
         queued: Reservation,
     ) -> Result<oneshot::Receiver<Outcome>, TryLaterReason> {
         let (reply, rx) = oneshot::channel();

@@ -281,6 +281,40 @@ pub struct CollectorConfig {
     /// then spools or answers `TRY_LATER`).
     #[serde(default = "default_storage_timeout_ms")]
     pub storage_timeout_ms: u64,
+    /// Most data files open at once (storage and spool); before opening one more,
+    /// the least recently written idle file is closed. Unset: derived from the
+    /// process's open-file limit ([`max_open_files_for`]).
+    #[serde(default)]
+    pub max_open_files: Option<usize>,
+    /// Most new data files one commit round opens; a call with more new topics is
+    /// spread over later rounds while other calls are committed in every round.
+    #[serde(default = "default_max_new_files_per_round")]
+    pub max_new_files_per_round: usize,
+}
+
+impl CollectorConfig {
+    /// `max_open_files`, or when unset the value derived from this process's
+    /// open-file limit ([`max_open_files_for`]).
+    pub fn open_files_limit(&self) -> usize {
+        self.max_open_files
+            .unwrap_or_else(|| max_open_files_for(crate::storage::open_file_limit()))
+    }
+}
+
+/// Cap of the derived `collector.max_open_files`.
+pub const MAX_OPEN_FILES_CAP: usize = 1000;
+
+/// `collector.max_open_files` when unset, for a process whose soft open-file limit
+/// (`RLIMIT_NOFILE`) is `nofile` (`None`: unlimited): half the limit, at most
+/// [`MAX_OPEN_FILES_CAP`], at least 1. The other half stays for connections, the
+/// HTTP listener, heartbeats and snapshots.
+pub fn max_open_files_for(nofile: Option<u64>) -> usize {
+    match nofile {
+        Some(n) => usize::try_from(n / 2)
+            .unwrap_or(usize::MAX)
+            .clamp(1, MAX_OPEN_FILES_CAP),
+        None => MAX_OPEN_FILES_CAP,
+    }
 }
 
 /// Default of `collector.listen`: Scribe's port on the loopback interface.
@@ -321,6 +355,9 @@ fn default_heartbeat_ms() -> u64 {
 fn default_storage_timeout_ms() -> u64 {
     10_000
 }
+fn default_max_new_files_per_round() -> usize {
+    64
+}
 
 impl Default for CollectorConfig {
     fn default() -> Self {
@@ -339,6 +376,8 @@ impl Default for CollectorConfig {
             spool_max_bytes: default_spool_max_bytes(),
             heartbeat_ms: default_heartbeat_ms(),
             storage_timeout_ms: default_storage_timeout_ms(),
+            max_open_files: None,
+            max_new_files_per_round: default_max_new_files_per_round(),
         }
     }
 }
@@ -604,6 +643,15 @@ impl Config {
             return Err(invalid(
                 "collector.storage_timeout_ms",
                 format!("{} is less than 100", c.storage_timeout_ms),
+            ));
+        }
+        if c.max_open_files == Some(0) {
+            return Err(invalid("collector.max_open_files", "must be at least 1"));
+        }
+        if c.max_new_files_per_round == 0 {
+            return Err(invalid(
+                "collector.max_new_files_per_round",
+                "must be at least 1",
             ));
         }
         let w = &self.worker;
@@ -967,6 +1015,23 @@ mod tests {
             "168"
         );
         assert_eq!(key_default("worker.nope"), None);
+    }
+
+    #[test]
+    fn max_open_files_is_half_the_descriptor_limit_capped() {
+        assert_eq!(max_open_files_for(Some(256)), 128);
+        assert_eq!(max_open_files_for(Some(1024)), 512);
+        assert_eq!(max_open_files_for(Some(1 << 20)), MAX_OPEN_FILES_CAP);
+        assert_eq!(max_open_files_for(None), MAX_OPEN_FILES_CAP);
+        assert_eq!(max_open_files_for(Some(1)), 1);
+        let mut config = Config::default();
+        config.collector.max_open_files = Some(0);
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("collector.max_open_files"), "{err}");
+        config.collector.max_open_files = None;
+        config.collector.max_new_files_per_round = 0;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("collector.max_new_files_per_round"), "{err}");
     }
 
     #[test]

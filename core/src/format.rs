@@ -904,20 +904,10 @@ impl Recovery {
     }
 }
 
-/// Makes a file left by a crashed or failed writer whole again: recovers its HDFS
-/// lease, keeps only the frames that count ([`decode_file`]; with `limit`, only
-/// within the first `limit` bytes: what was acknowledged), and reports its records
-/// and batch marks. Does not add a trailer (see [`close_recovered`]). The cut is a
-/// copy of the kept prefix to a hidden temporary file renamed over the original,
-/// so a crash during recovery leaves either the old or the new file, never a mix.
-pub async fn recover_file(
-    storage: &dyn Storage,
-    path: &str,
-    encoding: Encoding,
-    limit: Option<u64>,
-) -> Result<Recovery, FormatError> {
-    // A file whose writer died may still hold an HDFS lease; until it is recovered,
-    // the last block is not readable.
+/// Recovers the HDFS lease a crashed writer may still hold on `path` and waits
+/// (up to 60 s) until the file is closed: until then its last block is not
+/// readable, so a file would look shorter than it is. Nothing to do on local disk.
+pub async fn wait_for_lease(storage: &dyn Storage, path: &str) -> Result<(), FormatError> {
     let mut attempt = 0u32;
     while !storage.recover_lease(path).await? {
         attempt += 1;
@@ -930,6 +920,22 @@ pub async fn recover_file(
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
+    Ok(())
+}
+
+/// Makes a file left by a crashed or failed writer whole again: recovers its HDFS
+/// lease, keeps only complete frames (and, with `limit`, only the first `limit`
+/// bytes: what was acknowledged), and reports its records and batch marks. Does
+/// not add a trailer (see [`close_recovered`]). The cut is a copy of the kept
+/// prefix to a hidden temporary file renamed over the original, so a crash during
+/// recovery leaves either the old or the new file, never a mix.
+pub async fn recover_file(
+    storage: &dyn Storage,
+    path: &str,
+    encoding: Encoding,
+    limit: Option<u64>,
+) -> Result<Recovery, FormatError> {
+    wait_for_lease(storage, path).await?;
     let all = storage.read(path).await?;
     let buf = match limit {
         Some(limit) if (limit as usize) < all.len() => all.slice(..limit as usize),

@@ -36,7 +36,7 @@
 //! system/checkpoints/<job>/<key>.json
 //! system/leases/<name>.json
 //! system/trash/...
-//! quarantine/<original path>                                      files set aside
+//! quarantine/<original path>                                      damaged files set aside
 //! ```
 //!
 //! `NNNNN` is the collector's per-minute sequence number (`u32`), zero padded
@@ -803,11 +803,11 @@ impl Layout {
     pub const TMP_PREFIX: &'static str = "_tmp.";
     /// Top-level directory of heartbeats, checkpoints, leases and trash.
     pub const SYSTEM_DIR: &'static str = "system";
+    /// Top-level directory of damaged data files set aside
+    /// ([`Layout::quarantine_path`]).
+    pub const QUARANTINE_DIR: &'static str = "quarantine";
     /// Prefix of a system topic's file token ([`Layout::file_topic_token`]).
     pub const SYSTEM_FILE_PREFIX: &'static str = "sys";
-    /// Top-level directory of data files set aside because they cannot be read
-    /// or sealed ([`Layout::quarantine_path`]); no reader looks inside.
-    pub const QUARANTINE_DIR: &'static str = "quarantine";
 
     /// How `topic` starts data file names (collector, local and hourly):
     /// `sys` followed by the topic for system topics (`_audit` gives
@@ -1132,20 +1132,21 @@ impl Layout {
         format!("{}/trash", Self::SYSTEM_DIR)
     }
 
-    /// `quarantine/<path>`: where the file (or directory) at `path`, relative to
-    /// the root, is set aside when it cannot be read or sealed. The original path
-    /// is kept whole, so the quarantine tree mirrors the views and says where each
-    /// file came from.
+    /// `quarantine/<path>`: where a damaged data file at `path` (relative to
+    /// the root, e.g. `data/clicks/c1/clicks-2026-11-22-10-05_00000.zst`) is
+    /// moved, unchanged, by the collector's recovery or the worker, so that it
+    /// is kept for an operator but no reader, recovery or seal sees it again
+    /// (`docs/format.md` §1.3).
     pub fn quarantine_path(path: &str) -> String {
         format!("{}/{path}", Self::QUARANTINE_DIR)
     }
 
-    /// The original path of a path under `quarantine/` (the inverse of
-    /// [`Layout::quarantine_path`]); `None` for any other path.
+    /// The original path of a file under `quarantine/`
+    /// ([`Layout::quarantine_path`] inverted); `None` for any other path.
     pub fn quarantined_original(path: &str) -> Option<&str> {
         path.strip_prefix(Self::QUARANTINE_DIR)?
             .strip_prefix('/')
-            .filter(|rest| !rest.is_empty())
+            .filter(|original| !original.is_empty())
     }
 
     /// Parses a stream path built by this module:
@@ -1600,16 +1601,24 @@ mod tests {
             "system/leases/merger-lock.json"
         );
         assert_eq!(Layout::trash_dir(), "system/trash");
+        let file = "data/clicks/c1/clicks-2026-11-22-10-05_00000.zst";
+        let quarantined = Layout::quarantine_path(file);
+        assert_eq!(
+            quarantined,
+            "quarantine/data/clicks/c1/clicks-2026-11-22-10-05_00000.zst"
+        );
+        assert_eq!(Layout::quarantined_original(&quarantined), Some(file));
+        assert_eq!(Layout::quarantined_original(file), None);
+        assert_eq!(Layout::quarantined_original("quarantine/"), None);
+        assert_eq!(Layout::quarantined_original("quarantined/x"), None);
         let local =
             "streams_local/clicks/2026/11/22/10/05/dc1-c1-clicks-2026-11-22-10-05_00000.zst";
-        let quarantined = Layout::quarantine_path(local);
-        assert_eq!(quarantined, format!("quarantine/{local}"));
-        assert_eq!(Layout::quarantined_original(&quarantined), Some(local));
-        assert_eq!(Layout::quarantined_original("quarantine"), None);
-        assert_eq!(Layout::quarantined_original("quarantined/x"), None);
-        assert_eq!(Layout::quarantined_original(local), None);
+        assert_eq!(
+            Layout::quarantined_original(&Layout::quarantine_path(local)),
+            Some(local)
+        );
         assert!(
-            Layout::parse_path(&quarantined).is_err(),
+            Layout::parse_path(&Layout::quarantine_path(local)).is_err(),
             "not a stream path"
         );
     }

@@ -37,7 +37,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use bytes::Bytes;
 use conduit_core::format::{read_index, ClosedTail, FormatError, IndexEntry, PartMark};
 use conduit_core::layout::Layout;
-use conduit_core::records::{Base64Bytes, SealDedup, SealInProgress, SealedBatches, SealedPart};
+use conduit_core::records::{
+    Base64Bytes, Hex64, SealDedup, SealInProgress, SealedBatches, SealedPart,
+};
 use conduit_core::{Manifest, Minute, Storage, Topic, View};
 
 use crate::WorkerError;
@@ -203,7 +205,7 @@ impl Window {
         let mut parts = HashMap::new();
         for minute in &saved.sealed {
             for (publisher, list) in &minute.publishers {
-                for &SealedPart(sequence, part, digest) in list {
+                for &SealedPart(sequence, part, Hex64(digest)) in list {
                     let key = PartKey {
                         publisher: publisher.0.clone(),
                         sequence,
@@ -230,7 +232,7 @@ impl Window {
                 .or_default()
                 .entry(&key.publisher)
                 .or_default()
-                .push(SealedPart(key.sequence, key.part, key.digest));
+                .push(SealedPart(key.sequence, key.part, Hex64(key.digest)));
         }
         let sealed = by_minute
             .into_iter()
@@ -239,7 +241,7 @@ impl Window {
                 publishers: publishers
                     .into_iter()
                     .map(|(id, mut parts)| {
-                        parts.sort_by_key(|p| (p.0, p.1, p.2));
+                        parts.sort_by_key(|p| (p.0, p.1, p.2 .0));
                         (Base64Bytes(id.clone()), parts)
                     })
                     .collect(),

@@ -9,21 +9,26 @@
 //!
 //! The collector's address is the `http_addr` of its heartbeat
 //! (`system/heartbeats/<cluster>/<collector>.json`), re-read every
-//! [`ADDR_REFRESH`] and after a failure. One keep-alive connection per partition;
-//! a minimal HTTP/1.1 client (requests with `Content-Length` answers only, which is
-//! what conduit's HTTP server sends). When the collector cannot be reached the
+//! [`ADDR_REFRESH`] and after a failure. One keep-alive HTTP/1.1 connection per
+//! partition: hyper's client connection (`hyper::client::conn::http1`), driven by a
+//! task that ends with it. When the collector cannot be reached the
 //! reader falls back to storage, logs it once per outage, counts
 //! `pintail_collector_http_fallbacks`, and tries again after a backoff (250 ms
 //! doubling to 5 s).
 
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use conduit_core::heartbeat::{CollectorState, Heartbeat};
 use conduit_core::layout::Layout;
 use conduit_core::{NodeName, Topic};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::client::conn::http1;
+use hyper::header::{HeaderMap, CONTENT_LENGTH, HOST};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
 
 use crate::metrics::Metrics;
 use crate::roots::Roots;
@@ -36,7 +41,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest answer accepted (a frame is bounded by `collector.max_frame_bytes`).
 const MAX_BODY: u64 = 128 << 20;
-/// Largest answer head accepted.
+/// Largest answer head accepted (status line and headers).
 const MAX_HEAD: usize = 16 << 10;
 
 /// What the collector said about a file.
@@ -60,8 +65,7 @@ pub(crate) struct CollectorHttp {
     collector: NodeName,
     addr: Option<String>,
     addr_read: Option<Instant>,
-    conn: Option<TcpStream>,
-    buf: BytesMut,
+    conn: Option<Connection>,
     down_until: Option<Instant>,
     backoff: Duration,
     /// Whether the current outage was logged.
@@ -76,7 +80,6 @@ impl CollectorHttp {
             addr: None,
             addr_read: None,
             conn: None,
-            buf: BytesMut::new(),
             down_until: None,
             backoff: Duration::ZERO,
             warned: false,
@@ -118,7 +121,7 @@ impl CollectorHttp {
         // a new connection.
         let mut answer = Err("not tried".to_owned());
         for _ in 0..2 {
-            let reused = self.conn.is_some();
+            let reused = self.conn.as_ref().is_some_and(Connection::is_open);
             answer = tokio::time::timeout(REQUEST_TIMEOUT, self.request(&addr, &target))
                 .await
                 .unwrap_or_else(|_| Err("timed out".to_owned()));
@@ -138,12 +141,7 @@ impl CollectorHttp {
                 return self.failed(metrics, &format!("{addr}: {e}"));
             }
         };
-        let header = |n: &str| {
-            headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(n))
-                .map(|(_, v)| v.as_str())
-        };
+        let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
         if header("conduit-cluster") != Some(self.cluster.as_str())
             || header("conduit-collector") != Some(self.collector.as_str())
         {
@@ -201,79 +199,94 @@ impl CollectorHttp {
         Some(beat.http_addr)
     }
 
+    /// One GET of `target` on the kept-alive connection to `addr` (a new one if there
+    /// is none or the collector closed it): status, headers and the whole body.
     async fn request(
         &mut self,
         addr: &str,
         target: &str,
-    ) -> Result<(u16, Vec<(String, String)>, Bytes), String> {
-        if self.conn.is_none() {
-            let s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-                .await
-                .map_err(|_| "connect timed out".to_owned())?
-                .map_err(|e| e.to_string())?;
-            let _ = s.set_nodelay(true);
-            self.conn = Some(s);
-            self.buf.clear();
+    ) -> Result<(u16, HeaderMap, Bytes), String> {
+        if !self.conn.as_ref().is_some_and(Connection::is_open) {
+            self.conn = Some(Connection::open(addr).await?);
         }
         let conn = self.conn.as_mut().expect("connected");
-        let req = format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
-        conn.write_all(req.as_bytes())
-            .await
+        conn.sender.ready().await.map_err(|e| chain(&e))?;
+        let request = Request::get(target)
+            .header(HOST, addr)
+            .body(Empty::new())
             .map_err(|e| e.to_string())?;
-        // Head.
-        let head_end = loop {
-            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i;
-            }
-            if self.buf.len() > MAX_HEAD {
-                return Err("answer head too large".into());
-            }
-            if conn
-                .read_buf(&mut self.buf)
-                .await
-                .map_err(|e| e.to_string())?
-                == 0
-            {
-                return Err("connection closed".into());
-            }
-        };
-        let head = String::from_utf8_lossy(&self.buf[..head_end]).into_owned();
-        let _ = self.buf.split_to(head_end + 4);
-        let mut lines = head.split("\r\n");
-        let status: u16 = lines
-            .next()
-            .and_then(|l| l.split(' ').nth(1))
-            .and_then(|s| s.parse().ok())
-            .ok_or("bad status line")?;
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
-        let len: u64 = headers
-            .iter()
-            .find(|(n, _)| n == "content-length")
-            .and_then(|(_, v)| v.parse().ok())
-            .ok_or("answer without content-length")?;
-        if len > MAX_BODY {
+        let (head, body) = conn
+            .sender
+            .send_request(request)
+            .await
+            .map_err(|e| chain(&e))?
+            .into_parts();
+        let len = head
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if let Some(len) = len.filter(|&len| len > MAX_BODY) {
             return Err(format!("answer of {len} bytes is too large"));
         }
-        while (self.buf.len() as u64) < len {
-            if conn
-                .read_buf(&mut self.buf)
-                .await
-                .map_err(|e| e.to_string())?
-                == 0
-            {
-                return Err("connection closed mid-answer".into());
+        let body = Limited::new(body, MAX_BODY as usize)
+            .collect()
+            .await
+            .map_err(|e| chain(e.as_ref()))?
+            .to_bytes();
+        Ok((head.status.as_u16(), head.headers, body))
+    }
+}
+
+/// An error with its sources, `error: source: ...` (hyper's own messages are terse,
+/// the I/O error is in the source).
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+/// A keep-alive HTTP/1.1 connection to a collector: hyper's request sender and the
+/// task that drives the connection (aborted on drop, which closes the socket).
+#[derive(Debug)]
+struct Connection {
+    sender: http1::SendRequest<Empty<Bytes>>,
+    driver: JoinHandle<()>,
+}
+
+impl Connection {
+    async fn open(addr: &str) -> Result<Connection, String> {
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| "connect timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = http1::Builder::new()
+            .max_header_size(MAX_HEAD)
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| chain(&e))?;
+        let driver = tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "collector http connection ended");
             }
-        }
-        let body = self.buf.split_to(len as usize).freeze();
-        if headers
-            .iter()
-            .any(|(n, v)| n == "connection" && v.eq_ignore_ascii_case("close"))
-        {
-            self.conn = None;
-        }
-        Ok((status, headers, body))
+        });
+        Ok(Connection { sender, driver })
+    }
+
+    /// Whether another request may be sent (the collector did not close it, after a
+    /// `Connection: close` answer or an idle timeout).
+    fn is_open(&self) -> bool {
+        !self.sender.is_closed()
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.driver.abort();
     }
 }

@@ -3,6 +3,9 @@
 
 use conduit_core::{LayoutError, ManifestError, StorageError};
 
+/// What to do about a damaged data file, in the errors that name one.
+pub const DAMAGED_FILE_HELP: &str = "check storage with `conduit verify` and see docs/operations.md \"Quarantined files\"; to read past it, pass --skip-corrupt (ConsumerBuilder::skip_corrupt_frames)";
+
 /// Errors of PinTail.
 #[derive(Debug, thiserror::Error)]
 pub enum PintailError {
@@ -17,13 +20,29 @@ pub enum PintailError {
     Layout(#[from] LayoutError),
     /// A complete frame failed to decode (bad checksum, garbage, a bad record).
     /// Set [`crate::ConsumerBuilder::skip_corrupt_frames`] to skip and count it instead.
-    #[error("corrupt frame in {path} at byte offset {offset}: {reason}")]
+    #[error("corrupt frame in {path} at byte offset {offset}: {reason}; {DAMAGED_FILE_HELP}")]
     CorruptFrame {
         /// The file, relative to its cluster root.
         path: String,
         /// Offset of the frame's first byte.
         offset: u64,
         /// What the decoder said.
+        reason: String,
+    },
+    /// A data file is truncated or was set aside as damaged: it ends before its
+    /// close trailer although its writer has closed it, or it was moved to
+    /// `quarantine/` while being read. Records past `offset` cannot be read from
+    /// it. Set [`crate::ConsumerBuilder::skip_corrupt_frames`] to skip the rest of
+    /// the file and count it instead.
+    #[error(
+        "damaged data file {path}: {reason} (read up to byte offset {offset}); {DAMAGED_FILE_HELP}"
+    )]
+    DamagedFile {
+        /// The file, relative to its cluster root.
+        path: String,
+        /// How far it was read (records before it were delivered).
+        offset: u64,
+        /// What is wrong with it.
         reason: String,
     },
     /// A checkpoint file could not be parsed. PinTail never silently restarts from

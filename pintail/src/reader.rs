@@ -7,10 +7,16 @@
 //! directories `streams_local/<topic>/<M>/` from the current file's minute on. It
 //! reads a file in `data/` while it grows, polling its length and decoding only
 //! complete frames (a torn or half-written last frame is waited on, never
-//! delivered). When the file disappears from `data/` it was renamed, unchanged, into
+//! delivered, while its collector may still write it: once the collector's
+//! heartbeat says every file of that minute is closed, a file that still ends
+//! without its trailer was truncated, a [`PintailError::DamagedFile`]; a wait
+//! longer than [`STALL_WARN`] is logged). When the file disappears from `data/` it
+//! was renamed, unchanged, into
 //! `streams_local/<topic>/<M>/<cluster>-<collector>-<name>` (`M` its own minute, or a
-//! later one for a late file), and the reader continues there at the same offset. A
-//! file is done at its close trailer.
+//! later one for a late file), and the reader continues there at the same offset;
+//! if it went to `quarantine/` instead (collector recovery or the worker set it
+//! aside as damaged), the reader stops with [`PintailError::DamagedFile`]. A file
+//! is done at its close trailer; a closed file that ends without one is damaged.
 //!
 //! A **late file** (older than the newest file read, e.g. a spool replayed after an
 //! outage) is noticed when it appears in `data/` after the reader's first listing
@@ -72,6 +78,9 @@ const HTTP_MAX: u64 = 4 << 20;
 /// After a collector answered `416` for an offset, read storage this long before
 /// asking it again.
 const HTTP_NOT_NOW: Duration = Duration::from_secs(1);
+/// A file in `data/` that shows no new complete frame for this long while its
+/// collector has not closed it gets a warning (the collector may be down).
+const STALL_WARN: Duration = Duration::from_secs(30);
 
 /// Settings every partition reader shares.
 #[derive(Debug, Clone)]
@@ -195,6 +204,13 @@ struct OpenFile {
     http_off: bool,
     /// The collector refused the offset: not before then.
     http_retry_at: Option<Instant>,
+    /// In `data/`: when its collector's heartbeat may be read again to learn
+    /// whether the file is closed ([`PartitionReader::stalled`]).
+    closed_check_at: Option<Instant>,
+    /// In `data/`: since when no new complete frame showed up, and whether that
+    /// was logged.
+    stalled_since: Option<Instant>,
+    stall_logged: bool,
 }
 
 /// What asking the collector gave.
@@ -237,6 +253,9 @@ pub(crate) struct PartitionReader {
     open_unreadable: bool,
     /// The next sealed chunk, being read and decoded.
     ahead: Option<Ahead>,
+    /// Local: quarantined files already reported and skipped
+    /// ([`PartitionReader::check_quarantined`]).
+    quarantine_skipped: BTreeSet<Key>,
 }
 
 /// A frame's payloads, or why it does not decode.
@@ -368,6 +387,7 @@ impl PartitionReader {
             http,
             open_unreadable,
             ahead: None,
+            quarantine_skipped: BTreeSet::new(),
         }
     }
 
@@ -529,6 +549,19 @@ impl PartitionReader {
         match self.locate(ctx, &mut file).await? {
             true => self.file = Some(file),
             false => {
+                let data = format!(
+                    "{}/{}",
+                    Layout::collector_dir(&ctx.topic, &file.collector),
+                    file.name
+                );
+                let quarantined = Layout::quarantine_path(&data);
+                if self.roots.exists(&quarantined).await? {
+                    let reason = format!(
+                        "the checkpoint's file was moved to {quarantined} (by its collector's recovery or the worker): it is shorter than acknowledged or does not decode"
+                    );
+                    self.damaged_at(ctx, &data, pos.offset(), reason)?;
+                    self.quarantine_skipped.insert(key);
+                }
                 let next = self.find_local(ctx, Some(key), pos.minute()).await?;
                 let to = next
                     .as_ref()
@@ -654,15 +687,18 @@ impl PartitionReader {
         };
         let Some((name, loc, dir_minute)) = found else {
             if with_dirs && self.local_stopped(ctx, from).await? {
+                self.check_quarantined(ctx, after, from, None).await?;
                 self.state = State::Done;
             }
             return Ok(false);
         };
         let key = data_file_key(&ctx.topic, &name).expect("filtered");
         if ctx.stop.is_some_and(|stop| key.0 > stop) {
+            self.check_quarantined(ctx, after, from, None).await?;
             self.state = State::Done;
             return Ok(false);
         }
+        self.check_quarantined(ctx, after, from, Some(key)).await?;
         let Kind::Local { cluster, collector } = self.kind.clone() else {
             unreachable!("local only")
         };
@@ -686,22 +722,152 @@ impl PartitionReader {
         let Some(stop) = ctx.stop else {
             return Ok(false);
         };
-        let Kind::Local { cluster, collector } = &self.kind else {
+        if !matches!(self.kind, Kind::Local { .. }) {
             return Ok(false);
-        };
-        let path = Layout::heartbeat_path(cluster, collector);
-        let beat = match self.roots.first().read(&path).await {
-            Ok(bytes) => serde_json::from_slice::<conduit_core::heartbeat::Heartbeat>(&bytes).ok(),
-            Err(e) if e.is_not_found() => None,
-            Err(e) => return Err(e.into()),
-        };
-        Ok(match beat {
+        }
+        Ok(match self.heartbeat().await? {
             Some(b) => {
                 b.watermark.is_some_and(|w| w >= stop)
                     || b.state == conduit_core::heartbeat::CollectorState::Stopped
             }
             None => ctx.clock.minute() > stop,
         })
+    }
+
+    /// A local partition's collector heartbeat; `None` when there is none (or it
+    /// does not parse).
+    async fn heartbeat(&self) -> Result<Option<conduit_core::heartbeat::Heartbeat>> {
+        let Kind::Local { cluster, collector } = &self.kind else {
+            return Ok(None);
+        };
+        let path = Layout::heartbeat_path(cluster, collector);
+        match self.roots.first().read(&path).await {
+            Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Local, a file in `data/` that shows no complete frame past `f.offset`:
+    /// `None` while its collector may still write it (the caller waits; a long
+    /// wait is logged once). Once the collector's heartbeat says it has closed
+    /// every file of the file's minute (its watermark passed it, or it stopped
+    /// cleanly), the file is read once more: new frames continue the read, and a
+    /// file that still ends without its trailer was truncated
+    /// ([`PartitionReader::damaged`]). The heartbeat is read at most every
+    /// [`DIR_POLL`] per file.
+    async fn stalled(&mut self, ctx: &Ctx, f: &mut OpenFile, path: &str) -> Result<Option<Step>> {
+        let now = Instant::now();
+        let since = *f.stalled_since.get_or_insert(now);
+        if f.closed_check_at.is_some_and(|t| now < t) {
+            return Ok(None);
+        }
+        f.closed_check_at = Some(now + DIR_POLL);
+        let minute = f.key.0;
+        let closed = self.heartbeat().await?.is_some_and(|b| {
+            b.watermark.is_some_and(|w| w >= minute)
+                || b.state == conduit_core::heartbeat::CollectorState::Stopped
+        });
+        if !closed {
+            if since.elapsed() >= STALL_WARN && !f.stall_logged {
+                f.stall_logged = true;
+                tracing::warn!(partition = %self.id, path, offset = f.offset, waited_secs = since.elapsed().as_secs(),
+                    "no new complete frame and the file is not closed: waiting for its collector (is it running? a restarted collector closes or quarantines it)");
+            }
+            return Ok(None);
+        }
+        // Closed by its collector: whatever storage shows now is final.
+        let len = match self.roots.stat(path).await {
+            Ok(st) => st.len,
+            Err(e) if e.is_not_found() => return Ok(Some(Step::Continue)),
+            Err(e) => return Err(e.into()),
+        };
+        let tail = self
+            .roots
+            .read_range(path, f.offset..len.min(f.offset + f.want))
+            .await?;
+        if !scan(&tail, f.offset).frames.is_empty() {
+            f.stalled_since = None;
+            return Ok(Some(Step::Continue));
+        }
+        let Kind::Local { collector, .. } = &self.kind else {
+            return Ok(None);
+        };
+        let ends = if tail.is_empty() {
+            "it ends without its close trailer".to_owned()
+        } else {
+            format!(
+                "it ends with {} bytes that are not a complete frame, without its close trailer",
+                tail.len()
+            )
+        };
+        let reason = format!(
+            "{ends}, although collector {collector} has closed every file of {minute}: it was truncated"
+        );
+        self.damaged(ctx, f, path, reason).map(Some)
+    }
+
+    /// A damaged file: [`PintailError::DamagedFile`], or, when corrupt data is
+    /// skipped, an ERROR line, a count, and the next file.
+    fn damaged(&self, ctx: &Ctx, f: &OpenFile, path: &str, reason: String) -> Result<Step> {
+        self.damaged_at(ctx, path, f.offset, reason)?;
+        Ok(Step::FileDone)
+    }
+
+    /// [`PartitionReader::damaged`] for a file read up to `offset`: `Ok` when it is
+    /// skipped.
+    fn damaged_at(&self, ctx: &Ctx, path: &str, offset: u64, reason: String) -> Result<()> {
+        if ctx.skip_corrupt {
+            tracing::error!(partition = %self.id, path, offset, reason,
+                "skipping the rest of a damaged data file");
+            ctx.metrics.corrupt_frames_skipped.inc();
+            return Ok(());
+        }
+        Err(PintailError::DamagedFile {
+            path: path.to_owned(),
+            offset,
+            reason,
+        })
+    }
+
+    /// Local: a file of this collector that was set aside in `quarantine/` and
+    /// that the reader would have read next: after `after` (or from minute
+    /// `from`), before `before` (the file about to be opened; `None`: up to the
+    /// stop minute). Its records cannot be delivered: [`PartitionReader::damaged_at`]
+    /// (each file once when skipped). Checked once per file opened, so readers
+    /// that start after the quarantine learn of it too.
+    async fn check_quarantined(
+        &mut self,
+        ctx: &Ctx,
+        after: Option<Key>,
+        from: Minute,
+        before: Option<Key>,
+    ) -> Result<()> {
+        let Kind::Local { collector, .. } = &self.kind else {
+            return Ok(());
+        };
+        let data_dir = Layout::collector_dir(&ctx.topic, collector);
+        let dir = Layout::quarantine_path(&data_dir);
+        let passed = self
+            .roots
+            .list_or_empty(&dir)
+            .await?
+            .into_iter()
+            .filter_map(|e| data_file_key(&ctx.topic, &e.name).map(|k| (k, e.name)))
+            .filter(|(k, _)| wanted(*k, after, from))
+            .filter(|(k, _)| before.is_none_or(|b| *k < b))
+            .filter(|(k, _)| ctx.stop.is_none_or(|stop| k.0 <= stop))
+            .filter(|(k, _)| !self.quarantine_skipped.contains(k))
+            .min_by_key(|(k, _)| *k);
+        let Some((key, name)) = passed else {
+            return Ok(());
+        };
+        let reason = format!(
+            "it was moved to {dir}/{name} (by its collector's recovery or the worker) before it was read: it is shorter than acknowledged or does not decode, and none of its records were delivered"
+        );
+        self.damaged_at(ctx, &format!("{data_dir}/{name}"), 0, reason)?;
+        self.quarantine_skipped.insert(key);
+        Ok(())
     }
 
     async fn find_in_data(
@@ -844,6 +1010,10 @@ impl PartitionReader {
                 .map(|p| p.to_string())
                 .unwrap_or_else(|| want.to_string());
             self.report_purged(ctx, &from, &found.to_string());
+        }
+        for q in &manifest.quarantined {
+            tracing::error!(partition = %self.id, dir, file = %q.name, reason = %q.reason,
+                "the seal set this file aside in quarantine/: its records are not in this view (see docs/operations.md, \"Quarantined files\")");
         }
         let Kind::Sealed { k, n } = self.kind else {
             unreachable!("sealed only")
@@ -1047,6 +1217,8 @@ impl PartitionReader {
                 }
                 ctx.metrics.collector_http_reads.inc();
                 f.via_http = true;
+                f.stalled_since = None;
+                f.stall_logged = false;
                 f.chunk = body;
                 f.chunk_base = f.offset;
                 f.frames = s.frames.into();
@@ -1099,10 +1271,15 @@ impl PartitionReader {
             let path = self.path(ctx, f);
             match self.roots.stat(&path).await {
                 Ok(st) if st.len <= f.offset => {
-                    if self.open_unreadable {
-                        return Ok(self.collector_or_idle(ctx, f).await);
-                    }
-                    return Ok(Some(Step::Idle));
+                    let idle = if self.open_unreadable {
+                        match self.collector_or_idle(ctx, f).await {
+                            None => return Ok(None),
+                            Some(step) => step,
+                        }
+                    } else {
+                        Step::Idle
+                    };
+                    return Ok(Some(self.stalled(ctx, f, &path).await?.unwrap_or(idle)));
                 }
                 Ok(_) => {}
                 Err(e) if e.is_not_found() => {
@@ -1112,6 +1289,24 @@ impl PartitionReader {
                             "followed the file into its minute directory");
                         f.missing_since = None;
                         return Ok(Some(Step::Continue));
+                    }
+                    // Set aside as damaged: by its collector's recovery (from
+                    // data/) or by the seal of its own minute (from there).
+                    let sealed_as = format!(
+                        "{}/{}-{}-{}",
+                        Layout::minute_dir(View::Local, &ctx.topic, f.key.0),
+                        f.cluster,
+                        f.collector,
+                        f.name
+                    );
+                    for original in [&path, &sealed_as] {
+                        let quarantined = Layout::quarantine_path(original);
+                        if self.roots.exists(&quarantined).await? {
+                            let reason = format!(
+                                "it was moved to {quarantined} (by its collector's recovery or the worker): it is shorter than acknowledged or does not decode"
+                            );
+                            return self.damaged(ctx, f, &path, reason).map(Some);
+                        }
                     }
                     let since = *f.missing_since.get_or_insert_with(Instant::now);
                     if since.elapsed() < Duration::from_secs(2) {
@@ -1180,32 +1375,26 @@ impl PartitionReader {
                 f.want = (f.want * 2).min(MAX_FRAME_BYTES);
                 return Ok(Some(Step::Continue));
             }
-            if bytes.is_empty() && f.loc == Loc::Dir {
-                // A closed file read to its end without meeting a trailer.
-                return Ok(Some(Step::FileDone));
-            }
             if f.loc == Loc::Data {
                 // Storage shows more bytes than it can read (HDFS: the open last
-                // block), or a frame is being written: ask the collector.
-                return Ok(self.collector_or_idle(ctx, f).await);
+                // block), or a frame is being written: ask the collector; a file
+                // its collector has closed is final.
+                return match self.collector_or_idle(ctx, f).await {
+                    None => Ok(None),
+                    Some(step) => Ok(Some(self.stalled(ctx, f, &path).await?.unwrap_or(step))),
+                };
             }
-            // Bytes after the last complete frame of a closed file.
-            let reason = format!("{} bytes that are not a complete frame", bytes.len());
-            if ctx.skip_corrupt {
-                tracing::error!(
-                    path,
-                    offset = f.offset,
-                    reason,
-                    "skipping a torn end of a closed file"
-                );
-                ctx.metrics.corrupt_frames_skipped.inc();
-                return Ok(Some(Step::FileDone));
-            }
-            return Err(PintailError::CorruptFrame {
-                path,
-                offset: f.offset,
-                reason,
-            });
+            // A closed file read to its end without meeting a trailer, or with
+            // bytes after its last complete frame: it was cut short.
+            let reason = if bytes.is_empty() {
+                "it ends without its close trailer: it was truncated".to_owned()
+            } else {
+                format!(
+                    "it ends with {} bytes that are not a complete frame, without its close trailer: it was truncated",
+                    bytes.len()
+                )
+            };
+            return self.damaged(ctx, f, &path, reason).map(Some);
         }
         if f.loc == Loc::Dir {
             self.read_ahead(ctx, f, &s, bytes.len() as u64);
@@ -1214,6 +1403,8 @@ impl PartitionReader {
         f.chunk_base = f.offset;
         f.frames = s.frames.into();
         f.decoded = decoded.into();
+        f.stalled_since = None;
+        f.stall_logged = false;
         Ok(None)
     }
 
@@ -1299,6 +1490,9 @@ impl OpenFile {
             via_http: false,
             http_off: false,
             http_retry_at: None,
+            closed_check_at: None,
+            stalled_since: None,
+            stall_logged: false,
         }
     }
 }

@@ -8,8 +8,8 @@
 //! sends them to a collector with conduit's idempotent
 //! `LogBatch(publisher_id, sequence, entries)` call over the Scribe protocol. The
 //! collector answers `OK` only once a batch is durable, and remembers which
-//! `(publisher_id, sequence)` pairs it made durable, so a batch re-sent after a lost
-//! acknowledgement is stored once.
+//! batches (`publisher_id`, `sequence` and a digest of their content) it made
+//! durable, so a batch re-sent after a lost acknowledgement is stored once.
 //!
 //! - **Queue full**: [`WhenFull::Block`] (wait for room), [`WhenFull::Error`]
 //!   ([`PublishError::QueueFull`] at once) or [`WhenFull::Timeout`]
@@ -73,9 +73,14 @@
 //!
 //! # Delivery guarantees
 //! - Against one collector: every acknowledged event is stored exactly once, even
-//!   when acknowledgements are lost and batches are re-sent (the collector
-//!   deduplicates by `(publisher_id, sequence)`). With the plain-`Log` fallback a
-//!   re-send after a lost acknowledgement can duplicate a batch.
+//!   when acknowledgements are lost and batches are re-sent (the collector drops a
+//!   batch whose `(publisher_id, sequence)` and content it already stored). With
+//!   the plain-`Log` fallback a re-send after a lost acknowledgement can duplicate
+//!   a batch.
+//! - A batch a collector refuses with an exception (a sequence out of range, a
+//!   call it cannot decode) is not retried: its events are failed
+//!   ([`Stats::failed`], [`PublishError::Refused`] for `publish_acked`) and the
+//!   error is logged.
 //! - Across collectors: **at least once**. A batch whose acknowledgement was lost
 //!   when the connection died, re-sent to a *different* collector after failover,
 //!   is stored by both (deduplication is per collector). A collector that stops
@@ -176,6 +181,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use conduit_core::http::prometheus_client::encoding::text;
+use conduit_core::http::prometheus_client::metrics::counter::ConstCounter;
+use conduit_core::http::prometheus_client::metrics::gauge::ConstGauge;
+use conduit_core::http::prometheus_client::registry::Registry;
 use conduit_core::{Encoding, Minute, SharedClock, SystemClock, Topic};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -237,6 +246,13 @@ pub enum PublishError {
     /// a publisher next opens the same `spool_dir` and reaches a collector.
     #[error("event is in the disk spool, not yet acknowledged by a collector")]
     Spooled,
+    /// For [`Publisher::publish_acked`]: a collector refused the event's batch with
+    /// an exception (for example a sequence out of range); it is not retried.
+    #[error("a collector refused the batch: {message}")]
+    Refused {
+        /// The collector's exception message.
+        message: String,
+    },
 }
 
 /// Why a publisher could not be built.
@@ -433,7 +449,11 @@ impl PublisherBuilder {
     }
 
     /// The publisher id sent with every batch (default: 16 random hex digits, new
-    /// for every publisher). Two live publishers must never share an id.
+    /// for every publisher). Two live publishers must never share an id. With a
+    /// fixed id, each session's sequences start at the wall clock in microseconds
+    /// since the Unix epoch (or after the spool's, if higher), so a restarted
+    /// publisher never reuses a sequence of an earlier session; with a random id
+    /// they start at 1.
     pub fn publisher_id(mut self, id: impl Into<String>) -> Self {
         self.settings.publisher_id = Some(id.into());
         self
@@ -535,11 +555,16 @@ impl PublisherBuilder {
     pub async fn build(self) -> Result<Publisher, BuildError> {
         self.validate()?;
         let mut settings = self.settings;
+        let fixed_id = settings.publisher_id.is_some();
         let publisher_id = settings
             .publisher_id
             .take()
             .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
-        let mut first_seq = 1;
+        // A random id is new in every session, so its sequences may start at 1. A
+        // fixed id must never reuse a sequence of an earlier session: collectors
+        // drop a replay of a stored (id, sequence, content) and count a reuse
+        // with other content as a conflict.
+        let mut first_seq = if fixed_id { session_epoch() } else { 1 };
         let spool = match &settings.spool_dir {
             None => None,
             Some(dir) => {
@@ -563,7 +588,7 @@ impl PublisherBuilder {
                     .iter()
                     .find(|(id, _)| id.as_ref() == publisher_id.as_bytes())
                 {
-                    first_seq = max + 1;
+                    first_seq = first_seq.max(max + 1);
                 }
                 Some(spool)
             }
@@ -614,6 +639,20 @@ impl PublisherBuilder {
 }
 
 /// `[A-Za-z0-9_]{1,128}`, like [`Topic::new`] (which allocates).
+/// The first sequence of a session of a publisher with a fixed id: the wall clock
+/// in microseconds since the Unix epoch, so that each session starts above every
+/// sequence an earlier one used (a session sends far fewer than a million batches
+/// a second). It stays below `scribe::LOG_BATCH_SEQUENCES.end` (2^62) until the
+/// year 146,000. A wall clock set back between two sessions by more than the
+/// earlier one ran could make the new one reuse sequences: collectors then store
+/// both batches and count a conflict, they never drop one.
+fn session_epoch() -> i64 {
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_micros() as i64);
+    micros.clamp(1, conduit_core::scribe::LOG_BATCH_SEQUENCES.end / 2)
+}
+
 fn is_topic(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= Topic::MAX_LEN
@@ -703,120 +742,127 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// The counters in the Prometheus text exposition format (metric names
-    /// `conduit_publisher_*`).
+    /// The counters as Prometheus metrics `conduit_publisher_*`, encoded by
+    /// `prometheus-client` like every conduit service's `/metrics`: the OpenMetrics
+    /// text format, where a counter is the family `conduit_publisher_<name>` with the
+    /// sample `conduit_publisher_<name>_total`, a gauge the sample
+    /// `conduit_publisher_<name>`, and the text ends with `# EOF`.
     pub fn to_prometheus(&self) -> String {
-        let rows: [(&str, &str, &str, u64); 18] = [
+        enum Kind {
+            Counter,
+            Gauge,
+        }
+        use Kind::{Counter, Gauge};
+        let rows: [(&str, Kind, &str, u64); 18] = [
             (
-                "enqueued_total",
-                "counter",
-                "Events accepted into the queue.",
+                "enqueued",
+                Counter,
+                "Events accepted into the queue",
                 self.enqueued,
             ),
             (
-                "sent_total",
-                "counter",
-                "Events written to a connection, re-sends included.",
+                "sent",
+                Counter,
+                "Events written to a connection, re-sends included",
                 self.sent,
             ),
             (
-                "acknowledged_total",
-                "counter",
-                "Events acknowledged as durable.",
+                "acknowledged",
+                Counter,
+                "Events acknowledged as durable",
                 self.acknowledged,
             ),
+            ("retried_batches", Counter, "Batches re-sent", self.retried),
             (
-                "retried_batches_total",
-                "counter",
-                "Batches re-sent.",
-                self.retried,
-            ),
-            (
-                "failed_total",
-                "counter",
-                "Events rejected at the call or abandoned.",
+                "failed",
+                Counter,
+                "Events rejected at the call or abandoned",
                 self.failed,
             ),
             (
                 "queue_depth",
-                "gauge",
-                "Events enqueued and not yet acknowledged.",
+                Gauge,
+                "Events enqueued and not yet acknowledged",
                 self.queue_depth,
             ),
-            ("batches_total", "counter", "Batches formed.", self.batches),
+            ("batches", Counter, "Batches formed", self.batches),
             (
-                "reconnects_total",
-                "counter",
-                "Connections established after the first.",
+                "reconnects",
+                Counter,
+                "Connections established after the first",
                 self.reconnects,
             ),
             (
-                "try_later_total",
-                "counter",
-                "TRY_LATER answers received.",
+                "try_later",
+                Counter,
+                "TRY_LATER answers received",
                 self.try_later,
             ),
             (
                 "connected_collector",
-                "gauge",
-                "Index+1 of the connected collector, 0 if none.",
+                Gauge,
+                "Index+1 of the connected collector, 0 if none",
                 self.connected_to,
             ),
             (
                 "legacy_log",
-                "gauge",
-                "1 if the publisher fell back to plain Log.",
+                Gauge,
+                "1 if the publisher fell back to plain Log",
                 u64::from(self.legacy_log),
             ),
             (
-                "audit_records_total",
-                "counter",
-                "Audit records queued for the _audit topic.",
+                "audit_records",
+                Counter,
+                "Audit records queued for the _audit topic",
                 self.audit_records,
             ),
             (
-                "audit_acknowledged_total",
-                "counter",
-                "Audit records acknowledged.",
+                "audit_acknowledged",
+                Counter,
+                "Audit records acknowledged",
                 self.audit_acknowledged,
             ),
             (
-                "spooled_total",
-                "counter",
-                "Events written to the disk spool.",
+                "spooled",
+                Counter,
+                "Events written to the disk spool",
                 self.spooled,
             ),
             (
-                "replayed_total",
-                "counter",
-                "Spooled events acknowledged after replay.",
+                "replayed",
+                Counter,
+                "Spooled events acknowledged after replay",
                 self.replayed,
             ),
             (
                 "spool_events",
-                "gauge",
-                "Events in the disk spool not yet acknowledged.",
+                Gauge,
+                "Events in the disk spool not yet acknowledged",
                 self.spool_events,
             ),
             (
                 "spool_bytes",
-                "gauge",
-                "Bytes of disk spool files.",
+                Gauge,
+                "Bytes of disk spool files",
                 self.spool_bytes,
             ),
             (
                 "spooling",
-                "gauge",
-                "1 while new events go to the disk spool.",
+                Gauge,
+                "1 while new events go to the disk spool",
                 u64::from(self.spooling),
             ),
         ];
-        let mut out = String::new();
+        // `register` ends each help text with a period.
+        let mut registry = Registry::with_prefix("conduit_publisher");
         for (name, kind, help, value) in rows {
-            out.push_str(&format!(
-                "# HELP conduit_publisher_{name} {help}\n# TYPE conduit_publisher_{name} {kind}\nconduit_publisher_{name} {value}\n"
-            ));
+            match kind {
+                Counter => registry.register(name, help, ConstCounter::new(value)),
+                Gauge => registry.register(name, help, ConstGauge::new(value)),
+            }
         }
+        let mut out = String::new();
+        text::encode(&mut out, &registry).expect("formatting into a String cannot fail");
         out
     }
 }
@@ -1184,5 +1230,73 @@ impl Drop for BlockingPublisher {
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every metric, with the names and types the hand-formatted text had: counters'
+    /// samples end in `_total`, gauges' do not.
+    #[test]
+    fn prometheus_text_names_and_types() {
+        let stats = Stats {
+            enqueued: 1,
+            sent: 2,
+            acknowledged: 3,
+            retried: 4,
+            failed: 5,
+            queue_depth: 6,
+            batches: 7,
+            reconnects: 8,
+            try_later: 9,
+            connected_to: 10,
+            legacy_log: true,
+            audit_records: 11,
+            audit_acknowledged: 12,
+            spooled: 13,
+            replayed: 14,
+            spool_events: 15,
+            spool_bytes: 16,
+            spooling: false,
+        };
+        let text = stats.to_prometheus();
+        let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(
+            samples,
+            [
+                "conduit_publisher_enqueued_total 1",
+                "conduit_publisher_sent_total 2",
+                "conduit_publisher_acknowledged_total 3",
+                "conduit_publisher_retried_batches_total 4",
+                "conduit_publisher_failed_total 5",
+                "conduit_publisher_queue_depth 6",
+                "conduit_publisher_batches_total 7",
+                "conduit_publisher_reconnects_total 8",
+                "conduit_publisher_try_later_total 9",
+                "conduit_publisher_connected_collector 10",
+                "conduit_publisher_legacy_log 1",
+                "conduit_publisher_audit_records_total 11",
+                "conduit_publisher_audit_acknowledged_total 12",
+                "conduit_publisher_spooled_total 13",
+                "conduit_publisher_replayed_total 14",
+                "conduit_publisher_spool_events 15",
+                "conduit_publisher_spool_bytes 16",
+                "conduit_publisher_spooling 0",
+            ]
+        );
+        assert!(text.starts_with(
+            "# HELP conduit_publisher_enqueued Events accepted into the queue.\n\
+             # TYPE conduit_publisher_enqueued counter\n\
+             conduit_publisher_enqueued_total 1\n"
+        ));
+        assert!(text.contains(
+            "# HELP conduit_publisher_queue_depth Events enqueued and not yet acknowledged.\n\
+             # TYPE conduit_publisher_queue_depth gauge\n"
+        ));
+        assert_eq!(text.matches("counter\n").count(), 12);
+        assert_eq!(text.matches("gauge\n").count(), 6);
+        assert!(text.ends_with("# EOF\n"));
     }
 }

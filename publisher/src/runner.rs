@@ -28,9 +28,16 @@
 //! through the spool until it is empty, so events are sent in the order they were
 //! accepted.
 //!
+//! A batch a collector refuses with an exception (a `TApplicationException` other
+//! than the `UNKNOWN_METHOD` of a plain Scribe server, e.g. PROTOCOL_ERROR for a
+//! sequence out of range) is finished as *refused*: its events are failed (logged
+//! as an error, counted in `failed`, `publish_acked` gets
+//! [`PublishError::Refused`]) and it is not retried, since resending the same call
+//! cannot succeed.
+//!
 //! Flushes and close wait until the events received before them are acknowledged
-//! and the spool is empty or, while the publisher is spooling, until they are
-//! acknowledged or spooled. Both happen in the order events were received, so two
+//! (or refused) and the spool is empty or, while the publisher is spooling, until
+//! they are acknowledged or spooled. Both happen in the order events were received, so two
 //! counts (`acked`, `settled`) suffice.
 
 use std::collections::{HashMap, VecDeque};
@@ -91,6 +98,9 @@ struct Batch {
     /// A spool record that no longer read back intact: no entries, these events
     /// are reported failed when it reaches the front.
     lost: u64,
+    /// The collector refused it with an exception (this message): its events are
+    /// failed when it reaches the front, not retried.
+    refused: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -151,7 +161,8 @@ pub(crate) struct Runner {
     received: u64,
     /// Events acknowledged or spooled so far (always a prefix of `received`).
     settled: u64,
-    /// Events acknowledged so far (a prefix of `settled`).
+    /// Events acknowledged (or refused: finished either way) so far (a prefix of
+    /// `settled`).
     acked: u64,
     /// This run's first sequence: spooled batches of this id from `first_seq` on
     /// are this run's own events.
@@ -677,6 +688,7 @@ impl Runner {
             sends: 0,
             spooled: false,
             lost: 0,
+            refused: None,
         };
         self.next_seq += 1;
         self.next_batch_id += 1;
@@ -725,6 +737,7 @@ impl Runner {
                         sends: 0,
                         spooled: true,
                         lost: 0,
+                        refused: None,
                     });
                 }
                 Ok(Err(events)) => self.pending.push_back(Batch {
@@ -740,6 +753,7 @@ impl Runner {
                     sends: 0,
                     spooled: true,
                     lost: events,
+                    refused: None,
                 }),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read the spool; retrying in 1 s");
@@ -883,6 +897,18 @@ impl Runner {
             let n = batch.entries.len() as u64;
             // The user-facing counters leave this publisher's audit records out.
             let user = n - batch.audit;
+            if let Some(message) = batch.refused {
+                self.finish_refused(
+                    batch.spooled,
+                    batch.publisher,
+                    batch.seq,
+                    n,
+                    user,
+                    batch.waiters,
+                    message,
+                );
+                continue;
+            }
             if batch.spooled {
                 if batch.publisher == self.id_bytes && batch.seq >= self.first_seq {
                     self.acked += n;
@@ -912,6 +938,37 @@ impl Runner {
             if !self.pending.is_empty() && self.spool.is_some() {
                 self.load_from_spool();
             }
+        }
+    }
+
+    /// Finishes a batch a collector refused: its events are failed and it is
+    /// removed from the spool; flushes and close do not wait for it any more.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_refused(
+        &mut self,
+        spooled: bool,
+        publisher: Bytes,
+        seq: i64,
+        n: u64,
+        user: u64,
+        waiters: Vec<Waiter>,
+        message: String,
+    ) {
+        self.counters.failed.fetch_add(user, Ordering::Relaxed);
+        if spooled {
+            if publisher == self.id_bytes && seq >= self.first_seq {
+                self.acked += n;
+            }
+            self.spool_acked();
+        } else {
+            self.acked += n;
+            self.settled += n;
+            self.counters.queue_depth.fetch_sub(user, Ordering::Relaxed);
+        }
+        for w in waiters {
+            let _ = w.send(Err(PublishError::Refused {
+                message: message.clone(),
+            }));
         }
     }
 
@@ -998,6 +1055,23 @@ impl Runner {
                 self.counters.legacy.store(1, Ordering::Relaxed);
                 self.drop_conns();
                 self.reconnect_at = Some(Instant::now());
+            }
+            ReplyValue::Exception { kind, message } => {
+                // Not transient: the same call would be refused again.
+                let batch = &mut self.pending[at];
+                tracing::error!(
+                    collector = %self.settings.collectors[self.conn_index],
+                    sequence = batch.seq,
+                    exception_type = kind,
+                    %message,
+                    events = batch.entries.len() as u64 - batch.audit,
+                    "collector refused a batch; its events are failed, not retried"
+                );
+                self.inflight -= 1;
+                batch.state = State::Acked;
+                batch.refused = Some(message);
+                self.finish_front();
+                self.maybe_switch();
             }
             other => self.lost(&format!("unexpected reply {other:?}")),
         }

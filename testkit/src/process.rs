@@ -115,6 +115,65 @@ pub fn free_addr() -> String {
     format!("127.0.0.1:{}", free_port())
 }
 
+/// What a finished `conduit` command printed.
+#[derive(Debug, Clone)]
+pub struct Ran {
+    /// Its exit code (`-1` when killed by a signal).
+    pub code: i32,
+    /// Its standard output.
+    pub stdout: String,
+    /// Its standard error (the log).
+    pub stderr: String,
+}
+
+/// Runs `conduit <args>` with `input` on its stdin and waits for it to exit; a
+/// command still running after `deadline` is killed and reported as
+/// [`Error::TimedOut`] (a command that must end, such as `tail --to`, hung).
+pub fn run_conduit(args: &[&str], input: &[u8], deadline: Duration) -> Result<Ran, Error> {
+    let what = format!("conduit {}", args.join(" "));
+    let mut child = Command::new(conduit_bin())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| Error::Spawn {
+            what: what.clone(),
+            source,
+        })?;
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        // A command that does not read stdin closes it: not an error here.
+        let _ = stdin.write_all(&input);
+    });
+    let pipe = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            let _ = r.read_to_end(&mut text);
+            String::from_utf8_lossy(&text).into_owned()
+        })
+    };
+    let stdout = pipe(Box::new(child.stdout.take().expect("piped stdout")));
+    let stderr = pipe(Box::new(child.stderr.take().expect("piped stderr")));
+    let status = wait::until_blocking(&format!("{what} to exit"), deadline, || {
+        child.try_wait().ok().flatten()
+    });
+    let status = match status {
+        Ok(status) => status,
+        Err(e) => {
+            kill9(&mut child);
+            return Err(e.into());
+        }
+    };
+    let _ = writer.join();
+    Ok(Ran {
+        code: status.code().unwrap_or(-1),
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    })
+}
+
 /// A `conduit collector` child process.
 #[derive(Debug)]
 pub struct CollectorProcess {
@@ -145,9 +204,35 @@ impl CollectorProcess {
         extra: &[&str],
         log_dir: &Path,
     ) -> Result<Self, Error> {
+        Self::start_limited(root, id, thrift, http, extra, log_dir, None)
+    }
+
+    /// [`CollectorProcess::start`] with the process's open-file limit
+    /// (`RLIMIT_NOFILE`, soft and hard) set to `nofile`, as `ulimit -n` sets it in
+    /// the shell that then runs the collector.
+    pub fn start_with_fd_limit(
+        root: &str,
+        id: &str,
+        extra: &[&str],
+        log_dir: &Path,
+        nofile: u64,
+    ) -> Result<Self, Error> {
+        let (thrift, http) = (free_addr(), free_addr());
+        Self::start_limited(root, id, &thrift, &http, extra, log_dir, Some(nofile))
+    }
+
+    fn start_limited(
+        root: &str,
+        id: &str,
+        thrift: &str,
+        http: &str,
+        extra: &[&str],
+        log_dir: &Path,
+        nofile: Option<u64>,
+    ) -> Result<Self, Error> {
         let what = format!("conduit collector {id}");
         let log_path = log_dir.join(format!("collector-{id}-{}.log", free_port()));
-        let mut child = spawn(
+        let mut child = spawn_limited(
             &what,
             &[
                 &["collector", "--root", root, "--id", id][..],
@@ -157,6 +242,7 @@ impl CollectorProcess {
             .concat(),
             &log_path,
             Stdio::piped(),
+            nofile,
         )?;
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();
@@ -280,6 +366,19 @@ impl Drop for WorkerProcess {
 
 /// Spawns `conduit --log-format json <args>` with stderr to `log_path`.
 fn spawn(what: &str, args: &[&str], log_path: &Path, stdout: Stdio) -> Result<Child, Error> {
+    spawn_limited(what, args, log_path, stdout, None)
+}
+
+/// [`spawn`], with the open-file limit set to `nofile` first (`sh -c 'ulimit -n N
+/// && exec conduit ...'`: the shell's `exec` keeps the process id, so signals
+/// reach the collector itself).
+fn spawn_limited(
+    what: &str,
+    args: &[&str],
+    log_path: &Path,
+    stdout: Stdio,
+    nofile: Option<u64>,
+) -> Result<Child, Error> {
     let err = |source| Error::Spawn {
         what: what.to_owned(),
         source,
@@ -288,7 +387,16 @@ fn spawn(what: &str, args: &[&str], log_path: &Path, stdout: Stdio) -> Result<Ch
         std::fs::create_dir_all(dir).map_err(err)?;
     }
     let log = std::fs::File::create(log_path).map_err(err)?;
-    Command::new(conduit_bin())
+    let mut command = match nofile {
+        Some(n) => {
+            let mut sh = Command::new("sh");
+            sh.args(["-c", "ulimit -n \"$0\" && exec \"$@\"", &n.to_string()])
+                .arg(conduit_bin());
+            sh
+        }
+        None => Command::new(conduit_bin()),
+    };
+    command
         .args(["--log-format", "json"])
         .args(args)
         .stdin(Stdio::null())

@@ -105,6 +105,20 @@ impl Client {
         sequence: i64,
         entries: &[(C, M)],
     ) -> ResultCode {
+        self.try_log_batch(publisher, sequence, entries, REPLY_TIMEOUT)
+            .await
+            .unwrap_or_else(|| panic!("no reply to LogBatch (connection closed or reset, or none within {REPLY_TIMEOUT:?})"))
+    }
+
+    /// `LogBatch`; `None` when no reply comes within `timeout` (the connection was
+    /// closed or reset, or the collector is gone or stuck).
+    pub async fn try_log_batch<C: AsRef<[u8]>, M: AsRef<[u8]>>(
+        &mut self,
+        publisher: &str,
+        sequence: i64,
+        entries: &[(C, M)],
+        timeout: Duration,
+    ) -> Option<ResultCode> {
         self.seqid += 1;
         let mut out = Vec::new();
         encode_log_batch_call(
@@ -114,13 +128,48 @@ impl Client {
             &refs(entries),
             &mut out,
         );
-        self.call("LogBatch", &out, REPLY_TIMEOUT)
+        self.call("LogBatch", &out, timeout).await
+    }
+
+    /// `LogBatch` whose reply may be anything (an exception, for a refused
+    /// sequence): the decoded reply value. Panics when no reply comes within
+    /// [`REPLY_TIMEOUT`].
+    pub async fn log_batch_reply<C: AsRef<[u8]>, M: AsRef<[u8]>>(
+        &mut self,
+        publisher: &str,
+        sequence: i64,
+        entries: &[(C, M)],
+    ) -> ReplyValue {
+        self.seqid += 1;
+        let mut out = Vec::new();
+        encode_log_batch_call(
+            self.seqid,
+            publisher.as_bytes(),
+            sequence,
+            &refs(entries),
+            &mut out,
+        );
+        self.call_value("LogBatch", &out, REPLY_TIMEOUT)
             .await
-            .unwrap_or_else(|| panic!("no reply to LogBatch (connection closed or reset, or none within {REPLY_TIMEOUT:?})"))
+            .unwrap_or_else(|| panic!("no reply to LogBatch within {REPLY_TIMEOUT:?}"))
     }
 
     /// Sends one framed call and reads its reply; `None` when there is none.
     async fn call(&mut self, method: &str, frame: &[u8], timeout: Duration) -> Option<ResultCode> {
+        match self.call_value(method, frame, timeout).await? {
+            ReplyValue::ResultCode(code) => Some(code),
+            other => panic!("unexpected reply to {method}: {other:?}"),
+        }
+    }
+
+    /// Sends one framed call and reads its reply's value; `None` when there is
+    /// none.
+    async fn call_value(
+        &mut self,
+        method: &str,
+        frame: &[u8],
+        timeout: Duration,
+    ) -> Option<ReplyValue> {
         self.stream.write_all(frame).await.ok()?;
         let reply = tokio::time::timeout(
             timeout,
@@ -135,10 +184,7 @@ impl Client {
             reply.seqid, self.seqid,
             "the reply carries the call's seqid"
         );
-        match reply.value {
-            ReplyValue::ResultCode(code) => Some(code),
-            other => panic!("unexpected reply to {method}: {other:?}"),
-        }
+        Some(reply.value)
     }
 }
 

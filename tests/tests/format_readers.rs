@@ -1,15 +1,19 @@
 //! Stock readers agree with our writer (`docs/format.md`).
 //!
 //! Files are built with `conduit_core::format` exactly as a collector builds them
-//! (independent frames of whole records, batch marks before a frame, a close
-//! trailer) under the names `conduit_core::layout::Layout` gives them, then read
-//! with tools nobody here wrote: the `zstd` CLI, Python `zstandard` and DuckDB.
+//! (layout 2: independent frames of whole records, each followed by its batch
+//! marks, an index and a close trailer with a CRC-32C) under the names
+//! `conduit_core::layout::Layout` gives them, then read with tools nobody here
+//! wrote: the `zstd` CLI, Python `zstandard` and DuckDB.
 //!
-//! * (a) a closed `lines` file: 3 frames (marks before the second), 10 000 JSON
-//!   records, trailer;
+//! * (a) a closed `lines` file: 3 frames (batches in the second), 10 000 JSON
+//!   records, index, trailer;
 //! * (b) a closed `base64` file of arbitrary binary payloads;
 //! * (c) a file still being written whose last frame is torn (a prefix), and a
-//!   variant whose last frame is complete in length but fails its checksum.
+//!   variant whose last frame is complete in length but fails its checksum;
+//! * a layout 1 file (marks before their frame, 40-byte trailer), written byte by
+//!   byte from the spec, still decodes and recovers;
+//! * no file a real collector process writes starts with a skippable frame.
 //!
 //! The `zstd` CLI and the Python modules are required in CI (`CI` set) and skipped
 //! loudly elsewhere.
@@ -19,7 +23,8 @@ use std::process::{Command, Output};
 
 use bytes::Bytes;
 use conduit_core::format::{
-    decode_file, encode_marks_v1, BatchMark, Encoding, FrameEncoder, Trailer,
+    crc32c_append, decode_file, encode_closing, encode_marks, read_index, BatchMark, Encoding,
+    FileBatch, FoundMark, FrameEncoder, IndexEntry, PartMark, Trailer, TRAILER_V2_LEN,
 };
 use conduit_core::layout::{Layout, View};
 use conduit_core::{Minute, NodeName, Topic};
@@ -127,6 +132,17 @@ fn mark(sequence: i64, part: u16, parts: u16) -> BatchMark {
     }
 }
 
+/// A version 2 mark of `mark(sequence, part, parts)` for `records` records from
+/// `first_record` of its frame.
+fn part_mark(sequence: i64, part: u16, parts: u16, first_record: u32, records: u32) -> PartMark {
+    PartMark {
+        batch: mark(sequence, part, parts),
+        digest: 0x5eed_0000 + sequence as u64,
+        first_record,
+        records,
+    }
+}
+
 /// The files under a temporary cluster root, and what was written into them.
 struct Fixture {
     dir: tempfile::TempDir,
@@ -175,28 +191,44 @@ fn fixture() -> Fixture {
     let minute = Minute::parse_flexible("2026-11-22T10:05Z").unwrap();
     let clicks = Topic::new("clicks").unwrap();
 
-    // (a) lines, three frames, marks before the second, trailer.
+    // (a) lines, three frames each followed by its marks (batches in the second),
+    // index, trailer.
     let lines: Vec<Vec<u8>> = (0..RECORDS).map(json_record).collect();
     let mut file = Vec::new();
     let mut at = 0;
     let mut record_bytes = 0u64;
+    let mut index = Vec::new();
     for (k, n) in FRAME_SPLIT.into_iter().enumerate() {
         let records = records_of(Encoding::Lines, &lines[at..at + n]);
         record_bytes += records.len() as u64;
-        if k == 1 {
-            file.extend_from_slice(&encode_marks_v1(&[mark(41, 0, 2), mark(42, 1, 1)]));
-        }
+        let frame_offset = file.len() as u64;
         file.extend_from_slice(&enc.frame(&records).unwrap());
+        let marks = if k == 1 {
+            vec![
+                part_mark(41, 0, 2, 0, 1000),
+                part_mark(42, 1, 1, 1000, 2000),
+            ]
+        } else {
+            vec![]
+        };
+        file.extend_from_slice(&encode_marks(&marks));
+        index.extend(
+            marks
+                .into_iter()
+                .map(|mark| IndexEntry { frame_offset, mark }),
+        );
         at += n;
     }
-    file.extend_from_slice(
+    let crc = crc32c_append(0, &file);
+    file.extend_from_slice(&encode_closing(
         &Trailer {
             encoding: Encoding::Lines,
             records: RECORDS as u64,
             record_bytes,
-        }
-        .encode(),
-    );
+        },
+        crc,
+        Some(&index),
+    ));
     let rel = Layout::collector_file(&clicks, &collector, minute, 0);
     assert_eq!(rel, "data/clicks/c1/clicks-2026-11-22-10-05_00000.zst");
     let lines_file = write_file(root, &rel, &file);
@@ -211,19 +243,23 @@ fn fixture() -> Fixture {
         let records = records_of(Encoding::Base64, part);
         record_bytes += records.len() as u64;
         file.extend_from_slice(&enc.frame(&records).unwrap());
+        file.extend_from_slice(&encode_marks(&[]));
     }
-    file.extend_from_slice(
+    let crc = crc32c_append(0, &file);
+    file.extend_from_slice(&encode_closing(
         &Trailer {
             encoding: Encoding::Base64,
             records: payloads.len() as u64,
             record_bytes,
-        }
-        .encode(),
-    );
+        },
+        crc,
+        Some(&[]),
+    ));
     let rel = Layout::collector_file(&blobs, &collector, minute, 0);
     let base64_file = write_file(root, &rel, &file);
 
-    // (c) an open file: two complete frames, then marks and a torn third frame.
+    // (c) an open file: two complete units (frame and marks), then a torn third
+    // frame.
     // The third frame holds ~300 KiB, so several zstd blocks, and is cut after
     // roughly half its compressed bytes.
     let open_records: Vec<Vec<u8>> = lines[..2_000].to_vec();
@@ -232,11 +268,12 @@ fn fixture() -> Fixture {
         &enc.frame(&records_of(Encoding::Lines, &open_records[..500]))
             .unwrap(),
     );
-    file.extend_from_slice(&encode_marks_v1(&[mark(43, 0, 1)]));
+    file.extend_from_slice(&encode_marks(&[]));
     file.extend_from_slice(
         &enc.frame(&records_of(Encoding::Lines, &open_records[500..]))
             .unwrap(),
     );
+    file.extend_from_slice(&encode_marks(&[part_mark(43, 0, 1, 0, 1500)]));
     let open_valid_len = file.len() as u64;
     let lost = enc
         .frame(&records_of(Encoding::Lines, &lines[2_000..6_000]))
@@ -247,7 +284,6 @@ fn fixture() -> Fixture {
         "the lost frame has several blocks: {blocks:?}"
     );
     let mut torn = file.clone();
-    torn.extend_from_slice(&encode_marks_v1(&[mark(44, 0, 1)]));
     // Cut in the middle of the second block: the first block is whole, so a
     // streaming decoder can decode it although the frame never completed.
     torn.extend_from_slice(&lost[..(blocks[0] + blocks[1]) / 2]);
@@ -261,6 +297,7 @@ fn fixture() -> Fixture {
     let n = bad.len();
     bad[n - 2] ^= 0x5a; // inside the 4-byte content checksum
     corrupt.extend_from_slice(&bad);
+    corrupt.extend_from_slice(&encode_marks(&[part_mark(44, 0, 1, 0, 4000)]));
     let rel = Layout::collector_file(&clicks, &collector, minute, 2);
     let corrupt_last_file = write_file(root, &rel, &corrupt);
 
@@ -327,12 +364,27 @@ fn fixture_matches_the_format_and_the_layout() {
     assert!(decoded.scan.is_closed());
     assert_eq!(
         decoded.scan.frames.len(),
-        5,
-        "3 data frames, marks, trailer"
+        8,
+        "3 data frames, each with marks, index, trailer"
     );
     assert_eq!(
         decoded.marks().cloned().collect::<Vec<_>>(),
         vec![mark(41, 0, 2), mark(42, 1, 1)]
+    );
+    let second_frame = decoded.scan.frames[2].offset;
+    assert_eq!(
+        decoded.batches[1],
+        FileBatch {
+            frame_offset: second_frame,
+            mark: FoundMark::V2(part_mark(42, 1, 1, 1000, 2000))
+        },
+        "marks describe the data frame before them"
+    );
+    let close = decoded.scan.close.unwrap();
+    assert_eq!(close.version, 2);
+    assert_eq!(
+        close.crc32c,
+        crc32c_append(0, &buf[..buf.len() - TRAILER_V2_LEN])
     );
     let trailer = decoded.scan.trailer.unwrap();
     assert_eq!(trailer.records, RECORDS as u64);
@@ -433,7 +485,7 @@ fn torn_tail_fails_the_cli_but_not_our_reader() {
         assert_eq!(
             decoded.scan.torn_bytes,
             buf.len() as u64 - f.open_valid_len,
-            "{what}: marks before the lost frame go with it"
+            "{what}: the lost frame (and its marks) go"
         );
         assert!(!decoded.scan.is_closed());
         assert_eq!(
@@ -641,4 +693,249 @@ fn duckdb_reads_json_lines() {
     assert_eq!(got["base64"]["nulls"], empty, "{got}");
     assert_eq!(got["base64"]["chars"], chars, "{got}");
     eprintln!("duckdb on a torn tail: {}", got["torn"]);
+}
+
+/// A version 1 marks frame with one entry, byte by byte from `docs/format.md`
+/// §3.3 (not through `conduit_core::format`, so the spec is checked too).
+fn v1_marks_by_hand(id: &[u8], sequence: i64, part: u16, parts: u16) -> Vec<u8> {
+    let mut body = b"CONDUIT-BATCH".to_vec();
+    body.push(1);
+    body.extend_from_slice(&1u32.to_le_bytes());
+    body.extend_from_slice(&(id.len() as u16).to_le_bytes());
+    body.extend_from_slice(id);
+    body.extend_from_slice(&sequence.to_le_bytes());
+    body.extend_from_slice(&part.to_le_bytes());
+    body.extend_from_slice(&parts.to_le_bytes());
+    let mut out = 0x184D_2A5Du32.to_le_bytes().to_vec();
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// A version 1 (40-byte) `lines` trailer, byte by byte from §3.2.
+fn v1_trailer_by_hand(records: u64, record_bytes: u64) -> Vec<u8> {
+    let mut out = 0x184D_2A5Cu32.to_le_bytes().to_vec();
+    out.extend_from_slice(&32u32.to_le_bytes());
+    out.extend_from_slice(b"CONDUIT-CLOSED");
+    out.push(1);
+    out.push(1);
+    out.extend_from_slice(&records.to_le_bytes());
+    out.extend_from_slice(&record_bytes.to_le_bytes());
+    out
+}
+
+/// A layout 1 file, as collectors wrote before marks v2: a frame without
+/// batches, marks, the frame they describe.
+fn v1_units(enc: &mut FrameEncoder) -> (Vec<u8>, Vec<Vec<u8>>, u64) {
+    let first: Vec<Vec<u8>> = (0..5).map(|i| format!("old-{i}").into_bytes()).collect();
+    let second: Vec<Vec<u8>> = (5..9).map(|i| format!("old-{i}").into_bytes()).collect();
+    let mut file = enc
+        .frame(&records_of(Encoding::Lines, &first))
+        .unwrap()
+        .to_vec();
+    file.extend_from_slice(&v1_marks_by_hand(b"pub-old", 5, 0, 1));
+    let second_at = file.len() as u64;
+    file.extend_from_slice(&enc.frame(&records_of(Encoding::Lines, &second)).unwrap());
+    (file, [first, second].concat(), second_at)
+}
+
+/// Files written by older collectors stay readable: decoded by our reader and by
+/// stock tools when closed, and recovered (closed, their batches remembered) by a
+/// collector process when they were left open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v1_file_still_decodes_and_recovers() {
+    use conduit_core::storage::LocalStorage;
+    use conduit_core::Storage;
+    use conduit_testkit::process::{metric, CollectorProcess};
+    use conduit_testkit::scribe::Client;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut enc = FrameEncoder::new(3).unwrap();
+    let (units, payloads, second_at) = v1_units(&mut enc);
+    let record_bytes = joined_lines(&payloads).len() as u64;
+
+    // Closed, with a 40-byte trailer.
+    let mut closed = units.clone();
+    closed.extend_from_slice(&v1_trailer_by_hand(payloads.len() as u64, record_bytes));
+    let decoded = decode_file("v1", &closed, Encoding::Lines).unwrap();
+    assert!(decoded.scan.is_closed());
+    assert_eq!(decoded.payloads.len(), payloads.len());
+    assert!(decoded
+        .payloads
+        .iter()
+        .zip(&payloads)
+        .all(|(a, b)| a[..] == b[..]));
+    assert_eq!(decoded.scan.close.unwrap().version, 1);
+    assert_eq!(
+        decoded.batches,
+        vec![FileBatch {
+            frame_offset: second_at,
+            mark: FoundMark::V1(BatchMark {
+                publisher: Bytes::from_static(b"pub-old"),
+                sequence: 5,
+                part: 0,
+                parts: 1
+            })
+        }],
+        "layout 1 marks describe the frame after them"
+    );
+    let path = dir.path().join("v1-closed.zst");
+    std::fs::write(&path, &closed).unwrap();
+    if gate::zstd_cli("a_v1_file_still_decodes_and_recovers") {
+        assert_eq!(zstd_dc(&path), joined_lines(&payloads));
+    }
+
+    // Left open, with a torn layout 1 unit (marks, half a frame) at the end.
+    let root = dir.path().join("root");
+    let mut open = units.clone();
+    open.extend_from_slice(&v1_marks_by_hand(b"pub-old", 6, 0, 1));
+    let lost = enc
+        .frame(&records_of(Encoding::Lines, &[b"never acked".to_vec()]))
+        .unwrap();
+    open.extend_from_slice(&lost[..lost.len() / 2]);
+    let rel = "data/clicks/c1/clicks-2026-11-22-10-05_00000.zst";
+    write_file(&root, rel, &open);
+    let collector = CollectorProcess::start(
+        &root.display().to_string(),
+        "c1",
+        &[],
+        &dir.path().join("logs"),
+    )
+    .expect("collector starts");
+    let storage = LocalStorage::open(&root).unwrap();
+    let recovered = storage.read(rel).await.unwrap();
+    let decoded = decode_file(rel, &recovered, Encoding::Lines).unwrap();
+    assert!(decoded.scan.is_closed(), "recovery closed it");
+    assert_eq!(
+        decoded.payloads.len(),
+        payloads.len(),
+        "the torn unit is cut"
+    );
+    assert_eq!(
+        &recovered[..units.len()],
+        &units[..],
+        "kept bytes unchanged"
+    );
+    let tail = read_index(&storage, rel, recovered.len() as u64)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(tail.close.version, 2);
+    assert_eq!(tail.index, None, "layout 1 marks cannot be indexed");
+    assert_eq!(
+        tail.close.crc32c,
+        crc32c_append(0, &recovered[..recovered.len() - TRAILER_V2_LEN])
+    );
+    // The batch its marks name is remembered: a retry is acknowledged, not stored
+    // again (layout 1 marks carry no digest, so any content matches).
+    let mut client = Client::connect(&collector.thrift_addr).await;
+    let retry = [("clicks", "old-5")];
+    assert_eq!(
+        client.log_batch("pub-old", 5, &retry).await,
+        conduit_core::scribe::ResultCode::Ok
+    );
+    let text = collector.metrics();
+    assert_eq!(
+        metric(&text, "conduit_collector_duplicate_batches_total"),
+        Some(1.0)
+    );
+    let all = conduit_testkit::collector::stored_payloads(&storage, "clicks").await;
+    assert_eq!(all.len(), payloads.len(), "nothing stored twice");
+}
+
+/// Every file a collector process writes is layout 2: it starts with a data frame
+/// (tools that sniff the first bytes see zstd), every index entry points at the
+/// records of its batch, the trailer's CRC-32C covers the bytes before it, and the
+/// zstd CLI reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_file_a_collector_writes_starts_with_a_skippable_frame() {
+    use conduit_core::format::split_records;
+    use conduit_core::storage::LocalStorage;
+    use conduit_core::Storage;
+    use conduit_testkit::process::CollectorProcess;
+    use conduit_testkit::scribe::Client;
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let mut collector = CollectorProcess::start(
+        &root.display().to_string(),
+        "c1",
+        &[],
+        &dir.path().join("logs"),
+    )
+    .expect("collector starts");
+    let mut client = Client::connect(&collector.thrift_addr).await;
+    let ok = conduit_core::scribe::ResultCode::Ok;
+    // A plain Log (no batch), then batches: small parts (framed by the committer),
+    // a large part (compressed on the connection), and one with an entry for
+    // `_invalid`.
+    assert_eq!(client.log_to("clicks", &["plain"]).await, ok);
+    let big: Vec<String> = (0..500).map(|i| format!("{i:0>100}")).collect();
+    let mut batch: Vec<(&str, String)> = vec![("clicks", "b1-a".into()), ("clicks", "b1-b".into())];
+    batch.extend(big.iter().map(|p| ("views", p.clone())));
+    assert_eq!(client.log_batch("pub-1", 1, &batch).await, ok);
+    let with_invalid = [("clicks", "b2-a"), ("no-such topic!", "x")];
+    assert_eq!(client.log_batch("pub-1", 2, &with_invalid).await, ok);
+    collector.terminate().expect("clean shutdown");
+
+    let storage = LocalStorage::open(&root).unwrap();
+    let mut files = 0;
+    let mut indexed = 0;
+    for topic in ["clicks", "views", "_invalid"] {
+        for file in conduit_testkit::collector::stored_files(&storage, topic).await {
+            files += 1;
+            let bytes = storage.read(&file.path).await.unwrap();
+            assert_eq!(
+                bytes[..4],
+                [0x28, 0xB5, 0x2F, 0xFD],
+                "{} starts with a zstd data frame",
+                file.path
+            );
+            assert!(file.is_closed(), "{}", file.path);
+            let tail = read_index(&storage, &file.path, bytes.len() as u64)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(tail.close.version, 2, "{}", file.path);
+            assert_eq!(
+                tail.close.crc32c,
+                crc32c_append(0, &bytes[..bytes.len() - TRAILER_V2_LEN]),
+                "{}",
+                file.path
+            );
+            let index = tail.index.expect("a collector file has an index");
+            assert_eq!(Some(index.clone()), file.decoded.index(), "{}", file.path);
+            for entry in index {
+                indexed += 1;
+                let at = entry.frame_offset as usize;
+                let frame = &bytes[at..];
+                let len = conduit_core::format::scan(frame, 0).frames[0].len as usize;
+                let content = conduit_core::format::decode_frame(&frame[..len]).unwrap();
+                let records: Vec<&[u8]> = split_records(&content).collect();
+                let first = entry.mark.first_record as usize;
+                let part = &records[first..first + entry.mark.records as usize];
+                let want: Vec<Vec<u8>> = match (topic, entry.mark.batch.sequence) {
+                    ("clicks", 1) => vec![b"b1-a".to_vec(), b"b1-b".to_vec()],
+                    ("views", 1) => big.iter().map(|p| p.clone().into_bytes()).collect(),
+                    ("clicks", 2) => vec![b"b2-a".to_vec()],
+                    ("_invalid", 2) => {
+                        assert_eq!(part.len(), 1);
+                        assert!(String::from_utf8_lossy(part[0]).contains("invalid_topic"));
+                        continue;
+                    }
+                    other => panic!("unexpected batch {other:?} in {}", file.path),
+                };
+                let got: Vec<Vec<u8>> = part.iter().map(|r| r.to_vec()).collect();
+                assert_eq!(got, want, "{topic} batch {}", entry.mark.batch.sequence);
+            }
+            if gate::zstd_cli("no_file_a_collector_writes_starts_with_a_skippable_frame") {
+                let path = root.join(&file.path);
+                let joined: Vec<Vec<u8>> = file.payloads().iter().map(|p| p.to_vec()).collect();
+                assert_eq!(zstd_dc(&path), joined_lines(&joined), "{}", file.path);
+            }
+        }
+    }
+    assert!(files >= 3, "clicks, views and _invalid files: {files}");
+    assert_eq!(indexed, 4, "four batch parts in all");
 }

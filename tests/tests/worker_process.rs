@@ -129,8 +129,18 @@ fn a_killed_worker_restarts_without_loss_duplicates_or_changed_minutes() {
             m.minute
         );
     }
-    let (_, body) = http_get(&http, "/metrics").unwrap();
-    assert!(metric(&body, "conduit_worker_minutes_sealed_total{job=\"local\"}").unwrap() >= 1.0);
+    // The counter moves at the end of the pass that sealed the minute, which may
+    // finish just after the minute's `_SUCCESS` appears.
+    let body = until_blocking(
+        "the worker to count the sealed minute",
+        Duration::from_secs(30),
+        || {
+            let (_, body) = http_get(&http, "/metrics").ok()?;
+            (metric(&body, "conduit_worker_minutes_sealed_total{job=\"local\"}")? >= 1.0)
+                .then_some(body)
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\nworker log:\n{}", first.log()));
     assert_eq!(metric(&body, "conduit_worker_lease_held"), Some(1.0));
     let (status, health) = http_get(&http, "/health").unwrap();
     assert_eq!(status, 200);
@@ -154,7 +164,14 @@ fn a_killed_worker_restarts_without_loss_duplicates_or_changed_minutes() {
     .unwrap_or_else(|e| panic!("{e}\nworker log:\n{}", second.log()));
 
     // Stop publishing and the collector (all files closed); everything gets sealed.
-    std::thread::sleep(Duration::from_millis(500)); // let a few calls land after the restart
+    // Let a few calls land after the restart.
+    let at_takeover = acked.load(Ordering::Relaxed);
+    until_blocking(
+        "calls acked after the takeover",
+        Duration::from_secs(30),
+        || (acked.load(Ordering::Relaxed) >= at_takeover + 5).then_some(()),
+    )
+    .unwrap_or_else(|e| panic!("{e}\nworker log:\n{}", second.log()));
     stop.store(true, Ordering::Relaxed);
     publishing.join().unwrap();
     let acked = acked.load(Ordering::Relaxed);

@@ -91,8 +91,7 @@ pub struct SealedPart(
     /// The part's index in its batch.
     pub u16,
     /// The digest of the batch's whole call.
-    #[serde(with = "hex_u64")]
-    pub u64,
+    pub Hex64,
 );
 
 /// A seal that rewrote files and was interrupted before its manifest.
@@ -102,25 +101,6 @@ pub struct SealInProgress {
     pub minute: Minute,
     /// Records dropped per file name of that minute's directory.
     pub dropped: BTreeMap<String, u64>,
-}
-
-/// A `u64` as 16 lowercase hex digits (JSON numbers above 2^53 are not portable).
-mod hex_u64 {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(value: &u64, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&format_args!("{value:016x}"))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-        let text = String::deserialize(d)?;
-        if text.len() != 16 {
-            return Err(serde::de::Error::custom(format!(
-                "digest {text:?} is not 16 hex digits"
-            )));
-        }
-        u64::from_str_radix(&text, 16).map_err(serde::de::Error::custom)
-    }
 }
 
 /// The merge checkpoint format version this build writes and reads.
@@ -206,6 +186,13 @@ pub struct DedupSnapshot {
     pub version: Version<DEDUP_SNAPSHOT_VERSION>,
     /// Per publisher id: what is known about its recent batches.
     pub publishers: Vec<(Base64Bytes, DedupWindow)>,
+    /// The ledger of closed files: the acknowledged length (bytes of the data
+    /// the collector had synced, before its close index and trailer) of every
+    /// file this collector closed that was still in `data/` (storage or spool)
+    /// when the snapshot was written, by path. Recovery never cuts a file below
+    /// it; a file shorter than it is quarantined. Absent when empty.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub closed: BTreeMap<String, u64>,
 }
 
 impl Versioned for DedupSnapshot {
@@ -216,11 +203,58 @@ impl Versioned for DedupSnapshot {
 /// What a collector knows about one publisher's batches.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DedupWindow {
-    /// Highest batch sequence number seen durable.
+    /// Highest batch sequence number seen durable. Kept for collectors that
+    /// predate `batches` (they count sequences far below it as durable); this build
+    /// does not use it.
     pub high: i64,
-    /// Recent sequence numbers: `None` when the whole batch is durable, the
-    /// durable part indexes when only some are.
+    /// Written by collectors that predate `batches`: recent sequence numbers,
+    /// `None` when the whole batch is durable, the durable part indexes when only
+    /// some are. This build reads them as batches of unknown digest and writes
+    /// `{}`.
     pub recent: BTreeMap<i64, Option<Vec<u16>>>,
     /// When the publisher was last seen (unix seconds, collector clock).
     pub last_seen: i64,
+    /// The batches remembered, oldest arrival first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub batches: Vec<DedupBatch>,
+}
+
+/// One durable (or partly durable) batch in a [`DedupWindow`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DedupBatch {
+    /// The batch's sequence number.
+    pub seq: i64,
+    /// The call's content digest (`docs/format.md` §3.3); absent when unknown
+    /// (learnt from version 1 marks or an older snapshot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<Hex64>,
+    /// The indexes of its durable parts when only some are; absent when the whole
+    /// batch is durable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parts: Option<Vec<u16>>,
+}
+
+/// A u64 written as 16 lowercase hex digits (JSON numbers lose precision above
+/// 2^53 in many readers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Hex64(pub u64);
+
+impl Serialize for Hex64 {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&format!("{:016x}", self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Hex64 {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        if text.len() != 16 {
+            return Err(serde::de::Error::custom(format!(
+                "expected 16 hex digits, got {text:?}"
+            )));
+        }
+        u64::from_str_radix(&text, 16)
+            .map(Hex64)
+            .map_err(|e| serde::de::Error::custom(format!("not hex: {text:?}: {e}")))
+    }
 }

@@ -40,13 +40,13 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use checkpoints::{
-    ConsumerCheckpoint, ConsumerPosition, DedupSnapshot, DedupWindow, JobCheckpoint,
-    LocalCheckpoint, MergeCheckpoint, SealDedup, SealInProgress, SealedBatches, SealedPart,
-    CONSUMER_CHECKPOINT_VERSION, DEDUP_SNAPSHOT_VERSION, JOB_CHECKPOINT_VERSION,
+    ConsumerCheckpoint, ConsumerPosition, DedupBatch, DedupSnapshot, DedupWindow, Hex64,
+    JobCheckpoint, LocalCheckpoint, MergeCheckpoint, SealDedup, SealInProgress, SealedBatches,
+    SealedPart, CONSUMER_CHECKPOINT_VERSION, DEDUP_SNAPSHOT_VERSION, JOB_CHECKPOINT_VERSION,
     MERGE_CHECKPOINT_VERSION,
 };
 pub use leases::{GroupClaim, GroupMember, LeaseRecord, GROUP_VERSION, LEASE_VERSION};
-pub use topics::{AuditRecord, InvalidRecord, AUDIT_VERSION};
+pub use topics::{AuditRecord, AuditRecordError, InvalidRecord, AUDIT_VERSION, MAX_AUDIT_ACKED};
 
 /// A document that could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

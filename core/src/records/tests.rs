@@ -70,6 +70,10 @@ const SAMPLES: &[(&str, &str)] = &[
         r#"{"version":1,"publishers":[["cDE=",{"high":9,"recent":{"8":null,"9":[0,2]},"last_seen":0}],["cDI=",{"high":0,"recent":{},"last_seen":5}]]}"#,
     ),
     (
+        "dedup snapshot",
+        r#"{"version":1,"publishers":[["cDE=",{"high":1796301730000001,"recent":{},"last_seen":1796301731,"batches":[{"seq":1796301730000000,"digest":"d85f2727cbb8a6c1"},{"seq":1796301730000001,"digest":"0000000000000007","parts":[1]}]}]]}"#,
+    ),
+    (
         "lease",
         r#"{"version":1,"name":"worker","holder":"dc1/vm-10074-0258800f","epoch":1,"acquired_at":"2026-12-03T12:43:04.656723793Z","renewed_at":"2026-12-03T12:43:04.988643376Z","expires_at":"2026-12-03T12:42:58.988643376Z"}"#,
     ),
@@ -151,6 +155,50 @@ fn other_versions_are_typed_errors_and_garbage_is_malformed() {
     let claim: GroupClaim =
         serde_json::from_str(r#"{"version":1,"member":"m","expires_ms":5,"new":true}"#).unwrap();
     assert!(!claim.released);
+}
+
+#[test]
+fn audit_records_are_validated_before_they_are_counted() {
+    let record = |fields: &str| {
+        format!(
+            r#"{{"version":1,"publisher":"p1","topic":"clicks","minute":"2026-12-03T12:42Z",{fields}"sent_at":"2026-12-03T12:42:10+00:00"}}"#
+        )
+    };
+    let ok = AuditRecord::parse(record(r#""acked":1000,"#).as_bytes()).unwrap();
+    assert_eq!(ok.acked, 1000);
+    assert_eq!(
+        AuditRecord::parse(record(&format!(r#""acked":{MAX_AUDIT_ACKED},"#)).as_bytes())
+            .unwrap()
+            .acked,
+        MAX_AUDIT_ACKED
+    );
+    let malformed = |text: &str| match AuditRecord::parse(text.as_bytes()) {
+        Err(AuditRecordError::Malformed { reason }) => reason,
+        other => panic!("{text}: expected malformed, got {other:?}"),
+    };
+    // Values that wrapped a u64 sum: 2 x 2^63 = 0.
+    let huge = malformed(&record(r#""acked":9223372036854775808,"#));
+    assert!(huge.contains("exceeds 1000000000000"), "{huge}");
+    malformed(&record(&format!(r#""acked":{},"#, MAX_AUDIT_ACKED + 1)));
+    malformed(&record(r#""acked":18446744073709551616,"#));
+    malformed(&record(r#""acked":-5,"#));
+    malformed(&record(r#""acked":1.5,"#));
+    malformed(&record(r#""acked":"7","#));
+    malformed(&record(""));
+    // A second `acked` cannot override the first.
+    malformed(&record(r#""acked":1,"acked":9223372036854775808,"#));
+    malformed(&record(r#""acked":1,"#).replace("clicks", "no-dashes"));
+    malformed(&record(r#""acked":1,"#).replace("12:42Z", "12:61Z"));
+    malformed("not json");
+    malformed(r#"["version",1]"#);
+    assert_eq!(
+        AuditRecord::parse(
+            record(r#""acked":1,"#)
+                .replace(r#""version":1"#, r#""version":2"#)
+                .as_bytes()
+        ),
+        Err(AuditRecordError::OtherVersion { version: 2 })
+    );
 }
 
 #[test]

@@ -50,6 +50,11 @@ fn map_err(path: &str, error: HdfsError) -> StorageError {
     match error {
         HdfsError::FileNotFound(_) => StorageError::NotFound { path },
         HdfsError::AlreadyExists(_) => StorageError::AlreadyExists { path },
+        // A socket to the NameNode or a DataNode could not be opened: the process
+        // is out of descriptors, HDFS is fine.
+        HdfsError::IOError(source) if super::is_out_of_descriptors(&source) => {
+            StorageError::TooManyOpenFiles { path, source }
+        }
         HdfsError::RPCError(class, message) | HdfsError::FatalRPCError(class, message) => {
             if class.ends_with("FileNotFoundException") {
                 StorageError::NotFound { path }

@@ -1,10 +1,14 @@
 //! Local disk backend: the embedded default.
 //!
-//! Durability: `FileWriter::sync` writes buffered bytes, calls `fdatasync`, and on the
-//! first sync of a new file also fsyncs the parent directory (and every directory
-//! `create` had to make), so an acknowledged file survives a power cut by name.
-//! Renames and deletes fsync the directories they change. Blocking calls run on
-//! tokio's blocking pool.
+//! Durability: `create` fsyncs the new file's directory (and the parent of every
+//! directory it had to make), and `FileWriter::sync` writes buffered bytes and calls
+//! `fdatasync`, so an acknowledged file survives a power cut by name. Renames and
+//! deletes fsync the directories they change. Blocking calls run on tokio's
+//! blocking pool.
+//!
+//! File descriptors: a writer holds one (its file); `sync` and `close` never open
+//! another, so only `create`, `append`, reads and namespace operations can fail
+//! with [`StorageError::TooManyOpenFiles`], and never a writer halfway.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -64,6 +68,12 @@ impl LocalStorage {
 }
 
 fn io_err(path: &str, source: io::Error) -> StorageError {
+    if super::is_out_of_descriptors(&source) {
+        return StorageError::TooManyOpenFiles {
+            path: path.to_string(),
+            source,
+        };
+    }
     match source.kind() {
         io::ErrorKind::NotFound => StorageError::NotFound {
             path: path.to_string(),
@@ -170,7 +180,8 @@ impl Storage for LocalStorage {
     async fn create(&self, path: &str, mode: CreateMode) -> StorageResult<Box<dyn FileWriter>> {
         let full = self.full(path)?;
         let file = blocking(path, move || {
-            if let Some(parent) = full.parent() {
+            let parent = full.parent();
+            if let Some(parent) = parent {
                 mkdirs_durable(parent)?;
             }
             let mut options = OpenOptions::new();
@@ -179,10 +190,20 @@ impl Storage for LocalStorage {
                 CreateMode::Exclusive => options.create_new(true),
                 CreateMode::Overwrite => options.create(true).truncate(true),
             };
-            options.open(&full)
+            let file = options.open(&full)?;
+            // The new name is durable now, so that a sync never needs a second
+            // descriptor (for the directory) and cannot fail for want of one.
+            if let Some(parent) = parent {
+                if let Err(e) = fsync_dir(parent) {
+                    drop(file);
+                    let _ = fs::remove_file(&full);
+                    return Err(e);
+                }
+            }
+            Ok(file)
         })
         .await?;
-        Ok(Box::new(LocalWriter::new(self, path, file, 0, true)?))
+        Ok(Box::new(LocalWriter::new(path, file, 0)))
     }
 
     async fn append(&self, path: &str) -> StorageResult<Box<dyn FileWriter>> {
@@ -193,7 +214,7 @@ impl Storage for LocalStorage {
             Ok((file, len))
         })
         .await?;
-        Ok(Box::new(LocalWriter::new(self, path, file, len, false)?))
+        Ok(Box::new(LocalWriter::new(path, file, len)))
     }
 
     async fn read_range(&self, path: &str, range: Range<u64>) -> StorageResult<Bytes> {
@@ -324,10 +345,6 @@ pub struct LocalWriter {
     path: String,
     /// The file; `None` only while a blocking call borrows it.
     file: Option<File>,
-    /// Parent directory, fsynced on the first sync of a newly created file.
-    parent: PathBuf,
-    /// Whether the parent directory still needs an fsync (new file).
-    parent_unsynced: bool,
     /// Bytes written by the caller but not yet handed to the kernel.
     pending: Vec<Bytes>,
     /// Total size of `pending`.
@@ -337,27 +354,14 @@ pub struct LocalWriter {
 }
 
 impl LocalWriter {
-    fn new(
-        storage: &LocalStorage,
-        path: &str,
-        file: File,
-        position: u64,
-        new_file: bool,
-    ) -> StorageResult<Self> {
-        let full = storage.full(path)?;
-        let parent = full
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| storage.root.clone());
-        Ok(LocalWriter {
+    fn new(path: &str, file: File, position: u64) -> Self {
+        LocalWriter {
             path: path.to_string(),
             file: Some(file),
-            parent,
-            parent_unsynced: new_file,
             pending: Vec::new(),
             pending_len: 0,
             position,
-        })
+        }
     }
 
     /// Hands pending bytes to the kernel and, if `durable`, fdatasyncs.
@@ -368,11 +372,6 @@ impl LocalWriter {
         })?;
         let pending = std::mem::take(&mut self.pending);
         self.pending_len = 0;
-        let parent = if durable && self.parent_unsynced {
-            Some(self.parent.clone())
-        } else {
-            None
-        };
         let (file, result) = tokio::task::spawn_blocking(move || {
             let result = (|| {
                 for chunk in &pending {
@@ -380,9 +379,6 @@ impl LocalWriter {
                 }
                 if durable {
                     file.sync_data()?;
-                    if let Some(parent) = parent {
-                        fsync_dir(&parent)?;
-                    }
                 }
                 Ok(())
             })();
@@ -395,9 +391,6 @@ impl LocalWriter {
         })?;
         result.map_err(|e| io_err(&self.path, e))?;
         self.file = Some(file);
-        if durable {
-            self.parent_unsynced = false;
-        }
         Ok(())
     }
 }
@@ -428,5 +421,34 @@ impl FileWriter for LocalWriter {
 
     fn path(&self) -> &str {
         &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_descriptors_is_its_own_kind() {
+        use rustix::io::Errno;
+        for errno in [Errno::MFILE, Errno::NFILE] {
+            let e = io_err(
+                "data/t/c1/f.zst",
+                io::Error::from_raw_os_error(errno.raw_os_error()),
+            );
+            assert!(e.is_too_many_open_files(), "{e}");
+            assert!(!e.is_transient(), "retrying at once cannot help: {e}");
+            assert!(
+                e.to_string()
+                    .starts_with("too many open files on data/t/c1/f.zst"),
+                "{e}"
+            );
+        }
+        let full = io_err(
+            "x",
+            io::Error::from_raw_os_error(Errno::NOSPC.raw_os_error()),
+        );
+        assert!(!full.is_too_many_open_files());
+        assert!(full.is_transient());
     }
 }

@@ -101,6 +101,18 @@ pub enum StorageError {
         /// Whether retrying the same operation later may succeed.
         transient: bool,
     },
+    /// The process (or the whole system) is out of file descriptors (`EMFILE`,
+    /// `ENFILE`). Nothing is wrong with the storage: the caller must close files
+    /// before it opens more. Not transient in the retry sense (retrying at once
+    /// cannot succeed), and never a reason to consider the storage unavailable.
+    #[error("too many open files on {path}: {source}")]
+    TooManyOpenFiles {
+        /// The path being operated on.
+        path: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A failure injected by [`FaultStorage`].
     #[error("injected fault on {op:?} {path}")]
     Injected {
@@ -129,8 +141,15 @@ impl StorageError {
                     | std::io::ErrorKind::PermissionDenied
             ),
             StorageError::Hdfs { transient, .. } => *transient,
+            StorageError::TooManyOpenFiles { .. } => false,
             StorageError::Injected { .. } => true,
         }
+    }
+
+    /// Whether this is [`StorageError::TooManyOpenFiles`]: the process is out of
+    /// file descriptors, the storage itself is fine.
+    pub fn is_too_many_open_files(&self) -> bool {
+        matches!(self, StorageError::TooManyOpenFiles { .. })
     }
 
     /// Whether this is [`StorageError::NotFound`].
@@ -142,6 +161,22 @@ impl StorageError {
     pub fn is_already_exists(&self) -> bool {
         matches!(self, StorageError::AlreadyExists { .. })
     }
+}
+
+/// Whether `error` says the process or the system is out of file descriptors
+/// (`EMFILE`, `ENFILE`): from opening a file, a socket or accepting a connection.
+pub fn is_out_of_descriptors(error: &std::io::Error) -> bool {
+    use rustix::io::Errno;
+    matches!(
+        error.raw_os_error(),
+        Some(code) if code == Errno::MFILE.raw_os_error() || code == Errno::NFILE.raw_os_error()
+    )
+}
+
+/// The process's soft open-file limit (`RLIMIT_NOFILE`, what `ulimit -n` shows);
+/// `None` when unlimited.
+pub fn open_file_limit() -> Option<u64> {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile).current
 }
 
 /// Result of storage operations.
@@ -378,6 +413,18 @@ mod tests {
         assert!(check_path("a/../b").is_err());
         assert!(check_path("a/./b").is_err());
         assert_eq!(name_of("a/b/c"), "c");
+    }
+
+    #[test]
+    fn running_out_of_descriptors_is_recognised() {
+        use rustix::io::Errno;
+        for errno in [Errno::MFILE, Errno::NFILE] {
+            let e = std::io::Error::from_raw_os_error(errno.raw_os_error());
+            assert!(is_out_of_descriptors(&e), "{e}");
+        }
+        let other = std::io::Error::from_raw_os_error(Errno::NOSPC.raw_os_error());
+        assert!(!is_out_of_descriptors(&other));
+        assert!(!is_out_of_descriptors(&std::io::Error::other("x")));
     }
 
     #[test]
