@@ -162,8 +162,13 @@ pub(crate) async fn rewrite(
                     Replaced::Mismatch(reason) => return bad(data.offset, reason),
                     Replaced::TooLarge => {
                         let records: u64 = data.ranges.iter().map(|r| u64::from(r.1)).sum();
-                        tracing::warn!(path = src.path, offset = data.offset, records,
-                            "duplicate records kept: their frame does not fit its place recompressed");
+                        if let Some(suppressed) =
+                            conduit_core::ratelimit::allow("seal_duplicates_kept")
+                        {
+                            tracing::warn!(path = src.path, offset = data.offset, records,
+                                suppressed,
+                                "duplicate records kept: their frame does not fit its place recompressed");
+                        }
                         kept_duplicates += records;
                         writer.write(data.frame).await?;
                         writer.write(bytes).await?;

@@ -35,6 +35,7 @@
 use std::collections::BTreeMap;
 
 use conduit_core::layout::{Layout, LocalFileName};
+use conduit_core::ratelimit;
 use conduit_core::records::{LocalCheckpoint, SealInProgress};
 use conduit_core::{
     Manifest, ManifestError, ManifestFile, Minute, RenameMode, Storage, Topic, View,
@@ -172,8 +173,12 @@ impl Sealer<'_> {
                 tracing::debug!(%dir, files = manifest.files.len(), records = manifest.records,
                     duplicates_dropped, "sealed");
                 if duplicates_dropped > 0 {
-                    tracing::info!(%topic, %minute, duplicates_dropped,
-                        "dropped second copies of publisher batches stored by two collectors");
+                    if let Some(suppressed) = ratelimit::allow("seal_duplicates_dropped") {
+                        tracing::info!(%topic, %minute, duplicates_dropped,
+                            window_minutes = self.env.config.worker.dedup_window_minutes,
+                            suppressed,
+                            "dropped second copies of publisher batches stored by two collectors");
+                    }
                 }
                 Ok(sealed)
             }
