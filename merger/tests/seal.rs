@@ -19,6 +19,7 @@ use conduit_core::{Config, Encoding, SharedStorage, TestClock, Topic, View};
 use conduit_merger::{Job, LocalJob};
 use conduit_testkit::clock::{clock_at, set};
 use conduit_testkit::collector::{self, stored_files};
+use conduit_testkit::hdfs;
 use conduit_testkit::minutes::{batch_file, Batch};
 use conduit_testkit::scribe::{padded, Client};
 use conduit_testkit::worker::{
@@ -329,7 +330,22 @@ fn data_frames(bytes: &[u8]) -> Vec<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_two_collectors_stored_is_sealed_once() {
     let dir = tempfile::tempdir().unwrap();
-    let storage = local_storage(dir.path());
+    two_collectors_copies_are_sealed_once(local_storage(dir.path())).await;
+}
+
+/// The same on the real HDFS of `scripts/hdfs.sh` (`CONDUIT_TEST_HDFS`): the
+/// rewrite of a file (create, then rename over it) and the checkpoint's window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_two_collectors_stored_is_sealed_once_on_hdfs() {
+    let Some(root) = hdfs::root("seal_a_batch_two_collectors_stored_is_sealed_once").await else {
+        return;
+    };
+    two_collectors_copies_are_sealed_once(root.storage).await;
+}
+
+/// Collector files of three minutes holding copies of each other's batches, in
+/// `storage`, sealed by the local job: every record once, the copies counted.
+async fn two_collectors_copies_are_sealed_once(storage: SharedStorage) {
     let (a, b, c, x) = (
         batch("p", 1, 5, ""),
         batch("p", 2, 3, ""),
