@@ -77,6 +77,9 @@ impl Daemon {
         interval: Duration,
         lease: Option<Arc<Lease>>,
     ) -> Self {
+        for job in &jobs {
+            metrics.start_job(job.name());
+        }
         Daemon {
             jobs,
             progress: Vec::new(),

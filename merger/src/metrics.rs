@@ -177,6 +177,25 @@ impl WorkerMetrics {
         vec![("job", job.to_owned())]
     }
 
+    /// Makes every counter of `job` present (at 0) before its first pass, so a
+    /// scrape tells "none yet" from "not running".
+    pub fn start_job(&self, job: &str) {
+        let l = Self::job(job);
+        for family in [
+            &self.passes,
+            &self.errors,
+            &self.sealed,
+            &self.files,
+            &self.late_files,
+            &self.bytes_copied,
+            &self.deleted,
+            &self.quarantined,
+            &self.duplicates_dropped,
+        ] {
+            let _created = family.get_or_create(&l);
+        }
+    }
+
     /// Counts a completed pass of `job`.
     pub fn record_pass(&self, job: &str, report: &PassReport) {
         let l = Self::job(job);
