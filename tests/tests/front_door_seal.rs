@@ -106,6 +106,7 @@ async fn a_truncated_closed_file_is_quarantined_and_the_worker_keeps_sealing() {
     let victim_name = format!("dc1-c1-{}", victim.name);
 
     let worker = start_worker(&root, &logs);
+    let started = Instant::now();
     let holding = until_blocking("every other record sealed", SEAL_TIMEOUT, || {
         let sealed = sealed(&root, "clicks");
         let records: u64 = sealed.values().map(|m| m.records).sum();
@@ -116,6 +117,12 @@ async fn a_truncated_closed_file_is_quarantined_and_the_worker_keeps_sealing() {
         (records == acked - lost && !set_aside.is_empty()).then_some(set_aside)
     })
     .unwrap_or_else(|e| panic!("{e}; worker log:\n{}", worker.log()));
+    eprintln!(
+        "truncated file: {acked} events acknowledged, {lost} in the file set aside, {} sealed \
+         {:?} after the worker started",
+        acked - lost,
+        started.elapsed()
+    );
     assert_eq!(holding.len(), 1, "{holding:?}");
     let (minute_dir, entry) = &holding[0];
     assert_eq!(entry.name, victim_name);
@@ -133,21 +140,27 @@ async fn a_truncated_closed_file_is_quarantined_and_the_worker_keeps_sealing() {
         worker.log().contains("set aside in quarantine"),
         "an ERROR names the file"
     );
-    let metrics = http_get(&worker.http_addr, "/metrics").unwrap().1;
-    assert_eq!(
-        metric(
-            &metrics,
-            "conduit_worker_files_quarantined_total{job=\"local\"}"
-        ),
-        Some(1.0),
-        "{metrics}"
-    );
+    // The pass is counted once it ends, a moment after its seal.
+    let metrics = worker_metrics_once(&worker, |m| {
+        metric(m, "conduit_worker_files_quarantined_total{job=\"local\"}") == Some(1.0)
+    });
     assert_eq!(
         metric(&metrics, "conduit_worker_errors_total{job=\"local\"}").unwrap_or(0.0),
         0.0,
         "no pass failed: {metrics}"
     );
     assert!(collector.terminate().unwrap().success());
+}
+
+/// The worker's `/metrics` once `ready` says yes (within a deadline).
+fn worker_metrics_once(worker: &WorkerProcess, ready: impl Fn(&str) -> bool) -> String {
+    let mut last = String::new();
+    until_blocking("the worker's counters", SEAL_TIMEOUT, || {
+        last = http_get(&worker.http_addr, "/metrics").unwrap().1;
+        ready(&last).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}: {last}"));
+    last
 }
 
 /// Waits until collector `c1` of `dc1` promises every file of `minute` closed.
@@ -332,15 +345,9 @@ async fn a_collector_killed_during_publish_leaves_every_event_sealed_once() {
     );
     let dropped: u64 = manifests.values().map(|m| m.duplicates_dropped).sum();
     assert_eq!(dropped, copies, "the manifests count every copy dropped");
-    let metrics = http_get(&worker.http_addr, "/metrics").unwrap().1;
-    assert_eq!(
-        metric(
-            &metrics,
-            "conduit_worker_duplicates_dropped_total{job=\"local\"}"
-        ),
-        Some(copies as f64),
-        "{metrics}"
-    );
+    worker_metrics_once(&worker, |m| {
+        metric(m, "conduit_worker_duplicates_dropped_total{job=\"local\"}") == Some(copies as f64)
+    });
     let (from, to) = minutes_of(&manifests);
     let audit = run_conduit(
         &[
