@@ -3,8 +3,9 @@
 //! closed: the collectors were stopped first).
 
 use anyhow::Context;
-use conduit_core::format::{decode_file, DATA_FILE_SUFFIX};
+use conduit_core::format::decode_file;
 use conduit_core::layout::Layout;
+use conduit_core::tree::{self, MinuteWalker};
 use conduit_core::{Encoding, SharedStorage, Topic, View};
 
 use crate::TOPIC;
@@ -30,23 +31,18 @@ pub async fn collected(root: &str) -> anyhow::Result<Collected> {
         .await
         .with_context(|| format!("cannot open {root} to count records"))?;
     let mut counted = Collected::default();
-    for dir in storage.list_or_empty(&format!("data/{TOPIC}")).await? {
-        if !dir.is_dir {
-            continue;
-        }
-        for file in storage.list_or_empty(&dir.path).await? {
-            if file.is_dir || !file.name.ends_with(DATA_FILE_SUFFIX) {
-                continue;
-            }
-            let buf = storage.read(&file.path).await?;
-            let decoded = decode_file(&file.path, &buf, Encoding::Lines)
-                .with_context(|| format!("cannot decode {root}/{}", file.path))?;
-            counted.records += decoded.payloads.len() as u64;
-            counted.files += 1;
-            counted.file_bytes += file.len;
-        }
+    for file in tree::collector_files(storage.as_ref(), &Topic::new(TOPIC)?).await? {
+        counted.records += records_in(&storage, &file.path)
+            .await
+            .with_context(|| format!("in {root}"))?;
+        counted.files += 1;
+        counted.file_bytes += file.len;
     }
-    for dir in storage.list_or_empty("data/_invalid").await? {
+    let invalid = Topic::new("_invalid")?;
+    for dir in storage
+        .list_or_empty(&Layout::topic_dir(View::Collector, &invalid))
+        .await?
+    {
         if dir.is_dir {
             counted.invalid_files += storage.list_or_empty(&dir.path).await?.len() as u64;
         }
@@ -54,27 +50,31 @@ pub async fn collected(root: &str) -> anyhow::Result<Collected> {
     Ok(counted)
 }
 
-/// Records of topic `bench` stored under a root: every data file in `data/bench/`
-/// and `streams_local/bench/` (files the worker moved included; hidden `_` files
-/// skipped).
+/// Records of topic `bench` stored under a root: its collector files still in
+/// `data/` and the topic's files in its minute directories of `streams_local/`
+/// (files the worker moved; markers and hidden files are not data files).
 pub async fn stored_records(storage: &SharedStorage) -> anyhow::Result<u64> {
     let topic = Topic::new(TOPIC)?;
     let mut total = 0;
-    let mut stack = vec![
-        Layout::topic_dir(View::Collector, &topic),
-        Layout::topic_dir(View::Local, &topic),
-    ];
-    while let Some(dir) = stack.pop() {
+    for file in tree::collector_files(storage.as_ref(), &topic).await? {
+        total += records_in(storage, &file.path).await?;
+    }
+    let mut minutes = MinuteWalker::new(storage.as_ref(), View::Local, &topic);
+    while let Some(minute) = minutes.next().await? {
+        let dir = Layout::minute_dir(View::Local, &topic, minute);
         for entry in storage.list_or_empty(&dir).await? {
-            if entry.is_dir {
-                stack.push(entry.path);
-            } else if entry.name.ends_with(DATA_FILE_SUFFIX) && !entry.name.starts_with('_') {
-                let buf = storage.read(&entry.path).await?;
-                let decoded = decode_file(&entry.path, &buf, Encoding::Lines)
-                    .with_context(|| format!("cannot decode {}", entry.path))?;
-                total += decoded.payloads.len() as u64;
+            if !entry.is_dir && Layout::local_file_in(&topic, &entry.name).is_some() {
+                total += records_in(storage, &entry.path).await?;
             }
         }
     }
     Ok(total)
+}
+
+/// Records in the closed data file at `path`.
+async fn records_in(storage: &SharedStorage, path: &str) -> anyhow::Result<u64> {
+    let buf = storage.read(path).await?;
+    let decoded = decode_file(path, &buf, Encoding::Lines)
+        .with_context(|| format!("cannot decode {path}"))?;
+    Ok(decoded.payloads.len() as u64)
 }

@@ -643,6 +643,10 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
     let settled = Minute::from_datetime(now - chrono::Duration::seconds(args.settle_secs as i64))?;
     let judged_to = to.min(settled);
     let upto = |counts: &Counts| -> u64 {
+        if judged_to < from {
+            // No minute of the range is settled yet: nothing is judged.
+            return 0;
+        }
         counts
             .range(from..=judged_to)
             .map(|(_, n)| *n)

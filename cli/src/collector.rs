@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
@@ -118,6 +119,7 @@ pub async fn run(args: CollectorArgs) -> anyhow::Result<ExitCode> {
     let storage = conduit_core::open_root(&root)
         .await
         .with_context(|| format!("cannot open storage root {root}"))?;
+    let shutdown_timeout = Duration::from_secs(config.collector.shutdown_timeout_secs);
     let settings = CollectorSettings {
         cluster,
         id,
@@ -128,15 +130,25 @@ pub async fn run(args: CollectorArgs) -> anyhow::Result<ExitCode> {
     // Listen for signals before saying ready: a SIGTERM right after must still
     // shut down cleanly.
     let shutdown = crate::signals::wait_for_shutdown();
+    let progress = collector.progress();
+    let (requested, deadline) =
+        crate::signals::bounded_shutdown(shutdown_timeout, move || progress.get());
     println!(
         "collector ready: scribe {} http {} root {}",
         collector.thrift_addr(),
         collector.http_addr(),
         root
     );
-    shutdown.await;
-    tracing::info!("shutdown requested");
+    // Without the watch thread (it could not start), the handlers installed above.
+    if requested.await.is_err() {
+        shutdown.await;
+    }
+    tracing::info!(
+        shutdown_timeout_secs = shutdown_timeout.as_secs(),
+        "shutdown requested"
+    );
     collector.stop().await?;
+    deadline.finished();
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,18 +1,39 @@
 //! Connections: Scribe/Thrift framed binary in, durable acknowledgements out.
 //!
 //! ```text
-//! Listener ──accept──▶ Handler: read frame → decode → dispatch (submit, fb303)
-//!                         │ PendingReply, in request order (bounded)
-//!                         ▼
-//!                      ReplyWriter: await the committer's outcome → write reply
+//! Listener ──accept──▶ Admission (limits, eviction)
+//!              │
+//!              ▼
+//!           Handler: wait for a frame (timeouts) → read it under the memory
+//!                    budget → decode → dispatch (submit, fb303)
+//!              │ PendingReply, in request order (bounded)
+//!              ▼
+//!           ReplyWriter: await the committer's outcome → write reply
 //! ```
 //!
-//! The [`Listener`] accepts connections and spawns one task per connection; a
-//! connection over `max_connections` is still served, once, so that it learns
-//! `TRY_LATER`. Each connection's `Handler` reads requests and its
-//! `ReplyWriter` answers them in request order, so pipelined calls are answered
-//! correctly while later calls are already being validated and queued. A bad frame
-//! closes only its own connection.
+//! The [`Listener`] accepts connections and spawns one task per connection. Which
+//! connections are served is [`crate::admission`]'s: at `max_connections` (or
+//! `max_connections_per_ip`) the longest idle connection makes room; if none is
+//! idle, the newcomer is still served, once, so that it learns `TRY_LATER`. Each
+//! connection's `Handler` reads requests and its `ReplyWriter` answers them in
+//! request order, so pipelined calls are answered correctly while later calls are
+//! already being validated and queued. A bad frame closes only its own connection.
+//!
+//! # Limits
+//! - Time: a new connection must complete its first frame within
+//!   `first_call_timeout_ms`; a frame begun must complete within
+//!   `frame_timeout_ms`; a connection with no call in progress that sends nothing
+//!   for `idle_timeout_secs` is closed. Each close is counted in
+//!   `conduit_collector_connections_closed_total{reason}`.
+//! - Memory: a frame holds the [`MemoryBudget`](crate::queues::MemoryBudget) as
+//!   its bytes arrive (frames of at most [`SMALL_FRAME_BYTES`], such as fb303
+//!   calls, are always read). A frame the budget cannot hold is read to its end
+//!   and dropped as it arrives, and answered from its header: `TRY_LATER` (reason
+//!   `memory`) for a `Log`/`LogBatch` call. A call then holds the budget until it
+//!   is answered: its decoded entries, its encoded parts, its place in the queue.
+//! - Logs: client bytes (method names) are shown escaped and capped
+//!   ([`conduit_core::text`]); protocol errors, refusals and timeouts are logged
+//!   at most once per 10 s per kind ([`conduit_core::ratelimit`]).
 //!
 //! Shutdown: the listener stops accepting; each handler stops reading; each writer
 //! answers the calls already read (giving up on a client that does not read its
@@ -24,24 +45,29 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use conduit_core::scribe::{
-    decode_request, read_frame, Call, LogEntry, ProtocolError, Request, ResultCode,
+    decode_header, decode_request, encode_reply, read_frame_within, Call, Frame, LogEntry,
+    MessageHeader, ProtocolError, Request, ResultCode,
 };
+use conduit_core::text::shown;
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
+use tokio::time::{sleep_until, Instant};
 
+use crate::admission::{Activity, Admission, Admitted, Courtesy, Slot};
 use crate::dedup::BatchKey;
 use crate::engine::Outcome;
 use crate::metrics::Metrics;
-use crate::reasons::{ConnectionError, ProtocolErrorKind, TryLaterReason};
+use crate::queues::Held;
+use crate::reasons::{CloseReason, ConnectionError, ProtocolErrorKind, TryLaterReason};
 use crate::server::{CallCache, OwnedReply, Shared};
 
-/// How long a connection over `max_connections` may stay open to receive its
-/// `TRY_LATER` (or one fb303 answer) before it is closed.
+/// How long a connection refused for a connection limit may stay open to receive
+/// its `TRY_LATER` (or one fb303 answer) before it is closed.
 const OVER_LIMIT_GRACE: Duration = Duration::from_secs(5);
 
 /// Once shutdown has begun, how long one reply may wait for a client that does not
@@ -56,8 +82,17 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 /// that pipelines more calls is not read until the oldest is answered.
 const REPLIES_IN_FLIGHT: usize = 256;
 
-/// Read buffer of a connection, and write buffer of its replies.
+/// Write buffer of a connection's replies.
 const SOCKET_BUFFER_BYTES: usize = 64 << 10;
+
+/// Most bytes read while waiting for a frame to begin (before the memory budget
+/// is asked about the frame).
+const FIRST_READ_BYTES: usize = 16 << 10;
+
+/// Frames of at most this many bytes are read whatever the memory budget (fb303
+/// calls are tiny and always answered; a small `Log` call still needs the budget
+/// for its encoded parts).
+pub const SMALL_FRAME_BYTES: u64 = 4 << 10;
 
 /// Accepts connections and runs one task per connection until shutdown.
 #[derive(Debug)]
@@ -68,11 +103,8 @@ pub struct Listener {
     listener: TcpListener,
     /// What every connection needs: limits, the queue to the committer, metrics.
     shared: Arc<Shared>,
-    /// One permit per served connection, `max_connections` in all. The listener
-    /// does not wait for a permit: a connection over the limit is accepted anyway
-    /// and answered `TRY_LATER` once, so that its client backs off instead of
-    /// hanging in the backlog.
-    limit_connections: Arc<Semaphore>,
+    /// Which connections are served, and who makes room at a limit.
+    admission: Arc<Admission>,
     /// The connection tasks, so that shutdown waits until every connection has
     /// answered the calls it read (each answer says whether the data is durable).
     connections: JoinSet<()>,
@@ -85,7 +117,10 @@ impl Listener {
     pub fn new(listener: TcpListener, shared: Arc<Shared>) -> Listener {
         Listener {
             listener,
-            limit_connections: Arc::new(Semaphore::new(shared.limits.max_connections)),
+            admission: Admission::new(
+                shared.limits.max_connections,
+                shared.limits.max_connections_per_ip,
+            ),
             connections: JoinSet::new(),
             shutdown: shared.shutting_down.clone(),
             shared,
@@ -101,6 +136,7 @@ impl Listener {
         let Listener {
             listener,
             mut connections,
+            shared,
             ..
         } = self;
         drop(listener);
@@ -108,6 +144,10 @@ impl Listener {
             connections = connections.len(),
             "stopped accepting; finishing in-flight calls"
         );
+        shared.progress.set(format!(
+            "finishing the calls of {} connections",
+            connections.len()
+        ));
         while connections.join_next().await.is_some() {}
     }
 
@@ -137,47 +177,75 @@ impl Listener {
                     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
+                    if let Some(suppressed) = conduit_core::ratelimit::allow("accept_failed") {
+                        tracing::warn!(error = %e, suppressed, "accept failed");
+                    }
                     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                 }
             }
         }
     }
 
-    /// Runs the connection in its own task, holding a permit while it is open.
+    /// Runs the connection in its own task if it is admitted (or refused with a
+    /// courtesy answer).
     fn spawn(&mut self, stream: TcpStream, peer: SocketAddr) {
-        let permit = self.limit_connections.clone().try_acquire_owned().ok();
-        if permit.is_none() {
-            self.shared
-                .count_connection_error(ConnectionError::MaxConnections);
-            tracing::warn!(%peer, max_connections = self.shared.limits.max_connections, "connection over max_connections: answering TRY_LATER");
-        }
+        let limits = &self.shared.limits;
+        let mode = match self.admission.admit(peer) {
+            Admitted::Served { slot, evicted } => {
+                if let Some((victim, idle)) = evicted {
+                    self.shared.count_closed(CloseReason::EvictedIdle);
+                    if let Some(suppressed) = conduit_core::ratelimit::allow("evicted_idle") {
+                        tracing::info!(%peer, evicted = %victim, idle_secs = idle.as_secs(), max_connections = limits.max_connections, max_connections_per_ip = limits.max_connections_per_ip, suppressed, "connection limit reached: closed the connection idle the longest to make room");
+                    }
+                }
+                Mode::Served(slot)
+            }
+            Admitted::Refused { reason, courtesy } => {
+                self.shared.count_connection_error(reason);
+                if let Some(suppressed) = conduit_core::ratelimit::allow(reason.as_str()) {
+                    tracing::warn!(%peer, limit = reason.as_str(), max_connections = limits.max_connections, max_connections_per_ip = limits.max_connections_per_ip, open = self.admission.open(), suppressed, "connection over its limit and none idle: answering TRY_LATER once");
+                }
+                match courtesy {
+                    Some(place) => Mode::Refused {
+                        _place: place,
+                        reason: reason.try_later(),
+                    },
+                    None => return,
+                }
+            }
+        };
         let shared = self.shared.clone();
         self.connections
-            .spawn(serve_connection(stream, shared, permit));
+            .spawn(serve_connection(stream, peer, shared, mode));
     }
 }
 
-/// Serves one connection, counted in `open_connections`, and returns its permit
-/// (`None` for a connection over `max_connections`) when it is closed.
-async fn serve_connection(
-    stream: TcpStream,
-    shared: Arc<Shared>,
-    permit: Option<OwnedSemaphorePermit>,
-) {
+/// How a connection is served.
+enum Mode {
+    /// Fully, while the slot is held.
+    Served(Slot),
+    /// Once (with this `TRY_LATER` reason for a call), within
+    /// [`OVER_LIMIT_GRACE`], then closed; its place among the refused
+    /// connections is given up with it.
+    Refused {
+        _place: Courtesy,
+        reason: TryLaterReason,
+    },
+}
+
+/// Serves one connection, counted in `open_connections`, until it is closed.
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mode: Mode) {
     shared.metrics.open_connections.inc();
-    run_connection(stream, &shared, permit.is_none()).await;
+    run_connection(stream, peer, &shared, &mode).await;
     shared.metrics.open_connections.dec();
-    drop(permit);
+    drop(mode);
 }
 
 /// Runs a connection's handler and reply writer until the peer closes it, it
-/// misbehaves, or shutdown; returns once every call read has been answered.
-async fn run_connection(stream: TcpStream, shared: &Arc<Shared>, over_limit: bool) {
-    let peer = stream
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+/// misbehaves, a limit closes it, or shutdown; returns once every call read has
+/// been answered.
+async fn run_connection(stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>, mode: &Mode) {
+    let peer = peer.to_string();
     let cache = match CallCache::new(shared.limits.zstd_level) {
         Ok(cache) => cache,
         Err(e) => {
@@ -186,18 +254,31 @@ async fn run_connection(stream: TcpStream, shared: &Arc<Shared>, over_limit: boo
         }
     };
     let _ = stream.set_nodelay(true);
+    let (activity, refused) = match mode {
+        Mode::Served(slot) => (Some(slot.activity.clone()), None),
+        Mode::Refused { reason, .. } => (None, Some(*reason)),
+    };
     let (reader, writer) = stream.into_split();
     let (replies, pending) = mpsc::channel(REPLIES_IN_FLIGHT);
-    let writer = ReplyWriter::new(writer, pending, shared.clone(), peer.clone());
+    let writer = ReplyWriter::new(
+        writer,
+        pending,
+        shared.clone(),
+        peer.clone(),
+        activity.clone(),
+    );
     let writer = tokio::spawn(writer.run());
     let handler = Handler {
         shared: shared.clone(),
         peer,
         reader,
-        buf: BytesMut::with_capacity(SOCKET_BUFFER_BYTES),
+        buf: BytesMut::new(),
         replies,
         cache,
-        over_limit,
+        refused,
+        activity,
+        accepted: Instant::now(),
+        first: true,
         shutdown: shared.shutting_down.clone(),
     };
     handler.run().await;
@@ -206,12 +287,37 @@ async fn run_connection(stream: TcpStream, shared: &Arc<Shared>, over_limit: boo
     let _ = writer.await;
 }
 
+/// Where a reply goes: what of the request the reply needs (the request itself,
+/// whose entries are views of the frame, is dropped once dispatched).
+#[derive(Debug)]
+struct ReplyTo {
+    /// The method name (at most `MAX_METHOD_NAME_BYTES`).
+    name: String,
+    /// The client's sequence id.
+    seqid: i32,
+    /// Whether the request used the strict header.
+    strict: bool,
+    /// Whether the request was ONEWAY: no reply is written.
+    oneway: bool,
+}
+
+impl ReplyTo {
+    fn of(header: MessageHeader, oneway: bool) -> ReplyTo {
+        ReplyTo {
+            name: header.name,
+            seqid: header.seqid,
+            strict: header.strict,
+            oneway,
+        }
+    }
+}
+
 /// A reply the writer must send, in request order.
 enum PendingReply {
     /// Known when the request was read (fb303, refusals, unknown methods).
-    Now(Request, OwnedReply),
+    Now(ReplyTo, OwnedReply),
     /// The committer's answer to a queued call.
-    AfterCommit(Request, oneshot::Receiver<Outcome>),
+    AfterCommit(ReplyTo, oneshot::Receiver<Outcome>),
 }
 
 /// Reads one connection's requests and turns each into a [`PendingReply`].
@@ -229,74 +335,241 @@ struct Handler {
     replies: mpsc::Sender<PendingReply>,
     /// Resolved categories and a zstd context, reused from call to call.
     cache: CallCache,
-    /// Over `max_connections`: answer one request (`TRY_LATER` for a `Log` call)
-    /// within [`OVER_LIMIT_GRACE`], then close.
-    over_limit: bool,
+    /// Refused for a connection limit: answer one request (`TRY_LATER` with this
+    /// reason for a call) within [`OVER_LIMIT_GRACE`], then close.
+    refused: Option<TryLaterReason>,
+    /// What eviction reads (calls in progress, last activity), for a served
+    /// connection.
+    activity: Option<Arc<Activity>>,
+    /// When the connection was accepted (its first frame's deadline).
+    accepted: Instant,
+    /// No frame read yet.
+    first: bool,
     /// Changes when shutdown begins: stop reading (calls already read are still
     /// answered by the writer).
     shutdown: watch::Receiver<bool>,
 }
 
+/// A frame read, and the memory budget it holds.
+type Read = (Frame, Held);
+
 impl Handler {
     /// Reads and dispatches requests until the connection ends.
     async fn run(mut self) {
         while !*self.shutdown.borrow() {
-            let Some(frame) = self.read_frame().await else {
+            let Some((frame, held)) = self.next_frame().await else {
                 break;
             };
-            let Some(request) = self.decode(frame) else {
+            let Some(reply) = self.answer(frame, held) else {
                 break;
             };
-            let reply = self.dispatch(request);
-            if self.replies.send(reply).await.is_err() || self.over_limit {
+            if self.replies.send(reply).await.is_err() || self.refused.is_some() {
                 break;
             }
         }
     }
 
-    /// The next request frame; `None` when the peer closed the connection or broke
-    /// the protocol, when shutdown began, or when an over-limit connection's grace
-    /// ran out.
-    async fn read_frame(&mut self) -> Option<Bytes> {
-        let over_limit = self.over_limit;
-        let over_limit_deadline = async {
-            if over_limit {
-                tokio::time::sleep(OVER_LIMIT_GRACE).await;
-            } else {
-                std::future::pending::<()>().await;
-            }
+    /// When the first frame must be complete.
+    fn first_frame_deadline(&self) -> Instant {
+        let limit = match self.refused {
+            Some(_) => OVER_LIMIT_GRACE,
+            None => Duration::from_millis(self.shared.limits.first_call_timeout_ms),
         };
-        let max_frame = self.shared.limits.max_frame_bytes as usize;
+        self.accepted + limit
+    }
+
+    /// The next frame; `None` when the peer closed the connection or broke the
+    /// protocol, when a limit closed it, or when shutdown began.
+    async fn next_frame(&mut self) -> Option<Read> {
+        if self.buf.is_empty() && !self.wait_for_bytes().await {
+            return None;
+        }
+        if let Some(activity) = &self.activity {
+            activity.call_started();
+        }
+        let limits = &self.shared.limits;
+        let frame_deadline = Instant::now() + Duration::from_millis(limits.frame_timeout_ms);
+        let (deadline, late) = if self.first && self.first_frame_deadline() < frame_deadline {
+            (self.first_frame_deadline(), CloseReason::FirstCallTimeout)
+        } else {
+            (frame_deadline, CloseReason::FrameTimeout)
+        };
+        let max_frame = limits.max_frame_bytes as usize;
+        let mut held = self.shared.memory.arriving();
+        let read = read_frame_within(&mut self.reader, max_frame, &mut self.buf, |n| {
+            let n = n as u64;
+            if n <= SMALL_FRAME_BYTES {
+                held.force_to(n);
+                true
+            } else {
+                held.grow_to(n)
+            }
+        });
+        let mut shutdown = self.shutdown.clone();
         let frame = tokio::select! {
-            r = read_frame(&mut self.reader, max_frame, &mut self.buf) => r,
-            _ = self.shutdown.changed() => return None,
-            _ = over_limit_deadline => return None,
+            r = read => r,
+            _ = sleep_until(deadline) => {
+                self.closed_late(late);
+                return None;
+            }
+            _ = shutdown.wait_for(|s| *s) => return None,
         };
         match frame {
-            Ok(frame) => frame,
+            Ok(Some(frame)) => {
+                self.first = false;
+                Some((frame, held))
+            }
+            Ok(None) => None,
             Err(e) => {
                 let peer = &self.peer;
-                if self.protocol_error(&e) == ProtocolErrorKind::FrameTooLarge {
-                    tracing::warn!(peer, error = %e, max_frame_bytes = max_frame, "closing connection: frame too large");
-                } else {
-                    tracing::info!(peer, error = %e, "closing connection");
+                let kind = self.protocol_error(&e);
+                if let Some(suppressed) = conduit_core::ratelimit::allow(kind.as_str()) {
+                    if kind == ProtocolErrorKind::FrameTooLarge {
+                        tracing::warn!(peer, error = %e, max_frame_bytes = max_frame, suppressed, "closing connection: frame too large");
+                    } else {
+                        tracing::info!(peer, error = %e, suppressed, "closing connection");
+                    }
                 }
                 None
             }
         }
     }
 
-    /// The request in `frame`; `None` (the connection closes) if it does not decode.
-    fn decode(&self, frame: Bytes) -> Option<Request> {
-        match decode_request(frame) {
-            Ok(request) => Some(request),
-            Err(e) => {
-                self.protocol_error(&e);
-                let peer = &self.peer;
-                tracing::warn!(peer, error = %e, "closing connection: undecodable request");
-                None
+    /// Waits until bytes of a frame arrive (and reads them into `buf`): `false`
+    /// when the peer closed the connection, a timeout closed it, it was evicted or
+    /// shutdown began.
+    async fn wait_for_bytes(&mut self) -> bool {
+        let idle_timeout = Duration::from_secs(self.shared.limits.idle_timeout_secs);
+        let activity = self.activity.clone();
+        let evicted = async {
+            match &activity {
+                Some(activity) => activity.evicted().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(evicted);
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            let deadline = if self.first {
+                self.first_frame_deadline()
+            } else {
+                let idle = activity
+                    .as_ref()
+                    .and_then(|a| a.idle_for(std::time::Instant::now()))
+                    .unwrap_or_default();
+                Instant::now() + idle_timeout.saturating_sub(idle)
+            };
+            tokio::select! {
+                ready = self.reader.readable() => {
+                    if let Err(e) = ready {
+                        self.io_error(&e);
+                        return false;
+                    }
+                    if self.buf.capacity() - self.buf.len() < 4 {
+                        self.buf.reserve(FIRST_READ_BYTES);
+                    }
+                    match self.reader.try_read_buf(&mut (&mut self.buf).limit(FIRST_READ_BYTES)) {
+                        Ok(0) => return false,
+                        Ok(_) => return true,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        Err(e) => {
+                            self.io_error(&e);
+                            return false;
+                        }
+                    }
+                }
+                _ = sleep_until(deadline) => {
+                    if self.first {
+                        self.closed_late(CloseReason::FirstCallTimeout);
+                        return false;
+                    }
+                    let idle = activity.as_ref().and_then(|a| a.idle_for(std::time::Instant::now()));
+                    if idle.is_some_and(|idle| idle >= idle_timeout) {
+                        self.closed_late(CloseReason::IdleTimeout);
+                        return false;
+                    }
+                }
+                _ = &mut evicted => return false,
+                _ = shutdown.wait_for(|s| *s) => return false,
             }
         }
+    }
+
+    /// Counts and logs a connection closed for a time limit.
+    fn closed_late(&self, reason: CloseReason) {
+        let peer = &self.peer;
+        let limits = &self.shared.limits;
+        if self.refused.is_some() {
+            return;
+        }
+        self.shared.count_closed(reason);
+        if let Some(suppressed) = conduit_core::ratelimit::allow(reason.as_str()) {
+            match reason {
+                CloseReason::FirstCallTimeout => tracing::info!(
+                    peer,
+                    first_call_timeout_ms = limits.first_call_timeout_ms,
+                    suppressed,
+                    "closing connection: no complete first call within first_call_timeout_ms"
+                ),
+                CloseReason::IdleTimeout => tracing::info!(
+                    peer,
+                    idle_timeout_secs = limits.idle_timeout_secs,
+                    suppressed,
+                    "closing connection: idle for idle_timeout_secs"
+                ),
+                CloseReason::FrameTimeout => tracing::warn!(
+                    peer,
+                    frame_timeout_ms = limits.frame_timeout_ms,
+                    buffered_bytes = self.buf.len(),
+                    suppressed,
+                    "closing connection: frame not complete within frame_timeout_ms"
+                ),
+                CloseReason::EvictedIdle => {}
+            }
+        }
+    }
+
+    /// Counts a failed read (the connection closes).
+    fn io_error(&self, e: &std::io::Error) {
+        let kind = ProtocolErrorKind::Io;
+        self.shared
+            .count_connection_error(ConnectionError::Protocol(kind));
+        if let Some(suppressed) = conduit_core::ratelimit::allow(kind.as_str()) {
+            tracing::info!(peer = self.peer, error = %e, suppressed, "closing connection");
+        }
+    }
+
+    /// What a frame read comes to; `None` (the connection closes) if it does not
+    /// decode.
+    fn answer(&mut self, frame: Frame, mut held: Held) -> Option<PendingReply> {
+        match frame {
+            Frame::Whole(payload) => {
+                held.arrived();
+                match decode_request(payload) {
+                    Ok(request) => Some(self.dispatch(request, held)),
+                    Err(e) => self.undecodable(&e),
+                }
+            }
+            Frame::Refused { head, len } => {
+                drop(held);
+                let header = decode_header(&head);
+                match header.and_then(|h| h.oneway().map(|oneway| (h, oneway))) {
+                    Ok((header, oneway)) => Some(self.refuse(ReplyTo::of(header, oneway), len)),
+                    Err(e) => self.undecodable(&e),
+                }
+            }
+        }
+    }
+
+    /// Counts and logs a request that does not decode; `None`: the connection
+    /// closes.
+    fn undecodable(&self, e: &ProtocolError) -> Option<PendingReply> {
+        let kind = self.protocol_error(e);
+        if let Some(suppressed) = conduit_core::ratelimit::allow(kind.as_str()) {
+            let peer = &self.peer;
+            tracing::warn!(peer, error = %e, suppressed, "closing connection: undecodable request");
+        }
+        None
     }
 
     /// Counts a protocol error that closes the connection.
@@ -307,65 +580,132 @@ impl Handler {
         kind
     }
 
-    /// Starts the work `request` asks for: queues a call, or answers it now.
-    fn dispatch(&mut self, request: Request) -> PendingReply {
-        let method = match &request.call {
-            Call::Log { .. } => "Log",
-            Call::LogBatch { .. } => "LogBatch",
-            Call::Fb303(c) => c.method_name(),
-            Call::Unknown { .. } => "unknown",
-        };
+    /// Counts a call by method.
+    fn count_call(&self, method: &str) {
         self.shared
             .metrics
             .calls
             .get_or_create(&Metrics::label("method", method))
             .inc();
-        let peer = &self.peer;
-        match request.call.clone() {
-            Call::Log { .. } | Call::LogBatch { .. } if self.over_limit => {
-                tracing::debug!(peer, "over max_connections: TRY_LATER");
-                self.try_later(request, TryLaterReason::MaxConnections)
+    }
+
+    /// Starts the work `request` asks for: queues a call, or answers it now.
+    fn dispatch(&mut self, request: Request, held: Held) -> PendingReply {
+        let Request {
+            seqid,
+            name,
+            strict,
+            oneway,
+            call,
+        } = request;
+        let to = ReplyTo {
+            name,
+            seqid,
+            strict,
+            oneway,
+        };
+        let method = match &call {
+            Call::Log { .. } => "Log",
+            Call::LogBatch { .. } => "LogBatch",
+            Call::Fb303(c) => c.method_name(),
+            Call::Unknown { .. } => "unknown",
+        };
+        self.count_call(method);
+        match call {
+            Call::Log { .. } | Call::LogBatch { .. } if self.refused.is_some() => {
+                let reason = self.refused.unwrap_or(TryLaterReason::MaxConnections);
+                self.try_later(to, reason)
             }
-            Call::Log { entries } => self.submit(request, entries, None),
+            Call::Log { entries } => self.submit(to, entries, None, held),
             Call::LogBatch {
                 publisher_id,
                 sequence,
                 entries,
-            } => match self
-                .shared
-                .batch_key(publisher_id, sequence, &entries, peer)
-            {
-                Ok(key) => self.submit(request, entries, Some(key)),
-                Err(message) => PendingReply::Now(request, OwnedReply::ProtocolError(message)),
-            },
+            } => {
+                // A copy: the id outlives the call (in the dedup table), the frame
+                // must not.
+                let id = Bytes::copy_from_slice(&publisher_id);
+                match self.shared.batch_key(id, sequence, &entries, &self.peer) {
+                    Ok(key) => self.submit(to, entries, Some(key), held),
+                    Err(message) => PendingReply::Now(to, OwnedReply::ProtocolError(message)),
+                }
+            }
             Call::Fb303(call) => {
                 let reply = self.shared.fb303(&call);
-                PendingReply::Now(request, reply)
+                PendingReply::Now(to, reply)
             }
             Call::Unknown { name } => {
-                tracing::info!(peer, method = %name, "unknown method");
-                PendingReply::Now(request, OwnedReply::UnknownMethod)
+                if let Some(suppressed) = conduit_core::ratelimit::allow("unknown_method") {
+                    tracing::info!(peer = self.peer, method = %shown(&name), suppressed, "unknown method");
+                }
+                PendingReply::Now(to, OwnedReply::UnknownMethod)
             }
         }
+    }
+
+    /// Answers a frame the memory budget could not hold, from its header.
+    fn refuse(&mut self, to: ReplyTo, len: usize) -> PendingReply {
+        let method = match to.name.as_str() {
+            "Log" | "LogBatch" => to.name.clone(),
+            _ => "unknown".to_owned(),
+        };
+        self.count_call(&method);
+        self.log_memory_refusal(len as u64);
+        if method == "unknown" {
+            self.shared.count_try_later(TryLaterReason::Memory);
+            let message = format!(
+                "request of {len} bytes refused: the collector's memory budget (max_inflight_bytes) is full; retry later"
+            );
+            return PendingReply::Now(to, OwnedReply::ProtocolError(message));
+        }
+        self.try_later(to, TryLaterReason::Memory)
     }
 
     /// Queues a `Log`/`LogBatch` call for the committer, or refuses it now.
     fn submit(
         &mut self,
-        request: Request,
+        to: ReplyTo,
         entries: Vec<LogEntry>,
         batch: Option<BatchKey>,
+        mut held: Held,
     ) -> PendingReply {
-        match self.shared.submit(entries, batch, &mut self.cache) {
-            Ok(outcome) => PendingReply::AfterCommit(request, outcome),
-            Err(reason) => self.try_later(request, reason),
+        // The decoded entries are held too while the call is routed.
+        let decoded = (entries.len() * std::mem::size_of::<LogEntry>()) as u64;
+        let call_bytes = held.bytes() + decoded;
+        if !held.add(decoded) {
+            self.log_memory_refusal(call_bytes);
+            return self.try_later(to, TryLaterReason::Memory);
+        }
+        match self.shared.submit(entries, batch, &mut self.cache, held) {
+            Ok(outcome) => PendingReply::AfterCommit(to, outcome),
+            Err(reason) => {
+                if reason == TryLaterReason::Memory {
+                    self.log_memory_refusal(call_bytes);
+                }
+                self.try_later(to, reason)
+            }
+        }
+    }
+
+    /// Logs (rate-limited) a call refused for memory, with the budget's numbers.
+    fn log_memory_refusal(&self, bytes: u64) {
+        if let Some(suppressed) = conduit_core::ratelimit::allow("memory") {
+            let budget = &self.shared.memory;
+            tracing::warn!(
+                peer = self.peer,
+                call_bytes = bytes,
+                inflight_bytes = budget.held(),
+                max_inflight_bytes = budget.limit(),
+                suppressed,
+                "memory budget full: TRY_LATER"
+            );
         }
     }
 
     /// Answers `TRY_LATER` now, counted in Prometheus and in fb303's `try_later`.
-    fn try_later(&self, request: Request, reason: TryLaterReason) -> PendingReply {
+    fn try_later(&self, to: ReplyTo, reason: TryLaterReason) -> PendingReply {
         self.shared.count_try_later(reason);
-        PendingReply::Now(request, OwnedReply::Code(ResultCode::TryLater))
+        PendingReply::Now(to, OwnedReply::Code(ResultCode::TryLater))
     }
 }
 
@@ -384,6 +724,8 @@ struct ReplyWriter {
     shutdown: watch::Receiver<bool>,
     /// The peer's address, for logs.
     peer: String,
+    /// Told of each call answered (a served connection).
+    activity: Option<Arc<Activity>>,
 }
 
 impl ReplyWriter {
@@ -392,6 +734,7 @@ impl ReplyWriter {
         pending: mpsc::Receiver<PendingReply>,
         shared: Arc<Shared>,
         peer: String,
+        activity: Option<Arc<Activity>>,
     ) -> ReplyWriter {
         ReplyWriter {
             writer: BufWriter::with_capacity(SOCKET_BUFFER_BYTES, writer),
@@ -400,6 +743,7 @@ impl ReplyWriter {
             shutdown: shared.shutting_down.clone(),
             shared,
             peer,
+            activity,
         }
     }
 
@@ -407,11 +751,16 @@ impl ReplyWriter {
     /// socket fails or, during shutdown, the client does not read.
     async fn run(mut self) {
         while let Some(pending) = self.pending.recv().await {
-            let (request, reply) = self.ready(pending).await;
-            if request.oneway {
-                continue;
+            let (to, reply) = self.ready(pending).await;
+            let written = if to.oneway {
+                Ok(())
+            } else {
+                self.write(&to, &reply).await
+            };
+            if let Some(activity) = &self.activity {
+                activity.call_answered();
             }
-            if let Err(e) = self.write(&request, &reply).await {
+            if let Err(e) = written {
                 self.gave_up(&e);
                 return;
             }
@@ -422,10 +771,10 @@ impl ReplyWriter {
     }
 
     /// The reply, once the committer has answered a queued call.
-    async fn ready(&self, pending: PendingReply) -> (Request, OwnedReply) {
+    async fn ready(&self, pending: PendingReply) -> (ReplyTo, OwnedReply) {
         match pending {
-            PendingReply::Now(request, reply) => (request, reply),
-            PendingReply::AfterCommit(request, outcome) => {
+            PendingReply::Now(to, reply) => (to, reply),
+            PendingReply::AfterCommit(to, outcome) => {
                 let code = match outcome.await {
                     Ok(Outcome::Durable) => ResultCode::Ok,
                     Ok(Outcome::TryLater(_)) | Err(_) => {
@@ -433,15 +782,21 @@ impl ReplyWriter {
                         ResultCode::TryLater
                     }
                 };
-                (request, OwnedReply::Code(code))
+                (to, OwnedReply::Code(code))
             }
         }
     }
 
     /// Writes one reply; flushes when no other reply is waiting.
-    async fn write(&mut self, request: &Request, reply: &OwnedReply) -> std::io::Result<()> {
+    async fn write(&mut self, to: &ReplyTo, reply: &OwnedReply) -> std::io::Result<()> {
         self.out.clear();
-        request.encode_reply(&reply.as_reply(), &mut self.out);
+        encode_reply(
+            &to.name,
+            to.seqid,
+            to.strict,
+            &reply.as_reply(),
+            &mut self.out,
+        );
         write_unless_stuck(self.writer.write_all(&self.out), &mut self.shutdown).await?;
         if self.pending.is_empty() {
             write_unless_stuck(self.writer.flush(), &mut self.shutdown).await?;

@@ -12,8 +12,9 @@
 //! # Layout
 //! - [`connection`]: the listener, and per connection a request handler and an
 //!   ordered reply writer.
+//! - [`admission`]: connection limits, and who makes room at a limit.
 //! - [`server`]: what calls turn into: validation, `_invalid`, fb303.
-//! - [`queues`]: bytes queued per topic (backpressure).
+//! - [`queues`]: the memory budget and bytes queued per topic (backpressure).
 //! - [`reasons`]: why a call, an entry or a connection is refused.
 //! - [`engine`]: the committer (group commit, files, minute roll, spool, recovery).
 //! - [`files`]: open and abandoned data files.
@@ -28,8 +29,11 @@
 //! queue → one committer → storage; plus the heartbeat task and the HTTP listener
 //! (`/metrics`, `/health`, and the synced bytes of open files, [`open`]). Shutdown: stop accepting, let connections finish their
 //! in-flight calls, drain the queue, close every file, publish the final
-//! heartbeat, return.
+//! heartbeat, return; [`Progress`] says which of these it is doing, so that a
+//! shutdown that takes longer than `shutdown_timeout_secs` (the binary exits
+//! anyway) can say what was left.
 
+pub mod admission;
 pub mod connection;
 pub mod dedup;
 pub mod engine;
@@ -77,7 +81,28 @@ pub struct Collector {
     http_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     status: watch::Receiver<EngineStatus>,
+    progress: Arc<Progress>,
     main: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// What a collector is doing (shutdown's steps), in words for a log line.
+#[derive(Debug)]
+pub struct Progress(Mutex<String>);
+
+impl Progress {
+    fn new() -> Progress {
+        Progress(Mutex::new("running".to_owned()))
+    }
+
+    /// Records the step being taken.
+    pub fn set(&self, step: impl Into<String>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = step.into();
+    }
+
+    /// The step being taken.
+    pub fn get(&self) -> String {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 impl Collector {
@@ -143,6 +168,7 @@ impl Collector {
         .context("collector recovery failed")?;
 
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let progress = Arc::new(Progress::new());
         // Queue depth in calls; bytes are bounded per topic by topic_queue_bytes.
         let (tx, rx) = mpsc::channel(4096);
         let started_at = clock.now();
@@ -155,6 +181,11 @@ impl Collector {
             metrics: metrics.clone(),
             totals: Default::default(),
             queues: queues::TopicQueues::new(limits.topic_queue_bytes),
+            memory: queues::MemoryBudget::new(
+                limits.max_inflight_bytes,
+                metrics.inflight_bytes.clone(),
+            ),
+            progress: progress.clone(),
             clock: clock.clone(),
             started_at: started_at.timestamp(),
             shutting_down: shutdown_rx.clone(),
@@ -191,6 +222,10 @@ impl Collector {
         let health_status = status.clone();
         let health_shutdown = shutdown_rx.clone();
         let http = HttpServer::new(registry)
+            .with_limits(
+                limits.http_max_connections,
+                Duration::from_millis(limits.http_header_timeout_ms),
+            )
             .with_routes(Arc::new(open::OpenRoutes(open_files)))
             .with_health(Arc::new(move || {
                 let s = health_status.borrow().clone();
@@ -217,13 +252,18 @@ impl Collector {
 
         let cluster = settings.cluster.clone();
         let id = settings.id.clone();
+        let steps = progress.clone();
         let main = tokio::spawn(async move {
             connection::Listener::new(listener, shared).run().await;
             // Every connection is done, and the queue's last sender went with the
             // listener's `shared`.
+            steps.set("draining the committer's queue and closing files");
             engine_task.await.context("committer task failed")?;
+            steps.set("publishing the final heartbeat");
             heartbeat_task.await.context("heartbeat task failed")?;
+            steps.set("stopping the http listener");
             let _ = http_task.await;
+            steps.set("stopped");
             tracing::info!(cluster = %cluster, collector = %id, "collector stopped");
             Ok(())
         });
@@ -240,8 +280,14 @@ impl Collector {
             http_addr,
             shutdown: shutdown_tx,
             status,
+            progress,
             main,
         })
+    }
+
+    /// What the collector is doing (shutdown's current step).
+    pub fn progress(&self) -> Arc<Progress> {
+        self.progress.clone()
     }
 
     /// The Scribe/Thrift address.

@@ -11,6 +11,8 @@ use conduit_core::http::prometheus_client::metrics::gauge::Gauge;
 use conduit_core::http::prometheus_client::metrics::histogram::Histogram;
 use conduit_core::http::prometheus_client::registry::Registry;
 
+use crate::reasons::{CloseReason, ConnectionError, TryLaterReason};
+
 /// Label set: a list of (name, value) pairs.
 pub type Labels = Vec<(&'static str, String)>;
 
@@ -41,6 +43,11 @@ pub struct Metrics {
     pub open_connections: Gauge,
     /// Connections refused or closed for protocol errors, by reason.
     pub connection_errors: Family<Labels, Counter>,
+    /// Connections the collector closed for a limit on time or room, by reason
+    /// ([`crate::reasons::CloseReason`]).
+    pub connections_closed: Family<Labels, Counter>,
+    /// Bytes held for calls not yet answered (`max_inflight_bytes` bounds it).
+    pub inflight_bytes: Gauge,
     /// Storage operations that failed, by operation.
     pub storage_errors: Family<Labels, Counter>,
     /// Data files closed.
@@ -101,6 +108,8 @@ impl Metrics {
             spool_bytes: Gauge::default(),
             open_connections: Gauge::default(),
             connection_errors: Family::default(),
+            connections_closed: Family::default(),
+            inflight_bytes: Gauge::default(),
             storage_errors: Family::default(),
             files_closed: Counter::default(),
             files_quarantined: Counter::default(),
@@ -169,6 +178,16 @@ impl Metrics {
             m.connection_errors.clone(),
         );
         r.register(
+            "connections_closed",
+            "Connections closed by the collector for a limit (first_call_timeout, idle_timeout, frame_timeout, evicted_idle)",
+            m.connections_closed.clone(),
+        );
+        r.register(
+            "inflight_bytes",
+            "Bytes held for calls read and not yet answered (bounded by max_inflight_bytes)",
+            m.inflight_bytes.clone(),
+        );
+        r.register(
             "storage_errors",
             "Failed storage operations by operation",
             m.storage_errors.clone(),
@@ -229,6 +248,30 @@ impl Metrics {
             "Parts of calls put off to a later round (max_new_files_per_round)",
             m.deferred_parts.clone(),
         );
+        // The front door's limits are counted from the start, at 0, so that an
+        // alert on their rate needs no data first.
+        for reason in CloseReason::ALL {
+            let _ = m
+                .connections_closed
+                .get_or_create(&Metrics::label("reason", reason.as_str()));
+        }
+        for reason in [
+            TryLaterReason::Memory,
+            TryLaterReason::MaxConnections,
+            TryLaterReason::MaxConnectionsPerIp,
+        ] {
+            let _ = m
+                .try_later
+                .get_or_create(&Metrics::label("reason", reason.as_str()));
+        }
+        for reason in [
+            ConnectionError::MaxConnections,
+            ConnectionError::MaxConnectionsPerIp,
+        ] {
+            let _ = m
+                .connection_errors
+                .get_or_create(&Metrics::label("reason", reason.as_str()));
+        }
         m
     }
 

@@ -114,17 +114,34 @@ impl std::fmt::Debug for OpenFiles {
 pub enum Answer {
     /// `200`: the bytes at `offset`; the file is open and `synced` long.
     Bytes {
+        /// Where in the file `body` starts.
         offset: u64,
+        /// The synced bytes from `offset` on.
         body: Bytes,
+        /// The file's synced length.
         synced: u64,
+        /// The oldest offset still kept in memory.
         ring_start: u64,
     },
     /// `410`: closed (final length) or abandoned (acknowledged length).
-    Gone { state: &'static str, len: u64 },
+    Gone {
+        /// `closed` or `abandoned`.
+        state: &'static str,
+        /// The final (closed) or acknowledged (abandoned) length.
+        len: u64,
+    },
     /// `416`: older than the bytes kept.
-    TooOld { ring_start: u64, synced: u64 },
+    TooOld {
+        /// The oldest offset still kept in memory.
+        ring_start: u64,
+        /// The file's synced length.
+        synced: u64,
+    },
     /// `416`: past the synced length.
-    PastEnd { synced: u64 },
+    PastEnd {
+        /// The file's synced length.
+        synced: u64,
+    },
     /// `404`: not a file this collector has open (or closed recently).
     Unknown,
 }

@@ -24,6 +24,11 @@ pub enum TryLaterReason {
     SpoolUnavailable,
     /// Storage failed and there is no spool.
     StorageUnavailable,
+    /// The call does not fit in the collector's memory budget (`max_inflight_bytes`).
+    Memory,
+    /// The connection is over `max_connections_per_ip`: it gets one answer, then is
+    /// closed.
+    MaxConnectionsPerIp,
     /// The call needs a new data file and none can be opened: every open file is
     /// in use by the round at `max_open_files`, or the process is out of file
     /// descriptors (`EMFILE`/`ENFILE`).
@@ -39,6 +44,8 @@ impl TryLaterReason {
             Self::MaxConnections => "max_connections",
             Self::SpoolUnavailable => "spool_unavailable",
             Self::StorageUnavailable => "storage_unavailable",
+            Self::Memory => "memory",
+            Self::MaxConnectionsPerIp => "max_connections_per_ip",
             Self::OpenFiles => "open_files",
         }
     }
@@ -150,6 +157,8 @@ pub enum ConnectionError {
     /// Accepted over `max_connections`: answered once (`TRY_LATER` for a `Log`
     /// call), then closed.
     MaxConnections,
+    /// Accepted over `max_connections_per_ip`: answered once, then closed.
+    MaxConnectionsPerIp,
     /// The peer broke the protocol.
     Protocol(ProtocolErrorKind),
 }
@@ -159,7 +168,50 @@ impl ConnectionError {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::MaxConnections => "max_connections",
+            Self::MaxConnectionsPerIp => "max_connections_per_ip",
             Self::Protocol(kind) => kind.as_str(),
+        }
+    }
+
+    /// What a call on a connection refused for this reason is answered.
+    pub fn try_later(self) -> TryLaterReason {
+        match self {
+            Self::MaxConnectionsPerIp => TryLaterReason::MaxConnectionsPerIp,
+            _ => TryLaterReason::MaxConnections,
+        }
+    }
+}
+
+/// Why the collector closed a connection it was serving, for a limit on time or
+/// room (`conduit_collector_connections_closed_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CloseReason {
+    /// No complete first frame within `first_call_timeout_ms` of connecting.
+    FirstCallTimeout,
+    /// No call in progress and nothing received for `idle_timeout_secs`.
+    IdleTimeout,
+    /// A frame begun and not complete within `frame_timeout_ms`.
+    FrameTimeout,
+    /// Idle the longest when a newcomer needed its place at a connection limit.
+    EvictedIdle,
+}
+
+impl CloseReason {
+    /// Every reason (the metric's label values, present from the start).
+    pub const ALL: [CloseReason; 4] = [
+        Self::FirstCallTimeout,
+        Self::IdleTimeout,
+        Self::FrameTimeout,
+        Self::EvictedIdle,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::FirstCallTimeout => "first_call_timeout",
+            Self::IdleTimeout => "idle_timeout",
+            Self::FrameTimeout => "frame_timeout",
+            Self::EvictedIdle => "evicted_idle",
         }
     }
 }
@@ -216,6 +268,11 @@ mod tests {
             (TryLaterReason::MaxConnections, "max_connections"),
             (TryLaterReason::SpoolUnavailable, "spool_unavailable"),
             (TryLaterReason::StorageUnavailable, "storage_unavailable"),
+            (TryLaterReason::Memory, "memory"),
+            (
+                TryLaterReason::MaxConnectionsPerIp,
+                "max_connections_per_ip",
+            ),
             (TryLaterReason::OpenFiles, "open_files"),
         ];
         for (reason, s) in try_later {
@@ -245,6 +302,10 @@ mod tests {
         let connection = [
             (ConnectionError::MaxConnections, "max_connections"),
             (
+                ConnectionError::MaxConnectionsPerIp,
+                "max_connections_per_ip",
+            ),
+            (
                 ConnectionError::Protocol(ProtocolErrorKind::FrameTooLarge),
                 "frame_too_large",
             ),
@@ -263,6 +324,15 @@ mod tests {
             ),
         ];
         for (reason, s) in connection {
+            assert_eq!(reason.as_str(), s);
+        }
+        let closed = [
+            "first_call_timeout",
+            "idle_timeout",
+            "frame_timeout",
+            "evicted_idle",
+        ];
+        for (reason, s) in CloseReason::ALL.into_iter().zip(closed) {
             assert_eq!(reason.as_str(), s);
         }
     }

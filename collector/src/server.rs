@@ -11,8 +11,12 @@
 //! so a stream that vanishes into `_invalid` is noticed. `_audit` is written only
 //! by `LogBatch` (conduit publishers): a plain `Log` to it goes to `_invalid` with
 //! [`InvalidReason::ReservedTopic`], so plain Scribe clients cannot forge the counts
-//! `conduit audit` sums. [`Shared::fb303`] answers the monitoring calls. The sockets
-//! are [`crate::connection`]'s.
+//! `conduit audit` sums. The call holds the memory budget
+//! ([`crate::queues::MemoryBudget`]) throughout: its frame and decoded entries
+//! while it is routed (its encoded parts grow the hold as they are written, so a
+//! call of tiny entries that would each become a large `_invalid` record cannot
+//! outgrow it), then only its parts until it is answered. [`Shared::fb303`]
+//! answers the monitoring calls. The sockets are [`crate::connection`]'s.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,8 +34,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::dedup::BatchKey;
 use crate::engine::{EngineStatus, Outcome, Part, Submission};
 use crate::metrics::Metrics;
-use crate::queues::{Reservation, TopicQueue, TopicQueues};
-use crate::reasons::{BatchRefusal, ConnectionError, InvalidReason, TryLaterReason};
+use crate::queues::{Held, MemoryBudget, Reservation, TopicQueue, TopicQueues};
+use crate::reasons::{BatchRefusal, CloseReason, ConnectionError, InvalidReason, TryLaterReason};
+use crate::Progress;
 
 /// Simple totals for fb303 `getCounters` (Prometheus has the full picture).
 #[derive(Debug, Default)]
@@ -67,6 +72,10 @@ pub struct Shared {
     pub totals: Totals,
     /// Bytes queued per topic (bounded by `topic_queue_bytes`).
     pub queues: TopicQueues,
+    /// Bytes held for calls not yet answered (bounded by `max_inflight_bytes`).
+    pub memory: Arc<MemoryBudget>,
+    /// What shutdown is doing (for the error when it takes too long).
+    pub progress: Arc<Progress>,
     /// Clock (arrival times of `_invalid` records).
     pub clock: SharedClock,
     /// When this collector started (fb303 `aliveSince`).
@@ -85,6 +94,13 @@ const COMPRESS_IN_CONNECTION_BYTES: usize = 32 << 10;
 /// The `_invalid` record's `detail` for an entry whose topic is rejected.
 const TOPIC_RULE: &str = "topic names match [A-Za-z0-9_]{1,128}";
 
+/// Categories a connection remembers at most; the cache is emptied when full.
+const CACHED_CATEGORIES: usize = 1024;
+
+/// Step by which a call's hold on the memory budget grows while its entries are
+/// encoded into parts.
+const ROUTE_STEP_BYTES: u64 = 256 << 10;
+
 /// The `_invalid` record's `detail` for a plain `Log` to a reserved topic.
 const RESERVED_RULE: &str =
     "_audit is written only with LogBatch (conduit publishers); a plain Log to it is refused";
@@ -100,7 +116,9 @@ fn is_reserved(topic: &Topic) -> bool {
 /// What one connection reuses from call to call.
 pub struct CallCache {
     /// What each category seen on this connection resolves to (resolving takes a
-    /// UTF-8 check, a name check, a config lookup and a lock).
+    /// UTF-8 check, a name check, a config lookup and a lock). Keys are copies of
+    /// categories up to a topic name's length, never views of a frame (a view
+    /// would keep the whole frame in memory); at most [`CACHED_CATEGORIES`].
     topics: HashMap<Bytes, TopicInfo>,
     /// A zstd context for the parts compressed on the connection's core.
     encoder: FrameEncoder,
@@ -174,6 +192,8 @@ struct CallParts {
     parts: Vec<CallPart>,
     /// Where each topic's part is in `parts`.
     index_of: HashMap<Topic, usize>,
+    /// Bytes of records appended to the parts so far.
+    bytes: u64,
 }
 
 impl CallParts {
@@ -220,6 +240,17 @@ impl CallParts {
             }
         }
     }
+
+    /// Memory the parts hold (what the call holds of the budget once queued).
+    fn memory(&self) -> u64 {
+        self.parts
+            .iter()
+            .map(|p| {
+                let frame = p.part.frame.as_ref().map_or(0, Bytes::len);
+                (p.part.records.capacity() + frame) as u64
+            })
+            .sum()
+    }
 }
 
 /// An answer known without waiting for the committer, owned so that it can wait in
@@ -238,8 +269,9 @@ pub enum OwnedReply {
     Counters(Vec<(String, i64)>),
     /// Any method conduit does not answer.
     UnknownMethod,
-    /// A call conduit refuses as malformed (`TApplicationException`
-    /// PROTOCOL_ERROR with this message); the connection stays open.
+    /// A call conduit refuses as malformed, or a request refused without being
+    /// read (`TApplicationException` PROTOCOL_ERROR with this message); the
+    /// connection stays open.
     ProtocolError(String),
 }
 
@@ -297,12 +329,15 @@ impl Shared {
 
     /// Validates and encodes a call's entries and queues them for the committer;
     /// the receiver gets the committer's answer. A call that cannot be queued is
-    /// refused whole.
+    /// refused whole. `held` is what the call holds of the memory budget (its
+    /// frame and decoded entries); it grows while the parts are encoded and is
+    /// then cut to the parts, held until the call is answered.
     pub fn submit(
         &self,
         entries: Vec<LogEntry>,
         batch: Option<BatchKey>,
         cache: &mut CallCache,
+        mut held: Held,
     ) -> Result<oneshot::Receiver<Outcome>, TryLaterReason> {
         if *self.shutting_down.borrow() {
             return Err(TryLaterReason::ShuttingDown);
@@ -311,8 +346,13 @@ impl Shared {
         self.totals
             .entries
             .fetch_add(entries.len() as u64, Ordering::Relaxed);
-        let mut parts = self.route(&entries, batch.is_some(), &mut cache.topics);
+        let mut parts = self.route(&entries, batch.is_some(), &mut cache.topics, &mut held)?;
+        // The entries, and with them the frame they are views of, are freed.
+        drop(entries);
         parts.seal(&mut cache.encoder);
+        let memory = parts.memory();
+        held.force_to(memory);
+        held.shrink_to(memory);
         // Bounded queues: refuse the whole call rather than store part of it.
         let queued = self.queues.reserve(
             parts
@@ -321,18 +361,22 @@ impl Shared {
                 .map(|p| (&p.part.topic, &p.queue, p.part.record_bytes)),
         )?;
         let parts = parts.parts.into_iter().map(|p| p.part).collect();
-        self.enqueue(parts, batch, queued)
+        self.enqueue(parts, batch, queued.with_memory(held))
     }
 
-    /// Appends each entry to its topic's part, or, with the reason, to `_invalid`'s.
-    /// `idempotent`: the call is a `LogBatch`, which may write reserved topics.
+    /// Appends each entry to its topic's part, or, with the reason, to `_invalid`'s,
+    /// growing `held` with the parts ([`TryLaterReason::Memory`] when the budget
+    /// cannot hold them). `idempotent`: the call is a `LogBatch`, which may write
+    /// reserved topics.
     fn route(
         &self,
         entries: &[LogEntry],
         idempotent: bool,
         topics: &mut HashMap<Bytes, TopicInfo>,
-    ) -> CallParts {
+        held: &mut Held,
+    ) -> Result<CallParts, TryLaterReason> {
         let mut parts = CallParts::default();
+        let mut charged = 0;
         // Consecutive entries usually share a category: resolve it once per run.
         let mut current: Option<(&Bytes, Result<Route, InvalidReason>)> = None;
         for entry in entries {
@@ -347,16 +391,25 @@ impl Shared {
             match self.check(route, &entry.message) {
                 Ok(route) => {
                     let part = &mut parts.parts[route.index].part;
+                    let before = part.records.len();
                     route
                         .encoding
                         .append_checked(&entry.message, &mut part.records);
                     part.count += 1;
                     part.payload_bytes += entry.message.len() as u64;
+                    parts.bytes += (part.records.len() - before) as u64;
                 }
                 Err(rejection) => self.send_to_invalid(entry, rejection, &mut parts),
             }
+            if parts.bytes > charged {
+                let more = (parts.bytes - charged).max(ROUTE_STEP_BYTES);
+                if !held.add(more) {
+                    return Err(TryLaterReason::Memory);
+                }
+                charged += more;
+            }
         }
-        parts
+        Ok(parts)
     }
 
     /// Where the entries of `category` go in this call (`idempotent`: a
@@ -368,10 +421,19 @@ impl Shared {
         topics: &mut HashMap<Bytes, TopicInfo>,
         parts: &mut CallParts,
     ) -> Result<Route, InvalidReason> {
-        let info = topics
-            .entry(category.clone())
-            .or_insert_with(|| self.resolve(category))
-            .clone();
+        let info = match topics.get(category) {
+            Some(info) => info.clone(),
+            None => {
+                let info = self.resolve(category);
+                if category.len() <= Topic::MAX_LEN {
+                    if topics.len() >= CACHED_CATEGORIES {
+                        topics.clear();
+                    }
+                    topics.insert(Bytes::copy_from_slice(category), info.clone());
+                }
+                info
+            }
+        };
         match info {
             TopicInfo::Valid { topic, .. } if !idempotent && is_reserved(&topic) => {
                 Err(InvalidReason::ReservedTopic)
@@ -391,6 +453,9 @@ impl Shared {
     }
 
     fn resolve(&self, category: &Bytes) -> TopicInfo {
+        if category.len() > Topic::MAX_LEN {
+            return TopicInfo::Invalid(InvalidReason::InvalidTopic);
+        }
         let Ok(name) = std::str::from_utf8(category) else {
             return TopicInfo::Invalid(InvalidReason::InvalidTopic);
         };
@@ -483,6 +548,7 @@ impl Shared {
         });
         let part = &mut parts.parts[index].part;
         part.records.extend_from_slice(&record);
+        parts.bytes += record.len() as u64;
         part.count += 1;
         part.payload_bytes += entry.message.len() as u64;
     }
@@ -544,6 +610,14 @@ impl Shared {
             .get_or_create(&Metrics::label("reason", reason.as_str()))
             .inc();
         self.totals.try_later.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a connection closed for a limit on time or room.
+    pub fn count_closed(&self, reason: CloseReason) {
+        self.metrics
+            .connections_closed
+            .get_or_create(&Metrics::label("reason", reason.as_str()))
+            .inc();
     }
 
     /// Counts a connection refused or closed by the collector.

@@ -281,6 +281,36 @@ pub struct CollectorConfig {
     /// then spools or answers `TRY_LATER`).
     #[serde(default = "default_storage_timeout_ms")]
     pub storage_timeout_ms: u64,
+    /// Bytes the collector holds at most for calls read and not yet answered
+    /// (frames arriving, decoded calls, encoded parts, queued rounds); calls past
+    /// it get `TRY_LATER`. Frames still arriving may hold half of it.
+    #[serde(default = "default_max_inflight_bytes")]
+    pub max_inflight_bytes: u64,
+    /// Connections from one client address above this get `TRY_LATER` and are
+    /// closed (after evicting that address's longest idle connection, if any).
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+    /// A new connection must complete its first frame within this.
+    #[serde(default = "default_first_call_timeout_ms")]
+    pub first_call_timeout_ms: u64,
+    /// A connection with no call in progress and nothing received for this long
+    /// is closed.
+    #[serde(default = "default_idle_timeout_secs")]
+    pub idle_timeout_secs: u64,
+    /// A frame begun must be complete within this, or its connection is closed.
+    #[serde(default = "default_frame_timeout_ms")]
+    pub frame_timeout_ms: u64,
+    /// HTTP connections served at once; at the limit, the connection waiting
+    /// longest for request headers is closed to make room.
+    #[serde(default = "default_http_max_connections")]
+    pub http_max_connections: usize,
+    /// An HTTP client must send a request's headers within this.
+    #[serde(default = "default_http_header_timeout_ms")]
+    pub http_header_timeout_ms: u64,
+    /// After SIGTERM the collector stops within this, drained or not (acked data
+    /// is durable; files left open are recovered at the next start).
+    #[serde(default = "default_shutdown_timeout_secs")]
+    pub shutdown_timeout_secs: u64,
     /// Most data files open at once (storage and spool); before opening one more,
     /// the least recently written idle file is closed. Unset: derived from the
     /// process's open-file limit ([`max_open_files_for`]).
@@ -355,6 +385,30 @@ fn default_heartbeat_ms() -> u64 {
 fn default_storage_timeout_ms() -> u64 {
     10_000
 }
+fn default_max_inflight_bytes() -> u64 {
+    512 << 20
+}
+fn default_max_connections_per_ip() -> usize {
+    256
+}
+fn default_first_call_timeout_ms() -> u64 {
+    10_000
+}
+fn default_idle_timeout_secs() -> u64 {
+    600
+}
+fn default_frame_timeout_ms() -> u64 {
+    60_000
+}
+fn default_http_max_connections() -> usize {
+    crate::http::MAX_CONNECTIONS
+}
+fn default_http_header_timeout_ms() -> u64 {
+    crate::http::HEADER_READ_TIMEOUT.as_millis() as u64
+}
+fn default_shutdown_timeout_secs() -> u64 {
+    30
+}
 fn default_max_new_files_per_round() -> usize {
     64
 }
@@ -376,6 +430,14 @@ impl Default for CollectorConfig {
             spool_max_bytes: default_spool_max_bytes(),
             heartbeat_ms: default_heartbeat_ms(),
             storage_timeout_ms: default_storage_timeout_ms(),
+            max_inflight_bytes: default_max_inflight_bytes(),
+            max_connections_per_ip: default_max_connections_per_ip(),
+            first_call_timeout_ms: default_first_call_timeout_ms(),
+            idle_timeout_secs: default_idle_timeout_secs(),
+            frame_timeout_ms: default_frame_timeout_ms(),
+            http_max_connections: default_http_max_connections(),
+            http_header_timeout_ms: default_http_header_timeout_ms(),
+            shutdown_timeout_secs: default_shutdown_timeout_secs(),
             max_open_files: None,
             max_new_files_per_round: default_max_new_files_per_round(),
         }
@@ -645,6 +707,40 @@ impl Config {
                 format!("{} is less than 100", c.storage_timeout_ms),
             ));
         }
+        if c.max_inflight_bytes < c.max_frame_bytes {
+            return Err(invalid(
+                "collector.max_inflight_bytes",
+                format!(
+                    "{} is smaller than collector.max_frame_bytes ({})",
+                    c.max_inflight_bytes, c.max_frame_bytes
+                ),
+            ));
+        }
+        for (key, value) in [
+            ("collector.max_connections_per_ip", c.max_connections_per_ip),
+            ("collector.http_max_connections", c.http_max_connections),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        for (key, ms) in [
+            ("collector.first_call_timeout_ms", c.first_call_timeout_ms),
+            ("collector.frame_timeout_ms", c.frame_timeout_ms),
+            ("collector.http_header_timeout_ms", c.http_header_timeout_ms),
+        ] {
+            if ms < 100 {
+                return Err(invalid(key, format!("{ms} is less than 100")));
+            }
+        }
+        for (key, secs) in [
+            ("collector.idle_timeout_secs", c.idle_timeout_secs),
+            ("collector.shutdown_timeout_secs", c.shutdown_timeout_secs),
+        ] {
+            if secs == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
         if c.max_open_files == Some(0) {
             return Err(invalid("collector.max_open_files", "must be at least 1"));
         }
@@ -852,6 +948,22 @@ mod tests {
             (
                 "[collector]\nmax_message_bytes = 0\n",
                 "collector.max_message_bytes",
+            ),
+            (
+                "[collector]\nmax_inflight_bytes = 1048576\n",
+                "collector.max_inflight_bytes: 1048576 is smaller than collector.max_frame_bytes",
+            ),
+            (
+                "[collector]\nmax_connections_per_ip = 0\n",
+                "collector.max_connections_per_ip",
+            ),
+            (
+                "[collector]\nframe_timeout_ms = 5\n",
+                "collector.frame_timeout_ms",
+            ),
+            (
+                "[collector]\nshutdown_timeout_secs = 0\n",
+                "collector.shutdown_timeout_secs",
             ),
             (
                 "[topic_defaults.retention_hours]\nlocal = 0\n",

@@ -30,9 +30,19 @@
 //! * Every connection runs in its own task; a malformed request gets a `400`
 //!   (or `431`) from hyper and costs only its own connection. A route handler
 //!   or health function that panics produces a `500` for that request.
-//! * At most [`MAX_CONNECTIONS`] connections are served at once. A connection
-//!   accepted over the limit is closed immediately, without a response.
-//! * A client has [`HEADER_READ_TIMEOUT`] to send a request's headers.
+//! * At most [`MAX_CONNECTIONS`] connections are served at once (see
+//!   [`HttpServer::with_limits`]). At the limit, the connection that has been
+//!   waiting longest for request headers (a new connection that has sent no
+//!   complete request yet, or an idle keep-alive one) is closed to make room for
+//!   the newcomer, as nginx reuses idle connections; only when every connection
+//!   has a request in progress is the newcomer closed without a response. So a
+//!   slowloris (hundreds of connections trickling header bytes) cannot keep
+//!   `/health` and `/metrics` from answering.
+//! * A client has [`HEADER_READ_TIMEOUT`] to send a request's headers, counted
+//!   from the connection's start or the end of its previous request.
+//! * Connections closed for these limits are counted in
+//!   `conduit_http_connections_closed_total{reason}` (`evicted_waiting`,
+//!   `over_limit`, `header_timeout`) and logged at most once per 10 s per reason.
 //! * Accept errors (for example running out of file descriptors) are logged
 //!   and the accept loop continues after a short pause.
 //!
@@ -63,13 +73,14 @@
 //! # }
 //! ```
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::FutureExt;
@@ -80,11 +91,13 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinSet;
+use tokio::sync::watch;
+use tokio::task::{AbortHandle, JoinSet};
 
 /// The Prometheus client every conduit service uses, re-exported so that all
 /// crates register metrics of the same version as the one this server encodes.
@@ -109,7 +122,8 @@ pub type HealthFn = Arc<dyn Fn() -> (bool, serde_json::Value) + Send + Sync>;
 /// [`prometheus_client::encoding::text::encode`] produces.
 pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Most connections served at once; further ones are accepted and closed.
+/// Most connections served at once by default (`collector.http_max_connections`);
+/// see the [module docs](self#robustness) for what happens at the limit.
 pub const MAX_CONNECTIONS: usize = 256;
 
 /// Largest request head (request line and headers) accepted; a larger one
@@ -117,9 +131,9 @@ pub const MAX_CONNECTIONS: usize = 256;
 /// read buffer per connection (which may overshoot it by one allocation).
 pub const MAX_REQUEST_BUFFER: usize = 64 * 1024;
 
-/// How long a client may take to send a request's headers before its
-/// connection is closed.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client may take by default to send a request's headers before its
+/// connection is closed (`collector.http_header_timeout_ms`).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long [`HttpServer::serve`] waits for in-flight requests after shutdown
 /// before aborting their connections.
@@ -302,6 +316,7 @@ pub struct HttpServer {
     health: Option<HealthFn>,
     routes: Option<Arc<dyn Routes>>,
     max_connections: usize,
+    header_timeout: Duration,
 }
 
 impl fmt::Debug for HttpServer {
@@ -310,6 +325,7 @@ impl fmt::Debug for HttpServer {
             .field("health", &self.health.as_ref().map(|_| "HealthFn"))
             .field("routes", &self.routes.as_ref().map(|_| "Routes"))
             .field("max_connections", &self.max_connections)
+            .field("header_timeout", &self.header_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -323,7 +339,17 @@ impl HttpServer {
             health: None,
             routes: None,
             max_connections: MAX_CONNECTIONS,
+            header_timeout: HEADER_READ_TIMEOUT,
         }
+    }
+
+    /// Serves at most `max_connections` at once (at least 1) and gives a client
+    /// `header_timeout` to send a request's headers (defaults:
+    /// [`MAX_CONNECTIONS`], [`HEADER_READ_TIMEOUT`]).
+    pub fn with_limits(mut self, max_connections: usize, header_timeout: Duration) -> Self {
+        self.max_connections = max_connections.max(1);
+        self.header_timeout = header_timeout;
+        self
     }
 
     /// Uses `f` to answer `/health`.
@@ -355,6 +381,7 @@ impl HttpServer {
     ) -> std::io::Result<()> {
         let local = listener.local_addr().ok();
         let max_connections = self.max_connections;
+        let closed = ClosedCounter::register(&self.registry, self.header_timeout);
         let handler = Arc::new(Handler {
             registry: self.registry,
             health: self.health,
@@ -363,10 +390,10 @@ impl HttpServer {
         let mut builder = http1::Builder::new();
         builder
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .header_read_timeout(self.header_timeout)
             .max_header_size(MAX_REQUEST_BUFFER)
             .max_buf_size(MAX_REQUEST_BUFFER);
-        let permits = Arc::new(Semaphore::new(max_connections));
+        let table = Arc::new(ConnectionTable::default());
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut connections = JoinSet::new();
         tracing::info!(addr = ?local, "http server listening");
@@ -383,23 +410,29 @@ impl HttpServer {
                 }
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
-                        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-                            tracing::warn!(
-                                %peer,
-                                limit = max_connections,
-                                "too many http connections, closing new one"
-                            );
+                        let Some(entry) = table.admit(max_connections, &closed) else {
+                            closed.count(Closed::OverLimit);
+                            if let Some(suppressed) = crate::ratelimit::allow("http_over_limit") {
+                                tracing::warn!(
+                                    %peer,
+                                    http_max_connections = max_connections,
+                                    suppressed,
+                                    "http connections at the limit, each with a request in progress: closing the new one"
+                                );
+                            }
                             drop(stream);
                             continue;
                         };
-                        connections.spawn(serve_connection(
+                        let abort = connections.spawn(serve_connection(
                             builder.clone(),
                             stream,
                             peer,
                             Arc::clone(&handler),
                             stop_rx.clone(),
-                            permit,
+                            entry.clone(),
+                            closed.clone(),
                         ));
+                        entry.set_abort(abort);
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "http accept failed");
@@ -429,19 +462,27 @@ impl HttpServer {
     }
 }
 
-/// Serves one connection until it closes, finishing gracefully on `stop`.
+/// Serves one connection until it closes, finishing gracefully on `stop`; its
+/// place in the table is given up when this ends (or is aborted).
 async fn serve_connection(
     builder: http1::Builder,
     stream: TcpStream,
     peer: SocketAddr,
     handler: Arc<Handler>,
     mut stop: watch::Receiver<bool>,
-    _permit: OwnedSemaphorePermit,
+    entry: Arc<Entry>,
+    closed: ClosedCounter,
 ) {
+    let _place = Place(Arc::clone(&entry));
     let _ = stream.set_nodelay(true);
     let service = service_fn(move |req| {
         let handler = Arc::clone(&handler);
-        async move { Ok::<_, Infallible>(handler.respond(req).await) }
+        let busy = Busy::new(Arc::clone(&entry));
+        async move {
+            let response = handler.respond(req).await;
+            drop(busy);
+            Ok::<_, Infallible>(response)
+        }
     });
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
@@ -457,7 +498,185 @@ async fn serve_connection(
         }
     };
     if let Err(e) = result {
-        tracing::debug!(%peer, error = %e, "http connection ended with an error");
+        if e.is_timeout() {
+            closed.count(Closed::HeaderTimeout);
+            if let Some(suppressed) = crate::ratelimit::allow("http_header_timeout") {
+                tracing::info!(
+                    %peer,
+                    header_timeout_ms = closed.header_timeout.as_millis() as u64,
+                    suppressed,
+                    "http client sent no complete request headers within the header timeout: closed"
+                );
+            }
+        } else {
+            tracing::debug!(%peer, error = %e, "http connection ended with an error");
+        }
+    }
+}
+
+/// Why the server closed a connection for one of its limits.
+#[derive(Debug, Clone, Copy)]
+enum Closed {
+    /// Waiting longest for request headers when a newcomer needed its place.
+    EvictedWaiting,
+    /// A newcomer at the limit with no connection waiting for headers.
+    OverLimit,
+    /// No complete request headers within the header timeout.
+    HeaderTimeout,
+}
+
+impl Closed {
+    const ALL: [Closed; 3] = [Self::EvictedWaiting, Self::OverLimit, Self::HeaderTimeout];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::EvictedWaiting => "evicted_waiting",
+            Self::OverLimit => "over_limit",
+            Self::HeaderTimeout => "header_timeout",
+        }
+    }
+}
+
+/// `conduit_http_connections_closed_total{reason}`, and the header timeout its
+/// log lines name.
+#[derive(Clone)]
+struct ClosedCounter {
+    family: Family<Vec<(&'static str, &'static str)>, Counter>,
+    header_timeout: Duration,
+}
+
+impl ClosedCounter {
+    /// Registers the counter, every reason at 0.
+    fn register(registry: &SharedRegistry, header_timeout: Duration) -> ClosedCounter {
+        let family = Family::<Vec<(&'static str, &'static str)>, Counter>::default();
+        for reason in Closed::ALL {
+            let _ = family.get_or_create(&vec![("reason", reason.as_str())]);
+        }
+        registry.lock().unwrap_or_else(|p| p.into_inner()).register(
+            "conduit_http_connections_closed",
+            "HTTP connections closed for a limit (evicted_waiting, over_limit, header_timeout)",
+            family.clone(),
+        );
+        ClosedCounter {
+            family,
+            header_timeout,
+        }
+    }
+
+    fn count(&self, reason: Closed) {
+        self.family
+            .get_or_create(&vec![("reason", reason.as_str())])
+            .inc();
+    }
+}
+
+/// The open connections, and which of them wait for request headers.
+#[derive(Default)]
+struct ConnectionTable {
+    inner: Mutex<TableInner>,
+}
+
+#[derive(Default)]
+struct TableInner {
+    next_id: u64,
+    open: HashMap<u64, Arc<Entry>>,
+}
+
+/// One open connection.
+struct Entry {
+    id: u64,
+    table: Arc<ConnectionTable>,
+    state: Mutex<EntryState>,
+}
+
+struct EntryState {
+    /// Since when it has been waiting for request headers; `None` while a request
+    /// is in progress.
+    waiting_since: Option<Instant>,
+    /// Its task, aborted to evict it (set right after it is spawned).
+    abort: Option<AbortHandle>,
+}
+
+impl ConnectionTable {
+    fn lock(&self) -> MutexGuard<'_, TableInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A place for a new connection: free, or made by evicting the connection
+    /// waiting longest for headers; `None` when every connection is busy.
+    fn admit(self: &Arc<Self>, max: usize, closed: &ClosedCounter) -> Option<Arc<Entry>> {
+        let mut inner = self.lock();
+        if inner.open.len() >= max {
+            let oldest = inner
+                .open
+                .values()
+                .filter_map(|e| {
+                    let state = e.state();
+                    let abort = state.abort.clone()?;
+                    Some((state.waiting_since?, e.id, abort))
+                })
+                .min_by_key(|(since, id, _)| (*since, *id));
+            let (since, id, abort) = oldest?;
+            inner.open.remove(&id);
+            abort.abort();
+            closed.count(Closed::EvictedWaiting);
+            if let Some(suppressed) = crate::ratelimit::allow("http_evicted_waiting") {
+                tracing::warn!(
+                    waited = ?since.elapsed(),
+                    http_max_connections = max,
+                    suppressed,
+                    "http connections at the limit: closed the one waiting longest for request headers"
+                );
+            }
+        }
+        let id = inner.next_id;
+        inner.next_id += 1;
+        let entry = Arc::new(Entry {
+            id,
+            table: Arc::clone(self),
+            state: Mutex::new(EntryState {
+                waiting_since: Some(Instant::now()),
+                abort: None,
+            }),
+        });
+        inner.open.insert(id, Arc::clone(&entry));
+        Some(entry)
+    }
+}
+
+impl Entry {
+    fn state(&self) -> MutexGuard<'_, EntryState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_abort(&self, abort: AbortHandle) {
+        self.state().abort = Some(abort);
+    }
+}
+
+/// Gives a connection's place up when its task ends or is aborted.
+struct Place(Arc<Entry>);
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.table.lock().open.remove(&self.0.id);
+    }
+}
+
+/// A request in progress: its connection is not waiting for headers until the
+/// response is ready.
+struct Busy(Arc<Entry>);
+
+impl Busy {
+    fn new(entry: Arc<Entry>) -> Busy {
+        entry.state().waiting_since = None;
+        Busy(entry)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.state().waiting_since = Some(Instant::now());
     }
 }
 
@@ -625,7 +844,7 @@ fn parse_query(query: &str) -> Option<Vec<(String, String)>> {
 mod tests {
     use super::*;
     use prometheus_client::metrics::counter::Counter;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::sync::{oneshot, Notify};
     use tokio::task::JoinHandle;
@@ -696,6 +915,8 @@ mod tests {
     struct TestRoutes {
         /// Told when `/slow` has started; `/slow` then waits for `release`.
         slow_entered: Mutex<Option<oneshot::Sender<()>>>,
+        /// `/slow` requests started.
+        slow_started: AtomicUsize,
         release: Notify,
     }
 
@@ -720,6 +941,7 @@ mod tests {
                         .with_header("x-offset", req.query_param("offset").unwrap_or("0")),
                 ),
                 "/slow" => {
+                    self.slow_started.fetch_add(1, Ordering::SeqCst);
                     let entered = self.slow_entered.lock().unwrap().take();
                     if let Some(tx) = entered {
                         let _ = tx.send(());
@@ -745,6 +967,10 @@ mod tests {
     }
 
     async fn start(max_connections: usize) -> Fixture {
+        start_with(max_connections, HEADER_READ_TIMEOUT).await
+    }
+
+    async fn start_with(max_connections: usize, header_timeout: Duration) -> Fixture {
         let mut registry = Registry::default();
         let counter = Counter::<u64>::default();
         registry.register("requests", "Requests seen", counter.clone());
@@ -764,16 +990,17 @@ mod tests {
         let (entered_tx, entered_rx) = oneshot::channel();
         let routes = Arc::new(TestRoutes {
             slow_entered: Mutex::new(Some(entered_tx)),
+            slow_started: AtomicUsize::new(0),
             release: Notify::new(),
         });
 
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let mut server = HttpServer::new(registry)
+        let server = HttpServer::new(registry)
             .with_health(health)
-            .with_routes(Arc::clone(&routes) as Arc<dyn Routes>);
-        server.max_connections = max_connections;
+            .with_routes(Arc::clone(&routes) as Arc<dyn Routes>)
+            .with_limits(max_connections, header_timeout);
         let server = tokio::spawn(server.serve(listener, async move {
             let _ = stop_rx.await;
         }));
@@ -865,8 +1092,17 @@ mod tests {
         assert_eq!(resp.body, r#"{"status":"ok"}"#);
         let resp = request(addr, "GET", "/v1/echo").await;
         assert_eq!(resp.status, 404);
+        // Nothing registered but the server's own counter of connections it
+        // closed, every reason at 0.
         let resp = request(addr, "GET", "/metrics").await;
-        assert_eq!((resp.status, resp.body.as_str()), (200, "# EOF\n"));
+        assert_eq!(resp.status, 200);
+        let samples: Vec<&str> = resp.body.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(samples.len(), 3, "{}", resp.body);
+        for reason in ["evicted_waiting", "over_limit", "header_timeout"] {
+            let line = format!("conduit_http_connections_closed_total{{reason=\"{reason}\"}} 0");
+            assert!(samples.contains(&line.as_str()), "{line} in {}", resp.body);
+        }
+        assert!(resp.body.ends_with("# EOF\n"));
         stop_tx.send(()).unwrap();
         timeout(DEADLINE, server).await.unwrap().unwrap().unwrap();
     }
@@ -989,26 +1225,49 @@ mod tests {
         fx.shutdown().await;
     }
 
+    /// Reads one response (headers and the body of `Content-Length`) from a
+    /// keep-alive connection.
+    async fn read_response(stream: &mut TcpStream) -> String {
+        let mut got = Vec::new();
+        let mut byte = [0u8; 1];
+        while !got.ends_with(b"\r\n\r\n") {
+            stream.read_exact(&mut byte).await.unwrap();
+            got.push(byte[0]);
+        }
+        let head = String::from_utf8(got).unwrap();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        let mut body = vec![0u8; len];
+        stream.read_exact(&mut body).await.unwrap();
+        head + &String::from_utf8(body).unwrap()
+    }
+
     #[tokio::test]
-    async fn connections_over_the_limit_are_closed() {
+    async fn at_the_limit_a_connection_waiting_for_headers_makes_room() {
         let fx = start(2).await;
+        // Two connections, each with a request in progress.
         let mut held = Vec::new();
         for _ in 0..2 {
-            // A request without Connection: close keeps its permit after the answer.
             let mut stream = TcpStream::connect(fx.addr).await.unwrap();
             stream
-                .write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+                .write_all(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
                 .await
                 .unwrap();
-            let mut buf = [0u8; 12];
-            timeout(DEADLINE, stream.read_exact(&mut buf))
-                .await
-                .unwrap()
-                .unwrap();
-            assert_eq!(&buf, b"HTTP/1.1 200");
             held.push(stream);
         }
-        // The third is accepted and closed without an answer.
+        timeout(DEADLINE, async {
+            while fx.routes.slow_started.load(Ordering::SeqCst) < 2 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("both slow requests start");
+        // No connection waits for headers: the third is accepted and closed
+        // without an answer.
         let out = timeout(DEADLINE, async {
             let mut stream = TcpStream::connect(fx.addr).await.unwrap();
             let _ = stream
@@ -1022,24 +1281,95 @@ mod tests {
         .unwrap();
         assert!(out.is_empty(), "{:?}", String::from_utf8_lossy(&out));
 
-        // Closing one frees its permit (once the server notices the close).
-        drop(held.pop());
-        timeout(DEADLINE, async {
-            loop {
-                let out = send_raw(
-                    fx.addr,
-                    b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
-                )
-                .await;
-                if out.starts_with(b"HTTP/1.1 200") {
-                    break;
-                }
-                tokio::task::yield_now().await;
-            }
-        })
-        .await
-        .expect("permit was never released");
+        // The slow requests end; both connections wait for their next request,
+        // the second since later (it asks once more).
+        fx.routes.release.notify_waiters();
+        for stream in held.iter_mut() {
+            let response = timeout(DEADLINE, read_response(stream)).await.unwrap();
+            assert!(response.ends_with("slow done"), "{response}");
+        }
+        held[1]
+            .write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let response = timeout(DEADLINE, read_response(&mut held[1]))
+            .await
+            .unwrap();
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+
+        // A newcomer takes the place of the one waiting longest.
+        let out = send_raw(
+            fx.addr,
+            b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(
+            out.starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            String::from_utf8_lossy(&out)
+        );
+        let mut rest = Vec::new();
+        let closed = timeout(DEADLINE, held[0].read_to_end(&mut rest)).await;
+        assert!(
+            matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+            "the connection waiting longest is closed: {closed:?} {rest:?}"
+        );
+        // The other keeps its place; the counter says what happened.
+        held[1]
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let metrics = timeout(DEADLINE, read_response(&mut held[1]))
+            .await
+            .unwrap();
+        for reason in ["over_limit", "evicted_waiting"] {
+            let line = format!("conduit_http_connections_closed_total{{reason=\"{reason}\"}} 1\n");
+            assert!(metrics.contains(&line), "{line} in {metrics}");
+        }
         drop(held);
+        fx.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn health_answers_under_a_slowloris_and_silent_clients_time_out() {
+        let header_timeout = Duration::from_secs(2);
+        let fx = start_with(4, header_timeout).await;
+        // Every place is taken by a client that has sent one byte of its
+        // request line and nothing more.
+        let mut loris = Vec::new();
+        for _ in 0..4 {
+            let mut stream = TcpStream::connect(fx.addr).await.unwrap();
+            stream.write_all(b"G").await.unwrap();
+            loris.push(stream);
+        }
+        for path in ["/health", "/metrics", "/v1/echo?x=1"] {
+            let resp = request(fx.addr, "GET", path).await;
+            assert_eq!(resp.status, 200, "{path}: {resp:?}");
+        }
+        // A silent connection is closed once the header timeout has passed.
+        let started = std::time::Instant::now();
+        let mut silent = TcpStream::connect(fx.addr).await.unwrap();
+        let mut out = Vec::new();
+        let closed = timeout(DEADLINE, silent.read_to_end(&mut out)).await;
+        assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
+        assert!(
+            started.elapsed() >= header_timeout,
+            "{:?}",
+            started.elapsed()
+        );
+        let metrics = request(fx.addr, "GET", "/metrics").await.body;
+        let count = |reason: &str| -> u64 {
+            let prefix = format!("conduit_http_connections_closed_total{{reason=\"{reason}\"}} ");
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .unwrap_or_else(|| panic!("{prefix} in {metrics}"))
+                .parse()
+                .unwrap()
+        };
+        assert!(count("evicted_waiting") >= 1, "{metrics}");
+        assert!(count("header_timeout") >= 1, "{metrics}");
+        drop(loris);
         fx.shutdown().await;
     }
 

@@ -51,10 +51,20 @@
 //! - Hostile input never panics and never makes the decoder allocate more than the frame
 //!   justifies: every length and element count is checked against the bytes left in the
 //!   frame before anything is reserved, and unknown fields are skipped with a nesting
-//!   limit of [`MAX_DEPTH`]. A decoded `Log` holds at most 64 bytes of `LogEntry` per
-//!   byte of frame (an entry with no fields costs one wire byte).
+//!   limit of [`MAX_DEPTH`]. A list of entries must average at least
+//!   [`MIN_ENTRY_WIRE_BYTES`] per entry (an entry with its category field, even
+//!   empty, takes that much), so a decoded `Log` holds at most 8 bytes of `LogEntry`
+//!   per byte of frame. Method names are at most [`MAX_METHOD_NAME_BYTES`].
 //! - Both strict and old (non-strict) message headers are accepted; [`Request::strict`]
 //!   records which one the client used so the reply can mirror it.
+//!
+//! # Framing guarantees
+//! [`read_frame`] and [`read_frame_within`] never allocate from a length prefix:
+//! the buffer grows as the frame's bytes arrive, in steps of [`FRAME_STEP_BYTES`],
+//! and never reads past the frame's end by more than one read chunk.
+//! [`read_frame_within`] asks its caller before each step (a memory budget); a frame it refuses is read to its end and dropped as it arrives,
+//! keeping only its first [`FRAME_HEAD_BYTES`] (enough for the message header),
+//! so the caller can still answer it ([`Frame::Refused`]).
 //!
 //! # Checked against a reference
 //! `reference` (tests, or the `reference` cargo feature) speaks the same protocol
@@ -63,7 +73,7 @@
 
 use std::fmt;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 #[cfg(test)]
@@ -121,6 +131,28 @@ const TYPICAL_MIN_ENTRY_BYTES: usize = 15;
 /// How much a [`read_frame`] read asks for at least, so that small frames arriving
 /// back to back are read with few system calls.
 const READ_CHUNK: usize = 16 * 1024;
+
+/// Longest method name accepted; a longer one is
+/// [`ProtocolError::MethodNameTooLong`] (real method names are a few bytes; a
+/// megabyte name only fills logs and replies).
+pub const MAX_METHOD_NAME_BYTES: usize = 256;
+
+/// Fewest wire bytes an entry of a `list<LogEntry>` takes on average: a
+/// `LogEntry` with its category field, even empty (type 1 + id 2 + length 4 +
+/// STOP 1). A list claiming more entries than its bytes allow at this rate is
+/// [`ProtocolError::ListTooLong`]: entries without fields, which no client sends,
+/// would otherwise make a decoded call 64 times the size of its frame.
+pub const MIN_ENTRY_WIRE_BYTES: usize = 8;
+
+/// Payload bytes of a refused frame kept for its caller ([`Frame::Refused`]):
+/// more than any message header (version 4 + name length 4 +
+/// [`MAX_METHOD_NAME_BYTES`] + seqid 4).
+pub const FRAME_HEAD_BYTES: usize = 512;
+
+/// Step by which a frame's buffer grows while its bytes arrive: the buffer holds
+/// at most this much more than what has arrived of the frame (reserved address
+/// space, not resident memory).
+pub const FRAME_STEP_BYTES: usize = 1 << 20;
 
 /// Name of the method a [`Call::Log`] request uses.
 const LOG: &str = "Log";
@@ -210,6 +242,14 @@ pub enum ProtocolError {
     /// The method name is not UTF-8.
     #[error("method name is not valid utf-8")]
     BadMethodName,
+    /// The method name is longer than [`MAX_METHOD_NAME_BYTES`].
+    #[error("method name of {len} bytes exceeds the maximum of {max} bytes")]
+    MethodNameTooLong {
+        /// The name's length on the wire.
+        len: usize,
+        /// [`MAX_METHOD_NAME_BYTES`].
+        max: usize,
+    },
     /// A `ResultCode` reply with a value the enum does not define.
     #[error("unknown result code {value}")]
     UnknownResultCode {
@@ -397,7 +437,8 @@ pub enum Reply<'a> {
     /// `getCounters`: field 0 as `map<string, i64>`.
     Counters(&'a [(String, i64)]),
     /// An EXCEPTION message: `TApplicationException` UNKNOWN_METHOD (1) with the
-    /// message `Invalid method name: '<name>'`.
+    /// message `Invalid method name: '<name>'`, the name escaped and capped
+    /// ([`crate::text::capped`]: a client's bytes are never echoed unbounded).
     UnknownMethod,
     /// An EXCEPTION message: `TApplicationException` PROTOCOL_ERROR (7) with this
     /// message.
@@ -449,6 +490,19 @@ pub struct MessageHeader {
     pub seqid: i32,
     /// Whether the header is strict (versioned).
     pub strict: bool,
+}
+
+impl MessageHeader {
+    /// Whether a request with this header is ONEWAY (its client expects no reply);
+    /// a message type other than CALL or ONEWAY is
+    /// [`ProtocolError::WrongMessageType`].
+    pub fn oneway(&self) -> Result<bool, ProtocolError> {
+        match self.kind {
+            mtype::CALL => Ok(false),
+            mtype::ONEWAY => Ok(true),
+            kind => Err(ProtocolError::WrongMessageType { kind }),
+        }
+    }
 }
 
 impl fmt::Display for MessageHeader {
@@ -637,10 +691,11 @@ impl<'a> Reader<'a> {
             if word & VERSION_MASK != VERSION_1 {
                 return Err(ProtocolError::BadVersion { word });
             }
-            (self.binary()?, (word & 0xff) as u8, true)
+            let len = self.size()?;
+            (self.method_name(len)?, (word & 0xff) as u8, true)
         } else {
             // Old header: `first` is the name's length.
-            let name = self.take(first as usize)?;
+            let name = self.method_name(first as usize)?;
             (name, self.u8()?, false)
         };
         let seqid = self.i32()?;
@@ -653,6 +708,18 @@ impl<'a> Reader<'a> {
         })
     }
 
+    /// A method name of `len` bytes, refused before it is read when it is longer
+    /// than [`MAX_METHOD_NAME_BYTES`].
+    fn method_name(&mut self, len: usize) -> Result<&'a [u8], ProtocolError> {
+        if len > MAX_METHOD_NAME_BYTES {
+            return Err(ProtocolError::MethodNameTooLong {
+                len,
+                max: MAX_METHOD_NAME_BYTES,
+            });
+        }
+        self.take(len)
+    }
+
     /// A `list<LogEntry>` (the list header included) of field `field`, found at
     /// nesting level `depth`.
     fn entries(
@@ -663,6 +730,7 @@ impl<'a> Reader<'a> {
     ) -> Result<Vec<LogEntry>, ProtocolError> {
         let list_depth = deeper(depth)?;
         let count = self.list_of(field, ttype::STRUCT)?;
+        self.check_count(count, MIN_ENTRY_WIRE_BYTES)?;
         let entry_depth = deeper(list_depth)?;
         let mut entries = Vec::with_capacity(count.min(self.remaining() / TYPICAL_MIN_ENTRY_BYTES));
         for _ in 0..count {
@@ -745,11 +813,7 @@ pub fn decode_header(frame: &[u8]) -> Result<MessageHeader, ProtocolError> {
 pub fn decode_request(frame: Bytes) -> Result<Request, ProtocolError> {
     let mut r = Reader::new(&frame);
     let header = r.header()?;
-    let oneway = match header.kind {
-        mtype::CALL => false,
-        mtype::ONEWAY => true,
-        kind => return Err(ProtocolError::WrongMessageType { kind }),
-    };
+    let oneway = header.oneway()?;
     // The arguments struct is at nesting level 1.
     let depth = deeper(0)?;
     let call = match header.name.as_str() {
@@ -1024,7 +1088,8 @@ pub fn encode_reply(
     match reply {
         Reply::UnknownMethod => {
             put_message_begin(out, req_name, mtype::EXCEPTION, seqid, strict);
-            let message: [&[u8]; 3] = [b"Invalid method name: '", req_name.as_bytes(), b"'"];
+            let name = crate::text::capped(req_name);
+            let message: [&[u8]; 3] = [b"Invalid method name: '", name.as_bytes(), b"'"];
             put_app_exception(out, &message, EXCEPTION_UNKNOWN_METHOD);
         }
         Reply::ProtocolError(message) => {
@@ -1127,14 +1192,32 @@ pub fn encode_fb303_call(seqid: i32, call: &Fb303Call, out: &mut Vec<u8>) {
 // Framing
 // ---------------------------------------------------------------------------------
 
+/// A frame read by [`read_frame_within`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// The whole payload (without the 4-byte length).
+    Whole(Bytes),
+    /// The caller refused to hold the frame: its payload was read and dropped as
+    /// it arrived, except for its first bytes.
+    Refused {
+        /// The first `min(len, FRAME_HEAD_BYTES)` payload bytes: the message
+        /// header when the frame holds one ([`decode_header`]).
+        head: Bytes,
+        /// The payload's length.
+        len: usize,
+    },
+}
+
 /// Reads one frame of the framed transport and returns its payload (without the
 /// 4-byte length), ready for [`decode_request`] or [`decode_reply`].
 ///
 /// `buf` is the connection's read buffer: keep passing the same one. It may hold bytes
-/// of the following frames after a call (reads ask for at least 16 KiB), and the
-/// returned frame shares its allocation, so decoded entries are zero-copy views of
-/// what was read. The function is cancel-safe as long as `buf` is kept: bytes read
-/// before a cancellation stay in `buf` for the next call.
+/// of the following frames after a call (reads ask for at most 16 KiB past a frame),
+/// and the returned frame shares its allocation, so decoded entries are zero-copy
+/// views of what was read. The buffer grows as the frame's bytes arrive, never from
+/// the length prefix alone (see the [module docs](self#framing-guarantees)). The
+/// function is cancel-safe as long as `buf` is kept: bytes read before a
+/// cancellation stay in `buf` for the next call.
 ///
 /// Returns `Ok(None)` on end of stream before the first byte of a frame;
 /// [`ProtocolError::TruncatedFrame`] on end of stream inside one;
@@ -1145,11 +1228,52 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     max_frame_bytes: usize,
     buf: &mut BytesMut,
 ) -> Result<Option<Bytes>, ProtocolError> {
+    let len = match read_frame_len(r, max_frame_bytes, buf).await? {
+        Some(len) => len,
+        None => return Ok(None),
+    };
+    read_payload(r, buf, len, |_| true)
+        .await
+        .map(|admitted| Some(admitted.expect("every step is admitted")))
+}
+
+/// [`read_frame`] under a memory budget: before the frame's buffer may hold more of
+/// its payload, `admit(n)` is asked whether the frame may hold `n` payload bytes in
+/// all (`n` grows by at most [`FRAME_STEP_BYTES`] from one call to the next, and
+/// the first call covers what already arrived). When `admit` says no, the rest of
+/// the frame is read and dropped as it arrives and the frame is returned as
+/// [`Frame::Refused`], so that the caller can answer it from its header.
+///
+/// Cancel-safe like [`read_frame`] until `admit` has refused; a cancellation while
+/// a refused frame is being dropped leaves the stream inside that frame (close the
+/// connection).
+pub async fn read_frame_within<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max_frame_bytes: usize,
+    buf: &mut BytesMut,
+    admit: impl FnMut(usize) -> bool,
+) -> Result<Option<Frame>, ProtocolError> {
+    let len = match read_frame_len(r, max_frame_bytes, buf).await? {
+        Some(len) => len,
+        None => return Ok(None),
+    };
+    match read_payload(r, buf, len, admit).await? {
+        Some(payload) => Ok(Some(Frame::Whole(payload))),
+        None => drop_payload(r, buf, len).await.map(Some),
+    }
+}
+
+/// Reads the next frame's 4-byte length prefix (left in `buf`) and checks it.
+async fn read_frame_len<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max_frame_bytes: usize,
+    buf: &mut BytesMut,
+) -> Result<Option<usize>, ProtocolError> {
     while buf.len() < 4 {
         if buf.capacity() - buf.len() < 4 {
             buf.reserve(READ_CHUNK);
         }
-        if r.read_buf(buf).await? == 0 {
+        if read_at_most(r, buf, READ_CHUNK).await? == 0 {
             if buf.is_empty() {
                 return Ok(None);
             }
@@ -1167,20 +1291,111 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
             max: max_frame_bytes,
         });
     }
+    Ok(Some(len))
+}
+
+/// Reads the payload of the frame whose prefix starts `buf`, growing `buf` step by
+/// step as `admit` allows; `None` (with `buf` unchanged but for bytes read) when it
+/// refuses a step.
+async fn read_payload<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut BytesMut,
+    len: usize,
+    mut admit: impl FnMut(usize) -> bool,
+) -> Result<Option<Bytes>, ProtocolError> {
     let total = 4 + len;
-    if buf.len() < total {
-        buf.reserve((total - buf.len()).max(READ_CHUNK));
-        while buf.len() < total {
-            if r.read_buf(buf).await? == 0 {
-                return Err(ProtocolError::TruncatedFrame {
-                    expected: len,
-                    got: buf.len() - 4,
-                });
+    let mut admitted = None;
+    loop {
+        let have = buf.len().min(total) - 4;
+        // What already arrived, plus one step.
+        let want = (have + FRAME_STEP_BYTES).min(len);
+        if admitted.is_none_or(|a| want > a) {
+            if !admit(want) {
+                return Ok(None);
             }
+            admitted = Some(want);
+        }
+        if have == len {
+            break;
+        }
+        let room = 4 + want - buf.len();
+        buf.reserve(room);
+        if read_at_most(r, buf, room).await? == 0 {
+            return Err(ProtocolError::TruncatedFrame {
+                expected: len,
+                got: have,
+            });
         }
     }
     buf.advance(4);
-    Ok(Some(buf.split_to(len).freeze()))
+    let payload = buf.split_to(len).freeze();
+    if len > LARGE_FRAME_BYTES {
+        detach(buf);
+    }
+    Ok(Some(payload))
+}
+
+/// Reads the rest of a refused frame whose prefix starts `buf`, dropping its bytes
+/// as they arrive but for its first [`FRAME_HEAD_BYTES`].
+async fn drop_payload<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut BytesMut,
+    len: usize,
+) -> Result<Frame, ProtocolError> {
+    let head_len = len.min(FRAME_HEAD_BYTES);
+    let truncated = |got| ProtocolError::TruncatedFrame { expected: len, got };
+    while buf.len() < 4 + head_len {
+        let room = 4 + head_len - buf.len();
+        buf.reserve(room);
+        if read_at_most(r, buf, room).await? == 0 {
+            return Err(truncated(buf.len() - 4));
+        }
+    }
+    buf.advance(4);
+    // A copy: the head must not keep the buffer's allocation alive.
+    let head = Bytes::copy_from_slice(&buf[..head_len]);
+    buf.advance(head_len);
+    let mut left = len - head_len;
+    let here = left.min(buf.len());
+    buf.advance(here);
+    left -= here;
+    if len > LARGE_FRAME_BYTES {
+        detach(buf);
+    }
+    let mut sink = vec![0u8; left.min(DROP_CHUNK)];
+    while left > 0 {
+        let want = left.min(sink.len());
+        let n = r.read(&mut sink[..want]).await?;
+        if n == 0 {
+            return Err(truncated(len - left));
+        }
+        left -= n;
+    }
+    Ok(Frame::Refused { head, len })
+}
+
+/// Most bytes of a refused frame read (and dropped) at once.
+const DROP_CHUNK: usize = 64 * 1024;
+
+/// Reads once into `buf`, at most `max` bytes (so that a read never takes much of
+/// the next frame, which would not have been admitted).
+async fn read_at_most<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut BytesMut,
+    max: usize,
+) -> std::io::Result<usize> {
+    r.read_buf(&mut (&mut *buf).limit(max)).await
+}
+
+/// A frame larger than this gets a buffer allocation of its own: [`detach`] after
+/// it.
+const LARGE_FRAME_BYTES: usize = 4 * READ_CHUNK;
+
+/// Moves the bytes read past a large frame (at most one read chunk) to a fresh
+/// buffer, so that the connection's buffer does not keep the frame's allocation,
+/// and its resident pages, alive after the frame is freed.
+fn detach(buf: &mut BytesMut) {
+    *buf = BytesMut::from(&buf[..]);
 }
 
 #[cfg(test)]
@@ -2172,6 +2387,152 @@ mod tests {
                 )),
             }
         }
+    }
+
+    #[tokio::test]
+    async fn read_frame_grows_as_bytes_arrive_not_from_the_prefix() {
+        use futures::FutureExt;
+        use tokio::io::AsyncWriteExt;
+        let (mut client, mut server) = tokio::io::duplex(1 << 16);
+        // A 64 MiB prefix and 10 bytes of payload.
+        client
+            .write_all(&(64u32 << 20).to_be_bytes())
+            .await
+            .unwrap();
+        client.write_all(&[7; 10]).await.unwrap();
+        let mut buf = BytesMut::new();
+        let pending = read_frame(&mut server, 64 << 20, &mut buf).now_or_never();
+        assert!(pending.is_none(), "the frame is incomplete");
+        assert_eq!(buf.len(), 14, "the bytes read stay in the buffer");
+        assert!(
+            buf.capacity() <= FRAME_STEP_BYTES + READ_CHUNK,
+            "{} bytes reserved for 10 that arrived",
+            buf.capacity()
+        );
+        // The rest arrives: the same buffer completes the frame.
+        let frame = log_call(3, &[(b"t", &[1; 3 << 20])]);
+        let mut stream = frame.clone();
+        stream.extend_from_slice(&log_call(4, &[(b"t", b"next")]));
+        let mut reader = &stream[..];
+        let mut buf = BytesMut::new();
+        let got = read_frame(&mut reader, 64 << 20, &mut buf)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&got[..], &frame[4..]);
+        assert!(
+            buf.capacity() < LARGE_FRAME_BYTES,
+            "the buffer lets go of the large frame's allocation: {}",
+            buf.capacity()
+        );
+        let next = read_frame(&mut reader, 64 << 20, &mut buf)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(decode_request(next).unwrap().seqid, 4);
+    }
+
+    #[tokio::test]
+    async fn read_frame_within_asks_before_each_step_and_drops_a_refused_frame() {
+        let big = log_call(1, &[(b"t", &[9; 3 << 20])]);
+        let big_len = big.len() - 4;
+        let small = log_call(2, &[(b"t", b"small")]);
+        let mut stream = big.clone();
+        stream.extend_from_slice(&small);
+        let mut reader = &stream[..];
+        let mut buf = BytesMut::new();
+        let mut asked = Vec::new();
+        let got = read_frame_within(&mut reader, 64 << 20, &mut buf, |n| {
+            asked.push(n);
+            n <= 2 << 20
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let Frame::Refused { head, len } = got else {
+            panic!("refused over 2 MiB: {got:?}");
+        };
+        assert_eq!(len, big_len);
+        assert_eq!(&head[..], &big[4..4 + FRAME_HEAD_BYTES]);
+        assert_eq!(decode_header(&head).unwrap().seqid, 1);
+        assert!(asked.len() >= 2, "{asked:?}");
+        assert!(asked[0] <= FRAME_STEP_BYTES + READ_CHUNK);
+        for w in asked.windows(2) {
+            assert!(w[0] < w[1] && w[1] - w[0] <= FRAME_STEP_BYTES, "{asked:?}");
+        }
+        assert!(*asked.last().unwrap() > 2 << 20);
+        assert!(buf.capacity() < LARGE_FRAME_BYTES, "{}", buf.capacity());
+        // The stream is still in step: the next frame is whole.
+        let got = read_frame_within(&mut reader, 64 << 20, &mut buf, |_| true)
+            .await
+            .unwrap()
+            .unwrap();
+        let Frame::Whole(payload) = got else {
+            panic!("{got:?}");
+        };
+        assert_eq!(decode_request(payload).unwrap().seqid, 2);
+
+        // A small frame is admitted once, for its whole length.
+        let mut reader = &small[..];
+        let mut asked = Vec::new();
+        let got = read_frame_within(&mut reader, 1024, &mut BytesMut::new(), |n| {
+            asked.push(n);
+            true
+        })
+        .await
+        .unwrap();
+        assert!(matches!(got, Some(Frame::Whole(_))));
+        assert_eq!(asked, vec![small.len() - 4]);
+
+        // A refused frame whose sender hangs up is truncated.
+        let mut reader = &big[..big.len() / 2];
+        let err = read_frame_within(&mut reader, 64 << 20, &mut BytesMut::new(), |_| false)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ProtocolError::TruncatedFrame { expected, got } if expected == big_len && got == big.len() / 2 - 4),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn long_method_names_are_refused_before_they_are_read() {
+        let name = "x".repeat(MAX_METHOD_NAME_BYTES);
+        let req = decode_request(call_payload(&name, 1, &[ttype::STOP])).unwrap();
+        assert_eq!(req.call, Call::Unknown { name });
+        let name = "x".repeat(MAX_METHOD_NAME_BYTES + 1);
+        let err = decode_request(call_payload(&name, 1, &[ttype::STOP])).unwrap_err();
+        assert!(
+            matches!(err, ProtocolError::MethodNameTooLong { len: 257, max: 256 }),
+            "{err}"
+        );
+        // Old-style header, and a name longer than the frame: still too long,
+        // not a truncation.
+        let mut old = (8u32 << 20).to_be_bytes().to_vec();
+        old.extend_from_slice(b"Log\n\x1b[31m");
+        let err = decode_header(&old).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "method name of 8388608 bytes exceeds the maximum of 256 bytes"
+        );
+    }
+
+    #[test]
+    fn entries_without_fields_cannot_inflate_a_call() {
+        // 1,000 empty LogEntry structs: 1 byte each on the wire, 64 decoded.
+        let mut body = Vec::new();
+        put_field(&mut body, ttype::LIST, 1);
+        body.extend_from_slice(&[ttype::STRUCT, 0, 0, 0x03, 0xe8]);
+        body.extend_from_slice(&[ttype::STOP; 1000]);
+        body.push(ttype::STOP);
+        assert!(matches!(
+            decode_request(call_payload("Log", 1, &body)),
+            Err(ProtocolError::ListTooLong { len: 1000 })
+        ));
+        // Entries with a category field (8 bytes with an empty one) decode.
+        let entries: Vec<(&[u8], &[u8])> = vec![(b"", b""); 1000];
+        let req = decode_request(payload(&log_call(1, &entries))).unwrap();
+        assert_eq!(entries_of(&req).len(), 1000);
     }
 
     #[tokio::test]

@@ -46,6 +46,7 @@
 //! with its decoded payloads, plus one such chunk read ahead, per partition.
 
 use std::collections::{BTreeSet, VecDeque};
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -1259,6 +1260,11 @@ impl PartitionReader {
         result
     }
 
+    /// Loads the next chunk of the current file. A file in `data/` is read from its
+    /// collector while that serves it, else from storage (after checking it is
+    /// still there and has grown); a sealed file from storage, through the chunk
+    /// read ahead when there is one. `None` once a chunk with complete frames is
+    /// loaded; otherwise the step to take.
     async fn refill_file(&mut self, ctx: &Ctx, f: &mut OpenFile) -> Result<Option<Step>> {
         if f.loc == Loc::Data && f.via_http {
             match self.ask_collector(ctx, f).await {
@@ -1268,99 +1274,16 @@ impl PartitionReader {
             }
         }
         if f.loc == Loc::Data {
-            let path = self.path(ctx, f);
-            match self.roots.stat(&path).await {
-                Ok(st) if st.len <= f.offset => {
-                    let idle = if self.open_unreadable {
-                        match self.collector_or_idle(ctx, f).await {
-                            None => return Ok(None),
-                            Some(step) => step,
-                        }
-                    } else {
-                        Step::Idle
-                    };
-                    return Ok(Some(self.stalled(ctx, f, &path).await?.unwrap_or(idle)));
-                }
-                Ok(_) => {}
-                Err(e) if e.is_not_found() => {
-                    // Renamed into a minute directory (same bytes), or gone.
-                    if self.locate(ctx, f).await? {
-                        tracing::debug!(partition = %self.id, file = %f.name, minute = %f.dir_minute,
-                            "followed the file into its minute directory");
-                        f.missing_since = None;
-                        return Ok(Some(Step::Continue));
-                    }
-                    // Set aside as damaged: by its collector's recovery (from
-                    // data/) or by the seal of its own minute (from there).
-                    let sealed_as = format!(
-                        "{}/{}-{}-{}",
-                        Layout::minute_dir(View::Local, &ctx.topic, f.key.0),
-                        f.cluster,
-                        f.collector,
-                        f.name
-                    );
-                    for original in [&path, &sealed_as] {
-                        let quarantined = Layout::quarantine_path(original);
-                        if self.roots.exists(&quarantined).await? {
-                            let reason = format!(
-                                "it was moved to {quarantined} (by its collector's recovery or the worker): it is shorter than acknowledged or does not decode"
-                            );
-                            return self.damaged(ctx, f, &path, reason).map(Some);
-                        }
-                    }
-                    let since = *f.missing_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() < Duration::from_secs(2) {
-                        return Ok(Some(Step::Idle));
-                    }
-                    let from = format!("{}/{}+{}", f.dir_minute, f.name, f.offset);
-                    self.report_purged(ctx, &from, "the next file");
-                    return Ok(Some(Step::FileDone));
-                }
-                Err(e) => return Err(e.into()),
+            if let ControlFlow::Break(outcome) = self.check_data_file(ctx, f).await? {
+                return Ok(outcome);
             }
         }
         let path = self.path(ctx, f);
-        let loaded = if f.loc == Loc::Dir {
-            let ahead = match self.ahead.take() {
-                Some(a) if a.path == path && a.offset == f.offset && a.want == f.want => Some(a),
-                _ => None,
-            };
-            let early = match ahead {
-                Some(mut a) => match (&mut a.task).await {
-                    Ok(Ok(loaded)) => Some(loaded),
-                    // Read early, an error may be stale (the file was not there
-                    // yet, storage was down then): errors come from reading now.
-                    Ok(Err(_)) | Err(_) => None,
-                },
-                None => None,
-            };
-            match early {
-                Some(loaded) => Ok(loaded),
-                None => {
-                    load_sealed(
-                        self.roots.clone(),
-                        path.clone(),
-                        f.offset..f.offset + f.want,
-                        ctx.encoding,
-                    )
-                    .await
-                }
-            }
-        } else {
-            self.roots
-                .read_range(&path, f.offset..f.offset + f.want)
-                .await
-                .map(|bytes| Loaded {
-                    scan: scan(&bytes, f.offset),
-                    bytes,
-                    decoded: Vec::new(),
-                })
-        };
         let Loaded {
             bytes,
             scan: s,
             decoded,
-        } = match loaded {
+        } = match self.load_chunk(ctx, f, &path).await {
             Ok(l) => l,
             Err(e) if e.is_not_found() && f.loc == Loc::Dir => {
                 // A sealed file purged while we read it.
@@ -1371,30 +1294,7 @@ impl PartitionReader {
             Err(e) => return Err(e.into()),
         };
         if s.frames.is_empty() {
-            if bytes.len() as u64 == f.want && f.want < MAX_FRAME_BYTES {
-                f.want = (f.want * 2).min(MAX_FRAME_BYTES);
-                return Ok(Some(Step::Continue));
-            }
-            if f.loc == Loc::Data {
-                // Storage shows more bytes than it can read (HDFS: the open last
-                // block), or a frame is being written: ask the collector; a file
-                // its collector has closed is final.
-                return match self.collector_or_idle(ctx, f).await {
-                    None => Ok(None),
-                    Some(step) => Ok(Some(self.stalled(ctx, f, &path).await?.unwrap_or(step))),
-                };
-            }
-            // A closed file read to its end without meeting a trailer, or with
-            // bytes after its last complete frame: it was cut short.
-            let reason = if bytes.is_empty() {
-                "it ends without its close trailer: it was truncated".to_owned()
-            } else {
-                format!(
-                    "it ends with {} bytes that are not a complete frame, without its close trailer: it was truncated",
-                    bytes.len()
-                )
-            };
-            return self.damaged(ctx, f, &path, reason).map(Some);
+            return self.no_complete_frame(ctx, f, &path, &bytes).await;
         }
         if f.loc == Loc::Dir {
             self.read_ahead(ctx, f, &s, bytes.len() as u64);
@@ -1406,6 +1306,147 @@ impl PartitionReader {
         f.stalled_since = None;
         f.stall_logged = false;
         Ok(None)
+    }
+
+    /// Before reading a file in `data/` from storage: `Continue` when it has bytes
+    /// past the reader's offset (read them), else `Break` with what
+    /// [`Reader::refill_file`] returns: a chunk its collector served (`None`), or
+    /// the step to take: wait (it is being written, or stalled), follow it into its
+    /// minute directory, report it damaged (set aside in `quarantine/`) or skip it
+    /// (purged).
+    async fn check_data_file(
+        &mut self,
+        ctx: &Ctx,
+        f: &mut OpenFile,
+    ) -> Result<ControlFlow<Option<Step>>> {
+        let path = self.path(ctx, f);
+        match self.roots.stat(&path).await {
+            Ok(st) if st.len <= f.offset => {
+                let idle = if self.open_unreadable {
+                    match self.collector_or_idle(ctx, f).await {
+                        None => return Ok(ControlFlow::Break(None)),
+                        Some(step) => step,
+                    }
+                } else {
+                    Step::Idle
+                };
+                let step = self.stalled(ctx, f, &path).await?.unwrap_or(idle);
+                Ok(ControlFlow::Break(Some(step)))
+            }
+            Ok(_) => Ok(ControlFlow::Continue(())),
+            Err(e) if e.is_not_found() => {
+                let step = self.gone_from_data(ctx, f, &path).await?;
+                Ok(ControlFlow::Break(Some(step)))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A file is no longer at `path` in `data/`: renamed into a minute directory
+    /// (same bytes: follow it), set aside as damaged (by its collector's recovery
+    /// from `data/`, or by the seal of its minute from there), or purged.
+    async fn gone_from_data(&mut self, ctx: &Ctx, f: &mut OpenFile, path: &str) -> Result<Step> {
+        if self.locate(ctx, f).await? {
+            tracing::debug!(partition = %self.id, file = %f.name, minute = %f.dir_minute,
+                "followed the file into its minute directory");
+            f.missing_since = None;
+            return Ok(Step::Continue);
+        }
+        let sealed_as = format!(
+            "{}/{}-{}-{}",
+            Layout::minute_dir(View::Local, &ctx.topic, f.key.0),
+            f.cluster,
+            f.collector,
+            f.name
+        );
+        for original in [path, sealed_as.as_str()] {
+            let quarantined = Layout::quarantine_path(original);
+            if self.roots.exists(&quarantined).await? {
+                let reason = format!(
+                    "it was moved to {quarantined} (by its collector's recovery or the worker): it is shorter than acknowledged or does not decode"
+                );
+                return self.damaged(ctx, f, path, reason);
+            }
+        }
+        let since = *f.missing_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < Duration::from_secs(2) {
+            return Ok(Step::Idle);
+        }
+        let from = format!("{}/{}+{}", f.dir_minute, f.name, f.offset);
+        self.report_purged(ctx, &from, "the next file");
+        Ok(Step::FileDone)
+    }
+
+    /// Reads `f.want` bytes at the reader's offset: from a sealed file through the
+    /// chunk read ahead if it matches (decoded already), else read and decoded
+    /// now; from a file in `data/` as raw bytes (decoded frame by frame later).
+    async fn load_chunk(&mut self, ctx: &Ctx, f: &OpenFile, path: &str) -> StorageResult<Loaded> {
+        if f.loc != Loc::Dir {
+            let bytes = self
+                .roots
+                .read_range(path, f.offset..f.offset + f.want)
+                .await?;
+            return Ok(Loaded {
+                scan: scan(&bytes, f.offset),
+                bytes,
+                decoded: Vec::new(),
+            });
+        }
+        let ahead = match self.ahead.take() {
+            Some(a) if a.path == path && a.offset == f.offset && a.want == f.want => Some(a),
+            _ => None,
+        };
+        if let Some(mut a) = ahead {
+            // Read early, an error may be stale (the file was not there yet,
+            // storage was down then): errors come from reading now.
+            if let Ok(Ok(loaded)) = (&mut a.task).await {
+                return Ok(loaded);
+            }
+        }
+        load_sealed(
+            self.roots.clone(),
+            path.to_owned(),
+            f.offset..f.offset + f.want,
+            ctx.encoding,
+        )
+        .await
+    }
+
+    /// A chunk without one complete frame: read more (a frame larger than the
+    /// chunk), wait for a file in `data/` to grow (asking its collector: `None`
+    /// when it served a chunk), or, for a closed file read to its end without its
+    /// trailer, report it truncated.
+    async fn no_complete_frame(
+        &mut self,
+        ctx: &Ctx,
+        f: &mut OpenFile,
+        path: &str,
+        bytes: &Bytes,
+    ) -> Result<Option<Step>> {
+        if bytes.len() as u64 == f.want && f.want < MAX_FRAME_BYTES {
+            f.want = (f.want * 2).min(MAX_FRAME_BYTES);
+            return Ok(Some(Step::Continue));
+        }
+        if f.loc == Loc::Data {
+            // Storage shows more bytes than it can read (HDFS: the open last
+            // block), or a frame is being written: ask the collector; a file
+            // its collector has closed is final.
+            return Ok(match self.collector_or_idle(ctx, f).await {
+                None => None,
+                Some(step) => Some(self.stalled(ctx, f, path).await?.unwrap_or(step)),
+            });
+        }
+        // A closed file read to its end without meeting a trailer, or with
+        // bytes after its last complete frame: it was cut short.
+        let reason = if bytes.is_empty() {
+            "it ends without its close trailer: it was truncated".to_owned()
+        } else {
+            format!(
+                "it ends with {} bytes that are not a complete frame, without its close trailer: it was truncated",
+                bytes.len()
+            )
+        };
+        self.damaged(ctx, f, path, reason).map(Some)
     }
 
     /// Starts reading and decoding what follows a closed file's chunk: the rest of

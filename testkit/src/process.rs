@@ -27,14 +27,19 @@ pub enum Error {
     /// The child could not be spawned (or signalled).
     #[error("cannot run {what}: {source}")]
     Spawn {
+        /// The program and its role.
         what: String,
+        /// Why spawning failed.
         source: std::io::Error,
     },
     /// The child did not say it was ready in time.
     #[error("{what} did not become ready within {after:?}; log:\n{log}")]
     NotReady {
+        /// The program and its role.
         what: String,
+        /// How long it was given.
         after: Duration,
+        /// Its log so far.
         log: String,
     },
     /// A wait ran out.
@@ -43,15 +48,21 @@ pub enum Error {
     /// An HTTP request failed.
     #[error("GET http://{addr}{path}: {source}")]
     Http {
+        /// The server's `host:port`.
         addr: String,
+        /// The path requested.
         path: String,
+        /// Why the request failed.
         source: std::io::Error,
     },
     /// An HTTP answer had no status line.
     #[error("GET http://{addr}{path}: bad response {response:?}")]
     BadResponse {
+        /// The server's `host:port`.
         addr: String,
+        /// The path requested.
         path: String,
+        /// What came back.
         response: String,
     },
 }

@@ -206,12 +206,18 @@ impl Control {
 pub enum Op {
     /// `MSG`/`HMSG`: subject, reply subject, headers (empty for `MSG`), body.
     Msg {
+        /// The subject the message was published to.
         subject: Bytes,
+        /// The reply subject, if the publisher gave one.
         reply: Option<Bytes>,
+        /// The header block (empty for `MSG`).
         headers: Bytes,
+        /// The payload.
         body: Bytes,
     },
+    /// `PING`: the server checks the client is alive (answer `PONG`).
     Ping,
+    /// `PONG`: the answer to the client's `PING`.
     Pong,
     /// `INFO`, `+OK` and anything else this client has no use for.
     Other,

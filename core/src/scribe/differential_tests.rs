@@ -214,9 +214,11 @@ impl ServerReply {
             Self::I64(v) => ReplyValue::I64(*v),
             Self::Status(v) => ReplyValue::Status(*v),
             Self::Counters(c) => ReplyValue::Counters(c.clone()),
+            // The name is shown escaped and capped: a reply never echoes a
+            // client's bytes unbounded.
             Self::UnknownMethod => ReplyValue::Exception {
                 kind: EXCEPTION_UNKNOWN_METHOD,
-                message: format!("Invalid method name: '{name}'"),
+                message: format!("Invalid method name: '{}'", crate::text::capped(name)),
             },
             Self::ProtocolError(message) => ReplyValue::Exception {
                 kind: EXCEPTION_PROTOCOL_ERROR,
