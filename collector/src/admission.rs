@@ -76,13 +76,17 @@ pub enum Admitted {
     /// Served until the slot is dropped. `evicted` is the connection closed to make
     /// room for it, if any (and how long it had been idle).
     Served {
+        /// The connection's place, given back when dropped.
         slot: Slot,
+        /// The idle connection closed to make room, and how long it had been idle.
         evicted: Option<(SocketAddr, Duration)>,
     },
     /// Over a limit: answered once while the courtesy is held, then closed; with no
     /// courtesy ([`COURTESY_MAX`] reached), closed at once.
     Refused {
+        /// Which limit.
         reason: ConnectionError,
+        /// The courtesy held while the refusal is answered, if any.
         courtesy: Option<Courtesy>,
     },
 }
