@@ -296,8 +296,16 @@ async fn run_once(mut daemon: Daemon, lease: Option<Arc<Lease>>) -> anyhow::Resu
     match result {
         Ok(r) => {
             println!(
-                "worker pass done: sealed {} files {} late {} bytes_copied {} deleted {} pending {}",
-                r.sealed, r.files, r.late_files, r.bytes_copied, r.deleted, r.pending
+                "worker pass done: sealed {} files {} late {} bytes_copied {} deleted {} pending {} \
+                 quarantined {} duplicates_dropped {}",
+                r.sealed,
+                r.files,
+                r.late_files,
+                r.bytes_copied,
+                r.deleted,
+                r.pending,
+                r.quarantined,
+                r.duplicates_dropped
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -460,7 +460,15 @@ pub struct WorkerConfig {
     /// Lease duration of the active worker; a standby takes over after it expires.
     #[serde(default = "default_lease_secs")]
     pub lease_secs: u64,
+    /// How many sealed minutes back the local seal looks for an earlier copy of a
+    /// publisher batch (stored by two collectors after a failover) to drop.
+    #[serde(default = "default_dedup_window_minutes")]
+    pub dedup_window_minutes: u64,
 }
+
+/// Largest `worker.dedup_window_minutes`: a day of batch identities is what the
+/// worker may keep in memory and in a checkpoint per topic.
+pub const MAX_DEDUP_WINDOW_MINUTES: u64 = 1440;
 
 fn default_interval_ms() -> u64 {
     500
@@ -474,6 +482,9 @@ fn default_max_source_lag_secs() -> u64 {
 fn default_lease_secs() -> u64 {
     30
 }
+fn default_dedup_window_minutes() -> u64 {
+    10
+}
 
 impl Default for WorkerConfig {
     fn default() -> Self {
@@ -482,6 +493,7 @@ impl Default for WorkerConfig {
             collector_timeout_secs: default_collector_timeout_secs(),
             max_source_lag_secs: default_max_source_lag_secs(),
             lease_secs: default_lease_secs(),
+            dedup_window_minutes: default_dedup_window_minutes(),
         }
     }
 }
@@ -748,6 +760,15 @@ impl Config {
                 format!("{} is less than 2", w.lease_secs),
             ));
         }
+        if w.dedup_window_minutes > MAX_DEDUP_WINDOW_MINUTES {
+            return Err(invalid(
+                "worker.dedup_window_minutes",
+                format!(
+                    "{} is more than {MAX_DEDUP_WINDOW_MINUTES}",
+                    w.dedup_window_minutes
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -951,6 +972,10 @@ mod tests {
             (
                 "[clusters.dc1]\nroot=\"/x\"\n[topics.a]\nmirrors = [\"dc1\"]\n",
                 "topics.a.mirrors",
+            ),
+            (
+                "[worker]\ndedup_window_minutes = 1441\n",
+                "worker.dedup_window_minutes",
             ),
         ];
         for (text, key) in cases {

@@ -1611,6 +1611,16 @@ mod tests {
         assert_eq!(Layout::quarantined_original(file), None);
         assert_eq!(Layout::quarantined_original("quarantine/"), None);
         assert_eq!(Layout::quarantined_original("quarantined/x"), None);
+        let local =
+            "streams_local/clicks/2026/11/22/10/05/dc1-c1-clicks-2026-11-22-10-05_00000.zst";
+        assert_eq!(
+            Layout::quarantined_original(&Layout::quarantine_path(local)),
+            Some(local)
+        );
+        assert!(
+            Layout::parse_path(&Layout::quarantine_path(local)).is_err(),
+            "not a stream path"
+        );
     }
 
     #[test]

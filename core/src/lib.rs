@@ -44,7 +44,7 @@ pub use clock::{Clock, SharedClock, SystemClock, TestClock};
 pub use config::{Config, ConfigError, TopicSettings, Validation};
 pub use format::{Encoding, FormatError, FrameEncoder, RecordError, Trailer};
 pub use layout::{LayoutError, Minute, NodeName, Topic, View};
-pub use manifest::{Manifest, ManifestError, ManifestFile};
+pub use manifest::{Manifest, ManifestError, ManifestFile, QuarantinedFile};
 pub use storage::{
     open_root, CreateMode, FileStatus, FileWriter, RenameMode, SharedStorage, Storage,
     StorageError, StorageResult,

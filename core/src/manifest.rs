@@ -14,7 +14,9 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::format::{crc32c_append, trailer_in_tail, Trailer, TRAILER_V2_LEN};
+use crate::format::{
+    crc32c_append, trailer_in_tail, CloseInfo, Trailer, TRAILER_LEN, TRAILER_V2_LEN,
+};
 use crate::layout::{Layout, Minute, NodeName, Topic, View};
 use crate::records::{decode, RecordError, Version, Versioned};
 use crate::storage::{temp_sibling, CreateMode, RenameMode, Storage, StorageError};
@@ -89,6 +91,19 @@ pub struct ManifestFile {
     pub late: bool,
 }
 
+/// A file the worker could not seal and set aside in `quarantine/` instead of
+/// listing it (`docs/format.md` §7.1, §7.2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuarantinedFile {
+    /// Its name in the directory; it is now at
+    /// [`Layout::quarantine_path`] of `<dir>/<name>`.
+    pub name: String,
+    /// Why, as a stable code (`no_trailer`, `not_a_data_file`, ...).
+    pub reason: String,
+    /// Why, for people: what was found.
+    pub detail: String,
+}
+
 /// The content of a `_SUCCESS` marker (`docs/format.md` §7.1).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -116,23 +131,14 @@ pub struct Manifest {
     pub bytes: u64,
     /// The data files, sorted by name.
     pub files: Vec<ManifestFile>,
-    /// Records the seal dropped because they were a second copy of a batch
-    /// another collector had already stored (0 when absent).
+    /// Records the local seal dropped from `files` as second copies of publisher
+    /// batches already in the view (absent: none).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub duplicates_dropped: u64,
-    /// Collector files the seal could not use and moved to `quarantine/`
-    /// (`docs/format.md` §1.3) instead of listing them; empty when absent.
+    /// Files of the directory set aside because they could not be sealed, sorted
+    /// by name (absent: none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub quarantined: Vec<QuarantinedFile>,
-}
-
-/// A file a seal set aside instead of listing it (`Manifest::quarantined`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct QuarantinedFile {
-    /// The file's name as it would have been listed in the directory.
-    pub name: String,
-    /// Why it could not be sealed.
-    pub reason: String,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -173,6 +179,18 @@ impl Manifest {
             duplicates_dropped: 0,
             quarantined: Vec::new(),
         }
+    }
+
+    /// The same manifest, recording what the local seal dropped and set aside.
+    pub fn with_seal_notes(
+        mut self,
+        duplicates_dropped: u64,
+        mut quarantined: Vec<QuarantinedFile>,
+    ) -> Manifest {
+        quarantined.sort_by(|a, b| a.name.cmp(&b.name));
+        self.duplicates_dropped = duplicates_dropped;
+        self.quarantined = quarantined;
+        self
     }
 
     /// The directory a manifest of `view`, `topic` and `minute` seals.
@@ -258,13 +276,56 @@ pub async fn describe_file(
     storage: &dyn Storage,
     path: &str,
 ) -> Result<(u64, u32, Trailer), ManifestError> {
+    let described = describe(storage, path).await?;
+    Ok((described.bytes, described.crc32c, described.trailer))
+}
+
+/// What [`describe`] read of a closed data file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Described {
+    /// Its length.
+    pub bytes: u64,
+    /// CRC-32C of the whole file, as manifests list it.
+    pub crc32c: u32,
+    /// Its close trailer.
+    pub trailer: Trailer,
+    /// The trailer's version, index size and checksum.
+    pub close: CloseInfo,
+    /// CRC-32C of the bytes before the trailer, which a version 2 trailer's
+    /// `crc32c` must equal.
+    pub crc32c_before_trailer: u32,
+}
+
+impl Described {
+    /// Whether the bytes before the trailer are those its writer checksummed
+    /// (always true for a trailer without a checksum).
+    pub fn checksum_matches(&self) -> bool {
+        self.close.crc32c == 0 || self.close.crc32c == self.crc32c_before_trailer
+    }
+}
+
+/// Reads the closed data file at `path` once, in chunks (memory stays bounded for
+/// large files): its length, CRC-32C, trailer, and the checksum of the bytes
+/// before the trailer. [`ManifestError::NotClosed`] if it has no trailer.
+pub async fn describe(storage: &dyn Storage, path: &str) -> Result<Described, ManifestError> {
     let len = storage.len(path).await?;
+    // The trailer is the last 48 or 40 bytes: checksum up to both places.
+    let cuts = [
+        len.saturating_sub(TRAILER_V2_LEN as u64),
+        len.saturating_sub(TRAILER_LEN as u64),
+    ];
+    let mut crc_at = [0u32; 2];
     let mut crc = 0;
     let mut at = 0;
     let mut tail = Vec::with_capacity(TRAILER_V2_LEN);
     while at < len {
         let end = (at + CHECKSUM_CHUNK).min(len);
         let chunk = storage.read_range(path, at..end).await?;
+        for (cut, crc_cut) in cuts.iter().zip(crc_at.iter_mut()) {
+            if (at..end).contains(cut) {
+                *crc_cut = crc32c_append(crc, &chunk[..(cut - at) as usize]);
+            }
+        }
         crc = crc32c_append(crc, &chunk);
         if end + TRAILER_V2_LEN as u64 >= len {
             let keep_from = (len.saturating_sub(TRAILER_V2_LEN as u64)).max(at) - at;
@@ -272,11 +333,21 @@ pub async fn describe_file(
         }
         at = end;
     }
-    let trailer = trailer_in_tail(&tail).map(|(trailer, _)| trailer);
-    let trailer = trailer.ok_or_else(|| ManifestError::NotClosed {
+    let (trailer, close) = trailer_in_tail(&tail).ok_or_else(|| ManifestError::NotClosed {
         path: path.to_owned(),
     })?;
-    Ok((len, crc, trailer))
+    let crc32c_before_trailer = if close.trailer_len() == TRAILER_V2_LEN as u64 {
+        crc_at[0]
+    } else {
+        crc_at[1]
+    };
+    Ok(Described {
+        bytes: len,
+        crc32c: crc,
+        trailer,
+        close,
+        crc32c_before_trailer,
+    })
 }
 
 fn ser_crc<S: Serializer>(crc: &u32, s: S) -> Result<S::Ok, S::Error> {
@@ -348,6 +419,37 @@ mod tests {
     }
 
     #[test]
+    fn seal_notes_round_trip_and_are_absent_when_empty() {
+        let minute = Minute::parse_flexible("2026-11-22T10:05Z").unwrap();
+        let plain = Manifest::new(
+            View::Local,
+            Topic::new("clicks").unwrap(),
+            minute,
+            vec![NodeName::new("dc1").unwrap()],
+            vec![],
+            Utc::now(),
+            "dc1/w".into(),
+            vec![file("a.zst", minute)],
+        );
+        let text = String::from_utf8(plain.to_bytes().to_vec()).unwrap();
+        assert!(!text.contains("duplicates_dropped"), "{text}");
+        assert!(!text.contains("quarantined"), "{text}");
+        let set_aside = |name: &str| QuarantinedFile {
+            name: name.to_owned(),
+            reason: "no_trailer".to_owned(),
+            detail: "truncated".to_owned(),
+        };
+        let noted = plain
+            .clone()
+            .with_seal_notes(120, vec![set_aside("z.zst"), set_aside("b.zst")]);
+        assert_eq!(noted.quarantined[0].name, "b.zst", "sorted by name");
+        let text = String::from_utf8(noted.to_bytes().to_vec()).unwrap();
+        assert!(text.contains(r#""duplicates_dropped":120"#), "{text}");
+        assert_eq!(Manifest::parse("p", text.as_bytes()).unwrap(), noted);
+        assert_eq!(noted.records, plain.records, "files are summed alone");
+    }
+
+    #[test]
     fn future_versions_and_garbage_are_typed_errors() {
         assert!(matches!(
             Manifest::parse("p", br#"{"version":2}"#),
@@ -357,6 +459,54 @@ mod tests {
             Manifest::parse("p", b"not json"),
             Err(ManifestError::Malformed { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn describe_checks_the_bytes_before_a_version_2_trailer() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = LocalStorage::open(dir.path()).unwrap();
+        let trailer = Trailer {
+            encoding: crate::format::Encoding::Lines,
+            records: 1,
+            record_bytes: 2,
+        };
+        let mut content = crate::format::FrameEncoder::new(1)
+            .unwrap()
+            .frame(b"a\n")
+            .unwrap()
+            .to_vec();
+        let crc = crc32c(&content);
+        content.extend_from_slice(&crate::format::encode_closing(&trailer, crc, None));
+        storage
+            .write_atomic("good.zst", Bytes::from(content.clone()))
+            .await
+            .unwrap();
+        let good = describe(&storage, "good.zst").await.unwrap();
+        assert_eq!(
+            (good.bytes, good.crc32c),
+            (content.len() as u64, crc32c(&content))
+        );
+        assert_eq!(good.crc32c_before_trailer, crc);
+        assert!(good.checksum_matches());
+
+        content[3] ^= 0x40;
+        storage
+            .write_atomic("bad.zst", Bytes::from(content))
+            .await
+            .unwrap();
+        let bad = describe(&storage, "bad.zst").await.unwrap();
+        assert!(!bad.checksum_matches(), "{bad:?}");
+        // A version 1 trailer has no checksum to compare with.
+        let mut old = b"x".to_vec();
+        old.extend_from_slice(&trailer.encode());
+        storage
+            .write_atomic("v1.zst", Bytes::from(old))
+            .await
+            .unwrap();
+        assert!(describe(&storage, "v1.zst")
+            .await
+            .unwrap()
+            .checksum_matches());
     }
 
     #[test]

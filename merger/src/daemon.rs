@@ -77,6 +77,9 @@ impl Daemon {
         interval: Duration,
         lease: Option<Arc<Lease>>,
     ) -> Self {
+        for job in &jobs {
+            metrics.start_job(job.name());
+        }
         Daemon {
             jobs,
             progress: Vec::new(),
@@ -155,6 +158,8 @@ impl Daemon {
                             files = report.files,
                             late = report.late_files,
                             pending = report.pending,
+                            quarantined = report.quarantined,
+                            duplicates_dropped = report.duplicates_dropped,
                             "pass"
                         );
                     }

@@ -27,9 +27,13 @@
 
 pub mod checkpoint;
 pub mod daemon;
+mod dedup;
 pub mod lease;
 pub mod local;
 pub mod metrics;
+mod quarantine;
+mod rewrite;
+mod seal;
 
 pub mod compact;
 mod copy;
@@ -133,6 +137,10 @@ pub struct PassReport {
     pub deleted: u64,
     /// Minutes still waiting (backlog), when the job can tell.
     pub pending: u64,
+    /// Files set aside in `quarantine/` because they could not be sealed.
+    pub quarantined: u64,
+    /// Records dropped at the seal as second copies of publisher batches.
+    pub duplicates_dropped: u64,
 }
 
 impl PassReport {
@@ -144,6 +152,8 @@ impl PassReport {
         self.late_files += other.late_files;
         self.deleted += other.deleted;
         self.pending += other.pending;
+        self.quarantined += other.quarantined;
+        self.duplicates_dropped += other.duplicates_dropped;
     }
 }
 

@@ -26,6 +26,10 @@
 //! 3. A closed file whose minute is already sealed (a collector that came back
 //!    late, a spool replayed after an outage) is moved into the **oldest unsealed**
 //!    minute `N` instead and listed there with its own `minute` and `late: true`.
+//! 4. A file the seal cannot list (no close trailer, a name that is no local data
+//!    file name) is set aside in `quarantine/` and named in the manifest's
+//!    `quarantined` (`crate::quarantine`); the minute is sealed without it, so one
+//!    bad file never stops its topic.
 //!
 //! # Where a topic's stream starts
 //!
@@ -72,16 +76,14 @@ use std::sync::Arc;
 use conduit_core::format::{read_trailer, TRAILER_LEN};
 use conduit_core::heartbeat::{CollectorState, Heartbeat};
 use conduit_core::layout::Layout;
-use conduit_core::manifest::describe_file;
 use conduit_core::records::LocalCheckpoint;
 use conduit_core::tree::{self, CollectorFile};
-use conduit_core::{
-    Manifest, ManifestError, ManifestFile, Minute, NodeName, RenameMode, Storage, StorageError,
-    Topic, View,
-};
+use conduit_core::{Manifest, Minute, NodeName, RenameMode, Storage, StorageError, Topic, View};
 
 use crate::checkpoint::Checkpoints;
+use crate::dedup::{self, TopicDedup, Window};
 use crate::metrics::SealProgress;
+use crate::seal::{Sealed, Sealer};
 use crate::{JobEnv, PassReport, TopicJob, WorkerError};
 
 /// The job's name (command line, metrics, checkpoints).
@@ -117,6 +119,9 @@ pub struct LocalJob {
     /// Newest sealed minute per topic, as far as this process knows (verified
     /// against storage at the start of each topic's pass).
     sealed: BTreeMap<Topic, Minute>,
+    /// What the deduplication of each topic carries to the seal of its next
+    /// minute (rebuilt from the checkpoint or the views when missing).
+    dedup: BTreeMap<Topic, TopicDedup>,
     progress: SealProgress,
 }
 
@@ -128,6 +133,7 @@ impl LocalJob {
             env,
             checkpoints,
             sealed: BTreeMap::new(),
+            dedup: BTreeMap::new(),
             progress: SealProgress::default(),
         }
     }
@@ -244,66 +250,6 @@ impl LocalJob {
         }
     }
 
-    /// Seals minute `minute` of `topic` from a listing of its directory.
-    async fn seal(&self, topic: &Topic, minute: Minute) -> Result<(), WorkerError> {
-        let dir = Layout::minute_dir(View::Local, topic, minute);
-        let mut files = Vec::new();
-        for entry in self.storage().list_or_empty(&dir).await? {
-            if entry.name == Layout::SUCCESS_MARKER {
-                tracing::warn!(%dir, "minute was sealed by someone else");
-                return Ok(());
-            }
-            if Layout::is_tmp(&entry.name) {
-                // Left by an interrupted seal; never part of the view.
-                self.storage().delete(&entry.path, false).await?;
-                continue;
-            }
-            if entry.is_dir || Layout::is_hidden(&entry.name) {
-                tracing::warn!(path = %entry.path, "unexpected entry in a minute directory; not listed");
-                continue;
-            }
-            let parsed = Layout::parse_local_file_name(&entry.name).map_err(|e| {
-                WorkerError::Other(format!(
-                    "cannot seal {dir}: {} is not a local data file: {e}",
-                    entry.path
-                ))
-            })?;
-            let (bytes, crc32c, trailer) = describe_file(self.storage(), &entry.path).await?;
-            files.push(ManifestFile {
-                name: entry.name,
-                bytes,
-                records: trailer.records,
-                crc32c,
-                cluster: parsed.cluster,
-                collector: Some(parsed.collector),
-                minute: parsed.minute,
-                late: parsed.minute < minute,
-            });
-        }
-        let manifest = Manifest::new(
-            View::Local,
-            topic.clone(),
-            minute,
-            vec![self.env.this.name.clone()],
-            Vec::new(),
-            self.env.clock.now(),
-            self.env.worker_id.clone(),
-            files,
-        );
-        self.env.fence.check().await?;
-        match manifest.seal(self.storage()).await {
-            Ok(()) => {
-                tracing::debug!(%dir, files = manifest.files.len(), records = manifest.records, "sealed");
-                Ok(())
-            }
-            Err(ManifestError::AlreadySealed { path }) => {
-                tracing::warn!(%path, "minute was sealed by someone else");
-                Ok(())
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
     async fn is_sealed(&self, topic: &Topic, minute: Minute) -> Result<bool, StorageError> {
         Manifest::is_sealed(
             self.storage(),
@@ -312,16 +258,16 @@ impl LocalJob {
         .await
     }
 
-    /// The newest sealed minute of `topic`: from memory or the checkpoint,
-    /// verified and advanced against the markers, else from a scan.
-    async fn newest_sealed(&mut self, topic: &Topic) -> Result<Option<Minute>, WorkerError> {
+    /// The newest sealed minute of `topic`: from memory or the checkpoint
+    /// `saved`, verified and advanced against the markers, else from a scan.
+    async fn newest_sealed(
+        &mut self,
+        topic: &Topic,
+        saved: Option<&LocalCheckpoint>,
+    ) -> Result<Option<Minute>, WorkerError> {
         let hint = match self.sealed.get(topic) {
             Some(m) => Some(*m),
-            None => self
-                .checkpoints
-                .load::<LocalCheckpoint>(topic.as_str())
-                .await
-                .map(|c| c.last_sealed),
+            None => saved.map(|c| c.last_sealed),
         };
         if let Some(mut last) = hint {
             if self.is_sealed(topic, last).await? {
@@ -365,6 +311,76 @@ impl LocalJob {
         Ok(start)
     }
 
+    /// The deduplication state for the seal of `next` of `topic`: kept from the
+    /// previous seal, else from the checkpoint `saved` if it was written right
+    /// after the minute before `next` was sealed, else empty; then filled in from
+    /// the views with the sealed minutes of the window it does not cover.
+    async fn dedup_for(
+        &mut self,
+        topic: &Topic,
+        next: Minute,
+        saved: Option<LocalCheckpoint>,
+    ) -> Result<TopicDedup, WorkerError> {
+        let window_minutes = self.env.config.worker.dedup_window_minutes;
+        let oldest = next
+            .add_minutes(-i64::try_from(window_minutes).unwrap_or(i64::MAX / 2))
+            .unwrap_or(Minute::MIN);
+        let before = next.prev().ok();
+        let mut state = match self.dedup.remove(topic) {
+            Some(state) if Some(state.window().through()) == before => state,
+            _ => match saved {
+                Some(LocalCheckpoint {
+                    last_sealed,
+                    dedup: Some(dedup),
+                }) if Some(last_sealed) == before => {
+                    TopicDedup::new(Window::from_checkpoint(last_sealed, &dedup), dedup.sealing)
+                }
+                _ => TopicDedup::new(Window::before(next), None),
+            },
+        };
+        // The window always ends with the minute before `next`; what it may lack
+        // is its oldest minutes, read newest first so that it stays one range.
+        let mut filled = 0;
+        let mut minute = state.window().from().prev().ok();
+        while let Some(m) = minute.filter(|m| *m >= oldest) {
+            let parts = dedup::sealed_parts(self.storage(), topic, m).await?;
+            state.fill(m, parts);
+            filled += 1;
+            minute = m.prev().ok();
+        }
+        state.forget_before(oldest);
+        if filled > 0 {
+            tracing::debug!(%topic, %next, filled, parts = state.window().len(),
+                "read the batches of sealed minutes for the deduplication window");
+        }
+        Ok(state)
+    }
+
+    /// Seals `minute` of `topic` (`crate::seal`) and keeps the deduplication state
+    /// for the next minute.
+    async fn seal(
+        &mut self,
+        topic: &Topic,
+        minute: Minute,
+        saved: &mut Option<LocalCheckpoint>,
+    ) -> Result<Sealed, WorkerError> {
+        let mut state = self.dedup_for(topic, minute, saved.take()).await?;
+        let sealer = Sealer {
+            env: &self.env,
+            checkpoints: &self.checkpoints,
+        };
+        let sealed = sealer.seal(topic, minute, &state).await?;
+        if let Some(kept) = &sealed.kept {
+            state.sealed(
+                minute,
+                kept.clone(),
+                self.env.config.worker.dedup_window_minutes,
+            );
+            self.dedup.insert(topic.clone(), state);
+        }
+        Ok(sealed)
+    }
+
     /// Whether `minute` may be sealed now.
     fn sealable(&self, minute: Minute, collectors: &Collectors) -> bool {
         self.env.clock.now() >= minute.end()
@@ -381,7 +397,19 @@ impl LocalJob {
         collectors: &Collectors,
         report: &mut PassReport,
     ) -> Result<(), WorkerError> {
-        let last = self.newest_sealed(topic).await?;
+        // The checkpoint is read only when this process knows nothing of the topic.
+        let mut saved = match (
+            self.sealed.contains_key(topic),
+            self.dedup.contains_key(topic),
+        ) {
+            (true, true) => None,
+            _ => {
+                self.checkpoints
+                    .load::<LocalCheckpoint>(topic.as_str())
+                    .await
+            }
+        };
+        let last = self.newest_sealed(topic, saved.as_ref()).await?;
         let mut files = tree::collector_files(self.storage(), topic).await?;
         let mut next = match last {
             Some(last) => last.next().map_err(|e| WorkerError::Other(e.to_string()))?,
@@ -428,7 +456,9 @@ impl LocalJob {
             if !self.sealable(next, collectors) {
                 break;
             }
-            self.seal(topic, next).await?;
+            let sealed = self.seal(topic, next, &mut saved).await?;
+            report.quarantined += sealed.quarantined;
+            report.duplicates_dropped += sealed.duplicates_dropped;
             self.sealed.insert(topic.clone(), next);
             self.progress.record(View::Local, topic, next);
             report.sealed += 1;
@@ -445,7 +475,17 @@ impl LocalJob {
             if let Some(last) = self.sealed.get(topic).copied() {
                 if let Err(e) = self
                     .checkpoints
-                    .save(topic.as_str(), &LocalCheckpoint { last_sealed: last })
+                    .save(
+                        topic.as_str(),
+                        &LocalCheckpoint {
+                            last_sealed: last,
+                            dedup: self
+                                .dedup
+                                .get(topic)
+                                .filter(|d| d.window().through() == last)
+                                .map(|d| d.window().to_checkpoint()),
+                        },
+                    )
                     .await
                 {
                     tracing::warn!(%topic, error = %e, "cannot save checkpoint (a hint only)");
@@ -483,6 +523,7 @@ impl TopicJob for LocalJob {
         if result.is_err() {
             // Forget what this process believed; re-verify next pass.
             self.sealed.remove(topic);
+            self.dedup.remove(topic);
         }
         result.map(|()| report)
     }

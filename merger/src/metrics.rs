@@ -13,6 +13,8 @@
 //! | `conduit_worker_bytes_copied_total` | counter | job | bytes copied (renames count 0) |
 //! | `conduit_worker_deleted_total` | counter | job | directories deleted by retention |
 //! | `conduit_worker_pending_minutes` | gauge | job | backlog reported by the last pass |
+//! | `conduit_worker_files_quarantined_total` | counter | job | files set aside in `quarantine/` because they could not be sealed |
+//! | `conduit_worker_duplicates_dropped_total` | counter | job | records dropped at the seal as second copies of publisher batches |
 //! | `conduit_worker_lag_seconds` | gauge | view, topic | clock minus the end of the newest sealed minute |
 //! | `conduit_worker_lease_held` | gauge | | 1 while this worker holds the lease, 0 on standby |
 //! | `conduit_worker_lease_epoch` | gauge | | epoch of the lease last held |
@@ -83,6 +85,10 @@ pub struct WorkerMetrics {
     pub deleted: Family<Labels, Counter>,
     /// Backlog of the last pass by job.
     pub pending: Family<Labels, Gauge>,
+    /// Files quarantined by job.
+    pub quarantined: Family<Labels, Counter>,
+    /// Duplicate records dropped by job.
+    pub duplicates_dropped: Family<Labels, Counter>,
     /// Lag of the newest sealed minute behind the clock, by view and topic.
     pub lag_seconds: Family<Labels, Gauge<f64, AtomicU64>>,
     /// 1 while the lease is held.
@@ -103,6 +109,8 @@ impl WorkerMetrics {
             bytes_copied: Family::default(),
             deleted: Family::default(),
             pending: Family::default(),
+            quarantined: Family::default(),
+            duplicates_dropped: Family::default(),
             lag_seconds: Family::default(),
             lease_held: Gauge::default(),
             lease_epoch: Gauge::default(),
@@ -138,6 +146,16 @@ impl WorkerMetrics {
             m.pending.clone(),
         );
         r.register(
+            "files_quarantined",
+            "Files set aside in quarantine/ because they could not be sealed",
+            m.quarantined.clone(),
+        );
+        r.register(
+            "duplicates_dropped",
+            "Records dropped at the seal as second copies of publisher batches",
+            m.duplicates_dropped.clone(),
+        );
+        r.register(
             "lag_seconds",
             "Seconds between the clock and the end of the newest sealed minute",
             m.lag_seconds.clone(),
@@ -159,6 +177,25 @@ impl WorkerMetrics {
         vec![("job", job.to_owned())]
     }
 
+    /// Makes every counter of `job` present (at 0) before its first pass, so a
+    /// scrape tells "none yet" from "not running".
+    pub fn start_job(&self, job: &str) {
+        let l = Self::job(job);
+        for family in [
+            &self.passes,
+            &self.errors,
+            &self.sealed,
+            &self.files,
+            &self.late_files,
+            &self.bytes_copied,
+            &self.deleted,
+            &self.quarantined,
+            &self.duplicates_dropped,
+        ] {
+            let _created = family.get_or_create(&l);
+        }
+    }
+
     /// Counts a completed pass of `job`.
     pub fn record_pass(&self, job: &str, report: &PassReport) {
         let l = Self::job(job);
@@ -170,6 +207,12 @@ impl WorkerMetrics {
             .get_or_create(&l)
             .inc_by(report.bytes_copied);
         self.deleted.get_or_create(&l).inc_by(report.deleted);
+        self.quarantined
+            .get_or_create(&l)
+            .inc_by(report.quarantined);
+        self.duplicates_dropped
+            .get_or_create(&l)
+            .inc_by(report.duplicates_dropped);
         self.pending
             .get_or_create(&l)
             .set(i64::try_from(report.pending).unwrap_or(i64::MAX));

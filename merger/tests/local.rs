@@ -12,7 +12,7 @@ use conduit_merger::{Job, LocalJob};
 use conduit_testkit::clock::{clock_at, set};
 use conduit_testkit::collector;
 use conduit_testkit::scribe::{padded, Client};
-use conduit_testkit::worker::{check_local_view, collector_files, env, wait_watermark};
+use conduit_testkit::worker::{check_local_view, collector_files, copy_tree, env, wait_watermark};
 use conduit_testkit::{local_storage, minute, node};
 
 /// The collectors' heartbeat period: watermarks move soon after the clock.
@@ -341,18 +341,4 @@ async fn a_collector_that_comes_back_late_lands_in_a_later_minute() {
     );
     c1.stop().await.unwrap();
     c2.stop().await.unwrap();
-}
-
-/// Copies a directory tree.
-fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }

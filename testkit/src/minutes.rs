@@ -1,8 +1,12 @@
 //! Closed data files and sealed minutes written with the real frame encoder,
 //! trailer and manifest code, for readers to read without running a collector and
-//! a worker first.
+//! a worker first; [`batch_file`] writes the layout-2 files (marks, index, trailer
+//! with checksum) of idempotent publisher batches.
 
 use bytes::Bytes;
+use conduit_core::format::{
+    batch_digest, crc32c_append, encode_closing, encode_marks, BatchMark, IndexEntry, PartMark,
+};
 use conduit_core::layout::Layout;
 use conduit_core::manifest::crc32c;
 use conduit_core::{
@@ -97,4 +101,90 @@ pub async fn sealed_minute(
             .unwrap_or_else(|e| panic!("seal {dir}: {e}"));
     }
     all
+}
+
+/// One publisher batch (a `LogBatch` call to one topic): its records, under
+/// publisher id `publisher` and sequence `sequence`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    /// The publisher id.
+    pub publisher: String,
+    /// The batch sequence number.
+    pub sequence: i64,
+    /// The records (payloads of `lines` records).
+    pub records: Vec<String>,
+}
+
+impl Batch {
+    /// Batch `sequence` of `publisher` with `records`.
+    pub fn new(publisher: &str, sequence: i64, records: Vec<String>) -> Batch {
+        Batch {
+            publisher: publisher.to_owned(),
+            sequence,
+            records,
+        }
+    }
+
+    /// Its content digest as a collector computes it for a call to `topic`
+    /// (`docs/format.md` §3.3).
+    pub fn digest(&self, topic: &str) -> u64 {
+        batch_digest(
+            self.records
+                .iter()
+                .map(|r| (topic.as_bytes(), r.as_bytes())),
+        )
+    }
+}
+
+/// A closed layout-2 data file of `topic` as a collector writes it: one data
+/// frame per element of `frames` holding the records of its batches in order,
+/// each followed by its marks frame (each batch a single-part call), then the
+/// index and a version 2 trailer with its checksum.
+pub fn batch_file(topic: &str, frames: &[Vec<Batch>]) -> Vec<u8> {
+    let mut encoder = FrameEncoder::new(1).expect("a zstd encoder");
+    let mut out = Vec::new();
+    let mut index = Vec::new();
+    let mut records = 0u64;
+    let mut record_bytes = 0u64;
+    for batches in frames {
+        let mut content = Vec::new();
+        let mut marks = Vec::new();
+        let mut first = 0u32;
+        for batch in batches {
+            for r in &batch.records {
+                content.extend_from_slice(r.as_bytes());
+                content.push(b'\n');
+            }
+            let count = batch.records.len() as u32;
+            marks.push(PartMark {
+                batch: BatchMark {
+                    publisher: Bytes::from(batch.publisher.clone()),
+                    sequence: batch.sequence,
+                    part: 0,
+                    parts: 1,
+                },
+                digest: batch.digest(topic),
+                first_record: first,
+                records: count,
+            });
+            first += count;
+        }
+        records += u64::from(first);
+        record_bytes += content.len() as u64;
+        let offset = out.len() as u64;
+        out.extend_from_slice(&encoder.frame(&content).expect("encode a frame"));
+        out.extend_from_slice(&encode_marks(&marks));
+        index.extend(marks.into_iter().map(|mark| IndexEntry {
+            frame_offset: offset,
+            mark,
+        }));
+    }
+    let trailer = Trailer {
+        encoding: Encoding::Lines,
+        records,
+        record_bytes,
+    };
+    let crc = crc32c_append(0, &out);
+    out.extend_from_slice(&encode_closing(&trailer, crc, Some(&index)));
+    out
 }

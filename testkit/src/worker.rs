@@ -108,6 +108,8 @@ pub struct LocalView {
     pub placed: BTreeMap<String, Minute>,
     /// Files still in `data/` (local-view names).
     pub waiting: BTreeSet<String>,
+    /// Minute directory of every file the seal set aside in `quarantine/`.
+    pub quarantined: BTreeMap<String, Minute>,
 }
 
 impl LocalView {
@@ -118,17 +120,49 @@ impl LocalView {
 }
 
 /// Reads a topic's local view and asserts the invariants: every file is in one
-/// place only, every sealed directory holds exactly what its manifest lists (names,
-/// sizes, CRCs, trailers), late flags match minutes, and sealed minutes are
-/// contiguous.
+/// place only (`data/`, one minute directory, or `quarantine/`), every sealed
+/// directory holds exactly what its manifest lists (names, sizes, CRCs, trailers)
+/// and its manifest lists exactly the files set aside from it, late flags match
+/// minutes, and sealed minutes are contiguous.
 pub async fn check_local_view(storage: &dyn Storage, topic: &Topic) -> LocalView {
+    check_local_view_allowing(storage, topic, &[]).await
+}
+
+/// [`check_local_view`], except that the files named in `unclosed` (local-view
+/// names) may lie in an unsealed minute directory without their close trailer:
+/// files truncated after their collector closed them, which the worker moves on
+/// its watermark's word and sets aside when it seals the minute.
+pub async fn check_local_view_allowing(
+    storage: &dyn Storage,
+    topic: &Topic,
+    unclosed: &[&str],
+) -> LocalView {
     let mut view = LocalView::default();
     for name in collector_files(storage, topic).await.into_keys() {
         view.waiting.insert(name);
     }
     let base = Layout::topic_dir(View::Local, topic);
+    let mut set_aside = Vec::new();
+    let quarantine_base = Layout::quarantine_path(&base);
+    list_minute_dirs(storage, &quarantine_base, &mut set_aside).await;
+    let mut quarantined_in: BTreeMap<Minute, BTreeSet<String>> = BTreeMap::new();
+    for (dir, m) in set_aside {
+        for f in storage.list(&dir).await.unwrap() {
+            assert!(
+                view.quarantined.insert(f.name.clone(), m).is_none(),
+                "{} is quarantined twice",
+                f.name
+            );
+            assert!(
+                !view.waiting.contains(&f.name),
+                "{} is both in data/ and in {dir}",
+                f.name
+            );
+            quarantined_in.entry(m).or_default().insert(f.name);
+        }
+    }
     let mut dirs = Vec::new();
-    list_minute_dirs(storage, &base, 0, &mut dirs).await;
+    list_minute_dirs(storage, &base, &mut dirs).await;
     for (dir, m) in dirs {
         let mut names = BTreeSet::new();
         for f in storage.list(&dir).await.unwrap() {
@@ -143,6 +177,11 @@ pub async fn check_local_view(storage: &dyn Storage, topic: &Topic) -> LocalView
             assert!(
                 !view.waiting.contains(&f.name),
                 "{} is both in data/ and in {dir}",
+                f.name
+            );
+            assert!(
+                !view.quarantined.contains_key(&f.name),
+                "{} is both in quarantine/ and in {dir}",
                 f.name
             );
             names.insert(f.name);
@@ -165,9 +204,19 @@ pub async fn check_local_view(storage: &dyn Storage, topic: &Topic) -> LocalView
                 assert_eq!(f.cluster.as_str(), CLUSTER);
             }
             assert_eq!(manifest.minute, m);
+            let set_aside: BTreeSet<String> = manifest
+                .quarantined
+                .iter()
+                .map(|q| q.name.clone())
+                .collect();
+            assert_eq!(
+                set_aside,
+                quarantined_in.remove(&m).unwrap_or_default(),
+                "manifest of {dir} lists exactly the files set aside from it"
+            );
             view.sealed.insert(m, manifest);
         } else {
-            for name in &names {
+            for name in names.iter().filter(|n| !unclosed.contains(&n.as_str())) {
                 let tail = storage.read(&format!("{dir}/{name}")).await.unwrap();
                 let decoded = decode_file(name, &tail, Encoding::Lines).unwrap();
                 assert!(
@@ -198,24 +247,47 @@ pub async fn check_local_view(storage: &dyn Storage, topic: &Topic) -> LocalView
     view
 }
 
-/// Every minute directory (`yyyy/MM/dd/HH/mm`) below `dir`, with its minute.
-fn list_minute_dirs<'a>(
+/// Every minute directory (`yyyy/MM/dd/HH/mm`) below `base`, with its minute.
+async fn list_minute_dirs(storage: &dyn Storage, base: &str, out: &mut Vec<(String, Minute)>) {
+    walk_minute_dirs(storage, base, base.to_owned(), 0, out).await;
+}
+
+fn walk_minute_dirs<'a>(
     storage: &'a dyn Storage,
-    dir: &'a str,
+    base: &'a str,
+    dir: String,
     depth: usize,
     out: &'a mut Vec<(String, Minute)>,
 ) -> Pin<Box<dyn Future<Output = ()> + 'a>> {
     Box::pin(async move {
-        for e in storage.list_or_empty(dir).await.unwrap() {
+        for e in storage.list_or_empty(&dir).await.unwrap() {
             if !e.is_dir {
                 continue;
             }
             if depth == 4 {
-                let suffix = e.path.splitn(3, '/').nth(2).unwrap().to_owned();
-                out.push((e.path.clone(), Minute::parse_dir_path(&suffix).unwrap()));
+                let suffix = &e.path[base.len() + 1..];
+                out.push((e.path.clone(), Minute::parse_dir_path(suffix).unwrap()));
             } else {
-                list_minute_dirs(storage, &e.path, depth + 1, out).await;
+                walk_minute_dirs(storage, base, e.path, depth + 1, out).await;
             }
         }
     })
+}
+
+/// Copies the directory tree `from` to `to` (a cluster root on local disk), so a
+/// test can start several runs from the same state.
+pub fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("create {}: {e}", to.display()));
+    let entries =
+        std::fs::read_dir(from).unwrap_or_else(|e| panic!("list {}: {e}", from.display()));
+    for entry in entries {
+        let entry = entry.unwrap_or_else(|e| panic!("list {}: {e}", from.display()));
+        let target = to.join(entry.file_name());
+        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target)
+                .unwrap_or_else(|e| panic!("copy {}: {e}", entry.path().display()));
+        }
+    }
 }

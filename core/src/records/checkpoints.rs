@@ -2,8 +2,8 @@
 //! ([`crate::layout::Layout::checkpoint_path`]), each written atomically
 //! (`Storage::write_atomic`).
 //!
-//! * [`JobCheckpoint`] with [`LocalCheckpoint`]: the worker's `local` job
-//!   (`docs/format.md` §8.2).
+//! * [`JobCheckpoint`] with [`LocalCheckpoint`] (and its [`SealDedup`]): the
+//!   worker's `local` job (`docs/format.md` §8.2).
 //! * [`MergeCheckpoint`]: the worker's `merge` job (`docs/format.md` §8.3).
 //! * [`ConsumerCheckpoint`]: a PinTail consumer group's position in one partition
 //!   (`docs/format.md` §9.1).
@@ -46,10 +46,61 @@ impl<S: DeserializeOwned> Versioned for JobCheckpoint<S> {
 }
 
 /// The `state` of the `local` job's checkpoint of a topic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LocalCheckpoint {
     /// The newest sealed local minute of the topic when it was written.
     pub last_sealed: Minute,
+    /// What the cross-collector deduplication of the seal keeps between minutes;
+    /// absent when unknown (the job then reads it from the sealed minutes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup: Option<SealDedup>,
+}
+
+/// The local seal's deduplication state after `last_sealed`
+/// (`docs/format.md` §8.2): the publisher batch parts of the sealed minutes
+/// `from ..= last_sealed` (a cache of what their files' marks say), and what the
+/// seal of the next minute already dropped if it was interrupted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealDedup {
+    /// The oldest sealed minute whose batch parts `sealed` holds.
+    pub from: Minute,
+    /// The batch parts of each sealed minute from `from` on that has any, oldest
+    /// first.
+    pub sealed: Vec<SealedBatches>,
+    /// The seal of the minute after `last_sealed`, when it rewrote files and was
+    /// then interrupted before writing its manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealing: Option<SealInProgress>,
+}
+
+/// The publisher batch parts the files of one sealed local minute hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedBatches {
+    /// The sealed minute (the directory's, not the files' own minutes).
+    pub minute: Minute,
+    /// Per publisher id (standard base64), its parts, in no particular order.
+    pub publishers: Vec<(Base64Bytes, Vec<SealedPart>)>,
+}
+
+/// One batch part, as the JSON array `[sequence, part, "digest"]`, the digest as
+/// 16 lowercase hex digits (`docs/format.md` §3.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SealedPart(
+    /// The batch's sequence number.
+    pub i64,
+    /// The part's index in its batch.
+    pub u16,
+    /// The digest of the batch's whole call.
+    pub Hex64,
+);
+
+/// A seal that rewrote files and was interrupted before its manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealInProgress {
+    /// The minute being sealed.
+    pub minute: Minute,
+    /// Records dropped per file name of that minute's directory.
+    pub dropped: BTreeMap<String, u64>,
 }
 
 /// The merge checkpoint format version this build writes and reads.

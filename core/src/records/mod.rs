@@ -41,8 +41,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use checkpoints::{
     ConsumerCheckpoint, ConsumerPosition, DedupBatch, DedupSnapshot, DedupWindow, Hex64,
-    JobCheckpoint, LocalCheckpoint, MergeCheckpoint, CONSUMER_CHECKPOINT_VERSION,
-    DEDUP_SNAPSHOT_VERSION, JOB_CHECKPOINT_VERSION, MERGE_CHECKPOINT_VERSION,
+    JobCheckpoint, LocalCheckpoint, MergeCheckpoint, SealDedup, SealInProgress, SealedBatches,
+    SealedPart, CONSUMER_CHECKPOINT_VERSION, DEDUP_SNAPSHOT_VERSION, JOB_CHECKPOINT_VERSION,
+    MERGE_CHECKPOINT_VERSION,
 };
 pub use leases::{GroupClaim, GroupMember, LeaseRecord, GROUP_VERSION, LEASE_VERSION};
 pub use topics::{AuditRecord, AuditRecordError, InvalidRecord, AUDIT_VERSION, MAX_AUDIT_ACKED};

@@ -310,9 +310,9 @@ const DOCUMENTED: &[(&str, &str, usize)] = &[
     ("### 5.5 ", "invalid", 1),
     ("### 5.6 ", "dedup snapshot", 1),
     ("## 6. ", "audit", 1),
-    ("### 7.1 ", "manifest", 1),
+    ("### 7.1 ", "manifest", 2),
     ("### 8.1 ", "lease", 1),
-    ("### 8.2 ", "job checkpoint", 1),
+    ("### 8.2 ", "job checkpoint", 2),
     ("### 8.3 ", "merge checkpoint", 1),
     ("### 9.1 ", "consumer checkpoint", 1),
     ("### 9.2 ", "group member", 1),
@@ -320,8 +320,16 @@ const DOCUMENTED: &[(&str, &str, usize)] = &[
 ];
 
 /// Keys that are values of a map in the examples (cluster names of
-/// `placed_through`, sequence numbers of `recent`), not field names.
-const MAP_KEYS: &[&str] = &["dc1", "dc2", "7", "8", "9"];
+/// `placed_through`, sequence numbers of `recent`, file names of `dropped`), not
+/// field names.
+const MAP_KEYS: &[&str] = &[
+    "dc1",
+    "dc2",
+    "7",
+    "8",
+    "9",
+    "dc1-c2-clicks-2026-11-22-10-06_00000.zst",
+];
 
 #[test]
 fn format_md_examples_are_exactly_what_the_types_write() {
