@@ -57,8 +57,9 @@ say "built in $(( $(date +%s) - t0 ))s"
 failed=0
 report() {  # target, what, log
   failed=1
-  echo "[fuzz $(ts)] FAILED: $1 ($2); last lines of its log:" >&2
-  tail -n 40 "$3" >&2
+  echo "[fuzz $(ts)] FAILED: $1 ($2); the failure and the last lines of its log ($3):" >&2
+  grep -m1 -A4 "panicked at\|ERROR: libFuzzer" "$3" >&2 || true
+  tail -n 20 "$3" >&2
 }
 
 # Kept crashing inputs: each replays clean now (libFuzzer runs the files given).
