@@ -975,7 +975,9 @@ pub async fn recover_file(
             "cut unacknowledged or torn bytes off a data file"
         );
     }
-    let was_closed = scan.is_closed();
+    // What is kept ends with a trailer (a closed file, or closed files
+    // concatenated and then torn): it is closed and stays as it is.
+    let was_closed = scan.trailer.is_some();
     Ok(Recovery {
         kept_bytes: kept,
         dropped_bytes: dropped,
@@ -1567,7 +1569,9 @@ mod tests {
         assert_eq!(decoded.scan.torn_bytes, last.len() as u64);
         assert_eq!(decoded.scan.trailer, Some(trailer));
         assert_eq!(decoded.scan.close.map(|c| c.version), Some(2));
-        assert!(decoded.scan.is_closed());
+        // What recovery keeps is closed: it is not closed a second time.
+        let kept = decode_file("f", &file[..closed_len as usize], Encoding::Lines).unwrap();
+        assert!(kept.scan.is_closed());
     }
 
     /// Found by fuzzing (`fuzz/regressions/data_file_writer/empty-file-torn-in-trailer`):

@@ -241,15 +241,15 @@ pub fn check_bytes(buf: &[u8]) {
     }
     assert_eq!(r.recovery.kept_bytes, d.scan.valid_len);
     assert_eq!(r.recovery.dropped_bytes, d.scan.torn_bytes);
-    assert_eq!(r.recovery.was_closed, d.scan.is_closed());
+    assert_eq!(r.recovery.was_closed, d.scan.trailer.is_some());
     assert_eq!(r.recovery.records, d.payloads.len() as u64);
     assert_eq!(r.recovery.record_bytes, d.record_bytes);
     assert_eq!(r.recovery.batches, d.batches);
     assert_eq!(r.after.payloads, d.payloads);
     assert_eq!(r.after.batches, d.batches);
     assert!(r.after.scan.is_closed(), "a recovered file is closed");
-    check_tail(&r.bytes, &r.tail, &r.after, !d.scan.is_closed());
-    if !d.scan.is_closed() {
+    check_tail(&r.bytes, &r.tail, &r.after, !r.recovery.was_closed);
+    if !r.recovery.was_closed {
         let t = r.tail.trailer;
         assert_eq!(
             (t.encoding, t.records, t.record_bytes),
