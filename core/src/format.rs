@@ -632,7 +632,7 @@ impl Layout {
 ///   after it is complete; everything after the last such pair (a lone data frame,
 ///   an index written by a close that did not finish) is torn.
 /// - In an unclosed version 1 file, marks at the end with no data frame after
-///   them are torn.
+///   them are torn, and so is an index at the end (a close that did not finish).
 /// - A complete data frame that fails to decode is an error, unless it is the last
 ///   data frame of an unclosed file, which a crash can leave half-written with a
 ///   plausible length: then it (and its marks) counts as torn too.
@@ -643,6 +643,7 @@ pub fn decode_file(path: &str, buf: &[u8], encoding: Encoding) -> Result<Decoded
     let frames = std::mem::take(&mut scan.frames);
     let bytes_of = |f: &FrameRef| &buf[f.offset as usize..(f.offset + f.len) as usize];
     let is_marks = |f: &FrameRef| f.skippable && decode_marks(bytes_of(f)).is_some();
+    let is_index = |f: &FrameRef| f.skippable && decode_index(bytes_of(f)).is_some();
     // How many frames count.
     let mut keep = frames.len();
     if !closed {
@@ -655,7 +656,12 @@ pub fn decode_file(path: &str, buf: &[u8], encoding: Encoding) -> Result<Decoded
                 };
             }
             Layout::V1 => {
-                if frames.last().is_some_and(is_marks) {
+                // An index at the end is a close that did not finish (recovery
+                // closes version 1 files with an index too).
+                if frames.last().is_some_and(is_index) {
+                    keep -= 1;
+                }
+                if frames[..keep].last().is_some_and(is_marks) {
                     keep -= 1;
                 }
             }
@@ -737,6 +743,15 @@ pub fn decode_file(path: &str, buf: &[u8], encoding: Encoding) -> Result<Decoded
         let cut_at = frames[keep].offset;
         scan.torn_bytes += scan.valid_len - cut_at;
         scan.valid_len = cut_at;
+        // What is kept may end with a trailer of its own (files concatenated by
+        // compaction, then torn): then it is closed, like any file ending so.
+        let closing = keep
+            .checked_sub(1)
+            .map(|last| frames[last])
+            .filter(|f| f.skippable)
+            .and_then(|f| decode_trailer(bytes_of(&f)));
+        scan.trailer = closing.map(|(t, _)| t);
+        scan.close = closing.map(|(_, c)| c);
     }
     scan.frames = frames;
     scan.frames.truncate(keep);
@@ -960,7 +975,9 @@ pub async fn recover_file(
             "cut unacknowledged or torn bytes off a data file"
         );
     }
-    let was_closed = scan.is_closed();
+    // What is kept ends with a trailer (a closed file, or closed files
+    // concatenated and then torn): it is closed and stays as it is.
+    let was_closed = scan.trailer.is_some();
     Ok(Recovery {
         kept_bytes: kept,
         dropped_bytes: dropped,
@@ -1524,5 +1541,87 @@ mod tests {
         assert!(!is_closed(&storage, "short.zst", 4).await.unwrap());
         let gone = read_trailer(&storage, "gone.zst", len).await.unwrap_err();
         assert!(gone.is_not_found(), "{gone}");
+    }
+
+    /// Found by fuzzing (`fuzz/regressions/data_file/closed-then-torn-data`): two
+    /// closed files concatenated (hourly compaction), the second torn in its last
+    /// data frame. What is kept ends with the first file's trailer, so it is
+    /// closed: recovery must not append a second closing.
+    #[test]
+    fn a_cut_that_ends_at_a_trailer_leaves_a_closed_file() {
+        let mut enc = FrameEncoder::new(1).unwrap();
+        let mut file = frame_of(&mut enc, Encoding::Lines, &[b"a", b"b"]).to_vec();
+        let trailer = Trailer {
+            encoding: Encoding::Lines,
+            records: 2,
+            record_bytes: 4,
+        };
+        file.extend_from_slice(&trailer.encode_v2(0, 0));
+        let closed_len = file.len() as u64;
+        let mut last = frame_of(&mut enc, Encoding::Lines, &[b"lost in a crash"]).to_vec();
+        let n = last.len();
+        last[n - 6] ^= 0xff;
+        file.extend_from_slice(&last);
+
+        let decoded = decode_file("f", &file, Encoding::Lines).unwrap();
+        assert_eq!(decoded.payloads, vec!["a", "b"]);
+        assert_eq!(decoded.scan.valid_len, closed_len);
+        assert_eq!(decoded.scan.torn_bytes, last.len() as u64);
+        assert_eq!(decoded.scan.trailer, Some(trailer));
+        assert_eq!(decoded.scan.close.map(|c| c.version), Some(2));
+        // What recovery keeps is closed: it is not closed a second time.
+        let kept = decode_file("f", &file[..closed_len as usize], Encoding::Lines).unwrap();
+        assert!(kept.scan.is_closed());
+    }
+
+    /// Found by fuzzing (`fuzz/regressions/data_file_writer/empty-file-torn-in-trailer`):
+    /// a file without records (so without marks: read by the version 1 rule)
+    /// whose close was cut short after its (empty) index. An index at the end of
+    /// an unclosed file is an unfinished close under either rule: it is cut, and
+    /// recovery leaves one index, not two.
+    #[tokio::test]
+    async fn an_unfinished_close_of_an_empty_file_is_cut() {
+        let trailer = Trailer {
+            encoding: Encoding::Lines,
+            records: 0,
+            record_bytes: 0,
+        };
+        let closing = encode_closing(&trailer, 0, Some(&[]));
+        let torn = &closing[..closing.len() - 10];
+        let decoded = decode_file("f", torn, Encoding::Lines).unwrap();
+        assert_eq!(decoded.scan.valid_len, 0);
+        assert_eq!(decoded.scan.torn_bytes, torn.len() as u64);
+        assert!(decoded.scan.frames.is_empty());
+
+        let dir = tempfile::tempdir().unwrap();
+        let storage = crate::storage::LocalStorage::open(dir.path()).unwrap();
+        storage
+            .write_atomic("f.zst", Bytes::copy_from_slice(torn))
+            .await
+            .unwrap();
+        let recovery = close_recovered(&storage, "f.zst", Encoding::Lines, None)
+            .await
+            .unwrap();
+        assert_eq!((recovery.kept_bytes, recovery.records), (0, 0));
+        let after = storage.read("f.zst").await.unwrap();
+        assert_eq!(after.len() as u64, recovery.closed_len());
+        let frames = scan(&after, 0).frames;
+        assert_eq!(frames.len(), 2, "one index and one trailer: {frames:?}");
+
+        // With records but no marks, the data frames stay and the index goes.
+        let mut enc = FrameEncoder::new(1).unwrap();
+        let mut file = frame_of(&mut enc, Encoding::Lines, &[b"kept"]).to_vec();
+        let data_len = file.len() as u64;
+        let trailer = Trailer {
+            encoding: Encoding::Lines,
+            records: 1,
+            record_bytes: 5,
+        };
+        file.extend_from_slice(&encode_closing(&trailer, 0, Some(&[])));
+        file.truncate(file.len() - 10);
+        let decoded = decode_file("f", &file, Encoding::Lines).unwrap();
+        assert_eq!(decoded.payloads, vec!["kept"]);
+        assert_eq!(decoded.scan.valid_len, data_len);
+        assert_eq!(decoded.index(), Some(vec![]));
     }
 }
