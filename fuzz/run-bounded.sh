@@ -16,6 +16,11 @@
 #   CONDUIT_FUZZ_TOOLS       cargo-fuzz install root           (default ~/.cache/conduit/cargo-fuzz)
 #   CONDUIT_FUZZ_TARGET_DIR  build directory                   (default ~/.cache/conduit/fuzz-target)
 #   CONDUIT_FUZZ_CORPUS      corpus grown across runs          (default ~/.cache/conduit/fuzz-corpus)
+#   CONDUIT_FUZZ_SEED        a fixed libFuzzer seed: start from the committed corpus
+#                            only (new inputs go to a scratch dir) and stop after
+#                            CONDUIT_FUZZ_RUNS inputs (default 20000) or the time
+#                            bound, so the same tree fuzzes the same inputs (what CI
+#                            uses: a run that passed on a commit passes again)
 # Exit status: 0 if every target ran clean, 1 otherwise.
 set -euo pipefail
 
@@ -77,11 +82,16 @@ done
 # Bounded runs. New inputs go to the cached corpus (the first directory); the
 # committed seeds are read only.
 run_one() {
-  local t="$1"
-  mkdir -p "$CORPUS_CACHE/$t" "artifacts/$t"
-  cargo fuzz run --target-dir "$TARGET_DIR" "$t" "$CORPUS_CACHE/$t" "corpus/$t" -- \
+  local t="$1" grown="$CORPUS_CACHE/$t"
+  local -a fixed=()
+  if [ -n "${CONDUIT_FUZZ_SEED:-}" ]; then
+    grown="$LOGS/$t.corpus"
+    fixed=(-seed="$CONDUIT_FUZZ_SEED" -runs="${CONDUIT_FUZZ_RUNS:-20000}")
+  fi
+  mkdir -p "$grown" "artifacts/$t"
+  cargo fuzz run --target-dir "$TARGET_DIR" "$t" "$grown" "corpus/$t" -- \
     -max_total_time="$SECS" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
-    -artifact_prefix="$FUZZ_DIR/artifacts/$t/" >"$LOGS/$t.log" 2>&1
+    "${fixed[@]}" -artifact_prefix="$FUZZ_DIR/artifacts/$t/" >"$LOGS/$t.log" 2>&1
 }
 declare -A pid_of=()
 t1="$(date +%s)"

@@ -649,10 +649,18 @@ pub fn decode_file(path: &str, buf: &[u8], encoding: Encoding) -> Result<Decoded
     if !closed {
         match layout {
             Layout::V2 => {
-                keep = match frames.iter().rposition(|f| !f.skippable) {
-                    Some(d) if frames.get(d + 1).is_some_and(is_marks) => d + 2,
-                    Some(d) => d,
-                    None => 0,
+                // The valid prefix ends after the last (data frame, marks) pair:
+                // a data frame without its marks is cut with everything after it,
+                // and so is the data frame before it if that one lost its marks
+                // too (only damage does that), so decoding what is kept keeps it
+                // all.
+                let mut end = frames.len();
+                keep = loop {
+                    match frames[..end].iter().rposition(|f| !f.skippable) {
+                        Some(d) if frames[..end].get(d + 1).is_some_and(is_marks) => break d + 2,
+                        Some(d) => end = d,
+                        None => break 0,
+                    }
                 };
             }
             Layout::V1 => {
@@ -668,6 +676,8 @@ pub fn decode_file(path: &str, buf: &[u8], encoding: Encoding) -> Result<Decoded
         }
     }
     let last_data = frames[..keep].iter().rposition(|f| !f.skippable);
+    // Whether the last data frame was cut because it does not decode.
+    let mut torn_data = false;
     let mut payloads = Vec::new();
     let mut record_bytes = 0u64;
     let mut batches = Vec::new();
@@ -708,6 +718,7 @@ pub fn decode_file(path: &str, buf: &[u8], encoding: Encoding) -> Result<Decoded
                 if keep < i {
                     pending.clear();
                 }
+                torn_data = true;
                 tracing::debug!(path, offset = frame.offset, %reason, "last data frame does not decode: torn");
                 break;
             }
@@ -755,6 +766,18 @@ pub fn decode_file(path: &str, buf: &[u8], encoding: Encoding) -> Result<Decoded
     }
     scan.frames = frames;
     scan.frames.truncate(keep);
+    if torn_data && layout == Layout::V2 && !scan.is_closed() {
+        // Cutting a torn data frame may leave the data frame before it without
+        // its marks (only damage does that): decode the kept prefix by the same
+        // rules, so that what is kept decodes again to itself.
+        let kept = decode_file(path, &buf[..scan.valid_len as usize], encoding)?;
+        if kept.scan.valid_len < scan.valid_len {
+            let mut kept = kept;
+            // Torn: what this decode cut, and what the prefix's decode cut.
+            kept.scan.torn_bytes += scan.torn_bytes;
+            return Ok(kept);
+        }
+    }
     Ok(Decoded {
         payloads,
         record_bytes,
@@ -1572,6 +1595,53 @@ mod tests {
         // What recovery keeps is closed: it is not closed a second time.
         let kept = decode_file("f", &file[..closed_len as usize], Encoding::Lines).unwrap();
         assert!(kept.scan.is_closed());
+    }
+
+    /// Found by fuzzing (`fuzz/regressions/data_file/v2-data-frame-followed-by-a-foreign-skippable-frame`):
+    /// in an unclosed layout 2 file whose last two data frames lost their marks
+    /// (another skippable frame in their place: damage, never a crash), the
+    /// valid prefix ends after the last intact (data, marks) pair, so decoding
+    /// what is kept keeps all of it.
+    #[test]
+    fn data_frames_without_their_marks_are_cut_back_to_the_last_pair() {
+        let mut enc = FrameEncoder::new(1).unwrap();
+        let mut foreign = 0x184D_2A57u32.to_le_bytes().to_vec();
+        foreign.extend_from_slice(&4u32.to_le_bytes());
+        foreign.extend_from_slice(b"junk");
+        let mut file = frame_of(&mut enc, Encoding::Lines, &[b"a"]).to_vec();
+        file.extend_from_slice(&encode_marks(&[]));
+        let pair_end = file.len() as u64;
+        for payload in [b"b", b"c"] {
+            file.extend_from_slice(&frame_of(&mut enc, Encoding::Lines, &[payload]));
+            file.extend_from_slice(&foreign);
+        }
+        let decoded = decode_file("f", &file, Encoding::Lines).unwrap();
+        assert_eq!(decoded.payloads, vec!["a"]);
+        assert_eq!(decoded.scan.valid_len, pair_end);
+        let again = decode_file("f", &file[..pair_end as usize], Encoding::Lines).unwrap();
+        assert_eq!(
+            again.scan.valid_len, pair_end,
+            "decoding the kept prefix keeps it"
+        );
+        assert_eq!(again.payloads, decoded.payloads);
+
+        // `fuzz/regressions/data_file/v2-torn-last-frame-after-a-frame-without-marks`:
+        // the last data frame has its marks but does not decode (torn), and the
+        // one before it lost its marks: both are cut.
+        let mut file = file[..pair_end as usize].to_vec();
+        file.extend_from_slice(&frame_of(&mut enc, Encoding::Lines, &[b"b"]));
+        file.extend_from_slice(&foreign);
+        let mut torn = frame_of(&mut enc, Encoding::Lines, &[b"lost in a crash"]).to_vec();
+        let n = torn.len();
+        torn[n - 6] ^= 0xff;
+        file.extend_from_slice(&torn);
+        file.extend_from_slice(&encode_marks(&[]));
+        let decoded = decode_file("f", &file, Encoding::Lines).unwrap();
+        assert_eq!(decoded.payloads, vec!["a"]);
+        assert_eq!(decoded.scan.valid_len, pair_end);
+        assert_eq!(decoded.scan.torn_bytes, file.len() as u64 - pair_end);
+        let again = decode_file("f", &file[..pair_end as usize], Encoding::Lines).unwrap();
+        assert_eq!(again.scan.valid_len, pair_end);
     }
 
     /// Found by fuzzing (`fuzz/regressions/data_file_writer/empty-file-torn-in-trailer`):
