@@ -1037,15 +1037,6 @@ pub async fn close_recovered(
     Ok(recovery)
 }
 
-/// Back-compatible name for [`recover_file`] without a limit.
-pub async fn recover_tail(
-    storage: &dyn Storage,
-    path: &str,
-    encoding: Encoding,
-) -> Result<Recovery, FormatError> {
-    recover_file(storage, path, encoding, None).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

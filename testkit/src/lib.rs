@@ -72,3 +72,13 @@ pub fn local_storage(path: impl AsRef<Path>) -> SharedStorage {
             .unwrap_or_else(|e| panic!("open local storage {}: {e}", path.display())),
     )
 }
+
+/// A runtime for test clients driven from a synchronous test (2 worker threads:
+/// the CI machine has 2 cores).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}

@@ -3,6 +3,9 @@
 //! a worker first; [`batch_file`] writes the layout-2 files (marks, index, trailer
 //! with checksum) of idempotent publisher batches.
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
 use bytes::Bytes;
 use conduit_core::format::{
     batch_digest, crc32c_append, encode_closing, encode_marks, BatchMark, IndexEntry, PartMark,
@@ -186,5 +189,35 @@ pub fn batch_file(topic: &str, frames: &[Vec<Batch>]) -> Vec<u8> {
     };
     let crc = crc32c_append(0, &out);
     out.extend_from_slice(&encode_closing(&trailer, crc, Some(&index)));
+    out
+}
+
+/// Every sealed minute directory of `topic` in the local view under the local
+/// directory `root`, with its manifest and the marker's raw bytes.
+pub fn sealed_dirs(root: &Path, topic: &str) -> BTreeMap<PathBuf, (Manifest, Vec<u8>)> {
+    fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            if e.file_type().unwrap().is_dir() {
+                if depth == 4 {
+                    out.push(e.path());
+                } else {
+                    walk(&e.path(), depth + 1, out);
+                }
+            }
+        }
+    }
+    let mut dirs = Vec::new();
+    walk(&root.join(View::Local.dir_name()).join(topic), 0, &mut dirs);
+    let mut out = BTreeMap::new();
+    for dir in dirs {
+        let marker = dir.join(Layout::SUCCESS_MARKER);
+        if let Ok(bytes) = std::fs::read(&marker) {
+            let m = Manifest::parse(marker.to_str().unwrap(), &bytes).unwrap();
+            out.insert(dir, (m, bytes));
+        }
+    }
     out
 }

@@ -15,7 +15,7 @@ use conduit_core::scribe::{
     decode_reply, encode_log_batch_call, encode_log_call, read_frame, ReplyValue, ResultCode,
 };
 use serde_json::{json, Value};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, ToSocketAddrs};
 
 /// How long [`Client::log`] and [`Client::log_batch`] wait for a reply.
@@ -404,4 +404,17 @@ pub fn log_step(entries: &[(&str, Vec<u8>)]) -> Value {
         .map(|(c, m)| json!([c, base64::engine::general_purpose::STANDARD.encode(m)]))
         .collect();
     json!({"op": "log", "entries": entries})
+}
+
+/// Reads until the peer closes the connection (EOF or reset); false on timeout.
+pub async fn closed_by_peer(stream: &mut TcpStream, within: Duration) -> bool {
+    let mut sink = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut sink)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
 }

@@ -15,23 +15,16 @@ use std::time::{Duration, Instant};
 use conduit_core::format::{decode_file, Decoded, Encoding};
 use conduit_core::scribe::{encode_log_call, ResultCode};
 use conduit_testkit::process::{metric, CollectorProcess};
-use conduit_testkit::scribe::Client;
+use conduit_testkit::runtime;
+use conduit_testkit::scribe::{closed_by_peer, Client};
 use conduit_testkit::wait::until_blocking;
 use rand::RngCore;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 const ID: &str = "c1";
 /// Events per Log call of the load workers.
 const BATCH: u64 = 200;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 struct Scene {
     dir: tempfile::TempDir,
@@ -334,19 +327,6 @@ fn kill9_under_load_keeps_acknowledged_events_exactly_once() {
         unacked_calls as u64 * BATCH,
         t0.elapsed()
     );
-}
-
-/// Reads until the peer closes the connection (EOF or reset); false on timeout.
-async fn closed_by_peer(stream: &mut TcpStream, within: Duration) -> bool {
-    let mut sink = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(deadline, stream.read(&mut sink)).await {
-            Err(_) => return false,
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
-            Ok(Ok(_)) => continue,
-        }
-    }
 }
 
 /// Garbage on other connections closes each of them and nothing else: a healthy

@@ -22,6 +22,7 @@ use conduit_core::scribe::{
     ResultCode, EXCEPTION_UNKNOWN_METHOD,
 };
 use conduit_testkit::process::{conduit_bin, free_addr, http_get};
+use conduit_testkit::scribe::closed_by_peer;
 use conduit_testkit::wait::until_blocking;
 use door::{connect_from, runtime, sample, Scene, SteadyClient, STEADY_TOPIC};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -52,19 +53,6 @@ async fn log_on(
     match decode_reply(frame).unwrap().value {
         ReplyValue::ResultCode(code) => Some(code),
         other => panic!("{other:?}"),
-    }
-}
-
-/// Whether the peer closes `stream` within `within` (EOF or reset).
-async fn closed_by_peer(stream: &mut TcpStream, within: Duration) -> bool {
-    let mut sink = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(deadline, stream.read(&mut sink)).await {
-            Err(_) => return false,
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
-            Ok(Ok(_)) => continue,
-        }
     }
 }
 

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use conduit_core::format::{decode_file, Encoding};
 use conduit_core::scribe::ResultCode;
 use conduit_testkit::process::{http_get, metric, CollectorProcess};
+use conduit_testkit::runtime;
 use conduit_testkit::scribe::Client;
 use conduit_testkit::wait::until_blocking;
 
@@ -29,14 +30,6 @@ const FD_LIMIT: u64 = 256;
 const HANG: Duration = Duration::from_secs(60);
 /// How long SIGTERM may take (the collector's documented drain time).
 const DRAIN: Duration = Duration::from_secs(30);
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 struct Scene {
     dir: tempfile::TempDir,

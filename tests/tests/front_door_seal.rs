@@ -23,7 +23,7 @@ use conduit_testkit::process::{
 };
 use conduit_testkit::scribe::{padded, Client};
 use conduit_testkit::wait::{until, until_blocking};
-use conduit_testkit::{local_storage, node};
+use conduit_testkit::{local_storage, minutes, node};
 
 /// Sealing needs the data's minute to end (real time): up to a minute, plus the
 /// worker's interval.
@@ -31,31 +31,10 @@ const SEAL_TIMEOUT: Duration = Duration::from_secs(100);
 
 /// Every sealed local minute directory of `topic` with its manifest.
 fn sealed(root: &Path, topic: &str) -> BTreeMap<PathBuf, Manifest> {
-    fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for e in entries.flatten() {
-            if e.file_type().unwrap().is_dir() {
-                if depth == 4 {
-                    out.push(e.path());
-                } else {
-                    walk(&e.path(), depth + 1, out);
-                }
-            }
-        }
-    }
-    let mut dirs = Vec::new();
-    walk(&root.join("streams_local").join(topic), 0, &mut dirs);
-    let mut out = BTreeMap::new();
-    for dir in dirs {
-        let marker = dir.join("_SUCCESS");
-        if let Ok(bytes) = std::fs::read(&marker) {
-            let m = Manifest::parse(marker.to_str().unwrap(), &bytes).unwrap();
-            out.insert(dir, m);
-        }
-    }
-    out
+    minutes::sealed_dirs(root, topic)
+        .into_iter()
+        .map(|(dir, (manifest, _))| (dir, manifest))
+        .collect()
 }
 
 /// `conduit worker` of `dc1` on `root`, passes every 200 ms.

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use conduit_core::scribe::ResultCode;
-use conduit_core::Manifest;
+use conduit_testkit::minutes;
 use conduit_testkit::process::{free_addr, http_get, metric, CollectorProcess, WorkerProcess};
 use conduit_testkit::scribe::Client;
 use conduit_testkit::wait::until_blocking;
@@ -22,35 +22,6 @@ fn start_worker(root: &Path, http: &str, logs: &Path) -> WorkerProcess {
     let root = root.to_str().unwrap();
     let args = ["--root", root, "--cluster", "dc1", "--lease-secs", "3"];
     WorkerProcess::spawn(&args, http, logs).expect("conduit worker starts")
-}
-
-/// Every sealed minute directory of `topic` with its manifest and raw marker.
-fn sealed(root: &Path, topic: &str) -> BTreeMap<PathBuf, (Manifest, Vec<u8>)> {
-    fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for e in entries.flatten() {
-            if e.file_type().unwrap().is_dir() {
-                if depth == 4 {
-                    out.push(e.path());
-                } else {
-                    walk(&e.path(), depth + 1, out);
-                }
-            }
-        }
-    }
-    let mut dirs = Vec::new();
-    walk(&root.join("streams_local").join(topic), 0, &mut dirs);
-    let mut out = BTreeMap::new();
-    for dir in dirs {
-        let marker = dir.join("_SUCCESS");
-        if let Ok(bytes) = std::fs::read(&marker) {
-            let m = Manifest::parse(marker.to_str().unwrap(), &bytes).unwrap();
-            out.insert(dir, (m, bytes));
-        }
-    }
-    out
 }
 
 /// Data files in a sealed directory with their sizes.
@@ -111,7 +82,7 @@ fn a_killed_worker_restarts_without_loss_duplicates_or_changed_minutes() {
         "a sealed minute with data",
         Duration::from_secs(150),
         || {
-            let s = sealed(&root, "clicks");
+            let s = minutes::sealed_dirs(&root, "clicks");
             s.values().any(|(m, _)| m.records > 0).then_some(s)
         },
     )
@@ -185,12 +156,12 @@ fn a_killed_worker_restarts_without_loss_duplicates_or_changed_minutes() {
                     .count()
             })
             .unwrap_or(0);
-        let s = sealed(&root, "clicks");
+        let s = minutes::sealed_dirs(&root, "clicks");
         let records: u64 = s.values().map(|(m, _)| m.records).sum();
         (waiting == 0 && records == acked).then_some(s)
     })
     .unwrap_or_else(|e| {
-        let s = sealed(&root, "clicks");
+        let s = minutes::sealed_dirs(&root, "clicks");
         let records: u64 = s.values().map(|(m, _)| m.records).sum();
         panic!(
             "{e}: {records} records sealed, {acked} acknowledged\nworker log:\n{}",

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 
 use super::{CreateMode, RenameMode, SharedStorage, Storage};
-use crate::format::{decode_file, recover_tail, Encoding, FrameEncoder, Trailer};
+use crate::format::{decode_file, recover_file, Encoding, FrameEncoder, Trailer};
 
 /// A named check.
 pub type Check = (
@@ -383,7 +383,9 @@ pub async fn torn_file(s: SharedStorage, dir: String) {
     assert_eq!(decoded.scan.valid_len, complete);
     assert!(decoded.scan.torn_bytes > 0);
 
-    let recovery = recover_tail(&*s, &path, Encoding::Lines).await.unwrap();
+    let recovery = recover_file(&*s, &path, Encoding::Lines, None)
+        .await
+        .unwrap();
     assert_eq!(recovery.kept_bytes, complete);
     assert_eq!(
         s.len(&path).await.unwrap(),

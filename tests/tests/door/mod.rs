@@ -22,14 +22,7 @@ pub const ID: &str = "c1";
 /// The topic of the well-behaved client.
 pub const STEADY_TOPIC: &str = "steady";
 
-/// A runtime for the clients (2 worker threads: the machine has 2 cores).
-pub fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
+pub use conduit_testkit::runtime;
 
 /// A storage root and a log directory in a temporary directory.
 pub struct Scene {
