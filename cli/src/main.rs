@@ -13,6 +13,7 @@ mod ls;
 mod malloc;
 mod publish;
 mod signals;
+mod table;
 mod tail;
 mod up;
 mod verify;
@@ -58,6 +59,9 @@ enum Command {
     Worker(worker::WorkerArgs),
     /// List a topic's minute directories in a view with sealed state and counts.
     Ls(ls::LsArgs),
+    /// Print the SQL (Spark, Hive, Trino) that registers a topic's sealed minutes
+    /// or hours as partitions of an external table.
+    Table(table::TableArgs),
     /// Run the whole bus on this machine: collectors and workers for two local
     /// datacenters (or the clusters of --config), until Ctrl-C.
     Up(up::UpArgs),
@@ -92,6 +96,7 @@ fn main() -> std::process::ExitCode {
             Command::Up(args) => up::run(args).await,
             Command::Worker(args) => worker::run(args).await,
             Command::Ls(args) => ls::run(args).await,
+            Command::Table(args) => table::run(args).await,
         }
     });
     match result {
