@@ -11,6 +11,7 @@ mod lag;
 mod logging;
 mod ls;
 mod malloc;
+mod ports;
 mod publish;
 mod signals;
 mod tail;
