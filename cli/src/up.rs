@@ -233,11 +233,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let config = Config::load(&config_path)?;
-    anyhow::ensure!(
-        !config.clusters.is_empty(),
-        "{}: no [clusters.NAME] table, nothing to run",
-        config_path.display()
-    );
+    crate::check::ensure_something_to_run(&config_path, &config)?;
     let logs = data_dir.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
     let config_arg = config_path.display().to_string();
