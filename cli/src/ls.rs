@@ -9,7 +9,7 @@
 //! `--json` prints one JSON document instead (the summary line stays on stderr):
 //!
 //! ```json
-//! {"root": "/var/lib/conduit/dc1", "topic": "clicks", "view": "local",
+//! {"root": "file:///var/lib/conduit/dc1", "topic": "clicks", "view": "local",
 //!  "directories": [
 //!    {"minute": "2026-11-22T10:05Z", "path": "streams_local/clicks/2026/11/22/10/05",
 //!     "sealed": true, "files": 2, "records": 1000, "bytes": 20480, "late": 0}],

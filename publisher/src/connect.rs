@@ -65,23 +65,21 @@ pub struct ConnectError {
     pub attempts: u64,
 }
 
-/// Resolves `addr` and connects to it within `timeout` (lookup included).
+/// Resolves `addr` and connects to it, each step within `timeout` (a lookup that
+/// does not answer in time is a DNS failure, not a connect timeout).
 pub(crate) async fn open(addr: &str, timeout: Duration) -> Result<TcpStream, ConnectCause> {
-    let attempt = async {
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr)
-            .await
-            .map_err(|e| ConnectCause::Dns(e.to_string()))?
-            .collect();
-        if addrs.is_empty() {
-            return Err(ConnectCause::Dns("no address".to_owned()));
-        }
-        TcpStream::connect(&addrs[..])
-            .await
-            .map_err(|e| ConnectCause::of(&e, timeout))
-    };
-    tokio::time::timeout(timeout, attempt)
+    let addrs: Vec<SocketAddr> = tokio::time::timeout(timeout, tokio::net::lookup_host(addr))
+        .await
+        .map_err(|_| ConnectCause::Dns(format!("no answer within {:.1} s", timeout.as_secs_f64())))?
+        .map_err(|e| ConnectCause::Dns(e.to_string()))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(ConnectCause::Dns("no address".to_owned()));
+    }
+    tokio::time::timeout(timeout, TcpStream::connect(&addrs[..]))
         .await
         .map_err(|_| ConnectCause::TimedOut(timeout))?
+        .map_err(|e| ConnectCause::of(&e, timeout))
 }
 
 #[cfg(test)]
@@ -96,6 +94,27 @@ mod tests {
         let cause = open(&addr, Duration::from_secs(2)).await.unwrap_err();
         assert_eq!(cause, ConnectCause::Refused);
         assert_eq!(cause.to_string(), "connection refused");
+    }
+
+    #[tokio::test]
+    async fn a_listener_that_never_accepts_times_out() {
+        // A backlog of 0 holds one connection the listener never accepts; the
+        // kernel drops the SYNs of the next ones, so they time out.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let timeout = Duration::from_millis(300);
+        let mut held = Vec::new();
+        let cause = loop {
+            match open(&addr, timeout).await {
+                Ok(stream) if held.len() < 16 => held.push(stream),
+                Ok(_) => panic!("{} connections accepted into a backlog of 0", held.len()),
+                Err(cause) => break cause,
+            }
+        };
+        assert_eq!(cause, ConnectCause::TimedOut(timeout));
+        assert_eq!(cause.to_string(), "timed out after 0.3 s");
     }
 
     #[tokio::test]
