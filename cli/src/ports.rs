@@ -35,10 +35,7 @@ impl std::fmt::Display for Holder {
 /// `Some(error)` when `addr` cannot be bound (in use, or not an address of this
 /// host); `None` when it is free.
 pub fn busy(addr: &str) -> Option<std::io::Error> {
-    match std::net::TcpListener::bind(addr) {
-        Ok(_) => None,
-        Err(e) => Some(e),
-    }
+    std::net::TcpListener::bind(addr).err()
 }
 
 /// Whether a bind error means someone else listens there.
