@@ -142,12 +142,14 @@ pub async fn builder(source: &SourceArgs) -> anyhow::Result<ConsumerBuilder> {
 async fn ensure_topic_exists(source: &SourceArgs) -> anyhow::Result<()> {
     let topic = Topic::new(source.topic.clone()).context("bad --topic")?;
     let mut roots = Vec::new();
+    let mut declared: Vec<String> = Vec::new();
     match (&source.config, &source.root) {
         (Some(path), _) => {
             let config = Config::load(path)?;
             if config.topics.contains_key(topic.as_str()) {
                 return Ok(());
             }
+            declared = config.topics.keys().cloned().collect();
             roots.push((
                 source.cluster.clone(),
                 config.cluster_root(&source.cluster)?.to_owned(),
@@ -185,20 +187,30 @@ async fn ensure_topic_exists(source: &SourceArgs) -> anyhow::Result<()> {
         .collect();
     let clusters = clusters.join(", ");
     let wait = "or add --wait-for-topic to wait for its first event";
-    if existing.is_empty() {
+    if existing.is_empty() && declared.is_empty() {
         anyhow::bail!(
             "no topic {topic} in cluster {clusters}: no topic has data there yet; \
              publish to it first (conduit publish --topic {topic}), {wait}"
         );
     }
-    let names: Vec<&str> = existing.iter().map(Topic::as_str).collect();
-    let hint = closest(topic.as_str(), &names)
+    let with_data: Vec<&str> = existing.iter().map(Topic::as_str).collect();
+    let declared: Vec<&str> = declared.iter().map(String::as_str).collect();
+    let mut known = if with_data.is_empty() {
+        "no topic has data there yet".to_owned()
+    } else {
+        format!("topics with data there: {}", listed(&with_data, 20))
+    };
+    if !declared.is_empty() {
+        known.push_str(&format!(
+            "; declared in the config: {}",
+            listed(&declared, 20)
+        ));
+    }
+    let candidates: Vec<&str> = with_data.iter().chain(&declared).copied().collect();
+    let hint = closest(topic.as_str(), &candidates)
         .map(|name| format!("did you mean {name}? "))
         .unwrap_or_default();
-    anyhow::bail!(
-        "no topic {topic} in cluster {clusters}: topics with data there: {}; {hint}check --topic, {wait}",
-        listed(&names, 20)
-    )
+    anyhow::bail!("no topic {topic} in cluster {clusters}: {known}; {hint}check --topic, {wait}")
 }
 
 /// `names` joined with `, `, at most `max` of them and a count of the rest.

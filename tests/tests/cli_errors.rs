@@ -6,7 +6,7 @@
 //! |---|---|
 //! | `tail --topic clikcs` (a typo) | the topics that exist, a likely match, exit 1 |
 //! | `tail` on a cluster with no data | that no topic has data yet, exit 1 |
-//! | `tail --wait-for-topic` | waits, then prints the topic's first events |
+//! | `tail --wait-for-topic`, or of a topic the config declares | waits, then prints the topic's first events |
 //! | `publish --collector <nothing listens>` | the address, connection refused, the tries, exit 1 |
 //! | `publish --collector <name that does not resolve>` | DNS lookup failed, exit 1 |
 //! | `publish --collector <listener that never answers>` | timed out, exit 1 |
@@ -100,66 +100,123 @@ fn tail_of_a_topic_that_does_not_exist_lists_the_topics_that_do() {
     eprintln!("tail --topic clikcs refused in {:?}", started.elapsed());
 }
 
+/// A running `conduit tail <args>` and the lines it prints.
+struct Tail {
+    child: std::process::Child,
+    lines: mpsc::Receiver<String>,
+    printed: Vec<String>,
+}
+
+impl Tail {
+    fn spawn(args: &[&str]) -> Tail {
+        let mut child = Command::new(conduit_bin())
+            .arg("tail")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Tail {
+            child,
+            lines,
+            printed: Vec::new(),
+        }
+    }
+
+    /// Waits for `n` lines; then stops the tail (which must still be running)
+    /// and returns them.
+    fn take(mut self, n: usize) -> Vec<String> {
+        let got = until_blocking(
+            &format!("tail to print {n} lines"),
+            Duration::from_secs(60),
+            || {
+                while let Ok(line) = self.lines.try_recv() {
+                    self.printed.push(line);
+                }
+                (self.printed.len() >= n || self.child.try_wait().ok().flatten().is_some())
+                    .then_some(())
+            },
+        );
+        let exited = self.child.try_wait().unwrap();
+        let _ = self.child.kill();
+        let output = self.child.wait_with_output().unwrap();
+        got.unwrap_or_else(|e| panic!("{e}; printed {:?}", self.printed));
+        assert!(
+            exited.is_none(),
+            "tail exited with {exited:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        self.printed
+    }
+}
+
 #[test]
-fn tail_waits_for_a_new_topic_only_when_asked() {
+fn tail_waits_for_a_topic_without_data_only_when_asked_or_declared() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     let root_arg = root.to_str().unwrap().to_owned();
     let logs = dir.path().join("logs");
     let mut collector = CollectorProcess::start(&root_arg, "c1", &[], &logs).unwrap();
-
-    let mut tail = Command::new(conduit_bin())
-        .args([
-            "tail",
-            "--root",
-            &root_arg,
-            "--topic",
-            "fresh",
-            "--from",
-            "10m",
-            "--wait-for-topic",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = tail.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let ran = run_conduit(
-        &[
-            "publish",
-            "--topic",
-            "fresh",
-            "--collector",
-            &collector.thrift_addr,
-        ],
-        b"first\nsecond\n",
-        Duration::from_secs(60),
+    let config = dir.path().join("conduit.toml");
+    std::fs::write(
+        &config,
+        format!("[clusters.dc1]\nroot = \"{root_arg}\"\n\n[topics.orders]\n"),
     )
     .unwrap();
-    assert_eq!(ran.code, 0, "{ran:?}");
-    let mut printed = Vec::new();
-    let got = until_blocking(
-        "tail --wait-for-topic to print the new topic's events",
-        Duration::from_secs(60),
-        || {
-            while let Ok(line) = rx.try_recv() {
-                printed.push(line);
-            }
-            (printed.len() >= 2).then_some(())
-        },
+    let config = config.to_str().unwrap();
+
+    // A typo of a declared topic: refused, the declared one suggested.
+    let ran = run_conduit(
+        &["tail", "--config", config, "--topic", "order"],
+        b"",
+        PROMPT,
+    )
+    .unwrap();
+    assert_eq!(ran.code, 1, "{ran:?}");
+    assert_eq!(
+        ran.stderr.trim_end(),
+        format!(
+            "error: no topic order in cluster dc1 ({root_arg}): no topic has data there yet; \
+             declared in the config: orders; did you mean orders? check --topic, or add \
+             --wait-for-topic to wait for its first event"
+        )
     );
-    let still_running = tail.try_wait().unwrap().is_none();
-    let _ = tail.kill();
-    let _ = tail.wait();
-    got.unwrap_or_else(|e| panic!("{e}; printed {printed:?}"));
-    assert!(still_running, "tail --wait-for-topic exited");
-    assert_eq!(printed, ["first", "second"]);
+
+    // Asked to wait, and declared: both tails wait and print the first events.
+    let fresh = Tail::spawn(&[
+        "--root",
+        &root_arg,
+        "--topic",
+        "fresh",
+        "--from",
+        "10m",
+        "--wait-for-topic",
+    ]);
+    let orders = Tail::spawn(&["--config", config, "--topic", "orders", "--from", "10m"]);
+    for topic in ["fresh", "orders"] {
+        let ran = run_conduit(
+            &[
+                "publish",
+                "--topic",
+                topic,
+                "--collector",
+                &collector.thrift_addr,
+            ],
+            format!("{topic} 1\n{topic} 2\n").as_bytes(),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        assert_eq!(ran.code, 0, "{ran:?}");
+    }
+    assert_eq!(fresh.take(2), ["fresh 1", "fresh 2"]);
+    assert_eq!(orders.take(2), ["orders 1", "orders 2"]);
     assert!(collector.terminate().unwrap().success());
 }
 
