@@ -1,5 +1,11 @@
 //! `conduit check`: validate a configuration and show where everything goes.
+//!
+//! A configuration with nothing to run — an empty file, or one without a
+//! `[clusters.NAME]` table (each cluster runs a collector and a worker) — is
+//! refused (exit 1) with the smallest configuration that runs; `conduit up`
+//! refuses it the same way ([`ensure_something_to_run`]).
 
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -28,10 +34,42 @@ pub struct CheckArgs {
     connect: bool,
 }
 
+/// The smallest configuration that runs, shown when one has nothing to run.
+pub const MINIMAL_CONFIG: &str = r#"[clusters.dc1]
+root = "/var/lib/conduit/dc1"   # a directory, file:///path or hdfs://namenode:port/path"#;
+
+/// Fails when the configuration at `path` has nothing to run: the file is empty
+/// (only blanks and comments), or it declares no cluster.
+pub fn ensure_something_to_run(path: &Path, config: &Config) -> anyhow::Result<()> {
+    if !config.clusters.is_empty() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let empty = text
+        .lines()
+        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'));
+    let what = if empty {
+        "is empty"
+    } else {
+        "has no [clusters.NAME] table"
+    };
+    anyhow::bail!(
+        "{} {what}: nothing to run (each cluster runs a collector and a worker). \
+         The smallest configuration:\n\n{MINIMAL_CONFIG}\n\n\
+         conf/conduit.toml lists every key with its default; `conduit up` writes a \
+         two-cluster example to conduit-data/conduit.toml",
+        path.display()
+    )
+}
+
 /// Runs `conduit check`.
 pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let config = match (&args.config, &args.root) {
-        (Some(path), _) => Config::load(path)?,
+        (Some(path), _) => {
+            let config = Config::load(path)?;
+            ensure_something_to_run(Path::new(path), &config)?;
+            config
+        }
         (None, Some(root)) => Config::single_cluster(&args.cluster, root)?,
         (None, None) => unreachable!("clap requires --config or --root"),
     };

@@ -5,6 +5,19 @@
 //! `<minute>  sealed|open  files=N  records=N|-  bytes=N  late=N`. For a sealed
 //! directory the numbers come from its `_SUCCESS` manifest; for an open one from
 //! the listing (records are only known once sealed).
+//!
+//! `--json` prints one JSON document instead (the summary line stays on stderr):
+//!
+//! ```json
+//! {"root": "file:///var/lib/conduit/dc1", "topic": "clicks", "view": "local",
+//!  "directories": [
+//!    {"minute": "2026-11-22T10:05Z", "path": "streams_local/clicks/2026/11/22/10/05",
+//!     "sealed": true, "files": 2, "records": 1000, "bytes": 20480, "late": 0}],
+//!  "totals": {"directories": 1, "sealed": 1}}
+//! ```
+//!
+//! `minute` is the hour stamp (`2026-11-22T10`) in the hourly view; `records`
+//! and `late` are `null` for an open directory.
 
 use std::process::ExitCode;
 
@@ -46,6 +59,12 @@ pub struct LsArgs {
     /// Last minute to list (inclusive; same forms as --from).
     #[arg(long, value_name = "TIME")]
     to: Option<String>,
+
+    /// Print one JSON document instead of lines: `{"root", "topic", "view",
+    /// "directories": [{"minute", "path", "sealed", "files", "records"|null,
+    /// "bytes", "late"|null}], "totals": {"directories", "sealed"}}`.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Prints the directories; exit 0.
@@ -75,6 +94,7 @@ pub async fn run(args: LsArgs) -> anyhow::Result<ExitCode> {
         .from(from)
         .until(to);
     let (mut dirs, mut sealed) = (0u64, 0u64);
+    let mut rows = Vec::new();
     while let Some(minute) = walk.next().await? {
         let dir = Manifest::dir(view, &topic, minute);
         let shown = if view == View::Hourly {
@@ -83,16 +103,19 @@ pub async fn run(args: LsArgs) -> anyhow::Result<ExitCode> {
             minute.to_string()
         };
         dirs += 1;
-        match Manifest::read(&*storage, &dir).await? {
+        let row = match Manifest::read(&*storage, &dir).await? {
             Some(m) => {
                 sealed += 1;
-                let late = m.files.iter().filter(|f| f.late).count();
-                println!(
-                    "{shown}  sealed  files={}  records={}  bytes={}  late={late}",
-                    m.files.len(),
-                    m.records,
-                    m.bytes
-                );
+                let late = m.files.iter().filter(|f| f.late).count() as u64;
+                Row {
+                    minute: shown,
+                    path: dir,
+                    sealed: true,
+                    files: m.files.len() as u64,
+                    records: Some(m.records),
+                    bytes: m.bytes,
+                    late: Some(late),
+                }
             }
             None => {
                 let files: Vec<_> = storage
@@ -101,17 +124,71 @@ pub async fn run(args: LsArgs) -> anyhow::Result<ExitCode> {
                     .into_iter()
                     .filter(|f| !f.is_dir && !Layout::is_hidden(&f.name))
                     .collect();
-                let bytes: u64 = files.iter().map(|f| f.len).sum();
-                println!(
-                    "{shown}  open    files={}  records=-  bytes={bytes}  late=-",
-                    files.len()
-                );
+                Row {
+                    minute: shown,
+                    path: dir,
+                    sealed: false,
+                    files: files.len() as u64,
+                    records: None,
+                    bytes: files.iter().map(|f| f.len).sum(),
+                    late: None,
+                }
             }
+        };
+        if args.json {
+            rows.push(row);
+        } else {
+            println!("{}", row.line());
         }
+    }
+    if args.json {
+        let doc = serde_json::json!({
+            "root": storage.root(),
+            "topic": topic.as_str(),
+            "view": view.name(),
+            "directories": rows,
+            "totals": {"directories": dirs, "sealed": sealed},
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
     }
     eprintln!(
         "{dirs} directories ({sealed} sealed) of {topic} in {}",
         view.dir_name()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// One directory as listed.
+#[derive(Debug, serde::Serialize)]
+struct Row {
+    /// Its minute (the hour stamp in the hourly view).
+    minute: String,
+    /// Its path relative to the root.
+    path: String,
+    /// It has a `_SUCCESS` manifest.
+    sealed: bool,
+    /// Data files (from the manifest when sealed, the listing otherwise).
+    files: u64,
+    /// Records, known once sealed.
+    records: Option<u64>,
+    /// Bytes of its data files.
+    bytes: u64,
+    /// Files of an earlier minute (late data), known once sealed.
+    late: Option<u64>,
+}
+
+impl Row {
+    /// The text line: `<minute>  sealed|open  files=N  records=N|-  bytes=N  late=N|-`.
+    fn line(&self) -> String {
+        let known = |v: Option<u64>| v.map_or("-".to_owned(), |n| n.to_string());
+        format!(
+            "{}  {}  files={}  records={}  bytes={}  late={}",
+            self.minute,
+            if self.sealed { "sealed" } else { "open  " },
+            self.files,
+            known(self.records),
+            self.bytes,
+            known(self.late)
+        )
+    }
 }

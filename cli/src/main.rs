@@ -7,10 +7,12 @@
 mod audit;
 mod check;
 mod collector;
+mod exit_codes;
 mod lag;
 mod logging;
 mod ls;
 mod malloc;
+mod ports;
 mod publish;
 mod signals;
 mod table;
@@ -23,7 +25,7 @@ use clap::{Parser, Subcommand};
 
 /// Conduit: a data bus from serving apps to Hadoop and real-time consumers.
 #[derive(Debug, Parser)]
-#[command(name = "conduit", version, about, long_about = None)]
+#[command(name = "conduit", version, about, long_about = None, after_help = exit_codes::MAIN)]
 struct Cli {
     /// Log format on stderr: `text` for people, `json` for log shippers.
     #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
@@ -41,29 +43,39 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Validate a configuration (or flags) and print the storage layout it implies.
+    #[command(after_help = exit_codes::CHECK)]
     Check(check::CheckArgs),
     /// Run a collector: Scribe-compatible ingest that acknowledges only durable events.
+    #[command(after_help = exit_codes::COLLECTOR)]
     Collector(collector::CollectorArgs),
     /// Publish stdin to a topic, one event per line, with acknowledgements.
+    #[command(after_help = exit_codes::PUBLISH)]
     Publish(publish::PublishArgs),
     /// Print a topic's events as they arrive (PinTail), optionally as a consumer group.
+    #[command(after_help = exit_codes::TAIL)]
     Tail(tail::TailArgs),
     /// Show how far a consumer group is behind, per partition (events, bytes, seconds).
+    #[command(after_help = exit_codes::LAG)]
     Lag(lag::LagArgs),
     /// Check a cluster's sealed directories against their manifests (exit 1 on findings).
+    #[command(after_help = exit_codes::VERIFY)]
     Verify(verify::VerifyArgs),
     /// Count a topic's events per minute at every tier and flag loss or duplication.
+    #[command(after_help = exit_codes::AUDIT)]
     Audit(audit::AuditArgs),
     /// Run a cluster's worker: seal minutes, merge, mirror, compact, purge (one
     /// active per cluster, by lease).
+    #[command(after_help = exit_codes::WORKER)]
     Worker(worker::WorkerArgs),
     /// List a topic's minute directories in a view with sealed state and counts.
+    #[command(after_help = exit_codes::LS)]
     Ls(ls::LsArgs),
     /// Print the SQL (Spark, Hive, Trino) that registers a topic's sealed minutes
     /// or hours as partitions of an external table.
     Table(table::TableArgs),
     /// Run the whole bus on this machine: collectors and workers for two local
     /// datacenters (or the clusters of --config), until Ctrl-C.
+    #[command(after_help = exit_codes::UP)]
     Up(up::UpArgs),
 }
 

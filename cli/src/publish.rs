@@ -4,6 +4,14 @@
 //! Exit status: 0 when every line was acknowledged; 75 (`EX_TEMPFAIL`) when every
 //! line was acknowledged or spooled and some are still in the spool (the next run
 //! with the same `--spool-dir` sends them first); 1 when any line failed.
+//!
+//! A collector that cannot be reached is reported within seconds: when no
+//! collector could be connected to `--give-up-secs` (default 5) after the start
+//! and nothing was acknowledged, and there is no `--spool-dir`, it prints per
+//! address the cause (connection refused, timed out, DNS lookup failed) and the
+//! attempts, and exits 1. Once a collector was reached, a later outage is waited
+//! out up to `--timeout-secs` after the input ends (the error then names the
+//! last connect failure too).
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -50,6 +58,12 @@ pub struct PublishArgs {
     /// directory. Exit status 75 when events remain spooled.
     #[arg(long, value_name = "DIR")]
     spool_dir: Option<PathBuf>,
+
+    /// Exit 1 when no collector could be connected to this many seconds after the
+    /// start, naming each address and why (refused, timed out, DNS); not with
+    /// `--spool-dir`, which spools instead.
+    #[arg(long, default_value_t = 5, value_name = "SECS")]
+    give_up_secs: u64,
 }
 
 /// Publishes stdin, one event per line; exits non-zero if any event was not
@@ -75,9 +89,11 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
     let mut last_report = Instant::now();
     let mut rejected = 0u64;
     let mut lines = 0u64;
-    // Reading stdin blocks; do it on a blocking thread and hand lines over.
+    // Reading stdin blocks; do it on a thread of its own (not the runtime's
+    // blocking pool, which would hold the exit while stdin stays open after
+    // giving up) and hand lines over.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(1024);
-    let reader = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+    let reader = std::thread::spawn(move || -> std::io::Result<()> {
         let stdin = std::io::stdin();
         let mut input = stdin.lock();
         let mut line = Vec::new();
@@ -94,37 +110,78 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
             }
         }
     });
-    while let Some(line) = rx.recv().await {
-        lines += 1;
-        if let Err(e) = publisher.publish(&args.topic, Bytes::from(line)).await {
-            rejected += 1;
-            if rejected <= 10 {
-                eprintln!("line {lines}: {e}");
+    let give_up = args
+        .spool_dir
+        .is_none()
+        .then(|| started + Duration::from_secs(args.give_up_secs));
+    let reading = async {
+        while let Some(line) = rx.recv().await {
+            lines += 1;
+            if let Err(e) = publisher.publish(&args.topic, Bytes::from(line)).await {
+                rejected += 1;
+                if rejected <= 10 {
+                    eprintln!("line {lines}: {e}");
+                }
+            }
+            if show_progress && last_report.elapsed() >= Duration::from_millis(250) {
+                last_report = Instant::now();
+                let s = publisher.stats();
+                let acked = s.acknowledged + s.replayed;
+                let rate = acked as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                eprint!(
+                    "\r{} read, {} acknowledged, {} spooled, {:.0} events/s   ",
+                    lines, acked, s.spool_events, rate
+                );
+                let _ = std::io::stderr().flush();
             }
         }
-        if show_progress && last_report.elapsed() >= Duration::from_millis(250) {
-            last_report = Instant::now();
-            let s = publisher.stats();
-            let acked = s.acknowledged + s.replayed;
-            let rate = acked as f64 / started.elapsed().as_secs_f64().max(1e-9);
-            eprint!(
-                "\r{} read, {} acknowledged, {} spooled, {:.0} events/s   ",
-                lines, acked, s.spool_events, rate
-            );
-            let _ = std::io::stderr().flush();
+    };
+    let mut unreachable = tokio::select! {
+        () = reading => None,
+        errors = wait_unreachable(&publisher, give_up) => Some(errors),
+    };
+    let flushed = match unreachable {
+        // The rest of stdin is not read; the reader thread ends with the process.
+        Some(_) => Ok(Err(conduit_publisher::PublishError::Closed)),
+        None => {
+            reader
+                .join()
+                .map_err(|_| anyhow::anyhow!("stdin reader panicked"))?
+                .context("reading stdin")?;
+            let flush =
+                tokio::time::timeout(Duration::from_secs(args.timeout_secs), publisher.flush());
+            tokio::select! {
+                flushed = flush => flushed,
+                errors = wait_unreachable(&publisher, give_up) => {
+                    unreachable = Some(errors);
+                    Ok(Err(conduit_publisher::PublishError::Closed))
+                }
+            }
         }
-    }
-    reader.await.context("stdin reader failed")??;
-    let flushed =
-        tokio::time::timeout(Duration::from_secs(args.timeout_secs), publisher.flush()).await;
+    };
+    let last_connect_errors = publisher.connect_errors();
     let stats = publisher.stats();
     // Neither acknowledged nor spooled; `failed`: refused by a collector (logged).
     let unacked = stats.queue_depth;
-    let _ = tokio::time::timeout(Duration::from_secs(5), publisher.close()).await;
+    if unreachable.is_some() {
+        // Nothing can be acknowledged: dropping fails what is queued at once.
+        drop(publisher);
+    } else {
+        let _ = tokio::time::timeout(Duration::from_secs(5), publisher.close()).await;
+    }
     if show_progress {
         eprintln!();
     }
     let secs = started.elapsed().as_secs_f64();
+    if let Some(errors) = &unreachable {
+        for e in errors {
+            eprintln!("error: {e}; gave up after {secs:.1} s");
+        }
+        eprintln!(
+            "is a collector running there? start one (conduit collector, or conduit up), \
+             or check --collector; --spool-dir DIR keeps events on disk until one answers"
+        );
+    }
     let failed = rejected + unacked + stats.failed;
     let acked = stats.acknowledged + stats.replayed;
     let spooled = stats.spool_events;
@@ -155,7 +212,40 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
                 "error: {unacked} events not acknowledged within {} s",
                 args.timeout_secs
             );
+            for e in &last_connect_errors {
+                eprintln!("error: {e}");
+            }
             Ok(ExitCode::FAILURE)
         }
+    }
+}
+
+/// The collectors' connect errors when publishing should give up: past
+/// `give_up` (none with a spool), nothing connected and nothing acknowledged yet.
+fn unreachable_collectors(
+    publisher: &Publisher,
+    give_up: Option<Instant>,
+) -> Option<Vec<conduit_publisher::ConnectError>> {
+    if Instant::now() < give_up? {
+        return None;
+    }
+    let stats = publisher.stats();
+    if stats.connected_to != 0 || stats.acknowledged + stats.replayed > 0 {
+        return None;
+    }
+    let errors = publisher.connect_errors();
+    (!errors.is_empty()).then_some(errors)
+}
+
+/// Waits until [`unreachable_collectors`] says to give up (forever with a spool).
+async fn wait_unreachable(
+    publisher: &Publisher,
+    give_up: Option<Instant>,
+) -> Vec<conduit_publisher::ConnectError> {
+    loop {
+        if let Some(errors) = unreachable_collectors(publisher, give_up) {
+            return errors;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -13,6 +13,13 @@
 //! ends the command with an error naming the file and what to do, after the
 //! events before it are printed; it never waits silently. `--skip-corrupt`
 //! skips (and counts) them instead.
+//!
+//! A topic that does not exist ends the command at once (exit 1) with the topics
+//! that do, unless `--wait-for-topic` asks to wait for its first event. A topic
+//! *exists* when it is declared in the config (`[topics.NAME]`) or has a
+//! directory in any tree of the cluster read (for `--view merged`, also of its
+//! mirrors): `data/` (collector files), `streams_local/`, `streams/` or
+//! `streams_hourly/`.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -20,7 +27,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use conduit_core::{Config, Minute, Topic};
+use conduit_core::{Config, Minute, Topic, View};
 use conduit_pintail::{Consumer, ConsumerBuilder, DefaultStart, Message, ReadView, StartTime};
 
 /// Where to read: a config and cluster, or a root.
@@ -91,6 +98,11 @@ pub struct TailArgs {
     /// quarantined) files instead of stopping with an error naming them.
     #[arg(long)]
     skip_corrupt: bool,
+
+    /// Wait for a topic that does not exist yet (no data in the cluster, not
+    /// declared in the config) instead of exiting with the topics that exist.
+    #[arg(long)]
+    wait_for_topic: bool,
 }
 
 /// The consumer builder for `source`: roots, view, encoding, checkpoints.
@@ -124,6 +136,135 @@ pub async fn builder(source: &SourceArgs) -> anyhow::Result<ConsumerBuilder> {
     Ok(b)
 }
 
+/// Fails, naming the topics that exist, when `source.topic` does not: not declared
+/// in the config and no directory in any tree (`data/`, `streams_local/`,
+/// `streams/`, `streams_hourly/`) of the roots read.
+async fn ensure_topic_exists(source: &SourceArgs) -> anyhow::Result<()> {
+    let topic = Topic::new(source.topic.clone()).context("bad --topic")?;
+    let mut roots = Vec::new();
+    let mut declared: Vec<String> = Vec::new();
+    match (&source.config, &source.root) {
+        (Some(path), _) => {
+            let config = Config::load(path)?;
+            if config.topics.contains_key(topic.as_str()) {
+                return Ok(());
+            }
+            declared = config.topics.keys().cloned().collect();
+            roots.push((
+                source.cluster.clone(),
+                config.cluster_root(&source.cluster)?.to_owned(),
+            ));
+            if source.view == "merged" {
+                let mirrors = config.topic(&topic).mirrors;
+                for mirror in mirrors.iter().filter(|m| **m != source.cluster) {
+                    if let Ok(root) = config.cluster_root(mirror) {
+                        roots.push((mirror.clone(), root.to_owned()));
+                    }
+                }
+            }
+        }
+        (None, Some(root)) => roots.push((source.cluster.clone(), root.clone())),
+        (None, None) => anyhow::bail!("give --config FILE or --root DIR|URI"),
+    }
+    let mut existing = std::collections::BTreeSet::new();
+    for (_, root) in &roots {
+        let storage = conduit_core::open_root(root)
+            .await
+            .with_context(|| format!("cannot open storage root {root}"))?;
+        for view in View::ALL {
+            let topics = conduit_core::tree::topics(&*storage, view)
+                .await
+                .with_context(|| format!("listing the topics of {root}"))?;
+            if topics.contains(&topic) {
+                return Ok(());
+            }
+            existing.extend(topics);
+        }
+    }
+    let clusters: Vec<String> = roots
+        .iter()
+        .map(|(name, root)| format!("{name} ({root})"))
+        .collect();
+    let clusters = clusters.join(", ");
+    let wait = "or add --wait-for-topic to wait for its first event";
+    if existing.is_empty() && declared.is_empty() {
+        anyhow::bail!(
+            "no topic {topic} in cluster {clusters}: no topic has data there yet; \
+             publish to it first (conduit publish --topic {topic}), {wait}"
+        );
+    }
+    let with_data: Vec<&str> = existing.iter().map(Topic::as_str).collect();
+    let declared: Vec<&str> = declared.iter().map(String::as_str).collect();
+    let mut known = if with_data.is_empty() {
+        "no topic has data there yet".to_owned()
+    } else {
+        format!("topics with data there: {}", listed(&with_data, 20))
+    };
+    if !declared.is_empty() {
+        known.push_str(&format!(
+            "; declared in the config: {}",
+            listed(&declared, 20)
+        ));
+    }
+    let candidates: Vec<&str> = with_data.iter().chain(&declared).copied().collect();
+    let hint = closest(topic.as_str(), &candidates)
+        .map(|name| format!("did you mean {name}? "))
+        .unwrap_or_default();
+    anyhow::bail!("no topic {topic} in cluster {clusters}: {known}; {hint}check --topic, {wait}")
+}
+
+/// `names` joined with `, `, at most `max` of them and a count of the rest.
+fn listed(names: &[&str], max: usize) -> String {
+    let mut text = names[..names.len().min(max)].join(", ");
+    if names.len() > max {
+        text.push_str(&format!(" and {} more", names.len() - max));
+    }
+    text
+}
+
+/// The name of `names` closest to `typed` when it is a likely typo: at most two
+/// single-character edits (insert, delete, substitute, swap) away, case ignored.
+fn closest<'a>(typed: &str, names: &[&'a str]) -> Option<&'a str> {
+    names
+        .iter()
+        .map(|name| {
+            (
+                edit_distance(&typed.to_lowercase(), &name.to_lowercase()),
+                *name,
+            )
+        })
+        .filter(|(d, _)| *d <= 2)
+        .min()
+        .map(|(_, name)| name)
+}
+
+/// Optimal string alignment distance between `a` and `b` (Levenshtein plus
+/// adjacent swaps), in characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
 /// Parses `--to`: an absolute minute, or a duration before now.
 pub fn parse_minute(text: &str) -> anyhow::Result<Minute> {
     Ok(StartTime::parse(text)?.minute(chrono::Utc::now()))
@@ -149,6 +290,9 @@ fn rand_u16() -> u16 {
 
 /// Runs `conduit tail`.
 pub async fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
+    if !args.wait_for_topic {
+        ensure_topic_exists(&args.source).await?;
+    }
     let mut b = builder(&args.source).await?;
     b = b.skip_corrupt_frames(args.skip_corrupt);
     b = match (&args.from, args.from_beginning) {
@@ -245,4 +389,26 @@ fn write_event(out: &mut impl Write, m: &Message, json: bool) -> std::io::Result
     }
     serde_json::to_writer(&mut *out, &doc)?;
     out.write_all(b"\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_typo_is_matched_to_the_closest_topic() {
+        let names = ["clicks", "views", "_audit"];
+        assert_eq!(closest("clikcs", &names), Some("clicks"));
+        assert_eq!(closest("Clicks", &names), Some("clicks"));
+        assert_eq!(closest("view", &names), Some("views"));
+        assert_eq!(closest("orders", &names), None);
+        assert_eq!(edit_distance("clikcs", "clicks"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+    }
+
+    #[test]
+    fn long_topic_lists_are_capped() {
+        assert_eq!(listed(&["a", "b", "c"], 2), "a, b and 1 more");
+        assert_eq!(listed(&["a", "b"], 2), "a, b");
+    }
 }

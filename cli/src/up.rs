@@ -11,8 +11,13 @@
 //! `<data-dir>/logs/<name>.log`. Ports: the i-th cluster (in config order, from 0)
 //! gets Scribe `--base-port + i`, collector HTTP `--base-http-port + i` and worker
 //! HTTP `--base-http-port + 10 + i`. A child that exits on its own is restarted
-//! with capped backoff. Once every child answers `/health`, it prints what to type
-//! in another terminal to publish and to tail. Ctrl-C (or SIGTERM) stops every
+//! with capped backoff. Before starting anything it bind-probes every port; if one
+//! is in use it names the port, what it was for and the process holding it (pid
+//! and command line, and its `/health` for an HTTP port) and exits 1 without
+//! starting a child. Once every child answers `/health`, it prints a readiness
+//! table (process, pid, ports, health), the status page's URL (the first
+//! worker's HTTP port, `/`) and what to type in another terminal to publish and
+//! to tail. Ctrl-C (or SIGTERM) stops every
 //! child with SIGTERM, waits for their clean shutdown (killing any that take more
 //! than `--stop-timeout` seconds) and exits.
 
@@ -83,6 +88,8 @@ struct Supervised {
     args: Vec<String>,
     log: PathBuf,
     health: String,
+    /// Its listening addresses, as `(what, address)` (`scribe`, `http`).
+    listens: Vec<(&'static str, String)>,
     child: Option<Child>,
     restarts: u32,
     next_start: Instant,
@@ -108,21 +115,90 @@ impl Supervised {
     }
 }
 
-/// GET `/health` on `addr`; true on a 200.
-async fn healthy(addr: &str) -> bool {
+/// What `/health` answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Health {
+    /// The answer was a 200.
+    ok: bool,
+    /// Its `status` field (`ok`, `unhealthy`), or the status line when the body
+    /// is not conduit's JSON.
+    status: String,
+}
+
+/// GET `/health` on `addr` (within 2 s).
+async fn health(addr: &str) -> Option<Health> {
     let attempt = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
         stream
             .write_all(format!("GET /health HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
             .await
             .ok()?;
-        let mut buf = vec![0u8; 64];
-        let n = stream.read(&mut buf).await.ok()?;
-        Some(buf[..n].starts_with(b"HTTP/1.1 200") || buf[..n].starts_with(b"HTTP/1.0 200"))
+        let mut buf = Vec::new();
+        (&mut stream)
+            .take(64 << 10)
+            .read_to_end(&mut buf)
+            .await
+            .ok()?;
+        let text = String::from_utf8_lossy(&buf);
+        let status_line = text.lines().next().unwrap_or_default().to_owned();
+        let ok = status_line.starts_with("HTTP/1.1 200") || status_line.starts_with("HTTP/1.0 200");
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let status = serde_json::from_str::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v["status"].as_str().map(str::to_owned))
+            .unwrap_or(status_line);
+        Some(Health { ok, status })
     };
-    matches!(
-        tokio::time::timeout(Duration::from_secs(2), attempt).await,
-        Ok(Some(true))
+    tokio::time::timeout(Duration::from_secs(2), attempt)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Whether `/health` on `addr` answers 200.
+async fn healthy(addr: &str) -> bool {
+    health(addr).await.is_some_and(|h| h.ok)
+}
+
+/// Fails, naming each busy port, what it was for and who holds it, when any of
+/// the children's addresses cannot be bound.
+async fn ensure_ports_free(children: &[Supervised], args: &UpArgs) -> anyhow::Result<()> {
+    let mut busy = Vec::new();
+    for child in children {
+        for (what, addr) in &child.listens {
+            let Some(e) = crate::ports::busy(addr) else {
+                continue;
+            };
+            let mut line = format!("{addr} ({what} of {}): ", child.name);
+            if !crate::ports::in_use(&e) {
+                line.push_str(&format!("cannot bind: {e}"));
+                busy.push(line);
+                continue;
+            }
+            line.push_str("in use");
+            let port = addr.rsplit_once(':').and_then(|(_, p)| p.parse().ok());
+            match port.and_then(crate::ports::holder) {
+                Some(holder) => line.push_str(&format!(" by {holder}")),
+                None => line.push_str(" by a process this user cannot see"),
+            }
+            if *what == "http" {
+                if let Some(h) = health(addr).await {
+                    line.push_str(&format!("; its /health answers {}", h.status));
+                }
+            }
+            busy.push(line);
+        }
+    }
+    if busy.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "cannot start: {} in use, nothing started:\n  {}\nstop what holds them (another `conduit up`: Ctrl-C it), \
+         or choose other ports with --base-port (now {}) and --base-http-port (now {})",
+        if busy.len() == 1 { "a port is" } else { "ports are" },
+        busy.join("\n  "),
+        args.base_port,
+        args.base_http_port
     )
 }
 
@@ -157,11 +233,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let config = Config::load(&config_path)?;
-    anyhow::ensure!(
-        !config.clusters.is_empty(),
-        "{}: no [clusters.NAME] table, nothing to run",
-        config_path.display()
-    );
+    crate::check::ensure_something_to_run(&config_path, &config)?;
     let logs = data_dir.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
     let config_arg = config_path.display().to_string();
@@ -179,6 +251,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             http.clone(),
             worker_http.clone(),
         ));
+        let scribe_addr = scribe.clone();
         children.push(Supervised {
             name: format!("collector-{name}"),
             args: vec![
@@ -190,11 +263,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
                 "--id".into(),
                 "c1".into(),
                 "--listen".into(),
-                scribe,
+                scribe.clone(),
                 "--http".into(),
                 http.clone(),
             ],
             log: logs.join(format!("collector-{name}.log")),
+            listens: vec![("scribe", scribe_addr), ("http", http.clone())],
             health: http,
             child: None,
             restarts: 0,
@@ -212,12 +286,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
                 worker_http.clone(),
             ],
             log: logs.join(format!("worker-{name}.log")),
+            listens: vec![("http", worker_http.clone())],
             health: worker_http,
             child: None,
             restarts: 0,
             next_start: Instant::now(),
         });
     }
+    ensure_ports_free(&children, &args).await?;
     for child in &mut children {
         child.spawn(&exe)?;
         tracing::info!(name = %child.name, log = %child.log.display(), "started");
@@ -268,7 +344,15 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             }
             if all {
                 announced = true;
-                print_ready(&exe, &config_arg, &data_dir, &ports, started.elapsed());
+                let table = readiness_table(&children).await;
+                print_ready(
+                    &exe,
+                    &config_arg,
+                    &data_dir,
+                    &ports,
+                    &table,
+                    started.elapsed(),
+                );
             } else if !warned && started.elapsed() > Duration::from_secs(60) {
                 warned = true;
                 tracing::warn!(logs = %logs.display(), "not every child is healthy after 60 s; see the logs");
@@ -325,6 +409,7 @@ fn print_ready(
     config: &str,
     data_dir: &Path,
     ports: &[(String, String, String, String)],
+    table: &str,
     took: Duration,
 ) {
     let exe = exe.display();
@@ -335,11 +420,7 @@ fn print_ready(
         took.as_secs_f64()
     );
     println!();
-    for (name, scribe, http, worker_http) in ports {
-        println!(
-            "  {name}: collector scribe {scribe}, metrics http://{http}/metrics; worker metrics http://{worker_http}/metrics"
-        );
-    }
+    print!("{table}");
     println!("  config: {config}");
     println!("  data and logs: {}", data_dir.display());
     println!();
@@ -353,4 +434,54 @@ fn print_ready(
     );
     println!("  {exe} audit --config {config} --topic clicks --from 10m --to 1m");
     println!();
+}
+
+/// The readiness table: each child's name, pid, listening addresses and
+/// `/health` status, then the status page's URL (the first worker's HTTP port)
+/// and where `/metrics` is.
+async fn readiness_table(children: &[Supervised]) -> String {
+    let mut rows = vec![[
+        "process".to_owned(),
+        "pid".to_owned(),
+        "listens".to_owned(),
+        "health".to_owned(),
+    ]];
+    for child in children {
+        let pid = child
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .map_or("-".to_owned(), |p| p.to_string());
+        let listens: Vec<String> = child
+            .listens
+            .iter()
+            .map(|(what, addr)| format!("{what} {addr}"))
+            .collect();
+        let status = health(&child.health)
+            .await
+            .map_or("no answer".to_owned(), |h| h.status);
+        rows.push([child.name.clone(), pid, listens.join(", "), status]);
+    }
+    let widths: Vec<usize> = (0..4)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in &rows {
+        out.push_str(&format!(
+            "  {:<w0$}  {:>w1$}  {:<w2$}  {}\n",
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2]
+        ));
+    }
+    out.push('\n');
+    if let Some(worker) = children.iter().find(|c| c.name.starts_with("worker-")) {
+        out.push_str(&format!("  status page: http://{}/\n", worker.health));
+    }
+    out.push_str("  metrics: http://<http address>/metrics of each process\n");
+    out
 }

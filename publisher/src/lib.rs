@@ -35,6 +35,10 @@
 //!   While connected to a failover collector it tries the preferred one every
 //!   [`PublisherBuilder::preferred_retry`] and moves back once it answers (after the
 //!   batches in flight on the old connection are acknowledged).
+//!   A failed attempt is logged (a warning naming the collector, the cause —
+//!   connection refused, timed out, DNS — and the attempts so far, at most one
+//!   line per 10 s) and [`Publisher::connect_errors`] returns, per collector not
+//!   reachable since the last connection, the same as a [`ConnectError`].
 //! - **Disk spool** (optional, [`PublisherBuilder::spool_dir`]): see below.
 //! - **Old collectors**: a server answering `LogBatch` with `UNKNOWN_METHOD` (a plain
 //!   Scribe server) is detected once (logged) and the publisher falls back to plain
@@ -169,8 +173,11 @@
 //!
 //! [`BlockingPublisher`] offers the same calls to code without an async runtime.
 
+mod connect;
 mod runner;
 mod spool;
+
+pub use connect::{ConnectCause, ConnectError};
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -694,6 +701,9 @@ pub(crate) struct Counters {
     pub spool_events: AtomicU64,
     pub spool_bytes: AtomicU64,
     pub spooling: AtomicU64,
+    /// Per collector (same order as the addresses): the last failed connection
+    /// attempt since a connection last succeeded.
+    pub connect_errors: std::sync::Mutex<Vec<Option<ConnectError>>>,
 }
 
 /// A snapshot of a publisher's counters.
@@ -1119,6 +1129,19 @@ impl Publisher {
         rx.await.map_err(|_| PublishError::Closed)
     }
 
+    /// The collectors that could not be connected to since a connection last
+    /// succeeded (empty while connected or before the first attempt), in the order
+    /// given: address, cause of the last attempt, attempts in a row that failed.
+    pub fn connect_errors(&self) -> Vec<ConnectError> {
+        let errors = self
+            .inner
+            .counters
+            .connect_errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        errors.iter().flatten().cloned().collect()
+    }
+
     /// A snapshot of the counters.
     pub fn stats(&self) -> Stats {
         let c = &self.inner.counters;
@@ -1212,6 +1235,11 @@ impl BlockingPublisher {
     /// See [`Publisher::stats`].
     pub fn stats(&self) -> Stats {
         self.parts().0.stats()
+    }
+
+    /// See [`Publisher::connect_errors`].
+    pub fn connect_errors(&self) -> Vec<ConnectError> {
+        self.parts().0.connect_errors()
     }
 
     /// See [`Publisher::close`]; also stops the runtime thread.

@@ -55,11 +55,11 @@ use conduit_core::{Minute, Topic};
 use rand::Rng;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::connect::{self, ConnectCause, ConnectError};
 use crate::spool::{encode_record, Spool};
 use crate::{Counters, Msg, PublishError, Settings};
 
@@ -1143,12 +1143,46 @@ impl Runner {
         }
     }
 
-    async fn open_conn(&self, index: usize, k: usize, generation: u64) -> Result<Conn, String> {
+    /// The per-collector connect failures shared with [`crate::Publisher`].
+    fn lock_connect_errors(&self) -> std::sync::MutexGuard<'_, Vec<Option<ConnectError>>> {
+        self.counters
+            .connect_errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records (and logs, rate-limited) a failed attempt to reach collector `index`.
+    fn connect_failed(&self, index: usize, cause: ConnectCause) {
+        let collector = &self.settings.collectors[index];
+        let mut errors = self.lock_connect_errors();
+        if errors.len() < self.settings.collectors.len() {
+            errors.resize(self.settings.collectors.len(), None);
+        }
+        let attempts = errors[index].as_ref().map_or(0, |e| e.attempts) + 1;
+        if let Some(suppressed) = conduit_core::ratelimit::allow("publisher_connect_failed") {
+            tracing::warn!(
+                %collector,
+                %cause,
+                attempts,
+                suppressed,
+                "cannot connect to collector; retrying with backoff"
+            );
+        }
+        errors[index] = Some(ConnectError {
+            collector: collector.clone(),
+            cause,
+            attempts,
+        });
+    }
+
+    async fn open_conn(
+        &self,
+        index: usize,
+        k: usize,
+        generation: u64,
+    ) -> Result<Conn, ConnectCause> {
         let addr = &self.settings.collectors[index];
-        let stream = tokio::time::timeout(self.settings.connect_timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| "connect timed out".to_string())?
-            .map_err(|e| e.to_string())?;
+        let stream = connect::open(addr, self.settings.connect_timeout).await?;
         let _ = stream.set_nodelay(true);
         let (mut reader, writer) = stream.into_split();
         let tx = self.replies_tx.clone();
@@ -1227,14 +1261,11 @@ impl Runner {
                         connections = conns.len(),
                         "connected"
                     );
+                    self.lock_connect_errors().clear();
                     self.install(conns, index, generation);
                     return;
                 }
-                Err(e) => tracing::debug!(
-                    collector = %self.settings.collectors[index],
-                    error = %e,
-                    "cannot connect"
-                ),
+                Err(cause) => self.connect_failed(index, cause),
             }
         }
         self.failing();
