@@ -72,6 +72,7 @@ enum Command {
     Ls(ls::LsArgs),
     /// Print the SQL (Spark, Hive, Trino) that registers a topic's sealed minutes
     /// or hours as partitions of an external table.
+    #[command(after_help = exit_codes::TABLE)]
     Table(table::TableArgs),
     /// Run the whole bus on this machine: collectors and workers for two local
     /// datacenters (or the clusters of --config), until Ctrl-C.

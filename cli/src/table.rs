@@ -31,14 +31,6 @@ use conduit_core::{Config, Manifest, Minute, MinuteWalker, Topic, View};
 
 /// Arguments of `conduit table`.
 #[derive(Debug, Args)]
-#[command(after_help = "\
-Exit codes: 0 the statements were printed (possibly with no partition), 1 an error \
-(named on stderr), 2 usage.
-
-Examples:
-  conduit table --root conduit-data/dc1 --topic clicks --view merged | spark-sql
-  conduit table --root hdfs://nn:8020/conduit --topic clicks --format hive > clicks.hql
-  conduit table --root hdfs://nn:8020/conduit --topic clicks --since 1h --partitions-only")]
 pub struct TableArgs {
     /// Configuration file naming the cluster's root.
     #[arg(long, value_name = "FILE")]
