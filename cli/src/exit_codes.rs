@@ -74,6 +74,19 @@ pub const LS: &str = "Exit status:
   1  an error (bad topic, time or config, storage unreachable)
   2  usage error";
 
+/// `conduit table`.
+pub const TABLE: &str = "Exit status:
+  0  the statements were printed (possibly no partition: the summary line on stderr
+     counts the sealed and the not yet sealed directories)
+  1  an error (bad topic, name or time, a root that cannot go in a SQL literal, storage
+     unreachable)
+  2  usage error
+
+Examples:
+  conduit table --root conduit-data/dc1 --topic clicks | spark-sql
+  conduit table --root hdfs://nn:8020/conduit --topic clicks --format hive > clicks.hql
+  conduit table --root hdfs://nn:8020/conduit --topic clicks --since 1h --partitions-only";
+
 /// `conduit up`.
 pub const UP: &str = "Exit status:
   0  stopped cleanly after Ctrl-C (or SIGTERM)

@@ -15,6 +15,7 @@ mod malloc;
 mod ports;
 mod publish;
 mod signals;
+mod table;
 mod tail;
 mod up;
 mod verify;
@@ -69,6 +70,10 @@ enum Command {
     /// List a topic's minute directories in a view with sealed state and counts.
     #[command(after_help = exit_codes::LS)]
     Ls(ls::LsArgs),
+    /// Print the SQL (Spark, Hive, Trino) that registers a topic's sealed minutes
+    /// or hours as partitions of an external table.
+    #[command(after_help = exit_codes::TABLE)]
+    Table(table::TableArgs),
     /// Run the whole bus on this machine: collectors and workers for two local
     /// datacenters (or the clusters of --config), until Ctrl-C.
     #[command(after_help = exit_codes::UP)]
@@ -104,6 +109,7 @@ fn main() -> std::process::ExitCode {
             Command::Up(args) => up::run(args).await,
             Command::Worker(args) => worker::run(args).await,
             Command::Ls(args) => ls::run(args).await,
+            Command::Table(args) => table::run(args).await,
         }
     });
     match result {
