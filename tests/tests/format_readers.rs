@@ -4,7 +4,7 @@
 //! (layout 2: independent frames of whole records, each followed by its batch
 //! marks, an index and a close trailer with a CRC-32C) under the names
 //! `conduit_core::layout::Layout` gives them, then read with tools nobody here
-//! wrote: the `zstd` CLI, Python `zstandard` and DuckDB.
+//! wrote: the `zstd` CLI, Python `zstandard`, DuckDB, polars and pyarrow.
 //!
 //! * (a) a closed `lines` file: 3 frames (batches in the second), 10 000 JSON
 //!   records, index, trailer;
@@ -693,6 +693,52 @@ fn duckdb_reads_json_lines() {
     assert_eq!(got["base64"]["nulls"], empty, "{got}");
     assert_eq!(got["base64"]["chars"], chars, "{got}");
     eprintln!("duckdb on a torn tail: {}", got["torn"]);
+}
+
+const PY_POLARS_PYARROW: &str = r#"
+import io, json, sys, polars as pl, pyarrow as pa, pyarrow.compute as pc, pyarrow.json as pj
+one, glob = sys.argv[1], sys.argv[2]
+out = {}
+df = pl.read_ndjson(one)
+out["polars"] = {"count": df.height, "sum": int(df["amount"].sum()), "max_i": int(df["i"].max())}
+lazy = pl.scan_ndjson(glob).select(pl.len().alias("n"), pl.col("amount").sum().alias("s")).collect()
+out["polars_scan"] = {"count": int(lazy["n"][0]), "sum": int(lazy["s"][0])}
+with pa.input_stream(one, compression="zstd") as stream:
+    table = pj.read_json(io.BytesIO(stream.read()))
+out["pyarrow"] = {"count": table.num_rows, "sum": int(pc.sum(table["amount"]).as_py())}
+print(json.dumps(out))
+"#;
+
+/// polars (`read_ndjson`, `scan_ndjson` over a glob) and pyarrow
+/// (`input_stream(..., compression="zstd")` + `pyarrow.json`) read a closed file
+/// completely: it opens with a data frame (layout 2), so no reader trips on a
+/// skippable frame first (issue 15: polars failed on files that did).
+#[test]
+fn polars_and_pyarrow_read_json_lines() {
+    let test = "polars_and_pyarrow_read_json_lines";
+    if !gate::python(test, "polars") || !gate::python(test, "pyarrow") {
+        return;
+    }
+    let f = fixture();
+    let copies = f.dir.path().join("copies");
+    std::fs::create_dir_all(&copies).unwrap();
+    for name in ["a.zst", "b.zst"] {
+        std::fs::copy(&f.lines_file, copies.join(name)).unwrap();
+    }
+    let got = python_json(
+        PY_POLARS_PYARROW,
+        &[
+            f.lines_file.to_str().unwrap(),
+            copies.join("*.zst").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(got["polars"]["count"], RECORDS, "{got}");
+    assert_eq!(got["polars"]["sum"], f.lines_sum, "{got}");
+    assert_eq!(got["polars"]["max_i"], RECORDS - 1, "{got}");
+    assert_eq!(got["polars_scan"]["count"], 2 * RECORDS, "{got}");
+    assert_eq!(got["polars_scan"]["sum"], 2 * f.lines_sum, "{got}");
+    assert_eq!(got["pyarrow"]["count"], RECORDS, "{got}");
+    assert_eq!(got["pyarrow"]["sum"], f.lines_sum, "{got}");
 }
 
 /// A version 1 marks frame with one entry, byte by byte from `docs/format.md`
