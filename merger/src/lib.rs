@@ -25,6 +25,7 @@
 //! collector file lands in exactly one local minute; `_SUCCESS` is written last;
 //! only the lease holder commits ([`Fence`]).
 
+pub mod audit;
 pub mod checkpoint;
 pub mod daemon;
 mod dedup;
