@@ -35,6 +35,7 @@ pub mod metrics;
 mod quarantine;
 mod rewrite;
 mod seal;
+pub mod status;
 
 pub mod compact;
 mod copy;
@@ -52,6 +53,7 @@ pub use daemon::{Daemon, DaemonStatus};
 pub use lease::{Lease, LeaseRecord, LeaseSettings, LeaseStatus, Monotonic};
 pub use local::LocalJob;
 pub use metrics::{SealProgress, WorkerMetrics};
+pub use status::StatusPage;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
