@@ -46,6 +46,12 @@ use serde::Serialize;
 /// sealing back for `worker.collector_timeout_secs` (120 s by default).
 pub const LATE_AFTER_SECS: u64 = 300;
 
+/// The tier of acknowledged counts.
+pub const ACKED: &str = "acked";
+
+/// The tier of entries sent to `_invalid`.
+pub const INVALID: &str = "invalid";
+
 /// Malformed `_audit` records shown by name.
 pub const MALFORMED_SHOWN: usize = 3;
 
@@ -548,9 +554,11 @@ pub struct Excess {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CellState {
-    /// Sealed (or, for acked and collected, counted) and consistent.
+    /// Sealed and consistent (collected: its local view sealed the minute;
+    /// acked: old enough for every `_audit` record to be in, `--settle-secs`).
     Sealed,
-    /// Not sealed yet, within [`LATE_AFTER_SECS`] (or `--late-secs`).
+    /// Not sealed yet, within [`LATE_AFTER_SECS`] (or `--late-secs`); acked:
+    /// `_audit` records may still come.
     Waiting,
     /// Not sealed longer than that after the minute ended.
     Late,
@@ -630,12 +638,13 @@ impl Row {
         })
     }
 
-    /// Whether every view (local, merged, mirror) has sealed the minute.
+    /// Whether every view (local, merged, mirror) has sealed the minute (acked
+    /// counts still settling do not count: they are not sealed by anyone).
     pub fn sealed(&self) -> bool {
         !self
             .cells
             .iter()
-            .any(|c| matches!(c.state, CellState::Waiting | CellState::Late))
+            .any(|c| c.tier != ACKED && matches!(c.state, CellState::Waiting | CellState::Late))
     }
 }
 
@@ -924,7 +933,7 @@ pub async fn audit_topic(
             CellState::Waiting
         };
         cells.push(Cell {
-            tier: "acked".to_owned(),
+            tier: ACKED.to_owned(),
             count: get(acked_counts),
             state: acked_state,
         });
@@ -986,7 +995,7 @@ pub async fn audit_topic(
         }
         let invalid_here = get(&invalid_records.counts);
         cells.push(Cell {
-            tier: "invalid".to_owned(),
+            tier: INVALID.to_owned(),
             count: invalid_here,
             state: if invalid_here > 0 {
                 CellState::Invalid

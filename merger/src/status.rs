@@ -202,11 +202,11 @@ pub const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1.5em;colo
 h1{font-size:1.4em;margin:0 0 .3em}h2{font-size:1.1em;margin:1.2em 0 .3em}\
 p.meta{color:#555;margin:.2em 0}table{border-collapse:collapse}\
 table.info td,table.info th{border:1px solid #ccc;padding:2px 8px;text-align:left;font-size:.9em}\
-.scroll{overflow-x:auto}table.grid{font-size:10px;font-variant-numeric:tabular-nums}\
-table.grid th{font-weight:normal;padding:1px 3px;white-space:nowrap;text-align:right}\
-table.grid thead th{writing-mode:vertical-rl;transform:rotate(180deg);height:3.5em;color:#555}\
-table.grid td{border:1px solid #fff;min-width:2.4em;height:1.8em;text-align:center;padding:0 2px}\
-.s-sealed{background:#b7dfb9}.s-waiting{background:#e4e4e4;color:#555}.s-late{background:#f6b26b}\
+.scroll{overflow-x:auto}table.grid{font-size:10px;font-variant-numeric:tabular-nums;table-layout:fixed;width:100%;min-width:60em}\
+table.grid th{font-weight:normal;padding:1px 3px;white-space:nowrap;text-align:right;overflow:hidden}\
+table.grid thead th{writing-mode:vertical-rl;transform:rotate(180deg);height:3.5em;width:auto;color:#555;text-align:left}\
+table.grid th.label{width:7em}table.grid td{border:1px solid #fff;height:1.8em;text-align:center;padding:0;overflow:hidden;white-space:nowrap}\
+.s-sealed{background:#b7dfb9}.s-sealed.zero{background:#e6f4e6;color:#9ab}.s-waiting{background:#e4e4e4;color:#555}.s-late{background:#f6b26b}\
 .s-loss{background:#e06666;color:#fff}.s-duplicates{background:#8e7cc3;color:#fff}\
 .s-quarantined{background:#a0522d;color:#fff}.s-invalid{background:#ffd966}\
 .legend span{display:inline-block;padding:2px 8px;margin-right:4px;border-radius:3px;font-size:.85em}\
@@ -466,7 +466,7 @@ pub fn grid(audit: &TopicAudit, out: &mut String) {
     let _ = write!(
         out,
         "<section class=\"topic\" data-topic=\"{topic}\"><h3>{topic}</h3>\
-         <p class=\"summary\">{}</p><div class=\"scroll\"><table class=\"grid\"><thead><tr><th></th>",
+         <p class=\"summary\">{}</p><div class=\"scroll\"><table class=\"grid\"><thead><tr><th class=\"label\"></th>",
         escape(&audit.summary().to_string())
     );
     for row in &audit.rows {
@@ -489,13 +489,15 @@ pub fn grid(audit: &TopicAudit, out: &mut String) {
                 continue;
             };
             let state = cell.state.as_str();
+            let zero = if cell.count == 0 { " zero" } else { "" };
             let _ = write!(
                 out,
-                "<td class=\"s-{state}\" data-topic=\"{topic}\" data-minute=\"{minute}\" \
+                "<td class=\"s-{state}{zero}\" data-topic=\"{topic}\" data-minute=\"{minute}\" \
                  data-tier=\"{tier}\" data-count=\"{count}\" data-state=\"{state}\" \
-                 title=\"{tier} {minute}: {count} ({state})\">{count}</td>",
+                 title=\"{tier} {minute}: {count} ({state})\">{short}</td>",
                 minute = row.minute,
                 count = cell.count,
+                short = compact(cell.count),
             );
         }
         out.push_str("</tr>");
@@ -503,9 +505,52 @@ pub fn grid(audit: &TopicAudit, out: &mut String) {
     out.push_str("</tbody></table></div></section>");
 }
 
+/// `count` in at most 4 characters for a cell (`999`, `1.2k`, `12k`, `3.4M`);
+/// the exact count is in the cell's `title` and `data-count`.
+pub fn compact(count: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [
+        (1_000_000_000_000, "T"),
+        (1_000_000_000, "G"),
+        (1_000_000, "M"),
+        (1_000, "k"),
+    ];
+    for (unit, suffix) in UNITS {
+        if count >= unit {
+            let tenths = count / (unit / 10);
+            return if tenths < 100 {
+                format!("{}.{}{suffix}", tenths / 10, tenths % 10)
+            } else {
+                format!("{}{suffix}", count / unit)
+            };
+        }
+    }
+    count.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_are_compact_in_cells() {
+        let shown: Vec<String> = [0, 999, 1_000, 1_250, 12_345, 999_999, 3_400_000, u64::MAX]
+            .into_iter()
+            .map(compact)
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "0",
+                "999",
+                "1.0k",
+                "1.2k",
+                "12k",
+                "999k",
+                "3.4M",
+                "18446744T"
+            ]
+        );
+    }
 
     #[test]
     fn the_legend_names_every_state() {
