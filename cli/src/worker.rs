@@ -49,7 +49,7 @@ pub struct WorkerArgs {
     #[arg(long, global = true)]
     once: bool,
 
-    /// HTTP listen address for /metrics and /health (daemon mode).
+    /// HTTP listen address for the status page /, /metrics and /health (daemon mode).
     #[arg(
         long,
         value_name = "ADDR",
