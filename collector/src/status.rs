@@ -13,11 +13,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use conduit_core::http::{HttpRequest, HttpResponse, Routes};
-use conduit_core::text::html;
+use conduit_core::text::html as escape;
 use tokio::sync::watch;
 
 use crate::engine::EngineStatus;
-use crate::open::{OpenFiles, OpenRoutes};
+use crate::open::OpenRoutes;
 use crate::server::Shared;
 
 /// The collector's routes: `/` (this page) and the open-file endpoint.
@@ -31,10 +31,6 @@ pub struct CollectorRoutes {
     pub status: watch::Receiver<EngineStatus>,
     /// Where the Scribe listener is.
     pub thrift_addr: String,
-}
-
-fn escape(text: &str) -> String {
-    html(text)
 }
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}\
@@ -113,7 +109,7 @@ impl CollectorRoutes {
             row(key, id, value.load(Ordering::Relaxed).to_string(), "n");
         }
         out.push_str("</table><h2>Topics with open files</h2>");
-        let by_topic = open_files(&self.open.0);
+        let by_topic = self.open.0.open_by_topic();
         if by_topic.is_empty() {
             out.push_str("<p>none</p>");
         } else {
@@ -130,10 +126,6 @@ impl CollectorRoutes {
         out.push_str("</body></html>");
         out
     }
-}
-
-fn open_files(open: &OpenFiles) -> std::collections::BTreeMap<String, usize> {
-    open.open_by_topic()
 }
 
 impl Routes for CollectorRoutes {

@@ -22,10 +22,11 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use conduit_core::heartbeat::Heartbeat;
 use conduit_core::http::{HttpRequest, HttpResponse, Routes};
-use conduit_core::text::html;
+use conduit_core::text::html as escape;
 use conduit_core::tree;
 use conduit_core::{Config, Minute, SharedClock, SharedStorage, Topic, View};
 use tokio::sync::watch;
@@ -78,8 +79,8 @@ impl std::fmt::Debug for Inner {
 /// The last page computed and the computation in progress.
 #[derive(Default)]
 struct Cache {
-    last: Option<(Instant, Arc<String>)>,
-    running: Option<watch::Receiver<Option<Arc<String>>>>,
+    last: Option<(Instant, Bytes)>,
+    running: Option<watch::Receiver<Option<Bytes>>>,
 }
 
 impl StatusPage {
@@ -115,7 +116,7 @@ impl StatusPage {
             let mut cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
             if let Some((at, html)) = &cache.last {
                 if at.elapsed() < CACHE_FOR {
-                    return html_response(200, html.as_str().to_owned());
+                    return html_response(200, html.clone());
                 }
             }
             // A computation whose task ended without a result (abandoned) is
@@ -133,7 +134,7 @@ impl StatusPage {
         let waited = tokio::time::timeout(WAIT_FOR, rx.wait_for(Option::is_some)).await;
         if let Ok(Ok(html)) = waited {
             let html = html.clone().expect("waited for Some");
-            return html_response(200, html.as_str().to_owned());
+            return html_response(200, html);
         }
         let stale = self
             .inner
@@ -142,20 +143,23 @@ impl StatusPage {
             .unwrap_or_else(|p| p.into_inner())
             .last
             .clone();
-        html_response(503, slow_page(self.inner.this.name.as_str(), stale))
+        html_response(
+            503,
+            Bytes::from(slow_page(self.inner.this.name.as_str(), stale)),
+        )
     }
 
     /// Starts computing the page in its own task.
-    fn start(&self) -> watch::Receiver<Option<Arc<String>>> {
+    fn start(&self) -> watch::Receiver<Option<Bytes>> {
         let (tx, rx) = watch::channel(None);
         let inner = Arc::clone(&self.inner);
         tokio::spawn(async move {
             let started = Instant::now();
             match tokio::time::timeout(GIVE_UP_AFTER, compute(&inner)).await {
                 Ok(html) => {
-                    let html = Arc::new(html);
+                    let html = Bytes::from(html);
                     let mut cache = inner.cache.lock().unwrap_or_else(|p| p.into_inner());
-                    cache.last = Some((Instant::now(), Arc::clone(&html)));
+                    cache.last = Some((Instant::now(), html.clone()));
                     cache.running = None;
                     drop(cache);
                     let _ = tx.send(Some(html));
@@ -187,14 +191,13 @@ impl Routes for StatusPage {
     }
 }
 
-fn html_response(status: u16, body: String) -> HttpResponse {
-    let mut response = HttpResponse::text(status, body);
-    response.content_type = HTML_CONTENT_TYPE;
-    response.with_header("cache-control", "no-store")
-}
-
-fn escape(text: &str) -> String {
-    html(text)
+fn html_response(status: u16, body: Bytes) -> HttpResponse {
+    HttpResponse {
+        status,
+        content_type: HTML_CONTENT_TYPE,
+        headers: vec![("cache-control", "no-store".to_owned())],
+        body,
+    }
 }
 
 /// The page's stylesheet, inline: one colour per [`CellState`].
@@ -241,7 +244,7 @@ pub fn legend() -> String {
 }
 
 /// The page shown when the computation did not finish within [`WAIT_FOR`].
-fn slow_page(cluster: &str, stale: Option<(Instant, Arc<String>)>) -> String {
+fn slow_page(cluster: &str, stale: Option<(Instant, Bytes)>) -> String {
     let mut out = format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>conduit worker {0}</title>\
          <style>{STYLE}</style></head><body><h1>conduit worker {0}</h1>\
@@ -257,8 +260,9 @@ fn slow_page(cluster: &str, stale: Option<(Instant, Arc<String>)>) -> String {
             at.elapsed().as_secs()
         );
         // The body of the previous page.
-        if let Some(body) = html
-            .split_once("<body>")
+        if let Some(body) = std::str::from_utf8(&html)
+            .ok()
+            .and_then(|html| html.split_once("<body>"))
             .and_then(|(_, rest)| rest.rsplit_once("</body>"))
         {
             out.push_str(body.0);
