@@ -3,8 +3,8 @@
 //! One server-rendered HTML page (inline CSS, no script) of what the collector
 //! already knows in memory, so it costs no storage call: who it is and where it
 //! listens, storage health, spool and watermark (the heartbeat's fields), open
-//! connections, in-flight bytes, open data files by topic, and the call totals
-//! of fb303's `getCounters`. Every other path goes to the open-file routes.
+//! connections, in-flight bytes and open data files (each beside its limit), open
+//! data files by topic, and the call totals of fb303's `getCounters`. Every other path goes to the open-file routes.
 
 use std::fmt::Write as _;
 use std::future::Future;
@@ -65,10 +65,17 @@ impl CollectorRoutes {
             ("unhealthy: writing to the spool", "bad")
         };
         row("storage", "storage", health.to_owned(), class);
+        let limits = &s.limits;
         row(
             "spooled bytes",
             "spooled",
             status.spooled_bytes.to_string(),
+            "n",
+        );
+        row(
+            "spool limit",
+            "spool-limit",
+            limits.spool_max_bytes.to_string(),
             "n",
         );
         row(
@@ -87,15 +94,33 @@ impl CollectorRoutes {
             "n",
         );
         row(
+            "connection limit",
+            "connection-limit",
+            limits.max_connections.to_string(),
+            "n",
+        );
+        row(
             "in-flight bytes",
             "inflight",
             m.inflight_bytes.get().to_string(),
             "n",
         );
         row(
+            "in-flight limit",
+            "inflight-limit",
+            limits.max_inflight_bytes.to_string(),
+            "n",
+        );
+        row(
             "open data files",
             "open-files",
             m.open_files.get().to_string(),
+            "n",
+        );
+        row(
+            "open data file limit",
+            "open-file-limit",
+            limits.open_files_limit().to_string(),
             "n",
         );
         let t = &s.totals;
