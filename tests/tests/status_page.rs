@@ -1,11 +1,13 @@
 //! Issue 19, "a page that shows the bus", in a real headless browser (Debian's
-//! `chromium`): a `conduit collector` and a `conduit worker` run, `conduit
-//! publish` sends events to two topics, and once their minutes are sealed the
-//! worker's page at `/` is loaded, screenshotted (a real PNG of the window's
-//! size) and its DOM dumped: every cell of the grid (`data-topic`,
-//! `data-minute`, `data-tier`, `data-count`) must say what `conduit audit --json`
-//! says for the same minutes, sealed minutes must show as sealed and nothing
-//! as loss or duplicates. The collector's page at `/` loads too.
+//! `chromium`): two clusters (dc1 merges both, dc2 mirrors it), each with a
+//! `conduit collector` and a `conduit worker`; `conduit publish` sends one topic
+//! to each cluster, and once their minutes are sealed, merged and mirrored, dc1's
+//! worker page at `/` is loaded, screenshotted (a real PNG of the window's size)
+//! and its DOM dumped: every cell of the grid (`data-topic`, `data-minute`,
+//! `data-tier`, `data-count`; tiers acked, collected, local, merged, mirror,
+//! invalid) must say what `conduit audit --json` says for the same minutes,
+//! sealed minutes must show as sealed and nothing as loss or duplicates. The
+//! collector's page at `/` loads too.
 //!
 //! Without `chromium` the test is skipped on a developer machine and fails under
 //! CI (`.ci/run` installs it).
@@ -17,7 +19,6 @@ use std::time::Duration;
 
 use conduit_core::Minute;
 use conduit_testkit::gate;
-use conduit_testkit::minutes::sealed_dirs;
 use conduit_testkit::process::{http_get, run_conduit, CollectorProcess, Ran, WorkerProcess};
 use conduit_testkit::wait::until_blocking;
 
@@ -26,8 +27,19 @@ const TEST: &str = "status_page";
 const COMMAND_DEADLINE: Duration = Duration::from_secs(60);
 /// Sealing waits for the minute to end, then for the collector's watermark.
 const SEAL_DEADLINE: Duration = Duration::from_secs(150);
-/// Events published per topic.
-const TOPICS: [(&str, usize); 2] = [("clicks", 300), ("views", 120)];
+/// Topics, the cluster whose collector receives them, events published.
+const TOPICS: [(&str, &str, usize); 2] = [("clicks", "dc1", 300), ("views", "dc2", 120)];
+/// The tiers of a topic in this layout.
+const TIERS: [&str; 8] = [
+    "acked",
+    "collected:dc1",
+    "collected:dc2",
+    "local:dc1",
+    "local:dc2",
+    "merged:dc1",
+    "mirror:dc2",
+    "invalid",
+];
 /// The screenshot's window.
 const WINDOW: (u32, u32) = (1600, 1200);
 
@@ -169,12 +181,51 @@ fn conduit(args: &[&str], input: &[u8]) -> Ran {
     run_conduit(args, input, COMMAND_DEADLINE).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Records in the sealed local minutes of `topic`.
-fn sealed_records(root: &Path, topic: &str) -> u64 {
-    sealed_dirs(root, topic)
-        .values()
-        .flat_map(|(manifest, _)| manifest.files.iter().map(|f| f.records))
-        .sum()
+/// Whether the page shows every event of every topic sealed in the local views,
+/// the merged view and the mirror.
+fn sealed_on_page(page: &str) -> bool {
+    let cells = grid_cells(page);
+    TOPICS.iter().all(|(topic, _, n)| {
+        ["local:", "merged:dc1", "mirror:dc2"].iter().all(|tier| {
+            let held = cells
+                .iter()
+                .filter(|((t, _, k), c)| t == topic && k.starts_with(tier) && c.count > 0);
+            held.clone().all(|(_, c)| c.state == "sealed")
+                && held.map(|(_, c)| c.count).sum::<u64>() == *n as u64
+        })
+    })
+}
+
+fn write_config(dir: &Path) -> PathBuf {
+    let path = dir.join("conduit.toml");
+    let root = |cluster: &str| {
+        let root = dir.join(cluster);
+        std::fs::create_dir_all(&root).unwrap();
+        root.display().to_string()
+    };
+    std::fs::write(
+        &path,
+        format!(
+            r#"[clusters.dc1]
+root = "{}"
+
+[clusters.dc2]
+root = "{}"
+
+[topic_defaults]
+merge_into = "dc1"
+merge_sources = ["dc1", "dc2"]
+mirrors = ["dc2"]
+
+[worker]
+interval_ms = 200
+"#,
+            root("dc1"),
+            root("dc2")
+        ),
+    )
+    .unwrap();
+    path
 }
 
 /// Checks the PNG signature and that the image has the window's size.
@@ -208,15 +259,29 @@ fn the_status_pages_show_the_grid_audit_computes() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let root_path = dir.path().join("root");
-    std::fs::create_dir_all(&root_path).unwrap();
-    let root = root_path.display().to_string();
+    let config = write_config(dir.path());
+    let cfg = config.to_str().unwrap();
     let logs = dir.path().join("logs");
-    let collector = CollectorProcess::start(&root, "c1", &[], &logs).expect("collector starts");
-    let worker = WorkerProcess::start(&["--root", &root, "--interval-ms", "200"], &logs)
-        .expect("worker starts");
+    let collectors: BTreeMap<&str, CollectorProcess> = ["dc1", "dc2"]
+        .into_iter()
+        .map(|cluster| {
+            let root = dir.path().join(cluster).display().to_string();
+            let extra = ["--config", cfg, "--cluster", cluster];
+            let collector =
+                CollectorProcess::start(&root, "c1", &extra, &logs).expect("collector starts");
+            (cluster, collector)
+        })
+        .collect();
+    let workers: Vec<WorkerProcess> = ["dc1", "dc2"]
+        .into_iter()
+        .map(|cluster| {
+            WorkerProcess::start(&["--config", cfg, "--cluster", cluster], &logs)
+                .expect("worker starts")
+        })
+        .collect();
+    let worker = &workers[0];
 
-    for (topic, n) in TOPICS {
+    for (topic, cluster, n) in TOPICS {
         let input: String = (0..n).map(|i| format!("{{\"n\":{i}}}\n")).collect();
         let ran = conduit(
             &[
@@ -224,44 +289,25 @@ fn the_status_pages_show_the_grid_audit_computes() {
                 "--topic",
                 topic,
                 "--collector",
-                &collector.thrift_addr,
+                &collectors[cluster].thrift_addr,
             ],
             input.as_bytes(),
         );
         assert_eq!(ran.code, 0, "{ran:?}");
     }
+    // The page is cached for a few seconds: it shows the seal a little after.
     until_blocking(
-        "every published event in sealed minutes",
-        SEAL_DEADLINE,
-        || {
-            TOPICS
-                .iter()
-                .all(|(topic, n)| sealed_records(&root_path, topic) == *n as u64)
-                .then_some(())
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}; worker log:\n{}", worker.log()));
-
-    // The page is cached for a few seconds: wait until it shows the seal.
-    let sealed_on_page = |page: &str| {
-        let cells = grid_cells(page);
-        TOPICS.iter().all(|(topic, n)| {
-            let local = cells
-                .iter()
-                .filter(|((t, _, tier), c)| t == topic && tier == "local:dc1" && c.count > 0);
-            local.clone().all(|(_, c)| c.state == "sealed")
-                && local.map(|(_, c)| c.count).sum::<u64>() == *n as u64
-        })
-    };
-    until_blocking(
-        "the worker's page to show the sealed minutes",
+        "dc1's page to show every event sealed, merged and mirrored",
         SEAL_DEADLINE,
         || {
             let (status, page) = http_get(&worker.http_addr, "/").ok()?;
             (status == 200 && sealed_on_page(&page)).then_some(())
         },
     )
-    .unwrap_or_else(|e| panic!("{e}; worker log:\n{}", worker.log()));
+    .unwrap_or_else(|e| {
+        let logs: Vec<String> = workers.iter().map(|w| w.log()).collect();
+        panic!("{e}; worker logs:\n{}", logs.join("\n"))
+    });
 
     let browser = Browser::new();
     let url = format!("http://{}/", worker.http_addr);
@@ -270,7 +316,10 @@ fn the_status_pages_show_the_grid_audit_computes() {
         dom.contains("<h1>conduit worker dc1</h1>"),
         "not the worker's page:\n{dom}"
     );
-    assert!(dom.contains("data-collector=\"c1\""), "no heartbeat of c1");
+    assert!(
+        dom.contains("data-collector=\"c1\""),
+        "no heartbeat of dc1's c1"
+    );
     assert!(dom.contains("data-holder=\"dc1/"), "no lease holder");
     let cells = grid_cells(&dom);
     assert!(sealed_on_page(&dom), "chromium's DOM lost the seal");
@@ -292,16 +341,18 @@ fn the_status_pages_show_the_grid_audit_computes() {
         to,
         "the page shows the last hour"
     );
-    for (topic, n) in TOPICS {
+    for (topic, _, n) in TOPICS {
         let ran = conduit(
             &[
-                "audit", "--root", &root, "--topic", topic, "--from", &from, "--to", &to, "--json",
+                "audit", "--config", cfg, "--topic", topic, "--from", &from, "--to", &to, "--json",
             ],
             b"",
         );
         let report: serde_json::Value = serde_json::from_str(&ran.stdout)
             .unwrap_or_else(|e| panic!("audit output is not JSON ({e}): {ran:?}"));
-        assert_eq!(report["totals"]["local:dc1"], n, "{report}");
+        for tier in ["merged:dc1", "mirror:dc2"] {
+            assert_eq!(report["totals"][tier], n, "{report}");
+        }
         let rows = report["minutes"].as_array().expect("minutes");
         assert_eq!(rows.len(), 60, "{report}");
         let mut compared = 0;
@@ -323,10 +374,15 @@ fn the_status_pages_show_the_grid_audit_computes() {
                 compared += 1;
             }
         }
-        // acked, collected:dc1, local:dc1, invalid: every cell of the topic.
         let on_page = cells.keys().filter(|(t, _, _)| t == topic).count();
         assert_eq!(compared, on_page, "every cell of {topic} compared");
-        assert_eq!(on_page, 60 * 4);
+        assert_eq!(on_page, 60 * TIERS.len());
+        for tier in TIERS {
+            assert!(
+                cells.keys().any(|(t, _, k)| t == topic && k == tier),
+                "no {tier} row for {topic}"
+            );
+        }
     }
     let bad: Vec<_> = cells
         .iter()
@@ -344,6 +400,7 @@ fn the_status_pages_show_the_grid_audit_computes() {
     }
 
     // The collector's own page.
+    let collector = &collectors["dc1"];
     let page = browser.dump_dom(&format!("http://{}/", collector.http_addr));
     for expected in [
         "<h1>conduit collector c1</h1>",
@@ -354,7 +411,11 @@ fn the_status_pages_show_the_grid_audit_computes() {
     ] {
         assert!(page.contains(expected), "{expected} missing:\n{page}");
     }
-    let entries: usize = TOPICS.iter().map(|(_, n)| n).sum();
+    let entries: usize = TOPICS
+        .iter()
+        .filter(|(_, cluster, _)| *cluster == "dc1")
+        .map(|(_, _, n)| n)
+        .sum();
     let counted = page
         .split("<td id=\"entries\" class=\"n\">")
         .nth(1)
