@@ -13,10 +13,11 @@
 //! Rendering reads every topic's files of the hour, so the page is computed at
 //! most once per [`CACHE_FOR`] and by one task at a time; concurrent requests
 //! share its result. A request waits for it at most [`WAIT_FOR`]: when storage is
-//! slower, the page says so (showing the previous result, if any, with its age)
-//! while the computation goes on for the next request. A computation that takes
-//! longer than [`GIVE_UP_AFTER`] is abandoned, so a hung storage call cannot keep
-//! the page from ever being computed again.
+//! slower, the page says so, with the previous result and its age (`200`) or,
+//! before any, alone (`503`), while the computation goes on for the next
+//! request. A computation that takes longer than [`GIVE_UP_AFTER`] is
+//! abandoned, so a hung storage call cannot keep the page from ever being
+//! computed again.
 
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
@@ -143,10 +144,8 @@ impl StatusPage {
             .unwrap_or_else(|p| p.into_inner())
             .last
             .clone();
-        html_response(
-            503,
-            Bytes::from(slow_page(self.inner.this.name.as_str(), stale)),
-        )
+        let (status, page) = slow_page(self.inner.this.name.as_str(), stale);
+        html_response(status, Bytes::from(page))
     }
 
     /// Starts computing the page in its own task.
@@ -243,33 +242,43 @@ pub fn legend() -> String {
     out
 }
 
-/// The page shown when the computation did not finish within [`WAIT_FOR`].
-fn slow_page(cluster: &str, stale: Option<(Instant, Bytes)>) -> String {
+/// The page shown when the computation did not finish within [`WAIT_FOR`]:
+/// `200` with the previous page (its age said first) when there is one, else
+/// `503`.
+fn slow_page(cluster: &str, stale: Option<(Instant, Bytes)>) -> (u16, String) {
     let mut out = format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>conduit worker {0}</title>\
-         <style>{STYLE}</style></head><body><h1>conduit worker {0}</h1>\
-         <p class=\"error\" id=\"slow\">storage did not answer within {1} s: the status is still \
-         being computed, reload in a few seconds</p>",
-        escape(cluster),
-        WAIT_FOR.as_secs()
+         <style>{STYLE}</style></head><body><h1>conduit worker {0}</h1>",
+        escape(cluster)
     );
-    if let Some((at, html)) = stale {
-        let _ = write!(
-            out,
-            "<p class=\"meta\">the last status, computed {} s ago, follows</p>",
-            at.elapsed().as_secs()
-        );
-        // The body of the previous page.
-        if let Some(body) = std::str::from_utf8(&html)
-            .ok()
-            .and_then(|html| html.split_once("<body>"))
-            .and_then(|(_, rest)| rest.rsplit_once("</body>"))
-        {
-            out.push_str(body.0);
+    let waited = WAIT_FOR.as_secs();
+    // The previous page after its title.
+    let previous = stale.as_ref().and_then(|(at, html)| {
+        let html = std::str::from_utf8(html).ok()?;
+        let (_, rest) = html.split_once("</h1>")?;
+        let (body, _) = rest.rsplit_once("</body>")?;
+        Some((at.elapsed().as_secs(), body))
+    });
+    let status = match previous {
+        Some((age, body)) => {
+            let _ = write!(
+                out,
+                "<p class=\"error\" id=\"slow\">storage did not answer within {waited} s: \
+                 this is the status computed {age} s ago; a new one is being computed</p>{body}"
+            );
+            200
         }
-    }
+        None => {
+            let _ = write!(
+                out,
+                "<p class=\"error\" id=\"slow\">storage did not answer within {waited} s: \
+                 the status is still being computed, reload in a few seconds</p>"
+            );
+            503
+        }
+    };
     out.push_str("</body></html>");
-    out
+    (status, out)
 }
 
 /// Computes the whole page.

@@ -1,7 +1,8 @@
 //! The worker's status page when storage stalls: a request is answered within
 //! `WAIT_FOR` with a `503` saying storage did not answer (never hangs the
 //! listener's connection), one computation runs however many requests come, and
-//! once storage answers again the page shows the grid.
+//! once storage answers again the page shows the grid. When storage stalls
+//! again, the previous page is served (`200`) with its age and the warning.
 //!
 //! Storage is local disk behind a wrapper whose listings block until released:
 //! the hang a stuck NameNode causes, made on purpose.
@@ -133,6 +134,36 @@ async fn a_stalled_storage_gets_a_503_in_bounded_time_then_the_grid() {
         last.contains("clicks: 60 minutes, 60 sealed"),
         "an empty topic: {last}"
     );
+
+    // Storage stalls again: once the cached page has expired, a request gets it
+    // back within the wait, with its age and the warning.
+    stall.send(true).unwrap();
+    wait::until(
+        "the previous page with a warning",
+        Duration::from_secs(30),
+        || {
+            let (page, seen) = (page.clone(), seen.clone());
+            async move {
+                let started = Instant::now();
+                let answer = page.render().await;
+                assert!(started.elapsed() < WAIT_FOR + Duration::from_secs(2));
+                let text = body(&answer);
+                let done =
+                    text.contains("storage did not answer within 3 s: this is the status computed");
+                *seen.lock().unwrap() = text;
+                done.then(|| assert_eq!(answer.status, 200)).is_some()
+            }
+        },
+    )
+    .await;
+    let stale = seen.lock().unwrap().clone();
+    assert!(stale.contains("data-topic=\"clicks\""), "{stale}");
+    assert_eq!(
+        stale.matches("<h1>").count(),
+        1,
+        "one title, the previous page's body after it: {stale}"
+    );
+    stall.send(false).unwrap();
 }
 
 /// Three renders at once.
