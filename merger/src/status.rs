@@ -49,6 +49,11 @@ pub const GIVE_UP_AFTER: Duration = Duration::from_secs(60);
 /// Minutes shown per topic (the last hour, the current minute included).
 pub const MINUTES_SHOWN: i64 = 60;
 
+/// Topics shown at most (by name), so the page's cost and size stay bounded
+/// (each topic is an audit of the hour and a grid of 50 to 100 KB); the others
+/// are named.
+pub const MAX_TOPICS: usize = 50;
+
 /// `conduit audit`'s default for the duplicate judgement's settling time.
 const SETTLE_SECS: u64 = 180;
 
@@ -445,6 +450,21 @@ async fn topics_section(inner: &Inner, now: DateTime<Utc>, out: &mut String) {
     if topics.is_empty() {
         out.push_str("<p class=\"meta\">no topic has data yet</p>");
         return;
+    }
+    let mut topics = topics;
+    if topics.len() > MAX_TOPICS {
+        let left: Vec<String> = topics[MAX_TOPICS..]
+            .iter()
+            .map(|t| escape(t.as_str()))
+            .collect();
+        let _ = write!(
+            out,
+            "<p class=\"meta\" id=\"more-topics\">the first {MAX_TOPICS} topics by name are shown; \
+             {} more (<code>conduit audit --topic T --only-problems</code> shows any): {}</p>",
+            left.len(),
+            left.join(", ")
+        );
+        topics.truncate(MAX_TOPICS);
     }
     let Ok(to) = Minute::from_datetime(now) else {
         return;

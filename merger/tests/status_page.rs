@@ -18,7 +18,7 @@ use conduit_core::http::HttpResponse;
 use conduit_core::storage::{CreateMode, FileStatus, FileWriter, RenameMode, StorageResult};
 use conduit_core::{Config, NodeName, SharedStorage, Storage, SystemClock};
 use conduit_merger::daemon::DaemonStatus;
-use conduit_merger::status::{StatusPage, WAIT_FOR};
+use conduit_merger::status::{StatusPage, MAX_TOPICS, WAIT_FOR};
 use conduit_merger::Cluster;
 use conduit_testkit::local_storage;
 use conduit_testkit::wait;
@@ -170,4 +170,50 @@ async fn a_stalled_storage_gets_a_503_in_bounded_time_then_the_grid() {
 async fn futures_join(page: &StatusPage) -> Vec<HttpResponse> {
     let (a, b, c) = tokio::join!(page.render(), page.render(), page.render());
     vec![a, b, c]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_most_max_topics_are_shown_and_the_others_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = local_storage(dir.path());
+    for i in 0..=MAX_TOPICS {
+        storage
+            .mkdirs(&format!("streams_local/t{i:03}"))
+            .await
+            .unwrap();
+    }
+    let this = Cluster {
+        name: NodeName::new("dc1").unwrap(),
+        storage,
+    };
+    let page = StatusPage::new(
+        this.clone(),
+        [this],
+        Arc::new(Config::default()),
+        SystemClock::shared(),
+        Arc::new(Mutex::new(DaemonStatus::default())),
+    );
+    // On a slow machine the first request may get the 503 of a page still
+    // being computed; the computation goes on.
+    let seen = Arc::new(Mutex::new(String::new()));
+    wait::until("the page", Duration::from_secs(60), || {
+        let (page, seen) = (page.clone(), seen.clone());
+        async move {
+            let answer = page.render().await;
+            *seen.lock().unwrap() = body(&answer);
+            answer.status == 200
+        }
+    })
+    .await;
+    let text = seen.lock().unwrap().clone();
+    assert_eq!(text.matches("<section class=\"topic\"").count(), MAX_TOPICS);
+    assert!(
+        text.contains(&format!(
+            "the first {MAX_TOPICS} topics by name are shown; 1 more"
+        )),
+        "{text}"
+    );
+    let last = format!("t{MAX_TOPICS:03}");
+    assert!(text.contains(&format!(": {last}</p>")), "{text}");
+    assert!(!text.contains(&format!("data-topic=\"{last}\"")));
 }
