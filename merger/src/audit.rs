@@ -347,35 +347,58 @@ impl Acked {
     }
 }
 
-/// Whether a JSON payload names `topic` in its `topic` field; `None` when it has
-/// no readable `topic`.
-fn names_topic(payload: &[u8], topic: &Topic) -> Option<bool> {
+/// The `topic` field of a JSON payload, when it has a readable one.
+fn named_topic(payload: &[u8]) -> Option<String> {
     let value = serde_json::from_slice::<serde_json::Value>(payload).ok()?;
-    let named = value.get("topic")?.as_str()?;
-    Some(named == topic.as_str())
+    Some(value.get("topic")?.as_str()?.to_owned())
 }
 
-/// Whether an `_audit` payload that is not a valid record may concern `topic`:
-/// it names `topic`, or no readable topic at all.
-fn may_concern(payload: &[u8], topic: &Topic) -> bool {
-    names_topic(payload, topic) != Some(false)
+/// The entry of `found` for the topic named `name`.
+fn find_mut<'a, T>(found: &'a mut BTreeMap<Topic, T>, name: &str) -> Option<&'a mut T> {
+    found
+        .iter_mut()
+        .find(|(t, _)| t.as_str() == name)
+        .map(|(_, v)| v)
 }
 
-/// Acknowledged counts for `topic` from the `_audit` records in `storage`, each
-/// validated ([`AuditRecord::parse`]) before it is summed.
+/// The entries of `found` an `_audit` payload that is not a valid record may
+/// concern ([`may_concern`]): the topic it names, or every one when it names none.
+fn concerned<'a, T>(
+    found: &'a mut BTreeMap<Topic, T>,
+    payload: &[u8],
+) -> impl Iterator<Item = &'a mut T> + 'a {
+    let named = named_topic(payload);
+    found
+        .iter_mut()
+        .filter(move |(topic, _)| may_concern(named.as_deref(), topic))
+        .map(|(_, v)| v)
+}
+
+/// Whether an `_audit` payload that is not a valid record, whose readable
+/// `topic` field is `named`, may concern `topic`: it names `topic`, or no topic.
+fn may_concern(named: Option<&str>, topic: &Topic) -> bool {
+    named.is_none_or(|n| n == topic.as_str())
+}
+
+/// Acknowledged counts for each of `topics` from the `_audit` records in
+/// `storage` (read once for all of them), each validated ([`AuditRecord::parse`])
+/// before it is summed, added to `into`.
 async fn acked(
     storage: &dyn Storage,
-    topic: &Topic,
+    topics: &[Topic],
     from: Minute,
     to: Minute,
-    into: &mut Acked,
+    into: &mut BTreeMap<Topic, Acked>,
 ) -> Result<(), AuditError> {
     let audit = Topic::audit();
     // Audit records are written a little after their minute: look from one hour
     // before `from` (clock skew) to the end.
     let start = from.add_minutes(-60).unwrap_or(from);
     let found = retry_moved(|| async {
-        let mut found = Acked::default();
+        let mut found: BTreeMap<Topic, Acked> = topics
+            .iter()
+            .map(|t| (t.clone(), Acked::default()))
+            .collect();
         for file in collector_files(storage, &audit, start).await? {
             let decoded = read_file(storage, &file.path, Encoding::Lines)
                 .await
@@ -388,22 +411,25 @@ async fn acked(
                 match AuditRecord::parse(&payload) {
                     Ok(record) => {
                         // The minute before `from` too: its events can arrive in
-                        // `from` (see the duplicate judgement in `audit_topic`).
+                        // `from` (see the duplicate judgement in `audit_topics`).
                         let first = from.prev().unwrap_or(from);
-                        if record.topic == *topic && record.minute >= first && record.minute <= to {
-                            if let Err(reason) = found.add(record.minute, record.acked) {
-                                found.malformed(&file.path, &reason);
+                        let Some(topic) = found.get_mut(&record.topic) else {
+                            continue;
+                        };
+                        if record.minute >= first && record.minute <= to {
+                            if let Err(reason) = topic.add(record.minute, record.acked) {
+                                topic.malformed(&file.path, &reason);
                             }
                         }
                     }
                     Err(AuditRecordError::OtherVersion { .. }) => {
-                        if may_concern(&payload, topic) {
-                            found.other_version += 1;
+                        for topic in concerned(&mut found, &payload) {
+                            topic.other_version += 1;
                         }
                     }
                     Err(AuditRecordError::Malformed { reason }) => {
-                        if may_concern(&payload, topic) {
-                            found.malformed(&file.path, &reason);
+                        for topic in concerned(&mut found, &payload) {
+                            topic.malformed(&file.path, &reason);
                         }
                     }
                 }
@@ -412,18 +438,21 @@ async fn acked(
         Ok(found)
     })
     .await?;
-    for (minute, acked) in found.counts {
-        if let Err(reason) = into.add(minute, acked) {
-            into.malformed("(all clusters)", &reason);
+    for (topic, found) in found {
+        let into = into.entry(topic).or_default();
+        for (minute, acked) in found.counts {
+            if let Err(reason) = into.add(minute, acked) {
+                into.malformed("(all clusters)", &reason);
+            }
         }
-    }
-    into.malformed += found.malformed;
-    for example in found.malformed_examples {
-        if into.malformed_examples.len() < MALFORMED_SHOWN {
-            into.malformed_examples.push(example);
+        into.malformed += found.malformed;
+        for example in found.malformed_examples {
+            if into.malformed_examples.len() < MALFORMED_SHOWN {
+                into.malformed_examples.push(example);
+            }
         }
+        into.other_version += found.other_version;
     }
-    into.other_version += found.other_version;
     Ok(())
 }
 
@@ -439,16 +468,20 @@ pub struct Invalid {
     pub audit_refused: u64,
 }
 
-/// Reads the `_invalid` records of `storage` in `[from, to]` (arrival minute).
+/// Reads the `_invalid` records of `storage` in `[from, to]` (arrival minute)
+/// once for all of `topics`, adding each topic's to `into`.
 async fn invalid(
     storage: &dyn Storage,
-    topic: &Topic,
+    topics: &[Topic],
     from: Minute,
     to: Minute,
-    into: &mut Invalid,
+    into: &mut BTreeMap<Topic, Invalid>,
 ) -> Result<(), AuditError> {
     let found = retry_moved(|| async {
-        let mut found = Invalid::default();
+        let mut found: BTreeMap<Topic, Invalid> = topics
+            .iter()
+            .map(|t| (t.clone(), Invalid::default()))
+            .collect();
         for file in collector_files(storage, &Topic::invalid(), from).await? {
             if file.minute < from || file.minute > to {
                 continue;
@@ -464,26 +497,32 @@ async fn invalid(
                 let Ok(record) = serde_json::from_slice::<InvalidRecord>(&payload) else {
                     continue;
                 };
-                if record.topic == topic.as_str() {
-                    *found.counts.entry(file.minute).or_default() += 1;
-                    *found.reasons.entry(record.reason).or_default() += 1;
-                } else if record.topic == Topic::AUDIT
-                    && names_topic(&record.payload_base64.0, topic) == Some(true)
-                {
-                    found.audit_refused += 1;
+                if let Some(topic) = find_mut(&mut found, &record.topic) {
+                    *topic.counts.entry(file.minute).or_default() += 1;
+                    *topic.reasons.entry(record.reason).or_default() += 1;
+                } else if record.topic == Topic::AUDIT {
+                    // An `_audit` record refused from a plain `Log`: it counts
+                    // for the topic it names.
+                    let named = named_topic(&record.payload_base64.0);
+                    if let Some(topic) = named.and_then(|n| find_mut(&mut found, &n)) {
+                        topic.audit_refused += 1;
+                    }
                 }
             }
         }
         Ok(found)
     })
     .await?;
-    for (minute, n) in found.counts {
-        *into.counts.entry(minute).or_default() += n;
+    for (topic, found) in found {
+        let into = into.entry(topic).or_default();
+        for (minute, n) in found.counts {
+            *into.counts.entry(minute).or_default() += n;
+        }
+        for (reason, n) in found.reasons {
+            *into.reasons.entry(reason).or_default() += n;
+        }
+        into.audit_refused += found.audit_refused;
     }
-    for (reason, n) in found.reasons {
-        *into.reasons.entry(reason).or_default() += n;
-    }
-    into.audit_refused += found.audit_refused;
     Ok(())
 }
 
@@ -838,62 +877,134 @@ pub async fn audit_topic(
     topic: &Topic,
     range: AuditRange,
 ) -> Result<TopicAudit, AuditError> {
-    let (from, to, now) = (range.from, range.to, range.now);
-    let mut acked_records = Acked::default();
-    let mut invalid_records = Invalid::default();
-    let mut quarantine = Vec::new();
-    let mut collected_tiers = Vec::new();
-    let mut local_tiers = Vec::new();
-    let mut merged_tiers = Vec::new();
+    let topics = [(topic.clone(), settings.clone())];
+    let mut audits = audit_topics(clusters, &topics, range).await?;
+    Ok(audits.pop().expect("one audit per topic"))
+}
+
+/// What one topic's tiers hold, cluster by cluster.
+#[derive(Debug, Default)]
+struct TopicTiers {
+    quarantine: Vec<QuarantineFinding>,
+    collected: Vec<Tier>,
+    local: Vec<Tier>,
+    merged: Vec<Tier>,
+}
+
+/// Audits each of `topics` (with its settings) over `range` in `clusters`: the
+/// same as [`audit_topic`] for each, but the `_audit`, `_invalid` and
+/// `quarantine/` files every topic's audit reads are read once per cluster.
+pub async fn audit_topics(
+    clusters: &[(String, SharedStorage)],
+    topics: &[(Topic, TopicSettings)],
+    range: AuditRange,
+) -> Result<Vec<TopicAudit>, AuditError> {
+    let (from, to) = (range.from, range.to);
+    let names: Vec<Topic> = topics.iter().map(|(t, _)| t.clone()).collect();
+    let mut acked_all = BTreeMap::new();
+    let mut invalid_all = BTreeMap::new();
+    let mut tiers: Vec<TopicTiers> = topics.iter().map(|_| TopicTiers::default()).collect();
     for (name, storage) in clusters {
-        acked(storage.as_ref(), topic, from, to, &mut acked_records).await?;
-        invalid(storage.as_ref(), topic, from, to, &mut invalid_records).await?;
-        for q in quarantined_files(storage.as_ref()).await? {
-            let ours = q
-                .located
-                .as_ref()
-                .filter(|l| l.topic == *topic && l.minute >= from && l.minute <= to);
-            if let Some(located) = ours {
-                quarantine.push(QuarantineFinding {
-                    cluster: name.clone(),
-                    detail: format!("{} bytes set aside from {}", q.len, q.original),
-                    minute: Some(located.minute),
-                    path: q.path,
-                });
-            }
-        }
-        collected_tiers.push(Tier {
-            name: format!("collected:{name}"),
-            counts: collected(storage.as_ref(), topic, from, to).await?,
-            ..Tier::default()
-        });
-        let mut local = sealed(storage.as_ref(), View::Local, topic, from, to).await?;
-        local.name = format!("local:{name}");
-        for (minute, file, reason) in &local.quarantined {
-            quarantine.push(QuarantineFinding {
-                cluster: name.clone(),
-                path: format!("{}/{file}", Layout::minute_dir(View::Local, topic, *minute)),
-                detail: format!("the seal set it aside: {reason}"),
-                minute: Some(*minute),
-            });
-        }
-        local_tiers.push(local);
-        if storage
-            .exists(&Layout::topic_dir(View::Merged, topic))
-            .await?
-        {
-            let mut merged = sealed(storage.as_ref(), View::Merged, topic, from, to).await?;
-            let role = if settings.merge_into.as_deref() == Some(name.as_str())
-                || settings.merge_into.is_none()
-            {
-                "merged"
-            } else {
-                "mirror"
-            };
-            merged.name = format!("{role}:{name}");
-            merged_tiers.push(merged);
+        acked(storage.as_ref(), &names, from, to, &mut acked_all).await?;
+        invalid(storage.as_ref(), &names, from, to, &mut invalid_all).await?;
+        let set_aside = quarantined_files(storage.as_ref()).await?;
+        for ((topic, settings), found) in topics.iter().zip(&mut tiers) {
+            let cluster = (name.as_str(), storage);
+            cluster_tiers(cluster, topic, settings, &set_aside, from, to, found).await?;
         }
     }
+    let mut audits = Vec::with_capacity(topics.len());
+    for ((topic, settings), found) in topics.iter().zip(tiers) {
+        let acked = acked_all.remove(topic).unwrap_or_default();
+        let invalid = invalid_all.remove(topic).unwrap_or_default();
+        let audit = judge(
+            clusters,
+            topic,
+            settings,
+            range.clone(),
+            acked,
+            invalid,
+            found,
+        )?;
+        audits.push(audit);
+    }
+    Ok(audits)
+}
+
+/// Adds one cluster's tiers of `topic` (and its files set aside) to `found`.
+async fn cluster_tiers(
+    (name, storage): (&str, &SharedStorage),
+    topic: &Topic,
+    settings: &TopicSettings,
+    set_aside: &[Quarantined],
+    from: Minute,
+    to: Minute,
+    found: &mut TopicTiers,
+) -> Result<(), AuditError> {
+    for q in set_aside {
+        let ours = q
+            .located
+            .as_ref()
+            .filter(|l| l.topic == *topic && l.minute >= from && l.minute <= to);
+        if let Some(located) = ours {
+            found.quarantine.push(QuarantineFinding {
+                cluster: name.to_owned(),
+                detail: format!("{} bytes set aside from {}", q.len, q.original),
+                minute: Some(located.minute),
+                path: q.path.clone(),
+            });
+        }
+    }
+    found.collected.push(Tier {
+        name: format!("collected:{name}"),
+        counts: collected(storage.as_ref(), topic, from, to).await?,
+        ..Tier::default()
+    });
+    let mut local = sealed(storage.as_ref(), View::Local, topic, from, to).await?;
+    local.name = format!("local:{name}");
+    for (minute, file, reason) in &local.quarantined {
+        found.quarantine.push(QuarantineFinding {
+            cluster: name.to_owned(),
+            path: format!("{}/{file}", Layout::minute_dir(View::Local, topic, *minute)),
+            detail: format!("the seal set it aside: {reason}"),
+            minute: Some(*minute),
+        });
+    }
+    found.local.push(local);
+    if storage
+        .exists(&Layout::topic_dir(View::Merged, topic))
+        .await?
+    {
+        let mut merged = sealed(storage.as_ref(), View::Merged, topic, from, to).await?;
+        let role = if settings.merge_into.as_deref() == Some(name) || settings.merge_into.is_none()
+        {
+            "merged"
+        } else {
+            "mirror"
+        };
+        merged.name = format!("{role}:{name}");
+        found.merged.push(merged);
+    }
+    Ok(())
+}
+
+/// Judges one topic's counts minute by minute and over the range.
+fn judge(
+    clusters: &[(String, SharedStorage)],
+    topic: &Topic,
+    settings: &TopicSettings,
+    range: AuditRange,
+    mut acked_records: Acked,
+    invalid_records: Invalid,
+    found: TopicTiers,
+) -> Result<TopicAudit, AuditError> {
+    let (from, to, now) = (range.from, range.to, range.now);
+    let TopicTiers {
+        quarantine,
+        collected: collected_tiers,
+        local: local_tiers,
+        merged: merged_tiers,
+    } = found;
     // Events acknowledged in the minute before `from` may have arrived in `from`
     // (publisher and collector clocks, batching): kept apart, as an allowance.
     let acked_before = from
@@ -1188,17 +1299,32 @@ mod tests {
         assert_eq!(acked.malformed_examples.len(), MALFORMED_SHOWN);
 
         let clicks = Topic::new("clicks").unwrap();
+        let concerns = |payload: &[u8]| may_concern(named_topic(payload).as_deref(), &clicks);
         assert_eq!(
-            names_topic(br#"{"topic":"clicks","acked":-1}"#, &clicks),
-            Some(true)
+            named_topic(br#"{"topic":"clicks","acked":-1}"#).as_deref(),
+            Some("clicks")
         );
-        assert!(may_concern(br#"{"topic":"clicks","acked":-1}"#, &clicks));
-        assert!(!may_concern(br#"{"topic":"views","acked":-1}"#, &clicks));
-        assert!(
-            may_concern(b"not json", &clicks),
-            "no topic: it may be anyone's"
-        );
-        assert!(may_concern(br#"{"topic":7}"#, &clicks));
+        assert!(concerns(br#"{"topic":"clicks","acked":-1}"#));
+        assert!(!concerns(br#"{"topic":"views","acked":-1}"#));
+        assert!(concerns(b"not json"), "no topic: it may be anyone's");
+        assert!(concerns(br#"{"topic":7}"#));
+        // Read once for several topics: a record naming one concerns it alone,
+        // one naming none concerns them all.
+        let mut found: BTreeMap<Topic, u32> = [clicks.clone(), Topic::new("views").unwrap()]
+            .into_iter()
+            .map(|t| (t, 0))
+            .collect();
+        for payload in [
+            &br#"{"topic":"views"}"#[..],
+            b"not json",
+            br#"{"topic":"other"}"#,
+        ] {
+            for n in concerned(&mut found, payload) {
+                *n += 1;
+            }
+        }
+        assert_eq!(found[&clicks], 1);
+        assert_eq!(found[&Topic::new("views").unwrap()], 2);
     }
 
     #[tokio::test]

@@ -4,7 +4,7 @@
 //! for every topic of the cluster, the last hour as a grid of minutes × tiers
 //! (acked, collected, local, merged, mirror, invalid), each cell coloured by its
 //! [`CellState`] with the count as text and in its `title`, computed by
-//! [`audit_topic`] exactly as `conduit audit` does (every cell carries
+//! [`audit_topics`] exactly as `conduit audit` does (every cell carries
 //! `data-topic`, `data-minute`, `data-tier`, `data-count` and `data-state`
 //! for scripts and tests); the collectors' heartbeats (age, watermark, spool)
 //! and the holder of the worker lease.
@@ -29,10 +29,10 @@ use conduit_core::heartbeat::Heartbeat;
 use conduit_core::http::{HttpRequest, HttpResponse, Routes};
 use conduit_core::text::html as escape;
 use conduit_core::tree;
-use conduit_core::{Config, Minute, SharedClock, SharedStorage, Topic, View};
+use conduit_core::{Config, Minute, SharedClock, SharedStorage, Topic, TopicSettings, View};
 use tokio::sync::watch;
 
-use crate::audit::{audit_topic, AuditRange, CellState, TopicAudit, LATE_AFTER_SECS};
+use crate::audit::{audit_topics, AuditRange, CellState, TopicAudit, LATE_AFTER_SECS};
 use crate::daemon::DaemonStatus;
 use crate::lease::{Lease, LeaseSettings};
 use crate::Cluster;
@@ -470,25 +470,33 @@ async fn topics_section(inner: &Inner, now: DateTime<Utc>, out: &mut String) {
         return;
     };
     let from = to.add_minutes(1 - MINUTES_SHOWN).unwrap_or(to);
-    for topic in topics {
-        let range = AuditRange {
-            from,
-            to,
-            now,
-            settle_secs: SETTLE_SECS,
-            late_secs: LATE_AFTER_SECS,
-        };
-        let settings = inner.config.topic(&topic);
-        match audit_topic(&inner.clusters, &settings, &topic, range).await {
-            Ok(audit) => grid(&audit, out),
-            Err(e) => {
-                let _ = write!(
-                    out,
-                    "<h3>{}</h3><p class=\"error\">cannot audit: {}</p>",
-                    escape(topic.as_str()),
-                    escape(&e.to_string())
-                );
+    let range = AuditRange {
+        from,
+        to,
+        now,
+        settle_secs: SETTLE_SECS,
+        late_secs: LATE_AFTER_SECS,
+    };
+    // One audit of every topic: the files they all read are read once.
+    let topics: Vec<(Topic, TopicSettings)> = topics
+        .into_iter()
+        .map(|t| {
+            let settings = inner.config.topic(&t);
+            (t, settings)
+        })
+        .collect();
+    match audit_topics(&inner.clusters, &topics, range).await {
+        Ok(audits) => {
+            for audit in &audits {
+                grid(audit, out);
             }
+        }
+        Err(e) => {
+            let _ = write!(
+                out,
+                "<p class=\"error\">cannot audit: {}</p>",
+                escape(&e.to_string())
+            );
         }
     }
 }

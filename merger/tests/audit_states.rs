@@ -13,7 +13,9 @@ use conduit_core::layout::Layout;
 use conduit_core::manifest::crc32c;
 use conduit_core::records::{Base64Bytes, InvalidRecord};
 use conduit_core::{Config, Manifest, ManifestFile, Minute, SharedStorage, Topic, View};
-use conduit_merger::audit::{audit_topic, AuditRange, CellState, Summary, LATE_AFTER_SECS};
+use conduit_merger::audit::{
+    audit_topic, audit_topics, AuditRange, CellState, Summary, LATE_AFTER_SECS,
+};
 use conduit_testkit::minutes::data_file;
 use conduit_testkit::{local_storage, node};
 
@@ -136,9 +138,14 @@ async fn cells_are_late_waiting_lost_duplicated_quarantined_or_invalid() {
         late_secs: LATE_AFTER_SECS,
     };
     let settings = Config::default().topic(&topic);
-    let audit = audit_topic(&[("dc1".into(), storage.clone())], &settings, &topic, range)
-        .await
-        .unwrap();
+    let audit = audit_topic(
+        &[("dc1".into(), storage.clone())],
+        &settings,
+        &topic,
+        range.clone(),
+    )
+    .await
+    .unwrap();
     assert_eq!(audit.rows.len(), 21);
     let cell = |m: Minute, tier: &str| {
         let row = audit.rows.iter().find(|r| r.minute == m).unwrap();
@@ -227,4 +234,32 @@ async fn cells_are_late_waiting_lost_duplicated_quarantined_or_invalid() {
     );
     // A loss, a duplicate and a quarantined file.
     assert_eq!(audit.problems, 3);
+
+    // Several topics at once (the status page) read `_audit`, `_invalid` and
+    // `quarantine/` once and find what one audit per topic finds.
+    let views = Topic::new("views").unwrap();
+    let both = [
+        (topic.clone(), settings.clone()),
+        (views.clone(), Config::default().topic(&views)),
+    ];
+    let clusters = [("dc1".to_owned(), storage.clone())];
+    let audits = audit_topics(&clusters, &both, range.clone()).await.unwrap();
+    assert_eq!(audits.len(), 2);
+    for (together, (topic, settings)) in audits.iter().zip(&both) {
+        let alone = audit_topic(&clusters, settings, topic, range.clone())
+            .await
+            .unwrap();
+        assert_eq!(together.topic, *topic);
+        assert_eq!(together.summary(), alone.summary());
+        assert_eq!(together.problems, alone.problems);
+        assert_eq!(together.invalid.counts, alone.invalid.counts);
+        assert_eq!(together.acked.counts, alone.acked.counts);
+        for (a, b) in together.rows.iter().zip(&alone.rows) {
+            assert_eq!(
+                (a.minute, &a.flags, &a.cells),
+                (b.minute, &b.flags, &b.cells)
+            );
+        }
+    }
+    assert_eq!(audits[1].invalid.counts[&invalid], 1, "the views entry");
 }
