@@ -34,7 +34,7 @@ pub struct CollectorArgs {
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
 
-    /// HTTP listen address for /metrics and /health [config: collector.http,
+    /// HTTP listen address for the status page /, /metrics and /health [config: collector.http,
     /// default 127.0.0.1:14630].
     #[arg(long, value_name = "ADDR")]
     http: Option<String>,

@@ -26,8 +26,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use conduit_core::format::{decode_frame, scan, split_records};
-use conduit_core::layout::{Layout, Located};
+use conduit_core::format::scan;
+use conduit_core::layout::Layout;
 use conduit_core::manifest::{crc32c, Manifest};
 use conduit_core::tree::{self, MinuteWalker};
 use conduit_core::{Config, Minute, Storage, Topic, View};
@@ -133,56 +133,7 @@ pub fn parse_time(text: &str, now: chrono::DateTime<chrono::Utc>) -> anyhow::Res
     })
 }
 
-/// Records in complete data frames of `buf`, or the offset and reason of the first
-/// frame that does not decode.
-pub fn count_records(buf: &[u8]) -> Result<u64, (u64, String)> {
-    let structure = scan(buf, 0);
-    let mut records = 0u64;
-    for frame in structure.frames.iter().filter(|f| !f.skippable) {
-        let bytes = &buf[frame.offset as usize..(frame.offset + frame.len) as usize];
-        let content = decode_frame(bytes).map_err(|e| (frame.offset, e))?;
-        records += split_records(&content).count() as u64;
-    }
-    Ok(records)
-}
-
-/// A data file set aside under `quarantine/` (`docs/format.md` §1.3).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Quarantined {
-    /// Where it is now: `quarantine/<original>`.
-    pub path: String,
-    /// Where it was.
-    pub original: String,
-    /// Its length.
-    pub len: u64,
-    /// Its original path parsed (view, topic, minute), if it is a conduit path.
-    pub located: Option<Located>,
-}
-
-/// Every file under `quarantine/`, sorted by path.
-pub async fn quarantined_files(storage: &dyn Storage) -> anyhow::Result<Vec<Quarantined>> {
-    let mut found = Vec::new();
-    let mut dirs = vec![Layout::QUARANTINE_DIR.to_owned()];
-    while let Some(dir) = dirs.pop() {
-        for entry in storage.list_or_empty(&dir).await? {
-            if entry.is_dir {
-                dirs.push(entry.path);
-                continue;
-            }
-            let Some(original) = Layout::quarantined_original(&entry.path) else {
-                continue;
-            };
-            found.push(Quarantined {
-                original: original.to_owned(),
-                located: Layout::parse_path(original).ok(),
-                path: entry.path.clone(),
-                len: entry.len,
-            });
-        }
-    }
-    found.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(found)
-}
+pub use conduit_merger::audit::{count_records, quarantined_files};
 
 /// What an operator does about a quarantined file.
 pub const QUARANTINE_HELP: &str = "see docs/operations.md, \"Quarantined files\"";

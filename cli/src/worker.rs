@@ -18,7 +18,7 @@ use conduit_core::{Config, NodeName, SharedClock, SystemClock};
 use conduit_merger::lease::{Lease, LeaseSettings, Monotonic};
 use conduit_merger::{
     Cluster, CompactJob, Daemon, Job, JobEnv, LocalJob, MergeJob, MirrorJob, NoFence, PurgeJob,
-    SealProgress, SharedFence, WorkerMetrics,
+    SealProgress, SharedFence, StatusPage, WorkerMetrics,
 };
 
 /// Arguments of `conduit worker`. Flags override the config file and may be given
@@ -49,7 +49,7 @@ pub struct WorkerArgs {
     #[arg(long, global = true)]
     once: bool,
 
-    /// HTTP listen address for /metrics and /health (daemon mode).
+    /// HTTP listen address for the status page /, /metrics and /health (daemon mode).
     #[arg(
         long,
         value_name = "ADDR",
@@ -217,6 +217,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         Some(lease) => lease.clone(),
         None => Arc::new(NoFence),
     };
+    let status_clusters: Vec<Cluster> = clusters.values().cloned().collect();
     let env = JobEnv {
         this,
         clusters,
@@ -248,6 +249,13 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot listen on --http {}", args.http))?;
     let http_addr = listener.local_addr()?;
     let status = daemon.status();
+    let page = StatusPage::new(
+        env.this.clone(),
+        status_clusters,
+        env.config.clone(),
+        env.clock.clone(),
+        daemon.status(),
+    );
     let health: conduit_core::http::HealthFn = Arc::new(move || {
         let s = status.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let details = serde_json::json!({
@@ -261,12 +269,14 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         (true, details)
     });
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(HttpServer::new(registry).with_health(health).serve(
-        listener,
-        async move {
-            let _ = http_stopped.await;
-        },
-    ));
+    let server = tokio::spawn(
+        HttpServer::new(registry)
+            .with_health(health)
+            .with_routes(Arc::new(page))
+            .serve(listener, async move {
+                let _ = http_stopped.await;
+            }),
+    );
     println!("worker ready: http {http_addr} cluster {name} root {root}");
     daemon.run(crate::signals::wait_for_shutdown()).await?;
     tracing::info!("worker stopped");

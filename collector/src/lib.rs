@@ -44,6 +44,7 @@ pub mod open;
 pub mod queues;
 pub mod reasons;
 pub mod server;
+pub mod status;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -226,7 +227,12 @@ impl Collector {
                 limits.http_max_connections,
                 Duration::from_millis(limits.http_header_timeout_ms),
             )
-            .with_routes(Arc::new(open::OpenRoutes(open_files)))
+            .with_routes(Arc::new(status::CollectorRoutes {
+                open: open::OpenRoutes(open_files),
+                shared: shared.clone(),
+                status: status.clone(),
+                thrift_addr: thrift_addr.to_string(),
+            }))
             .with_health(Arc::new(move || {
                 let s = health_status.borrow().clone();
                 let stopping = *health_shutdown.borrow();

@@ -258,6 +258,17 @@ impl OpenFiles {
         }
     }
 
+    /// Data files open now, by topic (for the status page).
+    pub fn open_by_topic(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut by_topic = std::collections::BTreeMap::new();
+        for ((topic, _), e) in &self.lock().files {
+            if e.state == State::Open {
+                *by_topic.entry(topic.clone()).or_default() += 1;
+            }
+        }
+        by_topic
+    }
+
     /// Bytes kept in memory for every open file together.
     pub fn kept_bytes(&self) -> u64 {
         self.lock().kept

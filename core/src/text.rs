@@ -68,9 +68,36 @@ impl fmt::Debug for Shown<'_> {
     }
 }
 
+/// [`capped`] text escaped for HTML text and attribute values (`&`, `<`, `>`,
+/// `"`, `'`), for names shown on the status pages.
+pub fn html(bytes: &(impl AsRef<[u8]> + ?Sized)) -> String {
+    let shown = capped(bytes);
+    let mut out = String::with_capacity(shown.len());
+    for c in shown.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn html_escapes_markup_after_capping() {
+        assert_eq!(
+            html("<script>\"a\" & 'b'</script>"),
+            "&lt;script&gt;&quot;a&quot; &amp; &#39;b&#39;&lt;/script&gt;"
+        );
+        assert_eq!(html("a\nb"), "a\\nb", "control characters stay visible");
+    }
 
     #[test]
     fn printable_ascii_is_kept() {

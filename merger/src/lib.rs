@@ -25,6 +25,7 @@
 //! collector file lands in exactly one local minute; `_SUCCESS` is written last;
 //! only the lease holder commits ([`Fence`]).
 
+pub mod audit;
 pub mod checkpoint;
 pub mod daemon;
 mod dedup;
@@ -34,6 +35,7 @@ pub mod metrics;
 mod quarantine;
 mod rewrite;
 mod seal;
+pub mod status;
 
 pub mod compact;
 mod copy;
@@ -51,6 +53,7 @@ pub use daemon::{Daemon, DaemonStatus};
 pub use lease::{Lease, LeaseRecord, LeaseSettings, LeaseStatus, Monotonic};
 pub use local::LocalJob;
 pub use metrics::{SealProgress, WorkerMetrics};
+pub use status::StatusPage;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

@@ -344,3 +344,104 @@ fn a_payload_sent_to_invalid_is_a_warning_a_counter_and_an_audit_column() {
     assert_eq!(report["totals"]["collected:dc1"], 1, "{report}");
     assert!(Path::new(&scene.root()).join("data/_invalid/c1").exists());
 }
+
+/// Issue 19: `conduit audit --from 7d` printed thousands of rows of zeros. A
+/// summary line comes first, and `--only-problems` lists only the minutes with
+/// something wrong (here `_invalid` entries; unsealed minutes are waiting, not
+/// late, within `--late-secs`), while totals still cover the range.
+#[test]
+fn only_problems_lists_the_minutes_with_something_after_a_summary_line() {
+    let scene = Scene::new();
+    let from = now_minute().add_minutes(-10).unwrap();
+    let mut collector = scene.start("c1");
+    scene.publish("clicks", &collector);
+    conduit_testkit::runtime().block_on(async {
+        let mut client = Client::connect(&collector.thrift_addr).await;
+        let code = client.log_to("clicks", &["line one\nline two"]).await;
+        assert_eq!(code, conduit_core::scribe::ResultCode::Ok);
+    });
+    assert!(collector.terminate().unwrap().success());
+    let to = now_minute();
+
+    let (code, full) = scene.audit("clicks", from, to);
+    assert_eq!(code, 0, "{full}");
+    let rows = full["minutes"].as_array().unwrap();
+    let with = |tier: &str| rows.iter().filter(|r| r[tier].as_u64() > Some(0)).count();
+    let invalid_minutes: Vec<&serde_json::Value> = rows
+        .iter()
+        .filter(|r| r["invalid"].as_u64() > Some(0))
+        .map(|r| &r["minute"])
+        .collect();
+    assert!(!invalid_minutes.is_empty(), "{full}");
+    // No worker ran: the minutes holding data wait for their seal; the others
+    // are before the stream (nothing to seal).
+    let waiting = with("collected:dc1");
+    let summary = format!(
+        "clicks: {} minutes, {} sealed, {waiting} waiting, 0 late, 0 lost, 0 duplicated, 0 quarantined, {} invalid",
+        rows.len(),
+        rows.len() - waiting,
+        invalid_minutes.len()
+    );
+    assert_eq!(full["summary_line"], summary, "{full}");
+    assert_eq!(full["summary"]["invalid"], invalid_minutes.len(), "{full}");
+    assert_eq!(full["only_problems"], false);
+
+    let root = scene.root();
+    let (from_s, to_s) = (from.to_string(), to.to_string());
+    let only = |json: bool| {
+        let mut args = vec![
+            "audit",
+            "--root",
+            &root,
+            "--topic",
+            "clicks",
+            "--from",
+            &from_s,
+            "--to",
+            &to_s,
+            "--settle-secs",
+            "0",
+            "--only-problems",
+        ];
+        if json {
+            args.push("--json");
+        }
+        scene.conduit(&args, b"")
+    };
+    let ran = only(true);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let report: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+    let listed: Vec<&serde_json::Value> = report["minutes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["minute"])
+        .collect();
+    assert_eq!(listed, invalid_minutes, "{report}");
+    assert_eq!(report["totals"], full["totals"], "totals cover the range");
+    assert_eq!(report["summary_line"], summary);
+    assert_eq!(report["only_problems"], true);
+
+    let ran = only(false);
+    assert_eq!(ran.code, 0, "{ran:?}");
+    let lines: Vec<&str> = ran.stdout.lines().collect();
+    assert_eq!(lines[0], summary, "the summary comes first: {}", ran.stdout);
+    assert!(lines[1].starts_with("minute "), "{}", ran.stdout);
+    let table: Vec<&str> = lines[2..]
+        .iter()
+        .take_while(|l| !l.starts_with("total"))
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    let expected: Vec<&str> = invalid_minutes
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
+    assert_eq!(table, expected, "{}", ran.stdout);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("INVALID: 1 entries of this topic went to _invalid")),
+        "{}",
+        ran.stdout
+    );
+}
