@@ -50,7 +50,7 @@ pub use checkpoint::Checkpoints;
 pub use daemon::{Daemon, DaemonStatus};
 pub use lease::{Lease, LeaseRecord, LeaseSettings, LeaseStatus, Monotonic};
 pub use local::LocalJob;
-pub use metrics::{SealProgress, WorkerMetrics};
+pub use metrics::{SealProgress, SealView, WorkerMetrics};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
