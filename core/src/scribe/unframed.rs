@@ -510,6 +510,54 @@ mod tests {
         }
     }
 
+    /// What scanning `data` fed in pieces of `step` bytes comes to: the length of
+    /// the message, `Ok(None)` while incomplete, or the error's text.
+    fn scan_outcome(data: &[u8], step: usize) -> Result<Option<usize>, String> {
+        let mut scanner = Scanner::default();
+        let (mut at, mut end) = (0, 0);
+        loop {
+            end = (end + step).min(data.len());
+            let done = scanner.advance(&data[at..end]).map_err(|e| e.to_string())?;
+            at += done.consumed;
+            if done.complete {
+                return Ok(Some(at));
+            }
+            if end == data.len() {
+                return Ok(None);
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Hostile bodies after a valid header: the scanner never panics and
+        /// comes to the same end (or error) whatever pieces the bytes arrive in.
+        #[test]
+        fn any_pieces_give_the_same_outcome(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400),
+            step in 1usize..50,
+        ) {
+            let mut data = Vec::new();
+            crate::scribe::put_message_begin(&mut data, "Log", 1, 1, true);
+            data.extend_from_slice(&body);
+            let whole = scan_outcome(&data, data.len().max(1));
+            proptest::prop_assert_eq!(scan_outcome(&data, step), whole.clone());
+            if let Ok(Some(len)) = whole {
+                proptest::prop_assert!(len <= data.len());
+                // The decoder never finds the message the scanner delimited cut short.
+                let decoded = decode_request(Bytes::copy_from_slice(&data[..len]));
+                proptest::prop_assert!(
+                    !matches!(decoded, Err(ProtocolError::UnexpectedEof { .. })),
+                    "{:?}", decoded
+                );
+            }
+            // A request the decoder reads whole from the bytes is one the
+            // scanner finds the end of.
+            if decode_request(Bytes::copy_from_slice(&data)).is_ok() {
+                proptest::prop_assert!(matches!(whole, Ok(Some(_))), "{:?}", whole);
+            }
+        }
+    }
+
     #[test]
     fn refuses_hostile_structure() {
         // Nesting deeper than MAX_DEPTH.
