@@ -217,3 +217,43 @@ fn unframed_messages_keep_the_frame_limits() {
         "the log names the length and the limit:\n{log}"
     );
 }
+
+/// The memory budget holds for unframed messages too: a `Log` the budget cannot
+/// hold while it arrives (more than half of `max_inflight_bytes`) is read to its
+/// end, dropped, and answered `TRY_LATER` (reason `memory`) on the unframed
+/// transport; the next call on the same connection is stored.
+#[test]
+fn an_unframed_call_the_memory_budget_cannot_hold_gets_try_later() {
+    if !gate::python(
+        "an_unframed_call_the_memory_budget_cannot_hold_gets_try_later",
+        "thriftpy2",
+    ) {
+        return;
+    }
+    let scene = Scene::new();
+    let thriftpy2 = Thriftpy2::new();
+    let mut collector = scene.start("max_frame_bytes = 1048576\nmax_inflight_bytes = 1048576");
+    let big = vec![b'x'; 800_000];
+    let results = thriftpy2.run_unframed(
+        &collector.thrift_addr,
+        vec![
+            log_step(&[("budget", big)]),
+            log_step(&[("budget", b"small".to_vec())]),
+        ],
+    );
+    assert_eq!(results[0]["code"], 1, "TRY_LATER: {results:?}");
+    assert_eq!(results[1]["code"], 0, "{results:?}");
+    let body = collector.metrics();
+    assert_eq!(
+        metric(
+            &body,
+            r#"conduit_collector_try_later_total{reason="memory"}"#
+        ),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(connections(&body, "unframed"), Some(1.0), "{body}");
+    let status = collector.terminate().unwrap();
+    assert!(status.success(), "exit status {status}");
+    assert_eq!(scene.payloads("budget"), vec!["small"]);
+}
