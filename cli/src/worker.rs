@@ -112,13 +112,19 @@ fn build_jobs(env: &JobEnv, only: Option<JobName>) -> (Jobs, Vec<SealProgress>) 
         jobs.push(Box::new(job));
     }
     if wanted(JobName::Merge) {
-        jobs.push(Box::new(MergeJob::new(env.clone())));
+        let job = MergeJob::new(env.clone());
+        progress.push(job.progress());
+        jobs.push(Box::new(job));
     }
     if wanted(JobName::Mirror) {
-        jobs.push(Box::new(MirrorJob::new(env.clone())));
+        let job = MirrorJob::new(env.clone());
+        progress.push(job.progress());
+        jobs.push(Box::new(job));
     }
     if wanted(JobName::Compact) {
-        jobs.push(Box::new(CompactJob::new(env.clone())));
+        let job = CompactJob::new(env.clone());
+        progress.push(job.progress());
+        jobs.push(Box::new(job));
     }
     if wanted(JobName::Purge) {
         jobs.push(Box::new(PurgeJob::new(env.clone())));
@@ -229,6 +235,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let (jobs, progress) = build_jobs(&env, args.job);
     let registry: SharedRegistry = Arc::new(Mutex::new(Default::default()));
     let metrics = WorkerMetrics::new(&registry);
+    conduit_core::http::register_process_metrics(&registry);
     let mut daemon = Daemon::new(
         jobs,
         metrics,

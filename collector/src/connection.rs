@@ -1,4 +1,5 @@
-//! Connections: Scribe/Thrift framed binary in, durable acknowledgements out.
+//! Connections: Scribe/Thrift binary in, framed or unframed, durable
+//! acknowledgements out.
 //!
 //! ```text
 //! Listener ──accept──▶ Admission (limits, eviction)
@@ -18,6 +19,16 @@
 //! connection's `Handler` reads requests and its `ReplyWriter` answers them in
 //! request order, so pipelined calls are answered correctly while later calls are
 //! already being validated and queued. A bad frame closes only its own connection.
+//!
+//! # Transports
+//! The first four bytes decide a connection's transport for its life
+//! ([`Transport::detect`]): framed (`TFramedTransport`, conduit's publisher), or
+//! unframed (`TBufferedTransport`, Thrift's generated clients and old Scribe
+//! clients), whose messages are found by walking their structure as they arrive
+//! ([`read_message_within`]) and whose replies go out unframed. Either way a
+//! message is a "frame" below, under the same limits. Bytes that are neither
+//! (HTTP, TLS, text) close the connection with one line naming the peer and what
+//! was expected (`connection_errors_total{reason="not_thrift"}`).
 //!
 //! # Limits
 //! - Time: a new connection must complete its first frame within
@@ -47,8 +58,9 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use conduit_core::scribe::{
-    decode_header, decode_request, encode_reply, read_frame_within, Call, Frame, LogEntry,
-    MessageHeader, ProtocolError, Request, ResultCode,
+    decode_header, decode_request, encode_reply, read_first_word, read_frame_within,
+    read_message_within, Call, Frame, LogEntry, MessageHeader, ProtocolError, Request, ResultCode,
+    Transport,
 };
 use conduit_core::text::shown;
 use tokio::io::{AsyncWriteExt, BufWriter};
@@ -279,6 +291,7 @@ async fn run_connection(stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared
         activity,
         accepted: Instant::now(),
         first: true,
+        transport: None,
         shutdown: shared.shutting_down.clone(),
     };
     handler.run().await;
@@ -299,15 +312,18 @@ struct ReplyTo {
     strict: bool,
     /// Whether the request was ONEWAY: no reply is written.
     oneway: bool,
+    /// The connection's transport: the reply is framed, or not.
+    transport: Transport,
 }
 
 impl ReplyTo {
-    fn of(header: MessageHeader, oneway: bool) -> ReplyTo {
+    fn of(header: MessageHeader, oneway: bool, transport: Transport) -> ReplyTo {
         ReplyTo {
             name: header.name,
             seqid: header.seqid,
             strict: header.strict,
             oneway,
+            transport,
         }
     }
 }
@@ -345,6 +361,8 @@ struct Handler {
     accepted: Instant,
     /// No frame read yet.
     first: bool,
+    /// Decided on the connection's first four bytes.
+    transport: Option<Transport>,
     /// Changes when shutdown begins: stop reading (calls already read are still
     /// answered by the writer).
     shutdown: watch::Receiver<bool>,
@@ -396,7 +414,7 @@ impl Handler {
         };
         let max_frame = limits.max_frame_bytes as usize;
         let mut held = self.shared.memory.arriving();
-        let read = read_frame_within(&mut self.reader, max_frame, &mut self.buf, |n| {
+        let admit = |n: usize| {
             let n = n as u64;
             if n <= SMALL_FRAME_BYTES {
                 held.force_to(n);
@@ -404,9 +422,24 @@ impl Handler {
             } else {
                 held.grow_to(n)
             }
-        });
+        };
+        let (reader, buf, known) = (&mut self.reader, &mut self.buf, self.transport);
+        let read = async move {
+            let transport = match known {
+                Some(transport) => transport,
+                None => match read_first_word(reader, buf).await? {
+                    Some(first) => Transport::detect(first, max_frame)?,
+                    None => return Ok(None),
+                },
+            };
+            let frame = match transport {
+                Transport::Framed => read_frame_within(reader, max_frame, buf, admit).await?,
+                Transport::Unframed => read_message_within(reader, max_frame, buf, admit).await?,
+            };
+            Ok(frame.map(|frame| (frame, transport)))
+        };
         let mut shutdown = self.shutdown.clone();
-        let frame = tokio::select! {
+        let frame: Result<Option<(Frame, Transport)>, ProtocolError> = tokio::select! {
             r = read => r,
             _ = sleep_until(deadline) => {
                 self.closed_late(late);
@@ -415,8 +448,16 @@ impl Handler {
             _ = shutdown.wait_for(|s| *s) => return None,
         };
         match frame {
-            Ok(Some(frame)) => {
+            Ok(Some((frame, transport))) => {
+                if self.first {
+                    self.shared
+                        .metrics
+                        .connections
+                        .get_or_create(&Metrics::label("transport", transport.as_str()))
+                        .inc();
+                }
                 self.first = false;
+                self.transport = Some(transport);
                 Some((frame, held))
             }
             Ok(None) => None,
@@ -424,7 +465,9 @@ impl Handler {
                 let peer = &self.peer;
                 let kind = self.protocol_error(&e);
                 if let Some(suppressed) = conduit_core::ratelimit::allow(kind.as_str()) {
-                    if kind == ProtocolErrorKind::FrameTooLarge {
+                    if kind == ProtocolErrorKind::NotThrift {
+                        tracing::warn!(peer, error = %e, suppressed, "closing connection: not a Scribe client");
+                    } else if kind == ProtocolErrorKind::FrameTooLarge {
                         tracing::warn!(peer, error = %e, max_frame_bytes = max_frame, suppressed, "closing connection: frame too large");
                     } else {
                         tracing::info!(peer, error = %e, suppressed, "closing connection");
@@ -544,6 +587,8 @@ impl Handler {
     fn answer(&mut self, frame: Frame, mut held: Held) -> Option<PendingReply> {
         match frame {
             Frame::Whole(payload) => {
+                // An unframed message may have been admitted a read ahead of its end.
+                held.shrink_to(payload.len() as u64);
                 held.arrived();
                 match decode_request(payload) {
                     Ok(request) => Some(self.dispatch(request, held)),
@@ -554,11 +599,19 @@ impl Handler {
                 drop(held);
                 let header = decode_header(&head);
                 match header.and_then(|h| h.oneway().map(|oneway| (h, oneway))) {
-                    Ok((header, oneway)) => Some(self.refuse(ReplyTo::of(header, oneway), len)),
+                    Ok((header, oneway)) => {
+                        let to = ReplyTo::of(header, oneway, self.transport());
+                        Some(self.refuse(to, len))
+                    }
                     Err(e) => self.undecodable(&e),
                 }
             }
         }
+    }
+
+    /// The connection's transport (known once a frame was read).
+    fn transport(&self) -> Transport {
+        self.transport.unwrap_or(Transport::Framed)
     }
 
     /// Counts and logs a request that does not decode; `None`: the connection
@@ -603,6 +656,7 @@ impl Handler {
             seqid,
             strict,
             oneway,
+            transport: self.transport(),
         };
         let method = match &call {
             Call::Log { .. } => "Log",
@@ -797,7 +851,12 @@ impl ReplyWriter {
             &reply.as_reply(),
             &mut self.out,
         );
-        write_unless_stuck(self.writer.write_all(&self.out), &mut self.shutdown).await?;
+        // `encode_reply` frames the reply; an unframed client gets the message alone.
+        let reply = match to.transport {
+            Transport::Framed => &self.out[..],
+            Transport::Unframed => &self.out[4..],
+        };
+        write_unless_stuck(self.writer.write_all(reply), &mut self.shutdown).await?;
         if self.pending.is_empty() {
             write_unless_stuck(self.writer.flush(), &mut self.shutdown).await?;
         }

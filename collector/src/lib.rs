@@ -132,6 +132,7 @@ impl Collector {
         ));
         let registry: SharedRegistry = Arc::new(Mutex::new(Default::default()));
         let metrics = Metrics::new(&registry);
+        conduit_core::http::register_process_metrics(&registry);
         let spool: Option<SharedStorage> = match &limits.spool_dir {
             Some(dir) => {
                 Some(Arc::new(LocalStorage::open(dir).with_context(|| {

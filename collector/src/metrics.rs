@@ -11,7 +11,9 @@ use conduit_core::http::prometheus_client::metrics::gauge::Gauge;
 use conduit_core::http::prometheus_client::metrics::histogram::Histogram;
 use conduit_core::http::prometheus_client::registry::Registry;
 
-use crate::reasons::{CloseReason, ConnectionError, TryLaterReason};
+use conduit_core::scribe::Transport;
+
+use crate::reasons::{CloseReason, ConnectionError, ProtocolErrorKind, TryLaterReason};
 
 /// Label set: a list of (name, value) pairs.
 pub type Labels = Vec<(&'static str, String)>;
@@ -43,6 +45,9 @@ pub struct Metrics {
     pub open_connections: Gauge,
     /// Connections refused or closed for protocol errors, by reason.
     pub connection_errors: Family<Labels, Counter>,
+    /// Connections whose first message was read, by transport (`framed`,
+    /// `unframed`).
+    pub connections: Family<Labels, Counter>,
     /// Connections the collector closed for a limit on time or room, by reason
     /// ([`crate::reasons::CloseReason`]).
     pub connections_closed: Family<Labels, Counter>,
@@ -92,6 +97,40 @@ pub const FD_OPS: [&str; 7] = [
     "dedup_snapshot",
 ];
 
+/// The `method` label values of `calls`: Scribe's, fb303's, and `unknown`.
+pub const CALL_METHODS: [&str; 10] = [
+    "Log",
+    "LogBatch",
+    "getName",
+    "getVersion",
+    "getStatus",
+    "getStatusDetails",
+    "getCounters",
+    "getCounter",
+    "aliveSince",
+    "unknown",
+];
+
+/// The `op` label values of `storage_errors`.
+pub const STORAGE_OPS: [&str; 6] = [
+    "create",
+    "write",
+    "sync",
+    "close",
+    "replay",
+    "dedup_snapshot",
+];
+
+/// The `result` label values of `open_reads`.
+pub const OPEN_READ_RESULTS: [&str; 6] = [
+    "ok",
+    "gone",
+    "not_found",
+    "too_old",
+    "past_end",
+    "bad_request",
+];
+
 impl Metrics {
     /// Creates the metrics and registers them under `conduit_collector_*`.
     pub fn new(registry: &Arc<Mutex<Registry>>) -> Metrics {
@@ -108,6 +147,7 @@ impl Metrics {
             spool_bytes: Gauge::default(),
             open_connections: Gauge::default(),
             connection_errors: Family::default(),
+            connections: Family::default(),
             connections_closed: Family::default(),
             inflight_bytes: Gauge::default(),
             storage_errors: Family::default(),
@@ -176,6 +216,11 @@ impl Metrics {
             "connection_errors",
             "Connections refused or closed, by reason",
             m.connection_errors.clone(),
+        );
+        r.register(
+            "connections",
+            "Connections that sent a first message, by Thrift transport (framed, unframed)",
+            m.connections.clone(),
         );
         r.register(
             "connections_closed",
@@ -255,22 +300,39 @@ impl Metrics {
                 .connections_closed
                 .get_or_create(&Metrics::label("reason", reason.as_str()));
         }
-        for reason in [
-            TryLaterReason::Memory,
-            TryLaterReason::MaxConnections,
-            TryLaterReason::MaxConnectionsPerIp,
-        ] {
+        // So is every other counter whose label values are known.
+        for reason in TryLaterReason::ALL {
             let _ = m
                 .try_later
                 .get_or_create(&Metrics::label("reason", reason.as_str()));
         }
+        let protocol = ProtocolErrorKind::ALL.map(ConnectionError::Protocol);
         for reason in [
             ConnectionError::MaxConnections,
             ConnectionError::MaxConnectionsPerIp,
-        ] {
+        ]
+        .into_iter()
+        .chain(protocol)
+        {
             let _ = m
                 .connection_errors
                 .get_or_create(&Metrics::label("reason", reason.as_str()));
+        }
+        for transport in [Transport::Framed, Transport::Unframed] {
+            let _ = m
+                .connections
+                .get_or_create(&Metrics::label("transport", transport.as_str()));
+        }
+        for method in CALL_METHODS {
+            let _ = m.calls.get_or_create(&Metrics::label("method", method));
+        }
+        for op in STORAGE_OPS {
+            let _ = m.storage_errors.get_or_create(&Metrics::label("op", op));
+        }
+        for result in OPEN_READ_RESULTS {
+            let _ = m
+                .open_reads
+                .get_or_create(&Metrics::label("result", result));
         }
         m
     }

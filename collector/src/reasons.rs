@@ -36,6 +36,18 @@ pub enum TryLaterReason {
 }
 
 impl TryLaterReason {
+    /// Every reason, for metrics present from the start.
+    pub const ALL: [TryLaterReason; 8] = [
+        Self::QueueFull,
+        Self::ShuttingDown,
+        Self::MaxConnections,
+        Self::SpoolUnavailable,
+        Self::StorageUnavailable,
+        Self::Memory,
+        Self::MaxConnectionsPerIp,
+        Self::OpenFiles,
+    ];
+
     /// The metric label.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -229,9 +241,22 @@ pub enum ProtocolErrorKind {
     WrongMessageType,
     /// Anything else that does not decode.
     Malformed,
+    /// A connection whose first bytes are neither Thrift transport's (HTTP, TLS,
+    /// text).
+    NotThrift,
 }
 
 impl ProtocolErrorKind {
+    /// Every kind, for metrics present from the start.
+    pub const ALL: [ProtocolErrorKind; 6] = [
+        Self::FrameTooLarge,
+        Self::TruncatedFrame,
+        Self::Io,
+        Self::WrongMessageType,
+        Self::Malformed,
+        Self::NotThrift,
+    ];
+
     /// The kind of `error`.
     pub fn of(error: &ProtocolError) -> ProtocolErrorKind {
         match error {
@@ -239,6 +264,7 @@ impl ProtocolErrorKind {
             ProtocolError::TruncatedFrame { .. } => Self::TruncatedFrame,
             ProtocolError::Io(_) => Self::Io,
             ProtocolError::WrongMessageType { .. } => Self::WrongMessageType,
+            ProtocolError::NotThrift { .. } => Self::NotThrift,
             _ => Self::Malformed,
         }
     }
@@ -251,6 +277,7 @@ impl ProtocolErrorKind {
             Self::Io => "io",
             Self::WrongMessageType => "wrong_message_type",
             Self::Malformed => "malformed",
+            Self::NotThrift => "not_thrift",
         }
     }
 }
@@ -317,6 +344,10 @@ mod tests {
             (
                 ConnectionError::Protocol(ProtocolErrorKind::WrongMessageType),
                 "wrong_message_type",
+            ),
+            (
+                ConnectionError::Protocol(ProtocolErrorKind::NotThrift),
+                "not_thrift",
             ),
             (
                 ConnectionError::Protocol(ProtocolErrorKind::Malformed),

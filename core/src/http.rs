@@ -7,10 +7,12 @@
 //!   [`Registry`], encoded by
 //!   [`prometheus_client::encoding::text::encode`]. That encoder emits the
 //!   **OpenMetrics** text format (counters typed under their family name with
-//!   `_total` samples, closing `# EOF` line), so the response carries the
-//!   OpenMetrics content type [`METRICS_CONTENT_TYPE`], the same one the crate's
-//!   own server examples use. Prometheus negotiates and scrapes it natively;
-//!   labelling it `text/plain; version=0.0.4` would misdescribe the body.
+//!   `_total` samples, closing `# EOF` line), served with the OpenMetrics
+//!   content type [`METRICS_CONTENT_TYPE`] when the `Accept` header prefers
+//!   it (Prometheus does); otherwise, as Prometheus client libraries do, the
+//!   classic text format (`text/plain; version=0.0.4`, what `curl` and
+//!   `promtool check metrics` read), rewritten from it
+//!   ([`exposition`]: [`negotiate`], [`to_classic`]).
 //! * `GET /health`: `200 {"status":"ok", ...details}` while the service's
 //!   [`HealthFn`] says healthy, `503 {"status":"unhealthy", ...details}`
 //!   otherwise. Without a health function it is always `200 {"status":"ok"}`.
@@ -121,6 +123,12 @@ pub type HealthFn = Arc<dyn Fn() -> (bool, serde_json::Value) + Send + Sync>;
 /// Content type of `/metrics`: the OpenMetrics text format that
 /// [`prometheus_client::encoding::text::encode`] produces.
 pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+mod exposition;
+mod process;
+
+pub use exposition::{negotiate, to_classic, Format, CLASSIC_CONTENT_TYPE};
+pub use process::{register_process_metrics, RUSTC, VERSION};
 
 /// Most connections served at once by default (`collector.http_max_connections`);
 /// see the [module docs](self#robustness) for what happens at the limit.
@@ -703,23 +711,27 @@ impl Handler {
         // buffered or close the connection.
         drop(req);
         let response = match parsed.path.as_str() {
-            "/metrics" => self.metrics(),
+            "/metrics" => self.metrics(negotiate(parsed.header("accept"))),
             "/health" => self.health(),
             _ => self.route(parsed).await,
         };
         response.into_hyper()
     }
 
-    fn metrics(&self) -> HttpResponse {
+    fn metrics(&self, format: Format) -> HttpResponse {
         let mut body = String::new();
         let encoded = {
             let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
             prometheus_client::encoding::text::encode(&mut body, &registry)
         };
+        let (content_type, body) = match format {
+            Format::OpenMetrics => (METRICS_CONTENT_TYPE, body),
+            Format::Classic => (CLASSIC_CONTENT_TYPE, to_classic(&body)),
+        };
         match encoded {
             Ok(()) => HttpResponse {
                 status: 200,
-                content_type: METRICS_CONTENT_TYPE,
+                content_type,
                 headers: Vec::new(),
                 body: Bytes::from(body),
             },
@@ -908,9 +920,26 @@ mod tests {
     }
 
     async fn request(addr: SocketAddr, method: &str, target: &str) -> Raw {
-        let raw = format!("{method} {target} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        request_accepting(addr, method, target, None).await
+    }
+
+    /// A request with an `Accept` header, when given.
+    async fn request_accepting(
+        addr: SocketAddr,
+        method: &str,
+        target: &str,
+        accept: Option<&str>,
+    ) -> Raw {
+        let accept = accept.map_or(String::new(), |a| format!("Accept: {a}\r\n"));
+        let raw = format!(
+            "{method} {target} HTTP/1.1\r\nHost: test\r\n{accept}Connection: close\r\n\r\n"
+        );
         parse_raw(&send_raw(addr, raw.as_bytes()).await)
     }
+
+    /// What Prometheus asks for.
+    const OPENMETRICS: Option<&str> =
+        Some("application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5");
 
     struct TestRoutes {
         /// Told when `/slow` has started; `/slow` then waits for `release`.
@@ -1032,7 +1061,7 @@ mod tests {
         let fx = start(MAX_CONNECTIONS).await;
         fx.counter.inc_by(41);
         fx.counter.inc();
-        let resp = request(fx.addr, "GET", "/metrics").await;
+        let resp = request_accepting(fx.addr, "GET", "/metrics", OPENMETRICS).await;
         assert_eq!(resp.status, 200);
         assert_eq!(resp.header("content-type"), Some(METRICS_CONTENT_TYPE));
         assert!(
@@ -1055,6 +1084,17 @@ mod tests {
         );
         assert!(resp.body.contains("sync_latency_seconds_count 1\n"));
         assert!(resp.body.ends_with("# EOF\n"));
+        // Without an Accept header: the classic format, the same samples.
+        let classic = request(fx.addr, "GET", "/metrics").await;
+        assert_eq!(classic.header("content-type"), Some(CLASSIC_CONTENT_TYPE));
+        assert!(
+            classic.body.contains("# TYPE requests_total counter\n"),
+            "{}",
+            classic.body
+        );
+        assert!(classic.body.contains("\nrequests_total 42\n"));
+        assert!(classic.body.contains("sync_latency_seconds_count 1\n"));
+        assert!(!classic.body.contains("# EOF"));
         fx.shutdown().await;
     }
 
@@ -1094,7 +1134,7 @@ mod tests {
         assert_eq!(resp.status, 404);
         // Nothing registered but the server's own counter of connections it
         // closed, every reason at 0.
-        let resp = request(addr, "GET", "/metrics").await;
+        let resp = request_accepting(addr, "GET", "/metrics", OPENMETRICS).await;
         assert_eq!(resp.status, 200);
         let samples: Vec<&str> = resp.body.lines().filter(|l| !l.starts_with('#')).collect();
         assert_eq!(samples.len(), 3, "{}", resp.body);

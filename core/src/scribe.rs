@@ -2,7 +2,9 @@
 //!
 //! Conduit speaks the protocol of Facebook's Scribe so that existing Scribe clients can
 //! log to a collector unchanged. A Scribe connection carries Thrift **framed transport**
-//! over **`TBinaryProtocol`** (default port [`DEFAULT_PORT`]):
+//! over **`TBinaryProtocol`** (default port [`DEFAULT_PORT`]), or the same messages
+//! unframed (`TBufferedTransport`, strict headers only; see [`Transport`] and
+//! [`read_message_within`]):
 //!
 //! ```text
 //! connection := frame*
@@ -81,6 +83,9 @@ mod differential_tests;
 #[cfg(any(test, feature = "reference"))]
 #[doc(hidden)]
 pub mod reference;
+mod unframed;
+
+pub use unframed::{read_first_word, read_message_within, Foreign, Transport};
 
 /// The port Scribe servers listen on by default.
 pub const DEFAULT_PORT: u16 = 1463;
@@ -255,6 +260,14 @@ pub enum ProtocolError {
     UnknownResultCode {
         /// The value on the wire.
         value: i32,
+    },
+    /// A connection's first bytes are neither transport's (see [`Transport::detect`]).
+    #[error("not a Thrift client: the first bytes {first:02x?} look like {}; expected the Thrift binary protocol, framed (a 4-byte length first) or unframed (0x80 0x01 0x00 0x01 first)", looks_like.as_str())]
+    NotThrift {
+        /// What the bytes look like.
+        looks_like: Foreign,
+        /// The connection's first four bytes.
+        first: [u8; 4],
     },
     /// Reading from the stream failed.
     #[error("i/o error: {0}")]

@@ -44,6 +44,7 @@ use conduit_core::{
 };
 
 use crate::copy::{dir_state, tidy_unsealed, DirState, COPY_CHUNK};
+use crate::metrics::{SealProgress, SealView};
 use crate::{JobEnv, PassReport, TopicJob, WorkerError};
 
 /// Hours compacted per topic in one pass at most.
@@ -55,6 +56,8 @@ pub struct CompactJob {
     env: JobEnv,
     /// Per topic: the first minute of the oldest hour not yet compacted.
     frontiers: BTreeMap<Topic, Minute>,
+    /// The newest sealed minute per topic (for the lag metric).
+    progress: SealProgress,
 }
 
 /// The data of one hour: its sealed minute manifests, oldest first.
@@ -66,7 +69,14 @@ impl CompactJob {
         CompactJob {
             env,
             frontiers: BTreeMap::new(),
+            progress: SealProgress::default(),
         }
+    }
+
+    /// The newest sealed minute per topic, updated as minutes are sealed (for
+    /// the lag metric).
+    pub fn progress(&self) -> SealProgress {
+        self.progress.clone()
     }
 
     /// The hour starting at `hour` if it is closed: `Ok(Some(manifests))` (possibly
@@ -330,6 +340,10 @@ impl TopicJob for CompactJob {
                 if !hour.is_empty() {
                     self.compact_hour(topic, view, frontier, &hour).await?;
                     report.sealed += 1;
+                    let last = frontier
+                        .add_minutes(59)
+                        .map_err(|e| WorkerError::Other(e.to_string()))?;
+                    self.progress.record(SealView::Hourly, topic, last);
                     report.files += 1;
                 }
                 frontier = frontier

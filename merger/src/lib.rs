@@ -52,7 +52,7 @@ pub use checkpoint::Checkpoints;
 pub use daemon::{Daemon, DaemonStatus};
 pub use lease::{Lease, LeaseRecord, LeaseSettings, LeaseStatus, Monotonic};
 pub use local::LocalJob;
-pub use metrics::{SealProgress, WorkerMetrics};
+pub use metrics::{SealProgress, SealView, WorkerMetrics};
 pub use status::StatusPage;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -82,7 +82,7 @@ use conduit_core::{Manifest, Minute, NodeName, RenameMode, Storage, StorageError
 
 use crate::checkpoint::Checkpoints;
 use crate::dedup::{self, TopicDedup, Window};
-use crate::metrics::SealProgress;
+use crate::metrics::{SealProgress, SealView};
 use crate::seal::{Sealed, Sealer};
 use crate::{JobEnv, PassReport, TopicJob, WorkerError};
 
@@ -421,7 +421,7 @@ impl LocalJob {
         files.retain(|f| f.name.minute < window_end);
         if let Some(last) = last {
             self.sealed.insert(topic.clone(), last);
-            self.progress.record(View::Local, topic, last);
+            self.progress.record(SealView::Local, topic, last);
         }
 
         // Late files: their minute is sealed; they go to the oldest unsealed one.
@@ -460,7 +460,7 @@ impl LocalJob {
             report.quarantined += sealed.quarantined;
             report.duplicates_dropped += sealed.duplicates_dropped;
             self.sealed.insert(topic.clone(), next);
-            self.progress.record(View::Local, topic, next);
+            self.progress.record(SealView::Local, topic, next);
             report.sealed += 1;
             sealed_now += 1;
             match next.next() {

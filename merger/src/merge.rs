@@ -65,6 +65,7 @@ use conduit_core::tree::{self, newest_sealed_dir, oldest_dir};
 use conduit_core::{Manifest, ManifestError, ManifestFile, Minute, NodeName, Topic, View};
 
 use crate::copy::{copy_all, dir_state, tidy_unsealed, CopyTask, DirState};
+use crate::metrics::{SealProgress, SealView};
 use crate::{Cluster, JobEnv, PassReport, TopicJob, WorkerError};
 
 /// Merged minutes sealed per topic in one pass at most (catch-up continues in the
@@ -102,6 +103,8 @@ enum Readiness {
 pub struct MergeJob {
     env: JobEnv,
     topics: BTreeMap<Topic, TopicState>,
+    /// The newest sealed minute per topic (for the lag metric).
+    progress: SealProgress,
 }
 
 impl MergeJob {
@@ -110,7 +113,14 @@ impl MergeJob {
         MergeJob {
             env,
             topics: BTreeMap::new(),
+            progress: SealProgress::default(),
         }
+    }
+
+    /// The newest sealed minute per topic, updated as minutes are sealed (for
+    /// the lag metric).
+    pub fn progress(&self) -> SealProgress {
+        self.progress.clone()
     }
 
     fn cluster(&self, name: &NodeName) -> Option<&Cluster> {
@@ -462,6 +472,7 @@ impl MergeJob {
         tracing::info!(%topic, minute = %frontier, files = report.files, late = report.late_files,
             bytes = report.bytes_copied, "sealed merged minute");
         report.sealed = 1;
+        self.progress.record(SealView::Merged, topic, frontier);
         for source in included {
             state.placed_through.insert(source, frontier);
         }

@@ -7,15 +7,15 @@
 //! |---|---|---|---|
 //! | `conduit_worker_passes_total` | counter | job | passes that completed |
 //! | `conduit_worker_errors_total` | counter | job | passes that failed (retried next interval) |
-//! | `conduit_worker_minutes_sealed_total` | counter | job | minute (or hour) directories sealed |
+//! | `conduit_worker_sealed_dirs_total` | counter | job | minute (or hour) directories sealed |
 //! | `conduit_worker_files_moved_total` | counter | job | data files moved or copied into a view |
 //! | `conduit_worker_late_files_total` | counter | job | files recorded as late |
 //! | `conduit_worker_bytes_copied_total` | counter | job | bytes copied (renames count 0) |
 //! | `conduit_worker_deleted_total` | counter | job | directories deleted by retention |
-//! | `conduit_worker_pending_minutes` | gauge | job | backlog reported by the last pass |
+//! | `conduit_worker_backlog_dirs` | gauge | job | minute (or hour) directories waiting, reported by the last pass |
 //! | `conduit_worker_files_quarantined_total` | counter | job | files set aside in `quarantine/` because they could not be sealed |
 //! | `conduit_worker_duplicates_dropped_total` | counter | job | records dropped at the seal as second copies of publisher batches |
-//! | `conduit_worker_lag_seconds` | gauge | view, topic | clock minus the end of the newest sealed minute |
+//! | `conduit_worker_lag_seconds` | gauge | view (`local`, `merged`, `mirror`, `hourly`), topic | clock minus the end of the newest sealed minute |
 //! | `conduit_worker_lease_held` | gauge | | 1 while this worker holds the lease, 0 on standby |
 //! | `conduit_worker_lease_epoch` | gauge | | epoch of the lease last held |
 //!
@@ -32,35 +32,71 @@ use conduit_core::http::prometheus_client::metrics::counter::Counter;
 use conduit_core::http::prometheus_client::metrics::family::Family;
 use conduit_core::http::prometheus_client::metrics::gauge::Gauge;
 use conduit_core::http::SharedRegistry;
-use conduit_core::{Minute, Topic, View};
+use conduit_core::{Minute, Topic};
 
 use crate::PassReport;
 
 /// Label set: a list of (name, value) pairs.
 pub type Labels = Vec<(&'static str, String)>;
 
+/// What a job seals, as the `view` label of `conduit_worker_lag_seconds`: the
+/// local, merged and hourly views, and the mirror (merged minutes copied from
+/// another cluster).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SealView {
+    /// `streams_local/`, sealed by the local job.
+    Local,
+    /// `streams/`, sealed by the merge job.
+    Merged,
+    /// `streams/` minutes of topics mirrored from their origin cluster.
+    Mirror,
+    /// `streams_hourly/`, sealed by the compact job (the newest sealed minute is
+    /// the last of the newest hour).
+    Hourly,
+}
+
+impl SealView {
+    /// Every view.
+    pub const ALL: [SealView; 4] = [
+        SealView::Local,
+        SealView::Merged,
+        SealView::Mirror,
+        SealView::Hourly,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SealView::Local => "local",
+            SealView::Merged => "merged",
+            SealView::Mirror => "mirror",
+            SealView::Hourly => "hourly",
+        }
+    }
+}
+
 /// The newest sealed minute per (view, topic), shared between a job and the
 /// daemon's lag gauge. Cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct SealProgress {
-    inner: Arc<Mutex<BTreeMap<(View, Topic), Minute>>>,
+    inner: Arc<Mutex<BTreeMap<(SealView, Topic), Minute>>>,
 }
 
 impl SealProgress {
     /// Records that `minute` is the newest sealed minute of `topic` in `view`.
-    pub fn record(&self, view: View, topic: &Topic, minute: Minute) {
+    pub fn record(&self, view: SealView, topic: &Topic, minute: Minute) {
         let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         map.insert((view, topic.clone()), minute);
     }
 
     /// Every (view, topic, newest sealed minute).
-    pub fn snapshot(&self) -> Vec<(View, Topic, Minute)> {
+    pub fn snapshot(&self) -> Vec<(SealView, Topic, Minute)> {
         let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         map.iter().map(|((v, t), m)| (*v, t.clone(), *m)).collect()
     }
 
     /// The newest sealed minute of `topic` in `view`, if any.
-    pub fn get(&self, view: View, topic: &Topic) -> Option<Minute> {
+    pub fn get(&self, view: SealView, topic: &Topic) -> Option<Minute> {
         let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         map.get(&(view, topic.clone())).copied()
     }
@@ -120,7 +156,7 @@ impl WorkerMetrics {
         r.register("passes", "Job passes completed", m.passes.clone());
         r.register("errors", "Job passes that failed", m.errors.clone());
         r.register(
-            "minutes_sealed",
+            "sealed_dirs",
             "Minute or hour directories sealed",
             m.sealed.clone(),
         );
@@ -141,8 +177,8 @@ impl WorkerMetrics {
             m.deleted.clone(),
         );
         r.register(
-            "pending_minutes",
-            "Minutes waiting, as reported by the last pass",
+            "backlog_dirs",
+            "Minute or hour directories waiting to be sealed, as reported by the last pass",
             m.pending.clone(),
         );
         r.register(
@@ -229,7 +265,7 @@ impl WorkerMetrics {
             let lag = (now - minute.end()).num_milliseconds() as f64 / 1000.0;
             self.lag_seconds
                 .get_or_create(&vec![
-                    ("view", view.name().to_owned()),
+                    ("view", view.as_str().to_owned()),
                     ("topic", topic.to_string()),
                 ])
                 .set(lag.max(0.0));

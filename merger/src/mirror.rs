@@ -34,6 +34,7 @@ use conduit_core::tree::{self, newest_sealed_dir, oldest_dir};
 use conduit_core::{Manifest, Minute, NodeName, Topic, View};
 
 use crate::copy::{copy_all, seal_raw, tidy_unsealed, CopyTask};
+use crate::metrics::{SealProgress, SealView};
 use crate::{JobEnv, PassReport, TopicJob, WorkerError};
 
 /// Minutes mirrored per topic in one pass at most.
@@ -45,6 +46,8 @@ pub struct MirrorJob {
     env: JobEnv,
     /// Per topic: the oldest merged minute not yet mirrored.
     frontiers: BTreeMap<Topic, Minute>,
+    /// The newest sealed minute per topic (for the lag metric).
+    progress: SealProgress,
 }
 
 impl MirrorJob {
@@ -53,7 +56,14 @@ impl MirrorJob {
         MirrorJob {
             env,
             frontiers: BTreeMap::new(),
+            progress: SealProgress::default(),
         }
+    }
+
+    /// The newest sealed minute per topic, updated as minutes are sealed (for
+    /// the lag metric).
+    pub fn progress(&self) -> SealProgress {
+        self.progress.clone()
     }
 }
 
@@ -180,6 +190,7 @@ impl TopicJob for MirrorJob {
                 tracing::info!(%topic, minute = %frontier, origin = %origin.name,
                     files = step.files, bytes = step.bytes_copied, "sealed mirrored minute");
                 step.sealed = 1;
+                self.progress.record(SealView::Mirror, topic, frontier);
                 report.add(&step);
                 frontier = frontier.next().map_err(|e| WorkerError::Other(e.to_string()))?;
             }

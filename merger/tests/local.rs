@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use conduit_core::scribe::ResultCode;
 use conduit_core::storage::{FaultPlan, FaultStorage};
-use conduit_core::{Config, SharedStorage, TestClock, Topic, View};
-use conduit_merger::{Job, LocalJob};
+use conduit_core::{Config, SharedStorage, TestClock, Topic};
+use conduit_merger::{Job, LocalJob, SealView};
 use conduit_testkit::clock::{clock_at, set};
 use conduit_testkit::collector;
 use conduit_testkit::scribe::{padded, Client};
@@ -83,7 +83,7 @@ async fn minutes_seal_in_order_with_empty_ones_and_survive_a_lost_checkpoint() {
     assert_eq!(m.sealed_by, "dc1/test-worker");
     assert_eq!(m.clusters, vec![node("dc1")]);
     assert_eq!(
-        job.progress().get(View::Local, &clicks),
+        job.progress().get(SealView::Local, &clicks),
         Some(minute("2026-11-22T10:07"))
     );
     let cp = storage

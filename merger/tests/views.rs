@@ -24,7 +24,7 @@ use conduit_core::{
 };
 use conduit_merger::{
     Cluster, CompactJob, Job, JobEnv, LocalJob, MergeJob, MirrorJob, NoFence, PassReport, PurgeJob,
-    WorkerError,
+    SealView, WorkerError,
 };
 use conduit_testkit::{local_storage, minute, node};
 
@@ -348,6 +348,8 @@ async fn merge_unions_two_sources_byte_for_byte_and_seals_within_seconds() {
     let took = wall.elapsed();
     assert_eq!(report.sealed, 1);
     println!("merge pass sealing one minute of 2 sources: {took:?} wall time");
+    // The lag gauge's view of it (conduit_worker_lag_seconds{view="merged"}).
+    assert_eq!(job.progress().get(SealView::Merged, &topic()), Some(m5));
 
     let dest = world.storage("dc3");
     let (records, manifests) = merged_records(dest.as_ref(), start, m5).await;
@@ -701,6 +703,11 @@ async fn a_mirror_falls_behind_catches_up_and_is_byte_identical() {
         .unwrap()
         .sealed;
     assert_eq!(sealed, last as u64 + 1);
+    // The first job's newest mirrored minute (conduit_worker_lag_seconds{view="mirror"}).
+    assert_eq!(
+        mirror.progress().get(SealView::Mirror, &topic()),
+        Some(start.add_minutes(last - 1).unwrap())
+    );
 
     let origin = world.storage("dc1");
     let copy = world.storage("dc2");
@@ -893,6 +900,11 @@ async fn compaction_is_one_file_the_zstd_cli_reads_in_order() {
         job.pass().await.unwrap().sealed,
         0,
         "the next hour is not closed"
+    );
+    // The hourly lag counts from the hour's last minute.
+    assert_eq!(
+        job.progress().get(SealView::Hourly, &topic()),
+        Some(minute("2026-11-22T10:59Z"))
     );
 
     let storage = world.storage("dc1");

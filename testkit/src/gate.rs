@@ -1,4 +1,4 @@
-//! Outside parts a test needs: Python modules, the `zstd` CLI (HDFS has its own
+//! Outside parts a test needs: Python modules, the `zstd` CLI, `promtool` (HDFS has its own
 //! gate in [`crate::hdfs`], built on [`missing`]).
 //!
 //! The rule, everywhere: when the part is there the test runs; when it is missing
@@ -64,6 +64,25 @@ pub fn zstd_cli(test: &str) -> bool {
             test,
             "the zstd CLI is not installed",
             "apt-get install zstd; .ci/run installs it",
+        );
+    }
+    ok
+}
+
+/// Whether `test` can run `promtool` (Debian's `prometheus` package; see the
+/// module docs for the rule when it cannot).
+pub fn promtool(test: &str) -> bool {
+    let ok = Command::new("promtool")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        missing(
+            test,
+            "promtool is not installed",
+            "apt-get install prometheus; .ci/run installs it",
         );
     }
     ok

@@ -367,6 +367,14 @@ impl WorkerProcess {
     pub fn log(&self) -> String {
         read_log(&self.log_path)
     }
+
+    /// Its `/metrics` text (asserts `200`).
+    pub fn metrics(&self) -> String {
+        let (status, body) = http_get(&self.http_addr, "/metrics")
+            .unwrap_or_else(|e| panic!("{e}; worker log:\n{}", self.log()));
+        assert_eq!(status, 200, "GET /metrics: {body}");
+        body
+    }
 }
 
 impl Drop for WorkerProcess {

@@ -1,8 +1,8 @@
 //! Scribe clients for tests: [`Client`], a raw connection speaking framed binary
 //! `Log` and `LogBatch` with `conduit_core::scribe` (the collector's own codec,
 //! client side) and reading each reply; and [`Thriftpy2`], a client nobody here
-//! wrote (PyPI `thriftpy2`, framed transport, binary protocol) driven by a JSON
-//! plan.
+//! wrote (PyPI `thriftpy2`, framed or buffered (unframed) transport, binary
+//! protocol) driven by a JSON plan.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -270,7 +270,7 @@ import thriftpy2
 from thriftpy2.protocol import TBinaryProtocolFactory
 from thriftpy2.rpc import make_client
 from thriftpy2.thrift import TApplicationException
-from thriftpy2.transport import TFramedTransportFactory
+from thriftpy2.transport import TBufferedTransportFactory, TFramedTransportFactory
 
 idl, plan_path = sys.argv[1], sys.argv[2]
 scribe = thriftpy2.load(idl, module_name="scribe_thrift")
@@ -279,10 +279,13 @@ with open(plan_path) as f:
 # strict: versioned message headers (thriftpy2's default); otherwise the old,
 # unversioned form that old Scribe clients write.
 strict = plan.get("strict", True)
+# framed (conduit's publisher, TFramedTransport) or buffered: unframed messages,
+# the transport of Thrift's generated clients.
+transports = {"framed": TFramedTransportFactory, "buffered": TBufferedTransportFactory}
 client = make_client(
     scribe.scribe, plan["host"], plan["port"],
     proto_factory=TBinaryProtocolFactory(strict_read=strict, strict_write=strict),
-    trans_factory=TFramedTransportFactory(),
+    trans_factory=transports[plan.get("transport", "framed")](),
     timeout=30000,
 )
 
@@ -360,6 +363,16 @@ impl Thriftpy2 {
     /// [`Thriftpy2::run`] with strict (versioned) or old, unversioned message
     /// headers.
     pub fn run_with(&self, addr: &str, strict: bool, steps: Vec<Value>) -> Vec<Value> {
+        self.run_plan(addr, strict, "framed", steps)
+    }
+
+    /// [`Thriftpy2::run`] on thriftpy2's `TBufferedTransport`: unframed messages,
+    /// as Thrift's generated clients send them.
+    pub fn run_unframed(&self, addr: &str, steps: Vec<Value>) -> Vec<Value> {
+        self.run_plan(addr, true, "buffered", steps)
+    }
+
+    fn run_plan(&self, addr: &str, strict: bool, transport: &str, steps: Vec<Value>) -> Vec<Value> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let (host, port) = addr
             .rsplit_once(':')
@@ -368,6 +381,7 @@ impl Thriftpy2 {
             "host": host,
             "port": port.parse::<u16>().unwrap_or_else(|e| panic!("port of {addr}: {e}")),
             "strict": strict,
+            "transport": transport,
             "steps": steps,
         });
         let plan_path: PathBuf = self.dir.path().join(format!(

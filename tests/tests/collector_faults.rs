@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use conduit_core::format::{decode_file, Decoded, Encoding};
-use conduit_core::scribe::{encode_log_call, ResultCode};
+use conduit_core::scribe::{encode_log_call, ResultCode, Transport};
 use conduit_testkit::process::{metric, CollectorProcess};
 use conduit_testkit::runtime;
 use conduit_testkit::scribe::{closed_by_peer, Client};
@@ -369,10 +369,16 @@ fn garbage_connections_are_closed_and_healthy_one_keeps_working() {
     progressed("the healthy connection to start");
 
     // 4 KiB of random bytes. The first four are read as a frame length; redraw
-    // until the collector can judge them without waiting for more bytes.
+    // until the collector can judge them without waiting for more bytes, and
+    // until they are neither an unframed message's version word nor what the
+    // collector names as another protocol (text, HTTP, TLS: `not_thrift`).
     let mut random = vec![0u8; 4096];
     let random_reason = loop {
         rand::rng().fill_bytes(&mut random);
+        let first: [u8; 4] = random[..4].try_into().unwrap();
+        if !matches!(Transport::detect(first, 64 << 20), Ok(Transport::Framed)) {
+            continue;
+        }
         let len = i32::from_be_bytes(random[..4].try_into().unwrap());
         if len < 0 {
             break "malformed"; // negative length

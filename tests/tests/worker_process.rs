@@ -107,7 +107,7 @@ fn a_killed_worker_restarts_without_loss_duplicates_or_changed_minutes() {
         Duration::from_secs(30),
         || {
             let (_, body) = http_get(&http, "/metrics").ok()?;
-            (metric(&body, "conduit_worker_minutes_sealed_total{job=\"local\"}")? >= 1.0)
+            (metric(&body, "conduit_worker_sealed_dirs_total{job=\"local\"}")? >= 1.0)
                 .then_some(body)
         },
     )
