@@ -360,12 +360,6 @@ impl CollectorConfig {
         }
     }
 
-    /// The HTTP port's TLS settings: [`CollectorConfig::server_tls`] when
-    /// `http_tls` is set.
-    pub fn http_server_tls(&self) -> Option<crate::tls::ServerTls> {
-        self.server_tls().filter(|_| self.http_tls)
-    }
-
     /// `max_open_files`, or when unset the value derived from this process's
     /// open-file limit ([`max_open_files_for`]).
     pub fn open_files_limit(&self) -> usize {
