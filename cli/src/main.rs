@@ -14,6 +14,7 @@ mod malloc;
 mod publish;
 mod signals;
 mod tail;
+mod tls;
 mod up;
 mod verify;
 mod worker;

@@ -50,6 +50,9 @@ pub struct PublishArgs {
     /// directory. Exit status 75 when events remain spooled.
     #[arg(long, value_name = "DIR")]
     spool_dir: Option<PathBuf>,
+
+    #[command(flatten)]
+    tls: crate::tls::TlsArgs,
 }
 
 /// Publishes stdin, one event per line; exits non-zero if any event was not
@@ -65,6 +68,9 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
         .topic_encoding(args.topic.clone(), encoding);
     if let Some(dir) = &args.spool_dir {
         builder = builder.spool_dir(dir);
+    }
+    if let Some(tls) = args.tls.client_tls()? {
+        builder = builder.tls(tls);
     }
     let publisher = builder
         .build()

@@ -268,6 +268,50 @@ impl ClientTls {
     }
 }
 
+/// A TLS client ready to connect: [`ClientTls`] with its files read.
+#[derive(Clone)]
+pub struct TlsClient {
+    settings: ClientTls,
+    connector: TlsConnector,
+}
+
+impl std::fmt::Debug for TlsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsClient")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsClient {
+    /// Reads the files of `settings`.
+    pub fn new(settings: ClientTls) -> Result<TlsClient, TlsError> {
+        let connector = settings.connector()?;
+        Ok(TlsClient {
+            settings,
+            connector,
+        })
+    }
+
+    /// The settings it was made from.
+    pub fn settings(&self) -> &ClientTls {
+        &self.settings
+    }
+
+    /// Handshakes over `stream`, a connection to `addr`, checking the server's
+    /// certificate against [`ClientTls::server_name_for`]`(addr)`.
+    pub async fn connect<S>(&self, addr: &str, stream: S) -> std::io::Result<ClientStream<S>>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let name = self
+            .settings
+            .server_name_for(addr)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        self.connector.connect(name, stream).await
+    }
+}
+
 /// `name` as a server name to verify (a DNS name or an IP address).
 pub fn server_name(name: &str) -> Result<ServerName<'static>, TlsError> {
     ServerName::try_from(name.to_owned()).map_err(|_| TlsError::ServerName {
