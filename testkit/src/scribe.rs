@@ -279,11 +279,14 @@ with open(plan_path) as f:
 # strict: versioned message headers (thriftpy2's default); otherwise the old,
 # unversioned form that old Scribe clients write.
 strict = plan.get("strict", True)
+# tls: {"cafile": ..., "certfile": ..., "keyfile": ...} makes thriftpy2 connect
+# with its TSSLSocket (server certificate verified against cafile).
 client = make_client(
     scribe.scribe, plan["host"], plan["port"],
     proto_factory=TBinaryProtocolFactory(strict_read=strict, strict_write=strict),
     trans_factory=TFramedTransportFactory(),
     timeout=30000,
+    **plan.get("tls", {}),
 )
 
 def emit(obj):
@@ -360,16 +363,36 @@ impl Thriftpy2 {
     /// [`Thriftpy2::run`] with strict (versioned) or old, unversioned message
     /// headers.
     pub fn run_with(&self, addr: &str, strict: bool, steps: Vec<Value>) -> Vec<Value> {
+        self.run_plan(addr, strict, None, steps)
+    }
+
+    /// [`Thriftpy2::run`] over TLS: `tls` is `{"cafile": PATH}`, with
+    /// `"certfile"` and `"keyfile"` for a client certificate (thriftpy2's
+    /// `make_client` arguments; the server's certificate is verified).
+    pub fn run_tls(&self, addr: &str, tls: Value, steps: Vec<Value>) -> Vec<Value> {
+        self.run_plan(addr, true, Some(tls), steps)
+    }
+
+    fn run_plan(
+        &self,
+        addr: &str,
+        strict: bool,
+        tls: Option<Value>,
+        steps: Vec<Value>,
+    ) -> Vec<Value> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let (host, port) = addr
             .rsplit_once(':')
             .unwrap_or_else(|| panic!("{addr} is not host:port"));
-        let plan = json!({
+        let mut plan = json!({
             "host": host,
             "port": port.parse::<u16>().unwrap_or_else(|e| panic!("port of {addr}: {e}")),
             "strict": strict,
             "steps": steps,
         });
+        if let Some(tls) = tls {
+            plan["tls"] = tls;
+        }
         let plan_path: PathBuf = self.dir.path().join(format!(
             "plan-{}.json",
             NEXT.fetch_add(1, Ordering::Relaxed)
