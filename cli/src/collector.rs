@@ -70,6 +70,33 @@ pub struct CollectorArgs {
     /// Connections above this get TRY_LATER [config: collector.max_connections, default 1024].
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
+
+    /// Allow clients from this network only (CIDR such as 10.0.0.0/8 or fd00::/8,
+    /// or one address); repeat for several. Checked at accept on the Scribe and
+    /// the HTTP port; others are closed, counted and logged. Replaces the
+    /// config's list [config: collector.allow_networks; default: every address].
+    #[arg(long = "allow-network", value_name = "CIDR")]
+    allow_networks: Vec<String>,
+
+    /// PEM certificate chain: with --tls-key, the Scribe port speaks TLS only
+    /// [config: collector.tls_cert; default: plain Scribe].
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<String>,
+
+    /// PEM private key of --tls-cert [config: collector.tls_key].
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<String>,
+
+    /// PEM CA bundle: every TLS client must present a certificate signed by one
+    /// of these CAs [config: collector.tls_client_ca; default: no client
+    /// certificate asked].
+    #[arg(long, value_name = "FILE")]
+    tls_client_ca: Option<String>,
+
+    /// Serve the HTTP port (/metrics, /health, /v1/open) with TLS too, with the
+    /// same certificate, key and client CA [config: collector.http_tls].
+    #[arg(long)]
+    http_tls: bool,
 }
 
 /// Runs a collector until SIGINT or SIGTERM, then shuts down cleanly.
@@ -111,6 +138,21 @@ pub async fn run(args: CollectorArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(v) = args.max_connections {
         c.max_connections = v;
+    }
+    if !args.allow_networks.is_empty() {
+        c.allow_networks = args.allow_networks.clone();
+    }
+    if let Some(v) = &args.tls_cert {
+        c.tls_cert = Some(v.clone());
+    }
+    if let Some(v) = &args.tls_key {
+        c.tls_key = Some(v.clone());
+    }
+    if let Some(v) = &args.tls_client_ca {
+        c.tls_client_ca = Some(v.clone());
+    }
+    if args.http_tls {
+        c.http_tls = true;
     }
     config.validate()?;
     let cluster = NodeName::new(&args.cluster).context("--cluster")?;

@@ -17,6 +17,7 @@ mod publish;
 mod signals;
 mod table;
 mod tail;
+mod tls;
 mod up;
 mod verify;
 mod worker;

@@ -64,6 +64,9 @@ pub struct PublishArgs {
     /// `--spool-dir`, which spools instead.
     #[arg(long, default_value_t = 5, value_name = "SECS")]
     give_up_secs: u64,
+
+    #[command(flatten)]
+    tls: crate::tls::TlsArgs,
 }
 
 /// Publishes stdin, one event per line; exits non-zero if any event was not
@@ -79,6 +82,9 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
         .topic_encoding(args.topic.clone(), encoding);
     if let Some(dir) = &args.spool_dir {
         builder = builder.spool_dir(dir);
+    }
+    if let Some(tls) = args.tls.client_tls()? {
+        builder = builder.tls(tls);
     }
     let publisher = builder
         .build()

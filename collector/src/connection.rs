@@ -46,6 +46,18 @@
 //!   ([`conduit_core::text`]); protocol errors, refusals and timeouts are logged
 //!   at most once per 10 s per kind ([`conduit_core::ratelimit`]).
 //!
+//! # Who may connect
+//! The listener's [`FrontDoor`]: a peer outside `allow_networks` is closed at
+//! accept, before admission and before any byte is read (counted as
+//! `connection_errors{reason="not_allowed"}`, logged naming the peer and the
+//! list). On a TLS port the connection is admitted first (so it counts against
+//! `max_connections` and `max_connections_per_ip`, and can be evicted while it
+//! handshakes), then its handshake must complete within the first call's deadline
+//! (`first_call_timeout_ms` from accept); a failed or late handshake is counted
+//! as `reason="tls_handshake"` and logged with the peer and rustls's error. The
+//! plain and the TLS connection run the same [`Handler`] and [`ReplyWriter`],
+//! monomorphized over their halves, so the plain path is what it was.
+//!
 //! Shutdown: the listener stops accepting; each handler stops reading; each writer
 //! answers the calls already read (giving up on a client that does not read its
 //! replies after `SHUTDOWN_WRITE_GRACE`); the listener returns once every
@@ -57,14 +69,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use conduit_core::allow::AllowList;
 use conduit_core::scribe::{
     decode_header, decode_request, encode_reply, read_first_word, read_frame_within,
     read_message_within, Call, Frame, LogEntry, MessageHeader, ProtocolError, Request, ResultCode,
     Transport,
 };
 use conduit_core::text::shown;
-use tokio::io::{AsyncWriteExt, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use conduit_core::tls::TlsAcceptor;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
@@ -106,6 +120,25 @@ const FIRST_READ_BYTES: usize = 16 << 10;
 /// for its encoded parts).
 pub const SMALL_FRAME_BYTES: u64 = 4 << 10;
 
+/// Who may connect: the client networks allowed and, for a TLS port, the
+/// acceptor (its certificate and, if asked for, the client CA).
+#[derive(Clone, Default)]
+pub struct FrontDoor {
+    /// `allow_networks`: peers outside it are closed at accept.
+    pub allow: AllowList,
+    /// TLS on this port; `None`: plain Scribe.
+    pub tls: Option<TlsAcceptor>,
+}
+
+impl std::fmt::Debug for FrontDoor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrontDoor")
+            .field("allow", &self.allow)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
 /// Accepts connections and runs one task per connection until shutdown.
 #[derive(Debug)]
 pub struct Listener {
@@ -117,6 +150,8 @@ pub struct Listener {
     shared: Arc<Shared>,
     /// Which connections are served, and who makes room at a limit.
     admission: Arc<Admission>,
+    /// Which peers may connect, and whether they speak TLS.
+    door: FrontDoor,
     /// The connection tasks, so that shutdown waits until every connection has
     /// answered the calls it read (each answer says whether the data is durable).
     connections: JoinSet<()>,
@@ -125,10 +160,12 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// A listener serving `listener` until `shared.shutting_down` is set.
-    pub fn new(listener: TcpListener, shared: Arc<Shared>) -> Listener {
+    /// A listener serving `listener` to the peers `door` lets in until
+    /// `shared.shutting_down` is set.
+    pub fn new(listener: TcpListener, shared: Arc<Shared>, door: FrontDoor) -> Listener {
         Listener {
             listener,
+            door,
             admission: Admission::new(
                 shared.limits.max_connections,
                 shared.limits.max_connections_per_ip,
@@ -202,6 +239,14 @@ impl Listener {
     /// courtesy answer).
     fn spawn(&mut self, stream: TcpStream, peer: SocketAddr) {
         let limits = &self.shared.limits;
+        if !self.door.allow.allows(peer.ip()) {
+            self.shared
+                .count_connection_error(ConnectionError::NotAllowed);
+            if let Some(suppressed) = conduit_core::ratelimit::allow("collector_not_allowed") {
+                tracing::warn!(%peer, allow_networks = %self.door.allow, suppressed, "connection from an address outside allow_networks: closed");
+            }
+            return;
+        }
         let mode = match self.admission.admit(peer) {
             Admitted::Served { slot, evicted } => {
                 if let Some((victim, idle)) = evicted {
@@ -227,8 +272,9 @@ impl Listener {
             }
         };
         let shared = self.shared.clone();
+        let tls = self.door.tls.clone();
         self.connections
-            .spawn(serve_connection(stream, peer, shared, mode));
+            .spawn(serve_connection(stream, peer, shared, mode, tls));
     }
 }
 
@@ -245,18 +291,131 @@ enum Mode {
     },
 }
 
-/// Serves one connection, counted in `open_connections`, until it is closed.
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mode: Mode) {
+/// Serves one connection (after its TLS handshake, with `tls`), counted in
+/// `open_connections`, until it is closed.
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    mode: Mode,
+    tls: Option<TlsAcceptor>,
+) {
+    let accepted = Instant::now();
     shared.metrics.open_connections.inc();
-    run_connection(stream, peer, &shared, &mode).await;
+    let _ = stream.set_nodelay(true);
+    match tls {
+        None => {
+            let (reader, writer) = stream.into_split();
+            run_connection(reader, writer, peer, &shared, &mode, accepted).await;
+        }
+        Some(acceptor) => {
+            if let Some(stream) = handshake(acceptor, stream, peer, &shared, &mode, accepted).await
+            {
+                let (reader, writer) = tokio::io::split(stream);
+                run_connection(reader, writer, peer, &shared, &mode, accepted).await;
+            }
+        }
+    }
     shared.metrics.open_connections.dec();
     drop(mode);
+}
+
+/// The TLS handshake of a connection accepted at `accepted`: bounded by its
+/// first call's deadline, and given up on eviction or shutdown. `None` (counted
+/// and logged) when it fails or is late.
+async fn handshake(
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    mode: &Mode,
+    accepted: Instant,
+) -> Option<conduit_core::tls::ServerStream<TcpStream>> {
+    let (limit, evicted) = match mode {
+        Mode::Served(slot) => (
+            Duration::from_millis(shared.limits.first_call_timeout_ms),
+            Some(slot.activity.clone()),
+        ),
+        Mode::Refused { .. } => (OVER_LIMIT_GRACE, None),
+    };
+    let evicted = async {
+        match &evicted {
+            Some(activity) => activity.evicted().await,
+            None => std::future::pending().await,
+        }
+    };
+    let mut shutdown = shared.shutting_down.clone();
+    let error = tokio::select! {
+        done = acceptor.accept(stream) => match done {
+            Ok(stream) => return Some(stream),
+            Err(e) => e.to_string(),
+        },
+        _ = sleep_until(accepted + limit) => format!(
+            "no complete handshake within first_call_timeout_ms ({} ms)",
+            limit.as_millis()
+        ),
+        _ = evicted => return None,
+        _ = shutdown.wait_for(|s| *s) => return None,
+    };
+    shared.count_connection_error(ConnectionError::TlsHandshake);
+    if let Some(suppressed) = conduit_core::ratelimit::allow("collector_tls_handshake") {
+        tracing::warn!(%peer, %error, suppressed, "tls handshake failed: closed");
+    }
+    None
+}
+
+/// A connection's read half: plain TCP, or TLS.
+trait ReadHalf: AsyncRead + Unpin + Send + 'static {
+    /// Waits until bytes arrive and reads at most `limit` of them into `buf`
+    /// (`Ok(0)`: the peer closed). Room is reserved only once bytes are there
+    /// to read (where the transport can tell), so an idle connection holds no
+    /// buffer.
+    fn read_some(
+        &mut self,
+        buf: &mut BytesMut,
+        limit: usize,
+    ) -> impl std::future::Future<Output = std::io::Result<usize>> + Send;
+}
+
+/// Reserves room for a read of up to `limit` bytes if `buf` has (almost) none.
+fn make_room(buf: &mut BytesMut, limit: usize) {
+    if buf.capacity() - buf.len() < 4 {
+        buf.reserve(limit);
+    }
+}
+
+impl ReadHalf for OwnedReadHalf {
+    async fn read_some(&mut self, buf: &mut BytesMut, limit: usize) -> std::io::Result<usize> {
+        loop {
+            self.readable().await?;
+            make_room(buf, limit);
+            match self.try_read_buf(&mut buf.limit(limit)) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                read => return read,
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ReadHalf for tokio::io::ReadHalf<S> {
+    async fn read_some(&mut self, buf: &mut BytesMut, limit: usize) -> std::io::Result<usize> {
+        // rustls holds its own buffers; reading needs room of ours first.
+        make_room(buf, limit);
+        self.read_buf(&mut buf.limit(limit)).await
+    }
 }
 
 /// Runs a connection's handler and reply writer until the peer closes it, it
 /// misbehaves, a limit closes it, or shutdown; returns once every call read has
 /// been answered.
-async fn run_connection(stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>, mode: &Mode) {
+async fn run_connection<R: ReadHalf, W: AsyncWrite + Unpin + Send + Sync + 'static>(
+    reader: R,
+    writer: W,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+    mode: &Mode,
+    accepted: Instant,
+) {
     let peer = peer.to_string();
     let cache = match CallCache::new(shared.limits.zstd_level) {
         Ok(cache) => cache,
@@ -265,12 +424,10 @@ async fn run_connection(stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared
             return;
         }
     };
-    let _ = stream.set_nodelay(true);
     let (activity, refused) = match mode {
         Mode::Served(slot) => (Some(slot.activity.clone()), None),
         Mode::Refused { reason, .. } => (None, Some(*reason)),
     };
-    let (reader, writer) = stream.into_split();
     let (replies, pending) = mpsc::channel(REPLIES_IN_FLIGHT);
     let writer = ReplyWriter::new(
         writer,
@@ -289,7 +446,7 @@ async fn run_connection(stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared
         cache,
         refused,
         activity,
-        accepted: Instant::now(),
+        accepted,
         first: true,
         transport: None,
         shutdown: shared.shutting_down.clone(),
@@ -337,13 +494,13 @@ enum PendingReply {
 }
 
 /// Reads one connection's requests and turns each into a [`PendingReply`].
-struct Handler {
+struct Handler<R> {
     /// Limits, the queue to the committer, metrics and totals.
     shared: Arc<Shared>,
     /// The peer's address, for logs.
     peer: String,
-    /// The socket's read half.
-    reader: OwnedReadHalf,
+    /// The socket's read half (plain or TLS).
+    reader: R,
     /// Bytes read and not yet framed; each frame is split off it without a copy.
     buf: BytesMut,
     /// To the [`ReplyWriter`], in request order. Bounded by [`REPLIES_IN_FLIGHT`],
@@ -371,7 +528,7 @@ struct Handler {
 /// A frame read, and the memory budget it holds.
 type Read = (Frame, Held);
 
-impl Handler {
+impl<R: ReadHalf> Handler<R> {
     /// Reads and dispatches requests until the connection ends.
     async fn run(mut self) {
         while !*self.shutdown.borrow() {
@@ -503,18 +660,10 @@ impl Handler {
                 Instant::now() + idle_timeout.saturating_sub(idle)
             };
             tokio::select! {
-                ready = self.reader.readable() => {
-                    if let Err(e) = ready {
-                        self.io_error(&e);
-                        return false;
-                    }
-                    if self.buf.capacity() - self.buf.len() < 4 {
-                        self.buf.reserve(FIRST_READ_BYTES);
-                    }
-                    match self.reader.try_read_buf(&mut (&mut self.buf).limit(FIRST_READ_BYTES)) {
+                read = self.reader.read_some(&mut self.buf, FIRST_READ_BYTES) => {
+                    match read {
                         Ok(0) => return false,
                         Ok(_) => return true,
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                         Err(e) => {
                             self.io_error(&e);
                             return false;
@@ -764,10 +913,10 @@ impl Handler {
 }
 
 /// Writes one connection's replies in request order.
-struct ReplyWriter {
-    /// The socket's write half, buffered: the replies of pipelined calls answered
-    /// together go out in one write.
-    writer: BufWriter<OwnedWriteHalf>,
+struct ReplyWriter<W> {
+    /// The socket's write half (plain or TLS), buffered: the replies of pipelined
+    /// calls answered together go out in one write.
+    writer: BufWriter<W>,
     /// Replies from the [`Handler`], in request order; closed when it is done.
     pending: mpsc::Receiver<PendingReply>,
     /// Encoding buffer, reused for each reply.
@@ -782,14 +931,14 @@ struct ReplyWriter {
     activity: Option<Arc<Activity>>,
 }
 
-impl ReplyWriter {
+impl<W: AsyncWrite + Unpin + Send + Sync> ReplyWriter<W> {
     fn new(
-        writer: OwnedWriteHalf,
+        writer: W,
         pending: mpsc::Receiver<PendingReply>,
         shared: Arc<Shared>,
         peer: String,
         activity: Option<Arc<Activity>>,
-    ) -> ReplyWriter {
+    ) -> ReplyWriter<W> {
         ReplyWriter {
             writer: BufWriter::with_capacity(SOCKET_BUFFER_BYTES, writer),
             pending,
@@ -819,7 +968,9 @@ impl ReplyWriter {
                 return;
             }
         }
-        if let Err(e) = write_unless_stuck(self.writer.flush(), &mut self.shutdown).await {
+        // Flushes, then closes the write side (for TLS, with close_notify, so the
+        // client sees a clean end rather than a truncation).
+        if let Err(e) = write_unless_stuck(self.writer.shutdown(), &mut self.shutdown).await {
             self.gave_up(&e);
         }
     }

@@ -115,6 +115,19 @@ impl Collector {
         clock: SharedClock,
     ) -> anyhow::Result<Collector> {
         let limits = settings.collector.clone();
+        // Who may connect, read before binding: a bad certificate or key stops
+        // the start with an error naming the file.
+        let allow = limits.allow_list().context("collector.allow_networks")?;
+        let tls = match limits.server_tls() {
+            Some(tls) => Some(
+                tls.acceptor()
+                    .context("collector TLS (tls_cert, tls_key, tls_client_ca)")?,
+            ),
+            None => None,
+        };
+        let http_door = (allow.clone(), tls.clone().filter(|_| limits.http_tls));
+        let door = connection::FrontDoor { allow, tls };
+        let door_shown = door.allow.to_string();
         let listener = TcpListener::bind(&limits.listen)
             .await
             .with_context(|| format!("cannot listen on collector.listen {}", limits.listen))?;
@@ -224,6 +237,7 @@ impl Collector {
         let health_status = status.clone();
         let health_shutdown = shutdown_rx.clone();
         let http = HttpServer::new(registry)
+            .with_front_door(http_door.0, http_door.1)
             .with_limits(
                 limits.http_max_connections,
                 Duration::from_millis(limits.http_header_timeout_ms),
@@ -261,7 +275,9 @@ impl Collector {
         let id = settings.id.clone();
         let steps = progress.clone();
         let main = tokio::spawn(async move {
-            connection::Listener::new(listener, shared).run().await;
+            connection::Listener::new(listener, shared, door)
+                .run()
+                .await;
             // Every connection is done, and the queue's last sender went with the
             // listener's `shared`.
             steps.set("draining the committer's queue and closing files");
@@ -279,6 +295,10 @@ impl Collector {
             collector = %settings.id,
             thrift = %thrift_addr,
             http = %http_addr,
+            tls = limits.tls_cert.is_some(),
+            client_certificates = limits.tls_client_ca.is_some(),
+            http_tls = limits.http_tls,
+            allow_networks = %door_shown,
             root = storage.root(),
             "collector listening"
         );

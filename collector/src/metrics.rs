@@ -214,7 +214,7 @@ impl Metrics {
         );
         r.register(
             "connection_errors",
-            "Connections refused or closed, by reason",
+            "Connections refused or closed, by reason (max_connections, max_connections_per_ip, not_allowed, tls_handshake, protocol errors)",
             m.connection_errors.clone(),
         );
         r.register(
@@ -310,6 +310,8 @@ impl Metrics {
         for reason in [
             ConnectionError::MaxConnections,
             ConnectionError::MaxConnectionsPerIp,
+            ConnectionError::NotAllowed,
+            ConnectionError::TlsHandshake,
         ]
         .into_iter()
         .chain(protocol)

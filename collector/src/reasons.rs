@@ -171,6 +171,11 @@ pub enum ConnectionError {
     MaxConnections,
     /// Accepted over `max_connections_per_ip`: answered once, then closed.
     MaxConnectionsPerIp,
+    /// The peer's address is outside `allow_networks`: closed at accept.
+    NotAllowed,
+    /// The TLS handshake failed (no or a bad client certificate, plain bytes on
+    /// a TLS port, ...) or did not complete within `first_call_timeout_ms`.
+    TlsHandshake,
     /// The peer broke the protocol.
     Protocol(ProtocolErrorKind),
 }
@@ -181,6 +186,8 @@ impl ConnectionError {
         match self {
             Self::MaxConnections => "max_connections",
             Self::MaxConnectionsPerIp => "max_connections_per_ip",
+            Self::NotAllowed => "not_allowed",
+            Self::TlsHandshake => "tls_handshake",
             Self::Protocol(kind) => kind.as_str(),
         }
     }
@@ -340,6 +347,8 @@ mod tests {
                 ConnectionError::Protocol(ProtocolErrorKind::TruncatedFrame),
                 "truncated_frame",
             ),
+            (ConnectionError::NotAllowed, "not_allowed"),
+            (ConnectionError::TlsHandshake, "tls_handshake"),
             (ConnectionError::Protocol(ProtocolErrorKind::Io), "io"),
             (
                 ConnectionError::Protocol(ProtocolErrorKind::WrongMessageType),

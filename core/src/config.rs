@@ -320,9 +320,46 @@ pub struct CollectorConfig {
     /// spread over later rounds while other calls are committed in every round.
     #[serde(default = "default_max_new_files_per_round")]
     pub max_new_files_per_round: usize,
+    /// Client networks (CIDR, IPv4 and IPv6; a bare address is one host) allowed
+    /// to connect to the Scribe and HTTP ports; others are closed at accept.
+    /// Empty: every address ([`crate::allow::AllowList`]).
+    #[serde(default)]
+    pub allow_networks: Vec<String>,
+    /// PEM certificate chain of the Scribe port; with `tls_key`, the port
+    /// serves TLS only. Unset: plain Scribe.
+    #[serde(default)]
+    pub tls_cert: Option<String>,
+    /// PEM private key of `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<String>,
+    /// PEM bundle of the CAs that sign client certificates; when set, every TLS
+    /// client must present a valid certificate.
+    #[serde(default)]
+    pub tls_client_ca: Option<String>,
+    /// Serve the HTTP port with TLS too, with the same certificate, key and
+    /// client CA.
+    #[serde(default)]
+    pub http_tls: bool,
 }
 
 impl CollectorConfig {
+    /// `allow_networks` parsed (checked by [`Config::validate`]).
+    pub fn allow_list(&self) -> Result<crate::allow::AllowList, crate::allow::AllowListError> {
+        crate::allow::AllowList::parse(&self.allow_networks)
+    }
+
+    /// The Scribe port's TLS settings, when `tls_cert` and `tls_key` are set.
+    pub fn server_tls(&self) -> Option<crate::tls::ServerTls> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::ServerTls {
+                cert: cert.into(),
+                key: key.into(),
+                client_ca: self.tls_client_ca.as_ref().map(Into::into),
+            }),
+            _ => None,
+        }
+    }
+
     /// `max_open_files`, or when unset the value derived from this process's
     /// open-file limit ([`max_open_files_for`]).
     pub fn open_files_limit(&self) -> usize {
@@ -440,6 +477,11 @@ impl Default for CollectorConfig {
             shutdown_timeout_secs: default_shutdown_timeout_secs(),
             max_open_files: None,
             max_new_files_per_round: default_max_new_files_per_round(),
+            allow_networks: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            http_tls: false,
         }
     }
 }
@@ -750,6 +792,42 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        if let Err(e) = c.allow_list() {
+            return Err(invalid("collector.allow_networks", e.to_string()));
+        }
+        for (key, value) in [
+            ("collector.tls_cert", &c.tls_cert),
+            ("collector.tls_key", &c.tls_key),
+            ("collector.tls_client_ca", &c.tls_client_ca),
+        ] {
+            if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                return Err(invalid(key, "must not be empty"));
+            }
+        }
+        if c.tls_cert.is_some() != c.tls_key.is_some() {
+            return Err(invalid(
+                if c.tls_cert.is_some() {
+                    "collector.tls_key"
+                } else {
+                    "collector.tls_cert"
+                },
+                "collector.tls_cert and collector.tls_key go together: set both or neither",
+            ));
+        }
+        if c.tls_cert.is_none() {
+            if c.tls_client_ca.is_some() {
+                return Err(invalid(
+                    "collector.tls_client_ca",
+                    "needs collector.tls_cert and collector.tls_key (client certificates are asked for only over TLS)",
+                ));
+            }
+            if c.http_tls {
+                return Err(invalid(
+                    "collector.http_tls",
+                    "needs collector.tls_cert and collector.tls_key",
+                ));
+            }
+        }
         let w = &self.worker;
         if w.interval_ms == 0 {
             return Err(invalid("worker.interval_ms", "must be at least 1"));
@@ -961,6 +1039,19 @@ mod tests {
                 "[collector]\nframe_timeout_ms = 5\n",
                 "collector.frame_timeout_ms",
             ),
+            (
+                "[collector]\nallow_networks = [\"10.0.0.0/8\", \"10.0.0.0/33\"]\n",
+                "collector.allow_networks: \"10.0.0.0/33\" is not a network",
+            ),
+            (
+                "[collector]\ntls_cert = \"c.pem\"\n",
+                "collector.tls_key: collector.tls_cert and collector.tls_key go together",
+            ),
+            (
+                "[collector]\ntls_client_ca = \"ca.pem\"\n",
+                "collector.tls_client_ca: needs collector.tls_cert",
+            ),
+            ("[collector]\nhttp_tls = true\n", "collector.http_tls"),
             (
                 "[collector]\nshutdown_timeout_secs = 0\n",
                 "collector.shutdown_timeout_secs",

@@ -42,9 +42,15 @@
 //!   `/health` and `/metrics` from answering.
 //! * A client has [`HEADER_READ_TIMEOUT`] to send a request's headers, counted
 //!   from the connection's start or the end of its previous request.
+//! * Who may connect ([`HttpServer::with_front_door`]): a client outside the
+//!   [`AllowList`] is closed at accept, before anything is read; with a
+//!   [`TlsAcceptor`] every connection is TLS, its handshake bounded by the header
+//!   timeout (a client that opens TCP and never handshakes is closed, and while
+//!   it handshakes it counts as waiting for headers, so it can be evicted).
 //! * Connections closed for these limits are counted in
 //!   `conduit_http_connections_closed_total{reason}` (`evicted_waiting`,
-//!   `over_limit`, `header_timeout`) and logged at most once per 10 s per reason.
+//!   `over_limit`, `header_timeout`, `not_allowed`, `tls_handshake`) and logged
+//!   at most once per 10 s per reason.
 //! * Accept errors (for example running out of file descriptors) are logged
 //!   and the accept loop continues after a short pause.
 //!
@@ -97,9 +103,13 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinSet};
+
+use crate::allow::AllowList;
+use crate::tls::TlsAcceptor;
 
 /// The Prometheus client every conduit service uses, re-exported so that all
 /// crates register metrics of the same version as the one this server encodes.
@@ -325,6 +335,8 @@ pub struct HttpServer {
     routes: Option<Arc<dyn Routes>>,
     max_connections: usize,
     header_timeout: Duration,
+    allow: AllowList,
+    tls: Option<TlsAcceptor>,
 }
 
 impl fmt::Debug for HttpServer {
@@ -334,6 +346,8 @@ impl fmt::Debug for HttpServer {
             .field("routes", &self.routes.as_ref().map(|_| "Routes"))
             .field("max_connections", &self.max_connections)
             .field("header_timeout", &self.header_timeout)
+            .field("allow", &self.allow)
+            .field("tls", &self.tls.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -348,7 +362,17 @@ impl HttpServer {
             routes: None,
             max_connections: MAX_CONNECTIONS,
             header_timeout: HEADER_READ_TIMEOUT,
+            allow: AllowList::default(),
+            tls: None,
         }
+    }
+
+    /// Serves only clients whose address `allow` allows (others are closed at
+    /// accept), over TLS when `tls` is given (defaults: everyone, plain HTTP).
+    pub fn with_front_door(mut self, allow: AllowList, tls: Option<TlsAcceptor>) -> Self {
+        self.allow = allow;
+        self.tls = tls;
+        self
     }
 
     /// Serves at most `max_connections` at once (at least 1) and gives a client
@@ -390,6 +414,7 @@ impl HttpServer {
         let local = listener.local_addr().ok();
         let max_connections = self.max_connections;
         let closed = ClosedCounter::register(&self.registry, self.header_timeout);
+        let (allow, tls) = (self.allow, self.tls);
         let handler = Arc::new(Handler {
             registry: self.registry,
             health: self.health,
@@ -404,7 +429,7 @@ impl HttpServer {
         let table = Arc::new(ConnectionTable::default());
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut connections = JoinSet::new();
-        tracing::info!(addr = ?local, "http server listening");
+        tracing::info!(addr = ?local, tls = tls.is_some(), allow_networks = %allow, "http server listening");
 
         tokio::pin!(shutdown);
         loop {
@@ -418,6 +443,19 @@ impl HttpServer {
                 }
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
+                        if !allow.allows(peer.ip()) {
+                            closed.count(Closed::NotAllowed);
+                            if let Some(suppressed) = crate::ratelimit::allow("http_not_allowed") {
+                                tracing::warn!(
+                                    %peer,
+                                    allow_networks = %allow,
+                                    suppressed,
+                                    "http connection from an address outside allow_networks: closed"
+                                );
+                            }
+                            drop(stream);
+                            continue;
+                        }
                         let Some(entry) = table.admit(max_connections, &closed) else {
                             closed.count(Closed::OverLimit);
                             if let Some(suppressed) = crate::ratelimit::allow("http_over_limit") {
@@ -434,6 +472,7 @@ impl HttpServer {
                         let abort = connections.spawn(serve_connection(
                             builder.clone(),
                             stream,
+                            tls.clone(),
                             peer,
                             Arc::clone(&handler),
                             stop_rx.clone(),
@@ -470,19 +509,59 @@ impl HttpServer {
     }
 }
 
-/// Serves one connection until it closes, finishing gracefully on `stop`; its
-/// place in the table is given up when this ends (or is aborted).
+/// Serves one connection (after its TLS handshake, with `tls`) until it closes,
+/// finishing gracefully on `stop`; its place in the table is given up when this
+/// ends (or is aborted).
+#[allow(clippy::too_many_arguments)]
 async fn serve_connection(
     builder: http1::Builder,
     stream: TcpStream,
+    tls: Option<TlsAcceptor>,
     peer: SocketAddr,
     handler: Arc<Handler>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     entry: Arc<Entry>,
     closed: ClosedCounter,
 ) {
-    let _place = Place(Arc::clone(&entry));
+    let place = Place(Arc::clone(&entry));
     let _ = stream.set_nodelay(true);
+    let Some(acceptor) = tls else {
+        return serve_http(builder, stream, peer, handler, stop, place, closed).await;
+    };
+    // Bounded like the request headers that follow it: a client that opens a
+    // connection and never completes the handshake holds it no longer.
+    let handshake = tokio::time::timeout(closed.header_timeout, acceptor.accept(stream)).await;
+    let error = match handshake {
+        Ok(Ok(stream)) => {
+            return serve_http(builder, stream, peer, handler, stop, place, closed).await;
+        }
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!(
+            "no complete handshake within the header timeout ({} ms)",
+            closed.header_timeout.as_millis()
+        ),
+    };
+    closed.count(Closed::TlsHandshake);
+    if let Some(suppressed) = crate::ratelimit::allow("http_tls_handshake") {
+        tracing::warn!(%peer, %error, suppressed, "http tls handshake failed: closed");
+    }
+}
+
+/// Serves HTTP/1.1 on one connection's byte stream (plain or TLS) until it
+/// closes, finishing gracefully on `stop`.
+async fn serve_http<S>(
+    builder: http1::Builder,
+    stream: S,
+    peer: SocketAddr,
+    handler: Arc<Handler>,
+    mut stop: watch::Receiver<bool>,
+    place: Place,
+    closed: ClosedCounter,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let entry = Arc::clone(&place.0);
+    let _place = place;
     let service = service_fn(move |req| {
         let handler = Arc::clone(&handler);
         let busy = Busy::new(Arc::clone(&entry));
@@ -531,16 +610,28 @@ enum Closed {
     OverLimit,
     /// No complete request headers within the header timeout.
     HeaderTimeout,
+    /// The client's address is outside the allow-list.
+    NotAllowed,
+    /// The TLS handshake failed or did not complete within the header timeout.
+    TlsHandshake,
 }
 
 impl Closed {
-    const ALL: [Closed; 3] = [Self::EvictedWaiting, Self::OverLimit, Self::HeaderTimeout];
+    const ALL: [Closed; 5] = [
+        Self::EvictedWaiting,
+        Self::OverLimit,
+        Self::HeaderTimeout,
+        Self::NotAllowed,
+        Self::TlsHandshake,
+    ];
 
     fn as_str(self) -> &'static str {
         match self {
             Self::EvictedWaiting => "evicted_waiting",
             Self::OverLimit => "over_limit",
             Self::HeaderTimeout => "header_timeout",
+            Self::NotAllowed => "not_allowed",
+            Self::TlsHandshake => "tls_handshake",
         }
     }
 }
@@ -562,7 +653,7 @@ impl ClosedCounter {
         }
         registry.lock().unwrap_or_else(|p| p.into_inner()).register(
             "conduit_http_connections_closed",
-            "HTTP connections closed for a limit (evicted_waiting, over_limit, header_timeout)",
+            "HTTP connections closed for a limit (evicted_waiting, over_limit, header_timeout, not_allowed, tls_handshake)",
             family.clone(),
         );
         ClosedCounter {
@@ -1137,12 +1228,66 @@ mod tests {
         let resp = request_accepting(addr, "GET", "/metrics", OPENMETRICS).await;
         assert_eq!(resp.status, 200);
         let samples: Vec<&str> = resp.body.lines().filter(|l| !l.starts_with('#')).collect();
-        assert_eq!(samples.len(), 3, "{}", resp.body);
-        for reason in ["evicted_waiting", "over_limit", "header_timeout"] {
+        assert_eq!(samples.len(), 5, "{}", resp.body);
+        for reason in [
+            "evicted_waiting",
+            "over_limit",
+            "header_timeout",
+            "not_allowed",
+            "tls_handshake",
+        ] {
             let line = format!("conduit_http_connections_closed_total{{reason=\"{reason}\"}} 0");
             assert!(samples.contains(&line.as_str()), "{line} in {}", resp.body);
         }
         assert!(resp.body.ends_with("# EOF\n"));
+        stop_tx.send(()).unwrap();
+        timeout(DEADLINE, server).await.unwrap().unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_address_outside_the_allow_list_is_closed_at_accept() {
+        let serve = |allow: &[&str]| {
+            let registry = Arc::new(Mutex::new(Registry::default()));
+            let allow = AllowList::parse(allow).unwrap();
+            async move {
+                let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let addr = listener.local_addr().unwrap();
+                let (stop_tx, stop_rx) = oneshot::channel::<()>();
+                let server = tokio::spawn(
+                    HttpServer::new(registry.clone())
+                        .with_front_door(allow, None)
+                        .serve(listener, async move {
+                            let _ = stop_rx.await;
+                        }),
+                );
+                (addr, registry, stop_tx, server)
+            }
+        };
+        let (addr, registry, stop_tx, server) = serve(&["10.0.0.0/8", "fd00::/8"]).await;
+        // Closed before anything is read: the request may even be reset.
+        let out = timeout(DEADLINE, async {
+            let mut stream = TcpStream::connect(addr).await.expect("connect");
+            let _ = stream
+                .write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+                .await;
+            let mut out = Vec::new();
+            let _ = stream.read_to_end(&mut out).await;
+            out
+        })
+        .await
+        .expect("closed at once");
+        assert!(out.is_empty(), "{out:?}");
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry.lock().unwrap()).unwrap();
+        assert!(
+            text.contains("conduit_http_connections_closed_total{reason=\"not_allowed\"} 1"),
+            "{text}"
+        );
+        stop_tx.send(()).unwrap();
+        timeout(DEADLINE, server).await.unwrap().unwrap().unwrap();
+
+        let (addr, _, stop_tx, server) = serve(&["127.0.0.0/8"]).await;
+        assert_eq!(request(addr, "GET", "/health").await.status, 200);
         stop_tx.send(()).unwrap();
         timeout(DEADLINE, server).await.unwrap().unwrap().unwrap();
     }

@@ -26,6 +26,7 @@
 //! - [`text`] and [`ratelimit`]: client-supplied text in logs escaped and capped, and
 //!   log lines about client mistakes rate-limited.
 
+pub mod allow;
 pub mod clock;
 pub mod config;
 pub mod format;
@@ -38,6 +39,7 @@ pub mod records;
 pub mod scribe;
 pub mod storage;
 pub mod text;
+pub mod tls;
 pub mod tree;
 
 pub use clock::{Clock, SharedClock, SystemClock, TestClock};

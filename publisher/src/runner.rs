@@ -53,8 +53,7 @@ use conduit_core::scribe::{
 };
 use conduit_core::{Minute, Topic};
 use rand::Rng;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -113,9 +112,11 @@ struct Open {
     deadline: Option<Instant>,
 }
 
-#[derive(Debug)]
+/// A connection's write half: plain TCP or TLS.
+type Writer = Box<dyn AsyncWrite + Send + Sync + Unpin>;
+
 struct Conn {
-    writer: OwnedWriteHalf,
+    writer: Writer,
     reader: JoinHandle<()>,
     /// Ids of the batches sent on it and not answered yet, in order.
     sent: VecDeque<u64>,
@@ -125,6 +126,15 @@ struct Conn {
 
 /// A reply (or a read failure) from connection `conn` of generation `generation`.
 type Reply = (u64, usize, Result<ReplyValue, String>);
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("sent", &self.sent)
+            .field("discard", &self.discard)
+            .finish_non_exhaustive()
+    }
+}
 
 impl Drop for Conn {
     fn drop(&mut self) {
@@ -247,6 +257,33 @@ fn count_acked(audit: &mut HashMap<Bytes, HashMap<i64, u64>>, batch: &Batch) {
     if let Some((t, m, n)) = run {
         add(t, m, n);
     }
+}
+
+/// Reads a connection's replies into `tx`, tagged with its generation and
+/// index, until the connection fails (that failure is the last item).
+fn read_replies<R: AsyncRead + Unpin + Send + 'static>(
+    mut reader: R,
+    tx: mpsc::UnboundedSender<Reply>,
+    generation: u64,
+    k: usize,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut buf = BytesMut::new();
+        loop {
+            let item = match read_frame(&mut reader, MAX_REPLY_FRAME, &mut buf).await {
+                Ok(Some(frame)) => match decode_reply(frame) {
+                    Ok(reply) => Ok(reply.value),
+                    Err(e) => Err(format!("bad reply: {e}")),
+                },
+                Ok(None) => Err("connection closed by collector".to_string()),
+                Err(e) => Err(format!("read failed: {e}")),
+            };
+            let stop = item.is_err();
+            if tx.send((generation, k, item)).is_err() || stop {
+                return;
+            }
+        }
+    })
 }
 
 async fn sleep_opt(at: Option<Instant>) {
@@ -1184,25 +1221,27 @@ impl Runner {
         let addr = &self.settings.collectors[index];
         let stream = connect::open(addr, self.settings.connect_timeout).await?;
         let _ = stream.set_nodelay(true);
-        let (mut reader, writer) = stream.into_split();
         let tx = self.replies_tx.clone();
-        let reader = tokio::spawn(async move {
-            let mut buf = BytesMut::new();
-            loop {
-                let item = match read_frame(&mut reader, MAX_REPLY_FRAME, &mut buf).await {
-                    Ok(Some(frame)) => match decode_reply(frame) {
-                        Ok(reply) => Ok(reply.value),
-                        Err(e) => Err(format!("bad reply: {e}")),
-                    },
-                    Ok(None) => Err("connection closed by collector".to_string()),
-                    Err(e) => Err(format!("read failed: {e}")),
-                };
-                let stop = item.is_err();
-                if tx.send((generation, k, item)).is_err() || stop {
-                    return;
-                }
+        let (reader, writer): (JoinHandle<()>, Writer) = match &self.settings.tls {
+            None => {
+                let (reader, writer) = stream.into_split();
+                (read_replies(reader, tx, generation, k), Box::new(writer))
             }
-        });
+            Some(tls) => {
+                let stream =
+                    tokio::time::timeout(self.settings.connect_timeout, tls.connect(addr, stream))
+                        .await
+                        .map_err(|_| {
+                            ConnectCause::Other(format!(
+                                "tls handshake timed out after {:.1} s",
+                                self.settings.connect_timeout.as_secs_f64()
+                            ))
+                        })?
+                        .map_err(|e| ConnectCause::Other(format!("tls handshake failed: {e}")))?;
+                let (reader, writer) = tokio::io::split(stream);
+                (read_replies(reader, tx, generation, k), Box::new(writer))
+            }
+        };
         Ok(Conn {
             writer,
             reader,

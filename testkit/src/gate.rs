@@ -1,4 +1,5 @@
-//! Outside parts a test needs: Python modules, the `zstd` CLI, `promtool` (HDFS has its own
+//! Outside parts a test needs: Python modules, the `zstd` CLI, `promtool`,
+//! command-line tools such as `openssl` and `curl` (HDFS has its own
 //! gate in [`crate::hdfs`], built on [`missing`]).
 //!
 //! The rule, everywhere: when the part is there the test runs; when it is missing
@@ -86,4 +87,19 @@ pub fn promtool(test: &str) -> bool {
         );
     }
     ok
+}
+
+/// Whether `test` can run the command-line tool `name` (`openssl`, `curl`): it
+/// is on the `PATH` (see the module docs for the rule when it is not).
+pub fn tool(test: &str, name: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(name).is_file()));
+    if !found {
+        missing(
+            test,
+            &format!("{name} is not installed"),
+            &format!("apt-get install {name}; .ci/run installs it"),
+        );
+    }
+    found
 }

@@ -282,11 +282,14 @@ strict = plan.get("strict", True)
 # framed (conduit's publisher, TFramedTransport) or buffered: unframed messages,
 # the transport of Thrift's generated clients.
 transports = {"framed": TFramedTransportFactory, "buffered": TBufferedTransportFactory}
+# tls: {"cafile": ..., "certfile": ..., "keyfile": ...} makes thriftpy2 connect
+# with its TSSLSocket (server certificate verified against cafile).
 client = make_client(
     scribe.scribe, plan["host"], plan["port"],
     proto_factory=TBinaryProtocolFactory(strict_read=strict, strict_write=strict),
     trans_factory=transports[plan.get("transport", "framed")](),
     timeout=30000,
+    **plan.get("tls", {}),
 )
 
 def emit(obj):
@@ -363,27 +366,44 @@ impl Thriftpy2 {
     /// [`Thriftpy2::run`] with strict (versioned) or old, unversioned message
     /// headers.
     pub fn run_with(&self, addr: &str, strict: bool, steps: Vec<Value>) -> Vec<Value> {
-        self.run_plan(addr, strict, "framed", steps)
+        self.run_plan(addr, strict, "framed", None, steps)
     }
 
     /// [`Thriftpy2::run`] on thriftpy2's `TBufferedTransport`: unframed messages,
     /// as Thrift's generated clients send them.
     pub fn run_unframed(&self, addr: &str, steps: Vec<Value>) -> Vec<Value> {
-        self.run_plan(addr, true, "buffered", steps)
+        self.run_plan(addr, true, "buffered", None, steps)
     }
 
-    fn run_plan(&self, addr: &str, strict: bool, transport: &str, steps: Vec<Value>) -> Vec<Value> {
+    /// [`Thriftpy2::run`] over TLS: `tls` is `{"cafile": PATH}`, with
+    /// `"certfile"` and `"keyfile"` for a client certificate (thriftpy2's
+    /// `make_client` arguments; the server's certificate is verified).
+    pub fn run_tls(&self, addr: &str, tls: Value, steps: Vec<Value>) -> Vec<Value> {
+        self.run_plan(addr, true, "framed", Some(tls), steps)
+    }
+
+    fn run_plan(
+        &self,
+        addr: &str,
+        strict: bool,
+        transport: &str,
+        tls: Option<Value>,
+        steps: Vec<Value>,
+    ) -> Vec<Value> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let (host, port) = addr
             .rsplit_once(':')
             .unwrap_or_else(|| panic!("{addr} is not host:port"));
-        let plan = json!({
+        let mut plan = json!({
             "host": host,
             "port": port.parse::<u16>().unwrap_or_else(|e| panic!("port of {addr}: {e}")),
             "strict": strict,
             "transport": transport,
             "steps": steps,
         });
+        if let Some(tls) = tls {
+            plan["tls"] = tls;
+        }
         let plan_path: PathBuf = self.dir.path().join(format!(
             "plan-{}.json",
             NEXT.fetch_add(1, Ordering::Relaxed)

@@ -17,6 +17,7 @@ use anyhow::{bail, Context};
 use bytes::BytesMut;
 use clap::Args;
 use conduit_core::scribe::{decode_reply, encode_log_call, read_frame, ReplyValue, ResultCode};
+use conduit_core::tls::{ClientTls, TlsClient};
 use tokio::net::TcpStream;
 use tokio::sync::Barrier;
 
@@ -98,6 +99,27 @@ pub struct IngestArgs {
     /// Give up on a run after this many seconds (the run then fails).
     #[arg(long, default_value_t = 600, value_name = "SECONDS")]
     timeout: u64,
+
+    /// Connect over TLS, trusting this PEM CA bundle (start the collector with
+    /// `--collector-arg=--tls-cert=FILE --collector-arg=--tls-key=FILE`, and
+    /// `--tls-client-ca` to require client certificates).
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+
+    /// PEM client certificate to present over TLS (with --tls-key).
+    #[arg(long, value_name = "FILE", requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<PathBuf>,
+
+    /// PEM key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+/// Where a connection goes: the collector's address, over TLS or not.
+#[derive(Debug, Clone)]
+struct Dial {
+    addr: SocketAddr,
+    tls: Option<TlsClient>,
 }
 
 /// One pre-encoded `Log` call.
@@ -375,6 +397,15 @@ async fn measure(
         _ => None,
     };
 
+    let tls = match &args.tls_ca {
+        Some(ca) => Some(TlsClient::new(ClientTls {
+            ca: ca.clone(),
+            cert: args.tls_cert.clone(),
+            key: args.tls_key.clone(),
+            server_name: None,
+        })?),
+        None => None,
+    };
     let conns = args.connections as usize;
     let start = Arc::new(Barrier::new(conns + 1));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout);
@@ -382,10 +413,13 @@ async fn measure(
     for conn in 0..conns {
         let calls = calls.clone();
         let start = start.clone();
-        let addr = target.addr;
+        let dial = Dial {
+            addr: target.addr,
+            tls: tls.clone(),
+        };
         let pipeline = args.pipeline as usize;
         tasks.push(tokio::spawn(async move {
-            drive(addr, calls, conn, conns, pipeline, start, deadline).await
+            drive(dial, calls, conn, conns, pipeline, start, deadline).await
         }));
     }
     let collector = target.pid.map(Process::Pid);
@@ -480,7 +514,7 @@ async fn measure(
 /// One connection: sends its share of the calls (every `conns`-th, starting at
 /// `conn`) with up to `pipeline` in flight, retrying `TRY_LATER` after a backoff.
 async fn drive(
-    addr: SocketAddr,
+    dial: Dial,
     calls: Arc<Vec<Call>>,
     conn: usize,
     conns: usize,
@@ -488,15 +522,47 @@ async fn drive(
     start: Arc<Barrier>,
     deadline: tokio::time::Instant,
 ) -> anyhow::Result<ConnStats> {
-    use tokio::io::AsyncWriteExt;
-
-    let connected = TcpStream::connect(addr).await;
+    let addr = dial.addr;
+    let connected = async {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        match &dial.tls {
+            // The handshake is done before the clock starts.
+            Some(tls) => Ok(Err(tls.connect(&addr.to_string(), stream).await?)),
+            None => Ok::<_, std::io::Error>(Ok(stream)),
+        }
+    }
+    .await;
     // Wait at the barrier even on failure, so the others are not stuck.
     start.wait().await;
-    let stream = connected.with_context(|| format!("cannot connect to {addr}"))?;
-    stream.set_nodelay(true)?;
-    let (mut rd, mut wr) = stream.into_split();
     let mine: Vec<usize> = (conn..calls.len()).step_by(conns).collect();
+    match connected.with_context(|| format!("cannot connect to {addr}"))? {
+        Ok(plain) => {
+            let (rd, wr) = plain.into_split();
+            send_calls(rd, wr, &calls, &mine, pipeline, deadline).await
+        }
+        Err(tls) => {
+            let (rd, wr) = tokio::io::split(tls);
+            send_calls(rd, wr, &calls, &mine, pipeline, deadline).await
+        }
+    }
+}
+
+/// Sends the calls `mine` on one connection (plain or TLS halves).
+async fn send_calls<R, W>(
+    mut rd: R,
+    mut wr: W,
+    calls: &[Call],
+    mine: &[usize],
+    pipeline: usize,
+    deadline: tokio::time::Instant,
+) -> anyhow::Result<ConnStats>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+
     let mut stats = ConnStats {
         latencies: Vec::with_capacity(mine.len()),
         ..Default::default()
@@ -602,6 +668,7 @@ fn run_json(args: &IngestArgs, r: &RunResult) -> serde_json::Value {
         "root": args.root.as_deref().unwrap_or("tmp"),
         "collector": args.collector,
         "collector_args": args.collector_arg,
+        "tls": args.tls_ca.is_some(),
         "seed": args.seed,
         "elapsed_s": r.elapsed_s,
         "events_acked": r.events,
