@@ -54,26 +54,19 @@ pub fn python(test: &str, module: &str) -> bool {
 /// Whether `test` can run the `zstd` CLI (see the module docs for the rule when
 /// it cannot).
 pub fn zstd_cli(test: &str) -> bool {
-    let ok = Command::new("zstd")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        missing(
-            test,
-            "the zstd CLI is not installed",
-            "apt-get install zstd; .ci/run installs it",
-        );
-    }
-    ok
+    runs_version(test, "zstd", "the zstd CLI", "apt-get install zstd")
 }
 
 /// Whether `test` can run `promtool` (Debian's `prometheus` package; see the
 /// module docs for the rule when it cannot).
 pub fn promtool(test: &str) -> bool {
-    let ok = Command::new("promtool")
+    runs_version(test, "promtool", "promtool", "apt-get install prometheus")
+}
+
+/// Whether `program --version` runs and succeeds; when not, [`missing`] with
+/// `what` and `install`.
+fn runs_version(test: &str, program: &str, what: &str, install: &str) -> bool {
+    let ok = Command::new(program)
         .arg("--version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -82,8 +75,8 @@ pub fn promtool(test: &str) -> bool {
     if !ok {
         missing(
             test,
-            "promtool is not installed",
-            "apt-get install prometheus; .ci/run installs it",
+            &format!("{what} is not installed"),
+            &format!("{install}; .ci/run installs it"),
         );
     }
     ok

@@ -495,3 +495,63 @@ pub fn metric(text: &str, name_with_labels: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+/// The lines a child prints on its standard output, collected by a thread as they
+/// come, so a test can wait for one with a deadline and still show all of them
+/// when it fails (`conduit up`'s readiness table and instructions).
+#[derive(Debug)]
+pub struct StdoutLines {
+    rx: mpsc::Receiver<String>,
+    /// Every line received so far, in order.
+    pub seen: Vec<String>,
+}
+
+impl StdoutLines {
+    /// Takes `child`'s piped standard output.
+    pub fn of(child: &mut Child) -> StdoutLines {
+        let stdout = child.stdout.take().expect("the child's stdout is piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        StdoutLines {
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits until a line received so far matches `pred` (`what` names it in the
+    /// error); returns its index in [`StdoutLines::seen`].
+    pub fn wait_for(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Result<usize, TimedOut> {
+        self.wait_until(what, timeout, |seen| seen.iter().position(|l| pred(l)))
+    }
+
+    /// Waits until `cond` of the lines received so far is `Some`.
+    pub fn wait_until<T>(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut cond: impl FnMut(&[String]) -> Option<T>,
+    ) -> Result<T, TimedOut> {
+        wait::until_blocking(what, timeout, || {
+            while let Ok(line) = self.rx.try_recv() {
+                self.seen.push(line);
+            }
+            cond(&self.seen)
+        })
+    }
+
+    /// Every line received so far, one per line.
+    pub fn text(&self) -> String {
+        self.seen.join("\n")
+    }
+}

@@ -15,14 +15,14 @@
 //! | `ls --json` | one JSON document with the same rows as the text |
 //! | `<command> --help` | its exit statuses; a usage error exits 2 |
 
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use conduit_testkit::process::{conduit_bin, free_port, run_conduit, CollectorProcess};
+use conduit_testkit::process::{
+    conduit_bin, free_port, run_conduit, CollectorProcess, StdoutLines,
+};
 use conduit_testkit::wait::until_blocking;
 
 /// How long a refusal may take: "within seconds".
@@ -103,8 +103,7 @@ fn tail_of_a_topic_that_does_not_exist_lists_the_topics_that_do() {
 /// A running `conduit tail <args>` and the lines it prints.
 struct Tail {
     child: std::process::Child,
-    lines: mpsc::Receiver<String>,
-    printed: Vec<String>,
+    printed: StdoutLines,
 }
 
 impl Tail {
@@ -116,44 +115,29 @@ impl Tail {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        Tail {
-            child,
-            lines,
-            printed: Vec::new(),
-        }
+        let printed = StdoutLines::of(&mut child);
+        Tail { child, printed }
     }
 
     /// Waits for `n` lines; then stops the tail (which must still be running)
     /// and returns them.
     fn take(mut self, n: usize) -> Vec<String> {
-        let got = until_blocking(
+        let child = &mut self.child;
+        let got = self.printed.wait_until(
             &format!("tail to print {n} lines"),
             Duration::from_secs(60),
-            || {
-                while let Ok(line) = self.lines.try_recv() {
-                    self.printed.push(line);
-                }
-                (self.printed.len() >= n || self.child.try_wait().ok().flatten().is_some())
-                    .then_some(())
-            },
+            |seen| (seen.len() >= n || child.try_wait().ok().flatten().is_some()).then_some(()),
         );
         let exited = self.child.try_wait().unwrap();
         let _ = self.child.kill();
         let output = self.child.wait_with_output().unwrap();
-        got.unwrap_or_else(|e| panic!("{e}; printed {:?}", self.printed));
+        got.unwrap_or_else(|e| panic!("{e}; printed {:?}", self.printed.seen));
         assert!(
             exited.is_none(),
             "tail exited with {exited:?}: {}",
             String::from_utf8_lossy(&output.stderr)
         );
-        self.printed
+        self.printed.seen
     }
 }
 
@@ -345,31 +329,17 @@ fn a_second_up_while_one_runs_names_the_busy_ports_and_starts_nothing() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = first.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut printed = Vec::new();
-    let ready = until_blocking(
+    let mut printed = StdoutLines::of(&mut first);
+    let ready = printed.wait_for(
         "the first conduit up to print its readiness table",
         Duration::from_secs(120),
-        || {
-            while let Ok(line) = rx.try_recv() {
-                printed.push(line);
-            }
-            printed
-                .iter()
-                .any(|l| l.trim_start().starts_with("status page:"))
-                .then_some(())
-        },
+        |l| l.trim_start().starts_with("status page:"),
     );
     if let Err(e) = ready {
         let _ = first.kill();
-        panic!("{e}; printed:\n{}", printed.join("\n"));
+        panic!("{e}; printed:\n{}", printed.text());
     }
+    let printed = printed.seen;
 
     // The readiness table: every process with its pid, addresses and health.
     let up_at = printed

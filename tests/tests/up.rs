@@ -4,13 +4,11 @@
 //! local, merged and mirror views (checked with `conduit audit`); Ctrl-C
 //! (SIGTERM) stops everything cleanly.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use conduit_testkit::gate;
-use conduit_testkit::process::{conduit_bin, free_port};
+use conduit_testkit::process::{conduit_bin, free_port, StdoutLines};
 use conduit_testkit::scribe::{log_step, Thriftpy2};
 use conduit_testkit::wait::until_blocking;
 
@@ -40,26 +38,11 @@ fn conduit_up_runs_the_bus_and_stops_cleanly() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = up.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut printed = Vec::new();
-    let ready = until_blocking(
+    let mut printed = StdoutLines::of(&mut up);
+    let ready = printed.wait_for(
         "conduit up to print that it is up",
         Duration::from_secs(120),
-        || {
-            while let Ok(line) = rx.try_recv() {
-                printed.push(line);
-            }
-            printed
-                .iter()
-                .any(|l| l.starts_with("conduit is up"))
-                .then_some(())
-        },
+        |l| l.starts_with("conduit is up"),
     );
     if ready.is_err() {
         let _ = up.kill();
@@ -74,22 +57,20 @@ fn conduit_up_runs_the_bus_and_stops_cleanly() {
         }
         panic!(
             "conduit up never became ready; stdout:\n{}\n{logs}",
-            printed.join("\n")
+            printed.text()
         );
     }
     // Let the rest of the instructions arrive.
-    let _ = until_blocking("the tail instructions", Duration::from_secs(5), || {
-        while let Ok(line) = rx.try_recv() {
-            printed.push(line);
-        }
-        printed.iter().any(|l| l.contains(" audit ")).then_some(())
+    let _ = printed.wait_for("the tail instructions", Duration::from_secs(5), |l| {
+        l.contains(" audit ")
     });
 
     // The printed publish command, exactly as printed, run by a shell.
     let publish = printed
+        .seen
         .iter()
         .find(|l| l.contains(" publish --topic clicks"))
-        .unwrap_or_else(|| panic!("no publish instruction in:\n{}", printed.join("\n")))
+        .unwrap_or_else(|| panic!("no publish instruction in:\n{}", printed.text()))
         .trim()
         .to_owned();
     let out = Command::new("sh").args(["-c", &publish]).output().unwrap();
