@@ -121,6 +121,28 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// `--base-port` and `--base-http-port` for `conduit up`'s built-in layout whose
+/// every derived port is free right now: Scribe `base`, `base + 1`; HTTP `http`,
+/// `http + 1` (collectors) and `http + 10`, `http + 11` (workers). Two
+/// independent [`free_port`]s leave the derived ones to chance, and a test running
+/// beside may hold one.
+pub fn free_up_ports() -> (u16, u16) {
+    let bindable = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
+    for _ in 0..200 {
+        let (base, http) = (free_port(), free_port());
+        let (Some(scribe_end), Some(http_end)) = (base.checked_add(1), http.checked_add(11)) else {
+            continue;
+        };
+        let scribe = [base, scribe_end];
+        let http_ports = [http, http + 1, http + 10, http_end];
+        let overlap = scribe.iter().any(|p| http_ports.contains(p));
+        if !overlap && scribe.iter().chain(&http_ports).all(|&p| bindable(p)) {
+            return (base, http);
+        }
+    }
+    panic!("no free ports for conduit up after 200 tries");
+}
+
 /// `127.0.0.1:<free port>`.
 pub fn free_addr() -> String {
     format!("127.0.0.1:{}", free_port())

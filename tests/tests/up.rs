@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use conduit_testkit::gate;
-use conduit_testkit::process::{conduit_bin, free_port, StdoutLines};
+use conduit_testkit::process::{conduit_bin, free_up_ports, StdoutLines};
 use conduit_testkit::scribe::{log_step, Thriftpy2};
 use conduit_testkit::wait::until_blocking;
 
@@ -27,8 +27,7 @@ fn audit_totals(config: &str, topic: &str) -> Option<serde_json::Value> {
 fn conduit_up_runs_the_bus_and_stops_cleanly() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("conduit-data");
-    let base_port = free_port();
-    let base_http = free_port();
+    let (base_port, base_http) = free_up_ports();
     let mut up = Command::new(conduit_bin())
         .args(["up", "--data-dir"])
         .arg(&data)
