@@ -7,6 +7,7 @@
 mod audit;
 mod check;
 mod collector;
+mod consumer_lag;
 mod exit_codes;
 mod lag;
 mod logging;

@@ -276,6 +276,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         (true, details)
     });
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let registry_for_lag = registry.clone();
     let server = tokio::spawn(
         HttpServer::new(registry)
             .with_health(health)
@@ -284,8 +285,11 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
                 let _ = http_stopped.await;
             }),
     );
+    let consumer_lag = crate::consumer_lag::spawn(&registry_for_lag, env.this.storage.clone());
     println!("worker ready: http {http_addr} cluster {name} root {root}");
-    daemon.run(crate::signals::wait_for_shutdown()).await?;
+    let ran = daemon.run(crate::signals::wait_for_shutdown()).await;
+    consumer_lag.abort();
+    ran?;
     tracing::info!("worker stopped");
     let _ = stop_http.send(());
     let _ = server.await;

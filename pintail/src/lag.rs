@@ -15,7 +15,7 @@ use conduit_core::{Manifest, Minute, MinuteWalker, SharedStorage, Topic, View};
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::position::Position;
+use crate::position::{CheckpointStore, Position};
 use crate::reader::{data_file_key, partition_of};
 use crate::ReadView;
 
@@ -184,4 +184,92 @@ pub async fn partition_lag(
         lag.seconds = (now - m.start()).num_seconds().max(0) as u64;
     }
     Ok(lag)
+}
+
+/// The lag of one consumer checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointLag {
+    /// The consumer group.
+    pub group: String,
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: String,
+    /// How far its checkpoint is behind.
+    pub lag: Lag,
+}
+
+/// The view and sealed partition count a partition's name implies: `p<k>of<n>`
+/// is partition `k` of `n` of a sealed view (merged, or a mirror: same paths);
+/// any other name (`<cluster>-<collector>`) is a partition of the local view.
+pub fn view_of_partition(name: &str) -> (ReadView, u32) {
+    let sealed = name
+        .strip_prefix('p')
+        .and_then(|rest| rest.split_once("of"))
+        .and_then(|(k, n)| Some((k.parse::<u32>().ok()?, n.parse::<u32>().ok()?)))
+        .filter(|(k, n)| k < n);
+    match sealed {
+        Some((_, n)) => (ReadView::Merged, n),
+        None => (ReadView::Local, 1),
+    }
+}
+
+/// The lag of every checkpoint in `store` (at most `max`, in name order), read
+/// against the data of `data`, plus what could not be measured: checkpoints
+/// that do not parse and partitions whose lag fails, each as (what, error).
+pub async fn every_checkpoint(
+    store: &CheckpointStore,
+    data: &SharedStorage,
+    max: usize,
+    now: DateTime<Utc>,
+) -> Result<(Vec<CheckpointLag>, Vec<(String, String)>)> {
+    let mut lags = Vec::new();
+    let mut failed = Vec::new();
+    for checkpoint in store.all().await?.into_iter().take(max) {
+        let checkpoint = match checkpoint {
+            Ok(c) => c,
+            Err(e) => {
+                failed.push((CheckpointStore::dir(), e.to_string()));
+                continue;
+            }
+        };
+        let what = format!(
+            "{}.{}.{}",
+            checkpoint.group, checkpoint.topic, checkpoint.partition
+        );
+        let topic = match Topic::new(checkpoint.topic.clone()) {
+            Ok(t) => t,
+            Err(e) => {
+                failed.push((what, e.to_string()));
+                continue;
+            }
+        };
+        let (view, partitions) = view_of_partition(&checkpoint.partition);
+        let (group, partition) = (checkpoint.group.clone(), checkpoint.partition.clone());
+        let pos = Position::from(checkpoint.position);
+        match partition_lag(data, view, &topic, &pos, partitions, now).await {
+            Ok(lag) => lags.push(CheckpointLag {
+                group,
+                topic: topic.as_str().to_owned(),
+                partition,
+                lag,
+            }),
+            Err(e) => failed.push((what, e.to_string())),
+        }
+    }
+    Ok((lags, failed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_names_say_their_view() {
+        assert_eq!(view_of_partition("p3of16"), (ReadView::Merged, 16));
+        assert_eq!(view_of_partition("p0of1"), (ReadView::Merged, 1));
+        assert_eq!(view_of_partition("dc1-c1"), (ReadView::Local, 1));
+        assert_eq!(view_of_partition("p16of16"), (ReadView::Local, 1));
+        assert_eq!(view_of_partition("pxofy"), (ReadView::Local, 1));
+    }
 }

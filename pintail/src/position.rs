@@ -277,9 +277,32 @@ impl CheckpointStore {
         Ok(())
     }
 
+    /// The directory holding every consumer checkpoint of the store.
+    pub fn dir() -> String {
+        format!("{}/checkpoints/{CHECKPOINT_JOB}", Layout::SYSTEM_DIR)
+    }
+
+    /// Every checkpoint in the store, parsed: each `Ok`, or the error of a
+    /// checkpoint that does not read or parse, in name order.
+    pub async fn all(&self) -> Result<Vec<Result<ConsumerCheckpoint>>> {
+        let mut entries = self.storage.list_or_empty(&Self::dir()).await?;
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut out = Vec::new();
+        for entry in entries {
+            if entry.is_dir || Layout::is_hidden(&entry.name) || !entry.name.ends_with(".json") {
+                continue;
+            }
+            out.push(match self.storage.read(&entry.path).await {
+                Ok(bytes) => parse_checkpoint(&entry.path, &bytes),
+                Err(e) => Err(e.into()),
+            });
+        }
+        Ok(out)
+    }
+
     /// Every partition with a checkpoint of `group` and `topic`.
     pub async fn partitions(&self, group: &str, topic: &str) -> Result<Vec<String>> {
-        let dir = format!("{}/checkpoints/{CHECKPOINT_JOB}", Layout::SYSTEM_DIR);
+        let dir = Self::dir();
         let prefix = format!("{group}.{topic}.");
         let mut out = Vec::new();
         for entry in self.storage.list_or_empty(&dir).await? {

@@ -29,6 +29,7 @@ const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,appl
 /// A collector and a worker (`dc1`) on one local root.
 struct Bus {
     _dir: tempfile::TempDir,
+    root: std::path::PathBuf,
     collector: CollectorProcess,
     worker: WorkerProcess,
 }
@@ -52,6 +53,7 @@ impl Bus {
         let worker = WorkerProcess::start(&args, &logs).unwrap();
         Bus {
             _dir: dir,
+            root,
             collector,
             worker,
         }
@@ -425,4 +427,62 @@ fn alert_rules_and_dashboard_use_only_metrics_that_exist() {
         charted.len(),
         t0.elapsed()
     );
+}
+
+/// The worker measures every consumer group's lag from the checkpoints in its
+/// cluster's storage: a group whose checkpoint (written by PinTail's own store)
+/// is at the start of the topic's first file lags by every event published, per
+/// partition, on the worker's `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_exports_consumer_lag_per_group_and_partition() {
+    use conduit_core::layout::Layout;
+    use conduit_core::storage::LocalStorage;
+    use conduit_pintail::{CheckpointStore, Position};
+
+    let bus = Bus::start();
+    let mut client = Client::connect(&bus.collector.thrift_addr).await;
+    let events: Vec<String> = (0..500).map(|i| format!("{{\"i\":{i}}}")).collect();
+    let refs: Vec<&str> = events.iter().map(String::as_str).collect();
+    assert_eq!(
+        client.log_to("clicks", &refs).await,
+        conduit_core::scribe::ResultCode::Ok
+    );
+    let storage = std::sync::Arc::new(LocalStorage::open(&bus.root).unwrap());
+    let files = conduit_testkit::collector::stored_files(&*storage, "clicks").await;
+    let first = files.first().expect("a clicks file");
+    let minute = Layout::parse_collector_file_name(&first.name)
+        .expect("a collector file name")
+        .minute;
+    let at = Position::new(
+        "dc1-c1",
+        minute,
+        conduit_core::NodeName::new("dc1").unwrap(),
+        conduit_core::NodeName::new("c1").unwrap(),
+        first.name.clone(),
+        0,
+        0,
+    );
+    CheckpointStore::new(storage)
+        .save("g1", "clicks", &at, chrono::Utc::now())
+        .await
+        .unwrap();
+
+    let sample = "conduit_consumer_lag_events{group=\"g1\",topic=\"clicks\",partition=\"dc1-c1\"}";
+    let worker = bus.worker.http_addr.clone();
+    let body = until_blocking(
+        "the worker to export g1's lag",
+        Duration::from_secs(90),
+        || {
+            let (_, body) = scrape(&worker, None);
+            (metric(&body, sample) == Some(500.0)).then_some(body)
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}: {}", scrape(&worker, None).1));
+    assert_eq!(
+        metric(&body, "conduit_consumer_lag_unmeasured"),
+        Some(0.0),
+        "{body}"
+    );
+    let bytes = "conduit_consumer_lag_bytes{group=\"g1\",topic=\"clicks\",partition=\"dc1-c1\"}";
+    assert!(metric(&body, bytes).is_some_and(|b| b > 0.0), "{body}");
 }
