@@ -29,6 +29,7 @@ use conduit_core::http::prometheus_client::metrics::family::Family;
 use conduit_core::http::prometheus_client::metrics::gauge::Gauge;
 use conduit_core::http::SharedRegistry;
 use conduit_core::SharedStorage;
+use conduit_merger::metrics::Labels;
 use conduit_pintail::lag::every_checkpoint;
 use conduit_pintail::CheckpointStore;
 
@@ -38,8 +39,6 @@ pub const INTERVAL: Duration = Duration::from_secs(15);
 pub const TIMEOUT: Duration = Duration::from_secs(60);
 /// Most checkpoints measured per refresh.
 pub const MAX_CHECKPOINTS: usize = 1000;
-
-type Labels = Vec<(&'static str, String)>;
 
 /// The gauges, registered in a worker's registry.
 #[derive(Clone, Default)]

@@ -67,13 +67,22 @@ pub struct LsArgs {
     json: bool,
 }
 
+/// The storage root `--root` names, or else `--cluster`'s root in `--config`.
+pub(crate) fn root_of(
+    root: Option<&str>,
+    config: Option<&str>,
+    cluster: &str,
+) -> anyhow::Result<String> {
+    match (root, config) {
+        (Some(root), _) => Ok(root.to_owned()),
+        (None, Some(path)) => Ok(Config::load(path)?.cluster_root(cluster)?.to_string()),
+        (None, None) => anyhow::bail!("give --config FILE or --root DIR|URI"),
+    }
+}
+
 /// Prints the directories; exit 0.
 pub async fn run(args: LsArgs) -> anyhow::Result<ExitCode> {
-    let root = match (&args.root, &args.config) {
-        (Some(root), _) => root.clone(),
-        (None, Some(path)) => Config::load(path)?.cluster_root(&args.cluster)?.to_string(),
-        (None, None) => anyhow::bail!("give --config FILE or --root DIR|URI"),
-    };
+    let root = root_of(args.root.as_deref(), args.config.as_deref(), &args.cluster)?;
     let topic = Topic::new(&args.topic).context("--topic")?;
     let view: View = args.view.parse().context("--view")?;
     let parse = |flag: &str, v: &Option<String>| -> anyhow::Result<Option<Minute>> {

@@ -27,7 +27,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::Args;
-use conduit_core::{Config, Manifest, Minute, MinuteWalker, Topic, View};
+use conduit_core::{Manifest, Minute, MinuteWalker, Topic, View};
 
 /// Arguments of `conduit table`.
 #[derive(Debug, Args)]
@@ -291,11 +291,7 @@ fn sql_name(flag: &str, name: &str) -> anyhow::Result<String> {
 
 /// Prints the statements; exit 0.
 pub async fn run(args: TableArgs) -> anyhow::Result<ExitCode> {
-    let root = match (&args.root, &args.config) {
-        (Some(root), _) => root.clone(),
-        (None, Some(path)) => Config::load(path)?.cluster_root(&args.cluster)?.to_string(),
-        (None, None) => anyhow::bail!("give --config FILE or --root DIR|URI"),
-    };
+    let root = crate::ls::root_of(args.root.as_deref(), args.config.as_deref(), &args.cluster)?;
     let topic = Topic::new(&args.topic).context("--topic")?;
     let view: View = args.view.parse().context("--view")?;
     let dialect = match args.format.as_str() {

@@ -1282,21 +1282,10 @@ async fn read_frame_len<R: AsyncRead + Unpin>(
     max_frame_bytes: usize,
     buf: &mut BytesMut,
 ) -> Result<Option<usize>, ProtocolError> {
-    while buf.len() < 4 {
-        if buf.capacity() - buf.len() < 4 {
-            buf.reserve(READ_CHUNK);
-        }
-        if read_at_most(r, buf, READ_CHUNK).await? == 0 {
-            if buf.is_empty() {
-                return Ok(None);
-            }
-            return Err(ProtocolError::TruncatedFrame {
-                expected: 4,
-                got: buf.len(),
-            });
-        }
-    }
-    let word = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    let Some(first) = read_first_word(r, buf).await? else {
+        return Ok(None);
+    };
+    let word = i32::from_be_bytes(first);
     let len = usize::try_from(word).map_err(|_| ProtocolError::NegativeLength { len: word })?;
     if len > max_frame_bytes {
         return Err(ProtocolError::FrameTooLarge {
