@@ -1256,6 +1256,21 @@ mod tests {
     }
 
     #[test]
+    fn storage_deadline_is_checked_against_the_timeout() {
+        let mut config = Config::default();
+        assert_eq!(config.collector.storage_deadline_ms, 1000);
+        config.collector.storage_deadline_ms = 20_000;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("collector.storage_deadline_ms"), "{err}");
+        assert!(err.contains("20000"), "{err}");
+        config.collector.storage_deadline_ms = 50;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("collector.storage_deadline_ms"), "{err}");
+        config.collector.storage_deadline_ms = 1500;
+        config.validate().unwrap();
+    }
+
+    #[test]
     fn single_cluster_from_flags() {
         let config = Config::single_cluster("dc1", "/tmp/x").unwrap();
         assert_eq!(config.cluster_root("dc1").unwrap(), "/tmp/x");
