@@ -1,5 +1,6 @@
 //! Storage faults under a real `conduit collector` (issue 20): the HDFS DataNode
-//! stopped or frozen (SIGSTOP) while a client keeps calling, and a full local disk,
+//! stopped or frozen (SIGSTOP) or the NameNode stopped while a client keeps
+//! calling, and a full local disk,
 //! each with a spool on another disk. A client measures the longest gap between
 //! acknowledgements and records every call's fate; afterwards every stored file is
 //! decoded and each acknowledged event must be there exactly once, each
@@ -282,6 +283,11 @@ fn hdfs_datanode_down_keeps_acknowledging_from_the_spool() {
 #[test]
 fn hdfs_datanode_frozen_keeps_acknowledging_from_the_spool() {
     hdfs_outage("faults_storage_datanode_frozen", Outage::datanode_paused);
+}
+
+#[test]
+fn hdfs_namenode_down_keeps_acknowledging() {
+    hdfs_outage("faults_storage_namenode_down", Outage::namenode);
 }
 
 /// A small tmpfs mounted for a test, unmounted when dropped.
