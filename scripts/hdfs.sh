@@ -29,6 +29,9 @@ Commands:
   start-datanode   restart the DataNode (same config/storage); waits for a new
                    block report when the NameNode runs
   stop-namenode    stop the NameNode only
+  pause-datanode   freeze the DataNode (SIGSTOP): it keeps its sockets but
+                   answers nothing, as a DataNode stuck in GC or on a dead disk
+  resume-datanode  let a frozen DataNode run again (SIGCONT)
   start-namenode   restart the NameNode without formatting; waits until it left
                    safe mode (and, if the DataNode runs, until it re-reported)
 
@@ -348,6 +351,12 @@ EOF
 <?xml version="1.0"?>
 <configuration>
   <property><name>dfs.replication</name><value>1</value></property>
+  <!-- Every file being written reserves a whole block of the DataNode's free
+       space until it is completed; with 128 MB blocks, the files a writer gives
+       up while a DataNode is stopped or frozen (heartbeats, probes, abandoned
+       data files) soon reserve more than a test machine's disk has free, and the
+       NameNode refuses every new block for ten minutes. -->
+  <property><name>dfs.blocksize</name><value>8388608</value></property>
   <property><name>dfs.permissions.enabled</name><value>false</value></property>
   <property><name>dfs.namenode.acls.enabled</name><value>true</value></property>
   <property><name>dfs.namenode.name.dir</name><value>file://$DATA/name</value></property>
@@ -523,6 +532,14 @@ cmd_start_namenode() {
   fi
 }
 
+# signal_role ROLE SIGNAL WHAT: send SIGNAL to ROLE's daemon (pause/resume).
+signal_role() {
+  local role="$1" sig="$2" what="$3" pid
+  pid="$(pid_of "$role")" || die "$role is not running"
+  kill "-$sig" "$pid"
+  echo "$what $role ($pid)"
+}
+
 cmd="${1:-}"
 case "$cmd" in
   start) cmd_start ;;
@@ -532,6 +549,8 @@ case "$cmd" in
   fetch) ensure_jars; echo "jars ready in $LIB" ;;
   stop-datanode) stop_role datanode ;;
   start-datanode) cmd_start_datanode ;;
+  pause-datanode) signal_role datanode STOP paused ;;
+  resume-datanode) signal_role datanode CONT resumed ;;
   stop-namenode) stop_role namenode ;;
   start-namenode) cmd_start_namenode ;;
   -h|--help|help) usage ;;

@@ -16,19 +16,32 @@
 //! heartbeat. A file also closes when it reaches `max_file_bytes`.
 //!
 //! # Storage outages
-//! When a write or sync to storage fails, the file is abandoned (to be cut back to
-//! its last acknowledged length and closed later) and the round's frames for that
-//! topic go to the local spool instead (same relative paths, same format, fsynced
-//! before the ack). While storage is unhealthy every round goes to the spool; a
-//! probe each second notices when it is back, closes the abandoned files, and
-//! replays the spooled files in minute order under the names they were given when
-//! spooled (so each event keeps its arrival minute, and a replay interrupted by a
-//! crash is redone, not duplicated). The watermark never passes a minute that still
-//! has spooled or abandoned files. Without a spool directory, or with the spool full
-//! (`spool_max_bytes`), the affected calls get `TRY_LATER`: nothing is dropped.
+//! Storage health is measured on the write path. A round's storage steps (create,
+//! write, sync; each file's write and sync run in a task of their own) must finish
+//! within `storage_deadline_ms`; a step that fails or misses it makes storage
+//! unavailable (WARN naming the step, `storage_deadline_exceeded_total{step}`,
+//! gauge `storage_healthy` 0): the file is abandoned at its acknowledged length
+//! (a write still running goes on in the background and its file is repaired only
+//! once it has ended) and the round's frames for that topic go to the local spool
+//! instead (same relative paths, same format, fsynced before the ack). While
+//! storage is unavailable every round goes to the spool; a probe each second
+//! writes, syncs and closes a small file of its own (a listing would succeed with
+//! a NameNode up and no DataNode, or on a full disk) and, once that works, new
+//! rounds go to storage again at once while a background pass repairs the
+//! abandoned files (deleted if nothing in them was acknowledged, else cut back to
+//! their acknowledged length and closed, each bounded in time) and replays the
+//! spooled files in minute order at a bounded rate, under the names they were
+//! given when spooled (so each event keeps its arrival minute, and a replay
+//! interrupted by a crash is redone, not duplicated). The watermark never passes a
+//! minute that still has spooled or abandoned files. Without a spool directory, or
+//! with the spool full (`spool_max_bytes`), the affected calls get `TRY_LATER`:
+//! nothing is dropped; without a spool, calls arriving while storage is
+//! unavailable get `TRY_LATER` at once without touching storage, so a client
+//! retrying fast does not leave a new file per refused call.
 //!
 //! # Recovery
-//! At start (and for files abandoned during an outage, once storage is back) every
+//! At start (and, in the background, for files abandoned during an outage once
+//! storage is back) every
 //! unclosed file of this collector is closed, its torn tail cut. Nothing it
 //! acknowledged is ever cut: before closing a file the committer saves its
 //! acknowledged length in the ledger of closed files (`crate::ledger`, saved with
@@ -63,6 +76,7 @@
 //! each round, and a retry arriving meanwhile waits for the original's answer.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -94,6 +108,15 @@ const MAX_ROUND_BYTES: usize = 8 << 20;
 const SMALL_ROUND_BYTES: usize = 256 << 10;
 /// How often an unhealthy storage is probed.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long the background repair of one abandoned file may take (HDFS lease
+/// recovery waits up to 60 s) before it is given up and tried again later.
+const REPAIR_BOUND: Duration = Duration::from_secs(90);
+/// Spool replay rate: a replayed file is followed by a pause that keeps the copy
+/// under this many bytes a second, so replay never crowds out new commits.
+const REPLAY_BYTES_PER_SEC: u64 = 32 << 20;
+/// The steps of a commit round's storage write, as `storage_deadline_exceeded`
+/// names them (the index is what a write task records in its `AtomicU8`).
+const WRITE_STEPS: [&str; 2] = ["write", "sync"];
 /// Files closed (trailer and sync) at once at a minute roll, an eviction or
 /// shutdown.
 const CLOSE_CONCURRENCY: usize = 64;
@@ -204,6 +227,9 @@ pub struct EngineSettings {
     pub max_open_files: usize,
     /// Most new data files one round opens.
     pub max_new_files_per_round: usize,
+    /// How long a round's storage steps (create, write, sync) may take before
+    /// storage counts as unavailable and the round goes to the spool.
+    pub storage_deadline: Duration,
 }
 
 /// A call of the round being committed, and what became of its parts.
@@ -336,7 +362,7 @@ impl RoundTopics {
 
 /// One data frame and the marks frame written after it, to append to a topic's
 /// file.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Chunk {
     /// The data frame.
     pub frame: Bytes,
@@ -391,6 +417,11 @@ pub struct Engine {
     dedup: DedupTable,
     /// A storage probe running in the background while storage is unhealthy.
     probe: Option<tokio::task::JoinHandle<bool>>,
+    /// Writes abandoned at the deadline, still running in the background, by the
+    /// path of their file: its repair waits until they are done.
+    stuck: HashMap<String, tokio::task::JoinHandle<()>>,
+    /// The background pass repairing abandoned files and replaying the spool.
+    repair: Option<tokio::task::JoinHandle<RepairReport>>,
     /// Whether the dedup table changed since the last snapshot.
     dedup_dirty: bool,
     /// Acknowledged lengths of the closed files still in `data/`, saved with the
@@ -463,6 +494,8 @@ impl Engine {
             abandoned: Vec::new(),
             dedup: DedupTable::default(),
             probe: None,
+            stuck: HashMap::new(),
+            repair: None,
             dedup_dirty: false,
             ledger: Ledger::default(),
             pruning: Pruning::default(),
@@ -614,32 +647,28 @@ impl Engine {
         limit: Option<u64>,
     ) -> anyhow::Result<Option<conduit_core::format::Recovery>> {
         let acked_len = limit.or_else(|| self.ledger.acked_len(path));
-        let verdict = match acked_len {
-            Some(acked_len) => ledger::check(store, path, encoding, acked_len).await?,
-            None => Verdict::Close,
-        };
-        let verdict = match verdict {
-            Verdict::Close => match close_recovered(store, path, encoding, limit).await {
-                Ok(recovery) => return Ok(Some(recovery)),
-                Err(e) => ledger::undecodable(e)?,
-            },
-            quarantine => quarantine,
-        };
-        let Verdict::Quarantine { reason } = verdict else {
-            unreachable!("closed above")
-        };
-        let to = ledger::quarantine(store, path).await?;
+        match repair(store, path, encoding, acked_len, limit).await? {
+            Repaired::Closed(recovery) => Ok(Some(recovery)),
+            Repaired::Deleted => Ok(None),
+            Repaired::Quarantined { to, reason } => {
+                self.quarantined(store.root(), path, &to, &reason);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Accounts for a file [`repair`] moved to `quarantine/`.
+    fn quarantined(&mut self, root: &str, path: &str, to: &str, reason: &str) {
         self.metrics.files_quarantined.inc();
         self.ledger.forget(path);
         self.dedup_dirty = true;
         tracing::error!(
             path,
             quarantined_to = %to,
-            root = store.root(),
+            root,
             reason,
             "a data file lost acknowledged bytes or does not decode; it was moved aside untouched, not cut (see docs/operations.md, \"Quarantined files\")"
         );
-        Ok(None)
     }
 
     /// Records in the ledger that these files are about to be closed; the next
@@ -757,6 +786,7 @@ impl Engine {
         }
         self.metrics.spool_bytes.set(self.spool_bytes as i64);
         self.metrics.open_files.set(self.files.len() as i64);
+        self.metrics.storage_healthy.set(i64::from(self.healthy));
         self.status.send_if_modified(|s| {
             let next = EngineStatus {
                 watermark,
@@ -839,8 +869,20 @@ impl Engine {
         let now = now_secs(&self.clock);
         let fresh = self.deduplicate(round);
         let mut calls = self.resume_deferred(fresh);
+        if !self.healthy && self.spool.is_none() {
+            // Storage failed and nothing else can take the calls: refuse them
+            // without touching storage, so a client retrying every few
+            // milliseconds does not leave a new file per call; the probe says when
+            // storage takes writes again.
+            for call in calls.iter_mut() {
+                call.fail(TryLaterReason::StorageUnavailable);
+            }
+            self.answer(calls, &RoundTopics::default(), now);
+            self.publish_status();
+            return;
+        }
         // Storage, or the spool while storage is unhealthy.
-        let target = if self.healthy || self.spool.is_none() {
+        let target = if self.healthy {
             Target::Storage
         } else {
             Target::Spool
@@ -848,9 +890,16 @@ impl Engine {
         self.plan_files(target, &mut calls);
         let mut topics = collect_topics(&mut calls);
         self.frame_small_parts(&mut topics);
-        self.open_files(target, &mut topics).await;
-        self.write_frames(target, &mut topics).await;
-        self.sync_written(target, &mut topics).await;
+        // Storage's steps of the round must finish by this instant.
+        let deadline = tokio::time::Instant::now() + self.settings.storage_deadline;
+        self.open_files(target, &mut topics, deadline).await;
+        match target {
+            Target::Storage => self.write_storage(&mut topics, deadline).await,
+            Target::Spool => {
+                self.write_frames(target, &mut topics).await;
+                self.sync_written(target, &mut topics).await;
+            }
+        }
         self.spool_refused(target, &mut topics).await;
         self.answer(calls, &topics, now);
         self.close_full_files().await;
@@ -1067,8 +1116,14 @@ impl Engine {
     /// Gives every topic of the round a file in `target`: closes the files that
     /// new ones replace (another minute or target), closes the least recently
     /// written idle files to stay under the open-file limit, then creates the new
-    /// files, concurrently.
-    async fn open_files(&mut self, target: Target, topics: &mut RoundTopics) {
+    /// files, concurrently; a storage create not done by `deadline` is given up
+    /// ([`Engine::create_missed_deadline`]).
+    async fn open_files(
+        &mut self,
+        target: Target,
+        topics: &mut RoundTopics,
+        deadline: tokio::time::Instant,
+    ) {
         let (round, minute) = (self.round, self.current_minute);
         let mut new = Vec::new();
         let mut closing = Vec::new();
@@ -1134,14 +1189,23 @@ impl Engine {
                 (i, seq, path)
             })
             .collect();
-        let created: Vec<_> = futures::future::join_all(
-            planned
-                .iter()
-                .map(|(_, _, path)| store.create(path, CreateMode::Exclusive)),
-        )
+        let created: Vec<_> = futures::future::join_all(planned.iter().map(|(_, _, path)| {
+            let create = store.create(path, CreateMode::Exclusive);
+            async move {
+                match target {
+                    Target::Storage => tokio::time::timeout_at(deadline, create).await.ok(),
+                    Target::Spool => Some(create.await),
+                }
+            }
+        }))
         .await;
         for ((i, seq, path), result) in planned.into_iter().zip(created) {
             let tr = &mut topics.topics[i];
+            let Some(result) = result else {
+                let since = deadline.into_std() - self.settings.storage_deadline;
+                self.create_missed_deadline(tr, path, since);
+                continue;
+            };
             let result = match result {
                 Ok(writer) => Ok(self.opened(target, &tr.topic, tr.encoding, path, seq, writer)),
                 // A name used by a spool replay or an earlier run: take the next.
@@ -1175,6 +1239,157 @@ impl Engine {
             .take(n)
             .filter_map(|(_, t)| self.files.remove(&t))
             .collect()
+    }
+
+    /// Writes and syncs every topic's frames to its storage file, each file in a
+    /// task of its own, and waits for them until `deadline`. A file whose write or
+    /// sync is not done by then is abandoned ([`Engine::write_missed_deadline`]):
+    /// its task goes on in the background, its frames are refused (the spool takes
+    /// them) and storage counts as unavailable.
+    async fn write_storage(&mut self, topics: &mut RoundTopics, deadline: tokio::time::Instant) {
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for (i, tr) in topics.topics.iter().enumerate() {
+            if tr.stage != Stage::Framed {
+                continue;
+            }
+            let Some(mut file) = self.files.remove(&tr.topic) else {
+                continue;
+            };
+            let left = Abandoned {
+                path: file.path.clone(),
+                minute: file.minute,
+                encoding: file.encoding,
+                acked_len: file.acked_len,
+            };
+            let chunks = tr.chunks.clone();
+            let step = Arc::new(AtomicU8::new(0));
+            let on = step.clone();
+            let task = tokio::spawn(async move {
+                let mut result = append_chunks(&mut file, &chunks)
+                    .await
+                    .map_err(|e| (WRITE_STEPS[0], e));
+                if result.is_ok() {
+                    on.store(1, Ordering::Relaxed);
+                    result = file.sync_writer().await.map_err(|e| (WRITE_STEPS[1], e));
+                }
+                (file, result)
+            });
+            tasks.push((i, left, step, task));
+        }
+        let mut synced = 0;
+        for (i, left, step, mut task) in tasks {
+            let tr = &mut topics.topics[i];
+            match tokio::time::timeout_at(deadline, &mut task).await {
+                Ok(Ok((mut file, result))) => {
+                    synced += 1;
+                    let topic = tr.topic.clone();
+                    match result {
+                        Ok(()) => {
+                            file.synced();
+                            tr.stage = Stage::Durable;
+                            self.files.insert(topic, file);
+                        }
+                        Err((op, e)) => {
+                            self.files.insert(topic, file);
+                            self.failed(tr, Target::Storage, op, &e);
+                        }
+                    }
+                }
+                Ok(Err(panicked)) => {
+                    tracing::error!(topic = %tr.topic, path = %left.path, error = %panicked, "a storage write task failed; abandoning the file");
+                    self.healthy = false;
+                    self.abandon_storage_file(&tr.topic, left);
+                    tr.stage = Stage::Refused;
+                }
+                Err(_) => {
+                    let step = WRITE_STEPS[usize::from(step.load(Ordering::Relaxed)).min(1)];
+                    self.write_missed_deadline(tr, left, step, task, started);
+                }
+            }
+        }
+        self.metrics
+            .sync_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.syncs.inc_by(synced);
+        self.metrics.commits.inc();
+    }
+
+    /// A storage write or sync of the round missed `storage_deadline_ms`: storage
+    /// counts as unavailable from now on, the topic's frames are refused (the spool
+    /// takes them, or the calls get `TRY_LATER`), and the file is abandoned at its
+    /// acknowledged length. The write goes on in the background; when it ends, a
+    /// line says how late it was, and only then may the file be repaired (cut back
+    /// to `acked_len`, so frames acknowledged from the spool are never stored twice).
+    fn write_missed_deadline(
+        &mut self,
+        tr: &mut TopicRound,
+        left: Abandoned,
+        step: &'static str,
+        task: WriteTask,
+        started: Instant,
+    ) {
+        let deadline_ms = self.settings.storage_deadline.as_millis() as u64;
+        self.missed_deadline(&tr.topic, &left.path, step, started);
+        let path = left.path.clone();
+        self.abandon_storage_file(&tr.topic, left);
+        tr.stage = Stage::Refused;
+        let key = path.clone();
+        let late = tokio::spawn(async move {
+            let outcome = task.await;
+            let elapsed_ms = started.elapsed().as_millis() as u64;
+            let over_ms = elapsed_ms.saturating_sub(deadline_ms);
+            match outcome {
+                Ok((_, Ok(()))) => tracing::info!(path, elapsed_ms, over_ms, "a storage write abandoned at the deadline finished late; its bytes are cut off when the file is repaired"),
+                Ok((_, Err((op, e)))) => tracing::warn!(path, op, elapsed_ms, over_ms, error = %e, "a storage write abandoned at the deadline failed"),
+                Err(e) => tracing::error!(path, error = %e, "a storage write abandoned at the deadline panicked"),
+            }
+        });
+        self.stuck.insert(key, late);
+    }
+
+    /// A storage create of the round missed `storage_deadline_ms`: the topic's
+    /// frames are refused (spool or `TRY_LATER`), storage counts as unavailable,
+    /// and the name is noted as abandoned with nothing acknowledged, so that the
+    /// repair deletes the file should the create have happened after all.
+    fn create_missed_deadline(&mut self, tr: &mut TopicRound, path: String, since: Instant) {
+        self.missed_deadline(&tr.topic, &path, "create", since);
+        self.abandoned.push(Abandoned {
+            path,
+            minute: self.current_minute,
+            encoding: tr.encoding,
+            acked_len: 0,
+        });
+        tr.stage = Stage::Refused;
+    }
+
+    /// Counts and reports a storage step that missed `storage_deadline_ms`; storage
+    /// counts as unavailable from now on.
+    fn missed_deadline(&mut self, topic: &Topic, path: &str, step: &'static str, since: Instant) {
+        self.healthy = false;
+        self.metrics
+            .storage_deadline_exceeded
+            .get_or_create(&Metrics::label("step", step))
+            .inc();
+        tracing::warn!(
+            topic = %topic,
+            path,
+            step,
+            deadline_ms = self.settings.storage_deadline.as_millis() as u64,
+            waited_ms = since.elapsed().as_millis() as u64,
+            spool = self.spool.is_some(),
+            "a storage step missed collector.storage_deadline_ms: storage counts as unavailable, the round goes to the spool (TRY_LATER without one) and the file is abandoned"
+        );
+    }
+
+    /// Notes a storage file given up by its writer, to be repaired in the
+    /// background once storage takes writes again.
+    fn abandon_storage_file(&mut self, topic: &Topic, left: Abandoned) {
+        let name = left.path.rsplit('/').next().unwrap_or(&left.path);
+        self.settings
+            .open
+            .abandoned(topic.as_str(), name, left.acked_len);
+        self.abandoned.push(left);
     }
 
     /// Appends every topic's frames to its file in `target`.
@@ -1424,17 +1639,15 @@ impl Engine {
 
     fn abandon(&mut self, file: OpenFile) {
         match file.target {
-            Target::Storage => {
-                self.settings
-                    .open
-                    .abandoned(file.topic.as_str(), file.name(), file.acked_len);
-                self.abandoned.push(Abandoned {
+            Target::Storage => self.abandon_storage_file(
+                &file.topic,
+                Abandoned {
                     path: file.path.clone(),
                     minute: file.minute,
                     encoding: file.encoding,
                     acked_len: file.acked_len,
-                })
-            }
+                },
+            ),
             Target::Spool => {
                 // Recovered at the next start; until then it stays in the inventory
                 // so the watermark is held.
@@ -1652,45 +1865,65 @@ impl Engine {
         self.publish_status();
     }
 
-    /// While storage is unhealthy or the spool holds data: probe storage and, once
-    /// it answers, close abandoned files and replay the spool.
+    /// Each second: applies a finished background repair; while storage is
+    /// unhealthy, probes it with a write of its own; once it takes writes again,
+    /// or while abandoned or spooled files remain, starts the next repair pass.
     async fn maintain(&mut self) {
+        if self.repair.as_ref().is_some_and(|r| r.is_finished()) {
+            if let Some(task) = self.repair.take() {
+                match task.await {
+                    Ok(report) => self.repaired(report).await,
+                    Err(e) => {
+                        tracing::error!(error = %e, "the background repair panicked; retrying")
+                    }
+                }
+            }
+        }
+        self.stuck.retain(|_, task| !task.is_finished());
         if self.healthy && self.abandoned.is_empty() && self.spooled.is_empty() {
             return;
         }
-        // Probe in the background so a hanging storage never stalls commits (they
-        // go to the spool meanwhile); act on the probe's answer at a later tick.
-        match self.probe.take() {
-            Some(probe) if probe.is_finished() => {
-                if !probe.await.unwrap_or(false) {
+        if !self.healthy {
+            // Probe in the background so a hanging storage never stalls commits
+            // (they go to the spool meanwhile); act on its answer at a later tick.
+            match self.probe.take() {
+                Some(probe) if probe.is_finished() => {
+                    if !probe.await.unwrap_or(false) {
+                        return;
+                    }
+                }
+                Some(probe) => {
+                    self.probe = Some(probe);
+                    return;
+                }
+                None => {
+                    self.probe = Some(tokio::spawn(probe(self.storage.clone(), self.probe_path())));
                     return;
                 }
             }
-            Some(probe) => {
-                self.probe = Some(probe);
-                return;
-            }
-            None => {
-                let storage = self.storage.clone();
-                self.probe = Some(tokio::spawn(async move {
-                    match storage.list_or_empty("data").await {
-                        Ok(_) => true,
-                        Err(e) => {
-                            tracing::debug!(error = %e, "storage still unavailable");
-                            false
-                        }
-                    }
-                }));
-                return;
-            }
+            self.storage_back().await;
         }
-        self.recover_storage().await;
+        if self.repair.is_none() {
+            self.start_repair();
+        }
     }
 
-    /// Storage answered a probe: close open spool files, close abandoned files,
-    /// replay the spool, and write to storage again.
-    async fn recover_storage(&mut self) {
-        // Storage answers. New rounds go to storage again: close open spool files.
+    /// Where the probe writes: next to the dedup snapshot.
+    fn probe_path(&self) -> String {
+        Layout::checkpoint_path(
+            "collector",
+            &format!(
+                "{}.{}.probe",
+                self.settings.cluster, self.settings.collector
+            ),
+        )
+        .unwrap_or_else(|_| "system/checkpoints/collector/probe.json".to_string())
+    }
+
+    /// Storage took the probe's write: new rounds go to storage again. Open spool
+    /// files are closed (local disk, quick) so that they can be replayed; the
+    /// repair runs in the background.
+    async fn storage_back(&mut self) {
         let spool_files: Vec<OpenFile> = self
             .files
             .iter()
@@ -1701,50 +1934,82 @@ impl Engine {
             .filter_map(|topic| self.files.remove(topic))
             .collect();
         self.close_files(spool_files).await;
-        while let Some(a) = self.abandoned.first().cloned() {
-            let storage = self.storage.clone();
-            match self
-                .close_unclosed(storage.as_ref(), &a.path, a.encoding, Some(a.acked_len))
-                .await
-            {
-                Ok(Some(r)) => {
-                    tracing::info!(path = %a.path, kept_bytes = r.kept_bytes, dropped_bytes = r.dropped_bytes, "closed a file abandoned during an outage");
-                    self.abandoned.remove(0);
-                }
-                Ok(None) => {
-                    self.abandoned.remove(0);
+        tracing::info!(
+            abandoned_files = self.abandoned.len(),
+            spooled_files = self.spooled.len(),
+            spooled_bytes = self.spool_bytes,
+            "storage takes writes again; repairing abandoned files and replaying the spool in the background"
+        );
+        self.healthy = true;
+        self.publish_status();
+    }
+
+    /// Starts a background pass over the abandoned files whose writes are done and
+    /// the closed spool files, in minute order.
+    fn start_repair(&mut self) {
+        let abandoned: Vec<Abandoned> = self
+            .abandoned
+            .iter()
+            .filter(|a| !self.stuck.contains_key(&a.path))
+            .cloned()
+            .collect();
+        let spooled: Vec<Spooled> = self
+            .spooled
+            .iter()
+            .map(|((minute, path), (encoding, len))| Spooled {
+                minute: *minute,
+                path: path.clone(),
+                encoding: *encoding,
+                len: *len,
+            })
+            .collect();
+        if abandoned.is_empty() && spooled.is_empty() {
+            return;
+        }
+        self.repair = Some(tokio::spawn(repair_pass(
+            self.storage.clone(),
+            self.spool.clone(),
+            abandoned,
+            spooled,
+        )));
+    }
+
+    /// Applies what a repair pass did: repaired abandoned files and replayed spool
+    /// files no longer hold the watermark.
+    async fn repaired(&mut self, report: RepairReport) {
+        for (path, result) in report.abandoned {
+            match result {
+                Ok(Repaired::Closed(r)) => tracing::info!(
+                    path,
+                    kept_bytes = r.kept_bytes,
+                    dropped_bytes = r.dropped_bytes,
+                    "closed a file abandoned during an outage"
+                ),
+                Ok(Repaired::Deleted) => tracing::info!(
+                    path,
+                    "deleted an abandoned file that held nothing acknowledged"
+                ),
+                Ok(Repaired::Quarantined { to, reason }) => {
+                    let root = self.storage.root().to_owned();
+                    self.quarantined(&root, &path, &to, &reason);
                 }
                 Err(e) => {
-                    tracing::warn!(path = %a.path, error = %e, "cannot close an abandoned file yet");
-                    self.publish_status();
-                    return;
+                    tracing::warn!(path, error = %e, "cannot repair an abandoned file yet; retrying");
+                    continue;
                 }
             }
+            self.abandoned.retain(|a| a.path != path);
         }
-        if let Some(spool) = self.spool.clone() {
-            while let Some(((minute, path), (encoding, len))) =
-                self.spooled.first_key_value().map(|(k, v)| (k.clone(), *v))
-            {
-                match replay_one(spool.as_ref(), self.storage.as_ref(), &path, encoding, len).await
-                {
-                    Ok(()) => {
-                        tracing::info!(path, minute = %minute, bytes = len, "replayed a spooled file to storage");
-                        self.spooled.remove(&(minute, path));
-                        self.spool_bytes = self.spool_bytes.saturating_sub(len);
-                    }
-                    Err(e) => {
-                        self.storage_error("replay");
-                        tracing::warn!(path, error = %e, "spool replay interrupted; will retry");
-                        self.publish_status();
-                        return;
-                    }
-                }
-            }
+        for file in report.replayed {
+            tracing::info!(path = %file.path, minute = %file.minute, bytes = file.len, "replayed a spooled file to storage");
+            self.spooled.remove(&(file.minute, file.path));
+            self.spool_bytes = self.spool_bytes.saturating_sub(file.len);
         }
-        if !self.healthy {
-            tracing::info!("storage is available again");
+        if let Some((path, e)) = report.replay_error {
+            self.storage_error("replay");
+            tracing::warn!(path, error = %e, "spool replay interrupted; will retry");
         }
-        self.healthy = true;
+        self.dedup_dirty = true;
         self.save_dedup().await;
         self.publish_status();
     }
@@ -1752,10 +2017,28 @@ impl Engine {
     async fn shutdown(mut self) {
         let files: Vec<OpenFile> = self.files.drain().map(|(_, f)| f).collect();
         self.close_files(files).await;
+        if let Some(task) = self.repair.take() {
+            if let Ok(report) = task.await {
+                self.repaired(report).await;
+            }
+        }
+        // Writes abandoned at the deadline end within storage_timeout_ms; wait for
+        // them so that their files can be repaired now.
+        for (_, task) in std::mem::take(&mut self.stuck) {
+            let _ = task.await;
+        }
         // Last chance to hand the spool to storage; otherwise the next start does.
         if !self.spooled.is_empty() || !self.abandoned.is_empty() {
-            if self.storage.list_or_empty("data").await.is_ok() {
-                self.recover_storage().await;
+            if probe(self.storage.clone(), self.probe_path()).await {
+                if !self.healthy {
+                    self.storage_back().await;
+                }
+                self.start_repair();
+                if let Some(task) = self.repair.take() {
+                    if let Ok(report) = task.await {
+                        self.repaired(report).await;
+                    }
+                }
             } else {
                 tracing::warn!(
                     spooled_bytes = self.spool_bytes,
@@ -1768,6 +2051,154 @@ impl Engine {
         self.publish_status();
         self.status.send_modify(|s| s.stopped = true);
     }
+}
+
+/// Whether storage takes a write: the probe file is replaced (deleted first, so a
+/// probe that failed halfway and left its file open cannot hold up the next one),
+/// written, synced and closed. Measured on the write path, not by a listing: a
+/// NameNode that answers while no DataNode takes blocks, or a full disk, fails it.
+async fn probe(storage: SharedStorage, path: String) -> bool {
+    let write = async {
+        match storage.delete(&path, false).await {
+            Err(e) if !e.is_not_found() => return Err(e),
+            _ => {}
+        }
+        let mut writer = storage.create(&path, CreateMode::Overwrite).await?;
+        writer.write(Bytes::from_static(b"{}\n")).await?;
+        writer.sync().await?;
+        writer.close().await
+    };
+    match write.await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!(error = %e, "storage still refuses writes");
+            false
+        }
+    }
+}
+
+/// A closed spool file waiting to be replayed.
+struct Spooled {
+    minute: Minute,
+    path: String,
+    encoding: Encoding,
+    len: u64,
+}
+
+/// What became of an unclosed file given to [`repair`].
+enum Repaired {
+    /// Closed (its torn or unacknowledged tail cut).
+    Closed(conduit_core::format::Recovery),
+    /// Deleted: nothing in it was acknowledged.
+    Deleted,
+    /// Moved to `quarantine/` untouched.
+    Quarantined { to: String, reason: String },
+}
+
+/// What a background repair pass did.
+#[derive(Default)]
+struct RepairReport {
+    /// Every abandoned file tried, with its outcome.
+    abandoned: Vec<(String, anyhow::Result<Repaired>)>,
+    /// Spool files copied to storage and deleted from the spool.
+    replayed: Vec<Spooled>,
+    /// The error that stopped the replay (the rest waits for the next pass).
+    replay_error: Option<(String, anyhow::Error)>,
+}
+
+/// Closes an unclosed file without cutting a byte of its `acked_len` (ledger
+/// checks, `crate::ledger`), cutting what is past `limit`; quarantines it instead
+/// if that is not possible.
+async fn repair(
+    store: &dyn Storage,
+    path: &str,
+    encoding: Encoding,
+    acked_len: Option<u64>,
+    limit: Option<u64>,
+) -> anyhow::Result<Repaired> {
+    let verdict = match acked_len {
+        Some(acked_len) => ledger::check(store, path, encoding, acked_len).await?,
+        None => Verdict::Close,
+    };
+    let verdict = match verdict {
+        Verdict::Close => match close_recovered(store, path, encoding, limit).await {
+            Ok(recovery) => return Ok(Repaired::Closed(recovery)),
+            Err(e) => ledger::undecodable(e)?,
+        },
+        quarantine => quarantine,
+    };
+    let Verdict::Quarantine { reason } = verdict else {
+        unreachable!("closed above")
+    };
+    let to = ledger::quarantine(store, path).await?;
+    Ok(Repaired::Quarantined { to, reason })
+}
+
+/// Repairs a storage file abandoned by its writer: deleted if nothing of it was
+/// acknowledged (a refused call leaves no empty file), else cut back to its
+/// acknowledged length and closed.
+async fn repair_abandoned(store: &dyn Storage, file: &Abandoned) -> anyhow::Result<Repaired> {
+    if file.acked_len == 0 {
+        return match store.delete(&file.path, false).await {
+            Ok(_) => Ok(Repaired::Deleted),
+            Err(e) if e.is_not_found() => Ok(Repaired::Deleted),
+            Err(e) => Err(e.into()),
+        };
+    }
+    repair(
+        store,
+        &file.path,
+        file.encoding,
+        Some(file.acked_len),
+        Some(file.acked_len),
+    )
+    .await
+}
+
+/// The background repair: abandoned files first (each bounded by
+/// [`REPAIR_BOUND`], since HDFS lease recovery may wait a minute), then the spool
+/// replayed file by file in minute order at most [`REPLAY_BYTES_PER_SEC`],
+/// stopping at the first failure. Never on the commit path.
+async fn repair_pass(
+    storage: SharedStorage,
+    spool: Option<SharedStorage>,
+    abandoned: Vec<Abandoned>,
+    spooled: Vec<Spooled>,
+) -> RepairReport {
+    let mut report = RepairReport::default();
+    for file in abandoned {
+        let result = tokio::time::timeout(REPAIR_BOUND, repair_abandoned(storage.as_ref(), &file))
+            .await
+            .unwrap_or_else(|_| {
+                Err(anyhow::anyhow!(
+                    "repair did not finish within {} s",
+                    REPAIR_BOUND.as_secs()
+                ))
+            });
+        report.abandoned.push((file.path, result));
+    }
+    let Some(spool) = spool else {
+        return report;
+    };
+    for file in spooled {
+        let started = Instant::now();
+        if let Err(e) = replay_one(
+            spool.as_ref(),
+            storage.as_ref(),
+            &file.path,
+            file.encoding,
+            file.len,
+        )
+        .await
+        {
+            report.replay_error = Some((file.path, e));
+            break;
+        }
+        let due = Duration::from_secs_f64(file.len as f64 / REPLAY_BYTES_PER_SEC as f64);
+        report.replayed.push(file);
+        tokio::time::sleep(due.saturating_sub(started.elapsed())).await;
+    }
+    report
 }
 
 /// Moves already queued calls into `round` (without waiting) while the round holds
@@ -1796,6 +2227,10 @@ async fn append_chunks(file: &mut OpenFile, chunks: &[Chunk]) -> conduit_core::S
     }
     Ok(())
 }
+
+/// A storage file's write and sync of one round, in a task of its own: the file
+/// back, and the step that failed with its error.
+type WriteTask = tokio::task::JoinHandle<(OpenFile, Result<(), (&'static str, StorageError)>)>;
 
 /// What is known of a file being closed, for the accounting once it is.
 struct Closing {

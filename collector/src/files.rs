@@ -92,17 +92,31 @@ impl OpenFile {
 
     /// Makes everything appended durable and advances `acked_len`.
     pub async fn sync(&mut self) -> conduit_core::StorageResult<()> {
+        self.sync_writer().await?;
+        self.synced();
+        Ok(())
+    }
+
+    /// Syncs the writer if anything was appended, without the bookkeeping of
+    /// [`OpenFile::synced`]: a commit round's write runs in a task of its own and
+    /// only counts once the committer takes the file back in time.
+    pub async fn sync_writer(&mut self) -> conduit_core::StorageResult<()> {
         if self.dirty {
             self.writer.sync().await?;
-            self.dirty = false;
         }
+        Ok(())
+    }
+
+    /// After a successful [`OpenFile::sync_writer`]: everything written is
+    /// acknowledged, and served by the open-file endpoint.
+    pub fn synced(&mut self) {
+        self.dirty = false;
         self.acked_len = self.writer.position();
         self.acked_counts = (self.records, self.record_bytes);
         if let Some(served) = &self.served {
             let frames = std::mem::take(&mut self.unsynced);
             served.synced(self.topic.as_str(), self.name(), frames, self.acked_len);
         }
-        Ok(())
     }
 
     /// The trailer for what has been acknowledged.
@@ -136,7 +150,7 @@ impl OpenFile {
 }
 
 /// A storage file whose writer failed: to be cut back to `acked_len` and closed
-/// once storage is reachable again.
+/// once storage is reachable again (deleted if nothing of it was acknowledged).
 #[derive(Debug, Clone)]
 pub struct Abandoned {
     /// Path relative to the storage root.

@@ -137,8 +137,9 @@ impl Collector {
         let thrift_addr = listener.local_addr()?;
         let http_addr = http_listener.local_addr()?;
 
-        // A call to storage that hangs (HDFS while a NameNode restarts) counts as a
-        // failure, so the collector spools instead of stalling every client.
+        // A call to storage that hangs (HDFS while a NameNode restarts) fails after
+        // storage_timeout_ms, so background work (repair, replay, heartbeats) never
+        // hangs for good; commit rounds have the shorter storage_deadline_ms.
         let storage: SharedStorage = Arc::new(TimeoutStorage::new(
             storage,
             Duration::from_millis(limits.storage_timeout_ms),
@@ -170,6 +171,7 @@ impl Collector {
             open: open_files.clone(),
             max_open_files: limits.open_files_limit(),
             max_new_files_per_round: limits.max_new_files_per_round,
+            storage_deadline: Duration::from_millis(limits.storage_deadline_ms),
         };
         log_open_file_limits(&limits, engine_settings.max_open_files);
         let (engine, status) = engine::Engine::start(

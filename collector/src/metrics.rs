@@ -82,7 +82,15 @@ pub struct Metrics {
     pub fd_exhausted: Family<Labels, Counter>,
     /// Parts of calls put off to a later round (`max_new_files_per_round`).
     pub deferred_parts: Counter,
+    /// 1 while the collector writes to storage, 0 while it counts storage as
+    /// unavailable (its own writes failed or missed `storage_deadline_ms`).
+    pub storage_healthy: Gauge,
+    /// Storage steps of a commit round that missed `storage_deadline_ms`, by step.
+    pub storage_deadline_exceeded: Family<Labels, Counter>,
 }
+
+/// The `step` label values of `storage_deadline_exceeded`.
+pub const DEADLINE_STEPS: [&str; 3] = ["create", "write", "sync"];
 
 /// The operations `fd_exhausted` counts: accepting a connection, creating a data
 /// file in storage or in the spool, writing or syncing one, the heartbeat and the
@@ -162,7 +170,10 @@ impl Metrics {
             files_evicted: Counter::default(),
             fd_exhausted: Family::default(),
             deferred_parts: Counter::default(),
+            storage_healthy: Gauge::default(),
+            storage_deadline_exceeded: Family::default(),
         };
+        m.storage_healthy.set(1);
         // Present from the start, so an alert can compare against zero.
         for op in FD_OPS {
             m.fd_exhausted
@@ -293,6 +304,21 @@ impl Metrics {
             "Parts of calls put off to a later round (max_new_files_per_round)",
             m.deferred_parts.clone(),
         );
+        r.register(
+            "storage_healthy",
+            "1 while data goes to storage, 0 while storage counts as unavailable (own writes failed or missed storage_deadline_ms)",
+            m.storage_healthy.clone(),
+        );
+        r.register(
+            "storage_deadline_exceeded",
+            "Storage steps of a commit round (create, write, sync) that missed storage_deadline_ms; their calls went to the spool or got TRY_LATER",
+            m.storage_deadline_exceeded.clone(),
+        );
+        for step in DEADLINE_STEPS {
+            let _ = m
+                .storage_deadline_exceeded
+                .get_or_create(&Metrics::label("step", step));
+        }
         // The front door's limits are counted from the start, at 0, so that an
         // alert on their rate needs no data first.
         for reason in CloseReason::ALL {

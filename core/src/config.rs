@@ -281,6 +281,11 @@ pub struct CollectorConfig {
     /// then spools or answers `TRY_LATER`).
     #[serde(default = "default_storage_timeout_ms")]
     pub storage_timeout_ms: u64,
+    /// A commit round whose storage steps (create, write, sync) have not finished
+    /// within this counts storage as unavailable: the round's calls go to the spool
+    /// (or get `TRY_LATER`) and the stuck write finishes or fails in the background.
+    #[serde(default = "default_storage_deadline_ms")]
+    pub storage_deadline_ms: u64,
     /// Bytes the collector holds at most for calls read and not yet answered
     /// (frames arriving, decoded calls, encoded parts, queued rounds); calls past
     /// it get `TRY_LATER`. Frames still arriving may hold half of it.
@@ -422,6 +427,9 @@ fn default_heartbeat_ms() -> u64 {
 fn default_storage_timeout_ms() -> u64 {
     10_000
 }
+fn default_storage_deadline_ms() -> u64 {
+    1000
+}
 fn default_max_inflight_bytes() -> u64 {
     512 << 20
 }
@@ -467,6 +475,7 @@ impl Default for CollectorConfig {
             spool_max_bytes: default_spool_max_bytes(),
             heartbeat_ms: default_heartbeat_ms(),
             storage_timeout_ms: default_storage_timeout_ms(),
+            storage_deadline_ms: default_storage_deadline_ms(),
             max_inflight_bytes: default_max_inflight_bytes(),
             max_connections_per_ip: default_max_connections_per_ip(),
             first_call_timeout_ms: default_first_call_timeout_ms(),
@@ -747,6 +756,15 @@ impl Config {
             return Err(invalid(
                 "collector.storage_timeout_ms",
                 format!("{} is less than 100", c.storage_timeout_ms),
+            ));
+        }
+        if c.storage_deadline_ms < 100 || c.storage_deadline_ms > c.storage_timeout_ms {
+            return Err(invalid(
+                "collector.storage_deadline_ms",
+                format!(
+                    "{} is outside 100..=storage_timeout_ms ({})",
+                    c.storage_deadline_ms, c.storage_timeout_ms
+                ),
             ));
         }
         if c.max_inflight_bytes < c.max_frame_bytes {
@@ -1235,6 +1253,21 @@ mod tests {
         config.collector.max_new_files_per_round = 0;
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("collector.max_new_files_per_round"), "{err}");
+    }
+
+    #[test]
+    fn storage_deadline_is_checked_against_the_timeout() {
+        let mut config = Config::default();
+        assert_eq!(config.collector.storage_deadline_ms, 1000);
+        config.collector.storage_deadline_ms = 20_000;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("collector.storage_deadline_ms"), "{err}");
+        assert!(err.contains("20000"), "{err}");
+        config.collector.storage_deadline_ms = 50;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("collector.storage_deadline_ms"), "{err}");
+        config.collector.storage_deadline_ms = 1500;
+        config.validate().unwrap();
     }
 
     #[test]

@@ -111,6 +111,15 @@ impl Outage {
         }
     }
 
+    /// Freezes the DataNode (SIGSTOP): connections to it stay open and hang, as
+    /// with a DataNode stuck in GC or on a dying disk.
+    pub fn datanode_paused() -> Outage {
+        script("pause-datanode");
+        Outage {
+            start: "resume-datanode",
+        }
+    }
+
     /// Stops the NameNode.
     pub fn namenode() -> Outage {
         script("stop-namenode");

@@ -1,0 +1,430 @@
+//! Storage faults under a real `conduit collector` (issue 20): the HDFS DataNode
+//! stopped or frozen (SIGSTOP) or the NameNode stopped while a client keeps
+//! calling, and a full local disk,
+//! each with a spool on another disk. A client measures the longest gap between
+//! acknowledgements and records every call's fate; afterwards every stored file is
+//! decoded and each acknowledged event must be there exactly once, each
+//! unacknowledged one at most once. The full-disk tests also count the data files
+//! created during the outage (a refused call must not leave a new file behind).
+//!
+//! The HDFS tests run on the instance of `CONDUIT_TEST_HDFS` and stop or freeze its
+//! DataNode through `CONDUIT_HDFS_SCRIPT` (keep `CONDUIT_HDFS_STATE` exported when
+//! it is not the default instance). The full-disk tests mount a small tmpfs and are
+//! skipped (one `SKIPPED` line) when the test does not run as root.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use conduit_core::scribe::ResultCode;
+use conduit_core::storage::LocalStorage;
+use conduit_core::SharedStorage;
+use conduit_testkit::collector::{payload_counts, stored_files};
+use conduit_testkit::hdfs::{self, Outage};
+use conduit_testkit::process::{http_get, CollectorProcess};
+use conduit_testkit::scribe::Client;
+use conduit_testkit::wait::until_blocking;
+
+const ID: &str = "c1";
+const TOPIC: &str = "faults";
+/// Events per call.
+const PER_CALL: u64 = 20;
+/// How long each outage lasts.
+const OUTAGE: Duration = Duration::from_secs(15);
+/// The longest gap between acknowledgements a test accepts (the target is 2 s).
+const GAP_BOUND: Duration = Duration::from_secs(3);
+
+/// Serializes the tests of this binary: the HDFS ones share one DataNode.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn payload(n: u64) -> String {
+    format!(r#"{{"n":{n}}}"#)
+}
+
+/// What the client saw.
+#[derive(Debug, Default)]
+struct Seen {
+    /// (first event, acknowledged) of every call.
+    calls: Vec<(u64, bool)>,
+    /// Longest time between two acknowledgements.
+    longest_gap: Duration,
+    /// When it ended, relative to the client's start.
+    longest_gap_at: Duration,
+    /// Calls answered TRY_LATER (or not answered).
+    refused: u64,
+}
+
+/// A client calling `Log` with `PER_CALL` new events in a loop (one connection,
+/// reconnecting if it is closed; 50 ms pause after a refused call) until `stop`.
+struct Load {
+    stop: Arc<AtomicBool>,
+    acked: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<Seen>,
+}
+
+impl Load {
+    fn start(rt: &tokio::runtime::Runtime, addr: &str) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(AtomicU64::new(0));
+        let task = rt.spawn(client(addr.to_owned(), stop.clone(), acked.clone()));
+        Load { stop, acked, task }
+    }
+
+    fn acked(&self) -> u64 {
+        self.acked.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `more` more calls are acknowledged.
+    fn wait_acks(&self, more: u64, what: &str) {
+        let target = self.acked() + more;
+        until_blocking(what, Duration::from_secs(60), || {
+            (self.acked() >= target).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    fn stop(self, rt: &tokio::runtime::Runtime) -> Seen {
+        self.stop.store(true, Ordering::Relaxed);
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(40), self.task)
+                .await
+                .expect("the client ends within 40 s")
+                .expect("client panicked")
+        })
+    }
+}
+
+async fn client(addr: String, stop: Arc<AtomicBool>, acked: Arc<AtomicU64>) -> Seen {
+    let mut seen = Seen::default();
+    let start = Instant::now();
+    let mut last_ack: Option<Instant> = None;
+    let mut next = 0u64;
+    let mut conn: Option<Client> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let client = match conn.as_mut() {
+            Some(c) => c,
+            None => match Client::try_connect(&addr).await {
+                Ok(c) => conn.insert(c),
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let first = next;
+        next += PER_CALL;
+        let entries: Vec<(&str, String)> = (first..next).map(|n| (TOPIC, payload(n))).collect();
+        let code = client.try_log(&entries, Duration::from_secs(30)).await;
+        let ok = code == Some(ResultCode::Ok);
+        seen.calls.push((first, ok));
+        if ok {
+            let now = Instant::now();
+            if let Some(last) = last_ack.filter(|last| now - *last > seen.longest_gap) {
+                seen.longest_gap = now - last;
+                seen.longest_gap_at = now - start;
+            }
+            last_ack = Some(now);
+            acked.fetch_add(1, Ordering::Relaxed);
+        } else {
+            seen.refused += 1;
+            if code.is_none() {
+                conn = None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    seen
+}
+
+/// Checks the stored events against the client's calls: every acknowledged event
+/// exactly once, unacknowledged ones at most once, nothing else. (acked events,
+/// unacknowledged events stored).
+fn check_exactly_once(seen: &Seen, counts: &HashMap<bytes::Bytes, usize>) -> (u64, u64) {
+    let (mut acked, mut extra) = (0, 0);
+    let mut known = 0;
+    for &(first, ok) in &seen.calls {
+        for n in first..first + PER_CALL {
+            let c = counts
+                .get(payload(n).as_bytes())
+                .copied()
+                .unwrap_or_default();
+            known += c;
+            if ok {
+                assert_eq!(c, 1, "acknowledged event {n} stored {c} times");
+                acked += 1;
+            } else {
+                assert!(c <= 1, "unacknowledged event {n} stored {c} times");
+                extra += c as u64;
+            }
+        }
+    }
+    let total: usize = counts.values().sum();
+    assert_eq!(total, known, "stored events that were never sent");
+    (acked, extra)
+}
+
+/// The collector's `/health` body: (storage healthy, spooled bytes).
+fn health(collector: &CollectorProcess) -> Option<(bool, u64)> {
+    let (_, body) = http_get(&collector.http_addr, "/health").ok()?;
+    let json: serde_json::Value = serde_json::from_str(body.get(body.find('{')?..)?).ok()?;
+    Some((
+        json["storage_healthy"].as_bool()?,
+        json["spooled_bytes"].as_u64()?,
+    ))
+}
+
+/// Waits until storage is healthy and the spool replayed; how long that took.
+fn wait_recovered(collector: &CollectorProcess, since: Instant) -> Duration {
+    until_blocking(
+        "storage healthy and the spool replayed",
+        Duration::from_secs(120),
+        || (health(collector) == Some((true, 0))).then_some(()),
+    )
+    .unwrap_or_else(|e| panic!("{e}; collector log:\n{}", collector.log()));
+    since.elapsed()
+}
+
+/// One outage under load, from a collector with a spool: the client's view, and the
+/// time from the outage's end to storage healthy with the spool replayed.
+struct Run {
+    seen: Seen,
+    recovered_after: Duration,
+}
+
+/// Starts the client, waits for acknowledgements, runs `outage` (which returns
+/// what ends it) while the client keeps calling for [`OUTAGE`], ends it, waits for
+/// recovery and a few more acknowledgements, stops the client and the collector.
+fn under_load<E: FnOnce()>(
+    rt: &tokio::runtime::Runtime,
+    collector: &mut CollectorProcess,
+    outage: impl FnOnce() -> E,
+) -> Run {
+    let load = Load::start(rt, &collector.thrift_addr);
+    load.wait_acks(20, "acknowledgements before the outage");
+    let end = outage();
+    let began = Instant::now();
+    until_blocking(
+        "the outage to last its time",
+        OUTAGE + Duration::from_secs(5),
+        || (began.elapsed() >= OUTAGE).then_some(()),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    end();
+    let ended = Instant::now();
+    let recovered_after = wait_recovered(collector, ended);
+    load.wait_acks(20, "acknowledgements after recovery");
+    let seen = load.stop(rt);
+    collector.terminate().expect("the collector stops");
+    Run {
+        seen,
+        recovered_after,
+    }
+}
+
+fn report(fault: &str, run: &Run, acked: u64, extra: u64) {
+    println!(
+        "FAULT {fault}: calls {} acked events {acked} refused calls {} unacked stored {extra} lost 0 duplicated 0 longest ack gap {:.2} s (at {:.1} s) recovered {:.1} s after the outage",
+        run.seen.calls.len(),
+        run.seen.refused,
+        run.seen.longest_gap.as_secs_f64(),
+        run.seen.longest_gap_at.as_secs_f64(),
+        run.recovered_after.as_secs_f64(),
+    );
+}
+
+/// An HDFS outage (`outage` stops or freezes a daemon and returns its
+/// [`Outage`]) with a spool: acknowledgements go on within [`GAP_BOUND`] and every
+/// acknowledged event is in HDFS exactly once after the replay.
+fn hdfs_outage(test: &str, outage: fn() -> Outage) {
+    let _serial = serial();
+    let Some(uri) = hdfs::fresh_root(test) else {
+        return;
+    };
+    let rt = conduit_testkit::runtime();
+    let storage: SharedStorage = rt.block_on(hdfs::open(&uri));
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let mut collector = CollectorProcess::start(
+        &uri,
+        ID,
+        &["--spool-dir", spool.to_str().unwrap()],
+        dir.path(),
+    )
+    .expect("collector starts");
+    let run = under_load(&rt, &mut collector, || {
+        let o = outage();
+        move || o.end()
+    });
+    let counts = rt.block_on(payload_counts(storage.as_ref(), TOPIC));
+    let files = rt.block_on(stored_files(storage.as_ref(), TOPIC));
+    assert!(files.iter().all(|f| f.is_closed()), "every file closed");
+    let (acked, extra) = check_exactly_once(&run.seen, &counts);
+    report(test, &run, acked, extra);
+    assert!(
+        run.seen.longest_gap < GAP_BOUND,
+        "longest gap between acknowledgements {:?} (bound {GAP_BOUND:?}); collector log:\n{}",
+        run.seen.longest_gap,
+        collector.log()
+    );
+}
+
+#[test]
+fn hdfs_datanode_down_keeps_acknowledging_from_the_spool() {
+    hdfs_outage("faults_storage_datanode_down", Outage::datanode);
+}
+
+#[test]
+fn hdfs_datanode_frozen_keeps_acknowledging_from_the_spool() {
+    hdfs_outage("faults_storage_datanode_frozen", Outage::datanode_paused);
+}
+
+#[test]
+fn hdfs_namenode_down_keeps_acknowledging() {
+    hdfs_outage("faults_storage_namenode_down", Outage::namenode);
+}
+
+/// A small tmpfs mounted for a test, unmounted when dropped.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts `size` of tmpfs, or `None` (after a `SKIPPED` line) when not root.
+    fn mount(test: &str, size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            conduit_testkit::gate::missing(
+                test,
+                "cannot mount a tmpfs (not root?), so there is no disk to fill",
+                "run the test as root (CI does)",
+            );
+            return None;
+        }
+        Some(Tmpfs { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Fills the disk with `filler` until a write fails.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.path().join("filler")).unwrap();
+        let block = vec![0u8; 64 << 10];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.path().join("filler")).unwrap();
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+/// Data files of the collector under a local root (every name, closed or not).
+fn data_files(root: &Path) -> Vec<String> {
+    let dir = root.join("data").join(TOPIC).join(ID);
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// A full disk for [`OUTAGE`] under load, with or without a spool on another disk:
+/// acknowledgements go on (spool) within [`GAP_BOUND`], the data files created
+/// meanwhile are few, none is empty, and the events are exactly once.
+fn disk_full(test: &str, with_spool: bool) {
+    let _serial = serial();
+    let Some(disk) = Tmpfs::mount(test, "16m") else {
+        return;
+    };
+    let rt = conduit_testkit::runtime();
+    let root = disk.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let mut extra = vec![];
+    if with_spool {
+        extra = vec!["--spool-dir", spool.to_str().unwrap()];
+    }
+    let mut collector = CollectorProcess::start(root.to_str().unwrap(), ID, &extra, dir.path())
+        .expect("collector starts");
+    let before = Arc::new(Mutex::new(Vec::new()));
+    let run = under_load(&rt, &mut collector, || {
+        *before.lock().unwrap() = data_files(&root);
+        disk.fill();
+        || disk.free()
+    });
+    let before = before.lock().unwrap().clone();
+    let after = data_files(&root);
+    let created = after.iter().filter(|n| !before.contains(n)).count();
+    let storage: SharedStorage = Arc::new(LocalStorage::open(root.to_str().unwrap()).unwrap());
+    let files = rt.block_on(stored_files(storage.as_ref(), TOPIC));
+    let empty: Vec<&str> = files
+        .iter()
+        .filter(|f| f.payloads().is_empty())
+        .map(|f| f.name.as_str())
+        .collect();
+    let counts = rt.block_on(payload_counts(storage.as_ref(), TOPIC));
+    let (acked, unacked) = check_exactly_once(&run.seen, &counts);
+    report(test, &run, acked, unacked);
+    println!(
+        "FAULT {test}: data files created during the outage and recovery: {created} ({} refused calls); empty files: {}",
+        run.seen.refused,
+        empty.len()
+    );
+    let log = collector.log();
+    assert!(empty.is_empty(), "empty data files {empty:?}; log:\n{log}");
+    assert!(
+        created <= 6,
+        "{created} data files created during a {OUTAGE:?} outage: {after:?}; log:\n{log}"
+    );
+    assert!(
+        log.contains("abandoning the file"),
+        "the full disk refused a write; log:\n{log}"
+    );
+    if with_spool {
+        assert!(
+            run.seen.longest_gap < GAP_BOUND,
+            "longest gap between acknowledgements {:?} (bound {GAP_BOUND:?}); log:\n{log}",
+            run.seen.longest_gap
+        );
+    } else {
+        assert!(
+            run.seen.refused > 0,
+            "without a spool a full disk refuses calls"
+        );
+    }
+}
+
+#[test]
+fn full_disk_with_a_spool_keeps_acknowledging_without_litter() {
+    disk_full("faults_storage_full_disk_spool", true);
+}
+
+#[test]
+fn full_disk_without_a_spool_refuses_without_litter() {
+    disk_full("faults_storage_full_disk_no_spool", false);
+}
