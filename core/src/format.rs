@@ -75,7 +75,9 @@ pub const DATA_FILE_SUFFIX: &str = ".zst";
 /// data file (by its name: [`Codec::of_file`]). The collector and the local view
 /// are always zstd; a `gzip` topic's merged and hourly files are gzip
 /// ([`gzip`], `docs/format.md` §3.5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Codec {
     /// `*.zst`: independent zstd frames with conduit's skippable frames (§3).

@@ -25,7 +25,7 @@ use crate::{Fence, SharedFence, WorkerError};
 
 /// The `.gz` file's length, CRC-32C and records, or why it is not a complete
 /// gzip file.
-async fn describe_gz(
+pub(crate) async fn describe_gz(
     storage: &dyn Storage,
     path: &str,
 ) -> Result<Result<(u64, u32, u64), String>, WorkerError> {
