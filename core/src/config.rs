@@ -172,7 +172,7 @@ pub struct TopicDefaults {
     #[serde(default)]
     pub encoding: Encoding,
     /// Codec of the merged (and hourly) view's files: `zstd`, or `gzip` for batch
-    /// readers with no zstd codec (the worker transcodes; `docs/format.md` §3.5).
+    /// readers with no zstd codec (the worker transcodes; `docs/format.md` §3.7).
     #[serde(default)]
     pub format: Codec,
     /// Payload validation.

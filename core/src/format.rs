@@ -74,7 +74,7 @@ pub const DATA_FILE_SUFFIX: &str = ".zst";
 /// The codec of a topic's batch files (`format` in the config) and of a sealed
 /// data file (by its name: [`Codec::of_file`]). The collector and the local view
 /// are always zstd; a `gzip` topic's merged and hourly files are gzip
-/// ([`gzip`], `docs/format.md` §3.5).
+/// ([`gzip`], `docs/format.md` §3.7).
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
 )]
@@ -83,7 +83,7 @@ pub enum Codec {
     /// `*.zst`: independent zstd frames with conduit's skippable frames (§3).
     #[default]
     Zstd,
-    /// `*.gz`: multi-member gzip of records, nothing else (§3.5).
+    /// `*.gz`: multi-member gzip of records, nothing else (§3.7).
     Gzip,
 }
 

@@ -281,7 +281,7 @@ pub async fn describe_file(
 }
 
 /// The length and CRC-32C of the file at `path`, as manifests list them, read in
-/// chunks: all a `.gz` data file (no trailer; `docs/format.md` §3.5) can be
+/// chunks: all a `.gz` data file (no trailer; `docs/format.md` §3.7) can be
 /// checked against without decoding it.
 pub async fn checksum_file(storage: &dyn Storage, path: &str) -> Result<(u64, u32), StorageError> {
     let len = storage.len(path).await?;

@@ -278,9 +278,11 @@ impl CompactJob {
         writer.close().await?;
         match describe_gz(storage, &tmp).await? {
             Ok((_, _, found)) if found == records => {}
-            Ok((_, _, found)) => return Err(WorkerError::Other(format!(
+            Ok((_, _, found)) => {
+                return Err(WorkerError::Other(format!(
                 "{path}: the compacted file holds {found} records, the minute manifests {records}"
-            ))),
+            )))
+            }
             Err(reason) => return Err(WorkerError::Other(format!("{tmp}: {reason}"))),
         }
         self.env.fence.check().await?;

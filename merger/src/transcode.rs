@@ -1,6 +1,6 @@
 //! The merge job's copy for a topic with `format = "gzip"`: each sealed local
 //! `.zst` file becomes a `.gz` file of the same stem in the merged view
-//! (`docs/format.md` §3.5), holding the same records as multi-member gzip.
+//! (`docs/format.md` §3.7), holding the same records as multi-member gzip.
 //!
 //! The rules of [`crate::copy`]'s verified copy stay, with the verification a
 //! transcoded file allows:

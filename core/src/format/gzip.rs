@@ -2,7 +2,7 @@
 //! view of a topic with `format = "gzip"`, for readers with no zstd codec
 //! (Hadoop's pure-Java `GzipCodec`, Hive, Spark 3, `hadoop fs -text`).
 //!
-//! Specified in `docs/format.md` §3.5. A `.gz` file is a standard multi-member
+//! Specified in `docs/format.md` §3.7. A `.gz` file is a standard multi-member
 //! gzip stream (RFC 1952): each member holds whole records, exactly as the
 //! topic's encoding stores them (`lines` or `base64` lines). No other bytes: no
 //! marks, index or trailer, nothing a reader could trip on. Concatenating two
