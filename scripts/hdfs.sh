@@ -25,6 +25,7 @@ Commands:
   status           print whether each daemon runs; exit 0 if both run, else 3
   env              print: export CONDUIT_TEST_HDFS=hdfs://127.0.0.1:<NN port>
   fetch            only download/extract the jars into the cache
+  classpath        print the Hadoop client classpath (FsShell: java -cp "$(hdfs.sh classpath)" org.apache.hadoop.fs.FsShell -text hdfs://...)
   stop-datanode    stop the DataNode only
   start-datanode   restart the DataNode (same config/storage); waits for a new
                    block report when the NameNode runs
@@ -547,6 +548,7 @@ case "$cmd" in
   status) cmd_status ;;
   env) cmd_env ;;
   fetch) ensure_jars; echo "jars ready in $LIB" ;;
+  classpath) ensure_jars; classpath; echo ;;
   stop-datanode) stop_role datanode ;;
   start-datanode) cmd_start_datanode ;;
   pause-datanode) signal_role datanode STOP paused ;;

@@ -5,6 +5,7 @@
 #
 #   scripts/pyspark-venv.sh [VERSION]     # default 4.0.1
 #   export CONDUIT_PYSPARK4="$(scripts/pyspark-venv.sh)"
+#   export CONDUIT_PYSPARK35="$(scripts/pyspark-venv.sh 3.5.7)"  # py4j from PyPI
 #
 # Spark needs Java 17+ on PATH (or JAVA_HOME).
 set -euo pipefail

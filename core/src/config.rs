@@ -16,7 +16,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::format::Encoding;
+use crate::format::{Codec, Encoding};
 use crate::layout::{NodeName, Topic};
 
 /// Default port of a collector's HTTP listener (`collector.http`): `/metrics`,
@@ -51,6 +51,18 @@ pub enum ConfigError {
         /// What is wrong with it.
         message: String,
     },
+}
+
+/// A topic's `format`: gzip files are written in the merged view only, so a gzip
+/// topic needs one.
+fn check_format(key: &str, format: Codec, merge_into: Option<&str>) -> Result<(), ConfigError> {
+    if format == Codec::Gzip && merge_into.is_none() {
+        return Err(invalid(
+            format!("{key}.format"),
+            "\"gzip\" files are written in the merged view (streams/), and this topic has none: set merge_into (the local view stays zstd)",
+        ));
+    }
+    Ok(())
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -159,6 +171,10 @@ pub struct TopicDefaults {
     /// Record encoding.
     #[serde(default)]
     pub encoding: Encoding,
+    /// Codec of the merged (and hourly) view's files: `zstd`, or `gzip` for batch
+    /// readers with no zstd codec (the worker transcodes; `docs/format.md` §3.7).
+    #[serde(default)]
+    pub format: Codec,
     /// Payload validation.
     #[serde(default)]
     pub validate: Validation,
@@ -183,6 +199,7 @@ impl Default for TopicDefaults {
     fn default() -> Self {
         TopicDefaults {
             encoding: Encoding::Lines,
+            format: Codec::Zstd,
             validate: Validation::None,
             retention_hours: Retention::default(),
             compact: false,
@@ -199,6 +216,8 @@ impl Default for TopicDefaults {
 pub struct TopicConfig {
     /// Record encoding.
     pub encoding: Option<Encoding>,
+    /// Codec of the merged (and hourly) view's files.
+    pub format: Option<Codec>,
     /// Payload validation.
     pub validate: Option<Validation>,
     /// Retention per view.
@@ -220,6 +239,8 @@ pub struct TopicSettings {
     pub topic: Topic,
     /// Record encoding.
     pub encoding: Encoding,
+    /// Codec of the merged (and hourly) view's files.
+    pub format: Codec,
     /// Payload validation.
     pub validate: Validation,
     /// Retention per view.
@@ -676,6 +697,11 @@ impl Config {
             &self.topic_defaults.mirrors,
             &self.topic_defaults.retention_hours,
         )?;
+        check_format(
+            "topic_defaults",
+            self.topic_defaults.format,
+            self.topic_defaults.merge_into.as_deref(),
+        )?;
         for (name, topic) in &self.topics {
             let key = format!("topics.{name}");
             Topic::new(name).map_err(|e| invalid(&key, e.to_string()))?;
@@ -687,6 +713,7 @@ impl Config {
                 &settings.mirrors,
                 &settings.retention_hours,
             )?;
+            check_format(&key, settings.format, settings.merge_into.as_deref())?;
         }
         let c = &self.collector;
         if c.listen.parse::<std::net::SocketAddr>().is_err() {
@@ -938,6 +965,7 @@ impl Config {
         TopicSettings {
             topic: Topic::new(name).unwrap_or_else(|_| Topic::invalid()),
             encoding: t.encoding.unwrap_or(d.encoding),
+            format: t.format.unwrap_or(d.format),
             validate: t.validate.unwrap_or(d.validate),
             retention_hours: t.retention_hours.unwrap_or(d.retention_hours),
             compact: t.compact.unwrap_or(d.compact),
@@ -999,6 +1027,7 @@ mod tests {
 
         [topics.raw_bytes]
         encoding = "base64"
+        format = "gzip"
         mirrors = []
     "#;
 
@@ -1007,6 +1036,11 @@ mod tests {
         let config = Config::parse("example", EXAMPLE).unwrap();
         let clicks = config.topic(&Topic::new("clicks").unwrap());
         assert_eq!(clicks.encoding, Encoding::Lines);
+        assert_eq!(clicks.format, Codec::Zstd);
+        assert_eq!(
+            config.topic(&Topic::new("raw_bytes").unwrap()).format,
+            Codec::Gzip
+        );
         assert_eq!(clicks.validate, Validation::Json);
         assert_eq!(clicks.retention_hours.local, 24);
         assert!(clicks.compact);
@@ -1035,6 +1069,11 @@ mod tests {
     fn bad_values_name_their_key() {
         let cases = [
             ("[topics.a]\nencoding = \"gzip\"\n", "encoding"),
+            ("[topics.a]\nformat = \"lz4\"\n", "format"),
+            (
+                "[topics.a]\nformat = \"gzip\"\n",
+                "topics.a.format: \"gzip\" files are written in the merged view",
+            ),
             ("[topics.\"a-b\"]\n", "topics.a-b"),
             ("[topics.a]\nmerge_into = \"dc9\"\n", "topics.a.merge_into"),
             ("[clusters.dc1]\nroot = \"s3://x\"\n", "clusters.dc1.root"),

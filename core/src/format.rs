@@ -49,6 +49,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::storage::{RenameMode, Storage, StorageError};
 
+pub mod gzip;
 mod marks;
 
 pub use marks::{
@@ -69,6 +70,201 @@ pub const TRAILER_LEN: usize = 8 + 14 + 1 + 1 + 8 + 8;
 pub const TRAILER_V2_LEN: usize = TRAILER_LEN + 4 + 4;
 /// File name suffix of every data file.
 pub const DATA_FILE_SUFFIX: &str = ".zst";
+
+/// The codec of a topic's batch files (`format` in the config) and of a sealed
+/// data file (by its name: [`Codec::of_file`]). The collector and the local view
+/// are always zstd; a `gzip` topic's merged and hourly files are gzip
+/// ([`gzip`], `docs/format.md` §3.7).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Codec {
+    /// `*.zst`: independent zstd frames with conduit's skippable frames (§3).
+    #[default]
+    Zstd,
+    /// `*.gz`: multi-member gzip of records, nothing else (§3.7).
+    Gzip,
+}
+
+impl Codec {
+    /// The codec of the data file named `name` (`.gz`: gzip, else zstd).
+    pub fn of_file(name: &str) -> Codec {
+        if name.ends_with(gzip::GZIP_SUFFIX) {
+            Codec::Gzip
+        } else {
+            Codec::Zstd
+        }
+    }
+
+    /// The config value (`zstd`, `gzip`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::Zstd => "zstd",
+            Codec::Gzip => "gzip",
+        }
+    }
+
+    /// The complete units of `buf` (a file's bytes from offset `base`): zstd
+    /// frames ([`scan`]) or gzip members (never skippable, no trailer).
+    pub fn scan(self, buf: &[u8], base: u64) -> Scan {
+        match self {
+            Codec::Zstd => scan(buf, base),
+            Codec::Gzip => gzip::members(buf, base).1,
+        }
+    }
+
+    /// Decodes one data unit found by [`Codec::scan`] to its records' bytes.
+    pub fn decode_frame(self, frame: &[u8]) -> Result<Vec<u8>, String> {
+        match self {
+            Codec::Zstd => decode_frame(frame),
+            Codec::Gzip => gzip::decode_member(frame).map(|(_, content)| content),
+        }
+    }
+}
+
+/// A data unit's offset in its file and its records' bytes.
+pub type Unit = (u64, Vec<u8>);
+
+/// The records' bytes of the data units of `buf` (a file's bytes from offset
+/// `base`), whatever the codec: each complete zstd data frame (skippable frames
+/// are left out) or gzip member, with its offset; plus the scan (trailer, what is
+/// left after the last complete unit). `Err((offset, reason))` for a complete unit
+/// that does not decode. Every conduit reader of sealed files decodes through
+/// this function or [`SealedReader`], which calls it.
+pub fn contents(codec: Codec, buf: &[u8], base: u64) -> Result<(Vec<Unit>, Scan), (u64, String)> {
+    match codec {
+        Codec::Gzip => {
+            let (found, scan) = gzip::members(buf, base);
+            Ok((
+                found.into_iter().map(|(f, c)| (f.offset, c)).collect(),
+                scan,
+            ))
+        }
+        Codec::Zstd => {
+            let scan = scan(buf, base);
+            let mut out = Vec::with_capacity(scan.frames.len());
+            for frame in scan.frames.iter().filter(|f| !f.skippable) {
+                let at = (frame.offset - base) as usize;
+                let content = decode_frame(&buf[at..at + frame.len as usize])
+                    .map_err(|e| (frame.offset, e))?;
+                out.push((frame.offset, content));
+            }
+            Ok((out, scan))
+        }
+    }
+}
+
+/// Records in `content` (the bytes of whole records, as [`contents`] gives them).
+pub fn count_records_in(content: &[u8]) -> u64 {
+    memchr::memchr_iter(b'\n', content).count() as u64
+}
+
+/// Reads a sealed data file of either codec from storage in chunks of
+/// [`SealedReader::CHUNK`] bytes (memory stays bounded: one chunk plus the
+/// largest unit), giving the records' bytes of one data unit at a time, and the
+/// CRC-32C of every byte read.
+#[derive(Debug)]
+pub struct SealedReader<'a> {
+    storage: &'a dyn Storage,
+    path: String,
+    codec: Codec,
+    len: u64,
+    at: u64,
+    pending: Vec<u8>,
+    base: u64,
+    ready: std::collections::VecDeque<(u64, Vec<u8>)>,
+    crc: u32,
+    trailer: Option<Trailer>,
+}
+
+impl<'a> SealedReader<'a> {
+    /// Bytes read per storage call.
+    pub const CHUNK: u64 = 4 << 20;
+
+    /// A reader of the `len`-byte sealed file at `path`, its codec from its name.
+    pub fn new(storage: &'a dyn Storage, path: &str, len: u64) -> Self {
+        SealedReader {
+            storage,
+            path: path.to_owned(),
+            codec: Codec::of_file(path),
+            len,
+            at: 0,
+            pending: Vec::new(),
+            base: 0,
+            ready: Default::default(),
+            crc: 0,
+            trailer: None,
+        }
+    }
+
+    /// The next data unit's offset and records' bytes; `None` at the end of the
+    /// file. An error for a unit that does not decode, or bytes at the end that
+    /// are no complete unit.
+    pub async fn next(&mut self) -> Result<Option<(u64, Vec<u8>)>, FormatError> {
+        loop {
+            if let Some(unit) = self.ready.pop_front() {
+                return Ok(Some(unit));
+            }
+            if self.at >= self.len {
+                if !self.pending.is_empty() {
+                    return Err(FormatError::CorruptFrame {
+                        path: self.path.clone(),
+                        offset: self.base,
+                        reason: format!(
+                            "the last {} bytes are not a complete {} unit",
+                            self.pending.len(),
+                            self.codec.name()
+                        ),
+                    });
+                }
+                return Ok(None);
+            }
+            let end = (self.at + Self::CHUNK).min(self.len);
+            let chunk = self.storage.read_range(&self.path, self.at..end).await?;
+            if chunk.is_empty() {
+                return Err(FormatError::CorruptFrame {
+                    path: self.path.clone(),
+                    offset: self.at,
+                    reason: format!("the file ends at byte {}, expected {}", self.at, self.len),
+                });
+            }
+            self.at += chunk.len() as u64;
+            self.crc = crc32c_append(self.crc, &chunk);
+            self.pending.extend_from_slice(&chunk);
+            let (units, scan) =
+                contents(self.codec, &self.pending, self.base).map_err(|(offset, reason)| {
+                    FormatError::CorruptFrame {
+                        path: self.path.clone(),
+                        offset,
+                        reason,
+                    }
+                })?;
+            if let Some(last) = scan.frames.last() {
+                let at = (last.offset - self.base) as usize;
+                self.trailer = if last.skippable {
+                    Trailer::decode(&self.pending[at..at + last.len as usize])
+                } else {
+                    None
+                };
+            }
+            self.ready.extend(units);
+            self.pending.drain(..(scan.valid_len - self.base) as usize);
+            self.base = scan.valid_len;
+        }
+    }
+
+    /// CRC-32C of the bytes read so far (of the whole file once [`Self::next`]
+    /// returned `None`).
+    pub fn crc32c(&self) -> u32 {
+        self.crc
+    }
+
+    /// The close trailer, when the units read so far end with one (zstd only).
+    pub fn trailer(&self) -> Option<Trailer> {
+        self.trailer
+    }
+}
 
 /// How a topic's payloads become records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]

@@ -29,7 +29,7 @@ use std::future::Future;
 
 use chrono::{DateTime, Utc};
 use conduit_core::format::{
-    decode_frame, read_file, read_trailer, scan, split_records, FormatError,
+    contents, count_records_in, read_file, read_trailer, Codec, FormatError,
 };
 use conduit_core::layout::{Layout, Located};
 use conduit_core::records::{AuditRecord, AuditRecordError, InvalidRecord};
@@ -154,17 +154,12 @@ impl Tier {
     }
 }
 
-/// Records in complete data frames of `buf`, or the offset and reason of the first
-/// frame that does not decode.
-pub fn count_records(buf: &[u8]) -> Result<u64, (u64, String)> {
-    let structure = scan(buf, 0);
-    let mut records = 0u64;
-    for frame in structure.frames.iter().filter(|f| !f.skippable) {
-        let bytes = &buf[frame.offset as usize..(frame.offset + frame.len) as usize];
-        let content = decode_frame(bytes).map_err(|e| (frame.offset, e))?;
-        records += split_records(&content).count() as u64;
-    }
-    Ok(records)
+/// Records in the complete data units of `buf`, the bytes of a data file of
+/// `codec` ([`conduit_core::format::contents`]), or the offset and reason of the
+/// first unit that does not decode.
+pub fn count_records(codec: Codec, buf: &[u8]) -> Result<u64, (u64, String)> {
+    let (units, _) = contents(codec, buf, 0)?;
+    Ok(units.iter().map(|(_, c)| count_records_in(c)).sum())
 }
 
 /// Records of the data file at `path`: from its trailer when closed, else by
@@ -174,7 +169,7 @@ async fn file_records(storage: &dyn Storage, path: &str, len: u64) -> Result<u64
         return Ok(trailer.records);
     }
     let buf = storage.read(path).await?;
-    count_records(&buf).map_err(|(offset, reason)| AuditError::Frame {
+    count_records(Codec::of_file(path), &buf).map_err(|(offset, reason)| AuditError::Frame {
         path: path.to_owned(),
         offset,
         reason,

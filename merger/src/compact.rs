@@ -5,7 +5,10 @@
 //! `streams_hourly/<topic>/yyyy/MM/dd/HH/<ftopic>-yyyy-MM-dd-HH.zst`
 //! ([`Layout::hourly_file_name`]): the hour's data frames, bytes unchanged, and one
 //! close trailer, sealed by a `_SUCCESS` manifest; specified in `docs/format.md`
-//! §7.4.
+//! §7.4. When the hour's minutes hold `.gz` files (the merged view of a topic with
+//! `format = "gzip"`), the hourly file is `<ftopic>-yyyy-MM-dd-HH.gz`: those files
+//! concatenated unchanged (gzip members concatenate), checked by decoding and
+//! counting its records.
 //!
 //! # Rules
 //!
@@ -34,7 +37,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::{Bytes, BytesMut};
 
-use conduit_core::format::{scan, Trailer};
+use conduit_core::format::gzip::gz_name;
+use conduit_core::format::{scan, Codec, Trailer};
 use conduit_core::layout::Layout;
 use conduit_core::manifest::describe_file;
 use conduit_core::tree::{self, newest_sealed_dir, oldest_dir};
@@ -45,6 +49,7 @@ use conduit_core::{
 
 use crate::copy::{dir_state, tidy_unsealed, DirState, COPY_CHUNK};
 use crate::metrics::{SealProgress, SealView};
+use crate::transcode::describe_gz;
 use crate::{JobEnv, PassReport, TopicJob, WorkerError};
 
 /// Hours compacted per topic in one pass at most.
@@ -124,10 +129,19 @@ impl CompactJob {
         let storage = self.env.this.storage.as_ref();
         let fence = self.env.fence.as_ref();
         let dir = Layout::hour_dir(topic, hour);
-        let name = Layout::hourly_file_name(topic, hour);
+        let codec = hour_codec(topic, hour, minutes)?;
+        let name = match codec {
+            Codec::Zstd => Layout::hourly_file_name(topic, hour),
+            Codec::Gzip => gz_name(&Layout::hourly_file_name(topic, hour)),
+        };
         let path = format!("{dir}/{name}");
         let records: u64 = minutes.iter().map(|m| m.records).sum();
-        if !storage.exists(&path).await? {
+        if codec == Codec::Gzip {
+            if !storage.exists(&path).await? {
+                self.write_gz_hour(topic, view, minutes, &path, records)
+                    .await?;
+            }
+        } else if !storage.exists(&path).await? {
             let tmp = Layout::tmp_path(&path);
             let mut writer = storage.create(&tmp, CreateMode::Overwrite).await?;
             let mut totals: Option<Trailer> = None;
@@ -177,11 +191,18 @@ impl CompactJob {
                 Err(e) => return Err(e.into()),
             }
         }
-        let (bytes, crc32c, trailer) = describe_file(storage, &path).await?;
-        if trailer.records != records {
+        let (bytes, crc32c, found) = match codec {
+            Codec::Zstd => {
+                let (bytes, crc32c, trailer) = describe_file(storage, &path).await?;
+                (bytes, crc32c, trailer.records)
+            }
+            Codec::Gzip => describe_gz(storage, &path)
+                .await?
+                .map_err(|reason| WorkerError::Other(format!("{path}: {reason}")))?,
+        };
+        if found != records {
             return Err(WorkerError::Other(format!(
-                "{path} holds {} records, the minute manifests of its hour {records}",
-                trailer.records
+                "{path} holds {found} records, the minute manifests of its hour {records}"
             )));
         }
         tidy_unsealed(storage, &dir, fence, |n| n == name).await?;
@@ -217,6 +238,77 @@ impl CompactJob {
         manifest.seal(storage).await?;
         tracing::info!(%topic, %hour, records, bytes, minutes = minutes.len(), "sealed hourly file");
         Ok(())
+    }
+}
+
+impl CompactJob {
+    /// Writes the `.gz` hourly file at `path`: the hour's `.gz` minute files
+    /// concatenated, bytes unchanged (gzip members concatenate), through a hidden
+    /// temporary name checked for `records`, renamed without overwrite.
+    async fn write_gz_hour(
+        &self,
+        topic: &Topic,
+        view: View,
+        minutes: &Hour,
+        path: &str,
+        records: u64,
+    ) -> Result<(), WorkerError> {
+        let storage = self.env.this.storage.as_ref();
+        let tmp = Layout::tmp_path(path);
+        let mut writer = storage.create(&tmp, CreateMode::Overwrite).await?;
+        for manifest in minutes {
+            let minute_dir = Layout::minute_dir(view, topic, manifest.minute);
+            for file in &manifest.files {
+                let source = format!("{minute_dir}/{}", file.name);
+                let mut at = 0;
+                while at < file.bytes {
+                    let end = (at + COPY_CHUNK).min(file.bytes);
+                    let chunk = storage.read_range(&source, at..end).await?;
+                    if chunk.is_empty() {
+                        return Err(WorkerError::Other(format!(
+                            "{source} ends at byte {at}, its manifest says {} bytes",
+                            file.bytes
+                        )));
+                    }
+                    at += chunk.len() as u64;
+                    writer.write(chunk).await?;
+                }
+            }
+        }
+        writer.close().await?;
+        match describe_gz(storage, &tmp).await? {
+            Ok((_, _, found)) if found == records => {}
+            Ok((_, _, found)) => {
+                return Err(WorkerError::Other(format!(
+                "{path}: the compacted file holds {found} records, the minute manifests {records}"
+            )))
+            }
+            Err(reason) => return Err(WorkerError::Other(format!("{tmp}: {reason}"))),
+        }
+        self.env.fence.check().await?;
+        match storage.rename(&tmp, path, RenameMode::NoOverwrite).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_already_exists() => Ok(storage.delete(&tmp, false).await.map(|_| ())?),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// The codec of an hour's files (by name): gzip when its minutes hold `.gz`
+/// files (the merged view of a `format = "gzip"` topic), else zstd. An hour
+/// cannot mix both (the topic's format changed within it).
+fn hour_codec(topic: &Topic, hour: Minute, minutes: &Hour) -> Result<Codec, WorkerError> {
+    let codecs: BTreeSet<Codec> = minutes
+        .iter()
+        .flat_map(|m| m.files.iter().map(|f| Codec::of_file(&f.name)))
+        .collect();
+    match codecs.len() {
+        0 => Ok(Codec::Zstd),
+        1 => Ok(*codecs.first().expect("one")),
+        _ => Err(WorkerError::Other(format!(
+            "hour {hour} of {topic} holds both .zst and .gz files (its format changed within the hour); \
+             an hour cannot mix codecs"
+        ))),
     }
 }
 

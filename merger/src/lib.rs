@@ -42,6 +42,7 @@ mod copy;
 pub mod merge;
 pub mod mirror;
 pub mod purge;
+mod transcode;
 
 pub use compact::CompactJob;
 pub use merge::MergeJob;

@@ -39,7 +39,10 @@
 //!   manifests and ignored when it disagrees.
 //! - Copies are byte-identical, to the same file name, through a hidden temporary
 //!   name, verified by length and CRC-32C against the source manifest, renamed
-//!   without overwrite after a fence check ([`crate::copy`]).
+//!   without overwrite after a fence check ([`crate::copy`]). For a topic with
+//!   `format = "gzip"` each file is instead transcoded to a `.gz` file of the same
+//!   stem, by the same steps, verified by its record count and listed with its own
+//!   length and CRC-32C ([`crate::transcode`]); the local view stays zstd.
 //! - Before sealing F, the job deletes from F's directory every `_tmp.*` leftover and
 //!   every data file that is not part of F's plan (a copy from a source that was
 //!   included by a crashed run but is not now: its local minute still holds the
@@ -59,6 +62,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 
+use conduit_core::format::gzip::gz_name;
+use conduit_core::format::Codec;
 use conduit_core::layout::Layout;
 use conduit_core::records::{decode, MergeCheckpoint, RecordError, Version};
 use conduit_core::tree::{self, newest_sealed_dir, oldest_dir};
@@ -66,6 +71,7 @@ use conduit_core::{Manifest, ManifestError, ManifestFile, Minute, NodeName, Topi
 
 use crate::copy::{copy_all, dir_state, tidy_unsealed, CopyTask, DirState};
 use crate::metrics::{SealProgress, SealView};
+use crate::transcode::transcode_all;
 use crate::{Cluster, JobEnv, PassReport, TopicJob, WorkerError};
 
 /// Merged minutes sealed per topic in one pass at most (catch-up continues in the
@@ -425,23 +431,36 @@ impl MergeJob {
         let fence = self.env.fence.as_ref();
         let dir = Layout::minute_dir(View::Merged, topic, frontier);
         let mut report = PassReport::default();
+        let gzip = self.env.config.topic(topic).format == Codec::Gzip;
         let mut files = Vec::with_capacity(plan.len());
         let mut tasks = Vec::with_capacity(plan.len());
         for (source, src_dir, file) in plan {
             let cluster = self.cluster(&source).expect("included sources exist");
+            let late = file.minute < frontier;
+            let file = ManifestFile { late, ..file };
+            let name = if gzip {
+                gz_name(&file.name)
+            } else {
+                file.name.clone()
+            };
             tasks.push(CopyTask {
                 src: cluster.storage.clone(),
                 src_path: format!("{src_dir}/{}", file.name),
-                dst_path: format!("{dir}/{}", file.name),
+                dst_path: format!("{dir}/{name}"),
                 file: file.clone(),
             });
-            let late = file.minute < frontier;
             report.files += 1;
             report.late_files += u64::from(late);
-            files.push(ManifestFile { late, ..file });
+            files.push(file);
         }
-        report.bytes_copied +=
-            copy_all(tasks, self.env.this.storage.clone(), self.env.fence.clone()).await?;
+        let (dst, fence_arc) = (self.env.this.storage.clone(), self.env.fence.clone());
+        if gzip {
+            let (transcoded, written) = transcode_all(tasks, dst, fence_arc).await?;
+            files = transcoded;
+            report.bytes_copied += written;
+        } else {
+            report.bytes_copied += copy_all(tasks, dst, fence_arc).await?;
+        }
         let names: BTreeSet<String> = files.iter().map(|f| f.name.clone()).collect();
         dest.mkdirs(&dir).await?;
         tidy_unsealed(dest, &dir, fence, |name| names.contains(name)).await?;

@@ -1011,3 +1011,96 @@ async fn compaction_and_merge_errors_name_what_is_wrong() {
         "the bad copy is not left behind"
     );
 }
+
+/// `gzip -dc` of the file at `rel` under `root`, as lines.
+fn gunzip_lines(root: &std::path::Path, rel: &str) -> Vec<String> {
+    let out = Command::new("gzip")
+        .arg("-dc")
+        .arg(root.join(rel))
+        .output()
+        .expect("gzip CLI installed");
+    assert!(out.status.success(), "gzip -dc {rel}");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_gzip_topic_is_merged_to_gz_files_and_compacted_to_one_gz_hour() {
+    let hour = minute("2026-11-22T10:00Z");
+    let world = World::new(
+        &["dc1"],
+        "merge_into = \"dc1\"\nformat = \"gzip\"\ncompact = true\n",
+        "",
+        hour.start(),
+    );
+    let mut expected = Vec::new();
+    for i in 0..60 {
+        let m = hour.add_minutes(i).unwrap();
+        expected.extend(if i % 7 == 0 {
+            seal_local(&world, "dc1", m, &[]).await // empty minute
+        } else {
+            seal_simple(&world, "dc1", m).await
+        });
+    }
+    seal_simple(&world, "dc1", minute("2026-11-22T11:00Z")).await;
+    world.clock.set(minute("2026-11-22T11:01Z").start());
+    let mut merge = MergeJob::new(world.env("dc1", None));
+    assert_eq!(merge.pass().await.unwrap().sealed, 61);
+
+    // Merged minutes: `.gz` files of the local files' stems, described by the
+    // manifest (length, CRC-32C, records), holding the same records.
+    let storage = world.storage("dc1");
+    let root = world._dirs[0].path();
+    let mut merged = Vec::new();
+    for i in 0..60 {
+        let m = hour.add_minutes(i).unwrap();
+        let dir = Manifest::dir(View::Merged, &topic(), m);
+        let manifest = Manifest::read(storage.as_ref(), &dir)
+            .await
+            .unwrap()
+            .unwrap();
+        let local = Manifest::read(storage.as_ref(), &Manifest::dir(View::Local, &topic(), m))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(manifest.records, local.records, "{dir}");
+        assert_eq!(manifest.files.len(), local.files.len(), "{dir}");
+        for (f, l) in manifest.files.iter().zip(&local.files) {
+            assert_eq!(f.name, l.name.replace(".zst", ".gz"), "{dir}");
+            assert_eq!((f.minute, f.records), (l.minute, l.records), "{dir}");
+            let path = format!("{dir}/{}", f.name);
+            let bytes = storage.read(&path).await.unwrap();
+            assert_eq!(
+                (bytes.len() as u64, conduit_core::manifest::crc32c(&bytes)),
+                (f.bytes, f.crc32c),
+                "{path}"
+            );
+            let lines = gunzip_lines(root, &path);
+            assert_eq!(lines.len() as u64, f.records, "{path}");
+            merged.extend(lines);
+        }
+    }
+    assert_eq!(merged, expected, "gzip -dc: same records, same order");
+
+    let mut compact = CompactJob::new(world.env("dc1", None));
+    assert_eq!(compact.pass().await.unwrap().sealed, 1);
+    let dir = Manifest::dir(View::Hourly, &topic(), hour);
+    let manifest = Manifest::read(storage.as_ref(), &dir)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(manifest.files.len(), 1);
+    let file = &manifest.files[0];
+    assert_eq!(file.name, "clicks-2026-11-22-10.gz");
+    assert_eq!(file.records, expected.len() as u64);
+    let path = format!("{dir}/{}", file.name);
+    let bytes = storage.read(&path).await.unwrap();
+    assert_eq!(
+        (bytes.len() as u64, conduit_core::manifest::crc32c(&bytes)),
+        (file.bytes, file.crc32c)
+    );
+    assert_eq!(gunzip_lines(root, &path), expected, "the hour, in order");
+}

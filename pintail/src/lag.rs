@@ -9,7 +9,7 @@
 //! at most [`MAX_DIRS`] minute directories are examined.
 
 use chrono::{DateTime, Utc};
-use conduit_core::format::{decode_frame, scan, split_records};
+use conduit_core::format::{split_records, Codec};
 use conduit_core::layout::Layout;
 use conduit_core::{Manifest, Minute, MinuteWalker, SharedStorage, Topic, View};
 use serde::Serialize;
@@ -50,12 +50,13 @@ async fn rest_of_file(
         return Ok((0, 0));
     }
     let bytes = storage.read_range(path, offset..len).await?;
-    let s = scan(&bytes, offset);
+    let codec = Codec::of_file(path);
+    let s = codec.scan(&bytes, offset);
     let mut events = 0u64;
     let mut read_bytes = s.valid_len - offset;
     for (i, f) in s.frames.iter().filter(|f| !f.skippable).enumerate() {
         let at = (f.offset - offset) as usize;
-        if let Ok(content) = decode_frame(&bytes[at..at + f.len as usize]) {
+        if let Ok(content) = codec.decode_frame(&bytes[at..at + f.len as usize]) {
             let n = split_records(&content).count() as u64;
             if i == 0 && f.offset == offset {
                 // The frame of the position: `skip` of its records are delivered;

@@ -51,7 +51,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use conduit_core::format::{decode_frame, scan, split_records, FrameRef, Scan, Trailer};
+use conduit_core::format::{gzip, scan, split_records, Codec, FrameRef, Scan, Trailer};
 use conduit_core::layout::Layout;
 use conduit_core::storage::StorageResult;
 use conduit_core::{Encoding, Minute, NodeName, SharedClock, Topic, View};
@@ -288,9 +288,9 @@ struct Loaded {
     decoded: Vec<Option<Decoded>>,
 }
 
-/// Decodes one data frame into its payloads.
-fn decode_payloads(frame: &[u8], encoding: Encoding) -> Decoded {
-    let content = Bytes::from(decode_frame(frame)?);
+/// Decodes one data frame (or gzip member) into its payloads.
+fn decode_payloads(codec: Codec, frame: &[u8], encoding: Encoding) -> Decoded {
+    let content = Bytes::from(codec.decode_frame(frame)?);
     let mut payloads = VecDeque::new();
     for record in split_records(&content) {
         let payload = match encoding {
@@ -322,7 +322,8 @@ async fn load_sealed(
     encoding: Encoding,
 ) -> StorageResult<Loaded> {
     let bytes = roots.read_range(&path, range.clone()).await?;
-    let scan = scan(&bytes, range.start);
+    let codec = Codec::of_file(&path);
+    let scan = codec.scan(&bytes, range.start);
     let frames = &scan.frames;
     let mut tasks = Vec::new();
     for group in frames.chunks(FRAMES_PER_DECODE_TASK) {
@@ -335,7 +336,7 @@ async fn load_sealed(
                 .map(|fr| {
                     let start = (fr.offset - base) as usize;
                     let frame = &bytes[start..start + fr.len as usize];
-                    (!fr.skippable).then(|| decode_payloads(frame, encoding))
+                    (!fr.skippable).then(|| decode_payloads(codec, frame, encoding))
                 })
                 .collect::<Vec<_>>()
         }));
@@ -1053,7 +1054,8 @@ impl PartitionReader {
         offset: u64,
         skip: u32,
     ) -> Result<()> {
-        let parsed = Layout::parse_local_file_name(local_name)?;
+        // A gzip topic's merged view holds `.gz` transcodes of local files.
+        let parsed = Layout::parse_local_file_name(&gzip::zst_name(local_name))?;
         let name = local_name
             .splitn(3, '-')
             .nth(2)
@@ -1098,7 +1100,7 @@ impl PartitionReader {
         let live = f.loc == Loc::Data;
         let decoded = match ahead {
             Some(d) => d,
-            None => decode_payloads(&bytes, ctx.encoding),
+            None => decode_payloads(Codec::of_file(&path), &bytes, ctx.encoding),
         };
         match decoded {
             Ok(mut payloads) => {
@@ -1435,6 +1437,11 @@ impl PartitionReader {
                 None => None,
                 Some(step) => Some(self.stalled(ctx, f, path).await?.unwrap_or(step)),
             });
+        }
+        if bytes.is_empty() && Codec::of_file(path) == Codec::Gzip {
+            // A `.gz` file (sealed view of a gzip topic) has no trailer: its
+            // end is the end of its last member.
+            return Ok(Some(Step::FileDone));
         }
         // A closed file read to its end without meeting a trailer, or with
         // bytes after its last complete frame: it was cut short.
