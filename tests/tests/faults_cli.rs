@@ -63,6 +63,23 @@ fn reader_status(path: &Path) -> Option<(usize, usize)> {
     Some((received.parse().ok()?, waiting.parse().ok()?))
 }
 
+/// The group `g`'s checkpoints of topic `faults` (PinTail's files under
+/// `system/checkpoints/pintail/`), to see a commit happen.
+fn commits(root: &Path) -> Vec<String> {
+    let dir = root.join("system/checkpoints/pintail");
+    let mut found: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("g.faults."))
+                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
+}
+
 fn kill9(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
@@ -104,12 +121,25 @@ fn a_tail_killed_on_a_full_pipe_loses_nothing_on_restart() {
         .stdin(Stdio::from(tail.stdout.take().unwrap()))
         .spawn()
         .unwrap();
-    // Past a commit (one per second of flushed output, at about 100 KB/s of
-    // reading) and with the pipe nearly full: the tail is blocked writing.
-    let (received, waiting) = wait::until_blocking(
+    // Past 250 KB read with the pipe full behind it: the tail is blocked
+    // writing.
+    wait::until_blocking(
         "the slow reader to get 250 KB with the pipe full behind it",
         Duration::from_secs(60),
         || reader_status(&status).filter(|(r, w)| *r >= 250_000 && *w >= PIPE_BYTES - 4096),
+    )
+    .unwrap();
+    // Then the kill lands right after the tail's next commit, the pipe still
+    // full: a tail that commits events still in its output buffer loses them
+    // exactly there.
+    let before = commits(&root);
+    let (received, waiting) = wait::until_blocking(
+        "the tail's next commit with the pipe full",
+        Duration::from_secs(60),
+        || {
+            reader_status(&status)
+                .filter(|(_, w)| *w >= PIPE_BYTES - 8192 && commits(&root) != before)
+        },
     )
     .unwrap();
     kill9(&mut tail);
@@ -183,7 +213,8 @@ fn a_tail_killed_on_a_full_pipe_loses_nothing_on_restart() {
     let bound = (PIPE_BYTES + TAIL_BUFFER_BYTES + 2 * READER_BYTES_PER_SEC) / line_bytes;
     println!(
         "tail kill on a full pipe: {n} events acknowledged; first run handed over {} \
-         (killed with {received} B read, {waiting} B waiting in the pipe; drained in {:.2} s); \
+         (killed right after a commit with {received} B read, {waiting} B waiting in the \
+         pipe; drained in {:.2} s); \
          second run {}; lost 0; duplicated {duplicates} (bound {bound})",
         first.len(),
         drained.as_secs_f64(),
