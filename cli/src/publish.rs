@@ -92,7 +92,6 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
         .context("cannot start the publisher")?;
     let show_progress = args.progress || std::io::stderr().is_terminal();
     let started = Instant::now();
-    let mut last_report = Instant::now();
     let mut rejected = 0u64;
     let mut lines = 0u64;
     // Reading stdin blocks; do it on a thread of its own (not the runtime's
@@ -120,25 +119,34 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
         .spool_dir
         .is_none()
         .then(|| started + Duration::from_secs(args.give_up_secs));
+    // The progress line is refreshed every 250 ms, also while stdin is idle (so
+    // it shows acknowledgements arriving after the last line read).
+    let mut progress = tokio::time::interval(Duration::from_millis(250));
     let reading = async {
-        while let Some(line) = rx.recv().await {
+        loop {
+            let line = tokio::select! {
+                line = rx.recv() => line,
+                _ = progress.tick(), if show_progress => {
+                    let s = publisher.stats();
+                    let acked = s.acknowledged + s.replayed;
+                    let rate = acked as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                    eprint!(
+                        "\r{} read, {} acknowledged, {} spooled, {:.0} events/s   ",
+                        lines, acked, s.spool_events, rate
+                    );
+                    let _ = std::io::stderr().flush();
+                    continue;
+                }
+            };
+            let Some(line) = line else {
+                break;
+            };
             lines += 1;
             if let Err(e) = publisher.publish(&args.topic, Bytes::from(line)).await {
                 rejected += 1;
                 if rejected <= 10 {
                     eprintln!("line {lines}: {e}");
                 }
-            }
-            if show_progress && last_report.elapsed() >= Duration::from_millis(250) {
-                last_report = Instant::now();
-                let s = publisher.stats();
-                let acked = s.acknowledged + s.replayed;
-                let rate = acked as f64 / started.elapsed().as_secs_f64().max(1e-9);
-                eprint!(
-                    "\r{} read, {} acknowledged, {} spooled, {:.0} events/s   ",
-                    lines, acked, s.spool_events, rate
-                );
-                let _ = std::io::stderr().flush();
             }
         }
     };
@@ -173,7 +181,7 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
         // Nothing can be acknowledged: dropping fails what is queued at once.
         drop(publisher);
     } else {
-        let _ = tokio::time::timeout(Duration::from_secs(5), publisher.close()).await;
+        close_promptly(publisher).await;
     }
     if show_progress {
         eprintln!();
@@ -225,6 +233,43 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
         }
     }
 }
+
+/// Closes the publisher once every event is acknowledged (or spooled), without
+/// waiting for a collector that went away.
+///
+/// `close` sends this run's audit records (`_audit`, counts of what was
+/// acknowledged) and waits for them. When no collector is connected any more and
+/// reconnecting fails (the collector was killed after acknowledging everything),
+/// waiting could only last until a timeout: the exit happens at once, with a
+/// warning that the audit counts were not sent. At most [`CLOSE_TIMEOUT`] in
+/// any case.
+async fn close_promptly(publisher: Publisher) {
+    let watched = publisher.clone();
+    let gone = async {
+        loop {
+            if watched.stats().connected_to == 0 && !watched.connect_errors().is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::select! {
+        _ = tokio::time::timeout(CLOSE_TIMEOUT, publisher.close()) => {}
+        () = gone => {
+            let s = watched.stats();
+            tracing::warn!(
+                audit_records = s.audit_records,
+                audit_acknowledged = s.audit_acknowledged,
+                "no collector is reachable any more: exiting without sending this run's \
+                 audit counts (every event was acknowledged)"
+            );
+        }
+    }
+}
+
+/// The longest wait for `close` (the audit records) once every event is
+/// acknowledged.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The collectors' connect errors when publishing should give up: past
 /// `give_up` (none with a spool), nothing connected and nothing acknowledged yet.

@@ -9,6 +9,15 @@
 //! members of the same group share the topic's partitions. A closed pipe
 //! (`| head`) ends the command quietly.
 //!
+//! **Only what was handed over is committed.** A position is committed only
+//! after every event up to it was written *and flushed* to stdout: the commit
+//! round flushes the output first, then commits what was returned before the
+//! flush (the consumer's auto-commit is off, since it would count an event as
+//! processed while it still sits in the output buffer). Killed at any instant
+//! (`kill -9`), a restarted member of the group resumes after an event the reader
+//! of the pipe was given, so nothing is lost; the events handed over since the
+//! last commit (at most about a second's worth) come again.
+//!
 //! A corrupt frame or a damaged file (truncated, or set aside in `quarantine/`)
 //! ends the command with an error naming the file and what to do, after the
 //! events before it are printed; it never waits silently. `--skip-corrupt`
@@ -306,27 +315,38 @@ pub async fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
     if let Some(group) = &args.group {
         b = b
             .group(group)
-            .dynamic_member(&member_id(), Duration::from_secs(10))
-            .auto_commit(Some(Duration::from_secs(1)), None);
+            .dynamic_member(&member_id(), Duration::from_secs(10));
     }
     let mut consumer = b.build().await?;
     let json = args.format == "json";
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(64 << 10, stdout.lock());
+    let mut commits = CommitRound::new(args.group.is_some(), COMMIT_EVERY);
     let shutdown = crate::signals::wait_for_shutdown();
     tokio::pin!(shutdown);
     let result: anyhow::Result<()> = async {
         loop {
-            // Whatever is ready now goes into the buffer; flush before waiting.
+            // Whatever is ready now goes into the buffer; flush (and commit what
+            // the flush handed over) before waiting.
             let next = match consumer.next_timeout(Duration::ZERO).await? {
                 Some(m) => Some(m),
                 None if consumer.is_finished() => None,
                 None => {
-                    if let Err(e) = out.flush() {
-                        return Err(e.into());
-                    }
+                    out.flush()?;
+                    commits.commit_if_due(&mut consumer).await?;
+                    let wait = commits.wait();
+                    let next = async {
+                        match wait {
+                            Some(wait) => consumer.next_timeout(wait).await,
+                            None => consumer.next().await,
+                        }
+                    };
                     tokio::select! {
-                        m = consumer.next() => m?,
+                        m = next => match m? {
+                            Some(m) => Some(m),
+                            None if consumer.is_finished() => None,
+                            None => continue,
+                        },
                         _ = &mut shutdown => None,
                     }
                 }
@@ -335,15 +355,21 @@ pub async fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
                 break;
             };
             write_event(&mut out, &m, json)?;
+            commits.wrote();
+            if commits.is_due() {
+                out.flush()?;
+                commits.commit_if_due(&mut consumer).await?;
+            }
         }
         out.flush()?;
+        commits.commit(&mut consumer).await?;
         Ok(())
     }
     .await;
     match result {
         Err(e) if is_broken_pipe(&e) => {
             // `| head` closed the pipe: not an error. Progress is not committed
-            // beyond what auto-commit already wrote.
+            // beyond what was flushed before.
             return Ok(ExitCode::SUCCESS);
         }
         Err(e) => {
@@ -355,6 +381,71 @@ pub async fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
     }
     consumer.close().await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// How often a `--group` tail commits what it has flushed.
+const COMMIT_EVERY: Duration = Duration::from_secs(1);
+
+/// When a `--group` tail commits: at most every [`COMMIT_EVERY`], and only right
+/// after a flush of the output, so that every event returned so far (all of them
+/// written before the flush) has been handed over.
+#[derive(Debug)]
+struct CommitRound {
+    /// Whether there is a group to commit for.
+    enabled: bool,
+    /// How often to commit.
+    every: Duration,
+    /// When the last commit was made (or the tail started).
+    last: std::time::Instant,
+    /// Whether events were written since the last commit.
+    pending: bool,
+}
+
+impl CommitRound {
+    fn new(enabled: bool, every: Duration) -> CommitRound {
+        CommitRound {
+            enabled,
+            every,
+            last: std::time::Instant::now(),
+            pending: false,
+        }
+    }
+
+    /// An event was written to the output buffer.
+    fn wrote(&mut self) {
+        self.pending = self.enabled;
+    }
+
+    /// Whether a commit is due: events written and the interval passed.
+    fn is_due(&self) -> bool {
+        self.pending && self.last.elapsed() >= self.every
+    }
+
+    /// How long to wait for the next event before the pending commit is due
+    /// (`None`: nothing pending, wait as long as it takes).
+    fn wait(&self) -> Option<Duration> {
+        self.pending
+            .then(|| self.every.saturating_sub(self.last.elapsed()))
+    }
+
+    /// Commits when due. The output must have been flushed just before.
+    async fn commit_if_due(&mut self, consumer: &mut Consumer) -> anyhow::Result<()> {
+        if self.is_due() {
+            self.commit(consumer).await?;
+        }
+        Ok(())
+    }
+
+    /// Commits every event returned so far, the last one included. The output
+    /// must have been flushed just before.
+    async fn commit(&mut self, consumer: &mut Consumer) -> anyhow::Result<()> {
+        if self.pending {
+            consumer.commit_delivered(true).await?;
+            self.pending = false;
+            self.last = std::time::Instant::now();
+        }
+        Ok(())
+    }
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

@@ -15,6 +15,8 @@
 //! | `torn-file` | a listed file has no close trailer or a corrupt frame |
 //! | `unmoved-file` | a closed collector file older than `--grace` still in `data/` |
 //! | `quarantined` | a damaged data file set aside under `quarantine/` (by collector recovery or the worker; `docs/format.md` §1.3), or listed in a manifest's `quarantined`: records of it are missing from the views |
+//! | `leftover-tmp` | a `_tmp.*` copy left by a failed or interrupted step (seal, merge, mirror, compaction, collector recovery): in a sealed directory, or older than `--grace` in an unsealed one or in `data/`; never part of a view |
+//! | `empty-file` | a data file that holds no record: zero bytes (older than `--grace` in `data/`), or listed in a manifest with 0 records; the worker deletes such files instead of sealing them |
 //!
 //! The exit status is non-zero when anything is found; `--json` prints one JSON
 //! document for automation. On a terminal a progress bar shows the directories
@@ -211,6 +213,20 @@ impl Verifier<'_> {
             .filter(|e| !e.is_dir && !Layout::is_hidden(&e.name))
             .map(|e| (e.name.clone(), e.len))
             .collect();
+        let sealed = entries.iter().any(|e| e.name == Layout::SUCCESS_MARKER);
+        for e in &entries {
+            if e.is_dir {
+                continue;
+            }
+            if Layout::is_tmp(&e.name) && (sealed || self.older_than_grace(e.modified_ms)) {
+                self.leftover_tmp(&e.path, e.len);
+            } else if e.len == 0
+                && !Layout::is_hidden(&e.name)
+                && (sealed || self.older_than_grace(e.modified_ms))
+            {
+                self.find("empty-file", e.path.clone(), "zero bytes: holds no record");
+            }
+        }
         let manifest = match Manifest::read(self.storage, &dir).await {
             Ok(Some(m)) => m,
             Ok(None) => {
@@ -264,6 +280,13 @@ impl Verifier<'_> {
             self.checked.files += 1;
             self.checked.bytes += len;
             self.checked.records += file.records;
+            if file.records == 0 && len > 0 {
+                self.find(
+                    "empty-file",
+                    path.clone(),
+                    "listed in the manifest with 0 records",
+                );
+            }
             if len != file.bytes {
                 self.find(
                     "size-mismatch",
@@ -352,11 +375,52 @@ impl Verifier<'_> {
         Ok(())
     }
 
+    /// Whether a file last modified at `modified_ms` (epoch milliseconds) is
+    /// older than `--grace` (so no step is still writing it).
+    fn older_than_grace(&self, modified_ms: i64) -> bool {
+        self.now.timestamp_millis() - modified_ms > self.grace.num_milliseconds()
+    }
+
+    fn leftover_tmp(&mut self, path: &str, len: u64) {
+        self.find(
+            "leftover-tmp",
+            path,
+            format!(
+                "temporary copy ({len} bytes) left by a failed or interrupted step; \
+                 not part of any view, delete it"
+            ),
+        );
+    }
+
     async fn collector_view(&mut self, topic: &Topic) -> anyhow::Result<()> {
+        // Temporary copies (collector recovery) next to the collector files.
+        for dir in self
+            .storage
+            .list_or_empty(&Layout::topic_dir(View::Collector, topic))
+            .await?
+            .into_iter()
+            .filter(|d| d.is_dir)
+        {
+            for e in self.storage.list_or_empty(&dir.path).await? {
+                if !e.is_dir && Layout::is_tmp(&e.name) && self.older_than_grace(e.modified_ms) {
+                    self.leftover_tmp(&e.path, e.len);
+                }
+            }
+        }
         for file in tree::collector_files(self.storage, topic).await? {
             let ends = file.name.minute.end();
             if self.now - ends <= self.grace {
                 continue;
+            }
+            if file.len == 0 {
+                self.find(
+                    "empty-file",
+                    file.path.clone(),
+                    format!(
+                        "collector file of {} has zero bytes: holds no record",
+                        file.name.minute
+                    ),
+                );
             }
             self.find(
                 "unmoved-file",

@@ -114,6 +114,20 @@ impl Daemon {
         if lease.is_held() {
             return Ok(true);
         }
+        let was_holding = self
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .holding;
+        if was_holding {
+            // Lapsed between two rounds (no job's fence noticed): say why, the
+            // storage error of the failed renewals included.
+            if let Err(e) = crate::Fence::check(&**lease).await {
+                tracing::warn!(error = %e, "the worker lease lapsed; standing by until it is held again");
+            }
+            self.metrics.lease_held.set(0);
+            self.set_status(|s| s.holding = false);
+        }
         let status = lease.acquire().await?;
         let held = matches!(status, LeaseStatus::Held { .. });
         self.metrics.lease_held.set(i64::from(held));

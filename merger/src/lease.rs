@@ -56,7 +56,7 @@ use chrono::{DateTime, Utc};
 
 use conduit_core::layout::Layout;
 use conduit_core::records::{decode, RecordError, Version};
-use conduit_core::{CreateMode, SharedClock, SharedStorage};
+use conduit_core::{CreateMode, SharedClock, SharedStorage, StorageError};
 
 use crate::{Fence, WorkerError};
 
@@ -153,6 +153,9 @@ struct State {
     acquired_at: Option<DateTime<Utc>>,
     /// Why the lease was lost, once it was.
     lost: Option<String>,
+    /// Why the last renewal failed (a storage error), until one succeeds: the
+    /// fence then says the renewal failed, not that someone took over.
+    renew_error: Option<String>,
 }
 
 /// One worker's view of the cluster's lease; also its [`Fence`].
@@ -237,12 +240,12 @@ impl Lease {
     }
 
     /// The highest claimed epoch (0 if none).
-    async fn highest_claim(&self) -> Result<u64, WorkerError> {
+    async fn highest_claim(&self) -> Result<u64, StorageError> {
         Ok(self.highest_claim_entry().await?.0)
     }
 
     /// The highest claimed epoch and its claim's modification time (ms).
-    async fn highest_claim_entry(&self) -> Result<(u64, i64), WorkerError> {
+    async fn highest_claim_entry(&self) -> Result<(u64, i64), StorageError> {
         let prefix = self.claim_prefix();
         let mut highest = (0, 0);
         for entry in self.storage.list_or_empty("system/leases").await? {
@@ -273,10 +276,26 @@ impl Lease {
             expires_at: now + self.settings.duration,
         };
         let body = serde_json::to_vec(&record).map_err(|e| WorkerError::Other(e.to_string()))?;
-        self.storage
+        let written = self
+            .storage
             .write_atomic(&self.record_path(), body.into())
-            .await?;
-        let highest = self.highest_claim().await?;
+            .await;
+        let highest = match written {
+            Ok(()) => self.highest_claim().await,
+            Err(e) => Err(e),
+        };
+        let highest = match highest {
+            Ok(highest) => highest,
+            Err(source) => {
+                // A storage error, not a takeover: remembered so that the fence,
+                // once the deadline passes, says so.
+                self.state().renew_error = Some(source.to_string());
+                return Err(WorkerError::LeaseStorage {
+                    lease: self.record_path(),
+                    source,
+                });
+            }
+        };
         let mut state = self.state();
         if highest > epoch {
             let reason = format!("epoch {highest} was claimed by another worker");
@@ -289,6 +308,7 @@ impl Lease {
         }
         state.acquired_at = Some(acquired_at);
         state.deadline = Some(t0 + self.settings.duration - self.settings.max_drift);
+        state.renew_error = None;
         Ok(())
     }
 
@@ -346,6 +366,21 @@ impl Lease {
                 }
                 let record_epoch = record.as_ref().map_or(0, |r| r.epoch);
                 let (claimed, claimed_ms) = self.highest_claim_entry().await?;
+                let own_claim = {
+                    let s = self.state();
+                    s.epoch == Some(claimed) && s.lost.is_none()
+                };
+                if claimed > record_epoch && own_claim {
+                    // This worker won that claim, then could not write its
+                    // record (a storage error): it is no takeover by anyone
+                    // else; write the record now.
+                    tracing::info!(
+                        epoch = claimed,
+                        "retrying the lease record for the epoch this worker claimed"
+                    );
+                    self.state().wait_until = None;
+                    return self.hold(claimed).await;
+                }
                 if claimed > record_epoch {
                     // Someone won a claim but has not written the record yet: a
                     // takeover in progress, unless the claim is older than a
@@ -403,6 +438,12 @@ impl Lease {
             }
         };
         self.state().wait_until = None;
+        self.hold(epoch).await
+    }
+
+    /// Turns the claim of `epoch` (won, and its old holder lapsed) into a
+    /// holding: the verified write, then old claims are deleted.
+    async fn hold(&self, epoch: u64) -> Result<LeaseStatus, WorkerError> {
         match self.verified_write(epoch).await {
             Ok(()) => {}
             Err(WorkerError::LostLease { reason, .. }) => {
@@ -503,7 +544,13 @@ impl Fence for Lease {
         }
         match s.deadline {
             Some(deadline) if self.mono.elapsed() < deadline => Ok(()),
-            Some(_) => Err(self.lost("not renewed in time: the lease may have expired")),
+            Some(_) => match &s.renew_error {
+                Some(error) => Err(self.lost(format!(
+                    "lease renewal failed: {error}; not renewed in time, so this worker stops \
+                     committing (no other worker is known to hold it)"
+                ))),
+                None => Err(self.lost("not renewed in time: the lease may have expired")),
+            },
             None => Err(self.lost("not held")),
         }
     }

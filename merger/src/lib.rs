@@ -113,6 +113,15 @@ pub enum WorkerError {
         /// Why the lease is considered lost.
         reason: String,
     },
+    /// Writing or verifying the lease record failed on storage (disk full,
+    /// storage down): the lease is kept until its deadline, not taken over.
+    #[error("lease renewal failed: cannot write or verify {lease}: {source}")]
+    LeaseStorage {
+        /// Lease path.
+        lease: String,
+        /// The storage error.
+        source: StorageError,
+    },
     /// A copied file does not match its source.
     #[error("copy of {path} does not match its source: {reason}")]
     CopyMismatch {

@@ -5,8 +5,10 @@
 //!
 //! 1. **List and inspect** the directory: `_tmp.` leftovers of an interrupted
 //!    seal are deleted; every data file is read once (length, CRC-32C, trailer,
-//!    the trailer's checksum, the index); a file that cannot be sealed is set
-//!    aside in `quarantine/` (`crate::quarantine`).
+//!    the trailer's checksum, the index); a file that holds no record (zero
+//!    bytes, or a close trailer counting none: a file created for a call that
+//!    was then refused) is deleted, never listed; a file that cannot be sealed
+//!    is set aside in `quarantine/` (`crate::quarantine`).
 //! 2. **Plan** which batch parts are second copies (`crate::dedup::plan`),
 //!    against the parts of the sealed minutes before (the topic's
 //!    [`TopicDedup`] window).
@@ -18,11 +20,15 @@
 //!    copies).
 //! 4. **Seal**: the manifest lists every file with its (new) length, CRC and
 //!    records, `duplicates_dropped`, and every file set aside (also those an
-//!    interrupted seal of `M` set aside before).
+//!    interrupted seal of `M` set aside before). A file left with no record
+//!    (every record was a second copy) is deleted instead of listed; its
+//!    dropped records still count (from the checkpoint's `sealing` when an
+//!    interrupted seal emptied it).
 //!
 //! # Crash consistency
 //!
-//! Killed at any point, the next seal of `M` starts again from step 1. The kept
+//! Killed at any point, the next seal of `M` starts again from step 1 (an empty
+//! file not yet deleted is deleted then; one deleted is simply not there). The kept
 //! copies are never rewritten, so the plan finds the same duplicates in the files
 //! not renamed yet and none in those already renamed; the counts of the latter
 //! come from the checkpoint's `sealing`, saved before the first rename. A staging
@@ -122,8 +128,21 @@ impl Sealer<'_> {
         quarantined.extend(quarantined_earlier(self.storage(), &dir, &quarantined).await?);
 
         let earlier = dedup.interrupted(minute);
-        let mut duplicates_dropped = 0;
         let mut files = Vec::with_capacity(candidates.len());
+        // Per file: what is dropped now, else what an interrupted seal dropped
+        // before it renamed the file (or deleted it, emptied) and was stopped.
+        let mut dropped: BTreeMap<&str, u64> = earlier
+            .map(|e| e.dropped.iter().map(|(k, v)| (k.as_str(), *v)).collect())
+            .unwrap_or_default();
+        for (name, r) in &rewritten {
+            if r.dropped > 0 {
+                dropped.insert(name, r.dropped);
+            }
+        }
+        for q in &quarantined {
+            dropped.remove(q.name.as_str());
+        }
+        let duplicates_dropped: u64 = dropped.values().sum();
         for c in candidates {
             let (bytes, crc32c, records) = match rewritten.get(&c.name) {
                 Some(r) => (r.bytes, r.crc32c, r.trailer.records),
@@ -132,14 +151,13 @@ impl Sealer<'_> {
                     (f.bytes, f.crc32c, f.trailer.records)
                 }
             };
-            let dropped_now = rewritten.get(&c.name).map_or(0, |r| r.dropped);
-            duplicates_dropped += match dropped_now {
-                0 => earlier
-                    .and_then(|e| e.dropped.get(&c.name))
-                    .copied()
-                    .unwrap_or(0),
-                n => n,
-            };
+            if records == 0 {
+                // Every record was a second copy: nothing left to list.
+                self.env.fence.check().await?;
+                self.storage().delete(&c.path, false).await?;
+                tracing::info!(path = %c.path, "deleted a data file that holds no record; not sealed");
+                continue;
+            }
             files.push(ManifestFile {
                 name: c.name,
                 bytes,
@@ -223,6 +241,14 @@ impl Sealer<'_> {
                     reason: e.to_string(),
                 }),
             };
+            if self.holds_no_record(&entry.path, &verdict).await? {
+                // Nothing to list (a file created for a call that was then
+                // refused, say): deleted, so no manifest lists an empty file.
+                self.env.fence.check().await?;
+                self.storage().delete(&entry.path, false).await?;
+                tracing::info!(path = %entry.path, "deleted a data file that holds no record; not sealed");
+                continue;
+            }
             match verdict {
                 Ok((parsed, inspected)) => {
                     let parts = inspected
@@ -246,6 +272,26 @@ impl Sealer<'_> {
             }
         }
         Ok(Some(candidates))
+    }
+
+    /// Whether the data file at `path` holds no record: zero bytes, or a close
+    /// trailer that counts none (and nothing but the trailer and index before
+    /// it is a record). Such a file is never sealed.
+    async fn holds_no_record(
+        &self,
+        path: &str,
+        verdict: &Result<(LocalFileName, Sealable), Unsealable>,
+    ) -> Result<bool, WorkerError> {
+        match verdict {
+            Ok((_, inspected)) => Ok(inspected.file.trailer.records == 0),
+            // The real length, not the listed one: a closed file never grows.
+            Err(Unsealable::NoTrailer) => match self.storage().len(path).await {
+                Ok(len) => Ok(len == 0),
+                Err(e) if e.is_not_found() => Ok(false),
+                Err(e) => Err(e.into()),
+            },
+            Err(_) => Ok(false),
+        }
     }
 
     /// Step 3: stages a rewrite of every file `plan` drops records from, saves the

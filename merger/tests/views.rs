@@ -641,6 +641,113 @@ async fn merge_survives_a_crash_at_every_storage_call() {
     }
 }
 
+/// A merge pass torn in the middle of each of its writes in turn (half the bytes
+/// of a copied data file, of the `_SUCCESS` manifest or of a checkpoint reach
+/// storage, then the call fails and the worker stops), then a fresh worker: every
+/// record merged exactly once, every sealed directory exactly its manifest's files
+/// (no `_tmp.` leftover), nothing sealed twice (issue 20).
+#[tokio::test]
+async fn merge_survives_a_torn_write_at_every_write() {
+    for n in 0.. {
+        let (Outage { world, expected }, _) = crash_world().await;
+        let plan = FaultPlan::new();
+        plan.tear_write_after(n);
+        let mut crashing = MergeJob::new(world.env_with_faults("dc3", &plan));
+        let outcome = crashing.pass().await;
+        drop(crashing);
+        if plan.injected() == 0 {
+            outcome.unwrap();
+            assert!(n > 5, "only {n} writes were torn");
+            println!("merge pass torn at each of its first {n} writes, then completed");
+            break;
+        }
+        plan.heal();
+        let mut job = MergeJob::new(world.env("dc3", None));
+        let mut report = PassReport::default();
+        for _ in 0..2 {
+            report.add(
+                &job.pass()
+                    .await
+                    .unwrap_or_else(|e| panic!("torn write {n}: {e}")),
+            );
+        }
+        let dest = world.storage("dc3");
+        let (records, manifests) = merged_records(
+            dest.as_ref(),
+            minute("2026-11-22T10:00Z"),
+            minute("2026-11-22T10:04Z"),
+        )
+        .await;
+        assert_eq!(
+            records, expected,
+            "torn write {n}: every record exactly once"
+        );
+        assert_eq!(manifests.len(), 5, "torn write {n}");
+    }
+}
+
+/// A mirror pass torn in the middle of each of its writes in turn, then a fresh
+/// mirror job: the mirror is byte-identical to the merged view, with no
+/// leftovers (issue 20).
+#[tokio::test]
+async fn mirror_survives_a_torn_write_at_every_write() {
+    let start = minute("2026-11-22T10:00Z");
+    for n in 0.. {
+        let world = World::new(
+            &["dc1", "dc2", "dc3"],
+            "merge_into = \"dc1\"\nmerge_sources = [\"dc1\", \"dc3\"]\nmirrors = [\"dc2\"]\n",
+            "",
+            start.start(),
+        );
+        let mut merge = MergeJob::new(world.env("dc1", None));
+        for i in 0..3 {
+            let m = start.add_minutes(i).unwrap();
+            seal_simple(&world, "dc1", m).await;
+            seal_simple(&world, "dc3", m).await;
+            world.clock.set(m.end() + TimeDelta::seconds(3));
+            assert_eq!(merge.pass().await.unwrap().sealed, 1);
+        }
+        let plan = FaultPlan::new();
+        plan.tear_write_after(n);
+        let mut crashing = MirrorJob::new(world.env_with_faults("dc2", &plan));
+        let outcome = crashing.pass().await;
+        drop(crashing);
+        if plan.injected() == 0 {
+            assert_eq!(outcome.unwrap().sealed, 3);
+            assert!(n > 3, "only {n} writes were torn");
+            println!("mirror pass torn at each of its first {n} writes, then completed");
+            break;
+        }
+        plan.heal();
+        MirrorJob::new(world.env("dc2", None))
+            .pass()
+            .await
+            .unwrap_or_else(|e| panic!("torn write {n}: {e}"));
+        let origin = world.storage("dc1");
+        let copy = world.storage("dc2");
+        for i in 0..3 {
+            let m = start.add_minutes(i).unwrap();
+            let dir = Layout::minute_dir(View::Merged, &topic(), m);
+            let (manifest, records) = check_sealed(copy.as_ref(), View::Merged, m).await;
+            let (_, original) = check_sealed(origin.as_ref(), View::Merged, m).await;
+            assert_eq!(records, original, "torn write {n}: {dir}");
+            assert_eq!(
+                origin.read(&format!("{dir}/_SUCCESS")).await.unwrap(),
+                copy.read(&format!("{dir}/_SUCCESS")).await.unwrap(),
+                "torn write {n}: {dir}"
+            );
+            for f in &manifest.files {
+                let path = format!("{dir}/{}", f.name);
+                assert_eq!(
+                    origin.read(&path).await.unwrap(),
+                    copy.read(&path).await.unwrap(),
+                    "torn write {n}: {path}"
+                );
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_mirror_falls_behind_catches_up_and_is_byte_identical() {
     let start = minute("2026-11-22T10:00Z");

@@ -7,10 +7,20 @@
 //!
 //! Delivery is at-least-once. A message counts as processed once the *following*
 //! `next()` call is made (or when its position is passed to `commit`); auto-commit
-//! writes the processed positions every N messages or N milliseconds, and on
-//! `close()`. After a crash a member (or the partition's next owner) resumes after
-//! the last committed message, so duplicates are bounded by what was delivered and
-//! not committed.
+//! writes the processed positions every N messages or N milliseconds, when the
+//! stop minute is passed, and on `close()`. After a crash a member (or the
+//! partition's next owner) resumes after the last committed message, so
+//! duplicates are bounded by what was delivered and not committed.
+//!
+//! **Commit only what was handed over.** A committed position is a promise that
+//! the message and everything before it in its partition has left the
+//! application's hands (written to its output and flushed, stored, acknowledged
+//! downstream). An application that buffers messages (a `BufWriter`, a batch to
+//! be sent) must not let auto-commit count them as processed: either call
+//! `next()` again only once the previous message is handed over, or turn
+//! auto-commit off and, right after each flush, call [`Consumer::commit`] with
+//! the last flushed positions or [`Consumer::commit_delivered`]`(true)` (every
+//! message returned so far). `conduit tail --group` does the latter.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -268,7 +278,10 @@ impl ConsumerBuilder {
     }
 
     /// Auto-commit processed positions every `every` and/or every `messages`
-    /// messages (both `None`: only explicit commits and `close`).
+    /// messages (both `None`: only explicit commits and `close`). A message
+    /// counts as processed once `next()` is called again: an application that
+    /// buffers its output should commit itself after each flush instead
+    /// ([`Consumer::commit`]).
     pub fn auto_commit(mut self, every: Option<Duration>, messages: Option<u64>) -> Self {
         self.auto_commit_every = every;
         self.auto_commit_messages = messages;
@@ -637,7 +650,9 @@ impl Consumer {
             {
                 self.finished = true;
                 self.flush_counts();
-                self.commit_processed().await?;
+                if self.auto_every.is_some() || self.auto_messages.is_some() {
+                    self.commit_processed().await?;
+                }
                 return Ok(None);
             }
             self.flush_counts();
@@ -731,6 +746,11 @@ impl Consumer {
 
     /// Records `position` (from a [`Message`]) as the group's progress in its
     /// partition: after a restart the partition resumes just after that message.
+    /// Commit a position only once that message, and every message before it in
+    /// the partition, has been handed over (written and flushed, stored,
+    /// acknowledged): what is committed is never delivered again, so a commit of
+    /// a message still in a buffer loses it if the process dies before the
+    /// flush ([module docs](self)).
     /// Refused with [`PintailError::NotOwner`] when this member no longer owns the
     /// partition, and with [`PintailError::StaleCommit`] when the position is
     /// behind the partition's checkpoint (it would move the group backwards; after
@@ -798,7 +818,9 @@ impl Consumer {
     }
 
     /// Commits every processed position (messages returned before the last
-    /// `next()`), and the message returned last too when `include_last`.
+    /// `next()`), and the message returned last too when `include_last`. Call it
+    /// after the messages were handed over (e.g. right after flushing the output
+    /// they were written to), as for [`Consumer::commit`].
     pub async fn commit_delivered(&mut self, include_last: bool) -> Result<()> {
         if include_last {
             if let Some(pos) = self.last_returned.take() {

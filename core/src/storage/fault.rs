@@ -3,8 +3,8 @@
 //! A [`FaultPlan`] is shared between the test and the [`FaultStorage`] it controls:
 //! the test switches an outage on (every operation, or chosen ones, optionally only
 //! for paths containing a substring), arms a countdown that fails the N-th next
-//! call, or asks the next write to be torn (half the bytes reach the file, then the
-//! call fails), and switches it off again. Everything else goes to the real backend.
+//! call, or asks the next write (or the N-th next one) to be torn (half the bytes
+//! reach the file, then the call fails), and switches it off again. Everything else goes to the real backend.
 
 use std::fmt;
 use std::ops::Range;
@@ -60,6 +60,8 @@ struct PlanState {
     countdown: Option<u64>,
     /// The next write writes half its bytes, then fails.
     tear_next_write: bool,
+    /// Tear the write after this many more writes succeed.
+    tear_countdown: Option<u64>,
 }
 
 /// The switchboard a test uses to fail a [`FaultStorage`].
@@ -109,6 +111,13 @@ impl FaultPlan {
         self.lock().tear_next_write = true;
     }
 
+    /// Lets `n` more writes (`FileWriter::write`, any path) succeed, then tears
+    /// the next one as [`FaultPlan::tear_next_write`] does (once): a crash in
+    /// the middle of the `n`-th write of a step, whatever file it writes.
+    pub fn tear_write_after(&self, n: u64) {
+        self.lock().tear_countdown = Some(n);
+    }
+
     /// Ends every fault.
     pub fn heal(&self) {
         *self.lock() = PlanState::default();
@@ -148,7 +157,16 @@ impl FaultPlan {
     }
 
     fn take_tear(&self) -> bool {
-        std::mem::take(&mut self.lock().tear_next_write)
+        let mut s = self.lock();
+        match s.tear_countdown {
+            Some(0) => {
+                s.tear_countdown = None;
+                return true;
+            }
+            Some(left) => s.tear_countdown = Some(left - 1),
+            None => {}
+        }
+        std::mem::take(&mut s.tear_next_write)
     }
 }
 
