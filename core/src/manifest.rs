@@ -280,6 +280,24 @@ pub async fn describe_file(
     Ok((described.bytes, described.crc32c, described.trailer))
 }
 
+/// The length and CRC-32C of any file at `path` (a data file, an hourly Parquet
+/// file), reading it in chunks.
+pub async fn checksum_file(storage: &dyn Storage, path: &str) -> Result<(u64, u32), ManifestError> {
+    let len = storage.len(path).await?;
+    let mut crc = 0;
+    let mut at = 0;
+    while at < len {
+        let end = (at + CHECKSUM_CHUNK).min(len);
+        let chunk = storage.read_range(path, at..end).await?;
+        if chunk.is_empty() {
+            break;
+        }
+        crc = crc32c_append(crc, &chunk);
+        at += chunk.len() as u64;
+    }
+    Ok((len, crc))
+}
+
 /// What [`describe`] read of a closed data file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Described {
