@@ -531,6 +531,30 @@ async fn typed_columns_and_invalid_rows() {
         Some(0.0),
         "present at 0 for a parquet topic without invalid rows"
     );
+    if gate::promtool("typed_columns_and_invalid_rows") {
+        let mut child = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run promtool");
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(c.metrics.as_bytes()).unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && printed.trim().is_empty(),
+            "promtool check metrics: {printed}"
+        );
+    }
     // Kept in the hour's _invalid. file as _invalid records.
     let invalid_path = c.hour_dir(ORDERS).join("_invalid.orders-2026-11-22-10.zst");
     let decoded = decode_file(
