@@ -17,7 +17,11 @@
 //! The table has one string column per record (`value` for Spark's `text` source,
 //! `line` for Hive and Trino): the record exactly as stored, so a JSON topic is
 //! read with `from_json`/`get_json_object`/`json_extract`, and a `base64` topic
-//! decodes it with `unbase64`/`from_base64`. Statements end with `;` and a newline
+//! decodes it with `unbase64`/`from_base64`. The hourly view of a topic with
+//! `compact_format = "parquet"` is a Parquet table instead (`USING parquet`,
+//! `STORED AS PARQUET`, `format = 'PARQUET'`) whose columns are the files'
+//! (`payload`, `minute`, `cluster`, `collector` and the schema's), read from the
+//! topic's config or from the footer of its first sealed hour. Statements end with `;` and a newline
 //! and comments start with `--`, so the output can be piped into `spark-sql`,
 //! `beeline -f` or `trino --file`.
 
@@ -27,7 +31,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::Args;
-use conduit_core::{Manifest, Minute, MinuteWalker, Topic, View};
+use conduit_core::layout::Layout;
+use conduit_core::{CompactFormat, Config, Manifest, Minute, MinuteWalker, Topic, View};
+use conduit_merger::parquet::ColumnKind;
 
 /// Arguments of `conduit table`.
 #[derive(Debug, Args)]
@@ -122,6 +128,8 @@ pub struct TableSpec {
     /// Absolute location of the storage root (`file:///...` or `hdfs://...`), no
     /// trailing `/`.
     pub root_url: String,
+    /// The columns of the hourly Parquet files, when the table is over them.
+    pub parquet: Option<Vec<(String, ColumnKind)>>,
 }
 
 impl TableSpec {
@@ -159,11 +167,73 @@ impl TableSpec {
         format!("{}/{dir}", self.root_url)
     }
 
+    fn sql_type(&self, kind: ColumnKind) -> &'static str {
+        match (self.dialect, kind) {
+            (Dialect::Trino, ColumnKind::String) => "varchar",
+            (Dialect::Trino, ColumnKind::Binary) => "varbinary",
+            (Dialect::Trino, ColumnKind::Timestamp) => "timestamp(3)",
+            (Dialect::Trino, ColumnKind::Int64) => "bigint",
+            (Dialect::Trino, ColumnKind::Double) => "double",
+            (Dialect::Trino, ColumnKind::Boolean) => "boolean",
+            (_, ColumnKind::String) => "STRING",
+            (_, ColumnKind::Binary) => "BINARY",
+            (_, ColumnKind::Timestamp) => "TIMESTAMP",
+            (_, ColumnKind::Int64) => "BIGINT",
+            (_, ColumnKind::Double) => "DOUBLE",
+            (_, ColumnKind::Boolean) => "BOOLEAN",
+        }
+    }
+
+    /// The `CREATE` statement of a table over hourly Parquet files.
+    fn create_parquet(&self, columns: &[(String, ColumnKind)], location: &str) -> String {
+        let table = self.qualified_table();
+        let parts = self.partition_columns();
+        let text = if self.dialect == Dialect::Trino {
+            "varchar"
+        } else {
+            "STRING"
+        };
+        let cols: Vec<String> = columns
+            .iter()
+            .map(|(name, kind)| format!("{} {}", self.quote(name), self.sql_type(*kind)))
+            .collect();
+        let keys: Vec<String> = parts.iter().map(|p| self.quote(p)).collect();
+        let typed_keys: Vec<String> = parts
+            .iter()
+            .map(|p| format!("{} {text}", self.quote(p)))
+            .collect();
+        match self.dialect {
+            Dialect::Spark => format!(
+                "CREATE TABLE IF NOT EXISTS {table} ({}, {}) USING parquet PARTITIONED BY ({}) LOCATION '{location}';\n",
+                cols.join(", "),
+                typed_keys.join(", "),
+                keys.join(", ")
+            ),
+            Dialect::Hive => format!(
+                "CREATE EXTERNAL TABLE IF NOT EXISTS {table} ({}) PARTITIONED BY ({}) STORED AS PARQUET LOCATION '{location}';\n",
+                cols.join(", "),
+                typed_keys.join(", ")
+            ),
+            Dialect::Trino => {
+                let names: Vec<_> = parts.iter().map(|p| format!("'{p}'")).collect();
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {table} ({}, {}) WITH (format = 'PARQUET', external_location = '{location}', partitioned_by = ARRAY[{}]);\n",
+                    cols.join(", "),
+                    typed_keys.join(", "),
+                    names.join(", ")
+                )
+            }
+        }
+    }
+
     /// The `CREATE` statement of the table, rooted at `topic_dir`.
     pub fn create(&self, topic_dir: &str) -> String {
         let table = self.qualified_table();
         let location = self.location(topic_dir);
         let parts = self.partition_columns();
+        if let Some(columns) = &self.parquet {
+            return self.create_parquet(columns, &location);
+        }
         match self.dialect {
             Dialect::Spark => {
                 let mut cols = vec![format!("{} STRING", self.quote("value"))];
@@ -308,7 +378,7 @@ pub async fn run(args: TableArgs) -> anyhow::Result<ExitCode> {
     let since: Option<DateTime<Utc>> = time("--since", &args.since)?.map(Minute::start);
     let from = time("--from", &args.from)?;
     let to = time("--to", &args.to)?;
-    let spec = TableSpec {
+    let mut spec = TableSpec {
         dialect,
         view,
         table: sql_name("--table", args.table.as_deref().unwrap_or(topic.as_str()))?,
@@ -319,20 +389,25 @@ pub async fn run(args: TableArgs) -> anyhow::Result<ExitCode> {
             .transpose()?,
         catalog: sql_name("--catalog", &args.catalog)?,
         root_url: root_url(&root)?,
+        parquet: None,
     };
     let storage = conduit_core::open_root(&root)
         .await
         .with_context(|| format!("cannot open storage root {root}"))?;
-
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "-- conduit table: topic {topic}, view {view}, root {}",
-        spec.root_url
-    );
-    if !args.partitions_only {
-        out.push_str(&spec.create(&conduit_core::layout::Layout::topic_dir(view, &topic)));
+    if view == View::Hourly {
+        if let Some(path) = &args.config {
+            let settings = Config::load(path)?.topic(&topic);
+            if settings.compact_format == CompactFormat::Parquet {
+                let schema = conduit_merger::parquet::arrow_schema(&settings);
+                spec.parquet = Some(
+                    conduit_merger::parquet::columns_of(&schema)
+                        .map_err(|e| anyhow::anyhow!("{topic}: {e}"))?,
+                );
+            }
+        }
     }
+
+    let mut partitions = String::new();
     let mut walk = MinuteWalker::new(&*storage, view, &topic)
         .from(from)
         .until(to);
@@ -343,12 +418,38 @@ pub async fn run(args: TableArgs) -> anyhow::Result<ExitCode> {
             unsealed += 1;
             continue;
         };
+        if spec.parquet.is_none() && view == View::Hourly {
+            if let Some(file) = manifest
+                .files
+                .iter()
+                .find(|f| f.name.ends_with(Layout::PARQUET_EXTENSION))
+            {
+                let path = format!("{dir}/{}", file.name);
+                let meta = conduit_merger::parquet::read_footer(&*storage, &path, file.bytes)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                let columns = conduit_merger::parquet::arrow_schema_of(&meta)
+                    .and_then(|s| conduit_merger::parquet::columns_of(&s))
+                    .map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
+                spec.parquet = Some(columns);
+            }
+        }
         if since.is_some_and(|s| manifest.sealed_at < s) {
             continue;
         }
-        out.push_str(&spec.add_partition(minute, &dir));
+        partitions.push_str(&spec.add_partition(minute, &dir));
         added += 1;
     }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "-- conduit table: topic {topic}, view {view}, root {}",
+        spec.root_url
+    );
+    if !args.partitions_only {
+        out.push_str(&spec.create(&Layout::topic_dir(view, &topic)));
+    }
+    out.push_str(&partitions);
     print!("{out}");
     eprintln!(
         "{added} sealed {} of {topic} in {} printed as partitions; {unsealed} not sealed yet, left out",
@@ -374,7 +475,32 @@ mod tests {
             database: None,
             catalog: "hive".into(),
             root_url: "hdfs://nn:8020/conduit".into(),
+            parquet: None,
         }
+    }
+
+    #[test]
+    fn hourly_parquet_tables() {
+        let mut s = spec(Dialect::Spark, View::Hourly);
+        s.parquet = Some(vec![
+            ("payload".into(), ColumnKind::String),
+            ("minute".into(), ColumnKind::Timestamp),
+            ("n".into(), ColumnKind::Int64),
+        ]);
+        assert_eq!(
+            s.create("streams_hourly/clicks"),
+            "CREATE TABLE IF NOT EXISTS `clicks` (`payload` STRING, `minute` TIMESTAMP, `n` BIGINT, \
+             `dt` STRING, `hh` STRING) USING parquet PARTITIONED BY (`dt`, `hh`) LOCATION \
+             'hdfs://nn:8020/conduit/streams_hourly/clicks';\n"
+        );
+        s.dialect = Dialect::Hive;
+        assert!(s
+            .create("streams_hourly/clicks")
+            .contains(") PARTITIONED BY (`dt` STRING, `hh` STRING) STORED AS PARQUET LOCATION"));
+        s.dialect = Dialect::Trino;
+        assert!(s
+            .create("streams_hourly/clicks")
+            .contains("\"minute\" timestamp(3), \"n\" bigint, \"dt\" varchar, \"hh\" varchar) WITH (format = 'PARQUET'"));
     }
 
     fn minute() -> Minute {

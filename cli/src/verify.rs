@@ -11,8 +11,8 @@
 //! | `unlisted-file` | a data file in a sealed directory that its manifest does not list |
 //! | `missing-file` | a file the manifest lists is not there |
 //! | `size-mismatch` / `checksum-mismatch` | the file differs from the manifest |
-//! | `records-mismatch` | the trailer's (or, with decoding, the frames') record count differs |
-//! | `torn-file` | a listed file has no close trailer or a corrupt frame |
+//! | `records-mismatch` | the trailer's (or, with decoding, the frames'; for an hourly Parquet file, its footer's) record count differs |
+//! | `torn-file` | a listed file has no close trailer or a corrupt frame (an hourly Parquet file: no readable footer) |
 //! | `unmoved-file` | a closed collector file older than `--grace` still in `data/` |
 //! | `quarantined` | a damaged data file set aside under `quarantine/` (by collector recovery or the worker; `docs/format.md` §1.3), or listed in a manifest's `quarantined`: records of it are missing from the views |
 //! | `leftover-tmp` | a `_tmp.*` copy left by a failed or interrupted step (seal, merge, mirror, compaction, collector recovery): in a sealed directory, or older than `--grace` in an unsealed one or in `data/`; never part of a view |
@@ -303,6 +303,29 @@ impl Verifier<'_> {
                     path.clone(),
                     format!("manifest crc32c {:08x}, file {crc:08x}", file.crc32c),
                 );
+            }
+            if view == View::Hourly && file.name.ends_with(Layout::PARQUET_EXTENSION) {
+                // Hourly Parquet files (`docs/format.md` §7.5) have a footer, not
+                // a trailer; its row count is what the manifest lists.
+                match conduit_merger::parquet::footer_of_bytes(&buf) {
+                    Ok(meta) => {
+                        let (rows, _) = conduit_merger::parquet::counts(&meta);
+                        if rows != file.records {
+                            self.find(
+                                "records-mismatch",
+                                path,
+                                format!(
+                                    "manifest says {} records, parquet footer {rows}",
+                                    file.records
+                                ),
+                            );
+                        }
+                    }
+                    Err(reason) => {
+                        self.find("torn-file", path, format!("no parquet footer: {reason}"))
+                    }
+                }
+                continue;
             }
             let codec = Codec::of_file(&file.name);
             let structure = codec.scan(&buf, 0);

@@ -102,7 +102,11 @@ enum JobName {
 type Jobs = Vec<Box<dyn Job>>;
 
 /// Builds the selected jobs, and the sealing progress of those that report it.
-fn build_jobs(env: &JobEnv, only: Option<JobName>) -> (Jobs, Vec<SealProgress>) {
+fn build_jobs(
+    env: &JobEnv,
+    only: Option<JobName>,
+    metrics: &WorkerMetrics,
+) -> (Jobs, Vec<SealProgress>) {
     let mut jobs: Jobs = Vec::new();
     let mut progress = Vec::new();
     let wanted = |j: JobName| only.is_none() || only == Some(j);
@@ -122,7 +126,7 @@ fn build_jobs(env: &JobEnv, only: Option<JobName>) -> (Jobs, Vec<SealProgress>) 
         jobs.push(Box::new(job));
     }
     if wanted(JobName::Compact) {
-        let job = CompactJob::new(env.clone());
+        let job = CompactJob::new(env.clone()).with_invalid_rows(metrics.invalid_rows.clone());
         progress.push(job.progress());
         jobs.push(Box::new(job));
     }
@@ -232,9 +236,9 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         fence,
         worker_id,
     };
-    let (jobs, progress) = build_jobs(&env, args.job);
     let registry: SharedRegistry = Arc::new(Mutex::new(Default::default()));
     let metrics = WorkerMetrics::new(&registry);
+    let (jobs, progress) = build_jobs(&env, args.job, &metrics);
     conduit_core::http::register_process_metrics(&registry);
     let mut daemon = Daemon::new(
         jobs,

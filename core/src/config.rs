@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::format::{Codec, Encoding};
 use crate::layout::{NodeName, Topic};
+use crate::schema::TopicSchema;
 
 /// Default port of a collector's HTTP listener (`collector.http`): `/metrics`,
 /// `/health` and open-file reads. Its Scribe port is [`crate::scribe::DEFAULT_PORT`].
@@ -129,6 +130,17 @@ impl Validation {
     }
 }
 
+/// What the hourly compaction of a topic writes (`compact_format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CompactFormat {
+    /// One zstd file of the hour's records, bytes unchanged (`docs/format.md` §7.4).
+    #[default]
+    Lines,
+    /// One Parquet file, a row per event (`docs/format.md` §7.5).
+    Parquet,
+}
+
 /// Retention of each view, in hours.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -184,6 +196,12 @@ pub struct TopicDefaults {
     /// Whether the worker writes hourly compacted files.
     #[serde(default)]
     pub compact: bool,
+    /// What the hourly files are: zstd lines or Parquet.
+    #[serde(default)]
+    pub compact_format: CompactFormat,
+    /// Typed Parquet columns (`compact_format = "parquet"` only); unset: none.
+    #[serde(default)]
+    pub schema: Option<TopicSchema>,
     /// Cluster holding the merged view (`None`: no merged view).
     #[serde(default)]
     pub merge_into: Option<String>,
@@ -203,6 +221,8 @@ impl Default for TopicDefaults {
             validate: Validation::None,
             retention_hours: Retention::default(),
             compact: false,
+            compact_format: CompactFormat::Lines,
+            schema: None,
             merge_into: None,
             merge_sources: Vec::new(),
             mirrors: Vec::new(),
@@ -224,6 +244,10 @@ pub struct TopicConfig {
     pub retention_hours: Option<Retention>,
     /// Whether the worker writes hourly compacted files.
     pub compact: Option<bool>,
+    /// What the hourly files are.
+    pub compact_format: Option<CompactFormat>,
+    /// Typed Parquet columns.
+    pub schema: Option<TopicSchema>,
     /// Cluster holding the merged view.
     pub merge_into: Option<String>,
     /// Clusters feeding the merged view.
@@ -247,6 +271,10 @@ pub struct TopicSettings {
     pub retention_hours: Retention,
     /// Whether hourly compaction runs.
     pub compact: bool,
+    /// What the hourly files are.
+    pub compact_format: CompactFormat,
+    /// Typed Parquet columns, if any.
+    pub schema: Option<TopicSchema>,
     /// Cluster holding the merged view, if any.
     pub merge_into: Option<String>,
     /// Clusters feeding the merged view (resolved: never empty when `merge_into` is set).
@@ -594,6 +622,38 @@ impl std::fmt::Display for KeyDefault {
     }
 }
 
+/// The rules tying `compact`, `compact_format` and `schema` of one topic table
+/// (`key`): `format` and `schema` as the table sets them (`None`: inherited), the
+/// others effective. `[topic_defaults]` may set `compact_format = "parquet"` with
+/// `compact = false` (for the topics that turn compaction on); a topic table that
+/// asks for Parquet itself must compact.
+fn check_compaction(
+    key: &str,
+    compact: bool,
+    format: Option<CompactFormat>,
+    effective_format: CompactFormat,
+    schema: &Option<TopicSchema>,
+) -> Result<(), ConfigError> {
+    if format == Some(CompactFormat::Parquet) && !compact {
+        return Err(invalid(
+            format!("{key}.compact_format"),
+            "\"parquet\" is the format of hourly compaction, which is off: set compact = true",
+        ));
+    }
+    if let Some(schema) = schema {
+        if effective_format != CompactFormat::Parquet {
+            return Err(invalid(
+                format!("{key}.schema"),
+                "a schema types the columns of hourly Parquet files: set compact_format = \"parquet\" (and compact = true)",
+            ));
+        }
+        schema
+            .check()
+            .map_err(|e| invalid(format!("{key}.schema"), e))?;
+    }
+    Ok(())
+}
+
 /// Every key of the configuration file with its default, in dotted form
 /// (`collector.listen`, `topic_defaults.retention_hours.local`), derived from
 /// [`Config::default`]. The keys of `topic_defaults` also apply per topic
@@ -702,6 +762,8 @@ impl Config {
             self.topic_defaults.format,
             self.topic_defaults.merge_into.as_deref(),
         )?;
+        let d = &self.topic_defaults;
+        check_compaction("topic_defaults", true, None, d.compact_format, &d.schema)?;
         for (name, topic) in &self.topics {
             let key = format!("topics.{name}");
             Topic::new(name).map_err(|e| invalid(&key, e.to_string()))?;
@@ -714,6 +776,13 @@ impl Config {
                 &settings.retention_hours,
             )?;
             check_format(&key, settings.format, settings.merge_into.as_deref())?;
+            check_compaction(
+                &key,
+                settings.compact,
+                topic.compact_format,
+                settings.compact_format,
+                &topic.schema,
+            )?;
         }
         let c = &self.collector;
         if c.listen.parse::<std::net::SocketAddr>().is_err() {
@@ -969,6 +1038,8 @@ impl Config {
             validate: t.validate.unwrap_or(d.validate),
             retention_hours: t.retention_hours.unwrap_or(d.retention_hours),
             compact: t.compact.unwrap_or(d.compact),
+            compact_format: t.compact_format.unwrap_or(d.compact_format),
+            schema: t.schema.or_else(|| d.schema.clone()),
             merge_into,
             merge_sources,
             mirrors: t.mirrors.unwrap_or_else(|| d.mirrors.clone()),
@@ -1029,6 +1100,14 @@ mod tests {
         encoding = "base64"
         format = "gzip"
         mirrors = []
+
+        [topics.orders]
+        compact = true
+        compact_format = "parquet"
+        [topics.orders.schema]
+        type = "object"
+        required = ["id"]
+        properties = { id = { type = "integer" }, note = { type = "string" } }
     "#;
 
     #[test]
@@ -1047,6 +1126,16 @@ mod tests {
         assert_eq!(clicks.merge_into.as_deref(), Some("dc1"));
         assert_eq!(clicks.merge_sources, vec!["dc1", "dc2"]);
         assert_eq!(clicks.mirrors, vec!["dc2"]);
+        assert_eq!(clicks.compact_format, CompactFormat::Lines);
+        assert_eq!(clicks.schema, None);
+        let orders = config.topic(&Topic::new("orders").unwrap());
+        assert_eq!(orders.compact_format, CompactFormat::Parquet);
+        let schema = orders.schema.unwrap();
+        assert_eq!(schema.required, vec!["id"]);
+        assert_eq!(
+            schema.properties.keys().collect::<Vec<_>>(),
+            vec!["id", "note"]
+        );
         let raw = config.topic(&Topic::new("raw_bytes").unwrap());
         assert_eq!(raw.encoding, Encoding::Base64);
         assert!(raw.mirrors.is_empty());
@@ -1073,6 +1162,22 @@ mod tests {
             (
                 "[topics.a]\nformat = \"gzip\"\n",
                 "topics.a.format: \"gzip\" files are written in the merged view",
+            ),
+            (
+                "[topics.a]\ncompact = true\ncompact_format = \"orc\"\n",
+                "unknown variant `orc`, expected `lines` or `parquet`",
+            ),
+            (
+                "[topics.a]\ncompact_format = \"parquet\"\n",
+                "topics.a.compact_format: \"parquet\" is the format of hourly compaction, which is off: set compact = true",
+            ),
+            (
+                "[topics.a]\ncompact = true\nschema = { type = \"object\", properties = { n = { type = \"integer\" } } }\n",
+                "topics.a.schema: a schema types the columns of hourly Parquet files",
+            ),
+            (
+                "[topics.a]\ncompact = true\ncompact_format = \"parquet\"\nschema = { type = \"object\", required = [\"m\"], properties = { n = { type = \"integer\" } } }\n",
+                "topics.a.schema: required names \"m\"",
             ),
             ("[topics.\"a-b\"]\n", "topics.a-b"),
             ("[topics.a]\nmerge_into = \"dc9\"\n", "topics.a.merge_into"),

@@ -797,6 +797,11 @@ pub struct Layout;
 impl Layout {
     /// Extension of every data file.
     pub const DATA_EXTENSION: &'static str = ".zst";
+    /// Extension of hourly Parquet files ([`Layout::hourly_parquet_file_name`]).
+    pub const PARQUET_EXTENSION: &'static str = ".parquet";
+    /// Prefix of an hour's file of rows its Parquet file could not hold
+    /// ([`Layout::hourly_invalid_file_name`]).
+    pub const HOURLY_INVALID_PREFIX: &'static str = "_invalid.";
     /// Name of the completion marker inside a minute or hour directory.
     pub const SUCCESS_MARKER: &'static str = "_SUCCESS";
     /// Prefix of in-progress copies (starts with `_`, so Hadoop skips them).
@@ -1051,6 +1056,28 @@ impl Layout {
             Self::file_topic_token(topic),
             minute.hour_stamp(),
             Self::DATA_EXTENSION
+        )
+    }
+
+    /// `<ftopic>-yyyy-MM-dd-HH.parquet`, the compacted file of the hour containing
+    /// `minute` for a topic with `compact_format = "parquet"` (`docs/format.md` §7.5).
+    pub fn hourly_parquet_file_name(topic: &Topic, minute: Minute) -> String {
+        format!(
+            "{}-{}{}",
+            Self::file_topic_token(topic),
+            minute.hour_stamp(),
+            Self::PARQUET_EXTENSION
+        )
+    }
+
+    /// `_invalid.<ftopic>-yyyy-MM-dd-HH.zst`: the events of the hour that its
+    /// Parquet file could not hold, as `_invalid` records (`docs/format.md` §7.5).
+    /// Hidden (`_`), so readers of the hour directory skip it.
+    pub fn hourly_invalid_file_name(topic: &Topic, minute: Minute) -> String {
+        format!(
+            "{}{}",
+            Self::HOURLY_INVALID_PREFIX,
+            Self::hourly_file_name(topic, minute)
         )
     }
 

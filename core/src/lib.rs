@@ -21,7 +21,8 @@
 //!   records, checkpoints, leases, the dedup snapshot), each specified in
 //!   `docs/format.md`.
 //! - [`config`]: the TOML configuration with key-naming validation; every default
-//!   is defined there once.
+//!   is defined there once; [`schema`]: a topic's JSON schema (typed Parquet
+//!   columns of its hourly files).
 //! - [`clock`]: the [`Clock`] trait, so minute boundaries are testable without sleeps.
 //! - [`text`] and [`ratelimit`]: client-supplied text in logs escaped and capped, and
 //!   log lines about client mistakes rate-limited.
@@ -36,6 +37,7 @@ pub mod layout;
 pub mod manifest;
 pub mod ratelimit;
 pub mod records;
+pub mod schema;
 pub mod scribe;
 pub mod storage;
 pub mod text;
@@ -43,7 +45,7 @@ pub mod tls;
 pub mod tree;
 
 pub use clock::{Clock, SharedClock, SystemClock, TestClock};
-pub use config::{Config, ConfigError, TopicSettings, Validation};
+pub use config::{CompactFormat, Config, ConfigError, TopicSettings, Validation};
 pub use format::{Encoding, FormatError, FrameEncoder, RecordError, Trailer};
 pub use layout::{LayoutError, Minute, NodeName, Topic, View};
 pub use manifest::{Manifest, ManifestError, ManifestFile, QuarantinedFile};

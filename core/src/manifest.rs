@@ -280,9 +280,9 @@ pub async fn describe_file(
     Ok((described.bytes, described.crc32c, described.trailer))
 }
 
-/// The length and CRC-32C of the file at `path`, as manifests list them, read in
-/// chunks: all a `.gz` data file (no trailer; `docs/format.md` §3.7) can be
-/// checked against without decoding it.
+/// The length and CRC-32C of any file at `path`, as manifests list them, read in
+/// chunks: all a `.gz` data file (no trailer; `docs/format.md` §3.7) or an hourly
+/// Parquet file can be checked against without decoding it.
 pub async fn checksum_file(storage: &dyn Storage, path: &str) -> Result<(u64, u32), StorageError> {
     let len = storage.len(path).await?;
     let mut crc = 0;

@@ -8,7 +8,9 @@
 //! §7.4. When the hour's minutes hold `.gz` files (the merged view of a topic with
 //! `format = "gzip"`), the hourly file is `<ftopic>-yyyy-MM-dd-HH.gz`: those files
 //! concatenated unchanged (gzip members concatenate), checked by decoding and
-//! counting its records.
+//! counting its records. A topic with `compact_format = "parquet"` gets
+//! `<ftopic>-yyyy-MM-dd-HH.parquet` instead, written by [`crate::parquet`]
+//! (§7.5) from the records of either codec; all are sealed the same way.
 //!
 //! # Rules
 //!
@@ -35,22 +37,26 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 
 use conduit_core::format::gzip::gz_name;
 use conduit_core::format::{scan, Codec, Trailer};
 use conduit_core::layout::Layout;
-use conduit_core::manifest::describe_file;
+use conduit_core::manifest::{checksum_file, describe_file};
 use conduit_core::tree::{self, newest_sealed_dir, oldest_dir};
 use conduit_core::{
     CreateMode, Encoding, FileWriter, Manifest, ManifestFile, Minute, NodeName, RenameMode,
     Storage, Topic, View,
 };
 
+use conduit_core::http::prometheus_client::metrics::counter::Counter;
+use conduit_core::http::prometheus_client::metrics::family::Family;
+use conduit_core::CompactFormat;
+
 use crate::copy::{dir_state, tidy_unsealed, DirState, COPY_CHUNK};
-use crate::metrics::{SealProgress, SealView};
+use crate::metrics::{Labels, SealProgress, SealView};
 use crate::transcode::describe_gz;
-use crate::{JobEnv, PassReport, TopicJob, WorkerError};
+use crate::{Fence, JobEnv, PassReport, TopicJob, WorkerError};
 
 /// Hours compacted per topic in one pass at most.
 const MAX_HOURS_PER_PASS: u64 = 24;
@@ -63,6 +69,9 @@ pub struct CompactJob {
     frontiers: BTreeMap<Topic, Minute>,
     /// The newest sealed minute per topic (for the lag metric).
     progress: SealProgress,
+    /// Rows set aside from Parquet files, by topic
+    /// (`conduit_worker_invalid_rows_total`).
+    invalid_rows: Family<Labels, Counter>,
 }
 
 /// The data of one hour: its sealed minute manifests, oldest first.
@@ -75,7 +84,15 @@ impl CompactJob {
             env,
             frontiers: BTreeMap::new(),
             progress: SealProgress::default(),
+            invalid_rows: Family::default(),
         }
+    }
+
+    /// Counts rows set aside from Parquet files in `family` (the worker's
+    /// `conduit_worker_invalid_rows_total`) instead of a private one.
+    pub fn with_invalid_rows(mut self, family: Family<Labels, Counter>) -> Self {
+        self.invalid_rows = family;
+        self
     }
 
     /// The newest sealed minute per topic, updated as minutes are sealed (for
@@ -118,7 +135,8 @@ impl CompactJob {
         Ok(Some(manifests))
     }
 
-    /// Writes and seals the hourly file of `hour` from its minute manifests.
+    /// Writes and seals the hourly file of `hour` from its minute manifests, in
+    /// the topic's `compact_format`.
     async fn compact_hour(
         &self,
         topic: &Topic,
@@ -129,82 +147,27 @@ impl CompactJob {
         let storage = self.env.this.storage.as_ref();
         let fence = self.env.fence.as_ref();
         let dir = Layout::hour_dir(topic, hour);
-        let codec = hour_codec(topic, hour, minutes)?;
-        let name = match codec {
-            Codec::Zstd => Layout::hourly_file_name(topic, hour),
-            Codec::Gzip => gz_name(&Layout::hourly_file_name(topic, hour)),
+        let settings = self.env.config.topic(topic);
+        let (name, records, bytes, crc32c) = match settings.compact_format {
+            CompactFormat::Lines => match hour_codec(topic, hour, minutes)? {
+                Codec::Zstd => lines_hour(storage, fence, topic, view, hour, minutes).await?,
+                Codec::Gzip => gz_hour(storage, fence, topic, view, hour, minutes).await?,
+            },
+            CompactFormat::Parquet => {
+                let (name, rows) = crate::parquet::write_hour(
+                    storage,
+                    fence,
+                    &settings,
+                    view,
+                    hour,
+                    minutes,
+                    &self.invalid_rows,
+                )
+                .await?;
+                let (bytes, crc32c) = checksum_file(storage, &format!("{dir}/{name}")).await?;
+                (name, rows, bytes, crc32c)
+            }
         };
-        let path = format!("{dir}/{name}");
-        let records: u64 = minutes.iter().map(|m| m.records).sum();
-        if codec == Codec::Gzip {
-            if !storage.exists(&path).await? {
-                self.write_gz_hour(topic, view, minutes, &path, records)
-                    .await?;
-            }
-        } else if !storage.exists(&path).await? {
-            let tmp = Layout::tmp_path(&path);
-            let mut writer = storage.create(&tmp, CreateMode::Overwrite).await?;
-            let mut totals: Option<Trailer> = None;
-            for manifest in minutes {
-                let minute_dir = Layout::minute_dir(view, topic, manifest.minute);
-                for file in &manifest.files {
-                    let source = format!("{minute_dir}/{}", file.name);
-                    let trailer =
-                        copy_data_frames(storage, &source, file.bytes, writer.as_mut()).await?;
-                    totals = Some(match totals {
-                        None => trailer,
-                        Some(t) if t.encoding == trailer.encoding => Trailer {
-                            encoding: t.encoding,
-                            records: t.records + trailer.records,
-                            record_bytes: t.record_bytes + trailer.record_bytes,
-                        },
-                        Some(t) => {
-                            return Err(WorkerError::Other(format!(
-                                "{source} is encoded {:?} but earlier files of hour {hour} of {topic} are {:?}; \
-                                 an hour cannot mix encodings",
-                                trailer.encoding, t.encoding
-                            )))
-                        }
-                    });
-                }
-            }
-            let totals = totals.unwrap_or(Trailer {
-                encoding: Encoding::Lines,
-                records: 0,
-                record_bytes: 0,
-            });
-            writer.write(totals.encode()).await?;
-            writer.close().await?;
-            let (_, _, trailer) = describe_file(storage, &tmp).await?;
-            if trailer.records != records {
-                return Err(WorkerError::Other(format!(
-                    "{path}: the compacted file holds {} records, the minute manifests {records}",
-                    trailer.records
-                )));
-            }
-            fence.check().await?;
-            match storage.rename(&tmp, &path, RenameMode::NoOverwrite).await {
-                Ok(()) => {}
-                Err(e) if e.is_already_exists() => {
-                    storage.delete(&tmp, false).await?;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        let (bytes, crc32c, found) = match codec {
-            Codec::Zstd => {
-                let (bytes, crc32c, trailer) = describe_file(storage, &path).await?;
-                (bytes, crc32c, trailer.records)
-            }
-            Codec::Gzip => describe_gz(storage, &path)
-                .await?
-                .map_err(|reason| WorkerError::Other(format!("{path}: {reason}")))?,
-        };
-        if found != records {
-            return Err(WorkerError::Other(format!(
-                "{path} holds {found} records, the minute manifests of its hour {records}"
-            )));
-        }
         tidy_unsealed(storage, &dir, fence, |n| n == name).await?;
         let clusters: BTreeSet<NodeName> = minutes
             .iter()
@@ -236,25 +199,110 @@ impl CompactJob {
         );
         fence.check().await?;
         manifest.seal(storage).await?;
-        tracing::info!(%topic, %hour, records, bytes, minutes = minutes.len(), "sealed hourly file");
+        tracing::info!(%topic, %hour, records, bytes, minutes = minutes.len(), format = ?settings.compact_format, "sealed hourly file");
         Ok(())
     }
 }
 
-impl CompactJob {
-    /// Writes the `.gz` hourly file at `path`: the hour's `.gz` minute files
-    /// concatenated, bytes unchanged (gzip members concatenate), through a hidden
-    /// temporary name checked for `records`, renamed without overwrite.
-    async fn write_gz_hour(
-        &self,
-        topic: &Topic,
-        view: View,
-        minutes: &Hour,
-        path: &str,
-        records: u64,
-    ) -> Result<(), WorkerError> {
-        let storage = self.env.this.storage.as_ref();
-        let tmp = Layout::tmp_path(path);
+/// Writes the lines file of `hour` (its data frames, bytes unchanged, and one
+/// trailer) unless it exists, and checks it against the manifests' record
+/// count. Returns its name, records, length and CRC-32C.
+async fn lines_hour(
+    storage: &dyn Storage,
+    fence: &dyn Fence,
+    topic: &Topic,
+    view: View,
+    hour: Minute,
+    minutes: &Hour,
+) -> Result<(String, u64, u64, u32), WorkerError> {
+    let dir = Layout::hour_dir(topic, hour);
+    let name = Layout::hourly_file_name(topic, hour);
+    let path = format!("{dir}/{name}");
+    let records: u64 = minutes.iter().map(|m| m.records).sum();
+    if !storage.exists(&path).await? {
+        let tmp = Layout::tmp_path(&path);
+        let mut sink = LinesSink {
+            writer: storage.create(&tmp, CreateMode::Overwrite).await?,
+            out: BytesMut::new(),
+        };
+        let mut totals: Option<Trailer> = None;
+        for manifest in minutes {
+            let minute_dir = Layout::minute_dir(view, topic, manifest.minute);
+            for file in &manifest.files {
+                let source = format!("{minute_dir}/{}", file.name);
+                let trailer = read_data_frames(storage, &source, file.bytes, &mut sink).await?;
+                totals = Some(match totals {
+                    None => trailer,
+                    Some(t) if t.encoding == trailer.encoding => Trailer {
+                        encoding: t.encoding,
+                        records: t.records + trailer.records,
+                        record_bytes: t.record_bytes + trailer.record_bytes,
+                    },
+                    Some(t) => {
+                        return Err(WorkerError::Other(format!(
+                            "{source} is encoded {:?} but earlier files of hour {hour} of {topic} are {:?}; \
+                             an hour cannot mix encodings",
+                            trailer.encoding, t.encoding
+                        )))
+                    }
+                });
+            }
+        }
+        let totals = totals.unwrap_or(Trailer {
+            encoding: Encoding::Lines,
+            records: 0,
+            record_bytes: 0,
+        });
+        let LinesSink { mut writer, out } = sink;
+        if !out.is_empty() {
+            writer.write(out.freeze()).await?;
+        }
+        writer.write(totals.encode()).await?;
+        writer.close().await?;
+        let (_, _, trailer) = describe_file(storage, &tmp).await?;
+        if trailer.records != records {
+            return Err(WorkerError::Other(format!(
+                "{path}: the compacted file holds {} records, the minute manifests {records}",
+                trailer.records
+            )));
+        }
+        fence.check().await?;
+        match storage.rename(&tmp, &path, RenameMode::NoOverwrite).await {
+            Ok(()) => {}
+            Err(e) if e.is_already_exists() => {
+                storage.delete(&tmp, false).await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let (bytes, crc32c, trailer) = describe_file(storage, &path).await?;
+    if trailer.records != records {
+        return Err(WorkerError::Other(format!(
+            "{path} holds {} records, the minute manifests of its hour {records}",
+            trailer.records
+        )));
+    }
+    Ok((name, records, bytes, crc32c))
+}
+
+/// Writes the `.gz` hourly file of `hour` unless it exists: the hour's `.gz`
+/// minute files concatenated, bytes unchanged (gzip members concatenate), through
+/// a hidden temporary name checked for the manifests' record count, renamed
+/// without overwrite. Returns its name, records, length and CRC-32C.
+async fn gz_hour(
+    storage: &dyn Storage,
+    fence: &dyn Fence,
+    topic: &Topic,
+    view: View,
+    hour: Minute,
+    minutes: &Hour,
+) -> Result<(String, u64, u64, u32), WorkerError> {
+    let dir = Layout::hour_dir(topic, hour);
+    let name = gz_name(&Layout::hourly_file_name(topic, hour));
+    let path = format!("{dir}/{name}");
+    let records: u64 = minutes.iter().map(|m| m.records).sum();
+    if !storage.exists(&path).await? {
+        let tmp = Layout::tmp_path(&path);
         let mut writer = storage.create(&tmp, CreateMode::Overwrite).await?;
         for manifest in minutes {
             let minute_dir = Layout::minute_dir(view, topic, manifest.minute);
@@ -278,20 +326,29 @@ impl CompactJob {
         writer.close().await?;
         match describe_gz(storage, &tmp).await? {
             Ok((_, _, found)) if found == records => {}
-            Ok((_, _, found)) => {
-                return Err(WorkerError::Other(format!(
+            Ok((_, _, found)) => return Err(WorkerError::Other(format!(
                 "{path}: the compacted file holds {found} records, the minute manifests {records}"
-            )))
-            }
+            ))),
             Err(reason) => return Err(WorkerError::Other(format!("{tmp}: {reason}"))),
         }
-        self.env.fence.check().await?;
-        match storage.rename(&tmp, path, RenameMode::NoOverwrite).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.is_already_exists() => Ok(storage.delete(&tmp, false).await.map(|_| ())?),
-            Err(e) => Err(e.into()),
+        fence.check().await?;
+        match storage.rename(&tmp, &path, RenameMode::NoOverwrite).await {
+            Ok(()) => {}
+            Err(e) if e.is_already_exists() => {
+                storage.delete(&tmp, false).await?;
+            }
+            Err(e) => return Err(e.into()),
         }
     }
+    let (bytes, crc32c, found) = describe_gz(storage, &path)
+        .await?
+        .map_err(|reason| WorkerError::Other(format!("{path}: {reason}")))?;
+    if found != records {
+        return Err(WorkerError::Other(format!(
+            "{path} holds {found} records, the minute manifests of its hour {records}"
+        )));
+    }
+    Ok((name, records, bytes, crc32c))
 }
 
 /// The codec of an hour's files (by name): gzip when its minutes hold `.gz`
@@ -312,18 +369,45 @@ fn hour_codec(topic: &Topic, hour: Minute, minutes: &Hour) -> Result<Codec, Work
     }
 }
 
-/// Appends the data frames of the closed file `path` (`len` bytes) to `writer`,
-/// reading in chunks; returns the file's trailer.
-async fn copy_data_frames(
+/// Where the data frames of an hour's source files go, one at a time, as
+/// [`read_data_frames`] finds them: the lines file ([`LinesSink`]) or the
+/// Parquet encoder ([`crate::parquet`]).
+#[async_trait::async_trait]
+pub(crate) trait HourSink: Send {
+    /// Takes one data frame, compressed as stored.
+    async fn data_frame(&mut self, frame: &[u8]) -> Result<(), WorkerError>;
+}
+
+/// The lines output: data frames appended unchanged, written in chunks.
+struct LinesSink {
+    writer: Box<dyn FileWriter>,
+    /// Frames not yet written.
+    out: BytesMut,
+}
+
+#[async_trait::async_trait]
+impl HourSink for LinesSink {
+    async fn data_frame(&mut self, frame: &[u8]) -> Result<(), WorkerError> {
+        self.out.extend_from_slice(frame);
+        if self.out.len() as u64 >= COPY_CHUNK {
+            self.writer.write(self.out.split().freeze()).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Hands the data frames of the closed file `path` (`len` bytes) to `sink`,
+/// reading in chunks (one frame at most is held whole); returns the file's
+/// trailer.
+pub(crate) async fn read_data_frames(
     storage: &dyn Storage,
     path: &str,
     len: u64,
-    writer: &mut dyn FileWriter,
+    sink: &mut dyn HourSink,
 ) -> Result<Trailer, WorkerError> {
     let mut pending = BytesMut::new(); // bytes read but not yet framed
     let mut base = 0u64; // file offset of pending[0]
     let mut at = 0u64;
-    let mut out = BytesMut::new();
     let mut trailer = None;
     while at < len {
         let end = (at + COPY_CHUNK).min(len);
@@ -341,18 +425,12 @@ async fn copy_data_frames(
                 trailer = Trailer::decode(bytes);
             } else {
                 trailer = None; // a trailer counts only as the last frame
-                out.extend_from_slice(bytes);
+                sink.data_frame(bytes).await?;
             }
         }
         let consumed = (found.valid_len - base) as usize;
         let _ = pending.split_to(consumed);
         base = found.valid_len;
-        if out.len() as u64 >= COPY_CHUNK {
-            writer.write(out.split().freeze()).await?;
-        }
-    }
-    if !out.is_empty() {
-        writer.write(Bytes::from(out)).await?;
     }
     if at != len || !pending.is_empty() {
         return Err(WorkerError::Other(format!(
@@ -385,6 +463,13 @@ impl TopicJob for CompactJob {
             let settings = config.topic(&topic);
             if !settings.compact {
                 continue;
+            }
+            if settings.compact_format == CompactFormat::Parquet {
+                // Present at 0 from the first pass, so a scrape tells "none" from
+                // "not counted".
+                let _counter = self
+                    .invalid_rows
+                    .get_or_create(&vec![("topic", topic.to_string())]);
             }
             let merged_here = settings.merge_into.as_deref() == Some(this)
                 || (settings.merge_into.is_some() && settings.mirrors.iter().any(|m| m == this));

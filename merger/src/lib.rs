@@ -14,7 +14,8 @@
 //! - `mirror`: copies sealed merged minutes byte for byte to mirror clusters.
 //! - `purge`: deletes sealed minutes older than retention.
 //! - `compact`: concatenates the minute files of closed hours into
-//!   `streams_hourly/`.
+//!   `streams_hourly/`, or writes them as one Parquet file per hour
+//!   (`parquet`, for topics with `compact_format = "parquet"`).
 //!
 //! `local`, `merge`, `mirror` and `compact` work topic by topic: they implement
 //! `TopicJob`, whose one pass loop ([`Job`] for every `TopicJob`) handles a
@@ -41,6 +42,7 @@ pub mod compact;
 mod copy;
 pub mod merge;
 pub mod mirror;
+pub mod parquet;
 pub mod purge;
 mod transcode;
 

@@ -16,6 +16,7 @@
 //! | `conduit_worker_files_quarantined_total` | counter | job | files set aside in `quarantine/` because they could not be sealed |
 //! | `conduit_worker_duplicates_dropped_total` | counter | job | records dropped at the seal as second copies of publisher batches |
 //! | `conduit_worker_lag_seconds` | gauge | view (`local`, `merged`, `mirror`, `hourly`), topic | clock minus the end of the newest sealed minute |
+//! | `conduit_worker_invalid_rows_total` | counter | topic | events of topics with `compact_format = "parquet"` set aside from their hourly Parquet file (not matching the schema, or not UTF-8 where the payload column is a string) |
 //! | `conduit_worker_lease_held` | gauge | | 1 while this worker holds the lease, 0 on standby |
 //! | `conduit_worker_lease_epoch` | gauge | | epoch of the lease last held |
 //!
@@ -127,6 +128,9 @@ pub struct WorkerMetrics {
     pub duplicates_dropped: Family<Labels, Counter>,
     /// Lag of the newest sealed minute behind the clock, by view and topic.
     pub lag_seconds: Family<Labels, Gauge<f64, AtomicU64>>,
+    /// Rows set aside from hourly Parquet files, by topic (the compact job
+    /// counts them, [`crate::CompactJob::with_invalid_rows`]).
+    pub invalid_rows: Family<Labels, Counter>,
     /// 1 while the lease is held.
     pub lease_held: Gauge,
     /// Epoch of the lease last held.
@@ -148,6 +152,7 @@ impl WorkerMetrics {
             quarantined: Family::default(),
             duplicates_dropped: Family::default(),
             lag_seconds: Family::default(),
+            invalid_rows: Family::default(),
             lease_held: Gauge::default(),
             lease_epoch: Gauge::default(),
         };
@@ -195,6 +200,11 @@ impl WorkerMetrics {
             "lag_seconds",
             "Seconds between the clock and the end of the newest sealed minute",
             m.lag_seconds.clone(),
+        );
+        r.register(
+            "invalid_rows",
+            "Events set aside from hourly Parquet files (schema mismatch or not UTF-8), by topic",
+            m.invalid_rows.clone(),
         );
         r.register(
             "lease_held",

@@ -1211,3 +1211,124 @@ async fn a_gzip_topic_is_merged_to_gz_files_and_compacted_to_one_gz_hour() {
     );
     assert_eq!(gunzip_lines(root, &path), expected, "the hour, in order");
 }
+
+/// One closed hour of `clicks` (minutes 10:00, 10:01 and 10:59; 11:00 sealed)
+/// compacted to Parquet with the schema `properties`; the clock after the hour.
+async fn parquet_world(properties: &str) -> World {
+    let hour = minute("2026-11-22T10:00Z");
+    let world = World::new(
+        &["dc1"],
+        &format!(
+            "compact = true\ncompact_format = \"parquet\"\nvalidate = \"json\"\n\
+             schema = {{ type = \"object\", required = [\"i\"], properties = {{ {properties} }} }}\n"
+        ),
+        "",
+        hour.start(),
+    );
+    for m in [0, 1, 59, 60] {
+        seal_simple(&world, "dc1", hour.add_minutes(m).unwrap()).await;
+    }
+    world.clock.set(minute("2026-11-22T11:01Z").start());
+    world
+}
+
+/// The hour's manifest, and the rows of its Parquet file and of its invalid file.
+async fn parquet_hour(storage: &dyn Storage) -> (Manifest, u64, u64) {
+    let hour = minute("2026-11-22T10:00Z");
+    let dir = Layout::hour_dir(&topic(), hour);
+    let manifest = Manifest::read(storage, &dir).await.unwrap().unwrap();
+    assert_eq!(manifest.files.len(), 1);
+    let file = &manifest.files[0];
+    assert_eq!(file.name, "clicks-2026-11-22-10.parquet");
+    let path = format!("{dir}/{}", file.name);
+    let bytes = storage.read(&path).await.unwrap();
+    assert_eq!(file.bytes, bytes.len() as u64);
+    assert_eq!(file.crc32c, conduit_core::manifest::crc32c(&bytes));
+    let meta = conduit_merger::parquet::footer_of_bytes(&bytes).unwrap();
+    let (rows, noted) = conduit_merger::parquet::counts(&meta);
+    assert_eq!(rows, file.records);
+    let invalid_path = format!("{dir}/_invalid.clicks-2026-11-22-10.zst");
+    let invalid = if storage.exists(&invalid_path).await.unwrap() {
+        describe_file(storage, &invalid_path)
+            .await
+            .unwrap()
+            .2
+            .records
+    } else {
+        0
+    };
+    assert_eq!(noted, invalid);
+    let names: BTreeSet<String> = storage
+        .list_or_empty(&dir)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .filter(|n| !n.starts_with("_invalid.") && n != "_SUCCESS")
+        .collect();
+    assert_eq!(names, BTreeSet::from([file.name.clone()]), "no leftovers");
+    (manifest, rows, invalid)
+}
+
+#[tokio::test]
+async fn parquet_compaction_survives_a_crash_at_every_storage_call() {
+    // Every row typed, then every row set aside (`seq` is not a string).
+    for properties in [
+        "i = { type = \"integer\" }, seq = { type = \"integer\" }, late = { type = \"boolean\" }",
+        "i = { type = \"integer\" }, seq = { type = \"string\" }",
+    ] {
+        let clean = parquet_world(properties).await;
+        let mut job = CompactJob::new(clean.env("dc1", None));
+        assert_eq!(job.pass().await.unwrap().sealed, 1);
+        let (want, rows, invalid) = parquet_hour(clean.storage("dc1").as_ref()).await;
+        let minutes: u64 = {
+            let storage = clean.storage("dc1");
+            let mut sum = 0;
+            for m in [0, 1, 59] {
+                let m = minute("2026-11-22T10:00Z").add_minutes(m).unwrap();
+                sum += Manifest::read(
+                    storage.as_ref(),
+                    &Layout::minute_dir(View::Local, &topic(), m),
+                )
+                .await
+                .unwrap()
+                .unwrap()
+                .records;
+            }
+            sum
+        };
+        assert_eq!(rows + invalid, minutes, "{properties}");
+        assert!(rows == 0 || invalid == 0, "{properties}");
+        for n in 0.. {
+            let world = parquet_world(properties).await;
+            let plan = FaultPlan::new();
+            plan.fail_after(n);
+            let outcome = CompactJob::new(world.env_with_faults("dc1", &plan))
+                .pass()
+                .await;
+            if plan.injected() == 0 {
+                outcome.unwrap();
+                assert!(n > 10, "only {n} storage calls were failed");
+                break;
+            }
+            plan.heal();
+            let mut job = CompactJob::new(world.env("dc1", None));
+            for _ in 0..2 {
+                job.pass()
+                    .await
+                    .unwrap_or_else(|e| panic!("crash at call {n}: {e}"));
+            }
+            let (got, got_rows, got_invalid) = parquet_hour(world.storage("dc1").as_ref()).await;
+            assert_eq!(
+                (got_rows, got_invalid),
+                (rows, invalid),
+                "crash at call {n}: the same rows"
+            );
+            assert_eq!(
+                (got.files[0].bytes, got.files[0].crc32c),
+                (want.files[0].bytes, want.files[0].crc32c),
+                "crash at call {n}: the same file, byte for byte"
+            );
+        }
+    }
+}
