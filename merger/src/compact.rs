@@ -326,9 +326,11 @@ async fn gz_hour(
         writer.close().await?;
         match describe_gz(storage, &tmp).await? {
             Ok((_, _, found)) if found == records => {}
-            Ok((_, _, found)) => return Err(WorkerError::Other(format!(
+            Ok((_, _, found)) => {
+                return Err(WorkerError::Other(format!(
                 "{path}: the compacted file holds {found} records, the minute manifests {records}"
-            ))),
+            )))
+            }
             Err(reason) => return Err(WorkerError::Other(format!("{tmp}: {reason}"))),
         }
         fence.check().await?;

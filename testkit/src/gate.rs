@@ -96,3 +96,44 @@ pub fn tool(test: &str, name: &str) -> bool {
     }
     found
 }
+
+/// A pyspark venv built by `scripts/pyspark-venv.sh VERSION`: the variable
+/// `.ci/run` exports its python in, and the version.
+#[derive(Debug, Clone, Copy)]
+pub struct Pyspark {
+    /// Environment variable holding the venv's python.
+    pub var: &'static str,
+    /// pyspark version.
+    pub version: &'static str,
+}
+
+/// Spark 4 (`CONDUIT_PYSPARK4`).
+pub const PYSPARK4: Pyspark = Pyspark {
+    var: "CONDUIT_PYSPARK4",
+    version: "4.0.1",
+};
+
+/// Spark 3.5 (`CONDUIT_PYSPARK35`).
+pub const PYSPARK35: Pyspark = Pyspark {
+    var: "CONDUIT_PYSPARK35",
+    version: "3.5.7",
+};
+
+/// The python of `spark`'s venv: from its variable, else the cached venv under
+/// `~/.cache/conduit`; `None` after [`missing`] when neither exists.
+pub fn pyspark(test: &str, spark: Pyspark) -> Option<String> {
+    let Pyspark { var, version } = spark;
+    let python = std::env::var(var).ok().or_else(|| {
+        let home = std::env::var("HOME").ok()?;
+        let p = format!("{home}/.cache/conduit/venv-pyspark-{version}/bin/python");
+        std::path::Path::new(&p).exists().then_some(p)
+    });
+    if python.is_none() {
+        missing(
+            test,
+            &format!("no python with pyspark {version} ({var})"),
+            &format!("export {var}=\"$(scripts/pyspark-venv.sh {version})\"; .ci/run does"),
+        );
+    }
+    python
+}

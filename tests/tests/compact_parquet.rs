@@ -14,9 +14,9 @@
 //! closed hour, which a collector receiving events now would give only at the next
 //! hour boundary; a worker process cannot run on a test clock.
 //!
-//! Python readers need their modules (`gate::python`); Spark needs the pyspark 4
-//! venv (`CONDUIT_PYSPARK4`, as in `table_sql.rs`). Both fail under `CI=true` when
-//! missing.
+//! Python readers need their modules (`gate::python`); Spark 4 and Spark 3.5 need
+//! the pyspark venvs `.ci/run` builds (`gate::pyspark`: `CONDUIT_PYSPARK4`,
+//! `CONDUIT_PYSPARK35`). All fail under `CI=true` when missing.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -691,27 +691,11 @@ async fn typed_columns_and_invalid_rows() {
             "{reader}"
         );
     }
-    if let Some(python) = pyspark("typed_columns_and_invalid_rows") {
-        spark_reads_the_hour(&python, &c, ids);
+    for spark in [gate::PYSPARK4, gate::PYSPARK35] {
+        if let Some(python) = gate::pyspark("typed_columns_and_invalid_rows", spark) {
+            spark_reads_the_hour(&python, &c, ids);
+        }
     }
-}
-
-/// The pyspark 4 venv's python, or `None` after `gate::missing` (see
-/// `table_sql.rs`).
-fn pyspark(test: &str) -> Option<String> {
-    let python = std::env::var("CONDUIT_PYSPARK4").ok().or_else(|| {
-        let home = std::env::var("HOME").ok()?;
-        let p = format!("{home}/.cache/conduit/venv-pyspark-4.0.1/bin/python");
-        Path::new(&p).exists().then_some(p)
-    });
-    if python.is_none() {
-        gate::missing(
-            test,
-            "no python with pyspark 4 (CONDUIT_PYSPARK4)",
-            "export CONDUIT_PYSPARK4=\"$(scripts/pyspark-venv.sh)\"; .ci/run does",
-        );
-    }
-    python
 }
 
 /// Runs the SQL on stdin in Spark local mode, then reads the `orders` hour with

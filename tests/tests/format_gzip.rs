@@ -423,27 +423,10 @@ fn run_spark(python: &str, fx: &Fixture, sql: &str) -> Value {
         .unwrap_or_else(|e| panic!("pyspark printed {stdout:?}: {e}"))
 }
 
-/// The python of a pyspark venv named by `var`, or the cached venv of `version`.
-fn pyspark(test: &str, var: &str, version: &str) -> Option<String> {
-    let python = std::env::var(var).ok().or_else(|| {
-        let home = std::env::var("HOME").ok()?;
-        let p = format!("{home}/.cache/conduit/venv-pyspark-{version}/bin/python");
-        Path::new(&p).exists().then_some(p)
-    });
-    if python.is_none() {
-        gate::missing(
-            test,
-            &format!("no python with pyspark {version} ({var})"),
-            &format!("export {var}=\"$(scripts/pyspark-venv.sh {version})\"; .ci/run does"),
-        );
-    }
-    python
-}
-
 #[test]
 fn spark4_reads_the_gz_minutes_and_their_table() {
     let test = "spark4_reads_the_gz_minutes_and_their_table";
-    let Some(python) = pyspark(test, "CONDUIT_PYSPARK4", "4.0.1") else {
+    let Some(python) = gate::pyspark(test, gate::PYSPARK4) else {
         return;
     };
     let fx = fixture();
@@ -505,7 +488,7 @@ fn gunzip(path: &Path) -> Vec<u8> {
 #[test]
 fn spark35_reads_the_gz_minutes() {
     let test = "spark35_reads_the_gz_minutes";
-    let Some(python) = pyspark(test, "CONDUIT_PYSPARK35", "3.5.7") else {
+    let Some(python) = gate::pyspark(test, gate::PYSPARK35) else {
         return;
     };
     let fx = fixture();
