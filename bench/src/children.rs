@@ -206,12 +206,14 @@ impl std::fmt::Debug for Bus {
 }
 
 impl Bus {
-    /// Writes the config into `dir` and starts both collectors and both workers
-    /// (logs in `dir/logs/`).
+    /// Writes the config into `dir` (every topic in batch format `format`,
+    /// `zstd` or `gzip`) and starts both collectors and both workers (logs in
+    /// `dir/logs/`).
     pub async fn start(
         conduit: &Conduit,
         dir: &Path,
         roots: BusRoots,
+        format: &str,
         worker_interval_ms: u64,
         log_level: &str,
     ) -> anyhow::Result<Bus> {
@@ -222,7 +224,7 @@ impl Bus {
             format!(
                 "# Written by conduit-bench: two datacenters, merged into dc1, mirrored to dc2.\n\
                  [clusters.dc1]\nroot = {:?}\n\n[clusters.dc2]\nroot = {:?}\n\n\
-                 [topic_defaults]\nencoding = \"lines\"\nmerge_into = \"dc1\"\n\
+                 [topic_defaults]\nencoding = \"lines\"\nformat = {format:?}\nmerge_into = \"dc1\"\n\
                  merge_sources = [\"dc1\", \"dc2\"]\nmirrors = [\"dc2\"]\ncompact = false\n\n\
                  [worker]\ninterval_ms = {worker_interval_ms}\n",
                 roots.dc1, roots.dc2

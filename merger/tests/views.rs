@@ -1332,3 +1332,98 @@ async fn parquet_compaction_survives_a_crash_at_every_storage_call() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_gzip_topic_compacts_its_merged_gz_minutes_to_parquet() {
+    // `format = "gzip"` and `compact_format = "parquet"` together: the hour is
+    // built from the merged view's `.gz` files (not the local `.zst` ones), and
+    // every record becomes one row, in order, with its minute and origin.
+    let hour = minute("2026-11-22T10:00Z");
+    let world = World::new(
+        &["dc1"],
+        "merge_into = \"dc1\"\nformat = \"gzip\"\ncompact = true\ncompact_format = \"parquet\"\n",
+        "",
+        hour.start(),
+    );
+    let mut expected = Vec::new();
+    for m in [0, 1, 2, 59] {
+        expected.extend(seal_simple(&world, "dc1", hour.add_minutes(m).unwrap()).await);
+    }
+    seal_simple(&world, "dc1", minute("2026-11-22T11:00Z")).await;
+    world.clock.set(minute("2026-11-22T11:01Z").start());
+    // Every minute of the hour (those without files sealed empty) and 11:00.
+    assert_eq!(
+        MergeJob::new(world.env("dc1", None))
+            .pass()
+            .await
+            .unwrap()
+            .sealed,
+        61
+    );
+    let storage = world.storage("dc1");
+    let merged = Manifest::dir(View::Merged, &topic(), hour);
+    let names: Vec<String> = storage
+        .list_or_empty(&merged)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .filter(|n| n != "_SUCCESS")
+        .collect();
+    assert!(
+        !names.is_empty() && names.iter().all(|n| n.ends_with(".gz")),
+        "the hour's sources are gzip files: {names:?}"
+    );
+
+    assert_eq!(
+        CompactJob::new(world.env("dc1", None))
+            .pass()
+            .await
+            .unwrap()
+            .sealed,
+        1
+    );
+    let (manifest, rows, invalid) = parquet_hour(storage.as_ref()).await;
+    assert_eq!((rows, invalid), (expected.len() as u64, 0));
+    assert_eq!(manifest.records, rows);
+
+    let path = format!(
+        "{}/{}",
+        Layout::hour_dir(&topic(), hour),
+        manifest.files[0].name
+    );
+    let bytes = storage.read(&path).await.unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut payloads = Vec::new();
+    let mut collectors = BTreeSet::new();
+    for batch in reader {
+        let batch = batch.unwrap();
+        let payload = batch.column_by_name("payload").expect("a payload column");
+        let payload = payload
+            .as_any()
+            .downcast_ref::<arrow_array::BinaryArray>()
+            .expect("payload is BINARY for a topic that does not validate");
+        payloads.extend(
+            payload
+                .iter()
+                .map(|p| String::from_utf8(p.unwrap().to_vec()).unwrap()),
+        );
+        let collector = batch
+            .column_by_name("collector")
+            .expect("a collector column");
+        let collector = collector
+            .as_any()
+            .downcast_ref::<arrow_array::StringArray>()
+            .unwrap();
+        collectors.extend(collector.iter().map(|c| c.unwrap().to_string()));
+    }
+    assert_eq!(payloads, expected, "the hour's rows: the records, in order");
+    assert_eq!(
+        collectors,
+        BTreeSet::from(["c1".to_string(), "c2".to_string()]),
+        "origin parsed from the .gz names"
+    );
+}

@@ -71,6 +71,12 @@ pub struct SealArgs {
     #[arg(long, value_name = "URI")]
     hdfs: Option<String>,
 
+    /// Batch format of topic `bench` (`format` of `[topic_defaults]`): `zstd`, or
+    /// `gzip` (the worker transcodes each merged minute to `.gz`; the local view
+    /// stays zstd), to compare what gzip costs the merged view and the mirror.
+    #[arg(long, default_value = "zstd", value_parser = ["zstd", "gzip"])]
+    format: String,
+
     /// Number of runs (each a fresh bus); the table pools every measured minute.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
     runs: u32,
@@ -214,6 +220,7 @@ async fn measure(
         conduit,
         dir,
         roots,
+        &args.format,
         args.worker_interval_ms,
         &args.child_log_level,
     )
@@ -377,6 +384,7 @@ fn run_json(args: &SealArgs, r: &SealRun) -> serde_json::Value {
         "rate": args.rate,
         "minutes": args.minutes,
         "backend": args.backend,
+        "format": args.format,
         "worker_interval_ms": args.worker_interval_ms,
         "poll_ms": args.poll_ms,
         "published": r.published,
@@ -407,8 +415,8 @@ fn p50(values: &[f64]) -> f64 {
 
 fn print_table(args: &SealArgs, runs: &[SealRun]) {
     println!(
-        "\nconduit-bench seal-latency: {} events/s, {} minute(s) x {} run(s), dc1 on {}, worker interval {} ms, poll {} ms",
-        args.rate, args.minutes, runs.len(), args.backend, args.worker_interval_ms, args.poll_ms
+        "\nconduit-bench seal-latency: {} events/s, {} minute(s) x {} run(s), dc1 on {}, format {}, worker interval {} ms, poll {} ms",
+        args.rate, args.minutes, runs.len(), args.backend, args.format, args.worker_interval_ms, args.poll_ms
     );
     println!(
         "{:<12} {:>8} {:>10} {:>10} {:>16} {:>16} {:>8}",

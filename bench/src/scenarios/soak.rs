@@ -111,6 +111,7 @@ async fn soak(
         conduit,
         dir,
         roots,
+        "zstd",
         args.worker_interval_ms,
         &args.child_log_level,
     )
