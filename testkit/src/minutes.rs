@@ -20,7 +20,7 @@ use crate::node;
 
 /// A closed data file (`lines` encoding): `records` in `frames` data frames of
 /// about equal size, then the trailer.
-pub fn data_file(records: &[String], frames: usize) -> Vec<u8> {
+pub fn data_file<R: AsRef<[u8]>>(records: &[R], frames: usize) -> Vec<u8> {
     let mut enc = FrameEncoder::new(3).expect("a zstd encoder");
     let mut out = Vec::new();
     let per = records.len().div_ceil(frames.max(1)).max(1);
@@ -28,7 +28,7 @@ pub fn data_file(records: &[String], frames: usize) -> Vec<u8> {
     for chunk in records.chunks(per) {
         let mut content = Vec::new();
         for r in chunk {
-            content.extend_from_slice(r.as_bytes());
+            content.extend_from_slice(r.as_ref());
             content.push(b'\n');
         }
         record_bytes += content.len() as u64;

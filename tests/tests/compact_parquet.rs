@@ -30,8 +30,7 @@ use conduit_core::manifest::crc32c;
 use conduit_core::records::InvalidRecord;
 use conduit_core::storage::LocalStorage;
 use conduit_core::{
-    Encoding, FrameEncoder, Manifest, ManifestFile, Minute, NodeName, SharedStorage, Topic,
-    Trailer, View,
+    Encoding, Manifest, ManifestFile, Minute, NodeName, SharedStorage, Topic, View,
 };
 use conduit_testkit::gate;
 use conduit_testkit::process::{metric, run_conduit, WorkerProcess};
@@ -78,31 +77,6 @@ fn checksum<'a>(payloads: impl IntoIterator<Item = &'a Vec<u8>>) -> u64 {
         .fold(0u64, |sum, p| sum.wrapping_add(fnv1a(p)))
 }
 
-/// A closed `lines` data file of `records` in two frames.
-fn data_file(records: &[Vec<u8>]) -> Vec<u8> {
-    let mut enc = FrameEncoder::new(3).unwrap();
-    let mut out = Vec::new();
-    let mut record_bytes = 0;
-    for chunk in records.chunks(records.len().div_ceil(2).max(1)) {
-        let mut content = Vec::new();
-        for r in chunk {
-            content.extend_from_slice(r);
-            content.push(b'\n');
-        }
-        record_bytes += content.len() as u64;
-        out.extend_from_slice(&enc.frame(&content).unwrap());
-    }
-    out.extend_from_slice(
-        &Trailer {
-            encoding: Encoding::Lines,
-            records: records.len() as u64,
-            record_bytes,
-        }
-        .encode(),
-    );
-    out
-}
-
 /// Writes and seals merged minute `m` of `topic`: one file per origin, with the
 /// payloads `make(origin index, n)` for n in 0..per_file.
 async fn seal_minute(
@@ -118,7 +92,7 @@ async fn seal_minute(
     let mut all = Vec::new();
     for (i, (cluster, collector)) in ORIGINS.iter().enumerate() {
         let records: Vec<Vec<u8>> = (0..per_file).map(|n| make(i, n)).collect();
-        let bytes = data_file(&records);
+        let bytes = conduit_testkit::minutes::data_file(&records, 2);
         all.extend(records);
         let name = Layout::local_file_name(&node(cluster), &node(collector), m, 0, &topic);
         entries.push(ManifestFile {

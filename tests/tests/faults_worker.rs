@@ -56,7 +56,7 @@ fn collector_with_empty_files(
     let paths = [0, 1, 2].map(|seq| Layout::collector_file(&t, &node("c1"), planted, seq));
     let records: Vec<String> = scribe::numbered("planted", 0, 10);
     std::fs::write(root.join(&paths[0]), minutes::data_file(&records, 2)).unwrap();
-    std::fs::write(root.join(&paths[1]), minutes::data_file(&[], 1)).unwrap();
+    std::fs::write(root.join(&paths[1]), minutes::data_file::<String>(&[], 1)).unwrap();
     std::fs::write(root.join(&paths[2]), b"").unwrap();
     // The collector's watermark promises every file of that minute closed.
     let storage = local_storage(root);
