@@ -18,7 +18,10 @@
 //! The engine hands every frame it appends to the file's entry here, and they
 //! become visible only after the sync. Each open file keeps only its most recent
 //! synced frames: at most [`RING_BYTES_PER_FILE`], less when many files are open
-//! ([`RING_BYTES_TOTAL`] shared between them), always at least the last frame.
+//! ([`RING_BYTES_TOTAL`] shared between them), at least the last frame while the
+//! total allows. The total is a hard bound (plus the file synced last): once it is
+//! exceeded every other open file is cut to half an even share, its last frame
+//! included, so memory does not grow with the number of open files.
 //! An offset older than what is kept gets `416` (`conduit-refused: too_old`): read
 //! it from storage. Closed files are remembered (state and final length, no bytes)
 //! for the last [`CLOSED_REMEMBERED`] files, so a reader learns to switch to
@@ -222,6 +225,29 @@ impl OpenFiles {
             let old = e.chunks.pop_front().expect("more than one");
             e.start += old.len() as u64;
             *kept -= old.len() as u64;
+        }
+        if *kept > RING_BYTES_TOTAL {
+            // Many open files, each keeping its last frame: the total would grow
+            // with the number of open files times the frame size (800 files of
+            // 1 MiB frames held 800 MiB). Cut every other open file to half of an
+            // even share, last frame included (a reader then gets `416 too_old`
+            // and reads storage), so the next syncs have room before the next sweep.
+            let open = inner.open.max(1) as u64;
+            let target = RING_BYTES_TOTAL / open / 2;
+            let this = (topic, name);
+            let Inner { files, kept, .. } = &mut *inner;
+            for ((t, n), f) in files.iter_mut() {
+                if f.state != State::Open || (t.as_str(), n.as_str()) == this {
+                    continue;
+                }
+                while f.kept() > target {
+                    let Some(old) = f.chunks.pop_front() else {
+                        break;
+                    };
+                    f.start += old.len() as u64;
+                    *kept -= old.len() as u64;
+                }
+            }
         }
     }
 
@@ -603,7 +629,14 @@ mod tests {
                 );
             }
         }
-        assert!(f.kept_bytes() <= RING_BYTES_TOTAL + 200 * (300 << 10) + RING_BYTES_PER_FILE);
+        // The total holds, whatever the number of open files: at most the total
+        // plus the last file's own share.
+        assert!(f.kept_bytes() <= RING_BYTES_TOTAL + RING_BYTES_PER_FILE);
+        // The file synced last still serves its newest frame.
+        assert!(matches!(
+            f.read("t", "f199.zst", 3 * (300 << 10), 1),
+            Answer::Bytes { .. }
+        ));
         f.abandoned("t", "f0.zst", 7);
         assert_eq!(
             f.read("t", "f0.zst", 0, 1),
