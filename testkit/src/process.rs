@@ -448,15 +448,17 @@ fn spawn_limited(
 }
 
 /// SIGKILL and reap, unless it already exited.
-fn kill9(child: &mut Child) {
+/// Sends SIGKILL to a child still running and reaps it.
+pub fn kill9(child: &mut Child) {
     if let Ok(None) = child.try_wait() {
         let _ = child.kill();
         let _ = child.wait();
     }
 }
 
-/// SIGTERM, then wait for the exit status.
-fn terminate(child: &mut Child, what: &str) -> Result<ExitStatus, Error> {
+/// SIGTERM, then wait (deadline 30 s) for the exit status; `what` names the
+/// child in errors.
+pub fn terminate(child: &mut Child, what: &str) -> Result<ExitStatus, Error> {
     let pid = child.id().to_string();
     Command::new("kill")
         .args(["-TERM", &pid])
@@ -526,6 +528,8 @@ pub struct StdoutLines {
     rx: mpsc::Receiver<String>,
     /// Every line received so far, in order.
     pub seen: Vec<String>,
+    /// The child closed its standard output and every line was received.
+    closed: bool,
 }
 
 impl StdoutLines {
@@ -543,6 +547,7 @@ impl StdoutLines {
         StdoutLines {
             rx,
             seen: Vec::new(),
+            closed: false,
         }
     }
 
@@ -570,6 +575,28 @@ impl StdoutLines {
             }
             cond(&self.seen)
         })
+    }
+
+    /// Takes the lines received since the last call into [`StdoutLines::seen`];
+    /// returns how many there are now.
+    pub fn poll(&mut self) -> usize {
+        loop {
+            match self.rx.try_recv() {
+                Ok(line) => self.seen.push(line),
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    self.closed = true;
+                    break;
+                }
+            }
+        }
+        self.seen.len()
+    }
+
+    /// Whether the child closed its standard output and every line it wrote is
+    /// in [`StdoutLines::seen`] (after a [`StdoutLines::poll`]).
+    pub fn is_closed(&self) -> bool {
+        self.closed
     }
 
     /// Every line received so far, one per line.
