@@ -858,6 +858,13 @@ impl Consumer {
         {
             self.processed.remove(position.partition());
         }
+        if self.last_returned.as_ref().is_some_and(|p| {
+            p.partition() == position.partition()
+                && p.cmp_in_partition(position) != std::cmp::Ordering::Greater
+        }) {
+            // Committed already: not "processed" once `next()` is called again.
+            self.spare = self.last_returned.take();
+        }
         self.uncommitted.insert(position.partition().to_string(), 0);
         if self.revoking.contains_key(position.partition()) {
             // A partition being handed over: release it as soon as it is committed.

@@ -170,11 +170,19 @@ async fn members_join_leave_and_die_and_every_message_is_committed_exactly_once(
         if done {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "b did not finish: {} committed",
-            ledger.lock().unwrap().committed.len()
-        );
+        assert!(Instant::now() < deadline, "b did not finish: {}", {
+            let l = ledger.lock().unwrap();
+            let missing: Vec<(&String, u32)> = all
+                .iter()
+                .filter(|p| !l.committed.contains_key(*p))
+                .map(|p| (p, l.delivered.get(p).copied().unwrap_or(0)))
+                .collect();
+            format!(
+                "{} committed; not committed (deliveries): {missing:?}; per member {:?}",
+                l.committed.len(),
+                l.per_member
+            )
+        });
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     b.send(Cmd::Leave).unwrap();

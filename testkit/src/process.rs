@@ -12,7 +12,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::wait::{self, TimedOut};
 
@@ -525,9 +525,11 @@ pub fn metric(text: &str, name_with_labels: &str) -> Option<f64> {
 /// when it fails (`conduit up`'s readiness table and instructions).
 #[derive(Debug)]
 pub struct StdoutLines {
-    rx: mpsc::Receiver<String>,
+    rx: mpsc::Receiver<(Instant, String)>,
     /// Every line received so far, in order.
     pub seen: Vec<String>,
+    /// When each line of [`StdoutLines::seen`] was read from the pipe.
+    pub times: Vec<Instant>,
     /// The child closed its standard output and every line was received.
     closed: bool,
 }
@@ -539,7 +541,7 @@ impl StdoutLines {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
+                if tx.send((Instant::now(), line)).is_err() {
                     break;
                 }
             }
@@ -547,6 +549,7 @@ impl StdoutLines {
         StdoutLines {
             rx,
             seen: Vec::new(),
+            times: Vec::new(),
             closed: false,
         }
     }
@@ -571,7 +574,8 @@ impl StdoutLines {
     ) -> Result<T, TimedOut> {
         wait::until_blocking(what, timeout, || {
             while let Ok(line) = self.rx.try_recv() {
-                self.seen.push(line);
+                self.seen.push(line.1);
+                self.times.push(line.0);
             }
             cond(&self.seen)
         })
@@ -582,7 +586,10 @@ impl StdoutLines {
     pub fn poll(&mut self) -> usize {
         loop {
             match self.rx.try_recv() {
-                Ok(line) => self.seen.push(line),
+                Ok((at, line)) => {
+                    self.seen.push(line);
+                    self.times.push(at);
+                }
                 Err(mpsc::TryRecvError::Empty) => break,
                 Err(mpsc::TryRecvError::Disconnected) => {
                     self.closed = true;

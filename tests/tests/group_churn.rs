@@ -19,7 +19,7 @@
 //! `docs/benchmarks.md`; here deadlines are generous.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -55,8 +55,9 @@ struct Incarnation {
 /// Everything printed, by incarnation index.
 #[derive(Default)]
 struct Printed {
-    /// Per incarnation: member id, killed, lines in order.
-    runs: Vec<(String, bool, Vec<String>)>,
+    /// Per incarnation: member id, killed, lines in order with when they were
+    /// read from its stdout.
+    runs: Vec<(String, bool, Vec<(Instant, String)>)>,
 }
 
 struct Cluster {
@@ -182,8 +183,8 @@ impl Cluster {
         self.poll_all();
         let mut p = Printed::default();
         for i in self.done.iter().chain(&self.running) {
-            p.runs
-                .push((i.member.clone(), i.killed, i.out.seen.clone()));
+            let lines = i.out.times.iter().copied().zip(i.out.seen.iter().cloned());
+            p.runs.push((i.member.clone(), i.killed, lines.collect()));
         }
         p
     }
@@ -462,7 +463,11 @@ fn members_join_leave_die_and_restart_and_the_group_stays_balanced_without_dupli
     assert_eq!(expected.len(), acked.len(), "event ids are unique");
     wait::until_blocking("every acknowledged event to be printed", SETTLE, || {
         let printed = cl.printed();
-        let seen: BTreeSet<&String> = printed.runs.iter().flat_map(|(_, _, l)| l).collect();
+        let seen: BTreeSet<&String> = printed
+            .runs
+            .iter()
+            .flat_map(|(_, _, l)| l.iter().map(|(_, e)| e))
+            .collect();
         expected.iter().all(|e| seen.contains(*e)).then_some(())
     })
     .unwrap_or_else(|e| panic!("{e}"));
@@ -471,55 +476,52 @@ fn members_join_leave_die_and_restart_and_the_group_stays_balanced_without_dupli
     }
     let printed = cl.printed();
 
-    // Deliveries of each event, by run (incarnation index).
-    let mut by_event: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    // Deliveries of each event in time order: (when, run).
+    let mut by_event: BTreeMap<&str, Vec<(Instant, usize)>> = BTreeMap::new();
     for (run, (_, _, lines)) in printed.runs.iter().enumerate() {
-        for l in lines {
-            by_event.entry(l.as_str()).or_default().push(run);
+        for (at, l) in lines {
+            by_event.entry(l.as_str()).or_default().push((*at, run));
         }
     }
     for e in &expected {
         assert!(by_event.contains_key(e.as_str()), "{e} was never printed");
     }
-    let mut redelivered_per_kill: BTreeMap<usize, usize> = BTreeMap::new();
+    // An event comes again only after a run that printed it was killed: each
+    // delivery but the first follows one by a killed run. Such an event is
+    // "printed again after" that killed run.
+    let mut again_after: BTreeSet<(usize, &str)> = BTreeSet::new();
     let mut extra = 0;
-    for (e, runs) in &by_event {
-        if runs.len() < 2 {
-            continue;
-        }
-        extra += runs.len() - 1;
-        let by_killed: Vec<usize> = runs
-            .iter()
-            .copied()
-            .filter(|r| printed.runs[*r].1)
-            .collect();
-        assert!(
-            by_killed.len() >= runs.len() - 1,
-            "{e} printed {} times, by {:?}: only a killed member's events may come again",
-            runs.len(),
-            runs.iter().map(|r| &printed.runs[*r].0).collect::<Vec<_>>()
-        );
-        for r in by_killed {
-            *redelivered_per_kill.entry(r).or_default() += 1;
+    for (e, deliveries) in &mut by_event {
+        deliveries.sort();
+        extra += deliveries.len() - 1;
+        for pair in deliveries.windows(2) {
+            let (before, after) = (pair[0].1, pair[1].1);
+            assert!(
+                printed.runs[before].1,
+                "{e} printed again by {} after {}, which was not killed: \
+                 only what a killed member printed after its last commit may come again",
+                printed.runs[after].0, printed.runs[before].0
+            );
+            again_after.insert((before, e));
         }
     }
     // What came again after a kill is, per partition, a tail of what the killed
     // run printed: the part after its last commit.
+    let mut redelivered_per_kill: BTreeMap<usize, usize> = BTreeMap::new();
+    for &(run, _) in &again_after {
+        *redelivered_per_kill.entry(run).or_default() += 1;
+    }
     for &run in redelivered_per_kill.keys() {
-        let lines = &printed.runs[run].2;
-        let mut per_partition: BTreeMap<String, Vec<(u64, bool)>> = BTreeMap::new();
-        for l in lines {
-            let (c, n) = event_key(l);
-            let again = by_event[l.as_str()].len() > 1;
-            per_partition.entry(c).or_default().push((n, again));
+        let mut per_partition: BTreeMap<String, Vec<bool>> = BTreeMap::new();
+        for (_, l) in &printed.runs[run].2 {
+            let (c, _) = event_key(l);
+            let again = again_after.contains(&(run, l.as_str()));
+            per_partition.entry(c).or_default().push(again);
         }
-        for (c, seq) in per_partition {
-            let first_again = seq
-                .iter()
-                .position(|(_, again)| *again)
-                .unwrap_or(seq.len());
+        for (c, flags) in per_partition {
+            let first = flags.iter().position(|a| *a).unwrap_or(flags.len());
             assert!(
-                seq[first_again..].iter().all(|(_, again)| *again),
+                flags[first..].iter().all(|a| *a),
                 "run {run} ({}): events of {c} printed again are not a tail of what it printed",
                 printed.runs[run].0
             );
