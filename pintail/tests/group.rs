@@ -38,8 +38,9 @@ enum Cmd {
     Die,
 }
 
-/// One member: reads with a 1 ms pause per message, commits every 10 messages per
-/// partition explicitly, and records what each commit covered.
+/// One member: reads with a 1 ms pause per message, commits every 10 messages
+/// and whenever no message came for 50 ms (its last messages too), explicitly per
+/// partition, and records what each commit covered.
 async fn member(
     name: &'static str,
     storage: SharedStorage,
@@ -59,6 +60,7 @@ async fn member(
         .unwrap();
     let mut pending: BTreeMap<String, (Position, Vec<String>)> = BTreeMap::new();
     let mut since = 0;
+    let mut idle = false;
     loop {
         let now = *cmd.borrow_and_update();
         if now == Cmd::Die {
@@ -68,7 +70,7 @@ async fn member(
             return;
         }
         let leaving = now == Cmd::Leave;
-        if since >= 10 || leaving {
+        if since >= 10 || (idle && since > 0) || leaving {
             since = 0;
             for (_, (pos, payloads)) in std::mem::take(&mut pending) {
                 let result = c.commit(&pos).await;
@@ -88,7 +90,9 @@ async fn member(
             c.close().await.unwrap();
             return;
         }
-        let Some(m) = c.next_timeout(Duration::from_millis(50)).await.unwrap() else {
+        let got = c.next_timeout(Duration::from_millis(50)).await.unwrap();
+        idle = got.is_none();
+        let Some(m) = got else {
             continue;
         };
         since += 1;
