@@ -52,12 +52,15 @@ struct Incarnation {
     log: PathBuf,
 }
 
+/// A printed event and when it was read from the tail's stdout.
+type Line = (Instant, String);
+
 /// Everything printed, by incarnation index.
 #[derive(Default)]
 struct Printed {
     /// Per incarnation: member id, killed, lines in order with when they were
     /// read from its stdout.
-    runs: Vec<(String, bool, Vec<(Instant, String)>)>,
+    runs: Vec<(String, bool, Vec<Line>)>,
 }
 
 struct Cluster {
