@@ -6,8 +6,13 @@
 //! U+FFFD replacements, plus `payload_base64`). Output is flushed whenever no
 //! further event is ready, so a pipe sees events as they arrive. With `--group`,
 //! progress is committed every second and on exit (Ctrl-C, `--to` reached), and
-//! members of the same group share the topic's partitions. A closed pipe
-//! (`| head`) ends the command quietly.
+//! members of the same group share the topic's partitions, each owning
+//! `floor(P/N)` or `ceil(P/N)` of them (`docs/pintail.md`, "Consumer groups").
+//! `--member-id` keeps a member's id across restarts (static membership): a
+//! restarted member resumes its partitions at once instead of waiting for its
+//! old lease. SIGTERM or Ctrl-C commits, hands the partitions over and leaves,
+//! so the next owners deliver nothing twice. A closed pipe (`| head`) ends the
+//! command quietly.
 //!
 //! **Only what was handed over is committed.** A position is committed only
 //! after every event up to it was written *and flushed* to stdout: the commit
@@ -107,6 +112,27 @@ pub struct TailArgs {
     /// quarantined) files instead of stopping with an error naming them.
     #[arg(long)]
     skip_corrupt: bool,
+
+    /// With `--group`: this member's id (`[A-Za-z0-9_-]`), kept across restarts
+    /// (static membership, as Kafka's `group.instance.id`): a restarted member
+    /// takes its own partitions back at once instead of waiting for its old
+    /// lease, and a still-running process with the same id is stopped (exit 1).
+    /// Default: a new id per process (`<host>-<pid>-<random>`).
+    #[arg(long, value_name = "ID", requires = "group")]
+    member_id: Option<String>,
+
+    /// With `--group`: how long a member that stops renewing (killed, paused,
+    /// cut off from storage) keeps its partitions before the others take them.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10, requires = "group",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    lease_secs: u64,
+
+    /// With `--group`: how often the member checks the group (joins, leaves,
+    /// new partitions) and hands partitions over; its files are rewritten only
+    /// on change and every third of the lease.
+    #[arg(long, value_name = "MS", default_value_t = 500, requires = "group",
+          value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    heartbeat_ms: u64,
 
     /// Wait for a topic that does not exist yet (no data in the cluster, not
     /// declared in the config) instead of exiting with the topics that exist.
@@ -313,9 +339,22 @@ pub async fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
         b = b.stop(parse_minute(to)?);
     }
     if let Some(group) = &args.group {
+        let member = args.member_id.clone().unwrap_or_else(member_id);
+        if args.heartbeat_ms * 3 > args.lease_secs * 1000 {
+            anyhow::bail!(
+                "--heartbeat-ms {} is more than a third of --lease-secs {}: the member \
+                 would lose its partitions between two heartbeats; lower the heartbeat \
+                 or raise the lease",
+                args.heartbeat_ms,
+                args.lease_secs
+            );
+        }
+        tracing::info!(group = %group, member = %member, lease_secs = args.lease_secs,
+            heartbeat_ms = args.heartbeat_ms, "joining the consumer group");
         b = b
             .group(group)
-            .dynamic_member(&member_id(), Duration::from_secs(10));
+            .dynamic_member(&member, Duration::from_secs(args.lease_secs))
+            .heartbeat(Duration::from_millis(args.heartbeat_ms));
     }
     let mut consumer = b.build().await?;
     let json = args.format == "json";

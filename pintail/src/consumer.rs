@@ -35,7 +35,7 @@ use conduit_core::{
 };
 
 use crate::error::{PintailError, Result};
-use crate::group::{now_ms, rendezvous, static_owner, Group, Membership};
+use crate::group::{assign, assignment_digest, new_incarnation, static_owner, Group, Membership};
 use crate::metrics::{Metrics, Stats};
 use crate::position::{CheckpointStore, Position};
 use crate::reader::{Ctx, Kind, Origin, PartitionReader, Poll};
@@ -227,6 +227,7 @@ pub struct ConsumerBuilder {
     sealed_poll: Duration,
     live_http: bool,
     heartbeat: Duration,
+    lag_every: Duration,
     clock: SharedClock,
     registry: Option<SharedRegistry>,
 }
@@ -363,6 +364,15 @@ impl ConsumerBuilder {
         self
     }
 
+    /// How often the lag gauges (`conduit_pintail_lag_events`,
+    /// `conduit_pintail_lag_seconds`, per partition read) are measured when a
+    /// registry is given (default 5 s; each measurement reads what is left of the
+    /// partitions' files, as `conduit lag` does).
+    pub fn lag_interval(mut self, every: Duration) -> Self {
+        self.lag_every = every;
+        self
+    }
+
     /// The clock for start times, the live end and stop checks (default: system).
     pub fn clock(mut self, clock: SharedClock) -> Self {
         self.clock = clock;
@@ -446,7 +456,19 @@ impl ConsumerBuilder {
                 reason: "must be at least 1".into(),
             });
         }
-        let metrics = Metrics::new(self.registry.as_ref());
+        let member = match &self.membership {
+            Membership::Dynamic { member, .. } => member.clone(),
+            Membership::Static { k, n } => format!("{k}of{n}"),
+            Membership::Solo => String::new(),
+        };
+        let metrics = Metrics::new(
+            self.registry.as_ref(),
+            crate::metrics::LagLabels {
+                group: self.group.clone().unwrap_or_default(),
+                topic: topic.to_string(),
+                member,
+            },
+        );
         let ctx = Ctx {
             topic: topic.clone(),
             encoding: self.encoding,
@@ -470,6 +492,7 @@ impl ConsumerBuilder {
                 topic: topic.to_string(),
                 member: member.clone(),
                 lease: *lease,
+                incarnation: new_incarnation(),
             }),
             _ => None,
         };
@@ -485,6 +508,12 @@ impl ConsumerBuilder {
             origin,
             readers: BTreeMap::new(),
             epochs: BTreeMap::new(),
+            revoking: BTreeMap::new(),
+            reported: None,
+            last_renew: None,
+            next_lag: Instant::now(),
+            lag_partitions: BTreeSet::new(),
+            lag_every: self.lag_every,
             processed: BTreeMap::new(),
             committed: BTreeMap::new(),
             rewound: false,
@@ -522,8 +551,23 @@ pub struct Consumer {
     partitions_n: u32,
     origin: Origin,
     readers: BTreeMap<String, PartitionReader>,
-    /// Dynamic membership: the claim epoch of each partition read.
+    /// Dynamic membership: the claim epoch of each partition held (read, or
+    /// being handed over).
     epochs: BTreeMap<String, u64>,
+    /// Partitions being handed over (cooperative rebalance): no longer read, their
+    /// claim kept until what was delivered from them is committed or the
+    /// deadline passes; the reader is kept in case the partition comes back.
+    revoking: BTreeMap<String, (PartitionReader, Instant)>,
+    /// What the member file says now: the partitions found and the digest of the
+    /// assignment's inputs (rewritten when they change).
+    reported: Option<(BTreeSet<String>, String)>,
+    /// When the member file and claims were last renewed.
+    last_renew: Option<Instant>,
+    /// When the lag gauges are next measured.
+    next_lag: Instant,
+    lag_every: Duration,
+    /// Partitions with lag series now.
+    lag_partitions: BTreeSet<String>,
     /// Positions of messages known processed, per partition, not yet committed.
     processed: BTreeMap<String, Position>,
     committed: BTreeMap<String, Position>,
@@ -577,6 +621,7 @@ impl Consumer {
             sealed_poll: Duration::from_secs(1),
             live_http: true,
             heartbeat: Duration::from_secs(1),
+            lag_every: Duration::from_secs(5),
             clock: SystemClock::shared(),
             registry: None,
         }
@@ -813,7 +858,18 @@ impl Consumer {
         {
             self.processed.remove(position.partition());
         }
+        if self.last_returned.as_ref().is_some_and(|p| {
+            p.partition() == position.partition()
+                && p.cmp_in_partition(position) != std::cmp::Ordering::Greater
+        }) {
+            // Committed already: not "processed" once `next()` is called again.
+            self.spare = self.last_returned.take();
+        }
         self.uncommitted.insert(position.partition().to_string(), 0);
+        if self.revoking.contains_key(position.partition()) {
+            // A partition being handed over: release it as soon as it is committed.
+            self.release_if_committed(position.partition()).await?;
+        }
         Ok(())
     }
 
@@ -884,7 +940,8 @@ impl Consumer {
     /// Forgets a partition this member lost (fenced); counts what was delivered
     /// and not committed.
     fn lose(&mut self, partition: &str) {
-        if self.readers.remove(partition).is_some() {
+        let revoked = self.revoking.remove(partition).is_some();
+        if self.readers.remove(partition).is_some() || revoked {
             let lost = self.uncommitted.remove(partition).unwrap_or(0);
             self.metrics.lost_uncommitted.inc_by(lost);
             self.metrics.rebalances.inc();
@@ -929,6 +986,15 @@ impl Consumer {
             for (partition, epoch) in std::mem::take(&mut self.epochs) {
                 g.renew(&partition, epoch, true).await?;
             }
+            // Also a claim an interrupted upkeep created (a `next()` future
+            // dropped by a `select!`) and did not record: nobody should wait for
+            // its lease.
+            for (partition, (epoch, claim)) in g.read_state().await?.claims {
+                if claim.member == g.member && claim.incarnation == g.incarnation && !claim.released
+                {
+                    g.renew(&partition, epoch, true).await?;
+                }
+            }
             g.leave().await?;
         }
         Ok(())
@@ -951,9 +1017,16 @@ impl Consumer {
         }
     }
 
-    /// The partitions this member reads now.
+    /// The partitions this member holds now: those it reads, and those it is
+    /// handing over to another member (no longer read; released once what was
+    /// delivered from them is committed, see [`crate::group`]). A partition
+    /// that leaves this list without a commit of its deliveries was lost, and
+    /// they are counted in [`Stats::lost_uncommitted`].
     pub fn partitions(&self) -> Vec<String> {
-        self.readers.keys().cloned().collect()
+        let mut out: Vec<String> = self.readers.keys().cloned().collect();
+        out.extend(self.revoking.keys().cloned());
+        out.sort();
+        out
     }
 
     // ---- partitions and membership ---------------------------------------------
@@ -1103,67 +1176,112 @@ impl Consumer {
             }
         }
         self.metrics.owned_partitions.set(self.readers.len() as i64);
+        self.measure_lag().await;
         Ok(())
     }
 
-    async fn rebalance(&mut self, partitions: BTreeSet<String>) -> Result<()> {
+    /// Whether `partition` (reported by another member) is one this consumer can
+    /// read: a known cluster's collector (local view) or one of the same number of
+    /// sealed partitions.
+    fn accepts(&self, partition: &str) -> bool {
+        match self.view {
+            ReadView::Local => partition.split_once('-').is_some_and(|(c, collector)| {
+                self.clusters.iter().any(|(n, _)| n.as_str() == c)
+                    && NodeName::new(collector.to_owned()).is_ok()
+            }),
+            ReadView::Merged | ReadView::Mirror => {
+                crate::lag::view_of_partition(partition) != (ReadView::Local, 1)
+                    && partition.ends_with(&format!("of{}", self.partitions_n))
+            }
+        }
+    }
+
+    /// One round of dynamic membership (see [`crate::group`]): fencing of an
+    /// earlier process of this id, the assignment, hand-overs, renewals, claims.
+    async fn rebalance(&mut self, found: BTreeSet<String>) -> Result<()> {
         let g = self.group.clone().expect("dynamic membership has a group");
-        g.heartbeat().await?;
-        let (members, claims) = g.read_state().await?;
-        let now = now_ms();
-        let desired: BTreeSet<String> = partitions
-            .iter()
-            .filter(|p| rendezvous(p, &members) == Some(&g.member))
-            .cloned()
+        let state = g.read_state().await?;
+        if let Some(by) = g.fenced_by(&state) {
+            let held: Vec<String> = self.epochs.keys().cloned().collect();
+            for p in held {
+                self.lose(&p);
+            }
+            tracing::error!(member = %g.member, group = %g.group, incarnation = g.incarnation, by,
+                "a later process joined with this member id; stopping");
+            return Err(PintailError::MemberFenced {
+                group: g.group.clone(),
+                member: g.member.clone(),
+                by,
+            });
+        }
+        let members = state.members(&g.member);
+        let mut partitions = found.clone();
+        for other in state.others.values() {
+            for p in &other.partitions {
+                if !partitions.contains(p) && self.accepts(p) {
+                    partitions.insert(p.clone());
+                }
+            }
+        }
+        let digest = assignment_digest(&members, &partitions);
+        let desired: BTreeSet<String> = assign(&members, &partitions)
+            .into_iter()
+            .filter(|(_, m)| *m == g.member)
+            .map(|(p, _)| p)
             .collect();
-        // Partitions read now: keep (renew), give up, or notice they were taken.
-        let owned: Vec<(String, u64)> = self.epochs.iter().map(|(p, e)| (p.clone(), *e)).collect();
-        let mut keep = Vec::new();
-        for (p, epoch) in owned {
-            let current = claims.get(&p).map(|(e, _)| *e).unwrap_or(0);
+        let renew_due = self.last_renew.is_none_or(|t| t.elapsed() >= g.lease / 3);
+        let report = (found, digest);
+        if renew_due || self.reported.as_ref() != Some(&report) {
+            g.heartbeat(&report.0, &report.1).await?;
+            self.reported = Some(report);
+        }
+        // Partitions held now: noticed taken, kept, or handed over.
+        let held: Vec<(String, u64)> = self.epochs.iter().map(|(p, e)| (p.clone(), *e)).collect();
+        for (p, epoch) in held {
+            let current = state.claims.get(&p).map(|(e, _)| *e).unwrap_or(0);
             if current > epoch {
                 self.lose(&p);
-                continue;
-            }
-            if desired.contains(&p) {
-                keep.push((p, epoch));
-            } else {
-                // Hand over: with auto-commit, commit what is processed; stop
-                // reading; release. (With manual commits, what the application did
-                // not commit is redelivered to the next owner.)
+            } else if desired.contains(&p) {
+                if let Some((reader, _)) = self.revoking.remove(&p) {
+                    // Assigned back before the hand-over finished: read on.
+                    self.readers.insert(p, reader);
+                }
+            } else if let Some(reader) = self.readers.remove(&p) {
+                // Cooperative hand-over: stop delivering from it now; release the
+                // claim once what was delivered from it is committed.
+                self.revoking
+                    .insert(p.clone(), (reader, Instant::now() + g.lease));
                 let auto = self.auto_every.is_some() || self.auto_messages.is_some();
                 if let Some(pos) = self.processed.get(&p).cloned().filter(|_| auto) {
                     self.commit(&pos).await.ok();
                 }
-                self.lose(&p);
-                g.renew(&p, epoch, true).await?;
-                tracing::info!(partition = %p, member = %g.member, "released a partition");
+                tracing::info!(partition = %p, member = %g.member,
+                    "handing a partition over: stopped reading it, releasing it once what was delivered from it is committed");
             }
         }
-        // Renew the kept claims concurrently: on HDFS one claim write takes about
-        // half a second, and renewing them one after the other stalled a member
-        // owning several partitions for seconds per heartbeat.
-        futures::future::try_join_all(keep.iter().map(|(p, epoch)| g.renew(p, *epoch, false)))
+        let revoking: Vec<String> = self.revoking.keys().cloned().collect();
+        for p in revoking {
+            self.release_if_committed(&p).await?;
+        }
+        if renew_due {
+            // Concurrently: on HDFS one claim write takes about half a second, and
+            // renewing them one after the other stalled a member owning several
+            // partitions for seconds per heartbeat.
+            futures::future::try_join_all(
+                self.epochs
+                    .iter()
+                    .map(|(p, epoch)| g.renew(p, *epoch, false)),
+            )
             .await?;
+            self.last_renew = Some(Instant::now());
+        }
         let mut acquired = Vec::new();
         for p in desired {
             if self.epochs.contains_key(&p) {
                 continue;
             }
-            let next_epoch = match claims.get(&p) {
-                None => 1,
-                Some((epoch, claim)) if claim.member == g.member && !claim.released => {
-                    // Ours from before (an interrupted upkeep): take it again.
-                    *epoch + 1
-                }
-                Some((epoch, claim))
-                    if claim.released
-                        || claim.expires_ms <= now
-                        || !members.contains(&claim.member) =>
-                {
-                    *epoch + 1
-                }
-                Some(_) => continue, // a live owner has not released it yet
+            let Some(next_epoch) = g.claimable(state.claims.get(&p), &members) else {
+                continue; // a live owner has not released it yet
             };
             if g.acquire(&p, next_epoch).await? {
                 self.epochs.insert(p.clone(), next_epoch);
@@ -1173,10 +1291,137 @@ impl Consumer {
                 acquired.push(p);
             }
         }
+        // Claims an earlier process of this id still holds and this one is not
+        // assigned: take them (fencing the old process) and release them at once,
+        // so their new owners need not wait for the old lease.
+        for (p, (epoch, claim)) in &state.claims {
+            if claim.member == g.member
+                && claim.incarnation < g.incarnation
+                && !claim.released
+                && !self.epochs.contains_key(p)
+                && g.acquire(p, epoch + 1).await?
+            {
+                g.renew(p, epoch + 1, true).await?;
+                tracing::info!(partition = %p, member = %g.member,
+                    "released a partition an earlier process of this member held");
+            }
+        }
         if !acquired.is_empty() {
             tracing::info!(member = %g.member, partitions = %acquired.join(","),
-                owned = self.epochs.len(), "acquired partitions");
+                owned = self.readers.len(), "acquired partitions");
         }
         Ok(())
+    }
+
+    /// Releases a partition being handed over once nothing delivered from it is
+    /// uncommitted, or anyway once its deadline passed (what was not committed
+    /// is then delivered again by the next owner, and counted).
+    async fn release_if_committed(&mut self, partition: &str) -> Result<()> {
+        let Some((_, deadline)) = self.revoking.get(partition) else {
+            return Ok(());
+        };
+        let pending = self.processed.contains_key(partition)
+            || self
+                .last_returned
+                .as_ref()
+                .is_some_and(|p| p.partition() == partition);
+        if pending && Instant::now() < *deadline {
+            return Ok(());
+        }
+        let g = self.group.clone().expect("dynamic membership has a group");
+        self.revoking.remove(partition);
+        if pending {
+            let lost = self.uncommitted.get(partition).copied().unwrap_or(0);
+            self.metrics.lost_uncommitted.inc_by(lost);
+            tracing::warn!(partition, member = %g.member, lost,
+                "handed a partition over with deliveries never committed within the lease; its next owner delivers them again");
+            self.processed.remove(partition);
+            if self
+                .last_returned
+                .as_ref()
+                .is_some_and(|p| p.partition() == partition)
+            {
+                self.last_returned = None;
+            }
+        }
+        self.uncommitted.remove(partition);
+        if let Some(epoch) = self.epochs.remove(partition) {
+            g.renew(partition, epoch, true).await?;
+        }
+        self.metrics.rebalances.inc();
+        self.metrics.owned_partitions.set(self.readers.len() as i64);
+        tracing::info!(partition, member = %g.member, "released a partition");
+        Ok(())
+    }
+
+    /// Measures the lag gauges of the partitions read (every `lag_every`, only
+    /// when the metrics are exported); drops the series of partitions no longer
+    /// read.
+    async fn measure_lag(&mut self) {
+        if !self.metrics.exported || Instant::now() < self.next_lag {
+            return;
+        }
+        self.next_lag = Instant::now() + self.lag_every;
+        let labels = self.metrics.lag_labels.clone();
+        let now = self.ctx.clock.now();
+        let ids: Vec<String> = self.readers.keys().cloned().collect();
+        for id in &ids {
+            let position = self
+                .last_returned
+                .as_ref()
+                .filter(|p| p.partition() == id.as_str())
+                .or_else(|| self.processed.get(id))
+                .or_else(|| self.committed.get(id))
+                .cloned();
+            let Some(position) = position else {
+                continue; // nothing delivered and no checkpoint yet
+            };
+            let storage = match self.view {
+                ReadView::Local => self
+                    .clusters
+                    .iter()
+                    .find(|(c, _)| c == position.cluster())
+                    .map(|(_, s)| s.clone()),
+                ReadView::Merged | ReadView::Mirror => {
+                    self.clusters.first().map(|(_, s)| s.clone())
+                }
+            };
+            let Some(storage) = storage else { continue };
+            match crate::lag::partition_lag(
+                &storage,
+                self.view,
+                &self.ctx.topic,
+                &position,
+                self.partitions_n,
+                now,
+            )
+            .await
+            {
+                Ok(lag) => {
+                    let l = labels.of(id);
+                    self.metrics
+                        .lag_events
+                        .get_or_create(&l)
+                        .set(lag.events as i64);
+                    self.metrics
+                        .lag_seconds
+                        .get_or_create(&l)
+                        .set(lag.seconds as i64);
+                }
+                Err(e) => {
+                    self.metrics.storage_errors.inc();
+                    tracing::warn!(partition = %id, error = %e, "could not measure the lag; keeping the last value");
+                }
+            }
+        }
+        for gone in self
+            .lag_partitions
+            .difference(&ids.iter().cloned().collect())
+        {
+            let l = labels.of(gone);
+            self.metrics.lag_events.remove(&l);
+            self.metrics.lag_seconds.remove(&l);
+        }
+        self.lag_partitions = ids.into_iter().collect();
     }
 }

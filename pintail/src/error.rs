@@ -74,6 +74,20 @@ pub enum PintailError {
         /// The partition.
         partition: String,
     },
+    /// A later process joined the group with this member's id (static
+    /// membership: a restart takes over its own partitions); this process must
+    /// stop, as Kafka's fenced static members do.
+    #[error(
+        "member {member} of group {group} was taken over by a later process with the same member id (incarnation {by}); this one stops: run each member id once"
+    )]
+    MemberFenced {
+        /// The consumer group.
+        group: String,
+        /// The member id.
+        member: String,
+        /// The later process's incarnation.
+        by: u64,
+    },
     /// A position handed to `commit` is behind the partition's checkpoint as this
     /// member last read or wrote it: typically a position delivered before the
     /// member lost the partition and took it back, after another member committed

@@ -4,24 +4,43 @@
 //! * **Static `k/N`**: member `k` of `N` reads the partitions whose name hashes to
 //!   `k` modulo `N` (Conduit's scheme; changing `N` needs every member restarted).
 //! * **Dynamic**: members register in the checkpoint store and share partitions by
-//!   rendezvous hashing over the live members, so a join or a leave moves only the
-//!   partitions that must move.
+//!   a balanced assignment that every member computes from the same inputs, so
+//!   each of `N` members owns `floor(P/N)` or `ceil(P/N)` of `P` partitions.
 //!
 //! # Dynamic protocol (files in the checkpoint store, wall-clock milliseconds)
 //! The files are specified in `docs/format.md` §9.2 ([`GroupMember`],
-//! [`GroupClaim`]).
-//! * Member file `system/leases/pintail.<group>.<topic>.member.<id>.json`, rewritten
-//!   every heartbeat; live while `expires_ms` is in the future. A member that leaves
-//!   deletes it; one that dies is gone once it expires (the lease).
+//! [`GroupClaim`]); `docs/pintail.md` ("Consumer groups") tells the story.
+//! * Member file `system/leases/pintail.<group>.<topic>.member.<id>.json`: the
+//!   member's lease (`expires_ms`), its process (`incarnation`), the partitions it
+//!   found (`partitions`) and the digest of the inputs of its assignment
+//!   (`assignment`). Rewritten when they change and at least every third of the
+//!   lease; live while `expires_ms` is in the future. A member that leaves
+//!   deletes it; one that dies is gone once it expires.
+//! * **Assignment** ([`assign`]): a pure function of the sorted live member ids and
+//!   the sorted union of the partitions they report, so members that read the same
+//!   files agree. Pairs (partition, member) are taken by descending rendezvous
+//!   weight; a member takes a partition while it has fewer than `floor(P/N)`, or
+//!   exactly that many and fewer than `P mod N` members have taken one more. The
+//!   capacities add up to `P`, so every partition is assigned and every member
+//!   owns `floor(P/N)` or `ceil(P/N)`. A partition one member found reaches every
+//!   other member's inputs through its member file at the next upkeep, so views
+//!   that differ (partitions appearing at different times) converge within two
+//!   heartbeats, and from then on all members compute the same assignment.
 //! * Claim files `system/leases/pintail.<group>.<topic>.claim.<partition>.<epoch>.json`.
 //!   The highest epoch is the partition's claim. A new owner creates the next epoch
 //!   with an **exclusive create**, so of two racing members exactly one wins. It
-//!   may do so only when the current claim is released, expired, or held by a member
-//!   that is no longer live; a live owner that no longer should own a partition
-//!   commits, stops reading it, then marks its claim released.
-//! * Fencing: before every commit the owner re-reads the claim; if a higher epoch
-//!   exists it has lost the partition, stops reading it and does not commit
-//!   ([`crate::PintailError::NotOwner`]).
+//!   may do so only when the current claim is released, expired, held by a member
+//!   that is no longer live, or held by an earlier process with its own member id
+//!   (static membership: a restart takes its claims back at once).
+//! * **Cooperative hand-over**: an owner whose partition is assigned elsewhere
+//!   stops delivering from it, keeps the claim until everything it delivered from
+//!   it is committed (at most one lease), then marks the claim released; only then
+//!   may the new owner take it, from that commit. Nothing is delivered twice.
+//! * Fencing: before every commit the owner checks that no higher epoch exists; if
+//!   one does it has lost the partition, stops reading it and does not commit
+//!   ([`crate::PintailError::NotOwner`]). A process that finds its member file
+//!   rewritten by a later incarnation of its id stops with
+//!   [`crate::PintailError::MemberFenced`].
 //!
 //! Invariant: a partition is read by at most one member at a time, except while a
 //! member that missed its heartbeats for longer than the lease (a paused process)
@@ -67,6 +86,47 @@ pub(crate) fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// A process-unique, increasing incarnation number: wall-clock milliseconds
+/// shifted left 16 bits plus sub-millisecond nanoseconds, and never less than one
+/// more than the last one this process made.
+pub(crate) fn new_incarnation() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let candidate = ((now.as_millis() as u64) << 16) | u64::from(now.subsec_nanos() & 0xffff);
+    let mut last = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = candidate.max(last + 1);
+        match LAST.compare_exchange(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(seen) => last = seen,
+        }
+    }
+}
+
+/// What one listing of the group's files says.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct GroupState {
+    /// Live members other than this one, by id.
+    pub others: BTreeMap<String, GroupMember>,
+    /// The file of this member's id, whoever wrote it (a later process with the
+    /// same id fences this one).
+    pub own: Option<GroupMember>,
+    /// Every partition's current claim `(epoch, claim)`.
+    pub claims: BTreeMap<String, (u64, GroupClaim)>,
+}
+
+impl GroupState {
+    /// The live member ids, this one included.
+    pub fn members(&self, me: &str) -> BTreeSet<String> {
+        let mut out: BTreeSet<String> = self.others.keys().cloned().collect();
+        out.insert(me.to_owned());
+        out
+    }
+}
+
 /// The dynamic-membership operations of one member.
 #[derive(Debug, Clone)]
 pub(crate) struct Group {
@@ -75,6 +135,8 @@ pub(crate) struct Group {
     pub topic: String,
     pub member: String,
     pub lease: Duration,
+    /// This process's incarnation of `member` ([`new_incarnation`]).
+    pub incarnation: u64,
 }
 
 impl Group {
@@ -100,12 +162,16 @@ impl Group {
         now_ms() + self.lease.as_millis() as i64
     }
 
-    /// Registers or renews this member.
-    pub async fn heartbeat(&self) -> Result<()> {
+    /// Registers or renews this member, with the partitions it found and the
+    /// digest of its assignment's inputs.
+    pub async fn heartbeat(&self, partitions: &BTreeSet<String>, assignment: &str) -> Result<()> {
         let body = GroupMember {
             version: Version,
             member: self.member.clone(),
             expires_ms: self.expiry(),
+            incarnation: self.incarnation,
+            partitions: partitions.iter().cloned().collect(),
+            assignment: assignment.to_owned(),
         };
         let body = Bytes::from(serde_json::to_vec(&body).expect("serializes"));
         self.store
@@ -114,24 +180,26 @@ impl Group {
         Ok(())
     }
 
-    /// Deletes this member's file (a clean leave).
+    /// Deletes this member's file (a clean leave), unless a later process with
+    /// the same id wrote it.
     pub async fn leave(&self) -> Result<()> {
-        self.store
-            .delete(&self.member_path(&self.member)?, false)
-            .await?;
+        let path = self.member_path(&self.member)?;
+        if let Some(file) = read_json::<GroupMember>(&self.store, &path).await? {
+            if file.incarnation > self.incarnation {
+                return Ok(());
+            }
+        }
+        self.store.delete(&path, false).await?;
         Ok(())
     }
 
-    /// Live members (always including this one) and every partition's current claim
-    /// `(epoch, claim)`, from one listing.
-    pub async fn read_state(
-        &self,
-    ) -> Result<(BTreeSet<String>, BTreeMap<String, (u64, GroupClaim)>)> {
+    /// Live members, this id's own file, and every partition's current claim,
+    /// from one listing.
+    pub async fn read_state(&self) -> Result<GroupState> {
         let dir = format!("{}/leases", Layout::SYSTEM_DIR);
         let prefix = self.prefix();
         let now = now_ms();
-        let mut members = BTreeSet::new();
-        members.insert(self.member.clone());
+        let mut state = GroupState::default();
         let mut newest: BTreeMap<String, (u64, String)> = BTreeMap::new();
         for entry in self.store.list_or_empty(&dir).await? {
             let Some(rest) = entry
@@ -142,13 +210,13 @@ impl Group {
                 continue;
             };
             if let Some(member) = rest.strip_prefix("member.") {
-                if member == self.member {
+                let Some(file) = read_json::<GroupMember>(&self.store, &entry.path).await? else {
                     continue;
-                }
-                if let Some(file) = read_json::<GroupMember>(&self.store, &entry.path).await? {
-                    if file.expires_ms > now {
-                        members.insert(member.to_owned());
-                    }
+                };
+                if member == self.member {
+                    state.own = Some(file);
+                } else if file.expires_ms > now {
+                    state.others.insert(member.to_owned(), file);
                 }
             } else if let Some(claim) = rest.strip_prefix("claim.") {
                 let Some((partition, epoch)) = claim.rsplit_once('.') else {
@@ -165,13 +233,45 @@ impl Group {
                 }
             }
         }
-        let mut claims = BTreeMap::new();
         for (partition, (epoch, path)) in newest {
             if let Some(claim) = read_json::<GroupClaim>(&self.store, &path).await? {
-                claims.insert(partition, (epoch, claim));
+                state.claims.insert(partition, (epoch, claim));
             }
         }
-        Ok((members, claims))
+        Ok(state)
+    }
+
+    /// Whether a later process of this member id runs (its live member file has
+    /// a higher incarnation): this one must stop.
+    pub fn fenced_by(&self, state: &GroupState) -> Option<u64> {
+        state
+            .own
+            .as_ref()
+            .filter(|f| f.incarnation > self.incarnation && f.expires_ms > now_ms())
+            .map(|f| f.incarnation)
+    }
+
+    /// The epoch to claim `partition` with now, if it may be taken: no claim yet;
+    /// released, expired, or held by a member that is not live; or held by this
+    /// member id in this or an earlier process.
+    pub fn claimable(
+        &self,
+        claim: Option<&(u64, GroupClaim)>,
+        live: &BTreeSet<String>,
+    ) -> Option<u64> {
+        match claim {
+            None => Some(1),
+            Some((epoch, c)) if c.member == self.member && c.incarnation <= self.incarnation => {
+                Some(epoch + 1)
+            }
+            Some((_, c)) if c.member == self.member => None, // a later process of this id
+            Some((epoch, c))
+                if c.released || c.expires_ms <= now_ms() || !live.contains(&c.member) =>
+            {
+                Some(epoch + 1)
+            }
+            Some(_) => None, // a live owner has not released it yet
+        }
     }
 
     /// Takes `partition` with `epoch` (one more than the current claim's). False if
@@ -183,6 +283,7 @@ impl Group {
             member: self.member.clone(),
             expires_ms: self.expiry(),
             released: false,
+            incarnation: self.incarnation,
         };
         match self.store.create(&path, CreateMode::Exclusive).await {
             Ok(mut w) => {
@@ -212,6 +313,7 @@ impl Group {
             member: self.member.clone(),
             expires_ms: if released { 0 } else { self.expiry() },
             released,
+            incarnation: self.incarnation,
         };
         self.store
             .write_atomic(
@@ -229,6 +331,66 @@ impl Group {
     }
 }
 
+/// The balanced assignment of `partitions` to `members` (partition -> member):
+/// pairs by descending rendezvous weight, each member taking partitions while it
+/// has fewer than `floor(P/N)`, or exactly that many while fewer than `P mod N`
+/// members have taken one more (see the [module docs](self)). Deterministic: every
+/// member computes the same map from the same sets.
+pub fn assign(
+    members: &BTreeSet<String>,
+    partitions: &BTreeSet<String>,
+) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    if members.is_empty() {
+        return out;
+    }
+    let n = members.len();
+    let base = partitions.len() / n;
+    let mut extra = partitions.len() % n;
+    let mut pairs: Vec<(u64, &String, &String)> = Vec::with_capacity(partitions.len() * n);
+    for p in partitions {
+        for m in members {
+            pairs.push((fnv(&format!("{p}\u{0}{m}")), p, m));
+        }
+    }
+    // Heaviest first; ties broken by names so the order is total.
+    pairs.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)).then(a.2.cmp(b.2)));
+    let mut load: BTreeMap<&String, usize> = members.iter().map(|m| (m, 0)).collect();
+    for (_, p, m) in pairs {
+        if out.contains_key(p) {
+            continue;
+        }
+        let count = load.get_mut(m).expect("a member");
+        if *count < base || (*count == base && extra > 0) {
+            if *count == base {
+                extra -= 1;
+            }
+            *count += 1;
+            out.insert(p.clone(), m.clone());
+        }
+        if out.len() == partitions.len() {
+            break;
+        }
+    }
+    out
+}
+
+/// Digest (16 hex digits) of the inputs of [`assign`]: members that publish the
+/// same digest computed the same assignment.
+pub fn assignment_digest(members: &BTreeSet<String>, partitions: &BTreeSet<String>) -> String {
+    let mut text = String::new();
+    for m in members {
+        text.push_str(m);
+        text.push('\n');
+    }
+    text.push('\u{1}');
+    for p in partitions {
+        text.push_str(p);
+        text.push('\n');
+    }
+    format!("{:016x}", fnv(&text))
+}
+
 async fn read_json<T: for<'de> Deserialize<'de>>(
     store: &SharedStorage,
     path: &str,
@@ -238,16 +400,6 @@ async fn read_json<T: for<'de> Deserialize<'de>>(
         Err(e) if e.is_not_found() => Ok(None),
         Err(e) => Err(e.into()),
     }
-}
-
-/// Rendezvous (highest random weight) owner of `partition` among `members`.
-pub(crate) fn rendezvous<'a>(
-    partition: &str,
-    members: impl IntoIterator<Item = &'a String>,
-) -> Option<&'a String> {
-    members
-        .into_iter()
-        .max_by_key(|m| (fnv(&format!("{partition}\u{0}{m}")), (*m).clone()))
 }
 
 /// Whether static member `k` of `n` reads `partition`.
@@ -273,25 +425,107 @@ fn fnv(text: &str) -> u64 {
 mod tests {
     use super::*;
 
+    fn names(prefix: &str, n: usize) -> BTreeSet<String> {
+        (0..n).map(|i| format!("{prefix}{i}")).collect()
+    }
+
     #[test]
-    fn rendezvous_moves_only_what_must_move() {
-        let parts: Vec<String> = (0..64).map(|i| format!("p{i}of64")).collect();
-        let three: Vec<String> = vec!["a".into(), "b".into(), "c".into()];
-        let two: Vec<String> = vec!["a".into(), "b".into()];
-        let mut moved = 0;
-        for p in &parts {
-            let before = rendezvous(p, &three).unwrap();
-            let after = rendezvous(p, &two).unwrap();
-            if before != "c" {
-                assert_eq!(before, after, "{p} moved although its owner stayed");
-            } else {
-                moved += 1;
+    fn every_member_owns_floor_or_ceil_and_every_partition_has_one_owner() {
+        for n in 1..=9 {
+            for p in 0..=40 {
+                let members = names("host-", n);
+                let parts = names("dc1-c", p);
+                let a = assign(&members, &parts);
+                assert_eq!(a.len(), p, "{n} members, {p} partitions");
+                let mut load: BTreeMap<&String, usize> = members.iter().map(|m| (m, 0)).collect();
+                for m in a.values() {
+                    *load.get_mut(m).unwrap() += 1;
+                }
+                for (m, l) in load {
+                    assert!(l == p / n || l == p.div_ceil(n), "{m}: {l} of {p} over {n}");
+                }
+                assert_eq!(a, assign(&members, &parts), "deterministic");
             }
         }
-        assert!(moved > 5 && moved < 40, "{moved}");
-        let static_total: usize = (0..3)
-            .map(|k| parts.iter().filter(|p| static_owner(p, k, 3)).count())
-            .sum();
-        assert_eq!(static_total, 64);
+        // Two members, two partitions: one each (plain rendezvous could idle one).
+        let two = assign(&names("m", 2), &names("dc1-c", 2));
+        assert_eq!(two.values().collect::<BTreeSet<_>>().len(), 2);
+    }
+
+    #[test]
+    fn a_leave_moves_little_more_than_the_leavers_partitions() {
+        let parts = names("p", 64);
+        let three = names("m", 3);
+        let mut two = three.clone();
+        two.remove("m2");
+        let before = assign(&three, &parts);
+        let after = assign(&two, &parts);
+        let moved = parts.iter().filter(|p| before[*p] != after[*p]).count();
+        let leavers = before.values().filter(|m| *m == "m2").count();
+        assert!(
+            moved >= leavers && moved <= leavers + 8,
+            "{moved} moved, {leavers} were m2's"
+        );
+        let digest = assignment_digest(&three, &parts);
+        assert_eq!(digest.len(), 16);
+        assert_ne!(digest, assignment_digest(&two, &parts));
+    }
+
+    #[test]
+    fn incarnations_increase_and_claims_follow_the_rules() {
+        let a = new_incarnation();
+        let b = new_incarnation();
+        assert!(b > a);
+        let dir = tempfile::tempdir().unwrap();
+        let store: SharedStorage =
+            std::sync::Arc::new(conduit_core::storage::LocalStorage::open(dir.path()).unwrap());
+        let g = Group {
+            store,
+            group: "g".into(),
+            topic: "t".into(),
+            member: "m1".into(),
+            lease: Duration::from_secs(10),
+            incarnation: b,
+        };
+        let claim = |member: &str, incarnation: u64, released: bool, expires_ms: i64| {
+            (
+                4,
+                GroupClaim {
+                    version: Version,
+                    member: member.into(),
+                    expires_ms,
+                    released,
+                    incarnation,
+                },
+            )
+        };
+        let live: BTreeSet<String> = ["m1".to_string(), "m2".to_string()].into();
+        let later = now_ms() + 60_000;
+        assert_eq!(g.claimable(None, &live), Some(1));
+        // This id's earlier process (a restart) or this process: take it at once.
+        assert_eq!(
+            g.claimable(Some(&claim("m1", a, false, later)), &live),
+            Some(5)
+        );
+        assert_eq!(
+            g.claimable(Some(&claim("m1", 0, false, later)), &live),
+            Some(5)
+        );
+        // A later process of this id: never.
+        assert_eq!(
+            g.claimable(Some(&claim("m1", b + 1, false, later)), &live),
+            None
+        );
+        // Another live member's: only once released or expired.
+        assert_eq!(
+            g.claimable(Some(&claim("m2", 1, false, later)), &live),
+            None
+        );
+        assert_eq!(g.claimable(Some(&claim("m2", 1, true, 0)), &live), Some(5));
+        assert_eq!(g.claimable(Some(&claim("m2", 1, false, 1)), &live), Some(5));
+        assert_eq!(
+            g.claimable(Some(&claim("m3", 1, false, later)), &live),
+            Some(5)
+        );
     }
 }

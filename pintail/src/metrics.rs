@@ -1,15 +1,56 @@
 //! Prometheus metrics of a consumer (`pintail_*`), registered in a
 //! [`conduit_core::http::SharedRegistry`] when the builder is given one, and
 //! readable in-process through [`crate::Consumer::stats`].
+//!
+//! Lag of this member, per partition it reads, measured every
+//! `lag_interval` (5 s) from the last delivered position (else the group's
+//! checkpoint) with [`crate::lag::partition_lag`], the computation of `conduit lag`
+//! and of the worker's `conduit_consumer_lag_*`:
+//!
+//! | metric | type | labels | meaning |
+//! |---|---|---|---|
+//! | `conduit_pintail_lag_events` | gauge | group, topic, member, partition | records not yet delivered to this member |
+//! | `conduit_pintail_lag_seconds` | gauge | group, topic, member, partition | age of the oldest undelivered minute (0 when caught up) |
+//!
+//! A partition's series disappear when the member stops reading it.
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
 use conduit_core::http::SharedRegistry;
 
+/// Label values of a consumer's lag series (`partition` added per series).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LagLabels {
+    pub group: String,
+    pub topic: String,
+    pub member: String,
+}
+
+/// Labels of one series.
+pub(crate) type Labels = Vec<(&'static str, String)>;
+
+impl LagLabels {
+    /// The labels of `partition`'s series.
+    pub fn of(&self, partition: &str) -> Labels {
+        vec![
+            ("group", self.group.clone()),
+            ("topic", self.topic.clone()),
+            ("member", self.member.clone()),
+            ("partition", partition.to_owned()),
+        ]
+    }
+}
+
 /// The consumer's counters (cheap clones share the values).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Metrics {
+    /// Whether the metrics are exported (lag is measured only then).
+    pub exported: bool,
+    pub lag_labels: LagLabels,
+    pub lag_events: Family<Labels, Gauge>,
+    pub lag_seconds: Family<Labels, Gauge>,
     pub messages: Counter,
     pub payload_bytes: Counter,
     pub corrupt_frames_skipped: Counter,
@@ -25,10 +66,24 @@ pub(crate) struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(registry: Option<&SharedRegistry>) -> Metrics {
-        let m = Metrics::default();
+    pub fn new(registry: Option<&SharedRegistry>, lag_labels: LagLabels) -> Metrics {
+        let m = Metrics {
+            exported: registry.is_some(),
+            lag_labels,
+            ..Metrics::default()
+        };
         if let Some(registry) = registry {
             let mut r = registry.lock().expect("metrics registry lock");
+            r.register(
+                "conduit_pintail_lag_events",
+                "Records not yet delivered to this member, per partition it reads",
+                m.lag_events.clone(),
+            );
+            r.register(
+                "conduit_pintail_lag_seconds",
+                "Age in seconds of the oldest minute not yet delivered to this member, per partition it reads (0 when caught up)",
+                m.lag_seconds.clone(),
+            );
             r.register(
                 "pintail_messages",
                 "Messages delivered by next()",

@@ -2,7 +2,8 @@
 //! join, leave cleanly and die during a run, and a count proves that every message
 //! was committed by exactly one member (delivered more than once only where a
 //! member lost a partition before committing it); static `k/N` members split the
-//! partitions without overlap.
+//! partitions without overlap; a second process with the same member id takes
+//! over at once and fences the first.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -38,8 +39,9 @@ enum Cmd {
     Die,
 }
 
-/// One member: reads with a 1 ms pause per message, commits every 10 messages per
-/// partition explicitly, and records what each commit covered.
+/// One member: reads with a 1 ms pause per message, commits every 10 messages
+/// and whenever no message came for 50 ms (its last messages too), explicitly per
+/// partition, and records what each commit covered.
 async fn member(
     name: &'static str,
     storage: SharedStorage,
@@ -59,6 +61,7 @@ async fn member(
         .unwrap();
     let mut pending: BTreeMap<String, (Position, Vec<String>)> = BTreeMap::new();
     let mut since = 0;
+    let mut idle = false;
     loop {
         let now = *cmd.borrow_and_update();
         if now == Cmd::Die {
@@ -68,7 +71,7 @@ async fn member(
             return;
         }
         let leaving = now == Cmd::Leave;
-        if since >= 10 || leaving {
+        if since >= 10 || (idle && since > 0) || leaving {
             since = 0;
             for (_, (pos, payloads)) in std::mem::take(&mut pending) {
                 let result = c.commit(&pos).await;
@@ -88,7 +91,9 @@ async fn member(
             c.close().await.unwrap();
             return;
         }
-        let Some(m) = c.next_timeout(Duration::from_millis(50)).await.unwrap() else {
+        let got = c.next_timeout(Duration::from_millis(50)).await.unwrap();
+        idle = got.is_none();
+        let Some(m) = got else {
             continue;
         };
         since += 1;
@@ -170,11 +175,19 @@ async fn members_join_leave_and_die_and_every_message_is_committed_exactly_once(
         if done {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "b did not finish: {} committed",
-            ledger.lock().unwrap().committed.len()
-        );
+        assert!(Instant::now() < deadline, "b did not finish: {}", {
+            let l = ledger.lock().unwrap();
+            let missing: Vec<(&String, u32)> = all
+                .iter()
+                .filter(|p| !l.committed.contains_key(*p))
+                .map(|p| (p, l.delivered.get(p).copied().unwrap_or(0)))
+                .collect();
+            format!(
+                "{} committed; not committed (deliveries): {missing:?}; per member {:?}",
+                l.committed.len(),
+                l.per_member
+            )
+        });
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     b.send(Cmd::Leave).unwrap();
@@ -244,4 +257,87 @@ async fn static_members_split_the_partitions_without_overlap() {
     }
     assert_eq!(seen.len(), all.len());
     assert!(seen.values().all(|n| *n == 1));
+}
+
+/// Static membership: a second process with the same member id takes the
+/// partitions over at once (no lease wait, though the first never left), the
+/// first's late commit is refused, and its next `next()` stops it with
+/// `MemberFenced`; the second resumes after the first's last commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_with_the_same_member_id_takes_over_at_once_and_fences_the_old_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = local_storage(dir.path());
+    let all = sealed_minute(
+        std::slice::from_ref(&storage),
+        "clicks",
+        minute("2026-11-22T10:00"),
+        4,
+        50,
+        5,
+    )
+    .await;
+    let member = || {
+        Consumer::builder("clicks")
+            .cluster("dc1", storage.clone())
+            .view(ReadView::Merged)
+            .sealed_partitions(4)
+            .group("s")
+            // A lease far longer than the test: only static membership explains
+            // a prompt takeover.
+            .dynamic_member("a", Duration::from_secs(600))
+            .heartbeat(Duration::from_millis(20))
+            .build()
+    };
+    let mut old = member().await.unwrap();
+    let first = conduit_testkit::tail::take(&mut old, 30, PHASE).await;
+    old.commit(&first[19].position).await.unwrap();
+    let late = first[29].position.clone();
+
+    let started = Instant::now();
+    let mut new = member().await.unwrap();
+    let resumed = conduit_testkit::tail::take(&mut new, 1, PHASE).await;
+    println!("same id took over in {:?}", started.elapsed());
+    assert!(started.elapsed() < PHASE);
+    assert_eq!(
+        new.partitions().len(),
+        4,
+        "every partition moved to the new process"
+    );
+    // The old process's late commit is refused (fenced by the higher epoch).
+    assert!(
+        matches!(old.commit(&late).await, Err(PintailError::NotOwner { .. })),
+        "a late commit of the old process must be refused"
+    );
+    // And its next upkeep stops it.
+    let stopped = loop {
+        match old.next_timeout(Duration::from_millis(50)).await {
+            Err(e) => break e,
+            Ok(_) => assert!(started.elapsed() < PHASE, "the old process was not fenced"),
+        }
+    };
+    assert!(
+        matches!(stopped, PintailError::MemberFenced { .. }),
+        "{stopped}"
+    );
+    // The new process resumed after the old one's last commit: what that commit
+    // covered (messages up to it in its partition) never comes again; every other
+    // message comes exactly once from the new process.
+    let mut seen: BTreeMap<String, u32> = BTreeMap::new();
+    for m in resumed
+        .iter()
+        .chain(&conduit_testkit::tail::drain(&mut new, Duration::from_millis(500)).await)
+    {
+        *seen
+            .entry(String::from_utf8(m.payload.to_vec()).unwrap())
+            .or_default() += 1;
+    }
+    let covered: Vec<String> = first[..20]
+        .iter()
+        .filter(|m| m.position.partition() == first[19].position.partition())
+        .map(|m| String::from_utf8(m.payload.to_vec()).unwrap())
+        .collect();
+    for p in &all {
+        let expected = if covered.contains(p) { 0 } else { 1 };
+        assert_eq!(seen.get(p).copied().unwrap_or(0), expected, "{p}");
+    }
 }

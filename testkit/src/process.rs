@@ -12,7 +12,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::wait::{self, TimedOut};
 
@@ -448,15 +448,17 @@ fn spawn_limited(
 }
 
 /// SIGKILL and reap, unless it already exited.
-fn kill9(child: &mut Child) {
+/// Sends SIGKILL to a child still running and reaps it.
+pub fn kill9(child: &mut Child) {
     if let Ok(None) = child.try_wait() {
         let _ = child.kill();
         let _ = child.wait();
     }
 }
 
-/// SIGTERM, then wait for the exit status.
-fn terminate(child: &mut Child, what: &str) -> Result<ExitStatus, Error> {
+/// SIGTERM, then wait (deadline 30 s) for the exit status; `what` names the
+/// child in errors.
+pub fn terminate(child: &mut Child, what: &str) -> Result<ExitStatus, Error> {
     let pid = child.id().to_string();
     Command::new("kill")
         .args(["-TERM", &pid])
@@ -523,9 +525,13 @@ pub fn metric(text: &str, name_with_labels: &str) -> Option<f64> {
 /// when it fails (`conduit up`'s readiness table and instructions).
 #[derive(Debug)]
 pub struct StdoutLines {
-    rx: mpsc::Receiver<String>,
+    rx: mpsc::Receiver<(Instant, String)>,
     /// Every line received so far, in order.
     pub seen: Vec<String>,
+    /// When each line of [`StdoutLines::seen`] was read from the pipe.
+    pub times: Vec<Instant>,
+    /// The child closed its standard output and every line was received.
+    closed: bool,
 }
 
 impl StdoutLines {
@@ -535,7 +541,7 @@ impl StdoutLines {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
+                if tx.send((Instant::now(), line)).is_err() {
                     break;
                 }
             }
@@ -543,6 +549,8 @@ impl StdoutLines {
         StdoutLines {
             rx,
             seen: Vec::new(),
+            times: Vec::new(),
+            closed: false,
         }
     }
 
@@ -566,10 +574,36 @@ impl StdoutLines {
     ) -> Result<T, TimedOut> {
         wait::until_blocking(what, timeout, || {
             while let Ok(line) = self.rx.try_recv() {
-                self.seen.push(line);
+                self.seen.push(line.1);
+                self.times.push(line.0);
             }
             cond(&self.seen)
         })
+    }
+
+    /// Takes the lines received since the last call into [`StdoutLines::seen`];
+    /// returns how many there are now.
+    pub fn poll(&mut self) -> usize {
+        loop {
+            match self.rx.try_recv() {
+                Ok((at, line)) => {
+                    self.seen.push(line);
+                    self.times.push(at);
+                }
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    self.closed = true;
+                    break;
+                }
+            }
+        }
+        self.seen.len()
+    }
+
+    /// Whether the child closed its standard output and every line it wrote is
+    /// in [`StdoutLines::seen`] (after a [`StdoutLines::poll`]).
+    pub fn is_closed(&self) -> bool {
+        self.closed
     }
 
     /// Every line received so far, one per line.

@@ -625,9 +625,9 @@ fn run_e2e(dc1_root: String, dc2_root: String) {
 
     // Two PinTail groups follow the topic from before the first event: one on the
     // merged view of dc1 (a member is killed mid-run and replaced), one at the live
-    // local tail of both clusters. Each must split its partitions first. The member
-    // names are chosen so that rendezvous hashing gives every member some
-    // partitions: a and b, a and d, b and d (4 or 8 partitions), la and lb.
+    // local tail of both clusters. Each must split its partitions first (the
+    // balanced assignment gives every member half of them): a and b, a and d,
+    // b and d (4 or 8 partitions), la and lb.
     const N: u32 = 30_000;
     let expected: BTreeSet<String> = (0..N)
         .flat_map(|i| [event_id(1, i), event_id(2, i)])

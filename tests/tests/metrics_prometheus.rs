@@ -486,3 +486,71 @@ async fn the_worker_exports_consumer_lag_per_group_and_partition() {
     let bytes = "conduit_consumer_lag_bytes{group=\"g1\",topic=\"clicks\",partition=\"dc1-c1\"}";
     assert!(metric(&body, bytes).is_some_and(|b| b > 0.0), "{body}");
 }
+
+/// A PinTail consumer's lag gauges (`conduit_pintail_lag_events`,
+/// `conduit_pintail_lag_seconds`, per partition it reads): exactly the records
+/// left after what it delivered, and `promtool check metrics` accepts its
+/// registry.
+#[test]
+fn pintail_lag_gauges_count_what_is_left_and_pass_promtool() {
+    use conduit_core::http::SharedRegistry;
+    use conduit_pintail::{Consumer, ReadView};
+    use conduit_testkit::minutes::sealed_minute;
+
+    let dir = tempfile::tempdir().unwrap();
+    let delivered = 70;
+    let (total, text) = conduit_testkit::runtime().block_on(async {
+        let storage = conduit_testkit::local_storage(dir.path());
+        let mut all = Vec::new();
+        for i in 0..2 {
+            let m = conduit_testkit::minute("2026-11-22T10:00")
+                .add_minutes(i)
+                .unwrap();
+            all.extend(sealed_minute(std::slice::from_ref(&storage), "clicks", m, 3, 50, 5).await);
+        }
+        let registry = SharedRegistry::default();
+        let mut c = Consumer::builder("clicks")
+            .cluster("dc1", storage)
+            .view(ReadView::Merged)
+            .sealed_partitions(1)
+            .group("g")
+            .dynamic_member("m1", Duration::from_secs(10))
+            // Upkeep, and a lag measurement, in every `next()`.
+            .heartbeat(Duration::ZERO)
+            .lag_interval(Duration::ZERO)
+            .registry(registry.clone())
+            .build()
+            .await
+            .unwrap();
+        // The last `next()` measures the lag after `delivered` messages.
+        conduit_testkit::tail::take(&mut c, delivered + 1, Duration::from_secs(10)).await;
+        let mut text = String::new();
+        conduit_core::http::prometheus_client::encoding::text::encode(
+            &mut text,
+            &registry.lock().unwrap(),
+        )
+        .unwrap();
+        (all.len(), text)
+    });
+    let labels = r#"{group="g",topic="clicks",member="m1",partition="p0of1"}"#;
+    assert_eq!(
+        metric(&text, &format!("conduit_pintail_lag_events{labels}")),
+        Some((total - delivered) as f64),
+        "{text}"
+    );
+    assert!(
+        metric(&text, &format!("conduit_pintail_lag_seconds{labels}")).is_some_and(|s| s > 0.0),
+        "minutes of 2026-11-22 are behind now: {text}"
+    );
+    if !gate::promtool("pintail_lag_gauges_count_what_is_left_and_pass_promtool") {
+        return;
+    }
+    let classic = conduit_core::http::to_classic(&text);
+    let (ok, printed) = promtool(&["check", "metrics"], &classic);
+    assert!(ok, "promtool check metrics:\n{printed}\n{classic}");
+    assert_eq!(
+        printed.trim(),
+        "",
+        "promtool has nothing to say:\n{classic}"
+    );
+}

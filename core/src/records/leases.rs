@@ -50,6 +50,22 @@ pub struct GroupMember {
     pub member: String,
     /// Live until this wall-clock instant (unix milliseconds).
     pub expires_ms: i64,
+    /// Which process runs this member id: larger for a process started later
+    /// (static membership: a restart with the same id fences the old process).
+    /// 0 (absent) in files of older builds.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub incarnation: u64,
+    /// The partitions this member found (every member assigns the union).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partitions: Vec<String>,
+    /// Digest (16 hex digits) of the live members and partitions the member
+    /// computed its assignment from: equal digests, equal assignments.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub assignment: String,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Versioned for GroupMember {
@@ -71,6 +87,9 @@ pub struct GroupClaim {
     /// Given up by its member (the partition may be claimed at once).
     #[serde(default)]
     pub released: bool,
+    /// The [`GroupMember::incarnation`] of the process holding it (0: absent).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub incarnation: u64,
 }
 
 impl Versioned for GroupClaim {
