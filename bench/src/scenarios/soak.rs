@@ -112,6 +112,7 @@ async fn soak(
         dir,
         roots,
         args.worker_interval_ms,
+        "",
         &args.child_log_level,
     )
     .await?;
