@@ -11,9 +11,16 @@
 //! # Minutes and files
 //! Every record of a round gets the minute of the collector clock when the round
 //! starts. At each minute boundary (a timer on the [`conduit_core::Clock`], so tests
-//! advance it) every open file is closed with its trailer; the watermark (the last
-//! minute all of whose files are closed) then advances and is published in the
-//! heartbeat. A file also closes when it reaches `max_file_bytes`.
+//! advance it) every open file is closed with its trailer **in a background task**
+//! (the dedup snapshot covering them first, then index, trailer, sync and close,
+//! which on HDFS includes the NameNode's `complete`): rounds of the new minute go
+//! on into new files meanwhile, so no acknowledgement waits for a close. The
+//! watermark (the last minute all of whose files are closed) advances once they
+//! are closed and is published in the heartbeat. Every byte of those files was
+//! acknowledged only after its sync; a kill during the background close leaves
+//! files without a trailer, which recovery closes as after any crash. Only one
+//! such close runs at a time, and every other snapshot write waits for it (so
+//! snapshots land in order). A file also closes when it reaches `max_file_bytes`.
 //!
 //! # Storage outages
 //! Storage health is measured on the write path. A round's storage steps (create,
