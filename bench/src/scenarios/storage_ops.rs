@@ -126,7 +126,7 @@ async fn one_run(
     let listed = format!("{dir}/listed");
     if run == 0 {
         for i in 0..files {
-            let mut w = storage
+            let w = storage
                 .create(&format!("{listed}/f{i}"), CreateMode::Exclusive)
                 .await?;
             w.close().await?;
