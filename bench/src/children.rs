@@ -208,13 +208,15 @@ impl std::fmt::Debug for Bus {
 impl Bus {
     /// Writes the config into `dir` (every topic in batch format `format`,
     /// `zstd` or `gzip`) and starts both collectors and both workers (logs in
-    /// `dir/logs/`).
+    /// `dir/logs/`); `worker_extra` is appended to the `[worker]` table (lines of
+    /// TOML, each ending with a newline).
     pub async fn start(
         conduit: &Conduit,
         dir: &Path,
         roots: BusRoots,
         format: &str,
         worker_interval_ms: u64,
+        worker_extra: &str,
         log_level: &str,
     ) -> anyhow::Result<Bus> {
         std::fs::create_dir_all(dir.join("logs"))?;
@@ -226,7 +228,7 @@ impl Bus {
                  [clusters.dc1]\nroot = {:?}\n\n[clusters.dc2]\nroot = {:?}\n\n\
                  [topic_defaults]\nencoding = \"lines\"\nformat = {format:?}\nmerge_into = \"dc1\"\n\
                  merge_sources = [\"dc1\", \"dc2\"]\nmirrors = [\"dc2\"]\ncompact = false\n\n\
-                 [worker]\ninterval_ms = {worker_interval_ms}\n",
+                 [worker]\ninterval_ms = {worker_interval_ms}\n{worker_extra}",
                 roots.dc1, roots.dc2
             ),
         )?;

@@ -10,7 +10,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use conduit_bench::children::Conduit;
 use conduit_bench::scenarios::{
-    catch_up, gen, ingest, limits, nats_ingest, publish, seal_latency, soak, tail_latency,
+    catch_up, gen, ingest, limits, nats_ingest, publish, seal_latency, soak, storage_ops,
+    tail_latency,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -68,6 +69,9 @@ enum Scenario {
     /// view live at a fixed rate across minute boundaries (optionally against a NATS
     /// JetStream durable pull consumer).
     TailLatency(tail_latency::TailLatencyArgs),
+    /// The latency of each storage call the minute roll and the seal are made of
+    /// (create, sync, close, rename, stat, reads, list) on one root, local or HDFS.
+    StorageOps(storage_ops::StorageOpsArgs),
 }
 
 fn main() -> ExitCode {
@@ -96,6 +100,7 @@ fn main() -> ExitCode {
             Scenario::Soak(args) => soak::run(args, &conduit()?).await,
             Scenario::NatsIngest(args) => nats_ingest::run(args, &conduit()?).await,
             Scenario::TailLatency(args) => tail_latency::run(args, &conduit()?).await,
+            Scenario::StorageOps(args) => storage_ops::run(args).await,
         }
     });
     match result {

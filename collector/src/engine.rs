@@ -11,9 +11,16 @@
 //! # Minutes and files
 //! Every record of a round gets the minute of the collector clock when the round
 //! starts. At each minute boundary (a timer on the [`conduit_core::Clock`], so tests
-//! advance it) every open file is closed with its trailer; the watermark (the last
-//! minute all of whose files are closed) then advances and is published in the
-//! heartbeat. A file also closes when it reaches `max_file_bytes`.
+//! advance it) every open file is closed with its trailer **in a background task**
+//! (the dedup snapshot covering them first, then index, trailer, sync and close,
+//! which on HDFS includes the NameNode's `complete`): rounds of the new minute go
+//! on into new files meanwhile, so no acknowledgement waits for a close. The
+//! watermark (the last minute all of whose files are closed) advances once they
+//! are closed and is published in the heartbeat. Every byte of those files was
+//! acknowledged only after its sync; a kill during the background close leaves
+//! files without a trailer, which recovery closes as after any crash. Only one
+//! such close runs at a time, and every other snapshot write waits for it (so
+//! snapshots land in order). A file also closes when it reaches `max_file_bytes`.
 //!
 //! # Storage outages
 //! Storage health is measured on the write path. A round's storage steps (create,
@@ -439,6 +446,26 @@ pub struct Engine {
     fd_pressure: bool,
     /// Calls with parts put off to a later round, oldest first.
     deferred: Vec<RoundCall>,
+    /// The files of the minute last rolled, being closed in the background so that
+    /// no acknowledgement waits for their trailers, syncs and (on HDFS)
+    /// `complete` calls ([`Engine::roll`]).
+    rolling: Option<Rolling>,
+}
+
+/// Files a roll closes in the background: what is known of each, and the task
+/// that writes the dedup snapshot covering them, then closes them (results in
+/// the order of `files`).
+struct Rolling {
+    files: Vec<Closing>,
+    task: tokio::task::JoinHandle<RollOutcome>,
+}
+
+/// What the background close of a roll did.
+struct RollOutcome {
+    /// The dedup snapshot's write failed (it is written again at the next chance).
+    snapshot_failed: Option<StorageError>,
+    /// Each file's close, in the order of [`Rolling::files`].
+    closed: Vec<conduit_core::StorageResult<u64>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -504,6 +531,7 @@ impl Engine {
             open_limit,
             fd_pressure: false,
             deferred: Vec::new(),
+            rolling: None,
         };
         engine.recover().await?;
         engine.publish_status();
@@ -703,6 +731,9 @@ impl Engine {
     }
 
     async fn save_dedup(&mut self) {
+        // One snapshot write at a time, in order: a roll's (in the background)
+        // must not land after a newer one.
+        self.finish_rolling().await;
         if !self.dedup_dirty {
             return;
         }
@@ -762,6 +793,11 @@ impl Engine {
             .keys()
             .map(|(m, _)| *m)
             .chain(self.abandoned.iter().map(|a| a.minute))
+            .chain(
+                self.rolling
+                    .iter()
+                    .flat_map(|r| r.files.iter().map(|f| f.minute)),
+            )
             .chain(
                 self.files
                     .values()
@@ -823,6 +859,10 @@ impl Engine {
                     None => break,
                 },
                 _ = boundary => self.roll().await,
+                outcome = rolled(&mut self.rolling), if self.rolling.is_some() => {
+                    self.apply_rolled(outcome);
+                    self.publish_status();
+                }
                 _ = probe.tick() => self.maintain().await,
                 () = std::future::ready(()), if busy => {
                     let mut round = Vec::new();
@@ -1189,13 +1229,22 @@ impl Engine {
                 (i, seq, path)
             })
             .collect();
+        let create_seconds = self
+            .metrics
+            .file_op_seconds
+            .get_or_create(&Metrics::label("op", "create"))
+            .clone();
         let created: Vec<_> = futures::future::join_all(planned.iter().map(|(_, _, path)| {
             let create = store.create(path, CreateMode::Exclusive);
+            let create_seconds = create_seconds.clone();
             async move {
-                match target {
+                let started = Instant::now();
+                let created = match target {
                     Target::Storage => tokio::time::timeout_at(deadline, create).await.ok(),
                     Target::Spool => Some(create.await),
-                }
+                };
+                create_seconds.observe(started.elapsed().as_secs_f64());
+                created
             }
         }))
         .await;
@@ -1768,23 +1817,149 @@ impl Engine {
         // ledger holds the file's acknowledged length (recovery never cuts below it).
         self.note_closing(&files);
         self.save_dedup().await;
-        let closed: Vec<_> = futures::stream::iter(files.into_iter().map(|file| async move {
-            let closing = Closing {
-                path: file.path.clone(),
-                target: file.target,
-                minute: file.minute,
-                encoding: file.encoding,
-                acked_len: file.acked_len,
-                topic: file.topic.clone(),
-                name: file.name().to_owned(),
-                written: file.written_len(),
-            };
-            (closing, file.close().await)
+        let close_seconds = self
+            .metrics
+            .file_op_seconds
+            .get_or_create(&Metrics::label("op", "close"))
+            .clone();
+        let closed: Vec<_> = futures::stream::iter(files.into_iter().map(|file| {
+            let close_seconds = close_seconds.clone();
+            async move {
+                let closing = Closing {
+                    path: file.path.clone(),
+                    target: file.target,
+                    minute: file.minute,
+                    encoding: file.encoding,
+                    acked_len: file.acked_len,
+                    topic: file.topic.clone(),
+                    name: file.name().to_owned(),
+                    written: file.written_len(),
+                };
+                let started = Instant::now();
+                let result = file.close().await;
+                close_seconds.observe(started.elapsed().as_secs_f64());
+                (closing, result)
+            }
         }))
         .buffer_unordered(CLOSE_CONCURRENCY)
         .collect()
         .await;
         for (closing, result) in closed {
+            self.closed(closing, result);
+        }
+    }
+
+    /// Closes `files` (a roll's) in a background task: the dedup snapshot covering
+    /// them (with their acknowledged lengths in the ledger) is taken now and
+    /// written first, then every file gets its index and trailer, is synced and
+    /// closed, [`CLOSE_CONCURRENCY`] at a time. Nothing waits for it but the
+    /// watermark ([`Engine::watermark`] stays below their minute) and the next
+    /// snapshot write ([`Engine::save_dedup`] finishes it first). Every record of
+    /// these files was acknowledged after its sync; a close that fails leaves the
+    /// file to be repaired, as [`Engine::close_files`] does.
+    fn close_in_background(&mut self, files: Vec<OpenFile>) {
+        if files.is_empty() {
+            return;
+        }
+        self.note_closing(&files);
+        let snapshot = if self.dedup_dirty {
+            self.dedup.expire(now_secs(&self.clock));
+            let body = Bytes::from(self.dedup.to_json(self.ledger.to_saved()));
+            let store = if self.healthy {
+                Some(self.storage.clone())
+            } else {
+                self.spool.clone()
+            };
+            store.map(|store| (store, self.dedup_path(), body))
+        } else {
+            None
+        };
+        // Written below; set again if that fails.
+        self.dedup_dirty = false;
+        let close_seconds = self
+            .metrics
+            .file_op_seconds
+            .get_or_create(&Metrics::label("op", "close"))
+            .clone();
+        let closing: Vec<Closing> = files.iter().map(Closing::of).collect();
+        let task = tokio::spawn(async move {
+            let mut snapshot_failed = None;
+            if let Some((store, path, body)) = snapshot {
+                if let Err(e) = store.write_atomic(&path, body).await {
+                    snapshot_failed = Some(e);
+                }
+            }
+            let closed = futures::stream::iter(files.into_iter().map(|file| {
+                let close_seconds = close_seconds.clone();
+                async move {
+                    let started = Instant::now();
+                    let result = file.close().await;
+                    close_seconds.observe(started.elapsed().as_secs_f64());
+                    result
+                }
+            }))
+            .buffered(CLOSE_CONCURRENCY)
+            .collect()
+            .await;
+            RollOutcome {
+                snapshot_failed,
+                closed,
+            }
+        });
+        self.rolling = Some(Rolling {
+            files: closing,
+            task,
+        });
+    }
+
+    /// Waits for the background close of the last roll, if any, and accounts
+    /// for it.
+    async fn finish_rolling(&mut self) {
+        if self.rolling.is_some() {
+            let outcome = rolled(&mut self.rolling).await;
+            self.apply_rolled(outcome);
+        }
+    }
+
+    /// Accounts for the background close of the last roll: each file as
+    /// [`Engine::closed`] does; a snapshot that could not be written is written
+    /// again at the next chance. A task that panicked leaves its files to be
+    /// repaired.
+    fn apply_rolled(&mut self, outcome: Result<RollOutcome, tokio::task::JoinError>) {
+        let Some(rolling) = self.rolling.take() else {
+            return;
+        };
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                tracing::error!(error = %e, "the background close of a minute's files failed; they will be repaired");
+                RollOutcome {
+                    snapshot_failed: None,
+                    closed: rolling
+                        .files
+                        .iter()
+                        .map(|f| {
+                            Err(StorageError::Io {
+                                path: f.path.clone(),
+                                source: std::io::Error::other(format!(
+                                    "the background close ended early: {e}"
+                                )),
+                            })
+                        })
+                        .collect(),
+                }
+            }
+        };
+        if let Some(e) = outcome.snapshot_failed {
+            self.dedup_dirty = true;
+            if e.is_too_many_open_files() {
+                self.ran_out_of_descriptors("dedup_snapshot", &e);
+            } else {
+                self.storage_error("dedup_snapshot");
+                tracing::warn!(error = %e, "cannot write the dedup snapshot; retrying at the next roll");
+            }
+        }
+        for (closing, result) in rolling.files.into_iter().zip(outcome.closed) {
             self.closed(closing, result);
         }
     }
@@ -1842,14 +2017,19 @@ impl Engine {
         }
     }
 
-    /// Closes every file of past minutes and advances the watermark.
+    /// Moves on to the clock's minute: the files of past minutes are closed in the
+    /// background ([`Engine::close_in_background`]) while new rounds go on into
+    /// new files, so no acknowledgement waits for a close; the watermark advances
+    /// once they are closed.
     async fn roll(&mut self) {
         let now_minute = self.clock.minute();
         if now_minute <= self.current_minute {
             return;
         }
+        self.finish_rolling().await;
         let files: Vec<OpenFile> = self.files.drain().map(|(_, f)| f).collect();
-        self.close_files(files).await;
+        let closing = files.len();
+        self.close_in_background(files);
         self.prune_ledger(now_minute).await;
         self.seqs.retain(|(_, m), _| *m >= now_minute);
         self.current_minute = now_minute;
@@ -1860,7 +2040,7 @@ impl Engine {
             );
             self.open_limit = self.settings.max_open_files;
         }
-        tracing::debug!(minute = %now_minute, "minute rolled");
+        tracing::debug!(minute = %now_minute, closing, "minute rolled");
         self.maintain().await;
         self.publish_status();
     }
@@ -2015,6 +2195,7 @@ impl Engine {
     }
 
     async fn shutdown(mut self) {
+        self.finish_rolling().await;
         let files: Vec<OpenFile> = self.files.drain().map(|(_, f)| f).collect();
         self.close_files(files).await;
         if let Some(task) = self.repair.take() {
@@ -2243,6 +2424,29 @@ struct Closing {
     name: String,
     /// Bytes written before the closing frames (already counted in the spool).
     written: u64,
+}
+
+impl Closing {
+    fn of(file: &OpenFile) -> Closing {
+        Closing {
+            path: file.path.clone(),
+            target: file.target,
+            minute: file.minute,
+            encoding: file.encoding,
+            acked_len: file.acked_len,
+            topic: file.topic.clone(),
+            name: file.name().to_owned(),
+            written: file.written_len(),
+        }
+    }
+}
+
+/// Waits for the background close of a roll (`rolling` must be `Some`).
+async fn rolled(rolling: &mut Option<Rolling>) -> Result<RollOutcome, tokio::task::JoinError> {
+    match rolling {
+        Some(r) => (&mut r.task).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Groups the round's parts by topic: a part compressed by its connection keeps its

@@ -57,6 +57,9 @@ pub struct Metrics {
     pub storage_errors: Family<Labels, Counter>,
     /// Data files closed.
     pub files_closed: Counter,
+    /// Latency of one data file's `create` and `close` (trailer, sync and, on
+    /// HDFS, `complete`), by `op`: what a minute roll costs per file.
+    pub file_op_seconds: Family<Labels, Histogram, fn() -> Histogram>,
     /// Data files moved to `quarantine/` at recovery (shorter than acknowledged,
     /// or undecodable).
     pub files_quarantined: Counter,
@@ -160,6 +163,9 @@ impl Metrics {
             inflight_bytes: Gauge::default(),
             storage_errors: Family::default(),
             files_closed: Counter::default(),
+            file_op_seconds: Family::new_with_constructor(
+                conduit_core::http::latency_histogram as fn() -> Histogram,
+            ),
             files_quarantined: Counter::default(),
             duplicate_batches: Counter::default(),
             dedup_conflicts: Counter::default(),
@@ -249,6 +255,11 @@ impl Metrics {
             m.storage_errors.clone(),
         );
         r.register("files_closed", "Data files closed", m.files_closed.clone());
+        r.register(
+            "file_op_seconds",
+            "Latency of creating (op=create) and closing (op=close: index, trailer, sync, HDFS complete) one data file",
+            m.file_op_seconds.clone(),
+        );
         r.register(
             "files_quarantined",
             "Data files moved to quarantine/ at recovery: shorter than the acknowledged length, or undecodable",

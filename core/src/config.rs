@@ -564,6 +564,13 @@ pub struct WorkerConfig {
     /// publisher batch (stored by two collectors after a failover) to drop.
     #[serde(default = "default_dedup_window_minutes")]
     pub dedup_window_minutes: u64,
+    /// Whether the local seal reads every data file in full to compute its
+    /// CRC-32C and compare it with the collector's (the checksum in its close
+    /// trailer). Off: a file whose trailer carries the collector's checksum is
+    /// described from its tail alone (one ranged read), and `conduit verify` and
+    /// the verified copies of merge and mirror compare the whole file.
+    #[serde(default)]
+    pub seal_reads_files: bool,
 }
 
 /// Largest `worker.dedup_window_minutes`: a day of batch identities is what the
@@ -594,6 +601,7 @@ impl Default for WorkerConfig {
             max_source_lag_secs: default_max_source_lag_secs(),
             lease_secs: default_lease_secs(),
             dedup_window_minutes: default_dedup_window_minutes(),
+            seal_reads_files: false,
         }
     }
 }

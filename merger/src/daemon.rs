@@ -19,6 +19,7 @@
 //! Without a lease ([`Daemon::new`] with `None`), the jobs run unfenced: for a
 //! single worker by construction (tests, `--no-lease`).
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -165,7 +166,12 @@ impl Daemon {
             match job.pass().await {
                 Ok(report) => {
                     self.metrics.record_pass(name, &report);
-                    if report != PassReport::default() {
+                    if report.did_something() {
+                        let steps_ms: BTreeMap<&str, f64> = report
+                            .step_micros
+                            .iter()
+                            .map(|(step, micros)| (*step, *micros as f64 / 1e3))
+                            .collect();
                         tracing::info!(
                             job = name,
                             sealed = report.sealed,
@@ -174,6 +180,7 @@ impl Daemon {
                             pending = report.pending,
                             quarantined = report.quarantined,
                             duplicates_dropped = report.duplicates_dropped,
+                            ?steps_ms,
                             "pass"
                         );
                     }

@@ -156,6 +156,14 @@ pub struct PassReport {
     pub quarantined: u64,
     /// Records dropped at the seal as second copies of publisher batches.
     pub duplicates_dropped: u64,
+    /// Data files the seal listed, by how it learned their length and checksum
+    /// (`trailer`: from the writer's close trailer; `full`: by reading them).
+    pub seal_checks: BTreeMap<&'static str, u64>,
+    /// Microseconds the pass spent in each of its steps (every topic job's
+    /// `topics`: what it reads before the topics, the heartbeats for the local
+    /// job; the local job's `list`, `move`, `inspect`, `dedup`, `manifest`,
+    /// `checkpoint`), for `conduit_worker_step_seconds_total`.
+    pub step_micros: BTreeMap<&'static str, u64>,
 }
 
 impl PassReport {
@@ -169,6 +177,28 @@ impl PassReport {
         self.pending += other.pending;
         self.quarantined += other.quarantined;
         self.duplicates_dropped += other.duplicates_dropped;
+        for (check, n) in &other.seal_checks {
+            *self.seal_checks.entry(check).or_default() += n;
+        }
+        for (step, micros) in &other.step_micros {
+            *self.step_micros.entry(step).or_default() += micros;
+        }
+    }
+
+    /// Whether the pass changed or found anything (every count but the step
+    /// times); a pass that did nothing is not logged.
+    pub fn did_something(&self) -> bool {
+        let counts = PassReport {
+            step_micros: BTreeMap::new(),
+            ..self.clone()
+        };
+        counts != PassReport::default()
+    }
+
+    /// Adds the time since `since` to `step`.
+    pub fn timed(&mut self, step: &'static str, since: std::time::Instant) {
+        let micros = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX);
+        *self.step_micros.entry(step).or_default() += micros;
     }
 }
 
@@ -255,7 +285,10 @@ impl<J: TopicJob> Job for J {
     async fn pass(&mut self) -> Result<PassReport, WorkerError> {
         let mut report = PassReport::default();
         let mut first_error = None;
-        for (topic, plan) in self.topics().await? {
+        let started = std::time::Instant::now();
+        let topics = self.topics().await?;
+        report.timed("topics", started);
+        for (topic, plan) in topics {
             match self.pass_topic(&topic, plan).await {
                 Ok(step) => report.add(&step),
                 Err(e @ WorkerError::LostLease { .. }) => return Err(e),

@@ -72,6 +72,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Instant;
 
 use conduit_core::format::{read_trailer, TRAILER_LEN};
 use conduit_core::heartbeat::{CollectorState, Heartbeat};
@@ -363,13 +364,16 @@ impl LocalJob {
         topic: &Topic,
         minute: Minute,
         saved: &mut Option<LocalCheckpoint>,
+        report: &mut PassReport,
     ) -> Result<Sealed, WorkerError> {
+        let started = Instant::now();
         let mut state = self.dedup_for(topic, minute, saved.take()).await?;
+        report.timed("dedup", started);
         let sealer = Sealer {
             env: &self.env,
             checkpoints: &self.checkpoints,
         };
-        let sealed = sealer.seal(topic, minute, &state).await?;
+        let sealed = sealer.seal(topic, minute, &state, report).await?;
         if let Some(kept) = &sealed.kept {
             state.sealed(
                 minute,
@@ -409,8 +413,10 @@ impl LocalJob {
                     .await
             }
         };
+        let started = Instant::now();
         let last = self.newest_sealed(topic, saved.as_ref()).await?;
         let mut files = tree::collector_files(self.storage(), topic).await?;
+        report.timed("list", started);
         let mut next = match last {
             Some(last) => last.next().map_err(|e| WorkerError::Other(e.to_string()))?,
             None => self.stream_start(topic, &files).await?,
@@ -427,6 +433,7 @@ impl LocalJob {
         // Late files: their minute is sealed; they go to the oldest unsealed one.
         let split = files.partition_point(|f| f.name.minute < next);
         let mut late_moved = 0;
+        let started = Instant::now();
         for file in &files[..split] {
             if late_moved >= MAX_LATE_FILES_PER_PASS {
                 break;
@@ -439,12 +446,14 @@ impl LocalJob {
                 report.late_files += 1;
             }
         }
+        report.timed("move", started);
 
         // Minutes in order: move their closed files, then seal if allowed.
         let mut rest = &files[split..];
         let mut sealed_now = 0;
         for _ in 0..MAX_MINUTES_PER_PASS {
             let count = rest.partition_point(|f| f.name.minute == next);
+            let started = Instant::now();
             for file in &rest[..count] {
                 if self.is_closed(file, collectors).await?
                     && self.move_file(topic, file, next).await?
@@ -452,11 +461,12 @@ impl LocalJob {
                     report.files += 1;
                 }
             }
+            report.timed("move", started);
             rest = &rest[count..];
             if !self.sealable(next, collectors) {
                 break;
             }
-            let sealed = self.seal(topic, next, &mut saved).await?;
+            let sealed = self.seal(topic, next, &mut saved, report).await?;
             report.quarantined += sealed.quarantined;
             report.duplicates_dropped += sealed.duplicates_dropped;
             self.sealed.insert(topic.clone(), next);
@@ -472,6 +482,7 @@ impl LocalJob {
         report.pending +=
             u64::try_from(current.epoch_minutes() - next.epoch_minutes()).unwrap_or(0);
         if sealed_now > 0 {
+            let started = Instant::now();
             if let Some(last) = self.sealed.get(topic).copied() {
                 if let Err(e) = self
                     .checkpoints
@@ -491,6 +502,7 @@ impl LocalJob {
                     tracing::warn!(%topic, error = %e, "cannot save checkpoint (a hint only)");
                 }
             }
+            report.timed("checkpoint", started);
         }
         Ok(())
     }

@@ -15,6 +15,8 @@
 //! | `conduit_worker_backlog_dirs` | gauge | job | minute (or hour) directories waiting, reported by the last pass |
 //! | `conduit_worker_files_quarantined_total` | counter | job | files set aside in `quarantine/` because they could not be sealed |
 //! | `conduit_worker_duplicates_dropped_total` | counter | job | records dropped at the seal as second copies of publisher batches |
+//! | `conduit_worker_seal_file_checks_total` | counter | job, check (`trailer`, `full`) | data files the local seal listed, by how it learned their length and CRC-32C: from the collector's close trailer (one ranged read of the tail) or by reading the whole file (no writer checksum, or a tail that does not agree with the length) |
+//! | `conduit_worker_step_seconds_total` | counter | job, step | seconds passes spent in each step (every topic job: `topics`, its reads before the topics, the heartbeats for `local`; local job: `list`, `move`, `inspect`, `dedup`, `manifest`, `checkpoint`): where a seal's time goes |
 //! | `conduit_worker_lag_seconds` | gauge | view (`local`, `merged`, `mirror`, `hourly`), topic | clock minus the end of the newest sealed minute |
 //! | `conduit_worker_invalid_rows_total` | counter | topic | events of topics with `compact_format = "parquet"` set aside from their hourly Parquet file (not matching the schema, or not UTF-8 where the payload column is a string) |
 //! | `conduit_worker_lease_held` | gauge | | 1 while this worker holds the lease, 0 on standby |
@@ -126,6 +128,10 @@ pub struct WorkerMetrics {
     pub quarantined: Family<Labels, Counter>,
     /// Duplicate records dropped by job.
     pub duplicates_dropped: Family<Labels, Counter>,
+    /// Data files listed by the local seal, by job and check.
+    pub seal_checks: Family<Labels, Counter>,
+    /// Seconds spent per step, by job and step.
+    pub step_seconds: Family<Labels, Counter<f64, AtomicU64>>,
     /// Lag of the newest sealed minute behind the clock, by view and topic.
     pub lag_seconds: Family<Labels, Gauge<f64, AtomicU64>>,
     /// Rows set aside from hourly Parquet files, by topic (the compact job
@@ -151,6 +157,8 @@ impl WorkerMetrics {
             pending: Family::default(),
             quarantined: Family::default(),
             duplicates_dropped: Family::default(),
+            seal_checks: Family::default(),
+            step_seconds: Family::default(),
             lag_seconds: Family::default(),
             invalid_rows: Family::default(),
             lease_held: Gauge::default(),
@@ -195,6 +203,16 @@ impl WorkerMetrics {
             "duplicates_dropped",
             "Records dropped at the seal as second copies of publisher batches",
             m.duplicates_dropped.clone(),
+        );
+        r.register(
+            "seal_file_checks",
+            "Data files the local seal listed, by how it learned their length and CRC-32C (trailer: the writer's close trailer; full: read in full)",
+            m.seal_checks.clone(),
+        );
+        r.register(
+            "step_seconds",
+            "Seconds job passes spent in each step",
+            m.step_seconds.clone(),
         );
         r.register(
             "lag_seconds",
@@ -262,6 +280,19 @@ impl WorkerMetrics {
         self.pending
             .get_or_create(&l)
             .set(i64::try_from(report.pending).unwrap_or(i64::MAX));
+        for (check, n) in &report.seal_checks {
+            self.seal_checks
+                .get_or_create(&vec![
+                    ("job", job.to_owned()),
+                    ("check", (*check).to_owned()),
+                ])
+                .inc_by(*n);
+        }
+        for (step, micros) in &report.step_micros {
+            self.step_seconds
+                .get_or_create(&vec![("job", job.to_owned()), ("step", (*step).to_owned())])
+                .inc_by(*micros as f64 / 1e6);
+        }
     }
 
     /// Counts a failed pass of `job`.

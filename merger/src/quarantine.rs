@@ -23,7 +23,9 @@
 //! the reason read again from its bytes, so the manifest lists every file set
 //! aside from its directory whatever instant the worker was killed at.
 
-use conduit_core::format::{read_index, FormatError, IndexEntry, TRAILER_V2_LEN};
+use conduit_core::format::{
+    crc32c_append, read_index, ClosedTail, FormatError, IndexEntry, TRAILER_V2_LEN,
+};
 use conduit_core::layout::Layout;
 use conduit_core::manifest::{describe, Described};
 use conduit_core::{ManifestError, QuarantinedFile, RenameMode, Storage};
@@ -97,6 +99,28 @@ impl Unsealable {
     }
 }
 
+/// How the seal learned a file's length and checksum ([`Sealable::check`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Check {
+    /// From its close trailer and index alone (one ranged read of its tail): the
+    /// writer's CRC-32C of every byte before the trailer, extended over the
+    /// trailer, is the CRC-32C of the whole file.
+    Trailer,
+    /// By reading every byte (a file whose writer did not checksum it, or whose
+    /// tail does not agree with its length).
+    Full,
+}
+
+impl Check {
+    /// The label value of `conduit_worker_seal_checks_total`.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Check::Trailer => "trailer",
+            Check::Full => "full",
+        }
+    }
+}
+
 /// What the seal knows of a file it can list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Sealable {
@@ -105,6 +129,8 @@ pub(crate) struct Sealable {
     /// Its batch parts with their frames' offsets, from its index; `None` when
     /// it has none (version 1 marks: no digests).
     pub(crate) index: Option<Vec<IndexEntry>>,
+    /// How `file` was learned.
+    pub(crate) check: Check,
 }
 
 /// What [`inspect`] found.
@@ -116,11 +142,89 @@ pub(crate) enum Verdict {
     Unsealable(Unsealable),
 }
 
-/// Reads the data file at `path` (in chunks, memory stays bounded) and says
-/// whether it can be sealed: it must end with a close trailer, match the trailer's
-/// checksum (when it has one) and have a readable index (when it has one).
-/// Storage errors are errors, never a verdict.
-pub(crate) async fn inspect(storage: &dyn Storage, path: &str) -> Result<Verdict, WorkerError> {
+/// Says whether the data file at `path`, listed with `listed_len` bytes, can be
+/// sealed: it must end with a close trailer, match the trailer's checksum (when
+/// it has one) and have a readable index (when it has one).
+///
+/// What the collector already knew is not read again: a file whose tail (one
+/// ranged read, [`read_index`]) holds a version 2 trailer with the writer's
+/// CRC-32C and an index that fits in `listed_len` bytes is described from that
+/// tail alone ([`Check::Trailer`]). Any other file (no trailer: the collector was
+/// killed, or the file was cut; a version 1 trailer; no checksum; an index that
+/// does not fit) is read in full as before ([`inspect_full`]), so a file that
+/// cannot be sealed is still found and set aside. A bit flipped inside a file
+/// after its writer checksummed it is not found here but by `conduit verify` and
+/// by the verified copy of the merge and mirror (both compare the whole file with
+/// the manifest's CRC-32C). With `read_in_full` (`worker.seal_reads_files`)
+/// every file is read in full. Storage errors are errors, never a verdict.
+pub(crate) async fn inspect(
+    storage: &dyn Storage,
+    path: &str,
+    listed_len: u64,
+    read_in_full: bool,
+) -> Result<Verdict, WorkerError> {
+    if !read_in_full {
+        if let Some(sealable) = inspect_tail(storage, path, listed_len).await? {
+            return Ok(Verdict::Sealable(sealable));
+        }
+    }
+    inspect_full(storage, path).await
+}
+
+/// The [`Check::Trailer`] description of the `len`-byte file at `path`, or `None`
+/// when its tail does not allow one (module docs of [`inspect`]).
+async fn inspect_tail(
+    storage: &dyn Storage,
+    path: &str,
+    len: u64,
+) -> Result<Option<Sealable>, WorkerError> {
+    let tail = match read_index(storage, path, len).await {
+        Ok(Some(tail)) => tail,
+        Ok(None) | Err(FormatError::CorruptFrame { .. }) => return Ok(None),
+        // Gone or shorter than listed: the full read says what it is.
+        Err(FormatError::Storage(e)) if e.is_not_found() => return Ok(None),
+        Err(FormatError::Storage(e)) => return Err(e.into()),
+        Err(_) => return Ok(None),
+    };
+    let ClosedTail {
+        trailer,
+        close,
+        index,
+    } = tail;
+    if close.version < 2 || close.crc32c == 0 {
+        return Ok(None);
+    }
+    // The index frame and the trailer end the file; every indexed data frame
+    // starts before the index.
+    let index_start = len - close.trailer_len() - u64::from(close.index_len);
+    if index
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .any(|e| e.frame_offset >= index_start)
+    {
+        return Ok(None);
+    }
+    let trailer_bytes = trailer.encode_v2(close.index_len, close.crc32c);
+    Ok(Some(Sealable {
+        file: Described {
+            bytes: len,
+            crc32c: crc32c_append(close.crc32c, &trailer_bytes),
+            trailer,
+            close,
+            crc32c_before_trailer: close.crc32c,
+        },
+        index,
+        check: Check::Trailer,
+    }))
+}
+
+/// Reads the data file at `path` in full (in chunks, memory stays bounded) and
+/// says whether it can be sealed ([`Check::Full`]).
+pub(crate) async fn inspect_full(
+    storage: &dyn Storage,
+    path: &str,
+) -> Result<Verdict, WorkerError> {
     let file = match describe(storage, path).await {
         Ok(file) => file,
         Err(ManifestError::NotClosed { .. }) => {
@@ -144,7 +248,11 @@ pub(crate) async fn inspect(storage: &dyn Storage, path: &str) -> Result<Verdict
         Err(FormatError::Storage(e)) => return Err(e.into()),
         Err(e) => return Err(WorkerError::Other(format!("{path}: {e}"))),
     };
-    Ok(Verdict::Sealable(Sealable { file, index }))
+    Ok(Verdict::Sealable(Sealable {
+        file,
+        index,
+        check: Check::Full,
+    }))
 }
 
 /// Moves the file at `path` to `quarantine/<path>`; see the [module docs](self).
@@ -188,7 +296,7 @@ pub(crate) async fn quarantined_earlier(
             Err(e) => Unsealable::NotADataFile {
                 reason: e.to_string(),
             },
-            Ok(_) => match inspect(storage, &entry.path).await? {
+            Ok(_) => match inspect_full(storage, &entry.path).await? {
                 Verdict::Unsealable(why) => why,
                 Verdict::Sealable(_) => Unsealable::Earlier,
             },

@@ -4,8 +4,11 @@
 //! For minute `M` of a topic, once every file of `M` is in its directory:
 //!
 //! 1. **List and inspect** the directory: `_tmp.` leftovers of an interrupted
-//!    seal are deleted; every data file is read once (length, CRC-32C, trailer,
-//!    the trailer's checksum, the index); a file that holds no record (zero
+//!    seal are deleted; every data file is described by one ranged read of its
+//!    tail when its close trailer carries the collector's CRC-32C (length from
+//!    the listing, the CRC-32C of the whole file from the trailer's, the index;
+//!    `crate::quarantine::inspect`), else read once in full (length, CRC-32C,
+//!    trailer, the trailer's checksum, the index); a file that holds no record (zero
 //!    bytes, or a close trailer counting none: a file created for a call that
 //!    was then refused) is deleted, never listed; a file that cannot be sealed
 //!    is set aside in `quarantine/` (`crate::quarantine`).
@@ -39,6 +42,7 @@
 //! under-counts `duplicates_dropped` of that minute (never the records).
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use conduit_core::layout::{Layout, LocalFileName};
 use conduit_core::ratelimit;
@@ -51,7 +55,7 @@ use crate::checkpoint::Checkpoints;
 use crate::dedup::{self, PartKey, PartRef, Plan, TopicDedup};
 use crate::quarantine::{self, inspect, quarantined_earlier, Sealable, Unsealable, Verdict};
 use crate::rewrite::{self, Outcome, Rewritten, Source};
-use crate::{JobEnv, WorkerError};
+use crate::{JobEnv, PassReport, WorkerError};
 
 /// What a seal did besides listing the files, for the pass report and the
 /// deduplication window.
@@ -102,22 +106,36 @@ impl Sealer<'_> {
         topic: &Topic,
         minute: Minute,
         dedup: &TopicDedup,
+        report: &mut PassReport,
     ) -> Result<Sealed, WorkerError> {
         let dir = Layout::minute_dir(View::Local, topic, minute);
         let mut quarantined = Vec::new();
         let (candidates, plan, rewritten) = loop {
-            let Some(candidates) = self.list(&dir, minute, &mut quarantined).await? else {
+            let started = Instant::now();
+            let listed = self.list(&dir, minute, &mut quarantined).await?;
+            report.timed("inspect", started);
+            let Some(candidates) = listed else {
                 return Ok(Sealed::default());
             };
+            let started = Instant::now();
             let plan = dedup::plan(
                 dedup.window(),
                 candidates.iter().map(|c| (c.name.as_str(), &c.parts[..])),
             );
-            match self
+            let dropped = self
                 .drop_duplicates(topic, minute, &candidates, &plan, dedup)
-                .await?
-            {
-                Ok(rewritten) => break (candidates, plan, rewritten),
+                .await?;
+            report.timed("dedup", started);
+            match dropped {
+                Ok(rewritten) => {
+                    for c in &candidates {
+                        *report
+                            .seal_checks
+                            .entry(c.inspected.check.as_str())
+                            .or_default() += 1;
+                    }
+                    break (candidates, plan, rewritten);
+                }
                 Err((candidate, why)) => {
                     let c = &candidates[candidate];
                     quarantine::set_aside(self.storage(), &*self.env.fence, &c.path, &why).await?;
@@ -186,7 +204,10 @@ impl Sealer<'_> {
         )
         .with_seal_notes(duplicates_dropped, quarantined);
         self.env.fence.check().await?;
-        match manifest.seal(self.storage()).await {
+        let started = Instant::now();
+        let written = manifest.seal(self.storage()).await;
+        report.timed("manifest", started);
+        match written {
             Ok(()) => {
                 tracing::debug!(%dir, files = manifest.files.len(), records = manifest.records,
                     duplicates_dropped, "sealed");
@@ -233,7 +254,14 @@ impl Sealer<'_> {
                 continue;
             }
             let verdict = match Layout::parse_local_file_name(&entry.name) {
-                Ok(parsed) => match inspect(self.storage(), &entry.path).await? {
+                Ok(parsed) => match inspect(
+                    self.storage(),
+                    &entry.path,
+                    entry.len,
+                    self.env.config.worker.seal_reads_files,
+                )
+                .await?
+                {
                     Verdict::Sealable(inspected) => Ok((parsed, inspected)),
                     Verdict::Unsealable(why) => Err(why),
                 },

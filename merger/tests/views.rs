@@ -381,7 +381,7 @@ async fn merge_unions_two_sources_byte_for_byte_and_seals_within_seconds() {
     assert_eq!(fresh.pass().await.unwrap().sealed, 0);
     // Not a merge destination: nothing to do.
     let mut other = MergeJob::new(world.env("dc1", None));
-    assert_eq!(other.pass().await.unwrap(), PassReport::default());
+    assert!(!other.pass().await.unwrap().did_something());
 }
 
 /// A topic that only one source datacenter ever saw (not configured, so the other
@@ -760,9 +760,8 @@ async fn a_mirror_falls_behind_catches_up_and_is_byte_identical() {
     let mut merge = MergeJob::new(world.env("dc1", None));
     let mut mirror = MirrorJob::new(world.env("dc2", None));
     assert_eq!(mirror.name(), "mirror");
-    assert_eq!(
-        mirror.pass().await.unwrap(),
-        PassReport::default(),
+    assert!(
+        !mirror.pass().await.unwrap().did_something(),
         "nothing merged yet"
     );
     let mut sealed = 0;

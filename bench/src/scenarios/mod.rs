@@ -11,6 +11,8 @@
 //! - [`catch_up`]: one hour of sealed history read by DuckDB and by PinTail.
 //! - [`soak`]: the bus at a fixed rate; memory and descriptors over time, audit.
 //! - [`nats_ingest`]: ingest side by side with NATS JetStream.
+//! - [`storage_ops`]: the latency of each storage call (create, sync, close,
+//!   rename, reads) on one root, local or HDFS.
 //! - [`tail_latency`]: publish-to-delivery latency of a PinTail consumer group
 //!   (optionally against a NATS JetStream pull consumer).
 
@@ -22,4 +24,5 @@ pub mod nats_ingest;
 pub mod publish;
 pub mod seal_latency;
 pub mod soak;
+pub mod storage_ops;
 pub mod tail_latency;

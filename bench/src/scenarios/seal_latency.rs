@@ -89,6 +89,12 @@ pub struct SealArgs {
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     worker_interval_ms: u64,
 
+    /// Make the workers read every data file in full at the seal
+    /// (`worker.seal_reads_files = true`, as every seal did before issue 16), to
+    /// compare with the default in the same session.
+    #[arg(long)]
+    seal_reads_files: bool,
+
     /// Fail a run if a minute is not sealed everywhere this many seconds after its end.
     #[arg(long, default_value_t = 120, value_name = "SECONDS")]
     timeout: u64,
@@ -222,6 +228,11 @@ async fn measure(
         roots,
         &args.format,
         args.worker_interval_ms,
+        if args.seal_reads_files {
+            "seal_reads_files = true\n"
+        } else {
+            ""
+        },
         &args.child_log_level,
     )
     .await?;
@@ -386,6 +397,7 @@ fn run_json(args: &SealArgs, r: &SealRun) -> serde_json::Value {
         "backend": args.backend,
         "format": args.format,
         "worker_interval_ms": args.worker_interval_ms,
+        "seal_reads_files": args.seal_reads_files,
         "poll_ms": args.poll_ms,
         "published": r.published,
         "acknowledged": r.acked,

@@ -113,6 +113,7 @@ async fn soak(
         roots,
         "zstd",
         args.worker_interval_ms,
+        "",
         &args.child_log_level,
     )
     .await?;
