@@ -4,7 +4,9 @@
 //! # Overview
 //! A [`Publisher`] validates each event at the call (topic name, size, encoding),
 //! puts it on a bounded in-memory queue and returns; one background task per
-//! publisher groups queued events into batches (by count, bytes and linger time) and
+//! publisher groups queued events into batches (by count, bytes and linger time;
+//! the linger is adaptive by default: a batch goes out at once when nothing is
+//! on the wire, see [`PublisherBuilder::adaptive_linger`]) and
 //! sends them to a collector with conduit's idempotent
 //! `LogBatch(publisher_id, sequence, entries)` call over the Scribe protocol. The
 //! collector answers `OK` only once a batch is durable, and remembers which
