@@ -68,13 +68,24 @@ impl Pacer {
         addrs: &[SocketAddr],
         rate: u64,
         limit: Option<u64>,
+        payload: impl FnMut(u64) -> Bytes + Send + 'static,
+    ) -> anyhow::Result<Pacer> {
+        Pacer::start_tuned(addrs, rate, limit, |b| b, payload).await
+    }
+
+    /// Like [`Pacer::start_with`], each publisher's builder passed through `tune`
+    /// first (linger settings, for example).
+    pub async fn start_tuned(
+        addrs: &[SocketAddr],
+        rate: u64,
+        limit: Option<u64>,
+        tune: impl Fn(conduit_publisher::PublisherBuilder) -> conduit_publisher::PublisherBuilder,
         mut payload: impl FnMut(u64) -> Bytes + Send + 'static,
     ) -> anyhow::Result<Pacer> {
         let mut publishers = Vec::new();
         for addr in addrs {
             publishers.push(
-                conduit_publisher::Publisher::builder()
-                    .collectors([addr.to_string()])
+                tune(conduit_publisher::Publisher::builder().collectors([addr.to_string()]))
                     .build()
                     .await
                     .with_context(|| format!("cannot build a publisher for {addr}"))?,

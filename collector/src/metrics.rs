@@ -75,6 +75,12 @@ pub struct Metrics {
     /// Answers of the open-file endpoint (`/v1/open/...`), by result: `ok`,
     /// `gone`, `not_found`, `too_old`, `past_end`, `bad_request`.
     pub open_reads: Family<Labels, Counter>,
+    /// Long-polls of the open-file endpoint (`wait_ms`), by how they ended:
+    /// `notified` (new synced bytes or the file closed), `timeout`, `refused`
+    /// (over [`crate::open::MAX_WAITERS`], answered at once).
+    pub open_waits: Family<Labels, Counter>,
+    /// Long-polls of the open-file endpoint held now.
+    pub open_waiters: Gauge,
     /// Data files open now (storage and spool), at most `max_open_files`.
     pub open_files: Gauge,
     /// Idle data files closed early to stay under `max_open_files` (or because the
@@ -142,6 +148,9 @@ pub const OPEN_READ_RESULTS: [&str; 6] = [
     "bad_request",
 ];
 
+/// The `result` label values of `open_waits`.
+pub const OPEN_WAIT_RESULTS: [&str; 3] = ["notified", "timeout", "refused"];
+
 impl Metrics {
     /// Creates the metrics and registers them under `conduit_collector_*`.
     pub fn new(registry: &Arc<Mutex<Registry>>) -> Metrics {
@@ -172,6 +181,8 @@ impl Metrics {
             refused_batches: Family::default(),
             watermark_seconds: Gauge::default(),
             open_reads: Family::default(),
+            open_waits: Family::default(),
+            open_waiters: Gauge::default(),
             open_files: Gauge::default(),
             files_evicted: Counter::default(),
             fd_exhausted: Family::default(),
@@ -294,6 +305,21 @@ impl Metrics {
             "open_reads",
             "Answers of the open-file endpoint /v1/open by result (ok, gone, not_found, too_old, past_end, bad_request)",
             m.open_reads.clone(),
+        );
+        r.register(
+            "open_waits",
+            "Long-polls (wait_ms) of the open-file endpoint /v1/open by how they ended (notified, timeout, refused: over the waiter limit, answered at once)",
+            m.open_waits.clone(),
+        );
+        for result in OPEN_WAIT_RESULTS {
+            m.open_waits
+                .get_or_create(&Self::label("result", result))
+                .inc_by(0);
+        }
+        r.register(
+            "open_waiters",
+            "Long-polls of the open-file endpoint /v1/open held now",
+            m.open_waiters.clone(),
         );
         r.register(
             "open_files",

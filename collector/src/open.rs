@@ -5,7 +5,7 @@
 //! view asks the collector instead:
 //!
 //! ```text
-//! GET /v1/open/<topic>/<collector>/<file name>?offset=N[&max=M]
+//! GET /v1/open/<topic>/<collector>/<file name>?offset=N[&max=M][&wait_ms=W]
 //! ```
 //!
 //! answers the bytes `[N, min(synced_len, N + M))` of that file, the same bytes
@@ -13,6 +13,20 @@
 //! made durable by the last successful sync (fsync/hsync) of a commit round; a byte
 //! written but not yet synced is never served. The exact protocol is in
 //! `docs/pintail.md` ("The collector's open-file endpoint").
+//!
+//! # Long-poll (`wait_ms`)
+//! With `wait_ms=W` a request at the file's synced length (nothing to send yet)
+//! is held until the next sync of that file makes bytes past `offset` durable
+//! (then they are answered at once), the file is closed or abandoned (`410`), or
+//! `W` ms pass (`200`, empty). The wake-up comes from the sync path itself: the
+//! engine's [`OpenFiles::synced`] (and [`OpenFiles::closed`]) bump a
+//! `tokio::sync::watch` of that file that the held requests wait on; nothing
+//! polls. Bounded: `W` is cut to [`MAX_WAIT_MS`], and at most [`MAX_WAITERS`]
+//! requests are held at once (fewer than the HTTP listener's connection limit,
+//! so `/health` and `/metrics` always find room); a request over that limit is
+//! answered at once as without `wait_ms`, with `conduit-wait: refused`, a
+//! warning naming the limit (at most one per 10 s) and
+//! `conduit_collector_open_waits_total{result="refused"}`.
 //!
 //! # Memory
 //! The engine hands every frame it appends to the file's entry here, and they
@@ -31,11 +45,14 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use conduit_core::http::prometheus_client::metrics::counter::Counter;
 use conduit_core::http::prometheus_client::metrics::family::Family;
+use conduit_core::http::prometheus_client::metrics::gauge::Gauge;
 use conduit_core::http::{HttpRequest, HttpResponse, Routes};
 use conduit_core::NodeName;
 
@@ -59,6 +76,13 @@ pub const CLOSED_REMEMBERED: usize = 4096;
 
 /// Path prefix of the endpoint.
 pub const PREFIX: &str = "/v1/open/";
+/// Longest long-poll (`wait_ms`) a request may ask for (a longer one is cut to
+/// this). Below the HTTP listener's shutdown grace (5 s), so a stopping
+/// collector never cuts a held request short.
+pub const MAX_WAIT_MS: u64 = 2_000;
+/// Long-polls held at once; more are answered at once. Below the HTTP
+/// listener's connection limit (`conduit_core::http::MAX_CONNECTIONS`, 256).
+pub const MAX_WAITERS: usize = 128;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -77,6 +101,8 @@ struct Entry {
     chunks: VecDeque<Bytes>,
     start: u64,
     synced: u64,
+    /// Bumped after every sync and at close: what long-polls wait on.
+    tick: tokio::sync::watch::Sender<()>,
 }
 
 impl Entry {
@@ -100,6 +126,11 @@ pub struct OpenFiles {
     collector: NodeName,
     inner: Mutex<Inner>,
     reads: Family<Labels, Counter>,
+    waits: Family<Labels, Counter>,
+    waiters_gauge: Gauge,
+    /// Long-polls held now, at most `max_waiters`.
+    waiters: AtomicUsize,
+    max_waiters: usize,
 }
 
 impl std::fmt::Debug for OpenFiles {
@@ -157,7 +188,17 @@ impl OpenFiles {
             collector,
             inner: Mutex::new(Inner::default()),
             reads: metrics.open_reads.clone(),
+            waits: metrics.open_waits.clone(),
+            waiters_gauge: metrics.open_waiters.clone(),
+            waiters: AtomicUsize::new(0),
+            max_waiters: MAX_WAITERS,
         }
+    }
+
+    /// The same with another waiter limit (tests).
+    pub fn with_max_waiters(mut self, max_waiters: usize) -> OpenFiles {
+        self.max_waiters = max_waiters;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -174,6 +215,7 @@ impl OpenFiles {
                 chunks: VecDeque::new(),
                 start: 0,
                 synced: 0,
+                tick: tokio::sync::watch::Sender::new(()),
             },
         );
         if let Some(old) = old {
@@ -215,6 +257,7 @@ impl OpenFiles {
             e.chunks.clear();
             e.start = synced_len;
             e.synced = synced_len;
+            e.tick.send_replace(());
             return;
         }
         e.chunks
@@ -226,6 +269,8 @@ impl OpenFiles {
             e.start += old.len() as u64;
             *kept -= old.len() as u64;
         }
+        // Wake the long-polls of this file (a no-op without any).
+        e.tick.send_replace(());
         if *kept > RING_BYTES_TOTAL {
             // Many open files, each keeping its last frame: the total would grow
             // with the number of open files times the frame size (800 files of
@@ -275,6 +320,7 @@ impl OpenFiles {
         e.state = state;
         e.chunks = VecDeque::new();
         e.start = e.synced;
+        e.tick.send_replace(());
         inner.kept -= freed;
         inner.open -= 1;
         inner.closed.push_back(key);
@@ -377,6 +423,68 @@ impl OpenFiles {
         }
     }
 
+    /// [`OpenFiles::read`], but when there is nothing past `offset` yet (the file
+    /// is open and `offset` is its synced length) waits up to `wait` for the next
+    /// sync or close of the file ([module docs](self)). The second value is how
+    /// a wait ended (`None`: there was none).
+    pub async fn read_wait(
+        &self,
+        topic: &str,
+        name: &str,
+        offset: u64,
+        max: u64,
+        wait: Duration,
+    ) -> (Answer, Option<&'static str>) {
+        let mut rx = {
+            let inner = self.lock();
+            match inner.files.get(&(topic.to_owned(), name.to_owned())) {
+                Some(e) if !wait.is_zero() && e.state == State::Open && e.synced == offset => {
+                    e.tick.subscribe()
+                }
+                _ => {
+                    drop(inner);
+                    return (self.read(topic, name, offset, max), None);
+                }
+            }
+        };
+        let Some(_held) = self.hold() else {
+            return (self.read(topic, name, offset, max), Some("refused"));
+        };
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                // Synced or closed (or forgotten: the sender is gone): look again.
+                Ok(_) => {
+                    let answer = self.read(topic, name, offset, max);
+                    let more = !matches!(&answer, Answer::Bytes { body, .. } if body.is_empty());
+                    if more || rx.has_changed().is_err() {
+                        return (answer, Some("notified"));
+                    }
+                }
+                Err(_) => return (self.read(topic, name, offset, max), Some("timeout")),
+            }
+        }
+    }
+
+    /// A place among the held long-polls, given back on drop; `None` at the limit.
+    fn hold(&self) -> Option<Held<'_>> {
+        let n = self.waiters.fetch_add(1, Ordering::AcqRel);
+        if n >= self.max_waiters {
+            self.waiters.fetch_sub(1, Ordering::AcqRel);
+            if let Some(suppressed) = conduit_core::ratelimit::allow("open_waiters_full") {
+                tracing::warn!(
+                    max_waiters = self.max_waiters,
+                    suppressed,
+                    "open-file long-poll answered at once: {} requests are already held (the limit); readers poll until one ends",
+                    self.max_waiters
+                );
+            }
+            return None;
+        }
+        self.waiters_gauge.inc();
+        Some(Held(self))
+    }
+
     fn count(&self, result: &'static str) {
         self.reads
             .get_or_create(&Metrics::label("result", result))
@@ -384,7 +492,7 @@ impl OpenFiles {
     }
 
     /// Answers one HTTP request of the endpoint; `None` for other paths.
-    pub fn handle(&self, req: &HttpRequest) -> Option<HttpResponse> {
+    pub async fn handle(&self, req: &HttpRequest) -> Option<HttpResponse> {
         let rest = req.path.strip_prefix(PREFIX)?;
         let mut it = rest.split('/');
         let (Some(topic), Some(collector), Some(name), None) =
@@ -426,7 +534,17 @@ impl OpenFiles {
             Ok(m) => m.unwrap_or(DEFAULT_READ_BYTES),
             Err(e) => return Some(self.bad_request(topic, name, e)),
         };
-        let response = match self.read(topic, name, offset, max) {
+        let wait = match number("wait_ms") {
+            Ok(w) => Duration::from_millis(w.unwrap_or(0).min(MAX_WAIT_MS)),
+            Err(e) => return Some(self.bad_request(topic, name, e)),
+        };
+        let (answer, waited) = self.read_wait(topic, name, offset, max, wait).await;
+        if let Some(result) = waited {
+            self.waits
+                .get_or_create(&Metrics::label("result", result))
+                .inc();
+        }
+        let response = match answer {
             Answer::Bytes {
                 offset,
                 body,
@@ -496,6 +614,10 @@ impl OpenFiles {
                 )
             }
         };
+        let response = match waited {
+            Some("refused") => response.with_header("conduit-wait", "refused"),
+            _ => response,
+        };
         Some(self.tag(response))
     }
 
@@ -529,8 +651,18 @@ impl Routes for OpenRoutes {
         'a: 'b,
         Self: 'b,
     {
-        let answer = self.0.handle(&req);
-        Box::pin(async move { answer })
+        let files = self.0.clone();
+        Box::pin(async move { files.handle(&req).await })
+    }
+}
+
+/// One held long-poll (see [`OpenFiles::hold`]).
+struct Held<'a>(&'a OpenFiles);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.waiters.fetch_sub(1, Ordering::AcqRel);
+        self.0.waiters_gauge.dec();
     }
 }
 
@@ -645,5 +777,105 @@ mod tests {
                 len: 7
             }
         );
+    }
+
+    /// Waits (bounded) until `n` long-polls are held.
+    async fn held(f: &OpenFiles, n: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while f.waiters.load(Ordering::Acquire) != n {
+            assert!(std::time::Instant::now() < deadline, "never {n} waiters");
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_long_poll_is_answered_by_the_next_sync_or_close() {
+        let f = Arc::new(files());
+        f.opened("t", "a.zst");
+        f.synced("t", "a.zst", vec![b(10, 1)], 10);
+        // Bytes past the offset: answered at once, no wait.
+        let (a, waited) = f
+            .read_wait("t", "a.zst", 0, 100, Duration::from_secs(30))
+            .await;
+        assert!(matches!(a, Answer::Bytes { ref body, .. } if body.len() == 10));
+        assert_eq!(waited, None);
+        // At the synced length: held until the next sync, which it returns.
+        let g = f.clone();
+        let waiter = tokio::spawn(async move {
+            g.read_wait("t", "a.zst", 10, 100, Duration::from_secs(30))
+                .await
+        });
+        held(&f, 1).await;
+        f.synced("t", "a.zst", vec![b(7, 2)], 17);
+        let (a, waited) = waiter.await.unwrap();
+        assert_eq!(waited, Some("notified"));
+        match a {
+            Answer::Bytes {
+                offset,
+                body,
+                synced,
+                ..
+            } => {
+                assert_eq!((offset, synced), (10, 17));
+                assert_eq!(body, b(7, 2));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(f.waiters.load(Ordering::Acquire), 0);
+        // Closed while held: 410 at once.
+        let g = f.clone();
+        let waiter = tokio::spawn(async move {
+            g.read_wait("t", "a.zst", 17, 100, Duration::from_secs(30))
+                .await
+        });
+        held(&f, 1).await;
+        f.closed("t", "a.zst", 40);
+        let (a, waited) = waiter.await.unwrap();
+        assert_eq!(waited, Some("notified"));
+        assert_eq!(
+            a,
+            Answer::Gone {
+                state: "closed",
+                len: 40
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_long_poll_ends_empty_after_its_wait_and_the_waiters_are_bounded() {
+        let f = Arc::new(files().with_max_waiters(1));
+        f.opened("t", "a.zst");
+        let started = std::time::Instant::now();
+        let (a, waited) = f
+            .read_wait("t", "a.zst", 0, 100, Duration::from_millis(30))
+            .await;
+        assert!(started.elapsed() >= Duration::from_millis(30));
+        assert_eq!(waited, Some("timeout"));
+        assert!(matches!(a, Answer::Bytes { ref body, synced: 0, .. } if body.is_empty()));
+        // One held: a second one is answered at once, refused.
+        let g = f.clone();
+        let first = tokio::spawn(async move {
+            g.read_wait("t", "a.zst", 0, 100, Duration::from_secs(30))
+                .await
+        });
+        held(&f, 1).await;
+        let (a, waited) = f
+            .read_wait("t", "a.zst", 0, 100, Duration::from_secs(30))
+            .await;
+        assert_eq!(waited, Some("refused"));
+        assert!(matches!(a, Answer::Bytes { ref body, .. } if body.is_empty()));
+        f.synced("t", "a.zst", vec![b(3, 9)], 3);
+        let (a, waited) = first.await.unwrap();
+        assert_eq!(waited, Some("notified"));
+        assert!(matches!(a, Answer::Bytes { ref body, .. } if body.len() == 3));
+        // A dropped request (client gone) gives its place back.
+        let g = f.clone();
+        let dropped = tokio::spawn(async move {
+            g.read_wait("t", "a.zst", 3, 100, Duration::from_secs(30))
+                .await
+        });
+        held(&f, 1).await;
+        dropped.abort();
+        held(&f, 0).await;
     }
 }

@@ -1,21 +1,29 @@
 //! Reading a collector's open file through its HTTP listener.
 //!
-//! On HDFS the unfinished last block of a file still open for write cannot be read
-//! (hdfs-native returns only completed blocks), so a local-view reader whose
-//! storage has no new bytes asks the collector that writes the file:
-//! `GET /v1/open/<topic>/<collector>/<name>?offset=N&max=M` (`docs/pintail.md`).
-//! The bytes are the synced bytes of the file at the same offsets as in storage,
-//! so positions are unchanged whichever way a frame was read.
+//! A local-view reader that has caught up with a file its collector still has
+//! open asks the collector that writes it:
+//! `GET /v1/open/<topic>/<collector>/<name>?offset=N&max=M&wait_ms=W`
+//! (`docs/pintail.md`). The collector holds the request until its next sync of
+//! the file makes bytes past `N` durable and answers them at once, so delivery
+//! follows the fsync (hsync) instead of a poll interval; on HDFS it is also the
+//! only way to read the unfinished last block of a file still open for write
+//! (hdfs-native returns only completed blocks). The bytes are the synced bytes
+//! of the file at the same offsets as in storage, so positions are unchanged
+//! whichever way a frame was read.
 //!
-//! The collector's address is the `http_addr` of its heartbeat
+//! The long-poll runs in a task of its own ([`CollectorHttp::fetch_wait`]) so
+//! that one partition waiting does not hold up the others; the task owns the
+//! partition's connection while it runs and notifies the consumer when the
+//! answer is in. The collector's address is the `http_addr` of its heartbeat
 //! (`system/heartbeats/<cluster>/<collector>.json`), re-read every
 //! [`ADDR_REFRESH`] and after a failure. One keep-alive HTTP/1.1 connection per
 //! partition: hyper's client connection (`hyper::client::conn::http1`), driven by a
 //! task that ends with it. When the collector cannot be reached the
-//! reader falls back to storage, logs it once per outage, counts
+//! reader falls back to storage (polling it), logs it once per outage, counts
 //! `pintail_collector_http_fallbacks`, and tries again after a backoff (250 ms
 //! doubling to 5 s).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -28,6 +36,7 @@ use hyper::header::{HeaderMap, CONTENT_LENGTH, HOST};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::metrics::Metrics;
@@ -37,8 +46,12 @@ use crate::roots::Roots;
 const ADDR_REFRESH: Duration = Duration::from_secs(10);
 /// Connect timeout (short: the consumer polls partitions one after another).
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
-/// Whole-request timeout.
+/// Whole-request timeout (a long-poll gets [`WAIT`] more).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a long-poll asks the collector to hold it (`wait_ms`; the collector
+/// cuts it to its own limit, 2 s). A held request costs nothing, so this only
+/// bounds how soon a reader notices a collector that stopped answering.
+pub(crate) const WAIT: Duration = Duration::from_millis(1_000);
 /// Largest answer accepted (a frame is bounded by `collector.max_frame_bytes`).
 const MAX_BODY: u64 = 128 << 20;
 /// Largest answer head accepted (status line and headers).
@@ -56,6 +69,22 @@ pub(crate) enum Fetch {
     NotNow,
     /// The collector could not be reached (or answered something unexpected).
     Unreachable,
+    /// A long-poll is held at the collector ([`CollectorHttp::fetch_wait`]).
+    Waiting,
+}
+
+/// A long-poll in flight: its task owns the partition's connection until it ends.
+#[derive(Debug)]
+struct Waiting {
+    name: Arc<str>,
+    offset: u64,
+    task: JoinHandle<Exchange>,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// One partition's connection to its collector.
@@ -70,6 +99,8 @@ pub(crate) struct CollectorHttp {
     backoff: Duration,
     /// Whether the current outage was logged.
     warned: bool,
+    /// The long-poll in flight, if any.
+    waiting: Option<Waiting>,
 }
 
 impl CollectorHttp {
@@ -83,6 +114,7 @@ impl CollectorHttp {
             down_until: None,
             backoff: Duration::ZERO,
             warned: false,
+            waiting: None,
         }
     }
 
@@ -92,7 +124,7 @@ impl CollectorHttp {
     }
 
     /// Asks for the synced bytes of `name` from `offset`, at most `max` (the first
-    /// frame is always whole).
+    /// frame is always whole), and waits for the answer.
     pub async fn fetch(
         &mut self,
         roots: &Roots,
@@ -102,37 +134,129 @@ impl CollectorHttp {
         offset: u64,
         max: u64,
     ) -> Fetch {
+        self.cancel_wait();
+        let target = match self
+            .prepare(roots, metrics, topic, name, offset, max, None)
+            .await
+        {
+            Ok(t) => t,
+            Err(f) => return f,
+        };
+        let conn = self.conn.take();
+        let (conn, answer) = exchange(
+            conn,
+            self.addr.clone().unwrap_or_default(),
+            target,
+            REQUEST_TIMEOUT,
+        )
+        .await;
+        self.conn = conn;
+        self.finish(metrics, offset, answer)
+    }
+
+    /// The long-poll: asks for the bytes of `name` from `offset` with
+    /// `wait_ms=`[`WAIT`], in a task of its own, and answers
+    /// [`Fetch::Waiting`] until the collector has answered (then `wake` is
+    /// notified, and the next call with the same file and offset returns the
+    /// answer). A call for another file or offset drops the request held.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn fetch_wait(
+        &mut self,
+        roots: &Roots,
+        metrics: &Metrics,
+        topic: &Topic,
+        name: &str,
+        offset: u64,
+        max: u64,
+        wake: &Arc<Notify>,
+    ) -> Fetch {
+        match self.waiting.take() {
+            Some(mut w) if w.name.as_ref() == name && w.offset == offset => {
+                if !w.task.is_finished() {
+                    self.waiting = Some(w);
+                    return Fetch::Waiting;
+                }
+                let (conn, answer) = match (&mut w.task).await {
+                    Ok(done) => done,
+                    Err(e) => (None, Err(format!("long-poll task ended: {e}"))),
+                };
+                self.conn = conn;
+                return self.finish(metrics, offset, answer);
+            }
+            Some(w) => drop(w),
+            None => {}
+        }
+        let target = match self
+            .prepare(roots, metrics, topic, name, offset, max, Some(WAIT))
+            .await
+        {
+            Ok(t) => t,
+            Err(f) => return f,
+        };
+        let conn = self.conn.take();
+        let addr = self.addr.clone().unwrap_or_default();
+        let wake = wake.clone();
+        let task = tokio::spawn(async move {
+            let done = exchange(conn, addr, target, WAIT + REQUEST_TIMEOUT).await;
+            wake.notify_one();
+            done
+        });
+        metrics.collector_http_waits.inc();
+        self.waiting = Some(Waiting {
+            name: name.into(),
+            offset,
+            task,
+        });
+        Fetch::Waiting
+    }
+
+    /// Drops the long-poll held, if any (and with it its connection).
+    pub fn cancel_wait(&mut self) {
+        self.waiting = None;
+    }
+
+    /// The request target for `name` at `offset`, after checking the collector
+    /// may be asked now and reading its address; `Err` with the answer when not.
+    #[allow(clippy::too_many_arguments)]
+    async fn prepare(
+        &mut self,
+        roots: &Roots,
+        metrics: &Metrics,
+        topic: &Topic,
+        name: &str,
+        offset: u64,
+        max: u64,
+        wait: Option<Duration>,
+    ) -> Result<String, Fetch> {
         if !self.available() {
-            return Fetch::Unreachable;
+            return Err(Fetch::Unreachable);
         }
         let fresh = self.addr_read.is_some_and(|t| t.elapsed() < ADDR_REFRESH);
         if !fresh {
             self.addr = self.read_addr(roots).await;
             self.addr_read = Some(Instant::now());
         }
-        let Some(addr) = self.addr.clone() else {
-            return self.failed(metrics, "no running collector heartbeat with an http_addr");
-        };
-        let target = format!(
+        if self.addr.is_none() {
+            return Err(self.failed(metrics, "no running collector heartbeat with an http_addr"));
+        }
+        let mut target = format!(
             "/v1/open/{topic}/{}/{name}?offset={offset}&max={max}",
             self.collector
         );
-        // A kept-alive connection may have been closed by the server: one retry on
-        // a new connection.
-        let mut answer = Err("not tried".to_owned());
-        for _ in 0..2 {
-            let reused = self.conn.as_ref().is_some_and(Connection::is_open);
-            answer = tokio::time::timeout(REQUEST_TIMEOUT, self.request(&addr, &target))
-                .await
-                .unwrap_or_else(|_| Err("timed out".to_owned()));
-            if answer.is_ok() {
-                break;
-            }
-            self.conn = None;
-            if !reused {
-                break;
-            }
+        if let Some(wait) = wait {
+            target.push_str(&format!("&wait_ms={}", wait.as_millis()));
         }
+        Ok(target)
+    }
+
+    /// What the collector's answer (or the failure to get one) means.
+    fn finish(
+        &mut self,
+        metrics: &Metrics,
+        offset: u64,
+        answer: Result<(u16, HeaderMap, Bytes), String>,
+    ) -> Fetch {
+        let addr = self.addr.clone().unwrap_or_default();
         let (status, headers, body) = match answer {
             Ok(a) => a,
             Err(e) => {
@@ -161,6 +285,9 @@ impl CollectorHttp {
         self.warned = false;
         self.backoff = Duration::ZERO;
         self.down_until = None;
+        if header("conduit-wait") == Some("refused") {
+            metrics.collector_http_waits_refused.inc();
+        }
         match status {
             200 if header("conduit-offset") == Some(offset.to_string().as_str()) => {
                 Fetch::Bytes(body)
@@ -168,7 +295,7 @@ impl CollectorHttp {
             404 | 410 => Fetch::NotOpen,
             416 => Fetch::NotNow,
             other => {
-                tracing::debug!(status = other, addr, target, "unexpected open-file answer");
+                tracing::debug!(status = other, addr, "unexpected open-file answer");
                 Fetch::NotNow
             }
         }
@@ -198,43 +325,72 @@ impl CollectorHttp {
         }
         Some(beat.http_addr)
     }
+}
 
-    /// One GET of `target` on the kept-alive connection to `addr` (a new one if there
-    /// is none or the collector closed it): status, headers and the whole body.
-    async fn request(
-        &mut self,
-        addr: &str,
-        target: &str,
-    ) -> Result<(u16, HeaderMap, Bytes), String> {
-        if !self.conn.as_ref().is_some_and(Connection::is_open) {
-            self.conn = Some(Connection::open(addr).await?);
-        }
-        let conn = self.conn.as_mut().expect("connected");
-        conn.sender.ready().await.map_err(|e| chain(&e))?;
-        let request = Request::get(target)
-            .header(HOST, addr)
-            .body(Empty::new())
-            .map_err(|e| e.to_string())?;
-        let (head, body) = conn
-            .sender
-            .send_request(request)
+/// The answer to `target` from the collector at `addr`: one GET on `conn`
+/// (kept alive; a new connection if there is none or the collector closed it,
+/// and one retry on a new one when a kept-alive connection fails), within
+/// `timeout`. Gives back the connection to keep (none after a failure).
+type Exchange = (Option<Connection>, Result<(u16, HeaderMap, Bytes), String>);
+
+async fn exchange(
+    mut conn: Option<Connection>,
+    addr: String,
+    target: String,
+    timeout: Duration,
+) -> Exchange {
+    let mut answer = Err("not tried".to_owned());
+    for _ in 0..2 {
+        let reused = conn.as_ref().is_some_and(Connection::is_open);
+        answer = tokio::time::timeout(timeout, request(&mut conn, &addr, &target))
             .await
-            .map_err(|e| chain(&e))?
-            .into_parts();
-        let len = head
-            .headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if let Some(len) = len.filter(|&len| len > MAX_BODY) {
-            return Err(format!("answer of {len} bytes is too large"));
+            .unwrap_or_else(|_| Err("timed out".to_owned()));
+        if answer.is_ok() {
+            return (conn, answer);
         }
-        let body = Limited::new(body, MAX_BODY as usize)
-            .collect()
-            .await
-            .map_err(|e| chain(e.as_ref()))?
-            .to_bytes();
-        Ok((head.status.as_u16(), head.headers, body))
+        conn = None;
+        if !reused {
+            break;
+        }
     }
+    (None, answer)
+}
+
+/// One GET of `target` on the kept-alive connection to `addr` (a new one if there
+/// is none or the collector closed it): status, headers and the whole body.
+async fn request(
+    conn: &mut Option<Connection>,
+    addr: &str,
+    target: &str,
+) -> Result<(u16, HeaderMap, Bytes), String> {
+    if !conn.as_ref().is_some_and(Connection::is_open) {
+        *conn = Some(Connection::open(addr).await?);
+    }
+    let conn = conn.as_mut().expect("connected");
+    conn.sender.ready().await.map_err(|e| chain(&e))?;
+    let request = Request::get(target)
+        .header(HOST, addr)
+        .body(Empty::new())
+        .map_err(|e| e.to_string())?;
+    let (head, body) = conn
+        .sender
+        .send_request(request)
+        .await
+        .map_err(|e| chain(&e))?
+        .into_parts();
+    let len = head
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if let Some(len) = len.filter(|&len| len > MAX_BODY) {
+        return Err(format!("answer of {len} bytes is too large"));
+    }
+    let body = Limited::new(body, MAX_BODY as usize)
+        .collect()
+        .await
+        .map_err(|e| chain(e.as_ref()))?
+        .to_bytes();
+    Ok((head.status.as_u16(), head.headers, body))
 }
 
 /// An error with its sources, `error: source: ...` (hyper's own messages are terse,

@@ -337,7 +337,9 @@ impl ConsumerBuilder {
         self
     }
 
-    /// Idle polling interval: starts at `min`, doubles up to `max` (default 5–20 ms).
+    /// Idle polling interval of storage: starts at `min`, doubles up to `max`
+    /// (default 5–20 ms). Live bytes read through a collector's long-poll
+    /// ([`ConsumerBuilder::live_http`]) do not wait for it.
     pub fn poll_interval(mut self, min: Duration, max: Duration) -> Self {
         self.poll_min = min;
         self.poll_max = max.max(min);
@@ -345,8 +347,11 @@ impl ConsumerBuilder {
     }
 
     /// Local view: read files a collector still has open from its HTTP listener
-    /// when storage has no new bytes of them (HDFS cannot read an open file's last
-    /// block); falls back to storage when the collector is unreachable (default on).
+    /// (default on): once the reader has caught up with a file, it long-polls the
+    /// collector, which answers as soon as its next sync makes new bytes durable,
+    /// so delivery follows the fsync instead of the poll interval (and on HDFS it
+    /// is the only way to read an open file's last block). Falls back to polling
+    /// storage when the collector is unreachable.
     pub fn live_http(mut self, enabled: bool) -> Self {
         self.live_http = enabled;
         self
@@ -478,6 +483,7 @@ impl ConsumerBuilder {
             metrics: metrics.clone(),
             sealed_poll: self.sealed_poll,
             live_http: self.live_http,
+            wake: Default::default(),
             purged: Default::default(),
         };
         let origin = match (self.start, self.default_start) {
@@ -711,7 +717,12 @@ impl Consumer {
                 nap = nap.min(d - now);
             }
             nap = nap.min(self.next_upkeep.saturating_duration_since(now));
-            tokio::time::sleep(nap).await;
+            // A collector's answer to a long-poll (new synced bytes) ends the nap
+            // at once: live data is pushed, not polled.
+            tokio::select! {
+                _ = tokio::time::sleep(nap) => {}
+                _ = self.ctx.wake.notified() => {}
+            }
             sleep = (sleep * 2).min(self.poll_max);
             now = Instant::now();
         }
@@ -1013,6 +1024,8 @@ impl Consumer {
             owned_partitions: self.readers.len() as u64,
             collector_http_reads: self.metrics.collector_http_reads.get(),
             collector_http_fallbacks: self.metrics.collector_http_fallbacks.get(),
+            collector_http_waits: self.metrics.collector_http_waits.get(),
+            collector_http_waits_refused: self.metrics.collector_http_waits_refused.get(),
             purged_ranges: self.ctx.purged.lock().expect("purged lock").clone(),
         }
     }

@@ -63,6 +63,8 @@ pub(crate) struct Metrics {
     pub owned_partitions: Gauge,
     pub collector_http_reads: Counter,
     pub collector_http_fallbacks: Counter,
+    pub collector_http_waits: Counter,
+    pub collector_http_waits_refused: Counter,
 }
 
 impl Metrics {
@@ -140,6 +142,16 @@ impl Metrics {
                 "Times a collector could not be reached over HTTP and its open file was read from storage",
                 m.collector_http_fallbacks.clone(),
             );
+            r.register(
+                "pintail_collector_http_waits",
+                "Long-polls (wait_ms) of a collector's open-file endpoint: each waits for the next sync of the file instead of polling storage",
+                m.collector_http_waits.clone(),
+            );
+            r.register(
+                "pintail_collector_http_waits_refused",
+                "Long-polls a collector answered at once because it held its limit of waiting requests (the reader polled instead)",
+                m.collector_http_waits_refused.clone(),
+            );
         }
         m
     }
@@ -168,6 +180,10 @@ pub struct Stats {
     pub collector_http_reads: u64,
     /// Times a collector was unreachable over HTTP (storage was read instead).
     pub collector_http_fallbacks: u64,
+    /// Long-polls sent to collectors (each held until the file's next sync).
+    pub collector_http_waits: u64,
+    /// Long-polls a collector answered at once (its waiter limit was reached).
+    pub collector_http_waits_refused: u64,
     /// Ranges skipped because the data was purged: `(partition, from, to)`.
     pub purged_ranges: Vec<(String, String, String)>,
 }

@@ -5,8 +5,11 @@
 //! the next file in two places: the collector's directory `data/<topic>/<collector>/`
 //! (files being written, and closed ones the worker has not moved yet) and the minute
 //! directories `streams_local/<topic>/<M>/` from the current file's minute on. It
-//! reads a file in `data/` while it grows, polling its length and decoding only
-//! complete frames (a torn or half-written last frame is waited on, never
+//! reads a file in `data/` while it grows, decoding only complete frames: from
+//! storage while it is behind, and once it has caught up through its collector's
+//! open-file endpoint, a long-poll answered by the collector's next sync
+//! ([`crate::collector_http`]; storage is polled again when the collector cannot
+//! be reached) (a torn or half-written last frame is waited on, never
 //! delivered, while its collector may still write it: once the collector's
 //! heartbeat says every file of that minute is closed, a file that still ends
 //! without its trailer was truncated, a [`PintailError::DamagedFile`]; a wait
@@ -96,6 +99,9 @@ pub(crate) struct Ctx {
     /// Local view: read open collector files through the collector's HTTP listener
     /// when storage has no new bytes.
     pub live_http: bool,
+    /// Notified when a collector answers a long-poll: the consumer polls again
+    /// at once.
+    pub wake: Arc<tokio::sync::Notify>,
     /// The latest purged ranges reported (`(partition, from, to)`), at most
     /// [`MAX_PURGED_RANGES`].
     pub purged: std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>>,
@@ -1171,7 +1177,7 @@ impl PartitionReader {
                     // Older than the collector keeps: ask for its synced length.
                     return None;
                 }
-                Fetch::NotOpen | Fetch::Unreachable => return None,
+                Fetch::NotOpen | Fetch::Unreachable | Fetch::Waiting => return None,
             }
         }
         Some(at)
@@ -1196,16 +1202,23 @@ impl PartitionReader {
         }
         let max = f.want.min(HTTP_MAX);
         match http
-            .fetch(
+            .fetch_wait(
                 &self.roots,
                 &ctx.metrics,
                 &ctx.topic,
                 &f.name,
                 f.offset,
                 max,
+                &ctx.wake,
             )
             .await
         {
+            // Held at the collector until its next sync of the file (or empty
+            // after the wait): the consumer is woken when the answer is in.
+            Fetch::Waiting => {
+                f.via_http = true;
+                FromCollector::Idle
+            }
             Fetch::Bytes(body) if body.is_empty() => {
                 f.via_http = true;
                 FromCollector::Idle
@@ -1324,13 +1337,11 @@ impl PartitionReader {
         let path = self.path(ctx, f);
         match self.roots.stat(&path).await {
             Ok(st) if st.len <= f.offset => {
-                let idle = if self.open_unreadable {
-                    match self.collector_or_idle(ctx, f).await {
-                        None => return Ok(ControlFlow::Break(None)),
-                        Some(step) => step,
-                    }
-                } else {
-                    Step::Idle
+                // Caught up with storage: wait for the collector's next sync of
+                // the file (a long-poll) rather than polling storage for it.
+                let idle = match self.collector_or_idle(ctx, f).await {
+                    None => return Ok(ControlFlow::Break(None)),
+                    Some(step) => step,
                 };
                 let step = self.stalled(ctx, f, &path).await?.unwrap_or(idle);
                 Ok(ControlFlow::Break(Some(step)))

@@ -4,7 +4,9 @@
 //! # Overview
 //! A [`Publisher`] validates each event at the call (topic name, size, encoding),
 //! puts it on a bounded in-memory queue and returns; one background task per
-//! publisher groups queued events into batches (by count, bytes and linger time) and
+//! publisher groups queued events into batches (by count, bytes and linger time;
+//! the linger is adaptive by default: a batch goes out at once when nothing is
+//! on the wire, see [`PublisherBuilder::adaptive_linger`]) and
 //! sends them to a collector with conduit's idempotent
 //! `LogBatch(publisher_id, sequence, entries)` call over the Scribe protocol. The
 //! collector answers `OK` only once a batch is durable, and remembers which
@@ -307,6 +309,7 @@ pub(crate) struct Settings {
     pub max_batch_events: usize,
     pub max_batch_bytes: usize,
     pub linger: Duration,
+    pub adaptive_linger: bool,
     pub max_in_flight: usize,
     pub connections: usize,
     pub max_message_bytes: usize,
@@ -335,6 +338,7 @@ impl Default for Settings {
             max_batch_events: 2000,
             max_batch_bytes: 1 << 20,
             linger: Duration::from_millis(5),
+            adaptive_linger: true,
             max_in_flight: 8,
             connections: 1,
             max_message_bytes: 1 << 20,
@@ -400,8 +404,22 @@ impl PublisherBuilder {
     }
 
     /// How long a batch waits for more events after its first one (default 5 ms).
+    /// With [`PublisherBuilder::adaptive_linger`] (the default) this is only the
+    /// upper bound under load.
     pub fn linger(mut self, linger: Duration) -> Self {
         self.settings.linger = linger;
+        self
+    }
+
+    /// Adaptive linger (default on): a batch is sent at once when nothing is on
+    /// the wire (no batch sent and unanswered), and otherwise gathers events
+    /// until the outstanding reply arrives, the [`PublisherBuilder::linger`]
+    /// time passes or it is full. An idle publisher then adds no delay, and a
+    /// busy one batches by the collector's round trip. Off: every batch waits
+    /// its linger time (or until full). Measured in `docs/benchmarks.md`
+    /// ("Publisher linger").
+    pub fn adaptive_linger(mut self, adaptive: bool) -> Self {
+        self.settings.adaptive_linger = adaptive;
         self
     }
 

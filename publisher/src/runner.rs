@@ -493,6 +493,9 @@ impl Runner {
             if self.finish_close() {
                 return;
             }
+            if self.send_now() {
+                self.seal();
+            }
             self.pump().await;
             let accepting =
                 self.memory_batches() < self.settings.max_in_flight && self.closing.is_none();
@@ -706,6 +709,22 @@ impl Runner {
             }
             _ => false,
         }
+    }
+
+    /// Adaptive linger ([`crate::PublisherBuilder::adaptive_linger`]): the open
+    /// batch goes out now, without waiting for its linger time, when nothing is
+    /// on the wire (no batch sent and unanswered, none waiting to be sent) and a
+    /// collector is connected. Under load a reply is always outstanding, so
+    /// events gather until it comes back (or the linger time, or a full batch):
+    /// Nagle's rule, batching by the collector's own round trip.
+    fn send_now(&self) -> bool {
+        self.settings.adaptive_linger
+            && !self.open.entries.is_empty()
+            && self.inflight == 0
+            && !self.conns.is_empty()
+            && self.held.is_empty()
+            && !self.spooling
+            && self.pending.iter().all(|b| b.state != State::Idle)
     }
 
     fn seal(&mut self) {

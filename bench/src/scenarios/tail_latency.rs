@@ -152,6 +152,22 @@ pub struct TailLatencyArgs {
     /// Seed of the event generator.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+
+    /// The publishers' linger time in ms (`PublisherBuilder::linger`): how long a
+    /// batch waits for more events (with `--linger adaptive` only while a batch
+    /// is on the wire).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    linger_ms: u64,
+
+    /// `adaptive` (send at once when nothing is on the wire, the default of
+    /// the publisher) or `fixed` (every batch waits --linger-ms or until full).
+    #[arg(long, default_value = "adaptive", value_parser = ["adaptive", "fixed"])]
+    linger: String,
+
+    /// The collectors' `collector.group_commit_ms` (how long a small commit round
+    /// waits for more calls) [default: the collector's default, 2].
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=1000))]
+    group_commit_ms: Option<u64>,
 }
 
 /// What can go wrong with the benchmark's own checks.
@@ -423,6 +439,9 @@ fn report_run(args: &TailLatencyArgs, r: &RunResult) -> anyhow::Result<()> {
         o.insert("members".into(), args.members.into());
         o.insert("collectors".into(), args.collectors.into());
         o.insert("backend".into(), args.backend.clone().into());
+        o.insert("linger_ms".into(), args.linger_ms.into());
+        o.insert("linger".into(), args.linger.clone().into());
+        o.insert("group_commit_ms".into(), args.group_commit_ms.into());
         o.insert("nproc".into(), nproc().into());
     }
     append_json_line(&args.json, &line)
@@ -457,8 +476,11 @@ impl TailBus {
                 "# Written by conduit-bench tail-latency: one cluster, local view only.\n\
                  [clusters.{CLUSTER}]\nroot = {root:?}\n\n\
                  [topic_defaults]\nencoding = \"lines\"\ncompact = false\n\n\
-                 [worker]\ninterval_ms = {}\n",
-                args.worker_interval_ms
+                 [worker]\ninterval_ms = {}\n{}",
+                args.worker_interval_ms,
+                args.group_commit_ms
+                    .map(|ms| format!("\n[collector]\ngroup_commit_ms = {ms}\n"))
+                    .unwrap_or_default()
             ),
         )?;
         let storage = conduit_core::open_root(root)
@@ -672,7 +694,13 @@ async fn conduit_measure(
         "conduit: publishing"
     );
     let mut buf = Vec::with_capacity(512);
-    let pacer = Pacer::start_with(&addrs, args.rate, Some(cap), move |seq| {
+    let (linger, adaptive) = (
+        Duration::from_millis(args.linger_ms),
+        args.linger == "adaptive",
+    );
+    let tune =
+        move |b: conduit_publisher::PublisherBuilder| b.linger(linger).adaptive_linger(adaptive);
+    let pacer = Pacer::start_tuned(&addrs, args.rate, Some(cap), tune, move |seq| {
         stamp(&mut buf, seq, &events[(seq % events.len() as u64) as usize]);
         Bytes::copy_from_slice(&buf)
     })
@@ -1076,13 +1104,15 @@ fn worst_seconds(by_second: &[f64], n: usize) -> String {
 
 fn print_table(args: &TailLatencyArgs, conduit: &[RunResult], nats: &[RunResult]) {
     println!(
-        "\nconduit-bench tail-latency: {} events/s for {} s, {} run(s), {} collectors, group of {} members, view local on {}; load {}",
+        "\nconduit-bench tail-latency: {} events/s for {} s, {} run(s), {} collectors, group of {} members, view local on {}, linger {} {} ms; load {}",
         args.rate,
         args.duration_secs,
         args.runs,
         args.collectors,
         args.members,
         args.backend,
+        args.linger,
+        args.linger_ms,
         load_avg()
     );
     let mut header = format!(
