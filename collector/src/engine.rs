@@ -4,7 +4,8 @@
 //! # Group commit
 //! Connection tasks validate and encode entries, then queue a [`Submission`]. The
 //! committer takes everything queued (waiting up to `group_commit_ms` for more while
-//! a round is small), writes one zstd frame per topic, syncs every touched file
+//! a round is small and other calls are likely: more than one is queued, or the
+//! last round had more than one), writes one zstd frame per topic, syncs every touched file
 //! concurrently, and only then answers each submission: `OK` if every part of it is
 //! durable, `TRY_LATER` otherwise. One frame and one sync serve all connections.
 //!
@@ -439,6 +440,9 @@ pub struct Engine {
     status: watch::Sender<EngineStatus>,
     /// Number of the round being committed (files remember their last).
     round: u64,
+    /// Calls in the last round gathered: whether `group_commit_ms` is worth
+    /// waiting for (see `gather`).
+    last_round_calls: usize,
     /// Files open at most now: `max_open_files`, lowered after running out of
     /// descriptors until the next minute.
     open_limit: usize,
@@ -528,6 +532,7 @@ impl Engine {
             pruning: Pruning::default(),
             status,
             round: 0,
+            last_round_calls: 0,
             open_limit,
             fd_pressure: false,
             deferred: Vec::new(),
@@ -882,7 +887,12 @@ impl Engine {
         let bytes = first.bytes();
         let mut round = vec![first];
         let mut bytes = take_queued(rx, &mut round, bytes);
-        if bytes < SMALL_ROUND_BYTES && !self.settings.group_commit.is_zero() {
+        // Waiting only pays when other calls may come: more than one is queued
+        // now, or the last round had more than one. A lone client (one call at
+        // a time, as an adaptive-linger publisher sends when idle) would only
+        // wait out the window on every call.
+        let concurrent = round.len() > 1 || self.last_round_calls > 1;
+        if bytes < SMALL_ROUND_BYTES && !self.settings.group_commit.is_zero() && concurrent {
             let deadline = tokio::time::Instant::now() + self.settings.group_commit;
             while bytes < SMALL_ROUND_BYTES {
                 match tokio::time::timeout_at(deadline, rx.recv()).await {
@@ -894,6 +904,7 @@ impl Engine {
                 }
             }
         }
+        self.last_round_calls = round.len();
         round
     }
 
