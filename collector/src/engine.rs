@@ -1836,16 +1836,7 @@ impl Engine {
         let closed: Vec<_> = futures::stream::iter(files.into_iter().map(|file| {
             let close_seconds = close_seconds.clone();
             async move {
-                let closing = Closing {
-                    path: file.path.clone(),
-                    target: file.target,
-                    minute: file.minute,
-                    encoding: file.encoding,
-                    acked_len: file.acked_len,
-                    topic: file.topic.clone(),
-                    name: file.name().to_owned(),
-                    written: file.written_len(),
-                };
+                let closing = Closing::of(&file);
                 let started = Instant::now();
                 let result = file.close().await;
                 close_seconds.observe(started.elapsed().as_secs_f64());
