@@ -139,6 +139,12 @@ pub enum DefaultStart {
 
 /// Messages delivered between two updates of the consumer's metrics.
 const REPORT_EVERY: u64 = 256;
+/// Group upkeep interval while a hand-over is under way: the new owner claims a
+/// released partition within this, not a whole heartbeat later (measured: a
+/// graceful hand-over left its partition unread for up to one heartbeat, 1 s).
+/// Bounded in time: a claim not released is claimable at the latest once its
+/// lease ends.
+const TRANSITION_UPKEEP: Duration = Duration::from_millis(50);
 
 /// One event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -529,6 +535,7 @@ impl ConsumerBuilder {
             spare: None,
             current: None,
             next_upkeep: Instant::now(),
+            in_transition: false,
             unreported: (0, 0),
             heartbeat: self.heartbeat,
             auto_every: self.auto_commit_every,
@@ -589,6 +596,10 @@ pub struct Consumer {
     /// The reader that delivered the last message (asked first next time).
     current: Option<String>,
     next_upkeep: Instant,
+    /// A hand-over is under way (a partition assigned here is not claimed yet,
+    /// or one assigned elsewhere is not released yet): upkeep runs every
+    /// [`TRANSITION_UPKEEP`] instead of every heartbeat until it is done.
+    in_transition: bool,
     /// Messages and payload bytes delivered and not yet added to the metrics
     /// (at most [`REPORT_EVERY`] messages, or until the consumer is idle).
     unreported: (u64, u64),
@@ -672,7 +683,12 @@ impl Consumer {
             if now >= self.next_upkeep {
                 self.flush_counts();
                 self.upkeep().await?;
-                self.next_upkeep = Instant::now() + self.heartbeat;
+                let every = if self.in_transition {
+                    self.heartbeat.min(TRANSITION_UPKEEP)
+                } else {
+                    self.heartbeat
+                };
+                self.next_upkeep = Instant::now() + every;
             }
             if let Some(msg) = self.poll_round().await? {
                 self.unreported.0 += 1;
@@ -1289,19 +1305,19 @@ impl Consumer {
             self.last_renew = Some(Instant::now());
         }
         let mut acquired = Vec::new();
-        for p in desired {
-            if self.epochs.contains_key(&p) {
+        for p in &desired {
+            if self.epochs.contains_key(p) {
                 continue;
             }
-            let Some(next_epoch) = g.claimable(state.claims.get(&p), &members) else {
+            let Some(next_epoch) = g.claimable(state.claims.get(p), &members) else {
                 continue; // a live owner has not released it yet
             };
-            if g.acquire(&p, next_epoch).await? {
+            if g.acquire(p, next_epoch).await? {
                 self.epochs.insert(p.clone(), next_epoch);
-                self.add_reader(&p).await?;
+                self.add_reader(p).await?;
                 self.metrics.rebalances.inc();
                 tracing::debug!(partition = %p, member = %g.member, epoch = next_epoch, "acquired a partition");
-                acquired.push(p);
+                acquired.push(p.clone());
             }
         }
         // Claims an earlier process of this id still holds and this one is not
@@ -1323,6 +1339,8 @@ impl Consumer {
             tracing::info!(member = %g.member, partitions = %acquired.join(","),
                 owned = self.readers.len(), "acquired partitions");
         }
+        self.in_transition =
+            !self.revoking.is_empty() || desired.iter().any(|p| !self.epochs.contains_key(p));
         Ok(())
     }
 

@@ -43,7 +43,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
@@ -346,6 +346,10 @@ struct RunResult {
     minutes_sealed: Option<u64>,
     /// Partitions each member read at the end (conduit only).
     member_partitions: Vec<Vec<String>>,
+    /// Milliseconds from the members' start until the group's assignment settled
+    /// (every partition owned by exactly one member, each member owning its
+    /// share); publishing starts after it (conduit only).
+    group_settled_ms: Option<f64>,
     load_before: String,
     load_after: String,
 }
@@ -636,6 +640,8 @@ async fn conduit_measure(
 
     // The group: dynamic members m0.., each its own consumer, from the first minute.
     let mut members = Vec::new();
+    let owned = Arc::new(Mutex::new(vec![Vec::new(); args.members as usize]));
+    let members_started = Instant::now();
     for k in 0..args.members {
         let consumer = conduit_pintail::Consumer::builder(TOPIC)
             .cluster(CLUSTER, bus.storage.clone())
@@ -648,7 +654,7 @@ async fn conduit_measure(
             .build()
             .await
             .with_context(|| format!("cannot build group member m{k}"))?;
-        let (tally, stop) = (tally.clone(), stop.clone());
+        let (tally, stop, owned) = (tally.clone(), stop.clone(), owned.clone());
         members.push(tokio::spawn(async move {
             let mut consumer = consumer;
             let mut latencies_us = Vec::new();
@@ -656,7 +662,7 @@ async fn conduit_measure(
             let mut partitions = Vec::new();
             let mut next_look = Instant::now();
             while !stop.load(Ordering::Relaxed) {
-                if let Some(m) = consumer.next_timeout(Duration::from_millis(100)).await? {
+                if let Some(m) = consumer.next_timeout(Duration::from_millis(20)).await? {
                     if let Some((l, second)) = tally.deliver(&m.payload)? {
                         latencies_us.push(l);
                         by_second[second] = by_second[second].max(l);
@@ -665,10 +671,11 @@ async fn conduit_measure(
                 if Instant::now() < next_look {
                     continue;
                 }
-                next_look = Instant::now() + Duration::from_secs(1);
+                next_look = Instant::now() + Duration::from_millis(20);
                 let now = consumer.partitions();
                 if now != partitions {
                     tracing::info!(member = k, partitions = ?now, "group member's partitions");
+                    owned.lock().expect("not poisoned")[k as usize] = now.clone();
                     partitions = now;
                 }
             }
@@ -682,6 +689,8 @@ async fn conduit_measure(
     }
 
     let addrs: Vec<_> = bus.collectors.iter().map(|c| c.addr).collect();
+    let settled = group_settled(&owned, addrs.len(), members_started).await?;
+    tracing::info!(run, settled_ms = settled.as_millis() as u64, "consumer group settled");
     let load_before = load_avg();
     tracing::info!(
         run,
@@ -797,9 +806,42 @@ async fn conduit_measure(
         drain_s,
         minutes_sealed: Some(minutes_sealed),
         member_partitions,
+        group_settled_ms: Some(settled.as_secs_f64() * 1e3),
         load_before,
         load_after: load_avg(),
     })
+}
+
+/// Waits until the partitions the members report (`owned[k]` is member `k`'s)
+/// are each owned by exactly one member, cover every collector, and every
+/// member owns `floor(P/N)` or `ceil(P/N)`: the group's steady state, like a
+/// Kafka benchmark's consumers having joined before it measures. Returns how
+/// long it took.
+async fn group_settled(
+    owned: &Mutex<Vec<Vec<String>>>,
+    collectors: usize,
+    started: Instant,
+) -> anyhow::Result<Duration> {
+    let deadline = started + Duration::from_secs(30);
+    loop {
+        let now = owned.lock().expect("not poisoned").clone();
+        let mut all: Vec<&String> = now.iter().flatten().collect();
+        all.sort();
+        let total = all.len();
+        all.dedup();
+        let n = now.len().max(1);
+        let (lo, hi) = (collectors / n, collectors.div_ceil(n));
+        if all.len() == collectors
+            && total == collectors
+            && now.iter().all(|p| (lo..=hi).contains(&p.len()))
+        {
+            return Ok(started.elapsed());
+        }
+        if Instant::now() >= deadline {
+            bail!("the consumer group did not settle within 30 s: members own {now:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 // ---- NATS JetStream -------------------------------------------------------------
@@ -1004,6 +1046,7 @@ async fn nats_measure(
         drain_s,
         minutes_sealed: None,
         member_partitions: vec![],
+        group_settled_ms: None,
         load_before,
         load_after: load_avg(),
     })
