@@ -1252,8 +1252,9 @@ impl Consumer {
                 }
             }
         }
-        let digest = assignment_digest(&members, &partitions);
-        let desired: BTreeSet<String> = assign(&members, &partitions)
+        let owners = state.owners(&members);
+        let digest = assignment_digest(&members, &partitions, &owners);
+        let desired: BTreeSet<String> = assign(&members, &partitions, &owners)
             .into_iter()
             .filter(|(_, m)| *m == g.member)
             .map(|(p, _)| p)

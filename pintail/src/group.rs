@@ -16,12 +16,14 @@
 //!   (`assignment`). Rewritten when they change and at least every third of the
 //!   lease; live while `expires_ms` is in the future. A member that leaves
 //!   deletes it; one that dies is gone once it expires.
-//! * **Assignment** ([`assign`]): a pure function of the sorted live member ids and
-//!   the sorted union of the partitions they report, so members that read the same
-//!   files agree. Pairs (partition, member) are taken by descending rendezvous
-//!   weight; a member takes a partition while it has fewer than `floor(P/N)`, or
-//!   exactly that many and fewer than `P mod N` members have taken one more. The
-//!   capacities add up to `P`, so every partition is assigned and every member
+//! * **Assignment** ([`assign`]): a pure function of the sorted live member ids,
+//!   the sorted union of the partitions they report and the current owners (live,
+//!   unreleased claims), so members that read the same files agree. A member takes
+//!   a partition while it has fewer than `floor(P/N)`, or exactly that many and
+//!   fewer than `P mod N` members have taken one more; partitions first stay with
+//!   their owners within those capacities (sticky: a balanced group moves
+//!   nothing), the rest go by descending rendezvous weight of (partition, member).
+//!   The capacities add up to `P`, so every partition is assigned and every member
 //!   owns `floor(P/N)` or `ceil(P/N)`. A partition one member found reaches every
 //!   other member's inputs through its member file at the next upkeep, so views
 //!   that differ (partitions appearing at different times) converge within two
@@ -125,6 +127,28 @@ impl GroupState {
         out.insert(me.to_owned());
         out
     }
+
+    /// Each partition's owner for [`assign`]'s stickiness: the member of its
+    /// current claim, when that claim is neither released nor expired and its
+    /// member is live (`members`).
+    pub fn owners(&self, members: &BTreeSet<String>) -> BTreeMap<String, String> {
+        owners(self.claims.iter().map(|(p, (_, c))| (p, c)), members)
+    }
+}
+
+/// The owners [`assign`] keeps partitions with, from each partition's newest
+/// claim: its member, when the claim is neither released nor expired and the
+/// member is live (`members`).
+pub fn owners<'a>(
+    newest_claims: impl IntoIterator<Item = (&'a String, &'a GroupClaim)>,
+    members: &BTreeSet<String>,
+) -> BTreeMap<String, String> {
+    let now = now_ms();
+    newest_claims
+        .into_iter()
+        .filter(|(_, c)| !c.released && c.expires_ms > now && members.contains(&c.member))
+        .map(|(p, c)| (p.clone(), c.member.clone()))
+        .collect()
 }
 
 /// The dynamic-membership operations of one member.
@@ -331,14 +355,20 @@ impl Group {
     }
 }
 
-/// The balanced assignment of `partitions` to `members` (partition -> member):
-/// pairs by descending rendezvous weight, each member taking partitions while it
-/// has fewer than `floor(P/N)`, or exactly that many while fewer than `P mod N`
-/// members have taken one more (see the [module docs](self)). Deterministic: every
-/// member computes the same map from the same sets.
+/// The balanced, sticky assignment of `partitions` to `members` (partition ->
+/// member). Capacities: each member takes partitions while it has fewer than
+/// `floor(P/N)`, or exactly that many while fewer than `P mod N` members have
+/// taken one more. First every partition stays with its current owner (`owners`:
+/// the live, unreleased claims) while that owner has capacity, so a group that is
+/// already balanced never moves a partition (Kafka's cooperative-sticky
+/// assignor; without it two members that started at the same moment and claimed
+/// one partition each could be told to swap them, a hand-over for nothing). Then
+/// the rest go by descending rendezvous weight (see the [module docs](self)).
+/// Deterministic: every member computes the same map from the same inputs.
 pub fn assign(
     members: &BTreeSet<String>,
     partitions: &BTreeSet<String>,
+    owners: &BTreeMap<String, String>,
 ) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     if members.is_empty() {
@@ -356,20 +386,22 @@ pub fn assign(
     // Heaviest first; ties broken by names so the order is total.
     pairs.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)).then(a.2.cmp(b.2)));
     let mut load: BTreeMap<&String, usize> = members.iter().map(|m| (m, 0)).collect();
-    for (_, p, m) in pairs {
-        if out.contains_key(p) {
-            continue;
-        }
-        let count = load.get_mut(m).expect("a member");
-        if *count < base || (*count == base && extra > 0) {
-            if *count == base {
-                extra -= 1;
+    for sticky in [true, false] {
+        for (_, p, m) in &pairs {
+            if out.contains_key(*p) || (sticky && owners.get(*p) != Some(*m)) {
+                continue;
             }
-            *count += 1;
-            out.insert(p.clone(), m.clone());
-        }
-        if out.len() == partitions.len() {
-            break;
+            let count = load.get_mut(m).expect("a member");
+            if *count < base || (*count == base && extra > 0) {
+                if *count == base {
+                    extra -= 1;
+                }
+                *count += 1;
+                out.insert((*p).clone(), (*m).clone());
+            }
+            if out.len() == partitions.len() {
+                return out;
+            }
         }
     }
     out
@@ -377,7 +409,11 @@ pub fn assign(
 
 /// Digest (16 hex digits) of the inputs of [`assign`]: members that publish the
 /// same digest computed the same assignment.
-pub fn assignment_digest(members: &BTreeSet<String>, partitions: &BTreeSet<String>) -> String {
+pub fn assignment_digest(
+    members: &BTreeSet<String>,
+    partitions: &BTreeSet<String>,
+    owners: &BTreeMap<String, String>,
+) -> String {
     let mut text = String::new();
     for m in members {
         text.push_str(m);
@@ -386,6 +422,10 @@ pub fn assignment_digest(members: &BTreeSet<String>, partitions: &BTreeSet<Strin
     text.push('\u{1}');
     for p in partitions {
         text.push_str(p);
+        if let Some(o) = owners.get(p) {
+            text.push('\u{2}');
+            text.push_str(o);
+        }
         text.push('\n');
     }
     format!("{:016x}", fnv(&text))
@@ -435,7 +475,7 @@ mod tests {
             for p in 0..=40 {
                 let members = names("host-", n);
                 let parts = names("dc1-c", p);
-                let a = assign(&members, &parts);
+                let a = assign(&members, &parts, &BTreeMap::new());
                 assert_eq!(a.len(), p, "{n} members, {p} partitions");
                 let mut load: BTreeMap<&String, usize> = members.iter().map(|m| (m, 0)).collect();
                 for m in a.values() {
@@ -444,31 +484,67 @@ mod tests {
                 for (m, l) in load {
                     assert!(l == p / n || l == p.div_ceil(n), "{m}: {l} of {p} over {n}");
                 }
-                assert_eq!(a, assign(&members, &parts), "deterministic");
+                assert_eq!(
+                    a,
+                    assign(&members, &parts, &BTreeMap::new()),
+                    "deterministic"
+                );
             }
         }
         // Two members, two partitions: one each (plain rendezvous could idle one).
-        let two = assign(&names("m", 2), &names("dc1-c", 2));
+        let two = assign(&names("m", 2), &names("dc1-c", 2), &BTreeMap::new());
         assert_eq!(two.values().collect::<BTreeSet<_>>().len(), 2);
     }
 
     #[test]
-    fn a_leave_moves_little_more_than_the_leavers_partitions() {
+    fn a_leave_moves_only_the_leavers_partitions() {
         let parts = names("p", 64);
         let three = names("m", 3);
         let mut two = three.clone();
         two.remove("m2");
-        let before = assign(&three, &parts);
-        let after = assign(&two, &parts);
+        let before = assign(&three, &parts, &BTreeMap::new());
+        // The survivors keep what they own (sticky): only m2's partitions move.
+        let owners: BTreeMap<String, String> = before
+            .iter()
+            .filter(|(_, m)| *m != "m2")
+            .map(|(p, m)| (p.clone(), m.clone()))
+            .collect();
+        let after = assign(&two, &parts, &owners);
         let moved = parts.iter().filter(|p| before[*p] != after[*p]).count();
         let leavers = before.values().filter(|m| *m == "m2").count();
-        assert!(
-            moved >= leavers && moved <= leavers + 8,
-            "{moved} moved, {leavers} were m2's"
-        );
-        let digest = assignment_digest(&three, &parts);
+        assert_eq!(moved, leavers, "{moved} moved, {leavers} were m2's");
+        let digest = assignment_digest(&three, &parts, &BTreeMap::new());
         assert_eq!(digest.len(), 16);
-        assert_ne!(digest, assignment_digest(&two, &parts));
+        assert_ne!(digest, assignment_digest(&two, &parts, &BTreeMap::new()));
+        assert_ne!(digest, assignment_digest(&three, &parts, &before));
+    }
+
+    #[test]
+    fn a_balanced_group_keeps_its_owners_and_an_overloaded_owner_keeps_its_share() {
+        let members = names("m", 2);
+        let parts = names("dc1-c", 2);
+        let plain = assign(&members, &parts, &BTreeMap::new());
+        // Two members that each claimed the partition the other one would get.
+        let crossed: BTreeMap<String, String> = plain
+            .iter()
+            .map(|(p, m)| (p.clone(), if m == "m0" { "m1" } else { "m0" }.to_owned()))
+            .collect();
+        assert_ne!(crossed, plain);
+        assert_eq!(assign(&members, &parts, &crossed), crossed, "nobody swaps");
+        // One member owns all 10; a second joins: the first keeps 5, gives 5.
+        let parts = names("p", 10);
+        let all_m0: BTreeMap<String, String> =
+            parts.iter().map(|p| (p.clone(), "m0".to_owned())).collect();
+        let a = assign(&members, &parts, &all_m0);
+        assert_eq!(a.values().filter(|m| *m == "m0").count(), 5);
+        assert_eq!(a.values().filter(|m| *m == "m1").count(), 5);
+        // An owner that is not a member (gone) holds nothing.
+        let gone: BTreeMap<String, String> =
+            parts.iter().map(|p| (p.clone(), "m9".to_owned())).collect();
+        assert_eq!(
+            assign(&members, &parts, &gone),
+            assign(&members, &parts, &BTreeMap::new())
+        );
     }
 
     #[test]

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use conduit_core::records::{GroupClaim, GroupMember};
-use conduit_pintail::group::{assign, assignment_digest};
+use conduit_pintail::group::{assign, assignment_digest, owners};
 use conduit_testkit::process::{conduit_bin, kill9, terminate, CollectorProcess, StdoutLines};
 use conduit_testkit::{runtime, scribe, wait};
 
@@ -239,7 +239,8 @@ impl Cluster {
         if ids != live {
             return Some(format!("member files {ids:?}, running {live:?}"));
         }
-        let digest = assignment_digest(&live, &partitions);
+        let owners = owners(&claims, &live);
+        let digest = assignment_digest(&live, &partitions, &owners);
         for (id, m) in &members {
             let found: BTreeSet<String> = m.partitions.iter().cloned().collect();
             if found != partitions || m.assignment != digest {
@@ -249,7 +250,7 @@ impl Cluster {
                 ));
             }
         }
-        let expected = assign(&live, &partitions);
+        let expected = assign(&live, &partitions, &owners);
         for (p, owner) in &expected {
             let Some(c) = claims.get(p) else {
                 return Some(format!("{p} has no claim yet"));

@@ -12,8 +12,11 @@
 //! consumer group of `--members` dynamic members (`m0`, `m1`, ...: with two
 //! collectors and two members, rendezvous hashing gives each member one
 //! partition) reads the local view from the run's first minute, auto-committing
-//! every second. Then the `conduit-publisher` library (one publisher per collector,
-//! default settings) publishes `--rate` events/s for `--duration-secs`.
+//! every second. Once the group has settled (every partition owned by exactly one
+//! member, each member owning its share; reported as `group_settled_ms`, like a
+//! Kafka benchmark whose consumers have joined before it measures), the
+//! `conduit-publisher` library (one publisher per collector, default settings)
+//! publishes `--rate` events/s for `--duration-secs`.
 //!
 //! Every payload is a benchmark event (`EventGenerator`) with two fields put in
 //! front: `{"seq":N,"sent_us":T,...}` — a sequence number unique in the run and the
@@ -690,7 +693,11 @@ async fn conduit_measure(
 
     let addrs: Vec<_> = bus.collectors.iter().map(|c| c.addr).collect();
     let settled = group_settled(&owned, addrs.len(), members_started).await?;
-    tracing::info!(run, settled_ms = settled.as_millis() as u64, "consumer group settled");
+    tracing::info!(
+        run,
+        settled_ms = settled.as_millis() as u64,
+        "consumer group settled"
+    );
     let load_before = load_avg();
     tracing::info!(
         run,
