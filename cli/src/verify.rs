@@ -76,7 +76,9 @@ pub struct VerifyArgs {
     #[arg(long, default_value_t = 600, value_name = "SECS")]
     grace: u64,
 
-    /// Skip decompressing files (only sizes, checksums and trailers are checked).
+    /// Skip decompressing files (only sizes, checksums and trailers are checked;
+    /// a `.gz` file has no trailer, so its record count is checked only when
+    /// decoding).
     #[arg(long)]
     no_decode: bool,
 
