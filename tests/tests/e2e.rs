@@ -256,7 +256,7 @@ impl GroupSpec {
             .dynamic_member(member, self.pace.lease)
             .heartbeat(self.pace.heartbeat)
             .sealed_poll(Duration::from_millis(300))
-            .sealed_partitions(self.pace.partitions);
+            .partitions(self.pace.partitions);
         for (cluster, root) in &self.roots {
             b = b.cluster_uri(cluster, root);
         }
