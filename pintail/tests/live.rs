@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use conduit_core::{SharedStorage, TestClock};
+use conduit_core::{Clock, SharedStorage, TestClock};
 use conduit_merger::Job;
 use conduit_pintail::{Consumer, ConsumerBuilder, DefaultStart, ReadView};
 use conduit_testkit::clock::{self, clock_at};
@@ -333,6 +333,25 @@ async fn sub_partitions_split_one_stream_exactly_once_across_the_move() {
     }
     // A third frame, then the minute ends and the worker moves the file.
     client.log_acked("clicks", &numbered("a", 200, 100)).await;
+    // The lag of each sub-partition counts only its own records: together the
+    // 100 of the third frame.
+    let topic = conduit_core::Topic::new("clicks").unwrap();
+    let mut lag = 0;
+    for got in &live {
+        let at = &got.last().expect("each member read some").position;
+        lag += conduit_pintail::lag::partition_lag(
+            &storage,
+            ReadView::Local,
+            &topic,
+            at,
+            1,
+            clock.now(),
+        )
+        .await
+        .unwrap()
+        .events;
+    }
+    assert_eq!(lag, 100, "sub-partition lags add up to the unread records");
     clock::set(&clock, 10, 6, 10);
     wait_watermark(&storage, "dc1", "c1", minute("2026-11-22T10:05")).await;
     let report = local_job(storage.clone(), clock.shared())
