@@ -8,6 +8,9 @@
 //! progress is committed every second and on exit (Ctrl-C, `--to` reached), and
 //! members of the same group share the topic's partitions, each owning
 //! `floor(P/N)` or `ceil(P/N)` of them (`docs/pintail.md`, "Consumer groups").
+//! In the local view a partition is one collector's stream, or with
+//! `--partitions K` one of its `K` sub-partitions, so a group can keep more
+//! members busy than there are collectors (`docs/pintail.md`, "Sub-partitions").
 //! `--member-id` keeps a member's id across restarts (static membership): a
 //! restarted member resumes its partitions at once instead of waiting for its
 //! old lease. SIGTERM or Ctrl-C commits, hands the partitions over and leaves,
