@@ -53,7 +53,7 @@ pub async fn run(args: LagArgs) -> anyhow::Result<ExitCode> {
             view,
             &topic,
             &pos,
-            args.source.partitions,
+            args.source.partitions.unwrap_or(16),
             now,
         )
         .await?;

@@ -8,6 +8,9 @@
 //! progress is committed every second and on exit (Ctrl-C, `--to` reached), and
 //! members of the same group share the topic's partitions, each owning
 //! `floor(P/N)` or `ceil(P/N)` of them (`docs/pintail.md`, "Consumer groups").
+//! In the local view a partition is one collector's stream, or with
+//! `--partitions K` one of its `K` sub-partitions, so a group can keep more
+//! members busy than there are collectors (`docs/pintail.md`, "Sub-partitions").
 //! `--member-id` keeps a member's id across restarts (static membership): a
 //! restarted member resumes its partitions at once instead of waiting for its
 //! old lease. SIGTERM or Ctrl-C commits, hands the partitions over and leaves,
@@ -75,9 +78,14 @@ pub struct SourceArgs {
     #[arg(long, value_name = "DIR")]
     pub checkpoint_dir: Option<String>,
 
-    /// Partitions of a sealed view (the same for every member of a group).
-    #[arg(long, default_value_t = 16)]
-    pub partitions: u32,
+    /// Into how many partitions a group splits the topic: in `merged` and
+    /// `mirror`, the view's files by name (default 16); in `local`, each
+    /// collector's stream by record (default 1), so a group can keep up to
+    /// collectors × N members busy. Every member of a group must give the same
+    /// N (the group records it; another N is refused).
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(conduit_pintail::consumer::MAX_PARTITIONS)))]
+    pub partitions: Option<u32>,
 }
 
 /// Arguments of `conduit tail`.
@@ -144,9 +152,10 @@ pub struct TailArgs {
 pub async fn builder(source: &SourceArgs) -> anyhow::Result<ConsumerBuilder> {
     let topic = Topic::new(source.topic.clone()).context("bad --topic")?;
     let view: ReadView = source.view.parse()?;
-    let mut b = Consumer::builder(topic.as_str())
-        .view(view)
-        .sealed_partitions(source.partitions);
+    let mut b = Consumer::builder(topic.as_str()).view(view);
+    if let Some(n) = source.partitions {
+        b = b.partitions(n);
+    }
     match (&source.config, &source.root) {
         (Some(path), _) => {
             let config = Config::load(path)?;

@@ -37,6 +37,7 @@ use conduit_core::{
 use crate::error::{PintailError, Result};
 use crate::group::{assign, assignment_digest, new_incarnation, static_owner, Group, Membership};
 use crate::metrics::{Metrics, Stats};
+use crate::partition::{local_partition, LocalPartition};
 use crate::position::{CheckpointStore, Position};
 use crate::reader::{Ctx, Kind, Origin, PartitionReader, Poll};
 use crate::roots::{is_retryable, Roots};
@@ -137,6 +138,10 @@ pub enum DefaultStart {
     LiveEnd,
 }
 
+/// The largest partition count ([`ConsumerBuilder::partitions`]): every member
+/// lists and claims every partition, so the count bounds the group's files.
+pub const MAX_PARTITIONS: u32 = 1024;
+
 /// Messages delivered between two updates of the consumer's metrics.
 const REPORT_EVERY: u64 = 256;
 /// Group upkeep interval while a hand-over is under way: the new owner claims a
@@ -225,7 +230,7 @@ pub struct ConsumerBuilder {
     auto_commit_messages: Option<u64>,
     checkpoints: Option<Source>,
     membership: Membership,
-    partitions: u32,
+    partitions: Option<u32>,
     encoding: Encoding,
     skip_corrupt: bool,
     poll_min: Duration,
@@ -323,10 +328,16 @@ impl ConsumerBuilder {
         self
     }
 
-    /// Number of partitions of a sealed view (default 16). Must be the same for every
-    /// member of a group and stay fixed (checkpoints are per partition).
-    pub fn sealed_partitions(mut self, n: u32) -> Self {
-        self.partitions = n;
+    /// Into how many partitions the group splits what it reads (see
+    /// [`crate::partition`]): in a sealed view, the view's files by name
+    /// (default 16, partitions `p<k>of<n>`); in the local view, each collector's
+    /// stream by record (default 1, partitions `<cluster>-<collector>-s<k>of<n>`),
+    /// so a group can keep up to collectors × `n` members busy. The same for
+    /// every member of a group and fixed (checkpoints are per partition): the
+    /// group records it, and a member given another count is refused with
+    /// [`PintailError::PartitionsMismatch`].
+    pub fn partitions(mut self, n: u32) -> Self {
+        self.partitions = Some(n);
         self
     }
 
@@ -461,11 +472,27 @@ impl ConsumerBuilder {
             }
             _ => {}
         }
-        if self.partitions == 0 {
+        let partitions_n = self.partitions.unwrap_or(match self.view {
+            ReadView::Local => 1,
+            ReadView::Merged | ReadView::Mirror => 16,
+        });
+        if partitions_n == 0 || partitions_n > MAX_PARTITIONS {
             return Err(PintailError::InvalidSetting {
-                setting: "sealed_partitions",
-                reason: "must be at least 1".into(),
+                setting: "partitions",
+                reason: format!("{partitions_n}: must be between 1 and {MAX_PARTITIONS}"),
             });
+        }
+        let checkpoints = CheckpointStore::new(store.clone());
+        if let Some(group) = &self.group {
+            crate::partition::ensure_group_partitions(
+                &store,
+                &checkpoints,
+                group,
+                topic.as_str(),
+                crate::partition::family(self.view == ReadView::Local),
+                partitions_n,
+            )
+            .await?;
         }
         let member = match &self.membership {
             Membership::Dynamic { member, .. } => member.clone(),
@@ -512,11 +539,11 @@ impl ConsumerBuilder {
             ctx,
             view: self.view,
             clusters,
-            store: CheckpointStore::new(store),
+            store: checkpoints,
             group_name: self.group,
             membership: self.membership,
             group,
-            partitions_n: self.partitions,
+            partitions_n,
             origin,
             readers: BTreeMap::new(),
             epochs: BTreeMap::new(),
@@ -630,7 +657,7 @@ impl Consumer {
             auto_commit_messages: None,
             checkpoints: None,
             membership: Membership::Solo,
-            partitions: 16,
+            partitions: None,
             encoding: Encoding::Lines,
             skip_corrupt: false,
             poll_min: Duration::from_millis(5),
@@ -1070,19 +1097,20 @@ impl Consumer {
     fn new_reader(&self, id: &str, checkpoint: Option<Position>) -> PartitionReader {
         let (kind, roots) = match self.view {
             ReadView::Local => {
-                let (cluster, collector) = id.split_once('-').expect("local partition id");
+                let p = LocalPartition::parse(id).expect("local partition id");
                 let storage = self
                     .clusters
                     .iter()
-                    .find(|(c, _)| c.as_str() == cluster)
+                    .find(|(c, _)| *c == p.cluster)
                     .map(|(_, s)| s.clone())
                     .expect("known cluster");
                 (
                     Kind::Local {
-                        cluster: NodeName::new(cluster).expect("valid"),
-                        collector: NodeName::new(collector).expect("valid"),
+                        cluster: p.cluster.clone(),
+                        collector: p.collector,
+                        sub: (p.k, p.n),
                     },
-                    Roots::new(vec![(NodeName::new(cluster).expect("valid"), storage)]),
+                    Roots::new(vec![(p.cluster, storage)]),
                 )
             }
             ReadView::Merged | ReadView::Mirror => {
@@ -1122,15 +1150,22 @@ impl Consumer {
             ReadView::Local => {
                 for (cluster, storage) in &self.clusters {
                     let dir = Layout::topic_dir(View::Collector, &self.ctx.topic);
+                    let n = self.partitions_n;
+                    let mut streams = BTreeSet::new();
                     for e in storage.list_or_empty(&dir).await? {
                         if e.is_dir && NodeName::new(e.name.clone()).is_ok() {
-                            out.insert(format!("{cluster}-{}", e.name));
+                            streams.insert(e.name);
                         }
                     }
                     let (beats, _) =
                         conduit_core::heartbeat::Heartbeat::read_all(&**storage, cluster).await?;
                     for b in beats {
-                        out.insert(format!("{cluster}-{}", b.collector));
+                        streams.insert(b.collector.to_string());
+                    }
+                    for collector in streams {
+                        for k in 0..n {
+                            out.insert(local_partition(cluster.as_str(), &collector, k, n));
+                        }
                     }
                 }
                 if let Some(group) = &self.group_name {
@@ -1139,10 +1174,8 @@ impl Consumer {
                         .partitions(group, self.ctx.topic.as_str())
                         .await?
                     {
-                        if let Some((c, _)) = p.split_once('-') {
-                            if self.clusters.iter().any(|(n, _)| n.as_str() == c) {
-                                out.insert(p);
-                            }
+                        if self.accepts(&p) {
+                            out.insert(p);
                         }
                     }
                 }
@@ -1209,14 +1242,14 @@ impl Consumer {
         Ok(())
     }
 
-    /// Whether `partition` (reported by another member) is one this consumer can
-    /// read: a known cluster's collector (local view) or one of the same number of
+    /// Whether `partition` (reported by another member, or a checkpoint) is one
+    /// this consumer can read: a known cluster's collector stream split into the
+    /// same number of sub-partitions (local view) or one of the same number of
     /// sealed partitions.
     fn accepts(&self, partition: &str) -> bool {
         match self.view {
-            ReadView::Local => partition.split_once('-').is_some_and(|(c, collector)| {
-                self.clusters.iter().any(|(n, _)| n.as_str() == c)
-                    && NodeName::new(collector.to_owned()).is_ok()
+            ReadView::Local => LocalPartition::parse(partition).is_some_and(|p| {
+                p.n == self.partitions_n && self.clusters.iter().any(|(n, _)| *n == p.cluster)
             }),
             ReadView::Merged | ReadView::Mirror => {
                 crate::lag::view_of_partition(partition) != (ReadView::Local, 1)

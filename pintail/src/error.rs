@@ -106,6 +106,26 @@ pub enum PintailError {
         /// The checkpoint it is behind.
         checkpoint: String,
     },
+    /// The group already uses another partition count for this kind of view
+    /// (recorded by its first member, `docs/format.md` §9.2): checkpoints and
+    /// claims are per partition, so every member must use the same count.
+    #[error(
+        "group {group} of topic {topic} uses {recorded} partitions in the {view} view (recorded in {path}), but this member was started with {requested}; start it with --partitions {recorded}, or use a new group to change the count"
+    )]
+    PartitionsMismatch {
+        /// The consumer group.
+        group: String,
+        /// The topic.
+        topic: String,
+        /// `local` or `sealed`.
+        view: &'static str,
+        /// The count the group recorded.
+        recorded: u32,
+        /// The count this member was given.
+        requested: u32,
+        /// The group's partitions file.
+        path: String,
+    },
     /// The builder was given an invalid or incomplete setting.
     #[error("invalid setting {setting}: {reason}")]
     InvalidSetting {

@@ -447,7 +447,7 @@ pub(crate) fn static_owner(partition: &str, k: u32, n: u32) -> bool {
     (fnv(partition) % u64::from(n.max(1))) as u32 == k
 }
 
-fn fnv(text: &str) -> u64 {
+pub(crate) fn fnv(text: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in text.bytes() {
         h ^= u64::from(b);

@@ -34,12 +34,16 @@ pub struct Lag {
 }
 
 /// Records and compressed bytes of `path` from frame `offset` on, minus the
-/// `skip` records of that frame already delivered.
+/// `skip` records of that frame already delivered. With `sub` (the collector
+/// file name and sub-partition `k` of `n`), only the records of that
+/// sub-partition count ([`crate::partition::sub_partition_of`]); the bytes are
+/// all read either way.
 async fn rest_of_file(
     storage: &SharedStorage,
     path: &str,
     offset: u64,
     skip: u32,
+    sub: Option<(&str, u32, u32)>,
 ) -> Result<(u64, u64)> {
     let len = match storage.len(path).await {
         Ok(len) => len,
@@ -57,18 +61,23 @@ async fn rest_of_file(
     for (i, f) in s.frames.iter().filter(|f| !f.skippable).enumerate() {
         let at = (f.offset - offset) as usize;
         if let Ok(content) = codec.decode_frame(&bytes[at..at + f.len as usize]) {
-            let n = split_records(&content).count() as u64;
-            if i == 0 && f.offset == offset {
+            let n = split_records(&content).count() as u32;
+            let first = if i == 0 && f.offset == offset {
                 // The frame of the position: `skip` of its records are delivered;
                 // when all are, its bytes are read too.
-                let left = n.saturating_sub(u64::from(skip));
-                if left == 0 {
+                if n <= skip {
                     read_bytes -= f.len;
                 }
-                events += left;
+                skip.min(n)
             } else {
-                events += n;
-            }
+                0
+            };
+            events += match sub {
+                Some((name, k, parts)) => (first..n)
+                    .filter(|r| crate::partition::sub_partition_of(name, f.offset, *r, parts) == k)
+                    .count() as u64,
+                None => u64::from(n - first),
+            };
         }
     }
     Ok((events, read_bytes))
@@ -110,16 +119,26 @@ pub async fn partition_lag(
             } else {
                 dir_path
             };
-            let (e, b) = rest_of_file(storage, &current, pos.offset(), pos.record()).await?;
+            let sub = crate::partition::LocalPartition::parse(pos.partition())
+                .filter(|p| p.n > 1)
+                .map(|p| (p.k, p.n));
+            let (e, b) = rest_of_file(
+                storage,
+                &current,
+                pos.offset(),
+                pos.record(),
+                sub.map(|(k, n)| (pos.file(), k, n)),
+            )
+            .await?;
             add(&mut lag, e, b, pos.minute());
-            let mut later: Vec<(String, Minute)> = Vec::new();
+            let mut later: Vec<(String, Minute, String)> = Vec::new();
             for entry in storage
                 .list_or_empty(&Layout::collector_dir(topic, pos.collector()))
                 .await?
             {
                 if let Some(k) = data_file_key(topic, &entry.name) {
                     if Some(k) > key {
-                        later.push((entry.path, k.0));
+                        later.push((entry.path, k.0, entry.name));
                     }
                 }
             }
@@ -133,13 +152,14 @@ pub async fn partition_lag(
                     };
                     if let Some(k) = data_file_key(topic, name) {
                         if Some(k) > key {
-                            later.push((entry.path, k.0));
+                            later.push((entry.path.clone(), k.0, name.to_owned()));
                         }
                     }
                 }
             }
-            for (path, minute) in later {
-                let (e, b) = rest_of_file(storage, &path, 0, 0).await?;
+            for (path, minute, name) in later {
+                let of = sub.map(|(k, n)| (name.as_str(), k, n));
+                let (e, b) = rest_of_file(storage, &path, 0, 0, of).await?;
                 add(&mut lag, e, b, minute);
             }
         }
@@ -171,6 +191,7 @@ pub async fn partition_lag(
                             &format!("{dir}/{}", f.name),
                             pos.offset(),
                             pos.record(),
+                            None,
                         )
                         .await?;
                         add(&mut lag, e, b, m);

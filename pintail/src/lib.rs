@@ -5,7 +5,9 @@
 //!
 //! * `local`: the files collectors are writing right now (read while they grow, whole
 //!   frames only) and then the sealed local minutes they are moved into; one
-//!   partition per cluster and collector.
+//!   partition per cluster and collector, or `N` sub-partitions of each
+//!   collector's stream ([`partition`]) so a group can have more busy members
+//!   than there are collectors.
 //! * `merged` / `mirror`: sealed merged minutes (`_SUCCESS` manifests), oldest first;
 //!   the files of each minute split over a fixed number of partitions by a hash of
 //!   their name. A mirror holds the same paths and bytes, so positions and
@@ -60,6 +62,7 @@
 //! # Layout
 //! - [`consumer`]: builder, `next`, commits, seek, group upkeep.
 //! - `reader`: one partition's cursor over files and frames.
+//! - [`partition`]: partition names, sub-partitions, the group's partition count.
 //! - [`position`]: positions and the checkpoint format.
 //! - [`group`]: static and dynamic membership.
 //! - [`lag`]: how far a checkpoint is behind (events, bytes, seconds).
@@ -74,6 +77,7 @@ mod error;
 pub mod group;
 pub mod lag;
 mod metrics;
+pub mod partition;
 pub mod position;
 mod reader;
 mod roots;

@@ -134,6 +134,9 @@ pub(crate) enum Kind {
     Local {
         cluster: NodeName,
         collector: NodeName,
+        /// Sub-partition `k` of `n` of the stream: only its records are
+        /// delivered ([`crate::partition::sub_partition_of`]); `(0, 1)` for all.
+        sub: (u32, u32),
     },
     Sealed {
         k: u32,
@@ -375,9 +378,9 @@ impl PartitionReader {
         origin: Origin,
     ) -> Self {
         let http = match &kind {
-            Kind::Local { cluster, collector } => {
-                Some(CollectorHttp::new(cluster.clone(), collector.clone()))
-            }
+            Kind::Local {
+                cluster, collector, ..
+            } => Some(CollectorHttp::new(cluster.clone(), collector.clone())),
             Kind::Sealed { .. } => None,
         };
         let open_unreadable = roots.first().root().starts_with("hdfs://");
@@ -408,7 +411,22 @@ impl PartitionReader {
         loop {
             if let Some(f) = self.file.as_mut() {
                 if let Some(payload) = f.pending.pop_front() {
+                    let record = f.delivered_in_frame;
                     f.delivered_in_frame += 1;
+                    if let Kind::Local { sub: (k, n), .. } = self.kind {
+                        // Another sub-partition's record: passed over (the
+                        // position still moves past it).
+                        if n > 1
+                            && crate::partition::sub_partition_of(
+                                &f.name,
+                                f.frame_offset,
+                                record,
+                                n,
+                            ) != k
+                        {
+                            continue;
+                        }
+                    }
                     return Ok(Poll::Msg(self.message(ctx, payload)));
                 }
                 match self.step_file(ctx).await? {
@@ -542,7 +560,10 @@ impl PartitionReader {
 
     /// Local: continue at a committed position, wherever its file is now.
     async fn resume_local(&mut self, ctx: &Ctx, pos: Position) -> Result<()> {
-        let Kind::Local { cluster, collector } = self.kind.clone() else {
+        let Kind::Local {
+            cluster, collector, ..
+        } = self.kind.clone()
+        else {
             unreachable!("local only")
         };
         let Some(key) = pos.file_key() else {
@@ -588,7 +609,10 @@ impl PartitionReader {
 
     /// Local: start after what the collector has written so far.
     async fn live_end(&mut self, ctx: &Ctx) -> Result<()> {
-        let Kind::Local { cluster, collector } = self.kind.clone() else {
+        let Kind::Local {
+            cluster, collector, ..
+        } = self.kind.clone()
+        else {
             unreachable!("local only")
         };
         let dir = Layout::collector_dir(&ctx.topic, &collector);
@@ -707,7 +731,10 @@ impl PartitionReader {
             return Ok(false);
         }
         self.check_quarantined(ctx, after, from, Some(key)).await?;
-        let Kind::Local { cluster, collector } = self.kind.clone() else {
+        let Kind::Local {
+            cluster, collector, ..
+        } = self.kind.clone()
+        else {
             unreachable!("local only")
         };
         let known = self.known.get_or_insert_with(Default::default);
@@ -745,7 +772,10 @@ impl PartitionReader {
     /// A local partition's collector heartbeat; `None` when there is none (or it
     /// does not parse).
     async fn heartbeat(&self) -> Result<Option<conduit_core::heartbeat::Heartbeat>> {
-        let Kind::Local { cluster, collector } = &self.kind else {
+        let Kind::Local {
+            cluster, collector, ..
+        } = &self.kind
+        else {
             return Ok(None);
         };
         let path = Layout::heartbeat_path(cluster, collector);
@@ -926,7 +956,10 @@ impl PartitionReader {
         after: Option<Key>,
         from: Minute,
     ) -> Result<Option<(String, Loc, Minute)>> {
-        let Kind::Local { cluster, collector } = self.kind.clone() else {
+        let Kind::Local {
+            cluster, collector, ..
+        } = self.kind.clone()
+        else {
             return Ok(None);
         };
         let mut best = self

@@ -51,7 +51,7 @@ async fn member(
     let mut c = Consumer::builder("clicks")
         .cluster("dc1", storage)
         .view(ReadView::Merged)
-        .sealed_partitions(12)
+        .partitions(12)
         .sealed_poll(Duration::from_millis(20))
         .group("g")
         .dynamic_member(name, Duration::from_millis(1000))
@@ -240,7 +240,7 @@ async fn static_members_split_the_partitions_without_overlap() {
         let mut c = Consumer::builder("clicks")
             .cluster("dc1", storage.clone())
             .view(ReadView::Merged)
-            .sealed_partitions(12)
+            .partitions(12)
             .group("s")
             .static_member(k, 3)
             .stop(minute("2026-11-22T10:02"))
@@ -280,7 +280,7 @@ async fn a_restart_with_the_same_member_id_takes_over_at_once_and_fences_the_old
         Consumer::builder("clicks")
             .cluster("dc1", storage.clone())
             .view(ReadView::Merged)
-            .sealed_partitions(4)
+            .partitions(4)
             .group("s")
             // A lease far longer than the test: only static membership explains
             // a prompt takeover.

@@ -36,7 +36,7 @@ async fn sealed_minutes_on_hdfs_with_a_checkpoint_and_a_restart() {
         Consumer::builder("clicks")
             .cluster_uri("dc1", &root.uri)
             .view(ReadView::Merged)
-            .sealed_partitions(2)
+            .partitions(2)
             .sealed_poll(Duration::from_millis(50))
             .group("g")
             .stop(minute("2026-11-22T10:02"))

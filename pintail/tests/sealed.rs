@@ -31,7 +31,7 @@ fn merged(storage: &SharedStorage) -> ConsumerBuilder {
     Consumer::builder("clicks")
         .cluster("dc1", storage.clone())
         .view(ReadView::Merged)
-        .sealed_partitions(4)
+        .partitions(4)
         .sealed_poll(Duration::from_millis(20))
 }
 
@@ -177,7 +177,7 @@ async fn failover_from_the_merged_cluster_to_its_mirror_loses_nothing() {
         .cluster("dc1", dc1.clone())
         .cluster("dc2", dc2.clone())
         .view(ReadView::Merged)
-        .sealed_partitions(4)
+        .partitions(4)
         .sealed_poll(Duration::from_millis(20))
         .group("g")
         .checkpoint_dir(checkpoints.to_str().unwrap())
@@ -207,7 +207,7 @@ async fn failover_from_the_merged_cluster_to_its_mirror_loses_nothing() {
     let mut mirror = Consumer::builder("clicks")
         .cluster("dc2", dc2.clone())
         .view(ReadView::Mirror)
-        .sealed_partitions(4)
+        .partitions(4)
         .sealed_poll(Duration::from_millis(20))
         .group("g")
         .checkpoint_dir(checkpoints.to_str().unwrap())
@@ -244,12 +244,7 @@ async fn a_corrupt_frame_is_a_typed_error_or_skipped_and_counted() {
     bytes[(second.offset + second.len / 2) as usize] ^= 0xff;
     s.write_atomic(path, bytes.into()).await.unwrap();
 
-    let mut c = merged(&s)
-        .sealed_partitions(1)
-        .stop(m)
-        .build()
-        .await
-        .unwrap();
+    let mut c = merged(&s).partitions(1).stop(m).build().await.unwrap();
     for _ in 0..10 {
         c.next().await.unwrap().unwrap();
     }
@@ -264,7 +259,7 @@ async fn a_corrupt_frame_is_a_typed_error_or_skipped_and_counted() {
     }
 
     let mut c = merged(&s)
-        .sealed_partitions(1)
+        .partitions(1)
         .stop(m)
         .skip_corrupt_frames(true)
         .build()
@@ -344,12 +339,7 @@ async fn lag_counts_what_a_checkpoint_has_not_delivered() {
     let dir = tempfile::tempdir().unwrap();
     let s = local_storage(dir.path().join("dc1"));
     let all = ten_minutes(std::slice::from_ref(&s)).await;
-    let mut c = merged(&s)
-        .sealed_partitions(1)
-        .group("g")
-        .build()
-        .await
-        .unwrap();
+    let mut c = merged(&s).partitions(1).group("g").build().await.unwrap();
     let mut last = None;
     for _ in 0..125 {
         last = Some(c.next().await.unwrap().unwrap().position);

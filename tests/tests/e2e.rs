@@ -255,8 +255,11 @@ impl GroupSpec {
             .group(self.group)
             .dynamic_member(member, self.pace.lease)
             .heartbeat(self.pace.heartbeat)
-            .sealed_poll(Duration::from_millis(300))
-            .sealed_partitions(self.pace.partitions);
+            .sealed_poll(Duration::from_millis(300));
+        if self.view != ReadView::Local {
+            // The local view keeps one partition per collector (no sub-partitions).
+            b = b.partitions(self.pace.partitions);
+        }
         for (cluster, root) in &self.roots {
             b = b.cluster_uri(cluster, root);
         }

@@ -17,6 +17,14 @@
 //! time a restarted member took to print again, and the time a graceful leave
 //! took to hand its partitions over. Timing targets are in
 //! `docs/benchmarks.md`; here deadlines are generous.
+//!
+//! The second test runs the same churn with more members than collectors: 8
+//! members share a topic written by 2 collectors as 4 sub-partitions of each
+//! stream (`conduit tail --partitions 4`), with a `conduit worker` sealing the
+//! minutes under them (so readers continue in moved files), and checks the
+//! same: balance (8 members, 8 partitions: one each), every acknowledged event
+//! printed by exactly one member except a killed member's uncommitted tail of
+//! each sub-partition, and a member started with another count is refused.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -27,7 +35,10 @@ use std::time::{Duration, Instant};
 
 use conduit_core::records::{GroupClaim, GroupMember};
 use conduit_pintail::group::{assign, assignment_digest, owners};
-use conduit_testkit::process::{conduit_bin, kill9, terminate, CollectorProcess, StdoutLines};
+use conduit_pintail::partition::local_partition;
+use conduit_testkit::process::{
+    conduit_bin, kill9, run_conduit, terminate, CollectorProcess, StdoutLines, WorkerProcess,
+};
 use conduit_testkit::{runtime, scribe, wait};
 
 const TOPIC: &str = "churn";
@@ -52,8 +63,28 @@ struct Incarnation {
     log: PathBuf,
 }
 
-/// A printed event and when it was read from the tail's stdout.
-type Line = (Instant, String);
+/// A printed event (payload, partition) and when it was read from the tail's
+/// stdout (`--format json`).
+type Line = (Instant, Event);
+
+/// What a `--format json` line of `conduit tail` says.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Event {
+    payload: String,
+    partition: String,
+}
+
+fn event_of(line: &str) -> Event {
+    let doc: serde_json::Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: unexpected line {line:?}"));
+    Event {
+        payload: doc["payload"].as_str().expect("payload").to_owned(),
+        partition: doc["position"]["partition"]
+            .as_str()
+            .expect("partition")
+            .to_owned(),
+    }
+}
 
 /// Everything printed, by incarnation index.
 #[derive(Default)]
@@ -65,6 +96,8 @@ struct Printed {
 
 struct Cluster {
     root: PathBuf,
+    /// Sub-partitions of each collector's stream (`conduit tail --partitions`).
+    parts: u32,
     logs: PathBuf,
     collectors: Vec<CollectorProcess>,
     /// Scribe addresses the publisher sends to, with the collector id.
@@ -90,7 +123,7 @@ impl Cluster {
             .lock()
             .unwrap()
             .iter()
-            .map(|(id, _)| format!("dc1-{id}"))
+            .flat_map(|(id, _)| (0..self.parts).map(|k| local_partition("dc1", id, k, self.parts)))
             .collect()
     }
 
@@ -107,7 +140,8 @@ impl Cluster {
             .args(["--log-format", "json", "tail", "--root"])
             .arg(&self.root)
             .args(["--topic", TOPIC, "--group", GROUP, "--member-id", member])
-            .args(["--from-beginning", "--wait-for-topic"])
+            .args(["--from-beginning", "--wait-for-topic", "--format", "json"])
+            .args(["--partitions", &self.parts.to_string()])
             .args([
                 "--lease-secs",
                 &LEASE_SECS.to_string(),
@@ -186,7 +220,12 @@ impl Cluster {
         self.poll_all();
         let mut p = Printed::default();
         for i in self.done.iter().chain(&self.running) {
-            let lines = i.out.times.iter().copied().zip(i.out.seen.iter().cloned());
+            let lines = i
+                .out
+                .times
+                .iter()
+                .copied()
+                .zip(i.out.seen.iter().map(|l| event_of(l)));
             p.runs.push((i.member.clone(), i.killed, lines.collect()));
         }
         p
@@ -371,96 +410,90 @@ fn publisher(
     })
 }
 
-/// `(collector, seq)` of a printed event.
-fn event_key(line: &str) -> (String, u64) {
-    let (c, n) = line
-        .rsplit_once('-')
-        .unwrap_or_else(|| panic!("unexpected line {line:?}"));
-    (
-        c.to_owned(),
-        n.parse()
-            .unwrap_or_else(|_| panic!("unexpected line {line:?}")),
-    )
-}
-
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v.get(v.len() / 2).copied().unwrap_or_default()
 }
 
-#[test]
-fn members_join_leave_die_and_restart_and_the_group_stays_balanced_without_duplicates() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("root");
-    let logs = dir.path().join("logs");
+/// A cluster directory with no processes yet; members read `parts`
+/// sub-partitions of each collector's stream.
+fn cluster(dir: &std::path::Path, parts: u32) -> Cluster {
+    let root = dir.join("root");
+    let logs = dir.join("logs");
     std::fs::create_dir_all(&logs).unwrap();
-    let mut cl = Cluster {
+    Cluster {
         root,
+        parts,
         logs,
         collectors: Vec::new(),
         targets: Arc::default(),
         running: Vec::new(),
         done: Vec::new(),
         spawned: 0,
-    };
-    let stop = Arc::new(AtomicBool::new(false));
-    cl.start_collector("c1");
-    let publishing = publisher(cl.targets.clone(), stop.clone());
+    }
+}
 
-    let mut resumes = Vec::new();
-    let mut handovers = Vec::new();
-    cl.join("m1");
-    cl.join("m2");
-    cl.settle("m1 and m2 joined, 1 partition");
-    cl.start_collector("c2");
-    cl.settle("c2 appeared");
-    let mut collectors = 2;
-    for cycle in 0..CYCLES {
-        cl.join("m3");
-        cl.settle(&format!("cycle {cycle}: m3 joined"));
-        if collectors < 4 {
-            collectors += 1;
-            cl.start_collector(&format!("c{collectors}"));
-            cl.settle(&format!("cycle {cycle}: c{collectors} appeared"));
-        }
-
-        // Graceful leave: its partitions go over without a lease wait.
-        let held = cl.claimed_by("m1");
-        let t = Instant::now();
-        cl.leave("m1");
-        wait::until_blocking("m1's partitions to be claimed by others", SETTLE, || {
+/// One graceful leave of `member`: the time until every partition it held is
+/// claimed by another member.
+fn graceful_leave(cl: &mut Cluster, member: &str) -> Duration {
+    let held = cl.claimed_by(member);
+    let t = Instant::now();
+    cl.leave(member);
+    wait::until_blocking(
+        &format!("{member}'s partitions to be claimed by others"),
+        SETTLE,
+        || {
             let (_, claims) = cl.group_files();
             held.iter()
                 .all(|p| {
                     claims
                         .get(p)
-                        .is_some_and(|c| c.member != "m1" && !c.released)
+                        .is_some_and(|c| c.member != member && !c.released)
                 })
                 .then_some(())
+        },
+    )
+    .unwrap();
+    t.elapsed()
+}
+
+/// `member` killed with SIGKILL and restarted with the same id: the time until
+/// the new process printed its first event.
+fn kill_and_restart(cl: &mut Cluster, member: &str) -> Duration {
+    cl.kill(member);
+    cl.join(member);
+    let started = cl.running.last().unwrap().started;
+    let inc = cl.running.last_mut().unwrap();
+    inc.out
+        .wait_for(&format!("the restarted {member} to print"), SETTLE, |_| {
+            true
         })
-        .unwrap();
-        handovers.push(t.elapsed());
-        cl.settle(&format!("cycle {cycle}: m1 left"));
+        .unwrap_or_else(|e| panic!("{e}"));
+    started.elapsed()
+}
 
-        // Killed and restarted with the same id: resumes at once.
-        cl.kill("m2");
-        cl.join("m2");
-        let started = cl.running.last().unwrap().started;
-        let inc = cl.running.last_mut().unwrap();
-        inc.out
-            .wait_for("the restarted m2 to print", SETTLE, |_| true)
-            .unwrap_or_else(|e| panic!("{e}"));
-        resumes.push(started.elapsed());
-        cl.settle(&format!("cycle {cycle}: m2 killed and restarted"));
+/// What the final checks found.
+struct Deliveries {
+    acked: usize,
+    runs: usize,
+    kills: usize,
+    /// Deliveries beyond the first, in all.
+    extra: usize,
+    /// Re-deliveries after each killed run that had any.
+    per_kill: Vec<usize>,
+    /// Events printed per member id (all its runs).
+    per_member: BTreeMap<String, usize>,
+}
 
-        // Killed for good: the others take its partitions after the lease.
-        cl.kill("m3");
-        cl.settle(&format!("cycle {cycle}: m3 killed"));
-        cl.join("m1");
-        cl.settle(&format!("cycle {cycle}: m1 joined again"));
-    }
-
-    // Stop publishing; every acknowledged event must be printed.
+/// Stops publishing, waits until every acknowledged event was printed, lets
+/// every member leave, and checks exactly-once delivery between commits: an
+/// event printed twice was printed by a killed run first, and what came again
+/// after a killed run is, per partition, a tail of what it printed.
+fn finish(
+    cl: &mut Cluster,
+    stop: &AtomicBool,
+    publishing: std::thread::JoinHandle<Vec<String>>,
+) -> Deliveries {
     stop.store(true, Ordering::Relaxed);
     let acked = publishing.join().unwrap();
     let expected: BTreeSet<&String> = acked.iter().collect();
@@ -470,7 +503,7 @@ fn members_join_leave_die_and_restart_and_the_group_stays_balanced_without_dupli
         let seen: BTreeSet<&String> = printed
             .runs
             .iter()
-            .flat_map(|(_, _, l)| l.iter().map(|(_, e)| e))
+            .flat_map(|(_, _, l)| l.iter().map(|(_, e)| &e.payload))
             .collect();
         expected.iter().all(|e| seen.contains(*e)).then_some(())
     })
@@ -482,9 +515,14 @@ fn members_join_leave_die_and_restart_and_the_group_stays_balanced_without_dupli
 
     // Deliveries of each event in time order: (when, run).
     let mut by_event: BTreeMap<&str, Vec<(Instant, usize)>> = BTreeMap::new();
-    for (run, (_, _, lines)) in printed.runs.iter().enumerate() {
-        for (at, l) in lines {
-            by_event.entry(l.as_str()).or_default().push((*at, run));
+    let mut per_member: BTreeMap<String, usize> = BTreeMap::new();
+    for (run, (member, _, lines)) in printed.runs.iter().enumerate() {
+        *per_member.entry(member.clone()).or_default() += lines.len();
+        for (at, e) in lines {
+            by_event
+                .entry(e.payload.as_str())
+                .or_default()
+                .push((*at, run));
         }
     }
     for e in &expected {
@@ -516,29 +554,80 @@ fn members_join_leave_die_and_restart_and_the_group_stays_balanced_without_dupli
         *redelivered_per_kill.entry(run).or_default() += 1;
     }
     for &run in redelivered_per_kill.keys() {
-        let mut per_partition: BTreeMap<String, Vec<bool>> = BTreeMap::new();
-        for (_, l) in &printed.runs[run].2 {
-            let (c, _) = event_key(l);
-            let again = again_after.contains(&(run, l.as_str()));
-            per_partition.entry(c).or_default().push(again);
+        let mut per_partition: BTreeMap<&str, Vec<bool>> = BTreeMap::new();
+        for (_, e) in &printed.runs[run].2 {
+            let again = again_after.contains(&(run, e.payload.as_str()));
+            per_partition.entry(&e.partition).or_default().push(again);
         }
-        for (c, flags) in per_partition {
+        for (p, flags) in per_partition {
             let first = flags.iter().position(|a| *a).unwrap_or(flags.len());
             assert!(
                 flags[first..].iter().all(|a| *a),
-                "run {run} ({}): events of {c} printed again are not a tail of what it printed",
+                "run {run} ({}): events of {p} printed again are not a tail of what it printed",
                 printed.runs[run].0
             );
         }
     }
-    let kills = printed.runs.iter().filter(|r| r.1).count();
+    Deliveries {
+        acked: acked.len(),
+        runs: printed.runs.len(),
+        kills: printed.runs.iter().filter(|r| r.1).count(),
+        extra,
+        per_kill: redelivered_per_kill.values().copied().collect(),
+        per_member,
+    }
+}
+
+#[test]
+fn members_join_leave_die_and_restart_and_the_group_stays_balanced_without_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cl = cluster(dir.path(), 1);
+    let stop = Arc::new(AtomicBool::new(false));
+    cl.start_collector("c1");
+    let publishing = publisher(cl.targets.clone(), stop.clone());
+
+    let mut resumes = Vec::new();
+    let mut handovers = Vec::new();
+    cl.join("m1");
+    cl.join("m2");
+    cl.settle("m1 and m2 joined, 1 partition");
+    cl.start_collector("c2");
+    cl.settle("c2 appeared");
+    let mut collectors = 2;
+    for cycle in 0..CYCLES {
+        cl.join("m3");
+        cl.settle(&format!("cycle {cycle}: m3 joined"));
+        if collectors < 4 {
+            collectors += 1;
+            cl.start_collector(&format!("c{collectors}"));
+            cl.settle(&format!("cycle {cycle}: c{collectors} appeared"));
+        }
+
+        // Graceful leave: its partitions go over without a lease wait.
+        handovers.push(graceful_leave(&mut cl, "m1"));
+        cl.settle(&format!("cycle {cycle}: m1 left"));
+
+        // Killed and restarted with the same id: resumes at once.
+        resumes.push(kill_and_restart(&mut cl, "m2"));
+        cl.settle(&format!("cycle {cycle}: m2 killed and restarted"));
+
+        // Killed for good: the others take its partitions after the lease.
+        cl.kill("m3");
+        cl.settle(&format!("cycle {cycle}: m3 killed"));
+        cl.join("m1");
+        cl.settle(&format!("cycle {cycle}: m1 joined again"));
+    }
+
+    let d = finish(&mut cl, &stop, publishing);
     println!(
-        "group churn: {} acknowledged events, {} runs, {kills} killed with SIGKILL; \
-         {extra} re-deliveries in all, per killed run {:?}; restart to first event: \
+        "group churn: {} acknowledged events, {} runs, {} killed with SIGKILL; \
+         {} re-deliveries in all, per killed run {:?}; restart to first event: \
          median {:?}, max {:?}; graceful leave to partitions claimed by others: median {:?}, max {:?}",
-        acked.len(),
-        printed.runs.len(),
-        redelivered_per_kill.values().collect::<Vec<_>>(),
+        d.acked,
+        d.runs,
+        d.kills,
+        d.extra,
+        d.per_kill,
         median(resumes.clone()),
         resumes.iter().max().unwrap(),
         median(handovers.clone()),
@@ -546,6 +635,128 @@ fn members_join_leave_die_and_restart_and_the_group_stays_balanced_without_dupli
     );
     // Generous bound (the lease is 6 s; an id that does not survive a restart
     // would wait that long): a restarted member resumes at once.
+    assert!(
+        resumes
+            .iter()
+            .all(|d| *d < Duration::from_secs(LEASE_SECS / 2)),
+        "restarts took {resumes:?}"
+    );
+}
+
+/// Whether the worker sealed a minute of the topic in the local view.
+fn a_minute_is_sealed(root: &std::path::Path) -> bool {
+    fn walk(dir: &std::path::Path) -> bool {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                let p = e.path();
+                e.file_name() == "_SUCCESS" || (p.is_dir() && walk(&p))
+            })
+    }
+    walk(&root.join("streams_local").join(TOPIC))
+}
+
+/// Issue 17, more consumers than collectors: 8 members share 2 collectors'
+/// streams as 4 sub-partitions each (see the module docs).
+#[test]
+fn eight_members_share_two_collectors_as_sub_partitions_exactly_once() {
+    const K: u32 = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cl = cluster(dir.path(), K);
+    let stop = Arc::new(AtomicBool::new(false));
+    cl.start_collector("c1");
+    cl.start_collector("c2");
+    // Seals the minutes under the members: files move out of `data/` while
+    // they read them, and a restarted member resumes in a moved file.
+    let _worker = WorkerProcess::start(
+        &[
+            "--root",
+            cl.root.to_str().unwrap(),
+            "--cluster",
+            "dc1",
+            "--interval-ms",
+            "200",
+        ],
+        &cl.logs,
+    )
+    .expect("conduit worker starts");
+    let publishing = publisher(cl.targets.clone(), stop.clone());
+
+    let all: Vec<String> = (1..=8).map(|i| format!("m{i}")).collect();
+    for m in &all {
+        cl.join(m);
+    }
+    // 8 members, 2 × 4 partitions: `settle` checks each owns exactly one.
+    cl.settle("8 members joined, 2 collectors x 4 sub-partitions");
+
+    // A member started with another count is refused, naming both.
+    let root = cl.root.to_str().unwrap().to_owned();
+    let ran = run_conduit(
+        &[
+            "tail",
+            "--root",
+            &root,
+            "--topic",
+            TOPIC,
+            "--group",
+            GROUP,
+            "--partitions",
+            "2",
+        ],
+        b"",
+        SETTLE,
+    )
+    .unwrap();
+    assert_eq!(ran.code, 1, "stderr: {}", ran.stderr);
+    assert!(
+        ran.stderr.contains("uses 4 partitions") && ran.stderr.contains("started with 2"),
+        "stderr: {}",
+        ran.stderr
+    );
+
+    let mut resumes = Vec::new();
+    let mut handovers = Vec::new();
+    for cycle in 0..2 {
+        if cycle == 1 {
+            // The second cycle runs over sealed minutes.
+            wait::until_blocking(
+                "the worker to seal a minute",
+                Duration::from_secs(130),
+                || a_minute_is_sealed(&cl.root).then_some(()),
+            )
+            .unwrap();
+        }
+        handovers.push(graceful_leave(&mut cl, "m1"));
+        cl.settle(&format!("cycle {cycle}: m1 left (7 members, 8 partitions)"));
+        cl.join("m1");
+        cl.settle(&format!("cycle {cycle}: m1 joined again"));
+        resumes.push(kill_and_restart(&mut cl, "m2"));
+        cl.settle(&format!("cycle {cycle}: m2 killed and restarted"));
+        cl.kill("m3");
+        cl.settle(&format!("cycle {cycle}: m3 killed (7 members)"));
+        cl.join("m3");
+        cl.settle(&format!("cycle {cycle}: m3 joined again"));
+    }
+
+    let d = finish(&mut cl, &stop, publishing);
+    println!(
+        "sub-partitions (2 collectors x {K}, 8 members): {} acknowledged events, {} runs, \
+         {} killed with SIGKILL; {} re-deliveries in all, per killed run {:?}; printed per \
+         member {:?}; restart to first event: median {:?}, max {:?}; graceful leave to \
+         partitions claimed by others: median {:?}, max {:?}",
+        d.acked,
+        d.runs,
+        d.kills,
+        d.extra,
+        d.per_kill,
+        d.per_member,
+        median(resumes.clone()),
+        resumes.iter().max().unwrap(),
+        median(handovers.clone()),
+        handovers.iter().max().unwrap(),
+    );
     assert!(
         resumes
             .iter()

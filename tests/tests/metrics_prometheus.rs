@@ -512,7 +512,7 @@ fn pintail_lag_gauges_count_what_is_left_and_pass_promtool() {
         let mut c = Consumer::builder("clicks")
             .cluster("dc1", storage)
             .view(ReadView::Merged)
-            .sealed_partitions(1)
+            .partitions(1)
             .group("g")
             .dynamic_member("m1", Duration::from_secs(10))
             // Upkeep, and a lag measurement, in every `next()`.

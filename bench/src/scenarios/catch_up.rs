@@ -21,6 +21,12 @@
 //! - **pintail**: one `conduit_pintail::Consumer` on the local view, from the
 //!   hour's first minute with the hour's last minute as stop minute, counting
 //!   messages until the stream ends.
+//! - **pintail-sub** (not in the default list): the same consumer with
+//!   `--partitions K` (default 4) sub-partitions of each collector's stream
+//!   (issue 17). It reads all `files × K` sub-partitions, each stream once per
+//!   sub-partition, so its rate is what one group member owning one
+//!   sub-partition delivers on its own core (it decodes a whole stream and
+//!   delivers `1/K` of it); compare with `pintail` (a member owning a stream).
 //! - **conduit decode**: `conduit_core::format::decode_file` over every file, one
 //!   thread (what one core of zstd and the record splitter do, for reference).
 //!
@@ -73,13 +79,18 @@ pub struct CatchUpArgs {
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     runs: u32,
 
-    /// Readers to run, comma separated: duckdb-json, duckdb-lines, pintail, decode.
+    /// Readers to run, comma separated: duckdb-json, duckdb-lines, pintail,
+    /// pintail-sub, decode.
     #[arg(
         long,
         default_value = "duckdb-json,duckdb-lines,pintail,decode",
         value_delimiter = ','
     )]
     readers: Vec<String>,
+
+    /// Sub-partitions per collector stream of the `pintail-sub` reader.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=1024))]
+    partitions: u32,
 
     /// Directory for the history (default: a fresh temporary directory, removed
     /// afterwards unless --keep).
@@ -103,7 +114,13 @@ pub struct CatchUpArgs {
     seed: u64,
 }
 
-const READERS: [&str; 4] = ["duckdb-json", "duckdb-lines", "pintail", "decode"];
+const READERS: [&str; 5] = [
+    "duckdb-json",
+    "duckdb-lines",
+    "pintail",
+    "pintail-sub",
+    "decode",
+];
 
 /// What was built.
 struct History {
@@ -167,7 +184,8 @@ async fn measure(args: &CatchUpArgs, dir: &Path) -> anyhow::Result<ExitCode> {
             let (count, secs) = match reader.as_str() {
                 "duckdb-json" => duckdb(dir, false)?,
                 "duckdb-lines" => duckdb(dir, true)?,
-                "pintail" => pintail(&storage, &history).await?,
+                "pintail" => pintail(&storage, &history, 1).await?,
+                "pintail-sub" => pintail(&storage, &history, args.partitions).await?,
                 "decode" => decode_all(dir)?,
                 _ => unreachable!("checked above"),
             };
@@ -426,8 +444,13 @@ fn duckdb(dir: &Path, lines: bool) -> anyhow::Result<(u64, f64)> {
     ))
 }
 
-/// Reads the hour with one PinTail consumer; returns (count, seconds).
-async fn pintail(storage: &SharedStorage, history: &History) -> anyhow::Result<(u64, f64)> {
+/// Reads the hour with one PinTail consumer of `partitions` sub-partitions per
+/// collector stream; returns (count, seconds).
+async fn pintail(
+    storage: &SharedStorage,
+    history: &History,
+    partitions: u32,
+) -> anyhow::Result<(u64, f64)> {
     let ckpt = fresh_temp_dir(&format!(
         "conduit-bench-pintail-ckpt-{}-{}",
         std::process::id(),
@@ -437,6 +460,7 @@ async fn pintail(storage: &SharedStorage, history: &History) -> anyhow::Result<(
     let mut consumer = conduit_pintail::Consumer::builder(TOPIC)
         .cluster("dc1", storage.clone())
         .view(conduit_pintail::ReadView::Local)
+        .partitions(partitions)
         .group("bench-catch-up")
         .checkpoint_dir(&ckpt.display().to_string())
         .start(conduit_pintail::StartTime::At(history.first))

@@ -1,8 +1,9 @@
 //! Leases: files under `system/leases/` ([`crate::layout::Layout::lease_path`]).
 //!
 //! * [`LeaseRecord`]: the worker lease, `worker.json` (`docs/format.md` §8.1).
-//! * [`GroupMember`] and [`GroupClaim`]: PinTail consumer-group membership and
-//!   partition claims (`docs/format.md` §9.2).
+//! * [`GroupMember`], [`GroupClaim`] and [`GroupPartitions`]: PinTail
+//!   consumer-group membership, partition claims and the group's partition
+//!   count (`docs/format.md` §9.2).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -94,5 +95,27 @@ pub struct GroupClaim {
 
 impl Versioned for GroupClaim {
     const KIND: &'static str = "group claim";
+    const VERSION: u32 = GROUP_VERSION;
+}
+
+/// A consumer group's partition count for one kind of view,
+/// `system/leases/pintail.<group>.<topic>.partitions.<local|sealed>.json`
+/// (`docs/format.md` §9.2): written once (exclusive create) by the first member
+/// that uses the group; a member started with another count is refused, since
+/// checkpoints and claims are per partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupPartitions {
+    /// Format version ([`GROUP_VERSION`]).
+    pub version: Version<GROUP_VERSION>,
+    /// `local` (sub-partitions of each collector's stream) or `sealed`
+    /// (partitions of the merged and mirror views).
+    pub view: String,
+    /// The count: sub-partitions per collector stream (`local`), or partitions
+    /// of the view (`sealed`).
+    pub partitions: u32,
+}
+
+impl Versioned for GroupPartitions {
+    const KIND: &'static str = "group partitions";
     const VERSION: u32 = GROUP_VERSION;
 }

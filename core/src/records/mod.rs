@@ -13,8 +13,8 @@
 //! - [`checkpoints`]: [`JobCheckpoint`] (worker jobs) with [`LocalCheckpoint`],
 //!   [`MergeCheckpoint`], [`ConsumerCheckpoint`] (PinTail) and the collector's
 //!   [`DedupSnapshot`].
-//! - [`leases`]: [`LeaseRecord`] (the worker lease), [`GroupMember`] and
-//!   [`GroupClaim`] (PinTail consumer groups).
+//! - [`leases`]: [`LeaseRecord`] (the worker lease), [`GroupMember`],
+//!   [`GroupClaim`] and [`GroupPartitions`] (PinTail consumer groups).
 //!
 //! # Versions
 //!
@@ -45,7 +45,9 @@ pub use checkpoints::{
     SealedPart, CONSUMER_CHECKPOINT_VERSION, DEDUP_SNAPSHOT_VERSION, JOB_CHECKPOINT_VERSION,
     MERGE_CHECKPOINT_VERSION,
 };
-pub use leases::{GroupClaim, GroupMember, LeaseRecord, GROUP_VERSION, LEASE_VERSION};
+pub use leases::{
+    GroupClaim, GroupMember, GroupPartitions, LeaseRecord, GROUP_VERSION, LEASE_VERSION,
+};
 pub use topics::{AuditRecord, AuditRecordError, InvalidRecord, AUDIT_VERSION, MAX_AUDIT_ACKED};
 
 /// A document that could not be used.
