@@ -574,6 +574,7 @@ impl ConsumerBuilder {
             metrics,
             finished: false,
             fence_errors: Arc::new(Mutex::new(0)),
+            foreign_warned: false,
         })
     }
 }
@@ -640,6 +641,9 @@ pub struct Consumer {
     metrics: Metrics,
     finished: bool,
     fence_errors: Arc<Mutex<u64>>,
+    /// Whether the WARN about other members' partitions of clusters this one
+    /// does not read was logged (again after they are gone).
+    foreign_warned: bool,
 }
 
 impl Consumer {
@@ -1278,12 +1282,26 @@ impl Consumer {
         }
         let members = state.members(&g.member);
         let mut partitions = found.clone();
-        for other in state.others.values() {
+        let mut foreign = Vec::new();
+        for (id, other) in &state.others {
             for p in &other.partitions {
-                if !partitions.contains(p) && self.accepts(p) {
+                if !self.accepts(p) {
+                    foreign.push(format!("{p} (member {id})"));
+                } else if !partitions.contains(p) {
                     partitions.insert(p.clone());
                 }
             }
+        }
+        if foreign.is_empty() {
+            self.foreign_warned = false;
+        } else if !self.foreign_warned {
+            // Left out of this member's inputs, so its assignment differs from
+            // theirs for as long as this lasts.
+            self.foreign_warned = true;
+            tracing::warn!(group = %g.group, member = %g.member, partitions = %foreign.join(", "),
+                "other members of the group read partitions this member cannot (a cluster it does not read): \
+                 members of a group must read the same clusters, or they never agree on an assignment; \
+                 start every member with the same --config/--cluster (or --root)");
         }
         let owners = state.owners(&members);
         let digest = assignment_digest(&members, &partitions, &owners);
