@@ -162,7 +162,9 @@ pub struct PassReport {
     /// Microseconds the pass spent in each of its steps (every topic job's
     /// `topics`: what it reads before the topics, the heartbeats for the local
     /// job; the local job's `list`, `move`, `inspect`, `dedup`, `manifest`,
-    /// `checkpoint`), for `conduit_worker_step_seconds_total`.
+    /// `checkpoint`; the merge job's `sources` (reading the sources' manifests),
+    /// `copy`, `manifest` (tidying and sealing the directory); the mirror job's
+    /// `copy`, `manifest`), for `conduit_worker_step_seconds_total`.
     pub step_micros: BTreeMap<&'static str, u64>,
 }
 

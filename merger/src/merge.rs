@@ -59,6 +59,7 @@
 //! rule, which only depends on sealed manifests.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 
@@ -404,6 +405,7 @@ impl MergeJob {
         state: &mut TopicState,
     ) -> Result<Option<PassReport>, WorkerError> {
         let frontier = state.frontier;
+        let sources_started = Instant::now();
         let mut included = Vec::new();
         let mut missing = Vec::new();
         let mut plan: Vec<(NodeName, String, ManifestFile)> = Vec::new();
@@ -431,6 +433,7 @@ impl MergeJob {
         let fence = self.env.fence.as_ref();
         let dir = Layout::minute_dir(View::Merged, topic, frontier);
         let mut report = PassReport::default();
+        report.timed("sources", sources_started);
         let gzip = self.env.config.topic(topic).format == Codec::Gzip;
         let mut files = Vec::with_capacity(plan.len());
         let mut tasks = Vec::with_capacity(plan.len());
@@ -454,6 +457,7 @@ impl MergeJob {
             files.push(file);
         }
         let (dst, fence_arc) = (self.env.this.storage.clone(), self.env.fence.clone());
+        let started = Instant::now();
         if gzip {
             let (transcoded, written) = transcode_all(tasks, dst, fence_arc).await?;
             files = transcoded;
@@ -461,6 +465,8 @@ impl MergeJob {
         } else {
             report.bytes_copied += copy_all(tasks, dst, fence_arc).await?;
         }
+        report.timed("copy", started);
+        let started = Instant::now();
         let names: BTreeSet<String> = files.iter().map(|f| f.name.clone()).collect();
         dest.mkdirs(&dir).await?;
         tidy_unsealed(dest, &dir, fence, |name| names.contains(name)).await?;
@@ -488,6 +494,7 @@ impl MergeJob {
             }
             Err(e) => return Err(e.into()),
         }
+        report.timed("manifest", started);
         tracing::info!(%topic, minute = %frontier, files = report.files, late = report.late_files,
             bytes = report.bytes_copied, "sealed merged minute");
         report.sealed = 1;

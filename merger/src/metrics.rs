@@ -16,7 +16,7 @@
 //! | `conduit_worker_files_quarantined_total` | counter | job | files set aside in `quarantine/` because they could not be sealed |
 //! | `conduit_worker_duplicates_dropped_total` | counter | job | records dropped at the seal as second copies of publisher batches |
 //! | `conduit_worker_seal_file_checks_total` | counter | job, check (`trailer`, `full`) | data files the local seal listed, by how it learned their length and CRC-32C: from the collector's close trailer (one ranged read of the tail) or by reading the whole file (no writer checksum, or a tail that does not agree with the length) |
-//! | `conduit_worker_step_seconds_total` | counter | job, step | seconds passes spent in each step (every topic job: `topics`, its reads before the topics, the heartbeats for `local`; local job: `list`, `move`, `inspect`, `dedup`, `manifest`, `checkpoint`): where a seal's time goes |
+//! | `conduit_worker_step_seconds_total` | counter | job, step | seconds passes spent in each step (every topic job: `topics`, its reads before the topics, the heartbeats for `local`; local job: `list`, `move`, `inspect`, `dedup`, `manifest`, `checkpoint`; merge: `sources`, `copy`, `manifest`; mirror: `copy`, `manifest`): where a seal's time goes |
 //! | `conduit_worker_lag_seconds` | gauge | view (`local`, `merged`, `mirror`, `hourly`), topic | clock minus the end of the newest sealed minute |
 //! | `conduit_worker_invalid_rows_total` | counter | topic | events of topics with `compact_format = "parquet"` set aside from their hourly Parquet file (not matching the schema, or not UTF-8 where the payload column is a string) |
 //! | `conduit_worker_lease_held` | gauge | | 1 while this worker holds the lease, 0 on standby |

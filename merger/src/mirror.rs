@@ -28,6 +28,7 @@
 //! other topics go on.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
 
 use conduit_core::layout::Layout;
 use conduit_core::tree::{self, newest_sealed_dir, oldest_dir};
@@ -180,13 +181,17 @@ impl TopicJob for MirrorJob {
                     step.files += 1;
                     step.late_files += u64::from(file.late);
                 }
+                let started = Instant::now();
                 step.bytes_copied +=
                     copy_all(tasks, self.env.this.storage.clone(), self.env.fence.clone()).await?;
+                step.timed("copy", started);
+                let started = Instant::now();
                 let names: BTreeSet<&str> = manifest.files.iter().map(|f| f.name.as_str()).collect();
                 dest.mkdirs(&dir).await?;
                 tidy_unsealed(dest, &dir, fence, |name| names.contains(name)).await?;
                 fence.check().await?;
                 seal_raw(dest, &dir, raw).await?;
+                step.timed("manifest", started);
                 tracing::info!(%topic, minute = %frontier, origin = %origin.name,
                     files = step.files, bytes = step.bytes_copied, "sealed mirrored minute");
                 step.sealed = 1;

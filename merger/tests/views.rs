@@ -347,6 +347,14 @@ async fn merge_unions_two_sources_byte_for_byte_and_seals_within_seconds() {
     let report = job.pass().await.unwrap();
     let took = wall.elapsed();
     assert_eq!(report.sealed, 1);
+    // Where the pass's time went (`steps_ms`, conduit_worker_step_seconds_total).
+    for step in ["sources", "copy", "manifest"] {
+        assert!(
+            report.step_micros.contains_key(step),
+            "merge step {step} is not timed: {:?}",
+            report.step_micros
+        );
+    }
     println!("merge pass sealing one minute of 2 sources: {took:?} wall time");
     // The lag gauge's view of it (conduit_worker_lag_seconds{view="merged"}).
     assert_eq!(job.progress().get(SealView::Merged, &topic()), Some(m5));
@@ -777,6 +785,13 @@ async fn a_mirror_falls_behind_catches_up_and_is_byte_identical() {
             world.clock.set(m.end() + TimeDelta::seconds(4));
             let report = mirror.pass().await.unwrap();
             sealed += report.sealed;
+            for step in ["copy", "manifest"] {
+                assert!(
+                    report.step_micros.contains_key(step),
+                    "mirror step {step} is not timed: {:?}",
+                    report.step_micros
+                );
+            }
             if i == 25 {
                 assert_eq!(report.sealed, 21, "caught up oldest first in one pass");
             } else {

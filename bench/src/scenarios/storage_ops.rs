@@ -13,10 +13,12 @@
 //!   while the NameNode has not heard of the last block from the DataNode);
 //! - **small file (create, write 1 KiB, close)**: a manifest, a heartbeat or a
 //!   checkpoint;
+//! - **file cycle**: create, write 64 KiB, `sync` (`hsync`) and close of one file,
+//!   the whole life of a collector's minute file in small (what a roll costs);
 //! - **rename**, **stat**, **tail read (last 48 bytes)**, **whole read 64 KiB**,
 //!   **list** (a directory of `--files` files), **delete**.
 //!
-//! Prints median, p90 and max per call in milliseconds; `--json FILE` appends one
+//! Prints median, p90, p99 and max per call in milliseconds; `--json FILE` appends one
 //! JSON line with every sample. The directory is deleted at the end.
 
 use std::collections::BTreeMap;
@@ -52,11 +54,12 @@ pub struct StorageOpsArgs {
 }
 
 /// The calls in the order they are printed.
-const OPS: [&str; 10] = [
+const OPS: [&str; 11] = [
     "create",
     "write+sync 64 KiB",
     "close after sync",
     "small file (create, write 1 KiB, close)",
+    "file cycle (create, write 64 KiB, sync, close)",
     "rename",
     "stat",
     "tail read (last 48 bytes)",
@@ -100,6 +103,14 @@ async fn one_run(
     writer.write(Bytes::from(vec![b'{'; 1024])).await?;
     writer.close().await?;
     record("small file (create, write 1 KiB, close)", ms(t));
+
+    let cycle = format!("{dir}/cycle-{run}.zst");
+    let t = Instant::now();
+    let mut writer = storage.create(&cycle, CreateMode::Exclusive).await?;
+    writer.write(payload.clone()).await?;
+    writer.sync().await?;
+    writer.close().await?;
+    record("file cycle (create, write 64 KiB, sync, close)", ms(t));
 
     let moved = format!("{dir}/moved/run-{run}.zst");
     let t = Instant::now();
@@ -164,16 +175,20 @@ pub async fn run(args: StorageOpsArgs) -> anyhow::Result<ExitCode> {
         "storage calls on {} ({} runs), milliseconds:",
         args.root, args.runs
     );
-    println!("{:<42} {:>8} {:>8} {:>8}", "call", "p50", "p90", "max");
+    println!(
+        "{:<48} {:>8} {:>8} {:>8} {:>8}",
+        "call", "p50", "p90", "p99", "max"
+    );
     let mut json = serde_json::Map::new();
     for op in OPS {
         let mut v = samples.remove(op).unwrap_or_default();
         v.sort_by(|a, b| a.total_cmp(b));
         let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
         println!(
-            "{op:<42} {:>8.2} {:>8.2} {:>8.2}",
+            "{op:<48} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
             at(0.5),
             at(0.9),
+            at(0.99),
             at(1.0)
         );
         json.insert(op.to_owned(), serde_json::json!(v));
