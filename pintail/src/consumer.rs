@@ -1068,6 +1068,7 @@ impl Consumer {
             commits: self.metrics.commits.get(),
             fenced_commits: self.metrics.fenced_commits.get(),
             lost_uncommitted: self.metrics.lost_uncommitted.get(),
+            cut_back_files: self.metrics.cut_back_files.get(),
             owned_partitions: self.readers.len() as u64,
             collector_http_reads: self.metrics.collector_http_reads.get(),
             collector_http_fallbacks: self.metrics.collector_http_fallbacks.get(),

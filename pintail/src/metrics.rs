@@ -59,6 +59,7 @@ pub(crate) struct Metrics {
     pub commits: Counter,
     pub fenced_commits: Counter,
     pub lost_uncommitted: Counter,
+    pub cut_back_files: Counter,
     pub rebalances: Counter,
     pub owned_partitions: Gauge,
     pub collector_http_reads: Counter,
@@ -123,6 +124,11 @@ impl Metrics {
                 m.lost_uncommitted.clone(),
             );
             r.register(
+                "pintail_cut_back_files",
+                "Files cut back below what the reader had read, by their collector's repair after a storage deadline (the events past the cut were never acknowledged and are delivered again from their publishers' retries)",
+                m.cut_back_files.clone(),
+            );
+            r.register(
                 "pintail_rebalances",
                 "Partition assignment changes of this member",
                 m.rebalances.clone(),
@@ -174,6 +180,9 @@ pub struct Stats {
     pub fenced_commits: u64,
     /// Messages delivered but uncommitted when a partition was lost.
     pub lost_uncommitted: u64,
+    /// Files cut back below what was read by their collector's repair (the
+    /// events past the cut were never acknowledged).
+    pub cut_back_files: u64,
     /// Partitions currently read by this member.
     pub owned_partitions: u64,
     /// Reads of open collector files answered by the collector over HTTP.

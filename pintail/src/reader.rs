@@ -820,6 +820,9 @@ impl PartitionReader {
             Err(e) if e.is_not_found() => return Ok(Some(Step::Continue)),
             Err(e) => return Err(e.into()),
         };
+        if let Some(step) = self.cut_back(ctx, f, path, len).await? {
+            return Ok(Some(step));
+        }
         let tail = self
             .roots
             .read_range(path, f.offset..len.min(f.offset + f.want))
@@ -843,6 +846,34 @@ impl PartitionReader {
             "{ends}, although collector {collector} has closed every file of {minute}: it was truncated"
         );
         self.damaged(ctx, f, path, reason).map(Some)
+    }
+
+    /// A closed file (it ends with its close trailer) of `len` bytes, shorter than
+    /// what this reader already read of it: its collector's repair cut it back
+    /// to its acknowledged length after abandoning it at a storage deadline
+    /// (`docs/reliability.md`), removing bytes storage had shown but that were
+    /// never acknowledged, whose events their publishers send again (so they
+    /// are delivered again from another file: at least once, nothing lost). The
+    /// file is done: a WARN and `pintail_cut_back_files`. `None` otherwise.
+    async fn cut_back(
+        &self,
+        ctx: &Ctx,
+        f: &OpenFile,
+        path: &str,
+        len: u64,
+    ) -> Result<Option<Step>> {
+        if len >= f.offset {
+            return Ok(None);
+        }
+        let start = len.saturating_sub(conduit_core::format::TRAILER_V2_LEN as u64);
+        let tail = self.roots.read_range(path, start..len).await?;
+        if conduit_core::format::trailer_in_tail(&tail).is_none() {
+            return Ok(None);
+        }
+        ctx.metrics.cut_back_files.inc();
+        tracing::warn!(partition = %self.id, path, read_to = f.offset, cut_to = len,
+            "a file was cut back below what this reader had read (its collector abandoned it at a storage deadline and repaired it to its acknowledged length): the events past the cut were never acknowledged and come again from their publishers' retries; going on with the next file");
+        Ok(Some(Step::FileDone))
     }
 
     /// A damaged file: [`PintailError::DamagedFile`], or, when corrupt data is
@@ -1486,6 +1517,12 @@ impl PartitionReader {
             // A `.gz` file (sealed view of a gzip topic) has no trailer: its
             // end is the end of its last member.
             return Ok(Some(Step::FileDone));
+        }
+        if bytes.is_empty() {
+            let len = self.roots.stat(path).await?.len;
+            if let Some(step) = self.cut_back(ctx, f, path, len).await? {
+                return Ok(Some(step));
+            }
         }
         // A closed file read to its end without meeting a trailer, or with
         // bytes after its last complete frame: it was cut short.

@@ -413,3 +413,57 @@ async fn sub_partitions_split_one_stream_exactly_once_across_the_move() {
         .is_none());
     collector.stop().await.unwrap();
 }
+
+/// A file its collector's repair cut back below what the reader had already read
+/// (a file abandoned at a storage deadline is cut to its acknowledged length,
+/// removing bytes storage had shown): the reader does not stop on it as
+/// truncated; it counts it, and goes on with the collector's next file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_cut_back_below_the_read_position_is_passed_over_not_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = local_storage(dir.path());
+    let clock = clock_at(10, 5, 30);
+    let start = || {
+        collector::on(storage.clone())
+            .clock(clock.shared())
+            .heartbeat_ms(100)
+            .start()
+    };
+    let collector = start().await;
+    let mut client = Client::connect(collector.thrift_addr()).await;
+    let mut c = consumer(&storage, &clock).build().await.unwrap();
+    let data_path = "data/clicks/c1/clicks-2026-11-22-10-05_00000.zst";
+    client.log_acked("clicks", &numbered("a", 0, 100)).await;
+    assert_eq!(
+        texts(&take(&mut c, 100, WITHIN).await),
+        numbered("a", 0, 100)
+    );
+    let acked = storage.stat(data_path).await.unwrap().len;
+    client.log_acked("clicks", &numbered("a", 100, 100)).await;
+    let read = take(&mut c, 100, WITHIN).await;
+    assert_eq!(texts(&read), numbered("a", 100, 100));
+    let read_to = storage.stat(data_path).await.unwrap().len;
+    drop(client);
+    collector.stop().await.unwrap();
+
+    // The repair of an abandoned file: cut to `acked`, then the close trailer.
+    conduit_core::format::close_recovered(
+        &*storage,
+        data_path,
+        conduit_core::Encoding::Lines,
+        Some(acked),
+    )
+    .await
+    .unwrap();
+    let cut = storage.stat(data_path).await.unwrap().len;
+    assert!(cut < read_to, "cut back to {cut}, below {read_to}");
+
+    clock::set(&clock, 10, 6, 10);
+    let collector = start().await;
+    let mut client = Client::connect(collector.thrift_addr()).await;
+    client.log_acked("clicks", &numbered("b", 0, 50)).await;
+    assert_eq!(texts(&take(&mut c, 50, WITHIN).await), numbered("b", 0, 50));
+    assert_eq!(c.stats().cut_back_files, 1);
+    drop(client);
+    collector.stop().await.unwrap();
+}
