@@ -297,7 +297,8 @@ fn cut_and_heal(rt: &tokio::runtime::Runtime, dcs: &Dcs, from: Minute, what: &st
     let lag_max = lags.iter().copied().fold(0.0, f64::max);
     assert!(
         lag_max > LAG_SECS as f64 && lag_max > lag_first,
-        "east's source lag grew during the cut: {lags:?}"
+        "east's source lag grew during the cut: {lags:?}; west worker log:\n{}",
+        worker_log(&dcs.west_worker)
     );
 
     let (backlog, catch_up) = wait::until_blocking(
