@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run a REAL Apache HDFS 2.7.3 (one NameNode + one DataNode) on 127.0.0.1 for
+# Run a REAL Apache HDFS 2.7.3 (one NameNode + one DataNode) on 127.0.0.1 (or
+# the address in HDFS_HOST, e.g. inside a network namespace) for
 # conduit's integration and fault tests.
 #
 # No Hadoop server package is available from the usual registries, but the PyPI
@@ -23,7 +24,7 @@ Commands:
                    report (stops a previous instance of this script first)
   stop             stop the DataNode and NameNode started by this script
   status           print whether each daemon runs; exit 0 if both run, else 3
-  env              print: export CONDUIT_TEST_HDFS=hdfs://127.0.0.1:<NN port>
+  env              print: export CONDUIT_TEST_HDFS=hdfs://<host>:<NN port>
   fetch            only download/extract the jars into the cache
   classpath        print the Hadoop client classpath (FsShell: java -cp "$(hdfs.sh classpath)" org.apache.hadoop.fs.FsShell -text hdfs://...)
   stop-datanode    stop the DataNode only
@@ -41,6 +42,9 @@ Environment:
   CONDUIT_HDFS_STATE    conf/logs/data/pids  (default \$HOME/.local/state/conduit/hdfs)
   CONDUIT_PYSPARK_SDIST an already downloaded pyspark-2.4.8.tar.gz to use instead
                         of downloading it
+  HDFS_HOST (127.0.0.1) the address both daemons bind to and advertise (the
+                        DataNode registers under it), e.g. a veth address
+                        inside a network namespace: ip netns exec NS $PROG start
   HDFS_NN_PORT (9000) HDFS_NN_HTTP_PORT (9870)
   HDFS_DN_PORT (9866) HDFS_DN_HTTP_PORT (9864) HDFS_DN_IPC_PORT (9867)
                         ports used by 'start'; later commands reuse the ports
@@ -101,6 +105,7 @@ now() { date +%s; }
 # Ports: 'start' takes them from the environment (or defaults) and records them;
 # every other command reuses what the last 'start' recorded.
 load_ports() {
+  HOST="${HDFS_HOST:-127.0.0.1}"
   NN_PORT="${HDFS_NN_PORT:-9000}"
   NN_HTTP_PORT="${HDFS_NN_HTTP_PORT:-9870}"
   DN_PORT="${HDFS_DN_PORT:-9866}"
@@ -115,6 +120,7 @@ load_ports() {
 save_ports() {
   mkdir -p "$STATE"
   cat > "$PORTS_FILE" <<EOF
+HOST=$HOST
 NN_PORT=$NN_PORT
 NN_HTTP_PORT=$NN_HTTP_PORT
 DN_PORT=$DN_PORT
@@ -123,7 +129,7 @@ DN_IPC_PORT=$DN_IPC_PORT
 EOF
 }
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 
 find_java() {
   if [ -n "${JAVA_HOME:-}" ] && [ -x "$JAVA_HOME/bin/java" ]; then
@@ -326,7 +332,7 @@ wait_until() {
 check_ports_free() {
   local p busy=()
   for p in "$@"; do port_open "$p" && busy+=("$p"); done
-  [ "${#busy[@]}" -eq 0 ] || die "port(s) ${busy[*]} on 127.0.0.1 already in use (set HDFS_NN_PORT, HDFS_NN_HTTP_PORT, HDFS_DN_PORT, HDFS_DN_HTTP_PORT, HDFS_DN_IPC_PORT)"
+  [ "${#busy[@]}" -eq 0 ] || die "port(s) ${busy[*]} on $HOST already in use (set HDFS_HOST, HDFS_NN_PORT, HDFS_NN_HTTP_PORT, HDFS_DN_PORT, HDFS_DN_HTTP_PORT, HDFS_DN_IPC_PORT)"
 }
 
 write_config() {
@@ -341,7 +347,7 @@ write_config() {
   cat > "$CONF/core-site.xml" <<EOF
 <?xml version="1.0"?>
 <configuration>
-  <property><name>fs.defaultFS</name><value>hdfs://127.0.0.1:$NN_PORT</value></property>
+  <property><name>fs.defaultFS</name><value>hdfs://$HOST:$NN_PORT</value></property>
   <property><name>hadoop.tmp.dir</name><value>$DATA/tmp</value></property>
   <property><name>hadoop.security.authentication</name><value>simple</value></property>
   <property><name>fs.trash.interval</name><value>0</value></property>
@@ -362,16 +368,16 @@ EOF
   <property><name>dfs.namenode.acls.enabled</name><value>true</value></property>
   <property><name>dfs.namenode.name.dir</name><value>file://$DATA/name</value></property>
   <property><name>dfs.datanode.data.dir</name><value>file://$DATA/data</value></property>
-  <property><name>dfs.namenode.rpc-address</name><value>127.0.0.1:$NN_PORT</value></property>
-  <property><name>dfs.namenode.rpc-bind-host</name><value>127.0.0.1</value></property>
-  <property><name>dfs.namenode.servicerpc-bind-host</name><value>127.0.0.1</value></property>
-  <property><name>dfs.namenode.http-address</name><value>127.0.0.1:$NN_HTTP_PORT</value></property>
-  <property><name>dfs.namenode.http-bind-host</name><value>127.0.0.1</value></property>
-  <property><name>dfs.namenode.secondary.http-address</name><value>127.0.0.1:0</value></property>
-  <property><name>dfs.datanode.address</name><value>127.0.0.1:$DN_PORT</value></property>
-  <property><name>dfs.datanode.http.address</name><value>127.0.0.1:$DN_HTTP_PORT</value></property>
-  <property><name>dfs.datanode.ipc.address</name><value>127.0.0.1:$DN_IPC_PORT</value></property>
-  <property><name>dfs.datanode.hostname</name><value>127.0.0.1</value></property>
+  <property><name>dfs.namenode.rpc-address</name><value>$HOST:$NN_PORT</value></property>
+  <property><name>dfs.namenode.rpc-bind-host</name><value>$HOST</value></property>
+  <property><name>dfs.namenode.servicerpc-bind-host</name><value>$HOST</value></property>
+  <property><name>dfs.namenode.http-address</name><value>$HOST:$NN_HTTP_PORT</value></property>
+  <property><name>dfs.namenode.http-bind-host</name><value>$HOST</value></property>
+  <property><name>dfs.namenode.secondary.http-address</name><value>$HOST:0</value></property>
+  <property><name>dfs.datanode.address</name><value>$HOST:$DN_PORT</value></property>
+  <property><name>dfs.datanode.http.address</name><value>$HOST:$DN_HTTP_PORT</value></property>
+  <property><name>dfs.datanode.ipc.address</name><value>$HOST:$DN_IPC_PORT</value></property>
+  <property><name>dfs.datanode.hostname</name><value>$HOST</value></property>
   <property><name>dfs.namenode.datanode.registration.ip-hostname-check</name><value>false</value></property>
   <!-- WebHDFS needs Jersey 1.x, which the pyspark jar set lacks -->
   <property><name>dfs.webhdfs.enabled</name><value>false</value></property>
@@ -396,7 +402,7 @@ EOF
 
 # Log lines used for readiness (Hadoop 2.7.3).
 NN_SAFEMODE_OFF="Leaving safe mode"
-NN_DN_REGISTERED="registerDatanode: from DatanodeRegistration(127.0.0.1"
+NN_DN_REGISTERED="registerDatanode: from DatanodeRegistration("
 DN_BLOCK_REPORT="Successfully sent block report"
 
 # The NameNode's latest run has left safe mode.
@@ -451,9 +457,9 @@ cmd_start() {
   wait_until "$deadline" namenode "$NN_LOG" "NameNode to register the DataNode" \
     log_has "$NN_LOG" "$NN_OFF" "$NN_DN_REGISTERED"
 
-  printf 'HDFS %s up in %.1fs: hdfs://127.0.0.1:%s (NameNode pid %s, DataNode pid %s, state %s)\n' \
+  printf 'HDFS %s up in %.1fs: hdfs://%s:%s (NameNode pid %s, DataNode pid %s, state %s)\n' \
     "$HADOOP_VERSION" "$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{print b-a}')" \
-    "$NN_PORT" "$(pid_of namenode)" "$(pid_of datanode)" "$STATE"
+    "$HOST" "$NN_PORT" "$(pid_of namenode)" "$(pid_of datanode)" "$STATE"
 }
 
 cmd_stop() {
@@ -478,7 +484,7 @@ cmd_status() {
 
 cmd_env() {
   load_ports recorded
-  echo "export CONDUIT_TEST_HDFS=hdfs://127.0.0.1:$NN_PORT"
+  echo "export CONDUIT_TEST_HDFS=hdfs://$HOST:$NN_PORT"
 }
 
 require_started() {

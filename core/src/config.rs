@@ -571,6 +571,14 @@ pub struct WorkerConfig {
     /// the verified copies of merge and mirror compare the whole file.
     #[serde(default)]
     pub seal_reads_files: bool,
+    /// Longest time one storage call of the worker (a list, a read of a chunk, a
+    /// create, a rename, ...) may take on any cluster before it fails as a
+    /// timeout. A cluster behind a cut network link does not answer at all (its
+    /// packets vanish), and without this bound a call waits for the operating
+    /// system's TCP timeout (minutes); with it the pass fails for that cluster's
+    /// topics and the merge job judges the source by its lag allowance.
+    #[serde(default = "default_worker_storage_timeout_ms")]
+    pub storage_timeout_ms: u64,
 }
 
 /// Largest `worker.dedup_window_minutes`: a day of batch identities is what the
@@ -592,6 +600,9 @@ fn default_lease_secs() -> u64 {
 fn default_dedup_window_minutes() -> u64 {
     10
 }
+fn default_worker_storage_timeout_ms() -> u64 {
+    30_000
+}
 
 impl Default for WorkerConfig {
     fn default() -> Self {
@@ -602,6 +613,7 @@ impl Default for WorkerConfig {
             lease_secs: default_lease_secs(),
             dedup_window_minutes: default_dedup_window_minutes(),
             seal_reads_files: false,
+            storage_timeout_ms: default_worker_storage_timeout_ms(),
         }
     }
 }
@@ -958,6 +970,12 @@ impl Config {
             return Err(invalid(
                 "worker.lease_secs",
                 format!("{} is less than 2", w.lease_secs),
+            ));
+        }
+        if w.storage_timeout_ms < 100 {
+            return Err(invalid(
+                "worker.storage_timeout_ms",
+                format!("{} is less than 100", w.storage_timeout_ms),
             ));
         }
         if w.dedup_window_minutes > MAX_DEDUP_WINDOW_MINUTES {

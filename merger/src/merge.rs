@@ -112,6 +112,10 @@ pub struct MergeJob {
     topics: BTreeMap<Topic, TopicState>,
     /// The newest sealed minute per topic (for the lag metric).
     progress: SealProgress,
+    /// Sources whose last read failed: their failures are logged at WARN once,
+    /// then at DEBUG until a read succeeds again (a cut source fails every
+    /// pass, several times per topic).
+    failing: std::sync::Mutex<BTreeSet<NodeName>>,
 }
 
 impl MergeJob {
@@ -121,6 +125,22 @@ impl MergeJob {
             env,
             topics: BTreeMap::new(),
             progress: SealProgress::default(),
+            failing: std::sync::Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    /// Notes a failed read of `source`; true if it is the first since the
+    /// last successful one (log it at WARN then, at DEBUG otherwise).
+    fn source_failed(&self, source: &NodeName) -> bool {
+        let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+        failing.insert(source.clone())
+    }
+
+    /// Notes a successful read of `source`, logging when it had been failing.
+    fn source_read(&self, source: &NodeName) {
+        let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+        if failing.remove(source) {
+            tracing::info!(source = %source, "a merge source that could not be read is readable again");
         }
     }
 
@@ -300,7 +320,7 @@ impl MergeJob {
         let mut files = Vec::new();
         match dir_state(storage, View::Local, topic, frontier).await? {
             DirState::Sealed(manifest) => {
-                note_sealed(state, source, frontier);
+                note_sealed(&self.progress, topic, state, source, frontier);
                 let dir = Layout::minute_dir(View::Local, topic, frontier);
                 files.extend(manifest.files.into_iter().map(|f| (dir.clone(), f)));
             }
@@ -308,7 +328,7 @@ impl MergeJob {
             DirState::Absent => {
                 let newest = newest_sealed_dir(storage, View::Local, topic).await?;
                 if let Some(newest) = newest {
-                    note_sealed(state, source, newest);
+                    note_sealed(&self.progress, topic, state, source, newest);
                 }
                 if newest.is_none_or(|n| n <= frontier) {
                     return Ok(Readiness::NotReady);
@@ -348,9 +368,10 @@ impl MergeJob {
         if let Some(cluster) = self.cluster(source) {
             match newest_sealed_dir(cluster.storage.as_ref(), View::Local, topic).await {
                 Ok(newest) => {
+                    self.source_read(source);
                     state.unreadable_since.remove(source);
                     match newest {
-                        Some(newest) => note_sealed(state, source, newest),
+                        Some(newest) => note_sealed(&self.progress, topic, state, source, newest),
                         None if !state.adopted.contains(source) => {
                             // The source has sealed nothing of this topic, most
                             // likely because no event of it ever reached that
@@ -377,8 +398,13 @@ impl MergeJob {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(%topic, source = %source, error = %e,
-                        "cannot read a merge source; judging its lag by what was seen last");
+                    if self.source_failed(source) {
+                        tracing::warn!(%topic, source = %source, error = %e,
+                            "cannot read a merge source; judging its lag by what was seen last (logged at DEBUG until it is read again)");
+                    } else {
+                        tracing::debug!(%topic, source = %source, error = %e,
+                            "cannot read a merge source; judging its lag by what was seen last");
+                    }
                     state.unreadable_since.entry(source.clone()).or_insert(now);
                 }
             }
@@ -411,10 +437,18 @@ impl MergeJob {
         let mut plan: Vec<(NodeName, String, ManifestFile)> = Vec::new();
         for source in sources {
             let readiness = match self.readiness(topic, source, state).await {
-                Ok(r) => r,
+                Ok(r) => {
+                    self.source_read(source);
+                    r
+                }
                 Err(e) => {
-                    tracing::warn!(%topic, source = %source, %frontier, error = %e,
-                        "cannot read a merge source");
+                    if self.source_failed(source) {
+                        tracing::warn!(%topic, source = %source, %frontier, error = %e,
+                            "cannot read a merge source (logged at DEBUG until it is read again)");
+                    } else {
+                        tracing::debug!(%topic, source = %source, %frontier, error = %e,
+                            "cannot read a merge source");
+                    }
                     Readiness::NotReady
                 }
             };
@@ -509,11 +543,20 @@ impl MergeJob {
     }
 }
 
-fn note_sealed(state: &mut TopicState, source: &NodeName, minute: Minute) {
+/// Notes that `source` has sealed its local minute `minute` of `topic` (kept if
+/// newer than what was seen), for the lag rule and the source lag gauge.
+fn note_sealed(
+    progress: &SealProgress,
+    topic: &Topic,
+    state: &mut TopicState,
+    source: &NodeName,
+    minute: Minute,
+) {
     let entry = state.newest_sealed.entry(source.clone()).or_insert(minute);
     if *entry < minute {
         *entry = minute;
     }
+    progress.record_source(topic, source, *entry);
 }
 
 #[async_trait::async_trait]
@@ -531,8 +574,15 @@ impl TopicJob for MergeJob {
         if config.topic_defaults.merge_into.as_deref() == Some(this) {
             for cluster in self.env.clusters.values() {
                 match tree::topics(cluster.storage.as_ref(), View::Local).await {
-                    Ok(found) => names.extend(found),
-                    Err(e) => tracing::warn!(cluster = %cluster.name, error = %e,
+                    Ok(found) => {
+                        self.source_read(&cluster.name);
+                        names.extend(found)
+                    }
+                    Err(e) if self.source_failed(&cluster.name) => {
+                        tracing::warn!(cluster = %cluster.name, error = %e,
+                            "cannot list the local view of a merge source (logged at DEBUG until it is read again)")
+                    }
+                    Err(e) => tracing::debug!(cluster = %cluster.name, error = %e,
                         "cannot list the local view of a merge source"),
                 }
             }

@@ -18,7 +18,9 @@
 //! | `conduit_worker_seal_file_checks_total` | counter | job, check (`trailer`, `full`) | data files the local seal listed, by how it learned their length and CRC-32C: from the collector's close trailer (one ranged read of the tail) or by reading the whole file (no writer checksum, or a tail that does not agree with the length) |
 //! | `conduit_worker_step_seconds_total` | counter | job, step | seconds passes spent in each step (every topic job: `topics`, its reads before the topics, the heartbeats for `local`; local job: `list`, `move`, `inspect`, `dedup`, `manifest`, `checkpoint`; merge: `sources`, `copy`, `manifest`; mirror: `copy`, `manifest`): where a seal's time goes |
 //! | `conduit_worker_lag_seconds` | gauge | view (`local`, `merged`, `mirror`, `hourly`), topic | clock minus the end of the newest sealed minute |
+//! | `conduit_worker_source_lag_seconds` | gauge | topic, cluster | merge job: clock minus the end of the newest sealed local minute of that source cluster it has seen (a source it cannot read keeps the last value seen, so the lag grows while a link is cut); above `worker.max_source_lag_secs` the merged view stops waiting for it |
 //! | `conduit_worker_invalid_rows_total` | counter | topic | events of topics with `compact_format = "parquet"` set aside from their hourly Parquet file (not matching the schema, or not UTF-8 where the payload column is a string) |
+//! | `conduit_worker_storage_timeouts_total` | counter | cluster | storage calls to that cluster that did not finish within `worker.storage_timeout_ms` (an unreachable cluster: a cut link, a hung NameNode); each is also logged at WARN naming the cluster, the call and the path |
 //! | `conduit_worker_lease_held` | gauge | | 1 while this worker holds the lease, 0 on standby |
 //! | `conduit_worker_lease_epoch` | gauge | | epoch of the lease last held |
 //!
@@ -35,7 +37,7 @@ use conduit_core::http::prometheus_client::metrics::counter::Counter;
 use conduit_core::http::prometheus_client::metrics::family::Family;
 use conduit_core::http::prometheus_client::metrics::gauge::Gauge;
 use conduit_core::http::SharedRegistry;
-use conduit_core::{Minute, Topic};
+use conduit_core::{Minute, NodeName, Topic};
 
 use crate::PassReport;
 
@@ -83,6 +85,7 @@ impl SealView {
 #[derive(Debug, Clone, Default)]
 pub struct SealProgress {
     inner: Arc<Mutex<BTreeMap<(SealView, Topic), Minute>>>,
+    sources: Arc<Mutex<BTreeMap<(Topic, NodeName), Minute>>>,
 }
 
 impl SealProgress {
@@ -96,6 +99,21 @@ impl SealProgress {
     pub fn snapshot(&self) -> Vec<(SealView, Topic, Minute)> {
         let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         map.iter().map(|((v, t), m)| (*v, t.clone(), *m)).collect()
+    }
+
+    /// Records that `minute` is the newest sealed local minute of `topic` that
+    /// the merge job has seen on source cluster `source`.
+    pub fn record_source(&self, topic: &Topic, source: &NodeName, minute: Minute) {
+        let mut map = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert((topic.clone(), source.clone()), minute);
+    }
+
+    /// Every (topic, source cluster, newest sealed local minute seen).
+    pub fn source_snapshot(&self) -> Vec<(Topic, NodeName, Minute)> {
+        let map = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter()
+            .map(|((t, c), m)| (t.clone(), c.clone(), *m))
+            .collect()
     }
 
     /// The newest sealed minute of `topic` in `view`, if any.
@@ -134,9 +152,14 @@ pub struct WorkerMetrics {
     pub step_seconds: Family<Labels, Counter<f64, AtomicU64>>,
     /// Lag of the newest sealed minute behind the clock, by view and topic.
     pub lag_seconds: Family<Labels, Gauge<f64, AtomicU64>>,
+    /// Lag of each merge source's newest sealed local minute, by topic and
+    /// cluster.
+    pub source_lag_seconds: Family<Labels, Gauge<f64, AtomicU64>>,
     /// Rows set aside from hourly Parquet files, by topic (the compact job
     /// counts them, [`crate::CompactJob::with_invalid_rows`]).
     pub invalid_rows: Family<Labels, Counter>,
+    /// Storage calls that timed out, by cluster.
+    pub storage_timeouts: Family<Labels, Counter>,
     /// 1 while the lease is held.
     pub lease_held: Gauge,
     /// Epoch of the lease last held.
@@ -160,7 +183,9 @@ impl WorkerMetrics {
             seal_checks: Family::default(),
             step_seconds: Family::default(),
             lag_seconds: Family::default(),
+            source_lag_seconds: Family::default(),
             invalid_rows: Family::default(),
+            storage_timeouts: Family::default(),
             lease_held: Gauge::default(),
             lease_epoch: Gauge::default(),
         };
@@ -220,9 +245,19 @@ impl WorkerMetrics {
             m.lag_seconds.clone(),
         );
         r.register(
+            "source_lag_seconds",
+            "Merge job: seconds between the clock and the end of the newest sealed local minute seen on each source cluster",
+            m.source_lag_seconds.clone(),
+        );
+        r.register(
             "invalid_rows",
             "Events set aside from hourly Parquet files (schema mismatch or not UTF-8), by topic",
             m.invalid_rows.clone(),
+        );
+        r.register(
+            "storage_timeouts",
+            "Storage calls that did not finish within worker.storage_timeout_ms, by cluster",
+            m.storage_timeouts.clone(),
         );
         r.register(
             "lease_held",
@@ -308,6 +343,15 @@ impl WorkerMetrics {
                 .get_or_create(&vec![
                     ("view", view.as_str().to_owned()),
                     ("topic", topic.to_string()),
+                ])
+                .set(lag.max(0.0));
+        }
+        for (topic, cluster, minute) in progress.source_snapshot() {
+            let lag = (now - minute.end()).num_milliseconds() as f64 / 1000.0;
+            self.source_lag_seconds
+                .get_or_create(&vec![
+                    ("topic", topic.to_string()),
+                    ("cluster", cluster.to_string()),
                 ])
                 .set(lag.max(0.0));
         }

@@ -98,8 +98,8 @@ pub fn script(cmd: &str) {
 #[derive(Debug)]
 #[must_use = "the daemon starts again when the outage is dropped"]
 pub struct Outage {
-    /// The `scripts/hdfs.sh` command that ends the outage.
-    start: &'static str,
+    /// The `scripts/hdfs.sh` commands that end the outage, in order.
+    start: &'static [&'static str],
 }
 
 impl Outage {
@@ -107,7 +107,7 @@ impl Outage {
     pub fn datanode() -> Outage {
         script("stop-datanode");
         Outage {
-            start: "start-datanode",
+            start: &["start-datanode"],
         }
     }
 
@@ -116,7 +116,7 @@ impl Outage {
     pub fn datanode_paused() -> Outage {
         script("pause-datanode");
         Outage {
-            start: "resume-datanode",
+            start: &["resume-datanode"],
         }
     }
 
@@ -124,7 +124,18 @@ impl Outage {
     pub fn namenode() -> Outage {
         script("stop-namenode");
         Outage {
-            start: "start-namenode",
+            start: &["start-namenode"],
+        }
+    }
+
+    /// Stops the DataNode and the NameNode (a whole cluster down); the end
+    /// starts the NameNode, then the DataNode (whose block report lets the
+    /// NameNode leave safe mode).
+    pub fn namenode_and_datanode() -> Outage {
+        script("stop-datanode");
+        script("stop-namenode");
+        Outage {
+            start: &["start-namenode", "start-datanode"],
         }
     }
 
@@ -136,6 +147,8 @@ impl Outage {
 
 impl Drop for Outage {
     fn drop(&mut self) {
-        script(self.start);
+        for cmd in self.start {
+            script(cmd);
+        }
     }
 }

@@ -20,6 +20,10 @@
 //!   `SKIPPED` line on a developer machine without them, a failure under `CI`.
 //! - [`hdfs`]: the one HDFS gate (`CONDUIT_TEST_HDFS`), fresh roots, and outages
 //!   made with `scripts/hdfs.sh` (`CONDUIT_HDFS_SCRIPT`).
+//! - [`load`]: a steady Scribe client remembering every call, and the
+//!   exactly-once check of a view against it.
+//! - [`netns`]: a second datacenter in a network namespace, whose link to this
+//!   one can be cut and rate-limited, with a real HDFS inside.
 //! - [`wait`]: waiting on a condition with a deadline (async and blocking).
 //! - [`collector`]: an in-process collector on `127.0.0.1:0` with settings
 //!   overrides; a topic's stored files and payloads read back.
@@ -41,7 +45,9 @@ pub mod clock;
 pub mod collector;
 pub mod gate;
 pub mod hdfs;
+pub mod load;
 pub mod minutes;
+pub mod netns;
 pub mod process;
 pub mod scribe;
 pub mod tail;

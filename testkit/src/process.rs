@@ -237,7 +237,26 @@ impl CollectorProcess {
         extra: &[&str],
         log_dir: &Path,
     ) -> Result<Self, Error> {
-        Self::start_limited(root, id, thrift, http, extra, log_dir, None)
+        Self::start_limited(root, id, thrift, http, extra, log_dir, Spawn::default())
+    }
+
+    /// [`CollectorProcess::start_on`] inside network namespace `netns` (`ip
+    /// netns exec`; see [`crate::netns`]): `thrift` and `http` are addresses of
+    /// that namespace.
+    pub fn start_in_netns(
+        netns: &str,
+        root: &str,
+        id: &str,
+        thrift: &str,
+        http: &str,
+        extra: &[&str],
+        log_dir: &Path,
+    ) -> Result<Self, Error> {
+        let how = Spawn {
+            netns: Some(netns.to_owned()),
+            nofile: None,
+        };
+        Self::start_limited(root, id, thrift, http, extra, log_dir, how)
     }
 
     /// [`CollectorProcess::start`] with the process's open-file limit
@@ -251,7 +270,11 @@ impl CollectorProcess {
         nofile: u64,
     ) -> Result<Self, Error> {
         let (thrift, http) = (free_addr(), free_addr());
-        Self::start_limited(root, id, &thrift, &http, extra, log_dir, Some(nofile))
+        let how = Spawn {
+            netns: None,
+            nofile: Some(nofile),
+        };
+        Self::start_limited(root, id, &thrift, &http, extra, log_dir, how)
     }
 
     fn start_limited(
@@ -261,7 +284,7 @@ impl CollectorProcess {
         http: &str,
         extra: &[&str],
         log_dir: &Path,
-        nofile: Option<u64>,
+        how: Spawn,
     ) -> Result<Self, Error> {
         let what = format!("conduit collector {id}");
         let log_path = log_dir.join(format!("collector-{id}-{}.log", free_port()));
@@ -275,7 +298,7 @@ impl CollectorProcess {
             .concat(),
             &log_path,
             Stdio::piped(),
-            nofile,
+            how,
         )?;
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();
@@ -350,6 +373,27 @@ impl WorkerProcess {
     /// free HTTP port and waits until `/health` answers `200`.
     pub fn start(args: &[&str], log_dir: &Path) -> Result<Self, Error> {
         let worker = Self::spawn(args, &free_addr(), log_dir)?;
+        worker.wait_healthy()
+    }
+
+    /// [`WorkerProcess::start`] inside network namespace `netns` (`ip netns
+    /// exec`; see [`crate::netns`]), serving HTTP on `http`, an address of that
+    /// namespace the test can reach.
+    pub fn start_in_netns(
+        netns: &str,
+        args: &[&str],
+        http: &str,
+        log_dir: &Path,
+    ) -> Result<Self, Error> {
+        let how = Spawn {
+            netns: Some(netns.to_owned()),
+            nofile: None,
+        };
+        Self::spawn_how(args, http, log_dir, how)?.wait_healthy()
+    }
+
+    fn wait_healthy(self) -> Result<Self, Error> {
+        let worker = self;
         let healthy = wait::until_blocking("worker /health", READY_TIMEOUT, || {
             matches!(http_get(&worker.http_addr, "/health"), Ok((200, _))).then_some(())
         });
@@ -366,12 +410,17 @@ impl WorkerProcess {
     /// Starts `conduit worker` with `args` and `--http <http>` without waiting (a
     /// standby worker does not answer `/health` with `200`).
     pub fn spawn(args: &[&str], http: &str, log_dir: &Path) -> Result<Self, Error> {
+        Self::spawn_how(args, http, log_dir, Spawn::default())
+    }
+
+    fn spawn_how(args: &[&str], http: &str, log_dir: &Path, how: Spawn) -> Result<Self, Error> {
         let log_path = log_dir.join(format!("worker-{}.log", free_port()));
-        let child = spawn(
+        let child = spawn_limited(
             "conduit worker",
             &[&["worker"][..], args, &["--http", http]].concat(),
             &log_path,
             Stdio::null(),
+            how,
         )?;
         Ok(WorkerProcess {
             child,
@@ -405,20 +454,24 @@ impl Drop for WorkerProcess {
     }
 }
 
-/// Spawns `conduit --log-format json <args>` with stderr to `log_path`.
-fn spawn(what: &str, args: &[&str], log_path: &Path, stdout: Stdio) -> Result<Child, Error> {
-    spawn_limited(what, args, log_path, stdout, None)
+/// Where and how a child runs: inside a network namespace, with an open-file
+/// limit.
+#[derive(Debug, Default)]
+struct Spawn {
+    netns: Option<String>,
+    nofile: Option<u64>,
 }
 
-/// [`spawn`], with the open-file limit set to `nofile` first (`sh -c 'ulimit -n N
-/// && exec conduit ...'`: the shell's `exec` keeps the process id, so signals
-/// reach the collector itself).
+/// Spawns `conduit --log-format json <args>` with stderr to `log_path`, as
+/// `how` says: inside a network namespace (`ip netns exec NS conduit ...`),
+/// with the open-file limit set first (`sh -c 'ulimit -n N && exec conduit
+/// ...'`).
 fn spawn_limited(
     what: &str,
     args: &[&str],
     log_path: &Path,
     stdout: Stdio,
-    nofile: Option<u64>,
+    how: Spawn,
 ) -> Result<Child, Error> {
     let err = |source| Error::Spawn {
         what: what.to_owned(),
@@ -428,15 +481,26 @@ fn spawn_limited(
         std::fs::create_dir_all(dir).map_err(err)?;
     }
     let log = std::fs::File::create(log_path).map_err(err)?;
-    let mut command = match nofile {
-        Some(n) => {
-            let mut sh = Command::new("sh");
-            sh.args(["-c", "ulimit -n \"$0\" && exec \"$@\"", &n.to_string()])
-                .arg(conduit_bin());
-            sh
-        }
-        None => Command::new(conduit_bin()),
-    };
+    // `ip netns exec` and the shell's `exec` keep the process id, so signals
+    // reach conduit itself.
+    let mut argv: Vec<std::ffi::OsString> = Vec::new();
+    if let Some(ns) = &how.netns {
+        argv.extend(["ip", "netns", "exec", ns].map(Into::into));
+    }
+    if let Some(n) = how.nofile {
+        argv.extend(
+            [
+                "sh",
+                "-c",
+                "ulimit -n \"$0\" && exec \"$@\"",
+                &n.to_string(),
+            ]
+            .map(Into::into),
+        );
+    }
+    argv.push(conduit_bin().into());
+    let mut command = Command::new(&argv[0]);
+    command.args(&argv[1..]);
     command
         .args(["--log-format", "json"])
         .args(args)

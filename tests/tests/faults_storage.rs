@@ -1,5 +1,5 @@
 //! Storage faults under a real `conduit collector` (issue 20): the HDFS DataNode
-//! stopped or frozen (SIGSTOP) or the NameNode stopped while a client keeps
+//! stopped or frozen (SIGSTOP), the NameNode stopped, or both, while a client keeps
 //! calling, and a full local disk,
 //! each with a spool on another disk. A client measures the longest gap between
 //! acknowledgements and records every call's fate; afterwards every stored file is
@@ -288,6 +288,14 @@ fn hdfs_datanode_frozen_keeps_acknowledging_from_the_spool() {
 #[test]
 fn hdfs_namenode_down_keeps_acknowledging() {
     hdfs_outage("faults_storage_namenode_down", Outage::namenode);
+}
+
+#[test]
+fn hdfs_namenode_and_datanode_down_keep_acknowledging_from_the_spool() {
+    hdfs_outage(
+        "faults_storage_namenode_and_datanode_down",
+        Outage::namenode_and_datanode,
+    );
 }
 
 /// A small tmpfs mounted for a test, unmounted when dropped.

@@ -49,7 +49,7 @@ pub use fault::{FaultPlan, FaultStorage, Op};
 pub use hdfs::HdfsStorage;
 pub use local::LocalStorage;
 pub use retry::{RetryPolicy, RetryStorage};
-pub use timeout::TimeoutStorage;
+pub use timeout::{TimeoutObserver, TimeoutStorage};
 
 /// Errors from storage backends, mapped from each backend's private error types.
 #[derive(Debug, thiserror::Error)]
