@@ -162,29 +162,27 @@ impl Link {
     /// Cuts the wan link: every packet from east to west vanishes (see the
     /// module docs).
     pub fn cut(&self) {
-        ip(&[
-            "netns",
-            "exec",
-            &self.ns,
-            "ip",
-            "route",
-            "add",
-            "blackhole",
-            &format!("{}/32", self.west_wan),
-        ]);
+        self.blackhole("add");
     }
 
     /// Ends a cut.
     pub fn heal(&self) {
+        self.blackhole("del");
+    }
+
+    /// Adds or deletes (`action`) the blackhole route to west's wan address
+    /// inside the namespace.
+    fn blackhole(&self, action: &str) {
+        let west = format!("{}/32", self.west_wan);
         ip(&[
             "netns",
             "exec",
             &self.ns,
             "ip",
             "route",
-            "del",
+            action,
             "blackhole",
-            &format!("{}/32", self.west_wan),
+            &west,
         ]);
     }
 
