@@ -3,8 +3,9 @@
 //!
 //! [`Load::start`] runs one real Scribe client (our framed binary codec, one
 //! connection, reconnecting when it is closed) that calls `Log` with
-//! `per_call` new events `<tag>-<n>` of one topic, pausing `pause` between
-//! calls, until [`Load::stop`]. [`Seen`] records each call's first event and
+//! `per_call` new events `<tag>-<n>` of one topic, pausing `pause` after each
+//! call (at least [`REFUSED_PAUSE`] after a refused one, so a client with no
+//! pause still backs off), until [`Load::stop`]. [`Seen`] records each call's first event and
 //! whether it was acknowledged (`OK`); [`Seen::check_exactly_once`] then
 //! asserts, against the payload counts of a view, that every acknowledged event
 //! is stored exactly once, an unacknowledged one at most once, and nothing else
@@ -19,6 +20,10 @@ use bytes::Bytes;
 use conduit_core::scribe::ResultCode;
 
 use crate::scribe::Client;
+use crate::wait::until_blocking;
+
+/// The least pause after a call that was refused or not answered.
+pub const REFUSED_PAUSE: Duration = Duration::from_millis(50);
 
 /// What a [`Load`]'s client saw.
 #[derive(Debug, Default, Clone)]
@@ -31,6 +36,8 @@ pub struct Seen {
     pub calls: Vec<(u64, bool)>,
     /// Longest time between two acknowledgements.
     pub longest_gap: Duration,
+    /// When that gap ended, relative to the client's start.
+    pub longest_gap_at: Duration,
     /// Calls answered TRY_LATER (or not answered).
     pub refused: u64,
 }
@@ -133,6 +140,16 @@ impl Load {
         self.acked.load(Ordering::Relaxed)
     }
 
+    /// Waits (up to 60 s, else panics naming `what`) until `more` more calls
+    /// are acknowledged.
+    pub fn wait_acks(&self, more: u64, what: &str) {
+        let target = self.acked_calls() + more;
+        until_blocking(what, Duration::from_secs(60), || {
+            (self.acked_calls() >= target).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+
     /// Stops the client after its current call and returns what it saw.
     pub fn stop(self, rt: &tokio::runtime::Runtime) -> Seen {
         self.stop.store(true, Ordering::Relaxed);
@@ -153,6 +170,7 @@ async fn client(
     stop: Arc<AtomicBool>,
     acked: Arc<AtomicU64>,
 ) -> Seen {
+    let start = Instant::now();
     let mut last_ack: Option<Instant> = None;
     let mut next = 0u64;
     let mut conn: Option<Client> = None;
@@ -162,7 +180,7 @@ async fn client(
             None => match Client::try_connect(&addr).await {
                 Ok(c) => conn.insert(c),
                 Err(_) => {
-                    tokio::time::sleep(pause).await;
+                    tokio::time::sleep(pause.max(REFUSED_PAUSE)).await;
                     continue;
                 }
             },
@@ -177,18 +195,22 @@ async fn client(
         seen.calls.push((first, ok));
         if ok {
             let now = Instant::now();
-            if let Some(last) = last_ack {
-                seen.longest_gap = seen.longest_gap.max(now - last);
+            if let Some(last) = last_ack.filter(|last| now - *last > seen.longest_gap) {
+                seen.longest_gap = now - last;
+                seen.longest_gap_at = now - start;
             }
             last_ack = Some(now);
             acked.fetch_add(1, Ordering::Relaxed);
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
         } else {
             seen.refused += 1;
             if code.is_none() {
                 conn = None;
             }
+            tokio::time::sleep(pause.max(REFUSED_PAUSE)).await;
         }
-        tokio::time::sleep(pause).await;
     }
     seen
 }

@@ -12,20 +12,17 @@
 //! it is not the default instance). The full-disk tests mount a small tmpfs and are
 //! skipped (one `SKIPPED` line) when the test does not run as root.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use conduit_core::scribe::ResultCode;
 use conduit_core::storage::LocalStorage;
 use conduit_core::SharedStorage;
 use conduit_testkit::collector::{payload_counts, stored_files};
 use conduit_testkit::hdfs::{self, Outage};
+use conduit_testkit::load::{Load, Seen};
 use conduit_testkit::process::{http_get, CollectorProcess};
-use conduit_testkit::scribe::Client;
 use conduit_testkit::wait::until_blocking;
 
 const ID: &str = "c1";
@@ -42,132 +39,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn payload(n: u64) -> String {
-    format!(r#"{{"n":{n}}}"#)
-}
-
-/// What the client saw.
-#[derive(Debug, Default)]
-struct Seen {
-    /// (first event, acknowledged) of every call.
-    calls: Vec<(u64, bool)>,
-    /// Longest time between two acknowledgements.
-    longest_gap: Duration,
-    /// When it ended, relative to the client's start.
-    longest_gap_at: Duration,
-    /// Calls answered TRY_LATER (or not answered).
-    refused: u64,
-}
-
-/// A client calling `Log` with `PER_CALL` new events in a loop (one connection,
-/// reconnecting if it is closed; 50 ms pause after a refused call) until `stop`.
-struct Load {
-    stop: Arc<AtomicBool>,
-    acked: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<Seen>,
-}
-
-impl Load {
-    fn start(rt: &tokio::runtime::Runtime, addr: &str) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let acked = Arc::new(AtomicU64::new(0));
-        let task = rt.spawn(client(addr.to_owned(), stop.clone(), acked.clone()));
-        Load { stop, acked, task }
-    }
-
-    fn acked(&self) -> u64 {
-        self.acked.load(Ordering::Relaxed)
-    }
-
-    /// Waits until `more` more calls are acknowledged.
-    fn wait_acks(&self, more: u64, what: &str) {
-        let target = self.acked() + more;
-        until_blocking(what, Duration::from_secs(60), || {
-            (self.acked() >= target).then_some(())
-        })
-        .unwrap_or_else(|e| panic!("{e}"));
-    }
-
-    fn stop(self, rt: &tokio::runtime::Runtime) -> Seen {
-        self.stop.store(true, Ordering::Relaxed);
-        rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(40), self.task)
-                .await
-                .expect("the client ends within 40 s")
-                .expect("client panicked")
-        })
-    }
-}
-
-async fn client(addr: String, stop: Arc<AtomicBool>, acked: Arc<AtomicU64>) -> Seen {
-    let mut seen = Seen::default();
-    let start = Instant::now();
-    let mut last_ack: Option<Instant> = None;
-    let mut next = 0u64;
-    let mut conn: Option<Client> = None;
-    while !stop.load(Ordering::Relaxed) {
-        let client = match conn.as_mut() {
-            Some(c) => c,
-            None => match Client::try_connect(&addr).await {
-                Ok(c) => conn.insert(c),
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let first = next;
-        next += PER_CALL;
-        let entries: Vec<(&str, String)> = (first..next).map(|n| (TOPIC, payload(n))).collect();
-        let code = client.try_log(&entries, Duration::from_secs(30)).await;
-        let ok = code == Some(ResultCode::Ok);
-        seen.calls.push((first, ok));
-        if ok {
-            let now = Instant::now();
-            if let Some(last) = last_ack.filter(|last| now - *last > seen.longest_gap) {
-                seen.longest_gap = now - last;
-                seen.longest_gap_at = now - start;
-            }
-            last_ack = Some(now);
-            acked.fetch_add(1, Ordering::Relaxed);
-        } else {
-            seen.refused += 1;
-            if code.is_none() {
-                conn = None;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    seen
-}
-
-/// Checks the stored events against the client's calls: every acknowledged event
-/// exactly once, unacknowledged ones at most once, nothing else. (acked events,
-/// unacknowledged events stored).
-fn check_exactly_once(seen: &Seen, counts: &HashMap<bytes::Bytes, usize>) -> (u64, u64) {
-    let (mut acked, mut extra) = (0, 0);
-    let mut known = 0;
-    for &(first, ok) in &seen.calls {
-        for n in first..first + PER_CALL {
-            let c = counts
-                .get(payload(n).as_bytes())
-                .copied()
-                .unwrap_or_default();
-            known += c;
-            if ok {
-                assert_eq!(c, 1, "acknowledged event {n} stored {c} times");
-                acked += 1;
-            } else {
-                assert!(c <= 1, "unacknowledged event {n} stored {c} times");
-                extra += c as u64;
-            }
-        }
-    }
-    let total: usize = counts.values().sum();
-    assert_eq!(total, known, "stored events that were never sent");
-    (acked, extra)
 }
 
 /// The collector's `/health` body: (storage healthy, spooled bytes).
@@ -206,7 +77,14 @@ fn under_load<E: FnOnce()>(
     collector: &mut CollectorProcess,
     outage: impl FnOnce() -> E,
 ) -> Run {
-    let load = Load::start(rt, &collector.thrift_addr);
+    let load = Load::start(
+        rt,
+        &collector.thrift_addr,
+        TOPIC,
+        "f",
+        PER_CALL,
+        Duration::ZERO,
+    );
     load.wait_acks(20, "acknowledgements before the outage");
     let end = outage();
     let began = Instant::now();
@@ -265,7 +143,7 @@ fn hdfs_outage(test: &str, outage: fn() -> Outage) {
     let counts = rt.block_on(payload_counts(storage.as_ref(), TOPIC));
     let files = rt.block_on(stored_files(storage.as_ref(), TOPIC));
     assert!(files.iter().all(|f| f.is_closed()), "every file closed");
-    let (acked, extra) = check_exactly_once(&run.seen, &counts);
+    let (acked, extra) = run.seen.check_exactly_once(&counts);
     report(test, &run, acked, extra);
     assert!(
         run.seen.longest_gap < GAP_BOUND,
@@ -396,7 +274,7 @@ fn disk_full(test: &str, with_spool: bool) {
         .map(|f| f.name.as_str())
         .collect();
     let counts = rt.block_on(payload_counts(storage.as_ref(), TOPIC));
-    let (acked, unacked) = check_exactly_once(&run.seen, &counts);
+    let (acked, unacked) = run.seen.check_exactly_once(&counts);
     report(test, &run, acked, unacked);
     println!(
         "FAULT {test}: data files created during the outage and recovery: {created} ({} refused calls); empty files: {}",
