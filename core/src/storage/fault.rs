@@ -22,9 +22,12 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    CreateMode, FileStatus, FileWriter, RenameMode, SharedStorage, Storage, StorageError,
+    CreateMode, FileStatus, FileWriter, Progress, RenameMode, SharedStorage, Storage, StorageError,
     StorageResult,
 };
+
+/// How many bytes a throttled read hands over at a time.
+pub const THROTTLE_PIECE: usize = 64 << 10;
 
 /// The operations a plan can fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -149,9 +152,11 @@ impl FaultPlan {
         self.lock().delay = Some((ops.to_vec(), delay));
     }
 
-    /// Makes reads (`read_range`) and writes move `bytes_per_sec` (at least 1):
-    /// a call of `n` bytes waits `n / bytes_per_sec` seconds before it goes
-    /// through, until [`FaultPlan::heal`]: a slow but working link.
+    /// Makes reads (`read_range`) and writes move `bytes_per_sec` (at least 1),
+    /// until [`FaultPlan::heal`]: a slow but working link. A write of `n` bytes
+    /// waits `n / bytes_per_sec` seconds before it goes through; a read hands its
+    /// bytes over [`THROTTLE_PIECE`] at a time at that rate (reported to its
+    /// [`Progress`] as they "arrive", as HDFS reports packets).
     pub fn throttle(&self, bytes_per_sec: u64) {
         self.lock().throttle = Some(bytes_per_sec.max(1));
     }
@@ -200,6 +205,18 @@ impl FaultPlan {
         }
     }
 
+    /// The throttle for `path`, if any.
+    fn throttle_for(&self, path: &str) -> Option<u64> {
+        let s = self.lock();
+        if s.path_filter
+            .as_deref()
+            .is_some_and(|filter| !path.contains(filter))
+        {
+            return None;
+        }
+        s.throttle
+    }
+
     /// Waits as the slow modes say for a call of `op` on `path` moving `bytes`.
     async fn pace(&self, op: Op, path: &str, bytes: u64) {
         let wait = {
@@ -216,7 +233,7 @@ impl FaultPlan {
                     wait += *delay;
                 }
             }
-            if let (Some(rate), Op::Read | Op::Write) = (s.throttle, op) {
+            if let (Some(rate), Op::Write) = (s.throttle, op) {
                 wait += Duration::from_secs_f64(bytes as f64 / rate as f64);
             }
             wait
@@ -287,11 +304,28 @@ impl Storage for FaultStorage {
     }
 
     async fn read_range(&self, path: &str, range: Range<u64>) -> StorageResult<Bytes> {
+        self.read_range_tracked(path, range, &Progress::default())
+            .await
+    }
+
+    async fn read_range_tracked(
+        &self,
+        path: &str,
+        range: Range<u64>,
+        progress: &Progress,
+    ) -> StorageResult<Bytes> {
         self.plan.check(Op::Read, path)?;
-        self.plan
-            .pace(Op::Read, path, range.end.saturating_sub(range.start))
-            .await;
-        self.inner.read_range(path, range).await
+        // The fixed delay first (the throttle is applied piece by piece below).
+        self.plan.pace(Op::Read, path, 0).await;
+        let Some(rate) = self.plan.throttle_for(path) else {
+            return self.inner.read_range_tracked(path, range, progress).await;
+        };
+        let bytes = self.inner.read_range(path, range).await?;
+        for piece in bytes.chunks(THROTTLE_PIECE) {
+            tokio::time::sleep(Duration::from_secs_f64(piece.len() as f64 / rate as f64)).await;
+            progress.add(piece.len() as u64);
+        }
+        Ok(bytes)
     }
 
     async fn stat(&self, path: &str) -> StorageResult<FileStatus> {
