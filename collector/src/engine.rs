@@ -822,7 +822,11 @@ impl Engine {
         };
         let Some(store) = store else { return };
         match store.write_atomic(&path, body).await {
-            Ok(()) => self.dedup_dirty = false,
+            Ok(()) => {
+                // It holds every abandoned file's length too.
+                self.dedup_dirty = false;
+                self.abandoned_unsaved = false;
+            }
             Err(e) if e.is_too_many_open_files() => {
                 self.ran_out_of_descriptors("dedup_snapshot", &e)
             }
