@@ -14,12 +14,11 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use conduit_core::http::{HttpServer, SharedRegistry};
-use conduit_core::storage::TimeoutStorage;
-use conduit_core::{Config, NodeName, SharedClock, SharedStorage, SystemClock};
+use conduit_core::{Config, NodeName, SharedClock, SystemClock};
 use conduit_merger::lease::{Lease, LeaseSettings, Monotonic};
 use conduit_merger::{
-    Cluster, CompactJob, Daemon, Job, JobEnv, LocalJob, MergeJob, MirrorJob, NoFence, PurgeJob,
-    SealProgress, SharedFence, StatusPage, WorkerMetrics,
+    bounded_storage, Cluster, CompactJob, Daemon, Job, JobEnv, LocalJob, MergeJob, MirrorJob,
+    NoFence, PurgeJob, SealProgress, SharedFence, StatusPage, WorkerMetrics,
 };
 
 /// Arguments of `conduit worker`. Flags override the config file and may be given
@@ -73,13 +72,21 @@ pub struct WorkerArgs {
     #[arg(long, value_name = "SECS", global = true)]
     collector_timeout_secs: Option<u64>,
 
-    /// A storage call (list, read, create, rename, ...) to any cluster that takes
-    /// longer fails as a timeout, is logged and counted
-    /// (conduit_worker_storage_timeouts_total); an unreachable cluster then
-    /// fails its jobs' passes instead of hanging them
-    /// [config: worker.storage_timeout_ms, default 30000].
+    /// A storage call (list, create, rename, ...) to any cluster that takes
+    /// longer, or a read that receives no byte for that long, fails as a
+    /// timeout, is logged and counted (conduit_worker_storage_timeouts_total);
+    /// an unreachable cluster then fails its jobs' passes instead of hanging
+    /// them [config: worker.storage_timeout_ms, default 30000].
     #[arg(long, value_name = "MS", global = true)]
     storage_timeout_ms: Option<u64>,
+
+    /// Slowest read waited for, in bytes a second: a read of N bytes that keeps
+    /// moving fails once it has taken storage_timeout_ms plus N at this rate
+    /// (logged, conduit_worker_storage_slow_reads_total); reads at least this
+    /// fast always finish, however big
+    /// [config: worker.storage_min_read_bytes_per_sec, default 16384].
+    #[arg(long, value_name = "BYTES", global = true)]
+    storage_min_read_bytes_per_sec: Option<u64>,
 
     /// Run without the cluster lease (only when no other worker can run for this
     /// cluster: two unfenced workers may both commit).
@@ -159,44 +166,6 @@ fn hostname() -> String {
         .unwrap_or_else(|| "localhost".to_owned())
 }
 
-/// `storage` of `cluster` with every call bounded by `limit`
-/// (`worker.storage_timeout_ms`): a call that times out is logged at WARN and
-/// counted in `conduit_worker_storage_timeouts_total{cluster}`, and fails as a
-/// transient error, so a pass against an unreachable cluster ends instead of
-/// waiting for the kernel's TCP timeout. For `limit` after a timeout, calls to
-/// that cluster fail at once: a cut cluster costs one timeout per `limit`, not
-/// one per call (a pass makes several per topic).
-fn bounded_storage(
-    storage: SharedStorage,
-    cluster: &str,
-    limit: Duration,
-    metrics: &WorkerMetrics,
-) -> SharedStorage {
-    let counter = metrics
-        .storage_timeouts
-        .get_or_create(&vec![("cluster", cluster.to_owned())])
-        .clone();
-    let cluster = cluster.to_owned();
-    let limit_ms = limit.as_millis() as u64;
-    Arc::new(
-        TimeoutStorage::observed(
-            storage,
-            limit,
-            Arc::new(move |op, path| {
-            counter.inc();
-            tracing::warn!(
-                %cluster,
-                op,
-                path,
-                storage_timeout_ms = limit_ms,
-                "storage call to a cluster timed out (unreachable or hung storage); the pass fails for it and is retried"
-            );
-        }),
-        )
-        .fail_fast(limit),
-    )
-}
-
 /// Runs the worker until SIGINT or SIGTERM (or one round with `--once`).
 pub async fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     tracing::debug!(
@@ -228,19 +197,21 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     if let Some(v) = args.storage_timeout_ms {
         config.worker.storage_timeout_ms = v;
     }
+    if let Some(v) = args.storage_min_read_bytes_per_sec {
+        config.worker.storage_min_read_bytes_per_sec = v;
+    }
     config.validate()?;
     let name = NodeName::new(&args.cluster).context("--cluster")?;
     let root = config.cluster_root(name.as_str())?.to_string();
 
     let registry: SharedRegistry = Arc::new(Mutex::new(Default::default()));
     let metrics = WorkerMetrics::new(&registry);
-    let storage_timeout = Duration::from_millis(config.worker.storage_timeout_ms);
     let mut clusters = BTreeMap::new();
     for (cluster, cfg) in &config.clusters {
         let cluster_name = NodeName::new(cluster)?;
         match conduit_core::open_root(&cfg.root).await {
             Ok(storage) => {
-                let storage = bounded_storage(storage, cluster, storage_timeout, &metrics);
+                let storage = bounded_storage(storage, cluster, &config.worker, &metrics);
                 clusters.insert(
                     cluster_name.clone(),
                     Cluster {

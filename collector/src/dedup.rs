@@ -30,6 +30,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
+use crate::ledger::Saved;
 use bytes::Bytes;
 use conduit_core::format::FileBatch;
 use conduit_core::records::{
@@ -244,9 +245,9 @@ impl DedupTable {
         self.publishers.is_empty()
     }
 
-    /// JSON snapshot of the table, with the ledger of closed files
+    /// JSON snapshot of the table, with the ledger of closed and abandoned files
     /// (`crate::ledger`) saved along.
-    pub fn to_json(&self, closed: BTreeMap<String, u64>) -> Vec<u8> {
+    pub fn to_json(&self, ledger: Saved) -> Vec<u8> {
         let snapshot = DedupSnapshot {
             version: Version,
             publishers: self
@@ -271,15 +272,17 @@ impl DedupTable {
                     (Base64Bytes(id.clone()), saved)
                 })
                 .collect(),
-            closed,
+            closed: ledger.closed,
+            abandoned: ledger.abandoned,
+            generation: ledger.generation,
         };
         serde_json::to_vec(&snapshot).unwrap_or_default()
     }
 
     /// Loads a snapshot written by [`DedupTable::to_json`] or by an older
     /// collector (its `recent` sequences become batches of unknown digest): the
-    /// table and the ledger of closed files.
-    pub fn from_json(bytes: &[u8]) -> Result<(DedupTable, BTreeMap<String, u64>), String> {
+    /// table and the ledger of closed and abandoned files.
+    pub fn from_json(bytes: &[u8]) -> Result<(DedupTable, Saved), String> {
         let snapshot: DedupSnapshot = decode("", bytes).map_err(|e| match e {
             RecordError::Malformed { reason, .. } => format!("malformed dedup snapshot: {reason}"),
             RecordError::UnsupportedVersion { version, .. } => {
@@ -302,7 +305,14 @@ impl DedupTable {
             window.high = window.high.max(saved.high);
             window.last_seen = saved.last_seen;
         }
-        Ok((table, snapshot.closed))
+        Ok((
+            table,
+            Saved {
+                closed: snapshot.closed,
+                abandoned: snapshot.abandoned,
+                generation: snapshot.generation,
+            },
+        ))
     }
 }
 
@@ -404,9 +414,13 @@ mod tests {
         assert_eq!(t.state(&key(2, 20)), BatchState::Partial(vec![0]));
         // Version 1 marks have no digest: any content under that sequence matches.
         assert_eq!(t.state(&key(3, 12345)), BatchState::Durable);
-        let closed = BTreeMap::from([("data/t/c1/t-2026-11-22-10-05_00000.zst".to_owned(), 42)]);
-        let (back, ledger) = DedupTable::from_json(&t.to_json(closed.clone())).unwrap();
-        assert_eq!(ledger, closed, "the ledger of closed files is saved along");
+        let saved = Saved {
+            closed: BTreeMap::from([("data/t/c1/t-2026-11-22-10-05_00000.zst".to_owned(), 42)]),
+            abandoned: BTreeMap::from([("data/t/c1/t-2026-11-22-10-05_00001.zst".to_owned(), 7)]),
+            generation: 3,
+        };
+        let (back, ledger) = DedupTable::from_json(&t.to_json(saved.clone())).unwrap();
+        assert_eq!(ledger, saved, "the ledger is saved along");
         assert_eq!(back.state(&key(1, 10)), BatchState::Durable);
         assert_eq!(back.state(&key(1, 99)), BatchState::Conflict);
         assert_eq!(back.state(&key(2, 20)), BatchState::Partial(vec![0]));
@@ -421,16 +435,17 @@ mod tests {
     fn snapshots_of_older_collectors_still_load() {
         let old = br#"{"version":1,"publishers":[["cDE=",{"high":9,"recent":{"8":null,"9":[0,2]},"last_seen":5}]]}"#;
         let (t, ledger) = DedupTable::from_json(old).unwrap();
-        assert!(
-            ledger.is_empty(),
-            "snapshots without a ledger load with an empty one"
+        assert_eq!(
+            ledger,
+            Saved::default(),
+            "snapshots without a ledger load with an empty one, generation 0"
         );
         assert_eq!(t.state(&key(8, 1)), BatchState::Durable);
         assert_eq!(t.state(&key(9, 1)), BatchState::Partial(vec![0, 2]));
         // The old "far below the highest sequence is durable" rule is gone.
         assert_eq!(t.state(&key(-100_000, 1)), BatchState::New);
         let written: serde_json::Value =
-            serde_json::from_slice(&t.to_json(BTreeMap::new())).unwrap();
+            serde_json::from_slice(&t.to_json(Saved::default())).unwrap();
         assert_eq!(written["publishers"][0][1]["high"], 9);
         assert_eq!(written["publishers"][0][1]["batches"][1]["parts"][1], 2);
     }

@@ -55,7 +55,15 @@
 //! acknowledged length in the ledger of closed files (`crate::ledger`, saved with
 //! the dedup snapshot); a file that would lose any of those bytes, or that does not
 //! decode, is moved to `quarantine/` untouched instead (ERROR log, counter
-//! `files_quarantined`).
+//! `files_quarantined`). A storage file abandoned in a round is noted in the same
+//! ledger with the length it must be cut back to, and that snapshot is written
+//! (to the spool: storage is failing) **before the round is answered**; a crash
+//! before the background repair leaves recovery the length to cut the file to, so
+//! frames of the failed round that landed late are not kept next to their
+//! spooled copy or the client's retry. Without a spool the length is saved once
+//! storage takes writes again, before the repair starts (a crash during the
+//! outage keeps those late frames: the refused calls' retries are then stored
+//! twice, nothing is lost).
 //!
 //! # Open files and many topics
 //! At most `max_open_files` data files are open (storage and spool). Before a round
@@ -433,8 +441,12 @@ pub struct Engine {
     /// Whether the dedup table changed since the last snapshot.
     dedup_dirty: bool,
     /// Acknowledged lengths of the closed files still in `data/`, saved with the
-    /// dedup snapshot: what recovery must never cut (`crate::ledger`).
+    /// dedup snapshot: what recovery must never cut (`crate::ledger`); and of
+    /// the abandoned files, what recovery must cut back to.
     ledger: Ledger,
+    /// Whether an abandoned file's length is in the ledger but in no snapshot
+    /// yet ([`Engine::save_abandoned`]).
+    abandoned_unsaved: bool,
     /// The background listing that drops ledger entries of moved files.
     pruning: Pruning,
     status: watch::Sender<EngineStatus>,
@@ -462,6 +474,8 @@ pub struct Engine {
 struct Rolling {
     files: Vec<Closing>,
     task: tokio::task::JoinHandle<RollOutcome>,
+    /// Whether its snapshot is written to the spool (storage unhealthy then).
+    snapshot_in_spool: bool,
 }
 
 /// What the background close of a roll did.
@@ -529,6 +543,7 @@ impl Engine {
             repair: None,
             dedup_dirty: false,
             ledger: Ledger::default(),
+            abandoned_unsaved: false,
             pruning: Pruning::default(),
             status,
             round: 0,
@@ -569,9 +584,9 @@ impl Engine {
         {
             match store.read(&dedup_path).await {
                 Ok(bytes) => match DedupTable::from_json(&bytes) {
-                    Ok((table, closed)) => {
+                    Ok((table, saved)) => {
                         self.dedup.merge(table);
-                        ledgers.push(closed);
+                        ledgers.push(saved);
                     }
                     Err(e) => {
                         tracing::warn!(path = %dedup_path, root = store.root(), error = %e, "ignoring unreadable dedup snapshot")
@@ -639,11 +654,31 @@ impl Engine {
                     .await
                     .unwrap_or(false);
                 let mut len = entry.len;
+                let abandoned = match target {
+                    Target::Storage => self.ledger.abandoned_len(&entry.path),
+                    Target::Spool => None,
+                };
+                if closed && abandoned.is_some() {
+                    // Repaired before the crash, but no snapshot said so yet.
+                    self.ledger.repaired(&entry.path);
+                }
                 if !closed {
-                    let Some(recovery) = self
-                        .close_unclosed(store.as_ref(), &entry.path, encoding, None)
-                        .await?
-                    else {
+                    let recovered = match abandoned {
+                        Some(acked_len) => {
+                            let file = Abandoned {
+                                path: entry.path.clone(),
+                                minute: name.minute,
+                                encoding,
+                                acked_len,
+                            };
+                            self.recover_abandoned(store.as_ref(), &file).await?
+                        }
+                        None => {
+                            self.close_unclosed(store.as_ref(), &entry.path, encoding, None)
+                                .await?
+                        }
+                    };
+                    let Some(recovery) = recovered else {
                         continue;
                     };
                     tracing::info!(
@@ -688,6 +723,41 @@ impl Engine {
                 Ok(None)
             }
         }
+    }
+
+    /// Recovers a storage file abandoned before a crash and not repaired since
+    /// (`crate::ledger`, "Abandoned files"): cut back to its acknowledged length
+    /// and closed, or deleted if that is 0, as the background repair does.
+    /// `None` when nothing of it is left in `data/`.
+    async fn recover_abandoned(
+        &mut self,
+        store: &dyn Storage,
+        file: &Abandoned,
+    ) -> anyhow::Result<Option<conduit_core::format::Recovery>> {
+        let repaired = repair_abandoned(store, file).await?;
+        self.ledger.repaired(&file.path);
+        Ok(match repaired {
+            Repaired::Closed(recovery) => {
+                tracing::info!(
+                    path = %file.path,
+                    acked_len = file.acked_len,
+                    dropped_bytes = recovery.dropped_bytes,
+                    "cut a file abandoned before the restart back to its acknowledged length (the ledger's abandoned entry)"
+                );
+                Some(recovery)
+            }
+            Repaired::Deleted => {
+                tracing::info!(
+                    path = %file.path,
+                    "deleted a file abandoned before the restart that held nothing acknowledged"
+                );
+                None
+            }
+            Repaired::Quarantined { to, reason } => {
+                self.quarantined(store.root(), &file.path, &to, &reason);
+                None
+            }
+        })
     }
 
     /// Accounts for a file [`repair`] moved to `quarantine/`.
@@ -752,7 +822,11 @@ impl Engine {
         };
         let Some(store) = store else { return };
         match store.write_atomic(&path, body).await {
-            Ok(()) => self.dedup_dirty = false,
+            Ok(()) => {
+                // It holds every abandoned file's length too.
+                self.dedup_dirty = false;
+                self.abandoned_unsaved = false;
+            }
             Err(e) if e.is_too_many_open_files() => {
                 self.ran_out_of_descriptors("dedup_snapshot", &e)
             }
@@ -951,6 +1025,9 @@ impl Engine {
                 self.sync_written(target, &mut topics).await;
             }
         }
+        // A file abandoned in this round: its length is durable before any
+        // answer (the spool's acknowledgement or TRY_LATER).
+        self.save_abandoned().await;
         self.spool_refused(target, &mut topics).await;
         self.answer(calls, &topics, now);
         self.close_full_files().await;
@@ -1414,12 +1491,16 @@ impl Engine {
     /// repair deletes the file should the create have happened after all.
     fn create_missed_deadline(&mut self, tr: &mut TopicRound, path: String, since: Instant) {
         self.missed_deadline(&tr.topic, &path, "create", since);
-        self.abandoned.push(Abandoned {
-            path,
-            minute: self.current_minute,
-            encoding: tr.encoding,
-            acked_len: 0,
-        });
+        let topic = tr.topic.clone();
+        self.abandon_storage_file(
+            &topic,
+            Abandoned {
+                path,
+                minute: self.current_minute,
+                encoding: tr.encoding,
+                acked_len: 0,
+            },
+        );
         tr.stage = Stage::Refused;
     }
 
@@ -1443,13 +1524,77 @@ impl Engine {
     }
 
     /// Notes a storage file given up by its writer, to be repaired in the
-    /// background once storage takes writes again.
+    /// background once storage takes writes again, and its acknowledged length
+    /// in the ledger, for [`Engine::save_abandoned`] to save before the round is
+    /// answered.
     fn abandon_storage_file(&mut self, topic: &Topic, left: Abandoned) {
         let name = left.path.rsplit('/').next().unwrap_or(&left.path);
         self.settings
             .open
             .abandoned(topic.as_str(), name, left.acked_len);
+        if self.ledger.abandoning(&left.path, left.acked_len) {
+            self.dedup_dirty = true;
+            self.abandoned_unsaved = true;
+        }
         self.abandoned.push(left);
+    }
+
+    /// Saves the lengths of the storage files abandoned since the last snapshot
+    /// (the dedup snapshot, `crate::ledger`), so that a crash before their
+    /// repair cannot keep frames that landed late: called before a round that
+    /// abandoned one is answered. Storage is failing then, so the snapshot goes
+    /// to the spool; without one it waits until storage takes writes again
+    /// ([`Engine::storage_back`]). Waits for a roll's snapshot write only if
+    /// that one goes to the same place (they must land in order); one to the
+    /// other store is older, and recovery tells them apart by `generation`.
+    async fn save_abandoned(&mut self) {
+        if !self.abandoned_unsaved {
+            return;
+        }
+        let (store, place) = if self.healthy {
+            (self.storage.clone(), "storage")
+        } else {
+            match self.spool.clone() {
+                Some(spool) => (spool, "spool"),
+                None => return,
+            }
+        };
+        let to_spool = !self.healthy;
+        if self
+            .rolling
+            .as_ref()
+            .is_some_and(|r| r.snapshot_in_spool == to_spool)
+        {
+            self.finish_rolling().await;
+        }
+        let started = Instant::now();
+        self.dedup.expire(now_secs(&self.clock));
+        let body = Bytes::from(self.dedup.to_json(self.ledger.to_saved()));
+        let result = store.write_atomic(&self.dedup_path(), body).await;
+        let elapsed = started.elapsed();
+        self.metrics
+            .abandoned_saved_seconds
+            .observe(elapsed.as_secs_f64());
+        match result {
+            Ok(()) => {
+                self.dedup_dirty = false;
+                self.abandoned_unsaved = false;
+                tracing::info!(
+                    place,
+                    abandoned_files = self.ledger.abandoned_count(),
+                    elapsed_ms = elapsed.as_millis() as u64,
+                    "saved the acknowledged length of abandoned files (dedup snapshot) before answering"
+                );
+            }
+            Err(e) => {
+                self.storage_error("dedup_snapshot");
+                tracing::warn!(
+                    place,
+                    error = %e,
+                    "cannot save the acknowledged length of an abandoned file; a crash before its repair would keep its late frames (stored twice, never lost); retrying at the next round"
+                );
+            }
+        }
     }
 
     /// Appends every topic's frames to its file in `target`.
@@ -1876,6 +2021,7 @@ impl Engine {
         } else {
             None
         };
+        let snapshot_in_spool = snapshot.is_some() && !self.healthy;
         // Written below; set again if that fails.
         self.dedup_dirty = false;
         let close_seconds = self
@@ -1911,6 +2057,7 @@ impl Engine {
         self.rolling = Some(Rolling {
             files: closing,
             task,
+            snapshot_in_spool,
         });
     }
 
@@ -2123,6 +2270,9 @@ impl Engine {
             "storage takes writes again; repairing abandoned files and replaying the spool in the background"
         );
         self.healthy = true;
+        // Without a spool the abandoned files' lengths could not be saved during
+        // the outage: save them now, before the repair starts.
+        self.save_abandoned().await;
         self.publish_status();
     }
 
@@ -2161,16 +2311,22 @@ impl Engine {
     async fn repaired(&mut self, report: RepairReport) {
         for (path, result) in report.abandoned {
             match result {
-                Ok(Repaired::Closed(r)) => tracing::info!(
-                    path,
-                    kept_bytes = r.kept_bytes,
-                    dropped_bytes = r.dropped_bytes,
-                    "closed a file abandoned during an outage"
-                ),
-                Ok(Repaired::Deleted) => tracing::info!(
-                    path,
-                    "deleted an abandoned file that held nothing acknowledged"
-                ),
+                Ok(Repaired::Closed(r)) => {
+                    self.ledger.repaired(&path);
+                    tracing::info!(
+                        path,
+                        kept_bytes = r.kept_bytes,
+                        dropped_bytes = r.dropped_bytes,
+                        "closed a file abandoned during an outage"
+                    )
+                }
+                Ok(Repaired::Deleted) => {
+                    self.ledger.repaired(&path);
+                    tracing::info!(
+                        path,
+                        "deleted an abandoned file that held nothing acknowledged"
+                    )
+                }
                 Ok(Repaired::Quarantined { to, reason }) => {
                     let root = self.storage.root().to_owned();
                     self.quarantined(&root, &path, &to, &reason);

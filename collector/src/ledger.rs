@@ -32,6 +32,26 @@
 //! runs once per minute. A worker that is down lets the ledger grow by one entry
 //! per closed file, up to [`MAX_FILES`]; past that the oldest entries are forgotten
 //! (logged), and those files are recovered like files left open.
+//!
+//! # Abandoned files
+//! A storage file whose write or sync failed or missed `storage_deadline_ms` is
+//! abandoned at its acknowledged length: the round's frames are acknowledged
+//! from the spool (or refused), yet the late write may still land in storage as
+//! complete frames. Recovery would keep those (they decode), storing events
+//! twice. So the ledger also holds, for every abandoned file not yet repaired,
+//! the length it must be **cut back to** (`abandoned`, `docs/format.md` §5.6),
+//! saved before the round is answered (in the spool's copy of the snapshot:
+//! storage is failing then; without a spool, as soon as storage takes writes
+//! again, before the repair starts). At recovery such a file is cut to that
+//! length and closed, or deleted if it is 0, as the background repair does.
+//!
+//! Two copies of the snapshot exist (storage and spool) and either may be
+//! stale. `closed` entries are merged (the largest length wins: never cut
+//! less than any copy protects); `abandoned` entries come from the copy with the
+//! highest `generation` only (a counter of snapshot writes), since an entry
+//! already repaired and dropped from the newer copy must not cut a file of the
+//! same name again. The entries are as many as the engine's abandoned files (one
+//! per file given up, at most one per topic and round) and leave with them.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
@@ -42,26 +62,85 @@ use conduit_core::{RenameMode, SharedStorage, Storage, StorageError};
 /// Entries kept at most (about 100 bytes of snapshot each).
 pub const MAX_FILES: usize = 100_000;
 
-/// The acknowledged length of every closed file still in `data/`, by path.
+/// The acknowledged length of every closed file still in `data/`, and of every
+/// abandoned file not yet repaired, by path.
 #[derive(Debug, Default)]
 pub struct Ledger {
     /// Path -> acknowledged length.
     files: HashMap<String, u64>,
     /// Paths in the order they were added (oldest first), to forget the oldest.
     order: VecDeque<String>,
+    /// Abandoned files not yet repaired: path -> the length to cut back to.
+    abandoned: BTreeMap<String, u64>,
+    /// Snapshots written so far (the highest of the copies read at start).
+    generation: u64,
+}
+
+/// The ledger as a snapshot stores it (`docs/format.md` §5.6).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Saved {
+    /// `closed`: path -> acknowledged length.
+    pub closed: BTreeMap<String, u64>,
+    /// `abandoned`: path -> the length to cut back to.
+    pub abandoned: BTreeMap<String, u64>,
+    /// `generation`: which copy is newer.
+    pub generation: u64,
 }
 
 impl Ledger {
-    /// A ledger holding the entries of saved snapshots (storage and spool).
-    pub fn from_saved(saved: impl IntoIterator<Item = BTreeMap<String, u64>>) -> Ledger {
+    /// A ledger holding the entries of saved snapshots (storage and spool):
+    /// every copy's closed files (the largest length of each), the abandoned
+    /// files of the newest copy only (highest `generation`; on a tie, the
+    /// largest length of each).
+    pub fn from_saved(saved: impl IntoIterator<Item = Saved>) -> Ledger {
         let mut ledger = Ledger::default();
-        for entries in saved {
-            for (path, len) in entries {
+        let mut newest: Option<u64> = None;
+        for copy in saved {
+            for (path, len) in copy.closed {
                 let known = ledger.files.get(&path).copied().unwrap_or(0);
                 ledger.insert(path, known.max(len));
             }
+            match newest {
+                Some(generation) if generation > copy.generation => continue,
+                Some(generation) if generation == copy.generation => {}
+                _ => ledger.abandoned.clear(),
+            }
+            newest = Some(copy.generation);
+            for (path, len) in copy.abandoned {
+                let known = ledger.abandoned.get(&path).copied().unwrap_or(0);
+                ledger.abandoned.insert(path, known.max(len));
+            }
         }
+        ledger.generation = newest.unwrap_or(0);
         ledger
+    }
+
+    /// Records that the storage file at `path` was abandoned with `acked_len`
+    /// acknowledged bytes: until it is repaired, recovery cuts it back to that.
+    /// False if it was already recorded so.
+    pub fn abandoning(&mut self, path: &str, acked_len: u64) -> bool {
+        self.abandoned.insert(path.to_owned(), acked_len) != Some(acked_len)
+    }
+
+    /// The length the abandoned file at `path` must be cut back to.
+    pub fn abandoned_len(&self, path: &str) -> Option<u64> {
+        self.abandoned.get(path).copied()
+    }
+
+    /// The abandoned file at `path` was repaired: cut back and closed (it is now
+    /// a closed file with that many acknowledged bytes) or deleted (nothing of it
+    /// was acknowledged).
+    pub fn repaired(&mut self, path: &str) {
+        if let Some(len) = self.abandoned.remove(path) {
+            if len > 0 {
+                self.insert(path.to_owned(), len);
+            }
+        }
+    }
+
+    /// Number of abandoned files not yet repaired.
+    pub fn abandoned_count(&self) -> usize {
+        self.abandoned.len()
     }
 
     /// Records that the file at `path` is about to be closed with `acked_len`
@@ -103,6 +182,7 @@ impl Ledger {
 
     /// Forgets `path` (its file left `data/`: moved by the worker or quarantined).
     pub fn forget(&mut self, path: &str) {
+        self.abandoned.remove(path);
         if self.files.remove(path).is_some() {
             self.order.retain(|p| p != path);
         }
@@ -113,6 +193,7 @@ impl Ledger {
     pub fn retain_present(&mut self, present: &HashSet<String>) {
         self.files.retain(|path, _| present.contains(path));
         self.order.retain(|path| present.contains(path));
+        self.abandoned.retain(|path, _| present.contains(path));
     }
 
     /// Forgets every path of `gone`, in one pass.
@@ -124,12 +205,19 @@ impl Ledger {
         self.order.retain(|path| !gone.contains(path));
     }
 
-    /// The entries, as the snapshot stores them.
-    pub fn to_saved(&self) -> BTreeMap<String, u64> {
-        self.files
-            .iter()
-            .map(|(path, len)| (path.clone(), *len))
-            .collect()
+    /// The entries, as the next snapshot stores them (its `generation` is one
+    /// more than the last one's).
+    pub fn to_saved(&mut self) -> Saved {
+        self.generation += 1;
+        Saved {
+            closed: self
+                .files
+                .iter()
+                .map(|(path, len)| (path.clone(), *len))
+                .collect(),
+            abandoned: self.abandoned.clone(),
+            generation: self.generation,
+        }
     }
 
     /// Number of entries.
@@ -266,14 +354,65 @@ pub async fn quarantine(store: &dyn Storage, path: &str) -> Result<String, Stora
 mod tests {
     use super::*;
 
+    fn closed<const N: usize>(entries: [(&str, u64); N]) -> Saved {
+        Saved {
+            closed: entries.map(|(p, l)| (p.to_owned(), l)).into(),
+            ..Saved::default()
+        }
+    }
+
+    fn abandoned<const N: usize>(generation: u64, entries: [(&str, u64); N]) -> Saved {
+        Saved {
+            abandoned: entries.map(|(p, l)| (p.to_owned(), l)).into(),
+            generation,
+            ..Saved::default()
+        }
+    }
+
+    #[test]
+    fn abandoned_files_come_from_the_newest_copy_and_leave_when_repaired() {
+        // The spool's copy (generation 7) was written when the file was
+        // abandoned; storage's (6) is older. Old snapshots have generation 0.
+        let mut ledger = Ledger::from_saved([
+            abandoned(6, [("data/t/c1/t-0.zst", 40)]),
+            abandoned(7, [("data/t/c1/t-1.zst", 90), ("data/t/c1/t-2.zst", 0)]),
+            closed([("data/t/c1/t-9.zst", 5)]),
+        ]);
+        assert_eq!(
+            ledger.abandoned_len("data/t/c1/t-0.zst"),
+            None,
+            "stale copy"
+        );
+        assert_eq!(ledger.abandoned_len("data/t/c1/t-1.zst"), Some(90));
+        assert_eq!(ledger.abandoned_len("data/t/c1/t-2.zst"), Some(0));
+        assert_eq!(ledger.acked_len("data/t/c1/t-9.zst"), Some(5));
+        // Repaired: cut back and closed (now a closed file), or deleted.
+        ledger.repaired("data/t/c1/t-1.zst");
+        ledger.repaired("data/t/c1/t-2.zst");
+        assert_eq!(ledger.abandoned_count(), 0);
+        assert_eq!(ledger.acked_len("data/t/c1/t-1.zst"), Some(90));
+        assert_eq!(ledger.acked_len("data/t/c1/t-2.zst"), None);
+        assert!(ledger.abandoning("data/t/c1/t-3.zst", 12));
+        assert!(!ledger.abandoning("data/t/c1/t-3.zst", 12), "nothing new");
+        let saved = ledger.to_saved();
+        assert_eq!(saved.generation, 8, "newer than every copy read");
+        assert_eq!(
+            saved.abandoned,
+            BTreeMap::from([("data/t/c1/t-3.zst".to_owned(), 12)])
+        );
+        assert_eq!(ledger.to_saved().generation, 9);
+        // The older copy does not bring back what the newer one dropped.
+        let back = Ledger::from_saved([abandoned(6, [("data/t/c1/t-3.zst", 1)]), saved]);
+        assert_eq!(back.abandoned_len("data/t/c1/t-3.zst"), Some(12));
+        ledger.forget("data/t/c1/t-3.zst");
+        assert_eq!(ledger.abandoned_count(), 0);
+    }
+
     #[test]
     fn entries_are_kept_by_path_bounded_and_pruned() {
         let mut ledger = Ledger::from_saved([
-            BTreeMap::from([("data/a/c1/a-1.zst".to_owned(), 10)]),
-            BTreeMap::from([
-                ("data/a/c1/a-1.zst".to_owned(), 12),
-                ("data/b/c1/b-1.zst".to_owned(), 5),
-            ]),
+            closed([("data/a/c1/a-1.zst", 10)]),
+            closed([("data/a/c1/a-1.zst", 12), ("data/b/c1/b-1.zst", 5)]),
         ]);
         assert_eq!(ledger.acked_len("data/a/c1/a-1.zst"), Some(12));
         assert!(!ledger.closing("data/b/c1/b-1.zst", 5), "nothing new");
@@ -286,7 +425,7 @@ mod tests {
         assert_eq!(ledger.acked_len("data/b/c1/b-1.zst"), None);
         ledger.forget("data/a/c1/a-1.zst");
         assert_eq!(
-            ledger.to_saved(),
+            ledger.to_saved().closed,
             BTreeMap::from([("data/b/c1/b-2.zst".to_owned(), 7)])
         );
 

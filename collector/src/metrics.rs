@@ -63,6 +63,9 @@ pub struct Metrics {
     /// Data files moved to `quarantine/` at recovery (shorter than acknowledged,
     /// or undecodable).
     pub files_quarantined: Counter,
+    /// Time a round that abandoned a storage file spent saving the file's
+    /// acknowledged length (the dedup snapshot, in the spool) before answering.
+    pub abandoned_saved_seconds: Histogram,
     /// Idempotent batches acknowledged again without writing.
     pub duplicate_batches: Counter,
     /// Idempotent batches stored although a different batch with the same
@@ -176,6 +179,7 @@ impl Metrics {
                 conduit_core::http::latency_histogram as fn() -> Histogram,
             ),
             files_quarantined: Counter::default(),
+            abandoned_saved_seconds: conduit_core::http::latency_histogram(),
             duplicate_batches: Counter::default(),
             dedup_conflicts: Counter::default(),
             refused_batches: Family::default(),
@@ -275,6 +279,11 @@ impl Metrics {
             "files_quarantined",
             "Data files moved to quarantine/ at recovery: shorter than the acknowledged length, or undecodable",
             m.files_quarantined.clone(),
+        );
+        r.register(
+            "abandoned_saved_seconds",
+            "Time a commit round that abandoned a storage file spent saving the file's acknowledged length (dedup snapshot, in the spool) before answering",
+            m.abandoned_saved_seconds.clone(),
         );
         r.register(
             "duplicate_batches",

@@ -10,6 +10,7 @@ use conduit_core::storage::{FaultPlan, FaultStorage, Op};
 use conduit_core::{Config, SharedStorage, TestClock};
 use conduit_testkit::clock::clock_at;
 use conduit_testkit::collector::{self, payload_counts, stored_files, wait_status, Start};
+use conduit_testkit::process::{http_get, metric};
 use conduit_testkit::scribe::{events, Client};
 use conduit_testkit::{local_storage, minute};
 
@@ -325,4 +326,179 @@ async fn a_full_spool_answers_try_later_and_stores_nothing_of_the_call() {
     let counts = payload_counts(&*e.real, "clicks").await;
     assert_eq!(counts.len(), 20, "{counts:?}");
     assert!(counts.values().all(|&c| c == 1));
+}
+
+/// A collector on a runtime of its own, so that a test can crash it: dropping
+/// the runtime stops every task at its next await, as a kill -9 stops the
+/// process (what the local disk holds stays; nothing runs afterwards).
+struct Crashable {
+    rt: tokio::runtime::Runtime,
+    collector: conduit_collector::Collector,
+}
+
+impl Crashable {
+    fn start(start: Start) -> Crashable {
+        let rt = conduit_testkit::runtime();
+        let collector = rt.block_on(start.start());
+        Crashable { rt, collector }
+    }
+
+    fn crash(self) {
+        let Crashable { rt, collector } = self;
+        rt.shutdown_background();
+        drop(collector);
+    }
+}
+
+/// Frames of a round whose sync failed or missed `storage_deadline_ms` can be in
+/// storage after all (the write landed). A crash before the background repair
+/// cut them off must not keep them: they were acknowledged from the spool (and
+/// are replayed from it) or refused (and the client sends them again). Plain
+/// Scribe calls, so the seal has no batch ids to drop copies by: each
+/// acknowledged event must be stored exactly once.
+fn abandoned_then_crashed(slow_sync: bool) {
+    let e = env();
+    let client_rt = conduit_testkit::runtime();
+    let deadline_ms = 200;
+    let first = Crashable::start(
+        start(&e)
+            .spool(&e.spool)
+            .settings(move |c| c.storage_deadline_ms = deadline_ms),
+    );
+    let mut client = client_rt.block_on(Client::connect(first.collector.thrift_addr()));
+    assert_eq!(
+        client_rt.block_on(client.log(&events("clicks", "before", 100))),
+        ResultCode::Ok
+    );
+    if slow_sync {
+        // The sync is done a second after the deadline; the probe cannot
+        // replace its file, so storage stays unavailable and nothing repairs the
+        // abandoned file before the crash.
+        e.plan.delay_ops(&[Op::Sync], Duration::from_secs(1));
+        e.plan.fail_ops(&[Op::Delete]);
+    } else {
+        // The sync goes through and then fails (its answer lost); every later
+        // sync too, the probe's included.
+        e.plan.fail_ops_after_doing(&[Op::Sync]);
+    }
+    assert_eq!(
+        client_rt.block_on(client.log(&events("clicks", "during", 100))),
+        ResultCode::Ok,
+        "acknowledged from the spool"
+    );
+    assert!(!first.collector.status().storage_healthy);
+    // The round saved the abandoned file's length before answering: once.
+    let (_, metrics) = http_get(&first.collector.http_addr().to_string(), "/metrics").unwrap();
+    assert_eq!(
+        metric(&metrics, "conduit_collector_abandoned_saved_seconds_count"),
+        Some(1.0),
+        "{metrics}"
+    );
+    let saved_in = metric(&metrics, "conduit_collector_abandoned_saved_seconds_sum").unwrap();
+    println!(
+        "the abandoned file's length was saved in the spool in {:.2} ms",
+        saved_in * 1e3
+    );
+    client_rt.block_on(conduit_testkit::wait::until(
+        "the abandoned write landed in storage (the case under test)",
+        STATUS_TIMEOUT,
+        || async {
+            let landed = stored_files(&*e.real, "clicks").await;
+            landed.len() == 1 && landed[0].payloads().len() == 200
+        },
+    ));
+    first.crash();
+
+    e.plan.heal();
+    let second = Crashable::start(start(&e).spool(&e.spool));
+    client_rt.block_on(wait_status(
+        &second.collector,
+        "spool replayed",
+        STATUS_TIMEOUT,
+        |s| s.storage_healthy && s.spooled_bytes == 0,
+    ));
+    let Crashable { rt, collector } = second;
+    rt.block_on(collector.stop()).unwrap();
+
+    let counts = client_rt.block_on(payload_counts(&*e.real, "clicks"));
+    assert_eq!(counts.len(), 200, "every acknowledged event is stored");
+    let twice: Vec<_> = counts
+        .iter()
+        .filter(|(_, &c)| c != 1)
+        .map(|(p, c)| format!("{} x{c}", String::from_utf8_lossy(p)))
+        .collect();
+    assert!(
+        twice.is_empty(),
+        "{} events stored more than once, e.g. {:?}",
+        twice.len(),
+        twice.first()
+    );
+    assert!(client_rt
+        .block_on(stored_files(&*e.real, "clicks"))
+        .iter()
+        .all(|f| f.is_closed()));
+}
+
+#[test]
+fn a_failed_sync_whose_write_landed_is_cut_at_restart_after_a_crash() {
+    abandoned_then_crashed(false);
+}
+
+#[test]
+fn a_sync_past_the_deadline_whose_write_landed_is_cut_at_restart_after_a_crash() {
+    abandoned_then_crashed(true);
+}
+
+/// Without a spool the refused round's length cannot be saved while storage
+/// fails; it is saved as soon as storage takes writes again, before the repair
+/// starts. A crash while that repair is held up (HDFS lease recovery can take a
+/// minute) cuts the file at restart, so the client's retry is stored once.
+#[test]
+fn without_a_spool_the_abandoned_length_is_saved_before_the_repair() {
+    let e = env();
+    let client_rt = conduit_testkit::runtime();
+    let first = Crashable::start(start(&e));
+    let mut client = client_rt.block_on(Client::connect(first.collector.thrift_addr()));
+    assert_eq!(
+        client_rt.block_on(client.log(&events("clicks", "before", 100))),
+        ResultCode::Ok
+    );
+    e.plan.fail_ops_after_doing(&[Op::Sync]);
+    let refused = events("clicks", "refused", 100);
+    assert_eq!(
+        client_rt.block_on(client.log(&refused)),
+        ResultCode::TryLater
+    );
+    // Storage comes back; the repair of the abandoned file hangs in lease
+    // recovery.
+    e.plan.heal();
+    e.plan
+        .delay_ops(&[Op::RecoverLease], Duration::from_secs(3600));
+    client_rt.block_on(wait_status(
+        &first.collector,
+        "storage healthy",
+        STATUS_TIMEOUT,
+        |s| s.storage_healthy,
+    ));
+    let landed = client_rt.block_on(stored_files(&*e.real, "clicks"));
+    assert_eq!(landed[0].payloads().len(), 200, "the refused write landed");
+    first.crash();
+
+    e.plan.heal();
+    let second = Crashable::start(start(&e));
+    let mut client = client_rt.block_on(Client::connect(second.collector.thrift_addr()));
+    assert_eq!(
+        client_rt.block_on(client.log(&refused)),
+        ResultCode::Ok,
+        "the retry"
+    );
+    let Crashable { rt, collector } = second;
+    rt.block_on(collector.stop()).unwrap();
+    let counts = client_rt.block_on(payload_counts(&*e.real, "clicks"));
+    assert_eq!(counts.len(), 200);
+    assert_eq!(
+        counts.values().filter(|&&c| c != 1).count(),
+        0,
+        "events stored more than once"
+    );
 }

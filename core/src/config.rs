@@ -576,9 +576,18 @@ pub struct WorkerConfig {
     /// timeout. A cluster behind a cut network link does not answer at all (its
     /// packets vanish), and without this bound a call waits for the operating
     /// system's TCP timeout (minutes); with it the pass fails for that cluster's
-    /// topics and the merge job judges the source by its lag allowance.
+    /// topics and the merge job judges the source by its lag allowance. A read
+    /// is bounded by its progress instead: it fails after this long without a
+    /// byte received, so a big read on a slow link that keeps moving finishes
+    /// (`storage_min_read_bytes_per_sec`).
     #[serde(default = "default_worker_storage_timeout_ms")]
     pub storage_timeout_ms: u64,
+    /// Slowest read the worker waits for (bytes a second): a read of `n` bytes
+    /// that keeps trickling fails once it has taken `storage_timeout_ms` plus `n`
+    /// at this rate, so a link that moves a byte now and then cannot hold a pass
+    /// for ever. Reads at this rate or faster always finish.
+    #[serde(default = "default_worker_storage_min_read_bytes_per_sec")]
+    pub storage_min_read_bytes_per_sec: u64,
 }
 
 /// Largest `worker.dedup_window_minutes`: a day of batch identities is what the
@@ -603,6 +612,9 @@ fn default_dedup_window_minutes() -> u64 {
 fn default_worker_storage_timeout_ms() -> u64 {
     30_000
 }
+fn default_worker_storage_min_read_bytes_per_sec() -> u64 {
+    16 << 10
+}
 
 impl Default for WorkerConfig {
     fn default() -> Self {
@@ -614,6 +626,7 @@ impl Default for WorkerConfig {
             dedup_window_minutes: default_dedup_window_minutes(),
             seal_reads_files: false,
             storage_timeout_ms: default_worker_storage_timeout_ms(),
+            storage_min_read_bytes_per_sec: default_worker_storage_min_read_bytes_per_sec(),
         }
     }
 }
@@ -976,6 +989,12 @@ impl Config {
             return Err(invalid(
                 "worker.storage_timeout_ms",
                 format!("{} is less than 100", w.storage_timeout_ms),
+            ));
+        }
+        if w.storage_min_read_bytes_per_sec == 0 {
+            return Err(invalid(
+                "worker.storage_min_read_bytes_per_sec",
+                "must be at least 1",
             ));
         }
         if w.dedup_window_minutes > MAX_DEDUP_WINDOW_MINUTES {

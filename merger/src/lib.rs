@@ -75,6 +75,64 @@ pub struct Cluster {
     pub storage: SharedStorage,
 }
 
+/// `storage` of `cluster` as the worker uses it: every call bounded by
+/// `worker.storage_timeout_ms`, reads by their progress (no byte for that
+/// long, or slower than `worker.storage_min_read_bytes_per_sec`; see
+/// `conduit_core::storage::TimeoutStorage`). A call that times out is logged at
+/// WARN naming the value and counted (`conduit_worker_storage_timeouts_total`,
+/// or `conduit_worker_storage_slow_reads_total` for a read below the rate), and
+/// fails as a transient error, so a pass against an unreachable cluster ends
+/// instead of waiting for the kernel's TCP timeout. For `storage_timeout_ms`
+/// after a timeout, calls to that cluster fail at once: a cut cluster costs one
+/// timeout per `storage_timeout_ms`, not one per call (a pass makes several per
+/// topic).
+pub fn bounded_storage(
+    storage: SharedStorage,
+    cluster: &str,
+    limits: &conduit_core::config::WorkerConfig,
+    metrics: &WorkerMetrics,
+) -> SharedStorage {
+    use conduit_core::storage::{TimeoutKind, TimeoutStorage};
+    let label = vec![("cluster", cluster.to_owned())];
+    let timeouts = metrics.storage_timeouts.get_or_create(&label).clone();
+    let slow_reads = metrics.storage_slow_reads.get_or_create(&label).clone();
+    let cluster = cluster.to_owned();
+    let limit_ms = limits.storage_timeout_ms;
+    let min_rate = limits.storage_min_read_bytes_per_sec;
+    let limit = std::time::Duration::from_millis(limit_ms);
+    Arc::new(
+        TimeoutStorage::observed(
+            storage,
+            limit,
+            Arc::new(move |op, path, kind| match kind {
+                TimeoutKind::NoProgress => {
+                    timeouts.inc();
+                    tracing::warn!(
+                        %cluster,
+                        op,
+                        path,
+                        storage_timeout_ms = limit_ms,
+                        "storage call to a cluster timed out (unreachable or hung storage; for a read: no byte received for that long); the pass fails for it and is retried"
+                    );
+                }
+                TimeoutKind::TooSlow => {
+                    slow_reads.inc();
+                    tracing::warn!(
+                        %cluster,
+                        op,
+                        path,
+                        storage_timeout_ms = limit_ms,
+                        storage_min_read_bytes_per_sec = min_rate,
+                        "storage read from a cluster kept moving but below worker.storage_min_read_bytes_per_sec; the pass fails for it and is retried (lower the rate for a link this slow)"
+                    );
+                }
+            }),
+        )
+        .progress(min_rate)
+        .fail_fast(limit),
+    )
+}
+
 /// Permission to commit. Every job calls [`Fence::check`] immediately before each
 /// step that changes what readers see (a rename into a view, a `_SUCCESS`, a
 /// delete); an error means the lease was lost and the job must stop.

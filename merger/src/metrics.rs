@@ -20,7 +20,8 @@
 //! | `conduit_worker_lag_seconds` | gauge | view (`local`, `merged`, `mirror`, `hourly`), topic | clock minus the end of the newest sealed minute |
 //! | `conduit_worker_source_lag_seconds` | gauge | topic, cluster | merge job: clock minus the end of the newest sealed local minute of that source cluster it has seen (a source it cannot read keeps the last value seen, so the lag grows while a link is cut); above `worker.max_source_lag_secs` the merged view stops waiting for it |
 //! | `conduit_worker_invalid_rows_total` | counter | topic | events of topics with `compact_format = "parquet"` set aside from their hourly Parquet file (not matching the schema, or not UTF-8 where the payload column is a string) |
-//! | `conduit_worker_storage_timeouts_total` | counter | cluster | storage calls to that cluster that did not finish within `worker.storage_timeout_ms` (an unreachable cluster: a cut link, a hung NameNode); each is also logged at WARN naming the cluster, the call and the path |
+//! | `conduit_worker_storage_timeouts_total` | counter | cluster | storage calls to that cluster that did not finish within `worker.storage_timeout_ms` (an unreachable cluster: a cut link, a hung NameNode), reads that received no byte for that long; each is also logged at WARN naming the cluster, the call and the path |
+//! | `conduit_worker_storage_slow_reads_total` | counter | cluster | reads from that cluster that kept moving but below `worker.storage_min_read_bytes_per_sec` (they took longer than `storage_timeout_ms` plus their bytes at that rate); each is also logged at WARN naming the cluster, the path and the rate |
 //! | `conduit_worker_lease_held` | gauge | | 1 while this worker holds the lease, 0 on standby |
 //! | `conduit_worker_lease_epoch` | gauge | | epoch of the lease last held |
 //!
@@ -160,6 +161,8 @@ pub struct WorkerMetrics {
     pub invalid_rows: Family<Labels, Counter>,
     /// Storage calls that timed out, by cluster.
     pub storage_timeouts: Family<Labels, Counter>,
+    /// Reads below the minimum rate, by cluster.
+    pub storage_slow_reads: Family<Labels, Counter>,
     /// 1 while the lease is held.
     pub lease_held: Gauge,
     /// Epoch of the lease last held.
@@ -186,6 +189,7 @@ impl WorkerMetrics {
             source_lag_seconds: Family::default(),
             invalid_rows: Family::default(),
             storage_timeouts: Family::default(),
+            storage_slow_reads: Family::default(),
             lease_held: Gauge::default(),
             lease_epoch: Gauge::default(),
         };
@@ -258,6 +262,11 @@ impl WorkerMetrics {
             "storage_timeouts",
             "Storage calls that did not finish within worker.storage_timeout_ms, by cluster",
             m.storage_timeouts.clone(),
+        );
+        r.register(
+            "storage_slow_reads",
+            "Reads that kept moving below worker.storage_min_read_bytes_per_sec, by cluster",
+            m.storage_slow_reads.clone(),
         );
         r.register(
             "lease_held",

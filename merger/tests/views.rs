@@ -17,14 +17,14 @@ use chrono::{DateTime, TimeDelta, Utc};
 use conduit_core::format::{encode_marks_v1, read_file, BatchMark};
 use conduit_core::layout::Layout;
 use conduit_core::manifest::describe_file;
-use conduit_core::storage::{FaultPlan, FaultStorage};
+use conduit_core::storage::{FaultPlan, FaultStorage, Op};
 use conduit_core::{
     Clock, Config, CreateMode, Encoding, FrameEncoder, Manifest, ManifestFile, Minute, NodeName,
     SharedStorage, Storage, TestClock, Topic, Trailer, View,
 };
 use conduit_merger::{
-    Cluster, CompactJob, Job, JobEnv, LocalJob, MergeJob, MirrorJob, NoFence, PassReport, PurgeJob,
-    SealView, WorkerError,
+    bounded_storage, Cluster, CompactJob, Job, JobEnv, LocalJob, MergeJob, MirrorJob, NoFence,
+    PassReport, PurgeJob, SealView, WorkerError, WorkerMetrics,
 };
 use conduit_testkit::{local_storage, minute, node};
 
@@ -390,6 +390,96 @@ async fn merge_unions_two_sources_byte_for_byte_and_seals_within_seconds() {
     // Not a merge destination: nothing to do.
     let mut other = MergeJob::new(world.env("dc1", None));
     assert!(!other.pass().await.unwrap().did_something());
+}
+
+/// The chunk trap (docs/reliability.md, "Faults"): a source reached over a slow
+/// link, through the storage bounds the worker uses (`bounded_storage`) and a
+/// throttled `FaultStorage` around the real root. One read of the big file takes
+/// several times `storage_timeout_ms` at the link's rate; it keeps moving, so the
+/// merge finishes. A source that answers nothing still times out at the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_over_a_slow_link_finishes_and_a_silent_source_times_out() {
+    let start = minute("2026-11-22T10:00Z");
+    let limit_ms = 1000;
+    let link = 256u64 << 10; // bytes a second
+    let world = World::new(
+        &["dc1", "dc2", "dc3"],
+        TWO_SOURCES,
+        &format!("storage_timeout_ms = {limit_ms}\nstorage_min_read_bytes_per_sec = 65536"),
+        start.start(),
+    );
+    world.clock.set(start.end() + TimeDelta::seconds(2));
+    let mut expected: BTreeSet<String> =
+        seal_local(&world, "dc1", start, &[spec("c1", 0, start, 30_000)])
+            .await
+            .into_iter()
+            .collect();
+    expected.extend(seal_simple(&world, "dc2", start).await);
+    let dir = Layout::minute_dir(View::Local, &topic(), start);
+    let big = world
+        .storage("dc1")
+        .list(&dir)
+        .await
+        .unwrap()
+        .iter()
+        .map(|f| f.len)
+        .max()
+        .unwrap();
+    assert!(
+        big > 2 * link * limit_ms / 1000,
+        "a read of the {big}-byte file must need more than twice storage_timeout_ms at the link's rate"
+    );
+
+    let plan = FaultPlan::new();
+    plan.throttle(link);
+    let registry: conduit_core::http::SharedRegistry = Default::default();
+    let metrics = WorkerMetrics::new(&registry);
+    let mut env = world.env("dc3", None);
+    let dc1 = env.clusters.get_mut(&node("dc1")).unwrap();
+    dc1.storage = bounded_storage(
+        Arc::new(FaultStorage::new(dc1.storage.clone(), plan.clone())),
+        "dc1",
+        &world.config.worker,
+        &metrics,
+    );
+    let timeouts = |name: &str| {
+        let label = vec![("cluster", name.to_owned())];
+        metrics.storage_timeouts.get_or_create(&label).get()
+            + metrics.storage_slow_reads.get_or_create(&label).get()
+    };
+    let mut job = MergeJob::new(env);
+    world.clock.set(start.end() + TimeDelta::seconds(3));
+    let report = job.pass().await.unwrap();
+    assert_eq!(report.sealed, 1, "the slow but moving copy finished");
+    assert_eq!(timeouts("dc1"), 0);
+    let (records, manifests) = merged_records(world.storage("dc3").as_ref(), start, start).await;
+    assert_eq!(records, expected, "every record exactly once");
+    assert!(manifests[&start].missing_clusters.is_empty());
+
+    // The next minute: dc1 answers nothing at all (a cut link).
+    let next = start.next().unwrap();
+    world.clock.set(next.end() + TimeDelta::seconds(2));
+    seal_simple(&world, "dc1", next).await;
+    seal_simple(&world, "dc2", next).await;
+    plan.heal();
+    plan.delay_ops(
+        &[Op::Read, Op::Stat, Op::List],
+        std::time::Duration::from_secs(3600),
+    );
+    world.clock.set(next.end() + TimeDelta::seconds(3));
+    let _ = job.pass().await;
+    assert!(timeouts("dc1") >= 1, "the silent source timed out");
+    assert!(
+        !world
+            .storage("dc3")
+            .exists(&format!(
+                "{}/_SUCCESS",
+                Layout::minute_dir(View::Merged, &topic(), next)
+            ))
+            .await
+            .unwrap(),
+        "not sealed without dc1 before its lag allowance"
+    );
 }
 
 /// A topic that only one source datacenter ever saw (not configured, so the other

@@ -314,3 +314,77 @@ fn full_disk_with_a_spool_keeps_acknowledging_without_litter() {
 fn full_disk_without_a_spool_refuses_without_litter() {
     disk_full("faults_storage_full_disk_no_spool", false);
 }
+
+/// A collector killed -9 while the DataNode is frozen: rounds are acknowledged
+/// from the spool, their HDFS file abandoned at its acknowledged length and not
+/// yet repaired (the repair waits for storage). The DataNode is resumed (bytes the
+/// dead writer had sent may still land in the file) and the collector restarted:
+/// its recovery cuts the abandoned file back to the length saved in the spool's
+/// snapshot before those rounds were answered, and replays the spool. Every
+/// acknowledged event exactly once.
+#[test]
+fn hdfs_collector_killed_with_an_abandoned_file_keeps_each_event_once() {
+    let _serial = serial();
+    let test = "faults_storage_killed_with_an_abandoned_file";
+    let Some(uri) = hdfs::fresh_root(test) else {
+        return;
+    };
+    let rt = conduit_testkit::runtime();
+    let storage: SharedStorage = rt.block_on(hdfs::open(&uri));
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let extra = ["--spool-dir", spool.to_str().unwrap()];
+    let mut first =
+        CollectorProcess::start(&uri, ID, &extra, dir.path()).expect("collector starts");
+    let (thrift, http) = (first.thrift_addr.clone(), first.http_addr.clone());
+    let load = Load::start(&rt, &thrift);
+    load.wait_acks(20, "acknowledgements before the outage");
+    let frozen = Outage::datanode_paused();
+    until_blocking(
+        "storage unavailable and the spool taking rounds",
+        Duration::from_secs(60),
+        || {
+            health(&first)
+                .is_some_and(|(healthy, spooled)| !healthy && spooled > 0)
+                .then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}; collector log:\n{}", first.log()));
+    load.wait_acks(10, "acknowledgements from the spool");
+    first.kill9();
+    let first_log = first.log();
+    frozen.end();
+    assert!(
+        first_log.contains("saved the acknowledged length of abandoned files"),
+        "the abandoned file's length was saved before its round was answered; log:\n{first_log}"
+    );
+    let mut second = CollectorProcess::start_on(&uri, ID, &thrift, &http, &extra, dir.path())
+        .expect("collector restarts");
+    let recovered_after = wait_recovered(&second, Instant::now());
+    load.wait_acks(20, "acknowledgements after the restart");
+    let seen = load.stop(&rt);
+    second.terminate().expect("the collector stops");
+    let log = second.log();
+    let counts = rt.block_on(payload_counts(storage.as_ref(), TOPIC));
+    let files = rt.block_on(stored_files(storage.as_ref(), TOPIC));
+    assert!(files.iter().all(|f| f.is_closed()), "every file closed");
+    let (acked, extra) = check_exactly_once(&seen, &counts);
+    let cut_lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("cut a file abandoned before the restart"))
+        .collect();
+    let cut = cut_lines.len();
+    for line in &cut_lines {
+        println!("recovery: {line}");
+    }
+    println!(
+        "FAULT {test}: calls {} acked events {acked} unacked stored {extra} lost 0 duplicated 0; \
+         abandoned files cut at restart {cut}; recovered {:.1} s after the restart",
+        seen.calls.len(),
+        recovered_after.as_secs_f64()
+    );
+    assert!(
+        cut >= 1,
+        "recovery cut the abandoned file back (its entry was in the spool's snapshot); log:\n{log}"
+    );
+}

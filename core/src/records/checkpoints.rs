@@ -193,6 +193,17 @@ pub struct DedupSnapshot {
     /// it; a file shorter than it is quarantined. Absent when empty.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub closed: BTreeMap<String, u64>,
+    /// Files abandoned by their writer (a storage write or sync that failed or
+    /// missed the deadline) and not yet repaired, by path: the acknowledged
+    /// length each must be cut back to (late bytes past it may have landed).
+    /// Absent when empty (and in snapshots of collectors that predate it).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub abandoned: BTreeMap<String, u64>,
+    /// Counts the snapshots this collector wrote (storage and spool copies
+    /// alike): recovery takes `abandoned` from the copy with the highest. 0 (and
+    /// absent) in snapshots of collectors that predate it.
+    #[serde(default, skip_serializing_if = "super::leases::is_zero")]
+    pub generation: u64,
 }
 
 impl Versioned for DedupSnapshot {

@@ -65,7 +65,8 @@ pub struct GroupMember {
     pub assignment: String,
 }
 
-fn is_zero(n: &u64) -> bool {
+/// For `skip_serializing_if`: a count that is 0 is left out.
+pub(super) fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 

@@ -297,7 +297,7 @@ pub async fn append(s: SharedStorage, dir: String) {
 }
 
 /// A file over 10 MiB, written in 1 MiB pieces with syncs, reads back whole and by
-/// ranges across piece boundaries.
+/// ranges across piece boundaries, also through `read_range_tracked`.
 pub async fn large_file(s: SharedStorage, dir: String) {
     let path = format!("{dir}/big");
     let mut w = s.create(&path, CreateMode::Exclusive).await.unwrap();
@@ -321,6 +321,17 @@ pub async fn large_file(s: SharedStorage, dir: String) {
     let mid = (5 << 20) - 17..(7 << 20) + 3;
     let part = s.read_range(&path, mid.clone()).await.unwrap();
     assert!(part[..] == expected[mid.start as usize..mid.end as usize]);
+    // A tracked read (across a block boundary on HDFS with 8 MiB blocks) returns
+    // the same bytes and reports every one of them.
+    let progress = super::Progress::default();
+    let wide = (3 << 20) + 5..(11 << 20) - 9;
+    let tracked = s
+        .read_range_tracked(&path, wide.clone(), &progress)
+        .await
+        .unwrap();
+    assert!(tracked[..] == expected[wide.start as usize..wide.end as usize]);
+    assert_eq!(progress.bytes(), wide.end - wide.start, "[{}]", s.root());
+    assert!(progress.last_moved().is_some());
 }
 
 /// Atomic small-file writes replace content whole and leave no temp files.

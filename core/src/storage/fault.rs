@@ -5,19 +5,29 @@
 //! for paths containing a substring), arms a countdown that fails the N-th next
 //! call, or asks the next write (or the N-th next one) to be torn (half the bytes
 //! reach the file, then the call fails), and switches it off again. Everything else goes to the real backend.
+//!
+//! Two slow modes make calls late instead of failing them: [`FaultPlan::delay_ops`]
+//! holds chosen operations for a fixed time before they go through (a sync that
+//! lands after a deadline; a hang, with a delay longer than the test), and
+//! [`FaultPlan::throttle`] makes reads and writes move their bytes at a given
+//! rate (a slow link: a call takes `bytes / rate`, so a bigger call takes longer).
 
 use std::fmt;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    CreateMode, FileStatus, FileWriter, RenameMode, SharedStorage, Storage, StorageError,
+    CreateMode, FileStatus, FileWriter, Progress, RenameMode, SharedStorage, Storage, StorageError,
     StorageResult,
 };
+
+/// How many bytes a throttled read hands over at a time.
+pub const THROTTLE_PIECE: usize = 64 << 10;
 
 /// The operations a plan can fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -54,6 +64,8 @@ struct PlanState {
     ops: Vec<Op>,
     /// Whether an outage is in force.
     outage: bool,
+    /// Whether failing writer calls (write, sync, close) go through first.
+    after_doing: bool,
     /// Only paths containing this fail, if set.
     path_filter: Option<String>,
     /// Fail the call after this many more matching calls succeed.
@@ -62,6 +74,10 @@ struct PlanState {
     tear_next_write: bool,
     /// Tear the write after this many more writes succeed.
     tear_countdown: Option<u64>,
+    /// These operations wait this long before they go through.
+    delay: Option<(Vec<Op>, Duration)>,
+    /// Reads and writes move at most this many bytes a second.
+    throttle: Option<u64>,
 }
 
 /// The switchboard a test uses to fail a [`FaultStorage`].
@@ -96,6 +112,17 @@ impl FaultPlan {
         s.ops = ops.to_vec();
     }
 
+    /// Like [`FaultPlan::fail_ops`], but a failing `write`, `sync` or `close` of
+    /// a writer is done first and then reported as failed: the bytes landed
+    /// (an `hsync` whose answer was lost, a sync that failed after the data
+    /// reached the disk). Other operations fail without being done.
+    pub fn fail_ops_after_doing(&self, ops: &[Op]) {
+        let mut s = self.lock();
+        s.outage = true;
+        s.after_doing = true;
+        s.ops = ops.to_vec();
+    }
+
     /// Restricts faults to paths containing `needle`.
     pub fn only_paths_containing(&self, needle: &str) {
         self.lock().path_filter = Some(needle.to_string());
@@ -118,6 +145,22 @@ impl FaultPlan {
         self.lock().tear_countdown = Some(n);
     }
 
+    /// Holds every call of `ops` (any path, or those of
+    /// [`FaultPlan::only_paths_containing`]) for `delay` before it goes through,
+    /// until [`FaultPlan::heal`]: a storage that is late, not failing.
+    pub fn delay_ops(&self, ops: &[Op], delay: Duration) {
+        self.lock().delay = Some((ops.to_vec(), delay));
+    }
+
+    /// Makes reads (`read_range`) and writes move `bytes_per_sec` (at least 1),
+    /// until [`FaultPlan::heal`]: a slow but working link. A write of `n` bytes
+    /// waits `n / bytes_per_sec` seconds before it goes through; a read hands its
+    /// bytes over [`THROTTLE_PIECE`] at a time at that rate (reported to its
+    /// [`Progress`] as they "arrive", as HDFS reports packets).
+    pub fn throttle(&self, bytes_per_sec: u64) {
+        self.lock().throttle = Some(bytes_per_sec.max(1));
+    }
+
     /// Ends every fault.
     pub fn heal(&self) {
         *self.lock() = PlanState::default();
@@ -126,6 +169,12 @@ impl FaultPlan {
     /// How many faults were injected so far.
     pub fn injected(&self) -> u64 {
         self.injected.load(Ordering::Relaxed)
+    }
+
+    /// Whether the failure [`FaultPlan::check`] reports for a writer call
+    /// comes after the call was done ([`FaultPlan::fail_ops_after_doing`]).
+    fn after_doing(&self) -> bool {
+        self.lock().after_doing
     }
 
     fn check(&self, op: Op, path: &str) -> StorageResult<()> {
@@ -153,6 +202,44 @@ impl FaultPlan {
             })
         } else {
             Ok(())
+        }
+    }
+
+    /// The throttle for `path`, if any.
+    fn throttle_for(&self, path: &str) -> Option<u64> {
+        let s = self.lock();
+        if s.path_filter
+            .as_deref()
+            .is_some_and(|filter| !path.contains(filter))
+        {
+            return None;
+        }
+        s.throttle
+    }
+
+    /// Waits as the slow modes say for a call of `op` on `path` moving `bytes`.
+    async fn pace(&self, op: Op, path: &str, bytes: u64) {
+        let wait = {
+            let s = self.lock();
+            if s.path_filter
+                .as_deref()
+                .is_some_and(|filter| !path.contains(filter))
+            {
+                return;
+            }
+            let mut wait = Duration::ZERO;
+            if let Some((ops, delay)) = &s.delay {
+                if ops.contains(&op) {
+                    wait += *delay;
+                }
+            }
+            if let (Some(rate), Op::Write) = (s.throttle, op) {
+                wait += Duration::from_secs_f64(bytes as f64 / rate as f64);
+            }
+            wait
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
         }
     }
 
@@ -206,46 +293,74 @@ impl Storage for FaultStorage {
 
     async fn create(&self, path: &str, mode: CreateMode) -> StorageResult<Box<dyn FileWriter>> {
         self.plan.check(Op::Create, path)?;
+        self.plan.pace(Op::Create, path, 0).await;
         Ok(self.wrap(self.inner.create(path, mode).await?))
     }
 
     async fn append(&self, path: &str) -> StorageResult<Box<dyn FileWriter>> {
         self.plan.check(Op::Append, path)?;
+        self.plan.pace(Op::Append, path, 0).await;
         Ok(self.wrap(self.inner.append(path).await?))
     }
 
     async fn read_range(&self, path: &str, range: Range<u64>) -> StorageResult<Bytes> {
+        self.read_range_tracked(path, range, &Progress::default())
+            .await
+    }
+
+    async fn read_range_tracked(
+        &self,
+        path: &str,
+        range: Range<u64>,
+        progress: &Progress,
+    ) -> StorageResult<Bytes> {
         self.plan.check(Op::Read, path)?;
-        self.inner.read_range(path, range).await
+        // The fixed delay first (the throttle is applied piece by piece below).
+        self.plan.pace(Op::Read, path, 0).await;
+        let Some(rate) = self.plan.throttle_for(path) else {
+            return self.inner.read_range_tracked(path, range, progress).await;
+        };
+        let bytes = self.inner.read_range(path, range).await?;
+        for piece in bytes.chunks(THROTTLE_PIECE) {
+            tokio::time::sleep(Duration::from_secs_f64(piece.len() as f64 / rate as f64)).await;
+            progress.add(piece.len() as u64);
+        }
+        Ok(bytes)
     }
 
     async fn stat(&self, path: &str) -> StorageResult<FileStatus> {
         self.plan.check(Op::Stat, path)?;
+        self.plan.pace(Op::Stat, path, 0).await;
         self.inner.stat(path).await
     }
 
     async fn list(&self, dir: &str) -> StorageResult<Vec<FileStatus>> {
         self.plan.check(Op::List, dir)?;
+        self.plan.pace(Op::List, dir, 0).await;
         self.inner.list(dir).await
     }
 
     async fn rename(&self, from: &str, to: &str, mode: RenameMode) -> StorageResult<()> {
         self.plan.check(Op::Rename, from)?;
+        self.plan.pace(Op::Rename, from, 0).await;
         self.inner.rename(from, to, mode).await
     }
 
     async fn mkdirs(&self, dir: &str) -> StorageResult<()> {
         self.plan.check(Op::Mkdirs, dir)?;
+        self.plan.pace(Op::Mkdirs, dir, 0).await;
         self.inner.mkdirs(dir).await
     }
 
     async fn delete(&self, path: &str, recursive: bool) -> StorageResult<bool> {
         self.plan.check(Op::Delete, path)?;
+        self.plan.pace(Op::Delete, path, 0).await;
         self.inner.delete(path, recursive).await
     }
 
     async fn recover_lease(&self, path: &str) -> StorageResult<bool> {
         self.plan.check(Op::RecoverLease, path)?;
+        self.plan.pace(Op::RecoverLease, path, 0).await;
         self.inner.recover_lease(path).await
     }
 }
@@ -269,18 +384,35 @@ impl FileWriter for FaultWriter {
                 path: self.inner.path().to_string(),
             });
         }
-        self.plan.check(Op::Write, self.inner.path())?;
-        self.inner.write(buf).await
+        let refused = self.plan.check(Op::Write, self.inner.path());
+        if refused.is_err() && !self.plan.after_doing() {
+            return refused;
+        }
+        self.plan
+            .pace(Op::Write, self.inner.path(), buf.len() as u64)
+            .await;
+        self.inner.write(buf).await?;
+        refused
     }
 
     async fn sync(&mut self) -> StorageResult<()> {
-        self.plan.check(Op::Sync, self.inner.path())?;
-        self.inner.sync().await
+        let refused = self.plan.check(Op::Sync, self.inner.path());
+        if refused.is_err() && !self.plan.after_doing() {
+            return refused;
+        }
+        self.plan.pace(Op::Sync, self.inner.path(), 0).await;
+        self.inner.sync().await?;
+        refused
     }
 
     async fn close(self: Box<Self>) -> StorageResult<()> {
-        self.plan.check(Op::Close, self.inner.path())?;
-        self.inner.close().await
+        let refused = self.plan.check(Op::Close, self.inner.path());
+        if refused.is_err() && !self.plan.after_doing() {
+            return refused;
+        }
+        self.plan.pace(Op::Close, self.inner.path(), 0).await;
+        self.inner.close().await?;
+        refused
     }
 
     fn position(&self) -> u64 {

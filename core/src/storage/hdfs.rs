@@ -15,11 +15,12 @@ use std::ops::Range;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::StreamExt;
 use hdfs_native::{Client, ClientBuilder, HdfsError, WriteOptions};
 
 use super::{
-    check_path, name_of, CreateMode, FileStatus, FileWriter, RenameMode, Storage, StorageError,
-    StorageResult,
+    check_path, name_of, CreateMode, FileStatus, FileWriter, Progress, RenameMode, Storage,
+    StorageError, StorageResult,
 };
 
 /// Storage rooted at a directory of an HDFS cluster.
@@ -194,6 +195,16 @@ impl Storage for HdfsStorage {
     }
 
     async fn read_range(&self, path: &str, range: Range<u64>) -> StorageResult<Bytes> {
+        self.read_range_tracked(path, range, &Progress::default())
+            .await
+    }
+
+    async fn read_range_tracked(
+        &self,
+        path: &str,
+        range: Range<u64>,
+        progress: &Progress,
+    ) -> StorageResult<Bytes> {
         let full = self.full(path)?;
         let reader = self
             .client
@@ -206,10 +217,15 @@ impl Storage for HdfsStorage {
         if end <= start {
             return Ok(Bytes::new());
         }
-        reader
-            .read_range(start as usize, (end - start) as usize)
-            .await
-            .map_err(|e| map_err(path, e))
+        // Packet by packet, so that a caller sees the bytes move.
+        let mut stream = Box::pin(reader.read_range_stream(start as usize, (end - start) as usize));
+        let mut buf = bytes::BytesMut::with_capacity((end - start) as usize);
+        while let Some(packet) = stream.next().await {
+            let packet = packet.map_err(|e| map_err(path, e))?;
+            progress.add(packet.len() as u64);
+            buf.extend_from_slice(&packet);
+        }
+        Ok(buf.freeze())
     }
 
     async fn stat(&self, path: &str) -> StorageResult<FileStatus> {

@@ -17,7 +17,11 @@
 //!   capped exponential backoff. Writes through an open writer are never retried
 //!   here: a failed writer is the caller's to abandon (the collector spools).
 //! - [`TimeoutStorage`]: bounds every operation (an HDFS client retries for
-//!   minutes while a NameNode is down), so a service can fail over instead of hang.
+//!   minutes while a NameNode is down), so a service can fail over instead of hang;
+//!   with [`TimeoutStorage::progress`], a read is bounded by the time without a byte
+//!   received (and a minimum rate), not by its total time: a slow link still
+//!   finishes a big read. Reads report their bytes as they arrive through
+//!   [`Storage::read_range_tracked`] and a [`Progress`].
 //! - [`FaultStorage`]: wraps a real backend and fails chosen operations on command,
 //!   for tests of outages.
 //!
@@ -40,7 +44,8 @@ pub mod conformance;
 
 use std::fmt;
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -49,7 +54,7 @@ pub use fault::{FaultPlan, FaultStorage, Op};
 pub use hdfs::HdfsStorage;
 pub use local::LocalStorage;
 pub use retry::{RetryPolicy, RetryStorage};
-pub use timeout::{TimeoutObserver, TimeoutStorage};
+pub use timeout::{TimeoutKind, TimeoutObserver, TimeoutStorage};
 
 /// Errors from storage backends, mapped from each backend's private error types.
 #[derive(Debug, thiserror::Error)]
@@ -232,6 +237,36 @@ pub trait FileWriter: Send + fmt::Debug {
     fn path(&self) -> &str;
 }
 
+/// What a read has received so far: its bytes, and when the last of them
+/// arrived. [`Storage::read_range_tracked`] adds bytes as they arrive, so a
+/// caller can bound a read by the time without progress ([`TimeoutStorage`]).
+#[derive(Debug, Default)]
+pub struct Progress {
+    bytes: AtomicU64,
+    last: Mutex<Option<tokio::time::Instant>>,
+}
+
+impl Progress {
+    /// Notes `n` more bytes received now.
+    pub fn add(&self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.bytes.fetch_add(n, Ordering::Relaxed);
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(tokio::time::Instant::now());
+    }
+
+    /// Bytes received so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// When the last bytes arrived (`None`: none yet).
+    pub fn last_moved(&self) -> Option<tokio::time::Instant> {
+        *self.last.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// A cluster's storage: the operations every conduit service needs.
 #[async_trait]
 pub trait Storage: Send + Sync + fmt::Debug + 'static {
@@ -248,6 +283,20 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     /// (possibly none). On HDFS, bytes of an unfinished last block of a file still
     /// open for writing are not readable (a limitation of `hdfs-native`).
     async fn read_range(&self, path: &str, range: Range<u64>) -> StorageResult<Bytes>;
+
+    /// [`Storage::read_range`], adding the bytes to `progress` as they arrive
+    /// (HDFS: each packet from the DataNode). A backend that cannot tell adds
+    /// them all when the read is done (local disk, where reads do not trickle).
+    async fn read_range_tracked(
+        &self,
+        path: &str,
+        range: Range<u64>,
+        progress: &Progress,
+    ) -> StorageResult<Bytes> {
+        let bytes = self.read_range(path, range).await?;
+        progress.add(bytes.len() as u64);
+        Ok(bytes)
+    }
 
     /// Metadata of one path.
     async fn stat(&self, path: &str) -> StorageResult<FileStatus>;

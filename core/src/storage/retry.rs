@@ -139,6 +139,18 @@ impl Storage for RetryStorage {
             .await
     }
 
+    async fn read_range_tracked(
+        &self,
+        path: &str,
+        range: Range<u64>,
+        progress: &super::Progress,
+    ) -> StorageResult<Bytes> {
+        self.retry("read", path, || {
+            self.inner.read_range_tracked(path, range.clone(), progress)
+        })
+        .await
+    }
+
     async fn stat(&self, path: &str) -> StorageResult<FileStatus> {
         self.retry("stat", path, || self.inner.stat(path)).await
     }
