@@ -41,6 +41,12 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// This binary's client: `PER_CALL` events of [`TOPIC`] per call, no pause
+/// between acknowledged calls.
+fn start_load(rt: &tokio::runtime::Runtime, addr: &str) -> Load {
+    Load::start(rt, addr, TOPIC, "f", PER_CALL, Duration::ZERO)
+}
+
 /// The collector's `/health` body: (storage healthy, spooled bytes).
 fn health(collector: &CollectorProcess) -> Option<(bool, u64)> {
     let (_, body) = http_get(&collector.http_addr, "/health").ok()?;
@@ -77,14 +83,7 @@ fn under_load<E: FnOnce()>(
     collector: &mut CollectorProcess,
     outage: impl FnOnce() -> E,
 ) -> Run {
-    let load = Load::start(
-        rt,
-        &collector.thrift_addr,
-        TOPIC,
-        "f",
-        PER_CALL,
-        Duration::ZERO,
-    );
+    let load = start_load(rt, &collector.thrift_addr);
     load.wait_acks(20, "acknowledgements before the outage");
     let end = outage();
     let began = Instant::now();
@@ -337,7 +336,7 @@ fn hdfs_collector_killed_with_an_abandoned_file_keeps_each_event_once() {
     let mut first =
         CollectorProcess::start(&uri, ID, &extra, dir.path()).expect("collector starts");
     let (thrift, http) = (first.thrift_addr.clone(), first.http_addr.clone());
-    let load = Load::start(&rt, &thrift);
+    let load = start_load(&rt, &thrift);
     load.wait_acks(20, "acknowledgements before the outage");
     let frozen = Outage::datanode_paused();
     until_blocking(
@@ -368,7 +367,7 @@ fn hdfs_collector_killed_with_an_abandoned_file_keeps_each_event_once() {
     let counts = rt.block_on(payload_counts(storage.as_ref(), TOPIC));
     let files = rt.block_on(stored_files(storage.as_ref(), TOPIC));
     assert!(files.iter().all(|f| f.is_closed()), "every file closed");
-    let (acked, extra) = check_exactly_once(&seen, &counts);
+    let (acked, extra) = seen.check_exactly_once(&counts);
     let cut_lines: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("cut a file abandoned before the restart"))
