@@ -89,9 +89,11 @@ struct TopicState {
     placed_through: BTreeMap<NodeName, Minute>,
     /// Per source: the newest sealed local minute seen so far (for the lag rule).
     newest_sealed: BTreeMap<NodeName, Minute>,
-    /// Per source never read successfully: when reading it first failed. Such a
-    /// source counts as lagging only once it has been unreadable for longer than
-    /// the lag, so a transient error after a restart does not skip a healthy source.
+    /// Per source whose last read failed: when reading it first failed (cleared
+    /// by a successful read). A source never read successfully counts as
+    /// lagging only once it has been unreadable for longer than the lag, so a
+    /// transient error after a restart does not skip a healthy source. Each
+    /// pass reads these sources again, even when the frontier is not due.
     unreadable_since: BTreeMap<NodeName, DateTime<Utc>>,
     /// Sources asked to start serving this topic (see [`MergeJob::lagging`]).
     adopted: BTreeSet<NodeName>,
@@ -363,6 +365,8 @@ impl MergeJob {
     }
 
     /// Whether `source` lags more than `max_source_lag_secs` behind the clock.
+    /// Reads its newest sealed local minute (recorded for the source lag
+    /// gauge), or notes since when it cannot be read.
     async fn lagging(&self, topic: &Topic, source: &NodeName, state: &mut TopicState) -> bool {
         let now = self.env.clock.now();
         if let Some(cluster) = self.cluster(source) {
@@ -627,6 +631,15 @@ impl TopicJob for MergeJob {
         let result = async {
             for _ in 0..MAX_MINUTES_PER_PASS {
                 if state.frontier.end() > self.env.clock.now() {
+                    // Nothing to merge before the frontier ends, but a source
+                    // that could not be read is asked again now: once its
+                    // link is back, its source lag gauge drops at once
+                    // instead of growing until the frontier ends.
+                    let unreadable: Vec<NodeName> =
+                        state.unreadable_since.keys().cloned().collect();
+                    for source in unreadable {
+                        self.lagging(topic, &source, &mut state).await;
+                    }
                     break;
                 }
                 let Some(step) = self.merge_minute(topic, &sources, &mut state).await? else {
