@@ -70,7 +70,7 @@ use conduit_core::records::{decode, MergeCheckpoint, RecordError, Version};
 use conduit_core::tree::{self, newest_sealed_dir, oldest_dir};
 use conduit_core::{Manifest, ManifestError, ManifestFile, Minute, NodeName, Topic, View};
 
-use crate::copy::{copy_all, dir_state, tidy_unsealed, CopyTask, DirState};
+use crate::copy::{copy_all, dir_state, tidy_unsealed, CopyTask, DirState, FailingClusters};
 use crate::metrics::{SealProgress, SealView};
 use crate::transcode::transcode_all;
 use crate::{Cluster, JobEnv, PassReport, TopicJob, WorkerError};
@@ -114,10 +114,8 @@ pub struct MergeJob {
     topics: BTreeMap<Topic, TopicState>,
     /// The newest sealed minute per topic (for the lag metric).
     progress: SealProgress,
-    /// Sources whose last read failed: their failures are logged at WARN once,
-    /// then at DEBUG until a read succeeds again (a cut source fails every
-    /// pass, several times per topic).
-    failing: std::sync::Mutex<BTreeSet<NodeName>>,
+    /// Sources whose last read failed (for their log level).
+    failing: FailingClusters,
 }
 
 impl MergeJob {
@@ -127,23 +125,20 @@ impl MergeJob {
             env,
             topics: BTreeMap::new(),
             progress: SealProgress::default(),
-            failing: std::sync::Mutex::new(BTreeSet::new()),
+            failing: FailingClusters::default(),
         }
     }
 
     /// Notes a failed read of `source`; true if it is the first since the
     /// last successful one (log it at WARN then, at DEBUG otherwise).
     fn source_failed(&self, source: &NodeName) -> bool {
-        let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
-        failing.insert(source.clone())
+        self.failing.failed(source)
     }
 
     /// Notes a successful read of `source`, logging when it had been failing.
     fn source_read(&self, source: &NodeName) {
-        let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
-        if failing.remove(source) {
-            tracing::info!(source = %source, "a merge source that could not be read is readable again");
-        }
+        self.failing
+            .read(source, "a merge source that could not be read is readable again");
     }
 
     /// The newest sealed minute per topic, updated as minutes are sealed (for
