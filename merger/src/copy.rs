@@ -28,8 +28,8 @@ use conduit_core::layout::Layout;
 use conduit_core::manifest::{checksum_file, describe_file};
 use conduit_core::storage::temp_sibling;
 use conduit_core::{
-    CreateMode, Manifest, ManifestError, ManifestFile, Minute, NodeName, RenameMode,
-    SharedStorage, Storage, Topic, View,
+    CreateMode, Manifest, ManifestError, ManifestFile, Minute, NodeName, RenameMode, SharedStorage,
+    Storage, Topic, View,
 };
 
 use crate::{Fence, SharedFence, WorkerError};

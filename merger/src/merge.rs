@@ -137,8 +137,10 @@ impl MergeJob {
 
     /// Notes a successful read of `source`, logging when it had been failing.
     fn source_read(&self, source: &NodeName) {
-        self.failing
-            .read(source, "a merge source that could not be read is readable again");
+        self.failing.read(
+            source,
+            "a merge source that could not be read is readable again",
+        );
     }
 
     /// The newest sealed minute per topic, updated as minutes are sealed (for
