@@ -1,6 +1,7 @@
 //! Helpers shared by the view jobs (merge, mirror, purge, compact): the verified
 //! copy of a sealed data file between clusters, the state of a view's directory,
-//! cleanup of hidden leftovers and sealing with given manifest bytes. Walking a
+//! cleanup of hidden leftovers, sealing with given manifest bytes, and which
+//! other clusters cannot be read ([`FailingClusters`]). Walking a
 //! view's directories is `conduit_core::tree`'s.
 //!
 //! # Verified copy ([`copy_verified`])
@@ -19,17 +20,44 @@
 //!   name holding different bytes is deleted and copied again (only the job that
 //!   owns the unsealed directory ever writes there).
 
+use std::collections::BTreeSet;
+
 use bytes::Bytes;
 use conduit_core::format::Codec;
 use conduit_core::layout::Layout;
 use conduit_core::manifest::{checksum_file, describe_file};
 use conduit_core::storage::temp_sibling;
 use conduit_core::{
-    CreateMode, Manifest, ManifestError, ManifestFile, Minute, RenameMode, SharedStorage, Storage,
-    Topic, View,
+    CreateMode, Manifest, ManifestError, ManifestFile, Minute, NodeName, RenameMode, SharedStorage,
+    Storage, Topic, View,
 };
 
 use crate::{Fence, SharedFence, WorkerError};
+
+/// Clusters whose last read by a job failed. A cut cluster fails every pass
+/// (every 200 ms to 1 s), several times per topic: its failures are logged at
+/// WARN once, then at DEBUG until a read succeeds again, which is logged at
+/// INFO.
+#[derive(Debug, Default)]
+pub(crate) struct FailingClusters(std::sync::Mutex<BTreeSet<NodeName>>);
+
+impl FailingClusters {
+    /// Notes a failed read of `cluster`; true if it is the first since the
+    /// last successful one (log it at WARN then, at DEBUG otherwise).
+    pub(crate) fn failed(&self, cluster: &NodeName) -> bool {
+        let mut failing = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        failing.insert(cluster.clone())
+    }
+
+    /// Notes a successful read of `cluster`, logging `message` at INFO when it
+    /// had been failing.
+    pub(crate) fn read(&self, cluster: &NodeName, message: &str) {
+        let mut failing = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if failing.remove(cluster) {
+            tracing::info!(cluster = %cluster, "{message}");
+        }
+    }
+}
 
 /// Bytes read and written per storage call when copying or compacting.
 pub(crate) const COPY_CHUNK: u64 = 4 << 20;

@@ -8,7 +8,10 @@
 //! * **Holding:** a background task renews the lease every third of it; the loop
 //!   runs one [`Job::pass`] of each job (oldest work first inside each job), records
 //!   the [`PassReport`] in the metrics, updates the lag gauges, and sleeps for the
-//!   interval. A job that fails is counted and retried next interval; the other
+//!   interval. The lag gauges are also refreshed every [`LAG_REFRESH`] by a
+//!   background task, so they follow the clock while a round waits on a slow
+//!   or unreachable storage (a call may take up to `worker.storage_timeout_ms`,
+//!   30 s by default, before it fails). A job that fails is counted and retried next interval; the other
 //!   jobs still run. [`WorkerError::LostLease`] (a job's fence check failed) sends
 //!   the daemon back to standby at once.
 //! * **Shutdown** (the future passed to [`Daemon::run`] resolves): the current
@@ -29,6 +32,11 @@ use conduit_core::SharedClock;
 use crate::lease::{Lease, LeaseStatus};
 use crate::metrics::{SealProgress, WorkerMetrics};
 use crate::{Job, PassReport, WorkerError};
+
+/// How often the lag gauges (`conduit_worker_lag_seconds`,
+/// `conduit_worker_source_lag_seconds`) are recomputed from the jobs' progress
+/// between rounds.
+pub const LAG_REFRESH: Duration = Duration::from_secs(1);
 
 /// What `/health` reports about the daemon.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -228,6 +236,23 @@ impl Daemon {
                 }
             })
         });
+        // Between rounds too: a round can wait up to the storage timeout on a
+        // cut cluster, and a gauge frozen meanwhile would hide a growing lag.
+        let lag_refresher = {
+            let (metrics, clock) = (self.metrics.clone(), self.clock.clone());
+            let progress = self.progress.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(LAG_REFRESH);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let now = clock.now();
+                    for p in &progress {
+                        metrics.update_lag(p, now);
+                    }
+                }
+            })
+        };
         let standby_poll = self
             .lease
             .as_ref()
@@ -264,6 +289,7 @@ impl Daemon {
                 _ = tokio::time::sleep(pause) => {}
             }
         }
+        lag_refresher.abort();
         if let Some(task) = renewer {
             task.abort();
         }
@@ -274,5 +300,79 @@ impl Daemon {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use conduit_core::clock::TestClock;
+    use conduit_core::{Minute, NodeName, Topic};
+
+    /// A job whose pass never finishes (a storage call that hangs).
+    #[derive(Debug)]
+    struct Stuck;
+
+    #[async_trait::async_trait]
+    impl Job for Stuck {
+        fn name(&self) -> &'static str {
+            "stuck"
+        }
+        async fn pass(&mut self) -> Result<PassReport, WorkerError> {
+            std::future::pending().await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lag_gauges_follow_the_clock_while_a_round_hangs() {
+        let minute = Minute::from_epoch_minutes(29_000_000).unwrap();
+        let clock = TestClock::at(minute.end());
+        let registry = Arc::new(Mutex::new(Default::default()));
+        let metrics = WorkerMetrics::new(&registry);
+        let mut daemon = Daemon::new(
+            vec![Box::new(Stuck)],
+            metrics.clone(),
+            clock.shared(),
+            Duration::from_millis(200),
+            None,
+        );
+        let progress = SealProgress::default();
+        let topic = Topic::new("t").unwrap();
+        progress.record_source(&topic, &NodeName::new("east").unwrap(), minute);
+        progress.record(crate::metrics::SealView::Merged, &topic, minute);
+        daemon.watch_progress(progress);
+        let status = daemon.status();
+        let source_lag = || {
+            metrics
+                .source_lag_seconds
+                .get_or_create(&vec![
+                    ("topic", "t".to_owned()),
+                    ("cluster", "east".to_owned()),
+                ])
+                .get()
+        };
+        let merged_lag = || {
+            metrics
+                .lag_seconds
+                .get_or_create(&vec![
+                    ("view", "merged".to_owned()),
+                    ("topic", "t".to_owned()),
+                ])
+                .get()
+        };
+        let checks = async {
+            for seconds in [5.0, 35.0, 95.0] {
+                clock.set(minute.end() + chrono::TimeDelta::seconds(seconds as i64));
+                tokio::time::sleep(LAG_REFRESH * 2).await;
+                assert_eq!(source_lag(), seconds, "source lag while the round hangs");
+                assert_eq!(merged_lag(), seconds, "view lag while the round hangs");
+            }
+        };
+        tokio::select! {
+            _ = daemon.run(std::future::pending()) => panic!("the daemon stopped"),
+            () = checks => {}
+        }
+        let rounds = status.lock().unwrap().rounds;
+        assert_eq!(rounds, 0, "no round finished: the gauges moved without one");
     }
 }

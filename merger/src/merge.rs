@@ -70,7 +70,7 @@ use conduit_core::records::{decode, MergeCheckpoint, RecordError, Version};
 use conduit_core::tree::{self, newest_sealed_dir, oldest_dir};
 use conduit_core::{Manifest, ManifestError, ManifestFile, Minute, NodeName, Topic, View};
 
-use crate::copy::{copy_all, dir_state, tidy_unsealed, CopyTask, DirState};
+use crate::copy::{copy_all, dir_state, tidy_unsealed, CopyTask, DirState, FailingClusters};
 use crate::metrics::{SealProgress, SealView};
 use crate::transcode::transcode_all;
 use crate::{Cluster, JobEnv, PassReport, TopicJob, WorkerError};
@@ -89,9 +89,11 @@ struct TopicState {
     placed_through: BTreeMap<NodeName, Minute>,
     /// Per source: the newest sealed local minute seen so far (for the lag rule).
     newest_sealed: BTreeMap<NodeName, Minute>,
-    /// Per source never read successfully: when reading it first failed. Such a
-    /// source counts as lagging only once it has been unreadable for longer than
-    /// the lag, so a transient error after a restart does not skip a healthy source.
+    /// Per source whose last read failed: when reading it first failed (cleared
+    /// by a successful read). A source never read successfully counts as
+    /// lagging only once it has been unreadable for longer than the lag, so a
+    /// transient error after a restart does not skip a healthy source. Each
+    /// pass reads these sources again, even when the frontier is not due.
     unreadable_since: BTreeMap<NodeName, DateTime<Utc>>,
     /// Sources asked to start serving this topic (see [`MergeJob::lagging`]).
     adopted: BTreeSet<NodeName>,
@@ -112,10 +114,8 @@ pub struct MergeJob {
     topics: BTreeMap<Topic, TopicState>,
     /// The newest sealed minute per topic (for the lag metric).
     progress: SealProgress,
-    /// Sources whose last read failed: their failures are logged at WARN once,
-    /// then at DEBUG until a read succeeds again (a cut source fails every
-    /// pass, several times per topic).
-    failing: std::sync::Mutex<BTreeSet<NodeName>>,
+    /// Sources whose last read failed (for their log level).
+    failing: FailingClusters,
 }
 
 impl MergeJob {
@@ -125,23 +125,22 @@ impl MergeJob {
             env,
             topics: BTreeMap::new(),
             progress: SealProgress::default(),
-            failing: std::sync::Mutex::new(BTreeSet::new()),
+            failing: FailingClusters::default(),
         }
     }
 
     /// Notes a failed read of `source`; true if it is the first since the
     /// last successful one (log it at WARN then, at DEBUG otherwise).
     fn source_failed(&self, source: &NodeName) -> bool {
-        let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
-        failing.insert(source.clone())
+        self.failing.failed(source)
     }
 
     /// Notes a successful read of `source`, logging when it had been failing.
     fn source_read(&self, source: &NodeName) {
-        let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
-        if failing.remove(source) {
-            tracing::info!(source = %source, "a merge source that could not be read is readable again");
-        }
+        self.failing.read(
+            source,
+            "a merge source that could not be read is readable again",
+        );
     }
 
     /// The newest sealed minute per topic, updated as minutes are sealed (for
@@ -363,6 +362,8 @@ impl MergeJob {
     }
 
     /// Whether `source` lags more than `max_source_lag_secs` behind the clock.
+    /// Reads its newest sealed local minute (recorded for the source lag
+    /// gauge), or notes since when it cannot be read.
     async fn lagging(&self, topic: &Topic, source: &NodeName, state: &mut TopicState) -> bool {
         let now = self.env.clock.now();
         if let Some(cluster) = self.cluster(source) {
@@ -627,6 +628,15 @@ impl TopicJob for MergeJob {
         let result = async {
             for _ in 0..MAX_MINUTES_PER_PASS {
                 if state.frontier.end() > self.env.clock.now() {
+                    // Nothing to merge before the frontier ends, but a source
+                    // that could not be read is asked again now: once its
+                    // link is back, its source lag gauge drops at once
+                    // instead of growing until the frontier ends.
+                    let unreadable: Vec<NodeName> =
+                        state.unreadable_since.keys().cloned().collect();
+                    for source in unreadable {
+                        self.lagging(topic, &source, &mut state).await;
+                    }
                     break;
                 }
                 let Some(step) = self.merge_minute(topic, &sources, &mut state).await? else {

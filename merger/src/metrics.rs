@@ -25,9 +25,12 @@
 //! | `conduit_worker_lease_held` | gauge | | 1 while this worker holds the lease, 0 on standby |
 //! | `conduit_worker_lease_epoch` | gauge | | epoch of the lease last held |
 //!
-//! The lag is computed after every pass from [`SealProgress`], which jobs update as
-//! they seal; a healthy cluster shows between 0 and about 63 s (a minute is sealed
-//! shortly after it ends, and the lag grows until the next one is).
+//! The lag is computed from [`SealProgress`], which jobs update as they seal,
+//! after every round and every second in between
+//! ([`crate::daemon::LAG_REFRESH`]), so it keeps following the clock while a
+//! round waits on an unreachable cluster; a healthy cluster shows between 0 and
+//! about 63 s (a minute is sealed shortly after it ends, and the lag grows until
+//! the next one is).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;

@@ -34,7 +34,7 @@ use conduit_core::layout::Layout;
 use conduit_core::tree::{self, newest_sealed_dir, oldest_dir};
 use conduit_core::{Manifest, Minute, NodeName, Topic, View};
 
-use crate::copy::{copy_all, seal_raw, tidy_unsealed, CopyTask};
+use crate::copy::{copy_all, seal_raw, tidy_unsealed, CopyTask, FailingClusters};
 use crate::metrics::{SealProgress, SealView};
 use crate::{JobEnv, PassReport, TopicJob, WorkerError};
 
@@ -49,6 +49,8 @@ pub struct MirrorJob {
     frontiers: BTreeMap<Topic, Minute>,
     /// The newest sealed minute per topic (for the lag metric).
     progress: SealProgress,
+    /// Origins whose last read failed (for their log level).
+    failing: FailingClusters,
 }
 
 impl MirrorJob {
@@ -58,6 +60,7 @@ impl MirrorJob {
             env,
             frontiers: BTreeMap::new(),
             progress: SealProgress::default(),
+            failing: FailingClusters::default(),
         }
     }
 
@@ -89,8 +92,16 @@ impl TopicJob for MirrorJob {
                 .and_then(|o| self.env.clusters.get(&o))
             {
                 match tree::topics(origin.storage.as_ref(), View::Merged).await {
-                    Ok(found) => names.extend(found),
-                    Err(e) => tracing::warn!(origin = %origin.name, error = %e,
+                    Ok(found) => {
+                        self.failing
+                            .read(&origin.name, "the mirror origin is readable again");
+                        names.extend(found)
+                    }
+                    Err(e) if self.failing.failed(&origin.name) => {
+                        tracing::warn!(origin = %origin.name, error = %e,
+                            "cannot list the merged view of the mirror origin; the mirror falls behind until it is readable (logged at DEBUG until then)")
+                    }
+                    Err(e) => tracing::debug!(origin = %origin.name, error = %e,
                         "cannot list the merged view of the mirror origin"),
                 }
             }

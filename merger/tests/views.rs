@@ -653,6 +653,73 @@ async fn a_lagging_source_stops_blocking_and_its_data_arrives_late_exactly_once(
     assert_eq!(fresh.pass().await.unwrap().sealed, 0);
 }
 
+/// A cut source's lag gauge drops as soon as the source can be read again,
+/// not only once the next merged minute is due: sources that could not be read
+/// are read again by every pass.
+#[tokio::test]
+async fn a_cut_source_is_read_again_before_the_next_minute_is_due() {
+    let start = minute("2026-11-22T10:00Z");
+    let world = World::new(
+        &["dc1", "dc2", "dc3"],
+        TWO_SOURCES,
+        "max_source_lag_secs = 90",
+        start.start(),
+    );
+    let mut env = world.env("dc3", None);
+    let cut = FaultPlan::new();
+    let dc2 = env.clusters.get_mut(&node("dc2")).unwrap();
+    dc2.storage = Arc::new(FaultStorage::new(dc2.storage.clone(), cut.clone()));
+    let mut job = MergeJob::new(env);
+    let progress = job.progress();
+    let seen_of_dc2 = || {
+        progress
+            .source_snapshot()
+            .into_iter()
+            .find(|(_, cluster, _)| *cluster == node("dc2"))
+            .map(|(_, _, m)| m)
+    };
+    for i in 0..2 {
+        let m = start.add_minutes(i).unwrap();
+        seal_simple(&world, "dc1", m).await;
+        seal_simple(&world, "dc2", m).await;
+    }
+    world
+        .clock
+        .set(minute("2026-11-22T10:01Z").end() + TimeDelta::seconds(3));
+    assert_eq!(job.pass().await.unwrap().sealed, 2);
+    assert_eq!(seen_of_dc2(), Some(minute("2026-11-22T10:01Z")));
+
+    // dc2 is cut; both datacenters keep sealing their local minutes.
+    cut.fail_all();
+    for i in 2..4 {
+        let m = start.add_minutes(i).unwrap();
+        seal_simple(&world, "dc1", m).await;
+        seal_simple(&world, "dc2", m).await;
+    }
+    world
+        .clock
+        .set(minute("2026-11-22T10:04Z").start() + TimeDelta::seconds(5));
+    assert_eq!(
+        job.pass().await.unwrap().sealed,
+        2,
+        "10:02 and 10:03 sealed without dc2, which lags 125 s > 90 s"
+    );
+    assert_eq!(seen_of_dc2(), Some(minute("2026-11-22T10:01Z")));
+
+    // The link is back 5 s later: the frontier (10:04) is not due for 50 s,
+    // yet the next pass sees dc2's newest sealed minute.
+    cut.heal();
+    world
+        .clock
+        .set(minute("2026-11-22T10:04Z").start() + TimeDelta::seconds(10));
+    assert_eq!(job.pass().await.unwrap().sealed, 0);
+    assert_eq!(
+        seen_of_dc2(),
+        Some(minute("2026-11-22T10:03Z")),
+        "dc2's lag is known again at once"
+    );
+}
+
 /// The minutes and records the crash test expects after recovery.
 async fn crash_world() -> (Outage, MergeJob) {
     let (

@@ -32,7 +32,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::gate;
-use crate::process::workspace_root;
+use crate::process::{free_port, workspace_root};
 
 /// Runs `program args` and returns its output, or a message naming the command
 /// and its stderr.
@@ -240,56 +240,102 @@ impl Drop for Link {
     }
 }
 
-/// A real HDFS (`scripts/hdfs.sh`) running inside a [`Link`]'s namespace,
-/// bound to its wan address, with its own state directory; stopped on drop.
+/// A real HDFS (`scripts/hdfs.sh`) on one end of a [`Link`]: inside its
+/// namespace on east's wan address ([`NetHdfs::start`]), or in the root
+/// namespace on west's wan address ([`NetHdfs::start_west`]); with its own state
+/// directory; stopped on drop.
 #[derive(Debug)]
 pub struct NetHdfs {
-    /// `hdfs://<east wan>:<port>`.
+    /// `hdfs://<wan address>:<port>`.
     pub url: String,
     state: PathBuf,
 }
 
 impl NetHdfs {
-    /// Starts it (formatting `state`); panics with the script's output when it
-    /// does not come up. `None` after [`gate::missing`] when Java is not
-    /// installed.
+    /// Starts east's HDFS inside the namespace, bound to east's wan address
+    /// (formatting `state`); panics with the script's output when it does not
+    /// come up. `None` after [`gate::missing`] when Java is not installed.
     pub fn start(test: &str, link: &Link, state: &Path) -> Option<NetHdfs> {
+        Self::start_on(test, link, state, Side::East)
+    }
+
+    /// Starts west's HDFS in the root namespace, bound to west's wan address
+    /// on free ports (never the default ones, which another HDFS of this
+    /// machine may use): west's own processes reach it locally, east's only
+    /// across the wan link, so a cut separates east from it as it separates
+    /// west from east's HDFS. Otherwise as [`NetHdfs::start`].
+    pub fn start_west(test: &str, link: &Link, state: &Path) -> Option<NetHdfs> {
+        Self::start_on(test, link, state, Side::West)
+    }
+
+    fn start_on(test: &str, link: &Link, state: &Path, side: Side) -> Option<NetHdfs> {
         if !gate::tool(test, "java") {
             return None;
         }
+        let (host, ports) = match side {
+            Side::East => (&link.east_wan, Vec::new()),
+            Side::West => (
+                &link.west_wan,
+                [
+                    "HDFS_NN_PORT",
+                    "HDFS_NN_HTTP_PORT",
+                    "HDFS_DN_PORT",
+                    "HDFS_DN_HTTP_PORT",
+                    "HDFS_DN_IPC_PORT",
+                ]
+                .into_iter()
+                .map(|var| (var, free_port().to_string()))
+                .collect(),
+            ),
+        };
+        let nn_port = ports
+            .iter()
+            .find(|(var, _)| *var == "HDFS_NN_PORT")
+            .map_or("9000", |(_, port)| port.as_str());
         let hdfs = NetHdfs {
-            url: format!("hdfs://{}:9000", link.east_wan),
+            url: format!("hdfs://{host}:{nn_port}"),
             state: state.to_owned(),
         };
-        let out = hdfs
-            .script(link, "start")
-            .unwrap_or_else(|e| panic!("HDFS inside {}: {e}", link.ns));
+        let script = workspace_root().join("scripts/hdfs.sh");
+        let mut command = match side {
+            Side::East => link.command(&script),
+            Side::West => Command::new(&script),
+        };
+        command
+            .arg("start")
+            .env("CONDUIT_HDFS_STATE", state)
+            .env("HDFS_HOST", host)
+            .envs(ports.iter().map(|(var, port)| (*var, port)))
+            .stdin(Stdio::null());
+        let out = command
+            .output()
+            .map_err(|e| format!("{} start: {e}", script.display()))
+            .and_then(|out| {
+                if out.status.success() {
+                    Ok(out)
+                } else {
+                    Err(format!(
+                        "{} start failed ({}): {}{}",
+                        script.display(),
+                        out.status,
+                        String::from_utf8_lossy(&out.stdout),
+                        String::from_utf8_lossy(&out.stderr)
+                    ))
+                }
+            })
+            .unwrap_or_else(|e| panic!("HDFS on {host} ({side:?}, namespace {}): {e}", link.ns));
         eprintln!("{}", String::from_utf8_lossy(&out.stdout).trim());
         Some(hdfs)
     }
+}
 
-    fn script(&self, link: &Link, cmd: &str) -> Result<Output, String> {
-        let script = workspace_root().join("scripts/hdfs.sh");
-        let out = link
-            .command(&script)
-            .arg(cmd)
-            .env("CONDUIT_HDFS_STATE", &self.state)
-            .env("HDFS_HOST", &link.east_wan)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("{} {cmd}: {e}", script.display()))?;
-        if out.status.success() {
-            Ok(out)
-        } else {
-            Err(format!(
-                "{} {cmd} failed ({}): {}{}",
-                script.display(),
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
-    }
+/// Which end of the link an HDFS runs on.
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    /// Inside the namespace.
+    East,
+    /// In the root namespace.
+    West,
 }
 
 impl Drop for NetHdfs {
