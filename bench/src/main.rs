@@ -10,8 +10,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use conduit_bench::children::Conduit;
 use conduit_bench::scenarios::{
-    catch_up, gen, ingest, limits, nats_ingest, publish, seal_latency, soak, storage_ops,
-    tail_latency,
+    catch_up, gen, hsync_loop, ingest, limits, nats_ingest, publish, seal_latency, soak,
+    storage_ops, tail_latency,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -72,6 +72,9 @@ enum Scenario {
     /// The latency of each storage call the minute roll and the seal are made of
     /// (create, sync, close, rename, stat, reads, list) on one root, local or HDFS.
     StorageOps(storage_ops::StorageOpsArgs),
+    /// hdfs-native alone: write + hsync in a loop on 1 and 8 concurrent files, with
+    /// the NameNode's fsync on every hsync or only after a new block.
+    HsyncLoop(hsync_loop::HsyncLoopArgs),
 }
 
 fn main() -> ExitCode {
@@ -101,6 +104,7 @@ fn main() -> ExitCode {
             Scenario::NatsIngest(args) => nats_ingest::run(args, &conduit()?).await,
             Scenario::TailLatency(args) => tail_latency::run(args, &conduit()?).await,
             Scenario::StorageOps(args) => storage_ops::run(args).await,
+            Scenario::HsyncLoop(args) => hsync_loop::run(args).await,
         }
     });
     match result {

@@ -199,8 +199,9 @@ impl LocalJob {
         if file.len < TRAILER_LEN as u64 {
             return Ok(false);
         }
-        // The listed length is at least what was synced; a closed file's trailer
-        // is its last 40 bytes, and a closed file never grows.
+        // The listed length never exceeds the final one (on HDFS an open file's
+        // may lag what was synced), so under 40 bytes it is not closed yet; a
+        // closed file's trailer is its last 40 bytes, and a closed file never grows.
         let len = match self.storage().len(&file.path).await {
             Ok(len) => len,
             Err(e) if e.is_not_found() => return Ok(false),

@@ -11,6 +11,8 @@
 //! - [`catch_up`]: one hour of sealed history read by DuckDB and by PinTail.
 //! - [`soak`]: the bus at a fixed rate; memory and descriptors over time, audit.
 //! - [`nats_ingest`]: ingest side by side with NATS JetStream.
+//! - [`hsync_loop`]: `hdfs-native` alone, write + hsync in a loop, with the
+//!   NameNode's `fsync` every time or only after a new block.
 //! - [`storage_ops`]: the latency of each storage call (create, sync, close,
 //!   rename, reads) on one root, local or HDFS.
 //! - [`tail_latency`]: publish-to-delivery latency of a PinTail consumer group
@@ -18,6 +20,7 @@
 
 pub mod catch_up;
 pub mod gen;
+pub mod hsync_loop;
 pub mod ingest;
 pub mod limits;
 pub mod nats_ingest;

@@ -5,11 +5,19 @@
 //! `core-site.xml`/`hdfs-site.xml` from `HADOOP_CONF_DIR` and takes the user from
 //! `HADOOP_USER_NAME` (Kerberos through the ticket cache when the config asks for it).
 //!
-//! Durability: `FileWriter::sync` is `hsync` (the DataNodes persist the bytes and the
-//! NameNode records the new length). Known limitation: `hdfs-native` reads only the
-//! completed blocks of a file that is still open; `len` is right after `hsync` but
-//! `read_range` may return fewer bytes until the file is closed. Readers that must
-//! follow an open file use the collector's HTTP endpoint instead.
+//! Durability: `FileWriter::sync` is `hsync`: every DataNode of the block's pipeline
+//! persists the bytes before it returns. As in Java's `DFSOutputStream.hsync()`,
+//! the NameNode's `fsync` (with the block's length) is called only after a new
+//! block was allocated (vendored `hdfs-native` patch, `vendor/hdfs-native/PATCHES.md`),
+//! not on every sync: one NameNode round trip (and on HDFS 2.7 an edit-log sync)
+//! less per commit round. So the length `stat`/`list` report for a file still open
+//! lags behind what is synced (completed blocks plus the last block as of its first
+//! sync); it is exact once the file is closed, and lease recovery of a crashed
+//! writer's file takes the length from the DataNodes. Known limitation:
+//! `hdfs-native` reads only the completed blocks of a file that is still open, so
+//! `read_range` returns fewer bytes than were synced until the file is closed.
+//! Readers that must follow an open file use the collector's HTTP endpoint
+//! instead (`collector/src/open.rs`).
 
 use std::ops::Range;
 

@@ -298,7 +298,12 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
         Ok(bytes)
     }
 
-    /// Metadata of one path.
+    /// Metadata of one path. The length of a file still open for writing is, on
+    /// HDFS, what the NameNode last heard from the writer: every completed block
+    /// plus the last block as of its first sync (`hsync` tells the NameNode only
+    /// after a new block, as Java's client does), so it may be shorter than what
+    /// is synced, never longer; exact once the file is closed. On local disk it
+    /// is what was written.
     async fn stat(&self, path: &str) -> StorageResult<FileStatus>;
 
     /// Lists a directory, sorted by name. A missing directory is `NotFound`.

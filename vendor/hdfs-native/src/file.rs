@@ -305,6 +305,9 @@ pub struct FileWriter {
     closed: bool,
     bytes_written: usize,
     crypto: Option<Arc<FileCryptoCodec>>,
+    /// A block was allocated since the NameNode last heard `fsync` for this file
+    /// (Java's `DFSOutputStream.persistBlocks`): the next `hsync` tells it.
+    block_added_since_fsync: bool,
 }
 
 impl FileWriter {
@@ -331,6 +334,7 @@ impl FileWriter {
             closed: false,
             bytes_written: 0,
             crypto,
+            block_added_since_fsync: false,
         }
     }
 
@@ -382,6 +386,7 @@ impl FileWriter {
         .await?;
 
         self.block_writer = Some(block_writer);
+        self.block_added_since_fsync = true;
         Ok(())
     }
 
@@ -409,10 +414,29 @@ impl FileWriter {
 
     /// Persist all data written so far while keeping the writer open.
     ///
-    /// On success, new readers can observe the synchronized length and the
-    /// current replicated block has been synchronized by every DataNode in
-    /// its pipeline. Erasure-coded files do not currently support this call.
+    /// On success the current replicated block has been synchronized to disk by
+    /// every DataNode in its pipeline. As in Java's `DFSOutputStream.hsync()`, the
+    /// NameNode's `fsync` is called only when a block was allocated since its last
+    /// call (conduit patch, `PATCHES.md`): the NameNode then learns the new block
+    /// and the current length. Otherwise the NameNode keeps the length it knew, so
+    /// the length `get_file_info` reports for the open file may be shorter than
+    /// what is synced; use [`FileWriter::hsync_update_length`] when a reader needs
+    /// the NameNode's length to follow (Java's `SyncFlag.UPDATE_LENGTH`).
+    /// Erasure-coded files do not currently support this call.
     pub async fn hsync(&mut self) -> Result<()> {
+        self.sync(false).await
+    }
+
+    /// [`FileWriter::hsync`], and always tell the NameNode the synced length of
+    /// the last block (`fsync` with `lastBlockLength`, Java's
+    /// `hsync(EnumSet.of(SyncFlag.UPDATE_LENGTH))`): new readers see the
+    /// synchronized length. Costs one NameNode RPC (and, on HDFS 2.7, an edit log
+    /// sync) per call.
+    pub async fn hsync_update_length(&mut self) -> Result<()> {
+        self.sync(true).await
+    }
+
+    async fn sync(&mut self, update_length: bool) -> Result<()> {
         if self.closed {
             return Err(HdfsError::OperationFailed(
                 "Cannot sync a closed file writer".to_string(),
@@ -423,9 +447,12 @@ impl FileWriter {
         } else {
             self.last_block.as_ref().map(|block| block.b.num_bytes())
         };
-        self.protocol
-            .fsync(&self.src, last_block_length, self.status.file_id)
-            .await?;
+        if update_length || self.block_added_since_fsync {
+            self.protocol
+                .fsync(&self.src, last_block_length, self.status.file_id)
+                .await?;
+            self.block_added_since_fsync = false;
+        }
         Ok(())
     }
 
