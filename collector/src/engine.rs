@@ -582,6 +582,7 @@ impl Engine {
             .into_iter()
             .flatten()
         {
+            conduit_core::storage::delete_temp_siblings(store.as_ref(), &dedup_path).await?;
             match store.read(&dedup_path).await {
                 Ok(bytes) => match DedupTable::from_json(&bytes) {
                     Ok((table, saved)) => {

@@ -223,7 +223,13 @@ impl Collector {
             spooled_bytes: 0,
         };
         // Publish the first heartbeat before accepting, so a worker sees this
-        // collector before any of its files.
+        // collector before any of its files; a copy a crash left half-written
+        // goes first.
+        if let Err(e) =
+            conduit_core::storage::delete_temp_siblings(storage.as_ref(), &heartbeat.path()).await
+        {
+            tracing::warn!(error = %e, "cannot delete temporary heartbeat copies left by a crash");
+        }
         if let Err(e) = heartbeat.publish(storage.as_ref()).await {
             tracing::warn!(error = %e, "cannot publish the first heartbeat");
         }

@@ -254,7 +254,26 @@ impl CollectorProcess {
     ) -> Result<Self, Error> {
         let how = Spawn {
             netns: Some(netns.to_owned()),
-            nofile: None,
+            ..Spawn::default()
+        };
+        Self::start_limited(root, id, thrift, http, extra, log_dir, how)
+    }
+
+    /// [`CollectorProcess::start_on`] with the crash point `crash_at` armed
+    /// (`CONDUIT_CRASH_AT`, see `conduit_core::storage::crash`): the process
+    /// kills itself with SIGKILL at that storage call.
+    pub fn start_crashing(
+        root: &str,
+        id: &str,
+        thrift: &str,
+        http: &str,
+        extra: &[&str],
+        log_dir: &Path,
+        crash_at: &str,
+    ) -> Result<Self, Error> {
+        let how = Spawn {
+            env: vec![(CRASH_AT.to_owned(), crash_at.to_owned())],
+            ..Spawn::default()
         };
         Self::start_limited(root, id, thrift, http, extra, log_dir, how)
     }
@@ -271,8 +290,8 @@ impl CollectorProcess {
     ) -> Result<Self, Error> {
         let (thrift, http) = (free_addr(), free_addr());
         let how = Spawn {
-            netns: None,
             nofile: Some(nofile),
+            ..Spawn::default()
         };
         Self::start_limited(root, id, &thrift, &http, extra, log_dir, how)
     }
@@ -387,9 +406,25 @@ impl WorkerProcess {
     ) -> Result<Self, Error> {
         let how = Spawn {
             netns: Some(netns.to_owned()),
-            nofile: None,
+            ..Spawn::default()
         };
         Self::spawn_how(args, http, log_dir, how)?.wait_healthy()
+    }
+
+    /// [`WorkerProcess::spawn`] with the crash point `crash_at` armed
+    /// (`CONDUIT_CRASH_AT`): the process kills itself with SIGKILL at that
+    /// storage call. See [`wait_killed`].
+    pub fn spawn_crashing(
+        args: &[&str],
+        http: &str,
+        log_dir: &Path,
+        crash_at: &str,
+    ) -> Result<Self, Error> {
+        let how = Spawn {
+            env: vec![(CRASH_AT.to_owned(), crash_at.to_owned())],
+            ..Spawn::default()
+        };
+        Self::spawn_how(args, http, log_dir, how)
     }
 
     fn wait_healthy(self) -> Result<Self, Error> {
@@ -460,6 +495,8 @@ impl Drop for WorkerProcess {
 struct Spawn {
     netns: Option<String>,
     nofile: Option<u64>,
+    /// Extra environment variables (e.g. the `CONDUIT_CRASH_AT` test hook).
+    env: Vec<(String, String)>,
 }
 
 /// Spawns `conduit --log-format json <args>` with stderr to `log_path`, as
@@ -501,6 +538,7 @@ fn spawn_limited(
     argv.push(conduit_bin().into());
     let mut command = Command::new(&argv[0]);
     command.args(&argv[1..]);
+    command.envs(how.env.iter().map(|(k, v)| (k, v)));
     command
         .args(["--log-format", "json"])
         .args(args)
@@ -509,6 +547,28 @@ fn spawn_limited(
         .stderr(Stdio::from(log))
         .spawn()
         .map_err(err)
+}
+
+/// The environment variable of the crash-point test hook
+/// (`conduit_core::storage::crash::ENV`).
+pub const CRASH_AT: &str = "CONDUIT_CRASH_AT";
+
+/// Waits (up to `timeout`) until `child`, started with a crash point, has
+/// killed itself with SIGKILL; panics naming `what` (with `log`) if it is still
+/// running or exited otherwise, with its log (`log_path`).
+pub fn wait_killed(child: &mut Child, what: &str, timeout: Duration, log_path: &Path) {
+    let log = || read_log(log_path);
+    use std::os::unix::process::ExitStatusExt;
+    let status = wait::until_blocking(&format!("{what} to reach its crash point"), timeout, || {
+        child.try_wait().ok().flatten()
+    })
+    .unwrap_or_else(|e| panic!("{e}; log:\n{}", log()));
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "{what} ended by SIGKILL at its crash point, not {status:?}; log:\n{}",
+        log()
+    );
 }
 
 /// SIGKILL and reap, unless it already exited.

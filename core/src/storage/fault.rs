@@ -11,9 +11,22 @@
 //! lands after a deadline; a hang, with a delay longer than the test), and
 //! [`FaultPlan::throttle`] makes reads and writes move their bytes at a given
 //! rate (a slow link: a call takes `bytes / rate`, so a bigger call takes longer).
+//!
+//! A [`CrashPoint`] ([`FaultPlan::crash_at`]) stands for the process dying in the
+//! middle of one chosen call: the N-th `write`, `create`, `rename`, `close`,
+//! `sync` or `delete` whose path contains a substring. A write there is torn
+//! (half its bytes reach the file and are synced); `close` dies before the call
+//! reaches the backend (everything written is synced, the file is still open: on
+//! HDFS its lease is held); every other operation dies right after the backend
+//! carried it out, before the caller learns it did. From then on every call of
+//! the plan fails, as nothing of a dead process reaches storage, and the plan's
+//! crash action runs: in-process tests keep none (the engine goes on against a
+//! storage that refuses everything, and a fresh one takes over), while
+//! [`crate::storage::crash`] ends the real process with `SIGKILL`.
 
 use std::fmt;
 use std::ops::Range;
+use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -58,6 +71,113 @@ pub enum Op {
     RecoverLease,
 }
 
+impl Op {
+    /// The lower-case name used in [`CrashPoint`] specs (`write`, `rename`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Create => "create",
+            Op::Append => "append",
+            Op::Write => "write",
+            Op::Sync => "sync",
+            Op::Close => "close",
+            Op::Read => "read",
+            Op::Stat => "stat",
+            Op::List => "list",
+            Op::Rename => "rename",
+            Op::Mkdirs => "mkdirs",
+            Op::Delete => "delete",
+            Op::RecoverLease => "recover_lease",
+        }
+    }
+}
+
+/// Where a process dies on purpose: the `nth` (from 1) call of `op` whose path
+/// (either path of a rename) contains `path_contains`. Written
+/// `<op>:<n>[:<path substring>]`, e.g. `write:3:data/clicks/` or `rename:1:_SUCCESS`;
+/// `op` is one of `write`, `create`, `rename`, `close`, `sync`, `delete`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrashPoint {
+    /// The operation.
+    pub op: Op,
+    /// Which matching call, counting from 1.
+    pub nth: u64,
+    /// Only calls on paths containing this count (all calls if empty).
+    pub path_contains: String,
+}
+
+/// A [`CrashPoint`] spec that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("crash point {spec:?} is not <op>:<n>[:<path substring>] with op one of write, create, rename, close, sync, delete and n >= 1: {reason}")]
+pub struct BadCrashPoint {
+    /// The rejected spec.
+    pub spec: String,
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
+impl FromStr for CrashPoint {
+    type Err = BadCrashPoint;
+
+    fn from_str(spec: &str) -> Result<CrashPoint, BadCrashPoint> {
+        let bad = |reason| BadCrashPoint {
+            spec: spec.to_string(),
+            reason,
+        };
+        let mut parts = spec.splitn(3, ':');
+        let op = match parts.next().unwrap_or("") {
+            "write" => Op::Write,
+            "create" => Op::Create,
+            "rename" => Op::Rename,
+            "close" => Op::Close,
+            "sync" => Op::Sync,
+            "delete" => Op::Delete,
+            _ => return Err(bad("unknown operation")),
+        };
+        let nth: u64 = parts
+            .next()
+            .ok_or_else(|| bad("no count"))?
+            .parse()
+            .map_err(|_| bad("the count is not a number"))?;
+        if nth == 0 {
+            return Err(bad("the count starts at 1"));
+        }
+        Ok(CrashPoint {
+            op,
+            nth,
+            path_contains: parts.next().unwrap_or("").to_string(),
+        })
+    }
+}
+
+impl fmt::Display for CrashPoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.op.name(), self.nth)?;
+        if !self.path_contains.is_empty() {
+            write!(f, ":{}", self.path_contains)?;
+        }
+        Ok(())
+    }
+}
+
+/// What runs when a crash point is reached (the operation and its path).
+pub type CrashAction = Arc<dyn Fn(Op, &str) + Send + Sync>;
+
+struct Crash {
+    point: CrashPoint,
+    /// Matching calls seen so far.
+    seen: u64,
+    action: Option<CrashAction>,
+}
+
+impl fmt::Debug for Crash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Crash")
+            .field("point", &self.point)
+            .field("seen", &self.seen)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Debug, Default)]
 struct PlanState {
     /// Ops failing while the outage lasts; empty with `outage` set means all.
@@ -78,6 +198,11 @@ struct PlanState {
     delay: Option<(Vec<Op>, Duration)>,
     /// Reads and writes move at most this many bytes a second.
     throttle: Option<u64>,
+    /// The armed crash point, if any.
+    crash: Option<Crash>,
+    /// Where the crash happened (operation and path), once it did: every call
+    /// fails from then on.
+    crashed: Option<(Op, String)>,
 }
 
 /// The switchboard a test uses to fail a [`FaultStorage`].
@@ -161,7 +286,55 @@ impl FaultPlan {
         self.lock().throttle = Some(bytes_per_sec.max(1));
     }
 
-    /// Ends every fault.
+
+    /// Arms a crash point (see the module docs); `action` runs once it is
+    /// reached, after the torn write or the operation, before the call returns.
+    pub fn crash_at(&self, point: CrashPoint, action: Option<CrashAction>) {
+        self.lock().crash = Some(Crash {
+            point,
+            seen: 0,
+            action,
+        });
+    }
+
+    /// Where the crash point was reached (operation and path), if it was.
+    pub fn crashed(&self) -> Option<(Op, String)> {
+        self.lock().crashed.clone()
+    }
+
+    /// Counts a call of `op` on `from` (and `to`) against the crash point;
+    /// true if this call is the one that dies.
+    fn reaches_crash(&self, op: Op, from: &str, to: &str) -> bool {
+        let mut s = self.lock();
+        let Some(crash) = s.crash.as_mut() else {
+            return false;
+        };
+        let needle = crash.point.path_contains.as_str();
+        if crash.point.op != op || !(from.contains(needle) || to.contains(needle)) {
+            return false;
+        }
+        crash.seen += 1;
+        crash.seen == crash.point.nth
+    }
+
+    /// The process dies here: every later call fails, and the crash action runs.
+    fn crash(&self, op: Op, path: &str) -> StorageError {
+        let action = {
+            let mut s = self.lock();
+            s.crashed = Some((op, path.to_string()));
+            s.crash.take().and_then(|c| c.action)
+        };
+        self.injected.fetch_add(1, Ordering::Relaxed);
+        if let Some(action) = action {
+            action(op, path);
+        }
+        StorageError::Injected {
+            op,
+            path: path.to_string(),
+        }
+    }
+
+    /// Ends every fault (a crash point and its aftermath included).
     pub fn heal(&self) {
         *self.lock() = PlanState::default();
     }
@@ -179,6 +352,12 @@ impl FaultPlan {
 
     fn check(&self, op: Op, path: &str) -> StorageResult<()> {
         let mut s = self.lock();
+        if s.crashed.is_some() {
+            return Err(StorageError::Injected {
+                op,
+                path: path.to_string(),
+            });
+        }
         if let Some(filter) = &s.path_filter {
             if !path.contains(filter.as_str()) {
                 return Ok(());
@@ -203,6 +382,17 @@ impl FaultPlan {
         } else {
             Ok(())
         }
+    }
+
+    /// Fails the call if the plan's crash point was reached.
+    fn check_crashed(&self, op: Op, path: &str) -> StorageResult<()> {
+        if self.lock().crashed.is_some() {
+            return Err(StorageError::Injected {
+                op,
+                path: path.to_string(),
+            });
+        }
+        Ok(())
     }
 
     /// The throttle for `path`, if any.
@@ -294,7 +484,11 @@ impl Storage for FaultStorage {
     async fn create(&self, path: &str, mode: CreateMode) -> StorageResult<Box<dyn FileWriter>> {
         self.plan.check(Op::Create, path)?;
         self.plan.pace(Op::Create, path, 0).await;
-        Ok(self.wrap(self.inner.create(path, mode).await?))
+        let writer = self.wrap(self.inner.create(path, mode).await?);
+        if self.plan.reaches_crash(Op::Create, path, path) {
+            return Err(self.plan.crash(Op::Create, path));
+        }
+        Ok(writer)
     }
 
     async fn append(&self, path: &str) -> StorageResult<Box<dyn FileWriter>> {
@@ -343,7 +537,11 @@ impl Storage for FaultStorage {
     async fn rename(&self, from: &str, to: &str, mode: RenameMode) -> StorageResult<()> {
         self.plan.check(Op::Rename, from)?;
         self.plan.pace(Op::Rename, from, 0).await;
-        self.inner.rename(from, to, mode).await
+        self.inner.rename(from, to, mode).await?;
+        if self.plan.reaches_crash(Op::Rename, from, to) {
+            return Err(self.plan.crash(Op::Rename, from));
+        }
+        Ok(())
     }
 
     async fn mkdirs(&self, dir: &str) -> StorageResult<()> {
@@ -355,7 +553,11 @@ impl Storage for FaultStorage {
     async fn delete(&self, path: &str, recursive: bool) -> StorageResult<bool> {
         self.plan.check(Op::Delete, path)?;
         self.plan.pace(Op::Delete, path, 0).await;
-        self.inner.delete(path, recursive).await
+        let deleted = self.inner.delete(path, recursive).await?;
+        if self.plan.reaches_crash(Op::Delete, path, path) {
+            return Err(self.plan.crash(Op::Delete, path));
+        }
+        Ok(deleted)
     }
 
     async fn recover_lease(&self, path: &str) -> StorageResult<bool> {
@@ -374,14 +576,21 @@ struct FaultWriter {
 #[async_trait]
 impl FileWriter for FaultWriter {
     async fn write(&mut self, buf: Bytes) -> StorageResult<()> {
-        if self.plan.take_tear() {
+        self.plan.check_crashed(Op::Write, self.inner.path())?;
+        let path = self.inner.path();
+        let crash = self.plan.reaches_crash(Op::Write, path, path);
+        if crash || self.plan.take_tear() {
             let half = buf.slice(..buf.len() / 2);
             self.inner.write(half).await?;
             self.inner.sync().await?;
+            let path = self.inner.path();
+            if crash {
+                return Err(self.plan.crash(Op::Write, path));
+            }
             self.plan.injected.fetch_add(1, Ordering::Relaxed);
             return Err(StorageError::Injected {
                 op: Op::Write,
-                path: self.inner.path().to_string(),
+                path: path.to_string(),
             });
         }
         let refused = self.plan.check(Op::Write, self.inner.path());
@@ -402,6 +611,10 @@ impl FileWriter for FaultWriter {
         }
         self.plan.pace(Op::Sync, self.inner.path(), 0).await;
         self.inner.sync().await?;
+        let path = self.inner.path();
+        if self.plan.reaches_crash(Op::Sync, path, path) {
+            return Err(self.plan.crash(Op::Sync, path));
+        }
         refused
     }
 
@@ -409,6 +622,10 @@ impl FileWriter for FaultWriter {
         let refused = self.plan.check(Op::Close, self.inner.path());
         if refused.is_err() && !self.plan.after_doing() {
             return refused;
+        }
+        let path = self.inner.path();
+        if self.plan.reaches_crash(Op::Close, path, path) {
+            return Err(self.plan.crash(Op::Close, path));
         }
         self.plan.pace(Op::Close, self.inner.path(), 0).await;
         self.inner.close().await?;

@@ -24,6 +24,8 @@
 //!   [`Storage::read_range_tracked`] and a [`Progress`].
 //! - [`FaultStorage`]: wraps a real backend and fails chosen operations on command,
 //!   for tests of outages.
+//! - [`crash`]: a test hook; with `CONDUIT_CRASH_AT` set, [`open_root`] wraps every
+//!   root so the process kills itself (`SIGKILL`) in the middle of a chosen call.
 //!
 //! Invariants every backend keeps (checked by [`conformance`], which every backend runs):
 //! - `create(path, Exclusive)` fails with [`StorageError::AlreadyExists`] if the path
@@ -34,6 +36,7 @@
 //!   fails with `AlreadyExists` if `to` exists.
 //! - Parent directories are created on demand by `create` and `rename`.
 
+pub mod crash;
 mod fault;
 mod hdfs;
 mod local;
@@ -50,7 +53,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-pub use fault::{FaultPlan, FaultStorage, Op};
+pub use fault::{BadCrashPoint, CrashAction, CrashPoint, FaultPlan, FaultStorage, Op};
 pub use hdfs::HdfsStorage;
 pub use local::LocalStorage;
 pub use retry::{RetryPolicy, RetryStorage};
@@ -360,11 +363,44 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
     /// synced, then renamed over `path`.
     async fn write_atomic(&self, path: &str, content: Bytes) -> StorageResult<()> {
         let tmp = temp_sibling(path);
-        let mut writer = self.create(&tmp, CreateMode::Overwrite).await?;
-        writer.write(content).await?;
-        writer.close().await?;
-        self.rename(&tmp, path, RenameMode::Overwrite).await
+        let staged = async {
+            let mut writer = self.create(&tmp, CreateMode::Overwrite).await?;
+            writer.write(content).await?;
+            writer.close().await?;
+            self.rename(&tmp, path, RenameMode::Overwrite).await
+        }
+        .await;
+        if staged.is_err() {
+            // A failed step leaves no temporary copy behind (best effort: storage
+            // may be down; the owner's next start removes it, see
+            // [`delete_temp_siblings`]).
+            let _ = self.delete(&tmp, false).await;
+        }
+        staged
     }
+}
+
+/// Deletes every temporary copy of `path` ([`temp_sibling`]: `_tmp.<name>.*` in
+/// its directory) that a crash left behind; how many. Only for a path with a
+/// single writer (a collector's own snapshot or heartbeat), called before that
+/// writer writes it, so no copy is in use.
+pub async fn delete_temp_siblings(storage: &dyn Storage, path: &str) -> StorageResult<u64> {
+    let (dir, name) = match path.rfind('/') {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => ("", path),
+    };
+    let prefix = format!("_tmp.{name}.");
+    let mut deleted = 0;
+    for entry in storage.list_or_empty(dir).await? {
+        if !entry.is_dir
+            && entry.name.starts_with(&prefix)
+            && storage.delete(&entry.path, false).await?
+        {
+            tracing::info!(path = %entry.path, "deleted a temporary copy left by a crash");
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
 }
 
 /// A shared handle to a cluster's storage.
@@ -418,9 +454,10 @@ pub(crate) fn name_of(path: &str) -> &str {
 ///   current directory): local disk, created if missing;
 /// - `hdfs://host:port/path`: HDFS; the root directory is created if missing.
 ///
-/// Every backend is wrapped in [`RetryStorage`] with the default policy.
+/// Every backend is wrapped in [`RetryStorage`] with the default policy (and, when
+/// the test hook `CONDUIT_CRASH_AT` is set, in the crash point of [`crash`]).
 pub async fn open_root(uri: &str) -> StorageResult<SharedStorage> {
-    let raw = open_root_raw(uri).await?;
+    let raw = crash::wrap_from_env(open_root_raw(uri).await?)?;
     Ok(Arc::new(RetryStorage::new(raw, RetryPolicy::default())))
 }
 

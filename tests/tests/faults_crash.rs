@@ -1,0 +1,334 @@
+//! Real `conduit collector` and `conduit worker` processes killed with SIGKILL
+//! at the instant of a chosen storage call (the `CONDUIT_CRASH_AT` test hook,
+//! `conduit_core::storage::crash`): the collector mid-frame, mid-marks and just
+//! before it closes a full file (its trailer written, the file not closed: on
+//! HDFS its lease still held), the worker mid-`_SUCCESS`, right after renaming
+//! `_SUCCESS` into place, right after moving a file into a minute directory.
+//! Each is restarted without the hook while a real Scribe client goes on, and
+//! the test then counts: every acknowledged event stored exactly once (an
+//! unacknowledged one at most once), every planted record sealed exactly once,
+//! every file closed, `conduit verify` clean. The same bodies run on local disk
+//! and on the real HDFS (`CONDUIT_TEST_HDFS`).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use conduit_core::layout::Layout;
+use conduit_core::{Minute, SharedStorage, Topic, View};
+use conduit_testkit::collector::{payload_counts, stored_files};
+use conduit_testkit::load::Load;
+use conduit_testkit::process::{
+    free_addr, run_conduit, terminate, wait_killed, CollectorProcess, WorkerProcess,
+};
+use conduit_testkit::worker::{check_local_view, wait_watermark};
+use conduit_testkit::{hdfs, local_storage, minutes, node, runtime, wait};
+
+/// How long a crash-armed process may take to reach its crash point.
+const CRASH_TIMEOUT: Duration = Duration::from_secs(60);
+/// Sealing a past minute needs a few worker passes.
+const SEAL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A cluster root for a test: a local directory or a fresh HDFS root.
+struct Root {
+    /// The runtime the storage's connections live on.
+    rt: tokio::runtime::Runtime,
+    uri: String,
+    storage: SharedStorage,
+    logs: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn local_root() -> Root {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("root");
+    Root {
+        rt: runtime(),
+        uri: path.to_str().unwrap().to_owned(),
+        storage: local_storage(&path),
+        logs: dir.path().join("logs"),
+        _dir: dir,
+    }
+}
+
+fn hdfs_root(test: &str) -> Option<Root> {
+    let uri = hdfs::fresh_root(test)?;
+    let rt = runtime();
+    let storage = rt.block_on(hdfs::open(&uri));
+    let dir = tempfile::tempdir().unwrap();
+    Some(Root {
+        rt,
+        uri,
+        storage,
+        logs: dir.path().join("logs"),
+        _dir: dir,
+    })
+}
+
+/// Collector crash points, in order, each in a fresh process on the same root
+/// (the count restarts with each process). Files close at 4 KiB, so the third
+/// point is reached within seconds.
+const COLLECTOR_POINTS: &[(&str, &str)] = &[
+    (
+        "mid-frame (5th data-file write: a data frame)",
+        "write:5:data/crash/",
+    ),
+    (
+        "mid-marks (6th data-file write: a marks frame)",
+        "write:6:data/crash/",
+    ),
+    (
+        "before the close of a full file (trailer written, not closed)",
+        "close:1:data/crash/",
+    ),
+    (
+        "mid-frame again, right after the restart's recovery",
+        "write:1:data/crash/",
+    ),
+];
+
+fn collector_killed_mid_write(root: &Root) {
+    let rt = &root.rt;
+    let (thrift, http) = (free_addr(), free_addr());
+    let extra = ["--max-file-bytes", "4096"];
+    let mut load: Option<Load> = None;
+    for (what, point) in COLLECTOR_POINTS {
+        let started = std::time::Instant::now();
+        let mut armed = CollectorProcess::start_crashing(
+            &root.uri, "c1", &thrift, &http, &extra, &root.logs, point,
+        )
+        .unwrap();
+        let load = load.get_or_insert_with(|| {
+            Load::start(rt, &thrift, "crash", "ev", 20, Duration::from_millis(5))
+        });
+        wait_killed(
+            &mut armed.child,
+            &format!("collector {what}"),
+            CRASH_TIMEOUT,
+            &armed.log_path,
+        );
+        assert!(
+            armed.log().contains("is set: this process kills itself"),
+            "the armed collector says so: {}",
+            armed.log()
+        );
+        // Restarted without the hook on the same ports; the client goes on.
+        let acked = load.acked_calls();
+        let mut restarted =
+            CollectorProcess::start_on(&root.uri, "c1", &thrift, &http, &extra, &root.logs)
+                .unwrap();
+        wait::until_blocking(
+            "10 calls acknowledged after the restart",
+            CRASH_TIMEOUT,
+            || (load.acked_calls() >= acked + 10).then_some(()),
+        )
+        .unwrap_or_else(|e| panic!("{e}; log:\n{}", restarted.log()));
+        assert!(
+            !restarted.log().contains("quarantine"),
+            "nothing acknowledged was missing at recovery ({what}): {}",
+            restarted.log()
+        );
+        eprintln!("{point}: crash and restart in {:?}", started.elapsed());
+        let status = restarted.terminate().unwrap();
+        assert!(status.success(), "graceful stop after {what}: {status:?}");
+    }
+    let seen = load.take().unwrap().stop(rt);
+
+    let counts = rt.block_on(payload_counts(&*root.storage, "crash"));
+    let (acked, extra_stored) = seen.check_exactly_once(&counts);
+    let files = rt.block_on(stored_files(&*root.storage, "crash"));
+    assert!(
+        files.iter().all(|f| f.is_closed()),
+        "every collector file closed: {:?}",
+        files.iter().map(|f| &f.path).collect::<Vec<_>>()
+    );
+    eprintln!(
+        "collector on {}: {} crash points, {} calls, {acked} events acknowledged, all stored once; {} unacknowledged calls, {extra_stored} of their events stored (at most once); {} files, all closed",
+        root.uri,
+        COLLECTOR_POINTS.len(),
+        seen.calls.len(),
+        seen.refused,
+        files.len()
+    );
+    assert!(acked > 0);
+    let verify = run_conduit(
+        &["verify", "--root", &root.uri, "--topic", "crash"],
+        b"",
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    assert_eq!(verify.code, 0, "{}\n{}", verify.stdout, verify.stderr);
+}
+
+#[test]
+fn a_collector_killed_mid_write_loses_nothing_acknowledged() {
+    collector_killed_mid_write(&local_root());
+}
+
+#[test]
+fn a_collector_killed_mid_write_on_hdfs_loses_nothing_acknowledged() {
+    let Some(root) = hdfs_root("a_collector_killed_mid_write_on_hdfs") else {
+        return;
+    };
+    collector_killed_mid_write(&root);
+}
+
+/// Worker crash points; each gets a topic of its own with a backlog of three
+/// closed minutes to seal, so its step is reached at once.
+const WORKER_POINTS: &[(&str, &str)] = &[
+    ("mid-_SUCCESS (its staged copy torn)", "write:1:_SUCCESS"),
+    (
+        "right after _SUCCESS is renamed into place",
+        "rename:1:_SUCCESS",
+    ),
+    (
+        "right after the second file moved into a minute directory",
+        "rename:2:streams_local/",
+    ),
+    ("mid-write of the seal checkpoint", "write:1:checkpoints/"),
+];
+
+/// `conduit worker` arguments for `root`: passes every 200 ms, a 3 s lease (the
+/// restarted worker takes over the killed one's lease once it lapses).
+fn worker_args(root: &Root) -> Vec<String> {
+    [
+        "--root",
+        &root.uri,
+        "--cluster",
+        "dc1",
+        "--interval-ms",
+        "200",
+        "--lease-secs",
+        "3",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Plants `files` closed files of collector c1 for each of `minutes` in topic
+/// `topic` (records `<topic>-<minute>-<file>-<i>`); the payloads.
+fn plant(rt: &tokio::runtime::Runtime, root: &Root, topic: &str, minutes: &[Minute]) -> Vec<Bytes> {
+    let t = Topic::new(topic).unwrap();
+    let mut all = Vec::new();
+    for &m in minutes {
+        for seq in 0..2u32 {
+            let records: Vec<String> = (0..25)
+                .map(|i| format!("{topic}-{}-{seq}-{i}", m.file_stamp()))
+                .collect();
+            let path = Layout::collector_file(&t, &node("c1"), m, seq);
+            rt.block_on(
+                root.storage
+                    .write_atomic(&path, minutes::data_file(&records, 3).into()),
+            )
+            .unwrap();
+            all.extend(records.into_iter().map(Bytes::from));
+        }
+    }
+    all
+}
+
+fn worker_killed_mid_step(root: &Root) {
+    let rt = &root.rt;
+    // A live collector c1 whose watermark (the last minute) covers the planted
+    // minutes, as after a real run.
+    let collector = CollectorProcess::start(&root.uri, "c1", &[], &root.logs).unwrap();
+    let args = worker_args(root);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut report = Vec::new();
+    for (k, (what, point)) in WORKER_POINTS.iter().enumerate() {
+        let topic = format!("w{k}");
+        let now = Minute::from_datetime(chrono::Utc::now()).unwrap();
+        let planted_minutes: Vec<Minute> = (2..=4)
+            .rev()
+            .map(|d| now.add_minutes(-d).unwrap())
+            .collect();
+        let planted = plant(rt, root, &topic, &planted_minutes);
+        let last = *planted_minutes.last().unwrap();
+        rt.block_on(wait_watermark(&root.storage, "dc1", "c1", last));
+        let started = std::time::Instant::now();
+        let mut armed =
+            WorkerProcess::spawn_crashing(&args, &free_addr(), &root.logs, point).unwrap();
+        wait_killed(
+            &mut armed.child,
+            &format!("worker {what}"),
+            CRASH_TIMEOUT,
+            &armed.log_path,
+        );
+        let mut worker = WorkerProcess::start(&args, &root.logs).unwrap();
+        let t = Topic::new(&topic).unwrap();
+        let success = |m: Minute| {
+            format!(
+                "{}/{}",
+                Layout::minute_dir(View::Local, &t, m),
+                Layout::SUCCESS_MARKER
+            )
+        };
+        rt.block_on(wait::until(
+            &format!("{topic}: every planted minute sealed after {what}"),
+            SEAL_TIMEOUT,
+            || {
+                let storage = root.storage.clone();
+                let path = success(last);
+                async move { storage.exists(&path).await.unwrap_or(false) }
+            },
+        ));
+        eprintln!("{point}: crash and seal in {:?}", started.elapsed());
+        // A graceful stop releases the lease: the next armed worker takes over
+        // at once.
+        terminate(&mut worker.child, "conduit worker").unwrap();
+        let view = rt.block_on(check_local_view(&*root.storage, &t));
+        assert!(view.quarantined.is_empty(), "{topic}: {view:?}");
+        assert!(view.waiting.is_empty(), "{topic}: all moved: {view:?}");
+        let mut counts = std::collections::HashMap::new();
+        for (m, manifest) in &view.sealed {
+            for f in &manifest.files {
+                let path = format!("{}/{}", Layout::minute_dir(View::Local, &t, *m), f.name);
+                let bytes = rt.block_on(root.storage.read(&path)).unwrap();
+                let decoded =
+                    conduit_core::format::decode_file(&path, &bytes, conduit_core::Encoding::Lines)
+                        .unwrap();
+                for p in decoded.payloads {
+                    *counts.entry(p).or_insert(0usize) += 1;
+                }
+            }
+        }
+        for p in &planted {
+            assert_eq!(counts.get(p), Some(&1), "{topic} ({what}): {p:?}");
+        }
+        assert_eq!(counts.values().sum::<usize>(), planted.len(), "{topic}");
+        for m in &planted_minutes {
+            assert!(view.sealed.contains_key(m), "{topic}: {m} sealed once");
+        }
+        let verify = run_conduit(
+            &["verify", "--root", &root.uri, "--topic", &topic],
+            b"",
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        assert_eq!(
+            verify.code, 0,
+            "{topic} ({what}): {}\n{}",
+            verify.stdout, verify.stderr
+        );
+        report.push(format!(
+            "{point} ({what}): {} records in {} minutes sealed once",
+            planted.len(),
+            planted_minutes.len()
+        ));
+    }
+    drop(collector);
+    eprintln!("worker on {}:\n  {}", root.uri, report.join("\n  "));
+}
+
+#[test]
+fn a_worker_killed_mid_step_seals_everything_once() {
+    worker_killed_mid_step(&local_root());
+}
+
+#[test]
+fn a_worker_killed_mid_step_on_hdfs_seals_everything_once() {
+    let Some(root) = hdfs_root("a_worker_killed_mid_step_on_hdfs") else {
+        return;
+    };
+    worker_killed_mid_step(&root);
+}
