@@ -286,7 +286,6 @@ impl FaultPlan {
         self.lock().throttle = Some(bytes_per_sec.max(1));
     }
 
-
     /// Arms a crash point (see the module docs); `action` runs once it is
     /// reached, after the torn write or the operation, before the call returns.
     pub fn crash_at(&self, point: CrashPoint, action: Option<CrashAction>) {
