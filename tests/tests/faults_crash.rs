@@ -10,11 +10,14 @@
 //! every file closed, `conduit verify` clean. The same bodies run on local disk
 //! and on the real HDFS (`CONDUIT_TEST_HDFS`).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
+use conduit_core::format::decode_file;
 use conduit_core::layout::Layout;
-use conduit_core::{Minute, SharedStorage, Topic, View};
+use conduit_core::manifest::Manifest;
+use conduit_core::{Encoding, Minute, SharedStorage, Topic, View};
 use conduit_testkit::collector::{payload_counts, stored_files};
 use conduit_testkit::load::Load;
 use conduit_testkit::process::{
@@ -205,22 +208,24 @@ fn worker_args(root: &Root) -> Vec<String> {
     .collect()
 }
 
-/// Plants `files` closed files of collector c1 for each of `minutes` in topic
-/// `topic` (records `<topic>-<minute>-<file>-<i>`); the payloads.
-fn plant(rt: &tokio::runtime::Runtime, root: &Root, topic: &str, minutes: &[Minute]) -> Vec<Bytes> {
+/// Plants two closed files of `collector` for each of `minutes` in topic
+/// `topic` (25 records `<topic>-<collector>-<minute>-<file>-<i>` each); the
+/// payloads.
+fn plant(root: &Root, topic: &str, collector: &str, minutes: &[Minute]) -> Vec<Bytes> {
     let t = Topic::new(topic).unwrap();
     let mut all = Vec::new();
     for &m in minutes {
         for seq in 0..2u32 {
             let records: Vec<String> = (0..25)
-                .map(|i| format!("{topic}-{}-{seq}-{i}", m.file_stamp()))
+                .map(|i| format!("{topic}-{collector}-{}-{seq}-{i}", m.file_stamp()))
                 .collect();
-            let path = Layout::collector_file(&t, &node("c1"), m, seq);
-            rt.block_on(
-                root.storage
-                    .write_atomic(&path, minutes::data_file(&records, 3).into()),
-            )
-            .unwrap();
+            let path = Layout::collector_file(&t, &node(collector), m, seq);
+            root.rt
+                .block_on(
+                    root.storage
+                        .write_atomic(&path, minutes::data_file(&records, 3).into()),
+                )
+                .unwrap();
             all.extend(records.into_iter().map(Bytes::from));
         }
     }
@@ -242,7 +247,7 @@ fn worker_killed_mid_step(root: &Root) {
             .rev()
             .map(|d| now.add_minutes(-d).unwrap())
             .collect();
-        let planted = plant(rt, root, &topic, &planted_minutes);
+        let planted = plant(root, &topic, "c1", &planted_minutes);
         let last = *planted_minutes.last().unwrap();
         rt.block_on(wait_watermark(&root.storage, "dc1", "c1", last));
         let started = std::time::Instant::now();
@@ -331,4 +336,169 @@ fn a_worker_killed_mid_step_on_hdfs_seals_everything_once() {
         return;
     };
     worker_killed_mid_step(&root);
+}
+
+/// Payload -> times stored in the sealed minutes `minutes` of `view` of `topic`
+/// (read through each minute's manifest).
+fn sealed_counts(
+    root: &Root,
+    view: View,
+    topic: &str,
+    minutes: &[Minute],
+) -> HashMap<Bytes, usize> {
+    let t = Topic::new(topic).unwrap();
+    let mut counts = HashMap::new();
+    for &m in minutes {
+        let dir = Layout::minute_dir(view, &t, m);
+        let manifest = root
+            .rt
+            .block_on(Manifest::read(&*root.storage, &dir))
+            .unwrap()
+            .unwrap_or_else(|| panic!("{dir} sealed"));
+        for f in &manifest.files {
+            let path = format!("{dir}/{}", f.name);
+            let bytes = root.rt.block_on(root.storage.read(&path)).unwrap();
+            let decoded = decode_file(&path, &bytes, Encoding::Lines).unwrap();
+            assert_eq!(decoded.payloads.len() as u64, f.records, "{path}");
+            for p in decoded.payloads {
+                *counts.entry(p).or_insert(0) += 1;
+            }
+        }
+    }
+    counts
+}
+
+/// Waits until `view` of `topic` has its minute `m` sealed in `root`.
+fn wait_sealed(root: &Root, view: View, topic: &str, m: Minute, what: &str) {
+    let path = format!(
+        "{}/{}",
+        Layout::minute_dir(view, &Topic::new(topic).unwrap(), m),
+        Layout::SUCCESS_MARKER
+    );
+    root.rt.block_on(wait::until(what, SEAL_TIMEOUT, || {
+        let storage = root.storage.clone();
+        let path = path.clone();
+        async move { storage.exists(&path).await.unwrap_or(false) }
+    }));
+}
+
+fn merge_and_mirror_killed_mid_copy(dc1: &Root, dc2: &Root) {
+    let topic = "mm";
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let cfg = cfg_dir.path().join("conduit.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[clusters.dc1]\nroot = \"{}\"\n\n[clusters.dc2]\nroot = \"{}\"\n\n\
+             [topic_defaults]\nmerge_into = \"dc1\"\nmerge_sources = [\"dc1\", \"dc2\"]\nmirrors = [\"dc2\"]\n\n\
+             [worker]\ninterval_ms = 200\nlease_secs = 3\n",
+            dc1.uri, dc2.uri
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let _c1 = CollectorProcess::start(&dc1.uri, "c1", &["--cluster", "dc1"], &dc1.logs).unwrap();
+    let _c2 = CollectorProcess::start(&dc2.uri, "c2", &["--cluster", "dc2"], &dc2.logs).unwrap();
+    let now = Minute::from_datetime(chrono::Utc::now()).unwrap();
+    let minutes: Vec<Minute> = (2..=4)
+        .rev()
+        .map(|d| now.add_minutes(-d).unwrap())
+        .collect();
+    let last = *minutes.last().unwrap();
+    let mut planted = plant(dc1, topic, "c1", &minutes);
+    planted.extend(plant(dc2, topic, "c2", &minutes));
+    dc1.rt
+        .block_on(wait_watermark(&dc1.storage, "dc1", "c1", last));
+    dc2.rt
+        .block_on(wait_watermark(&dc2.storage, "dc2", "c2", last));
+
+    let args = |cluster: &'static str| ["--config", cfg, "--cluster", cluster];
+    // dc2's worker seals its local view, then dies copying the merged view
+    // into its mirror; dc1's seals, then dies copying into the merged view.
+    let mut mirror_armed =
+        WorkerProcess::spawn_crashing(&args("dc2"), &free_addr(), &dc2.logs, "write:2:streams/")
+            .unwrap();
+    let mut merge_armed =
+        WorkerProcess::spawn_crashing(&args("dc1"), &free_addr(), &dc1.logs, "write:2:streams/")
+            .unwrap();
+    wait_killed(
+        &mut merge_armed.child,
+        "dc1 worker mid-copy into the merged view",
+        CRASH_TIMEOUT,
+        &merge_armed.log_path,
+    );
+    let merger = WorkerProcess::start(&args("dc1"), &dc1.logs).unwrap();
+    wait_sealed(
+        dc1,
+        View::Merged,
+        topic,
+        last,
+        "merged view sealed after the kill",
+    );
+    wait_killed(
+        &mut mirror_armed.child,
+        "dc2 worker mid-copy into the mirror",
+        CRASH_TIMEOUT,
+        &mirror_armed.log_path,
+    );
+    let mirror = WorkerProcess::start(&args("dc2"), &dc2.logs).unwrap();
+    wait_sealed(
+        dc2,
+        View::Merged,
+        topic,
+        last,
+        "mirror sealed after the kill",
+    );
+    drop((merger, mirror));
+
+    for (root, what) in [(dc1, "merged view (dc1)"), (dc2, "mirror (dc2)")] {
+        let counts = sealed_counts(root, View::Merged, topic, &minutes);
+        for p in &planted {
+            assert_eq!(counts.get(p), Some(&1), "{what}: {p:?}");
+        }
+        assert_eq!(counts.values().sum::<usize>(), planted.len(), "{what}");
+    }
+    for cluster in ["dc1", "dc2"] {
+        let verify = run_conduit(
+            &[
+                "verify",
+                "--config",
+                cfg,
+                "--cluster",
+                cluster,
+                "--topic",
+                topic,
+                "--view",
+                "local,merged",
+            ],
+            b"",
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        assert_eq!(
+            verify.code, 0,
+            "{cluster}: {}\n{}",
+            verify.stdout, verify.stderr
+        );
+    }
+    eprintln!(
+        "merge killed mid-copy on {}, mirror killed mid-copy on {}: {} records in {} minutes, merged and mirrored exactly once",
+        dc1.uri,
+        dc2.uri,
+        planted.len(),
+        minutes.len()
+    );
+}
+
+#[test]
+fn merge_and_mirror_killed_mid_copy_lose_and_duplicate_nothing() {
+    merge_and_mirror_killed_mid_copy(&local_root(), &local_root());
+}
+
+#[test]
+fn merge_and_mirror_killed_mid_copy_with_dc1_on_hdfs() {
+    let Some(dc1) = hdfs_root("merge_and_mirror_killed_mid_copy_with_dc1_on_hdfs") else {
+        return;
+    };
+    merge_and_mirror_killed_mid_copy(&dc1, &local_root());
 }
