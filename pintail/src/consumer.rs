@@ -518,6 +518,7 @@ impl ConsumerBuilder {
             live_http: self.live_http,
             wake: Default::default(),
             purged: Default::default(),
+            chunks: Default::default(),
         };
         let origin = match (self.start, self.default_start) {
             (Some(start), _) => Origin::Minute(start.minute(self.clock.now())),
@@ -1069,6 +1070,7 @@ impl Consumer {
             fenced_commits: self.metrics.fenced_commits.get(),
             lost_uncommitted: self.metrics.lost_uncommitted.get(),
             cut_back_files: self.metrics.cut_back_files.get(),
+            shared_chunks: self.metrics.shared_chunks.get(),
             owned_partitions: self.readers.len() as u64,
             collector_http_reads: self.metrics.collector_http_reads.get(),
             collector_http_fallbacks: self.metrics.collector_http_fallbacks.get(),

@@ -60,6 +60,7 @@ pub(crate) struct Metrics {
     pub fenced_commits: Counter,
     pub lost_uncommitted: Counter,
     pub cut_back_files: Counter,
+    pub shared_chunks: Counter,
     pub rebalances: Counter,
     pub owned_partitions: Gauge,
     pub collector_http_reads: Counter,
@@ -129,6 +130,11 @@ impl Metrics {
                 m.cut_back_files.clone(),
             );
             r.register(
+                "pintail_shared_chunks",
+                "Sealed chunks a sub-partition reader took from another sub-partition reader of the same collector stream in this member (read and decoded once for all of them)",
+                m.shared_chunks.clone(),
+            );
+            r.register(
                 "pintail_rebalances",
                 "Partition assignment changes of this member",
                 m.rebalances.clone(),
@@ -183,6 +189,9 @@ pub struct Stats {
     /// Files cut back below what was read by their collector's repair (the
     /// events past the cut were never acknowledged).
     pub cut_back_files: u64,
+    /// Sealed chunks a sub-partition reader took from another reader of the
+    /// same collector stream in this member instead of reading them again.
+    pub shared_chunks: u64,
     /// Partitions currently read by this member.
     pub owned_partitions: u64,
     /// Reads of open collector files answered by the collector over HTTP.

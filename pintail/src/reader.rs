@@ -44,9 +44,22 @@
 //! decode carries its error until the reader reaches it. Files still being
 //! written are decoded at delivery.
 //!
+//! # Sub-partitions of one stream share their reads (sealed files)
+//! The readers of a member that own several sub-partitions of the same
+//! collector stream (`<cluster>-<collector>-s<k>of<N>`, local view) read the
+//! same files and pass over each other's records. Their sealed chunks (and the
+//! chunks read ahead) go through the consumer's [`SharedChunks`]: the first
+//! reader to want a chunk reads and decodes it, the others wait for it and take
+//! it (`pintail_shared_chunks`), so a member owning all `N` sub-partitions of a
+//! stream reads and decodes it once, not `N` times. Errors are not shared (the
+//! next reader reads again), nor are files still being written (each reader
+//! decodes their frames at delivery).
+//!
 //! # Memory
 //! One read chunk (1 MiB, doubled up to [`MAX_FRAME_BYTES`] for a larger frame)
-//! with its decoded payloads, plus one such chunk read ahead, per partition.
+//! with its decoded payloads, plus one such chunk read ahead, per partition;
+//! with sub-partitions, at most [`SHARED_CHUNKS`] more chunks kept for the
+//! other sub-partition readers of their stream.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::ops::ControlFlow;
@@ -105,6 +118,8 @@ pub(crate) struct Ctx {
     /// The latest purged ranges reported (`(partition, from, to)`), at most
     /// [`MAX_PURGED_RANGES`].
     pub purged: std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>>,
+    /// Sealed chunks shared by the sub-partition readers of one stream.
+    pub chunks: Arc<SharedChunks>,
 }
 
 /// Purged ranges kept for [`crate::Consumer::stats`].
@@ -288,7 +303,7 @@ impl Drop for Ahead {
 }
 
 /// A chunk read from storage, its frames and their decoded payloads.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Loaded {
     bytes: Bytes,
     scan: Scan,
@@ -366,6 +381,73 @@ async fn load_sealed(
         scan,
         decoded,
     })
+}
+
+/// Chunks kept by [`SharedChunks`] (the newest ones asked for). Sub-partition
+/// readers of one stream advance together (each delivers its share of every
+/// chunk), so each stream needs about two at a time: the chunk being delivered
+/// and the one read ahead.
+const SHARED_CHUNKS: usize = 8;
+
+/// A sealed chunk: path and byte range.
+type ChunkKey = (String, u64, u64);
+
+/// A shared chunk, read once by the first reader that wants it.
+type ChunkCell = Arc<tokio::sync::OnceCell<Arc<Loaded>>>;
+
+/// Sealed chunks of the local view shared by the sub-partition readers of one
+/// consumer (see the [module docs](self)): each chunk is read and decoded by
+/// the first reader that wants it; the others wait for that read and take a
+/// copy (the payloads are shared bytes). The newest [`SHARED_CHUNKS`] chunks
+/// asked for are kept; a reader that finds its chunk gone reads it again.
+#[derive(Debug, Default)]
+pub(crate) struct SharedChunks {
+    cells: std::sync::Mutex<VecDeque<(ChunkKey, ChunkCell)>>,
+}
+
+impl SharedChunks {
+    /// The cell of `key`, made (and the oldest beyond [`SHARED_CHUNKS`]
+    /// forgotten) if it is not kept.
+    fn cell(&self, key: ChunkKey) -> ChunkCell {
+        let mut cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, cell)) = cells.iter().find(|(k, _)| *k == key) {
+            return cell.clone();
+        }
+        let cell = Arc::new(tokio::sync::OnceCell::new());
+        cells.push_back((key, cell.clone()));
+        while cells.len() > SHARED_CHUNKS {
+            cells.pop_front();
+        }
+        cell
+    }
+
+    /// [`load_sealed`], once for all the readers asking for the same chunk
+    /// while it is kept. A failed read is not kept: the next reader reads again.
+    async fn load(
+        &self,
+        metrics: &crate::metrics::Metrics,
+        roots: Roots,
+        path: String,
+        range: std::ops::Range<u64>,
+        encoding: Encoding,
+    ) -> StorageResult<Loaded> {
+        let cell = self.cell((path.clone(), range.start, range.end));
+        let mut read_here = false;
+        let loaded = cell
+            .get_or_try_init(|| {
+                read_here = true;
+                async move {
+                    load_sealed(roots, path, range, encoding)
+                        .await
+                        .map(Arc::new)
+                }
+            })
+            .await?;
+        if !read_here {
+            metrics.shared_chunks.inc();
+        }
+        Ok(Loaded::clone(loaded))
+    }
 }
 
 impl PartitionReader {
@@ -1480,13 +1562,26 @@ impl PartitionReader {
                 return Ok(loaded);
             }
         }
-        load_sealed(
-            self.roots.clone(),
-            path.to_owned(),
-            f.offset..f.offset + f.want,
-            ctx.encoding,
-        )
-        .await
+        let range = f.offset..f.offset + f.want;
+        if self.shares_chunks() {
+            return ctx
+                .chunks
+                .load(
+                    &ctx.metrics,
+                    self.roots.clone(),
+                    path.to_owned(),
+                    range,
+                    ctx.encoding,
+                )
+                .await;
+        }
+        load_sealed(self.roots.clone(), path.to_owned(), range, ctx.encoding).await
+    }
+
+    /// Whether this reader is one of several sub-partitions of a collector
+    /// stream, whose sealed chunks go through [`SharedChunks`].
+    fn shares_chunks(&self) -> bool {
+        matches!(self.kind, Kind::Local { sub: (_, n), .. } if n > 1)
     }
 
     /// A chunk without one complete frame: read more (a frame larger than the
@@ -1566,12 +1661,14 @@ impl PartitionReader {
             return;
         };
         let (path, offset, want) = next;
-        let task = tokio::spawn(load_sealed(
-            self.roots.clone(),
-            path.clone(),
-            offset..offset + want,
-            ctx.encoding,
-        ));
+        let (roots, range) = (self.roots.clone(), offset..offset + want);
+        let task = if self.shares_chunks() {
+            let (chunks, metrics, path) = (ctx.chunks.clone(), ctx.metrics.clone(), path.clone());
+            let encoding = ctx.encoding;
+            tokio::spawn(async move { chunks.load(&metrics, roots, path, range, encoding).await })
+        } else {
+            tokio::spawn(load_sealed(roots, path.clone(), range, ctx.encoding))
+        };
         self.ahead = Some(Ahead {
             path,
             offset,

@@ -270,7 +270,8 @@ async fn take_all(cs: &mut [Consumer], total: usize) -> Vec<Vec<conduit_pintail:
 /// moved it into its sealed minute mid-file; a member given another count is
 /// refused naming both; a solo consumer reading the four sub-partitions gets
 /// every record once, and so does the same group restarted from its
-/// checkpoints (nothing more).
+/// checkpoints (nothing more) while reading the sealed file once for its four
+/// sub-partitions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sub_partitions_split_one_stream_exactly_once_across_the_move() {
     let dir = tempfile::tempdir().unwrap();
@@ -406,6 +407,13 @@ async fn sub_partitions_split_one_stream_exactly_once_across_the_move() {
     let mut got = texts(&take(&mut solo, 400, WITHIN).await);
     got.sort();
     assert_eq!(got, want);
+    // Its four readers of the stream read the sealed 10:05 file once: the
+    // first reads and decodes the chunk, the other three take it.
+    let shared = solo.stats().shared_chunks;
+    assert!(
+        shared >= 3,
+        "sealed chunks shared by the sub-partition readers: {shared}"
+    );
     assert!(solo
         .next_timeout(Duration::from_millis(200))
         .await
