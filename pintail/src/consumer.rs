@@ -562,6 +562,7 @@ impl ConsumerBuilder {
             rr: 0,
             spare: None,
             current: None,
+            turn: 0,
             next_upkeep: Instant::now(),
             in_transition: false,
             unreported: (0, 0),
@@ -579,6 +580,12 @@ impl ConsumerBuilder {
         })
     }
 }
+
+/// Messages a sub-partition reader delivers in a row before the next reader is
+/// asked ([`Consumer::poll_round`]): a few hundred keeps the readers of one
+/// stream within a chunk or two of each other, and costs one extra poll per
+/// turn.
+const SUB_PARTITION_TURN: u32 = 256;
 
 /// A PinTail consumer of one topic; see the [crate docs](crate).
 #[derive(Debug)]
@@ -624,6 +631,9 @@ pub struct Consumer {
     rr: usize,
     /// The reader that delivered the last message (asked first next time).
     current: Option<String>,
+    /// Messages `current` delivered in a row (a sub-partition reader hands
+    /// over after [`SUB_PARTITION_TURN`]).
+    turn: u32,
     next_upkeep: Instant,
     /// A hand-over is under way (a partition assigned here is not claimed yet,
     /// or one assigned elsewhere is not released yet): upkeep runs every
@@ -789,23 +799,38 @@ impl Consumer {
     /// One pass over the readers. The reader that delivered last is asked first
     /// (it usually has the next message: no per-message bookkeeping); when it has
     /// nothing, the others are asked round-robin from there.
+    ///
+    /// A reader of a sub-partition of a collector stream hands over after
+    /// [`SUB_PARTITION_TURN`] messages in a row: the readers of one stream then
+    /// move through it together and read each sealed chunk once between them
+    /// (`reader::SharedChunks`); asked until idle, one would read the whole
+    /// backlog before the next starts, and every chunk would be read again.
     async fn poll_round(&mut self) -> Result<Option<crate::Message>> {
-        let tried = self.current.take();
+        let mut tried = self.current.take();
+        let mut first = self.rr;
         if let Some(id) = &tried {
-            if let Some(m) = self.poll_one(id).await? {
-                self.current = tried;
+            let turn_over = self.turn >= SUB_PARTITION_TURN
+                && self.readers.get(id).is_some_and(|r| r.shares_chunks());
+            if turn_over {
+                // Asked again in its turn, after the others.
+                tried = None;
+                first += 1;
+            } else if let Some(m) = self.poll_one(id).await? {
+                self.turn += 1;
+                self.current = Some(id.clone());
                 return Ok(Some(m));
             }
         }
         let ids: Vec<String> = self.readers.keys().cloned().collect();
         let n = ids.len();
         for i in 0..n {
-            let at = (self.rr + i) % n;
+            let at = (first + i) % n;
             if tried.as_deref() == Some(ids[at].as_str()) {
                 continue;
             }
             if let Some(m) = self.poll_one(&ids[at]).await? {
                 self.rr = at;
+                self.turn = 1;
                 self.current = Some(ids[at].clone());
                 return Ok(Some(m));
             }

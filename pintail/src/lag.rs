@@ -73,9 +73,12 @@ async fn rest_of_file(
                 0
             };
             events += match sub {
-                Some((name, k, parts)) => (first..n)
-                    .filter(|r| crate::partition::sub_partition_of(name, f.offset, *r, parts) == k)
-                    .count() as u64,
+                Some((name, k, parts)) => {
+                    let start = crate::partition::frame_start(name, f.offset);
+                    (first..n)
+                        .filter(|r| crate::partition::sub_partition_from(start, *r, parts) == k)
+                        .count() as u64
+                }
                 None => u64::from(n - first),
             };
         }

@@ -60,7 +60,20 @@ pub fn sub_partition_of(file: &str, frame_offset: u64, record: u32, n: u32) -> u
     if n <= 1 {
         return 0;
     }
-    let start = crate::group::fnv(&format!("{file}\u{0}{frame_offset}"));
+    sub_partition_from(frame_start(file, frame_offset), record, n)
+}
+
+/// The round-robin start of the data frame at `frame_offset` of collector file
+/// `file`: what [`sub_partition_of`] hashes once per frame.
+pub(crate) fn frame_start(file: &str, frame_offset: u64) -> u64 {
+    crate::group::fnv(&format!("{file}\u{0}{frame_offset}"))
+}
+
+/// [`sub_partition_of`] from the frame's [`frame_start`].
+pub(crate) fn sub_partition_from(start: u64, record: u32, n: u32) -> u32 {
+    if n <= 1 {
+        return 0;
+    }
     ((start % u64::from(n) + u64::from(record) % u64::from(n)) % u64::from(n)) as u32
 }
 

@@ -218,6 +218,9 @@ struct OpenFile {
     pending: VecDeque<Bytes>,
     frame_offset: u64,
     delivered_in_frame: u32,
+    /// Sub-partitions: the round-robin start of the frame at this offset
+    /// ([`crate::partition::frame_start`], hashed once per frame).
+    frame_start: Option<(u64, u64)>,
     /// The file part of its positions, made at the first message from the fields
     /// above (change `dir_minute` with [`OpenFile::set_dir_minute`]).
     at: Option<Arc<FileAt>>,
@@ -498,15 +501,19 @@ impl PartitionReader {
                     if let Kind::Local { sub: (k, n), .. } = self.kind {
                         // Another sub-partition's record: passed over (the
                         // position still moves past it).
-                        if n > 1
-                            && crate::partition::sub_partition_of(
-                                &f.name,
-                                f.frame_offset,
-                                record,
-                                n,
-                            ) != k
-                        {
-                            continue;
+                        if n > 1 {
+                            let start = match f.frame_start {
+                                Some((offset, start)) if offset == f.frame_offset => start,
+                                _ => {
+                                    let start =
+                                        crate::partition::frame_start(&f.name, f.frame_offset);
+                                    f.frame_start = Some((f.frame_offset, start));
+                                    start
+                                }
+                            };
+                            if crate::partition::sub_partition_from(start, record, n) != k {
+                                continue;
+                            }
                         }
                     }
                     return Ok(Poll::Msg(self.message(ctx, payload)));
@@ -1580,7 +1587,7 @@ impl PartitionReader {
 
     /// Whether this reader is one of several sub-partitions of a collector
     /// stream, whose sealed chunks go through [`SharedChunks`].
-    fn shares_chunks(&self) -> bool {
+    pub(crate) fn shares_chunks(&self) -> bool {
         matches!(self.kind, Kind::Local { sub: (_, n), .. } if n > 1)
     }
 
@@ -1711,6 +1718,7 @@ impl OpenFile {
             pending: VecDeque::new(),
             frame_offset: 0,
             delivered_in_frame: 0,
+            frame_start: None,
             at: None,
             missing_since: None,
             via_http: false,

@@ -473,6 +473,12 @@ async fn pintail(
         count += 1;
     }
     let secs = started.elapsed().as_secs_f64();
+    if partitions > 1 {
+        eprintln!(
+            "pintail-sub: {} sealed chunks taken from another sub-partition reader of their stream",
+            consumer.stats().shared_chunks
+        );
+    }
     drop(consumer);
     let _ = std::fs::remove_dir_all(&ckpt);
     Ok((count, secs))
