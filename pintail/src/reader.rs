@@ -317,7 +317,11 @@ struct Loaded {
 
 /// Decodes one data frame (or gzip member) into its payloads.
 fn decode_payloads(codec: Codec, frame: &[u8], encoding: Encoding) -> Decoded {
-    let content = Bytes::from(codec.decode_frame(frame)?);
+    payloads_of(Bytes::from(codec.decode_frame(frame)?), encoding)
+}
+
+/// The payloads of a data frame's (or gzip member's) decoded records' bytes.
+fn payloads_of(content: Bytes, encoding: Encoding) -> Decoded {
     let mut payloads = VecDeque::new();
     for record in split_records(&content) {
         let payload = match encoding {
@@ -332,6 +336,16 @@ fn decode_payloads(codec: Codec, frame: &[u8], encoding: Encoding) -> Decoded {
         payloads.push_back(payload);
     }
     Ok(payloads)
+}
+
+/// The complete gzip members of `buf` (from offset `base`), inflated, and
+/// the scan: one inflate per member ([`conduit_core::format::contents`]).
+fn gzip_members(buf: &[u8], base: u64) -> (Vec<Vec<u8>>, Scan) {
+    match conduit_core::format::contents(Codec::Gzip, buf, base) {
+        Ok((units, scan)) => (units.into_iter().map(|(_, c)| c).collect(), scan),
+        // Never for gzip (a member that does not inflate ends the scan).
+        Err(_) => (Vec::new(), Codec::Gzip.scan(buf, base)),
+    }
 }
 
 /// Frames per decoding task. A chunk (~14 frames of 1,000 events) is decoded by
@@ -350,6 +364,29 @@ async fn load_sealed(
 ) -> StorageResult<Loaded> {
     let bytes = roots.read_range(&path, range.clone()).await?;
     let codec = Codec::of_file(&path);
+    if codec == Codec::Gzip {
+        // Finding a gzip member's end means inflating it: keep what that
+        // inflated instead of inflating every member again.
+        let (read, base) = (bytes.clone(), range.start);
+        let task = tokio::task::spawn_blocking(move || {
+            let (members, scan) = gzip_members(&read, base);
+            let decoded = members
+                .into_iter()
+                .map(|content| Some(payloads_of(Bytes::from(content), encoding)))
+                .collect();
+            (scan, decoded)
+        });
+        let (scan, decoded) = match task.await {
+            Ok(done) => done,
+            // Cancelled or panicked: leave decoding to delivery, which reports it.
+            Err(_) => (codec.scan(&bytes, range.start), Vec::new()),
+        };
+        return Ok(Loaded {
+            bytes,
+            scan,
+            decoded,
+        });
+    }
     let scan = codec.scan(&bytes, range.start);
     let frames = &scan.frames;
     let mut tasks = Vec::new();
