@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -146,13 +146,18 @@ async fn steady(addr: String, k: usize, stop: Arc<AtomicBool>) -> Steady {
 type HealthProbe = (Duration, Result<(u16, String), String>);
 
 /// Watches `/health` and the heartbeat file until `stop`: every `/health` answer,
-/// and when each new heartbeat was first seen.
+/// and when each new heartbeat was first seen (counted in `beats` as it goes).
 struct Watch {
     health: Vec<HealthProbe>,
     beats: Vec<Instant>,
 }
 
-fn watch(scene: &Scene, http: &str, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Watch> {
+fn watch(
+    scene: &Scene,
+    http: &str,
+    stop: Arc<AtomicBool>,
+    beats: Arc<AtomicUsize>,
+) -> std::thread::JoinHandle<Watch> {
     let http = http.to_owned();
     let root = scene.root();
     std::thread::spawn(move || {
@@ -169,6 +174,7 @@ fn watch(scene: &Scene, http: &str, stop: Arc<AtomicBool>) -> std::thread::JoinH
             let beat = std::fs::read_to_string(&heartbeat).ok();
             if beat.is_some() && beat != last {
                 out.beats.push(Instant::now());
+                beats.store(out.beats.len(), Ordering::Relaxed);
                 last = beat;
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -270,13 +276,24 @@ where
 {
     let rt = runtime();
     let stop = Arc::new(AtomicBool::new(false));
-    let watcher = watch(scene, &collector.http_addr, stop.clone());
+    let beats = Arc::new(AtomicUsize::new(0));
+    let watcher = watch(scene, &collector.http_addr, stop.clone(), beats.clone());
     let steadies: Vec<_> = (0..2)
         .map(|k| rt.spawn(steady(collector.thrift_addr.clone(), k, stop.clone())))
         .collect();
     let started = Instant::now();
     let acked_attack = rt.block_on(attack);
     let ended = Instant::now();
+    // An attack can be over within one heartbeat interval: watch until the
+    // collector has written a heartbeat after it, so the watcher saw at least
+    // one beat follow another (a collector that stopped beating fails here).
+    let beats_at_end = beats.load(Ordering::Relaxed);
+    until_blocking(
+        "the watcher to see a heartbeat written after the attack",
+        Duration::from_secs(5),
+        || (beats.load(Ordering::Relaxed) > beats_at_end.max(1)).then_some(()),
+    )
+    .unwrap_or_else(|e| panic!("{e}; log:\n{}", collector.log()));
     stop.store(true, Ordering::Relaxed);
     let steadies: Vec<Steady> = rt.block_on(async {
         let mut out = Vec::new();
