@@ -3,7 +3,8 @@
 //! Path: `system/checkpoints/<job>/<key>.json` ([`Layout::checkpoint_path`]),
 //! written with [`Storage::write_atomic`](conduit_core::Storage::write_atomic)
 //! (hidden temporary, sync, rename over), so a reader sees the old or the new
-//! checkpoint, never a mix. Format: `docs/format.md` §8.2, type [`JobCheckpoint`].
+//! checkpoint, never a mix; a temporary copy a failed save could not delete (the
+//! NameNode down) is deleted before the next save ([`OwnedWrites`]). Format: `docs/format.md` §8.2, type [`JobCheckpoint`].
 //!
 //! Invariant: a checkpoint is **only a hint**. Every job can rebuild its state from
 //! the views themselves (which minutes carry a `_SUCCESS`, which collector files are
@@ -16,6 +17,7 @@ use serde::Serialize;
 
 use conduit_core::layout::Layout;
 use conduit_core::records::{decode, JobCheckpoint, RecordError, Version};
+use conduit_core::storage::OwnedWrites;
 use conduit_core::{SharedClock, SharedStorage};
 
 use crate::WorkerError;
@@ -29,6 +31,8 @@ pub struct Checkpoints {
     storage: SharedStorage,
     clock: SharedClock,
     job: &'static str,
+    /// Sweeps the copies a failed save left (a NameNode down mid-save).
+    writes: OwnedWrites,
 }
 
 impl Checkpoints {
@@ -38,6 +42,7 @@ impl Checkpoints {
             storage,
             clock,
             job,
+            writes: OwnedWrites::default(),
         }
     }
 
@@ -90,7 +95,9 @@ impl Checkpoints {
         };
         let body = serde_json::to_vec(&checkpoint)
             .map_err(|e| WorkerError::Other(format!("checkpoint {path}: {e}")))?;
-        self.storage.write_atomic(&path, body.into()).await?;
+        self.writes
+            .write_atomic(&*self.storage, &path, body.into())
+            .await?;
         Ok(())
     }
 }
@@ -144,5 +151,42 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(cp.load::<State>("clicks").await, None);
+    }
+
+    /// A save that fails after its temporary copy was written, while storage
+    /// cannot delete it either (a NameNode going down mid-save), leaves the copy;
+    /// the next save deletes it, without a restart.
+    #[tokio::test]
+    async fn a_failed_save_leaves_no_copy_after_the_next_one() {
+        use conduit_core::storage::{FaultPlan, FaultStorage, Op};
+        let dir = tempfile::tempdir().unwrap();
+        let local: SharedStorage = Arc::new(LocalStorage::open(dir.path()).unwrap());
+        let plan = FaultPlan::new();
+        let storage: SharedStorage = Arc::new(FaultStorage::new(local.clone(), plan.clone()));
+        let cp = Checkpoints::new(storage, SystemClock::shared(), "local");
+        let state = State {
+            last_sealed: Minute::parse_flexible("2026-11-22T10:05Z").unwrap(),
+        };
+        cp.save("clicks", &state).await.unwrap();
+        plan.fail_ops(&[Op::Rename, Op::Delete]);
+        assert!(cp.save("clicks", &state).await.is_err());
+        let copies = |local: SharedStorage| async move {
+            local
+                .list("system/checkpoints/local")
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|e| e.name.starts_with("_tmp."))
+                .count()
+        };
+        assert_eq!(
+            copies(local.clone()).await,
+            1,
+            "the failed save left its copy"
+        );
+        plan.heal();
+        cp.save("clicks", &state).await.unwrap();
+        assert_eq!(copies(local.clone()).await, 0, "the next save deleted it");
+        assert_eq!(cp.load::<State>("clicks").await, Some(state));
     }
 }

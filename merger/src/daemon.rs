@@ -38,6 +38,12 @@ use crate::{Job, PassReport, WorkerError};
 /// between rounds.
 pub const LAG_REFRESH: Duration = Duration::from_secs(1);
 
+/// How long a graceful stop lets the pass in progress run on, so it ends its
+/// step (a checkpoint half-saved would leave its `_tmp.` copy until the next
+/// start); a pass still running then is dropped between two storage calls,
+/// which every job survives as it survives a crash.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// What `/health` reports about the daemon.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DaemonStatus {
@@ -264,19 +270,30 @@ impl Daemon {
                 _ = &mut shutdown => break,
             };
             let pause = match held {
-                // A round dropped by shutdown stops between two storage calls,
-                // which every job survives (as it survives a crash).
-                Ok(true) => match tokio::select! {
-                    result = self.run_round() => result,
-                    _ = &mut shutdown => break,
-                } {
-                    Err(WorkerError::LostLease { reason, .. }) => {
-                        tracing::warn!(%reason, "lost the worker lease; standing by");
-                        self.metrics.lease_held.set(0);
-                        self.set_status(|s| s.holding = false);
-                        Duration::ZERO
+                // On shutdown the round in progress gets SHUTDOWN_GRACE to end.
+                Ok(true) => match {
+                    let round = self.run_round();
+                    tokio::pin!(round);
+                    tokio::select! {
+                        result = &mut round => Some(result),
+                        _ = &mut shutdown => {
+                            if tokio::time::timeout(SHUTDOWN_GRACE, &mut round).await.is_err() {
+                                tracing::warn!(grace = ?SHUTDOWN_GRACE, "stopping in the middle of a pass");
+                            }
+                            None
+                        }
                     }
-                    _ => self.interval,
+                } {
+                    None => break,
+                    Some(result) => match result {
+                        Err(WorkerError::LostLease { reason, .. }) => {
+                            tracing::warn!(%reason, "lost the worker lease; standing by");
+                            self.metrics.lease_held.set(0);
+                            self.set_status(|s| s.holding = false);
+                            Duration::ZERO
+                        }
+                        _ => self.interval,
+                    },
                 },
                 Ok(false) => standby_poll,
                 Err(e) => {

@@ -297,13 +297,23 @@ impl Lease {
             }
         };
         let mut state = self.state();
+        if state.epoch != Some(epoch) {
+            // A renewal of an earlier holding that outlived it (storage hung
+            // until the lease lapsed and this worker claimed a newer epoch, or
+            // released it): it says nothing about the current state, and the
+            // newer claim is this worker's own, no takeover.
+            return Err(WorkerError::Other(format!(
+                "a renewal of epoch {epoch} ended after this worker moved on to {:?}",
+                state.epoch
+            )));
+        }
         if highest > epoch {
             let reason = format!("epoch {highest} was claimed by another worker");
             state.lost = Some(reason.clone());
             state.deadline = None;
             return Err(self.lost(reason));
         }
-        if state.epoch != Some(epoch) || state.lost.is_some() {
+        if state.lost.is_some() {
             return Err(self.lost("released meanwhile"));
         }
         state.acquired_at = Some(acquired_at);

@@ -67,6 +67,7 @@ use conduit_core::format::gzip::gz_name;
 use conduit_core::format::Codec;
 use conduit_core::layout::Layout;
 use conduit_core::records::{decode, MergeCheckpoint, RecordError, Version};
+use conduit_core::storage::OwnedWrites;
 use conduit_core::tree::{self, newest_sealed_dir, oldest_dir};
 use conduit_core::{Manifest, ManifestError, ManifestFile, Minute, NodeName, Topic, View};
 
@@ -116,6 +117,8 @@ pub struct MergeJob {
     progress: SealProgress,
     /// Sources whose last read failed (for their log level).
     failing: FailingClusters,
+    /// Checkpoint saves, sweeping the copies a failed save left.
+    checkpoint_writes: OwnedWrites,
 }
 
 impl MergeJob {
@@ -126,6 +129,7 @@ impl MergeJob {
             topics: BTreeMap::new(),
             progress: SealProgress::default(),
             failing: FailingClusters::default(),
+            checkpoint_writes: OwnedWrites::default(),
         }
     }
 
@@ -292,10 +296,8 @@ impl MergeJob {
         };
         let bytes = serde_json::to_vec(&checkpoint).expect("checkpoint serializes");
         if let Err(e) = self
-            .env
-            .this
-            .storage
-            .write_atomic(&path, bytes.into())
+            .checkpoint_writes
+            .write_atomic(&*self.env.this.storage, &path, bytes.into())
             .await
         {
             tracing::warn!(%path, error = %e, "cannot save the merge checkpoint (only a hint)");

@@ -202,3 +202,34 @@ async fn a_fenced_local_job_commits_nothing() {
     assert_eq!(report.sealed, 2, "10:05 and 10:06: {report:?}");
     assert_eq!(check_local_view(&*storage, &topic).await.records(), 20);
 }
+
+/// A renewal that hangs in storage until the lease lapsed (a NameNode restart)
+/// and ends after the same worker claimed the next epoch sees that claim: it is
+/// the worker's own, no takeover, and the new holding stays held.
+#[tokio::test]
+async fn a_renewal_that_outlived_its_holding_is_no_takeover() {
+    use conduit_core::storage::{FaultPlan, FaultStorage, Op};
+    let (_dir, local, clock) = setup();
+    let plan = FaultPlan::new();
+    let storage: SharedStorage = Arc::new(FaultStorage::new(local, plan.clone()));
+    let a = worker(&storage, &clock, "a");
+    assert_eq!(held(a.acquire().await.unwrap()), 1);
+    // The renewal of epoch 1 hangs in its rename.
+    plan.delay_ops(&[Op::Rename], Duration::from_millis(300));
+    let renewal = tokio::spawn({
+        let a = a.clone();
+        async move { a.renew().await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    plan.heal();
+    // Meanwhile the lease lapsed and the worker claims epoch 2.
+    clock.advance(chrono::Duration::seconds(40));
+    assert_eq!(held(a.acquire().await.unwrap()), 2);
+    let stale = renewal.await.unwrap();
+    assert!(
+        !matches!(stale, Err(WorkerError::LostLease { .. })),
+        "no takeover: {stale:?}"
+    );
+    a.check().await.unwrap();
+    assert!(a.is_held());
+}

@@ -361,6 +361,17 @@ impl CollectorProcess {
         read_log(&self.log_path)
     }
 
+    /// Its `/health` body as (storage healthy, spooled bytes), or `None` when
+    /// it does not answer with them.
+    pub fn health(&self) -> Option<(bool, u64)> {
+        let (_, body) = http_get(&self.http_addr, "/health").ok()?;
+        let json: serde_json::Value = serde_json::from_str(body.get(body.find('{')?..)?).ok()?;
+        Some((
+            json["storage_healthy"].as_bool()?,
+            json["spooled_bytes"].as_u64()?,
+        ))
+    }
+
     /// Its `/metrics` text (asserts `200`).
     pub fn metrics(&self) -> String {
         let (status, body) = http_get(&self.http_addr, "/metrics")

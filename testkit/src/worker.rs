@@ -1,13 +1,17 @@
 //! The worker's jobs in-process: a [`JobEnv`] for one cluster, collector
 //! watermarks awaited through their heartbeats, and [`check_local_view`], the
-//! consistency check every test of the `local` job ends with.
+//! consistency check every test of the `local` job ends with; for tests of
+//! real worker processes, closed collector files [`plant`]ed as a backlog,
+//! [`wait_sealed`], and the counts of what a view's manifests hold
+//! ([`sealed_counts`], [`sealed_minutes`]), and [`tmp_leftovers`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use conduit_core::format::decode_file;
 use conduit_core::heartbeat::Heartbeat;
 use conduit_core::layout::Layout;
@@ -15,7 +19,9 @@ use conduit_core::manifest::{crc32c, Manifest};
 use conduit_core::{Config, Encoding, Minute, SharedClock, SharedStorage, Storage, Topic, View};
 use conduit_merger::{Cluster, JobEnv, LocalJob, NoFence, SharedFence};
 
-use crate::{node, wait};
+use conduit_core::tree::MinuteWalker;
+
+use crate::{minutes, node, wait};
 
 /// The cluster every single-cluster worker test runs in.
 pub const CLUSTER: &str = "dc1";
@@ -290,4 +296,114 @@ pub fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
                 .unwrap_or_else(|e| panic!("copy {}: {e}", entry.path().display()));
         }
     }
+}
+
+/// Plants `files` closed files of `collector` for each of `minutes` in topic
+/// `topic` (25 records `<topic>-<collector>-<minute>-<file>-<i>` each, three
+/// frames), as a backlog for a worker; returns the payloads.
+pub async fn plant(
+    storage: &dyn Storage,
+    topic: &str,
+    collector: &str,
+    minutes: &[Minute],
+    files: u32,
+) -> Vec<Bytes> {
+    let t = Topic::new(topic).unwrap();
+    let mut all = Vec::new();
+    for &m in minutes {
+        for seq in 0..files {
+            let records: Vec<String> = (0..25)
+                .map(|i| format!("{topic}-{collector}-{}-{seq}-{i}", m.file_stamp()))
+                .collect();
+            let path = Layout::collector_file(&t, &node(collector), m, seq);
+            storage
+                .write_atomic(&path, minutes::data_file(&records, 3).into())
+                .await
+                .unwrap_or_else(|e| panic!("plant {path}: {e}"));
+            all.extend(records.into_iter().map(Bytes::from));
+        }
+    }
+    all
+}
+
+/// Payload -> times stored in the sealed minutes `minutes` of `view` of
+/// `topic`, read through each minute's manifest (each file's record count
+/// checked against it); panics if one of them is not sealed.
+pub async fn sealed_counts(
+    storage: &dyn Storage,
+    view: View,
+    topic: &str,
+    minutes: &[Minute],
+) -> HashMap<Bytes, usize> {
+    let t = Topic::new(topic).unwrap();
+    let mut counts = HashMap::new();
+    for &m in minutes {
+        let dir = Layout::minute_dir(view, &t, m);
+        let manifest = Manifest::read(storage, &dir)
+            .await
+            .unwrap_or_else(|e| panic!("read the manifest of {dir}: {e}"))
+            .unwrap_or_else(|| panic!("{dir} sealed"));
+        for f in &manifest.files {
+            let path = format!("{dir}/{}", f.name);
+            let bytes = storage.read(&path).await.unwrap();
+            let decoded = decode_file(&path, &bytes, Encoding::Lines).unwrap();
+            assert_eq!(decoded.payloads.len() as u64, f.records, "{path}");
+            for p in decoded.payloads {
+                *counts.entry(p).or_insert(0) += 1;
+            }
+        }
+    }
+    counts
+}
+
+/// Every sealed minute of `view` of `topic`, oldest first.
+pub async fn sealed_minutes(storage: &dyn Storage, view: View, topic: &str) -> Vec<Minute> {
+    let t = Topic::new(topic).unwrap();
+    let mut walker = MinuteWalker::new(storage, view, &t);
+    let mut out = Vec::new();
+    while let Some(m) = walker.next_sealed().await.unwrap() {
+        out.push(m);
+    }
+    out
+}
+
+/// Waits (up to `timeout`, else panics naming `what`) until minute `m` of
+/// `view` of `topic` is sealed.
+pub async fn wait_sealed(
+    storage: &SharedStorage,
+    view: View,
+    topic: &str,
+    m: Minute,
+    what: &str,
+    timeout: Duration,
+) {
+    let path = format!(
+        "{}/{}",
+        Layout::minute_dir(view, &Topic::new(topic).unwrap(), m),
+        Layout::SUCCESS_MARKER
+    );
+    wait::until(what, timeout, || {
+        let storage = storage.clone();
+        let path = path.clone();
+        async move { storage.exists(&path).await.unwrap_or(false) }
+    })
+    .await;
+}
+
+/// Every `_tmp.` file or directory (an interrupted copy or seal) below `dir`.
+pub async fn tmp_leftovers(storage: &dyn Storage, dir: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(dir) = todo.pop() {
+        for e in storage.list_or_empty(&dir).await.unwrap() {
+            if Layout::is_tmp(&e.name) {
+                out.push(e.path.clone());
+            }
+            if e.is_dir {
+                todo.push(e.path);
+            }
+        }
+    }
+    out.sort();
+    out
 }

@@ -14,17 +14,14 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use conduit_core::format::decode_file;
-use conduit_core::layout::Layout;
-use conduit_core::manifest::Manifest;
-use conduit_core::{Encoding, Minute, SharedStorage, Topic, View};
+use conduit_core::{Minute, SharedStorage, Topic, View};
 use conduit_testkit::collector::{payload_counts, stored_files};
 use conduit_testkit::load::Load;
 use conduit_testkit::process::{
     free_addr, run_conduit, terminate, wait_killed, CollectorProcess, WorkerProcess,
 };
-use conduit_testkit::worker::{check_local_view, wait_watermark};
-use conduit_testkit::{hdfs, local_storage, minutes, node, runtime, wait};
+use conduit_testkit::worker::{self, check_local_view, wait_watermark};
+use conduit_testkit::{hdfs, local_storage, runtime, wait};
 
 /// How long a crash-armed process may take to reach its crash point.
 const CRASH_TIMEOUT: Duration = Duration::from_secs(60);
@@ -209,27 +206,10 @@ fn worker_args(root: &Root) -> Vec<String> {
 }
 
 /// Plants two closed files of `collector` for each of `minutes` in topic
-/// `topic` (25 records `<topic>-<collector>-<minute>-<file>-<i>` each); the
-/// payloads.
+/// `topic` ([`worker::plant`]); the payloads.
 fn plant(root: &Root, topic: &str, collector: &str, minutes: &[Minute]) -> Vec<Bytes> {
-    let t = Topic::new(topic).unwrap();
-    let mut all = Vec::new();
-    for &m in minutes {
-        for seq in 0..2u32 {
-            let records: Vec<String> = (0..25)
-                .map(|i| format!("{topic}-{collector}-{}-{seq}-{i}", m.file_stamp()))
-                .collect();
-            let path = Layout::collector_file(&t, &node(collector), m, seq);
-            root.rt
-                .block_on(
-                    root.storage
-                        .write_atomic(&path, minutes::data_file(&records, 3).into()),
-                )
-                .unwrap();
-            all.extend(records.into_iter().map(Bytes::from));
-        }
-    }
-    all
+    root.rt
+        .block_on(worker::plant(&*root.storage, topic, collector, minutes, 2))
 }
 
 fn worker_killed_mid_step(root: &Root) {
@@ -261,22 +241,13 @@ fn worker_killed_mid_step(root: &Root) {
         );
         let mut worker = WorkerProcess::start(&args, &root.logs).unwrap();
         let t = Topic::new(&topic).unwrap();
-        let success = |m: Minute| {
-            format!(
-                "{}/{}",
-                Layout::minute_dir(View::Local, &t, m),
-                Layout::SUCCESS_MARKER
-            )
-        };
-        rt.block_on(wait::until(
+        wait_sealed(
+            root,
+            View::Local,
+            &topic,
+            last,
             &format!("{topic}: every planted minute sealed after {what}"),
-            SEAL_TIMEOUT,
-            || {
-                let storage = root.storage.clone();
-                let path = success(last);
-                async move { storage.exists(&path).await.unwrap_or(false) }
-            },
-        ));
+        );
         eprintln!("{point}: crash and seal in {:?}", started.elapsed());
         // A graceful stop releases the lease: the next armed worker takes over
         // at once.
@@ -284,19 +255,8 @@ fn worker_killed_mid_step(root: &Root) {
         let view = rt.block_on(check_local_view(&*root.storage, &t));
         assert!(view.quarantined.is_empty(), "{topic}: {view:?}");
         assert!(view.waiting.is_empty(), "{topic}: all moved: {view:?}");
-        let mut counts = std::collections::HashMap::new();
-        for (m, manifest) in &view.sealed {
-            for f in &manifest.files {
-                let path = format!("{}/{}", Layout::minute_dir(View::Local, &t, *m), f.name);
-                let bytes = rt.block_on(root.storage.read(&path)).unwrap();
-                let decoded =
-                    conduit_core::format::decode_file(&path, &bytes, conduit_core::Encoding::Lines)
-                        .unwrap();
-                for p in decoded.payloads {
-                    *counts.entry(p).or_insert(0usize) += 1;
-                }
-            }
-        }
+        let sealed: Vec<Minute> = view.sealed.keys().copied().collect();
+        let counts = sealed_counts(root, View::Local, &topic, &sealed);
         for p in &planted {
             assert_eq!(counts.get(p), Some(&1), "{topic} ({what}): {p:?}");
         }
@@ -339,47 +299,27 @@ fn a_worker_killed_mid_step_on_hdfs_seals_everything_once() {
 }
 
 /// Payload -> times stored in the sealed minutes `minutes` of `view` of `topic`
-/// (read through each minute's manifest).
+/// in `root` ([`worker::sealed_counts`]).
 fn sealed_counts(
     root: &Root,
     view: View,
     topic: &str,
     minutes: &[Minute],
 ) -> HashMap<Bytes, usize> {
-    let t = Topic::new(topic).unwrap();
-    let mut counts = HashMap::new();
-    for &m in minutes {
-        let dir = Layout::minute_dir(view, &t, m);
-        let manifest = root
-            .rt
-            .block_on(Manifest::read(&*root.storage, &dir))
-            .unwrap()
-            .unwrap_or_else(|| panic!("{dir} sealed"));
-        for f in &manifest.files {
-            let path = format!("{dir}/{}", f.name);
-            let bytes = root.rt.block_on(root.storage.read(&path)).unwrap();
-            let decoded = decode_file(&path, &bytes, Encoding::Lines).unwrap();
-            assert_eq!(decoded.payloads.len() as u64, f.records, "{path}");
-            for p in decoded.payloads {
-                *counts.entry(p).or_insert(0) += 1;
-            }
-        }
-    }
-    counts
+    root.rt
+        .block_on(worker::sealed_counts(&*root.storage, view, topic, minutes))
 }
 
 /// Waits until `view` of `topic` has its minute `m` sealed in `root`.
 fn wait_sealed(root: &Root, view: View, topic: &str, m: Minute, what: &str) {
-    let path = format!(
-        "{}/{}",
-        Layout::minute_dir(view, &Topic::new(topic).unwrap(), m),
-        Layout::SUCCESS_MARKER
-    );
-    root.rt.block_on(wait::until(what, SEAL_TIMEOUT, || {
-        let storage = root.storage.clone();
-        let path = path.clone();
-        async move { storage.exists(&path).await.unwrap_or(false) }
-    }));
+    root.rt.block_on(worker::wait_sealed(
+        &root.storage,
+        view,
+        topic,
+        m,
+        what,
+        SEAL_TIMEOUT,
+    ));
 }
 
 fn merge_and_mirror_killed_mid_copy(dc1: &Root, dc2: &Root) {

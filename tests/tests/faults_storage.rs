@@ -22,7 +22,7 @@ use conduit_core::SharedStorage;
 use conduit_testkit::collector::{payload_counts, stored_files};
 use conduit_testkit::hdfs::{self, Outage};
 use conduit_testkit::load::{Load, Seen};
-use conduit_testkit::process::{http_get, CollectorProcess};
+use conduit_testkit::process::CollectorProcess;
 use conduit_testkit::wait::until_blocking;
 
 const ID: &str = "c1";
@@ -47,22 +47,12 @@ fn start_load(rt: &tokio::runtime::Runtime, addr: &str) -> Load {
     Load::start(rt, addr, TOPIC, "f", PER_CALL, Duration::ZERO)
 }
 
-/// The collector's `/health` body: (storage healthy, spooled bytes).
-fn health(collector: &CollectorProcess) -> Option<(bool, u64)> {
-    let (_, body) = http_get(&collector.http_addr, "/health").ok()?;
-    let json: serde_json::Value = serde_json::from_str(body.get(body.find('{')?..)?).ok()?;
-    Some((
-        json["storage_healthy"].as_bool()?,
-        json["spooled_bytes"].as_u64()?,
-    ))
-}
-
 /// Waits until storage is healthy and the spool replayed; how long that took.
 fn wait_recovered(collector: &CollectorProcess, since: Instant) -> Duration {
     until_blocking(
         "storage healthy and the spool replayed",
         Duration::from_secs(120),
-        || (health(collector) == Some((true, 0))).then_some(()),
+        || (collector.health() == Some((true, 0))).then_some(()),
     )
     .unwrap_or_else(|e| panic!("{e}; collector log:\n{}", collector.log()));
     since.elapsed()
@@ -343,7 +333,8 @@ fn hdfs_collector_killed_with_an_abandoned_file_keeps_each_event_once() {
         "storage unavailable and the spool taking rounds",
         Duration::from_secs(60),
         || {
-            health(&first)
+            first
+                .health()
                 .is_some_and(|(healthy, spooled)| !healthy && spooled > 0)
                 .then_some(())
         },

@@ -45,6 +45,7 @@ mod timeout;
 
 pub mod conformance;
 
+use std::collections::HashSet;
 use std::fmt;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -381,9 +382,10 @@ pub trait Storage: Send + Sync + fmt::Debug + 'static {
 }
 
 /// Deletes every temporary copy of `path` ([`temp_sibling`]: `_tmp.<name>.*` in
-/// its directory) that a crash left behind; how many. Only for a path with a
-/// single writer (a collector's own snapshot or heartbeat), called before that
-/// writer writes it, so no copy is in use.
+/// its directory) that a crash or a failed write left behind; how many. Only for
+/// a path with a single writer (a collector's own snapshot or heartbeat, a
+/// worker's checkpoint: see [`OwnedWrites`]), called before that writer writes
+/// it, so no copy is in use.
 pub async fn delete_temp_siblings(storage: &dyn Storage, path: &str) -> StorageResult<u64> {
     let (dir, name) = match path.rfind('/') {
         Some(i) => (&path[..i], &path[i + 1..]),
@@ -401,6 +403,53 @@ pub async fn delete_temp_siblings(storage: &dyn Storage, path: &str) -> StorageR
         }
     }
     Ok(deleted)
+}
+
+/// Atomic rewrites of files that have a single writer (a worker's checkpoints):
+/// [`Storage::write_atomic`], after deleting the temporary copies
+/// ([`delete_temp_siblings`]) that an earlier write of the same path left when a
+/// step failed and storage could not delete its copy either (a NameNode down
+/// mid-write), or that a crash left. The first write of each path in this
+/// process sweeps, and so does the first write after a failed one; the others
+/// cost nothing more than the write. A process running through an outage thus
+/// leaves no copy behind, without waiting for its next start.
+#[derive(Debug, Default, Clone)]
+pub struct OwnedWrites {
+    /// Paths with no temporary copy left by this process.
+    clean: Arc<Mutex<HashSet<String>>>,
+}
+
+impl OwnedWrites {
+    /// Writes `content` to `path` atomically (see the type).
+    pub async fn write_atomic(
+        &self,
+        storage: &dyn Storage,
+        path: &str,
+        content: Bytes,
+    ) -> StorageResult<()> {
+        let clean = self
+            .clean
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(path);
+        if !clean && delete_temp_siblings(storage, path).await.is_ok() {
+            self.set_clean(path, true);
+        }
+        let written = storage.write_atomic(path, content).await;
+        if written.is_err() {
+            self.set_clean(path, false);
+        }
+        written
+    }
+
+    fn set_clean(&self, path: &str, clean: bool) {
+        let mut set = self.clean.lock().unwrap_or_else(|p| p.into_inner());
+        if clean {
+            set.insert(path.to_owned());
+        } else {
+            set.remove(path);
+        }
+    }
 }
 
 /// A shared handle to a cluster's storage.
