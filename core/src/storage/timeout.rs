@@ -441,6 +441,12 @@ mod tests {
 
     /// A storage whose reads hand over `pieces` pieces of `piece` bytes, one
     /// every `gap`, then (with `stall_after`) nothing more for ever.
+    /// What [`Trickle`] answers to anything but a read: it holds only the
+    /// stream its reads hand over.
+    fn only_reads(path: &str) -> StorageError {
+        StorageError::NotFound { path: path.into() }
+    }
+
     #[derive(Debug)]
     struct Trickle {
         pieces: usize,
@@ -454,11 +460,11 @@ mod tests {
         fn root(&self) -> &str {
             "trickle://"
         }
-        async fn create(&self, _: &str, _: CreateMode) -> StorageResult<Box<dyn FileWriter>> {
-            unimplemented!()
+        async fn create(&self, path: &str, _: CreateMode) -> StorageResult<Box<dyn FileWriter>> {
+            Err(only_reads(path))
         }
-        async fn append(&self, _: &str) -> StorageResult<Box<dyn FileWriter>> {
-            unimplemented!()
+        async fn append(&self, path: &str) -> StorageResult<Box<dyn FileWriter>> {
+            Err(only_reads(path))
         }
         async fn read_range(&self, path: &str, range: Range<u64>) -> StorageResult<Bytes> {
             self.read_range_tracked(path, range, &Progress::default())
@@ -479,20 +485,20 @@ mod tests {
             }
             Ok(Bytes::from(vec![7u8; self.pieces * self.piece]))
         }
-        async fn stat(&self, _: &str) -> StorageResult<FileStatus> {
-            unimplemented!()
+        async fn stat(&self, path: &str) -> StorageResult<FileStatus> {
+            Err(only_reads(path))
         }
-        async fn list(&self, _: &str) -> StorageResult<Vec<FileStatus>> {
-            unimplemented!()
+        async fn list(&self, path: &str) -> StorageResult<Vec<FileStatus>> {
+            Err(only_reads(path))
         }
-        async fn rename(&self, _: &str, _: &str, _: RenameMode) -> StorageResult<()> {
-            unimplemented!()
+        async fn rename(&self, from: &str, _: &str, _: RenameMode) -> StorageResult<()> {
+            Err(only_reads(from))
         }
-        async fn mkdirs(&self, _: &str) -> StorageResult<()> {
-            unimplemented!()
+        async fn mkdirs(&self, path: &str) -> StorageResult<()> {
+            Err(only_reads(path))
         }
-        async fn delete(&self, _: &str, _: bool) -> StorageResult<bool> {
-            unimplemented!()
+        async fn delete(&self, path: &str, _: bool) -> StorageResult<bool> {
+            Err(only_reads(path))
         }
     }
 
