@@ -159,6 +159,19 @@ pub struct Ran {
     pub stderr: String,
 }
 
+/// Runs `conduit verify` with `args` (within 60 s) and panics, naming `what`
+/// and showing its output, unless it exits 0 (storage matches the manifests).
+pub fn assert_verify_clean(args: &[&str], what: &str) {
+    let mut all = vec!["verify"];
+    all.extend_from_slice(args);
+    let verify = run_conduit(&all, b"", Duration::from_secs(60)).unwrap();
+    assert_eq!(
+        verify.code, 0,
+        "conduit verify ({what}): {}\n{}",
+        verify.stdout, verify.stderr
+    );
+}
+
 /// Runs `conduit <args>` with `input` on its stdin and waits for it to exit; a
 /// command still running after `deadline` is killed and reported as
 /// [`Error::TimedOut`] (a command that must end, such as `tail --to`, hung).

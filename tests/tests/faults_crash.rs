@@ -18,7 +18,7 @@ use conduit_core::{Minute, SharedStorage, Topic, View};
 use conduit_testkit::collector::{payload_counts, stored_files};
 use conduit_testkit::load::Load;
 use conduit_testkit::process::{
-    free_addr, run_conduit, terminate, wait_killed, CollectorProcess, WorkerProcess,
+    assert_verify_clean, free_addr, terminate, wait_killed, CollectorProcess, WorkerProcess,
 };
 use conduit_testkit::worker::{self, check_local_view, wait_watermark};
 use conduit_testkit::{hdfs, local_storage, runtime, wait};
@@ -150,13 +150,7 @@ fn collector_killed_mid_write(root: &Root) {
         files.len()
     );
     assert!(acked > 0);
-    let verify = run_conduit(
-        &["verify", "--root", &root.uri, "--topic", "crash"],
-        b"",
-        Duration::from_secs(60),
-    )
-    .unwrap();
-    assert_eq!(verify.code, 0, "{}\n{}", verify.stdout, verify.stderr);
+    assert_verify_clean(&["--root", &root.uri, "--topic", "crash"], "crash");
 }
 
 #[test]
@@ -264,16 +258,9 @@ fn worker_killed_mid_step(root: &Root) {
         for m in &planted_minutes {
             assert!(view.sealed.contains_key(m), "{topic}: {m} sealed once");
         }
-        let verify = run_conduit(
-            &["verify", "--root", &root.uri, "--topic", &topic],
-            b"",
-            Duration::from_secs(60),
-        )
-        .unwrap();
-        assert_eq!(
-            verify.code, 0,
-            "{topic} ({what}): {}\n{}",
-            verify.stdout, verify.stderr
+        assert_verify_clean(
+            &["--root", &root.uri, "--topic", &topic],
+            &format!("{topic} ({what})"),
         );
         report.push(format!(
             "{point} ({what}): {} records in {} minutes sealed once",
@@ -399,9 +386,8 @@ fn merge_and_mirror_killed_mid_copy(dc1: &Root, dc2: &Root) {
         assert_eq!(counts.values().sum::<usize>(), planted.len(), "{what}");
     }
     for cluster in ["dc1", "dc2"] {
-        let verify = run_conduit(
+        assert_verify_clean(
             &[
-                "verify",
                 "--config",
                 cfg,
                 "--cluster",
@@ -411,14 +397,7 @@ fn merge_and_mirror_killed_mid_copy(dc1: &Root, dc2: &Root) {
                 "--view",
                 "local,merged",
             ],
-            b"",
-            Duration::from_secs(60),
-        )
-        .unwrap();
-        assert_eq!(
-            verify.code, 0,
-            "{cluster}: {}\n{}",
-            verify.stdout, verify.stderr
+            cluster,
         );
     }
     eprintln!(

@@ -41,7 +41,7 @@ use conduit_core::storage::RenameMode;
 use conduit_core::{Minute, SharedStorage, Topic, View};
 use conduit_testkit::hdfs::{self, Outage};
 use conduit_testkit::load::{Load, Seen};
-use conduit_testkit::process::{run_conduit, terminate, CollectorProcess, WorkerProcess};
+use conduit_testkit::process::{assert_verify_clean, terminate, CollectorProcess, WorkerProcess};
 use conduit_testkit::wait::until_blocking;
 use conduit_testkit::worker::{
     check_local_view, plant, sealed_counts, sealed_minutes, tmp_leftovers, wait_sealed,
@@ -392,9 +392,8 @@ fn hdfs_namenode_restart_and_datanode_loss_while_a_worker_seals_and_merges() {
     let mut topics = vec![TOPIC.to_owned()];
     topics.extend(planted_all.iter().map(|(t, _)| t.clone()));
     for t in &topics {
-        let verify = run_conduit(
+        assert_verify_clean(
             &[
-                "verify",
                 "--config",
                 cfg,
                 "--cluster",
@@ -404,11 +403,8 @@ fn hdfs_namenode_restart_and_datanode_loss_while_a_worker_seals_and_merges() {
                 "--view",
                 "local,merged",
             ],
-            b"",
-            Duration::from_secs(60),
-        )
-        .unwrap();
-        assert_eq!(verify.code, 0, "{t}: {}\n{}", verify.stdout, verify.stderr);
+            t,
+        );
     }
 
     phase("counted and verified");
