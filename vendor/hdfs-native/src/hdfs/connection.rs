@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use chrono::{TimeDelta, prelude::*};
-use crc::{CRC_32_ISCSI, CRC_32_ISO_HDLC, Crc, Table};
+use crc::{CRC_32_ISO_HDLC, Crc, Table};
 use log::{debug, warn};
 use once_cell::sync::Lazy;
 use prost::Message;
@@ -35,7 +35,8 @@ const MAX_PACKET_HEADER_SIZE: usize = 33;
 const DATANODE_CACHE_EXPIRY: TimeDelta = TimeDelta::seconds(3);
 
 const CRC32: Crc<u32, Table<16>> = Crc::<u32, Table<16>>::new(&CRC_32_ISO_HDLC);
-const CRC32C: Crc<u32, Table<16>> = Crc::<u32, Table<16>>::new(&CRC_32_ISCSI);
+#[cfg(test)]
+const CRC32C: Crc<u32, Table<16>> = Crc::<u32, Table<16>>::new(&crc::CRC_32_ISCSI);
 
 pub(crate) static DATANODE_CACHE: Lazy<DatanodeConnectionCache> =
     Lazy::new(DatanodeConnectionCache::new);
@@ -489,9 +490,12 @@ impl ReadPacket {
     ) -> Result<Bytes> {
         // Verify the checksums if they were requested
         if let Some(info) = checksum_info {
-            let algorithm = match info.checksum.r#type() {
-                hdfs::ChecksumTypeProto::ChecksumCrc32 => Some(&CRC32),
-                hdfs::ChecksumTypeProto::ChecksumCrc32c => Some(&CRC32C),
+            // conduit patch (PATCHES.md, change 3): CRC-32C, HDFS's default,
+            // through the `crc32c` crate (SSE 4.2 / ARMv8 instructions when
+            // present) instead of a lookup table.
+            let algorithm: Option<fn(&[u8]) -> u32> = match info.checksum.r#type() {
+                hdfs::ChecksumTypeProto::ChecksumCrc32 => Some(|d| CRC32.checksum(d)),
+                hdfs::ChecksumTypeProto::ChecksumCrc32c => Some(crc32c::crc32c),
                 hdfs::ChecksumTypeProto::ChecksumNull => None,
             };
 
@@ -499,7 +503,7 @@ impl ReadPacket {
                 // Create a new Bytes view over the data that we can consume
                 let mut checksum_data = self.data.clone();
                 while !checksum_data.is_empty() {
-                    let chunk_checksum = algorithm.checksum(&checksum_data.split_to(usize::min(
+                    let chunk_checksum = algorithm(&checksum_data.split_to(usize::min(
                         info.checksum.bytes_per_checksum as usize,
                         checksum_data.len(),
                     )));
@@ -639,7 +643,8 @@ impl WritePacket {
 
         let checksum_count = self.data.len().div_ceil(self.bytes_per_checksum);
         let mut checksum = BytesMut::with_capacity(checksum_count * CHECKSUM_BYTES);
-        let mut digest = CRC32C.digest();
+        // conduit patch (PATCHES.md, change 3): hardware CRC-32C.
+        let mut digest = 0u32;
         let mut bytes_in_checksum_chunk = 0;
 
         for segment in self.data.iter() {
@@ -649,20 +654,20 @@ impl WritePacket {
                     self.bytes_per_checksum - bytes_in_checksum_chunk,
                     remaining.len(),
                 );
-                digest.update(&remaining[..bytes_to_hash]);
+                digest = crc32c::crc32c_append(digest, &remaining[..bytes_to_hash]);
                 remaining = &remaining[bytes_to_hash..];
                 bytes_in_checksum_chunk += bytes_to_hash;
 
                 if bytes_in_checksum_chunk == self.bytes_per_checksum {
-                    checksum.put_u32(digest.finalize());
-                    digest = CRC32C.digest();
+                    checksum.put_u32(digest);
+                    digest = 0;
                     bytes_in_checksum_chunk = 0;
                 }
             }
         }
 
         if bytes_in_checksum_chunk != 0 {
-            checksum.put_u32(digest.finalize());
+            checksum.put_u32(digest);
         }
 
         checksum.freeze()
