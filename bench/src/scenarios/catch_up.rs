@@ -30,6 +30,11 @@
 //! - **conduit decode**: `conduit_core::format::decode_file` over every file, one
 //!   thread (what one core of zstd and the record splitter do, for reference).
 //!
+//! With `--root hdfs://host:port/path` the history is written to a fresh
+//! directory under that HDFS root (through the storage trait, as the worker
+//! writes it) and removed afterwards unless `--keep`; only the `pintail` and
+//! `pintail-sub` readers run there (DuckDB and `decode` read local files).
+//!
 //! Every reader must count exactly `--events` records, or the scenario fails.
 //! Target (issue 8): ≥ 2,000,000 events/s. `--json FILE` appends one JSON line per
 //! scenario run with every sample (default `bench/results/catch-up.jsonl`).
@@ -97,6 +102,12 @@ pub struct CatchUpArgs {
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
 
+    /// Build the history under this cluster root instead of a local directory:
+    /// `hdfs://host:port/path` (a fresh directory below it per scenario run).
+    /// Only the `pintail` and `pintail-sub` readers run on HDFS.
+    #[arg(long, value_name = "URI", conflicts_with = "dir")]
+    root: Option<String>,
+
     /// Keep the history and print its path.
     #[arg(long)]
     keep: bool,
@@ -139,6 +150,9 @@ pub async fn run(args: CatchUpArgs) -> anyhow::Result<ExitCode> {
             bail!("unknown reader {r:?}; known: {}", READERS.join(", "));
         }
     }
+    if let Some(root) = &args.root {
+        return on_root(&args, root).await;
+    }
     let (dir, temporary) = match &args.dir {
         Some(d) => {
             std::fs::create_dir_all(d)?;
@@ -149,7 +163,8 @@ pub async fn run(args: CatchUpArgs) -> anyhow::Result<ExitCode> {
             true,
         ),
     };
-    let result = measure(&args, &dir).await;
+    let storage: SharedStorage = Arc::new(LocalStorage::open(&dir)?);
+    let result = measure(&args, storage, Some(&dir)).await;
     if args.keep || result.is_err() || !temporary {
         eprintln!("kept {}", dir.display());
     } else {
@@ -158,10 +173,34 @@ pub async fn run(args: CatchUpArgs) -> anyhow::Result<ExitCode> {
     result
 }
 
-async fn measure(args: &CatchUpArgs, dir: &Path) -> anyhow::Result<ExitCode> {
-    let storage: SharedStorage = Arc::new(LocalStorage::open(dir)?);
+/// `--root`: the history in a fresh directory under a cluster root (HDFS).
+async fn on_root(args: &CatchUpArgs, root: &str) -> anyhow::Result<ExitCode> {
+    if let Some(r) = args.readers.iter().find(|r| !r.starts_with("pintail")) {
+        bail!("reader {r:?} reads local files; with --root only pintail and pintail-sub run");
+    }
+    let base = conduit_core::storage::open_root(root)
+        .await
+        .with_context(|| format!("cannot open --root {root}"))?;
+    let sub = format!("conduit-bench-catchup-{}", std::process::id());
+    base.mkdirs(&sub).await?;
+    let uri = format!("{}/{sub}", root.trim_end_matches('/'));
+    let storage = conduit_core::storage::open_root(&uri).await?;
+    let result = measure(args, storage, None).await;
+    if args.keep || result.is_err() {
+        eprintln!("kept {uri}");
+    } else {
+        base.delete(&sub, true).await?;
+    }
+    result
+}
+
+async fn measure(
+    args: &CatchUpArgs,
+    storage: SharedStorage,
+    dir: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let history = build_history(args, dir, &storage).await?;
+    let history = build_history(args, &storage).await?;
     eprintln!(
         "built {} events ({} payload bytes) in {} files, {} file bytes (ratio {:.2}), minutes {:?}..{:?}, in {:.1} s",
         history.events,
@@ -181,12 +220,13 @@ async fn measure(args: &CatchUpArgs, dir: &Path) -> anyhow::Result<ExitCode> {
         let mut rates = Vec::new();
         for run in 1..=args.runs {
             let load = load_avg();
+            let local = || dir.context("this reader needs the history on local disk");
             let (count, secs) = match reader.as_str() {
-                "duckdb-json" => duckdb(dir, false)?,
-                "duckdb-lines" => duckdb(dir, true)?,
+                "duckdb-json" => duckdb(local()?, false)?,
+                "duckdb-lines" => duckdb(local()?, true)?,
                 "pintail" => pintail(&storage, &history, 1).await?,
                 "pintail-sub" => pintail(&storage, &history, args.partitions).await?,
-                "decode" => decode_all(dir)?,
+                "decode" => decode_all(local()?)?,
                 _ => unreachable!("checked above"),
             };
             if count != history.events {
@@ -204,7 +244,8 @@ async fn measure(args: &CatchUpArgs, dir: &Path) -> anyhow::Result<ExitCode> {
     let load_after = load_avg();
 
     println!(
-        "\nconduit-bench catch-up: one hour of sealed local minutes, {} events ({:.1} MB payload, {:.1} MB in {} files), {} run(s) per reader, load {load_before} -> {load_after}",
+        "\nconduit-bench catch-up: one hour of sealed local minutes on {}, {} events ({:.1} MB payload, {:.1} MB in {} files), {} run(s) per reader, load {load_before} -> {load_after}",
+        args.root.as_deref().unwrap_or("local disk"),
         history.events,
         history.payload_bytes as f64 / 1e6,
         history.file_bytes as f64 / 1e6,
@@ -239,6 +280,7 @@ async fn measure(args: &CatchUpArgs, dir: &Path) -> anyhow::Result<ExitCode> {
         &args.json,
         &serde_json::json!({
             "bench": "catch-up",
+            "root": args.root.as_deref().unwrap_or("local"),
             "at": Utc::now().to_rfc3339(),
             "events": history.events,
             "payload_bytes": history.payload_bytes,
@@ -315,11 +357,7 @@ fn build_minute(
     Ok(out)
 }
 
-async fn build_history(
-    args: &CatchUpArgs,
-    dir: &Path,
-    storage: &SharedStorage,
-) -> anyhow::Result<History> {
+async fn build_history(args: &CatchUpArgs, storage: &SharedStorage) -> anyhow::Result<History> {
     let topic = Topic::new(TOPIC)?;
     let dc1 = NodeName::new("dc1")?;
     let now = Minute::from_datetime(Utc::now())?;
@@ -336,10 +374,12 @@ async fn build_history(
     // The collectors' directories in `data/`, empty as after the worker moved
     // their files (PinTail finds the local view's partitions there).
     for i in 1..=args.files {
-        std::fs::create_dir_all(
-            dir.join(Layout::topic_dir(View::Collector, &topic))
-                .join(format!("c{i}")),
-        )?;
+        storage
+            .mkdirs(&format!(
+                "{}/c{i}",
+                Layout::topic_dir(View::Collector, &topic)
+            ))
+            .await?;
     }
     // As many minutes at a time as there are cores, on blocking threads.
     let parallel = std::thread::available_parallelism()
@@ -360,22 +400,25 @@ async fn build_history(
             let (minute, task) = pending.pop_front().expect("not empty");
             let built = task.await.context("a generator thread panicked")??;
             let mdir = Manifest::dir(View::Local, &topic, minute);
-            std::fs::create_dir_all(dir.join(&mdir))?;
+            storage.mkdirs(&mdir).await?;
             let mut entries = Vec::new();
             for b in built {
-                let path = dir.join(&mdir).join(&b.name);
-                std::fs::write(&path, &b.bytes)
-                    .with_context(|| format!("cannot write {}", path.display()))?;
+                let path = format!("{mdir}/{}", b.name);
+                let (len, crc) = (b.bytes.len() as u64, crc32c(&b.bytes));
+                storage
+                    .write_atomic(&path, bytes::Bytes::from(b.bytes))
+                    .await
+                    .with_context(|| format!("cannot write {path}"))?;
                 history.events += b.records;
                 history.payload_bytes += b.payload_bytes;
-                history.file_bytes += b.bytes.len() as u64;
+                history.file_bytes += len;
                 history.files += 1;
                 let collector = b.name.split('-').nth(1).expect("dc1-cN-...").to_owned();
                 entries.push(ManifestFile {
                     name: b.name,
-                    bytes: b.bytes.len() as u64,
+                    bytes: len,
                     records: b.records,
-                    crc32c: crc32c(&b.bytes),
+                    crc32c: crc,
                     cluster: dc1.clone(),
                     collector: Some(NodeName::new(collector)?),
                     minute,
