@@ -151,6 +151,10 @@ const REPORT_EVERY: u64 = 256;
 /// lease ends.
 const TRANSITION_UPKEEP: Duration = Duration::from_millis(50);
 
+/// Group upkeep or an automatic commit (both run inside `next()`, so delivery
+/// waits for them) taking longer than this is logged with its step and time.
+const SLOW_INLINE_STEP: Duration = Duration::from_millis(20);
+
 /// One event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
@@ -724,7 +728,9 @@ impl Consumer {
         loop {
             if now >= self.next_upkeep {
                 self.flush_counts();
+                let began = Instant::now();
                 self.upkeep().await?;
+                slow_inline_step("group upkeep", began);
                 let every = if self.in_transition {
                     self.heartbeat.min(TRANSITION_UPKEEP)
                 } else {
@@ -1016,7 +1022,9 @@ impl Consumer {
                 now.saturating_duration_since(self.last_commit) >= d && !self.processed.is_empty()
             });
         if due {
+            let began = Instant::now();
             self.commit_processed().await?;
+            slow_inline_step("automatic commit", began);
         }
         Ok(())
     }
@@ -1534,5 +1542,18 @@ impl Consumer {
             self.metrics.lag_seconds.remove(&l);
         }
         self.lag_partitions = ids.into_iter().collect();
+    }
+}
+
+/// Logs `step` (which ran inside `next()`, holding delivery up) when it took
+/// longer than [`SLOW_INLINE_STEP`].
+fn slow_inline_step(step: &str, began: Instant) {
+    let took = began.elapsed();
+    if took > SLOW_INLINE_STEP {
+        tracing::info!(
+            step,
+            took_ms = took.as_millis() as u64,
+            "a step inside next() held delivery up"
+        );
     }
 }
