@@ -6,6 +6,8 @@
 //! file is open (publish-to-next latency printed), the position carries over when
 //! the file is closed and moved, and storage is read when the collector is stopped.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
@@ -296,4 +298,21 @@ async fn the_local_view_falls_back_to_storage_when_the_collector_is_stopped() {
         .await
         .unwrap()
         .is_none());
+}
+
+/// Issue 17's sub-partitions on the real HDFS: four members share one
+/// collector's stream, each record to exactly one of them, read live from the
+/// open HDFS file (through the collector's open-file endpoint) and from the
+/// sealed minute after the worker's move; the same case as on local disk
+/// (`common`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sub_partitions_split_one_stream_exactly_once_on_hdfs() {
+    let Some(root) = hdfs::root("pintail_sub_partitions").await else {
+        return;
+    };
+    common::sub_partitions_split_one_stream_exactly_once_across_the_move(
+        root.storage,
+        common::OpenFileLag::AtMost,
+    )
+    .await;
 }
