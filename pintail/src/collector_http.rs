@@ -46,6 +46,10 @@ use crate::roots::Roots;
 const ADDR_REFRESH: Duration = Duration::from_secs(10);
 /// Connect timeout (short: the consumer polls partitions one after another).
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
+/// Whole-request timeout of the lag's one-off question ([`synced_from`]): the
+/// lag is measured inside the consumer's upkeep, so a collector slow to answer
+/// must not hold delivery up for long (storage is read instead).
+const LAG_REQUEST_TIMEOUT: Duration = Duration::from_millis(500);
 /// Whole-request timeout (a long-poll gets [`WAIT`] more).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a long-poll asks the collector to hold it (`wait_ms`; the collector
@@ -325,6 +329,42 @@ impl CollectorHttp {
         }
         Some(beat.http_addr)
     }
+}
+
+/// For the lag ([`crate::lag`]): the synced bytes of `name`, a file of
+/// `collector` still open for write, from `offset` on (at most `max`), asked
+/// once from the collector's open-file endpoint (its address from its
+/// heartbeat in `storage`). `None` when the collector cannot say: not running,
+/// unreachable, another collector at that address, the file no longer open,
+/// or the offset not served (older than the collector keeps); the caller then
+/// reads storage.
+pub(crate) async fn synced_from(
+    storage: &dyn conduit_core::Storage,
+    cluster: &NodeName,
+    collector: &NodeName,
+    topic: &Topic,
+    name: &str,
+    offset: u64,
+    max: u64,
+) -> Option<Bytes> {
+    let bytes = storage
+        .read(&Layout::heartbeat_path(cluster, collector))
+        .await
+        .ok()?;
+    let beat: Heartbeat = serde_json::from_slice(&bytes).ok()?;
+    if beat.state == CollectorState::Stopped || beat.http_addr.is_empty() {
+        return None;
+    }
+    let target = format!("/v1/open/{topic}/{collector}/{name}?offset={offset}&max={max}");
+    let (_, answer) = exchange(None, beat.http_addr, target, LAG_REQUEST_TIMEOUT).await;
+    let (status, headers, body) = answer.ok()?;
+    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+    let offset = offset.to_string();
+    (status == 200
+        && header("conduit-cluster") == Some(cluster.as_str())
+        && header("conduit-collector") == Some(collector.as_str())
+        && header("conduit-offset") == Some(offset.as_str()))
+    .then_some(body)
 }
 
 /// The answer to `target` from the collector at `addr`: one GET on `conn`

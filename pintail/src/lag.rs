@@ -33,6 +33,21 @@ pub struct Lag {
     pub seconds: u64,
 }
 
+/// Largest answer asked of a collector for the rest of an open file (its
+/// in-memory window is 8 MiB by default; a position older than that window is
+/// counted from storage).
+const OPEN_FILE_MAX: u64 = 64 << 20;
+
+/// A file in a collector's directory (`data/`), possibly still open: its
+/// collector is asked for the synced bytes first (storage may not show them
+/// all: hdfs-native reads only an open file's completed blocks).
+struct MaybeOpen<'a> {
+    cluster: &'a conduit_core::NodeName,
+    collector: &'a conduit_core::NodeName,
+    topic: &'a Topic,
+    name: &'a str,
+}
+
 /// Records and compressed bytes of `path` from frame `offset` on, minus the
 /// `skip` records of that frame already delivered. With `sub` (the collector
 /// file name and sub-partition `k` of `n`), only the records of that
@@ -44,16 +59,40 @@ async fn rest_of_file(
     offset: u64,
     skip: u32,
     sub: Option<(&str, u32, u32)>,
+    open: Option<MaybeOpen<'_>>,
 ) -> Result<(u64, u64)> {
-    let len = match storage.len(path).await {
-        Ok(len) => len,
-        Err(e) if e.is_not_found() => return Ok((0, 0)),
-        Err(e) => return Err(e.into()),
+    let from_collector = match open {
+        Some(o) => {
+            crate::collector_http::synced_from(
+                &**storage,
+                o.cluster,
+                o.collector,
+                o.topic,
+                o.name,
+                offset,
+                OPEN_FILE_MAX,
+            )
+            .await
+        }
+        None => None,
     };
-    if len <= offset {
+    let bytes = match from_collector {
+        Some(bytes) => bytes,
+        None => {
+            let len = match storage.len(path).await {
+                Ok(len) => len,
+                Err(e) if e.is_not_found() => return Ok((0, 0)),
+                Err(e) => return Err(e.into()),
+            };
+            if len <= offset {
+                return Ok((0, 0));
+            }
+            storage.read_range(path, offset..len).await?
+        }
+    };
+    if bytes.is_empty() {
         return Ok((0, 0));
     }
-    let bytes = storage.read_range(path, offset..len).await?;
     let codec = Codec::of_file(path);
     let s = codec.scan(&bytes, offset);
     let mut events = 0u64;
@@ -117,11 +156,8 @@ pub async fn partition_lag(
                 Layout::minute_dir(View::Local, topic, pos.minute()),
                 pos.local_name()
             );
-            let current = if storage.exists(&data_path).await? {
-                data_path
-            } else {
-                dir_path
-            };
+            let in_data = storage.exists(&data_path).await?;
+            let current = if in_data { data_path } else { dir_path };
             let sub = crate::partition::LocalPartition::parse(pos.partition())
                 .filter(|p| p.n > 1)
                 .map(|p| (p.k, p.n));
@@ -131,6 +167,12 @@ pub async fn partition_lag(
                 pos.offset(),
                 pos.record(),
                 sub.map(|(k, n)| (pos.file(), k, n)),
+                in_data.then(|| MaybeOpen {
+                    cluster: pos.cluster(),
+                    collector: pos.collector(),
+                    topic,
+                    name: pos.file(),
+                }),
             )
             .await?;
             add(&mut lag, e, b, pos.minute());
@@ -162,7 +204,16 @@ pub async fn partition_lag(
             }
             for (path, minute, name) in later {
                 let of = sub.map(|(k, n)| (name.as_str(), k, n));
-                let (e, b) = rest_of_file(storage, &path, 0, 0, of).await?;
+                // A later file still in `data/` may be open too.
+                let open = path
+                    .starts_with(&Layout::collector_dir(topic, pos.collector()))
+                    .then(|| MaybeOpen {
+                        cluster: pos.cluster(),
+                        collector: pos.collector(),
+                        topic,
+                        name: &name,
+                    });
+                let (e, b) = rest_of_file(storage, &path, 0, 0, of, open).await?;
                 add(&mut lag, e, b, minute);
             }
         }
@@ -194,6 +245,7 @@ pub async fn partition_lag(
                             &format!("{dir}/{}", f.name),
                             pos.offset(),
                             pos.record(),
+                            None,
                             None,
                         )
                         .await?;

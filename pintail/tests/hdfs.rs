@@ -310,9 +310,5 @@ async fn sub_partitions_split_one_stream_exactly_once_on_hdfs() {
     let Some(root) = hdfs::root("pintail_sub_partitions").await else {
         return;
     };
-    common::sub_partitions_split_one_stream_exactly_once_across_the_move(
-        root.storage,
-        common::OpenFileLag::AtMost,
-    )
-    .await;
+    common::sub_partitions_split_one_stream_exactly_once_across_the_move(root.storage).await;
 }

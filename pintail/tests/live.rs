@@ -242,11 +242,8 @@ async fn a_late_file_appearing_in_the_collector_directory_is_read_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sub_partitions_split_one_stream_exactly_once_across_the_move() {
     let dir = tempfile::tempdir().unwrap();
-    common::sub_partitions_split_one_stream_exactly_once_across_the_move(
-        local_storage(dir.path()),
-        common::OpenFileLag::Exact,
-    )
-    .await;
+    common::sub_partitions_split_one_stream_exactly_once_across_the_move(local_storage(dir.path()))
+        .await;
 }
 
 /// A file its collector's repair cut back below what the reader had already read

@@ -27,16 +27,6 @@ pub fn consumer(storage: &SharedStorage, clock: &TestClock) -> ConsumerBuilder {
         .heartbeat(Duration::from_millis(50))
 }
 
-/// What the lag of a file still open for write counts on a backend.
-pub enum OpenFileLag {
-    /// Every synced record (local disk: storage shows every synced byte).
-    Exact,
-    /// At most the synced records: storage shows an HDFS file still open for
-    /// write only up to its last completed block (docs/pintail.md, "Not done
-    /// yet"); exact once the file is closed.
-    AtMost,
-}
-
 /// The lag of each member's last delivered position, added up.
 async fn lag_of(
     storage: &SharedStorage,
@@ -91,10 +81,7 @@ pub async fn take_all(cs: &mut [Consumer], total: usize) -> Vec<Vec<conduit_pint
 /// every record once, and so does the same group restarted from its
 /// checkpoints (nothing more) while reading the sealed file once for its four
 /// sub-partitions.
-pub async fn sub_partitions_split_one_stream_exactly_once_across_the_move(
-    storage: SharedStorage,
-    open_file_lag: OpenFileLag,
-) {
+pub async fn sub_partitions_split_one_stream_exactly_once_across_the_move(storage: SharedStorage) {
     let clock = clock_at(10, 5, 30);
     let collector = collector::on(storage.clone())
         .clock(clock.shared())
@@ -155,16 +142,13 @@ pub async fn sub_partitions_split_one_stream_exactly_once_across_the_move(
     client.log_acked("clicks", &numbered("a", 200, 100)).await;
     // The lag of each sub-partition counts only its own records: together the
     // 100 of the third frame.
-    let lag = lag_of(&storage, &clock, &live).await;
-    match open_file_lag {
-        OpenFileLag::Exact => {
-            assert_eq!(lag, 100, "sub-partition lags add up to the unread records")
-        }
-        OpenFileLag::AtMost => assert!(
-            lag <= 100,
-            "an open file's lag counts at most its unread records: {lag}"
-        ),
-    }
+    // On HDFS too: the rest of the open file comes from its collector (storage
+    // shows only an open HDFS file's completed blocks).
+    assert_eq!(
+        lag_of(&storage, &clock, &live).await,
+        100,
+        "sub-partition lags add up to the unread records of the open file"
+    );
     clock::set(&clock, 10, 6, 10);
     wait_watermark(&storage, "dc1", "c1", minute("2026-11-22T10:05")).await;
     let report = local_job(storage.clone(), clock.shared())
