@@ -46,7 +46,7 @@ use crate::roots::Roots;
 const ADDR_REFRESH: Duration = Duration::from_secs(10);
 /// Connect timeout (short: the consumer polls partitions one after another).
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
-/// Whole-request timeout of the lag's one-off question ([`synced_from`]): the
+/// Time for all of the lag's requests about one file ([`synced_from`]): the
 /// lag is measured inside the consumer's upkeep, so a collector slow to answer
 /// must not hold delivery up for long (storage is read instead).
 const LAG_REQUEST_TIMEOUT: Duration = Duration::from_millis(500);
@@ -332,12 +332,14 @@ impl CollectorHttp {
 }
 
 /// For the lag ([`crate::lag`]): the synced bytes of `name`, a file of
-/// `collector` still open for write, from `offset` on (at most `max`), asked
-/// once from the collector's open-file endpoint (its address from its
-/// heartbeat in `storage`). `None` when the collector cannot say: not running,
-/// unreachable, another collector at that address, the file no longer open,
-/// or the offset not served (older than the collector keeps); the caller then
-/// reads storage.
+/// `collector` still open for write, from `offset` to its synced end (at most
+/// `max`), asked of the collector's open-file endpoint (its address from its
+/// heartbeat in `storage`) in as many requests as its answers take (each is
+/// cut at 4 MiB), on one connection, until an empty answer. `None` when the
+/// collector cannot say: not running, unreachable, another collector at that
+/// address, the file no longer open, or an offset not served (older than the
+/// collector keeps); the caller then reads storage.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn synced_from(
     storage: &dyn conduit_core::Storage,
     cluster: &NodeName,
@@ -355,16 +357,34 @@ pub(crate) async fn synced_from(
     if beat.state == CollectorState::Stopped || beat.http_addr.is_empty() {
         return None;
     }
-    let target = format!("/v1/open/{topic}/{collector}/{name}?offset={offset}&max={max}");
-    let (_, answer) = exchange(None, beat.http_addr, target, LAG_REQUEST_TIMEOUT).await;
-    let (status, headers, body) = answer.ok()?;
-    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
-    let offset = offset.to_string();
-    (status == 200
-        && header("conduit-cluster") == Some(cluster.as_str())
-        && header("conduit-collector") == Some(collector.as_str())
-        && header("conduit-offset") == Some(offset.as_str()))
-    .then_some(body)
+    let deadline = tokio::time::Instant::now() + LAG_REQUEST_TIMEOUT;
+    let mut conn = None;
+    let mut out = bytes::BytesMut::new();
+    let mut at = offset;
+    while (out.len() as u64) < max {
+        let target = format!(
+            "/v1/open/{topic}/{collector}/{name}?offset={at}&max={}",
+            max - out.len() as u64
+        );
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let (kept, answer) = exchange(conn, beat.http_addr.clone(), target, left).await;
+        conn = kept;
+        let (status, headers, body) = answer.ok()?;
+        let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+        let ok = status == 200
+            && header("conduit-cluster") == Some(cluster.as_str())
+            && header("conduit-collector") == Some(collector.as_str())
+            && header("conduit-offset") == Some(at.to_string().as_str());
+        if !ok {
+            return None;
+        }
+        if body.is_empty() {
+            break;
+        }
+        at += body.len() as u64;
+        out.extend_from_slice(&body);
+    }
+    Some(out.freeze())
 }
 
 /// The answer to `target` from the collector at `addr`: one GET on `conn`

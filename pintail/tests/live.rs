@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::consumer;
+use conduit_core::Clock;
 use conduit_merger::Job;
 use conduit_pintail::{Consumer, DefaultStart, ReadView};
 use conduit_testkit::clock::{self, clock_at};
@@ -297,5 +298,63 @@ async fn a_file_cut_back_below_the_read_position_is_passed_over_not_an_error() {
     assert_eq!(texts(&take(&mut c, 50, WITHIN).await), numbered("b", 0, 50));
     assert_eq!(c.stats().cut_back_files, 1);
     drop(client);
+    collector.stop().await.unwrap();
+}
+
+/// The lag of a position in a file still open counts the whole unread rest,
+/// also when it is longer than one answer of the collector's open-file endpoint
+/// (cut at 4 MiB): the lag asks again from where an answer ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lag_of_an_open_file_counts_more_than_one_answer_of_its_collector() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = local_storage(dir.path());
+    let clock = clock_at(10, 5, 30);
+    let collector = collector::on(storage.clone())
+        .clock(clock.shared())
+        .heartbeat_ms(100)
+        .start()
+        .await;
+    let mut client = Client::connect(collector.thrift_addr()).await;
+    // Records of 1,000 pseudo-random hex digits compress about 2:1, so 12 calls
+    // of 1,000 make ~6 MB of frames: more than one answer (4 MiB), less than
+    // the collector keeps of an open file (8 MiB).
+    let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+    let (calls, per_call) = (12, 1000);
+    for _ in 0..calls {
+        let records: Vec<String> = (0..per_call)
+            .map(|_| {
+                (0..125)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        format!("{:08x}", x as u32)
+                    })
+                    .collect()
+            })
+            .collect();
+        client.log_acked("clicks", &records).await;
+    }
+    let mut c = consumer(&storage, &clock).group("g").build().await.unwrap();
+    let first = take(&mut c, 1, WITHIN).await;
+    assert_eq!(
+        collector.status().watermark,
+        Some(minute("2026-11-22T10:04")),
+        "the 10:05 file is still open"
+    );
+    let topic = conduit_core::Topic::new("clicks").unwrap();
+    let lag = conduit_pintail::lag::partition_lag(
+        &storage,
+        ReadView::Local,
+        &topic,
+        &first[0].position,
+        1,
+        clock.now(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(lag.events, calls * per_call - 1, "{lag:?}");
+    assert!(lag.bytes > 4 << 20, "more than one answer: {lag:?}");
+    c.close().await.unwrap();
     collector.stop().await.unwrap();
 }
