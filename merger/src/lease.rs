@@ -6,7 +6,11 @@
 //! Specified in `docs/format.md` §8.1:
 //!
 //! * `system/leases/worker.json` ([`Layout::lease_path`]), the **record**
-//!   ([`LeaseRecord`]), rewritten with `write_atomic`;
+//!   ([`LeaseRecord`]), rewritten with `write_atomic` through [`OwnedWrites`]:
+//!   a temporary copy that a write failed mid-way (NameNode down) left behind is
+//!   deleted before the next write. Only the holder of the newest claimed epoch
+//!   writes the record; a copy of an older holder deleted meanwhile is the write
+//!   of a fenced worker, which must not land anyway;
 //! * `system/leases/worker.claim-<epoch, 20 digits>.json`, the **claims**: created
 //!   exclusively (`create(Exclusive)`: exactly one of several racers wins), one per
 //!   epoch, by whoever takes the lease over. Storage has no compare-and-swap; the
@@ -56,6 +60,7 @@ use chrono::{DateTime, Utc};
 
 use conduit_core::layout::Layout;
 use conduit_core::records::{decode, RecordError, Version};
+use conduit_core::storage::OwnedWrites;
 use conduit_core::{CreateMode, SharedClock, SharedStorage, StorageError};
 
 use crate::{Fence, WorkerError};
@@ -166,6 +171,8 @@ pub struct Lease {
     mono: Monotonic,
     settings: LeaseSettings,
     state: Mutex<State>,
+    /// The record's writes (temporary copies left by failed ones are swept).
+    writes: OwnedWrites,
 }
 
 impl Lease {
@@ -182,6 +189,7 @@ impl Lease {
             mono,
             settings,
             state: Mutex::new(State::default()),
+            writes: OwnedWrites::default(),
         })
     }
 
@@ -277,8 +285,8 @@ impl Lease {
         };
         let body = serde_json::to_vec(&record).map_err(|e| WorkerError::Other(e.to_string()))?;
         let written = self
-            .storage
-            .write_atomic(&self.record_path(), body.into())
+            .writes
+            .write_atomic(&*self.storage, &self.record_path(), body.into())
             .await;
         let highest = match written {
             Ok(()) => self.highest_claim().await,
@@ -519,8 +527,8 @@ impl Lease {
                 r.renewed_at = now;
                 r.expires_at = now - drift - chrono::Duration::seconds(1);
                 let body = serde_json::to_vec(&r).map_err(|e| WorkerError::Other(e.to_string()))?;
-                self.storage
-                    .write_atomic(&self.record_path(), body.into())
+                self.writes
+                    .write_atomic(&*self.storage, &self.record_path(), body.into())
                     .await?;
                 tracing::info!(epoch, "released the worker lease");
             }

@@ -233,3 +233,35 @@ async fn a_renewal_that_outlived_its_holding_is_no_takeover() {
     a.check().await.unwrap();
     assert!(a.is_held());
 }
+
+/// A temporary copy of the lease record that a failed write left (a NameNode
+/// down between the copy's write and its rename, seen in
+/// `faults_hdfs_worker`) is deleted by the worker's next write of the record,
+/// not left in `system/leases/` for good.
+#[tokio::test]
+async fn a_temporary_copy_left_by_a_failed_record_write_is_swept() {
+    let (_dir, storage, clock) = setup();
+    let left = "system/leases/_tmp.worker.json.00c0ffee00c0ffee";
+    storage
+        .write_atomic(left, bytes::Bytes::from_static(b"{\"torn\":"))
+        .await
+        .unwrap();
+    let w = worker(&storage, &clock, "w0");
+    held(w.acquire().await.unwrap());
+    assert!(
+        !storage.exists(left).await.unwrap(),
+        "{left} is still there"
+    );
+    let names: Vec<String> = storage
+        .list("system/leases")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| f.name)
+        .collect();
+    assert!(
+        names.iter().all(|n| !n.starts_with("_tmp.")),
+        "no temporary copy left: {names:?}"
+    );
+    assert!(names.iter().any(|n| n == "worker.json"), "{names:?}");
+}
