@@ -273,7 +273,22 @@ impl NetHdfs {
             return None;
         }
         let (host, ports) = match side {
-            Side::East => (&link.east_wan, Vec::new()),
+            // Alone in its namespace: the script's default ports, named here so
+            // that HDFS_* ports exported in the developer's shell (for another
+            // HDFS of this machine) are not inherited.
+            Side::East => (
+                &link.east_wan,
+                [
+                    ("HDFS_NN_PORT", "9000"),
+                    ("HDFS_NN_HTTP_PORT", "9870"),
+                    ("HDFS_DN_PORT", "9866"),
+                    ("HDFS_DN_HTTP_PORT", "9864"),
+                    ("HDFS_DN_IPC_PORT", "9867"),
+                ]
+                .into_iter()
+                .map(|(var, port)| (var, port.to_owned()))
+                .collect::<Vec<_>>(),
+            ),
             Side::West => (
                 &link.west_wan,
                 [
@@ -291,7 +306,8 @@ impl NetHdfs {
         let nn_port = ports
             .iter()
             .find(|(var, _)| *var == "HDFS_NN_PORT")
-            .map_or("9000", |(_, port)| port.as_str());
+            .map(|(_, port)| port.as_str())
+            .expect("every side names its ports");
         let hdfs = NetHdfs {
             url: format!("hdfs://{host}:{nn_port}"),
             state: state.to_owned(),
