@@ -270,9 +270,7 @@ impl CollectorHttp {
             }
         };
         let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
-        if header("conduit-cluster") != Some(self.cluster.as_str())
-            || header("conduit-collector") != Some(self.collector.as_str())
-        {
+        if !answered_by(&headers, &self.cluster, &self.collector) {
             self.addr_read = None;
             return self.failed(
                 metrics,
@@ -321,14 +319,34 @@ impl CollectorHttp {
     }
 
     async fn read_addr(&self, roots: &Roots) -> Option<String> {
-        let path = Layout::heartbeat_path(&self.cluster, &self.collector);
-        let bytes = roots.first().read(&path).await.ok()?;
-        let beat: Heartbeat = serde_json::from_slice(&bytes).ok()?;
-        if beat.state == CollectorState::Stopped || beat.http_addr.is_empty() {
-            return None;
-        }
-        Some(beat.http_addr)
+        http_addr(&**roots.first(), &self.cluster, &self.collector).await
     }
+}
+
+/// The HTTP address of a running collector, from its heartbeat in `storage`;
+/// `None` when it has no heartbeat, is stopped, or has no HTTP listener.
+async fn http_addr(
+    storage: &dyn conduit_core::Storage,
+    cluster: &NodeName,
+    collector: &NodeName,
+) -> Option<String> {
+    let bytes = storage
+        .read(&Layout::heartbeat_path(cluster, collector))
+        .await
+        .ok()?;
+    let beat: Heartbeat = serde_json::from_slice(&bytes).ok()?;
+    if beat.state == CollectorState::Stopped || beat.http_addr.is_empty() {
+        return None;
+    }
+    Some(beat.http_addr)
+}
+
+/// Whether an answer's identity headers name `cluster`/`collector` (another
+/// process may have the address now).
+fn answered_by(headers: &HeaderMap, cluster: &NodeName, collector: &NodeName) -> bool {
+    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+    header("conduit-cluster") == Some(cluster.as_str())
+        && header("conduit-collector") == Some(collector.as_str())
 }
 
 /// For the lag ([`crate::lag`]): the synced bytes of `name`, a file of
@@ -349,14 +367,7 @@ pub(crate) async fn synced_from(
     offset: u64,
     max: u64,
 ) -> Option<Bytes> {
-    let bytes = storage
-        .read(&Layout::heartbeat_path(cluster, collector))
-        .await
-        .ok()?;
-    let beat: Heartbeat = serde_json::from_slice(&bytes).ok()?;
-    if beat.state == CollectorState::Stopped || beat.http_addr.is_empty() {
-        return None;
-    }
+    let addr = http_addr(storage, cluster, collector).await?;
     let deadline = tokio::time::Instant::now() + LAG_REQUEST_TIMEOUT;
     let mut conn = None;
     let mut out = bytes::BytesMut::new();
@@ -367,14 +378,13 @@ pub(crate) async fn synced_from(
             max - out.len() as u64
         );
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let (kept, answer) = exchange(conn, beat.http_addr.clone(), target, left).await;
+        let (kept, answer) = exchange(conn, addr.clone(), target, left).await;
         conn = kept;
         let (status, headers, body) = answer.ok()?;
-        let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
         let ok = status == 200
-            && header("conduit-cluster") == Some(cluster.as_str())
-            && header("conduit-collector") == Some(collector.as_str())
-            && header("conduit-offset") == Some(at.to_string().as_str());
+            && answered_by(&headers, cluster, collector)
+            && headers.get("conduit-offset").and_then(|v| v.to_str().ok())
+                == Some(at.to_string().as_str());
         if !ok {
             return None;
         }

@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 
 use conduit_merger::Job;
 use conduit_pintail::{Consumer, ReadView};
-use conduit_testkit::clock::{at, clock_at};
+use conduit_testkit::clock::at;
 use conduit_testkit::minutes::sealed_minute;
-use conduit_testkit::scribe::{numbered, Client};
+use conduit_testkit::scribe::numbered;
 use conduit_testkit::tail::{take, texts};
 use conduit_testkit::worker::{local_job, wait_watermark};
-use conduit_testkit::{collector, hdfs, minute};
+use conduit_testkit::{hdfs, minute};
 
 /// How long a test waits for each message.
 const WITHIN: Duration = Duration::from_secs(20);
@@ -73,13 +73,7 @@ async fn the_local_view_of_a_collector_writing_to_hdfs() {
         return;
     };
     let storage = root.storage;
-    let clock = clock_at(10, 5, 30);
-    let collector = collector::on(storage.clone())
-        .clock(clock.shared())
-        .heartbeat_ms(100)
-        .start()
-        .await;
-    let mut client = Client::connect(collector.thrift_addr()).await;
+    let (clock, collector, mut client) = common::collector_at_10_05(&storage).await;
     client.log_acked("clicks", &numbered("a", 0, 100)).await;
     client.log_acked("clicks", &numbered("a", 100, 100)).await;
     let mut c = Consumer::builder("clicks")
@@ -119,13 +113,7 @@ async fn the_local_view_reads_open_hdfs_files_from_the_collector_and_follows_the
         return;
     };
     let storage = root.storage;
-    let clock = clock_at(10, 5, 30);
-    let collector = collector::on(storage.clone())
-        .clock(clock.shared())
-        .heartbeat_ms(100)
-        .start()
-        .await;
-    let mut client = Client::connect(collector.thrift_addr()).await;
+    let (clock, collector, mut client) = common::collector_at_10_05(&storage).await;
     let consumer = || {
         Consumer::builder("clicks")
             .cluster("dc1", storage.clone())
@@ -262,13 +250,7 @@ async fn the_local_view_falls_back_to_storage_when_the_collector_is_stopped() {
         return;
     };
     let storage = root.storage;
-    let clock = clock_at(10, 5, 30);
-    let collector = collector::on(storage.clone())
-        .clock(clock.shared())
-        .heartbeat_ms(100)
-        .start()
-        .await;
-    let mut client = Client::connect(collector.thrift_addr()).await;
+    let (clock, collector, mut client) = common::collector_at_10_05(&storage).await;
     let mut c = Consumer::builder("clicks")
         .cluster("dc1", storage.clone())
         .view(ReadView::Local)

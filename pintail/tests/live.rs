@@ -26,13 +26,7 @@ const WITHIN: Duration = Duration::from_secs(10);
 async fn the_live_tail_follows_growing_files_across_a_minute_boundary_and_the_move() {
     let dir = tempfile::tempdir().unwrap();
     let storage = local_storage(dir.path());
-    let clock = clock_at(10, 5, 30);
-    let collector = collector::on(storage.clone())
-        .clock(clock.shared())
-        .heartbeat_ms(100)
-        .start()
-        .await;
-    let mut client = Client::connect(collector.thrift_addr()).await;
+    let (clock, collector, mut client) = common::collector_at_10_05(&storage).await;
     let mut c = consumer(&storage, &clock).group("g").build().await.unwrap();
 
     // The 10:05 file grows by one frame per call; each is read while it is open.
@@ -308,13 +302,7 @@ async fn a_file_cut_back_below_the_read_position_is_passed_over_not_an_error() {
 async fn the_lag_of_an_open_file_counts_more_than_one_answer_of_its_collector() {
     let dir = tempfile::tempdir().unwrap();
     let storage = local_storage(dir.path());
-    let clock = clock_at(10, 5, 30);
-    let collector = collector::on(storage.clone())
-        .clock(clock.shared())
-        .heartbeat_ms(100)
-        .start()
-        .await;
-    let mut client = Client::connect(collector.thrift_addr()).await;
+    let (clock, collector, mut client) = common::collector_at_10_05(&storage).await;
     // Records of 1,000 pseudo-random hex digits compress about 2:1, so 12 calls
     // of 1,000 make ~6 MB of frames: more than one answer (4 MiB), less than
     // the collector keeps of an open file (8 MiB).

@@ -18,6 +18,21 @@ use conduit_testkit::{collector, minute};
 /// How long a case waits for each message (a deadline, not a pause).
 pub const WITHIN: Duration = Duration::from_secs(20);
 
+/// A collector writing to `storage` on a test clock at 2026-11-22 10:05:30
+/// (heartbeats every 100 ms), and a Scribe client connected to it.
+pub async fn collector_at_10_05(
+    storage: &SharedStorage,
+) -> (TestClock, conduit_collector::Collector, Client) {
+    let clock = clock_at(10, 5, 30);
+    let collector = collector::on(storage.clone())
+        .clock(clock.shared())
+        .heartbeat_ms(100)
+        .start()
+        .await;
+    let client = Client::connect(collector.thrift_addr()).await;
+    (clock, collector, client)
+}
+
 /// A local-view consumer of topic `clicks` in cluster `dc1` on the test clock.
 pub fn consumer(storage: &SharedStorage, clock: &TestClock) -> ConsumerBuilder {
     Consumer::builder("clicks")
@@ -82,13 +97,7 @@ pub async fn take_all(cs: &mut [Consumer], total: usize) -> Vec<Vec<conduit_pint
 /// checkpoints (nothing more) while reading the sealed file once for its four
 /// sub-partitions.
 pub async fn sub_partitions_split_one_stream_exactly_once_across_the_move(storage: SharedStorage) {
-    let clock = clock_at(10, 5, 30);
-    let collector = collector::on(storage.clone())
-        .clock(clock.shared())
-        .heartbeat_ms(100)
-        .start()
-        .await;
-    let mut client = Client::connect(collector.thrift_addr()).await;
+    let (clock, collector, mut client) = collector_at_10_05(&storage).await;
     let member = |id: &str| {
         consumer(&storage, &clock)
             .group("g")
