@@ -11,8 +11,10 @@
 //!   interval. The lag gauges are also refreshed every [`LAG_REFRESH`] by a
 //!   background task, so they follow the clock while a round waits on a slow
 //!   or unreachable storage (a call may take up to `worker.storage_timeout_ms`,
-//!   30 s by default, before it fails). A job that fails is counted and retried next interval; the other
-//!   jobs still run. [`WorkerError::LostLease`] (a job's fence check failed) sends
+//!   30 s by default, before it fails). A job that fails is counted
+//!   (`conduit_worker_errors_total`), logged at WARN at most once per 10 s per
+//!   job (DEBUG in between; the WARN carries how many were `suppressed`) and
+//!   retried next interval; the other jobs still run. [`WorkerError::LostLease`] (a job's fence check failed) sends
 //!   the daemon back to standby at once.
 //! * **Shutdown** (the future passed to [`Daemon::run`] resolves): the current
 //!   pass is dropped between two storage calls (every job survives that as it
@@ -27,6 +29,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use conduit_core::ratelimit::{LogLimiter, LOG_INTERVAL};
 use conduit_core::SharedClock;
 
 use crate::lease::{Lease, LeaseStatus};
@@ -68,6 +71,9 @@ pub struct Daemon {
     interval: Duration,
     lease: Option<Arc<Lease>>,
     status: Arc<Mutex<DaemonStatus>>,
+    /// One WARN per job per `LOG_INTERVAL` for failed passes (a pass retried
+    /// every `interval_ms` through an outage would log one each time).
+    failure_lines: LogLimiter,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -103,6 +109,7 @@ impl Daemon {
             interval,
             lease,
             status: Arc::new(Mutex::new(DaemonStatus::default())),
+            failure_lines: LogLimiter::new(LOG_INTERVAL),
         }
     }
 
@@ -202,7 +209,18 @@ impl Daemon {
                 }
                 Err(e) => {
                     self.metrics.record_error(name);
-                    tracing::warn!(job = name, error = %e, "pass failed; retrying next interval");
+                    let lost = matches!(e, WorkerError::LostLease { .. });
+                    match self.failure_lines.allow(name) {
+                        Some(suppressed) => {
+                            tracing::warn!(job = name, error = %e, suppressed, "pass failed; retrying next interval")
+                        }
+                        None if lost => {
+                            tracing::warn!(job = name, error = %e, "pass failed; retrying next interval")
+                        }
+                        None => {
+                            tracing::debug!(job = name, error = %e, "pass failed; retrying next interval (WARN at most once per 10 s per job)")
+                        }
+                    }
                     errors.push((name.to_owned(), e.to_string()));
                     if matches!(e, WorkerError::LostLease { .. }) {
                         first_error = Some(e);

@@ -334,6 +334,14 @@ pub(crate) trait TopicJob: Send + fmt::Debug {
         topic: &Topic,
         plan: Self::Plan,
     ) -> Result<PassReport, WorkerError>;
+
+    /// What made [`TopicJob::topics`] leave topics out of this pass (a listing
+    /// it could not make), taken once its topics have run: the pass then fails
+    /// with it, so `conduit_worker_errors_total` and the status page show a pass
+    /// that did not do all its work.
+    fn take_incomplete(&mut self) -> Option<WorkerError> {
+        None
+    }
 }
 
 #[async_trait::async_trait]
@@ -358,7 +366,8 @@ impl<J: TopicJob> Job for J {
                 }
             }
         }
-        match first_error {
+        let incomplete = self.take_incomplete();
+        match first_error.or(incomplete) {
             Some(e) => Err(e),
             None => Ok(report),
         }

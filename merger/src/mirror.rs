@@ -25,7 +25,9 @@
 //! A crash leaves the mirror's frontier unsealed, possibly with verified copies and
 //! `_tmp.` files; the next pass skips identical copies, redoes the rest, tidies and
 //! seals. An unreachable origin fails the pass for its topics (retried next pass);
-//! other topics go on.
+//! other topics go on. With `topic_defaults.mirrors`, the topics are found by
+//! listing the origin's merged view; when that listing fails, the configured
+//! topics are still mirrored and the pass then fails, naming the origin.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
@@ -51,6 +53,9 @@ pub struct MirrorJob {
     progress: SealProgress,
     /// Origins whose last read failed (for their log level).
     failing: FailingClusters,
+    /// Why this pass's topic list may be incomplete (the origin's merged view
+    /// could not be listed): the pass fails with it once its topics have run.
+    incomplete: Option<WorkerError>,
 }
 
 impl MirrorJob {
@@ -61,6 +66,7 @@ impl MirrorJob {
             frontiers: BTreeMap::new(),
             progress: SealProgress::default(),
             failing: FailingClusters::default(),
+            incomplete: None,
         }
     }
 
@@ -80,6 +86,7 @@ impl TopicJob for MirrorJob {
 
     /// The topics mirrored to this cluster, each with its origin cluster.
     async fn topics(&mut self) -> Result<Vec<(Topic, Self::Plan)>, WorkerError> {
+        self.incomplete = None;
         let this = self.env.this.name.as_str();
         let config = &self.env.config;
         let mut names = self.env.configured_topics();
@@ -97,12 +104,19 @@ impl TopicJob for MirrorJob {
                             .read(&origin.name, "the mirror origin is readable again");
                         names.extend(found)
                     }
-                    Err(e) if self.failing.failed(&origin.name) => {
-                        tracing::warn!(origin = %origin.name, error = %e,
-                            "cannot list the merged view of the mirror origin; the mirror falls behind until it is readable (logged at DEBUG until then)")
+                    Err(e) => {
+                        if self.failing.failed(&origin.name) {
+                            tracing::warn!(origin = %origin.name, error = %e,
+                                "cannot list the merged view of the mirror origin; the mirror falls behind until it is readable (logged at DEBUG until then)")
+                        } else {
+                            tracing::debug!(origin = %origin.name, error = %e,
+                                "cannot list the merged view of the mirror origin")
+                        }
+                        self.incomplete = Some(WorkerError::Other(format!(
+                            "mirror origin {} could not be listed, so its topics that are not in the config were not mirrored in this pass (retried next pass): {e}",
+                            origin.name
+                        )));
                     }
-                    Err(e) => tracing::debug!(origin = %origin.name, error = %e,
-                        "cannot list the merged view of the mirror origin"),
                 }
             }
         }
@@ -124,6 +138,10 @@ impl TopicJob for MirrorJob {
             }
         }
         Ok(served.into_iter().collect())
+    }
+
+    fn take_incomplete(&mut self) -> Option<WorkerError> {
+        self.incomplete.take()
     }
 
     /// Mirrors as many sealed minutes of `topic` as the origin has.

@@ -1598,3 +1598,53 @@ async fn a_gzip_topic_compacts_its_merged_gz_minutes_to_parquet() {
         "origin parsed from the .gz names"
     );
 }
+
+/// With `topic_defaults.mirrors` the mirror finds its topics by listing the
+/// origin's merged view. When that listing fails, the pass must fail (counted in
+/// `conduit_worker_errors_total`, named on the status page) instead of reporting
+/// a completed pass that mirrored nothing; the configured topics still run, and
+/// the next pass after the origin is back completes.
+#[tokio::test]
+async fn a_mirror_that_cannot_list_its_origin_fails_its_pass() {
+    let start = minute("2026-11-22T10:00Z");
+    let world = World::from_toml(
+        &["dc1", "dc2"],
+        "[topic_defaults]\nmerge_into = \"dc1\"\nmerge_sources = [\"dc1\"]\nmirrors = [\"dc2\"]\n",
+        start.start(),
+    );
+    let mut merge = MergeJob::new(world.env("dc1", None));
+    seal_simple(&world, "dc1", start).await;
+    world.clock.set(start.end() + TimeDelta::seconds(3));
+    assert_eq!(merge.pass().await.unwrap().sealed, 1);
+    world.clock.set(start.end() + TimeDelta::seconds(4));
+
+    let mut env = world.env("dc2", None);
+    let cut = FaultPlan::new();
+    let dc1 = env.clusters.get_mut(&node("dc1")).unwrap();
+    dc1.storage = Arc::new(FaultStorage::new(dc1.storage.clone(), cut.clone()));
+    let mut mirror = MirrorJob::new(env);
+    cut.fail_all();
+    let err = mirror
+        .pass()
+        .await
+        .expect_err("a pass that could not list its origin is not complete");
+    let text = err.to_string();
+    assert!(
+        text.contains("mirror origin dc1 could not be listed"),
+        "the error names the origin: {text}"
+    );
+    assert!(
+        world
+            .storage("dc2")
+            .list(&Layout::topic_dir(View::Merged, &topic()))
+            .await
+            .map(|l| l.is_empty())
+            .unwrap_or(true),
+        "nothing mirrored while the origin is cut"
+    );
+
+    cut.heal();
+    let report = mirror.pass().await.unwrap();
+    assert_eq!(report.sealed, 1, "the next pass mirrors the minute");
+    check_sealed(world.storage("dc2").as_ref(), View::Merged, start).await;
+}

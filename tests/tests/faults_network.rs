@@ -245,6 +245,28 @@ fn east_metrics(dcs: &Dcs) -> (Option<f64>, f64) {
     (lag, timeouts)
 }
 
+/// East's failed mirror passes (`conduit_worker_errors_total{job="mirror"}`).
+fn mirror_errors(dcs: &Dcs) -> f64 {
+    metric(
+        &dcs.east_worker.metrics(),
+        r#"conduit_worker_errors_total{job="mirror"}"#,
+    )
+    .unwrap_or(0.0)
+}
+
+/// How many times a worker logged at WARN that its mirror pass failed.
+fn mirror_pass_warnings(worker: &WorkerProcess) -> usize {
+    worker
+        .log()
+        .lines()
+        .filter(|l| {
+            l.contains(r#""level":"WARN""#)
+                && l.contains("pass failed; retrying next interval")
+                && l.contains(r#""job":"mirror""#)
+        })
+        .count()
+}
+
 /// How many times a worker logged at WARN that it cannot list its mirror
 /// origin.
 fn origin_warnings(worker: &WorkerProcess) -> usize {
@@ -296,6 +318,8 @@ fn cut_and_heal(rt: &tokio::runtime::Runtime, dcs: &Dcs, from: Minute, what: &st
     let (_, timeouts_before, passes_before) = west_metrics(dcs);
     let (_, mirror_timeouts_before) = east_metrics(dcs);
     let origin_warnings_before = origin_warnings(&dcs.east_worker);
+    let mirror_errors_before = mirror_errors(dcs);
+    let mirror_pass_warnings_before = mirror_pass_warnings(&dcs.east_worker);
     let before = rt.block_on(sealed(&dcs.west, from)).len();
     let cut_at = Instant::now();
     dcs.link.cut();
@@ -333,9 +357,23 @@ fn cut_and_heal(rt: &tokio::runtime::Runtime, dcs: &Dcs, from: Minute, what: &st
     let (_, timeouts, passes) = west_metrics(dcs);
     let (_, mirror_timeouts) = east_metrics(dcs);
     let origin_warnings = origin_warnings(&dcs.east_worker) - origin_warnings_before;
+    let mirror_failed = mirror_errors(dcs) - mirror_errors_before;
+    let mirror_pass_warnings = mirror_pass_warnings(&dcs.east_worker) - mirror_pass_warnings_before;
     dcs.link.heal();
     let healed_at_wall = chrono::Utc::now();
     let cut_for = cut_at.elapsed();
+    // The mirror cannot list west's merged view during the cut: its passes
+    // fail and are counted (they used to count as completed), and the daemon
+    // says so at WARN at most once per 10 s, not once per pass.
+    assert!(
+        mirror_failed >= 1.0,
+        "east's mirror passes failed during the cut and were counted ({mirror_failed})"
+    );
+    let most = cut_for.as_secs() / 10 + 2;
+    assert!(
+        (1..=most as usize).contains(&mirror_pass_warnings),
+        "failed mirror passes logged at WARN once per 10 s: {mirror_pass_warnings} lines in {cut_for:?} ({mirror_failed} failed passes)"
+    );
     let healed_at = Instant::now();
     assert!(
         timeouts > timeouts_before,
