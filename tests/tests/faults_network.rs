@@ -254,30 +254,30 @@ fn mirror_errors(dcs: &Dcs) -> f64 {
     .unwrap_or(0.0)
 }
 
-/// How many times a worker logged at WARN that its mirror pass failed.
-fn mirror_pass_warnings(worker: &WorkerProcess) -> usize {
+/// How many WARN lines of a worker's log contain every one of `parts`.
+fn warnings(worker: &WorkerProcess, parts: &[&str]) -> usize {
     worker
         .log()
         .lines()
-        .filter(|l| {
-            l.contains(r#""level":"WARN""#)
-                && l.contains("pass failed; retrying next interval")
-                && l.contains(r#""job":"mirror""#)
-        })
+        .filter(|l| l.contains(r#""level":"WARN""#) && parts.iter().all(|p| l.contains(p)))
         .count()
+}
+
+/// How many times a worker logged at WARN that its mirror pass failed.
+fn mirror_pass_warnings(worker: &WorkerProcess) -> usize {
+    warnings(
+        worker,
+        &["pass failed; retrying next interval", r#""job":"mirror""#],
+    )
 }
 
 /// How many times a worker logged at WARN that it cannot list its mirror
 /// origin.
 fn origin_warnings(worker: &WorkerProcess) -> usize {
-    worker
-        .log()
-        .lines()
-        .filter(|l| {
-            l.contains(r#""level":"WARN""#)
-                && l.contains("cannot list the merged view of the mirror origin")
-        })
-        .count()
+    warnings(
+        worker,
+        &["cannot list the merged view of the mirror origin"],
+    )
 }
 
 /// What one cut showed.
