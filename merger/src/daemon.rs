@@ -14,8 +14,9 @@
 //!   30 s by default, before it fails). A job that fails is counted
 //!   (`conduit_worker_errors_total`), logged at WARN at most once per 10 s per
 //!   job (DEBUG in between; the WARN carries how many were `suppressed`) and
-//!   retried next interval; the other jobs still run. [`WorkerError::LostLease`] (a job's fence check failed) sends
-//!   the daemon back to standby at once.
+//!   retried next interval; the other jobs still run.
+//!   [`WorkerError::LostLease`] (a job's fence check failed) sends the daemon
+//!   back to standby at once.
 //! * **Shutdown** (the future passed to [`Daemon::run`] resolves): the current
 //!   pass is dropped between two storage calls (every job survives that as it
 //!   survives a crash: renames are commits, `_SUCCESS` is written last), then the
@@ -210,19 +211,15 @@ impl Daemon {
                 Err(e) => {
                     self.metrics.record_error(name);
                     let lost = matches!(e, WorkerError::LostLease { .. });
-                    match self.failure_lines.allow(name) {
-                        Some(suppressed) => {
-                            tracing::warn!(job = name, error = %e, suppressed, "pass failed; retrying next interval")
-                        }
-                        None if lost => {
-                            tracing::warn!(job = name, error = %e, "pass failed; retrying next interval")
-                        }
-                        None => {
-                            tracing::debug!(job = name, error = %e, "pass failed; retrying next interval (WARN at most once per 10 s per job)")
-                        }
+                    let allowed = self.failure_lines.allow(name);
+                    if allowed.is_some() || lost {
+                        let suppressed = allowed.unwrap_or(0);
+                        tracing::warn!(job = name, error = %e, suppressed, "pass failed; retrying next interval");
+                    } else {
+                        tracing::debug!(job = name, error = %e, "pass failed; retrying next interval (WARN at most once per 10 s per job)");
                     }
                     errors.push((name.to_owned(), e.to_string()));
-                    if matches!(e, WorkerError::LostLease { .. }) {
+                    if lost {
                         first_error = Some(e);
                         break;
                     }

@@ -269,7 +269,7 @@ impl CollectorHttp {
                 return self.failed(metrics, &format!("{addr}: {e}"));
             }
         };
-        let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+        let header = |n: &str| header(&headers, n);
         if !answered_by(&headers, &self.cluster, &self.collector) {
             self.addr_read = None;
             return self.failed(
@@ -344,9 +344,13 @@ async fn http_addr(
 /// Whether an answer's identity headers name `cluster`/`collector` (another
 /// process may have the address now).
 fn answered_by(headers: &HeaderMap, cluster: &NodeName, collector: &NodeName) -> bool {
-    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
-    header("conduit-cluster") == Some(cluster.as_str())
-        && header("conduit-collector") == Some(collector.as_str())
+    header(headers, "conduit-cluster") == Some(cluster.as_str())
+        && header(headers, "conduit-collector") == Some(collector.as_str())
+}
+
+/// A header of an answer as text (`None` if absent or not text).
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
 }
 
 /// For the lag ([`crate::lag`]): the synced bytes of `name`, a file of
@@ -383,8 +387,7 @@ pub(crate) async fn synced_from(
         let (status, headers, body) = answer.ok()?;
         let ok = status == 200
             && answered_by(&headers, cluster, collector)
-            && headers.get("conduit-offset").and_then(|v| v.to_str().ok())
-                == Some(at.to_string().as_str());
+            && header(&headers, "conduit-offset") == Some(at.to_string().as_str());
         if !ok {
             return None;
         }
