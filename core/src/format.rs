@@ -865,7 +865,10 @@ pub fn decode_file(path: &str, buf: &[u8], encoding: Encoding) -> Result<Decoded
                 if frames.last().is_some_and(is_index) {
                     keep -= 1;
                 }
-                if frames[..keep].last().is_some_and(is_marks) {
+                // Marks with no data frame after them are torn: all of them
+                // (only damage writes two in a row), so that decoding what is
+                // kept keeps it all.
+                while frames[..keep].last().is_some_and(is_marks) {
                     keep -= 1;
                 }
             }
@@ -1829,6 +1832,28 @@ mod tests {
         assert_eq!(decoded.scan.torn_bytes, file.len() as u64 - pair_end);
         let again = decode_file("f", &file[..pair_end as usize], Encoding::Lines).unwrap();
         assert_eq!(again.scan.valid_len, pair_end);
+    }
+
+    /// Found by fuzzing (`fuzz/regressions/data_file/v1-torn-data-after-two-marks-frames`):
+    /// an unclosed version 1 file ending with two marks frames and no data frame
+    /// after them. Only the last was cut as torn, which left the first at the
+    /// end; decoding those kept bytes again cut it too, so what recovery keeps
+    /// did not decode to itself.
+    #[test]
+    fn v1_kept_bytes_decode_to_themselves_after_a_torn_data_frame() {
+        let file =
+            include_bytes!("../../fuzz/regressions/data_file/v1-torn-data-after-two-marks-frames");
+        let decoded = decode_file("f", file, Encoding::Lines).unwrap();
+        let kept = &file[..decoded.scan.valid_len as usize];
+        let again = decode_file("f", kept, Encoding::Lines).unwrap();
+        assert_eq!(again.scan.frames, decoded.scan.frames);
+        assert_eq!(again.scan.torn_bytes, 0);
+        assert_eq!(again.payloads, decoded.payloads);
+        assert_eq!(
+            decoded.payloads.len(),
+            2,
+            "both records of the first frame are kept"
+        );
     }
 
     /// Found by fuzzing (`fuzz/regressions/data_file_writer/empty-file-torn-in-trailer`):
