@@ -42,6 +42,14 @@ pub enum Error {
         /// Its log so far.
         log: String,
     },
+    /// A child armed to die before it is ready said it was ready.
+    #[error("{what} became ready instead of dying at its crash point before that; log:\n{log}")]
+    ReadyBeforeCrash {
+        /// The program and its role.
+        what: String,
+        /// Its log so far.
+        log: String,
+    },
     /// A wait ran out.
     #[error(transparent)]
     TimedOut(#[from] TimedOut),
@@ -291,6 +299,28 @@ impl CollectorProcess {
         Self::start_limited(root, id, thrift, http, extra, log_dir, how)
     }
 
+    /// [`CollectorProcess::start_crashing`] for a crash point in the collector's
+    /// startup (its recovery of what the previous run left): returns once the
+    /// process has ended, before it was ready ([`wait_killed`] then checks it was
+    /// SIGKILL), and fails with [`Error::ReadyBeforeCrash`] if it became ready
+    /// instead, i.e. the crash point was not reached during startup.
+    pub fn start_dying_in_recovery(
+        root: &str,
+        id: &str,
+        thrift: &str,
+        http: &str,
+        extra: &[&str],
+        log_dir: &Path,
+        crash_at: &str,
+    ) -> Result<Self, Error> {
+        let how = Spawn {
+            env: vec![(CRASH_AT.to_owned(), crash_at.to_owned())],
+            dies_before_ready: true,
+            ..Spawn::default()
+        };
+        Self::start_limited(root, id, thrift, http, extra, log_dir, how)
+    }
+
     /// [`CollectorProcess::start`] with the process's open-file limit
     /// (`RLIMIT_NOFILE`, soft and hard) set to `nofile`, as `ulimit -n` sets it in
     /// the shell that then runs the collector.
@@ -319,6 +349,7 @@ impl CollectorProcess {
         how: Spawn,
     ) -> Result<Self, Error> {
         let what = format!("conduit collector {id}");
+        let dies_before_ready = how.dies_before_ready;
         let log_path = log_dir.join(format!("collector-{id}-{}.log", free_port()));
         let mut child = spawn_limited(
             &what,
@@ -342,6 +373,22 @@ impl CollectorProcess {
             }
         });
         match rx.recv_timeout(READY_TIMEOUT) {
+            Ok(_) if dies_before_ready => {
+                kill9(&mut child);
+                Err(Error::ReadyBeforeCrash {
+                    what,
+                    log: read_log(&log_path),
+                })
+            }
+            // Its stdout closed before it was ready: it ended, as it should.
+            Err(mpsc::RecvTimeoutError::Disconnected) if dies_before_ready => {
+                Ok(CollectorProcess {
+                    child,
+                    thrift_addr: thrift.to_owned(),
+                    http_addr: http.to_owned(),
+                    log_path,
+                })
+            }
             Ok(_) => Ok(CollectorProcess {
                 child,
                 thrift_addr: thrift.to_owned(),
@@ -521,6 +568,9 @@ struct Spawn {
     nofile: Option<u64>,
     /// Extra environment variables (e.g. the `CONDUIT_CRASH_AT` test hook).
     env: Vec<(String, String)>,
+    /// The child must die before it says it is ready (a crash point in its
+    /// startup): it is returned once its stdout closes.
+    dies_before_ready: bool,
 }
 
 /// Spawns `conduit --log-format json <args>` with stderr to `log_path`, as

@@ -2,7 +2,9 @@
 //! at the instant of a chosen storage call (the `CONDUIT_CRASH_AT` test hook,
 //! `conduit_core::storage::crash`): the collector mid-frame, mid-marks and just
 //! before it closes a full file (its trailer written, the file not closed: on
-//! HDFS its lease still held), the worker mid-`_SUCCESS`, right after renaming
+//! HDFS its lease still held); the collector again and again inside its own
+//! startup recovery (mid-copy of a cut, right after the copy's rename, mid-append
+//! of the trailer, before its close, mid-write of the dedup snapshot); the worker mid-`_SUCCESS`, right after renaming
 //! `_SUCCESS` into place, right after moving a file into a minute directory.
 //! Each is restarted without the hook while a real Scribe client goes on, and
 //! the test then counts: every acknowledged event stored exactly once (an
@@ -164,6 +166,144 @@ fn a_collector_killed_mid_write_on_hdfs_loses_nothing_acknowledged() {
         return;
     };
     collector_killed_mid_write(&root);
+}
+
+/// Crash points inside the collector's startup recovery of what the run before
+/// it left, in order, each in a fresh process on the same root. Before them a
+/// collector is killed mid-frame, so its file has a torn frame to cut: the cut
+/// copies the kept bytes to a hidden `_tmp.` sibling, renames it over the
+/// original, then appends the index and trailer (`format::close_recovered`); at
+/// the end recovery saves the dedup snapshot (a `_tmp.` copy renamed into place).
+const RECOVERY_POINTS: &[(&str, &str)] = &[
+    (
+        "mid-copy of the kept bytes (the cut's hidden copy torn)",
+        "write:1:_tmp.",
+    ),
+    (
+        "right after the copy is renamed over the original, before the trailer",
+        "rename:1:_tmp.",
+    ),
+    (
+        "mid-append of the index and trailer (nothing to cut this time)",
+        "write:1:data/recovery/",
+    ),
+    (
+        "after cutting the torn trailer, before the new one is closed",
+        "close:2:data/recovery/",
+    ),
+    (
+        "mid-write of the dedup snapshot (its hidden copy torn)",
+        "write:1:.dedup",
+    ),
+];
+
+fn collector_killed_during_recovery(root: &Root) {
+    let rt = &root.rt;
+    let (thrift, http) = (free_addr(), free_addr());
+    let extra = ["--max-file-bytes", "4096"];
+    // A normal run killed mid-frame: the next start has a torn file to repair.
+    let mut first = CollectorProcess::start_crashing(
+        &root.uri,
+        "c1",
+        &thrift,
+        &http,
+        &extra,
+        &root.logs,
+        "write:5:data/recovery/",
+    )
+    .unwrap();
+    let load = Load::start(rt, &thrift, "recovery", "ev", 20, Duration::from_millis(5));
+    wait_killed(
+        &mut first.child,
+        "collector mid-frame",
+        CRASH_TIMEOUT,
+        &first.log_path,
+    );
+    for (what, point) in RECOVERY_POINTS {
+        let mut armed = CollectorProcess::start_dying_in_recovery(
+            &root.uri, "c1", &thrift, &http, &extra, &root.logs, point,
+        )
+        .unwrap_or_else(|e| panic!("collector killed {what} ({point}): {e}"));
+        wait_killed(
+            &mut armed.child,
+            &format!("collector in recovery, {what}"),
+            CRASH_TIMEOUT,
+            &armed.log_path,
+        );
+        let log = armed.log();
+        let (op, rest) = point.split_once(':').unwrap();
+        let (_, needle) = rest.split_once(':').unwrap();
+        let at = log
+            .lines()
+            .find_map(|l| l.split_once("killing this process (SIGKILL) at "))
+            .map(|(_, at)| at.to_owned())
+            .unwrap_or_else(|| panic!("the armed collector names where it died: {log}"));
+        assert!(
+            at.starts_with(&format!("{op} of ")) && at.contains(needle),
+            "died {what} at {at}"
+        );
+        assert!(
+            !log.contains("quarantine"),
+            "nothing was quarantined ({what}): {log}"
+        );
+        eprintln!("{point}: killed in recovery at {at}");
+    }
+    // Started without the hook: it recovers what five interrupted recoveries
+    // left, and the client goes on.
+    let acked = load.acked_calls();
+    let mut restarted =
+        CollectorProcess::start_on(&root.uri, "c1", &thrift, &http, &extra, &root.logs).unwrap();
+    wait::until_blocking(
+        "10 calls acknowledged after the last restart",
+        CRASH_TIMEOUT,
+        || (load.acked_calls() >= acked + 10).then_some(()),
+    )
+    .unwrap_or_else(|e| panic!("{e}; log:\n{}", restarted.log()));
+    assert!(
+        !restarted.log().contains("quarantine"),
+        "nothing acknowledged was missing at the last recovery: {}",
+        restarted.log()
+    );
+    let status = restarted.terminate().unwrap();
+    assert!(status.success(), "graceful stop: {status:?}");
+    let seen = load.stop(rt);
+
+    let counts = rt.block_on(payload_counts(&*root.storage, "recovery"));
+    let (acked, extra_stored) = seen.check_exactly_once(&counts);
+    let files = rt.block_on(stored_files(&*root.storage, "recovery"));
+    assert!(
+        files.iter().all(|f| f.is_closed()),
+        "every collector file closed: {:?}",
+        files.iter().map(|f| &f.path).collect::<Vec<_>>()
+    );
+    assert!(
+        files.iter().all(|f| !f.path.contains("_tmp.")),
+        "no recovery copy left behind: {:?}",
+        files.iter().map(|f| &f.path).collect::<Vec<_>>()
+    );
+    eprintln!(
+        "collector on {}: killed in recovery {} times, {} calls, {acked} events acknowledged, all stored once; {} unacknowledged calls, {extra_stored} of their events stored (at most once); {} files, all closed",
+        root.uri,
+        RECOVERY_POINTS.len(),
+        seen.calls.len(),
+        seen.refused,
+        files.len()
+    );
+    assert!(acked > 0);
+    assert_verify_clean(&["--root", &root.uri, "--topic", "recovery"], "recovery");
+}
+
+#[test]
+fn a_collector_killed_during_its_recovery_loses_nothing_acknowledged() {
+    collector_killed_during_recovery(&local_root());
+}
+
+#[test]
+fn a_collector_killed_during_its_recovery_on_hdfs_loses_nothing_acknowledged() {
+    let Some(root) = hdfs_root("a_collector_killed_during_its_recovery_on_hdfs") else {
+        return;
+    };
+    collector_killed_during_recovery(&root);
 }
 
 /// Worker crash points; each gets a topic of its own with a backlog of three
