@@ -631,7 +631,11 @@ impl Engine {
         present: &mut std::collections::HashSet<String>,
     ) -> anyhow::Result<Vec<FileBatch>> {
         let mut batches = Vec::new();
+        let now = self.clock.minute();
         for topic in tree::topics(store.as_ref(), View::Collector).await? {
+            if target == Target::Storage {
+                self.learn_moved_seqs(store.as_ref(), &topic, now).await?;
+            }
             let dir = self.my_dir(&topic);
             for entry in store.list_or_empty(&dir).await? {
                 if entry.is_dir {
@@ -701,6 +705,37 @@ impl Engine {
             }
         }
         Ok(batches)
+    }
+
+    /// Takes note of the sequence numbers this collector already used in
+    /// `minute` for files the worker has since moved into the local view: a run
+    /// stopped earlier in the same minute closed its file, the worker moved it at
+    /// once (a closed file does not wait for the minute's end), and `data/` no
+    /// longer shows its name. This run's next file of `minute` must take a higher
+    /// number, or its local-view name would exist already and the worker could not
+    /// move it. Only `minute` (the current one at startup) needs this: a file of
+    /// a later minute is always this run's, and the files of an earlier minute
+    /// were all created before this run.
+    async fn learn_moved_seqs(
+        &mut self,
+        store: &dyn Storage,
+        topic: &Topic,
+        minute: Minute,
+    ) -> anyhow::Result<()> {
+        let dir = Layout::minute_dir(View::Local, topic, minute);
+        for entry in store.list_or_empty(&dir).await? {
+            let Some(name) = Layout::local_file_in(topic, &entry.name) else {
+                continue;
+            };
+            if name.cluster == self.settings.cluster
+                && name.collector == self.settings.collector
+                && name.minute == minute
+            {
+                let next = self.seqs.entry((topic.clone(), minute)).or_insert(0);
+                *next = (*next).max(name.seq + 1);
+            }
+        }
+        Ok(())
     }
 
     /// Closes an unclosed file of this collector in `store` without cutting any

@@ -342,3 +342,52 @@ async fn a_collector_that_comes_back_late_lands_in_a_later_minute() {
     c1.stop().await.unwrap();
     c2.stop().await.unwrap();
 }
+
+/// A collector stopped and started again within one minute, with a worker pass
+/// in between that moved the first run's closed file of that minute: the second
+/// run's file of the same minute must not take the same name (the worker could
+/// not move it: its destination exists).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_restarted_within_a_minute_after_its_file_was_moved_takes_a_new_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = local_storage(dir.path());
+    let clock = clock_at(10, 5, 10);
+    let cfg = config("");
+    let start = || {
+        collector::on(storage.clone())
+            .clock(clock.shared())
+            .id("c1")
+            .config(cfg.clone())
+            .heartbeat_ms(HEARTBEAT_MS)
+            .start()
+    };
+    let clicks = Topic::new("clicks").unwrap();
+    let mut job = LocalJob::new(env(storage.clone(), clock.shared(), cfg.clone()));
+
+    let first = start().await;
+    let mut client = Client::connect(first.thrift_addr()).await;
+    assert_eq!(
+        client.log_to("clicks", &padded("a", 100, 10)).await,
+        ResultCode::Ok
+    );
+    first.stop().await.unwrap();
+    // The stop closed 10:05's file: the worker moves it at once.
+    job.pass().await.unwrap();
+    assert!(collector_files(&*storage, &clicks).await.is_empty());
+
+    let second = start().await;
+    let mut client = Client::connect(second.thrift_addr()).await;
+    assert_eq!(
+        client.log_to("clicks", &padded("b", 50, 10)).await,
+        ResultCode::Ok
+    );
+    set(&clock, 10, 6, 10);
+    wait_watermark(&storage, "dc1", "c1", minute("2026-11-22T10:05")).await;
+    let report = job.pass().await.unwrap();
+    assert_eq!(report.sealed, 1, "{report:?}");
+    let view = check_local_view(&*storage, &clicks).await;
+    let m = &view.sealed[&minute("2026-11-22T10:05")];
+    assert_eq!(m.records, 150, "both runs' events sealed once: {m:?}");
+    assert_eq!(m.files.len(), 2, "{m:?}");
+    second.stop().await.unwrap();
+}
