@@ -573,6 +573,34 @@ impl Engine {
         Layout::collector_dir(topic, &self.settings.collector)
     }
 
+    /// Where the worker moves this collector's file `path` (`data/<topic>/<me>/<name>`)
+    /// in the local view when the file's own minute is not sealed yet.
+    fn local_view_path(&self, path: &str) -> Option<String> {
+        let mut parts = path.split('/');
+        let (Some("data"), Some(topic), Some(_), Some(name), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            return None;
+        };
+        let topic = Topic::new(topic).ok()?;
+        let file = Layout::collector_file_in(&topic, name)?;
+        let local = Layout::local_file_name(
+            &self.settings.cluster,
+            &self.settings.collector,
+            file.minute,
+            file.seq,
+            &topic,
+        );
+        Some(format!(
+            "{}/{local}",
+            Layout::minute_dir(View::Local, &topic, file.minute)
+        ))
+    }
+
     /// Closes what a previous run left open and rebuilds in-memory state.
     async fn recover(&mut self) -> anyhow::Result<()> {
         let now = now_secs(&self.clock);
@@ -2329,6 +2357,7 @@ impl Engine {
                 path: path.clone(),
                 encoding: *encoding,
                 len: *len,
+                moved_to: self.local_view_path(path),
             })
             .collect();
         if abandoned.is_empty() && spooled.is_empty() {
@@ -2458,6 +2487,8 @@ struct Spooled {
     path: String,
     encoding: Encoding,
     len: u64,
+    /// Where the worker moves its copy in the local view (in its own minute).
+    moved_to: Option<String>,
 }
 
 /// What became of an unclosed file given to [`repair`].
@@ -2557,15 +2588,7 @@ async fn repair_pass(
     };
     for file in spooled {
         let started = Instant::now();
-        if let Err(e) = replay_one(
-            spool.as_ref(),
-            storage.as_ref(),
-            &file.path,
-            file.encoding,
-            file.len,
-        )
-        .await
-        {
+        if let Err(e) = replay_one(spool.as_ref(), storage.as_ref(), &file).await {
             report.replay_error = Some((file.path, e));
             break;
         }
@@ -2693,14 +2716,15 @@ fn collect_topics(calls: &mut [RoundCall]) -> RoundTopics {
 
 /// Copies a closed spool file to storage under the same name, then deletes it from
 /// the spool. Idempotent: a closed copy already in storage means the copy finished
-/// before a crash; an unclosed one is replaced.
+/// before a crash; an unclosed one is replaced; and a copy the worker already
+/// moved into the local view (between the copy and the spool's delete: a crash,
+/// or a delete that failed) is not made again, which would store its events twice.
 async fn replay_one(
     spool: &dyn Storage,
     storage: &dyn Storage,
-    path: &str,
-    encoding: Encoding,
-    acked_len: u64,
+    file: &Spooled,
 ) -> anyhow::Result<()> {
+    let (path, encoding, acked_len) = (file.path.as_str(), file.encoding, file.len);
     // A spool file whose writer failed is cut back to what was acknowledged and
     // closed before it is copied, so storage only ever receives closed files.
     let len = spool.len(path).await?;
@@ -2719,7 +2743,24 @@ async fn replay_one(
                 false
             }
         }
-        Err(e) if e.is_not_found() => false,
+        // Checked after `data/`: the worker's rename moves the copy from one to
+        // the other at once, so it is seen in one place or the other.
+        Err(e) if e.is_not_found() => match &file.moved_to {
+            Some(moved_to) => match storage.stat(moved_to).await {
+                Ok(st) if st.len == bytes.len() as u64 => {
+                    tracing::info!(
+                        path,
+                        moved_to,
+                        "a spool file's copy is already in the local view (the spool copy was not deleted after the replay); not copied again"
+                    );
+                    true
+                }
+                Ok(_) => false,
+                Err(e) if e.is_not_found() => false,
+                Err(e) => return Err(e.into()),
+            },
+            None => false,
+        },
         Err(e) => return Err(e.into()),
     };
     if !done {

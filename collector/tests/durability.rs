@@ -8,6 +8,7 @@ use std::time::Duration;
 use conduit_core::scribe::ResultCode;
 use conduit_core::storage::{FaultPlan, FaultStorage, Op};
 use conduit_core::{Config, SharedStorage, TestClock};
+use conduit_merger::Job;
 use conduit_testkit::clock::clock_at;
 use conduit_testkit::collector::{self, payload_counts, stored_files, wait_status, Start};
 use conduit_testkit::process::{http_get, metric};
@@ -184,6 +185,96 @@ async fn an_outage_spools_then_replays_in_order_without_loss_or_duplicates() {
         spool_left.iter().all(|p| !p.ends_with(".zst")),
         "spool emptied: {spool_left:?}"
     );
+}
+
+/// The replay copies a spool file into `data/` and then deletes it from the
+/// spool. If the worker moves the copy into the local view before that delete
+/// (here the copy's close is done but reported failed, so the replay stops and
+/// is retried; a collector killed between the two leaves the same state), the
+/// retry must find the copy in the local view and not make a second one: that
+/// would store every event of the file twice (and in a minute not sealed yet,
+/// the worker could not move it: its name exists).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_file_the_worker_moved_before_the_spool_let_go_is_not_copied_again() {
+    let e = env();
+    let collector = start(&e).spool(&e.spool).start().await;
+    let mut client = Client::connect(collector.thrift_addr()).await;
+    e.plan.fail_ops(&[
+        Op::Sync,
+        Op::Create,
+        Op::Write,
+        Op::Close,
+        Op::List,
+        Op::Rename,
+        Op::Stat,
+        Op::Read,
+    ]);
+    assert_eq!(
+        client.log(&events("clicks", "during", 100)).await,
+        ResultCode::Ok
+    );
+    assert!(collector.status().spooled_bytes > 0);
+    let spooled: Vec<String> = walk(&e.spool)
+        .into_iter()
+        .filter(|p| p.ends_with(".zst"))
+        .collect();
+    assert_eq!(spooled.len(), 1, "{spooled:?}");
+    let name = spooled[0].rsplit('/').next().unwrap().to_owned();
+
+    // Storage is back, but the replay's copy of that file is closed and then
+    // reported failed, and every look at it in `data/` takes 2 s: the first
+    // replay stops after its copy landed, and the retry is still looking when
+    // the worker moves the copy.
+    e.plan.heal();
+    let injected = e.plan.injected();
+    e.plan
+        .only_paths_containing(&format!("data/clicks/c1/{name}"));
+    e.plan.delay_ops(&[Op::Stat], Duration::from_secs(2));
+    e.plan.fail_ops_after_doing(&[Op::Close]);
+    conduit_testkit::wait::until(
+        "the replay's copy closed and reported failed",
+        STATUS_TIMEOUT,
+        || async { e.plan.injected() > injected },
+    )
+    .await;
+    let mut job = conduit_testkit::worker::local_job(e.real.clone(), e.clock.shared());
+    job.pass().await.unwrap();
+    let moved = format!("streams_local/clicks/2026/11/22/10/05/dc1-c1-{name}");
+    assert!(
+        e.real.stat(&moved).await.is_ok(),
+        "the worker moved the replay's copy to {moved}"
+    );
+    e.plan.heal();
+    wait_status(&collector, "spool replayed", STATUS_TIMEOUT, |s| {
+        s.storage_healthy && s.spooled_bytes == 0
+    })
+    .await;
+    let again = stored_files(&*e.real, "clicks").await;
+    assert!(
+        again.is_empty(),
+        "the replay made no second copy: {:?}",
+        again.iter().map(|f| &f.path).collect::<Vec<_>>()
+    );
+
+    // 10:05 seals with every event once.
+    e.clock.advance(chrono::Duration::seconds(60)); // 10:06:30
+    wait_status(&collector, "watermark 10:05", STATUS_TIMEOUT, |s| {
+        s.watermark == Some(minute("2026-11-22T10:05"))
+    })
+    .await;
+    conduit_testkit::worker::wait_watermark(&e.real, "dc1", "c1", minute("2026-11-22T10:05")).await;
+    let report = job.pass().await.unwrap();
+    assert_eq!(report.sealed, 1, "{report:?}");
+    let counts = conduit_testkit::worker::sealed_counts(
+        &*e.real,
+        conduit_core::View::Local,
+        "clicks",
+        &[minute("2026-11-22T10:05")],
+    )
+    .await;
+    assert_eq!(counts.len(), 100);
+    assert!(counts.values().all(|&c| c == 1), "each event sealed once");
+    collector.stop().await.unwrap();
 }
 
 fn walk(dir: &std::path::Path) -> Vec<String> {
