@@ -244,10 +244,24 @@ impl LocalJob {
                 tracing::warn!(path = %file.path, "collector file vanished before it was moved");
                 Ok(false)
             }
-            Err(e) if e.is_already_exists() => Err(WorkerError::Other(format!(
-                "cannot move {} to {to}: the destination already exists",
-                file.path
-            ))),
+            Err(e) if e.is_already_exists() => {
+                if same_bytes(self.storage(), &file.path, &to).await? {
+                    // Delivered twice (a collector's spool replay whose first copy
+                    // was moved before the spool let go of it): one copy is enough.
+                    tracing::warn!(
+                        from = %file.path,
+                        %to,
+                        "a second copy of a file already in the local view (the same bytes): deleted, not sealed twice"
+                    );
+                    self.env.fence.check().await?;
+                    self.storage().delete(&file.path, false).await?;
+                    return Ok(false);
+                }
+                Err(WorkerError::Other(format!(
+                    "cannot move {} to {to}: a different file of the same name is there already (two files of one collector took one sequence number); move the file in data/ to quarantine/ to let the topic seal on, and see docs/operations.md",
+                    file.path
+                )))
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -507,6 +521,27 @@ impl LocalJob {
         }
         Ok(())
     }
+}
+
+/// Bytes compared at a time by [`same_bytes`].
+const COMPARE_CHUNK: u64 = 8 << 20;
+
+/// Whether files `a` and `b` hold the same bytes (same length, then compared
+/// [`COMPARE_CHUNK`] at a time, so memory stays bounded for any file size).
+async fn same_bytes(storage: &dyn Storage, a: &str, b: &str) -> Result<bool, StorageError> {
+    let len = storage.len(a).await?;
+    if storage.len(b).await? != len {
+        return Ok(false);
+    }
+    let mut at = 0;
+    while at < len {
+        let end = (at + COMPARE_CHUNK).min(len);
+        if storage.read_range(a, at..end).await? != storage.read_range(b, at..end).await? {
+            return Ok(false);
+        }
+        at = end;
+    }
+    Ok(true)
 }
 
 #[async_trait::async_trait]

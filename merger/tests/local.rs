@@ -391,3 +391,67 @@ async fn a_collector_restarted_within_a_minute_after_its_file_was_moved_takes_a_
     assert_eq!(m.files.len(), 2, "{m:?}");
     second.stop().await.unwrap();
 }
+
+/// A collector file delivered twice (a spool replay whose first copy the worker
+/// moved before the spool let go of it) meets its own first copy in the local
+/// view: the second copy is deleted and the minute seals with each event once.
+/// A different file under that name is an error naming the way out, and the
+/// file stays where it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_delivered_twice_is_sealed_once_and_a_different_one_is_not_moved_over_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = local_storage(dir.path());
+    let clock = clock_at(10, 5, 10);
+    let cfg = config("");
+    let clicks = Topic::new("clicks").unwrap();
+    let collector = collector::on(storage.clone())
+        .clock(clock.shared())
+        .id("c1")
+        .config(cfg.clone())
+        .heartbeat_ms(HEARTBEAT_MS)
+        .start()
+        .await;
+    let mut client = Client::connect(collector.thrift_addr()).await;
+    assert_eq!(
+        client.log_to("clicks", &padded("a", 100, 10)).await,
+        ResultCode::Ok
+    );
+    collector.stop().await.unwrap();
+    let path = "data/clicks/c1/clicks-2026-11-22-10-05_00000.zst";
+    let bytes = storage.read(path).await.unwrap();
+    let mut job = LocalJob::new(env(storage.clone(), clock.shared(), cfg.clone()));
+    job.pass().await.unwrap();
+    let moved = "streams_local/clicks/2026/11/22/10/05/dc1-c1-clicks-2026-11-22-10-05_00000.zst";
+    assert_eq!(storage.read(moved).await.unwrap(), bytes);
+
+    // Delivered again: the same bytes under the same name.
+    storage.write_atomic(path, bytes.clone()).await.unwrap();
+    job.pass().await.unwrap();
+    assert!(
+        collector_files(&*storage, &clicks).await.is_empty(),
+        "the second copy is deleted"
+    );
+    assert_eq!(storage.read(moved).await.unwrap(), bytes, "the first stays");
+
+    // A different file under that name: not moved over it, not deleted.
+    let mut other = bytes.to_vec();
+    other.extend_from_slice(&bytes);
+    storage
+        .write_atomic(path, bytes::Bytes::from(other.clone()))
+        .await
+        .unwrap();
+    let err = job.pass().await.unwrap_err().to_string();
+    assert!(
+        err.contains("a different file of the same name") && err.contains("quarantine/"),
+        "{err}"
+    );
+    assert_eq!(storage.read(path).await.unwrap().len(), other.len());
+    storage.delete(path, false).await.unwrap();
+
+    set(&clock, 10, 6, 10);
+    let report = job.pass().await.unwrap();
+    assert_eq!(report.sealed, 1, "{report:?}");
+    let view = check_local_view(&*storage, &clicks).await;
+    let m = &view.sealed[&minute("2026-11-22T10:05")];
+    assert_eq!((m.records, m.files.len()), (100, 1), "{m:?}");
+}
