@@ -14,7 +14,7 @@
 #
 # Needs a running `scripts/hdfs.sh` HDFS (the same CONDUIT_HDFS_STATE and port
 # variables as when it was started) and release builds:
-#   cargo build --release -p conduit-bench -p conduit-cli
+#   cargo build --release -p conduit-cli -p conduit-bench
 set -euo pipefail
 
 PROG="${0##*/}"
@@ -35,7 +35,7 @@ done
 
 conduit="$REPO/target/release/conduit"
 bench="$REPO/target/release/conduit-bench"
-[ -x "$conduit" ] && [ -x "$bench" ] || die "release builds missing: cargo build --release -p conduit-bench -p conduit-cli"
+[ -x "$conduit" ] && [ -x "$bench" ] || die "release builds missing: cargo build --release -p conduit-cli -p conduit-bench"
 state="${CONDUIT_HDFS_STATE:-}"
 [ -n "$state" ] && [ -f "$state/ports.env" ] || die "CONDUIT_HDFS_STATE does not name a running scripts/hdfs.sh state directory"
 # shellcheck disable=SC1091
