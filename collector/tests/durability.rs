@@ -45,6 +45,19 @@ fn start(e: &Env) -> Start {
     collector::on(e.faulty.clone()).clock(e.clock.shared())
 }
 
+/// The calls that fail while storage is away (syncs fail after the bytes were
+/// written).
+const OUTAGE: &[Op] = &[
+    Op::Sync,
+    Op::Create,
+    Op::Write,
+    Op::Close,
+    Op::List,
+    Op::Rename,
+    Op::Stat,
+    Op::Read,
+];
+
 /// How long a test waits for a status.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -109,16 +122,7 @@ async fn an_outage_spools_then_replays_in_order_without_loss_or_duplicates() {
     );
 
     // Storage goes away: syncs fail after the bytes were written.
-    e.plan.fail_ops(&[
-        Op::Sync,
-        Op::Create,
-        Op::Write,
-        Op::Close,
-        Op::List,
-        Op::Rename,
-        Op::Stat,
-        Op::Read,
-    ]);
+    e.plan.fail_ops(OUTAGE);
     assert_eq!(
         client.log(&events("clicks", "during", 100)).await,
         ResultCode::Ok
@@ -199,16 +203,7 @@ async fn a_replayed_file_the_worker_moved_before_the_spool_let_go_is_not_copied_
     let e = env();
     let collector = start(&e).spool(&e.spool).start().await;
     let mut client = Client::connect(collector.thrift_addr()).await;
-    e.plan.fail_ops(&[
-        Op::Sync,
-        Op::Create,
-        Op::Write,
-        Op::Close,
-        Op::List,
-        Op::Rename,
-        Op::Stat,
-        Op::Read,
-    ]);
+    e.plan.fail_ops(OUTAGE);
     assert_eq!(
         client.log(&events("clicks", "during", 100)).await,
         ResultCode::Ok

@@ -292,10 +292,7 @@ impl CollectorProcess {
         log_dir: &Path,
         crash_at: &str,
     ) -> Result<Self, Error> {
-        let how = Spawn {
-            env: vec![(CRASH_AT.to_owned(), crash_at.to_owned())],
-            ..Spawn::default()
-        };
+        let how = Spawn::crashing(crash_at, false);
         Self::start_limited(root, id, thrift, http, extra, log_dir, how)
     }
 
@@ -313,11 +310,7 @@ impl CollectorProcess {
         log_dir: &Path,
         crash_at: &str,
     ) -> Result<Self, Error> {
-        let how = Spawn {
-            env: vec![(CRASH_AT.to_owned(), crash_at.to_owned())],
-            dies_before_ready: true,
-            ..Spawn::default()
-        };
+        let how = Spawn::crashing(crash_at, true);
         Self::start_limited(root, id, thrift, http, extra, log_dir, how)
     }
 
@@ -571,6 +564,17 @@ struct Spawn {
     /// The child must die before it says it is ready (a crash point in its
     /// startup): it is returned once its stdout closes.
     dies_before_ready: bool,
+}
+
+impl Spawn {
+    /// With the crash point `crash_at` armed (`CONDUIT_CRASH_AT`).
+    fn crashing(crash_at: &str, dies_before_ready: bool) -> Spawn {
+        Spawn {
+            env: vec![(CRASH_AT.to_owned(), crash_at.to_owned())],
+            dies_before_ready,
+            ..Spawn::default()
+        }
+    }
 }
 
 /// Spawns `conduit --log-format json <args>` with stderr to `log_path`, as

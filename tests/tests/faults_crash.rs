@@ -18,7 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use conduit_core::{Minute, SharedStorage, Topic, View};
 use conduit_testkit::collector::{payload_counts, stored_files};
-use conduit_testkit::load::Load;
+use conduit_testkit::load::{Load, Seen};
 use conduit_testkit::process::{
     assert_verify_clean, free_addr, terminate, wait_killed, CollectorProcess, WorkerProcess,
 };
@@ -134,25 +134,41 @@ fn collector_killed_mid_write(root: &Root) {
         assert!(status.success(), "graceful stop after {what}: {status:?}");
     }
     let seen = load.take().unwrap().stop(rt);
+    check_topic(
+        root,
+        "crash",
+        &seen,
+        &format!("{} crash points", COLLECTOR_POINTS.len()),
+    );
+}
 
-    let counts = rt.block_on(payload_counts(&*root.storage, "crash"));
+/// Checks what crashed collectors wrote to `topic`, once the last one stopped:
+/// every acknowledged event of `seen` stored exactly once (an unacknowledged
+/// one at most once), every file closed, no `_tmp.` copy left, `conduit
+/// verify` clean. `what` says what the run did, for the summary line.
+fn check_topic(root: &Root, topic: &str, seen: &Seen, what: &str) {
+    let rt = &root.rt;
+    let counts = rt.block_on(payload_counts(&*root.storage, topic));
     let (acked, extra_stored) = seen.check_exactly_once(&counts);
-    let files = rt.block_on(stored_files(&*root.storage, "crash"));
+    let files = rt.block_on(stored_files(&*root.storage, topic));
+    let paths: Vec<_> = files.iter().map(|f| &f.path).collect();
     assert!(
         files.iter().all(|f| f.is_closed()),
-        "every collector file closed: {:?}",
-        files.iter().map(|f| &f.path).collect::<Vec<_>>()
+        "every collector file closed: {paths:?}"
+    );
+    assert!(
+        paths.iter().all(|p| !p.contains("_tmp.")),
+        "no recovery copy left behind: {paths:?}"
     );
     eprintln!(
-        "collector on {}: {} crash points, {} calls, {acked} events acknowledged, all stored once; {} unacknowledged calls, {extra_stored} of their events stored (at most once); {} files, all closed",
+        "collector on {}: {what}, {} calls, {acked} events acknowledged, all stored once; {} unacknowledged calls, {extra_stored} of their events stored (at most once); {} files, all closed",
         root.uri,
-        COLLECTOR_POINTS.len(),
         seen.calls.len(),
         seen.refused,
         files.len()
     );
     assert!(acked > 0);
-    assert_verify_clean(&["--root", &root.uri, "--topic", "crash"], "crash");
+    assert_verify_clean(&["--root", &root.uri, "--topic", topic], topic);
 }
 
 #[test]
@@ -267,30 +283,12 @@ fn collector_killed_during_recovery(root: &Root) {
     let status = restarted.terminate().unwrap();
     assert!(status.success(), "graceful stop: {status:?}");
     let seen = load.stop(rt);
-
-    let counts = rt.block_on(payload_counts(&*root.storage, "recovery"));
-    let (acked, extra_stored) = seen.check_exactly_once(&counts);
-    let files = rt.block_on(stored_files(&*root.storage, "recovery"));
-    assert!(
-        files.iter().all(|f| f.is_closed()),
-        "every collector file closed: {:?}",
-        files.iter().map(|f| &f.path).collect::<Vec<_>>()
+    check_topic(
+        root,
+        "recovery",
+        &seen,
+        &format!("killed in recovery {} times", RECOVERY_POINTS.len()),
     );
-    assert!(
-        files.iter().all(|f| !f.path.contains("_tmp.")),
-        "no recovery copy left behind: {:?}",
-        files.iter().map(|f| &f.path).collect::<Vec<_>>()
-    );
-    eprintln!(
-        "collector on {}: killed in recovery {} times, {} calls, {acked} events acknowledged, all stored once; {} unacknowledged calls, {extra_stored} of their events stored (at most once); {} files, all closed",
-        root.uri,
-        RECOVERY_POINTS.len(),
-        seen.calls.len(),
-        seen.refused,
-        files.len()
-    );
-    assert!(acked > 0);
-    assert_verify_clean(&["--root", &root.uri, "--topic", "recovery"], "recovery");
 }
 
 #[test]
