@@ -576,28 +576,18 @@ impl Engine {
     /// Where the worker moves this collector's file `path` (`data/<topic>/<me>/<name>`)
     /// in the local view when the file's own minute is not sealed yet.
     fn local_view_path(&self, path: &str) -> Option<String> {
-        let mut parts = path.split('/');
-        let (Some("data"), Some(topic), Some(_), Some(name), None) = (
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-        ) else {
-            return None;
-        };
-        let topic = Topic::new(topic).ok()?;
-        let file = Layout::collector_file_in(&topic, name)?;
+        let at = Layout::parse_path(path).ok()?;
+        let file = Layout::collector_file_in(&at.topic, at.file.as_deref()?)?;
         let local = Layout::local_file_name(
             &self.settings.cluster,
             &self.settings.collector,
             file.minute,
             file.seq,
-            &topic,
+            &at.topic,
         );
         Some(format!(
             "{}/{local}",
-            Layout::minute_dir(View::Local, &topic, file.minute)
+            Layout::minute_dir(View::Local, &at.topic, file.minute)
         ))
     }
 
@@ -2714,6 +2704,32 @@ fn collect_topics(calls: &mut [RoundCall]) -> RoundTopics {
     topics
 }
 
+/// Whether the worker already moved a replayed copy of `path` (`len` bytes) to
+/// `moved_to` in the local view.
+async fn moved_already(
+    storage: &dyn Storage,
+    path: &str,
+    moved_to: Option<&str>,
+    len: usize,
+) -> anyhow::Result<bool> {
+    let Some(moved_to) = moved_to else {
+        return Ok(false);
+    };
+    match storage.stat(moved_to).await {
+        Ok(st) if st.len == len as u64 => {
+            tracing::info!(
+                path,
+                moved_to,
+                "a spool file's copy is already in the local view (the spool copy was not deleted after the replay); not copied again"
+            );
+            Ok(true)
+        }
+        Ok(_) => Ok(false),
+        Err(e) if e.is_not_found() => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Copies a closed spool file to storage under the same name, then deletes it from
 /// the spool. Idempotent: a closed copy already in storage means the copy finished
 /// before a crash; an unclosed one is replaced; and a copy the worker already
@@ -2745,22 +2761,9 @@ async fn replay_one(
         }
         // Checked after `data/`: the worker's rename moves the copy from one to
         // the other at once, so it is seen in one place or the other.
-        Err(e) if e.is_not_found() => match &file.moved_to {
-            Some(moved_to) => match storage.stat(moved_to).await {
-                Ok(st) if st.len == bytes.len() as u64 => {
-                    tracing::info!(
-                        path,
-                        moved_to,
-                        "a spool file's copy is already in the local view (the spool copy was not deleted after the replay); not copied again"
-                    );
-                    true
-                }
-                Ok(_) => false,
-                Err(e) if e.is_not_found() => false,
-                Err(e) => return Err(e.into()),
-            },
-            None => false,
-        },
+        Err(e) if e.is_not_found() => {
+            moved_already(storage, path, file.moved_to.as_deref(), bytes.len()).await?
+        }
         Err(e) => return Err(e.into()),
     };
     if !done {

@@ -77,6 +77,7 @@ use std::time::Instant;
 use conduit_core::format::{read_trailer, TRAILER_LEN};
 use conduit_core::heartbeat::{CollectorState, Heartbeat};
 use conduit_core::layout::Layout;
+use conduit_core::manifest::checksum_file;
 use conduit_core::records::LocalCheckpoint;
 use conduit_core::tree::{self, CollectorFile};
 use conduit_core::{Manifest, Minute, NodeName, RenameMode, Storage, StorageError, Topic, View};
@@ -245,13 +246,16 @@ impl LocalJob {
                 Ok(false)
             }
             Err(e) if e.is_already_exists() => {
-                if same_bytes(self.storage(), &file.path, &to).await? {
+                // Length and CRC-32C, as copies are checked (`crate::copy`).
+                let same = checksum_file(self.storage(), &file.path).await?
+                    == checksum_file(self.storage(), &to).await?;
+                if same {
                     // Delivered twice (a collector's spool replay whose first copy
                     // was moved before the spool let go of it): one copy is enough.
                     tracing::warn!(
                         from = %file.path,
                         %to,
-                        "a second copy of a file already in the local view (the same bytes): deleted, not sealed twice"
+                        "a second copy of a file already in the local view (same length and CRC-32C): deleted, not sealed twice"
                     );
                     self.env.fence.check().await?;
                     self.storage().delete(&file.path, false).await?;
@@ -521,27 +525,6 @@ impl LocalJob {
         }
         Ok(())
     }
-}
-
-/// Bytes compared at a time by [`same_bytes`].
-const COMPARE_CHUNK: u64 = 8 << 20;
-
-/// Whether files `a` and `b` hold the same bytes (same length, then compared
-/// [`COMPARE_CHUNK`] at a time, so memory stays bounded for any file size).
-async fn same_bytes(storage: &dyn Storage, a: &str, b: &str) -> Result<bool, StorageError> {
-    let len = storage.len(a).await?;
-    if storage.len(b).await? != len {
-        return Ok(false);
-    }
-    let mut at = 0;
-    while at < len {
-        let end = (at + COMPARE_CHUNK).min(len);
-        if storage.read_range(a, at..end).await? != storage.read_range(b, at..end).await? {
-            return Ok(false);
-        }
-        at = end;
-    }
-    Ok(true)
 }
 
 #[async_trait::async_trait]

@@ -365,16 +365,10 @@ impl CollectorProcess {
                 }
             }
         });
-        match rx.recv_timeout(READY_TIMEOUT) {
-            Ok(_) if dies_before_ready => {
-                kill9(&mut child);
-                Err(Error::ReadyBeforeCrash {
-                    what,
-                    log: read_log(&log_path),
-                })
-            }
-            // Its stdout closed before it was ready: it ended, as it should.
-            Err(mpsc::RecvTimeoutError::Disconnected) if dies_before_ready => {
+        match (rx.recv_timeout(READY_TIMEOUT), dies_before_ready) {
+            // Ready, as it should be; or, armed to die in its startup, its stdout
+            // closed before it was ready: it ended, as it should.
+            (Ok(_), false) | (Err(mpsc::RecvTimeoutError::Disconnected), true) => {
                 Ok(CollectorProcess {
                     child,
                     thrift_addr: thrift.to_owned(),
@@ -382,13 +376,14 @@ impl CollectorProcess {
                     log_path,
                 })
             }
-            Ok(_) => Ok(CollectorProcess {
-                child,
-                thrift_addr: thrift.to_owned(),
-                http_addr: http.to_owned(),
-                log_path,
-            }),
-            Err(_) => {
+            (Ok(_), true) => {
+                kill9(&mut child);
+                Err(Error::ReadyBeforeCrash {
+                    what,
+                    log: read_log(&log_path),
+                })
+            }
+            (Err(_), _) => {
                 kill9(&mut child);
                 Err(Error::NotReady {
                     what,
