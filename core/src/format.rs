@@ -840,6 +840,7 @@ pub fn decode_file(path: &str, buf: &[u8], encoding: Encoding) -> Result<Decoded
     let bytes_of = |f: &FrameRef| &buf[f.offset as usize..(f.offset + f.len) as usize];
     let is_marks = |f: &FrameRef| f.skippable && decode_marks(bytes_of(f)).is_some();
     let is_index = |f: &FrameRef| f.skippable && decode_index(bytes_of(f)).is_some();
+    let is_marks_or_index = |f: &FrameRef| is_marks(f) || is_index(f);
     // How many frames count.
     let mut keep = frames.len();
     if !closed {
@@ -861,16 +862,11 @@ pub fn decode_file(path: &str, buf: &[u8], encoding: Encoding) -> Result<Decoded
             }
             Layout::V1 => {
                 // An index at the end is a close that did not finish (recovery
-                // closes version 1 files with an index too).
-                if frames.last().is_some_and(is_index) {
-                    keep -= 1;
-                }
-                // Marks with no data frame after them are torn: all of them
+                // closes version 1 files with an index too), and marks with no
+                // data frame after them are torn: all such frames, in any order
                 // (only damage writes two in a row), so that decoding what is
                 // kept keeps it all.
-                while frames[..keep].last().is_some_and(is_marks) {
-                    keep -= 1;
-                }
+                keep = v1_kept_before(&frames, keep, is_marks_or_index);
             }
         }
     }
@@ -908,11 +904,12 @@ pub fn decode_file(path: &str, buf: &[u8], encoding: Encoding) -> Result<Decoded
         let content = match decode_frame(bytes) {
             Ok(content) => content,
             Err(reason) if !closed && Some(i) == last_data => {
-                // Torn: cut it, and version 1 marks written just before it.
-                keep = if layout == Layout::V1 && i > 0 && is_marks(&frames[i - 1]) {
-                    i - 1
-                } else {
-                    i
+                // Torn: cut it, and in a version 1 file the marks written just
+                // before it, with any marks or index left before those (the
+                // trailing-frame rule above, applied to what remains).
+                keep = match layout {
+                    Layout::V1 => v1_kept_before(&frames, i, is_marks_or_index),
+                    Layout::V2 => i,
                 };
                 if keep < i {
                     pending.clear();
@@ -965,9 +962,10 @@ pub fn decode_file(path: &str, buf: &[u8], encoding: Encoding) -> Result<Decoded
     }
     scan.frames = frames;
     scan.frames.truncate(keep);
-    if torn_data && layout == Layout::V2 && !scan.is_closed() {
-        // Cutting a torn data frame may leave the data frame before it without
-        // its marks (only damage does that): decode the kept prefix by the same
+    if torn_data && !scan.is_closed() {
+        // Cutting a torn data frame may leave what is kept ending in a way the
+        // rules cut too (in version 2, the data frame before it without its
+        // marks; only damage does that): decode the kept prefix by the same
         // rules, so that what is kept decodes again to itself.
         let kept = decode_file(path, &buf[..scan.valid_len as usize], encoding)?;
         if kept.scan.valid_len < scan.valid_len {
@@ -983,6 +981,15 @@ pub fn decode_file(path: &str, buf: &[u8], encoding: Encoding) -> Result<Decoded
         batches,
         scan,
     })
+}
+
+/// How many of `frames[..end]` a version 1 file keeps when every trailing frame
+/// that `cut` matches is torn.
+fn v1_kept_before(frames: &[FrameRef], end: usize, cut: impl Fn(&FrameRef) -> bool) -> usize {
+    frames[..end]
+        .iter()
+        .rposition(|f| !cut(f))
+        .map_or(0, |last| last + 1)
 }
 
 /// Reads and decodes a whole file from storage.
@@ -1854,6 +1861,61 @@ mod tests {
             2,
             "both records of the first frame are kept"
         );
+    }
+
+    /// Found by fuzzing (CI at 2c66cd6): an unclosed version 1 file whose last
+    /// data frame is complete but does not decode, after two marks frames. The
+    /// torn frame was cut with the marks just before it only, so what was kept
+    /// ended with the first marks frame, which decoding it again cut. Every
+    /// order of marks and index frames at the end, before a torn frame, an
+    /// undecodable one or none, is cut whole now.
+    #[test]
+    fn v1_kept_bytes_decode_to_themselves_whatever_marks_and_index_end_them() {
+        let mut enc = FrameEncoder::new(1).unwrap();
+        let mark = |seq| BatchMark {
+            publisher: Bytes::from_static(b"pub-1"),
+            sequence: seq,
+            part: 0,
+            parts: 1,
+        };
+        let mut head = encode_marks_v1(&[mark(1)]).to_vec();
+        head.extend_from_slice(&frame_of(&mut enc, Encoding::Lines, &[b"x"]));
+        let marks = encode_marks_v1(&[mark(2)]);
+        let index = encode_index(&[]);
+        let next = frame_of(&mut enc, Encoding::Lines, &[b"y"]);
+        let torn = next[..next.len() - 3].to_vec();
+        let mut undecodable = next.to_vec();
+        let at = undecodable.len() - 5; // in the content: its checksum fails
+        undecodable[at] ^= 0xff;
+        assert!(decode_frame(&undecodable).is_err());
+        for n in 0..=3u32 {
+            for pick in 0..1u32 << n {
+                for tail in [&[][..], &torn, &undecodable] {
+                    let mut file = head.clone();
+                    let mut order = Vec::new();
+                    for k in 0..n {
+                        let marks_here = pick >> k & 1 == 0;
+                        order.push(if marks_here { "marks" } else { "index" });
+                        file.extend_from_slice(if marks_here { &marks } else { &index });
+                    }
+                    file.extend_from_slice(tail);
+                    let case = format!("{order:?} then {} tail bytes", tail.len());
+                    let decoded = decode_file("f", &file, Encoding::Lines).unwrap();
+                    assert_eq!(decoded.payloads, vec!["x"], "{case}");
+                    assert_eq!(decoded.scan.valid_len, head.len() as u64, "{case}");
+                    assert_eq!(
+                        decoded.scan.torn_bytes,
+                        (file.len() - head.len()) as u64,
+                        "{case}"
+                    );
+                    let kept = &file[..decoded.scan.valid_len as usize];
+                    let again = decode_file("f", kept, Encoding::Lines).unwrap();
+                    assert_eq!(again.scan.frames, decoded.scan.frames, "{case}");
+                    assert_eq!(again.scan.torn_bytes, 0, "{case}");
+                    assert_eq!(again.marks().count(), 1, "{case}");
+                }
+            }
+        }
     }
 
     /// Found by fuzzing (`fuzz/regressions/data_file_writer/empty-file-torn-in-trailer`):
