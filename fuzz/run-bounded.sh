@@ -19,8 +19,11 @@
 #   CONDUIT_FUZZ_SEED        a fixed libFuzzer seed: start from the committed corpus
 #                            only (new inputs go to a scratch dir) and stop after
 #                            CONDUIT_FUZZ_RUNS inputs (default 20000) or the time
-#                            bound, so the same tree fuzzes the same inputs (what CI
-#                            uses: a run that passed on a commit passes again)
+#                            bound (what CI uses). The mutations follow the seed,
+#                            but which inputs are kept follows coverage, which
+#                            thread timing can change, so two runs of one tree can
+#                            still explore differently: a failure is a real bug
+#                            (keep its input in regressions/), never noise.
 # Exit status: 0 if every target ran clean, 1 otherwise.
 set -euo pipefail
 
@@ -50,6 +53,16 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
 fi
 # cargo-fuzz passes -Z flags (sanitizer, coverage); stable rustc accepts them with this.
 export RUSTC_BOOTSTRAP=1
+
+# The fuzz package has its own lockfile (it is not in the workspace). Left stale,
+# each machine would resolve the missing entries to whatever is newest that day
+# and fuzz different code: refuse that, and say how to refresh it.
+if ! cargo tree --locked --prefix none >/dev/null 2>"$LOGS/lockfile.log"; then
+  say "FAILED: fuzz/Cargo.lock is out of date with what the fuzz package builds (a dependency of conduit-core changed?)"
+  grep -m3 "error" "$LOGS/lockfile.log" >&2 || tail -n 5 "$LOGS/lockfile.log" >&2
+  say "refresh it from the workspace's versions and commit it: cp Cargo.lock fuzz/Cargo.lock && (cd fuzz && cargo tree >/dev/null)"
+  exit 1
+fi
 
 targets="${CONDUIT_FUZZ_TARGETS:-$(cargo fuzz list)}"
 t0="$(date +%s)"
