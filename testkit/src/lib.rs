@@ -37,6 +37,7 @@
 //! - [`process`]: the `conduit` binary as a child process (spawn, wait until
 //!   ready, SIGKILL, SIGTERM, logs), plus plain HTTP and metrics.
 //! - [`clock`]: the fixed test day that clock-driven tests run on.
+//! - [`tmpfs`]: a small tmpfs to fill and free (full-disk faults; needs root).
 //!
 //! The small helpers every test uses ([`minute`], [`node`], [`local_storage`]) are
 //! at the top.
@@ -51,6 +52,7 @@ pub mod netns;
 pub mod process;
 pub mod scribe;
 pub mod tail;
+pub mod tmpfs;
 pub mod wait;
 pub mod worker;
 

@@ -13,7 +13,6 @@
 //! skipped (one `SKIPPED` line) when the test does not run as root.
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,6 +22,7 @@ use conduit_testkit::collector::{payload_counts, stored_files};
 use conduit_testkit::hdfs::{self, Outage};
 use conduit_testkit::load::{Load, Seen};
 use conduit_testkit::process::CollectorProcess;
+use conduit_testkit::tmpfs::Tmpfs;
 use conduit_testkit::wait::until_blocking;
 
 const ID: &str = "c1";
@@ -165,55 +165,6 @@ fn hdfs_namenode_and_datanode_down_keep_acknowledging_from_the_spool() {
     );
 }
 
-/// A small tmpfs mounted for a test, unmounted when dropped.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    /// Mounts `size` of tmpfs, or `None` (after a `SKIPPED` line) when not root.
-    fn mount(test: &str, size: &str) -> Option<Tmpfs> {
-        let dir = tempfile::tempdir().unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            conduit_testkit::gate::missing(
-                test,
-                "cannot mount a tmpfs (not root?), so there is no disk to fill",
-                "run the test as root (CI does)",
-            );
-            return None;
-        }
-        Some(Tmpfs { dir })
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Fills the disk with `filler` until a write fails.
-    fn fill(&self) {
-        use std::io::Write;
-        let mut f = std::fs::File::create(self.path().join("filler")).unwrap();
-        let block = vec![0u8; 64 << 10];
-        while f.write_all(&block).is_ok() {}
-        let _ = f.sync_all();
-    }
-
-    fn free(&self) {
-        std::fs::remove_file(self.path().join("filler")).unwrap();
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.dir.path()).status();
-    }
-}
-
 /// Data files of the collector under a local root (every name, closed or not).
 fn data_files(root: &Path) -> Vec<String> {
     let dir = root.join("data").join(TOPIC).join(ID);
@@ -232,7 +183,7 @@ fn data_files(root: &Path) -> Vec<String> {
 /// meanwhile are few, none is empty, and the events are exactly once.
 fn disk_full(test: &str, with_spool: bool) {
     let _serial = serial();
-    let Some(disk) = Tmpfs::mount(test, "16m") else {
+    let Some(disk) = Tmpfs::mount(test, 16 << 20) else {
         return;
     };
     let rt = conduit_testkit::runtime();

@@ -10,14 +10,14 @@
 //!   once space is back.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use conduit_core::heartbeat::Heartbeat;
 use conduit_core::layout::Layout;
 use conduit_core::{Minute, Topic};
 use conduit_testkit::process::{http_get, run_conduit, CollectorProcess, WorkerProcess};
-use conduit_testkit::{gate, local_storage, minutes, node, runtime, scribe, wait};
+use conduit_testkit::tmpfs::Tmpfs;
+use conduit_testkit::{local_storage, minutes, node, runtime, scribe, wait};
 
 /// Sealing a past minute needs a few worker passes and a collector heartbeat.
 const SEAL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -235,46 +235,6 @@ fn verify_names_leftover_tmp_copies_and_empty_files() {
     );
 }
 
-/// A tmpfs mounted for the length of a test (unmounted on drop).
-struct Tmpfs {
-    path: PathBuf,
-}
-
-impl Tmpfs {
-    /// Mounts a tmpfs of `bytes` at `path`; `None` when this user may not mount.
-    fn mount(path: &Path, bytes: u64) -> Option<Tmpfs> {
-        std::fs::create_dir_all(path).unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
-            .arg(path)
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| Tmpfs {
-            path: path.to_owned(),
-        })
-    }
-
-    /// Writes a filler file until the file system is full.
-    fn fill(&self) -> PathBuf {
-        let filler = self.path.join("filler");
-        let mut f = std::fs::File::create(&filler).unwrap();
-        let chunk = vec![0u8; 4096];
-        loop {
-            if let Err(e) = std::io::Write::write_all(&mut f, &chunk) {
-                assert_eq!(e.raw_os_error(), Some(28), "{e}");
-                break;
-            }
-        }
-        filler
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-    }
-}
-
 /// The worker's `/health` details: lease state and standby reason.
 fn lease_state(worker: &WorkerProcess) -> Option<(String, String)> {
     let (_, body) = http_get(&worker.http_addr, "/health").ok()?;
@@ -292,15 +252,10 @@ fn lease_state(worker: &WorkerProcess) -> Option<(String, String)> {
 #[test]
 fn a_full_disk_is_reported_as_a_failed_lease_renewal_not_a_takeover() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(disk) = Tmpfs::mount(&dir.path().join("disk"), 4 << 20) else {
-        gate::missing(
-            "faults_worker lease on a full disk",
-            "cannot mount a tmpfs (needs root)",
-            "run the tests as root, as .ci/run does in its container",
-        );
+    let Some(disk) = Tmpfs::mount("faults_worker lease on a full disk", 4 << 20) else {
         return;
     };
-    let root = disk.path.join("root");
+    let root = disk.path().join("root");
     let logs = dir.path().join("logs");
     let worker = start_worker(&root, &logs, &["--lease-secs", "3"]);
     let held = |w: &WorkerProcess| lease_state(w).is_some_and(|(lease, _)| lease == "held");
@@ -310,7 +265,7 @@ fn a_full_disk_is_reported_as_a_failed_lease_renewal_not_a_takeover() {
     .unwrap_or_else(|e| panic!("{e}; log:\n{}", worker.log()));
 
     // The disk fills up: renewals fail, the lease lapses, acquiring fails.
-    let filler = disk.fill();
+    disk.fill();
     let mut reasons = Vec::new();
     wait::until_blocking(
         "the worker to report the failed renewal and stand by, then retry",
@@ -342,7 +297,7 @@ fn a_full_disk_is_reported_as_a_failed_lease_renewal_not_a_takeover() {
     assert!(lost.contains("lease renewal failed"), "{lost}");
 
     // Space is back: the same worker holds the lease again.
-    std::fs::remove_file(filler).unwrap();
+    disk.free();
     wait::until_blocking("the lease to be held again", SEAL_TIMEOUT, || {
         if let Some((_, reason)) = lease_state(&worker) {
             reasons.push(reason);
