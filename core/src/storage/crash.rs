@@ -8,7 +8,9 @@
 //! file and are synced, then the process dies), `close:1:data/` (the process dies
 //! before the first close of a data file), `rename:2:_SUCCESS`, `create:1:_tmp.`.
 //! The count is per process, over every root it opens ([`crate::open_root`]
-//! wraps each one when the variable is set). An armed process logs a WARN
+//! wraps each one when the variable is set, and the collector its spool
+//! directory: the spool holds the same `data/...` paths as the root, so a
+//! substring matches calls to either). An armed process logs a WARN
 //! naming the point at the first root it opens. Unset (the normal case), nothing
 //! is wrapped. Not a flag: nobody runs this in production.
 
