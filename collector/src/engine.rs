@@ -616,16 +616,21 @@ impl Engine {
             }
         }
         self.ledger = Ledger::from_saved(ledgers);
-        // Storage: close files left open, learn sequence numbers in use.
+        // Storage: close files left open, learn sequence numbers in use. A file
+        // there under the name of a spool file is that file's replay copy.
         let storage = self.storage.clone();
         let mut present = std::collections::HashSet::new();
+        let spooled = match &self.spool {
+            Some(spool) => self.spool_paths(spool.as_ref()).await?,
+            None => Default::default(),
+        };
         let batches = self
-            .recover_tree(&storage, Target::Storage, &mut present)
+            .recover_tree(&storage, RecoveryTarget::Storage(&spooled), &mut present)
             .await?;
         self.dedup.absorb_marks(&batches, now);
         if let Some(spool) = self.spool.clone() {
             let batches = self
-                .recover_tree(&spool, Target::Spool, &mut present)
+                .recover_tree(&spool, RecoveryTarget::Spool, &mut present)
                 .await?;
             self.dedup.absorb_marks(&batches, now);
         }
@@ -640,18 +645,34 @@ impl Engine {
         Ok(())
     }
 
+    /// The paths of this collector's files in the spool (hidden copies aside).
+    async fn spool_paths(
+        &self,
+        spool: &dyn Storage,
+    ) -> anyhow::Result<std::collections::HashSet<String>> {
+        let mut paths = std::collections::HashSet::new();
+        for topic in tree::topics(spool, View::Collector).await? {
+            for entry in spool.list_or_empty(&self.my_dir(&topic)).await? {
+                if !entry.is_dir && !Layout::is_hidden(&entry.name) {
+                    paths.insert(entry.path);
+                }
+            }
+        }
+        Ok(paths)
+    }
+
     /// Recovers every file of this collector under `data/` of one store, and adds
     /// the paths of those still there to `present`.
     async fn recover_tree(
         &mut self,
         store: &SharedStorage,
-        target: Target,
+        target: RecoveryTarget<'_>,
         present: &mut std::collections::HashSet<String>,
     ) -> anyhow::Result<Vec<FileBatch>> {
         let mut batches = Vec::new();
         let now = self.clock.minute();
         for topic in tree::topics(store.as_ref(), View::Collector).await? {
-            if target == Target::Storage {
+            if let RecoveryTarget::Storage(_) = target {
                 self.learn_moved_seqs(store.as_ref(), &topic, now).await?;
             }
             let dir = self.my_dir(&topic);
@@ -677,9 +698,24 @@ impl Engine {
                     .await
                     .unwrap_or(false);
                 let mut len = entry.len;
+                if let RecoveryTarget::Storage(spooled) = target {
+                    if !closed && spooled.contains(&entry.path) {
+                        // A replay copy the previous run did not finish: never a
+                        // file of its own (its events are all in the spool file,
+                        // replayed again), so not closed, which would let the
+                        // worker seal its part before the whole is copied again.
+                        store.delete(&entry.path, false).await?;
+                        tracing::info!(
+                            path = %entry.path,
+                            bytes = entry.len,
+                            "deleted an unfinished replay copy of a spool file; the spool file is replayed again"
+                        );
+                        continue;
+                    }
+                }
                 let abandoned = match target {
-                    Target::Storage => self.ledger.abandoned_len(&entry.path),
-                    Target::Spool => None,
+                    RecoveryTarget::Storage(_) => self.ledger.abandoned_len(&entry.path),
+                    RecoveryTarget::Spool => None,
                 };
                 if closed && abandoned.is_some() {
                     // Repaired before the crash, but no snapshot said so yet.
@@ -715,7 +751,7 @@ impl Engine {
                     batches.extend(recovery.batches);
                 }
                 present.insert(entry.path.clone());
-                if target == Target::Spool {
+                if let RecoveryTarget::Spool = target {
                     self.spool_bytes += len;
                     self.spooled
                         .insert((name.minute, entry.path.clone()), (encoding, len));
@@ -2469,6 +2505,15 @@ async fn probe(storage: SharedStorage, path: String) -> bool {
             false
         }
     }
+}
+
+/// Which store a startup recovery walks.
+#[derive(Clone, Copy)]
+enum RecoveryTarget<'a> {
+    /// Storage; with the paths of the spool's files (their replay copies).
+    Storage(&'a std::collections::HashSet<String>),
+    /// The spool.
+    Spool,
 }
 
 /// A closed spool file waiting to be replayed.

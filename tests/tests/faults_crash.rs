@@ -304,6 +304,258 @@ fn a_collector_killed_during_its_recovery_on_hdfs_loses_nothing_acknowledged() {
     collector_killed_during_recovery(&root);
 }
 
+/// How often each payload of `topic` is stored under a local root, in `data/`
+/// and in the local view (sealed or not) together: a file is in one place or
+/// the other, whatever the worker did meanwhile. Hidden files (`_tmp.`) and
+/// quarantine are not data.
+fn local_payload_counts(root: &std::path::Path, topic: &str) -> HashMap<Bytes, usize> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries {
+            let path = e.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name.starts_with(['_', '.']) || name == "quarantine" {
+                continue;
+            }
+            if path.is_dir() {
+                walk(&path, out);
+            } else if name.ends_with(".zst") {
+                out.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(&root.join("data").join(topic), &mut files);
+    walk(&root.join("streams_local").join(topic), &mut files);
+    let mut counts = HashMap::new();
+    for path in files {
+        let bytes = std::fs::read(&path).unwrap();
+        let decoded = conduit_core::format::decode_file(
+            path.to_str().unwrap(),
+            &bytes,
+            conduit_core::Encoding::Lines,
+        )
+        .unwrap();
+        assert!(decoded.scan.is_closed(), "{path:?} is closed");
+        for p in decoded.payloads {
+            *counts.entry(p).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+/// Spool files of collector `id` for `topic` (names), and which of them are
+/// closed.
+fn spool_files(spool: &std::path::Path, topic: &str, id: &str) -> Vec<(String, bool)> {
+    let dir = spool.join("data").join(topic).join(id);
+    let mut out: Vec<(String, bool)> = std::fs::read_dir(&dir)
+        .map(|d| {
+            d.map(|e| {
+                let path = e.unwrap().path();
+                let bytes = std::fs::read(&path).unwrap();
+                let closed = conduit_core::format::decode_file(
+                    "spool",
+                    &bytes,
+                    conduit_core::Encoding::Lines,
+                )
+                .is_ok_and(|d| d.scan.is_closed());
+                (
+                    path.file_name().unwrap().to_string_lossy().into_owned(),
+                    closed,
+                )
+            })
+            .filter(|(name, _)| !name.starts_with(['_', '.']))
+            .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// A real collector acknowledging from its spool while the disk is full, killed
+/// -9; the disk freed; then restarted with crash points inside the replay of
+/// its spool, each in a fresh process, a real worker sealing throughout:
+///
+/// 1. mid-append of the spool file's own index and trailer (startup recovery
+///    closes the spool file the kill left open, before it can be replayed);
+/// 2. mid-copy of the spool file into `data/` (half its bytes synced);
+/// 3. at the copy's close (created, its bytes still in the writer's buffer);
+/// 4. right after the spool file's delete, the copy complete (the worker then
+///    moves the copy into the local view).
+///
+/// After 2 and 3 the next start finds an unfinished copy in `data/` under the
+/// spool file's name: it must delete it, not close it as a file of its own,
+/// which the worker would seal before the spool file is copied again.
+///
+/// Then a start without the hook replays what is left. Every acknowledged event
+/// is stored exactly once across `data/` and the local view.
+#[test]
+fn a_collector_killed_during_its_spool_replay_stores_each_event_once() {
+    let test = "a_collector_killed_during_its_spool_replay";
+    let Some(disk) = conduit_testkit::tmpfs::Tmpfs::mount(test, 16 << 20) else {
+        return;
+    };
+    let (topic, id) = ("replay", "c1");
+    let dir = tempfile::tempdir().unwrap();
+    let path = disk.path().join("root");
+    let root = Root {
+        rt: runtime(),
+        uri: path.to_str().unwrap().to_owned(),
+        storage: local_storage(&path),
+        logs: dir.path().join("logs"),
+        _dir: tempfile::tempdir().unwrap(),
+    };
+    let rt = &root.rt;
+    let spool = dir.path().join("spool");
+    let (thrift, http) = (free_addr(), free_addr());
+    let extra = ["--spool-dir", spool.to_str().unwrap()];
+
+    // Acknowledged from the spool while the disk is full, then killed.
+    let mut first =
+        CollectorProcess::start_on(&root.uri, id, &thrift, &http, &extra, &root.logs).unwrap();
+    let load = Load::start(rt, &thrift, topic, "ev", 20, Duration::from_millis(5));
+    let wait_acked = |n: u64, what: &str, c: &CollectorProcess| {
+        let from = load.acked_calls();
+        wait::until_blocking(what, CRASH_TIMEOUT, || {
+            (load.acked_calls() >= from + n).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}; log:\n{}", c.log()));
+    };
+    wait_acked(10, "10 calls acknowledged to storage", &first);
+    disk.fill();
+    wait::until_blocking("the spool taking rounds", CRASH_TIMEOUT, || {
+        first
+            .health()
+            .is_some_and(|(healthy, spooled)| !healthy && spooled > 0)
+            .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}; log:\n{}", first.log()));
+    wait_acked(50, "50 calls acknowledged from the spool", &first);
+    first.kill9();
+    let seen = load.stop(rt);
+    disk.free();
+    let spooled = spool_files(&spool, topic, id);
+    let Some((target, _)) = spooled.iter().find(|(_, closed)| !closed).cloned() else {
+        panic!("the kill left a spool file open: {spooled:?}");
+    };
+    // `c1/<name>` matches the spool file and its copy in `data/`, not the
+    // hidden `_tmp.` siblings of a recovery cut.
+    let needle = format!("{id}/{target}");
+
+    let args = worker_args(&root);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let worker = WorkerProcess::start(&args, &root.logs).unwrap();
+    let landed = |armed: &CollectorProcess, op: &str| {
+        let log = armed.log();
+        let at = log
+            .lines()
+            .find_map(|l| l.split_once("killing this process (SIGKILL) at "))
+            .map(|(_, at)| at.to_owned())
+            .unwrap_or_else(|| panic!("the armed collector names where it died: {log}"));
+        assert!(
+            at.starts_with(&format!("{op} of ")) && at.contains(&needle),
+            "died at {at}, not at {op} of {needle}"
+        );
+        assert!(!log.contains("quarantine"), "nothing quarantined: {log}");
+        eprintln!("killed at {at}");
+    };
+
+    // 1. In startup recovery: the open spool file's index and trailer torn.
+    let point = format!("write:1:{needle}");
+    let mut armed = CollectorProcess::start_dying_in_recovery(
+        &root.uri, id, &thrift, &http, &extra, &root.logs, &point,
+    )
+    .unwrap_or_else(|e| panic!("collector killed closing its spool file ({point}): {e}"));
+    wait_killed(
+        &mut armed.child,
+        "collector closing its spool file",
+        CRASH_TIMEOUT,
+        &armed.log_path,
+    );
+    landed(&armed, "write");
+
+    // 2.-4. After the restart, in the background replay. `write:2`: the
+    // restart's recovery cut the torn trailer through a hidden copy and
+    // appended a new one (write 1); the replay's copy is write 2. Then each
+    // restart's recovery deletes the unfinished copy the run before left
+    // (delete 1), so the spool's own delete is delete 2 (a delete crash point
+    // fires once the delete is done).
+    for (k, (what, point, unfinished_copy_before)) in [
+        (
+            "mid-copy into data/ (half its bytes synced)",
+            "write:2",
+            false,
+        ),
+        (
+            "at the copy's close (its bytes not yet handed to the kernel)",
+            "close:1",
+            true,
+        ),
+        ("right after the spool file's delete", "delete:2", true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let point = format!("{point}:{needle}");
+        let mut armed = CollectorProcess::start_crashing(
+            &root.uri, id, &thrift, &http, &extra, &root.logs, &point,
+        )
+        .unwrap();
+        wait_killed(
+            &mut armed.child,
+            &format!("collector {what}"),
+            CRASH_TIMEOUT,
+            &armed.log_path,
+        );
+        landed(&armed, point.split(':').next().unwrap());
+        let log = armed.log();
+        assert_eq!(
+            log.contains("deleted an unfinished replay copy of a spool file"),
+            unfinished_copy_before,
+            "step {}: recovery deletes the copy the run before left unfinished instead of closing it as a file of its own: {log}",
+            k + 2
+        );
+    }
+    // The replay was done when the last one died: the worker moves the copy.
+    assert!(spool_files(&spool, topic, id)
+        .iter()
+        .all(|(n, _)| *n != target));
+    let copy = path.join("data").join(topic).join(id).join(&target);
+    wait::until_blocking("the worker to move the copy", SEAL_TIMEOUT, || {
+        (!copy.exists()).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}; worker log:\n{}", worker.log()));
+
+    // Started without the hook: the spool is replayed.
+    let mut last =
+        CollectorProcess::start_on(&root.uri, id, &thrift, &http, &extra, &root.logs).unwrap();
+    wait::until_blocking(
+        "storage healthy and the spool replayed",
+        CRASH_TIMEOUT,
+        || (last.health() == Some((true, 0))).then_some(()),
+    )
+    .unwrap_or_else(|e| panic!("{e}; log:\n{}", last.log()));
+    let status = last.terminate().unwrap();
+    assert!(status.success(), "graceful stop: {status:?}");
+    assert!(spool_files(&spool, topic, id).is_empty(), "spool emptied");
+    let counts = local_payload_counts(&path, topic);
+    let (acked, extra_stored) = seen.check_exactly_once(&counts);
+    let view = rt.block_on(check_local_view(
+        &*root.storage,
+        &Topic::new(topic).unwrap(),
+    ));
+    assert!(view.quarantined.is_empty(), "{view:?}");
+    eprintln!(
+        "spool replay killed 4 times: {acked} events acknowledged, all stored once; {} unacknowledged calls, {extra_stored} of their events stored; {} files placed in the local view, {} in data/",
+        seen.refused,
+        view.placed.len(),
+        view.waiting.len()
+    );
+    assert!(acked > 0);
+}
+
 /// Worker crash points; each gets a topic of its own with a backlog of three
 /// closed minutes to seal, so its step is reached at once.
 const WORKER_POINTS: &[(&str, &str)] = &[
