@@ -4,13 +4,17 @@
 //! before it closes a full file (its trailer written, the file not closed: on
 //! HDFS its lease still held); the collector again and again inside its own
 //! startup recovery (mid-copy of a cut, right after the copy's rename, mid-append
-//! of the trailer, before its close, mid-write of the dedup snapshot); the worker mid-`_SUCCESS`, right after renaming
-//! `_SUCCESS` into place, right after moving a file into a minute directory.
-//! Each is restarted without the hook while a real Scribe client goes on, and
-//! the test then counts: every acknowledged event stored exactly once (an
-//! unacknowledged one at most once), every planted record sealed exactly once,
-//! every file closed, `conduit verify` clean. The same bodies run on local disk
-//! and on the real HDFS (`CONDUIT_TEST_HDFS`).
+//! of the trailer, before its close, mid-write of the dedup snapshot); the
+//! collector inside the replay of its spool after a full disk (its spool
+//! file's close, mid-copy, the copy's close, after the spool's delete); the
+//! worker mid-`_SUCCESS`, right after renaming `_SUCCESS` into place, right
+//! after moving a file into a minute directory. Each is restarted without the
+//! hook while a real Scribe client goes on, and the test then counts: every
+//! acknowledged event stored exactly once (an unacknowledged one at most once),
+//! every planted record sealed exactly once, every file closed, `conduit
+//! verify` clean. The same bodies run on local disk and on the real HDFS
+//! (`CONDUIT_TEST_HDFS`), except the spool replay, which needs a disk to fill
+//! (a tmpfs: root, as CI runs).
 
 use std::collections::HashMap;
 use std::time::Duration;
