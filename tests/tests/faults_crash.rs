@@ -350,10 +350,10 @@ fn local_payload_counts(root: &std::path::Path, topic: &str) -> HashMap<Bytes, u
     counts
 }
 
-/// Spool files of collector `id` for `topic` (names), and which of them are
-/// closed.
-fn spool_files(spool: &std::path::Path, topic: &str, id: &str) -> Vec<(String, bool)> {
-    let dir = spool.join("data").join(topic).join(id);
+/// Files of collector `id` for `topic` (names) under `data/` of a local root
+/// or spool directory, and which of them are closed.
+fn files_in(base: &std::path::Path, topic: &str, id: &str) -> Vec<(String, bool)> {
+    let dir = base.join("data").join(topic).join(id);
     let mut out: Vec<(String, bool)> = std::fs::read_dir(&dir)
         .map(|d| {
             d.map(|e| {
@@ -382,6 +382,8 @@ fn spool_files(spool: &std::path::Path, topic: &str, id: &str) -> Vec<(String, b
 /// -9; the disk freed; then restarted with crash points inside the replay of
 /// its spool, each in a fresh process, a real worker sealing throughout:
 ///
+/// 0. mid-write of the repair of the storage file the full disk made it
+///    abandon (startup recovery cuts it back to its acknowledged length);
 /// 1. mid-append of the spool file's own index and trailer (startup recovery
 ///    closes the spool file the kill left open, before it can be replayed);
 /// 2. mid-copy of the spool file into `data/` (half its bytes synced);
@@ -440,18 +442,23 @@ fn a_collector_killed_during_its_spool_replay_stores_each_event_once() {
     first.kill9();
     let seen = load.stop(rt);
     disk.free();
-    let spooled = spool_files(&spool, topic, id);
+    let spooled = files_in(&spool, topic, id);
     let Some((target, _)) = spooled.iter().find(|(_, closed)| !closed).cloned() else {
         panic!("the kill left a spool file open: {spooled:?}");
     };
     // `c1/<name>` matches the spool file and its copy in `data/`, not the
     // hidden `_tmp.` siblings of a recovery cut.
     let needle = format!("{id}/{target}");
+    // The storage file the full disk made the collector abandon.
+    let stored = files_in(&path, topic, id);
+    let Some((abandoned, _)) = stored.iter().rev().find(|(_, closed)| !closed).cloned() else {
+        panic!("the full disk left a data file abandoned, open: {stored:?}");
+    };
 
     let args = worker_args(&root);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let worker = WorkerProcess::start(&args, &root.logs).unwrap();
-    let landed = |armed: &CollectorProcess, op: &str| {
+    let landed = |armed: &CollectorProcess, op: &str, needle: &str| {
         let log = armed.log();
         let at = log
             .lines()
@@ -459,12 +466,29 @@ fn a_collector_killed_during_its_spool_replay_stores_each_event_once() {
             .map(|(_, at)| at.to_owned())
             .unwrap_or_else(|| panic!("the armed collector names where it died: {log}"));
         assert!(
-            at.starts_with(&format!("{op} of ")) && at.contains(&needle),
+            at.starts_with(&format!("{op} of ")) && at.contains(needle),
             "died at {at}, not at {op} of {needle}"
         );
         assert!(!log.contains("quarantine"), "nothing quarantined: {log}");
         eprintln!("killed at {at}");
     };
+
+    // 0. In startup recovery, before the spool: the abandoned storage file cut
+    // back to its acknowledged length (the ledger's entry, saved in the spool's
+    // snapshot) and closed; its first write is the cut's hidden copy or, with
+    // nothing to cut, the trailer's append: either is torn.
+    let point = format!("write:1:{abandoned}");
+    let mut armed = CollectorProcess::start_dying_in_recovery(
+        &root.uri, id, &thrift, &http, &extra, &root.logs, &point,
+    )
+    .unwrap_or_else(|e| panic!("collector killed repairing its abandoned file ({point}): {e}"));
+    wait_killed(
+        &mut armed.child,
+        "collector repairing its abandoned file",
+        CRASH_TIMEOUT,
+        &armed.log_path,
+    );
+    landed(&armed, "write", &abandoned);
 
     // 1. In startup recovery: the open spool file's index and trailer torn.
     let point = format!("write:1:{needle}");
@@ -478,7 +502,7 @@ fn a_collector_killed_during_its_spool_replay_stores_each_event_once() {
         CRASH_TIMEOUT,
         &armed.log_path,
     );
-    landed(&armed, "write");
+    landed(&armed, "write", &needle);
 
     // 2.-4. After the restart, in the background replay. `write:2`: the
     // restart's recovery cut the torn trailer through a hidden copy and
@@ -513,7 +537,7 @@ fn a_collector_killed_during_its_spool_replay_stores_each_event_once() {
             CRASH_TIMEOUT,
             &armed.log_path,
         );
-        landed(&armed, point.split(':').next().unwrap());
+        landed(&armed, point.split(':').next().unwrap(), &needle);
         let log = armed.log();
         assert_eq!(
             log.contains("deleted an unfinished replay copy of a spool file"),
@@ -523,7 +547,7 @@ fn a_collector_killed_during_its_spool_replay_stores_each_event_once() {
         );
     }
     // The replay was done when the last one died: the worker moves the copy.
-    assert!(spool_files(&spool, topic, id)
+    assert!(files_in(&spool, topic, id)
         .iter()
         .all(|(n, _)| *n != target));
     let copy = path.join("data").join(topic).join(id).join(&target);
@@ -543,7 +567,7 @@ fn a_collector_killed_during_its_spool_replay_stores_each_event_once() {
     .unwrap_or_else(|e| panic!("{e}; log:\n{}", last.log()));
     let status = last.terminate().unwrap();
     assert!(status.success(), "graceful stop: {status:?}");
-    assert!(spool_files(&spool, topic, id).is_empty(), "spool emptied");
+    assert!(files_in(&spool, topic, id).is_empty(), "spool emptied");
     let counts = local_payload_counts(&path, topic);
     let (acked, extra_stored) = seen.check_exactly_once(&counts);
     let view = rt.block_on(check_local_view(
@@ -552,7 +576,7 @@ fn a_collector_killed_during_its_spool_replay_stores_each_event_once() {
     ));
     assert!(view.quarantined.is_empty(), "{view:?}");
     eprintln!(
-        "spool replay killed 4 times: {acked} events acknowledged, all stored once; {} unacknowledged calls, {extra_stored} of their events stored; {} files placed in the local view, {} in data/",
+        "recovery and spool replay killed 5 times: {acked} events acknowledged, all stored once; {} unacknowledged calls, {extra_stored} of their events stored; {} files placed in the local view, {} in data/",
         seen.refused,
         view.placed.len(),
         view.waiting.len()
