@@ -250,22 +250,7 @@ fn collector_killed_during_recovery(root: &Root) {
             CRASH_TIMEOUT,
             &armed.log_path,
         );
-        let log = armed.log();
-        let (op, rest) = point.split_once(':').unwrap();
-        let (_, needle) = rest.split_once(':').unwrap();
-        let at = log
-            .lines()
-            .find_map(|l| l.split_once("killing this process (SIGKILL) at "))
-            .map(|(_, at)| at.to_owned())
-            .unwrap_or_else(|| panic!("the armed collector names where it died: {log}"));
-        assert!(
-            at.starts_with(&format!("{op} of ")) && at.contains(needle),
-            "died {what} at {at}"
-        );
-        assert!(
-            !log.contains("quarantine"),
-            "nothing was quarantined ({what}): {log}"
-        );
+        let at = died_at(&armed.log(), point, what);
         eprintln!("{point}: killed in recovery at {at}");
     }
     // Started without the hook: it recovers what five interrupted recoveries
@@ -293,6 +278,28 @@ fn collector_killed_during_recovery(root: &Root) {
         &seen,
         &format!("killed in recovery {} times", RECOVERY_POINTS.len()),
     );
+}
+
+/// Where an armed collector says it died (`CONDUIT_CRASH_AT: killing this
+/// process (SIGKILL) at <op> of <path>`), checked against its crash point
+/// `<op>:<n>:<path substring>`; nothing was quarantined on the way.
+fn died_at(log: &str, point: &str, what: &str) -> String {
+    let (op, rest) = point.split_once(':').unwrap();
+    let (_, needle) = rest.split_once(':').unwrap();
+    let at = log
+        .lines()
+        .find_map(|l| l.split_once("killing this process (SIGKILL) at "))
+        .map(|(_, at)| at.to_owned())
+        .unwrap_or_else(|| panic!("the armed collector names where it died: {log}"));
+    assert!(
+        at.starts_with(&format!("{op} of ")) && at.contains(needle),
+        "died {what} at {at}, not at {point}"
+    );
+    assert!(
+        !log.contains("quarantine"),
+        "nothing was quarantined ({what}): {log}"
+    );
+    at
 }
 
 #[test]
@@ -458,93 +465,73 @@ fn a_collector_killed_during_its_spool_replay_stores_each_event_once() {
     let args = worker_args(&root);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let worker = WorkerProcess::start(&args, &root.logs).unwrap();
-    let landed = |armed: &CollectorProcess, op: &str, needle: &str| {
-        let log = armed.log();
-        let at = log
-            .lines()
-            .find_map(|l| l.split_once("killing this process (SIGKILL) at "))
-            .map(|(_, at)| at.to_owned())
-            .unwrap_or_else(|| panic!("the armed collector names where it died: {log}"));
-        assert!(
-            at.starts_with(&format!("{op} of ")) && at.contains(needle),
-            "died at {at}, not at {op} of {needle}"
-        );
-        assert!(!log.contains("quarantine"), "nothing quarantined: {log}");
-        eprintln!("killed at {at}");
-    };
-
-    // 0. In startup recovery, before the spool: the abandoned storage file cut
-    // back to its acknowledged length (the ledger's entry, saved in the spool's
-    // snapshot) and closed; its first write is the cut's hidden copy or, with
-    // nothing to cut, the trailer's append: either is torn.
-    let point = format!("write:1:{abandoned}");
-    let mut armed = CollectorProcess::start_dying_in_recovery(
-        &root.uri, id, &thrift, &http, &extra, &root.logs, &point,
-    )
-    .unwrap_or_else(|e| panic!("collector killed repairing its abandoned file ({point}): {e}"));
-    wait_killed(
-        &mut armed.child,
-        "collector repairing its abandoned file",
-        CRASH_TIMEOUT,
-        &armed.log_path,
-    );
-    landed(&armed, "write", &abandoned);
-
-    // 1. In startup recovery: the open spool file's index and trailer torn.
-    let point = format!("write:1:{needle}");
-    let mut armed = CollectorProcess::start_dying_in_recovery(
-        &root.uri, id, &thrift, &http, &extra, &root.logs, &point,
-    )
-    .unwrap_or_else(|e| panic!("collector killed closing its spool file ({point}): {e}"));
-    wait_killed(
-        &mut armed.child,
-        "collector closing its spool file",
-        CRASH_TIMEOUT,
-        &armed.log_path,
-    );
-    landed(&armed, "write", &needle);
-
-    // 2.-4. After the restart, in the background replay. `write:2`: the
-    // restart's recovery cut the torn trailer through a hidden copy and
-    // appended a new one (write 1); the replay's copy is write 2. Then each
-    // restart's recovery deletes the unfinished copy the run before left
-    // (delete 1), so the spool's own delete is delete 2 (a delete crash point
-    // fires once the delete is done).
-    for (k, (what, point, unfinished_copy_before)) in [
+    // Each start dies at its point, inside startup recovery (before it is
+    // ready) or after; each (from the third on) first deletes the unfinished
+    // copy the run before left, never closing it as a file of its own.
+    let steps = [
+        // In startup recovery, before the spool: the abandoned storage file cut
+        // back to its acknowledged length (the ledger's entry, saved in the
+        // spool's snapshot); its first write is the cut's hidden copy or, with
+        // nothing to cut, the trailer's append: either is torn.
+        (
+            "repairing its abandoned file",
+            format!("write:1:{abandoned}"),
+            true,
+            false,
+        ),
+        // In startup recovery: the open spool file's index and trailer torn.
+        (
+            "closing its spool file",
+            format!("write:1:{needle}"),
+            true,
+            false,
+        ),
+        // In the background replay: the restart's recovery cut the torn
+        // trailer through a hidden copy and appended a new one (write 1), so
+        // the replay's copy is write 2.
         (
             "mid-copy into data/ (half its bytes synced)",
-            "write:2",
+            format!("write:2:{needle}"),
+            false,
             false,
         ),
         (
             "at the copy's close (its bytes not yet handed to the kernel)",
-            "close:1",
+            format!("close:1:{needle}"),
+            false,
             true,
         ),
-        ("right after the spool file's delete", "delete:2", true),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let point = format!("{point}:{needle}");
-        let mut armed = CollectorProcess::start_crashing(
-            &root.uri, id, &thrift, &http, &extra, &root.logs, &point,
-        )
-        .unwrap();
+        // Recovery's delete of the unfinished copy is delete 1, the spool's
+        // own delete 2 (a delete crash point fires once the delete is done).
+        (
+            "right after the spool file's delete",
+            format!("delete:2:{needle}"),
+            false,
+            true,
+        ),
+    ];
+    for (what, point, in_recovery, deletes_unfinished_copy) in &steps {
+        let start = if *in_recovery {
+            CollectorProcess::start_dying_in_recovery
+        } else {
+            CollectorProcess::start_crashing
+        };
+        let mut armed = start(&root.uri, id, &thrift, &http, &extra, &root.logs, point)
+            .unwrap_or_else(|e| panic!("collector killed {what} ({point}): {e}"));
         wait_killed(
             &mut armed.child,
             &format!("collector {what}"),
             CRASH_TIMEOUT,
             &armed.log_path,
         );
-        landed(&armed, point.split(':').next().unwrap(), &needle);
         let log = armed.log();
+        let at = died_at(&log, point, what);
         assert_eq!(
             log.contains("deleted an unfinished replay copy of a spool file"),
-            unfinished_copy_before,
-            "step {}: recovery deletes the copy the run before left unfinished instead of closing it as a file of its own: {log}",
-            k + 2
+            *deletes_unfinished_copy,
+            "{what}: recovery deletes the copy the run before left unfinished, and only that: {log}"
         );
+        eprintln!("{point}: killed {what} at {at}");
     }
     // The replay was done when the last one died: the worker moves the copy.
     assert!(files_in(&spool, topic, id)
