@@ -965,15 +965,15 @@ pub fn decode_file(path: &str, buf: &[u8], encoding: Encoding) -> Result<Decoded
     if torn_data && !scan.is_closed() {
         // Cutting a torn data frame may leave what is kept ending in a way the
         // rules cut too (in version 2, the data frame before it without its
-        // marks; only damage does that): decode the kept prefix by the same
-        // rules, so that what is kept decodes again to itself.
-        let kept = decode_file(path, &buf[..scan.valid_len as usize], encoding)?;
-        if kept.scan.valid_len < scan.valid_len {
-            let mut kept = kept;
-            // Torn: what this decode cut, and what the prefix's decode cut.
-            kept.scan.torn_bytes += scan.torn_bytes;
-            return Ok(kept);
-        }
+        // marks), and the frames cut with it may have lent their marks to a
+        // kept frame already (version 2 marks in a version 1 file). Only damage
+        // does either. The answer is the kept prefix decoded alone by the same
+        // rules, so that what is kept decodes again to exactly itself: frames,
+        // records and batches. (Recovery of a torn file only: a second decode.)
+        let mut kept = decode_file(path, &buf[..scan.valid_len as usize], encoding)?;
+        // Torn: what this decode cut, and what the prefix's decode cut.
+        kept.scan.torn_bytes += scan.torn_bytes;
+        return Ok(kept);
     }
     Ok(Decoded {
         payloads,
@@ -1861,6 +1861,28 @@ mod tests {
             2,
             "both records of the first frame are kept"
         );
+    }
+
+    /// Found by fuzzing (`v1-torn-data-after-version-2-marks`): a version 1
+    /// file (its first marks frame is version 1) holding a version 2 marks
+    /// frame, then a torn last data frame. The cut took the marks frame with
+    /// the torn frame, but its batch had already been lent to the data frame
+    /// before it, so the decode reported a batch that the kept bytes, decoded
+    /// again, do not hold. A torn file's answer is now its kept prefix decoded
+    /// alone.
+    #[test]
+    fn a_cut_takes_the_batches_of_the_marks_it_cuts() {
+        let file =
+            include_bytes!("../../fuzz/regressions/data_file/v1-torn-data-after-version-2-marks");
+        let decoded = decode_file("f", file, Encoding::Lines).unwrap();
+        assert!(decoded.scan.torn_bytes > 0);
+        let kept = &file[..decoded.scan.valid_len as usize];
+        let again = decode_file("f", kept, Encoding::Lines).unwrap();
+        assert_eq!(again.scan.frames, decoded.scan.frames);
+        assert_eq!(again.scan.torn_bytes, 0);
+        assert_eq!(again.payloads, decoded.payloads);
+        assert_eq!(again.batches, decoded.batches);
+        assert!(decoded.batches.is_empty(), "{:?}", decoded.batches);
     }
 
     /// Found by fuzzing (CI at 2c66cd6): an unclosed version 1 file whose last
