@@ -616,21 +616,16 @@ impl Engine {
             }
         }
         self.ledger = Ledger::from_saved(ledgers);
-        // Storage: close files left open, learn sequence numbers in use. A file
-        // there under the name of a spool file is that file's replay copy.
+        // Storage: close files left open, learn sequence numbers in use.
         let storage = self.storage.clone();
         let mut present = std::collections::HashSet::new();
-        let spooled = match &self.spool {
-            Some(spool) => self.spool_paths(spool.as_ref()).await?,
-            None => Default::default(),
-        };
         let batches = self
-            .recover_tree(&storage, RecoveryTarget::Storage(&spooled), &mut present)
+            .recover_tree(&storage, Target::Storage, &mut present)
             .await?;
         self.dedup.absorb_marks(&batches, now);
         if let Some(spool) = self.spool.clone() {
             let batches = self
-                .recover_tree(&spool, RecoveryTarget::Spool, &mut present)
+                .recover_tree(&spool, Target::Spool, &mut present)
                 .await?;
             self.dedup.absorb_marks(&batches, now);
         }
@@ -645,20 +640,17 @@ impl Engine {
         Ok(())
     }
 
-    /// The paths of this collector's files in the spool (hidden copies aside).
-    async fn spool_paths(
-        &self,
-        spool: &dyn Storage,
-    ) -> anyhow::Result<std::collections::HashSet<String>> {
-        let mut paths = std::collections::HashSet::new();
-        for topic in tree::topics(spool, View::Collector).await? {
-            for entry in spool.list_or_empty(&self.my_dir(&topic)).await? {
-                if !entry.is_dir && !Layout::is_hidden(&entry.name) {
-                    paths.insert(entry.path);
-                }
-            }
+    /// Whether the spool holds a file at `path` (storage's file there is then
+    /// its replay copy: names are never used in both).
+    async fn in_spool(&self, path: &str) -> anyhow::Result<bool> {
+        let Some(spool) = &self.spool else {
+            return Ok(false);
+        };
+        match spool.stat(path).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e.into()),
         }
-        Ok(paths)
     }
 
     /// Recovers every file of this collector under `data/` of one store, and adds
@@ -666,13 +658,13 @@ impl Engine {
     async fn recover_tree(
         &mut self,
         store: &SharedStorage,
-        target: RecoveryTarget<'_>,
+        target: Target,
         present: &mut std::collections::HashSet<String>,
     ) -> anyhow::Result<Vec<FileBatch>> {
         let mut batches = Vec::new();
         let now = self.clock.minute();
         for topic in tree::topics(store.as_ref(), View::Collector).await? {
-            if let RecoveryTarget::Storage(_) = target {
+            if target == Target::Storage {
                 self.learn_moved_seqs(store.as_ref(), &topic, now).await?;
             }
             let dir = self.my_dir(&topic);
@@ -698,24 +690,22 @@ impl Engine {
                     .await
                     .unwrap_or(false);
                 let mut len = entry.len;
-                if let RecoveryTarget::Storage(spooled) = target {
-                    if !closed && spooled.contains(&entry.path) {
-                        // A replay copy the previous run did not finish: never a
-                        // file of its own (its events are all in the spool file,
-                        // replayed again), so not closed, which would let the
-                        // worker seal its part before the whole is copied again.
-                        store.delete(&entry.path, false).await?;
-                        tracing::info!(
-                            path = %entry.path,
-                            bytes = entry.len,
-                            "deleted an unfinished replay copy of a spool file; the spool file is replayed again"
-                        );
-                        continue;
-                    }
+                if target == Target::Storage && !closed && self.in_spool(&entry.path).await? {
+                    // A replay copy the previous run did not finish: never a
+                    // file of its own (its events are all in the spool file,
+                    // replayed again), so not closed, which would let the
+                    // worker seal its part before the whole is copied again.
+                    store.delete(&entry.path, false).await?;
+                    tracing::info!(
+                        path = %entry.path,
+                        bytes = entry.len,
+                        "deleted an unfinished replay copy of a spool file; the spool file is replayed again"
+                    );
+                    continue;
                 }
                 let abandoned = match target {
-                    RecoveryTarget::Storage(_) => self.ledger.abandoned_len(&entry.path),
-                    RecoveryTarget::Spool => None,
+                    Target::Storage => self.ledger.abandoned_len(&entry.path),
+                    Target::Spool => None,
                 };
                 if closed && abandoned.is_some() {
                     // Repaired before the crash, but no snapshot said so yet.
@@ -751,7 +741,7 @@ impl Engine {
                     batches.extend(recovery.batches);
                 }
                 present.insert(entry.path.clone());
-                if let RecoveryTarget::Spool = target {
+                if target == Target::Spool {
                     self.spool_bytes += len;
                     self.spooled
                         .insert((name.minute, entry.path.clone()), (encoding, len));
@@ -2505,15 +2495,6 @@ async fn probe(storage: SharedStorage, path: String) -> bool {
             false
         }
     }
-}
-
-/// Which store a startup recovery walks.
-#[derive(Clone, Copy)]
-enum RecoveryTarget<'a> {
-    /// Storage; with the paths of the spool's files (their replay copies).
-    Storage(&'a std::collections::HashSet<String>),
-    /// The spool.
-    Spool,
 }
 
 /// A closed spool file waiting to be replayed.

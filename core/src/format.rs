@@ -904,16 +904,9 @@ pub fn decode_file(path: &str, buf: &[u8], encoding: Encoding) -> Result<Decoded
         let content = match decode_frame(bytes) {
             Ok(content) => content,
             Err(reason) if !closed && Some(i) == last_data => {
-                // Torn: cut it, and in a version 1 file the marks written just
-                // before it, with any marks or index left before those (the
-                // trailing-frame rule above, applied to what remains).
-                keep = match layout {
-                    Layout::V1 => v1_kept_before(&frames, i, is_marks_or_index),
-                    Layout::V2 => i,
-                };
-                if keep < i {
-                    pending.clear();
-                }
+                // Torn: cut it. What it leaves at the end (its version 1
+                // marks, say) is cut by decoding the kept prefix again, below.
+                keep = i;
                 torn_data = true;
                 tracing::debug!(path, offset = frame.offset, %reason, "last data frame does not decode: torn");
                 break;
@@ -963,13 +956,15 @@ pub fn decode_file(path: &str, buf: &[u8], encoding: Encoding) -> Result<Decoded
     scan.frames = frames;
     scan.frames.truncate(keep);
     if torn_data && !scan.is_closed() {
-        // Cutting a torn data frame may leave what is kept ending in a way the
-        // rules cut too (in version 2, the data frame before it without its
-        // marks), and the frames cut with it may have lent their marks to a
-        // kept frame already (version 2 marks in a version 1 file). Only damage
-        // does either. The answer is the kept prefix decoded alone by the same
-        // rules, so that what is kept decodes again to exactly itself: frames,
-        // records and batches. (Recovery of a torn file only: a second decode.)
+        // Cutting a torn data frame leaves what is kept ending in a way the
+        // rules may cut too: the version 1 marks written before it, and
+        // (only damage does these) more marks or an index before those, or in
+        // version 2 the data frame before it without its marks; and marks it
+        // had already lent to a kept frame (version 2 marks in a version 1
+        // file) may now lie past the end. The answer is the kept prefix decoded
+        // alone by the same rules, so that what is kept decodes again to
+        // exactly itself: frames, records and batches. (Recovery of a torn file
+        // only: a second decode.)
         let mut kept = decode_file(path, &buf[..scan.valid_len as usize], encoding)?;
         // Torn: what this decode cut, and what the prefix's decode cut.
         kept.scan.torn_bytes += scan.torn_bytes;
